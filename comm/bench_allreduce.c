@@ -1,0 +1,2 @@
+#include "comm.h"
+int main(void) { return 0; }

@@ -1,0 +1,3 @@
+// comm/comm.c — placeholder until implemented.
+#include "common.h"
+typedef int comm_placeholder_t;

@@ -1,0 +1,58 @@
+// comm.h — the communication layer: one interface, a table of functions behind an opaque handle.
+//
+// Backends: "mpi" (MPI_Iallreduce on host memory; GPU buffers are staged through host memory) and "nccl"
+// (ncclAllReduce with ncclAvg on its own CUDA stream, ordered after the compute stream by events).
+// MPI is always initialised (it launches the job, broadcasts the NCCL unique id, reduces metrics).
+//
+// Asynchronous all-reduce: comm_allreduce_avg_async launches the average of buf[0..n) over all ranks, in
+// place, and returns a request slot. comm_test/comm_progress move it on (MPI needs these calls to progress a
+// non-blocking collective); comm_wait blocks until done or until the watchdog timeout, which is an error
+// naming the request's label (e.g. "step 12 bucket 3") and the ranks that have not arrived.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct comm comm;
+
+typedef struct comm_info {
+    int rank, world;
+    int local_rank, local_world;   // from MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)
+    char host[64];
+} comm_info;
+
+#define COMM_MAX_REQS 64
+
+// Initialise MPI (MPI_Init_thread; safe to call once per process) and the chosen backend.
+// backend: "mpi" or "nccl". For nccl, cuda_stream is the compute stream (cudaStream_t) the all-reduces must
+// follow; NULL for mpi. timeout_s: watchdog for comm_wait. Sets g_rank, g_world, g_host.
+int comm_init(comm **out, int *argc, char ***argv, const char *backend, double timeout_s);
+// The same, for an already-initialised MPI (tests).
+int comm_create(comm **out, const char *backend, double timeout_s);
+const comm_info *comm_get_info(const comm *c);
+const char *comm_backend_name(const comm *c);
+
+// For the nccl backend: the CUDA compute stream to order against (set before the first all-reduce).
+// buffers_on_device: 1 when the all-reduce buffers are device memory (mpi stages them through the host).
+int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device);
+
+// ---- data-parallel all-reduce (float32, average over ranks, in place)
+int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req);
+int comm_test(comm *c, int req, int *done);
+int comm_wait(comm *c, int req);
+int comm_progress(comm *c);        // test every outstanding request once (cheap; no-op when none)
+int comm_outstanding(const comm *c);
+
+// ---- host-side collectives for setup and metrics (blocking, MPI, on host memory)
+int comm_bcast(comm *c, void *buf, size_t bytes, int root);
+int comm_allreduce_sum_f64(comm *c, double *buf, int n);
+int comm_allreduce_max_i32(comm *c, int32_t *buf, int n);
+int comm_allgather_u64(comm *c, uint64_t value, uint64_t *all /* world entries */);
+int comm_barrier(comm *c);
+// Agree on a status: every rank passes its own; returns the max over ranks (0 when all are OK), and in
+// *first_bad the lowest rank with a non-zero status (-1 when none). For collective error handling.
+int comm_agree_status(comm *c, int status, int *first_bad);
+
+// Kill the whole job (MPI_Abort) with this exit code; never returns.
+void comm_abort(comm *c, int code) __attribute__((noreturn));
+int comm_finalize(comm *c);  // destroys c and finalises MPI
+void comm_destroy(comm *c);  // destroys c, leaves MPI initialised (tests)

@@ -1,0 +1,3 @@
+// src/backend.c — placeholder until implemented.
+#include "backend.h"
+typedef int backend_placeholder_t;

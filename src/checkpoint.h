@@ -1,0 +1,43 @@
+// checkpoint.h — safetensors files (https://github.com/huggingface/safetensors format):
+//   u64 little-endian header length N, N bytes of JSON header (padded with spaces to a multiple of 8),
+//   then the raw little-endian tensor bytes. Header: {"name": {"dtype": "F32", "shape": [...],
+//   "data_offsets": [begin, end]}, ..., "__metadata__": {"key": "value", ...}}.
+//
+// Writes are atomic: a temp file in the same directory, fsync, rename, fsync of the directory. A crash at any
+// point leaves either the old file or the new one, never a partial file under the final name.
+// Reads validate everything (header length vs file size, JSON, dtypes, shapes vs byte ranges, ranges inside
+// the data area and non-overlapping) and fail with ST_INPUT naming the file and the tensor/field.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#define CKPT_MAX_DIMS 4
+
+typedef struct ckpt_tensor {
+    const char *name;
+    const float *data;      // host memory, float32
+    int ndim;
+    int64_t shape[CKPT_MAX_DIMS];
+} ckpt_tensor;
+
+typedef struct ckpt_kv {
+    const char *key;
+    const char *value;
+} ckpt_kv;
+
+int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const ckpt_kv *meta, int n_meta);
+
+typedef struct ckpt_file ckpt_file;  // a loaded file (whole content in memory)
+
+int ckpt_load(const char *path, ckpt_file **out);
+void ckpt_free(ckpt_file *f);
+// Copy tensor `name` into dst, checking that its dtype is F32 and its shape is exactly (ndim, shape);
+// ST_INPUT naming the file and tensor when missing or different.
+int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst);
+// Metadata value for key, or NULL when absent.
+const char *ckpt_meta(const ckpt_file *f, const char *key);
+int ckpt_n_tensors(const ckpt_file *f);
+const char *ckpt_path(const ckpt_file *f);
+
+// Test hook (reliability tests): when the environment variable DDP_CKPT_CRASH_AFTER_BYTES is set, ckpt_save
+// raises SIGKILL on itself after writing that many bytes of the temp file.

@@ -1,0 +1,3 @@
+// src/config.c — placeholder until implemented.
+#include "config.h"
+typedef int config_placeholder_t;

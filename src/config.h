@@ -1,0 +1,86 @@
+// config.h — the run configuration: an INI file (libinih), Darknet-like.
+//
+//   [net]       hyper-parameters and run settings
+//   [data]      data set format and paths
+//   [parallel]  data-parallel settings (comm backend, buckets, overlap, scaling mode)
+//   then one section per layer, in order: [conv] [maxpool] [dense] [softmax] (and [flatten], optional:
+//   a flatten is implied before the first [dense] that follows a spatial layer).
+//
+// Every key has a documented default (README "Configuration"). Unknown sections or keys, missing required
+// keys, bad values and impossible shapes are ST_INPUT errors naming file, section (with its line) and key.
+#pragma once
+#include <stdint.h>
+#include <stdio.h>
+
+#define CFG_PATH_MAX 1024
+#define CFG_MAX_LAYERS 32
+#define CFG_NAME_MAX 32
+
+enum layer_type { LAYER_CONV = 1, LAYER_MAXPOOL, LAYER_DENSE, LAYER_FLATTEN, LAYER_SOFTMAX };
+enum optimizer_kind { OPT_ADAM = 1, OPT_SGD };
+enum data_format { DATA_IDX = 1, DATA_CIFAR10 };
+enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
+enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
+
+typedef struct layer_cfg {
+    int type;                   // enum layer_type
+    char name[CFG_NAME_MAX];    // from name=, else default: conv1, conv2, pool1, dense1, ... (per-type counter)
+    int line;                   // line of the section header in the file (for messages)
+    // conv: filters (required), size (3), stride (1), pad (0), activation (relu|linear, default relu)
+    // maxpool: size (2), stride (= size)
+    // dense: units (required), activation (relu|linear, default linear; the last dense before softmax
+    //        must be linear)
+    int filters, size, stride, pad, units;
+    int act;                    // ACT_NONE / ACT_RELU (backend.h)
+} layer_cfg;
+
+typedef struct net_config {
+    char path[CFG_PATH_MAX];    // the file it came from (for messages)
+
+    // [net]
+    int batch;                  // per-rank batch in weak scaling, global batch in strong scaling (default 64)
+    int epochs;                 // default 5
+    int optimizer;              // adam (default) | sgd
+    double lr;                  // default 1e-3
+    double beta1, beta2, eps;   // Adam, Keras defaults 0.9, 0.999, 1e-7
+    double momentum;            // SGD, default 0.9
+    double weight_decay;        // default 0 (L2 added to the gradient)
+    uint64_t seed;              // default 42
+    int channels, height, width;  // input shape (required; must match the data)
+    int classes;                // default 10
+    char backend[16];           // cpu (default) | cuda
+    int threads;                // CPU threads per rank, 0 = cores / local ranks (default 0)
+    int tf32;                   // CUDA: allow TF32 in cuBLAS/cuDNN (default 0)
+    int cuda_graph;             // CUDA: capture the step in a CUDA Graph (default 1)
+    int eval_batch;             // default 1000
+
+    // [data]
+    int data_format;            // idx (default) | cifar10
+    char train_images[CFG_PATH_MAX], train_labels[CFG_PATH_MAX];  // idx
+    char test_images[CFG_PATH_MAX], test_labels[CFG_PATH_MAX];    // idx
+    char cifar_dir[CFG_PATH_MAX];  // cifar10: directory with data_batch_{1..5}.bin and test_batch.bin
+    int train_limit, test_limit;   // use only the first N samples (0 = all), for quick runs and tests
+
+    // [parallel]
+    char comm[16];              // mpi (default) | nccl
+    int bucket_kb;              // gradient bucket size in KiB (default 256)
+    int overlap;                // 1 (default): launch buckets during backward; 0: after backward
+    int scaling;                // weak (default) | strong
+    int lr_scaling;             // none (default) | linear (lr *= world size, with warmup)
+    double warmup_epochs;       // default 0 (linear warmup from lr to scaled lr)
+    double comm_timeout_s;      // collective watchdog (default 300)
+
+    int n_layers;
+    layer_cfg layers[CFG_MAX_LAYERS];
+} net_config;
+
+// Defaults for every [net]/[data]/[parallel] key (no layers).
+void config_defaults(net_config *cfg);
+// Parse path into cfg (defaults first). Does not validate shapes (call config_validate after --set).
+int config_load(const char *path, net_config *cfg);
+// Apply "section.key=value" (section: net, data, parallel, or a layer's name such as conv1).
+int config_set(net_config *cfg, const char *assignment);
+// Check values and propagate shapes through the layers; names the layer and key at fault.
+int config_validate(const net_config *cfg);
+// Print the effective configuration as INI (for logs and for --print-config).
+void config_print(const net_config *cfg, FILE *f);

@@ -1,0 +1,3 @@
+// src/data.c — placeholder until implemented.
+#include "data.h"
+typedef int data_placeholder_t;

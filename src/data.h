@@ -1,0 +1,41 @@
+// data.h — data sets (IDX raw or gzip, CIFAR-10 binary) and the sharding sampler.
+//
+// A data set is kept as u8 pixels (NCHW, c*h*w bytes per sample) and u8 labels; the backend's gather op
+// turns a batch of indices into float NCHW in [0,1] and int32 labels.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dataset {
+    int n;              // samples
+    int c, h, w;        // sample shape
+    int classes;        // labels are < classes (checked on load)
+    uint8_t *images;    // n * c * h * w
+    uint8_t *labels;    // n
+} dataset;
+
+// IDX pair: images (magic 0x00000803, u8, rank 3: n, rows, cols) and labels (magic 0x00000801, rank 1: n).
+// Each file may be raw or gzip (detected by the 1f 8b magic, not by the name). Fully validated: magic,
+// rank, dims, image and label counts equal, exact file length (no trailing bytes), label < classes.
+// limit > 0 keeps only the first `limit` samples. Errors are ST_INPUT naming the file.
+int data_load_idx(const char *images_path, const char *labels_path, int classes, int limit, dataset *out);
+
+// CIFAR-10 binary batches: records of 1 label byte + 3072 pixel bytes (3x32x32, channel-major).
+// Each file's length must be a whole number of records. limit as above.
+int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset *out);
+
+void data_free(dataset *d);
+
+// ---------------------------------------------------------------------------------------------------------
+// Sampler. One global permutation of [0, n) per (seed, epoch), identical on every rank. Step s of an epoch
+// uses the global batch perm[s*G .. s*G+G) where G = per_rank_batch * world; rank r takes the contiguous
+// slice perm[s*G + r*B .. s*G + r*B + B). The remainder n mod G is dropped, so every rank runs the same
+// number of steps: steps_per_epoch = n / G.
+void data_permutation(uint64_t seed, int epoch, int n, int32_t *perm);
+int data_steps_per_epoch(int n, int per_rank_batch, int world);
+// Pointer to rank r's B indices for step s inside perm.
+const int32_t *data_shard_batch(const int32_t *perm, int step, int per_rank_batch, int world, int rank);
+
+// Evaluation split: rank r evaluates samples [begin, end) of the test set; the ranges of all ranks cover
+// [0, n) exactly once (the first n % world ranks take one extra sample).
+void data_eval_range(int n, int world, int rank, int *begin, int *end);

@@ -1,0 +1,66 @@
+// model.h — the layer list of a CNN built from a config, its parameter/gradient buffers and forward/backward.
+//
+// All parameters live in one contiguous backend buffer and all gradients in another with the same layout:
+// layers in REVERSE order (the last layer's weight, then its bias, first), so the gradients that backward
+// produces first form a prefix of the buffer and an all-reduce bucket is one contiguous slice.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "config.h"
+
+typedef struct model_layer {
+    int type;                  // enum layer_type
+    char name[CFG_NAME_MAX];
+    int act;
+    // output shape per sample (c, h, w); dense: (units, 1, 1)
+    int in_c, in_h, in_w, out_c, out_h, out_w;
+    conv_desc conv;            // LAYER_CONV (n = current batch)
+    pool_desc pool;            // LAYER_MAXPOOL
+    // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters
+    size_t w_off, n_w, b_off, n_b;
+    int w_ndim;
+    int64_t w_shape[4];        // PyTorch layout: conv [k, c, r, s], dense [out, in]
+    // activations (backend memory, sized for max_batch): output y and its gradient dy
+    float *y, *dy;
+    int32_t *argmax;           // maxpool
+} model_layer;
+
+// Called by model_backward after each layer's gradients are complete: grads[0 .. ready) are final.
+typedef void (*grad_ready_fn)(void *arg, size_t ready_floats);
+
+typedef struct model {
+    backend *be;
+    int n_layers;
+    model_layer layers[CFG_MAX_LAYERS];
+    int in_c, in_h, in_w, classes;
+    int max_batch;
+    size_t n_params;
+    float *params, *grads;     // backend memory, n_params each
+    void *workspace;           // one, sized to the largest layer's need
+    size_t workspace_bytes;
+    float *x;                  // input batch [max_batch, c, h, w]
+    int32_t *labels;           // [max_batch]
+    double *loss_acc;          // device scalars accumulated by softmax_xent
+    int32_t *correct_acc;
+    int cur_batch;             // batch size the conv descriptors are prepared for
+} model;
+
+// Build from a validated config; allocates everything for batches up to max_batch.
+int model_create(model *m, backend *be, const net_config *cfg, int max_batch);
+void model_destroy(model *m);
+
+// Glorot-uniform weights, zero biases, from the seed (host RNG, then uploaded: identical on every backend).
+int model_init_params(model *m, uint64_t seed);
+
+// Forward on m->x / m->labels for n samples (n <= max_batch). Accumulates loss and correct counts into
+// m->loss_acc / m->correct_acc. With backward != 0 also computes dlogits.
+int model_forward(model *m, int n, int backward);
+// Backward after model_forward(m, n, 1). Calls on_ready(arg, k) each time grads[0..k) are final (may be NULL).
+int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg);
+
+// Names/shapes for checkpoints: the i-th parameter tensor (weights and biases in FORWARD layer order, names
+// "<layer>.weight", "<layer>.bias"). Returns the number of tensors when i < 0.
+int model_param_tensor(const model *m, int i, const char **layer_name, int *is_bias, size_t *offset,
+                       int *ndim, int64_t shape[4]);
