@@ -1,1 +1,224 @@
-// comm_nccl.cu — placeholder
+// comm_nccl.cu — the "nccl" backend: ncclAllReduce(ncclAvg) in place on device buffers, on a high-priority
+// comm stream of its own, ordered after the compute stream by events (llm.c style):
+//
+//   launch: record ready on compute -> comm stream waits on ready -> ncclAllReduce on comm -> record done on comm
+//   test:   compute stream waits on done, report done at once
+//
+// The host never blocks on the GPU: "done" means the all-reduce is enqueued and everything later on the compute
+// stream (the optimizer) runs after it. The sequence is a fork/join of streams through events, so it can be
+// captured into the training step's CUDA graph. One process per GPU: device = local rank.
+#include "comm_impl.h"  // first: MPI without C++ bindings, C linkage for comm.h and common.h
+
+#include <nccl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cuda_common.h"
+
+typedef struct nccl_req {
+    cudaEvent_t ready;  // on the compute stream: the gradients are written
+    cudaEvent_t done;   // on the comm stream: the average is in place
+} nccl_req;
+
+typedef struct nccl_backend {
+    int device;
+    ncclComm_t comm;
+    cudaStream_t stream;   // comm stream (ours)
+    cudaStream_t compute;  // the backend's compute stream (bound, not ours)
+    int bound;             // comm_bind_stream was called (compute may be the legacy stream, NULL)
+    int failed;            // an asynchronous NCCL error was seen: abort instead of destroy
+    nccl_req reqs[COMM_MAX_REQS];
+} nccl_backend;
+
+// ---------------------------------------------------------------------------------------------------------
+// Set-up
+
+// Local checks and resources: enough GPUs, the device, the comm stream and the events.
+static int local_setup(comm *c, nccl_backend *b) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        count = 0;
+    }
+    if (c->info.local_world > count)
+        return ERR(ST_INPUT,
+                   "comm=nccl needs one GPU per rank: %d ranks on host %s but %d GPU%s (use comm=mpi to share a GPU)",
+                   c->info.local_world, c->info.host, count, count == 1 ? "" : "s");
+    b->device = c->info.local_rank;
+    cudaCheck(cudaSetDevice(b->device));
+    int least = 0, greatest = 0;
+    cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    // High priority: the all-reduce kernels get SMs ahead of the backward kernels they overlap with.
+    cudaCheck(cudaStreamCreateWithPriority(&b->stream, cudaStreamNonBlocking, greatest));
+    for (int i = 0; i < COMM_MAX_REQS; i++) {
+        cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].ready, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].done, cudaEventDisableTiming));
+    }
+    return ST_OK;
+}
+
+// Every rank learns whether every other could set up, before anyone enters a collective that would wait
+// forever for a rank that gave up.
+static int agree_setup(comm *c, int st, const char *what) {
+    int first_bad = -1;
+    const int agreed = comm_agree_status(c, st, &first_bad);
+    if (agreed == ST_OK) return ST_OK;
+    if (st == ST_OK)
+        ERR(agreed, "rank %d (%s): comm=nccl: %s failed on rank %d", c->info.rank, c->info.host, what, first_bad);
+    err_mark_collective(st != ST_OK);
+    return agreed;
+}
+
+// Rank 0 makes the unique id; its status travels with it so that a failure there stops every rank.
+typedef struct id_msg {
+    int status;
+    ncclUniqueId id;
+} id_msg;
+
+static int unique_id_share(comm *c, ncclUniqueId *id) {
+    id_msg msg;
+    memset(&msg, 0, sizeof msg);
+    if (c->info.rank == 0) {
+        ncclResult_t rc = ncclGetUniqueId(&msg.id);
+        msg.status = rc == ncclSuccess ? ST_OK : ST_RUNTIME;
+        if (rc != ncclSuccess)
+            ERR(ST_RUNTIME, "rank 0 (%s): ncclGetUniqueId failed: %s", c->info.host, ncclGetErrorString(rc));
+    }
+    MPI_TRY(MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, c->world));
+    if (msg.status != ST_OK) {
+        if (c->info.rank != 0)
+            ERR(msg.status, "rank %d (%s): comm=nccl: rank 0 could not create the NCCL id", c->info.rank, c->info.host);
+        err_mark_collective(c->info.rank == 0);
+        return msg.status;
+    }
+    *id = msg.id;
+    return ST_OK;
+}
+
+static int nccl_setup(comm *c, nccl_backend *b) {
+    TRY(agree_setup(c, local_setup(c, b), "GPU set-up"));
+    ncclUniqueId id;
+    TRY(unique_id_share(c, &id));
+    ncclComm_t nc = NULL;  // assigned only on success: a failed init leaves nothing to destroy
+    ncclCheck(ncclCommInitRank(&nc, c->info.world, id, c->info.rank));
+    b->comm = nc;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Tear-down
+
+// Wait (bounded by the watchdog timeout) for the comm stream to drain; 0 when it did not.
+static int comm_stream_drain(comm *c, nccl_backend *b) {
+    const double t0 = now_s();
+    for (;;) {
+        const cudaError_t e = cudaStreamQuery(b->stream);
+        if (e == cudaSuccess) return 1;
+        if (e != cudaErrorNotReady) {
+            (void)cudaGetLastError();
+            return 0;
+        }
+        if (now_s() - t0 > c->timeout_s) return 0;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void nccl_destroy(comm *c) {
+    nccl_backend *b = (nccl_backend *)c->impl;
+    if (b == NULL) return;
+    if (b->comm) {
+        ncclResult_t async = ncclSuccess;
+        int healthy = !b->failed && ncclCommGetAsyncError(b->comm, &async) == ncclSuccess &&
+                      (async == ncclSuccess || async == ncclInProgress);
+        // A collective still waiting for a dead peer would make ncclCommDestroy wait forever: abort it.
+        if (healthy && b->stream) healthy = comm_stream_drain(c, b);
+        if (healthy)
+            ncclCommDestroy(b->comm);
+        else
+            ncclCommAbort(b->comm);
+    }
+    for (int i = 0; i < COMM_MAX_REQS; i++) {
+        if (b->reqs[i].ready) cudaEventDestroy(b->reqs[i].ready);
+        if (b->reqs[i].done) cudaEventDestroy(b->reqs[i].done);
+    }
+    if (b->stream) cudaStreamDestroy(b->stream);
+    (void)cudaGetLastError();
+    free(b);
+    c->impl = NULL;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backend ops
+
+static int nccl_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
+    nccl_backend *b = (nccl_backend *)c->impl;
+    if (!buffers_on_device)
+        return ERR(ST_INPUT, "rank %d (%s): comm=nccl needs the gradients in GPU memory (backend=cuda); use comm=mpi "
+                             "with backend=cpu",
+                   c->info.rank, c->info.host);
+    // NULL is CUDA's legacy default stream: tools that work on it (bench_allreduce) may bind it.
+    b->compute = (cudaStream_t)cuda_stream;
+    b->bound = 1;
+    return ST_OK;
+}
+
+static int async_error_check(comm *c, nccl_backend *b, const comm_req_slot *r) {
+    ncclResult_t async = ncclSuccess;
+    ncclCheck(ncclCommGetAsyncError(b->comm, &async));
+    if (async == ncclSuccess || async == ncclInProgress) return ST_OK;
+    b->failed = 1;
+    const char *detail = ncclGetLastError(b->comm);
+    return ERR(ST_COMM, "rank %d (%s): all-reduce '%s': NCCL reported an asynchronous error: %s%s%s", c->info.rank,
+               c->info.host, r->label, ncclGetErrorString(async), detail && *detail ? ": " : "",
+               detail ? detail : "");
+}
+
+static int nccl_launch(comm *c, comm_req_slot *r) {
+    nccl_backend *b = (nccl_backend *)c->impl;
+    if (!b->bound)
+        return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s': comm=nccl has no compute stream (comm_bind_stream first)",
+                   c->info.rank, c->info.host, r->label);
+    TRY(async_error_check(c, b, r));
+    nccl_req *q = &b->reqs[r - c->reqs];
+    r->impl = q;
+    cudaCheck(cudaEventRecord(q->ready, b->compute));
+    cudaCheck(cudaStreamWaitEvent(b->stream, q->ready, 0));
+    ncclCheck(ncclAllReduce(r->buf, r->buf, r->n, ncclFloat, ncclAvg, b->comm, b->stream));
+    cudaCheck(cudaEventRecord(q->done, b->stream));
+    return ST_OK;
+}
+
+static int nccl_test(comm *c, comm_req_slot *r, int *done) {
+    nccl_backend *b = (nccl_backend *)c->impl;
+    nccl_req *q = (nccl_req *)r->impl;
+    *done = 0;
+    TRY(async_error_check(c, b, r));
+    // Join: the compute stream (the optimizer next) waits for the average; the host does not.
+    cudaCheck(cudaStreamWaitEvent(b->compute, q->done, 0));
+    *done = 1;
+    return ST_OK;
+}
+
+static const comm_ops nccl_ops = {
+    .name = "nccl",
+    .allreduce_avg_launch = nccl_launch,
+    .allreduce_test = nccl_test,
+    .bind_stream = nccl_bind_stream,
+    .destroy = nccl_destroy,
+};
+
+int comm_nccl_create(comm *c) {
+    nccl_backend *b = (nccl_backend *)calloc(1, sizeof *b);
+    TRY_ALLOC(b);
+    c->impl = b;
+    c->ops = &nccl_ops;
+    const int st = nccl_setup(c, b);
+    if (st != ST_OK) {
+        nccl_destroy(c);
+        c->ops = NULL;
+        return st;
+    }
+    return ST_OK;
+}

@@ -57,7 +57,8 @@ typedef struct backend_ops {
     int (*zero)(void *ctx, void *ptr, size_t bytes);
     int (*sync)(void *ctx);
 
-    // ---- data: x[i] = images[index[i]] / 255 as float (sample_elems values each), y[i] = labels[index[i]]
+    // ---- data: x[i] = images[index[i]] / 255 as float (sample_elems values each), y[i] = labels[index[i]].
+    // images, labels and index are backend memory (the data set is uploaded once; u8 on the GPU).
     int (*gather)(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
                   int sample_elems, float *x, int32_t *y);
 
@@ -88,7 +89,8 @@ typedef struct backend_ops {
     int (*softmax_xent)(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
                         float *dlogits, double *loss_acc, int32_t *correct_acc);
 
-    // ---- optimizers over flat buffers (the whole parameter buffer in one call)
+    // ---- optimizers over flat buffers (the whole parameter buffer in one call). h is BACKEND memory, written
+    // by the caller with upload before each step, so that a captured CUDA graph reads the current lr and t.
     int (*adam_step)(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h);
     int (*sgd_step)(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h);
 
@@ -100,6 +102,16 @@ typedef struct backend_ops {
     // Optional (may be NULL): a hook that long ops call between chunks of work, so that asynchronous host
     // communication progresses during backward (MPI needs MPI_Test calls to move a non-blocking reduce).
     void (*set_progress)(void *ctx, void (*fn)(void *arg), void *arg);
+
+    // Optional (NULL on CPU): the CUDA compute stream (cudaStream_t) every op runs on, for the NCCL comm
+    // backend to order its stream against with events.
+    void *(*stream)(void *ctx);
+    // Optional (NULL on CPU): CUDA Graph of one training step. capture_begin/capture_end bracket the ops of
+    // one step issued on the compute stream (including NCCL launches on forked streams, joined back before
+    // capture_end); replay launches the instantiated graph. One graph per backend; capture_begin replaces it.
+    int (*capture_begin)(void *ctx);
+    int (*capture_end)(void *ctx);
+    int (*replay)(void *ctx);
 } backend_ops;
 
 typedef struct backend {

@@ -1,3 +1,1034 @@
-// src/backend_cpu.c — placeholder until implemented.
+// backend_cpu.c — the reference backend: im2col + OpenBLAS sgemm for convolutions, plain loops for the rest.
+//
+// Threading. Every op splits its work over the batch (or over disjoint columns) and runs the parts on a small
+// pool of its own threads; each part calls a single-threaded sgemm (OpenBLAS's own pool is set to 1 thread).
+//   - Convs run one im2col + sgemm per image rather than one whole-batch sgemm over a [C*R*S, N*OH*OW]
+//     block: per image the block (139 KB for conv2 of the reference CNN) stays in L2 between im2col, sgemm
+//     and the activation pass, where the whole-batch block (8.9 MB) streams through memory. Measured on one
+//     Zen core: 34 GFLOP/s per image against 14-22 GFLOP/s whole-batch, and OpenBLAS's 2 threads on the
+//     whole batch reached only 26 GFLOP/s in all.
+//   - The pool instead of OpenMP: no extra runtime to link, and idle workers block after a short spin
+//     (POOL_SPIN_NS) instead of libgomp's long default spin, which would take a core from an MPI rank or
+//     the comm progress of a second process on the same machine. Interleaved runs measured the same step
+//     time for both on 2 threads.
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "backend.h"
 #include "common.h"
-typedef int backend_cpu_placeholder_t;
+
+// ---------------------------------------------------------------------------------------------------------
+// Thread pool: the calling thread is part 0, workers 1..n-1. One job at a time (the backend is not
+// re-entrant, like a CUDA stream).
+
+typedef void (*pool_fn)(void *arg, int part, int parts);
+
+#define POOL_SPIN_NS 30000  // a wait shorter than this is spun; longer ones block
+
+typedef struct cpu_pool {
+    int n;  // threads including the caller
+    pthread_t *tids;
+    int n_started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake, done;
+    _Atomic uint64_t gen;  // bumped once per job
+    _Atomic int remaining;  // workers that have not yet finished with the current job
+    _Atomic int stop;
+    pool_fn fn;
+    void *arg;
+    int parts;
+} cpu_pool;
+
+typedef struct cpu_ctx {
+    int threads;
+    cpu_pool pool;
+    void (*progress)(void *arg);
+    void *progress_arg;
+} cpu_ctx;
+
+typedef struct worker_arg {
+    cpu_pool *p;
+    int id;
+} worker_arg;
+
+static int64_t mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+// Spin until *gen differs from seen, for at most POOL_SPIN_NS; returns whether it did.
+static int spin_for_gen(const cpu_pool *p, uint64_t seen) {
+    int64_t t0 = mono_ns();
+    for (int i = 0;; i++) {
+        if (atomic_load_explicit(&p->gen, memory_order_acquire) != seen) return 1;
+        if ((i & 255) == 255 && mono_ns() - t0 > POOL_SPIN_NS) return 0;
+        cpu_relax();
+    }
+}
+
+static void *pool_worker(void *varg) {
+    worker_arg *wa = varg;
+    cpu_pool *p = wa->p;
+    const int id = wa->id;
+    free(wa);
+    uint64_t seen = 0;
+    for (;;) {
+        if (!spin_for_gen(p, seen)) {
+            pthread_mutex_lock(&p->mu);
+            while (atomic_load(&p->gen) == seen) pthread_cond_wait(&p->wake, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (atomic_load(&p->stop)) return NULL;
+        // Every worker acknowledges every job, taking part or not, so that none can still be reading this
+        // job's fn/arg/parts when the caller publishes the next one.
+        if (id < p->parts) p->fn(p->arg, id, p->parts);
+        if (atomic_fetch_sub_explicit(&p->remaining, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+}
+
+// Run fn(arg, part, parts) for part in [0, parts); parts <= p->n. Returns when all parts are done.
+static void pool_run(cpu_pool *p, int parts, pool_fn fn, void *arg) {
+    if (parts > p->n) parts = p->n;
+    if (parts <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    p->parts = parts;
+    atomic_store(&p->remaining, p->n - 1);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0, parts);
+    int64_t t0 = mono_ns();
+    for (int i = 0; atomic_load_explicit(&p->remaining, memory_order_acquire) > 0; i++) {
+        if ((i & 255) == 255 && mono_ns() - t0 > POOL_SPIN_NS) {
+            pthread_mutex_lock(&p->mu);
+            while (atomic_load(&p->remaining) > 0) pthread_cond_wait(&p->done, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+            break;
+        }
+        cpu_relax();
+    }
+}
+
+static void pool_stop(cpu_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    atomic_fetch_add(&p->gen, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_started; i++) pthread_join(p->tids[i], NULL);
+    free(p->tids);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->done);
+    pthread_mutex_destroy(&p->mu);
+}
+
+static int pool_start(cpu_pool *p, int n) {
+    memset(p, 0, sizeof *p);
+    p->n = n;
+    if (pthread_mutex_init(&p->mu, NULL) != 0) return ERR(ST_RUNTIME, "cpu backend: pthread_mutex_init failed");
+    if (pthread_cond_init(&p->wake, NULL) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        return ERR(ST_RUNTIME, "cpu backend: pthread_cond_init failed");
+    }
+    if (pthread_cond_init(&p->done, NULL) != 0) {
+        pthread_cond_destroy(&p->wake);
+        pthread_mutex_destroy(&p->mu);
+        return ERR(ST_RUNTIME, "cpu backend: pthread_cond_init failed");
+    }
+    p->tids = calloc((size_t)n, sizeof *p->tids);
+    int st = p->tids ? ST_OK : ERR(ST_RUNTIME, "cpu backend: out of host memory for %d threads", n);
+    for (int i = 1; st == ST_OK && i < n; i++) {
+        worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) {
+            st = ERR(ST_RUNTIME, "cpu backend: out of host memory for %d threads", n);
+            break;
+        }
+        wa->p = p, wa->id = i;
+        if (pthread_create(&p->tids[p->n_started], NULL, pool_worker, wa) != 0) {
+            free(wa);
+            st = ERR(ST_RUNTIME, "cpu backend: cannot start thread %d of %d", i + 1, n);
+            break;
+        }
+        p->n_started++;
+    }
+    if (st != ST_OK) pool_stop(p);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Work splitting
+
+// [*lo, *hi) is part t of `parts` near-equal parts of [0, total).
+static void split_range(int64_t total, int parts, int t, int64_t *lo, int64_t *hi) {
+    *lo = total * t / parts;
+    *hi = total * (t + 1) / parts;
+}
+
+// Parts worth running for `work` units when a part should have at least min_work: tiny ops stay on the
+// calling thread, where waking a worker would cost more than it saves.
+static int parts_for(const cpu_ctx *c, double work, double min_work) {
+    double t = work / min_work;
+    if (t < 1) return 1;
+    return t < c->threads ? (int)t : c->threads;
+}
+
+// Only the calling thread (part 0) runs the hook: MPI runs with MPI_THREAD_FUNNELED.
+static void progress_poll(const cpu_ctx *c, int part) {
+    if (c->progress && part == 0) c->progress(c->progress_arg);
+}
+
+#define FLOATS_ALIGNED(n) (((size_t)(n) + 15) & ~(size_t)15)  // keep every workspace slice 64-byte aligned
+
+// ---------------------------------------------------------------------------------------------------------
+// Memory
+
+static int cpu_alloc(void *ctx, void **ptr, size_t bytes) {
+    (void)ctx;
+    *ptr = NULL;
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < bytes) return ERR(ST_RUNTIME, "cpu backend: allocation of %zu bytes overflows", bytes);
+    if (rounded == 0) rounded = 64;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, rounded) != 0 || !p)
+        return ERR(ST_RUNTIME, "cpu backend: out of host memory allocating %zu bytes", bytes);
+    memset(p, 0, rounded);
+    *ptr = p;
+    return ST_OK;
+}
+
+static void cpu_free(void *ctx, void *ptr) {
+    (void)ctx;
+    free(ptr);
+}
+
+static int cpu_memcpy(const char *op, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0) return ST_OK;
+    if (!dst || !src) return ERR(ST_INPUT, "cpu backend: %s of %zu bytes with a NULL pointer", op, bytes);
+    memcpy(dst, src, bytes);
+    return ST_OK;
+}
+
+static int cpu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    return cpu_memcpy("upload", dst, src, bytes);
+}
+
+static int cpu_download(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    return cpu_memcpy("download", dst, src, bytes);
+}
+
+static int cpu_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    return cpu_memcpy("copy", dst, src, bytes);
+}
+
+static int cpu_zero(void *ctx, void *ptr, size_t bytes) {
+    (void)ctx;
+    if (bytes == 0) return ST_OK;
+    if (!ptr) return ERR(ST_INPUT, "cpu backend: zero of %zu bytes with a NULL pointer", bytes);
+    memset(ptr, 0, bytes);
+    return ST_OK;
+}
+
+static int cpu_sync(void *ctx) {
+    (void)ctx;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Data
+
+typedef struct gather_job {
+    const uint8_t *images, *labels;
+    const int32_t *index;
+    int n, sample_elems;
+    float *x;
+    int32_t *y;
+} gather_job;
+
+static void gather_part(void *arg, int part, int parts) {
+    const gather_job *j = arg;
+    int64_t lo, hi;
+    split_range(j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        const uint8_t *src = j->images + (size_t)j->index[i] * j->sample_elems;
+        float *dst = j->x + (size_t)i * j->sample_elems;
+        // Division, not a multiply by 1/255: the CUDA backend and the tests expect the exactly rounded value.
+        for (int e = 0; e < j->sample_elems; e++) dst[e] = (float)src[e] / 255.0f;
+        j->y[i] = (int32_t)j->labels[j->index[i]];
+    }
+}
+
+static int cpu_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+                      int sample_elems, float *x, int32_t *y) {
+    cpu_ctx *c = ctx;
+    if (n < 0 || sample_elems < 1) return ERR(ST_INPUT, "gather: n=%d sample_elems=%d", n, sample_elems);
+    for (int i = 0; i < n; i++)
+        if (index[i] < 0) return ERR(ST_INPUT, "gather: index[%d] = %d is negative", i, index[i]);
+    gather_job j = {images, labels, index, n, sample_elems, x, y};
+    pool_run(&c->pool, parts_for(c, (double)n * sample_elems, 65536), gather_part, &j);
+    return ST_OK;
+}
+
+// The project builds for baseline x86-64 (SSE2); the short-row copies of im2col/col2im run twice as fast
+// with 256-bit moves, so those get an AVX2 clone picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DDP_VEC_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DDP_VEC_CLONES
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
+// im2col / col2im for one image. The block is [C*R*S, OH*OW]; row (c, r, s) holds x[c, oh*stride - pad + r,
+// ow*stride - pad + s] for every output pixel, zero where that falls in the padding.
+
+// Output columns [*lo, *hi) whose input column ow*stride - pad + s lies inside [0, w).
+static void valid_cols(int w, int ow, int stride, int pad, int s, int *lo, int *hi) {
+    int first = pad - s;  // smallest ow*stride that lands inside
+    int l = first <= 0 ? 0 : (first + stride - 1) / stride;
+    int last = w - 1 + pad - s;  // largest ow*stride that lands inside
+    int h = last < 0 ? 0 : last / stride + 1;
+    if (h > ow) h = ow;
+    if (l > h) l = h;
+    *lo = l, *hi = h;
+}
+
+// Rows are short (OW floats: 11 and 26 in the reference CNN), so a memcpy call per row costs more than the
+// copy. Fixed-size 32-byte moves compile to a couple of vector instructions; the tail overlaps the body.
+static inline void copy_row(float *restrict dst, const float *restrict src, int n) {
+    if (n < 8) {
+        for (int i = 0; i < n; i++) dst[i] = src[i];
+        return;
+    }
+    int i = 0;
+    for (; i + 8 <= n; i += 8) memcpy(dst + i, src + i, 32);
+    if (i < n) memcpy(dst + n - 8, src + n - 8, 32);
+}
+
+// Stride 1, no padding (both convs of the reference CNN): every row is a plain shifted copy, so the
+// per-row bookkeeping of the general path (a third of its time) goes.
+DDP_VEC_CLONES static void im2col_s1p0(const conv_desc *d, const float *x, float *col) {
+    const int OH = d->oh, OW = d->ow, W = d->w, P = OH * OW;
+    for (int ch = 0; ch < d->c; ch++)
+        for (int r = 0; r < d->r; r++)
+            for (int s = 0; s < d->s; s++) {
+                float *dst = col + (size_t)((ch * d->r + r) * d->s + s) * P;
+                const float *src = x + ((size_t)ch * d->h + r) * W + s;
+                for (int oh = 0; oh < OH; oh++) copy_row(dst + oh * OW, src + oh * W, OW);
+            }
+}
+
+static void im2col(const conv_desc *d, const float *x, float *col) {
+    if (d->stride == 1 && d->pad == 0) {
+        im2col_s1p0(d, x, col);
+        return;
+    }
+    const int P = d->oh * d->ow, OW = d->ow, st = d->stride;
+    for (int ch = 0; ch < d->c; ch++)
+        for (int r = 0; r < d->r; r++)
+            for (int s = 0; s < d->s; s++) {
+                float *row = col + (size_t)((ch * d->r + r) * d->s + s) * P;
+                int lo, hi;
+                valid_cols(d->w, OW, st, d->pad, s, &lo, &hi);
+                for (int oh = 0; oh < d->oh; oh++) {
+                    float *dst = row + (size_t)oh * OW;
+                    int ih = oh * st - d->pad + r;
+                    if (ih < 0 || ih >= d->h || lo == hi) {
+                        for (int o = 0; o < OW; o++) dst[o] = 0.0f;
+                        continue;
+                    }
+                    const float *src = x + ((size_t)ch * d->h + ih) * d->w + (s - d->pad);
+                    for (int o = 0; o < lo; o++) dst[o] = 0.0f;
+                    if (st == 1)
+                        copy_row(dst + lo, src + lo, hi - lo);
+                    else
+                        for (int o = lo; o < hi; o++) dst[o] = src[o * st];
+                    for (int o = hi; o < OW; o++) dst[o] = 0.0f;
+                }
+            }
+}
+
+// dx (one image) = the block's entries summed back onto their input pixels; overwrites dx. Loops run over
+// input rows so that the R*S contributions to one row are added while it sits in L1.
+DDP_VEC_CLONES static void col2im_s1p0(const conv_desc *d, const float *col, float *dx) {
+    const int OH = d->oh, OW = d->ow, W = d->w, P = OH * OW;
+    for (int ch = 0; ch < d->c; ch++)
+        for (int r = 0; r < d->r; r++)
+            for (int oh = 0; oh < OH; oh++) {
+                float *restrict drow = dx + ((size_t)ch * d->h + oh + r) * W;
+                const float *restrict src = col + (size_t)(ch * d->r + r) * d->s * P + (size_t)oh * OW;
+                for (int s = 0; s < d->s; s++, src += P)
+                    for (int o = 0; o < OW; o++) drow[s + o] += src[o];
+            }
+}
+
+static void col2im(const conv_desc *d, const float *col, float *dx) {
+    const int P = d->oh * d->ow, OW = d->ow, st = d->stride;
+    memset(dx, 0, sizeof(float) * (size_t)d->c * d->h * d->w);
+    if (st == 1 && d->pad == 0) {
+        col2im_s1p0(d, col, dx);
+        return;
+    }
+    for (int ch = 0; ch < d->c; ch++)
+        for (int r = 0; r < d->r; r++)
+            for (int oh = 0; oh < d->oh; oh++) {
+                int ih = oh * st - d->pad + r;
+                if (ih < 0 || ih >= d->h) continue;
+                float *drow = dx + ((size_t)ch * d->h + ih) * d->w;
+                for (int s = 0; s < d->s; s++) {
+                    int lo, hi;
+                    valid_cols(d->w, OW, st, d->pad, s, &lo, &hi);
+                    const float *src = col + (size_t)((ch * d->r + r) * d->s + s) * P + (size_t)oh * OW;
+                    float *dst = drow + (s - d->pad);
+                    if (st == 1)
+                        for (int o = lo; o < hi; o++) dst[o] += src[o];
+                    else
+                        for (int o = lo; o < hi; o++) dst[o * st] += src[o];
+                }
+            }
+}
+
+// A 1x1 stride-1 unpadded conv's im2col block is the image itself.
+static int conv_is_pointwise(const conv_desc *d) {
+    return d->r == 1 && d->s == 1 && d->stride == 1 && d->pad == 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Convolution
+//
+// Workspace, per thread: one im2col block [C*R*S, OH*OW] (reused for dcol in backward) and a partial dW
+// [K, C*R*S] + db [K] that backward sums at the end. Backward recomputes im2col rather than keeping a
+// whole-batch block from forward: the copy is cheap next to the sgemm and stays in L2.
+
+typedef struct conv_ws_layout {
+    size_t col, dw, db, per_thread;  // in floats
+} conv_ws_layout;
+
+static conv_ws_layout conv_ws(const conv_desc *d) {
+    conv_ws_layout l;
+    size_t crs = (size_t)d->c * d->r * d->s;
+    l.col = FLOATS_ALIGNED(crs * d->oh * d->ow);
+    l.dw = FLOATS_ALIGNED(crs * d->k);
+    l.db = FLOATS_ALIGNED(d->k);
+    l.per_thread = l.col + l.dw + l.db;
+    return l;
+}
+
+static int conv_check(const conv_desc *d, const char *op) {
+    if (d->n < 1 || d->oh < 1 || d->ow < 1 || d->k < 1 || d->c < 1 || d->r < 1 || d->s < 1 || d->stride < 1)
+        return ERR(ST_INPUT, "%s: descriptor not initialised (call conv_desc_init)", op);
+    return ST_OK;
+}
+
+static int cpu_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
+    cpu_ctx *c = ctx;
+    TRY(conv_check(d, "conv_prepare"));
+    d->plan = NULL;
+    *workspace_bytes = conv_ws(d).per_thread * sizeof(float) * (size_t)c->threads;
+    return ST_OK;
+}
+
+static void cpu_conv_release(void *ctx, conv_desc *d) {
+    (void)ctx;
+    d->plan = NULL;
+}
+
+typedef struct conv_job {
+    const cpu_ctx *c;
+    const conv_desc *d;
+    conv_ws_layout L;
+    const float *x, *w, *b, *y;
+    float *yo, *dy, *dx, *dw, *db;
+    float *ws;
+} conv_job;
+
+// The output starts as the bias and the sgemm accumulates onto it (beta = 1): OpenBLAS's own beta = 0 pass
+// over C is a separate, slower sweep (a quarter of conv1's forward).
+static void fill_bias(float *restrict y, const float *restrict b, int k, int p) {
+    for (int i = 0; i < k; i++) {
+        float *row = y + (size_t)i * p;
+        const float bi = b[i];
+        for (int j = 0; j < p; j++) row[j] = bi;
+    }
+}
+
+static void relu_inplace(float *restrict y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+}
+
+static void conv_forward_part(void *arg, int part, int parts) {
+    const conv_job *j = arg;
+    const conv_desc *d = j->d;
+    const int K = d->k, P = d->oh * d->ow, CRS = d->c * d->r * d->s;
+    const size_t x_img = (size_t)d->c * d->h * d->w, y_img = (size_t)K * P;
+    float *col = j->ws + j->L.per_thread * (size_t)part;
+    int64_t lo, hi;
+    split_range(d->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) {
+        const float *xi = j->x + (size_t)i * x_img;
+        float *yi = j->yo + (size_t)i * y_img;
+        const float *ci = xi;
+        if (!conv_is_pointwise(d)) {
+            im2col(d, xi, col);
+            ci = col;
+        }
+        fill_bias(yi, j->b, K, P);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, CRS, 1.0f, j->w, CRS, ci, P, 1.0f, yi, P);
+        if (d->act == ACT_RELU) relu_inplace(yi, y_img);
+    }
+}
+
+static int cpu_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b,
+                            float *y, void *ws) {
+    cpu_ctx *c = ctx;
+    TRY(conv_check(d, "conv_forward"));
+    if (!ws) return ERR(ST_INPUT, "conv_forward: no workspace given");
+    conv_job j = {.c = c, .d = d, .L = conv_ws(d), .x = x, .w = w, .b = b, .yo = y, .ws = ws};
+    int parts = parts_for(c, (double)d->n * d->k * d->oh * d->ow * d->c * d->r * d->s, 2e5);
+    pool_run(&c->pool, parts < d->n ? parts : d->n, conv_forward_part, &j);
+    return ST_OK;
+}
+
+// dy *= relu'(y) for one image, and its per-filter sums added to db. Eight partial sums, because a single
+// running sum is a serial chain of adds the compiler may not reorder (it was half of conv1's backward).
+DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, float *dy, float *db) {
+    const int P = d->oh * d->ow;
+    for (int k = 0; k < d->k; k++) {
+        float *restrict g = dy + (size_t)k * P;
+        const float *restrict a = y + (size_t)k * P;
+        if (d->act == ACT_RELU)
+            for (int q = 0; q < P; q++) g[q] = a[q] > 0.0f ? g[q] : 0.0f;
+        float acc[8] = {0};
+        int q = 0;
+        for (; q + 8 <= P; q += 8)
+            for (int l = 0; l < 8; l++) acc[l] += g[q + l];
+        float sum = 0.0f;
+        for (; q < P; q++) sum += g[q];
+        for (int l = 0; l < 8; l++) sum += acc[l];
+        db[k] += sum;
+    }
+}
+
+// One part's images: pre-activation dy in place, partial dW/db, and dx. Part 0 writes dw/db directly.
+static void conv_backward_part(void *arg, int part, int parts) {
+    const conv_job *j = arg;
+    const conv_desc *d = j->d;
+    const int K = d->k, P = d->oh * d->ow, CRS = d->c * d->r * d->s;
+    const size_t x_img = (size_t)d->c * d->h * d->w, y_img = (size_t)K * P;
+    float *col = j->ws + j->L.per_thread * (size_t)part;
+    float *dw = part == 0 ? j->dw : col + j->L.col, *db = part == 0 ? j->db : col + j->L.col + j->L.dw;
+    int64_t lo, hi;
+    split_range(d->n, parts, part, &lo, &hi);
+    memset(db, 0, sizeof(float) * (size_t)K);
+    if (lo == hi) memset(dw, 0, sizeof(float) * (size_t)K * CRS);
+    for (int64_t i = lo; i < hi; i++) {
+        const float *xi = j->x + (size_t)i * x_img;
+        float *dyi = j->dy + (size_t)i * y_img;
+        conv_act_grad(d, j->y + (size_t)i * y_img, dyi, db);
+        const float *ci = xi;
+        if (!conv_is_pointwise(d)) {
+            im2col(d, xi, col);
+            ci = col;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, K, CRS, P, 1.0f, dyi, P, ci, P, i == lo ? 0.0f : 1.0f,
+                    dw, CRS);
+        if (j->dx) {
+            float *dxi = j->dx + (size_t)i * x_img;
+            float *dcol = conv_is_pointwise(d) ? dxi : col;  // pointwise: dcol is dx itself
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, CRS, P, K, 1.0f, j->w, CRS, dyi, P, 0.0f, dcol, P);
+            if (dcol != dxi) col2im(d, dcol, dxi);
+        }
+        progress_poll(j->c, part);
+    }
+}
+
+static int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y,
+                             float *dy, float *dx, float *dw, float *db, void *ws) {
+    cpu_ctx *c = ctx;
+    TRY(conv_check(d, "conv_backward"));
+    if (!ws) return ERR(ST_INPUT, "conv_backward: no workspace given");
+    conv_job j = {.c = c, .d = d, .L = conv_ws(d), .x = x, .w = w, .y = y, .dy = dy, .dx = dx, .dw = dw,
+                  .db = db, .ws = ws};
+    const int K = d->k, CRS = d->c * d->r * d->s;
+    int parts = parts_for(c, (double)d->n * K * d->oh * d->ow * CRS * (dx ? 2 : 1), 2e5);
+    if (parts > d->n) parts = d->n;
+    if (parts > c->pool.n) parts = c->pool.n;
+    pool_run(&c->pool, parts, conv_backward_part, &j);
+    // The partial sums are small (K x C*R*S), a serial add beats another round trip through the pool.
+    for (int t = 1; t < parts; t++) {
+        const float *pw = j.ws + j.L.per_thread * (size_t)t + j.L.col, *pb = pw + j.L.dw;
+        for (size_t e = 0; e < (size_t)K * CRS; e++) dw[e] += pw[e];
+        for (int k = 0; k < K; k++) db[k] += pb[k];
+    }
+    progress_poll(c, 0);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Max pooling. argmax holds the winner's index ih*w + iw inside its input plane; ties go to the first.
+
+static int pool_check(const pool_desc *d, const char *op) {
+    if (d->n < 1 || d->c < 1 || d->oh < 1 || d->ow < 1 || d->size < 1 || d->stride < 1)
+        return ERR(ST_INPUT, "%s: descriptor not initialised (call pool_desc_init)", op);
+    return ST_OK;
+}
+
+static void pool_plane(const pool_desc *d, const float *x, float *y, int32_t *am) {
+    const int W = d->w, st = d->stride, sz = d->size;
+    for (int oh = 0; oh < d->oh; oh++)
+        for (int ow = 0; ow < d->ow; ow++) {
+            int base = oh * st * W + ow * st, best_i = base;
+            float best = x[base];
+            for (int r = 0; r < sz; r++)
+                for (int s = 0; s < sz; s++) {
+                    int idx = base + r * W + s;
+                    if (x[idx] > best) best = x[idx], best_i = idx;
+                }
+            y[oh * d->ow + ow] = best;
+            am[oh * d->ow + ow] = best_i;
+        }
+}
+
+// The reference CNN's 2x2 stride-2 window, unrolled.
+static void pool_plane_2x2(const pool_desc *d, const float *x, float *y, int32_t *am) {
+    const int W = d->w;
+    for (int oh = 0; oh < d->oh; oh++) {
+        const int r0 = 2 * oh * W;
+        for (int ow = 0; ow < d->ow; ow++) {
+            int i0 = r0 + 2 * ow, i1 = i0 + 1, i2 = i0 + W, i3 = i2 + 1;
+            int bi = i0;
+            float b = x[i0];
+            if (x[i1] > b) b = x[i1], bi = i1;
+            if (x[i2] > b) b = x[i2], bi = i2;
+            if (x[i3] > b) b = x[i3], bi = i3;
+            y[oh * d->ow + ow] = b;
+            am[oh * d->ow + ow] = bi;
+        }
+    }
+}
+
+typedef struct pool_job {
+    const pool_desc *d;
+    const float *x, *dy;
+    float *y, *dx;
+    int32_t *am_out;
+    const int32_t *am;
+} pool_job;
+
+static void pool_forward_part(void *arg, int part, int parts) {
+    const pool_job *j = arg;
+    const pool_desc *d = j->d;
+    const int in_plane = d->h * d->w, out_plane = d->oh * d->ow;
+    int64_t lo, hi;
+    split_range((int64_t)d->n * d->c, parts, part, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) {
+        const float *xp = j->x + (size_t)p * in_plane;
+        float *yp = j->y + (size_t)p * out_plane;
+        int32_t *ap = j->am_out + (size_t)p * out_plane;
+        if (d->size == 2 && d->stride == 2)
+            pool_plane_2x2(d, xp, yp, ap);
+        else
+            pool_plane(d, xp, yp, ap);
+    }
+}
+
+static void pool_backward_part(void *arg, int part, int parts) {
+    const pool_job *j = arg;
+    const pool_desc *d = j->d;
+    const int in_plane = d->h * d->w, out_plane = d->oh * d->ow;
+    int64_t lo, hi;
+    split_range((int64_t)d->n * d->c, parts, part, &lo, &hi);
+    // Overlapping windows (stride < size) can pick the same input twice, hence += rather than =.
+    for (int64_t p = lo; p < hi; p++) {
+        float *dxp = j->dx + (size_t)p * in_plane;
+        const float *dyp = j->dy + (size_t)p * out_plane;
+        const int32_t *ap = j->am + (size_t)p * out_plane;
+        memset(dxp, 0, sizeof(float) * (size_t)in_plane);
+        for (int o = 0; o < out_plane; o++) dxp[ap[o]] += dyp[o];
+    }
+}
+
+static int cpu_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax) {
+    cpu_ctx *c = ctx;
+    TRY(pool_check(d, "pool_forward"));
+    pool_job j = {.d = d, .x = x, .y = y, .am_out = argmax};
+    double work = (double)d->n * d->c * d->oh * d->ow * d->size * d->size;
+    pool_run(&c->pool, parts_for(c, work, 32768), pool_forward_part, &j);
+    return ST_OK;
+}
+
+static int cpu_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx) {
+    cpu_ctx *c = ctx;
+    TRY(pool_check(d, "pool_backward"));
+    pool_job j = {.d = d, .dy = dy, .dx = dx, .am = argmax};
+    pool_run(&c->pool, parts_for(c, (double)d->n * d->c * d->h * d->w, 32768), pool_backward_part, &j);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Dense. y[n,out] = x[n,in] · w[out,in]^T + b. Forward splits the batch rows over threads; backward splits
+// the input columns, so that dW[:, cols] and dx[:, cols] of different threads never overlap.
+
+typedef struct dense_job {
+    const cpu_ctx *c;
+    int n, in, out, act;
+    const float *x, *w, *b;
+    float *y, *dy, *dx, *dw;
+} dense_job;
+
+static int dense_check(int n, int in, int out, int act, const char *op) {
+    if (n < 1 || in < 1 || out < 1) return ERR(ST_INPUT, "%s: n=%d in=%d out=%d must be positive", op, n, in, out);
+    if (act != ACT_NONE && act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    return ST_OK;
+}
+
+static void dense_forward_part(void *arg, int part, int parts) {
+    const dense_job *j = arg;
+    int64_t lo, hi;
+    split_range(j->n, parts, part, &lo, &hi);
+    if (hi == lo) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), j->out, j->in, 1.0f,
+                j->x + (size_t)lo * j->in, j->in, j->w, j->in, 0.0f, j->y + (size_t)lo * j->out, j->out);
+    for (int64_t i = lo; i < hi; i++) {
+        float *row = j->y + (size_t)i * j->out;
+        if (j->act == ACT_RELU)
+            for (int o = 0; o < j->out; o++) {
+                float v = row[o] + j->b[o];
+                row[o] = v > 0.0f ? v : 0.0f;
+            }
+        else
+            for (int o = 0; o < j->out; o++) row[o] += j->b[o];
+    }
+}
+
+static int cpu_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
+                             const float *b, float *y) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(n, in, out, act, "dense_forward"));
+    dense_job j = {.c = c, .n = n, .in = in, .out = out, .act = act, .x = x, .w = w, .b = b, .y = y};
+    pool_run(&c->pool, parts_for(c, (double)n * in * out, 2e5), dense_forward_part, &j);
+    return ST_OK;
+}
+
+static void dense_backward_part(void *arg, int part, int parts) {
+    const dense_job *j = arg;
+    // Column slices in multiples of 16 floats keep every part's rows 64-byte aligned.
+    int64_t b0, b1;
+    split_range((j->in + 15) / 16, parts, part, &b0, &b1);
+    const int c0 = (int)(b0 * 16), c1 = (int)(b1 * 16 < j->in ? b1 * 16 : j->in);
+    if (c1 <= c0) return;
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, j->out, c1 - c0, j->n, 1.0f, j->dy, j->out, j->x + c0,
+                j->in, 0.0f, j->dw + c0, j->in);
+    progress_poll(j->c, part);
+    if (j->dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->n, c1 - c0, j->out, 1.0f, j->dy, j->out,
+                    j->w + c0, j->in, 0.0f, j->dx + c0, j->in);
+}
+
+static int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
+                              const float *y, float *dy, float *dx, float *dw, float *db) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(n, in, out, act, "dense_backward"));
+    const size_t ny = (size_t)n * out;
+    if (act == ACT_RELU)
+        for (size_t i = 0; i < ny; i++) dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (int o = 0; o < out; o++) db[o] = 0.0f;
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < out; o++) db[o] += dy[(size_t)i * out + o];
+    dense_job j = {.c = c, .n = n, .in = in, .out = out, .act = act, .x = x, .w = w, .dy = dy, .dx = dx, .dw = dw};
+    pool_run(&c->pool, parts_for(c, (double)n * in * out * (dx ? 2 : 1), 2e5), dense_backward_part, &j);
+    progress_poll(c, 0);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Softmax + cross-entropy (small: classes x batch, serial)
+
+static int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
+                            float *dlogits, double *loss_acc, int32_t *correct_acc) {
+    (void)ctx;
+    if (n < 1 || classes < 1) return ERR(ST_INPUT, "softmax_xent: n=%d classes=%d must be positive", n, classes);
+    for (int i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= classes)
+            return ERR(ST_INPUT, "softmax_xent: label %d of sample %d is outside [0, %d)", labels[i], i, classes);
+    double loss = 0.0;
+    int32_t correct = 0;
+    const float inv_n = 1.0f / (float)n;
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (size_t)i * classes;
+        int best = 0;
+        for (int k = 1; k < classes; k++)
+            if (z[k] > z[best]) best = k;
+        const double zmax = z[best];  // subtracted so that exp cannot overflow
+        double sum = 0.0;
+        for (int k = 0; k < classes; k++) sum += exp((double)z[k] - zmax);
+        const int label = labels[i];
+        loss += log(sum) - ((double)z[label] - zmax);
+        correct += best == label;
+        if (dlogits) {
+            float *g = dlogits + (size_t)i * classes;
+            const double inv_sum = 1.0 / sum;
+            for (int k = 0; k < classes; k++) {
+                float p = (float)(exp((double)z[k] - zmax) * inv_sum);
+                g[k] = (p - (k == label ? 1.0f : 0.0f)) * inv_n;
+            }
+        }
+    }
+    *loss_acc += loss;
+    *correct_acc += correct;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Elementwise ops over flat buffers: optimizers, scale, non-finite count
+
+typedef struct flat_job {
+    size_t n;
+    float *p, *m, *v, *x;
+    const float *g, *cx;
+    float lr, b1, b2, eps, wd, alpha;
+    int64_t *bad;  // count_nonfinite: one slot per part, 8 apart (a cache line each)
+} flat_job;
+
+static void flat_range(const flat_job *j, int part, int parts, size_t *lo, size_t *hi) {
+    int64_t l, h;
+    split_range((int64_t)j->n, parts, part, &l, &h);
+    *lo = (size_t)l, *hi = (size_t)h;
+}
+
+// Adam with Keras/TF1 semantics (the bias correction folded into the step size, eps added to sqrt(v) as is):
+//   g'   = g + weight_decay * p                      (only when weight_decay > 0; L2 folded into the gradient)
+//   m    = beta1 * m + (1 - beta1) * g'
+//   v    = beta2 * v + (1 - beta2) * g'^2
+//   lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)
+//   p   -= lr_t * m / (sqrt(v) + eps)
+static void adam_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    float *restrict p = j->p, *restrict m = j->m, *restrict v = j->v;
+    const float *restrict g = j->g;
+    const float b1 = j->b1, b2 = j->b2, ob1 = 1.0f - j->b1, ob2 = 1.0f - j->b2, lr_t = j->lr, eps = j->eps;
+    const float wd = j->wd;
+    size_t i = lo;
+#ifdef __SSE2__
+    // sqrtf may set errno, which keeps GCC from vectorising the scalar loop below (v >= 0, so it never does).
+    const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vob1 = _mm_set1_ps(ob1), vob2 = _mm_set1_ps(ob2);
+    const __m128 vlr = _mm_set1_ps(lr_t), veps = _mm_set1_ps(eps), vwd = _mm_set1_ps(wd);
+    for (; i + 4 <= hi; i += 4) {
+        __m128 pi = _mm_loadu_ps(p + i);
+        __m128 gi = _mm_add_ps(_mm_loadu_ps(g + i), _mm_mul_ps(vwd, pi));
+        __m128 mi = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(m + i)), _mm_mul_ps(vob1, gi));
+        __m128 vi = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(v + i)), _mm_mul_ps(_mm_mul_ps(vob2, gi), gi));
+        _mm_storeu_ps(m + i, mi);
+        _mm_storeu_ps(v + i, vi);
+        __m128 step = _mm_div_ps(_mm_mul_ps(vlr, mi), _mm_add_ps(_mm_sqrt_ps(vi), veps));
+        _mm_storeu_ps(p + i, _mm_sub_ps(pi, step));
+    }
+#endif
+    for (; i < hi; i++) {
+        const float gi = g[i] + wd * p[i];
+        const float mi = b1 * m[i] + ob1 * gi;
+        const float vi = b2 * v[i] + ob2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= lr_t * mi / (sqrtf(vi) + eps);
+    }
+}
+
+static int cpu_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h) {
+    cpu_ctx *c = ctx;
+    if (h->t < 1) return ERR(ST_INPUT, "adam_step: step t=%lld must be >= 1", (long long)h->t);
+    const double t = (double)h->t;
+    flat_job j = {.n = n, .p = p, .m = m, .v = v, .g = g, .b1 = h->beta1, .b2 = h->beta2, .eps = h->eps,
+                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f};
+    j.lr = (float)(h->lr * sqrt(1.0 - pow(h->beta2, t)) / (1.0 - pow(h->beta1, t)));
+    pool_run(&c->pool, parts_for(c, (double)n, 32768), adam_part, &j);
+    return ST_OK;
+}
+
+// SGD with (heavy-ball) momentum: vel = momentum * vel + g'; p -= lr * vel, with g' as for Adam.
+static void sgd_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    float *restrict p = j->p, *restrict vel = j->v;
+    const float *restrict g = j->g;
+    const float lr = j->lr, mom = j->b1, wd = j->wd;
+    for (size_t i = lo; i < hi; i++) {
+        const float vi = mom * vel[i] + (g[i] + wd * p[i]);
+        vel[i] = vi;
+        p[i] -= lr * vi;
+    }
+}
+
+static int cpu_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h) {
+    cpu_ctx *c = ctx;
+    flat_job j = {.n = n, .p = p, .v = vel, .g = g, .lr = h->lr, .b1 = h->momentum,
+                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f};
+    pool_run(&c->pool, parts_for(c, (double)n, 32768), sgd_part, &j);
+    return ST_OK;
+}
+
+static void scale_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    for (size_t i = lo; i < hi; i++) j->x[i] *= j->alpha;
+}
+
+static int cpu_scale(void *ctx, size_t n, float alpha, float *x) {
+    cpu_ctx *c = ctx;
+    flat_job j = {.n = n, .x = x, .alpha = alpha};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), scale_part, &j);
+    return ST_OK;
+}
+
+static void nonfinite_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    int64_t bad = 0;
+    for (size_t i = lo; i < hi; i++) bad += !isfinite(j->cx[i]);
+    j->bad[8 * part] = bad;
+}
+
+static int cpu_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out) {
+    cpu_ctx *c = ctx;
+    int parts = parts_for(c, (double)n, 65536);
+    int64_t *bad = calloc((size_t)parts * 8, sizeof(int64_t));
+    TRY_ALLOC(bad);
+    flat_job j = {.n = n, .cx = x, .bad = bad};
+    pool_run(&c->pool, parts, nonfinite_part, &j);
+    int64_t total = 0;
+    for (int t = 0; t < parts; t++) total += bad[8 * t];
+    free(bad);
+    *out = total > INT32_MAX ? INT32_MAX : (int32_t)total;
+    return ST_OK;
+}
+
+static void cpu_set_progress(void *ctx, void (*fn)(void *arg), void *arg) {
+    cpu_ctx *c = ctx;
+    c->progress = fn;
+    c->progress_arg = arg;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table and constructor
+
+static void cpu_destroy(void *ctx) {
+    cpu_ctx *c = ctx;
+    if (!c) return;
+    pool_stop(&c->pool);
+    free(c);
+}
+
+// OpenBLAS's sgemm kernel prefetches well past the end of the packing buffer a small product uses. While
+// those pages of the (lazily mapped, per thread) buffer were never touched, every such prefetch costs a page
+// walk — under virtualisation a two-level one — and the per-image products of a conv ran 3x slower (11
+// instead of 34 GFLOP/s on one Zen core) until some larger product had touched them. One larger product on
+// every thread of the pool, all at once so that each holds its own buffer, maps them up front.
+typedef struct warm_job {
+    _Atomic int failed;
+} warm_job;
+
+static void blas_warm_up_part(void *arg, int part, int parts) {
+    (void)part, (void)parts;
+    warm_job *j = arg;
+    enum { M = 64, N = 2048, K = 512 };
+    float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)K * N, sizeof(float));
+    float *c = calloc((size_t)M * N, sizeof(float));
+    if (a && b && c)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, a, K, b, N, 0.0f, c, N);
+    else
+        atomic_store(&j->failed, 1);
+    free(a), free(b), free(c);
+}
+
+static const backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .gather = cpu_gather,
+    .conv_prepare = cpu_conv_prepare,
+    .conv_release = cpu_conv_release,
+    .conv_forward = cpu_conv_forward,
+    .conv_backward = cpu_conv_backward,
+    .pool_forward = cpu_pool_forward,
+    .pool_backward = cpu_pool_backward,
+    .dense_forward = cpu_dense_forward,
+    .dense_backward = cpu_dense_backward,
+    .softmax_xent = cpu_softmax_xent,
+    .adam_step = cpu_adam_step,
+    .sgd_step = cpu_sgd_step,
+    .scale = cpu_scale,
+    .count_nonfinite = cpu_count_nonfinite,
+    .set_progress = cpu_set_progress,
+    .stream = NULL,
+    .capture_begin = NULL,
+    .capture_end = NULL,
+    .replay = NULL,
+};
+
+int backend_cpu_create(backend *be, int threads) {
+    be->ops = NULL;
+    be->ctx = NULL;
+    if (threads < 0 || threads > 1024) return ERR(ST_INPUT, "cpu backend: threads %d must be in [0, 1024]", threads);
+    if (threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores > 0 ? (int)(cores < 1024 ? cores : 1024) : 1;
+    }
+    cpu_ctx *c = calloc(1, sizeof *c);
+    TRY_ALLOC(c);
+    c->threads = threads;
+    int st = pool_start(&c->pool, threads);
+    if (st != ST_OK) {
+        free(c);
+        return st;
+    }
+    // Every sgemm runs on one pool thread over its share of the work (see the top of this file).
+    openblas_set_num_threads(1);
+    warm_job wj = {0};
+    pool_run(&c->pool, threads, blas_warm_up_part, &wj);
+    if (atomic_load(&wj.failed)) {
+        cpu_destroy(c);
+        return ERR(ST_RUNTIME, "cpu backend: out of host memory warming up OpenBLAS");
+    }
+    be->ops = &cpu_ops;
+    be->ctx = c;
+    return ST_OK;
+}

@@ -19,6 +19,7 @@ int g_quiet = 0;
 static int err_st = ST_OK;
 static char err_text[1024];
 static char err_loc[256];
+static int err_coll, err_orig;
 
 int err_set(int st, const char *file, int line, const char *fmt, ...) {
     if (err_st != ST_OK) return st;  // keep the first (root-cause) message
@@ -37,8 +38,16 @@ int err_set(int st, const char *file, int line, const char *fmt, ...) {
 const char *err_msg(void) { return err_text; }
 const char *err_where(void) { return err_loc; }
 int err_status(void) { return err_st; }
+void err_mark_collective(int origin) {
+    err_coll = 1;
+    err_orig = origin;
+}
+int err_collective(void) { return err_coll; }
+int err_origin(void) { return err_orig; }
+
 void err_clear(void) {
     err_st = ST_OK;
+    err_coll = err_orig = 0;
     err_text[0] = '\0';
     err_loc[0] = '\0';
 }

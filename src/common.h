@@ -25,6 +25,12 @@ const char *err_msg(void);    // the message, "" when none
 const char *err_where(void);  // "src/data.c:123" of the first ERR
 int err_status(void);         // the status of the first ERR, ST_OK when none
 void err_clear(void);
+// Mark the current error as collective: every rank returns it at the same point (agreed set-up failure,
+// divergence seen in averaged gradients, agreed stop), so main exits cleanly instead of aborting the job.
+// origin: this rank's message is its own root cause (print it even when not rank 0).
+void err_mark_collective(int origin);
+int err_collective(void);
+int err_origin(void);
 
 #define ERR(st, ...) err_set((st), __FILE__, __LINE__, __VA_ARGS__)
 // Relay: pass a non-OK status up unchanged (the message of the first ERR is kept).

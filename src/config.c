@@ -1,3 +1,634 @@
-// src/config.c — placeholder until implemented.
+// config.c — INI configuration (libinih), Darknet-like: [net], [data], [parallel], then one section per layer.
+//
+// libinih reports keys, not section headers, and layer sections repeat ([conv] twice). So the file is fed to
+// ini_parse_stream through our own line reader, which sees every header first: it opens a new layer (with its
+// defaults) for each layer header, so even a section without keys ([softmax], [maxpool]) becomes a layer, and
+// it rejects over-long lines instead of letting libinih split them silently.
 #include "config.h"
-typedef int config_placeholder_t;
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Keys. One table says, for every key, its section, type, range and where it lives in net_config; parsing,
+// --set and printing all go through it, so a key exists in one place.
+
+enum key_type { K_INT, K_DOUBLE, K_U64, K_STR, K_ENUM };
+enum sect_kind { S_NET = 1, S_DATA, S_PARALLEL };
+
+typedef struct key_def {
+    int sect;
+    const char *name;
+    int type;
+    size_t off;           // offset in net_config
+    size_t size;          // K_STR: buffer size
+    double lo, hi;        // numeric range (inclusive)
+    const char *choices;  // K_ENUM: "a|b|c", stored as 1-based index unless `enum_base0`
+    int enum_base0;
+} key_def;
+
+#define OFF(f) offsetof(net_config, f)
+#define SZ(f) sizeof(((net_config *)0)->f)
+static const key_def g_keys[] = {
+    {S_NET, "batch", K_INT, OFF(batch), 0, 1, 1 << 20, NULL, 0},
+    {S_NET, "epochs", K_INT, OFF(epochs), 0, 1, 100000, NULL, 0},
+    {S_NET, "optimizer", K_ENUM, OFF(optimizer), 0, 0, 0, "adam|sgd", 0},
+    {S_NET, "lr", K_DOUBLE, OFF(lr), 0, 1e-30, 1e30, NULL, 0},
+    {S_NET, "beta1", K_DOUBLE, OFF(beta1), 0, 0, 0.999999, NULL, 0},
+    {S_NET, "beta2", K_DOUBLE, OFF(beta2), 0, 0, 0.999999999, NULL, 0},
+    {S_NET, "eps", K_DOUBLE, OFF(eps), 0, 1e-30, 1, NULL, 0},
+    {S_NET, "momentum", K_DOUBLE, OFF(momentum), 0, 0, 0.999999, NULL, 0},
+    {S_NET, "weight_decay", K_DOUBLE, OFF(weight_decay), 0, 0, 1, NULL, 0},
+    {S_NET, "seed", K_U64, OFF(seed), 0, 0, 0, NULL, 0},
+    {S_NET, "channels", K_INT, OFF(channels), 0, 1, 4096, NULL, 0},
+    {S_NET, "height", K_INT, OFF(height), 0, 1, 16384, NULL, 0},
+    {S_NET, "width", K_INT, OFF(width), 0, 1, 16384, NULL, 0},
+    {S_NET, "classes", K_INT, OFF(classes), 0, 2, 256, NULL, 0},
+    {S_NET, "backend", K_STR, OFF(backend), SZ(backend), 0, 0, "cpu|cuda", 0},
+    {S_NET, "threads", K_INT, OFF(threads), 0, 0, 1024, NULL, 0},
+    {S_NET, "tf32", K_INT, OFF(tf32), 0, 0, 1, NULL, 0},
+    {S_NET, "cuda_graph", K_INT, OFF(cuda_graph), 0, 0, 1, NULL, 0},
+    {S_NET, "eval_batch", K_INT, OFF(eval_batch), 0, 1, 1 << 20, NULL, 0},
+    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10", 0},
+    {S_DATA, "train_images", K_STR, OFF(train_images), SZ(train_images), 0, 0, NULL, 0},
+    {S_DATA, "train_labels", K_STR, OFF(train_labels), SZ(train_labels), 0, 0, NULL, 0},
+    {S_DATA, "test_images", K_STR, OFF(test_images), SZ(test_images), 0, 0, NULL, 0},
+    {S_DATA, "test_labels", K_STR, OFF(test_labels), SZ(test_labels), 0, 0, NULL, 0},
+    {S_DATA, "cifar_dir", K_STR, OFF(cifar_dir), SZ(cifar_dir), 0, 0, NULL, 0},
+    {S_DATA, "train_limit", K_INT, OFF(train_limit), 0, 0, 1 << 30, NULL, 0},
+    {S_DATA, "test_limit", K_INT, OFF(test_limit), 0, 0, 1 << 30, NULL, 0},
+    {S_PARALLEL, "comm", K_STR, OFF(comm), SZ(comm), 0, 0, "mpi|nccl", 0},
+    {S_PARALLEL, "bucket_kb", K_INT, OFF(bucket_kb), 0, 1, 1 << 20, NULL, 0},
+    {S_PARALLEL, "overlap", K_INT, OFF(overlap), 0, 0, 1, NULL, 0},
+    {S_PARALLEL, "scaling", K_ENUM, OFF(scaling), 0, 0, 0, "weak|strong", 0},
+    {S_PARALLEL, "lr_scaling", K_ENUM, OFF(lr_scaling), 0, 0, 0, "none|linear", 1},
+    {S_PARALLEL, "warmup_epochs", K_DOUBLE, OFF(warmup_epochs), 0, 0, 100000, NULL, 0},
+    {S_PARALLEL, "comm_timeout_s", K_DOUBLE, OFF(comm_timeout_s), 0, 0.1, 1e6, NULL, 0},
+};
+#define N_KEYS (int)(sizeof g_keys / sizeof g_keys[0])
+
+static const char *g_sect_names[] = {"", "net", "data", "parallel"};
+
+// Layer keys: which types accept which key.
+typedef struct layer_key {
+    const char *name;
+    unsigned types;  // bit (1 << layer_type)
+    size_t off;      // in layer_cfg (int); 0 for name/activation, handled apart
+    int lo, hi;
+} layer_key;
+#define LB(t) (1u << (t))
+#define LOFF(f) offsetof(layer_cfg, f)
+static const layer_key g_layer_keys[] = {
+    {"name", LB(LAYER_CONV) | LB(LAYER_MAXPOOL) | LB(LAYER_DENSE) | LB(LAYER_FLATTEN) | LB(LAYER_SOFTMAX), 0, 0, 0},
+    {"filters", LB(LAYER_CONV), LOFF(filters), 1, 65536},
+    {"size", LB(LAYER_CONV) | LB(LAYER_MAXPOOL), LOFF(size), 1, 1024},
+    {"stride", LB(LAYER_CONV) | LB(LAYER_MAXPOOL), LOFF(stride), 1, 1024},
+    {"pad", LB(LAYER_CONV), LOFF(pad), 0, 1024},
+    {"units", LB(LAYER_DENSE), LOFF(units), 1, 1 << 24},
+    {"activation", LB(LAYER_CONV) | LB(LAYER_DENSE), 0, 0, 0},
+};
+#define N_LAYER_KEYS (int)(sizeof g_layer_keys / sizeof g_layer_keys[0])
+
+static const char *g_layer_sects[] = {"", "conv", "maxpool", "dense", "flatten", "softmax"};
+
+// ---------------------------------------------------------------------------------------------------------
+// Defaults
+
+#define FMNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+void config_defaults(net_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->batch = 64;
+    cfg->epochs = 5;
+    cfg->optimizer = OPT_ADAM;
+    cfg->lr = 1e-3;
+    cfg->beta1 = 0.9, cfg->beta2 = 0.999, cfg->eps = 1e-7;
+    cfg->momentum = 0.9;
+    cfg->seed = 42;
+    cfg->classes = 10;
+    snprintf(cfg->backend, sizeof cfg->backend, "cpu");
+    cfg->cuda_graph = 1;
+    cfg->eval_batch = 1000;
+    cfg->data_format = DATA_IDX;
+    snprintf(cfg->train_images, sizeof cfg->train_images, "%s/train-images-idx3-ubyte.gz", FMNIST_DIR);
+    snprintf(cfg->train_labels, sizeof cfg->train_labels, "%s/train-labels-idx1-ubyte.gz", FMNIST_DIR);
+    snprintf(cfg->test_images, sizeof cfg->test_images, "%s/t10k-images-idx3-ubyte.gz", FMNIST_DIR);
+    snprintf(cfg->test_labels, sizeof cfg->test_labels, "%s/t10k-labels-idx1-ubyte.gz", FMNIST_DIR);
+    snprintf(cfg->cifar_dir, sizeof cfg->cifar_dir, "data/cifar-10-batches-bin");
+    snprintf(cfg->comm, sizeof cfg->comm, "mpi");
+    cfg->bucket_kb = 256;
+    cfg->overlap = 1;
+    cfg->scaling = SCALING_WEAK;
+    cfg->lr_scaling = LR_SCALING_NONE;
+    cfg->comm_timeout_s = 300;
+}
+
+static void layer_defaults(layer_cfg *l, int type) {
+    memset(l, 0, sizeof *l);
+    l->type = type;
+    switch (type) {
+    case LAYER_CONV: l->size = 3, l->stride = 1, l->pad = 0, l->act = ACT_RELU; break;
+    case LAYER_MAXPOOL: l->size = 2, l->stride = 0; /* 0: = size, resolved in validate */ break;
+    default: l->act = ACT_NONE; break;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Setting one value. `where` names the origin for messages: "file:line [section]" or "--set".
+
+static int choice_index(const char *choices, const char *value) {
+    int idx = 0;
+    const char *p = choices;
+    size_t vl = strlen(value);
+    while (*p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == vl && strncmp(p, value, len) == 0) return idx;
+        idx++;
+        if (!bar) break;
+        p = bar + 1;
+    }
+    return -1;
+}
+
+static int set_key(net_config *cfg, const key_def *k, const char *value, const char *where) {
+    char *base = (char *)cfg + k->off;
+    const char *sect = g_sect_names[k->sect];
+    switch (k->type) {
+    case K_INT: {
+        long v;
+        if (parse_int(value, (long)k->lo, (long)k->hi, &v))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%.0f, %.0f]", where, sect, k->name, value,
+                       k->lo, k->hi);
+        *(int *)base = (int)v;
+        return ST_OK;
+    }
+    case K_DOUBLE: {
+        double v;
+        if (parse_float(value, k->lo, k->hi, &v))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a number in [%g, %g]", where, sect, k->name, value, k->lo,
+                       k->hi);
+        *(double *)base = v;
+        return ST_OK;
+    }
+    case K_U64: {
+        char *end;
+        errno = 0;
+        if (value[0] == '-' || value[0] == '\0') goto bad_u64;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (errno || *end) goto bad_u64;
+        *(uint64_t *)base = (uint64_t)v;
+        return ST_OK;
+    bad_u64:
+        return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a non-negative integer", where, sect, k->name, value);
+    }
+    case K_ENUM: {
+        int i = choice_index(k->choices, value);
+        if (i < 0) return ERR(ST_INPUT, "%s: %s.%s: '%s' is not one of %s", where, sect, k->name, value, k->choices);
+        *(int *)base = k->enum_base0 ? i : i + 1;
+        return ST_OK;
+    }
+    case K_STR:
+        if (k->choices && choice_index(k->choices, value) < 0)
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not one of %s", where, sect, k->name, value, k->choices);
+        if (strlen(value) >= k->size)
+            return ERR(ST_INPUT, "%s: %s.%s: value longer than %zu characters", where, sect, k->name, k->size - 1);
+        if (!k->choices && value[0] == '\0') return ERR(ST_INPUT, "%s: %s.%s: empty value", where, sect, k->name);
+        memcpy(base, value, strlen(value) + 1);
+        return ST_OK;
+    }
+    return ERR(ST_INPUT, "%s: %s.%s: internal: bad key type", where, sect, k->name);
+}
+
+static int find_key(int sect, const char *name) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (g_keys[i].sect == sect && strcmp(g_keys[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int find_layer_key(const char *name) {
+    for (int i = 0; i < N_LAYER_KEYS; i++)
+        if (strcmp(g_layer_keys[i].name, name) == 0) return i;
+    return -1;
+}
+
+static int valid_name(const char *s) {
+    if (!*s || strlen(s) >= CFG_NAME_MAX) return 0;
+    if (!isalpha((unsigned char)s[0]) && s[0] != '_') return 0;
+    for (const char *p = s; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_') return 0;
+    return 1;
+}
+
+static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *value, const char *where) {
+    const layer_key *k = &g_layer_keys[ki];
+    const char *sect = g_layer_sects[l->type];
+    if (!(k->types & LB(l->type)))
+        return ERR(ST_INPUT, "%s: unknown key '%s' in [%s] '%s'", where, k->name, sect, l->name);
+    if (strcmp(k->name, "name") == 0) {
+        if (!valid_name(value))
+            return ERR(ST_INPUT, "%s: [%s] name: '%s' is not a name (letters, digits, _; at most %d characters)",
+                       where, sect, value, CFG_NAME_MAX - 1);
+        static const char *reserved[] = {"net", "data", "parallel", "optim"};
+        for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
+            if (strcmp(value, reserved[i]) == 0)
+                return ERR(ST_INPUT, "%s: [%s] name: '%s' is reserved", where, sect, value);
+        for (int i = 0; i < cfg->n_layers; i++)
+            if (&cfg->layers[i] != l && strcmp(cfg->layers[i].name, value) == 0)
+                return ERR(ST_INPUT, "%s: [%s] name: '%s' is already the name of another layer", where, sect, value);
+        snprintf(l->name, sizeof l->name, "%s", value);
+        return ST_OK;
+    }
+    if (strcmp(k->name, "activation") == 0) {
+        if (strcmp(value, "relu") == 0) l->act = ACT_RELU;
+        else if (strcmp(value, "linear") == 0) l->act = ACT_NONE;
+        else return ERR(ST_INPUT, "%s: %s.activation: '%s' is not one of relu|linear", where, l->name, value);
+        return ST_OK;
+    }
+    long v;
+    if (parse_int(value, k->lo, k->hi, &v))
+        return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%d, %d]", where, l->name, k->name, value, k->lo,
+                   k->hi);
+    *(int *)((char *)l + k->off) = (int)v;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Parsing a file
+
+typedef struct parse_state {
+    net_config *cfg;
+    FILE *f;
+    int line;            // line number of the last line handed to libinih
+    int sect;            // S_NET.. for global sections, 0 for a layer, -1 before any section
+    int layer;           // index into cfg->layers for a layer section
+    int sect_line;
+    int counters[6];     // per layer type, for default names
+    int err;             // first error status (message already set)
+    // repeated-key detection: bit per key of the current section
+    unsigned long long seen_global[4];
+    unsigned seen_layer;
+    int seen_sect[4];    // line where [net]/[data]/[parallel] appeared (0: not yet)
+} parse_state;
+
+static int fail(parse_state *ps, int st) {
+    if (!ps->err) ps->err = st;
+    return 0;
+}
+
+static void default_name(parse_state *ps, layer_cfg *l) {
+    int n = ++ps->counters[l->type];
+    switch (l->type) {
+    case LAYER_CONV: snprintf(l->name, sizeof l->name, "conv%d", n); break;
+    case LAYER_MAXPOOL: snprintf(l->name, sizeof l->name, "pool%d", n); break;
+    case LAYER_DENSE: snprintf(l->name, sizeof l->name, "dense%d", n); break;
+    case LAYER_FLATTEN: snprintf(l->name, sizeof l->name, "flatten%d", n); break;
+    case LAYER_SOFTMAX:
+        if (n == 1) snprintf(l->name, sizeof l->name, "softmax");
+        else snprintf(l->name, sizeof l->name, "softmax%d", n);
+        break;
+    }
+}
+
+// A section header seen by the reader: open it.
+static void open_section(parse_state *ps, const char *name) {
+    net_config *cfg = ps->cfg;
+    ps->sect_line = ps->line;
+    ps->seen_layer = 0;
+    for (int s = S_NET; s <= S_PARALLEL; s++)
+        if (strcmp(name, g_sect_names[s]) == 0) {
+            if (ps->seen_sect[s]) {
+                ERR(ST_INPUT, "%s:%d: section [%s] repeated (first at line %d)", cfg->path, ps->line, name,
+                    ps->seen_sect[s]);
+                fail(ps, ST_INPUT);
+            }
+            if (s != S_NET && !ps->seen_sect[S_NET] && cfg->n_layers == 0 && ps->sect == -1) {
+                // allowed: [data]/[parallel] before [net]
+            }
+            if (cfg->n_layers > 0) {
+                ERR(ST_INPUT, "%s:%d: section [%s] must come before the layer sections", cfg->path, ps->line, name);
+                fail(ps, ST_INPUT);
+            }
+            ps->seen_sect[s] = ps->line;
+            ps->sect = s;
+            return;
+        }
+    for (int t = LAYER_CONV; t <= LAYER_SOFTMAX; t++)
+        if (strcmp(name, g_layer_sects[t]) == 0) {
+            if (cfg->n_layers >= CFG_MAX_LAYERS) {
+                ERR(ST_INPUT, "%s:%d: too many layers (at most %d)", cfg->path, ps->line, CFG_MAX_LAYERS);
+                fail(ps, ST_INPUT);
+                ps->sect = -2;
+                return;
+            }
+            layer_cfg *l = &cfg->layers[cfg->n_layers];
+            layer_defaults(l, t);
+            l->line = ps->line;
+            default_name(ps, l);
+            ps->layer = cfg->n_layers++;
+            ps->sect = 0;
+            return;
+        }
+    ERR(ST_INPUT, "%s:%d: unknown section [%s] (known: net, data, parallel, conv, maxpool, dense, flatten, softmax)",
+        cfg->path, ps->line, name);
+    fail(ps, ST_INPUT);
+    ps->sect = -2;
+}
+
+// libinih's reader: one line at a time; we see headers before libinih does.
+static char *reader(char *str, int num, void *stream) {
+    parse_state *ps = stream;
+    char *buf = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&buf, &cap, ps->f);
+    if (n < 0) {
+        free(buf);
+        return NULL;
+    }
+    ps->line++;
+    if (n >= num - 1) {
+        if (!ps->err) {
+            ERR(ST_INPUT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line, num - 2);
+            ps->err = ST_INPUT;
+        }
+        buf[0] = '\0';
+        n = 0;
+    }
+    if (memchr(buf, '\0', (size_t)n)) {
+        if (!ps->err) {
+            ERR(ST_INPUT, "%s:%d: NUL byte in a text file", ps->cfg->path, ps->line);
+            ps->err = ST_INPUT;
+        }
+        buf[0] = '\0';
+        n = 0;
+    }
+    memcpy(str, buf, (size_t)n + 1);
+    free(buf);
+    // A header: "[name]" after optional spaces, with an optional comment after it.
+    const char *p = str;
+    while (*p == ' ' || *p == '\t') p++;
+    if (*p == '[') {
+        const char *end = strchr(p, ']');
+        if (end) {
+            char name[64];
+            const char *b = p + 1;
+            while (b < end && isspace((unsigned char)*b)) b++;
+            const char *e = end;
+            while (e > b && isspace((unsigned char)e[-1])) e--;
+            size_t len = (size_t)(e - b);
+            if (len >= sizeof name) len = sizeof name - 1;
+            memcpy(name, b, len);
+            name[len] = '\0';
+            if (!ps->err) open_section(ps, name);
+        }
+    }
+    return str;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+    (void)section;
+    parse_state *ps = user;
+    net_config *cfg = ps->cfg;
+    if (ps->err) return 1;  // keep the first error only
+    char where[CFG_PATH_MAX + 32];
+    snprintf(where, sizeof where, "%s:%d", cfg->path, ps->line);
+    if (ps->sect == -1) {
+        ERR(ST_INPUT, "%s: key '%s' before any section", where, name);
+        return fail(ps, ST_INPUT);
+    }
+    if (ps->sect > 0) {
+        int ki = find_key(ps->sect, name);
+        if (ki < 0) {
+            ERR(ST_INPUT, "%s: unknown key '%s' in [%s]", where, name, g_sect_names[ps->sect]);
+            return fail(ps, ST_INPUT);
+        }
+        unsigned long long bit = 1ull << ki;
+        if (ps->seen_global[ps->sect] & bit) {
+            ERR(ST_INPUT, "%s: key '%s' repeated in [%s]", where, name, g_sect_names[ps->sect]);
+            return fail(ps, ST_INPUT);
+        }
+        ps->seen_global[ps->sect] |= bit;
+        int st = set_key(cfg, &g_keys[ki], value, where);
+        return st == ST_OK ? 1 : fail(ps, st);
+    }
+    layer_cfg *l = &cfg->layers[ps->layer];
+    int ki = find_layer_key(name);
+    if (ki < 0 || !(g_layer_keys[ki].types & LB(l->type))) {
+        ERR(ST_INPUT, "%s: unknown key '%s' in [%s] (layer '%s')", where, name, g_layer_sects[l->type], l->name);
+        return fail(ps, ST_INPUT);
+    }
+    if (ps->seen_layer & (1u << ki)) {
+        ERR(ST_INPUT, "%s: key '%s' repeated in [%s] (layer '%s')", where, name, g_layer_sects[l->type], l->name);
+        return fail(ps, ST_INPUT);
+    }
+    ps->seen_layer |= 1u << ki;
+    int st = set_layer_key(cfg, l, ki, value, where);
+    return st == ST_OK ? 1 : fail(ps, st);
+}
+
+int config_load(const char *path, net_config *cfg) {
+    config_defaults(cfg);
+    if (strlen(path) >= sizeof cfg->path) return ERR(ST_INPUT, "config path too long: %s", path);
+    snprintf(cfg->path, sizeof cfg->path, "%s", path);
+    FILE *f = fopen(path, "r");
+    if (!f) return ERR(ST_INPUT, "%s: cannot open config: %s", path, strerror(errno));
+    parse_state ps = {.cfg = cfg, .f = f, .sect = -1};
+    int r = ini_parse_stream(reader, &ps, handler, &ps);
+    int read_err = ferror(f);
+    fclose(f);
+    if (ps.err) return ps.err;
+    if (read_err) return ERR(ST_INPUT, "%s: read error", path);
+    if (r > 0) return ERR(ST_INPUT, "%s:%d: not an INI line (expected [section] or key=value)", path, r);
+    if (r < 0) return ERR(ST_RUNTIME, "%s: config parser failed (%d)", path, r);
+    if (!ps.seen_sect[S_NET]) return ERR(ST_INPUT, "%s: missing [net] section", path);
+    if (cfg->n_layers == 0) return ERR(ST_INPUT, "%s: no layer sections ([conv], [dense], ..., [softmax])", path);
+    // Missing required keys are checked here, where the file is known (config_validate re-checks shapes).
+    if (cfg->channels == 0 || cfg->height == 0 || cfg->width == 0)
+        return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", path,
+                   cfg->channels == 0 ? "channels" : cfg->height == 0 ? "height" : "width");
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_cfg *l = &cfg->layers[i];
+        if (l->type == LAYER_CONV && l->filters == 0)
+            return ERR(ST_INPUT, "%s:%d: [conv] '%s': missing required key 'filters'", path, l->line, l->name);
+        if (l->type == LAYER_DENSE && l->units == 0)
+            return ERR(ST_INPUT, "%s:%d: [dense] '%s': missing required key 'units'", path, l->line, l->name);
+    }
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// --set section.key=value
+
+int config_set(net_config *cfg, const char *assignment) {
+    const char *dot = strchr(assignment, '.');
+    const char *eq = strchr(assignment, '=');
+    if (!dot || !eq || dot > eq || dot == assignment || eq == dot + 1)
+        return ERR(ST_INPUT, "--set '%s': expected SECTION.KEY=VALUE (e.g. net.batch=128)", assignment);
+    char sect[CFG_NAME_MAX + 1], key[64];
+    size_t sl = (size_t)(dot - assignment), kl = (size_t)(eq - dot - 1);
+    if (sl >= sizeof sect || kl >= sizeof key) return ERR(ST_INPUT, "--set '%s': unknown section or key", assignment);
+    memcpy(sect, assignment, sl), sect[sl] = '\0';
+    memcpy(key, dot + 1, kl), key[kl] = '\0';
+    const char *value = eq + 1;
+    char where[160];
+    snprintf(where, sizeof where, "--set %s.%s", sect, key);
+    for (int s = S_NET; s <= S_PARALLEL; s++)
+        if (strcmp(sect, g_sect_names[s]) == 0) {
+            int ki = find_key(s, key);
+            if (ki < 0) return ERR(ST_INPUT, "%s: unknown key '%s' in [%s]", where, key, sect);
+            return set_key(cfg, &g_keys[ki], value, where);
+        }
+    for (int i = 0; i < cfg->n_layers; i++)
+        if (strcmp(cfg->layers[i].name, sect) == 0) {
+            layer_cfg *l = &cfg->layers[i];
+            int ki = find_layer_key(key);
+            if (ki < 0 || !(g_layer_keys[ki].types & LB(l->type)))
+                return ERR(ST_INPUT, "%s: unknown key '%s' for [%s] layer '%s'", where, key, g_layer_sects[l->type],
+                           sect);
+            return set_layer_key(cfg, l, ki, value, where);
+        }
+    return ERR(ST_INPUT, "%s: unknown section '%s' (net, data, parallel, or a layer name)", where, sect);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Validation: values that depend on each other, and shapes through the layers.
+
+int config_validate(const net_config *cfg) {
+    const char *p = cfg->path;
+    if (cfg->channels < 1 || cfg->height < 1 || cfg->width < 1)
+        return ERR(ST_INPUT, "%s: [net]: channels, height and width are required and must be >= 1", p);
+    if (cfg->n_layers < 1) return ERR(ST_INPUT, "%s: no layers", p);
+    if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
+    if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)
+        return ERR(ST_INPUT, "%s: parallel.comm=nccl needs net.backend=cuda", p);
+    size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
+    if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
+                                        cfg->height, cfg->width);
+    long long c = cfg->channels, h = cfg->height, w = cfg->width;
+    int spatial = 1;  // still C×H×W (no dense yet)
+    int last_dense_act = -1, last_dense_units = 0;
+    long long n_params = 0;
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_cfg *l = &cfg->layers[i];
+        const char *ty = g_layer_sects[l->type];
+        if (l->type == LAYER_SOFTMAX && i != cfg->n_layers - 1)
+            return ERR(ST_INPUT, "%s:%d: [softmax] '%s' must be the last layer", p, l->line, l->name);
+        switch (l->type) {
+        case LAYER_CONV: {
+            if (!spatial)
+                return ERR(ST_INPUT, "%s:%d: [conv] '%s' after a dense layer: the input is no longer spatial", p,
+                           l->line, l->name);
+            if (l->filters < 1) return ERR(ST_INPUT, "%s:%d: [conv] '%s': missing required key 'filters'", p, l->line, l->name);
+            long long oh = (h + 2LL * l->pad - l->size) / l->stride + 1;
+            long long ow = (w + 2LL * l->pad - l->size) / l->stride + 1;
+            if (h + 2LL * l->pad < l->size || w + 2LL * l->pad < l->size || oh < 1 || ow < 1)
+                return ERR(ST_INPUT,
+                           "%s:%d: [conv] '%s': impossible shape: kernel %dx%d (pad %d) on a %lldx%lld input", p,
+                           l->line, l->name, l->size, l->size, l->pad, h, w);
+            if (l->pad >= l->size)
+                return ERR(ST_INPUT, "%s:%d: [conv] '%s': pad %d must be smaller than size %d", p, l->line, l->name,
+                           l->pad, l->size);
+            n_params += (long long)l->filters * c * l->size * l->size + l->filters;
+            c = l->filters, h = oh, w = ow;
+            break;
+        }
+        case LAYER_MAXPOOL: {
+            if (!spatial)
+                return ERR(ST_INPUT, "%s:%d: [maxpool] '%s' after a dense layer", p, l->line, l->name);
+            int stride = l->stride ? l->stride : l->size;
+            if (h < l->size || w < l->size)
+                return ERR(ST_INPUT, "%s:%d: [maxpool] '%s': impossible shape: window %d on a %lldx%lld input", p,
+                           l->line, l->name, l->size, h, w);
+            h = (h - l->size) / stride + 1, w = (w - l->size) / stride + 1;
+            break;
+        }
+        case LAYER_FLATTEN:
+            if (!spatial)
+                return ERR(ST_INPUT, "%s:%d: [flatten] '%s' after a dense layer", p, l->line, l->name);
+            break;
+        case LAYER_DENSE:
+            if (l->units < 1) return ERR(ST_INPUT, "%s:%d: [dense] '%s': missing required key 'units'", p, l->line, l->name);
+            n_params += (long long)l->units * c * h * w + l->units;
+            spatial = 0;
+            c = l->units, h = 1, w = 1;
+            last_dense_act = l->act, last_dense_units = l->units;
+            break;
+        case LAYER_SOFTMAX: {
+            const layer_cfg *prev = i > 0 ? &cfg->layers[i - 1] : NULL;
+            if (!prev || prev->type != LAYER_DENSE)
+                return ERR(ST_INPUT, "%s:%d: [softmax] '%s' must follow a [dense] layer", p, l->line, l->name);
+            if (last_dense_act != ACT_NONE)
+                return ERR(ST_INPUT, "%s:%d: [dense] '%s' before [softmax] must have activation=linear", p,
+                           prev->line, prev->name);
+            if (last_dense_units != cfg->classes)
+                return ERR(ST_INPUT, "%s:%d: [dense] '%s': units=%d before [softmax] must equal net.classes=%d", p,
+                           prev->line, prev->name, last_dense_units, cfg->classes);
+            break;
+        }
+        default: return ERR(ST_INPUT, "%s: layer %d: bad type %d", p, i + 1, l->type);
+        }
+        (void)ty;
+        if (c * h * w > (1LL << 28))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %lldx%lldx%lld is too large", p, l->line, ty, l->name, c, h, w);
+        if (n_params > (1LL << 31))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': more than 2^31 parameters", p, l->line, ty, l->name);
+    }
+    if (cfg->layers[cfg->n_layers - 1].type != LAYER_SOFTMAX)
+        return ERR(ST_INPUT, "%s: the last layer must be [softmax]", p);
+    // Activations for one batch must fit comfortably: batch x largest layer output.
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Printing
+
+void config_print(const net_config *cfg, FILE *f) {
+    fprintf(f, "# effective configuration of %s\n", cfg->path);
+    int cur = 0;
+    for (int i = 0; i < N_KEYS; i++) {
+        const key_def *k = &g_keys[i];
+        if (k->sect != cur) {
+            fprintf(f, "%s[%s]\n", cur ? "\n" : "", g_sect_names[k->sect]);
+            cur = k->sect;
+        }
+        const char *base = (const char *)cfg + k->off;
+        switch (k->type) {
+        case K_INT: fprintf(f, "%s=%d\n", k->name, *(const int *)base); break;
+        case K_DOUBLE: fprintf(f, "%s=%.9g\n", k->name, *(const double *)base); break;
+        case K_U64: fprintf(f, "%s=%llu\n", k->name, (unsigned long long)*(const uint64_t *)base); break;
+        case K_STR: fprintf(f, "%s=%s\n", k->name, base); break;
+        case K_ENUM: {
+            int idx = *(const int *)base - (k->enum_base0 ? 0 : 1);
+            const char *ch = k->choices;
+            for (int j = 0; j < idx && ch; j++) {
+                ch = strchr(ch, '|');
+                if (ch) ch++;
+            }
+            int len = ch ? (int)(strchr(ch, '|') ? strchr(ch, '|') - ch : (long)strlen(ch)) : 0;
+            fprintf(f, "%s=%.*s\n", k->name, len, ch ? ch : "");
+            break;
+        }
+        }
+    }
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_cfg *l = &cfg->layers[i];
+        fprintf(f, "\n[%s]\nname=%s\n", g_layer_sects[l->type], l->name);
+        switch (l->type) {
+        case LAYER_CONV:
+            fprintf(f, "filters=%d\nsize=%d\nstride=%d\npad=%d\nactivation=%s\n", l->filters, l->size, l->stride,
+                    l->pad, l->act == ACT_RELU ? "relu" : "linear");
+            break;
+        case LAYER_MAXPOOL: fprintf(f, "size=%d\nstride=%d\n", l->size, l->stride ? l->stride : l->size); break;
+        case LAYER_DENSE:
+            fprintf(f, "units=%d\nactivation=%s\n", l->units, l->act == ACT_RELU ? "relu" : "linear");
+            break;
+        default: break;
+        }
+    }
+}

@@ -10,13 +10,17 @@
 #include "backend.h"
 #include "config.h"
 
+#define MODEL_MAX_PLANS 4
+
 typedef struct model_layer {
     int type;                  // enum layer_type
     char name[CFG_NAME_MAX];
     int act;
     // output shape per sample (c, h, w); dense: (units, 1, 1)
     int in_c, in_h, in_w, out_c, out_h, out_w;
-    conv_desc conv;            // LAYER_CONV (n = current batch)
+    conv_desc conv;            // LAYER_CONV, for the current batch size
+    conv_desc conv_plans[MODEL_MAX_PLANS];  // prepared plans per batch size; [0] is max_batch
+    int n_conv_plans;
     pool_desc pool;            // LAYER_MAXPOOL
     // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters
     size_t w_off, n_w, b_off, n_b;

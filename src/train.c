@@ -1,3 +1,748 @@
-// src/train.c — placeholder until implemented.
+// train.c — data-parallel training: per-rank shards of a global permutation, forward/backward on the backend,
+// gradient buckets all-reduced as soon as backward has produced them (overlap), optimizer, evaluation split
+// over ranks, per-epoch metrics and scaling efficiency, checkpoints and exact resume.
+#include "train.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "checkpoint.h"
 #include "common.h"
-typedef int train_placeholder_t;
+#include "data.h"
+#include "metrics.h"
+#include "model.h"
+#include "optim.h"
+
+volatile sig_atomic_t g_stop_requested = 0;
+
+#define CKPT_FORMAT "ddp-cnn-1"
+
+typedef struct bucket {
+    size_t begin, end;          // float offsets into the gradient buffer
+    int req;                    // comm request while in flight, -1 otherwise
+    double t_launch, t_done;
+} bucket;
+
+typedef struct trainer {
+    const net_config *cfg;
+    const train_opts *o;
+    comm *c;
+    int rank, world;
+    backend be;
+    model m;
+    optim opt;
+    dataset train, test;
+    uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
+    int32_t *d_perm, *d_test_index, *h_perm;
+    int B, G, steps_per_epoch, sample_elems;
+    // buckets
+    bucket *buckets;
+    int n_buckets, next_bucket, use_comm, overlap;
+    int cb_status;              // first error raised inside the grad-ready callback
+    // position
+    int epoch, step_in_epoch;
+    long long global_step;
+    double loss_carry, correct_carry;  // partial epoch sums restored from a checkpoint
+    // per-epoch timing accumulators
+    step_times acc;
+    int timed;
+    int async_backend;          // ops run on a GPU stream: host timings need a sync
+} trainer;
+
+// ---------------------------------------------------------------------------------------------------------
+// Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
+
+static int bucket_launch(trainer *t, int i) {
+    bucket *b = &t->buckets[i];
+    char label[64];
+    snprintf(label, sizeof label, "step %lld bucket %d", t->global_step, i);
+    b->t_launch = now_s();
+    b->t_done = 0;
+    return comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req);
+}
+
+// Move in-flight all-reduces on and note when each completes (for comm_s).
+static void buckets_poll(trainer *t) {
+    if (comm_progress(t->c) != ST_OK && t->cb_status == ST_OK) t->cb_status = err_status();
+    for (int i = 0; i < t->next_bucket; i++) {
+        bucket *b = &t->buckets[i];
+        if (b->req < 0 || b->t_done > 0) continue;
+        int done = 0;
+        if (comm_test(t->c, b->req, &done) != ST_OK) {
+            if (t->cb_status == ST_OK) t->cb_status = err_status();
+            return;
+        }
+        if (done) b->t_done = now_s();
+    }
+}
+
+static void progress_hook(void *arg) { buckets_poll((trainer *)arg); }
+
+static void on_grads_ready(void *arg, size_t ready) {
+    trainer *t = arg;
+    if (t->cb_status != ST_OK) return;
+    while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].end <= ready) {
+        int st = bucket_launch(t, t->next_bucket++);
+        if (st != ST_OK) {
+            t->cb_status = st;
+            return;
+        }
+    }
+    buckets_poll(t);
+}
+
+// Launch what is left, then wait for every bucket. Returns the exposed (waiting) time.
+static int buckets_finish(trainer *t, double *exposed_s, double *comm_s) {
+    while (t->next_bucket < t->n_buckets) TRY(bucket_launch(t, t->next_bucket++));
+    double t0 = now_s();
+    for (int i = 0; i < t->n_buckets; i++) {
+        bucket *b = &t->buckets[i];
+        TRY(comm_wait(t->c, b->req));
+        if (b->t_done == 0) b->t_done = now_s();
+        b->req = -1;
+    }
+    *exposed_s = now_s() - t0;
+    double sum = 0;
+    for (int i = 0; i < t->n_buckets; i++) sum += t->buckets[i].t_done - t->buckets[i].t_launch;
+    *comm_s = sum;
+    t->next_bucket = 0;
+    return ST_OK;
+}
+
+static int buckets_create(trainer *t) {
+    size_t per = (size_t)t->cfg->bucket_kb * 1024 / sizeof(float);
+    if (per == 0) per = 1;
+    t->n_buckets = (int)((t->m.n_params + per - 1) / per);
+    t->buckets = calloc((size_t)t->n_buckets, sizeof *t->buckets);
+    TRY_ALLOC(t->buckets);
+    for (int i = 0; i < t->n_buckets; i++) {
+        t->buckets[i].begin = (size_t)i * per;
+        t->buckets[i].end = (size_t)(i + 1) * per < t->m.n_params ? (size_t)(i + 1) * per : t->m.n_params;
+        t->buckets[i].req = -1;
+    }
+    if (t->n_buckets > COMM_MAX_REQS)
+        return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
+                   t->cfg->path, t->cfg->bucket_kb, t->n_buckets, t->m.n_params, COMM_MAX_REQS);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Set-up
+
+static int data_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    if (cfg->data_format == DATA_CIFAR10) {
+        char paths[6][CFG_PATH_MAX + 32];
+        const char *train_p[5], *test_p[1];
+        for (int i = 0; i < 5; i++) {
+            snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", cfg->cifar_dir, i + 1);
+            train_p[i] = paths[i];
+        }
+        snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
+        test_p[0] = paths[5];
+        TRY(data_load_cifar10(train_p, 5, cfg->train_limit, &t->train));
+        TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
+    } else {
+        TRY(data_load_idx(cfg->train_images, cfg->train_labels, cfg->classes, cfg->train_limit, &t->train));
+        TRY(data_load_idx(cfg->test_images, cfg->test_labels, cfg->classes, cfg->test_limit, &t->test));
+    }
+    const dataset *sets[2] = {&t->train, &t->test};
+    const char *names[2] = {cfg->data_format == DATA_CIFAR10 ? cfg->cifar_dir : cfg->train_images,
+                            cfg->data_format == DATA_CIFAR10 ? cfg->cifar_dir : cfg->test_images};
+    for (int i = 0; i < 2; i++) {
+        const dataset *d = sets[i];
+        if (d->c != cfg->channels || d->h != cfg->height || d->w != cfg->width)
+            return ERR(ST_INPUT, "%s: samples are %dx%dx%d but %s [net] declares channels=%d height=%d width=%d",
+                       names[i], d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
+    }
+    t->sample_elems = cfg->channels * cfg->height * cfg->width;
+    t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B, t->world);
+    if (t->steps_per_epoch < 1)
+        return ERR(ST_INPUT, "%s: %d training samples cannot fill one global batch of %d (%d ranks x %d)",
+                   names[0], t->train.n, t->G, t->world, t->B);
+
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    size_t tx = (size_t)t->train.n * t->sample_elems, ex = (size_t)t->test.n * t->sample_elems;
+    TRY(o->alloc(ctx, (void **)&t->d_train_x, tx));
+    TRY(o->alloc(ctx, (void **)&t->d_train_y, (size_t)t->train.n));
+    TRY(o->alloc(ctx, (void **)&t->d_test_x, ex ? ex : 1));
+    TRY(o->alloc(ctx, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
+    TRY(o->upload(ctx, t->d_train_x, t->train.images, tx));
+    TRY(o->upload(ctx, t->d_train_y, t->train.labels, (size_t)t->train.n));
+    if (t->test.n) {
+        TRY(o->upload(ctx, t->d_test_x, t->test.images, ex));
+        TRY(o->upload(ctx, t->d_test_y, t->test.labels, (size_t)t->test.n));
+    }
+    TRY(o->alloc(ctx, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(o->alloc(ctx, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
+    t->h_perm = malloc((size_t)(t->train.n > t->test.n ? t->train.n : t->test.n) * sizeof(int32_t));
+    TRY_ALLOC(t->h_perm);
+    for (int i = 0; i < t->test.n; i++) t->h_perm[i] = i;
+    if (t->test.n) TRY(o->upload(ctx, t->d_test_index, t->h_perm, (size_t)t->test.n * sizeof(int32_t)));
+    return ST_OK;
+}
+
+static int batch_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    if (cfg->scaling == SCALING_STRONG) {
+        if (cfg->batch % t->world != 0)
+            return ERR(ST_INPUT, "%s: [net] batch=%d (global, scaling=strong) is not divisible by %d ranks",
+                       cfg->path, cfg->batch, t->world);
+        t->G = cfg->batch;
+        t->B = cfg->batch / t->world;
+    } else {
+        t->B = cfg->batch;
+        t->G = cfg->batch * t->world;
+    }
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Checkpoints: model tensors under PyTorch names, optimizer state under "optim.<state>.<tensor>", position
+// and provenance in __metadata__.
+
+typedef struct tensor_list {
+    ckpt_tensor t[3 * 2 * CFG_MAX_LAYERS];
+    char names[3 * 2 * CFG_MAX_LAYERS][96];
+    int n;
+} tensor_list;
+
+// List every tensor (model, then optimizer state) with host pointers into `host` (the flat buffers
+// concatenated: params, then each optimizer state).
+static void tensors_list(const trainer *t, const float *host, tensor_list *tl) {
+    tl->n = 0;
+    int n_states = optim_n_state(&t->opt);
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    for (int s = -1; s < n_states; s++) {
+        const char *state_name = NULL;
+        if (s >= 0) optim_state(&t->opt, s, &state_name);
+        const float *base = host + (size_t)(s + 1) * t->m.n_params;
+        for (int i = 0; i < nt; i++) {
+            const char *lname;
+            int is_bias, ndim;
+            size_t off;
+            int64_t shape[4];
+            model_param_tensor(&t->m, i, &lname, &is_bias, &off, &ndim, shape);
+            char *nm = tl->names[tl->n];
+            if (s < 0) snprintf(nm, 96, "%s.%s", lname, is_bias ? "bias" : "weight");
+            else snprintf(nm, 96, "optim.%s.%s.%s", state_name, lname, is_bias ? "bias" : "weight");
+            ckpt_tensor *ct = &tl->t[tl->n++];
+            ct->name = nm;
+            ct->data = base + off;
+            ct->ndim = ndim;
+            memcpy(ct->shape, shape, sizeof shape);
+        }
+    }
+}
+
+static int host_state(const trainer *t, float **out) {
+    int n_states = optim_n_state(&t->opt);
+    size_t n = t->m.n_params;
+    float *host = malloc((size_t)(n_states + 1) * n * sizeof(float));
+    TRY_ALLOC(host);
+    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
+    for (int s = 0; s < n_states && st == ST_OK; s++) {
+        const char *name;
+        st = t->be.ops->download(t->be.ctx, host + (size_t)(s + 1) * n, optim_state(&t->opt, s, &name),
+                                 n * sizeof(float));
+    }
+    if (st != ST_OK) {
+        free(host);
+        return st;
+    }
+    *out = host;
+    return ST_OK;
+}
+
+static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
+    if (t->rank != 0) return ST_OK;
+    float *host = NULL;
+    TRY(host_state(t, &host));
+    tensor_list *tl = malloc(sizeof *tl);
+    if (!tl) {
+        free(host);
+        return ERR(ST_RUNTIME, "out of host memory");
+    }
+    tensors_list(t, host, tl);
+    char v[10][64];
+    snprintf(v[0], 64, "%d", t->epoch);
+    snprintf(v[1], 64, "%d", t->step_in_epoch);
+    snprintf(v[2], 64, "%lld", t->global_step);
+    snprintf(v[3], 64, "%" PRId64, t->opt.t);
+    snprintf(v[4], 64, "%" PRIu64, (uint64_t)t->cfg->seed);
+    snprintf(v[5], 64, "%d", t->G);
+    snprintf(v[6], 64, "%d", t->world);
+    snprintf(v[7], 64, "%.17g", loss_sum);
+    snprintf(v[8], 64, "%.17g", correct_sum);
+    snprintf(v[9], 64, "%s", t->opt.kind == OPT_ADAM ? "adam" : "sgd");
+    ckpt_kv meta[] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
+                      {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
+                      {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
+                      {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path}};
+    int st = ckpt_save(path, tl->t, tl->n, meta, (int)(sizeof meta / sizeof meta[0]));
+    free(tl);
+    free(host);
+    return st;
+}
+
+static int meta_int(const ckpt_file *f, const char *key, long long lo, long long hi, long long *out) {
+    const char *s = ckpt_meta(f, key);
+    char *end = NULL;
+    long long v = s ? strtoll(s, &end, 10) : 0;
+    if (!s || *s == '\0' || *end != '\0' || v < lo || v > hi)
+        return ERR(ST_INPUT, "%s: metadata '%s' missing or out of range (not a ddp-cnn checkpoint?)", ckpt_path(f),
+                   key);
+    *out = v;
+    return ST_OK;
+}
+
+static int checkpoint_resume(trainer *t, const char *path) {
+    ckpt_file *f = NULL;
+    TRY(ckpt_load(path, &f));
+    int st = ST_OK;
+    float *host = NULL;
+    tensor_list *tl = NULL;
+    const char *fmt = ckpt_meta(f, "format");
+    const char *opt_name = ckpt_meta(f, "optimizer");
+    long long epoch = 0, step = 0, gstep = 0, ot = 0, gb = 0;
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0) {
+        st = ERR(ST_INPUT, "%s: not a ddp-cnn training checkpoint (metadata format is '%s', want '%s')", path,
+                 fmt ? fmt : "", CKPT_FORMAT);
+        goto done;
+    }
+    if ((st = meta_int(f, "epoch", 0, 1000000, &epoch)) || (st = meta_int(f, "step_in_epoch", 0, INT32_MAX, &step)) ||
+        (st = meta_int(f, "global_step", 0, INT64_MAX, &gstep)) || (st = meta_int(f, "optim_t", 0, INT64_MAX, &ot)) ||
+        (st = meta_int(f, "global_batch", 1, INT32_MAX, &gb)))
+        goto done;
+    if (gb != t->G) {
+        st = ERR(ST_INPUT, "%s: trained with global batch %lld, this run has %d (the sample order would differ)",
+                 path, gb, t->G);
+        goto done;
+    }
+    if (!opt_name || strcmp(opt_name, t->opt.kind == OPT_ADAM ? "adam" : "sgd") != 0) {
+        st = ERR(ST_INPUT, "%s: optimizer '%s' differs from the config's", path, opt_name ? opt_name : "");
+        goto done;
+    }
+    if (step >= t->steps_per_epoch) {
+        st = ERR(ST_INPUT, "%s: step_in_epoch %lld >= %d steps per epoch of this run", path, step,
+                 t->steps_per_epoch);
+        goto done;
+    }
+    int n_states = optim_n_state(&t->opt);
+    size_t n = t->m.n_params;
+    host = malloc((size_t)(n_states + 1) * n * sizeof(float));
+    tl = malloc(sizeof *tl);
+    if (!host || !tl) {
+        st = ERR(ST_RUNTIME, "out of host memory");
+        goto done;
+    }
+    tensors_list(t, host, tl);
+    for (int i = 0; i < tl->n && st == ST_OK; i++)
+        st = ckpt_read_tensor(f, tl->t[i].name, tl->t[i].ndim, tl->t[i].shape, (float *)tl->t[i].data);
+    if (st) goto done;
+    if ((st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)))) goto done;
+    for (int s = 0; s < n_states && st == ST_OK; s++) {
+        const char *name;
+        st = t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
+                               n * sizeof(float));
+    }
+    t->epoch = (int)epoch;
+    t->step_in_epoch = (int)step;
+    t->global_step = gstep;
+    t->opt.t = ot;
+    const char *ls = ckpt_meta(f, "epoch_loss_sum"), *cs = ckpt_meta(f, "epoch_correct_sum");
+    t->loss_carry = ls ? atof(ls) : 0;
+    t->correct_carry = cs ? atof(cs) : 0;
+done:
+    free(tl);
+    free(host);
+    ckpt_free(f);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Replica consistency: every rank hashes its parameters; all hashes must agree.
+
+static uint64_t fnv1a(const void *p, size_t n) {
+    const unsigned char *b = p;
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static int replicas_check(trainer *t) {
+    size_t n = t->m.n_params;
+    float *host = malloc(n * sizeof(float));
+    TRY_ALLOC(host);
+    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
+    // Test hook (reliability tests): flip one parameter on one rank to prove the check catches it.
+    const char *corrupt = getenv("DDP_TEST_CORRUPT_RANK");
+    if (corrupt && atoi(corrupt) == t->rank && t->world > 1) host[0] += 1.0f;
+    uint64_t h = fnv1a(host, n * sizeof(float));
+    free(host);
+    TRY(st);
+    uint64_t *all = malloc((size_t)t->world * sizeof *all);
+    TRY_ALLOC(all);
+    st = comm_allgather_u64(t->c, h, all);
+    for (int r = 1; st == ST_OK && r < t->world; r++)
+        if (all[r] != all[0])
+            st = ERR(ST_COMM, "replica mismatch after epoch %d: parameters of rank %d (hash %016" PRIx64
+                              ") differ from rank 0 (hash %016" PRIx64 ")",
+                     t->epoch + 1, r, all[r], all[0]);
+    free(all);
+    if (st == ST_COMM) err_mark_collective(0);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// NaN/Inf: name the first layer whose averaged gradients are not finite.
+
+static int divergence_check(trainer *t, int32_t *scratch) {
+    const backend_ops *o = t->be.ops;
+    int32_t bad = 0;
+    TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
+    TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+    if (!bad) return ST_OK;
+    for (int i = t->m.n_layers - 1; i >= 0; i--) {
+        const model_layer *l = &t->m.layers[i];
+        if (!l->n_w) continue;
+        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.grads + l->w_off, scratch));
+        TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+        if (bad) err_mark_collective(0);  // the gradients are averaged: every rank sees the same
+        if (bad)
+            return ERR(ST_DIVERGED, "training diverged at step %lld (epoch %d): %d non-finite gradient values in "
+                                    "layer '%s' (lower the learning rate)",
+                       t->global_step + 1, t->epoch + 1, bad, l->name);
+    }
+    return ERR(ST_DIVERGED, "training diverged at step %lld: non-finite gradients", t->global_step + 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One step and one epoch
+
+static double lr_at(const trainer *t) {
+    const net_config *cfg = t->cfg;
+    if (cfg->lr_scaling != LR_SCALING_LINEAR || t->world == 1) return cfg->lr;
+    double target = cfg->lr * t->world;
+    double warm = cfg->warmup_epochs * t->steps_per_epoch;
+    if (warm <= 0 || (double)t->global_step >= warm) return target;
+    return cfg->lr + (target - cfg->lr) * ((double)t->global_step / warm);
+}
+
+static int step_sync(trainer *t) { return t->async_backend ? t->be.ops->sync(t->be.ctx) : ST_OK; }
+
+static int train_step(trainer *t, int32_t *scratch, int check_finite) {
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    double t0 = now_s();
+    const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
+    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, idx, t->B, t->sample_elems, t->m.x, t->m.labels));
+    TRY(step_sync(t));
+    double t1 = now_s();
+    TRY(model_forward(&t->m, t->B, 1));
+    TRY(step_sync(t));
+    double t2 = now_s();
+    t->cb_status = ST_OK;
+    t->next_bucket = 0;
+    TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
+    TRY(t->cb_status);
+    TRY(step_sync(t));
+    double t3 = now_s(), exposed = 0, comm_s = 0;
+    if (t->use_comm) TRY(buckets_finish(t, &exposed, &comm_s));
+    double t4 = now_s();
+    if (check_finite) TRY(divergence_check(t, scratch));
+    TRY(optim_step(&t->opt, t->m.params, t->m.grads, lr_at(t)));
+    TRY(step_sync(t));
+    double t5 = now_s();
+    t->acc.data_s += t1 - t0;
+    t->acc.forward_s += t2 - t1;
+    t->acc.backward_s += t3 - t2;
+    t->acc.exposed_comm_s += exposed;
+    t->acc.comm_s += comm_s;
+    t->acc.optimizer_s += t5 - t4;
+    t->acc.step_s += t5 - t0;
+    t->timed++;
+    return ST_OK;
+}
+
+static int evaluate(trainer *t, double *loss, double *acc) {
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    TRY(o->zero(ctx, t->m.loss_acc, sizeof(double)));
+    TRY(o->zero(ctx, t->m.correct_acc, sizeof(int32_t)));
+    int begin, end;
+    data_eval_range(t->test.n, t->world, t->rank, &begin, &end);
+    int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
+    for (int i = begin; i < end; i += eb) {
+        int n = end - i < eb ? end - i : eb;
+        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->m.x, t->m.labels));
+        TRY(model_forward(&t->m, n, 0));
+    }
+    double sums[2];
+    int32_t correct = 0;
+    TRY(o->download(ctx, &sums[0], t->m.loss_acc, sizeof(double)));
+    TRY(o->download(ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
+    sums[1] = correct;
+    TRY(comm_allreduce_sum_f64(t->c, sums, 2));
+    *loss = t->test.n ? sums[0] / t->test.n : 0;
+    *acc = t->test.n ? sums[1] / t->test.n : 0;
+    return ST_OK;
+}
+
+static void progress_bar(const trainer *t, int step, double loss_sum, double elapsed) {
+    int width = 30, done = (int)((double)step / t->steps_per_epoch * width);
+    char bar[64];
+    for (int i = 0; i < width; i++) bar[i] = i < done ? '#' : '.';
+    bar[width] = '\0';
+    double ips = elapsed > 0 ? (double)step * t->G / elapsed : 0;
+    printf("\r  epoch %d/%d [%s] %d/%d loss %.4f %.0f img/s ", t->epoch + 1, t->cfg->epochs, bar, step,
+           t->steps_per_epoch, step ? loss_sum / ((double)step * t->B) : 0.0, ips);
+    fflush(stdout);
+}
+
+// Sums over ranks of the epoch's training loss and correct counts (each rank holds its own shard's).
+static int epoch_train_sums(trainer *t, double *loss_sum, double *correct_sum) {
+    double s[2];
+    int32_t correct = 0;
+    TRY(t->be.ops->download(t->be.ctx, &s[0], t->m.loss_acc, sizeof(double)));
+    TRY(t->be.ops->download(t->be.ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
+    s[1] = correct;
+    TRY(comm_allreduce_sum_f64(t->c, s, 2));
+    *loss_sum = s[0] + t->loss_carry;
+    *correct_sum = s[1] + t->correct_carry;
+    return ST_OK;
+}
+
+static int stop_agreed(trainer *t) {
+    int32_t flag = g_stop_requested ? 1 : 0;
+    if (t->world > 1 && comm_allreduce_max_i32(t->c, &flag, 1) != ST_OK) return 1;
+    return flag;
+}
+
+static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_result *res) {
+    const net_config *cfg = t->cfg;
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    int32_t *scratch = NULL;
+    TRY(o->alloc(ctx, (void **)&scratch, sizeof(int32_t)));
+    int st = ST_OK;
+    // The divergence check reads gradients back to the host: every step on the CPU (free), every 50 on a GPU.
+    int check_every = t->async_backend ? 50 : 1;
+    for (; t->epoch < cfg->epochs && st == ST_OK; t->epoch++) {
+        data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
+        if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
+        if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
+        memset(&t->acc, 0, sizeof t->acc);
+        t->timed = 0;
+        int first_step = t->step_in_epoch;
+        double e0 = now_s(), last_bar = 0;
+        int stopped = 0;
+        while (t->step_in_epoch < t->steps_per_epoch) {
+            if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
+                stopped = 1;
+                break;
+            }
+            if (stop_agreed(t)) {
+                stopped = 2;
+                break;
+            }
+            st = train_step(t, scratch, (t->global_step + 1) % check_every == 0);
+            if (st) break;
+            t->step_in_epoch++;
+            t->global_step++;
+            if (t->o->progress && t->rank == 0 && !g_quiet && now_s() - last_bar > 0.2) {
+                last_bar = now_s();
+                double ls = 0;
+                o->download(ctx, &ls, t->m.loss_acc, sizeof ls);
+                progress_bar(t, t->step_in_epoch, ls, last_bar - e0);
+            }
+        }
+        if (st) break;
+        if ((st = o->sync(ctx))) break;
+        double epoch_s = now_s() - e0;
+        if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
+        res->train_s += epoch_s;
+        double loss_sum, correct_sum;
+        if ((st = epoch_train_sums(t, &loss_sum, &correct_sum))) break;
+        if (stopped) {
+            // Mid-epoch: keep the partial sums so a resumed run reports the same epoch figures.
+            if (t->o->save_path) st = checkpoint_save(t, t->o->save_path, loss_sum, correct_sum);
+            if (st == ST_OK && stopped == 2) {
+                st = ERR(ST_INTERRUPTED, "stopped by signal at step %lld%s", t->global_step,
+                         t->o->save_path ? " (checkpoint saved)" : "");
+                err_mark_collective(0);
+            }
+            break;
+        }
+        int steps_run = t->step_in_epoch - first_step;
+        double ev0 = now_s(), test_loss = 0, test_acc = 0;
+        if ((st = evaluate(t, &test_loss, &test_acc))) break;
+        double eval_s = now_s() - ev0;
+        if ((st = replicas_check(t))) break;
+        epoch_metrics em = {0};
+        em.epoch = t->epoch + 1;
+        em.step = t->global_step;
+        double seen = (double)t->steps_per_epoch * t->G;
+        em.train_loss = loss_sum / seen;
+        em.train_acc = correct_sum / seen;
+        em.test_loss = test_loss, em.test_acc = test_acc;
+        em.epoch_s = epoch_s, em.eval_s = eval_s;
+        em.images_per_s = epoch_s > 0 ? (double)steps_run * t->G / epoch_s : 0;
+        em.images_per_s_per_rank = em.images_per_s / t->world;
+        if (t->timed) {
+            step_times *a = &t->acc;
+            double k = 1.0 / t->timed;
+            em.t = (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
+                                a->comm_s * k, a->optimizer_s * k, a->step_s * k};
+        }
+        em.lr = lr_at(t);
+        em.world = t->world, em.batch = t->B, em.global_batch = t->G;
+        em.n_buckets = t->use_comm ? t->n_buckets : 0;
+        em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
+        em.backend = o->name, em.comm = comm_backend_name(t->c);
+        em.scaling_efficiency = scaling_efficiency(&em, bl, &em.efficiency_kind);
+        LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s (%.0f/rank) | step "
+             "%.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | efficiency %.3f (%s)\n",
+             em.epoch, cfg->epochs, em.train_loss, em.train_acc, em.test_loss, em.test_acc, em.epoch_s,
+             em.images_per_s, em.images_per_s_per_rank, em.t.step_s * 1e3, em.t.forward_s * 1e3,
+             em.t.backward_s * 1e3, em.t.comm_s * 1e3, em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3,
+             em.scaling_efficiency, em.efficiency_kind);
+        if (metrics && t->rank == 0) metrics_write_jsonl(metrics, &em);
+        res->epochs_done++;
+        res->train_loss = em.train_loss, res->test_loss = test_loss, res->test_acc = test_acc;
+        t->step_in_epoch = 0;
+        t->loss_carry = t->correct_carry = 0;
+        if (t->o->save_path) {
+            t->epoch++;  // the checkpoint's position is the start of the next epoch
+            st = checkpoint_save(t, t->o->save_path, 0, 0);
+            t->epoch--;
+        }
+    }
+    o->free(ctx, scratch);
+    res->steps = t->global_step;
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Entry
+
+static void trainer_free(trainer *t) {
+    if (t->be.ops) {
+        const backend_ops *o = t->be.ops;
+        void *ctx = t->be.ctx;
+        o->free(ctx, t->d_train_x);
+        o->free(ctx, t->d_train_y);
+        o->free(ctx, t->d_test_x);
+        o->free(ctx, t->d_test_y);
+        o->free(ctx, t->d_perm);
+        o->free(ctx, t->d_test_index);
+        optim_destroy(&t->opt);
+        model_destroy(&t->m);
+        backend_destroy(&t->be);
+    }
+    free(t->h_perm);
+    free(t->buckets);
+    data_free(&t->train);
+    data_free(&t->test);
+}
+
+// Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
+// rank returns an error instead of leaving the others waiting in a collective.
+static int agree(trainer *t, int st) {
+    int first_bad = -1;
+    int all = comm_agree_status(t->c, st, &first_bad);
+    if (all == ST_OK) return ST_OK;
+    if (st == ST_OK) st = ERR(all, "rank %d failed during set-up (see its message)", first_bad);
+    err_mark_collective(first_bad == t->rank);
+    return st;
+}
+
+static int setup(trainer *t, baseline *bl) {
+    const net_config *cfg = t->cfg;
+    const comm_info *ci = comm_get_info(t->c);
+    TRY(batch_setup(t));
+    if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
+    int threads = cfg->threads;
+    if (threads == 0 && strcmp(cfg->backend, "cpu") == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
+        if (threads < 1) threads = 1;
+    }
+    TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
+    t->async_backend = t->be.ops->stream != NULL;
+    TRY(data_setup(t));
+    int eval_local = cfg->eval_batch;
+    int max_batch = t->B > eval_local ? t->B : eval_local;
+    TRY(model_create(&t->m, &t->be, cfg, max_batch));
+    TRY(model_init_params(&t->m, cfg->seed));
+    TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    TRY(buckets_create(t));
+    if (t->o->resume_path) TRY(checkpoint_resume(t, t->o->resume_path));
+    return ST_OK;
+}
+
+int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res) {
+    memset(res, 0, sizeof *res);
+    trainer *t = calloc(1, sizeof *t);
+    TRY_ALLOC(t);
+    t->cfg = cfg, t->o = o, t->c = c;
+    const comm_info *ci = comm_get_info(c);
+    t->rank = ci->rank, t->world = ci->world;
+    t->overlap = cfg->overlap;
+    t->use_comm = t->world > 1;
+    baseline bl = {0};
+    FILE *metrics = NULL;
+    int st = agree(t, setup(t, &bl));
+    if (st == ST_OK && t->use_comm) {
+        // Every replica starts from rank 0's parameters and optimizer state.
+        st = comm_bind_stream(c, t->be.ops->stream ? t->be.ops->stream(t->be.ctx) : NULL, t->async_backend);
+        size_t n = t->m.n_params;
+        float *host = NULL;
+        if (st == ST_OK) st = host_state(t, &host);
+        if (st == ST_OK) st = comm_bcast(c, host, (size_t)(optim_n_state(&t->opt) + 1) * n * sizeof(float), 0);
+        if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
+        for (int s = 0; st == ST_OK && s < optim_n_state(&t->opt); s++) {
+            const char *name;
+            st = t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
+                                   n * sizeof(float));
+        }
+        free(host);
+        if (st == ST_OK && t->be.ops->set_progress && strcmp(comm_backend_name(c), "mpi") == 0 && t->overlap)
+            t->be.ops->set_progress(t->be.ctx, progress_hook, t);
+        st = agree(t, st);
+    }
+    if (st == ST_OK && o->metrics_path && t->rank == 0) {
+        metrics = fopen(o->metrics_path, t->o->resume_path ? "a" : "w");
+        if (!metrics) st = ERR(ST_INPUT, "%s: cannot open metrics file for writing", o->metrics_path);
+    }
+    if (st == ST_OK) st = agree(t, st);
+    if (st == ST_OK) {
+        LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
+             "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s\n",
+             DDP_VERSION, t->be.ops->name, t->world, t->B, t->G, cfg->scaling == SCALING_STRONG ? "strong" : "weak",
+             t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
+             t->overlap ? "on" : "off", comm_backend_name(c));
+        st = run_epochs(t, &bl, metrics, res);
+    }
+    if (metrics && fclose(metrics) != 0 && st == ST_OK)
+        st = ERR(ST_RUNTIME, "%s: error writing metrics", o->metrics_path);
+    if (st == ST_OK && o->keep_params) {
+        res->n_params = t->m.n_params;
+        res->params = malloc(t->m.n_params * sizeof(float));
+        if (!res->params) st = ERR(ST_RUNTIME, "out of host memory");
+        else st = t->be.ops->download(t->be.ctx, res->params, t->m.params, t->m.n_params * sizeof(float));
+    }
+    trainer_free(t);
+    free(t);
+    return st;
+}
+
+void train_result_free(train_result *r) {
+    free(r->params);
+    r->params = NULL;
+}

@@ -14,3 +14,10 @@ const char *tu_path(const char *name);
 int tu_write_file(const char *path, const void *data, size_t n, int gz);
 // Max of |a-b| / max(1, |b|) over n values.
 double tu_max_rel_err(const float *a, const float *b, size_t n);
+
+// A small learnable IDX data set (28x28x1, 10 classes: class k is a bright 6x6 blob at one of 10 positions,
+// plus noise), written as raw or gzip IDX files into dir: train-images.idx, train-labels.idx, test-images.idx,
+// test-labels.idx (".gz" appended when gz). Returns 0 on success.
+int tu_make_idx_dataset(const char *dir, int n_train, int n_test, unsigned seed, int gz);
+// Run a shell command; returns its exit status (or -1 when it did not exit normally).
+int tu_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,0 +1,292 @@
+// backend_cuda.cu — the CUDA backend: its context (device, compute stream, cuBLAS and cuDNN handles bound to
+// that stream), memory ops, CUDA Graph capture/replay of one training step, and the op table.
+//
+// Every op is enqueued on the one non-blocking compute stream and returns without waiting, except download and
+// sync (and upload of large buffers). The NCCL comm backend orders its own stream against this one with events.
+// The ops themselves live in conv_cuda.cu (cuDNN) and ops_cuda.cu (everything else).
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_cuda_impl.h"
+
+extern "C" {
+#include "backend_cuda.h"
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Context
+
+// Tolerates a half-built context (every field is checked), so it is also the clean-up of a failed create.
+static void ctx_free(cuda_ctx *c) {
+    if (c == NULL) return;
+    if (c->capturing) {
+        cudaGraph_t g = NULL;
+        cudaStreamEndCapture(c->stream, &g);
+        if (g) cudaGraphDestroy(g);
+    }
+    // Work still queued may read buffers the caller frees next; and the graph must not be running.
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->exec) cudaGraphExecDestroy(c->exec);
+    for (int i = 0; i < STAGE_SLOTS; i++)
+        if (c->stage_ev[i]) cudaEventDestroy(c->stage_ev[i]);
+    if (c->stage) cudaFreeHost(c->stage);
+    if (c->cudnn) cudnnDestroy(c->cudnn);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->cublas_ws) cudaFree(c->cublas_ws);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    (void)cudaGetLastError();  // nothing to report at tear-down; do not leak an error into a later check
+    free(c);
+}
+
+static int ctx_init(cuda_ctx *c, int device) {
+    c->device = device;
+    cudaCheck(cudaSetDevice(device));
+    cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
+    cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+
+    cublasCheck(cublasCreate(&c->cublas));
+    cublasCheck(cublasSetStream(c->cublas, c->stream));
+    // After cublasSetStream, which resets the workspace to cuBLAS's own pool.
+    cudaCheck(cudaMalloc(&c->cublas_ws, CUBLAS_WS_BYTES));
+    cublasCheck(cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WS_BYTES));
+    // Default math is full FP32 for SGEMM (TF32 only through backend_cuda_set_tf32).
+    cublasCheck(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
+
+    cudnnCheck(cudnnCreate(&c->cudnn));
+    cudnnCheck(cudnnSetStream(c->cudnn, c->stream));
+
+    void *stage = NULL;
+    cudaCheck(cudaMallocHost(&stage, STAGE_SLOTS * STAGE_BYTES));
+    c->stage = (char *)stage;
+    for (int i = 0; i < STAGE_SLOTS; i++) cudaCheck(cudaEventCreateWithFlags(&c->stage_ev[i], cudaEventDisableTiming));
+    return ST_OK;
+}
+
+static void cuda_destroy(void *ctx) { ctx_free((cuda_ctx *)ctx); }
+
+// Calls that would block on the GPU or allocate are not stream work: inside a capture they would either
+// invalidate it or silently not be replayed.
+static int not_capturing(const cuda_ctx *c, const char *op) {
+    if (c->capturing)
+        return ERR(ST_RUNTIME, "cuda backend: %s is not allowed during CUDA graph capture (only stream work is)", op);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Memory
+
+static int cuda_alloc(void *ctx, void **ptr, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    *ptr = NULL;
+    TRY(not_capturing(c, "alloc"));
+    if (bytes == 0) return ST_OK;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return ERR(ST_RUNTIME, "rank %d (%s): cuda backend: cudaMalloc of %zu bytes failed: %s", g_rank, g_host, bytes,
+                   cudaGetErrorString(e));
+    }
+    // Zeroed in stream order: every later op on the compute stream (and the comm stream, which waits on it)
+    // sees zeros.
+    e = cudaMemsetAsync(p, 0, bytes, c->stream);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        (void)cudaGetLastError();
+        return ERR(ST_RUNTIME, "rank %d (%s): cuda backend: zeroing %zu new bytes failed: %s", g_rank, g_host, bytes,
+                   cudaGetErrorString(e));
+    }
+    *ptr = p;
+    return ST_OK;
+}
+
+static void cuda_free(void *ctx, void *ptr) {
+    (void)ctx;
+    if (ptr) cudaFree(ptr);  // synchronises the device: no op still in flight reads the buffer
+}
+
+// Small uploads are copied into a pinned staging slot and sent asynchronously, so the host may reuse src at
+// once and need not wait for the GPU; the slot is reused only after the GPU has read it (its event).
+// Large uploads (the data set, the initial weights) are rare: copy and wait.
+static int cuda_upload(void *ctx, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(not_capturing(c, "upload"));
+    if (bytes == 0) return ST_OK;
+    if (bytes <= STAGE_BYTES) {
+        const int k = c->stage_next;
+        c->stage_next = (k + 1) % STAGE_SLOTS;
+        char *slot = c->stage + (size_t)k * STAGE_BYTES;
+        cudaCheck(cudaEventSynchronize(c->stage_ev[k]));
+        memcpy(slot, src, bytes);
+        cudaCheck(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, c->stream));
+        cudaCheck(cudaEventRecord(c->stage_ev[k], c->stream));
+        return ST_OK;
+    }
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    return ST_OK;
+}
+
+static int cuda_download(void *ctx, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(not_capturing(c, "download"));
+    if (bytes == 0) return ST_OK;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    return ST_OK;
+}
+
+static int cuda_copy(void *ctx, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (bytes == 0) return ST_OK;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->stream));
+    return ST_OK;
+}
+
+static int cuda_zero(void *ctx, void *ptr, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (bytes == 0) return ST_OK;
+    cudaCheck(cudaMemsetAsync(ptr, 0, bytes, c->stream));
+    return ST_OK;
+}
+
+static int cuda_sync(void *ctx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(not_capturing(c, "sync"));
+    cudaCheck(cudaStreamSynchronize(c->stream));
+    return ST_OK;
+}
+
+static void *cuda_stream(void *ctx) { return (void *)((cuda_ctx *)ctx)->stream; }
+
+// ---------------------------------------------------------------------------------------------------------
+// CUDA Graph of one training step
+//
+// Capture mode ThreadLocal: only this thread is barred from unsafe calls (cudaMalloc, synchronisation) during
+// the capture. Global would also fail unrelated CUDA calls made meanwhile by other threads of the process,
+// e.g. NCCL's proxy thread. The NCCL launches join the capture through the events the comm backend records
+// (fork onto the comm stream, join back before capture_end).
+// Capture after one eager step: cuDNN and cuBLAS may load kernels or set up state on first use.
+
+static void graph_drop(cuda_ctx *c) {
+    if (c->exec == NULL) return;
+    cudaStreamSynchronize(c->stream);  // a launch of the old graph may still be running
+    cudaGraphExecDestroy(c->exec);
+    c->exec = NULL;
+}
+
+static int cuda_capture_begin(void *ctx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (c->capturing) return ERR(ST_RUNTIME, "cuda backend: capture_begin while a capture is already open");
+    graph_drop(c);
+    cudaCheck(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    c->capturing = 1;
+    return ST_OK;
+}
+
+static int cuda_capture_end(void *ctx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!c->capturing) return ERR(ST_RUNTIME, "cuda backend: capture_end without capture_begin");
+    c->capturing = 0;
+    cudaGraph_t g = NULL;
+    // Fails (and returns no graph) when an op during the capture broke the rules of stream capture.
+    cudaCheck(cudaStreamEndCapture(c->stream, &g));
+    if (g == NULL) return ERR(ST_RUNTIME, "cuda backend: CUDA graph capture was invalidated (no graph captured)");
+    cudaGraphExec_t exec = NULL;
+    cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    cudaGraphDestroy(g);  // the executable graph is independent of the template
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return ERR(ST_RUNTIME, "rank %d (%s): cuda backend: cudaGraphInstantiate failed: %s", g_rank, g_host,
+                   cudaGetErrorString(e));
+    }
+    c->exec = exec;
+    return ST_OK;
+}
+
+static int cuda_replay(void *ctx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(not_capturing(c, "replay"));
+    if (c->exec == NULL) return ERR(ST_RUNTIME, "cuda backend: replay without a captured graph (capture_end first)");
+    cudaCheck(cudaGraphLaunch(c->exec, c->stream));
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The table and the public entry points
+
+static const backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .copy = cuda_copy,
+    .zero = cuda_zero,
+    .sync = cuda_sync,
+    .gather = cuda_gather,
+    .conv_prepare = cuda_conv_prepare,
+    .conv_release = cuda_conv_release,
+    .conv_forward = cuda_conv_forward,
+    .conv_backward = cuda_conv_backward,
+    .pool_forward = cuda_pool_forward,
+    .pool_backward = cuda_pool_backward,
+    .dense_forward = cuda_dense_forward,
+    .dense_backward = cuda_dense_backward,
+    .softmax_xent = cuda_softmax_xent,
+    .adam_step = cuda_adam_step,
+    .sgd_step = cuda_sgd_step,
+    .scale = cuda_scale,
+    .count_nonfinite = cuda_count_nonfinite,
+    .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
+    .stream = cuda_stream,
+    .capture_begin = cuda_capture_begin,
+    .capture_end = cuda_capture_end,
+    .replay = cuda_replay,
+};
+
+extern "C" int backend_cuda_available(void) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();  // no driver or no device: not an error, just no CUDA
+        return 0;
+    }
+    return count > 0;
+}
+
+extern "C" int backend_cuda_create(backend *be, int device) {
+    be->ops = NULL;
+    be->ctx = NULL;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        (void)cudaGetLastError();
+        return ERR(ST_INPUT, "backend 'cuda': no usable CUDA device on %s (%s); use backend=cpu", g_host,
+                   e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    }
+    if (device < 0 || device >= count)
+        return ERR(ST_INPUT, "backend 'cuda': device %d does not exist (%s has %d CUDA device%s)", device, g_host, count,
+                   count == 1 ? "" : "s");
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    TRY_ALLOC(c);
+    int st = ctx_init(c, device);
+    if (st != ST_OK) {
+        ctx_free(c);
+        return st;
+    }
+    be->ops = &cuda_ops;
+    be->ctx = c;
+    return ST_OK;
+}
+
+extern "C" int backend_cuda_set_tf32(backend *be, int on) {
+    if (be == NULL || be->ops != &cuda_ops)
+        return on ? ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is '%s')",
+                        be && be->ops ? be->ops->name : "none")
+                  : ST_OK;
+    cuda_ctx *c = (cuda_ctx *)be->ctx;
+    cublasCheck(cublasSetMathMode(c->cublas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    c->tf32 = on != 0;
+    return ST_OK;
+}

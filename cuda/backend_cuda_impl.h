@@ -1,0 +1,105 @@
+// backend_cuda_impl.h — private to cuda/: the CUDA backend's context and the op entry points each .cu file
+// contributes to the table in backend_cuda.cu.
+//
+//   backend_cuda.cu  context, memory, CUDA Graph capture/replay, the table
+//   conv_cuda.cu     convolution (cuDNN) with fused bias + ReLU kernels
+//   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include "cuda_common.h"
+
+extern "C" {
+#include "backend.h"
+}
+
+#define CUDA_THREADS 256
+// Host-to-device uploads up to this size go through a pinned staging ring, so that the per-step uploads
+// (optimizer hyper-parameters, batch indices) never make the host wait for the GPU.
+#define STAGE_SLOTS 8
+#define STAGE_BYTES ((size_t)64 << 10)
+// cuBLAS workspace, set explicitly so that graph capture never sees cuBLAS allocate one.
+#define CUBLAS_WS_BYTES ((size_t)32 << 20)
+
+typedef struct cuda_ctx {
+    int device;
+    int sm_count;
+    int tf32;
+    cudaStream_t stream;  // every op runs here; never the legacy default stream
+    cublasHandle_t cublas;
+    cudnnHandle_t cudnn;
+    void *cublas_ws;
+    // Convolution plans made so far: the largest batch and the largest workspace reported (conv_cuda.cu).
+    int conv_max_n;
+    size_t conv_ws_high;
+    // Graph of one training step.
+    int capturing;
+    cudaGraphExec_t exec;
+    // Pinned staging ring for small uploads; ev[i] marks when slot i has been read by the GPU.
+    char *stage;
+    cudaEvent_t stage_ev[STAGE_SLOTS];
+    int stage_next;
+} cuda_ctx;
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU a few times over, never more than needed.
+static inline unsigned cuda_blocks(const cuda_ctx *c, size_t n) {
+    size_t want = (n + CUDA_THREADS - 1) / CUDA_THREADS;
+    size_t cap = (size_t)c->sm_count * 32;
+    if (want > cap) want = cap;
+    return want ? (unsigned)want : 1u;
+}
+
+// ---- conv_cuda.cu
+int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes);
+void cuda_conv_release(void *ctx, conv_desc *d);
+int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
+                      void *ws);
+int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
+                       float *dx, float *dw, float *db, void *ws);
+
+// ---- ops_cuda.cu
+// y = act(y + b[channel]) in place over `total` values laid out [outer, channels, inner] (b may be NULL).
+int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act);
+int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+                int sample_elems, float *x, int32_t *y);
+int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
+int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);
+int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,
+                       float *y);
+int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
+                        float *dy, float *dx, float *dw, float *db);
+int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float *dlogits,
+                      double *loss_acc, int32_t *correct_acc);
+int cuda_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h);
+int cuda_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h);
+int cuda_scale(void *ctx, size_t n, float alpha, float *x);
+int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
+
+// ---------------------------------------------------------------------------------------------------------
+// Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).
+#ifdef __CUDACC__
+template <typename T>
+static __device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); the result is valid in thread 0.
+// Every thread of the block must call it (it synchronises).
+template <typename T>
+static __device__ __forceinline__ T block_sum(T v) {
+    __shared__ T partial[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = (T)0;
+    if (warp == 0) {
+        if (lane < (int)(blockDim.x >> 5)) v = partial[lane];
+        v = warp_sum(v);
+    }
+    return v;
+}
+#endif

@@ -1,0 +1,451 @@
+// conv_cuda.cu — convolution for the CUDA backend: cuDNN (legacy API) for the three convolutions, our own
+// kernels for the fused bias + ReLU forward and for the ReLU mask + bias gradient backward.
+//
+// Algorithm choice happens once per conv_prepare (one plan per layer and batch size): cudnnFind*AlgorithmEx
+// times every algorithm on scratch buffers and we take the fastest whose workspace fits WS_CAP. For the two
+// backward convolutions a deterministic algorithm is preferred when it is within 10% of the fastest, so that
+// runs repeat bit for bit where it costs little (dgrad ALGO_0 and wgrad ALGO_0/ALGO_3 use atomics).
+// Math: with TF32 off (the default) every descriptor is set to CUDNN_FMA_MATH, which cuDNN 8+ honours in Find
+// and execution; CUDNN_DEFAULT_MATH would allow TF32 on Ampere and later. With TF32 on, the math type Find
+// reports for the chosen algorithm is used.
+// Workspace: the model sizes one workspace to the largest need of its layers at the training batch, and later
+// prepares the same layers for smaller (evaluation) batches, expecting no more. Find could pick a hungrier
+// algorithm for a smaller batch, so a plan for a batch below the largest seen may use at most the largest
+// workspace reported so far (the training plans' need).
+// Bias + ReLU: our kernel after cudnnConvolutionForward, not cudnnConvolutionBiasActivationForward, which
+// supports ReLU only with IMPLICIT_PRECOMP_GEMM and would tie the algorithm choice to the activation.
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend_cuda_impl.h"
+
+#define WS_CAP ((size_t)256 << 20)
+#define DETERMINISTIC_SLACK 1.10f
+
+typedef struct conv_plan {
+    int n, c, h, w, k, r, s, stride, pad, oh, ow;  // the shape the plan was made for
+    cudnnTensorDescriptor_t x_desc, y_desc;
+    cudnnFilterDescriptor_t w_desc;
+    // One convolution descriptor per direction: the chosen algorithms may need different math types.
+    cudnnConvolutionDescriptor_t fwd_desc, bwd_data_desc, bwd_filter_desc;
+    cudnnConvolutionFwdAlgo_t fwd;
+    cudnnConvolutionBwdDataAlgo_t bwd_data;
+    cudnnConvolutionBwdFilterAlgo_t bwd_filter;
+    size_t ws_fwd, ws_bwd_data, ws_bwd_filter;
+    int bias_splits;  // blocks per channel of the bias-gradient reduction (partial sums live in the workspace)
+} conv_plan;
+
+// Scratch tensors for cudnnFind*Ex (it runs every algorithm for real), freed after the plan is made.
+typedef struct find_scratch {
+    void *x, *w, *y, *ws;
+    size_t ws_bytes;
+} find_scratch;
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels
+
+// ReLU mask of dy in place (by y > 0) and the per-channel sum of dy over (n, oh, ow), in two deterministic
+// passes: grid (splits, k) partial sums, then one thread per channel adds its splits in order.
+__global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int k, int hw, int per, int chunk,
+                                      int relu) {
+    const int ch = blockIdx.y, part = blockIdx.x;
+    const int start = part * chunk, end = min(per, start + chunk);
+    float sum = 0.f;
+    for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
+        const int img = j / hw, q = j - img * hw;
+        const size_t idx = ((size_t)img * k + ch) * hw + q;
+        float g = dy[idx];
+        if (relu) {
+            g = y[idx] > 0.f ? g : 0.f;
+            dy[idx] = g;
+        }
+        sum += g;
+    }
+    sum = block_sum(sum);
+    if (threadIdx.x == 0 && out) out[(size_t)ch * gridDim.x + part] = sum;
+}
+
+__global__ void sum_splits_kernel(const float *partial, float *db, int k, int splits) {
+    const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= k) return;
+    float s = 0.f;
+    for (int i = 0; i < splits; i++) s += partial[(size_t)ch * splits + i];
+    db[ch] = s;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Plans: descriptors
+
+static void plan_free(conv_plan *p) {
+    if (p == NULL) return;
+    if (p->x_desc) cudnnDestroyTensorDescriptor(p->x_desc);
+    if (p->y_desc) cudnnDestroyTensorDescriptor(p->y_desc);
+    if (p->w_desc) cudnnDestroyFilterDescriptor(p->w_desc);
+    if (p->fwd_desc) cudnnDestroyConvolutionDescriptor(p->fwd_desc);
+    if (p->bwd_data_desc) cudnnDestroyConvolutionDescriptor(p->bwd_data_desc);
+    if (p->bwd_filter_desc) cudnnDestroyConvolutionDescriptor(p->bwd_filter_desc);
+    free(p);
+}
+
+static int conv_shape_check(const conv_desc *d) {
+    if (d->n <= 0 || d->c <= 0 || d->h <= 0 || d->w <= 0 || d->k <= 0 || d->r <= 0 || d->s <= 0 || d->stride <= 0 ||
+        d->pad < 0)
+        return ERR(ST_INPUT, "conv_prepare: bad shape n=%d c=%d h=%d w=%d k=%d r=%d s=%d stride=%d pad=%d", d->n, d->c,
+                   d->h, d->w, d->k, d->r, d->s, d->stride, d->pad);
+    const int oh = (d->h + 2 * d->pad - d->r) / d->stride + 1, ow = (d->w + 2 * d->pad - d->s) / d->stride + 1;
+    if (d->h + 2 * d->pad < d->r || d->w + 2 * d->pad < d->s || d->oh != oh || d->ow != ow)
+        return ERR(ST_INPUT, "conv_prepare: output %dx%d does not match input %dx%d, kernel %dx%d, stride %d, pad %d "
+                             "(conv_desc_init not called?)",
+                   d->oh, d->ow, d->h, d->w, d->r, d->s, d->stride, d->pad);
+    if (d->act != ACT_NONE && d->act != ACT_RELU) return ERR(ST_INPUT, "conv_prepare: unknown activation %d", d->act);
+    if ((size_t)d->n * d->k * oh * ow > (size_t)INT32_MAX || (size_t)d->n * d->c * d->h * d->w > (size_t)INT32_MAX)
+        return ERR(ST_INPUT, "conv_prepare: layer too large for the CUDA backend (n=%d c=%d %dx%d k=%d)", d->n, d->c,
+                   d->h, d->w, d->k);
+    if (d->k > 65535) return ERR(ST_INPUT, "conv_prepare: %d filters, the CUDA backend takes at most 65535", d->k);
+    return ST_OK;
+}
+
+static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p) {
+    cudnnCheck(cudnnCreateTensorDescriptor(&p->x_desc));
+    cudnnCheck(cudnnCreateTensorDescriptor(&p->y_desc));
+    cudnnCheck(cudnnCreateFilterDescriptor(&p->w_desc));
+    cudnnCheck(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->c, d->h, d->w));
+    cudnnCheck(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->k, d->oh, d->ow));
+    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, d->k, d->c, d->r, d->s));
+    cudnnConvolutionDescriptor_t *descs[3] = {&p->fwd_desc, &p->bwd_data_desc, &p->bwd_filter_desc};
+    for (int i = 0; i < 3; i++) {
+        cudnnCheck(cudnnCreateConvolutionDescriptor(descs[i]));
+        // Cross-correlation (no kernel flip), as PyTorch and the CPU reference compute it.
+        cudnnCheck(cudnnSetConvolution2dDescriptor(*descs[i], d->pad, d->pad, d->stride, d->stride, 1, 1,
+                                                   CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+        cudnnCheck(cudnnSetConvolutionMathType(*descs[i], c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    }
+    int on = 0, oc = 0, oh = 0, ow = 0;
+    cudnnCheck(cudnnGetConvolution2dForwardOutputDim(p->fwd_desc, p->x_desc, p->w_desc, &on, &oc, &oh, &ow));
+    if (on != d->n || oc != d->k || oh != d->oh || ow != d->ow)
+        return ERR(ST_RUNTIME, "conv_prepare: cuDNN output shape %dx%dx%dx%d differs from ours %dx%dx%dx%d", on, oc, oh,
+                   ow, d->n, d->k, d->oh, d->ow);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Plans: algorithm choice
+
+// The largest workspace any algorithm of any direction asks for, up to cap (those above are never chosen).
+static size_t find_workspace_need(const cuda_ctx *c, const conv_plan *p, size_t cap) {
+    size_t need = 0, sz = 0;
+    for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; a++)
+        if (cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
+                                                    (cudnnConvolutionFwdAlgo_t)a, &sz) == CUDNN_STATUS_SUCCESS &&
+            sz <= cap && sz > need)
+            need = sz;
+    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT; a++)
+        if (cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc, p->x_desc,
+                                                         (cudnnConvolutionBwdDataAlgo_t)a, &sz) == CUDNN_STATUS_SUCCESS &&
+            sz <= cap && sz > need)
+            need = sz;
+    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT; a++)
+        if (cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
+                                                           p->w_desc, (cudnnConvolutionBwdFilterAlgo_t)a,
+                                                           &sz) == CUDNN_STATUS_SUCCESS &&
+            sz <= cap && sz > need)
+            need = sz;
+    return need;
+}
+
+static void scratch_free(find_scratch *s) {
+    if (s->x) cudaFree(s->x);
+    if (s->w) cudaFree(s->w);
+    if (s->y) cudaFree(s->y);
+    if (s->ws) cudaFree(s->ws);
+    (void)cudaGetLastError();
+}
+
+static int scratch_alloc(cuda_ctx *c, const conv_desc *d, const conv_plan *p, size_t cap, find_scratch *s) {
+    const size_t xb = (size_t)d->n * d->c * d->h * d->w * sizeof(float);
+    const size_t wb = (size_t)d->k * d->c * d->r * d->s * sizeof(float);
+    const size_t yb = (size_t)d->n * d->k * d->oh * d->ow * sizeof(float);
+    cudaCheck(cudaMalloc(&s->x, xb));
+    cudaCheck(cudaMalloc(&s->w, wb));
+    cudaCheck(cudaMalloc(&s->y, yb));
+    // Zeros, not garbage: NaN or denormal patterns could skew the timings.
+    cudaCheck(cudaMemsetAsync(s->x, 0, xb, c->stream));
+    cudaCheck(cudaMemsetAsync(s->w, 0, wb, c->stream));
+    cudaCheck(cudaMemsetAsync(s->y, 0, yb, c->stream));
+    // Short of memory, time the algorithms that fit in what there is (down to none: workspace-free ones).
+    for (size_t want = find_workspace_need(c, p, cap); want > 0; want /= 2) {
+        if (cudaMalloc(&s->ws, want) == cudaSuccess) {
+            s->ws_bytes = want;
+            break;
+        }
+        (void)cudaGetLastError();
+        s->ws = NULL;
+    }
+    return ST_OK;
+}
+
+// Indices of the usable results, fastest first; with prefer_det, deterministic ones within the slack of the
+// fastest move to the front (still fastest first among themselves).
+template <typename Perf>
+static int rank_results(const Perf *perf, int count, size_t ws_cap, int tf32, int prefer_det, int *order) {
+    int n = 0;
+    for (int i = 0; i < count; i++) {
+        const Perf &q = perf[i];
+        const int math_ok = tf32 || q.mathType == CUDNN_FMA_MATH || q.mathType == CUDNN_DEFAULT_MATH;
+        if (q.status == CUDNN_STATUS_SUCCESS && q.memory <= ws_cap && q.time >= 0.f && math_ok) order[n++] = i;
+    }
+    for (int i = 1; i < n; i++)  // insertion sort: at most 8 entries
+        for (int j = i; j > 0 && perf[order[j]].time < perf[order[j - 1]].time; j--) {
+            const int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    if (prefer_det && n > 1) {
+        const float limit = perf[order[0]].time * DETERMINISTIC_SLACK;
+        int tmp[16], m = 0;
+        for (int i = 0; i < n; i++)
+            if (perf[order[i]].determinism == CUDNN_DETERMINISTIC && perf[order[i]].time <= limit) tmp[m++] = order[i];
+        for (int i = 0; i < n; i++)
+            if (!(perf[order[i]].determinism == CUDNN_DETERMINISTIC && perf[order[i]].time <= limit))
+                tmp[m++] = order[i];
+        for (int i = 0; i < n; i++) order[i] = tmp[i];
+    }
+    return n;
+}
+
+static cudnnMathType_t math_for(const cuda_ctx *c, cudnnMathType_t found) {
+    return c->tf32 ? found : CUDNN_FMA_MATH;
+}
+
+// Accept an algorithm only when cuDNN confirms it for the math type we will run it with.
+static int try_fwd(const cuda_ctx *c, conv_plan *p, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math,
+                   size_t found_ws, size_t cap) {
+    size_t ws = 0;
+    if (cudnnSetConvolutionMathType(p->fwd_desc, math) != CUDNN_STATUS_SUCCESS ||
+        cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc, algo, &ws) !=
+            CUDNN_STATUS_SUCCESS)
+        return 0;
+    p->fwd = algo;
+    p->ws_fwd = ws > found_ws ? ws : found_ws;
+    return p->ws_fwd <= cap;
+}
+
+static int try_bwd_data(const cuda_ctx *c, conv_plan *p, cudnnConvolutionBwdDataAlgo_t algo, cudnnMathType_t math,
+                        size_t found_ws, size_t cap) {
+    size_t ws = 0;
+    if (cudnnSetConvolutionMathType(p->bwd_data_desc, math) != CUDNN_STATUS_SUCCESS ||
+        cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc, p->x_desc, algo,
+                                                     &ws) != CUDNN_STATUS_SUCCESS)
+        return 0;
+    p->bwd_data = algo;
+    p->ws_bwd_data = ws > found_ws ? ws : found_ws;
+    return p->ws_bwd_data <= cap;
+}
+
+static int try_bwd_filter(const cuda_ctx *c, conv_plan *p, cudnnConvolutionBwdFilterAlgo_t algo,
+                          cudnnMathType_t math, size_t found_ws, size_t cap) {
+    size_t ws = 0;
+    if (cudnnSetConvolutionMathType(p->bwd_filter_desc, math) != CUDNN_STATUS_SUCCESS ||
+        cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc, p->w_desc,
+                                                       algo, &ws) != CUDNN_STATUS_SUCCESS)
+        return 0;
+    p->bwd_filter = algo;
+    p->ws_bwd_filter = ws > found_ws ? ws : found_ws;
+    return p->ws_bwd_filter <= cap;
+}
+
+static int no_algo(const conv_desc *d, const char *dir) {
+    return ERR(ST_RUNTIME, "rank %d (%s): conv_prepare: no cuDNN %s algorithm for n=%d c=%d %dx%d k=%d %dx%d "
+                           "stride %d pad %d",
+               g_rank, g_host, dir, d->n, d->c, d->h, d->w, d->k, d->r, d->s, d->stride, d->pad);
+}
+
+static int choose_fwd(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s, size_t cap) {
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int count = 0, order[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
+                                                      p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
+                                                      s->ws, s->ws_bytes));
+    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 0, order);
+    for (int i = 0; i < m; i++) {
+        const cudnnConvolutionFwdAlgoPerf_t &q = perf[order[i]];
+        if (try_fwd(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
+    }
+    const cudnnConvolutionFwdAlgo_t fallback = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+    if (try_fwd(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
+    if (try_fwd(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
+    return no_algo(d, "forward");
+}
+
+static int choose_bwd_data(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s,
+                           size_t cap) {
+    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    int count = 0, order[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    // dx goes to the x scratch (x itself is not an input of this direction).
+    cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
+                                                           p->bwd_data_desc, p->x_desc, s->x,
+                                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf, s->ws,
+                                                           s->ws_bytes));
+    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 1, order);
+    for (int i = 0; i < m; i++) {
+        const cudnnConvolutionBwdDataAlgoPerf_t &q = perf[order[i]];
+        if (try_bwd_data(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
+    }
+    const cudnnConvolutionBwdDataAlgo_t fallback = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+    if (try_bwd_data(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
+    if (try_bwd_data(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
+    return no_algo(d, "backward-data");
+}
+
+static int choose_bwd_filter(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s,
+                             size_t cap) {
+    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    int count = 0, order[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    // dw goes to the w scratch (w is not an input of this direction).
+    cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
+                                                             p->bwd_filter_desc, p->w_desc, s->w,
+                                                             CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf,
+                                                             s->ws, s->ws_bytes));
+    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 1, order);
+    for (int i = 0; i < m; i++) {
+        const cudnnConvolutionBwdFilterAlgoPerf_t &q = perf[order[i]];
+        if (try_bwd_filter(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
+    }
+    const cudnnConvolutionBwdFilterAlgo_t fallback = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+    if (try_bwd_filter(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
+    if (try_bwd_filter(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
+    return no_algo(d, "backward-filter");
+}
+
+// Fallbacks may exceed cap (never WS_CAP): the caller then sees a larger need than it planned for.
+static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t cap) {
+    find_scratch s = {};
+    int st = scratch_alloc(c, d, p, cap, &s);
+    if (st == ST_OK) st = choose_fwd(c, d, p, &s, cap);
+    if (st == ST_OK) st = choose_bwd_data(c, d, p, &s, cap);
+    if (st == ST_OK) st = choose_bwd_filter(c, d, p, &s, cap);
+    scratch_free(&s);  // cudaFree waits for the timing runs
+    return st;
+}
+
+// Enough blocks per channel that the reduction fills the GPU; each block still sums >= 4096 values.
+static int bias_splits(const conv_desc *d) {
+    const long per = (long)d->n * d->oh * d->ow;
+    long s = (per + 4095) / 4096;
+    return (int)(s < 1 ? 1 : s > 64 ? 64 : s);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Ops
+
+void cuda_conv_release(void *ctx, conv_desc *d) {
+    (void)ctx;
+    plan_free((conv_plan *)d->plan);
+    d->plan = NULL;
+}
+
+int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    *workspace_bytes = 0;
+    if (c->capturing) return ERR(ST_RUNTIME, "cuda backend: conv_prepare is not allowed during CUDA graph capture");
+    TRY(conv_shape_check(d));
+    // d->plan is overwritten, never freed here: descs are copied around (the model keeps aliases of its
+    // plans), so freeing what d points to could pull a plan from under another copy. conv_release frees.
+    conv_plan *p = (conv_plan *)calloc(1, sizeof *p);
+    TRY_ALLOC(p);
+    p->n = d->n, p->c = d->c, p->h = d->h, p->w = d->w, p->k = d->k, p->r = d->r, p->s = d->s;
+    p->stride = d->stride, p->pad = d->pad, p->oh = d->oh, p->ow = d->ow;
+    p->bias_splits = bias_splits(d);
+    size_t cap = WS_CAP;
+    if (d->n < c->conv_max_n && c->conv_ws_high < cap) cap = c->conv_ws_high;
+    int st = plan_descriptors(c, d, p);
+    if (st == ST_OK) st = plan_algorithms(c, d, p, cap);
+    if (st != ST_OK) {
+        plan_free(p);
+        return st;
+    }
+    d->plan = p;
+    size_t need = p->ws_fwd;
+    if (p->ws_bwd_data > need) need = p->ws_bwd_data;
+    if (p->ws_bwd_filter > need) need = p->ws_bwd_filter;
+    const size_t partial = p->bias_splits > 1 ? (size_t)d->k * p->bias_splits * sizeof(float) : 0;
+    if (partial > need) need = partial;
+    *workspace_bytes = need;
+    if (d->n > c->conv_max_n) c->conv_max_n = d->n;
+    if (need > c->conv_ws_high) c->conv_ws_high = need;
+    return ST_OK;
+}
+
+static int plan_get(const conv_desc *d, const char *op, const conv_plan **out) {
+    const conv_plan *p = (const conv_plan *)d->plan;
+    if (p == NULL) return ERR(ST_RUNTIME, "%s: layer not prepared (conv_prepare first)", op);
+    if (p->n != d->n || p->c != d->c || p->h != d->h || p->w != d->w || p->k != d->k || p->r != d->r ||
+        p->s != d->s || p->stride != d->stride || p->pad != d->pad)
+        return ERR(ST_RUNTIME, "%s: layer prepared for n=%d c=%d %dx%d k=%d, called with n=%d c=%d %dx%d k=%d", op,
+                   p->n, p->c, p->h, p->w, p->k, d->n, d->c, d->h, d->w, d->k);
+    *out = p;
+    return ST_OK;
+}
+
+static int ws_check(size_t need, const void *ws, const char *op) {
+    if (need > 0 && ws == NULL)
+        return ERR(ST_RUNTIME, "%s: needs a workspace of %zu bytes but got none", op, need);
+    return ST_OK;
+}
+
+int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
+                      void *ws) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const conv_plan *p = NULL;
+    TRY(plan_get(d, "conv_forward", &p));
+    TRY(ws_check(p->ws_fwd, ws, "conv_forward"));
+    const float one = 1.f, zero = 0.f;
+    cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x_desc, x, p->w_desc, w, p->fwd_desc, p->fwd, ws, p->ws_fwd,
+                                       &zero, p->y_desc, y));
+    const int hw = d->oh * d->ow;
+    return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, hw, d->act);
+}
+
+static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, float *db,
+                          void *ws) {
+    const int relu = d->act == ACT_RELU;
+    if (!relu && db == NULL) return ST_OK;
+    const int hw = d->oh * d->ow, per = d->n * hw, splits = p->bias_splits;
+    const int chunk = (per + splits - 1) / splits;
+    float *out = db;
+    if (db && splits > 1) {
+        TRY(ws_check((size_t)d->k * splits * sizeof(float), ws, "conv_backward"));
+        out = (float *)ws;
+    }
+    dim3 grid((unsigned)splits, (unsigned)d->k);
+    conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, relu);
+    cudaCheckLaunch();
+    if (db && splits > 1) {
+        sum_splits_kernel<<<(d->k + CUDA_THREADS - 1) / CUDA_THREADS, CUDA_THREADS, 0, c->stream>>>(out, db, d->k,
+                                                                                                   splits);
+        cudaCheckLaunch();
+    }
+    return ST_OK;
+}
+
+int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
+                       float *dx, float *dw, float *db, void *ws) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const conv_plan *p = NULL;
+    TRY(plan_get(d, "conv_backward", &p));
+    // Stream order: the mask is applied before either convolution reads dy, and the partial sums in ws are
+    // consumed before cuDNN reuses ws.
+    TRY(conv_bias_grad(c, d, p, dy, y, db, ws));
+    const float one = 1.f, zero = 0.f;
+    if (dw) {
+        TRY(ws_check(p->ws_bwd_filter, ws, "conv_backward"));
+        cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x_desc, x, p->y_desc, dy, p->bwd_filter_desc,
+                                                  p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dw));
+    }
+    if (dx) {
+        TRY(ws_check(p->ws_bwd_data, ws, "conv_backward"));
+        cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w_desc, w, p->y_desc, dy, p->bwd_data_desc,
+                                                p->bwd_data, ws, p->ws_bwd_data, &zero, p->x_desc, dx));
+    }
+    return ST_OK;
+}

@@ -1,0 +1,446 @@
+// ops_cuda.cu — the CUDA backend's ops other than convolution: bias + activation, max pooling, dense layers
+// (cuBLAS), softmax cross-entropy, the optimizers, batch gathering and small utilities.
+//
+// Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); the tests compare the
+// two op by op. Kernels first, launchers (stream last) after. Element-wise kernels use grid-stride loops.
+// ReLU and its mask use `v > 0` (so a NaN pre-activation becomes 0, as on the CPU).
+#include <stdint.h>
+
+#include "backend_cuda_impl.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels: bias + activation
+
+// y laid out [outer, channels, inner]: conv (inner = oh*ow) and dense (inner = 1) alike.
+__global__ void bias_act_kernel(float *y, const float *b, unsigned total, unsigned channels, unsigned inner,
+                                int relu) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        float v = y[i];
+        if (b) v += __ldg(&b[(i / inner) % channels]);
+        if (relu) v = v > 0.f ? v : 0.f;
+        y[i] = v;
+    }
+}
+
+// Dense backward of bias + ReLU: dy[n, out] masked in place by y > 0, db[j] = sum over rows of dy[., j].
+// Block (32, 8): 32 adjacent columns (coalesced rows), 8 row phases, reduced in shared memory. Deterministic.
+__global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int n, int out, int relu) {
+    __shared__ float part[8][33];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    float sum = 0.f;
+    if (j < out) {
+        for (int i = threadIdx.y; i < n; i += 8) {
+            const size_t idx = (size_t)i * out + j;
+            float g = dy[idx];
+            if (relu) {
+                g = y[idx] > 0.f ? g : 0.f;
+                dy[idx] = g;
+            }
+            sum += g;
+        }
+    }
+    part[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < out && db) {
+        float t = 0.f;
+        for (int r = 0; r < 8; r++) t += part[r][threadIdx.x];
+        db[j] = t;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels: max pooling (no padding: every window lies inside the input)
+
+// One thread per output; argmax is the index of the max within its input plane (h*w), first max on ties.
+__global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsigned total, int h, int w, int oh,
+                                int ow, int size, int stride) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ox = (int)(i % ow);
+        const unsigned t = i / ow;
+        const int oy = (int)(t % oh);
+        const unsigned plane = t / oh;
+        const float *xp = x + (size_t)plane * h * w;
+        const int y0 = oy * stride, x0 = ox * stride;
+        int best_j = y0 * w + x0;
+        float best = __ldg(&xp[best_j]);
+        for (int r = 0; r < size; r++)
+            for (int s = 0; s < size; s++) {
+                const int j = (y0 + r) * w + x0 + s;
+                const float v = __ldg(&xp[j]);
+                if (v > best) {
+                    best = v;
+                    best_j = j;
+                }
+            }
+        y[i] = best;
+        if (argmax) argmax[i] = best_j;
+    }
+}
+
+// Gather formulation: one thread per input element sums dy over the (few) windows that contain it and chose
+// it, in ascending output order (the order a CPU scatter adds them). Writes every dx: no zeroing, no atomics.
+__global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *dx, unsigned total, int h, int w,
+                                int oh, int ow, int size, int stride) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ix = (int)(i % w);
+        const unsigned t = i / w;
+        const int iy = (int)(t % h);
+        const unsigned plane = t / h;
+        const int j = iy * w + ix;
+        // Windows o with o*stride <= i < o*stride + size.
+        const int oy_lo = iy < size ? 0 : (iy - size) / stride + 1;
+        const int oy_hi = min(iy / stride, oh - 1);
+        const int ox_lo = ix < size ? 0 : (ix - size) / stride + 1;
+        const int ox_hi = min(ix / stride, ow - 1);
+        const size_t base = (size_t)plane * oh * ow;
+        float g = 0.f;
+        for (int oy = oy_lo; oy <= oy_hi; oy++)
+            for (int ox = ox_lo; ox <= ox_hi; ox++) {
+                const size_t o = base + (size_t)oy * ow + ox;
+                if (__ldg(&argmax[o]) == j) g += __ldg(&dy[o]);
+            }
+        dx[i] = g;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels: softmax + sparse categorical cross-entropy
+
+#define XENT_WARPS 8
+
+// One warp per sample: max (and first argmax), sum of exp, loss = log(sum) - (z[label] - max).
+// A label outside [0, classes) yields a NaN loss, so the divergence check stops the run rather than the
+// kernel reading out of bounds. One double and one int atomic per block.
+__global__ void softmax_xent_kernel(int n, int classes, const float *logits, const int32_t *labels,
+                                    float *dlogits, double *loss_acc, int32_t *correct_acc) {
+    __shared__ double s_loss[XENT_WARPS];
+    __shared__ int s_correct[XENT_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int i = blockIdx.x * XENT_WARPS + warp;
+    double loss = 0.0;
+    int correct = 0;
+    if (i < n) {
+        const float *z = logits + (size_t)i * classes;
+        float m = -INFINITY;
+        int am = classes;  // lanes with no class lose every tie
+        for (int j = lane; j < classes; j += 32) {
+            const float v = z[j];
+            if (v > m) {
+                m = v;
+                am = j;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+            const int a2 = __shfl_xor_sync(0xffffffffu, am, o);
+            if (m2 > m || (m2 == m && a2 < am)) {
+                m = m2;
+                am = a2;
+            }
+        }
+        float s = 0.f;
+        for (int j = lane; j < classes; j += 32) s += expf(z[j] - m);
+        s = warp_sum(s);
+        const int label = labels[i];
+        const bool valid = label >= 0 && label < classes;
+        if (dlogits) {
+            const float inv_s = 1.f / s, inv_n = 1.f / (float)n;
+            float *d = dlogits + (size_t)i * classes;
+            for (int j = lane; j < classes; j += 32) {
+                const float p = expf(z[j] - m) * inv_s;
+                d[j] = (p - (j == label ? 1.f : 0.f)) * inv_n;
+            }
+        }
+        if (lane == 0) {
+            loss = valid ? (double)logf(s) - ((double)z[label] - (double)m) : (double)NAN;
+            correct = valid && am == label;
+        }
+    }
+    if (lane == 0) {
+        s_loss[warp] = loss;
+        s_correct[warp] = correct;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        int k = 0;
+        for (int w = 0; w < XENT_WARPS; w++) {
+            l += s_loss[w];
+            k += s_correct[w];
+        }
+        atomicAdd(loss_acc, l);
+        if (k) atomicAdd(correct_acc, k);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels: optimizers. The hyper-parameters are read from device memory at run time, so a captured graph
+// uses the values uploaded before each replay. Vector variants need p, g and state 16-byte aligned.
+
+struct adam_coef {
+    float lr_t, b1, b2, eps, wd;
+};
+
+// Keras/TF Adam: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), in double: 1 - b^t cancels badly in float.
+static __device__ __forceinline__ adam_coef adam_coef_load(const adam_hyper *h) {
+    const double t = (double)h->t;
+    const double bc1 = 1.0 - pow((double)h->beta1, t), bc2 = 1.0 - pow((double)h->beta2, t);
+    adam_coef k;
+    k.lr_t = (float)((double)h->lr * sqrt(bc2) / bc1);
+    k.b1 = h->beta1;
+    k.b2 = h->beta2;
+    k.eps = h->eps;
+    k.wd = h->weight_decay;
+    return k;
+}
+
+static __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v, const adam_coef &k) {
+    if (k.wd > 0.f) g += k.wd * p;
+    m = k.b1 * m + (1.f - k.b1) * g;
+    v = k.b2 * v + (1.f - k.b2) * g * g;
+    p -= k.lr_t * m / (sqrtf(v) + k.eps);
+}
+
+template <bool VEC>
+__global__ void adam_kernel(size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h) {
+    const adam_coef k = adam_coef_load(h);
+    const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (VEC) {
+        const size_t n4 = n / 4;
+        float4 *p4 = (float4 *)p, *m4 = (float4 *)m, *v4 = (float4 *)v;
+        const float4 *g4 = (const float4 *)g;
+        for (size_t i = tid; i < n4; i += step) {
+            float4 pp = p4[i], mm = m4[i], vv = v4[i];
+            const float4 gg = g4[i];
+            adam_one(pp.x, gg.x, mm.x, vv.x, k);
+            adam_one(pp.y, gg.y, mm.y, vv.y, k);
+            adam_one(pp.z, gg.z, mm.z, vv.z, k);
+            adam_one(pp.w, gg.w, mm.w, vv.w, k);
+            p4[i] = pp;
+            m4[i] = mm;
+            v4[i] = vv;
+        }
+        done = n4 * 4;
+    }
+    for (size_t i = done + tid; i < n; i += step) adam_one(p[i], g[i], m[i], v[i], k);
+}
+
+static __device__ __forceinline__ void sgd_one(float &p, float g, float &vel, float lr, float mom, float wd) {
+    if (wd > 0.f) g += wd * p;
+    vel = mom * vel + g;
+    p -= lr * vel;
+}
+
+template <bool VEC>
+__global__ void sgd_kernel(size_t n, float *p, const float *g, float *vel, const sgd_hyper *h) {
+    const float lr = h->lr, mom = h->momentum, wd = h->weight_decay;
+    const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    size_t done = 0;
+    if (VEC) {
+        const size_t n4 = n / 4;
+        float4 *p4 = (float4 *)p, *v4 = (float4 *)vel;
+        const float4 *g4 = (const float4 *)g;
+        for (size_t i = tid; i < n4; i += step) {
+            float4 pp = p4[i], vv = v4[i];
+            const float4 gg = g4[i];
+            sgd_one(pp.x, gg.x, vv.x, lr, mom, wd);
+            sgd_one(pp.y, gg.y, vv.y, lr, mom, wd);
+            sgd_one(pp.z, gg.z, vv.z, lr, mom, wd);
+            sgd_one(pp.w, gg.w, vv.w, lr, mom, wd);
+            p4[i] = pp;
+            v4[i] = vv;
+        }
+        done = n4 * 4;
+    }
+    for (size_t i = done + tid; i < n; i += step) sgd_one(p[i], g[i], vel[i], lr, mom, wd);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels: data and utilities
+
+// x[s, j] = images[index[s], j] / 255 (rounded as the CPU's float division), y[s] = labels[index[s]].
+__global__ void gather_kernel(const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+                              int elems, float *x, int32_t *y) {
+    const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
+    const size_t total = (size_t)n * elems;
+    for (size_t i = tid; i < total; i += step) {
+        const size_t s = i / elems, j = i - s * elems;
+        const size_t src = (size_t)__ldg(&index[s]) * elems + j;
+        x[i] = __fdiv_rn((float)__ldg(&images[src]), 255.0f);
+    }
+    if (y)
+        for (size_t s = tid; s < (size_t)n; s += step) y[s] = labels[index[s]];
+}
+
+__global__ void scale_kernel(size_t n, float alpha, float *x) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= alpha;
+}
+
+// Exponent bits all ones is Inf or NaN; a bit test is immune to fast-math assumptions about finiteness.
+__global__ void count_nonfinite_kernel(size_t n, const float *x, int32_t *out) {
+    int k = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        k += (__float_as_uint(__ldg(&x[i])) & 0x7f800000u) == 0x7f800000u;
+    k = block_sum(k);
+    if (threadIdx.x == 0 && k) atomicAdd(out, k);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Launchers
+
+static int act_check(int act, const char *op) {
+    if (act != ACT_NONE && act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    return ST_OK;
+}
+
+// Index arithmetic in the kernels is 32-bit; the layers of this trainer are far below the limit.
+static int size_check(size_t total, const char *op, const char *what) {
+    if (total > (size_t)INT32_MAX)
+        return ERR(ST_INPUT, "%s: %s has %zu values, more than the CUDA backend's limit %d", op, what, total,
+                   INT32_MAX);
+    return ST_OK;
+}
+
+int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act) {
+    if (total <= 0 || (b == NULL && act == ACT_NONE)) return ST_OK;
+    bias_act_kernel<<<cuda_blocks(c, (size_t)total), CUDA_THREADS, 0, c->stream>>>(
+        y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act == ACT_RELU);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+                int sample_elems, float *x, int32_t *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n < 0 || sample_elems <= 0)
+        return ERR(ST_INPUT, "gather: bad batch shape (%d samples of %d values)", n, sample_elems);
+    if (n == 0) return ST_OK;
+    gather_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(images, labels, index, n,
+                                                                                            sample_elems, x, y);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const size_t total = (size_t)d->n * d->c * d->oh * d->ow;
+    TRY(size_check((size_t)d->n * d->c * d->h * d->w, "pool_forward", "the input"));
+    if (total == 0) return ST_OK;
+    pool_fwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, y, argmax, (unsigned)total, d->h, d->w,
+                                                                          d->oh, d->ow, d->size, d->stride);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    const size_t total = (size_t)d->n * d->c * d->h * d->w;
+    TRY(size_check(total, "pool_backward", "the input"));
+    if (total == 0) return ST_OK;
+    pool_bwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(dy, argmax, dx, (unsigned)total, d->h, d->w,
+                                                                          d->oh, d->ow, d->size, d->stride);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+// cuBLAS is column-major. A row-major [r, c] matrix is, read column-major, its transpose [c x r] with leading
+// dimension c. So with x[n,in], w[out,in], y[n,out] row-major:
+//   forward  y^T[out x n]  = W[out x in] · x^T[in x n]:   A = w read as W^T[in x out] (ld in), op T;
+//                                                          B = x read as x^T[in x n]   (ld in), op N.
+//   dW       dW^T[in x out] = x^T[in x n] · dy[n x out]:   A = x as x^T (ld in), op N; B = dy read as dy^T
+//                                                          [out x n] (ld out), op T.
+//   dx       dx^T[in x n]  = W^T[in x out] · dy^T[out x n]: A = w as W^T (ld in), op N; B = dy as dy^T (ld out),
+//                                                          op N.
+int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,
+                       float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_check(act, "dense_forward"));
+    if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_forward: bad shape n=%d in=%d out=%d", n, in, out);
+    TRY(size_check((size_t)n * out, "dense_forward", "the output"));
+    if (n == 0) return ST_OK;
+    const float one = 1.f, zero = 0.f;
+    cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out));
+    return cuda_bias_act(c, y, b, n * out, out, 1, act);
+}
+
+int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
+                        float *dy, float *dx, float *dw, float *db) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_check(act, "dense_backward"));
+    if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_backward: bad shape n=%d in=%d out=%d", n, in, out);
+    TRY(size_check((size_t)n * out, "dense_backward", "the output"));
+    const float one = 1.f, zero = 0.f;
+    if (n == 0) {
+        // No samples: the gradients are zero (overwritten, as always).
+        if (dw) cudaCheck(cudaMemsetAsync(dw, 0, (size_t)out * in * sizeof(float), c->stream));
+        if (db) cudaCheck(cudaMemsetAsync(db, 0, (size_t)out * sizeof(float), c->stream));
+        return ST_OK;
+    }
+    // The mask must be applied to dy before both products use it.
+    if (act == ACT_RELU || db) {
+        dim3 block(32, 8);
+        dense_bias_grad_kernel<<<(out + 31) / 32, block, 0, c->stream>>>(dy, y, db, n, out, act == ACT_RELU);
+        cudaCheckLaunch();
+    }
+    if (dw) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in));
+    if (dx) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &zero, dx, in));
+    return ST_OK;
+}
+
+int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float *dlogits,
+                      double *loss_acc, int32_t *correct_acc) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n < 0 || classes <= 0) return ERR(ST_INPUT, "softmax_xent: bad shape n=%d classes=%d", n, classes);
+    TRY(size_check((size_t)n * classes, "softmax_xent", "the logits"));
+    if (n == 0) return ST_OK;
+    const unsigned blocks = (unsigned)((n + XENT_WARPS - 1) / XENT_WARPS);
+    softmax_xent_kernel<<<blocks, XENT_WARPS * 32, 0, c->stream>>>(n, classes, logits, labels, dlogits, loss_acc,
+                                                                    correct_acc);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+static int aligned16(const void *a, const void *b, const void *c, const void *d) {
+    return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15u) == 0;
+}
+
+int cuda_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n == 0) return ST_OK;
+    if (aligned16(p, g, m, v))
+        adam_kernel<true><<<cuda_blocks(c, (n + 3) / 4), CUDA_THREADS, 0, c->stream>>>(n, p, g, m, v, h);
+    else
+        adam_kernel<false><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, p, g, m, v, h);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n == 0) return ST_OK;
+    if (aligned16(p, g, vel, vel))
+        sgd_kernel<true><<<cuda_blocks(c, (n + 3) / 4), CUDA_THREADS, 0, c->stream>>>(n, p, g, vel, h);
+    else
+        sgd_kernel<false><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, p, g, vel, h);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_scale(void *ctx, size_t n, float alpha, float *x) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n == 0) return ST_OK;
+    scale_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, alpha, x);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    cudaCheck(cudaMemsetAsync(out, 0, sizeof *out, c->stream));
+    if (n == 0) return ST_OK;
+    count_nonfinite_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, x, out);
+    cudaCheckLaunch();
+    return ST_OK;
+}

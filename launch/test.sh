@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# test.sh — install missing packages, configure, build and run the whole test suite (ctest).
+#   ./launch/test.sh                 Release build in build/, all tests
+#   ./launch/test.sh --sanitize      ASan+UBSan build in build-asan/ (CUDA off), all tests
+#   ./launch/test.sh -R PATTERN      only tests matching PATTERN (passed to ctest)
+# Environment: TRAINER_CUDA=AUTO|ON|OFF (default AUTO), BUILD_DIR, JOBS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/deps.sh
+ddp_install_deps
+
+build_dir=${BUILD_DIR:-build}
+cmake_args=(-DCMAKE_BUILD_TYPE=Release "-DTRAINER_CUDA=${TRAINER_CUDA:-AUTO}")
+ctest_args=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --sanitize)
+      build_dir=${BUILD_DIR:-build-asan}
+      cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTRAINER_CUDA=OFF -DTRAINER_SANITIZE=address,undefined)
+      export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+      # Open MPI's own allocations are not ours to fix.
+      export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
+      shift ;;
+    *) ctest_args+=("$1"); shift ;;
+  esac
+done
+
+jobs=${JOBS:-$(nproc)}
+cmake -S . -B "$build_dir" "${cmake_args[@]}"
+cmake --build "$build_dir" -j "$jobs"
+cd "$build_dir"
+ctest --output-on-failure "${ctest_args[@]}"

@@ -1,0 +1,53 @@
+// metrics.h — the numbers a user reads: per-step time breakdown, throughput, scaling efficiency.
+//
+// Every number is defined once here and in the README ("Metrics"), and computed in one function.
+#pragma once
+#include <stdio.h>
+
+#include "config.h"
+
+// Per-step wall-time breakdown, averaged over the steps of an epoch (seconds).
+typedef struct step_times {
+    double data_s;          // gather the batch
+    double forward_s;
+    double backward_s;      // including launching buckets and polling comm between layers
+    double exposed_comm_s;  // waiting for all-reduces after backward finished: comm NOT hidden by compute
+    double comm_s;          // per bucket, launch -> completion observed, summed over buckets: comm in flight
+    double optimizer_s;
+    double step_s;          // whole step
+} step_times;
+
+typedef struct baseline {
+    int present;
+    double images_per_s;    // global throughput of the np 1 run
+    double step_s;          // its mean step time
+    int global_batch;
+} baseline;
+
+typedef struct epoch_metrics {
+    int epoch;              // 1-based
+    long long step;         // global step count at the end of the epoch
+    double train_loss, train_acc, test_loss, test_acc;
+    double epoch_s;         // wall time of the training steps of the epoch (no eval)
+    double eval_s;
+    double images_per_s;    // global: world * per-rank batch * steps / epoch_s
+    double images_per_s_per_rank;
+    step_times t;
+    double lr;
+    int world, batch, global_batch, n_buckets, bucket_kb, overlap, scaling;
+    const char *backend, *comm;
+    double scaling_efficiency;
+    const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)
+} epoch_metrics;
+
+// Scaling efficiency, the one place it is computed (see README "Metrics"):
+//   weak   (per-rank batch fixed):  E = throughput(N) / (N * throughput(1))
+//   strong (global batch fixed):    E = time(1) / (N * time(N)), time = step time for the same global batch
+// With no baseline: E_est = (step_s - exposed_comm_s) / step_s, labelled "estimate".
+double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char **kind);
+
+// Read the last JSON line of an np 1 metrics file. ST_INPUT naming the file when it is not one.
+int baseline_load(const char *path, baseline *b);
+
+// One JSON object on one line (JSON Lines).
+void metrics_write_jsonl(FILE *f, const epoch_metrics *m);

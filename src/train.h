@@ -1,0 +1,34 @@
+// train.h — the training loop: data-parallel steps with bucketed, overlapped gradient all-reduce, evaluation,
+// metrics, checkpoints and resume.
+#pragma once
+#include <signal.h>
+#include <stddef.h>
+
+#include "comm.h"
+#include "config.h"
+
+typedef struct train_opts {
+    const char *metrics_path;   // JSON Lines, one object per epoch (rank 0); NULL: none
+    const char *save_path;      // checkpoint written after every epoch and when stopped; NULL: none
+    const char *resume_path;    // checkpoint to continue from; NULL: start fresh
+    const char *baseline_path;  // metrics of an np 1 run, for measured scaling efficiency; NULL: estimate
+    long long max_steps;        // stop after this many global steps in total (0: run all epochs)
+    int keep_params;            // copy the final parameters to result->params (tests)
+    int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)
+} train_opts;
+
+typedef struct train_result {
+    long long steps;            // global steps completed
+    int epochs_done;
+    double train_loss, test_loss, test_acc;
+    double train_s;             // wall time of all training steps
+    float *params;              // with keep_params: host copy in the model's flat (reverse-layer) layout
+    size_t n_params;
+} train_result;
+
+// Set by main's SIGINT/SIGTERM handler; the loop stops at the next step boundary agreed by all ranks.
+extern volatile sig_atomic_t g_stop_requested;
+
+// Run the whole job on this rank. Collective: every rank of c calls it with the same cfg and opts.
+int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res);
+void train_result_free(train_result *r);

@@ -1,0 +1,872 @@
+// test_backend_cpu.c — the reference backend against naive double-precision references and central finite
+// differences, the optimizers against hand-computed steps, and the shape/factory checks.
+//
+// Finite differences run on the double reference of each op: conv, pool and dense are piecewise linear, so a
+// central difference there is exact up to rounding, and since the backend's forward matches the reference to
+// 1e-5 this checks the backend's backward against the derivative of its own forward. Linear cases also get a
+// float finite difference straight through the backend on a few coordinates.
+//
+// DDP_BENCH_CPU=1 (optionally DDP_BENCH_THREADS=n) makes test_bench_reference_cnn time one training step of
+// the reference CNN at batch 64 and print images/s; otherwise it returns at once.
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "test_util.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers
+
+static backend make_cpu(int threads) {
+    backend be;
+    err_clear();
+    assert_int_equal(backend_cpu_create(&be, threads), ST_OK);
+    return be;
+}
+
+static float *fbuf(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    assert_non_null(p);
+    return p;
+}
+
+static double *dbuf(size_t n) {
+    double *p = calloc(n ? n : 1, sizeof(double));
+    assert_non_null(p);
+    return p;
+}
+
+static void fill_uniform(rng *r, float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * rng_uniform(r);
+}
+
+static void to_double(const float *x, double *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+}
+
+static void to_float(const double *x, float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = (float)x[i];
+}
+
+// Central differences of f with respect to every entry of param.
+typedef double (*objective_fn)(void *arg);
+static void fd_grad(double *param, size_t n, double eps, objective_fn f, void *arg, double *grad) {
+    for (size_t i = 0; i < n; i++) {
+        double keep = param[i];
+        param[i] = keep + eps;
+        double lp = f(arg);
+        param[i] = keep - eps;
+        double lm = f(arg);
+        param[i] = keep;
+        grad[i] = (lp - lm) / (2 * eps);
+    }
+}
+
+static void assert_close(const float *got, const double *want, size_t n, double tol, const char *what) {
+    float *w = fbuf(n);
+    to_float(want, w, n);
+    double e = tu_max_rel_err(got, w, n);
+    if (e > tol) fail_msg("%s: max rel err %g > %g", what, e, tol);
+    free(w);
+}
+
+static double dot_fd(const float *y, const float *r, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)y[i] * r[i];
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Convolution
+
+typedef struct conv_case {
+    int n, c, h, w, k, r, s, stride, pad, act;
+} conv_case;
+
+typedef struct conv_ref_args {
+    const conv_desc *d;
+    double *x, *w, *b;
+    const double *rr;  // objective weights
+    double *y;
+} conv_ref_args;
+
+static void conv_ref(const conv_desc *d, const double *x, const double *w, const double *b, double *y) {
+    for (int n = 0; n < d->n; n++)
+        for (int k = 0; k < d->k; k++)
+            for (int oy = 0; oy < d->oh; oy++)
+                for (int ox = 0; ox < d->ow; ox++) {
+                    double s = b[k];
+                    for (int c = 0; c < d->c; c++)
+                        for (int r = 0; r < d->r; r++)
+                            for (int q = 0; q < d->s; q++) {
+                                int ih = oy * d->stride - d->pad + r, iw = ox * d->stride - d->pad + q;
+                                if (ih < 0 || ih >= d->h || iw < 0 || iw >= d->w) continue;
+                                s += w[((k * d->c + c) * d->r + r) * d->s + q] *
+                                     x[((size_t)(n * d->c + c) * d->h + ih) * d->w + iw];
+                            }
+                    if (d->act == ACT_RELU && s < 0) s = 0;
+                    y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = s;
+                }
+}
+
+static double conv_ref_objective(void *arg) {
+    conv_ref_args *a = arg;
+    conv_ref(a->d, a->x, a->w, a->b, a->y);
+    size_t ny = (size_t)a->d->n * a->d->k * a->d->oh * a->d->ow;
+    double s = 0;
+    for (size_t i = 0; i < ny; i++) s += a->y[i] * a->rr[i];
+    return s;
+}
+
+// Float objective straight through the backend: sum(conv(x, w, b) * r).
+typedef struct conv_be_args {
+    backend *be;
+    const conv_desc *d;
+    float *x, *w, *b, *y, *r;
+    void *ws;
+} conv_be_args;
+
+static double conv_be_objective(conv_be_args *a) {
+    assert_int_equal(a->be->ops->conv_forward(a->be->ctx, a->d, a->x, a->w, a->b, a->y, a->ws), ST_OK);
+    return dot_fd(a->y, a->r, (size_t)a->d->n * a->d->k * a->d->oh * a->d->ow);
+}
+
+// A few coordinates of p, float central difference through the backend against the backend's gradient.
+static void conv_float_fd(conv_be_args *a, float *p, size_t n, const float *grad, rng *g, const char *what) {
+    const float eps = 1e-2f;
+    for (int t = 0; t < 6; t++) {
+        size_t i = rng_below(g, (uint32_t)n);
+        float keep = p[i];
+        p[i] = keep + eps;
+        double lp = conv_be_objective(a);
+        p[i] = keep - eps;
+        double lm = conv_be_objective(a);
+        p[i] = keep;
+        double fd = (lp - lm) / (2 * eps);
+        double err = fabs(fd - grad[i]) / fmax(1.0, fabs(fd));
+        if (err > 1e-2) fail_msg("%s[%zu]: float fd %g vs backward %g", what, i, fd, grad[i]);
+    }
+}
+
+static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
+    backend be = make_cpu(threads);
+    const backend_ops *o = be.ops;
+    conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
+                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+    assert_int_equal(conv_desc_init(&d, "conv_test"), ST_OK);
+    size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * d.c * d.r * d.s, nb = (size_t)d.k;
+    size_t ny = (size_t)d.n * d.k * d.oh * d.ow;
+    size_t ws_bytes = 0;
+    assert_int_equal(o->conv_prepare(be.ctx, &d, &ws_bytes), ST_OK);
+    void *ws = NULL;
+    assert_int_equal(o->alloc(be.ctx, &ws, ws_bytes), ST_OK);
+
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *w = fbuf(nw), *b = fbuf(nb), *y = fbuf(ny), *r = fbuf(ny), *dy = fbuf(ny);
+    float *dx = fbuf(nx), *dw = fbuf(nw), *db = fbuf(nb), *dw2 = fbuf(nw), *db2 = fbuf(nb);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, w, nw, -1, 1);
+    fill_uniform(&g, b, nb, -0.5f, 0.5f);
+    fill_uniform(&g, r, ny, -1, 1);
+
+    // Forward against the naive direct convolution.
+    double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(nb), *yd = dbuf(ny), *rd = dbuf(ny);
+    to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, nb), to_double(r, rd, ny);
+    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, b, y, ws), ST_OK);
+    conv_ref(&d, xd, wd, bd, yd);
+    assert_close(y, yd, ny, 1e-5, "conv forward");
+
+    // Backward against finite differences of the reference.
+    memcpy(dy, r, ny * sizeof(float));
+    memset(dx, 0x7f, nx * sizeof(float));  // garbage: backward must overwrite
+    memset(dw, 0x7f, nw * sizeof(float));
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, db, ws), ST_OK);
+    conv_ref_args a = {.d = &d, .x = xd, .w = wd, .b = bd, .rr = rd, .y = yd};
+    double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(nb);
+    fd_grad(xd, nx, 1e-6, conv_ref_objective, &a, gx);
+    fd_grad(wd, nw, 1e-6, conv_ref_objective, &a, gw);
+    fd_grad(bd, nb, 1e-6, conv_ref_objective, &a, gb);
+    assert_close(dx, gx, nx, 1e-4, "conv dx");
+    assert_close(dw, gw, nw, 1e-4, "conv dw");
+    assert_close(db, gb, nb, 1e-4, "conv db");
+    // dy now holds the pre-activation gradient: r where the output is positive (or everywhere without act).
+    for (size_t i = 0; i < ny; i++) assert_true(dy[i] == (cc->act == ACT_RELU && !(y[i] > 0) ? 0.0f : r[i]));
+
+    // The first layer's path: no dx, same weight gradients.
+    memcpy(dy, r, ny * sizeof(float));
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, NULL, dw2, db2, ws), ST_OK);
+    assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
+    assert_true(tu_max_rel_err(db2, db, nb) < 1e-6);
+
+    if (cc->act == ACT_NONE) {
+        conv_be_args ba = {.be = &be, .d = &d, .x = x, .w = w, .b = b, .y = y, .r = r, .ws = ws};
+        conv_float_fd(&ba, x, nx, dx, &g, "conv dx");
+        conv_float_fd(&ba, w, nw, dw, &g, "conv dw");
+        conv_float_fd(&ba, b, nb, db, &g, "conv db");
+    }
+
+    free(x), free(w), free(b), free(y), free(r), free(dy), free(dx), free(dw), free(db), free(dw2), free(db2);
+    free(xd), free(wd), free(bd), free(yd), free(rd), free(gx), free(gw), free(gb);
+    o->free(be.ctx, ws);
+    backend_destroy(&be);
+}
+
+static const conv_case conv_cases[] = {
+    {.n = 2, .c = 3, .h = 7, .w = 6, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
+    {.n = 2, .c = 2, .h = 8, .w = 7, .k = 3, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_RELU},
+    {.n = 3, .c = 2, .h = 5, .w = 9, .k = 1, .r = 2, .s = 3, .stride = 1, .pad = 1, .act = ACT_NONE},
+    {.n = 2, .c = 4, .h = 5, .w = 5, .k = 3, .r = 1, .s = 1, .stride = 1, .pad = 0, .act = ACT_RELU},
+    {.n = 1, .c = 1, .h = 6, .w = 6, .k = 2, .r = 3, .s = 3, .stride = 3, .pad = 0, .act = ACT_NONE},
+    {.n = 5, .c = 2, .h = 6, .w = 5, .k = 3, .r = 3, .s = 2, .stride = 2, .pad = 0, .act = ACT_NONE},
+    {.n = 3, .c = 3, .h = 4, .w = 10, .k = 2, .r = 3, .s = 3, .stride = 2, .pad = 2, .act = ACT_RELU},
+    // Stride 1, no padding, rows of 11 and 8 outputs: the vector row copies of the fast im2col/col2im.
+    {.n = 2, .c = 2, .h = 5, .w = 13, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
+    {.n = 2, .c = 1, .h = 4, .w = 10, .k = 2, .r = 2, .s = 3, .stride = 1, .pad = 0, .act = ACT_NONE},
+};
+
+static void test_conv_matches_reference_and_finite_differences(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++) {
+        check_conv_case(&conv_cases[i], 1, 100 + i);
+        check_conv_case(&conv_cases[i], 2, 200 + i);
+        check_conv_case(&conv_cases[i], 3, 300 + i);  // more threads than images for some cases
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Max pooling
+
+typedef struct pool_ref_args {
+    const pool_desc *d;
+    double *x;
+    const double *rr;
+} pool_ref_args;
+
+static double pool_ref_objective(void *arg) {
+    pool_ref_args *a = arg;
+    const pool_desc *d = a->d;
+    double s = 0;
+    for (int p = 0; p < d->n * d->c; p++)
+        for (int oy = 0; oy < d->oh; oy++)
+            for (int ox = 0; ox < d->ow; ox++) {
+                double m = -INFINITY;
+                for (int r = 0; r < d->size; r++)
+                    for (int q = 0; q < d->size; q++) {
+                        double v = a->x[((size_t)p * d->h + oy * d->stride + r) * d->w + ox * d->stride + q];
+                        if (v > m) m = v;
+                    }
+                s += m * a->rr[((size_t)p * d->oh + oy) * d->ow + ox];
+            }
+    return s;
+}
+
+static void check_pool_case(int n, int c, int h, int w, int size, int stride, uint64_t seed) {
+    backend be = make_cpu(2);
+    const backend_ops *o = be.ops;
+    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride};
+    assert_int_equal(pool_desc_init(&d, "pool_test"), ST_OK);
+    size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * d.oh * d.ow;
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *y = fbuf(ny), *r = fbuf(ny), *dx = fbuf(nx);
+    int32_t *am = calloc(ny, sizeof(int32_t));
+    assert_non_null(am);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, r, ny, -1, 1);
+    assert_int_equal(o->pool_forward(be.ctx, &d, x, y, am), ST_OK);
+    for (int p = 0; p < n * c; p++)
+        for (int oy = 0; oy < d.oh; oy++)
+            for (int ox = 0; ox < d.ow; ox++) {
+                size_t oi = ((size_t)p * d.oh + oy) * d.ow + ox;
+                int ih = am[oi] / w, iw = am[oi] % w;
+                assert_true(ih >= oy * stride && ih < oy * stride + size);
+                assert_true(iw >= ox * stride && iw < ox * stride + size);
+                float m = -INFINITY;
+                for (int q = 0; q < size * size; q++)
+                    m = fmaxf(m, x[((size_t)p * h + oy * stride + q / size) * w + ox * stride + q % size]);
+                assert_true(y[oi] == m);
+                assert_true(x[(size_t)p * h * w + am[oi]] == m);
+            }
+    memset(dx, 0x7f, nx * sizeof(float));
+    assert_int_equal(o->pool_backward(be.ctx, &d, r, am, dx), ST_OK);
+    double *xd = dbuf(nx), *rd = dbuf(ny), *gx = dbuf(nx);
+    to_double(x, xd, nx), to_double(r, rd, ny);
+    pool_ref_args a = {.d = &d, .x = xd, .rr = rd};
+    fd_grad(xd, nx, 1e-7, pool_ref_objective, &a, gx);
+    assert_close(dx, gx, nx, 1e-5, "pool dx");
+    free(x), free(y), free(r), free(dx), free(am), free(xd), free(rd), free(gx);
+    backend_destroy(&be);
+}
+
+static void test_pool_matches_reference_and_finite_differences(void **state) {
+    (void)state;
+    check_pool_case(2, 3, 6, 6, 2, 2, 1);  // the reference CNN's pool
+    check_pool_case(2, 2, 5, 5, 2, 2, 2);  // odd input: last row/column dropped
+    check_pool_case(1, 2, 7, 5, 3, 2, 3);  // overlapping windows
+    check_pool_case(2, 1, 6, 7, 2, 1, 4);  // stride 1, heavy overlap
+    check_pool_case(1, 2, 8, 8, 2, 3, 5);  // gaps between windows
+}
+
+static void test_pool_ties_pick_first(void **state) {
+    (void)state;
+    backend be = make_cpu(1);
+    pool_desc d = {.n = 1, .c = 1, .h = 2, .w = 4, .size = 2, .stride = 2};
+    assert_int_equal(pool_desc_init(&d, "p"), ST_OK);
+    float x[8] = {1, 1, 0, 0, 1, 1, 0, 0}, y[2];
+    int32_t am[2];
+    assert_int_equal(be.ops->pool_forward(be.ctx, &d, x, y, am), ST_OK);
+    assert_int_equal(am[0], 0);
+    assert_int_equal(am[1], 2);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Dense
+
+typedef struct dense_ref_args {
+    int n, in, out, act;
+    double *x, *w, *b;
+    const double *rr;
+} dense_ref_args;
+
+static double dense_ref_objective(void *arg) {
+    dense_ref_args *a = arg;
+    double s = 0;
+    for (int i = 0; i < a->n; i++)
+        for (int j = 0; j < a->out; j++) {
+            double v = a->b[j];
+            for (int k = 0; k < a->in; k++) v += a->x[(size_t)i * a->in + k] * a->w[(size_t)j * a->in + k];
+            if (a->act == ACT_RELU && v < 0) v = 0;
+            s += v * a->rr[(size_t)i * a->out + j];
+        }
+    return s;
+}
+
+static void check_dense_case(int n, int in, int out, int act, int threads, uint64_t seed) {
+    backend be = make_cpu(threads);
+    const backend_ops *o = be.ops;
+    size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *w = fbuf(nw), *b = fbuf(out), *y = fbuf(ny), *r = fbuf(ny), *dy = fbuf(ny);
+    float *dx = fbuf(nx), *dw = fbuf(nw), *db = fbuf(out), *dw2 = fbuf(nw), *db2 = fbuf(out);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, w, nw, -1, 1);
+    fill_uniform(&g, b, out, -0.5f, 0.5f);
+    fill_uniform(&g, r, ny, -1, 1);
+    assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < out; j++) {
+            double v = b[j];
+            for (int k = 0; k < in; k++) v += (double)x[(size_t)i * in + k] * w[(size_t)j * in + k];
+            if (act == ACT_RELU && v < 0) v = 0;
+            assert_true(fabs(y[(size_t)i * out + j] - v) <= 1e-5 * fmax(1.0, fabs(v)));
+        }
+    memcpy(dy, r, ny * sizeof(float));
+    memset(dx, 0x7f, nx * sizeof(float));
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, dx, dw, db), ST_OK);
+    double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(out), *rd = dbuf(ny);
+    double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(out);
+    to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, out), to_double(r, rd, ny);
+    dense_ref_args a = {.n = n, .in = in, .out = out, .act = act, .x = xd, .w = wd, .b = bd, .rr = rd};
+    fd_grad(xd, nx, 1e-6, dense_ref_objective, &a, gx);
+    fd_grad(wd, nw, 1e-6, dense_ref_objective, &a, gw);
+    fd_grad(bd, out, 1e-6, dense_ref_objective, &a, gb);
+    assert_close(dx, gx, nx, 1e-4, "dense dx");
+    assert_close(dw, gw, nw, 1e-4, "dense dw");
+    assert_close(db, gb, out, 1e-4, "dense db");
+
+    memcpy(dy, r, ny * sizeof(float));
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, NULL, dw2, db2), ST_OK);
+    assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
+    assert_true(tu_max_rel_err(db2, db, out) < 1e-6);
+
+    if (act == ACT_NONE) {  // float central difference through the backend on a few weights
+        for (int t = 0; t < 6; t++) {
+            size_t i = rng_below(&g, (uint32_t)nw);
+            float keep = w[i];
+            w[i] = keep + 1e-2f;
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            double lp = dot_fd(y, r, ny);
+            w[i] = keep - 1e-2f;
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            double lm = dot_fd(y, r, ny);
+            w[i] = keep;
+            double fd = (lp - lm) / 2e-2;
+            assert_true(fabs(fd - dw[i]) <= 1e-2 * fmax(1.0, fabs(fd)));
+        }
+    }
+    free(x), free(w), free(b), free(y), free(r), free(dy), free(dx), free(dw), free(db), free(dw2), free(db2);
+    free(xd), free(wd), free(bd), free(rd), free(gx), free(gw), free(gb);
+    backend_destroy(&be);
+}
+
+static void test_dense_matches_reference_and_finite_differences(void **state) {
+    (void)state;
+    check_dense_case(3, 7, 5, ACT_RELU, 1, 11);
+    check_dense_case(4, 37, 6, ACT_NONE, 2, 12);  // columns split unevenly over threads
+    check_dense_case(1, 5, 1, ACT_RELU, 2, 13);
+    check_dense_case(9, 40, 10, ACT_RELU, 3, 14);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Softmax cross-entropy
+
+typedef struct xent_args {
+    int n, classes;
+    double *z;
+    const int32_t *labels;
+} xent_args;
+
+static double xent_mean(void *arg) {
+    xent_args *a = arg;
+    double total = 0;
+    for (int i = 0; i < a->n; i++) {
+        const double *z = a->z + (size_t)i * a->classes;
+        double s = 0;
+        for (int j = 0; j < a->classes; j++) s += exp(z[j]);
+        total += log(s) - z[a->labels[i]];
+    }
+    return total / a->n;
+}
+
+static void test_softmax_xent(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    const backend_ops *o = be.ops;
+    enum { N = 5, C = 6 };
+    rng g;
+    rng_seed(&g, 77);
+    float z[N * C], dz[N * C];
+    fill_uniform(&g, z, N * C, -3, 3);
+    z[3 * C + 5] = 80.0f;  // large logit: a naive exp would overflow float
+    // Sample 4: a tie between classes 1 and 4 goes to 1 (the first), which is its label.
+    for (int j = 0; j < C; j++) z[4 * C + j] = j == 1 || j == 4 ? 2.0f : 0.0f;
+    int32_t labels[N] = {0, 5, 2, 5, 1};
+    double loss = 1.5;
+    int32_t correct = 3;
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, dz, &loss, &correct), ST_OK);
+
+    double zd[N * C], gz[N * C];
+    to_double(z, zd, N * C);
+    xent_args a = {.n = N, .classes = C, .z = zd, .labels = labels};
+    double want_loss = xent_mean(&a) * N;
+    assert_true(fabs((loss - 1.5) - want_loss) < 1e-5 * want_loss);
+    int want_correct = 0;
+    for (int i = 0; i < N; i++) {
+        int best = 0;
+        for (int j = 1; j < C; j++)
+            if (z[i * C + j] > z[i * C + best]) best = j;
+        want_correct += best == labels[i];
+    }
+    assert_int_equal(correct - 3, want_correct);
+    assert_true(want_correct >= 2);  // samples 3 and 4 by construction
+    fd_grad(zd, N * C, 1e-6, xent_mean, &a, gz);
+    assert_close(dz, gz, N * C, 1e-5, "softmax dlogits");
+
+    // Without dlogits only the accumulators move.
+    double loss2 = 0;
+    int32_t correct2 = 0;
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, NULL, &loss2, &correct2), ST_OK);
+    assert_true(fabs(loss2 - (loss - 1.5)) < 1e-9);
+    assert_int_equal(correct2, correct - 3);
+
+    int32_t bad_hi[N] = {0, 1, 6, 0, 0}, bad_lo[N] = {0, -1, 0, 0, 0};
+    err_clear();
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_hi, dz, &loss, &correct), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "softmax_xent"));
+    assert_non_null(strstr(err_msg(), "6"));
+    err_clear();
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_lo, dz, &loss, &correct), ST_INPUT);
+    err_clear();
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Optimizers: expected values computed separately (by hand / a few lines of Python), not by this formula.
+
+static void test_adam_steps(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    float p[2] = {1.0f, -0.5f}, m[2] = {0}, v[2] = {0};
+    const float g[3][2] = {{0.5f, -0.2f}, {-0.3f, 0.1f}, {0.2f, 0.4f}};
+    const double want_p[3][2] = {{0.905948349, -0.413652706}, {0.887784007, -0.390320057},
+                                 {0.85473779, -0.433100475}};
+    const double want_m3[2] = {0.0335, 0.0328}, want_v3[2] = {0.00037941025, 0.00020991004};
+    adam_hyper h = {.lr = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-3f, .weight_decay = 0.0f};
+    for (int t = 0; t < 3; t++) {
+        h.t = t + 1;
+        assert_int_equal(be.ops->adam_step(be.ctx, 2, p, g[t], m, v, &h), ST_OK);
+        for (int i = 0; i < 2; i++) assert_true(fabs(p[i] - want_p[t][i]) < 2e-6);
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_true(fabs(m[i] - want_m3[i]) < 1e-5 * want_m3[i]);
+        assert_true(fabs(v[i] - want_v3[i]) < 1e-4 * want_v3[i]);  // float 1 - beta2 is off by 1.3e-5
+    }
+
+    // Weight decay is added to the gradient.
+    float q[2] = {1.0f, -0.5f}, m2[2] = {0}, v2[2] = {0};
+    const double want_wd[2][2] = {{0.905838524, -0.413364215}, {0.885620619, -0.387783985}};
+    h.weight_decay = 0.01f;
+    for (int t = 0; t < 2; t++) {
+        h.t = t + 1;
+        assert_int_equal(be.ops->adam_step(be.ctx, 2, q, g[t], m2, v2, &h), ST_OK);
+        for (int i = 0; i < 2; i++) assert_true(fabs(q[i] - want_wd[t][i]) < 2e-6);
+    }
+
+    // A long buffer (threaded path) gives the same step as the short one, element by element.
+    enum { BIG = 300001 };
+    float *bp = fbuf(BIG), *bg = fbuf(BIG), *bm = fbuf(BIG), *bv = fbuf(BIG);
+    for (size_t i = 0; i < BIG; i++) bp[i] = 1.0f, bg[i] = 0.5f;
+    h.weight_decay = 0.0f, h.t = 1;
+    assert_int_equal(be.ops->adam_step(be.ctx, BIG, bp, bg, bm, bv, &h), ST_OK);
+    for (size_t i = 0; i < BIG; i++) assert_true(fabs(bp[i] - 0.905948349) < 2e-6);
+    free(bp), free(bg), free(bm), free(bv);
+
+    err_clear();
+    h.t = 0;
+    assert_int_equal(be.ops->adam_step(be.ctx, 2, p, g[0], m, v, &h), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "adam_step"));
+    err_clear();
+    backend_destroy(&be);
+}
+
+static void test_sgd_steps(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    // By hand, lr 0.1, momentum 0.9, weight decay 0.1, p0 = 1:
+    //   g' = 0.5 + 0.1       = 0.6;     vel = 0.6;                 p = 1 - 0.06          = 0.94
+    //   g' = -0.2 + 0.094    = -0.106;  vel = 0.54 - 0.106 = 0.434; p = 0.94 - 0.0434     = 0.8966
+    //   g' = 0.3 + 0.08966   = 0.38966; vel = 0.3906 + 0.38966 = 0.78026; p = 0.8966 - 0.078026 = 0.818574
+    float p[1] = {1.0f}, vel[1] = {0};
+    const float g[3] = {0.5f, -0.2f, 0.3f};
+    const double want_p[3] = {0.94, 0.8966, 0.818574}, want_vel[3] = {0.6, 0.434, 0.78026};
+    sgd_hyper h = {.lr = 0.1f, .momentum = 0.9f, .weight_decay = 0.1f};
+    for (int t = 0; t < 3; t++) {
+        assert_int_equal(be.ops->sgd_step(be.ctx, 1, p, &g[t], vel, &h), ST_OK);
+        assert_true(fabs(p[0] - want_p[t]) < 1e-6);
+        assert_true(fabs(vel[0] - want_vel[t]) < 1e-6);
+    }
+    // Plain SGD: p -= lr * g.
+    float q[2] = {2.0f, -1.0f}, vq[2] = {0}, gq[2] = {1.0f, -4.0f};
+    sgd_hyper plain = {.lr = 0.25f};
+    assert_int_equal(be.ops->sgd_step(be.ctx, 2, q, gq, vq, &plain), ST_OK);
+    assert_true(q[0] == 1.75f && q[1] == 0.0f);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Data, utilities, memory
+
+static void test_gather(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    enum { S = 4, M = 5 };
+    uint8_t images[M * S], labels[M] = {9, 8, 7, 6, 5};
+    for (int i = 0; i < M * S; i++) images[i] = (uint8_t)(i * 13 + 1);
+    images[3 * S + 0] = 255, images[3 * S + 1] = 0;
+    int32_t index[3] = {3, 0, 3};
+    float x[3 * S];
+    int32_t y[3];
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 3, S, x, y), ST_OK);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(y[i], labels[index[i]]);
+        for (int j = 0; j < S; j++) assert_true(x[i * S + j] == (float)images[index[i] * S + j] / 255.0f);
+    }
+    assert_true(x[0] == 1.0f && x[1] == 0.0f);
+    assert_true(x[S + 1] == 14.0f / 255.0f);
+    backend_destroy(&be);
+}
+
+static void test_scale_and_count_nonfinite(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    float x[8] = {1, -2, FLT_MAX, NAN, INFINITY, -INFINITY, 0, 1e-30f};
+    int32_t bad = -1;
+    assert_int_equal(be.ops->count_nonfinite(be.ctx, 8, x, &bad), ST_OK);
+    assert_int_equal(bad, 3);
+    assert_int_equal(be.ops->count_nonfinite(be.ctx, 3, x, &bad), ST_OK);
+    assert_int_equal(bad, 0);
+    float s[3] = {1, -2, 4};
+    assert_int_equal(be.ops->scale(be.ctx, 3, 0.5f, s), ST_OK);
+    assert_true(s[0] == 0.5f && s[1] == -1.0f && s[2] == 2.0f);
+
+    enum { BIG = 200003 };
+    float *big = fbuf(BIG);
+    for (int i = 0; i < BIG; i += 1000) big[i] = NAN;
+    assert_int_equal(be.ops->count_nonfinite(be.ctx, BIG, big, &bad), ST_OK);
+    assert_int_equal(bad, (BIG + 999) / 1000);
+    backend_destroy(&be);
+
+    // Many short jobs back to back on more threads than cores: no part may be lost or run twice.
+    backend b3 = make_cpu(3);
+    for (int rep = 0; rep < 300; rep++) {
+        bad = -1;
+        assert_int_equal(b3.ops->count_nonfinite(b3.ctx, BIG, big, &bad), ST_OK);
+        assert_int_equal(bad, (BIG + 999) / 1000);
+    }
+    free(big);
+    backend_destroy(&b3);
+}
+
+static void test_memory_ops(void **state) {
+    (void)state;
+    backend be = make_cpu(0);
+    const backend_ops *o = be.ops;
+    assert_string_equal(o->name, "cpu");
+    assert_null(o->stream);
+    assert_null(o->capture_begin);
+    assert_null(o->replay);
+    float *a = NULL, *b = NULL;
+    assert_int_equal(o->alloc(be.ctx, (void **)&a, 1000 * sizeof(float)), ST_OK);
+    assert_int_equal(o->alloc(be.ctx, (void **)&b, 1000 * sizeof(float)), ST_OK);
+    assert_true((uintptr_t)a % 64 == 0 && (uintptr_t)b % 64 == 0);
+    for (int i = 0; i < 1000; i++) assert_true(a[i] == 0.0f);
+    float host[1000], back[1000];
+    for (int i = 0; i < 1000; i++) host[i] = (float)i;
+    assert_int_equal(o->upload(be.ctx, a, host, sizeof host), ST_OK);
+    assert_int_equal(o->copy(be.ctx, b, a, sizeof host), ST_OK);
+    assert_int_equal(o->zero(be.ctx, a, sizeof host), ST_OK);
+    assert_int_equal(o->sync(be.ctx), ST_OK);
+    assert_int_equal(o->download(be.ctx, back, b, sizeof back), ST_OK);
+    assert_memory_equal(back, host, sizeof host);
+    assert_int_equal(o->download(be.ctx, back, a, sizeof back), ST_OK);
+    for (int i = 0; i < 1000; i++) assert_true(back[i] == 0.0f);
+    void *z = NULL;
+    assert_int_equal(o->alloc(be.ctx, &z, 0), ST_OK);
+    o->free(be.ctx, z);
+    o->free(be.ctx, a);
+    o->free(be.ctx, b);
+    o->free(be.ctx, NULL);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shapes, factory, progress hook
+
+static void test_desc_init(void **state) {
+    (void)state;
+    conv_desc d = {.n = 64, .c = 1, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 0};
+    err_clear();
+    assert_int_equal(conv_desc_init(&d, "conv1"), ST_OK);
+    assert_int_equal(d.oh, 26);
+    assert_int_equal(d.ow, 26);
+    conv_desc e = {.n = 1, .c = 1, .h = 8, .w = 7, .k = 1, .r = 3, .s = 3, .stride = 2, .pad = 1};
+    assert_int_equal(conv_desc_init(&e, "conv2"), ST_OK);
+    assert_int_equal(e.oh, 4);
+    assert_int_equal(e.ow, 4);
+
+    conv_desc bad[] = {
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 0, .pad = 0},   // stride < 1
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = 3},   // pad >= kernel
+        {.n = 1, .c = 1, .h = 2, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = 0},   // output < 1
+        {.n = 0, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = 0},   // no batch
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 0, .r = 3, .s = 3, .stride = 1, .pad = 0},   // no filters
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = -1},  // negative pad
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = 7},   // unknown act
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err_clear();
+        assert_int_equal(conv_desc_init(&bad[i], "conv9"), ST_INPUT);
+        assert_non_null(strstr(err_msg(), "conv9"));
+    }
+
+    pool_desc p = {.n = 2, .c = 3, .h = 11, .w = 11, .size = 2, .stride = 2};
+    err_clear();
+    assert_int_equal(pool_desc_init(&p, "pool2"), ST_OK);
+    assert_int_equal(p.oh, 5);
+    assert_int_equal(p.ow, 5);
+    pool_desc pbad[] = {
+        {.n = 1, .c = 1, .h = 1, .w = 8, .size = 2, .stride = 2},  // output < 1
+        {.n = 1, .c = 1, .h = 8, .w = 8, .size = 2, .stride = 0},
+        {.n = 1, .c = 1, .h = 8, .w = 8, .size = 0, .stride = 1},
+        {.n = 1, .c = 0, .h = 8, .w = 8, .size = 2, .stride = 2},
+    };
+    for (size_t i = 0; i < sizeof pbad / sizeof pbad[0]; i++) {
+        err_clear();
+        assert_int_equal(pool_desc_init(&pbad[i], "pool7"), ST_INPUT);
+        assert_non_null(strstr(err_msg(), "pool7"));
+    }
+    err_clear();
+}
+
+static void test_backend_create(void **state) {
+    (void)state;
+    backend be;
+    err_clear();
+    assert_int_equal(backend_create(&be, "cpu", 2, 0), ST_OK);
+    assert_string_equal(be.ops->name, "cpu");
+    backend_destroy(&be);
+    assert_null(be.ops);
+    backend_destroy(&be);  // twice is harmless
+
+    assert_int_equal(backend_create(&be, "tpu", 1, 0), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "tpu"));
+    err_clear();
+    assert_int_equal(backend_create(&be, NULL, 1, 0), ST_INPUT);
+    err_clear();
+    assert_int_equal(backend_cpu_create(&be, -1), ST_INPUT);
+    err_clear();
+#ifndef DDP_HAVE_CUDA
+    assert_int_equal(backend_create(&be, "cuda", 1, 0), ST_RUNTIME);
+    assert_non_null(strstr(err_msg(), "TRAINER_CUDA=ON"));
+    assert_int_equal(backend_cuda_available(), 0);
+    err_clear();
+#endif
+}
+
+static void count_calls(void *arg) { (*(int *)arg)++; }
+
+static void test_progress_hook_runs_during_backward(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    const backend_ops *o = be.ops;
+    int calls = 0;
+    o->set_progress(be.ctx, count_calls, &calls);
+    conv_desc d = {.n = 4, .c = 2, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU};
+    assert_int_equal(conv_desc_init(&d, "c"), ST_OK);
+    size_t ws_bytes;
+    assert_int_equal(o->conv_prepare(be.ctx, &d, &ws_bytes), ST_OK);
+    void *ws;
+    assert_int_equal(o->alloc(be.ctx, &ws, ws_bytes), ST_OK);
+    float x[4 * 2 * 36] = {0}, w[3 * 2 * 9] = {0}, y[4 * 3 * 16] = {0}, dy[4 * 3 * 16] = {0};
+    float dx[4 * 2 * 36], dw[3 * 2 * 9], db[3];
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, db, ws), ST_OK);
+    assert_true(calls >= 2);
+    int before = calls;
+    float dx2[4 * 5], dy2[4 * 3], w2[3 * 5] = {0}, x2[4 * 5] = {0}, y2[4 * 3] = {0}, dw2[15], db2[3];
+    memset(dy2, 0, sizeof dy2);
+    assert_int_equal(o->dense_backward(be.ctx, 4, 5, 3, ACT_RELU, x2, w2, y2, dy2, dx2, dw2, db2), ST_OK);
+    assert_true(calls > before);
+    o->set_progress(be.ctx, NULL, NULL);
+    before = calls;
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, db, ws), ST_OK);
+    assert_int_equal(calls, before);
+    o->free(be.ctx, ws);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Timing harness (opt-in, never fails): one training step of the reference CNN at batch 64.
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void test_bench_reference_cnn(void **state) {
+    (void)state;
+    if (!getenv("DDP_BENCH_CPU")) return;
+    int threads = getenv("DDP_BENCH_THREADS") ? atoi(getenv("DDP_BENCH_THREADS")) : 2;
+    backend be = make_cpu(threads);
+    const backend_ops *o = be.ops;
+    void *ctx = be.ctx;
+    enum { N = 64 };
+    conv_desc c1 = {.n = N, .c = 1, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 1, .act = ACT_RELU};
+    conv_desc c2 = {.n = N, .c = 32, .h = 13, .w = 13, .k = 64, .r = 3, .s = 3, .stride = 1, .act = ACT_RELU};
+    pool_desc p1 = {.n = N, .c = 32, .h = 26, .w = 26, .size = 2, .stride = 2};
+    pool_desc p2 = {.n = N, .c = 64, .h = 11, .w = 11, .size = 2, .stride = 2};
+    assert_int_equal(conv_desc_init(&c1, "conv1"), ST_OK);
+    assert_int_equal(conv_desc_init(&c2, "conv2"), ST_OK);
+    assert_int_equal(pool_desc_init(&p1, "pool1"), ST_OK);
+    assert_int_equal(pool_desc_init(&p2, "pool2"), ST_OK);
+    size_t ws1, ws2;
+    assert_int_equal(o->conv_prepare(ctx, &c1, &ws1), ST_OK);
+    assert_int_equal(o->conv_prepare(ctx, &c2, &ws2), ST_OK);
+    size_t n_w1 = 32 * 9, n_w2 = 64 * 32 * 9, n_w3 = 64 * 1600, n_w4 = 10 * 64;
+    size_t n_params = n_w1 + 32 + n_w2 + 64 + n_w3 + 64 + n_w4 + 10;
+    size_t a_x = N * 784, a_c1 = N * 32 * 676, a_p1 = N * 32 * 169, a_c2 = N * 64 * 121, a_p2 = N * 1600;
+    float *params = fbuf(n_params), *grads = fbuf(n_params), *m = fbuf(n_params), *v = fbuf(n_params);
+    float *x = fbuf(a_x), *y1 = fbuf(a_c1), *d1 = fbuf(a_c1), *y2 = fbuf(a_p1), *d2 = fbuf(a_p1);
+    float *y3 = fbuf(a_c2), *d3 = fbuf(a_c2), *y4 = fbuf(a_p2), *d4 = fbuf(a_p2);
+    float *y5 = fbuf(N * 64), *d5 = fbuf(N * 64), *y6 = fbuf(N * 10), *d6 = fbuf(N * 10);
+    int32_t *am1 = calloc(a_p1, 4), *am2 = calloc(a_p2, 4), labels[N];
+    void *ws = NULL;
+    assert_int_equal(o->alloc(ctx, &ws, ws1 > ws2 ? ws1 : ws2), ST_OK);
+    rng g;
+    rng_seed(&g, 5);
+    fill_uniform(&g, params, n_params, -0.1f, 0.1f);
+    fill_uniform(&g, x, a_x, 0, 1);
+    for (int i = 0; i < N; i++) labels[i] = (int32_t)rng_below(&g, 10);
+    float *w1 = params, *b1 = w1 + n_w1, *w2 = b1 + 32, *b2 = w2 + n_w2, *w3 = b2 + 64, *b3 = w3 + n_w3;
+    float *w4 = b3 + 64, *b4 = w4 + n_w4;
+    float *g1 = grads, *gb1 = g1 + n_w1, *g2 = gb1 + 32, *gb2 = g2 + n_w2, *g3 = gb2 + 64, *gb3 = g3 + n_w3;
+    float *g4 = gb3 + 64, *gb4 = g4 + n_w4;
+    double loss = 0;
+    int32_t correct = 0;
+    adam_hyper h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-7f};
+    enum { PH = 9 };
+    double phase[PH] = {0};
+    const char *names[PH] = {"conv1 fwd", "pool+conv2 fwd", "pool2+dense fwd", "softmax", "dense bwd",
+                             "pool2 bwd+conv2 bwd", "pool1 bwd", "conv1 bwd", "adam"};
+    const int warm = 20, iters = 200;
+    double best = 1e9, total = 0, step[200];
+    for (int it = 0; it < warm + iters; it++) {
+        double t[PH + 1];
+        t[0] = now_s();
+        o->conv_forward(ctx, &c1, x, w1, b1, y1, ws);
+        t[1] = now_s();
+        o->pool_forward(ctx, &p1, y1, y2, am1);
+        o->conv_forward(ctx, &c2, y2, w2, b2, y3, ws);
+        t[2] = now_s();
+        o->pool_forward(ctx, &p2, y3, y4, am2);
+        o->dense_forward(ctx, N, 1600, 64, ACT_RELU, y4, w3, b3, y5);
+        o->dense_forward(ctx, N, 64, 10, ACT_NONE, y5, w4, b4, y6);
+        t[3] = now_s();
+        o->softmax_xent(ctx, N, 10, y6, labels, d6, &loss, &correct);
+        t[4] = now_s();
+        o->dense_backward(ctx, N, 64, 10, ACT_NONE, y5, w4, y6, d6, d5, g4, gb4);
+        o->dense_backward(ctx, N, 1600, 64, ACT_RELU, y4, w3, y5, d5, d4, g3, gb3);
+        t[5] = now_s();
+        o->pool_backward(ctx, &p2, d4, am2, d3);
+        o->conv_backward(ctx, &c2, y2, w2, y3, d3, d2, g2, gb2, ws);
+        t[6] = now_s();
+        o->pool_backward(ctx, &p1, d2, am1, d1);
+        t[7] = now_s();
+        o->conv_backward(ctx, &c1, x, w1, y1, d1, NULL, g1, gb1, ws);
+        t[8] = now_s();
+        h.t = it + 1;
+        o->adam_step(ctx, n_params, params, grads, m, v, &h);
+        t[9] = now_s();
+        if (it < warm) continue;
+        for (int p = 0; p < PH; p++) phase[p] += t[p + 1] - t[p];
+        total += t[PH] - t[0];
+        step[it - warm] = t[PH] - t[0];
+        if (t[PH] - t[0] < best) best = t[PH] - t[0];
+    }
+    qsort(step, iters, sizeof step[0], cmp_double);
+    double med = step[iters / 2];
+    printf("[ bench    ] reference CNN, batch %d, %d thread(s): %.3f ms/step mean, %.3f median, %.3f best -> "
+           "%.0f img/s (mean), %.0f (median), %.0f (best)\n",
+           N, threads, 1e3 * total / iters, 1e3 * med, 1e3 * best, N * iters / total, N / med, N / best);
+    for (int p = 0; p < PH; p++) printf("[ bench    ]   %-22s %.3f ms\n", names[p], 1e3 * phase[p] / iters);
+    o->free(ctx, ws);
+    free(params), free(grads), free(m), free(v), free(x), free(y1), free(d1), free(y2), free(d2), free(y3);
+    free(d3), free(y4), free(d4), free(y5), free(d5), free(y6), free(d6), free(am1), free(am2);
+    backend_destroy(&be);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_pool_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_pool_ties_pick_first),
+        cmocka_unit_test(test_dense_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_softmax_xent),
+        cmocka_unit_test(test_adam_steps),
+        cmocka_unit_test(test_sgd_steps),
+        cmocka_unit_test(test_gather),
+        cmocka_unit_test(test_scale_and_count_nonfinite),
+        cmocka_unit_test(test_memory_ops),
+        cmocka_unit_test(test_desc_init),
+        cmocka_unit_test(test_backend_create),
+        cmocka_unit_test(test_progress_hook_runs_during_backward),
+        cmocka_unit_test(test_bench_reference_cnn),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,746 @@
+// test_backend_cuda.c — every op of the CUDA backend against the CPU reference, on random inputs, with a
+// normalised error per op: max |cuda - cpu| / max |cpu| (TF32 off, so both compute in FP32).
+//
+// Without a CUDA device (or in a build without CUDA) the comparisons skip; the creation error paths still run.
+// backend_cuda.h gives a stub of the one CUDA-only call for builds without CUDA, so nothing here is #ifdef'd.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "backend_cuda.h"
+#include "common.h"
+#include "test_util.h"
+
+static int g_have_cuda;
+static backend g_cpu, g_gpu;
+
+#define OK(expr)                                                                                           \
+    do {                                                                                                   \
+        int st_ = (expr);                                                                                  \
+        if (st_ != ST_OK) fail_msg("%s failed (status %d): %s", #expr, st_, err_msg());                   \
+    } while (0)
+
+#define NEED_CUDA()                                                                                        \
+    do {                                                                                                   \
+        if (!g_have_cuda) skip();                                                                          \
+    } while (0)
+
+// Tolerances (normalised). Convolutions: cuDNN may pick FFT/Winograd, which round differently from im2col.
+#define TOL_CONV 1e-4
+#define TOL_DENSE 1e-5
+#define TOL_EXACTISH 1e-6
+
+// ---------------------------------------------------------------------------------------------------------
+// Helpers: one buffer on each backend ("twin"), filled from the same host data.
+
+typedef struct twin {
+    void *c, *g;
+    size_t bytes;
+} twin;
+
+static twin twin_make(const void *host, size_t bytes) {
+    twin t = {NULL, NULL, bytes};
+    OK(g_cpu.ops->alloc(g_cpu.ctx, &t.c, bytes));
+    OK(g_gpu.ops->alloc(g_gpu.ctx, &t.g, bytes));
+    if (host) {
+        OK(g_cpu.ops->upload(g_cpu.ctx, t.c, host, bytes));
+        OK(g_gpu.ops->upload(g_gpu.ctx, t.g, host, bytes));
+    }
+    return t;
+}
+
+static void twin_set(const twin *t, const void *host) {
+    OK(g_cpu.ops->upload(g_cpu.ctx, t->c, host, t->bytes));
+    OK(g_gpu.ops->upload(g_gpu.ctx, t->g, host, t->bytes));
+}
+
+static void twin_free(twin *t) {
+    g_cpu.ops->free(g_cpu.ctx, t->c);
+    g_gpu.ops->free(g_gpu.ctx, t->g);
+    t->c = t->g = NULL;
+}
+
+static void twin_read(const twin *t, void *cpu_out, void *gpu_out) {
+    OK(g_cpu.ops->download(g_cpu.ctx, cpu_out, t->c, t->bytes));
+    OK(g_gpu.ops->download(g_gpu.ctx, gpu_out, t->g, t->bytes));
+}
+
+// Give the GPU copy the CPU's values. Backward tests start from the same forward output y: a pre-activation
+// within rounding of 0 would otherwise pass the ReLU mask on one backend and not on the other.
+static void twin_copy_cpu_to_gpu(const twin *t) {
+    void *h = malloc(t->bytes);
+    assert_non_null(h);
+    OK(g_cpu.ops->download(g_cpu.ctx, h, t->c, t->bytes));
+    OK(g_gpu.ops->upload(g_gpu.ctx, t->g, h, t->bytes));
+    free(h);
+}
+
+// max |got - ref| / max |ref| (absolute when ref is all zeros); infinity when either has a NaN/Inf.
+static double norm_err(const float *got, const float *ref, size_t n) {
+    double diff = 0, scale = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i]) || !isfinite(ref[i])) return INFINITY;
+        double d = fabs((double)got[i] - ref[i]);
+        if (d > diff) diff = d;
+        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    }
+    return scale > 0 ? diff / scale : diff;
+}
+
+static void expect_close(const char *what, const twin *t, double tol) {
+    size_t n = t->bytes / sizeof(float);
+    float *ref = malloc(t->bytes), *got = malloc(t->bytes);
+    assert_non_null(ref);
+    assert_non_null(got);
+    twin_read(t, ref, got);
+    double e = norm_err(got, ref, n);
+    free(ref);
+    free(got);
+    if (!(e <= tol)) fail_msg("%s: CUDA vs CPU normalised error %.3g > %.3g", what, e, tol);
+}
+
+static void expect_equal_bytes(const char *what, const twin *t) {
+    char *ref = malloc(t->bytes), *got = malloc(t->bytes);
+    assert_non_null(ref);
+    assert_non_null(got);
+    twin_read(t, ref, got);
+    int same = memcmp(ref, got, t->bytes) == 0;
+    free(ref);
+    free(got);
+    if (!same) fail_msg("%s: CUDA and CPU differ", what);
+}
+
+static float *rand_floats(rng *r, size_t n, float scale) {
+    float *p = malloc(n * sizeof *p);
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) p[i] = scale * (2.f * rng_uniform(r) - 1.f);
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Creation and configuration (these run without a GPU too)
+
+static void test_create_errors(void **state) {
+    (void)state;
+    backend be;
+    if (!g_have_cuda) {
+        // No device (or no CUDA in this build): a clear error naming CUDA, never a crash.
+        assert_int_not_equal(backend_cuda_create(&be, 0), ST_OK);
+        assert_non_null(strstr(err_msg(), "CUDA"));
+        assert_null(be.ops);
+        err_clear();
+        return;
+    }
+    assert_int_equal(backend_cuda_create(&be, 4096), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "device 4096"));
+    err_clear();
+}
+
+static void test_tf32_needs_cuda(void **state) {
+    (void)state;
+    assert_int_equal(backend_cuda_set_tf32(&g_cpu, 1), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "tf32"));
+    err_clear();
+    assert_int_equal(backend_cuda_set_tf32(&g_cpu, 0), ST_OK);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Memory
+
+static void test_memory(void **state) {
+    (void)state;
+    NEED_CUDA();
+    const backend_ops *o = g_gpu.ops;
+    void *ctx = g_gpu.ctx;
+    // alloc is zeroed
+    enum { SMALL = 1000, LARGE = 1 << 20, BUFS = 20 };
+    unsigned char *host = malloc(LARGE), *back = malloc(LARGE);
+    assert_non_null(host);
+    assert_non_null(back);
+    void *big = NULL;
+    OK(o->alloc(ctx, &big, LARGE));
+    OK(o->download(ctx, back, big, LARGE));
+    for (int i = 0; i < LARGE; i++)
+        if (back[i] != 0) fail_msg("alloc: byte %d is %d, not zero", i, back[i]);
+    // large upload (direct path) round trip
+    for (int i = 0; i < LARGE; i++) host[i] = (unsigned char)(i * 7 + 3);
+    OK(o->upload(ctx, big, host, LARGE));
+    OK(o->download(ctx, back, big, LARGE));
+    assert_memory_equal(host, back, LARGE);
+    // many small uploads through the staging ring, the host buffer rewritten right after each one
+    void *small[BUFS];
+    for (int b = 0; b < BUFS; b++) {
+        OK(o->alloc(ctx, &small[b], SMALL));
+        memset(host, b + 1, SMALL);
+        OK(o->upload(ctx, small[b], host, SMALL));
+        memset(host, 0xee, SMALL);
+    }
+    for (int b = 0; b < BUFS; b++) {
+        OK(o->download(ctx, back, small[b], SMALL));
+        for (int i = 0; i < SMALL; i++)
+            if (back[i] != b + 1) fail_msg("staged upload %d: byte %d is %d, want %d", b, i, back[i], b + 1);
+    }
+    // copy and zero (a part)
+    OK(o->copy(ctx, small[0], small[1], SMALL));
+    OK(o->zero(ctx, (char *)small[0] + 100, 50));
+    OK(o->sync(ctx));
+    OK(o->download(ctx, back, small[0], SMALL));
+    for (int i = 0; i < SMALL; i++) {
+        int want = (i >= 100 && i < 150) ? 0 : 2;
+        if (back[i] != want) fail_msg("copy/zero: byte %d is %d, want %d", i, back[i], want);
+    }
+    for (int b = 0; b < BUFS; b++) o->free(ctx, small[b]);
+    o->free(ctx, big);
+    free(host);
+    free(back);
+    assert_non_null(o->stream(ctx));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Data
+
+static void test_gather(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 11);
+    enum { TOTAL = 40, ELEMS = 50, N = 17 };
+    uint8_t images[TOTAL * ELEMS], labels[TOTAL];
+    int32_t index[N];
+    for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
+    for (int i = 0; i < TOTAL; i++) labels[i] = (uint8_t)rng_below(&r, 10);
+    for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);  // repeats allowed
+    twin ti = twin_make(images, sizeof images), tl = twin_make(labels, sizeof labels), tx = twin_make(index, sizeof index);
+    twin x = twin_make(NULL, N * ELEMS * sizeof(float)), y = twin_make(NULL, N * sizeof(int32_t));
+    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, x.c, y.c));
+    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, x.g, y.g));
+    expect_close("gather x", &x, TOL_EXACTISH);
+    expect_equal_bytes("gather y", &y);
+    twin_free(&ti), twin_free(&tl), twin_free(&tx), twin_free(&x), twin_free(&y);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Convolution
+
+typedef struct conv_case {
+    int n, c, h, w, k, r, s, stride, pad, act;
+} conv_case;
+
+static void conv_case_run(const conv_case *cc, rng *r) {
+    conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
+                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+    OK(conv_desc_init(&d, "test conv"));
+    conv_desc dc = d, dg = d;
+    size_t wsc = 0, wsg = 0;
+    OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &dc, &wsc));
+    OK(g_gpu.ops->conv_prepare(g_gpu.ctx, &dg, &wsg));
+    void *wc = NULL, *wg = NULL;
+    if (wsc) OK(g_cpu.ops->alloc(g_cpu.ctx, &wc, wsc));
+    if (wsg) OK(g_gpu.ops->alloc(g_gpu.ctx, &wg, wsg));
+
+    const size_t xn = (size_t)d.n * d.c * d.h * d.w, wn = (size_t)d.k * d.c * d.r * d.s;
+    const size_t yn = (size_t)d.n * d.k * d.oh * d.ow;
+    float *hx = rand_floats(r, xn, 1.f), *hw = rand_floats(r, wn, 0.5f), *hb = rand_floats(r, d.k, 0.5f);
+    float *hdy = rand_floats(r, yn, 1.f);
+    twin x = twin_make(hx, xn * 4), w = twin_make(hw, wn * 4), b = twin_make(hb, d.k * 4);
+    twin y = twin_make(NULL, yn * 4), dy = twin_make(hdy, yn * 4), dx = twin_make(NULL, xn * 4);
+    twin dw = twin_make(NULL, wn * 4), db = twin_make(NULL, d.k * 4);
+
+    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, x.c, w.c, b.c, y.c, wc));
+    OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, x.g, w.g, b.g, y.g, wg));
+    expect_close("conv forward y", &y, TOL_CONV);
+    twin_copy_cpu_to_gpu(&y);
+
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, db.c, wc));
+    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, db.g, wg));
+    expect_close("conv backward dy (pre-activation)", &dy, TOL_EXACTISH);
+    expect_close("conv backward dx", &dx, TOL_CONV);
+    expect_close("conv backward dw", &dw, TOL_CONV);
+    expect_close("conv backward db", &db, TOL_CONV);
+
+    // First layer: no dx. dy is already masked, and masking again changes nothing.
+    OK(g_cpu.ops->zero(g_cpu.ctx, dw.c, dw.bytes));
+    OK(g_gpu.ops->zero(g_gpu.ctx, dw.g, dw.bytes));
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, NULL, dw.c, db.c, wc));
+    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, NULL, dw.g, db.g, wg));
+    expect_close("conv backward dw (no dx)", &dw, TOL_CONV);
+    expect_close("conv backward db (no dx)", &db, TOL_CONV);
+
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
+    twin_free(&db);
+    free(hx), free(hw), free(hb), free(hdy);
+    g_cpu.ops->free(g_cpu.ctx, wc);
+    g_gpu.ops->free(g_gpu.ctx, wg);
+    g_cpu.ops->conv_release(g_cpu.ctx, &dc);
+    g_gpu.ops->conv_release(g_gpu.ctx, &dg);
+    assert_null(dg.plan);
+}
+
+static void test_conv(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 21);
+    const conv_case cases[] = {
+        {3, 2, 9, 7, 4, 3, 3, 1, 1, ACT_RELU},
+        {2, 3, 11, 10, 5, 5, 3, 2, 2, ACT_NONE},
+        {4, 8, 6, 6, 16, 1, 1, 1, 0, ACT_RELU},
+        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_RELU},  // several blocks per channel in the bias gradient
+        {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
+}
+
+// One layer prepared for two batch sizes (training and a smaller last eval batch): each plan runs its own n,
+// and a desc whose n differs from its plan is refused.
+static void test_conv_batch_sizes(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 31);
+    const backend_ops *o = g_gpu.ops;
+    void *ctx = g_gpu.ctx;
+    conv_desc big = {.n = 4, .c = 3, .h = 8, .w = 8, .k = 5, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU};
+    OK(conv_desc_init(&big, "test conv"));
+    conv_desc small = big;
+    small.n = 2;
+    small.plan = NULL;
+    OK(conv_desc_init(&small, "test conv"));
+    size_t ws_big = 0, ws_small = 0;
+    OK(o->conv_prepare(ctx, &big, &ws_big));
+    OK(o->conv_prepare(ctx, &small, &ws_small));
+    o->conv_release(ctx, &small);
+    OK(o->conv_prepare(ctx, &small, &ws_small));  // released and prepared again
+    size_t ws_bytes = ws_big > ws_small ? ws_big : ws_small;
+    void *ws = NULL;
+    if (ws_bytes) OK(o->alloc(ctx, &ws, ws_bytes));
+
+    const size_t xn = 4 * 3 * 8 * 8, yn = 4 * 5 * 8 * 8, half_y = yn / 2;
+    float *hx = rand_floats(&r, xn, 1.f), *hw = rand_floats(&r, 5 * 3 * 9, 0.5f), *hb = rand_floats(&r, 5, 0.5f);
+    void *x, *w, *b, *y4, *y2;
+    OK(o->alloc(ctx, &x, xn * 4));
+    OK(o->alloc(ctx, &w, 5 * 3 * 9 * 4));
+    OK(o->alloc(ctx, &b, 5 * 4));
+    OK(o->alloc(ctx, &y4, yn * 4));
+    OK(o->alloc(ctx, &y2, half_y * 4));
+    OK(o->upload(ctx, x, hx, xn * 4));
+    OK(o->upload(ctx, w, hw, 5 * 3 * 9 * 4));
+    OK(o->upload(ctx, b, hb, 5 * 4));
+    OK(o->conv_forward(ctx, &big, x, w, b, y4, ws));
+    OK(o->conv_forward(ctx, &small, x, w, b, y2, ws));  // the first two samples
+    float *a = malloc(yn * 4), *c = malloc(half_y * 4);
+    assert_non_null(a);
+    assert_non_null(c);
+    OK(o->download(ctx, a, y4, yn * 4));
+    OK(o->download(ctx, c, y2, half_y * 4));
+    double e = norm_err(c, a, half_y);
+    if (!(e <= TOL_CONV)) fail_msg("conv n=2 plan vs n=4 plan: normalised error %.3g", e);
+
+    conv_desc wrong = small;
+    wrong.n = 3;
+    assert_int_equal(o->conv_forward(ctx, &wrong, x, w, b, y4, ws), ST_RUNTIME);
+    assert_non_null(strstr(err_msg(), "conv_forward"));
+    err_clear();
+    conv_desc unprepared = big;
+    unprepared.plan = NULL;
+    assert_int_equal(o->conv_forward(ctx, &unprepared, x, w, b, y4, ws), ST_RUNTIME);
+    assert_non_null(strstr(err_msg(), "not prepared"));
+    err_clear();
+
+    o->conv_release(ctx, &big);
+    o->conv_release(ctx, &small);
+    o->conv_release(ctx, &small);  // twice is harmless
+    o->free(ctx, x), o->free(ctx, w), o->free(ctx, b), o->free(ctx, y4), o->free(ctx, y2), o->free(ctx, ws);
+    free(hx), free(hw), free(hb), free(a), free(c);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pooling
+
+static void pool_case_run(int n, int c, int h, int w, int size, int stride, rng *r) {
+    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride};
+    OK(pool_desc_init(&d, "test pool"));
+    const size_t xn = (size_t)n * c * h * w, yn = (size_t)n * c * d.oh * d.ow;
+    float *hx = rand_floats(r, xn, 1.f), *hdy = rand_floats(r, yn, 1.f);
+    twin x = twin_make(hx, xn * 4), y = twin_make(NULL, yn * 4), am = twin_make(NULL, yn * 4);
+    twin dy = twin_make(hdy, yn * 4), dx = twin_make(hx, xn * 4);  // dx starts dirty: it must be overwritten
+    OK(g_cpu.ops->pool_forward(g_cpu.ctx, &d, x.c, y.c, am.c));
+    OK(g_gpu.ops->pool_forward(g_gpu.ctx, &d, x.g, y.g, am.g));
+    expect_close("pool forward y", &y, 0.0);
+    // argmax is each backend's private hand-over from forward to backward; dx checks it in effect.
+    OK(g_cpu.ops->pool_backward(g_cpu.ctx, &d, dy.c, am.c, dx.c));
+    OK(g_gpu.ops->pool_backward(g_gpu.ctx, &d, dy.g, am.g, dx.g));
+    expect_close("pool backward dx", &dx, TOL_EXACTISH);
+    twin_free(&x), twin_free(&y), twin_free(&am), twin_free(&dy), twin_free(&dx);
+    free(hx), free(hdy);
+}
+
+static void test_pool(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 41);
+    pool_case_run(2, 3, 8, 8, 2, 2, &r);    // tiling windows
+    pool_case_run(2, 2, 9, 7, 3, 2, &r);    // overlapping windows: dx sums
+    pool_case_run(1, 2, 10, 10, 2, 3, &r);  // gaps: some inputs in no window
+    pool_case_run(3, 4, 7, 7, 2, 2, &r);    // odd size: last row/column unused
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Dense
+
+static void dense_case_run(int n, int in, int out, int act, rng *r) {
+    float *hx = rand_floats(r, (size_t)n * in, 1.f), *hw = rand_floats(r, (size_t)out * in, 0.5f);
+    float *hb = rand_floats(r, out, 0.5f), *hdy = rand_floats(r, (size_t)n * out, 1.f);
+    twin x = twin_make(hx, (size_t)n * in * 4), w = twin_make(hw, (size_t)out * in * 4), b = twin_make(hb, out * 4);
+    twin y = twin_make(NULL, (size_t)n * out * 4), dy = twin_make(hdy, (size_t)n * out * 4);
+    twin dx = twin_make(NULL, (size_t)n * in * 4), dw = twin_make(NULL, (size_t)out * in * 4), db = twin_make(NULL, out * 4);
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x.c, w.c, b.c, y.c));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, act, x.g, w.g, b.g, y.g));
+    expect_close("dense forward y", &y, TOL_DENSE);
+    twin_copy_cpu_to_gpu(&y);
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, db.c));
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, db.g));
+    expect_close("dense backward dy", &dy, TOL_EXACTISH);
+    expect_close("dense backward dx", &dx, TOL_DENSE);
+    expect_close("dense backward dw", &dw, TOL_DENSE);
+    expect_close("dense backward db", &db, TOL_DENSE);
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, NULL, dw.c, db.c));
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, NULL, dw.g, db.g));
+    expect_close("dense backward dw (no dx)", &dw, TOL_DENSE);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
+    twin_free(&db);
+    free(hx), free(hw), free(hb), free(hdy);
+}
+
+static void test_dense(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 51);
+    dense_case_run(7, 19, 11, ACT_RELU, &r);
+    dense_case_run(5, 3, 40, ACT_NONE, &r);     // more columns than one bias-gradient block
+    dense_case_run(64, 256, 100, ACT_RELU, &r);
+    dense_case_run(1, 10, 1, ACT_NONE, &r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Softmax cross-entropy
+
+static void xent_case_run(int n, int classes, rng *r) {
+    float *hz = rand_floats(r, (size_t)n * classes, 4.f);
+    int32_t *hl = malloc(n * sizeof *hl);
+    assert_non_null(hl);
+    for (int i = 0; i < n; i++) hl[i] = (int32_t)rng_below(r, (uint32_t)classes);
+    // Make some predictions right, so that the count is not trivially zero.
+    for (int i = 0; i < n; i += 2) hz[(size_t)i * classes + hl[i]] = 9.f;
+    const double loss0 = 1.25;
+    const int32_t correct0 = 3;
+    twin z = twin_make(hz, (size_t)n * classes * 4), l = twin_make(hl, n * 4);
+    twin dz = twin_make(NULL, (size_t)n * classes * 4), loss = twin_make(&loss0, 8), cor = twin_make(&correct0, 4);
+    for (int pass = 0; pass < 2; pass++) {  // the second pass accumulates, without dlogits
+        float *dzc = pass ? NULL : dz.c, *dzg = pass ? NULL : dz.g;
+        OK(g_cpu.ops->softmax_xent(g_cpu.ctx, n, classes, z.c, l.c, dzc, loss.c, cor.c));
+        OK(g_gpu.ops->softmax_xent(g_gpu.ctx, n, classes, z.g, l.g, dzg, loss.g, cor.g));
+    }
+    expect_close("softmax_xent dlogits", &dz, TOL_DENSE);
+    double lc, lg;
+    twin_read(&loss, &lc, &lg);
+    if (!(fabs(lg - lc) <= 1e-5 * fabs(lc))) fail_msg("softmax_xent loss: CUDA %.9g vs CPU %.9g", lg, lc);
+    assert_true(lc > loss0);
+    int32_t cc, cg;
+    twin_read(&cor, &cc, &cg);
+    assert_int_equal(cg, cc);
+    assert_true(cc >= correct0 + 2 * ((n + 1) / 2));
+    twin_free(&z), twin_free(&l), twin_free(&dz), twin_free(&loss), twin_free(&cor);
+    free(hz), free(hl);
+}
+
+static void test_softmax_xent(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 61);
+    xent_case_run(9, 10, &r);
+    xent_case_run(20, 37, &r);   // more classes than a warp has lanes
+    xent_case_run(3, 1000, &r);
+    xent_case_run(100, 2, &r);   // several blocks
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Optimizers (offset 1 makes the buffers 4-byte aligned only: the scalar path)
+
+static void adam_case_run(size_t n, size_t off, float wd, rng *r) {
+    const size_t tot = n + off;
+    float *hp = rand_floats(r, tot, 1.f);
+    twin p = twin_make(hp, tot * 4), g = twin_make(NULL, tot * 4), m = twin_make(NULL, tot * 4);
+    twin v = twin_make(NULL, tot * 4), h = twin_make(NULL, sizeof(adam_hyper));
+    for (int t = 1; t <= 3; t++) {
+        adam_hyper hh = {.lr = 1e-3f * (float)t, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-7f, .weight_decay = wd,
+                         .t = t};
+        float *hg = rand_floats(r, tot, 1.f);
+        twin_set(&g, hg);
+        twin_set(&h, &hh);
+        free(hg);
+        OK(g_cpu.ops->adam_step(g_cpu.ctx, n, (float *)p.c + off, (float *)g.c + off, (float *)m.c + off,
+                                (float *)v.c + off, h.c));
+        OK(g_gpu.ops->adam_step(g_gpu.ctx, n, (float *)p.g + off, (float *)g.g + off, (float *)m.g + off,
+                                (float *)v.g + off, h.g));
+    }
+    expect_close("adam p", &p, TOL_DENSE);
+    expect_close("adam m", &m, TOL_DENSE);
+    expect_close("adam v", &v, TOL_DENSE);
+    twin_free(&p), twin_free(&g), twin_free(&m), twin_free(&v), twin_free(&h);
+    free(hp);
+}
+
+static void test_adam(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 71);
+    adam_case_run(1003, 0, 0.f, &r);
+    adam_case_run(1003, 1, 0.01f, &r);
+    adam_case_run(4096, 0, 0.01f, &r);
+    adam_case_run(3, 0, 0.f, &r);
+}
+
+static void sgd_case_run(size_t n, size_t off, float wd, rng *r) {
+    const size_t tot = n + off;
+    float *hp = rand_floats(r, tot, 1.f);
+    twin p = twin_make(hp, tot * 4), g = twin_make(NULL, tot * 4), vel = twin_make(NULL, tot * 4);
+    twin h = twin_make(NULL, sizeof(sgd_hyper));
+    for (int t = 1; t <= 3; t++) {
+        sgd_hyper hh = {.lr = 0.05f / (float)t, .momentum = 0.9f, .weight_decay = wd};
+        float *hg = rand_floats(r, tot, 1.f);
+        twin_set(&g, hg);
+        twin_set(&h, &hh);
+        free(hg);
+        OK(g_cpu.ops->sgd_step(g_cpu.ctx, n, (float *)p.c + off, (float *)g.c + off, (float *)vel.c + off, h.c));
+        OK(g_gpu.ops->sgd_step(g_gpu.ctx, n, (float *)p.g + off, (float *)g.g + off, (float *)vel.g + off, h.g));
+    }
+    expect_close("sgd p", &p, TOL_DENSE);
+    expect_close("sgd velocity", &vel, TOL_DENSE);
+    twin_free(&p), twin_free(&g), twin_free(&vel), twin_free(&h);
+    free(hp);
+}
+
+static void test_sgd(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 81);
+    sgd_case_run(1003, 0, 5e-4f, &r);
+    sgd_case_run(1003, 3, 0.f, &r);
+    sgd_case_run(2, 0, 0.f, &r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Utilities
+
+static void test_scale_and_count_nonfinite(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 91);
+    enum { N = 100001 };
+    float *hx = rand_floats(&r, N, 3.f);
+    twin x = twin_make(hx, N * 4), cnt = twin_make(NULL, 4);
+    OK(g_cpu.ops->scale(g_cpu.ctx, N, -0.37f, x.c));
+    OK(g_gpu.ops->scale(g_gpu.ctx, N, -0.37f, x.g));
+    expect_close("scale", &x, TOL_EXACTISH);
+    OK(g_cpu.ops->count_nonfinite(g_cpu.ctx, N, x.c, cnt.c));
+    OK(g_gpu.ops->count_nonfinite(g_gpu.ctx, N, x.g, cnt.g));
+    int32_t cc, cg;
+    twin_read(&cnt, &cc, &cg);
+    assert_int_equal(cc, 0);
+    assert_int_equal(cg, 0);
+    hx[5] = NAN, hx[100] = INFINITY, hx[N - 1] = -INFINITY, hx[77777] = NAN;
+    twin_set(&x, hx);
+    OK(g_cpu.ops->count_nonfinite(g_cpu.ctx, N, x.c, cnt.c));
+    OK(g_gpu.ops->count_nonfinite(g_gpu.ctx, N, x.g, cnt.g));  // overwrites the previous count
+    twin_read(&cnt, &cc, &cg);
+    assert_int_equal(cc, 4);
+    assert_int_equal(cg, 4);
+    twin_free(&x), twin_free(&cnt);
+    free(hx);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CUDA Graph: a captured step (dense -> softmax_xent -> dense backward -> SGD) replayed twice with different
+// learning rates equals the same two steps run eagerly, on the GPU and on the CPU.
+
+enum { CAP_N = 8, CAP_IN = 12, CAP_OUT = 5 };
+
+typedef struct step_bufs {
+    void *x, *lab, *w, *b, *vw, *vb, *y, *dy, *dw, *db, *loss, *cor, *h;
+} step_bufs;
+
+static void step_alloc(backend *be, step_bufs *s, const float *x, const int32_t *lab, const float *w,
+                       const float *b) {
+    void **all[] = {&s->x, &s->lab, &s->w, &s->b, &s->vw, &s->vb, &s->y, &s->dy, &s->dw, &s->db, &s->loss, &s->cor, &s->h};
+    size_t bytes[] = {CAP_N * CAP_IN * 4, CAP_N * 4, CAP_OUT * CAP_IN * 4, CAP_OUT * 4, CAP_OUT * CAP_IN * 4,
+                      CAP_OUT * 4, CAP_N * CAP_OUT * 4, CAP_N * CAP_OUT * 4, CAP_OUT * CAP_IN * 4, CAP_OUT * 4, 8, 4,
+                      sizeof(sgd_hyper)};
+    for (size_t i = 0; i < sizeof bytes / sizeof bytes[0]; i++) OK(be->ops->alloc(be->ctx, all[i], bytes[i]));
+    OK(be->ops->upload(be->ctx, s->x, x, bytes[0]));
+    OK(be->ops->upload(be->ctx, s->lab, lab, bytes[1]));
+    OK(be->ops->upload(be->ctx, s->w, w, bytes[2]));
+    OK(be->ops->upload(be->ctx, s->b, b, bytes[3]));
+}
+
+static void step_free(backend *be, step_bufs *s) {
+    void *all[] = {s->x, s->lab, s->w, s->b, s->vw, s->vb, s->y, s->dy, s->dw, s->db, s->loss, s->cor, s->h};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->ops->free(be->ctx, all[i]);
+}
+
+static void step_run(backend *be, const step_bufs *s) {
+    const backend_ops *o = be->ops;
+    OK(o->dense_forward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->b, s->y));
+    OK(o->softmax_xent(be->ctx, CAP_N, CAP_OUT, s->y, s->lab, s->dy, s->loss, s->cor));
+    OK(o->dense_backward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->y, s->dy, NULL, s->dw, s->db));
+    OK(o->sgd_step(be->ctx, CAP_OUT * CAP_IN, s->w, s->dw, s->vw, s->h));
+    OK(o->sgd_step(be->ctx, CAP_OUT, s->b, s->db, s->vb, s->h));
+}
+
+static void step_result(backend *be, const step_bufs *s, float *w, float *b, double *loss) {
+    OK(be->ops->download(be->ctx, w, s->w, CAP_OUT * CAP_IN * 4));
+    OK(be->ops->download(be->ctx, b, s->b, CAP_OUT * 4));
+    OK(be->ops->download(be->ctx, loss, s->loss, 8));
+}
+
+static void test_capture_replay(void **state) {
+    (void)state;
+    NEED_CUDA();
+    const backend_ops *o = g_gpu.ops;
+    void *ctx = g_gpu.ctx;
+    assert_non_null(o->capture_begin);
+    // Misuse is refused with a message.
+    assert_int_equal(o->replay(ctx), ST_RUNTIME);
+    err_clear();
+    assert_int_equal(o->capture_end(ctx), ST_RUNTIME);
+    err_clear();
+
+    rng r;
+    rng_seed(&r, 101);
+    float *hx = rand_floats(&r, CAP_N * CAP_IN, 1.f), *hw = rand_floats(&r, CAP_OUT * CAP_IN, 0.5f);
+    float *hb = rand_floats(&r, CAP_OUT, 0.5f);
+    int32_t lab[CAP_N];
+    for (int i = 0; i < CAP_N; i++) lab[i] = (int32_t)rng_below(&r, CAP_OUT);
+    const float lrs[2] = {0.1f, 0.05f};
+    step_bufs cpu, eager, graph;
+    step_alloc(&g_cpu, &cpu, hx, lab, hw, hb);
+    step_alloc(&g_gpu, &eager, hx, lab, hw, hb);
+    step_alloc(&g_gpu, &graph, hx, lab, hw, hb);
+
+    // Eager first: libraries set up lazily on first use, which must not happen inside a capture.
+    for (int i = 0; i < 2; i++) {
+        sgd_hyper h = {.lr = lrs[i], .momentum = 0.9f, .weight_decay = 1e-3f};
+        OK(g_cpu.ops->upload(g_cpu.ctx, cpu.h, &h, sizeof h));
+        step_run(&g_cpu, &cpu);
+        OK(o->upload(ctx, eager.h, &h, sizeof h));
+        step_run(&g_gpu, &eager);
+    }
+
+    OK(o->capture_begin(ctx));
+    assert_int_equal(o->capture_begin(ctx), ST_RUNTIME);  // already open
+    err_clear();
+    sgd_hyper junk = {0};
+    assert_int_equal(o->upload(ctx, graph.h, &junk, sizeof junk), ST_RUNTIME);  // not stream work
+    assert_non_null(strstr(err_msg(), "capture"));
+    err_clear();
+    assert_int_equal(o->sync(ctx), ST_RUNTIME);
+    err_clear();
+    step_run(&g_gpu, &graph);
+    OK(o->capture_end(ctx));
+    for (int i = 0; i < 2; i++) {
+        sgd_hyper h = {.lr = lrs[i], .momentum = 0.9f, .weight_decay = 1e-3f};
+        OK(o->upload(ctx, graph.h, &h, sizeof h));  // read by the graph at replay time
+        OK(o->replay(ctx));
+    }
+    OK(o->sync(ctx));
+
+    float wc[CAP_OUT * CAP_IN], we[CAP_OUT * CAP_IN], wg[CAP_OUT * CAP_IN], bc[CAP_OUT], be[CAP_OUT], bg[CAP_OUT];
+    double lc, le, lg;
+    step_result(&g_cpu, &cpu, wc, bc, &lc);
+    step_result(&g_gpu, &eager, we, be, &le);
+    step_result(&g_gpu, &graph, wg, bg, &lg);
+    double e;
+    if (!((e = norm_err(wg, we, CAP_OUT * CAP_IN)) <= TOL_EXACTISH)) fail_msg("graph vs eager w: %.3g", e);
+    if (!((e = norm_err(bg, be, CAP_OUT)) <= TOL_EXACTISH)) fail_msg("graph vs eager b: %.3g", e);
+    if (!(fabs(lg - le) <= 1e-9 * fabs(le))) fail_msg("graph vs eager loss: %.9g vs %.9g", lg, le);
+    if (!((e = norm_err(we, wc, CAP_OUT * CAP_IN)) <= TOL_DENSE)) fail_msg("eager CUDA vs CPU w: %.3g", e);
+    if (!(fabs(le - lc) <= 1e-5 * fabs(lc))) fail_msg("eager CUDA vs CPU loss: %.9g vs %.9g", le, lc);
+    // The weights moved: the second replay used the second learning rate, not a stale first one.
+    assert_true(norm_err(wg, hw, CAP_OUT * CAP_IN) > 1e-4);
+
+    step_free(&g_cpu, &cpu);
+    step_free(&g_gpu, &eager);
+    step_free(&g_gpu, &graph);
+    free(hx), free(hw), free(hb);
+}
+
+// TF32 on: results stay close (TF32 keeps 10 mantissa bits), and off again restores FP32 math for cuBLAS.
+static void test_tf32(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 111);
+    OK(backend_cuda_set_tf32(&g_gpu, 1));
+    const int n = 32, in = 64, out = 48;
+    float *hx = rand_floats(&r, (size_t)n * in, 1.f), *hw = rand_floats(&r, (size_t)out * in, 0.5f);
+    twin x = twin_make(hx, (size_t)n * in * 4), w = twin_make(hw, (size_t)out * in * 4), y = twin_make(NULL, (size_t)n * out * 4);
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, ACT_NONE, x.c, w.c, NULL, y.c));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, ACT_NONE, x.g, w.g, NULL, y.g));
+    expect_close("dense forward y (tf32)", &y, 1e-2);
+    OK(backend_cuda_set_tf32(&g_gpu, 0));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, ACT_NONE, x.g, w.g, NULL, y.g));
+    expect_close("dense forward y (tf32 off again)", &y, TOL_DENSE);
+    twin_free(&x), twin_free(&w), twin_free(&y);
+    free(hx), free(hw);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+static int group_setup(void **state) {
+    (void)state;
+    if (backend_cpu_create(&g_cpu, 1) != ST_OK) {
+        fprintf(stderr, "cpu backend: %s\n", err_msg());
+        return -1;
+    }
+    g_have_cuda = backend_cuda_available();
+    if (g_have_cuda && backend_cuda_create(&g_gpu, 0) != ST_OK) {
+        fprintf(stderr, "cuda backend: %s\n", err_msg());
+        return -1;
+    }
+    if (!g_have_cuda) printf("no CUDA device (or a build without CUDA): the CUDA comparisons are skipped\n");
+    return 0;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    backend_destroy(&g_gpu);
+    backend_destroy(&g_cpu);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_errors),
+        cmocka_unit_test(test_tf32_needs_cuda),
+        cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_gather),
+        cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_conv_batch_sizes),
+        cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_dense),
+        cmocka_unit_test(test_softmax_xent),
+        cmocka_unit_test(test_adam),
+        cmocka_unit_test(test_sgd),
+        cmocka_unit_test(test_scale_and_count_nonfinite),
+        cmocka_unit_test(test_capture_replay),
+        cmocka_unit_test(test_tf32),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,199 @@
+// test_ddp.c — the data-parallel trainer end to end under mpirun (np 1, 2, 4): gradient averaging is exact
+// (np 2 x batch 32 == np 1 x batch 64 after 50 steps), strong scaling splits the global batch, rank 0 logs
+// comm and efficiency, and killing one rank never hangs the others.
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "common.h"
+#include "test_util.h"
+
+#define TRAINER DDP_BINARY_DIR "/trainer"
+#define MPIRUN "mpirun --oversubscribe --allow-run-as-root --bind-to none --mca btl self,vader " \
+               "--mca btl_vader_single_copy_mechanism none"
+
+static char cfg_path[512];
+
+static int group_setup(void **state) {
+    (void)state;
+    const char *dir = tu_tmpdir();
+    if (tu_make_idx_dataset(dir, 2048, 400, 3, 1) != 0) return -1;
+    char text[2048];
+    snprintf(text, sizeof text,
+             "[net]\nbatch=64\nepochs=2\nchannels=1\nheight=28\nwidth=28\nseed=11\nthreads=1\neval_batch=200\n"
+             "[data]\ntrain_images=%s/train-images.idx.gz\ntrain_labels=%s/train-labels.idx.gz\n"
+             "test_images=%s/test-images.idx.gz\ntest_labels=%s/test-labels.idx.gz\n"
+             "[parallel]\nbucket_kb=16\n"
+             "[conv]\nfilters=8\nsize=3\n[maxpool]\nsize=2\n[conv]\nfilters=16\nsize=3\n[maxpool]\nsize=2\n"
+             "[dense]\nunits=32\nactivation=relu\n[dense]\nunits=10\n[softmax]\n",
+             dir, dir, dir, dir);
+    snprintf(cfg_path, sizeof cfg_path, "%s/ddp.cfg", dir);
+    return tu_write_file(cfg_path, text, strlen(text), 0);
+}
+
+static float *load_params(const char *path, size_t *n_out) {
+    ckpt_file *f = NULL;
+    if (ckpt_load(path, &f) != ST_OK) fail_msg("%s", err_msg());
+    // conv1 8x1x3x3+8, conv2 16x8x3x3+16, dense1 32x400+32, dense2 10x32+10
+    static const char *names[] = {"conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
+                                  "dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias"};
+    static const int64_t shapes[8][4] = {{8, 1, 3, 3}, {8}, {16, 8, 3, 3}, {16}, {32, 400}, {32}, {10, 32}, {10}};
+    static const int ndims[8] = {4, 1, 4, 1, 2, 1, 2, 1};
+    size_t total = 0, sizes[8];
+    for (int i = 0; i < 8; i++) {
+        sizes[i] = 1;
+        for (int d = 0; d < ndims[i]; d++) sizes[i] *= (size_t)shapes[i][d];
+        total += sizes[i];
+    }
+    float *p = malloc(total * sizeof(float)), *q = p;
+    for (int i = 0; i < 8; i++) {
+        if (ckpt_read_tensor(f, names[i], ndims[i], shapes[i], q) != ST_OK) fail_msg("%s", err_msg());
+        q += sizes[i];
+    }
+    ckpt_free(f);
+    *n_out = total;
+    return p;
+}
+
+static void test_np2_equals_np1_with_double_batch(void **state) {
+    (void)state;
+    const char *a = tu_path("np1.safetensors"), *b = tu_path("np2.safetensors");
+    assert_int_equal(tu_run(MPIRUN " -np 1 %s --config %s --batch 64 --steps 50 --save %s --quiet", TRAINER,
+                            cfg_path, a), 0);
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --steps 50 --save %s --quiet", TRAINER,
+                            cfg_path, b), 0);
+    size_t n1, n2;
+    float *p1 = load_params(a, &n1), *p2 = load_params(b, &n2);
+    assert_int_equal(n1, n2);
+    double worst = 0;
+    for (size_t i = 0; i < n1; i++) {
+        double d = fabs((double)p1[i] - p2[i]) / fmax(fabs((double)p1[i]), 1e-2);
+        if (d > worst) worst = d;
+    }
+    print_message("np1 batch 64 vs np2 batch 32 after 50 steps: max relative difference %.3e\n", worst);
+    assert_true(worst < 1e-5);
+    free(p1), free(p2);
+}
+
+static void test_np2_trains_and_logs_comm(void **state) {
+    (void)state;
+    const char *m = tu_path("np2.jsonl");
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --metrics %s --quiet", TRAINER, cfg_path, m), 0);
+    FILE *f = fopen(m, "r");
+    assert_non_null(f);
+    char line[4096], last[4096] = "";
+    while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof last);
+    fclose(f);
+    double acc = 0, comm = -1, eff = -1;
+    const char *p;
+    assert_non_null(p = strstr(last, "\"test_acc\":"));
+    acc = atof(p + 11);
+    assert_non_null(p = strstr(last, "\"comm_s\":"));
+    comm = atof(p + 9);
+    assert_non_null(p = strstr(last, "\"scaling_efficiency\":"));
+    eff = atof(p + 21);
+    assert_non_null(strstr(last, "\"world_size\":2"));
+    assert_non_null(strstr(last, "\"global_batch\":64"));
+    print_message("np 2: test acc %.3f, comm %.3g s/step, efficiency %.3f\n", acc, comm, eff);
+    assert_true(acc > 0.9);
+    assert_true(comm > 0);
+    assert_true(eff > 0 && eff <= 1.0 + 1e-9);
+}
+
+static void test_strong_scaling_splits_global_batch(void **state) {
+    (void)state;
+    const char *m = tu_path("strong.jsonl");
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --scaling strong --batch 64 --epochs 1 --metrics %s "
+                            "--quiet", TRAINER, cfg_path, m), 0);
+    FILE *f = fopen(m, "r");
+    assert_non_null(f);
+    char line[4096] = "";
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    assert_non_null(strstr(line, "\"batch\":32"));
+    assert_non_null(strstr(line, "\"global_batch\":64"));
+    assert_non_null(strstr(line, "\"scaling\":\"strong\""));
+    // 63 does not divide over 2 ranks: a clear error and exit code 2, from every rank.
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --scaling strong --batch 63 --quiet 2>%s", TRAINER,
+                            cfg_path, tu_path("strong.err")), 2);
+}
+
+// Start a long run, SIGKILL one non-zero rank once training runs, and time how long the others take to exit.
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void kill_one_rank(int np) {
+    char log[600], pidcmd[1024];
+    snprintf(log, sizeof log, "%s/kill%d.log", tu_tmpdir(), np);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd, "exec " MPIRUN " -np %d %s --config %s --batch 16 --epochs 1000 --quiet >%s 2>&1",
+                 np, TRAINER, cfg_path, log);
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    // Wait until every rank is up (np trainer processes with our config in their command line).
+    snprintf(pidcmd, sizeof pidcmd, "pgrep -n -f '^%s --config %s'", TRAINER, cfg_path);
+    int up = 0;
+    for (int i = 0; i < 200 && !up; i++) {
+        sleep_ms(100);
+        char cnt[1100];
+        snprintf(cnt, sizeof cnt, "test $(pgrep -c -f '^%s --config %s') -eq %d", TRAINER, cfg_path, np);
+        up = tu_run("%s", cnt) == 0;
+    }
+    assert_true(up);
+    sleep(2);  // let them enter training (collectives in flight)
+    assert_int_equal(tu_run("kill -9 $(%s)", pidcmd), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int status = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 600 && r == 0; i++) {  // up to 60 s, then fail (and clean up)
+        r = waitpid(child, &status, WNOHANG);
+        if (r == 0) sleep_ms(100);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (r == 0) {
+        kill(child, SIGKILL);
+        tu_run("pkill -9 -f '^%s --config %s'", TRAINER, cfg_path);
+        waitpid(child, &status, 0);
+        fail_msg("np %d: job still running %.0f s after one rank was killed", np, secs);
+    }
+    int leftover = tu_run("pgrep -f '^%s --config %s' >/dev/null", TRAINER, cfg_path) == 0;
+    print_message("np %d: job exited %.2f s after SIGKILL of one rank (status %d)\n", np, secs,
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    assert_false(leftover);
+    assert_true(secs < 30);
+    assert_true(!WIFEXITED(status) || WEXITSTATUS(status) != 0);
+}
+
+static void test_kill_one_rank_np2(void **state) {
+    (void)state;
+    kill_one_rank(2);
+}
+
+static void test_kill_one_rank_np4(void **state) {
+    (void)state;
+    kill_one_rank(4);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_np2_equals_np1_with_double_batch),
+        cmocka_unit_test(test_np2_trains_and_logs_comm),
+        cmocka_unit_test(test_strong_scaling_splits_global_batch),
+        cmocka_unit_test(test_kill_one_rank_np2),
+        cmocka_unit_test(test_kill_one_rank_np4),
+    };
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}

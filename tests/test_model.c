@@ -1,0 +1,184 @@
+// test_model.c — the whole model on the CPU backend: gradient of the loss w.r.t. every parameter against
+// central finite differences, the reverse-layer parameter layout, and the grad-ready prefixes.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "config.h"
+#include "model.h"
+#include "test_util.h"
+
+static void add_layer(net_config *cfg, int type, const char *name, int filters, int size, int stride, int pad,
+                      int units, int act) {
+    layer_cfg *l = &cfg->layers[cfg->n_layers++];
+    memset(l, 0, sizeof *l);
+    l->type = type;
+    snprintf(l->name, sizeof l->name, "%s", name);
+    l->filters = filters, l->size = size, l->stride = stride, l->pad = pad, l->units = units, l->act = act;
+}
+
+// conv(3, pad 1) → pool → conv(4, stride 1) → flatten → dense(6, relu) → dense(3) → softmax on 1x8x8.
+static void small_config(net_config *cfg) {
+    config_defaults(cfg);
+    snprintf(cfg->path, sizeof cfg->path, "test_model");
+    cfg->channels = 2, cfg->height = 8, cfg->width = 8, cfg->classes = 3;
+    add_layer(cfg, LAYER_CONV, "conv1", 3, 3, 1, 1, 0, ACT_RELU);
+    add_layer(cfg, LAYER_MAXPOOL, "pool1", 0, 2, 2, 0, 0, ACT_NONE);
+    add_layer(cfg, LAYER_CONV, "conv2", 4, 3, 1, 0, 0, ACT_RELU);
+    add_layer(cfg, LAYER_FLATTEN, "flatten1", 0, 0, 0, 0, 0, ACT_NONE);
+    add_layer(cfg, LAYER_DENSE, "dense1", 0, 0, 0, 0, 6, ACT_RELU);
+    add_layer(cfg, LAYER_DENSE, "dense2", 0, 0, 0, 0, 3, ACT_NONE);
+    add_layer(cfg, LAYER_SOFTMAX, "softmax", 0, 0, 0, 0, 0, ACT_NONE);
+}
+
+typedef struct fixture {
+    backend be;
+    model m;
+    int n;
+} fixture;
+
+static int setup(void **state) {
+    fixture *f = calloc(1, sizeof *f);
+    static net_config cfg;
+    small_config(&cfg);
+    f->n = 5;
+    assert_int_equal(backend_create(&f->be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(model_create(&f->m, &f->be, &cfg, f->n), ST_OK);
+    assert_int_equal(model_init_params(&f->m, 7), ST_OK);
+    // Biases non-zero so that relu kinks are not all at the same place.
+    rng r;
+    rng_seed(&r, 99);
+    for (size_t i = 0; i < f->m.n_params; i++) f->m.params[i] += 0.05f * (rng_uniform(&r) - 0.5f);
+    for (int i = 0; i < f->n * 2 * 64; i++) f->m.x[i] = rng_uniform(&r);
+    for (int i = 0; i < f->n; i++) f->m.labels[i] = i % 3;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fixture *f = *state;
+    model_destroy(&f->m);
+    backend_destroy(&f->be);
+    free(f);
+    return 0;
+}
+
+static double loss_of(fixture *f) {
+    *f->m.loss_acc = 0;
+    assert_int_equal(model_forward(&f->m, f->n, 0), ST_OK);
+    return *f->m.loss_acc / f->n;
+}
+
+static size_t ready_calls[16];
+static int n_ready_calls;
+static void on_ready(void *arg, size_t k) {
+    (void)arg;
+    ready_calls[n_ready_calls++] = k;
+}
+
+static void test_gradient_matches_finite_differences(void **state) {
+    fixture *f = *state;
+    model *m = &f->m;
+    *m->loss_acc = 0;
+    assert_int_equal(model_forward(m, f->n, 1), ST_OK);
+    n_ready_calls = 0;
+    assert_int_equal(model_backward(m, f->n, on_ready, NULL), ST_OK);
+    float *g = malloc(m->n_params * sizeof(float));
+    memcpy(g, m->grads, m->n_params * sizeof(float));
+    double num = 0, den = 0;
+    int bad = 0;
+    const float eps = 1e-3f;
+    for (size_t i = 0; i < m->n_params; i++) {
+        float p = m->params[i];
+        m->params[i] = p + eps;
+        double lp = loss_of(f);
+        m->params[i] = p - eps;
+        double lm = loss_of(f);
+        m->params[i] = p;
+        double fd = (lp - lm) / (2.0 * eps);
+        double d = fabs(fd - g[i]);
+        num += d * d, den += fd * fd;
+        if (d > 2e-3 + 2e-2 * fabs(fd)) bad++;
+    }
+    double rel = sqrt(num / (den > 0 ? den : 1));
+    print_message("model gradient: %zu params, relative L2 error %.2e, %d outside tolerance\n", m->n_params, rel, bad);
+    assert_true(rel < 1e-2);
+    assert_true(bad <= (int)(m->n_params / 100));  // a relu/maxpool kink inside ±eps may flip a few
+    free(g);
+}
+
+static void test_reverse_layout_and_ready_prefixes(void **state) {
+    fixture *f = *state;
+    model *m = &f->m;
+    // Parameter layers in forward order: conv1, conv2, dense1, dense2 → buffer order dense2, dense1, conv2, conv1.
+    const model_layer *conv1 = &m->layers[0], *dense2 = &m->layers[m->n_layers - 2];
+    assert_string_equal(dense2->name, "dense2");
+    assert_int_equal(dense2->w_off, 0);
+    assert_int_equal(dense2->b_off, dense2->n_w);
+    assert_int_equal(conv1->b_off + conv1->n_b, m->n_params);
+    assert_int_equal(m->n_params, (3 * 2 * 9 + 3) + (4 * 3 * 9 + 4) + (6 * 16 + 6) + (3 * 6 + 3));
+    *m->loss_acc = 0;
+    assert_int_equal(model_forward(m, f->n, 1), ST_OK);
+    n_ready_calls = 0;
+    assert_int_equal(model_backward(m, f->n, on_ready, NULL), ST_OK);
+    assert_int_equal(n_ready_calls, 4);
+    for (int i = 1; i < n_ready_calls; i++) assert_true(ready_calls[i] > ready_calls[i - 1]);
+    assert_int_equal(ready_calls[0], dense2->n_w + dense2->n_b);
+    assert_int_equal(ready_calls[3], m->n_params);
+}
+
+static void test_tensor_names_and_pytorch_shapes(void **state) {
+    fixture *f = *state;
+    int nt = model_param_tensor(&f->m, -1, NULL, NULL, NULL, NULL, NULL);
+    assert_int_equal(nt, 8);
+    const char *name;
+    int is_bias, ndim;
+    size_t off;
+    int64_t shape[4];
+    model_param_tensor(&f->m, 0, &name, &is_bias, &off, &ndim, shape);
+    assert_string_equal(name, "conv1");
+    assert_int_equal(is_bias, 0);
+    assert_int_equal(ndim, 4);
+    assert_int_equal(shape[0], 3), assert_int_equal(shape[1], 2), assert_int_equal(shape[2], 3);
+    model_param_tensor(&f->m, 5, &name, &is_bias, &off, &ndim, shape);  // dense1.bias
+    assert_string_equal(name, "dense1");
+    assert_int_equal(is_bias, 1);
+    model_param_tensor(&f->m, 4, &name, &is_bias, &off, &ndim, shape);  // dense1.weight [out, in]
+    assert_int_equal(ndim, 2);
+    assert_int_equal(shape[0], 6);
+    assert_int_equal(shape[1], 4 * 2 * 2);
+}
+
+static void test_smaller_batch_uses_own_plan(void **state) {
+    fixture *f = *state;
+    // Forward with n=2 must equal the first two samples of the n=5 forward.
+    *f->m.loss_acc = 0;
+    assert_int_equal(model_forward(&f->m, 2, 0), ST_OK);
+    double l2 = *f->m.loss_acc;
+    float logits2[6];
+    memcpy(logits2, f->m.layers[f->m.n_layers - 2].y, sizeof logits2);
+    *f->m.loss_acc = 0;
+    assert_int_equal(model_forward(&f->m, f->n, 0), ST_OK);
+    assert_true(tu_max_rel_err(logits2, f->m.layers[f->m.n_layers - 2].y, 6) < 1e-6);
+    assert_true(l2 < *f->m.loss_acc);
+}
+
+static void test_impossible_batch_rejected(void **state) {
+    fixture *f = *state;
+    err_clear();
+    assert_int_not_equal(model_forward(&f->m, f->n + 1, 0), ST_OK);
+    err_clear();
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_gradient_matches_finite_differences, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reverse_layout_and_ready_prefixes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tensor_names_and_pytorch_shapes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_smaller_batch_uses_own_plan, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_impossible_batch_rejected, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
