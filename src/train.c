@@ -720,7 +720,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         metrics = fopen(o->metrics_path, t->o->resume_path ? "a" : "w");
         if (!metrics) st = ERR(ST_INPUT, "%s: cannot open metrics file for writing", o->metrics_path);
     }
-    if (st == ST_OK) st = agree(t, st);
+    st = agree(t, st);  // every rank is here with an agreed status, so this collective is safe
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s\n",

@@ -18,13 +18,16 @@ static comm *g_comm;
 static void tiny_config(net_config *cfg, const char *extra) {
     const char *dir = tu_tmpdir();
     char text[4096];
+    // extra may override batch/epochs (a repeated key is an error, so the default is left out then).
+    const char *batch = strstr(extra, "batch=") ? "" : "batch=32\n";
+    const char *epochs = strstr(extra, "epochs=") ? "" : "epochs=2\n";
     snprintf(text, sizeof text,
-             "[net]\nbatch=32\nepochs=2\nchannels=1\nheight=28\nwidth=28\nseed=5\neval_batch=100\nthreads=1\n%s\n"
+             "[net]\n%s%schannels=1\nheight=28\nwidth=28\nseed=5\neval_batch=100\nthreads=1\n%s\n"
              "[data]\ntrain_images=%s/train-images.idx\ntrain_labels=%s/train-labels.idx\n"
              "test_images=%s/test-images.idx\ntest_labels=%s/test-labels.idx\n"
              "[conv]\nfilters=4\nsize=3\n[maxpool]\nsize=2\n[conv]\nfilters=8\nsize=3\nstride=2\n[maxpool]\nsize=2\n"
              "[dense]\nunits=16\nactivation=relu\n[dense]\nunits=10\n[softmax]\n",
-             extra, dir, dir, dir, dir);
+             batch, epochs, extra, dir, dir, dir, dir);
     const char *path = tu_path("tiny.cfg");
     assert_int_equal(tu_write_file(path, text, strlen(text), 0), 0);
     err_clear();
@@ -41,7 +44,7 @@ static int group_setup(void **state) {
 static void test_learns(void **state) {
     (void)state;
     static net_config cfg;
-    tiny_config(&cfg, "epochs=3");
+    tiny_config(&cfg, "epochs=3\nlr=0.01");
     train_opts o = {.metrics_path = tu_path("m.jsonl")};
     train_result r;
     assert_int_equal(train_run(&cfg, &o, g_comm, &r), ST_OK);

@@ -1,0 +1,204 @@
+// test_config.c — the INI parser: the ready configs, defaults, layers, --set, and every class of bad input
+// (unknown section/key, repeated key, missing key, bad value, impossible shape) with file/section/key named.
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "config.h"
+#include "test_util.h"
+
+static const char *write_cfg(const char *name, const char *text) {
+    const char *p = tu_path(name);
+    assert_int_equal(tu_write_file(p, text, strlen(text), 0), 0);
+    return p;
+}
+
+#define NET "[net]\nchannels=1\nheight=28\nwidth=28\n"
+#define LAYERS                                                                                                 \
+    "[conv]\nfilters=32\nsize=3\nactivation=relu\n[maxpool]\nsize=2\n[conv]\nfilters=64\n[maxpool]\n"         \
+    "[flatten]\n[dense]\nunits=64\nactivation=relu\n[dense]\nunits=10\n[softmax]\n"
+
+static void expect_load_error(const char *name, const char *text, const char *needle1, const char *needle2) {
+    static net_config cfg;
+    const char *p = write_cfg(name, text);
+    err_clear();
+    int st = config_load(p, &cfg);
+    if (st == ST_OK) st = config_validate(&cfg);
+    if (st != ST_INPUT || !strstr(err_msg(), needle1) || (needle2 && !strstr(err_msg(), needle2)))
+        fail_msg("%s: status %d, message '%s' (want ST_INPUT naming '%s' and '%s')", name, st, err_msg(), needle1,
+                 needle2 ? needle2 : "");
+    // Every message is one line and names the file.
+    assert_null(strchr(err_msg(), '\n'));
+    assert_non_null(strstr(err_msg(), name));
+    err_clear();
+}
+
+static void test_ready_configs_parse(void **state) {
+    (void)state;
+    const char *names[] = {"fashion_mnist_cnn.cfg", "mnist_cnn.cfg", "cifar10_cnn.cfg", "fashion_mnist_cnn_cuda.cfg"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        static net_config cfg;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/configs/%s", DDP_SOURCE_DIR, names[i]);
+        err_clear();
+        if (config_load(path, &cfg) != ST_OK || config_validate(&cfg) != ST_OK) fail_msg("%s: %s", path, err_msg());
+        assert_int_equal(cfg.n_layers, 8);
+        assert_string_equal(cfg.layers[0].name, "conv1");
+        assert_string_equal(cfg.layers[1].name, "pool1");
+        assert_string_equal(cfg.layers[2].name, "conv2");
+        assert_string_equal(cfg.layers[5].name, "dense1");
+        assert_string_equal(cfg.layers[6].name, "dense2");
+        assert_string_equal(cfg.layers[7].name, "softmax");
+        assert_int_equal(cfg.layers[3].type, LAYER_MAXPOOL);
+        assert_int_equal(cfg.layers[6].act, ACT_NONE);
+    }
+}
+
+static void test_defaults_and_values(void **state) {
+    (void)state;
+    static net_config cfg;
+    const char *p = write_cfg("d.cfg", "; comment\n# another\n" NET "lr = 0.01 ; inline comment\nseed=7\n"
+                                       "[parallel]\nscaling=strong\nlr_scaling=linear\nbucket_kb=64\n" LAYERS);
+    assert_int_equal(config_load(p, &cfg), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+    assert_int_equal(cfg.batch, 64);
+    assert_int_equal(cfg.epochs, 5);
+    assert_int_equal(cfg.optimizer, OPT_ADAM);
+    assert_true(cfg.lr == 0.01);
+    assert_true(cfg.beta1 == 0.9 && cfg.beta2 == 0.999 && cfg.eps == 1e-7);  // Keras defaults
+    assert_true(cfg.seed == 7);
+    assert_int_equal(cfg.scaling, SCALING_STRONG);
+    assert_int_equal(cfg.lr_scaling, LR_SCALING_LINEAR);
+    assert_int_equal(cfg.bucket_kb, 64);
+    assert_string_equal(cfg.backend, "cpu");
+    assert_string_equal(cfg.comm, "mpi");
+    assert_non_null(strstr(cfg.train_images, "fashion-mnist"));
+    // conv defaults: size 3, stride 1, pad 0, relu; maxpool stride = size; dense default linear
+    assert_int_equal(cfg.layers[2].size, 3);
+    assert_int_equal(cfg.layers[2].stride, 1);
+    assert_int_equal(cfg.layers[2].act, ACT_RELU);
+    assert_int_equal(cfg.layers[3].size, 2);
+    assert_int_equal(cfg.layers[5].act, ACT_RELU);
+    assert_int_equal(cfg.layers[6].act, ACT_NONE);
+    assert_int_equal(cfg.layers[4].type, LAYER_FLATTEN);
+}
+
+static void test_set_overrides(void **state) {
+    (void)state;
+    static net_config cfg;
+    const char *p = write_cfg("s.cfg", NET "[conv]\nname=stem\nfilters=8\n[maxpool]\n[dense]\nunits=10\n[softmax]\n");
+    assert_int_equal(config_load(p, &cfg), ST_OK);
+    assert_int_equal(config_set(&cfg, "net.batch=128"), ST_OK);
+    assert_int_equal(cfg.batch, 128);
+    assert_int_equal(config_set(&cfg, "stem.filters=16"), ST_OK);
+    assert_int_equal(cfg.layers[0].filters, 16);
+    assert_int_equal(config_set(&cfg, "pool1.stride=1"), ST_OK);
+    assert_int_equal(config_set(&cfg, "parallel.overlap=0"), ST_OK);
+    assert_int_equal(cfg.overlap, 0);
+    assert_int_equal(config_set(&cfg, "data.train_limit=100"), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+
+    struct { const char *a, *needle; } bad[] = {
+        {"net.batch=0", "net.batch"},          {"net.batch=12x", "net.batch"},
+        {"net.nosuch=1", "nosuch"},            {"nolayer.units=3", "nolayer"},
+        {"stem.units=3", "units"},             {"net.optimizer=rmsprop", "optimizer"},
+        {"net.backend=tpu", "backend"},        {"parallel.comm=gloo", "comm"},
+        {"batch=3", "SECTION.KEY=VALUE"},      {"net.lr=-1", "net.lr"},
+        {"net.lr=nan", "net.lr"},              {"stem.activation=tanh", "activation"},
+        {"net.seed=-5", "net.seed"},           {"parallel.scaling=both", "scaling"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err_clear();
+        int st = config_set(&cfg, bad[i].a);
+        if (st != ST_INPUT || !strstr(err_msg(), bad[i].needle))
+            fail_msg("--set %s: status %d, message '%s'", bad[i].a, st, err_msg());
+    }
+    err_clear();
+}
+
+static void test_bad_files(void **state) {
+    (void)state;
+    expect_load_error("unknown_key.cfg", NET "[conv]\nfiltres=3\n[dense]\nunits=10\n[softmax]\n", "filtres", "conv");
+    expect_load_error("unknown_net_key.cfg", NET "colour=1\n" LAYERS, "colour", "[net]");
+    expect_load_error("unknown_sect.cfg", NET "[maxpooling]\nsize=2\n" LAYERS, "maxpooling", ":5");
+    expect_load_error("repeated.cfg", NET "batch=3\nbatch=4\n" LAYERS, "repeated", "batch");
+    expect_load_error("repeated_layer_key.cfg", NET "[conv]\nfilters=3\nfilters=4\n[dense]\nunits=10\n[softmax]\n",
+                      "repeated", "filters");
+    expect_load_error("repeated_net.cfg", NET "[net]\nbatch=3\n" LAYERS, "[net] repeated", NULL);
+    expect_load_error("no_filters.cfg", NET "[conv]\nsize=3\n[dense]\nunits=10\n[softmax]\n", "filters", "conv1");
+    expect_load_error("no_units.cfg", NET "[conv]\nfilters=3\n[dense]\n[softmax]\n", "units", "dense1");
+    expect_load_error("no_width.cfg", "[net]\nchannels=1\nheight=28\n" LAYERS, "width", NULL);
+    expect_load_error("no_net.cfg", LAYERS, "[net]", NULL);
+    expect_load_error("no_layers.cfg", NET, "layer", NULL);
+    expect_load_error("bad_value.cfg", NET "epochs=five\n" LAYERS, "epochs", "five");
+    expect_load_error("bad_act.cfg", NET "[conv]\nfilters=3\nactivation=tanh\n[dense]\nunits=10\n[softmax]\n",
+                      "activation", "tanh");
+    expect_load_error("garbage.cfg", "this is not ini\n", "not an INI line", NULL);
+    expect_load_error("key_before.cfg", "batch=3\n" NET LAYERS, "before any section", NULL);
+    expect_load_error("huge_kernel.cfg", NET "[conv]\nfilters=3\nsize=29\n[dense]\nunits=10\n[softmax]\n",
+                      "impossible shape", "conv1");
+    expect_load_error("pool_too_big.cfg", "[net]\nchannels=1\nheight=4\nwidth=4\n[conv]\nfilters=2\n[maxpool]\nsize=3\n"
+                                          "[dense]\nunits=10\n[softmax]\n",
+                      "impossible shape", "pool1");
+    expect_load_error("units_vs_classes.cfg", NET "[conv]\nfilters=3\n[dense]\nunits=7\n[softmax]\n", "units=7",
+                      "classes=10");
+    expect_load_error("relu_before_softmax.cfg", NET "[conv]\nfilters=3\n[dense]\nunits=10\nactivation=relu\n[softmax]\n",
+                      "linear", "dense1");
+    expect_load_error("softmax_not_last.cfg", NET "[dense]\nunits=10\n[softmax]\n[dense]\nunits=10\n", "last", NULL);
+    expect_load_error("no_softmax.cfg", NET "[dense]\nunits=10\n", "softmax", NULL);
+    expect_load_error("conv_after_dense.cfg", NET "[dense]\nunits=10\n[conv]\nfilters=2\n[dense]\nunits=10\n[softmax]\n",
+                      "after a dense", "conv1");
+    expect_load_error("dup_name.cfg", NET "[conv]\nname=a\nfilters=2\n[conv]\nname=a\nfilters=2\n[dense]\nunits=10\n"
+                                      "[softmax]\n",
+                      "already", "'a'");
+    expect_load_error("nccl_cpu.cfg", NET "[parallel]\ncomm=nccl\n" LAYERS, "nccl", NULL);
+    expect_load_error("net_after_layers.cfg", NET "[conv]\nfilters=2\n[parallel]\nbucket_kb=4\n[dense]\nunits=10\n"
+                                              "[softmax]\n",
+                      "before the layer", NULL);
+    char longline[600];
+    memset(longline, 'x', sizeof longline);
+    memcpy(longline, "[net]\nlr=", 9);
+    memcpy(longline + sizeof longline - 2, "\n", 2);
+    expect_load_error("long_line.cfg", longline, "longer than", NULL);
+
+    static net_config cfg;
+    err_clear();
+    assert_int_equal(config_load(tu_path("does_not_exist.cfg"), &cfg), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "does_not_exist.cfg"));
+    err_clear();
+}
+
+static void test_print_round_trips(void **state) {
+    (void)state;
+    static net_config a, b;
+    const char *p = write_cfg("rt.cfg", NET "batch=99\n[data]\ntrain_limit=5\n[parallel]\ncomm_timeout_s=12.5\n"
+                                        "lr_scaling=linear\n" LAYERS);
+    assert_int_equal(config_load(p, &a), ST_OK);
+    FILE *f = fopen(tu_path("printed.cfg"), "w");
+    assert_non_null(f);
+    config_print(&a, f);
+    fclose(f);
+    assert_int_equal(config_load(tu_path("printed.cfg"), &b), ST_OK);
+    assert_int_equal(config_validate(&b), ST_OK);
+    assert_int_equal(b.batch, 99);
+    assert_int_equal(b.train_limit, 5);
+    assert_true(b.comm_timeout_s == 12.5);
+    assert_int_equal(b.lr_scaling, LR_SCALING_LINEAR);
+    assert_int_equal(b.n_layers, a.n_layers);
+    for (int i = 0; i < a.n_layers; i++) {
+        assert_string_equal(a.layers[i].name, b.layers[i].name);
+        assert_int_equal(a.layers[i].type, b.layers[i].type);
+        assert_int_equal(a.layers[i].filters, b.layers[i].filters);
+        assert_int_equal(a.layers[i].units, b.layers[i].units);
+        assert_int_equal(a.layers[i].act, b.layers[i].act);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ready_configs_parse), cmocka_unit_test(test_defaults_and_values),
+        cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_print_round_trips),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
