@@ -20,7 +20,7 @@ typedef struct comm_info {
     char host[64];
 } comm_info;
 
-#define COMM_MAX_REQS 64
+#define COMM_MAX_REQS 256
 
 // Initialise MPI (MPI_Init_thread; safe to call once per process) and the chosen backend.
 // backend: "mpi" or "nccl". For nccl, cuda_stream is the compute stream (cudaStream_t) the all-reduces must

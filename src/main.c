@@ -39,6 +39,7 @@ static void usage(FILE *f) {
             "  --steps N           stop after N global steps in total (saves a checkpoint with --save)\n"
             "  --metrics FILE      write per-epoch metrics as JSON Lines (rank 0)\n"
             "  --baseline FILE     metrics of an np 1 run: report measured scaling efficiency\n"
+            "  --trace DIR         timeline per rank: DIR/trace_rank<R>.json (Chrome trace events, Perfetto)\n"
             "  --save FILE         write a safetensors checkpoint after each epoch and when stopped\n"
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
             "  --print-config      print the effective configuration and exit\n"
@@ -80,7 +81,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION };
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE };
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -95,7 +96,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"scaling", required_argument, 0, OPT_SCALING}, {"steps", required_argument, 0, OPT_STEPS},
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
-        {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {0, 0, 0, 0}};
+        {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
+        {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx;
     long v;
@@ -119,6 +121,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
             break;
         case OPT_METRICS: c->opts.metrics_path = optarg; break;
         case OPT_BASELINE: c->opts.baseline_path = optarg; break;
+        case OPT_TRACE: c->opts.trace_dir = optarg; break;
         case OPT_SAVE: c->opts.save_path = optarg; break;
         case OPT_RESUME: c->opts.resume_path = optarg; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
@@ -136,6 +139,19 @@ static int cli_parse(int argc, char **argv, cli *c) {
     if (optind < argc) return ERR(ST_INPUT, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!c->config) return ERR(ST_INPUT, "--config FILE is required (e.g. configs/fashion_mnist_cnn.cfg; see --help)");
     return ST_OK;
+}
+
+// A progress bar only for a person at a terminal. Open MPI gives every rank a pseudo-terminal as stdout even
+// when mpirun's own output goes to a file, so under mpirun ask what mpirun (our parent) writes to.
+static int stdout_is_terminal(void) {
+    if (!isatty(STDOUT_FILENO)) return 0;
+    if (!getenv("OMPI_COMM_WORLD_RANK")) return 1;
+    char proc[64], target[256];
+    snprintf(proc, sizeof proc, "/proc/%d/fd/1", (int)getppid());
+    ssize_t n = readlink(proc, target, sizeof target - 1);
+    if (n <= 0) return 0;
+    target[n] = '\0';
+    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
 static void on_signal(int sig) {
@@ -160,7 +176,7 @@ int main(int argc, char **argv) {
         if (launcher_rank() == 0) print_error();
         return st;
     }
-    c.opts.progress = isatty(STDOUT_FILENO);
+    c.opts.progress = stdout_is_terminal();
 
     int provided = 0;
     if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
@@ -197,8 +213,12 @@ int main(int argc, char **argv) {
     train_result res;
     st = train_run(&cfg, &c.opts, cm, &res);
     if (st == ST_OK) {
-        ALWAYS0("done: %d epoch(s), %lld steps in %.2f s training time; test loss %.4f, test accuracy %.4f\n",
-                res.epochs_done, res.steps, res.train_s, res.test_loss, res.test_acc);
+        if (res.epochs_done > 0)
+            ALWAYS0("done: %d epoch(s), %lld steps in %.2f s training time; test loss %.4f, test accuracy %.4f\n",
+                    res.epochs_done, res.steps, res.train_s, res.test_loss, res.test_acc);
+        else
+            ALWAYS0("done: %lld steps in %.2f s training time; stopped before the end of an epoch, so not "
+                    "evaluated\n", res.steps, res.train_s);
     } else if (err_collective()) {
         // Every rank reached the same error at the same point: report once, exit cleanly.
         if (g_rank == 0 || err_origin()) print_error();
