@@ -10,6 +10,8 @@
 #include "backend.h"
 #include "config.h"
 
+struct trace;
+
 #define MODEL_MAX_PLANS 4
 
 typedef struct model_layer {
@@ -49,6 +51,7 @@ typedef struct model {
     double *loss_acc;          // device scalars accumulated by softmax_xent
     int32_t *correct_acc;
     int cur_batch;             // batch size the conv descriptors are prepared for
+    struct trace *trace;       // --trace: a span per layer in forward/backward; NULL (default): none
 } model;
 
 // Build from a validated config; allocates everything for batches up to max_batch.

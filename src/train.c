@@ -16,6 +16,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
+#include "trace.h"
 
 volatile sig_atomic_t g_stop_requested = 0;
 
@@ -51,6 +52,7 @@ typedef struct trainer {
     step_times acc;
     int timed;
     int async_backend;          // ops run on a GPU stream: host timings need a sync
+    trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
 } trainer;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -436,9 +438,44 @@ static double lr_at(const trainer *t) {
 
 static int step_sync(trainer *t) { return t->async_backend ? t->be.ops->sync(t->be.ctx) : ST_OK; }
 
+// --trace: the step's phases on the main lane (the layers inside forward/backward come from model.c) and each
+// bucket's all-reduce, launch to observed completion, on its own lane.
+static void step_trace(trainer *t, const double ts[6]) {
+    trace *tr = t->tr;
+    trace_span(tr, TRACE_TID_MAIN, "step", "step", ts[0], ts[5], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "data", "data", ts[0], ts[1], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "forward", "forward", ts[1], ts[2], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "backward", "backward", ts[2], ts[3], -1, 0);
+    if (t->use_comm) trace_span(tr, TRACE_TID_MAIN, "wait", "allreduce wait", ts[3], ts[4], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "optimizer", "optimizer", ts[4], ts[5], -1, 0);
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        const bucket *b = &t->buckets[i];
+        char name[48];
+        snprintf(name, sizeof name, "allreduce bucket %d", i);
+        trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, b->t_launch, b->t_done, i,
+                   (long long)((b->end - b->begin) * sizeof(float)));
+    }
+}
+
+// Opened on every rank after set-up; the origin is taken right after a barrier so that the ranks' timelines
+// line up when merged.
+static int trace_setup(trainer *t) {
+    trace_name_lane(t->tr, TRACE_TID_MAIN, "compute");
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        char name[48];
+        snprintf(name, sizeof name, "allreduce bucket %d", i);
+        trace_name_lane(t->tr, TRACE_TID_BUCKET0 + i, name);
+    }
+    t->m.trace = t->tr;
+    if (t->world > 1) TRY(comm_barrier(t->c));
+    trace_set_origin(t->tr, now_s());
+    return ST_OK;
+}
+
 static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
+    if (t->tr) trace_set_step(t->tr, t->global_step);
     double t0 = now_s();
     const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
     TRY(o->gather(ctx, t->d_train_x, t->d_train_y, idx, t->B, t->sample_elems, t->m.x, t->m.labels));
@@ -467,6 +504,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     t->acc.optimizer_s += t5 - t4;
     t->acc.step_s += t5 - t0;
     t->timed++;
+    if (t->tr) step_trace(t, (const double[6]){t0, t1, t2, t3, t4, t5});
     return ST_OK;
 }
 
@@ -581,8 +619,10 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
         }
         int steps_run = t->step_in_epoch - first_step;
         double ev0 = now_s(), test_loss = 0, test_acc = 0;
+        if (t->tr) trace_set_step(t->tr, -1);
         if ((st = evaluate(t, &test_loss, &test_acc))) break;
         double eval_s = now_s() - ev0;
+        if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + eval_s, t->epoch + 1, 0);
         if ((st = replicas_check(t))) break;
         epoch_metrics em = {0};
         em.epoch = t->epoch + 1;
@@ -720,7 +760,9 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         metrics = fopen(o->metrics_path, t->o->resume_path ? "a" : "w");
         if (!metrics) st = ERR(ST_INPUT, "%s: cannot open metrics file for writing", o->metrics_path);
     }
+    if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     st = agree(t, st);  // every rank is here with an agreed status, so this collective is safe
+    if (st == ST_OK && t->tr) st = agree(t, trace_setup(t));
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s\n",
@@ -731,6 +773,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     }
     if (metrics && fclose(metrics) != 0 && st == ST_OK)
         st = ERR(ST_RUNTIME, "%s: error writing metrics", o->metrics_path);
+    int trace_st = trace_close(t->tr);  // also after a failure: the timeline up to it is what one wants to see
+    if (st == ST_OK) st = trace_st;
     if (st == ST_OK && o->keep_params) {
         res->n_params = t->m.n_params;
         res->params = malloc(t->m.n_params * sizeof(float));

@@ -12,6 +12,7 @@ typedef struct train_opts {
     const char *save_path;      // checkpoint written after every epoch and when stopped; NULL: none
     const char *resume_path;    // checkpoint to continue from; NULL: start fresh
     const char *baseline_path;  // metrics of an np 1 run, for measured scaling efficiency; NULL: estimate
+    const char *trace_dir;      // timeline: every rank writes <dir>/trace_rank<R>.json (src/trace.h); NULL: none
     long long max_steps;        // stop after this many global steps in total (0: run all epochs)
     int keep_params;            // copy the final parameters to result->params (tests)
     int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)
