@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""perf_model.py — the data-parallel performance model of ddp-cnn (README "Scaling study"), in one place.
+
+    python3 launch/perf_model.py ring-fit NP BENCH_OUTPUT...
+        convert bench_allreduce's `# fit: alpha_us=a beta_GBps=b` (time = a + S/b, measured with NP ranks) into
+        the ring model's per-hop latency alpha and link bandwidth beta; prints "alpha_us beta_GBps". With several
+        outputs, the least disturbed one (lowest a + 256 KiB / b) is used
+    python3 launch/perf_model.py cores NPROC ALONE.jsonl TOGETHER.jsonl...
+        effective cores of a host: NPROC * step_s(alone) / mean step_s(together) (runs at the same time)
+    python3 launch/perf_model.py study --dir DIR --params P --alpha-us A --beta-gbps B [options]
+        read DIR/metrics_<mode>_np<N>.jsonl (rank 0's --metrics of each run), write DIR/scaling.csv with the
+        model next to every measurement, DIR/scaling_<mode>.dat and DIR/scaling_model.dat for gnuplot, and
+        print the table and the mean relative error of model vs measurement
+
+The model (per training step, on every rank):
+    compute(N)  = k(N) * [ (c1 - o1) * b(N)/b(1) + o1 ]     c1 = step_s - exposed_comm_s, o1 = optimizer_s of np 1
+    backward(N) = k(N) * bwd1 * b(N)/b(1)                    b(N) = per-rank batch (weak: b(1); strong: G/N)
+    k(N)        = max(1, N * threads / cores)                ranks sharing one host's (effective) cores;
+                                                             1 when cores = 0
+    t_ar(S, N)  = alpha * 2(N-1) + 2(N-1)/N * S / beta       ring all-reduce of one bucket of S bytes (0 at N=1)
+    comm(N)     = sum over buckets of t_ar(S_i, N)           buckets: 4*P bytes cut into bucket_kb KiB slices
+    exposed(N)  = comm(N)                                    without overlap
+                = max(t_ar(S_last, N), comm(N) - backward(N)) with overlap: the last bucket (the first layers)
+                                                             is ready only when backward ends; the others hide
+                                                             behind the rest of backward at best
+    step(N)     = compute(N) + exposed(N)
+    images/s    = G(N) / step(N)
+    efficiency  = step(1) / step(N) (weak),  step(1) / (N * step(N)) (strong)   (as in src/metrics.c)
+Standard library only.
+"""
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import re
+import sys
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+
+
+def ring_from_fit(a_us, b_gbps, n):
+    """bench_allreduce fits time = a + S/b at n ranks; the ring formula at n gives alpha = a / 2(n-1) and
+    beta = b * 2(n-1)/n. Returns (alpha_s, beta_Bps)."""
+    if n < 2:
+        raise ValueError("the all-reduce fit needs at least 2 ranks")
+    hops = 2 * (n - 1)
+    return a_us * 1e-6 / hops, b_gbps * 1e9 * hops / n
+
+
+def buckets(n_params, bucket_kb):
+    """Bucket sizes in bytes, in launch order (as train.c cuts the flat gradient buffer)."""
+    per = max(1, bucket_kb * 1024 // 4)
+    return [4 * min(per, n_params - i) for i in range(0, n_params, per)]
+
+
+def allreduce_s(size_bytes, n, alpha_s, beta_bps):
+    if n <= 1:
+        return 0.0
+    return alpha_s * 2 * (n - 1) + 2 * (n - 1) / n * size_bytes / beta_bps
+
+
+def predict(base, n, mode, alpha_s, beta_bps, bucket_sizes, overlap, cores=0, threads=1):
+    """base: np 1 figures {step_s, exposed_comm_s, backward_s, optimizer_s, batch}. Returns a dict of the
+    predicted per-step figures at n ranks (seconds) and the efficiency."""
+    b1 = base["batch"]
+    bn = b1 if mode == "weak" else b1 / n
+    k = max(1.0, n * threads / cores) if cores > 0 else 1.0
+    c1 = base["step_s"] - base["exposed_comm_s"]
+    o1 = base["optimizer_s"]
+    compute = k * ((c1 - o1) * bn / b1 + o1)
+    backward = k * base["backward_s"] * bn / b1
+    per_bucket = [allreduce_s(s, n, alpha_s, beta_bps) for s in bucket_sizes]
+    comm = sum(per_bucket)
+    if n <= 1:
+        exposed = 0.0
+    elif overlap:
+        exposed = max(per_bucket[-1], comm - backward)
+    else:
+        exposed = comm
+    step = compute + exposed
+    step1 = c1  # the model at n = 1
+    eff = step1 / step if mode == "weak" else step1 / (n * step)
+    gb = bn * n
+    return {"step_s": step, "compute_s": compute, "comm_s": comm, "exposed_comm_s": exposed,
+            "images_per_s": gb / step, "efficiency": eff}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_fit(text):
+    m = re.search(r"# fit: alpha_us=([0-9.eE+-]+) beta_GBps=([0-9.eE+-]+|inf)", text)
+    if not m:
+        raise SystemExit("perf_model.py: no '# fit: alpha_us=... beta_GBps=...' line in the bench_allreduce output")
+    return float(m.group(1)), float(m.group(2))
+
+
+def last_metrics(path):
+    with open(path) as f:
+        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    if not lines:
+        raise SystemExit(f"perf_model.py: {path}: empty (did the run finish an epoch?)")
+    return json.loads(lines[-1])
+
+
+def runs(directory):
+    """{mode: {np: metrics}} from DIR/metrics_<mode>_np<N>.jsonl"""
+    out = {}
+    for p in glob.glob(os.path.join(directory, "metrics_*_np*.jsonl")):
+        m = re.search(r"metrics_(weak|strong)_np(\d+)\.jsonl$", p)
+        if m:
+            out.setdefault(m.group(1), {})[int(m.group(2))] = last_metrics(p)
+    return out
+
+
+def base_of(m):
+    return {"step_s": m["step_s"], "exposed_comm_s": m["exposed_comm_s"], "backward_s": m["backward_s"],
+            "optimizer_s": m["optimizer_s"], "batch": m["batch"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def cmd_ring_fit(a):
+    fits = []
+    for path in a.bench_output:
+        with open(path) as f:
+            fits.append(parse_fit(f.read()))
+    a_us, b_gbps = min(fits, key=lambda ab: ab[0] + 256 * 1024 / (ab[1] * 1e3))
+    alpha_s, beta_bps = ring_from_fit(a_us, b_gbps, a.np)
+    print(f"{alpha_s * 1e6:.6g} {beta_bps / 1e9:.6g}")
+
+
+def cmd_cores(a):
+    alone = last_metrics(a.alone)["step_s"]
+    together = [last_metrics(p)["step_s"] for p in a.together]
+    eff = a.nproc * alone / (sum(together) / len(together))
+    print(f"{min(float(a.nproc), max(1.0, eff)):.3f}")
+
+
+CSV_FIELDS = ["mode", "np", "global_batch", "images_per_s", "images_per_s_per_rank", "step_ms", "compute_ms",
+              "comm_ms", "exposed_comm_ms", "efficiency", "efficiency_kind", "model_step_ms", "model_compute_ms",
+              "model_comm_ms", "model_exposed_comm_ms", "model_images_per_s", "model_efficiency", "step_rel_err"]
+
+
+def cmd_study(a):
+    alpha_s, beta_bps = a.alpha_us * 1e-6, a.beta_gbps * 1e9
+    sizes = buckets(a.params, a.bucket_kb)
+    data = runs(a.dir)
+    if not data:
+        raise SystemExit(f"perf_model.py: no metrics_<mode>_np<N>.jsonl in {a.dir}")
+    rows, errs = [], {"step": [], "images_per_s": [], "efficiency": []}
+    for mode in ("strong", "weak"):
+        if mode not in data:
+            continue
+        by_np = data[mode]
+        if 1 not in by_np:
+            raise SystemExit(f"perf_model.py: {mode}: no np 1 run (the model's input)")
+        base = base_of(by_np[1])
+        with open(os.path.join(a.dir, f"scaling_{mode}.dat"), "w") as dat:
+            dat.write("# np images_per_s model_images_per_s ideal_images_per_s efficiency model_efficiency "
+                      "step_ms model_step_ms\n")
+            for n in sorted(by_np):
+                m = by_np[n]
+                p = predict(base, n, mode, alpha_s, beta_bps, sizes, a.overlap, a.cores, a.threads)
+                rel = (p["step_s"] - m["step_s"]) / m["step_s"]
+                if n > 1:
+                    errs["step"].append(abs(rel))
+                    errs["images_per_s"].append(abs(p["images_per_s"] - m["images_per_s"]) / m["images_per_s"])
+                    errs["efficiency"].append(abs(p["efficiency"] - m["scaling_efficiency"]) /
+                                              m["scaling_efficiency"])
+                rows.append({
+                    "mode": mode, "np": n, "global_batch": m["global_batch"],
+                    "images_per_s": f"{m['images_per_s']:.1f}",
+                    "images_per_s_per_rank": f"{m['images_per_s_per_rank']:.1f}",
+                    "step_ms": f"{m['step_s'] * 1e3:.3f}",
+                    "compute_ms": f"{(m['step_s'] - m['exposed_comm_s']) * 1e3:.3f}",
+                    "comm_ms": f"{m['comm_s'] * 1e3:.3f}", "exposed_comm_ms": f"{m['exposed_comm_s'] * 1e3:.3f}",
+                    "efficiency": f"{m['scaling_efficiency']:.4f}", "efficiency_kind": m["efficiency_kind"],
+                    "model_step_ms": f"{p['step_s'] * 1e3:.3f}", "model_compute_ms": f"{p['compute_s'] * 1e3:.3f}",
+                    "model_comm_ms": f"{p['comm_s'] * 1e3:.3f}",
+                    "model_exposed_comm_ms": f"{p['exposed_comm_s'] * 1e3:.3f}",
+                    "model_images_per_s": f"{p['images_per_s']:.1f}", "model_efficiency": f"{p['efficiency']:.4f}",
+                    "step_rel_err": f"{rel:+.4f}"})
+                ideal = n * by_np[1]["images_per_s"]
+                dat.write(f"{n} {m['images_per_s']:.3f} {p['images_per_s']:.3f} {ideal:.3f} "
+                          f"{m['scaling_efficiency']:.5f} {p['efficiency']:.5f} {m['step_s'] * 1e3:.4f} "
+                          f"{p['step_s'] * 1e3:.4f}\n")
+    with open(os.path.join(a.dir, "scaling.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+    print(f"model: ring alpha = {a.alpha_us:.3f} us, beta = {a.beta_gbps:.3f} GB/s; {len(sizes)} bucket(s) of "
+          f"{a.bucket_kb} KiB for {a.params} parameters; overlap {'on' if a.overlap else 'off'}; "
+          f"cores shared by the ranks: {f'{a.cores:g}' if a.cores else 'none'}")
+    print(f"{'mode':6} {'np':>3} {'G':>5} | {'img/s':>8} {'model':>8} | {'step ms':>8} {'model':>8} {'err':>7} | "
+          f"{'exposed':>7} {'model':>7} | {'eff':>6} {'model':>6}")
+    for r in rows:
+        print(f"{r['mode']:6} {r['np']:>3} {r['global_batch']:>5} | {r['images_per_s']:>8} "
+              f"{r['model_images_per_s']:>8} | {r['step_ms']:>8} {r['model_step_ms']:>8} "
+              f"{float(r['step_rel_err']) * 100:>+6.1f}% | {r['exposed_comm_ms']:>7} {r['model_exposed_comm_ms']:>7} | "
+              f"{r['efficiency']:>6} {r['model_efficiency']:>6}")
+    if errs["step"]:
+        mean = {k: 100 * sum(v) / len(v) for k, v in errs.items()}
+        print(f"mean relative error of model vs measurement over {len(errs['step'])} run(s) with np > 1: "
+              f"step time {mean['step']:.1f}%, images/s {mean['images_per_s']:.1f}%, "
+              f"efficiency {mean['efficiency']:.1f}%")
+    else:
+        print("mean relative error: no run with np > 1")
+
+    # Extrapolation, weak scaling (per-rank batch fixed), one rank per GPU or per host (no shared cores).
+    ref = data.get("weak", data.get("strong"))
+    base = base_of(ref[1])
+    if a.gpu_baseline:
+        gbase = base_of(last_metrics(a.gpu_baseline))
+    else:
+        c = a.gpu_compute_ms * 1e-3
+        gbase = {"step_s": c, "exposed_comm_s": 0.0, "backward_s": c * a.gpu_backward_frac,
+                 "optimizer_s": c * 0.05, "batch": base["batch"]}
+    g_alpha, g_beta = a.gpu_alpha_us * 1e-6, a.gpu_beta_gbps * 1e9
+    with open(os.path.join(a.dir, "scaling_model.dat"), "w") as dat:
+        dat.write("# N  measured-alpha/beta: eff_overlap eff_no_overlap step_ms_overlap step_ms_no_overlap  "
+                  "GPU-alpha/beta: eff_overlap eff_no_overlap step_ms_overlap step_ms_no_overlap\n")
+        print(f"prediction, weak scaling, batch {base['batch']}/rank: measured alpha/beta with this run's np 1 "
+              f"compute ({base['step_s'] * 1e3:.2f} ms/step); GPU alpha = {a.gpu_alpha_us:g} us, beta = "
+              f"{a.gpu_beta_gbps:g} GB/s with {gbase['step_s'] * 1e3:.3f} ms/step compute")
+        print(f"{'N':>5} | {'eff overlap':>11} {'no overlap':>10} | {'GPU overlap':>11} {'no overlap':>10}")
+        n = 1
+        while n <= a.model_max_n:
+            pc = [predict(base, n, "weak", alpha_s, beta_bps, sizes, ov) for ov in (1, 0)]
+            pg = [predict(gbase, n, "weak", g_alpha, g_beta, sizes, ov) for ov in (1, 0)]
+            dat.write(f"{n} {pc[0]['efficiency']:.6f} {pc[1]['efficiency']:.6f} {pc[0]['step_s'] * 1e3:.5f} "
+                      f"{pc[1]['step_s'] * 1e3:.5f} {pg[0]['efficiency']:.6f} {pg[1]['efficiency']:.6f} "
+                      f"{pg[0]['step_s'] * 1e3:.5f} {pg[1]['step_s'] * 1e3:.5f}\n")
+            if n == 1 or math.log2(n) % 2 == 1 or n == a.model_max_n:
+                print(f"{n:>5} | {pc[0]['efficiency']:>11.3f} {pc[1]['efficiency']:>10.3f} | "
+                      f"{pg[0]['efficiency']:>11.3f} {pg[1]['efficiency']:>10.3f}")
+            n *= 2
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("ring-fit", help="bench_allreduce fit -> ring alpha (us) and beta (GB/s)")
+    r.add_argument("np", type=int, help="ranks bench_allreduce ran with")
+    r.add_argument("bench_output", nargs="+")
+    c = sub.add_parser("cores", help="effective cores from np 1 runs alone and together")
+    c.add_argument("nproc", type=int)
+    c.add_argument("alone")
+    c.add_argument("together", nargs="+")
+    s = sub.add_parser("study", help="model vs measured runs: scaling.csv, .dat files, error")
+    s.add_argument("--dir", required=True)
+    s.add_argument("--params", type=int, required=True, help="model parameters (the trainer prints them)")
+    s.add_argument("--bucket-kb", type=int, default=256)
+    s.add_argument("--overlap", type=int, default=1, choices=(0, 1))
+    s.add_argument("--alpha-us", type=float, required=True, help="ring per-hop latency")
+    s.add_argument("--beta-gbps", type=float, required=True, help="ring link bandwidth")
+    s.add_argument("--cores", type=float, default=0, help="cores the ranks share on one host (0: not shared)")
+    s.add_argument("--threads", type=int, default=1, help="threads per rank (with --cores)")
+    s.add_argument("--gpu-alpha-us", type=float, default=10.0)
+    s.add_argument("--gpu-beta-gbps", type=float, default=150.0)
+    s.add_argument("--gpu-compute-ms", type=float, default=0.5, help="GPU step compute time (assumed)")
+    s.add_argument("--gpu-backward-frac", type=float, default=0.6, help="share of it in backward (assumed)")
+    s.add_argument("--gpu-baseline", help="metrics of an np 1 GPU run: its compute replaces the two above")
+    s.add_argument("--model-max-n", type=int, default=1024)
+    a = ap.parse_args()
+    if a.cmd == "ring-fit":
+        cmd_ring_fit(a)
+    elif a.cmd == "cores":
+        cmd_cores(a)
+    else:
+        cmd_study(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

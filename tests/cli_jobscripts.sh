@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# cli_jobscripts.sh — launch/slurm.sbatch and launch/pbs.sh: `bash -n` and shellcheck clean, and in DRY_RUN mode
+# (with a fake allocation in the environment) they print exactly the launch command expected.
+# Run by ctest: cli_jobscripts.sh TRAINER SOURCE_DIR BINARY_DIR
+set -uo pipefail
+src=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect NAME WANT_LINE -- env assignments... -- script
+# The script's last line of output must equal WANT_LINE.
+expect() {
+  local name=$1 want=$2; shift 3
+  local envs=()
+  while [ "$1" != -- ]; do envs+=("$1"); shift; done
+  shift
+  if ! env -i PATH="$PATH" HOME="${HOME:-/tmp}" DRY_RUN=1 "${envs[@]}" bash "$@" >"$tmp/out" 2>"$tmp/err"; then
+    fail "$name: exit status $?"; cat "$tmp/err"; return
+  fi
+  local got
+  got=$(tail -n 1 "$tmp/out")
+  if [ "$got" != "$want" ]; then
+    fail "$name"
+    echo "  want: $want"
+    echo "  got:  $got"
+  fi
+}
+
+for s in slurm.sbatch pbs.sh; do
+  bash -n "$src/launch/$s" || fail "bash -n $s"
+  if command -v shellcheck >/dev/null; then
+    shellcheck "$src/launch/$s" || fail "shellcheck $s"
+  else
+    echo "note: shellcheck not installed, lint skipped"
+  fi
+done
+
+# ---- Slurm: srun with the MPI plugin (default), inside a fake 3-node x 4-GPU allocation
+expect slurm-srun \
+  "srun --mpi=pmix --ntasks=12 --ntasks-per-node=4 --cpus-per-task=6 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 6 --metrics /scratch/o/4242/metrics.jsonl --save /scratch/o/4242/checkpoint.safetensors --epochs 2" \
+  -- SLURM_SUBMIT_DIR="$src" SLURM_JOB_ID=4242 SLURM_JOB_NUM_NODES=3 SLURM_NTASKS=12 SLURM_NTASKS_PER_NODE="4(x3)" \
+     SLURM_CPUS_PER_TASK=6 CONFIG=configs/x.cfg OUT_ROOT=/scratch/o EXTRA_ARGS="--epochs 2" -- "$src/launch/slurm.sbatch"
+expect slurm-srun-plugin \
+  "srun --mpi=pmi2 --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/7/metrics.jsonl --save out/7/checkpoint.safetensors" \
+  -- SLURM_JOB_ID=7 SRUN_MPI=pmi2 -- "$src/launch/slurm.sbatch"
+# ---- Slurm: mpirun inside the allocation, CPU backend with MPI, environment forwarded only when set
+expect slurm-mpirun \
+  "mpirun -np 4 --map-by ppr:2:node:PE=16 --bind-to core -x PATH -x NCCL_DEBUG /opt/ddp/trainer --config configs/x.cfg --backend cpu --comm mpi --threads 16 --metrics out/99/metrics.jsonl --save out/99/checkpoint.safetensors" \
+  -- SLURM_SUBMIT_DIR="$src" SLURM_JOB_ID=99 SLURM_JOB_NUM_NODES=2 SLURM_NTASKS=4 SLURM_NTASKS_PER_NODE=2 \
+     SLURM_CPUS_PER_TASK=16 LAUNCHER=mpirun TRAINER=/opt/ddp/trainer CONFIG=configs/x.cfg BACKEND=cpu COMM=mpi \
+     NCCL_DEBUG=WARN -- "$src/launch/slurm.sbatch"
+# outside an allocation: the #SBATCH defaults (2 nodes x 4 tasks, 8 cpus per task)
+expect slurm-defaults \
+  "srun --mpi=pmix --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors" \
+  -- -- "$src/launch/slurm.sbatch"
+
+# ---- PBS: a fake node file with 2 nodes x 4 processes
+printf '%s\n' n01 n01 n01 n01 n02 n02 n02 n02 >"$tmp/nodefile"
+expect pbs-mpirun \
+  "mpirun -np 8 --hostfile $tmp/nodefile --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 8 --metrics /scratch/o/5151/metrics.jsonl --save /scratch/o/5151/checkpoint.safetensors --trace /scratch/t" \
+  -- PBS_O_WORKDIR="$src" PBS_JOBID=5151.pbs-server PBS_NODEFILE="$tmp/nodefile" CONFIG=configs/x.cfg \
+     OUT_ROOT=/scratch/o EXTRA_ARGS="--trace /scratch/t" -- "$src/launch/pbs.sh"
+expect pbs-mpiexec \
+  "mpiexec -n 4 -ppn 2 -hosts n01\\,n02 -genvall build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 4 --metrics out/6/metrics.jsonl --save out/6/checkpoint.safetensors" \
+  -- PBS_JOBID=6 PBS_NODEFILE="$tmp/nodefile" RANKS_PER_NODE=2 CPUS_PER_RANK=4 LAUNCHER=mpiexec -- "$src/launch/pbs.sh"
+expect pbs-defaults \
+  "mpirun -np 12 --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors" \
+  -- NODES=3 -- "$src/launch/pbs.sh"
+
+# A bad LAUNCHER is refused (exit 2), and nothing is created in dry-run mode.
+mkdir "$tmp/cwd"
+for s in slurm.sbatch pbs.sh; do
+  (cd "$tmp/cwd" && env -i PATH="$PATH" DRY_RUN=1 LAUNCHER=ssh bash "$src/launch/$s" >/dev/null 2>&1)
+  [ $? -eq 2 ] || fail "$s LAUNCHER=ssh: want exit 2"
+  (cd "$tmp/cwd" && env -i PATH="$PATH" DRY_RUN=1 bash "$src/launch/$s" >/dev/null 2>&1) || fail "$s dry run"
+done
+[ -z "$(ls -A "$tmp/cwd")" ] || fail "a dry run created files: $(ls -A "$tmp/cwd")"
+
+if [ "$fails" -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
+echo "PASS"
