@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""bench_torch.py — the reference CNN in PyTorch on the CPU, for a side-by-side with ddp-cnn.
+"""bench_torch.py — the reference CNN in PyTorch on the CPU or a GPU, for a side-by-side with ddp-cnn.
 
 Same model (Conv 32 3x3 relu, MaxPool 2, Conv 64 3x3 relu, MaxPool 2, Dense 64 relu, Dense 10), Adam 1e-3
 with eps 1e-7, sparse categorical cross-entropy, same batch and threads, data already in memory as float
 tensors (so only the training step is timed). Prints one line: `torch images_per_s=<v> ...`.
+--device cuda: the data lives on the GPU and batches are gathered there by index; Adam is the fused one,
+cudnn.benchmark is on, TF32 is off unless --tf32 (as ddp-cnn's net.tf32); the timed steps lie between
+torch.cuda.synchronize() calls, after the warm-up steps. --compile: the model goes through torch.compile
+(compiled during the warm-up); if that fails, one line `torch-compile failed: ...` and exit status 3.
 Benchmark only: nothing in the test suite depends on PyTorch.
 """
 import argparse
 import gzip
 import struct
+import sys
 import time
 
 import torch
@@ -50,31 +55,65 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 in cuDNN and cuBLAS")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            print("bench_torch.py: no CUDA device", file=sys.stderr)
+            sys.exit(2)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = a.tf32
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
     x, y = load_idx(f"{a.data}/train-images-idx3-ubyte.gz", f"{a.data}/train-labels-idx1-ubyte.gz")
-    model = Net()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
-    perm = torch.randperm(x.shape[0])
+    x, y = x.to(dev), y.to(dev)
+    model = Net().to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, **({"fused": True} if cuda else {}))
+    perm = torch.randperm(x.shape[0], device=dev)
+    label = "torch-compile" if a.compile else "torch"
+    forward = model
 
     def step(i):
         idx = perm[(i * a.batch) % (x.shape[0] - a.batch):][: a.batch]
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(xb), yb)
+        loss = F.cross_entropy(forward(xb), yb)
         loss.backward()
         opt.step()
         return loss
 
-    for i in range(a.warmup):
-        step(i)
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    try:
+        if a.compile:
+            forward = torch.compile(model)
+        for i in range(a.warmup):
+            step(i)
+        sync()
+    except Exception as e:  # a compiler that cannot run here is a result to report, not a crash
+        if not a.compile:
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{label} failed: {type(e).__name__}: {msg}")
+        sys.exit(3)
     t0 = time.perf_counter()
     for i in range(a.steps):
         step(i)
+    sync()
     dt = time.perf_counter() - t0
-    print(f"torch images_per_s={a.steps * a.batch / dt:.1f} step_ms={dt / a.steps * 1e3:.3f} "
-          f"batch={a.batch} threads={a.threads} version={torch.__version__}")
+    line = f"{label} images_per_s={a.steps * a.batch / dt:.1f} step_ms={dt / a.steps * 1e3:.3f} batch={a.batch} "
+    if cuda:
+        line += f"device=cuda tf32={int(a.tf32)} gpu=\"{torch.cuda.get_device_name(dev)}\" "
+    else:
+        line += f"threads={a.threads} "
+    print(line + f"version={torch.__version__}")
 
 
 if __name__ == "__main__":
