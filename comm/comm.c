@@ -83,8 +83,104 @@ static int comms_create(comm *c) {
 
 static void comms_free(comm *c) {
     // Best effort: at tear-down there is nobody left to report a failure to.
+    // A board read that never completed holds the window in an access epoch: freeing it would block.
+    if (c->arrive_win != MPI_WIN_NULL && !c->arrive_stuck) MPI_Win_free(&c->arrive_win);
     if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
     if (c->world != MPI_COMM_NULL) MPI_Comm_free(&c->world);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Arrival board (see comm_impl.h): collective k has been entered by rank p iff p's published count >= k.
+
+static void arrivals_create(comm *c) {
+    long long *base = NULL;
+    // Best effort: without RMA the watchdog still fires; its message then cannot name the missing ranks.
+    if (MPI_Win_allocate((MPI_Aint)sizeof *base, (int)sizeof *base, MPI_INFO_NULL, c->world, &base,
+                         &c->arrive_win) != MPI_SUCCESS) {
+        c->arrive_win = MPI_WIN_NULL;
+        return;
+    }
+    MPI_Win_set_errhandler(c->arrive_win, MPI_ERRORS_RETURN);
+    *(volatile long long *)base = 0;
+    c->arrive = base;
+}
+
+// This rank enters the next collective: returns its number and publishes the count.
+static long long arrive(comm *c) {
+    long long k = ++c->n_coll;
+    if (c->arrive) *(volatile long long *)c->arrive = k;
+    return k;
+}
+
+#define ARRIVALS_READ_S 2.0   // a rank whose count cannot be read within this is reported as not answering
+#define ARRIVALS_LIST_MAX 16  // ranks named in a message; then a count
+
+static void rank_list_add(char *out, size_t n, int *listed, int rank) {
+    size_t used = strlen(out);
+    if (*listed < ARRIVALS_LIST_MAX && used < n)
+        snprintf(out + used, n - used, "%s%d", *listed ? ", " : "", rank);
+    else if (*listed == ARRIVALS_LIST_MAX && used < n)
+        snprintf(out + used, n - used, ", ...");
+    ++*listed;
+}
+
+// Read every rank's count (passive-target gets, which need nothing from the owner on shared memory or RDMA
+// networks) and describe who has not entered collective seq. Bounded: a get that does not complete within
+// ARRIVALS_READ_S leaves its rank named as not answering.
+static void arrivals_describe(comm *c, long long seq, char *out, size_t n) {
+    int w = c->info.world, me = c->info.rank;
+    long long *vals = calloc((size_t)w, sizeof *vals);
+    MPI_Request *reqs = malloc((size_t)w * sizeof *reqs);
+    int ok = vals && reqs && c->arrive_win != MPI_WIN_NULL && !c->arrive_stuck &&
+             MPI_Win_lock_all(MPI_MODE_NOCHECK, c->arrive_win) == MPI_SUCCESS;
+    if (!ok) {
+        snprintf(out, n, "which ranks did not arrive is unknown (no RMA window)");
+        free(vals), free(reqs);
+        return;
+    }
+    int pending = 0;
+    for (int p = 0; p < w; p++) {
+        reqs[p] = MPI_REQUEST_NULL;
+        if (p == me) vals[p] = c->n_coll;
+        else if (MPI_Rget(&vals[p], 1, MPI_LONG_LONG, p, 0, 1, MPI_LONG_LONG, c->arrive_win, &reqs[p]) == MPI_SUCCESS)
+            pending++;
+        else
+            vals[p] = -1, reqs[p] = MPI_REQUEST_NULL;
+    }
+    double t0 = now_s();
+    while (pending > 0 && now_s() - t0 < ARRIVALS_READ_S) {
+        for (int p = 0; p < w; p++) {
+            int flag = 0;
+            if (reqs[p] != MPI_REQUEST_NULL && MPI_Test(&reqs[p], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag)
+                pending--;
+        }
+        if (pending > 0) sched_yield();
+    }
+    if (pending == 0) MPI_Win_unlock_all(c->arrive_win);
+    else c->arrive_stuck = 1;
+    char missing[256] = "", silent[256] = "";
+    int n_missing = 0, n_silent = 0;
+    for (int p = 0; p < w; p++) {
+        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) rank_list_add(silent, sizeof silent, &n_silent, p);
+        else if (vals[p] < seq) rank_list_add(missing, sizeof missing, &n_missing, p);
+    }
+    if (n_missing == 0 && n_silent == 0) snprintf(out, n, "every rank has entered it (the network or MPI is stuck)");
+    int used = n_missing ? snprintf(out, n, "%s %s did not arrive", n_missing > 1 ? "ranks" : "rank", missing) : 0;
+    if (n_silent && used >= 0 && (size_t)used < n)
+        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer", used ? "; " : "",
+                 n_silent > 1 ? "ranks" : "rank", silent);
+    free(vals), free(reqs);
+}
+
+// The watchdog's message: what timed out, where (a host collective names the last bucket launched before it,
+// which carries the step), and who is missing.
+static int watchdog_error(comm *c, long long seq, const char *what, int is_host) {
+    char who[600];
+    arrivals_describe(c, seq, who, sizeof who);
+    char after[100] = "";
+    if (is_host && c->last_label[0]) snprintf(after, sizeof after, " (after all-reduce '%s')", c->last_label);
+    return ERR(ST_COMM, "rank %d (%s): %s%s did not complete within %g s: %s (a peer rank may have died or be stuck)",
+               c->info.rank, c->info.host, what, after, c->timeout_s, who);
 }
 
 static int backend_create(comm *c, const char *backend) {
@@ -112,10 +208,12 @@ int comm_create(comm **out, const char *backend, double timeout_s) {
     c->timeout_s = timeout_s;
     host_name(c->info.host, sizeof c->info.host);
     snprintf(g_host, sizeof g_host, "%s", c->info.host);
+    c->arrive_win = MPI_WIN_NULL;
     int st = comms_create(c);
     if (st == ST_OK) {
         g_rank = c->info.rank;
         g_world = c->info.world;
+        arrivals_create(c);
         st = backend_create(c, backend);
     }
     if (st != ST_OK) {
@@ -188,7 +286,11 @@ int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, i
     r->t_launch = now_s();
     snprintf(r->label, sizeof r->label, "%s", label ? label : "");
     // Nothing to exchange: every rank agrees on n, so every rank skips the collective alike.
-    if (n > 0) TRY(c->ops->allreduce_avg_launch(c, r));
+    if (n > 0) {
+        r->seq = arrive(c);
+        snprintf(c->last_label, sizeof c->last_label, "%s", r->label);
+        TRY(c->ops->allreduce_avg_launch(c, r));
+    }
     r->done = n == 0;
     r->in_use = 1;
     *req = i;
@@ -249,11 +351,11 @@ int comm_wait(comm *c, int req) {
         if (done) break;
         double t = now_s();
         // The slot stays in use: the backend may still write into the buffer if the peers arrive late.
-        if (t - r->t_launch > c->timeout_s)
-            return ERR(ST_COMM,
-                       "rank %d (%s): all-reduce '%s' did not complete within %g s (a peer rank may have died or be "
-                       "stuck)",
-                       c->info.rank, c->info.host, r->label, c->timeout_s);
+        if (t - r->t_launch > c->timeout_s) {
+            char what[96];
+            snprintf(what, sizeof what, "all-reduce '%s'", r->label);
+            return watchdog_error(c, r->seq, what, 0);
+        }
         wait_pause(t - t0, iter);
     }
     r->in_use = 0;
@@ -263,45 +365,72 @@ int comm_wait(comm *c, int req) {
 // ---------------------------------------------------------------------------------------------------------
 // Host-side collectives
 
+// Blocking for the caller, but waited on like a bucket: a peer that never arrives is a watchdog error naming
+// the collective and the missing ranks, never a hang.
+static int host_wait(comm *c, MPI_Request *req, long long seq, const char *what) {
+    double t0 = now_s();
+    for (long iter = 0;; iter++) {
+        int flag = 0;
+        MPI_TRY(MPI_Test(req, &flag, MPI_STATUS_IGNORE));
+        if (flag) return ST_OK;
+        double t = now_s();
+        if (t - t0 > c->timeout_s) return watchdog_error(c, seq, what, 1);
+        wait_pause(t - t0, iter);
+    }
+}
+
 int comm_bcast(comm *c, void *buf, size_t bytes, int root) {
     // MPI counts are int: send big buffers in 1 GiB pieces.
     const size_t chunk = (size_t)1 << 30;
     char *p = buf;
     for (size_t off = 0; off < bytes; off += chunk) {
         size_t k = bytes - off < chunk ? bytes - off : chunk;
-        MPI_TRY(MPI_Bcast(p + off, (int)k, MPI_BYTE, root, c->world));
+        MPI_Request req;
+        long long seq = arrive(c);
+        MPI_TRY(MPI_Ibcast(p + off, (int)k, MPI_BYTE, root, c->world, &req));
+        TRY(host_wait(c, &req, seq, "broadcast"));
     }
     return ST_OK;
 }
 
 int comm_allreduce_sum_f64(comm *c, double *buf, int n) {
-    MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, c->world));
-    return ST_OK;
+    MPI_Request req;
+    long long seq = arrive(c);
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_DOUBLE, MPI_SUM, c->world, &req));
+    return host_wait(c, &req, seq, "all-reduce (sum of doubles)");
 }
 
 int comm_allreduce_max_i32(comm *c, int32_t *buf, int n) {
-    MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf, n, MPI_INT32_T, MPI_MAX, c->world));
-    return ST_OK;
+    MPI_Request req;
+    long long seq = arrive(c);
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, MPI_INT32_T, MPI_MAX, c->world, &req));
+    return host_wait(c, &req, seq, "all-reduce (max of int32)");
 }
 
 int comm_allgather_u64(comm *c, uint64_t value, uint64_t *all) {
-    MPI_TRY(MPI_Allgather(&value, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, c->world));
-    return ST_OK;
+    MPI_Request req;
+    long long seq = arrive(c);
+    MPI_TRY(MPI_Iallgather(&value, 1, MPI_UINT64_T, all, 1, MPI_UINT64_T, c->world, &req));
+    return host_wait(c, &req, seq, "all-gather");
 }
 
 int comm_barrier(comm *c) {
-    MPI_TRY(MPI_Barrier(c->world));
-    return ST_OK;
+    MPI_Request req;
+    long long seq = arrive(c);
+    MPI_TRY(MPI_Ibarrier(c->world, &req));
+    return host_wait(c, &req, seq, "barrier");
 }
 
 int comm_agree_status(comm *c, int status, int *first_bad) {
     // One reduction for both answers: the max status, and (negated, so MAX gives MIN) the first bad rank.
     int v[2] = {status, status != ST_OK ? -c->info.rank : -INT_MAX};
     *first_bad = -1;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_INT, MPI_MAX, c->world);
-    if (rc != MPI_SUCCESS) {
+    MPI_Request req;
+    long long seq = arrive(c);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, v, 2, MPI_INT, MPI_MAX, c->world, &req);
+    if (rc != MPI_SUCCESS) comm_mpi_error(rc, __FILE__, __LINE__, "MPI_Iallreduce");
+    if (rc != MPI_SUCCESS || host_wait(c, &req, seq, "agreement on status") != ST_OK) {
         // Without agreement we cannot know the others' status: report our own failure to communicate.
-        comm_mpi_error(rc, __FILE__, __LINE__, "MPI_Allreduce");
         *first_bad = status != ST_OK ? c->info.rank : -1;
         return ST_COMM;
     }

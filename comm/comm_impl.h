@@ -20,6 +20,7 @@ typedef struct comm_req_slot {
     float *buf;          // user buffer (host or device)
     size_t n;
     double t_launch;     // now_s() at launch
+    long long seq;       // its number among the collectives on world (comm.c's arrival board)
     char label[64];      // e.g. "step 12 bucket 3", for watchdog messages
     void *impl;          // backend-private per-request state; comm.c keeps it across reuses of the slot
                          // (the backend sets it in launch and frees what it owns in destroy)
@@ -49,6 +50,14 @@ struct comm {
     void *cuda_stream;       // compute stream (nccl), NULL for host buffers
     int buffers_on_device;
     comm_req_slot reqs[COMM_MAX_REQS];
+    // Arrival board for the watchdog (comm.c): every collective on `world` is numbered in call order (the same
+    // on every rank); each rank publishes how many it has entered in a one-int64 RMA window that any rank can
+    // read without the owner's help, so a timed-out rank can name the ranks that never arrived.
+    long long n_coll;        // collectives entered on world so far
+    MPI_Win arrive_win;      // MPI_WIN_NULL when RMA is unavailable (the message then says so)
+    long long *arrive;       // this rank's published n_coll (window memory)
+    int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
+    char last_label[64];     // label of the last async all-reduce launched (step context for host collectives)
 };
 
 // MPI calls on comm's communicators return codes (MPI_ERRORS_RETURN). MPI_TRY turns a failure into

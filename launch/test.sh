@@ -17,8 +17,11 @@ while [ $# -gt 0 ]; do
     --sanitize)
       build_dir=${BUILD_DIR:-build-asan}
       cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DTRAINER_CUDA=OFF -DTRAINER_SANITIZE=address,undefined)
-      export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
-      # Open MPI's own allocations are not ours to fix.
+      # fast_unwind_on_malloc=0: full allocation stacks, so the suppressions can see the libmpi/libopen-* frames
+      # under Open MPI's unloaded plugins (the fast unwinder stops at the first frame without a frame pointer).
+      export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0}
+      export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+      # Open MPI's own allocations are not ours to fix (tests/lsan.supp names only the MPI stack's libraries).
       export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$PWD/tests/lsan.supp:print_suppressions=0}
       shift ;;
     *) ctest_args+=("$1"); shift ;;

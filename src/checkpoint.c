@@ -295,22 +295,53 @@ static int save_atomic(const char *path, const char *tmp, const unsigned char *h
     return dir_sync(path);
 }
 
+// rename() replaces whatever has the final name; as root that could be a device node (/dev/full) or a FIFO.
+// Only a regular file (or nothing) may be replaced by a checkpoint; a directory is refused by rename itself.
+static int target_check(const char *path) {
+    struct stat sb;
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode))
+        return ERR(ST_INPUT, "%s: exists and is not a regular file: refusing to replace it with a checkpoint", path);
+    return ST_OK;
+}
+
+static char *tmp_path(const char *path) {
+    size_t n = strlen(path) + 32;
+    char *tmp = malloc(n);
+    if (tmp) snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    return tmp;
+}
+
+int ckpt_check_target(const char *path) {
+    if (path == NULL || path[0] == '\0') return ERR(ST_INPUT, "checkpoint path is empty");
+    TRY(target_check(path));
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
+        return ERR(ST_INPUT, "%s: is a directory, not a checkpoint file", path);
+    char *tmp = tmp_path(path);
+    if (!tmp) return ERR(ST_RUNTIME, "%s: out of host memory", path);
+    int st = ST_OK, fd = tmp_create(tmp);
+    if (fd < 0)
+        st = ERR(ST_INPUT, "%s: cannot write a checkpoint there (creating %s failed: %s)", path, tmp, strerror(errno));
+    else close(fd), unlink(tmp);
+    free(tmp);
+    return st;
+}
+
 int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const ckpt_kv *meta, int n_meta) {
     if (path == NULL || path[0] == '\0') return ERR(ST_INPUT, "checkpoint path is empty");
     TRY(host_check_little_endian());
     long long crash_after = -1;
     TRY(save_check_args(path, tensors, n_tensors, meta, n_meta));
     TRY(crash_hook_read(path, &crash_after));
+    TRY(target_check(path));
     unsigned char *head = NULL;
     size_t head_n = 0;
     TRY(header_bytes(path, tensors, n_tensors, meta, n_meta, &head, &head_n));
-    size_t tmp_n = strlen(path) + 32;
-    char *tmp = malloc(tmp_n);
+    char *tmp = tmp_path(path);
     if (!tmp) {
         free(head);
         return ERR(ST_RUNTIME, "%s: out of host memory", path);
     }
-    snprintf(tmp, tmp_n, "%s.tmp.%ld", path, (long)getpid());
     int st = save_atomic(path, tmp, head, head_n, tensors, n_tensors, crash_after);
     free(tmp);
     free(head);

@@ -26,6 +26,9 @@ typedef struct ckpt_kv {
 } ckpt_kv;
 
 int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const ckpt_kv *meta, int n_meta);
+// Before a long run: ST_INPUT when ckpt_save(path) could not work (path is not a regular file, or no file can
+// be created in its directory), so the error comes at start-up and not after the first epoch.
+int ckpt_check_target(const char *path);
 
 typedef struct ckpt_file ckpt_file;  // a loaded file (whole content in memory)
 

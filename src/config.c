@@ -600,7 +600,15 @@ void config_print(const net_config *cfg, FILE *f) {
         const char *base = (const char *)cfg + k->off;
         switch (k->type) {
         case K_INT: fprintf(f, "%s=%d\n", k->name, *(const int *)base); break;
-        case K_DOUBLE: fprintf(f, "%s=%.9g\n", k->name, *(const double *)base); break;
+        case K_DOUBLE: {
+            // The shortest of 15..17 digits that reads back as the same double: a printed config reruns exactly.
+            double v = *(const double *)base;
+            char num[40];
+            for (int prec = 15; prec <= 17; prec++)
+                if (snprintf(num, sizeof num, "%.*g", prec, v) > 0 && strtod(num, NULL) == v) break;
+            fprintf(f, "%s=%s\n", k->name, num);
+            break;
+        }
         case K_U64: fprintf(f, "%s=%llu\n", k->name, (unsigned long long)*(const uint64_t *)base); break;
         case K_STR: fprintf(f, "%s=%s\n", k->name, base); break;
         case K_ENUM: {

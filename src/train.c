@@ -3,6 +3,7 @@
 // over ranks, per-epoch metrics and scaling efficiency, checkpoints and exact resume.
 #include "train.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -61,7 +62,7 @@ typedef struct trainer {
 static int bucket_launch(trainer *t, int i) {
     bucket *b = &t->buckets[i];
     char label[64];
-    snprintf(label, sizeof label, "step %lld bucket %d", t->global_step, i);
+    snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
     b->t_launch = now_s();
     b->t_done = 0;
     return comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req);
@@ -472,9 +473,20 @@ static int trace_setup(trainer *t) {
     return ST_OK;
 }
 
+// Test hook (reliability tests): DDP_TEST_STALL=RANK:STEP:SECONDS makes rank RANK sleep before global step
+// STEP (1-based), as a stuck peer would, so the others' watchdog must fire. Inert unless set.
+static void test_stall_maybe(const trainer *t) {
+    const char *s = getenv("DDP_TEST_STALL");
+    int rank = -1, secs = 0;
+    long long step = -1;
+    if (s && sscanf(s, "%d:%lld:%d", &rank, &step, &secs) == 3 && rank == t->rank && step == t->global_step + 1)
+        sleep((unsigned)secs);
+}
+
 static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
+    test_stall_maybe(t);
     if (t->tr) trace_set_step(t->tr, t->global_step);
     double t0 = now_s();
     const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
@@ -556,10 +568,12 @@ static int epoch_train_sums(trainer *t, double *loss_sum, double *correct_sum) {
     return ST_OK;
 }
 
-static int stop_agreed(trainer *t) {
+// A failure to agree is a communication error (the watchdog's), not a stop request.
+static int stop_agreed(trainer *t, int *stop) {
     int32_t flag = g_stop_requested ? 1 : 0;
-    if (t->world > 1 && comm_allreduce_max_i32(t->c, &flag, 1) != ST_OK) return 1;
-    return flag;
+    if (t->world > 1) TRY(comm_allreduce_max_i32(t->c, &flag, 1));
+    *stop = flag;
+    return ST_OK;
 }
 
 static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_result *res) {
@@ -585,7 +599,9 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
                 stopped = 1;
                 break;
             }
-            if (stop_agreed(t)) {
+            int stop = 0;
+            if ((st = stop_agreed(t, &stop))) break;
+            if (stop) {
                 stopped = 2;
                 break;
             }
@@ -652,7 +668,13 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
              em.images_per_s, em.images_per_s_per_rank, em.t.step_s * 1e3, em.t.forward_s * 1e3,
              em.t.backward_s * 1e3, em.t.comm_s * 1e3, em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3,
              em.scaling_efficiency, em.efficiency_kind);
-        if (metrics && t->rank == 0) metrics_write_jsonl(metrics, &em);
+        if (metrics && t->rank == 0) {
+            metrics_write_jsonl(metrics, &em);  // flushes: a full disk shows now, not at the end of the run
+            if (ferror(metrics)) {
+                st = ERR(ST_RUNTIME, "%s: cannot write metrics: %s", t->o->metrics_path, strerror(errno));
+                break;
+            }
+        }
         res->epochs_done++;
         res->train_loss = em.train_loss, res->test_loss = test_loss, res->test_acc = test_acc;
         t->step_in_epoch = 0;
@@ -707,6 +729,7 @@ static int setup(trainer *t, baseline *bl) {
     const comm_info *ci = comm_get_info(t->c);
     TRY(batch_setup(t));
     if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
+    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
     int threads = cfg->threads;
     if (threads == 0 && strcmp(cfg->backend, "cpu") == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
