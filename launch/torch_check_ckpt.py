@@ -11,14 +11,16 @@ neither the `safetensors` package nor ddp-cnn code is involved. Needs Debian's p
 test dependency.
 """
 import argparse
-import gzip
 import json
+import os
 import struct
 import sys
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import Net, load_idx  # noqa: E402  the same reference CNN and IDX reader as the benchmark
 
 
 def load_safetensors(path):
@@ -34,33 +36,6 @@ def load_safetensors(path):
         b, t = e["data_offsets"]
         out[name] = torch.frombuffer(bytearray(blob[base + b:base + t]), dtype=torch.float32).reshape(e["shape"])
     return out, meta
-
-
-def load_idx(images_path, labels_path):
-    with gzip.open(images_path, "rb") as f:
-        _, n, rows, cols = struct.unpack(">IIII", f.read(16))
-        x = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).reshape(n, 1, rows, cols)
-    with gzip.open(labels_path, "rb") as f:
-        struct.unpack(">II", f.read(8))
-        y = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8).long()
-    return x.float().div_(255.0), y
-
-
-class Net(nn.Module):
-    """The reference CNN, attribute names as ddp-cnn's default layer names."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3)
-        self.conv2 = nn.Conv2d(32, 64, 3)
-        self.dense1 = nn.Linear(1600, 64)
-        self.dense2 = nn.Linear(64, 10)
-
-    def forward(self, x):
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        x = F.relu(self.dense1(torch.flatten(x, 1)))
-        return self.dense2(x)
 
 
 def main():
