@@ -1,6 +1,8 @@
-// common.c — error trace, timing, RNG and number parsing.
+// common.c — error trace, timing, RNG, number parsing and the CPUs this process may use.
+#define _GNU_SOURCE  // sched_getaffinity
 #include "common.h"
 
+#include <sched.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -130,4 +132,18 @@ int parse_float(const char *s, double lo, double hi, double *out) {
     if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < lo || v > hi) return -1;
     *out = v;
     return 0;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CPUs
+
+int cpus_allowed(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
 }

@@ -82,3 +82,6 @@ uint64_t rng_mix(uint64_t a, uint64_t b);
 // Small helpers
 int parse_int(const char *s, long lo, long hi, long *out);     // whole string, in [lo, hi]; 0 on success
 int parse_float(const char *s, double lo, double hi, double *out);
+
+// CPUs this process may run on (its affinity mask: a launcher that binds a rank to one core leaves it one).
+int cpus_allowed(void);

@@ -731,10 +731,19 @@ static int setup(trainer *t, baseline *bl) {
     if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
     if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
     int threads = cfg->threads;
-    if (threads == 0 && strcmp(cfg->backend, "cpu") == 0) {
+    if (strcmp(cfg->backend, "cpu") == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
-        if (threads < 1) threads = 1;
+        int share = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
+        if (share < 1) share = 1;
+        // mpirun binds each rank to one core by default for small np: more threads than the rank may run on
+        // would only take turns there, so cap them and say how to give the rank more cores.
+        int allowed = cpus_allowed();
+        int want = threads ? threads : share;
+        if (allowed < want)
+            LOG0("note: each rank may run on %d CPU(s) only (launcher binding), so %d thread(s) per rank instead "
+                 "of %d; mpirun --bind-to none (or --map-by slot:PE=%d) lets a rank use %d cores\n",
+                 allowed, allowed, want, want, want);
+        threads = want < allowed ? want : allowed;
     }
     TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
     t->async_backend = t->be.ops->stream != NULL;
