@@ -308,9 +308,6 @@ static void open_section(parse_state *ps, const char *name) {
                     ps->seen_sect[s]);
                 fail(ps, ST_INPUT);
             }
-            if (s != S_NET && !ps->seen_sect[S_NET] && cfg->n_layers == 0 && ps->sect == -1) {
-                // allowed: [data]/[parallel] before [net]
-            }
             if (cfg->n_layers > 0) {
                 ERR(ST_INPUT, "%s:%d: section [%s] must come before the layer sections", cfg->path, ps->line, name);
                 fail(ps, ST_INPUT);
@@ -448,18 +445,7 @@ int config_load(const char *path, net_config *cfg) {
     if (r < 0) return ERR(ST_RUNTIME, "%s: config parser failed (%d)", path, r);
     if (!ps.seen_sect[S_NET]) return ERR(ST_INPUT, "%s: missing [net] section", path);
     if (cfg->n_layers == 0) return ERR(ST_INPUT, "%s: no layer sections ([conv], [dense], ..., [softmax])", path);
-    // Missing required keys are checked here, where the file is known (config_validate re-checks shapes).
-    if (cfg->channels == 0 || cfg->height == 0 || cfg->width == 0)
-        return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", path,
-                   cfg->channels == 0 ? "channels" : cfg->height == 0 ? "height" : "width");
-    for (int i = 0; i < cfg->n_layers; i++) {
-        const layer_cfg *l = &cfg->layers[i];
-        if (l->type == LAYER_CONV && l->filters == 0)
-            return ERR(ST_INPUT, "%s:%d: [conv] '%s': missing required key 'filters'", path, l->line, l->name);
-        if (l->type == LAYER_DENSE && l->units == 0)
-            return ERR(ST_INPUT, "%s:%d: [dense] '%s': missing required key 'units'", path, l->line, l->name);
-    }
-    return ST_OK;
+    return ST_OK;  // required keys are checked by config_validate, after --set had its chance to give them
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -502,7 +488,8 @@ int config_set(net_config *cfg, const char *assignment) {
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
     if (cfg->channels < 1 || cfg->height < 1 || cfg->width < 1)
-        return ERR(ST_INPUT, "%s: [net]: channels, height and width are required and must be >= 1", p);
+        return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", p,
+                   cfg->channels < 1 ? "channels" : cfg->height < 1 ? "height" : "width");
     if (cfg->n_layers < 1) return ERR(ST_INPUT, "%s: no layers", p);
     if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
     if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)
@@ -573,7 +560,6 @@ int config_validate(const net_config *cfg) {
         }
         default: return ERR(ST_INPUT, "%s: layer %d: bad type %d", p, i + 1, l->type);
         }
-        (void)ty;
         if (c * h * w > (1LL << 28))
             return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %lldx%lldx%lld is too large", p, l->line, ty, l->name, c, h, w);
         if (n_params > (1LL << 31))
@@ -581,7 +567,6 @@ int config_validate(const net_config *cfg) {
     }
     if (cfg->layers[cfg->n_layers - 1].type != LAYER_SOFTMAX)
         return ERR(ST_INPUT, "%s: the last layer must be [softmax]", p);
-    // Activations for one batch must fit comfortably: batch x largest layer output.
     return ST_OK;
 }
 

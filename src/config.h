@@ -76,7 +76,7 @@ typedef struct net_config {
 
 // Defaults for every [net]/[data]/[parallel] key (no layers).
 void config_defaults(net_config *cfg);
-// Parse path into cfg (defaults first). Does not validate shapes (call config_validate after --set).
+// Parse path into cfg (defaults first). Does not validate shapes (call config_validate after --set): required keys too, so --set may supply them.
 int config_load(const char *path, net_config *cfg);
 // Apply "section.key=value" (section: net, data, parallel, or a layer's name such as conv1).
 int config_set(net_config *cfg, const char *assignment);
