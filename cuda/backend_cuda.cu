@@ -160,6 +160,53 @@ static int cuda_sync(void *ctx) {
 static void *cuda_stream(void *ctx) { return (void *)((cuda_ctx *)ctx)->stream; }
 
 // ---------------------------------------------------------------------------------------------------------
+// Timing marks: timing-enabled events on the compute stream. Inside a capture the record is an external
+// event-record node, so every replay of the graph records the event again and the timings of the replayed
+// step can be read like an eager one's.
+
+static int cuda_mark_create(void *ctx, void **mark) {
+    (void)ctx;
+    *mark = NULL;
+    cudaEvent_t e = NULL;
+    cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDefault));
+    *mark = (void *)e;
+    return ST_OK;
+}
+
+static void cuda_mark_destroy(void *ctx, void *mark) {
+    (void)ctx;
+    if (mark) cudaEventDestroy((cudaEvent_t)mark);
+}
+
+static int cuda_mark_record(void *ctx, void *mark) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    cudaCheck(cudaEventRecordWithFlags((cudaEvent_t)mark, c->stream,
+                                       c->capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
+    return ST_OK;
+}
+
+static int cuda_mark_query(void *ctx, void *mark, int *done) {
+    (void)ctx;
+    *done = 0;
+    cudaError_t e = cudaEventQuery((cudaEvent_t)mark);
+    if (e == cudaErrorNotReady) {
+        (void)cudaGetLastError();  // "not ready" is an answer, not a failure
+        return ST_OK;
+    }
+    cudaCheck(e);
+    *done = 1;
+    return ST_OK;
+}
+
+static int cuda_mark_elapsed(void *ctx, void *a, void *b, double *seconds) {
+    (void)ctx;
+    float ms = 0;
+    cudaCheck(cudaEventElapsedTime(&ms, (cudaEvent_t)a, (cudaEvent_t)b));
+    *seconds = ms * 1e-3;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // CUDA Graph of one training step
 //
 // Capture mode ThreadLocal: only this thread is barred from unsafe calls (cudaMalloc, synchronisation) during
@@ -240,6 +287,11 @@ static const backend_ops cuda_ops = {
     .scale = cuda_scale,
     .count_nonfinite = cuda_count_nonfinite,
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
+    .mark_create = cuda_mark_create,
+    .mark_destroy = cuda_mark_destroy,
+    .mark_record = cuda_mark_record,
+    .mark_query = cuda_mark_query,
+    .mark_elapsed = cuda_mark_elapsed,
     .stream = cuda_stream,
     .capture_begin = cuda_capture_begin,
     .capture_end = cuda_capture_end,

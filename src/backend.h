@@ -106,6 +106,19 @@ typedef struct backend_ops {
     // Optional (NULL on CPU): the CUDA compute stream (cudaStream_t) every op runs on, for the NCCL comm
     // backend to order its stream against with events.
     void *(*stream)(void *ctx);
+    // ---- timing marks (required). A mark stands for "the point the op stream has reached": CPU ops are
+    // synchronous, so a CPU mark is the host clock at mark_record; a CUDA mark is a cudaEvent_t recorded on
+    // the compute stream (inside a capture an event-record node, recorded again by every replay), so timings
+    // are device time and cost no synchronisation. Marks of the CUDA backend and of the NCCL comm backend
+    // (comm_req_marks) are the same kind of object and can be measured against each other.
+    int (*mark_create)(void *ctx, void **mark);
+    void (*mark_destroy)(void *ctx, void *mark);
+    int (*mark_record)(void *ctx, void *mark);
+    // *done = 1 once the work issued before the mark's last record has finished (never blocks).
+    int (*mark_query)(void *ctx, void *mark, int *done);
+    // *seconds = time from mark a to mark b; both recorded and finished (mark_query reported done).
+    int (*mark_elapsed)(void *ctx, void *a, void *b, double *seconds);
+
     // Optional (NULL on CPU): CUDA Graph of one training step. capture_begin/capture_end bracket the ops of
     // one step issued on the compute stream (including NCCL launches on forked streams, joined back before
     // capture_end); replay launches the instantiated graph. One graph per backend; capture_begin replaces it.

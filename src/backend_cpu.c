@@ -973,6 +973,40 @@ static void blas_warm_up_part(void *arg, int part, int parts) {
     free(a), free(b), free(c);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Timing marks: every op has finished when it returns, so a mark is the host clock at mark_record.
+
+static int cpu_mark_create(void *ctx, void **mark) {
+    (void)ctx;
+    double *m = calloc(1, sizeof *m);
+    *mark = m;
+    TRY_ALLOC(m);
+    return ST_OK;
+}
+
+static void cpu_mark_destroy(void *ctx, void *mark) {
+    (void)ctx;
+    free(mark);
+}
+
+static int cpu_mark_record(void *ctx, void *mark) {
+    (void)ctx;
+    *(double *)mark = now_s();
+    return ST_OK;
+}
+
+static int cpu_mark_query(void *ctx, void *mark, int *done) {
+    (void)ctx, (void)mark;
+    *done = 1;
+    return ST_OK;
+}
+
+static int cpu_mark_elapsed(void *ctx, void *a, void *b, double *seconds) {
+    (void)ctx;
+    *seconds = *(const double *)b - *(const double *)a;
+    return ST_OK;
+}
+
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -998,6 +1032,11 @@ static const backend_ops cpu_ops = {
     .scale = cpu_scale,
     .count_nonfinite = cpu_count_nonfinite,
     .set_progress = cpu_set_progress,
+    .mark_create = cpu_mark_create,
+    .mark_destroy = cpu_mark_destroy,
+    .mark_record = cpu_mark_record,
+    .mark_query = cpu_mark_query,
+    .mark_elapsed = cpu_mark_elapsed,
     .stream = NULL,
     .capture_begin = NULL,
     .capture_end = NULL,
