@@ -341,6 +341,14 @@ static void wait_pause(double waited_s, long iter) {
     nanosleep(&ts, NULL);
 }
 
+int comm_req_marks(comm *c, int req, void **start, void **end) {
+    *start = *end = NULL;
+    comm_req_slot *r = NULL;
+    TRY(slot_get(c, req, &r));
+    if (c->ops->req_marks && r->n > 0) return c->ops->req_marks(c, r, start, end);
+    return ST_OK;
+}
+
 int comm_wait(comm *c, int req) {
     comm_req_slot *r = NULL;
     TRY(slot_get(c, req, &r));

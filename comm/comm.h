@@ -40,6 +40,10 @@ int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, i
 int comm_test(comm *c, int req, int *done);
 int comm_wait(comm *c, int req);
 int comm_progress(comm *c);        // test every outstanding request once (cheap; no-op when none)
+// Device timing of a launched all-reduce (nccl): marks recorded on the comm stream when the all-reduce starts
+// and when it ends -- CUDA events, measurable with the CUDA backend's mark_elapsed (backend.h). Backends that
+// reduce on the host (mpi) give NULL for both: time those with the host clock. Valid until the slot is reused.
+int comm_req_marks(comm *c, int req, void **start, void **end);
 int comm_outstanding(const comm *c);
 
 // ---- host-side collectives for setup and metrics (blocking, MPI, on host memory)

@@ -34,6 +34,8 @@ typedef struct comm_ops {
     // (the compute stream will wait on its event), so the host never blocks on the GPU. Not called again
     // once it has reported done.
     int (*allreduce_test)(comm *c, comm_req_slot *r, int *done);
+    // Optional (may be NULL): device timing marks of a launched request (see comm_req_marks).
+    int (*req_marks)(comm *c, comm_req_slot *r, void **start, void **end);
     // Optional (may be NULL). comm.c stores cuda_stream/buffers_on_device in c after it returns ST_OK.
     int (*bind_stream)(comm *c, void *cuda_stream, int buffers_on_device);
     void (*destroy)(comm *c);

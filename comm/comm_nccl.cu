@@ -19,6 +19,7 @@
 typedef struct nccl_req {
     cudaEvent_t ready;  // on the compute stream: the gradients are written
     cudaEvent_t done;   // on the comm stream: the average is in place
+    cudaEvent_t t0, t1; // timing (comm_req_marks): the comm stream starts / ends this all-reduce
 } nccl_req;
 
 typedef struct nccl_backend {
@@ -54,6 +55,8 @@ static int local_setup(comm *c, nccl_backend *b) {
     for (int i = 0; i < COMM_MAX_REQS; i++) {
         cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].ready, cudaEventDisableTiming));
         cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].done, cudaEventDisableTiming));
+        cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].t0, cudaEventDefault));
+        cudaCheck(cudaEventCreateWithFlags(&b->reqs[i].t1, cudaEventDefault));
     }
     return ST_OK;
 }
@@ -142,6 +145,8 @@ static void nccl_destroy(comm *c) {
     for (int i = 0; i < COMM_MAX_REQS; i++) {
         if (b->reqs[i].ready) cudaEventDestroy(b->reqs[i].ready);
         if (b->reqs[i].done) cudaEventDestroy(b->reqs[i].done);
+        if (b->reqs[i].t0) cudaEventDestroy(b->reqs[i].t0);
+        if (b->reqs[i].t1) cudaEventDestroy(b->reqs[i].t1);
     }
     if (b->stream) cudaStreamDestroy(b->stream);
     (void)cudaGetLastError();
@@ -185,8 +190,23 @@ static int nccl_launch(comm *c, comm_req_slot *r) {
     r->impl = q;
     cudaCheck(cudaEventRecord(q->ready, b->compute));
     cudaCheck(cudaStreamWaitEvent(b->stream, q->ready, 0));
+    // Timing events: inside a capture they must be event-record nodes (External), or they would only be
+    // dependencies of the graph and never recorded at replay.
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    cudaCheck(cudaStreamIsCapturing(b->stream, &cap));
+    const unsigned flags = cap == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault;
+    cudaCheck(cudaEventRecordWithFlags(q->t0, b->stream, flags));
     ncclCheck(ncclAllReduce(r->buf, r->buf, r->n, ncclFloat, ncclAvg, b->comm, b->stream));
+    cudaCheck(cudaEventRecordWithFlags(q->t1, b->stream, flags));
     cudaCheck(cudaEventRecord(q->done, b->stream));
+    return ST_OK;
+}
+
+static int nccl_req_marks(comm *c, comm_req_slot *r, void **start, void **end) {
+    (void)c;
+    const nccl_req *q = (const nccl_req *)r->impl;
+    *start = (void *)q->t0;
+    *end = (void *)q->t1;
     return ST_OK;
 }
 
@@ -205,6 +225,7 @@ static const comm_ops nccl_ops = {
     .name = "nccl",
     .allreduce_avg_launch = nccl_launch,
     .allreduce_test = nccl_test,
+    .req_marks = nccl_req_marks,
     .bind_stream = nccl_bind_stream,
     .destroy = nccl_destroy,
 };

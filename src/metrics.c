@@ -56,11 +56,12 @@ void metrics_write_jsonl(FILE *f, const epoch_metrics *m) {
             "\"comm_s\":%.9f,\"exposed_comm_s\":%.9f,\"optimizer_s\":%.9f,\"lr\":%.8g,\"world_size\":%d,"
             "\"batch\":%d,\"global_batch\":%d,\"scaling\":\"%s\",\"scaling_efficiency\":%.6f,"
             "\"efficiency_kind\":\"%s\",\"bucket_kb\":%d,\"n_buckets\":%d,\"overlap\":%d,\"backend\":\"%s\","
-            "\"comm\":\"%s\"}\n",
+            "\"comm\":\"%s\",\"cuda_graph\":%d,\"timed_steps\":%d}\n",
             m->epoch, m->step, m->train_loss, m->train_acc, m->test_loss, m->test_acc, m->images_per_s,
             m->images_per_s_per_rank, m->epoch_s, m->eval_s, m->t.step_s, m->t.data_s, m->t.forward_s,
             m->t.backward_s, m->t.comm_s, m->t.exposed_comm_s, m->t.optimizer_s, m->lr, m->world, m->batch,
             m->global_batch, m->scaling == SCALING_STRONG ? "strong" : "weak", m->scaling_efficiency,
-            m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm);
+            m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm,
+            m->cuda_graph, m->timed_steps);
     fflush(f);
 }

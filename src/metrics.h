@@ -36,6 +36,8 @@ typedef struct epoch_metrics {
     double lr;
     int world, batch, global_batch, n_buckets, bucket_kb, overlap, scaling;
     const char *backend, *comm;
+    int cuda_graph;         // the steps were replayed from a CUDA graph
+    int timed_steps;        // steps the breakdown t averages over (every step on the CPU, every 16th on a GPU)
     double scaling_efficiency;
     const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)
 } epoch_metrics;

@@ -7,7 +7,6 @@
 #include <string.h>
 
 #include "common.h"
-#include "trace.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Conv plans per batch size. Training uses one batch size and evaluation usually another; preparing a conv
@@ -234,16 +233,6 @@ int model_param_tensor(const model *m, int i, const char **layer_name, int *is_b
 // ---------------------------------------------------------------------------------------------------------
 // Forward and backward
 
-// --trace: one span per layer. An asynchronous backend (GPU stream) is synchronised first, so that the span
-// covers the layer's device time rather than its launch; this is paid only when tracing.
-static int layer_span(model *m, const char *phase, const model_layer *l, int i, double t0) {
-    if (m->be->ops->stream) TRY(m->be->ops->sync(m->be->ctx));
-    char name[64];
-    snprintf(name, sizeof name, "%s %s", phase, l->name);
-    trace_span(m->trace, TRACE_TID_MAIN, phase, name, t0, now_s(), i, 0);
-    return ST_OK;
-}
-
 int model_forward(model *m, int n, int backward) {
     TRY(model_set_batch(m, n));
     const backend_ops *o = m->be->ops;
@@ -252,7 +241,7 @@ int model_forward(model *m, int n, int backward) {
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
         const float *w = m->params + l->w_off, *b = m->params + l->b_off;
-        double t0 = m->trace ? now_s() : 0;
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 1));
         switch (l->type) {
         case LAYER_CONV: TRY(o->conv_forward(ctx, &l->conv, in, w, b, l->y, m->workspace)); break;
         case LAYER_MAXPOOL: TRY(o->pool_forward(ctx, &l->pool, in, l->y, l->argmax)); break;
@@ -263,7 +252,7 @@ int model_forward(model *m, int n, int backward) {
             break;
         }
         }
-        if (m->trace) TRY(layer_span(m, "forward", l, i, t0));
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 0));
         in = l->y;
     }
     return ST_OK;
@@ -279,7 +268,7 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
         float *din = i > 0 ? m->layers[i - 1].dy : NULL;
         const float *w = m->params + l->w_off;
         float *gw = m->grads + l->w_off, *gb = m->grads + l->b_off;
-        double t0 = m->trace ? now_s() : 0;
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 1));
         switch (l->type) {
         case LAYER_CONV: TRY(o->conv_backward(ctx, &l->conv, in, w, l->y, l->dy, din, gw, gb, m->workspace)); break;
         case LAYER_MAXPOOL:
@@ -289,7 +278,7 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
             TRY(o->dense_backward(ctx, n, l->in_c, l->out_c, l->act, in, w, l->y, l->dy, din, gw, gb));
             break;
         }
-        if (m->trace) TRY(layer_span(m, "backward", l, i, t0));
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
         if (l->n_w && on_ready) on_ready(arg, l->b_off + l->n_b);
     }
     return ST_OK;

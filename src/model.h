@@ -10,8 +10,6 @@
 #include "backend.h"
 #include "config.h"
 
-struct trace;
-
 #define MODEL_MAX_PLANS 4
 
 typedef struct model_layer {
@@ -35,6 +33,9 @@ typedef struct model_layer {
 
 // Called by model_backward after each layer's gradients are complete: grads[0 .. ready) are final.
 typedef void (*grad_ready_fn)(void *arg, size_t ready_floats);
+// Optional per-layer hook (--trace): called just before (begin = 1) and just after (begin = 0) the ops of
+// layer i are issued, in forward (backward = 0) and backward (backward = 1). A non-OK return stops the pass.
+typedef int (*layer_hook_fn)(void *arg, int backward, int layer, int begin);
 
 typedef struct model {
     backend *be;
@@ -51,7 +52,8 @@ typedef struct model {
     double *loss_acc;          // device scalars accumulated by softmax_xent
     int32_t *correct_acc;
     int cur_batch;             // batch size the conv descriptors are prepared for
-    struct trace *trace;       // --trace: a span per layer in forward/backward; NULL (default): none
+    layer_hook_fn layer_hook;  // NULL (default): none
+    void *layer_hook_arg;
 } model;
 
 // Build from a validated config; allocates everything for batches up to max_batch.

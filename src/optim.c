@@ -28,19 +28,27 @@ void optim_destroy(optim *o) {
     memset(o, 0, sizeof *o);
 }
 
-int optim_step(optim *o, float *params, const float *grads, double lr) {
+int optim_prepare(optim *o, double lr) {
     const backend_ops *ops = o->be->ops;
-    void *ctx = o->be->ctx;
     o->t++;
     if (o->kind == OPT_ADAM) {
         adam_hyper h = {.lr = (float)lr, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2, .eps = (float)o->eps,
                         .weight_decay = (float)o->weight_decay, .t = o->t};
-        TRY(ops->upload(ctx, o->hyper, &h, sizeof h));
-        return ops->adam_step(ctx, o->n, params, grads, o->m, o->v, o->hyper);
+        return ops->upload(o->be->ctx, o->hyper, &h, sizeof h);
     }
     sgd_hyper h = {.lr = (float)lr, .momentum = (float)o->momentum, .weight_decay = (float)o->weight_decay};
-    TRY(ops->upload(ctx, o->hyper, &h, sizeof h));
-    return ops->sgd_step(ctx, o->n, params, grads, o->m, o->hyper);
+    return ops->upload(o->be->ctx, o->hyper, &h, sizeof h);
+}
+
+int optim_apply(optim *o, float *params, const float *grads) {
+    const backend_ops *ops = o->be->ops;
+    if (o->kind == OPT_ADAM) return ops->adam_step(o->be->ctx, o->n, params, grads, o->m, o->v, o->hyper);
+    return ops->sgd_step(o->be->ctx, o->n, params, grads, o->m, o->hyper);
+}
+
+int optim_step(optim *o, float *params, const float *grads, double lr) {
+    TRY(optim_prepare(o, lr));
+    return optim_apply(o, params, grads);
 }
 
 int optim_n_state(const optim *o) { return o->kind == OPT_ADAM ? 2 : 1; }

@@ -22,8 +22,12 @@ typedef struct optim {
 
 int optim_create(optim *o, backend *be, const net_config *cfg, size_t n);
 void optim_destroy(optim *o);
-// One step with learning rate lr (schedule applied by the caller).
+// One step with learning rate lr (schedule applied by the caller): optim_prepare then optim_apply.
 int optim_step(optim *o, float *params, const float *grads, double lr);
+// The two halves of a step. prepare counts the step and uploads its hyper-parameters (host work: outside a
+// graph capture); apply is the update itself (stream work: what a captured step contains).
+int optim_prepare(optim *o, double lr);
+int optim_apply(optim *o, float *params, const float *grads);
 // Number of state buffers (2 for Adam: m, v; 1 for SGD: velocity) and their names for checkpoints.
 int optim_n_state(const optim *o);
 float *optim_state(const optim *o, int i, const char **name);

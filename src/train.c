@@ -6,11 +6,14 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend_record.h"
 #include "checkpoint.h"
 #include "common.h"
 #include "data.h"
@@ -26,8 +29,19 @@ volatile sig_atomic_t g_stop_requested = 0;
 typedef struct bucket {
     size_t begin, end;          // float offsets into the gradient buffer
     int req;                    // comm request while in flight, -1 otherwise
-    double t_launch, t_done;
+    double t_launch, t_done;    // host clock: launch, completion seen (comm=mpi)
+    void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
+    void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
 } bucket;
+
+// Phase marks of a step (backend marks: host clock on the CPU, events on the GPU compute stream).
+enum { MK_START, MK_DATA, MK_FWD, MK_BWD, MK_WAIT, MK_END, MK_N };
+
+// --trace: a mark before and after each layer's ops (model.c's layer hook).
+typedef struct layer_mark {
+    void *mk;
+    int backward, layer, begin;
+} layer_mark;
 
 typedef struct trainer {
     const net_config *cfg;
@@ -44,6 +58,7 @@ typedef struct trainer {
     // buckets
     bucket *buckets;
     int n_buckets, next_bucket, use_comm, overlap;
+    int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
     int cb_status;              // first error raised inside the grad-ready callback
     // position
     int epoch, step_in_epoch;
@@ -52,9 +67,24 @@ typedef struct trainer {
     // per-epoch timing accumulators
     step_times acc;
     int timed;
-    int async_backend;          // ops run on a GPU stream: host timings need a sync
+    int async_backend;          // ops run on a GPU stream: reading a step's marks waits for the step
+    int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
+    int marks_on;               // the step being issued records its phase marks
+    void *mk[MK_N], *mk_sync;
+    // CUDA graph of the step (backend capture/replay)
+    int use_graph, graph_ready;
+    long long eager_steps;
+    int32_t *d_batch_idx;       // the step's sample indices at a fixed address, where a graph reads them
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
+    void *mk_origin;            // trace: recorded when the trace's origin was taken
+    double origin_s;
+    layer_mark *lm;             // trace: per-layer marks of the current step
+    int n_lm, cap_lm, in_step;
 } trainer;
+
+// On a GPU the phase split is read from every TIMING_EVERY_ASYNC-th step: reading marks waits for the step to
+// finish, which would otherwise leave the GPU idle between steps. Throughput comes from the wall clock.
+#define TIMING_EVERY_ASYNC 16
 
 // ---------------------------------------------------------------------------------------------------------
 // Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
@@ -65,7 +95,8 @@ static int bucket_launch(trainer *t, int i) {
     snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
     b->t_launch = now_s();
     b->t_done = 0;
-    return comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req);
+    TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
+    return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
 }
 
 // Move in-flight all-reduces on and note when each completes (for comm_s).
@@ -95,23 +126,20 @@ static void on_grads_ready(void *arg, size_t ready) {
             return;
         }
     }
-    buckets_poll(t);
+    // MPI reduces on the host and advances only when tested. NCCL must not be tested here: its test joins the
+    // compute stream to the all-reduce, which would hold the rest of backward behind it (no overlap).
+    if (t->host_comm) buckets_poll(t);
 }
 
-// Launch what is left, then wait for every bucket. Returns the exposed (waiting) time.
-static int buckets_finish(trainer *t, double *exposed_s, double *comm_s) {
+// Launch what is left, then wait for every bucket (comm=nccl: make the compute stream wait).
+static int buckets_finish(trainer *t) {
     while (t->next_bucket < t->n_buckets) TRY(bucket_launch(t, t->next_bucket++));
-    double t0 = now_s();
     for (int i = 0; i < t->n_buckets; i++) {
         bucket *b = &t->buckets[i];
         TRY(comm_wait(t->c, b->req));
         if (b->t_done == 0) b->t_done = now_s();
         b->req = -1;
     }
-    *exposed_s = now_s() - t0;
-    double sum = 0;
-    for (int i = 0; i < t->n_buckets; i++) sum += t->buckets[i].t_done - t->buckets[i].t_launch;
-    *comm_s = sum;
     t->next_bucket = 0;
     return ST_OK;
 }
@@ -437,41 +465,140 @@ static double lr_at(const trainer *t) {
     return cfg->lr + (target - cfg->lr) * ((double)t->global_step / warm);
 }
 
-static int step_sync(trainer *t) { return t->async_backend ? t->be.ops->sync(t->be.ctx) : ST_OK; }
+// ---------------------------------------------------------------------------------------------------------
+// Timing: marks in stream order, read back on timed steps
 
-// --trace: the step's phases on the main lane (the layers inside forward/backward come from model.c) and each
-// bucket's all-reduce, launch to observed completion, on its own lane.
-static void step_trace(trainer *t, const double ts[6]) {
+static int mark(trainer *t, int k) { return t->marks_on ? t->be.ops->mark_record(t->be.ctx, t->mk[k]) : ST_OK; }
+
+// Wait until the work before mark mk has finished, bounded by comm_timeout_s: on a GPU a step that never ends
+// is an all-reduce waiting for a peer that stopped (the host-side watchdog cannot see into the stream).
+static int mark_wait(trainer *t, void *mk) {
+    const backend_ops *o = t->be.ops;
+    int done = 0;
+    TRY(o->mark_query(t->be.ctx, mk, &done));
+    double t0 = now_s();
+    while (!done) {
+        double waited = now_s() - t0;
+        if (waited > t->cfg->comm_timeout_s)
+            return ERR(ST_COMM, "rank %d (%s): step %lld: the GPU has not finished the step after %.0f s "
+                                "(comm_timeout_s): an all-reduce waiting for a peer that stopped?",
+                       t->rank, g_host, t->global_step + 1, waited);
+        if (waited < 0.005) {
+            sched_yield();  // a step is 0.1-10 ms: spin first, the GPU idles while we sleep
+        } else {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        TRY(o->mark_query(t->be.ctx, mk, &done));
+    }
+    return ST_OK;
+}
+
+// A mark's time on the trace's clock (now_s() at trace set-up plus the device time since).
+static int mark_abs(trainer *t, void *mk, double *out) {
+    double dt = 0;
+    TRY(t->be.ops->mark_elapsed(t->be.ctx, t->mk_origin, mk, &dt));
+    *out = t->origin_s + dt;
+    return ST_OK;
+}
+
+// --trace: the step's phases and layers on the main lane, each bucket's all-reduce on its own lane -- all
+// from marks, so on a GPU they are device time (the comm stream's own events for comm=nccl).
+static int step_trace(trainer *t, int replayed) {
     trace *tr = t->tr;
-    trace_span(tr, TRACE_TID_MAIN, "step", "step", ts[0], ts[5], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "data", "data", ts[0], ts[1], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "forward", "forward", ts[1], ts[2], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "backward", "backward", ts[2], ts[3], -1, 0);
-    if (t->use_comm) trace_span(tr, TRACE_TID_MAIN, "wait", "allreduce wait", ts[3], ts[4], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "optimizer", "optimizer", ts[4], ts[5], -1, 0);
+    double ts[MK_N];
+    for (int k = 0; k < MK_N; k++) TRY(mark_abs(t, t->mk[k], &ts[k]));
+    trace_span(tr, TRACE_TID_MAIN, "step", "step", ts[MK_START], ts[MK_END], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "data", "data", ts[MK_START], ts[MK_DATA], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "forward", "forward", ts[MK_DATA], ts[MK_FWD], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "backward", "backward", ts[MK_FWD], ts[MK_BWD], -1, 0);
+    if (t->use_comm) trace_span(tr, TRACE_TID_MAIN, "wait", "allreduce wait", ts[MK_BWD], ts[MK_WAIT], -1, 0);
+    trace_span(tr, TRACE_TID_MAIN, "optimizer", "optimizer", ts[MK_WAIT], ts[MK_END], -1, 0);
+    for (int i = 0; i + 1 < t->n_lm; i += 2) {
+        const layer_mark *a = &t->lm[i];
+        double t0, t1;
+        TRY(mark_abs(t, a->mk, &t0));
+        TRY(mark_abs(t, t->lm[i + 1].mk, &t1));
+        const char *phase = a->backward ? "backward" : "forward";
+        char name[64];
+        snprintf(name, sizeof name, "%s %s", phase, t->m.layers[a->layer].name);
+        trace_span(tr, TRACE_TID_MAIN, phase, name, t0, t1, a->layer, 0);
+    }
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
         const bucket *b = &t->buckets[i];
+        void *m0 = replayed ? b->g_start : b->m_start, *m1 = replayed ? b->g_end : b->m_end;
+        double t0 = b->t_launch, t1 = b->t_done;
+        if (m0) TRY(mark_abs(t, m0, &t0));
+        if (m1) TRY(mark_abs(t, m1, &t1));
         char name[48];
         snprintf(name, sizeof name, "allreduce bucket %d", i);
-        trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, b->t_launch, b->t_done, i,
-                   (long long)((b->end - b->begin) * sizeof(float)));
+        trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, t0, t1, i, (long long)((b->end - b->begin) * sizeof(float)));
     }
+    return ST_OK;
+}
+
+// After a timed step: wait for it, add its phases to the epoch's means (and its spans to the trace).
+static int step_timing(trainer *t, int replayed) {
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    TRY(mark_wait(t, t->mk[MK_END]));
+    double ph[MK_N - 1], comm_s = 0;
+    for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        const bucket *b = &t->buckets[i];
+        void *m0 = replayed ? b->g_start : b->m_start, *m1 = replayed ? b->g_end : b->m_end;
+        double dt = b->t_done - b->t_launch;
+        if (m0 && m1) TRY(o->mark_elapsed(ctx, m0, m1, &dt));
+        comm_s += dt;
+    }
+    step_times *a = &t->acc;
+    a->data_s += ph[MK_START];
+    a->forward_s += ph[MK_DATA];
+    a->backward_s += ph[MK_FWD];
+    a->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0;
+    a->comm_s += comm_s;
+    a->optimizer_s += ph[MK_WAIT];
+    a->step_s += ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
+    t->timed++;
+    if (t->tr) TRY(step_trace(t, replayed));
+    return ST_OK;
+}
+
+// --trace: model.c calls this around each layer of a training step.
+static int layer_hook(void *arg, int backward, int layer, int begin) {
+    trainer *t = arg;
+    if (!t->in_step || t->n_lm >= t->cap_lm) return ST_OK;  // evaluation: its own single span
+    layer_mark *x = &t->lm[t->n_lm++];
+    x->backward = backward, x->layer = layer, x->begin = begin;
+    return t->be.ops->mark_record(t->be.ctx, x->mk);
 }
 
 // Opened on every rank after set-up; the origin is taken right after a barrier so that the ranks' timelines
-// line up when merged.
+// line up when merged, and a mark recorded then ties the device clock to it.
 static int trace_setup(trainer *t) {
+    const backend_ops *o = t->be.ops;
     trace_name_lane(t->tr, TRACE_TID_MAIN, "compute");
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
         char name[48];
         snprintf(name, sizeof name, "allreduce bucket %d", i);
         trace_name_lane(t->tr, TRACE_TID_BUCKET0 + i, name);
     }
-    t->m.trace = t->tr;
+    t->cap_lm = 4 * t->m.n_layers;  // forward and backward, begin and end
+    t->lm = calloc((size_t)t->cap_lm, sizeof *t->lm);
+    TRY_ALLOC(t->lm);
+    for (int i = 0; i < t->cap_lm; i++) TRY(o->mark_create(t->be.ctx, &t->lm[i].mk));
+    TRY(o->mark_create(t->be.ctx, &t->mk_origin));
+    t->m.layer_hook = layer_hook;
+    t->m.layer_hook_arg = t;
+    TRY(o->sync(t->be.ctx));  // an idle stream: the origin mark is recorded at (about) origin_s
     if (t->world > 1) TRY(comm_barrier(t->c));
-    trace_set_origin(t->tr, now_s());
-    return ST_OK;
+    t->origin_s = now_s();
+    trace_set_origin(t->tr, t->origin_s);
+    return o->mark_record(t->be.ctx, t->mk_origin);
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// One step
 
 // Test hook (reliability tests): DDP_TEST_STALL=RANK:STEP:SECONDS makes rank RANK sleep before global step
 // STEP (1-based), as a stuck peer would, so the others' watchdog must fire. Inert unless set.
@@ -483,40 +610,70 @@ static void test_stall_maybe(const trainer *t) {
         sleep((unsigned)secs);
 }
 
+// The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
+// indices (t->d_batch_idx) and the optimizer's hyper-parameters are written before, by the host.
+static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    TRY(mark(t, MK_START));
+    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
+    TRY(mark(t, MK_DATA));
+    TRY(model_forward(&t->m, t->B, 1));
+    TRY(mark(t, MK_FWD));
+    t->cb_status = ST_OK;
+    t->next_bucket = 0;
+    TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
+    TRY(t->cb_status);
+    TRY(mark(t, MK_BWD));
+    if (t->use_comm) TRY(buckets_finish(t));
+    TRY(mark(t, MK_WAIT));
+    if (check_finite) TRY(divergence_check(t, scratch));
+    TRY(optim_apply(&t->opt, t->m.params, t->m.grads));
+    return mark(t, MK_END);
+}
+
+// Capture one step into the backend's graph. Nothing runs during a capture: the caller replays it next.
+static int graph_capture(trainer *t) {
+    const backend_ops *o = t->be.ops;
+    TRY(o->capture_begin(t->be.ctx));
+    t->marks_on = 1;  // in the graph the marks are device-side nodes: free, recorded at every replay
+    int st = step_issue(t, NULL, 0);
+    int end = o->capture_end(t->be.ctx);  // close the capture also after a failure (the first error is kept)
+    TRY(st);
+    TRY(end);
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        t->buckets[i].g_start = t->buckets[i].m_start;
+        t->buckets[i].g_end = t->buckets[i].m_end;
+    }
+    t->graph_ready = 1;
+    return ST_OK;
+}
+
+// Host work (the batch's indices, the optimizer's hyper-parameters), then the step: replayed from the graph
+// when there is one, issued op by op otherwise (the first step, which warms up the libraries before a
+// capture, and the steps that check gradients for NaN/Inf, which read them back midway).
 static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
     test_stall_maybe(t);
     if (t->tr) trace_set_step(t->tr, t->global_step);
-    double t0 = now_s();
     const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
-    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, idx, t->B, t->sample_elems, t->m.x, t->m.labels));
-    TRY(step_sync(t));
-    double t1 = now_s();
-    TRY(model_forward(&t->m, t->B, 1));
-    TRY(step_sync(t));
-    double t2 = now_s();
-    t->cb_status = ST_OK;
-    t->next_bucket = 0;
-    TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
-    TRY(t->cb_status);
-    TRY(step_sync(t));
-    double t3 = now_s(), exposed = 0, comm_s = 0;
-    if (t->use_comm) TRY(buckets_finish(t, &exposed, &comm_s));
-    double t4 = now_s();
-    if (check_finite) TRY(divergence_check(t, scratch));
-    TRY(optim_step(&t->opt, t->m.params, t->m.grads, lr_at(t)));
-    TRY(step_sync(t));
-    double t5 = now_s();
-    t->acc.data_s += t1 - t0;
-    t->acc.forward_s += t2 - t1;
-    t->acc.backward_s += t3 - t2;
-    t->acc.exposed_comm_s += exposed;
-    t->acc.comm_s += comm_s;
-    t->acc.optimizer_s += t5 - t4;
-    t->acc.step_s += t5 - t0;
-    t->timed++;
-    if (t->tr) step_trace(t, (const double[6]){t0, t1, t2, t3, t4, t5});
+    TRY(o->copy(ctx, t->d_batch_idx, idx, (size_t)t->B * sizeof(int32_t)));
+    TRY(optim_prepare(&t->opt, lr_at(t)));
+    const int timed = t->tr != NULL || t->global_step % t->timing_every == 0;
+    const int replay = t->use_graph && !check_finite && t->eager_steps > 0;
+    t->n_lm = 0;
+    t->in_step = 1;
+    if (replay) {
+        if (!t->graph_ready) TRY(graph_capture(t));
+        TRY(o->replay(ctx));
+    } else {
+        t->marks_on = timed;
+        TRY(step_issue(t, scratch, check_finite));
+        t->eager_steps++;
+    }
+    t->in_step = 0;
+    if (timed) TRY(step_timing(t, replay));
     return ST_OK;
 }
 
@@ -593,8 +750,9 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
     int32_t *scratch = NULL;
     TRY(o->alloc(ctx, (void **)&scratch, sizeof(int32_t)));
     int st = ST_OK;
-    // The divergence check reads gradients back to the host: every step on the CPU (free), every 50 on a GPU.
-    int check_every = t->async_backend ? 50 : 1;
+    // The divergence check reads gradients back to the host midway through a step: every step on the CPU
+    // (free), every 50 on a GPU or with a graph (those steps run op by op, not from the graph).
+    int check_every = t->async_backend || t->use_graph ? 50 : 1;
     for (; t->epoch < cfg->epochs && st == ST_OK; t->epoch++) {
         data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
         if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
@@ -627,12 +785,21 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
             }
         }
         if (st) break;
-        if ((st = o->sync(ctx))) break;
+        // Bounded wait for the GPU (a stalled peer's all-reduce must not hang us), then the sync proper.
+        if ((st = o->mark_record(ctx, t->mk_sync)) || (st = mark_wait(t, t->mk_sync)) || (st = o->sync(ctx))) break;
         double epoch_s = now_s() - e0;
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
         res->train_s += epoch_s;
         double loss_sum, correct_sum;
         if ((st = epoch_train_sums(t, &loss_sum, &correct_sum))) break;
+        // Between the sampled gradient checks (GPU, graph), a diverged epoch still ends here. The sums are
+        // all-reduced: every rank sees the same.
+        if (!isfinite(loss_sum)) {
+            st = ERR(ST_DIVERGED, "training diverged in epoch %d (by step %lld): the training loss is not finite "
+                                  "(lower the learning rate)", t->epoch + 1, t->global_step);
+            err_mark_collective(0);
+            break;
+        }
         if (stopped) {
             // Mid-epoch: keep the partial sums so a resumed run reports the same epoch figures.
             if (t->o->save_path) st = checkpoint_save(t, t->o->save_path, loss_sum, correct_sum);
@@ -671,6 +838,8 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
         em.n_buckets = t->use_comm ? t->n_buckets : 0;
         em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
         em.backend = o->name, em.comm = comm_backend_name(t->c);
+        em.cuda_graph = t->use_graph;
+        em.timed_steps = t->timed;
         em.scaling_efficiency = scaling_efficiency(&em, bl, &em.efficiency_kind);
         LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s (%.0f/rank) | step "
              "%.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | efficiency %.3f (%s)\n",
@@ -713,12 +882,18 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_test_y);
         o->free(ctx, t->d_perm);
         o->free(ctx, t->d_test_index);
+        o->free(ctx, t->d_batch_idx);
+        for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
+        o->mark_destroy(ctx, t->mk_sync);
+        o->mark_destroy(ctx, t->mk_origin);
+        for (int i = 0; t->lm && i < t->cap_lm; i++) o->mark_destroy(ctx, t->lm[i].mk);
         optim_destroy(&t->opt);
         model_destroy(&t->m);
         backend_destroy(&t->be);
     }
     free(t->h_perm);
     free(t->buckets);
+    free(t->lm);
     data_free(&t->train);
     data_free(&t->test);
 }
@@ -756,7 +931,12 @@ static int setup(trainer *t, baseline *bl) {
         threads = want < allowed ? want : allowed;
     }
     TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
+    // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h).
+    if (getenv("DDP_TEST_CPU_GRAPH") && !t->be.ops->capture_begin) TRY(backend_record_wrap(&t->be));
     t->async_backend = t->be.ops->stream != NULL;
+    t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
+    for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
+    TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
     TRY(data_setup(t));
     int eval_local = cfg->eval_batch;
     int max_batch = t->B > eval_local ? t->B : eval_local;
@@ -764,6 +944,14 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
     TRY(buckets_create(t));
+    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
+    // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
+    int graph_ok = t->be.ops->capture_begin != NULL;
+    int comm_on_stream = !t->use_comm || strcmp(comm_backend_name(t->c), "nccl") == 0;
+    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
+    if (cfg->cuda_graph && graph_ok && !t->use_graph)
+        LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
+                                                             : "comm=mpi all-reduces run on the host, outside any graph");
     if (t->o->resume_path) TRY(checkpoint_resume(t, t->o->resume_path));
     return ST_OK;
 }
@@ -777,6 +965,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     t->rank = ci->rank, t->world = ci->world;
     t->overlap = cfg->overlap;
     t->use_comm = t->world > 1;
+    t->host_comm = strcmp(comm_backend_name(c), "mpi") == 0;
     baseline bl = {0};
     FILE *metrics = NULL;
     int st = agree(t, setup(t, &bl));
@@ -807,10 +996,10 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK && t->tr) st = agree(t, trace_setup(t));
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
-             "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s\n",
+             "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",
              DDP_VERSION, t->be.ops->name, t->world, t->B, t->G, cfg->scaling == SCALING_STRONG ? "strong" : "weak",
              t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
-             t->overlap ? "on" : "off", comm_backend_name(c));
+             t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
         st = run_epochs(t, &bl, metrics, res);
     }
     if (metrics && fclose(metrics) != 0 && st == ST_OK)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend.h"
 #include "common.h"
@@ -720,6 +721,31 @@ static void test_backend_create(void **state) {
 #endif
 }
 
+// Marks on the CPU are the host clock at mark_record: always done, and elapsed measures what ran between.
+static void test_marks(void **state) {
+    (void)state;
+    backend be = make_cpu(1);
+    const backend_ops *o = be.ops;
+    void *a = NULL, *b = NULL;
+    assert_int_equal(o->mark_create(be.ctx, &a), ST_OK);
+    assert_int_equal(o->mark_create(be.ctx, &b), ST_OK);
+    assert_int_equal(o->mark_record(be.ctx, a), ST_OK);
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+    assert_int_equal(o->mark_record(be.ctx, b), ST_OK);
+    int done = 0;
+    assert_int_equal(o->mark_query(be.ctx, b, &done), ST_OK);
+    assert_int_equal(done, 1);
+    double dt = -1, back = 1;
+    assert_int_equal(o->mark_elapsed(be.ctx, a, b, &dt), ST_OK);
+    assert_int_equal(o->mark_elapsed(be.ctx, b, a, &back), ST_OK);
+    assert_true(dt >= 0.019 && dt < 1.0);
+    assert_true(back == -dt);
+    o->mark_destroy(be.ctx, a);
+    o->mark_destroy(be.ctx, b);
+    backend_destroy(&be);
+}
+
 static void count_calls(void *arg) { (*(int *)arg)++; }
 
 static void test_progress_hook_runs_during_backward(void **state) {
@@ -865,6 +891,7 @@ int main(void) {
         cmocka_unit_test(test_memory_ops),
         cmocka_unit_test(test_desc_init),
         cmocka_unit_test(test_backend_create),
+        cmocka_unit_test(test_marks),
         cmocka_unit_test(test_progress_hook_runs_during_backward),
         cmocka_unit_test(test_bench_reference_cnn),
     };
