@@ -28,12 +28,16 @@ typedef struct mpi_backend {
 // Staging (CUDA builds only)
 
 #ifdef DDP_HAVE_CUDA
+// A failed call also sets CUDA's "last error": clear it (as cuda_common.h's cudaCheck does), or the CUDA
+// backend's next launch check would report this failure again under a kernel's name.
 #define CUDA_TRY(c, call)                                                                                  \
     do {                                                                                                   \
         cudaError_t e__ = (call);                                                                          \
-        if (e__ != cudaSuccess)                                                                            \
+        if (e__ != cudaSuccess) {                                                                          \
+            (void)cudaGetLastError();                                                                      \
             return ERR(ST_RUNTIME, "rank %d (%s): %s:%d: CUDA call %s failed: %s", (c)->info.rank,           \
                        (c)->info.host, __FILE__, __LINE__, #call, cudaGetErrorString(e__));               \
+        }                                                                                                  \
     } while (0)
 
 static int stage_reserve(comm *c, mpi_req *q, size_t n) {

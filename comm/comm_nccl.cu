@@ -44,7 +44,7 @@ static int local_setup(comm *c, nccl_backend *b) {
     }
     if (c->info.local_world > count)
         return ERR(ST_INPUT,
-                   "comm=nccl needs one GPU per rank: %d ranks on host %s but %d GPU%s (use comm=mpi to share a GPU)",
+                   "comm=nccl needs one GPU per rank: %d ranks on host %s but %d GPU%s (run at most one rank per GPU)",
                    c->info.local_world, c->info.host, count, count == 1 ? "" : "s");
     b->device = c->info.local_rank;
     cudaCheck(cudaSetDevice(b->device));
