@@ -494,6 +494,8 @@ int config_validate(const net_config *cfg) {
     if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
     if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)
         return ERR(ST_INPUT, "%s: parallel.comm=nccl needs net.backend=cuda", p);
+    if (cfg->tf32 && strcmp(cfg->backend, "cuda") != 0)
+        return ERR(ST_INPUT, "%s: net.tf32=1 needs net.backend=cuda (backend is '%s')", p, cfg->backend);
     size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
     if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
                                         cfg->height, cfg->width);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "backend_cuda.h"
 #include "backend_record.h"
 #include "checkpoint.h"
 #include "common.h"
@@ -33,6 +34,10 @@ typedef struct bucket {
     void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
     void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
 } bucket;
+
+// The host issues at most AHEAD steps beyond the last one the GPU finished. More would only queue work, and a
+// step stuck in an all-reduce must be seen by a bounded wait (mark_wait) before the host blocks elsewhere.
+#define AHEAD 2
 
 // Phase marks of a step (backend marks: host clock on the CPU, events on the GPU compute stream).
 enum { MK_START, MK_DATA, MK_FWD, MK_BWD, MK_WAIT, MK_END, MK_N };
@@ -71,6 +76,7 @@ typedef struct trainer {
     int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
     int marks_on;               // the step being issued records its phase marks
     void *mk[MK_N], *mk_sync;
+    void *mk_ahead[AHEAD + 1];  // recorded after each step is issued: the host waits for step k-AHEAD
     // CUDA graph of the step (backend capture/replay)
     int use_graph, graph_ready;
     long long eager_steps;
@@ -433,7 +439,10 @@ static int replicas_check(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // NaN/Inf: name the first layer whose averaged gradients are not finite.
 
+static int drain(trainer *t);
+
 static int divergence_check(trainer *t, int32_t *scratch) {
+    TRY(drain(t));  // the reads below block: wait with the watchdog's bound first
     const backend_ops *o = t->be.ops;
     int32_t bad = 0;
     TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
@@ -492,6 +501,12 @@ static int mark_wait(trainer *t, void *mk) {
         TRY(o->mark_query(t->be.ctx, mk, &done));
     }
     return ST_OK;
+}
+
+// Everything issued so far has finished (bounded, as mark_wait), so a blocking read that follows returns at once.
+static int drain(trainer *t) {
+    TRY(t->be.ops->mark_record(t->be.ctx, t->mk_sync));
+    return mark_wait(t, t->mk_sync);
 }
 
 // A mark's time on the trace's clock (now_s() at trace set-up plus the device time since).
@@ -657,6 +672,8 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     void *ctx = t->be.ctx;
     test_stall_maybe(t);
     if (t->tr) trace_set_step(t->tr, t->global_step);
+    void **ahead = &t->mk_ahead[t->global_step % (AHEAD + 1)];  // recorded AHEAD + 1 steps ago, if at all
+    if (t->global_step >= AHEAD + 1) TRY(mark_wait(t, *ahead));
     const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
     TRY(o->copy(ctx, t->d_batch_idx, idx, (size_t)t->B * sizeof(int32_t)));
     TRY(optim_prepare(&t->opt, lr_at(t)));
@@ -673,6 +690,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         t->eager_steps++;
     }
     t->in_step = 0;
+    TRY(o->mark_record(ctx, *ahead));
     if (timed) TRY(step_timing(t, replay));
     return ST_OK;
 }
@@ -780,13 +798,13 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
             if (t->o->progress && t->rank == 0 && !g_quiet && now_s() - last_bar > 0.2) {
                 last_bar = now_s();
                 double ls = 0;
-                o->download(ctx, &ls, t->m.loss_acc, sizeof ls);
+                if ((st = drain(t)) || (st = o->download(ctx, &ls, t->m.loss_acc, sizeof ls))) break;
                 progress_bar(t, t->step_in_epoch, ls, last_bar - e0);
             }
         }
         if (st) break;
         // Bounded wait for the GPU (a stalled peer's all-reduce must not hang us), then the sync proper.
-        if ((st = o->mark_record(ctx, t->mk_sync)) || (st = mark_wait(t, t->mk_sync)) || (st = o->sync(ctx))) break;
+        if ((st = drain(t)) || (st = o->sync(ctx))) break;
         double epoch_s = now_s() - e0;
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
         res->train_s += epoch_s;
@@ -885,6 +903,7 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_batch_idx);
         for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
         o->mark_destroy(ctx, t->mk_sync);
+        for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
         o->mark_destroy(ctx, t->mk_origin);
         for (int i = 0; t->lm && i < t->cap_lm; i++) o->mark_destroy(ctx, t->lm[i].mk);
         optim_destroy(&t->opt);
@@ -931,12 +950,15 @@ static int setup(trainer *t, baseline *bl) {
         threads = want < allowed ? want : allowed;
     }
     TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
+    // Before the model: cuDNN plans fix their math mode when prepared. tf32=1 without CUDA is an error.
+    TRY(backend_cuda_set_tf32(&t->be, cfg->tf32));
     // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h).
     if (getenv("DDP_TEST_CPU_GRAPH") && !t->be.ops->capture_begin) TRY(backend_record_wrap(&t->be));
     t->async_backend = t->be.ops->stream != NULL;
     t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
     for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
     TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
+    for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
     TRY(data_setup(t));
     int eval_local = cfg->eval_batch;
     int max_batch = t->B > eval_local ? t->B : eval_local;

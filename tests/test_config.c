@@ -152,6 +152,7 @@ static void test_bad_files(void **state) {
                                       "[softmax]\n",
                       "already", "'a'");
     expect_load_error("nccl_cpu.cfg", NET "[parallel]\ncomm=nccl\n" LAYERS, "nccl", NULL);
+    expect_load_error("tf32_cpu.cfg", "[net]\nchannels=1\nheight=28\nwidth=28\ntf32=1\n" LAYERS, "tf32", "backend=cuda");
     expect_load_error("net_after_layers.cfg", NET "[conv]\nfilters=2\n[parallel]\nbucket_kb=4\n[dense]\nunits=10\n"
                                               "[softmax]\n",
                       "before the layer", NULL);
