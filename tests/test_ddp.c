@@ -89,14 +89,8 @@ static void test_np2_trains_and_logs_comm(void **state) {
     char line[4096], last[4096] = "";
     while (fgets(line, sizeof line, f)) memcpy(last, line, sizeof last);
     fclose(f);
-    double acc = 0, comm = -1, eff = -1;
-    const char *p;
-    assert_non_null(p = strstr(last, "\"test_acc\":"));
-    acc = atof(p + 11);
-    assert_non_null(p = strstr(last, "\"comm_s\":"));
-    comm = atof(p + 9);
-    assert_non_null(p = strstr(last, "\"scaling_efficiency\":"));
-    eff = atof(p + 21);
+    double acc = tu_json_number(last, "test_acc"), comm = tu_json_number(last, "comm_s");
+    double eff = tu_json_number(last, "scaling_efficiency");
     assert_non_null(strstr(last, "\"world_size\":2"));
     assert_non_null(strstr(last, "\"global_batch\":64"));
     print_message("np 2: test acc %.3f, comm %.3g s/step, efficiency %.3f\n", acc, comm, eff);

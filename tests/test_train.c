@@ -136,14 +136,8 @@ static void test_graph_metrics(void **state) {
     assert_non_null(strstr(line, "\"cuda_graph\":1"));
     assert_non_null(strstr(line, "\"timed_steps\":16"));  // every step on a synchronous backend
     // Phase times come from marks recorded by the replayed graph: present and adding up to the step.
-    double fwd = -1, bwd = -1, step = -1;
-    const char *p;
-    assert_non_null(p = strstr(line, "\"forward_s\":"));
-    fwd = atof(p + 12);
-    assert_non_null(p = strstr(line, "\"backward_s\":"));
-    bwd = atof(p + 13);
-    assert_non_null(p = strstr(line, "\"step_s\":"));
-    step = atof(p + 9);
+    double fwd = tu_json_number(line, "forward_s"), bwd = tu_json_number(line, "backward_s");
+    double step = tu_json_number(line, "step_s");
     assert_true(fwd > 0 && bwd > 0 && step >= fwd + bwd);
 }
 

@@ -110,3 +110,11 @@ int tu_run(const char *fmt, ...) {
     if (rc == -1 || !WIFEXITED(rc)) return -1;
     return WEXITSTATUS(rc);
 }
+
+double tu_json_number(const char *line, const char *key) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(line, pat);
+    if (!p) fail_msg("metrics line has no \"%s\": %s", key, line);
+    return atof(p + strlen(pat));
+}

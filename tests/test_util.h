@@ -19,5 +19,7 @@ double tu_max_rel_err(const float *a, const float *b, size_t n);
 // plus noise), written as raw or gzip IDX files into dir: train-images.idx, train-labels.idx, test-images.idx,
 // test-labels.idx (".gz" appended when gz). Returns 0 on success.
 int tu_make_idx_dataset(const char *dir, int n_train, int n_test, unsigned seed, int gz);
+// The number after "key": in a one-line JSON object (a metrics line); fails the test when the key is absent.
+double tu_json_number(const char *line, const char *key);
 // Run a shell command; returns its exit status (or -1 when it did not exit normally).
 int tu_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
