@@ -43,9 +43,10 @@ typedef struct bucket {
 enum { MK_START, MK_DATA, MK_FWD, MK_BWD, MK_WAIT, MK_END, MK_N };
 
 // --trace: a mark before and after each layer's ops (model.c's layer hook).
+// Entries come in pairs (begin, end) per layer, in issue order.
 typedef struct layer_mark {
     void *mk;
-    int backward, layer, begin;
+    int backward, layer;
 } layer_mark;
 
 typedef struct trainer {
@@ -509,6 +510,13 @@ static int drain(trainer *t) {
     return mark_wait(t, t->mk_sync);
 }
 
+// The device marks of bucket i's last all-reduce: those captured into the graph when the step was replayed,
+// else those of the eager launch (NULL, NULL for comm=mpi: host clock).
+static void bucket_marks(const bucket *b, int replayed, void **m0, void **m1) {
+    *m0 = replayed ? b->g_start : b->m_start;
+    *m1 = replayed ? b->g_end : b->m_end;
+}
+
 // A mark's time on the trace's clock (now_s() at trace set-up plus the device time since).
 static int mark_abs(trainer *t, void *mk, double *out) {
     double dt = 0;
@@ -541,7 +549,8 @@ static int step_trace(trainer *t, int replayed) {
     }
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
         const bucket *b = &t->buckets[i];
-        void *m0 = replayed ? b->g_start : b->m_start, *m1 = replayed ? b->g_end : b->m_end;
+        void *m0, *m1;
+        bucket_marks(b, replayed, &m0, &m1);
         double t0 = b->t_launch, t1 = b->t_done;
         if (m0) TRY(mark_abs(t, m0, &t0));
         if (m1) TRY(mark_abs(t, m1, &t1));
@@ -561,7 +570,8 @@ static int step_timing(trainer *t, int replayed) {
     for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
         const bucket *b = &t->buckets[i];
-        void *m0 = replayed ? b->g_start : b->m_start, *m1 = replayed ? b->g_end : b->m_end;
+        void *m0, *m1;
+        bucket_marks(b, replayed, &m0, &m1);
         double dt = b->t_done - b->t_launch;
         if (m0 && m1) TRY(o->mark_elapsed(ctx, m0, m1, &dt));
         comm_s += dt;
@@ -584,7 +594,8 @@ static int layer_hook(void *arg, int backward, int layer, int begin) {
     trainer *t = arg;
     if (!t->in_step || t->n_lm >= t->cap_lm) return ST_OK;  // evaluation: its own single span
     layer_mark *x = &t->lm[t->n_lm++];
-    x->backward = backward, x->layer = layer, x->begin = begin;
+    (void)begin;  // begin and end alternate
+    x->backward = backward, x->layer = layer;
     return t->be.ops->mark_record(t->be.ctx, x->mk);
 }
 
@@ -605,7 +616,7 @@ static int trace_setup(trainer *t) {
     TRY(o->mark_create(t->be.ctx, &t->mk_origin));
     t->m.layer_hook = layer_hook;
     t->m.layer_hook_arg = t;
-    TRY(o->sync(t->be.ctx));  // an idle stream: the origin mark is recorded at (about) origin_s
+    TRY(drain(t));  // an idle stream: the origin mark is recorded at (about) origin_s
     if (t->world > 1) TRY(comm_barrier(t->c));
     t->origin_s = now_s();
     trace_set_origin(t->tr, t->origin_s);
@@ -803,8 +814,9 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
             }
         }
         if (st) break;
-        // Bounded wait for the GPU (a stalled peer's all-reduce must not hang us), then the sync proper.
-        if ((st = drain(t)) || (st = o->sync(ctx))) break;
+        // Bounded wait for the GPU: a stalled peer's all-reduce must not hang us (nccl joins its stream into
+        // the compute stream, so this covers all the step's work).
+        if ((st = drain(t))) break;
         double epoch_s = now_s() - e0;
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
         res->train_s += epoch_s;
@@ -969,7 +981,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
     // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
-    int comm_on_stream = !t->use_comm || strcmp(comm_backend_name(t->c), "nccl") == 0;
+    int comm_on_stream = !t->use_comm || !t->host_comm;
     t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
         LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
