@@ -8,7 +8,6 @@
 // printed as `# fit: alpha_us=<v> beta_GBps=<v>` for the scaling model.
 // Exit status: 0 all correct, 1 wrong values or a failure, 2 bad arguments.
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,11 +223,6 @@ static int run_iters(comm *c, const bench_buf *b, size_t n, long iters, double *
     return ST_OK;
 }
 
-static int max_over_ranks(double *v) {
-    int rc = MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    return rc == MPI_SUCCESS ? ST_OK : ERR(ST_COMM, "rank %d (%s): MPI_Allreduce(MAX) failed", g_rank, g_host);
-}
-
 static int bench_size(comm *c, const bench_opts *o, bench_buf *b, size_t n, bench_row *row) {
     int world = comm_get_info(c)->world;
     for (size_t i = 0; i < n; i++) b->host[i] = (float)(g_rank + 1 + (int)(i % 7));
@@ -244,13 +238,13 @@ static int bench_size(comm *c, const bench_opts *o, bench_buf *b, size_t n, benc
         // Every rank must run the same count: size it from the slowest rank's estimate.
         double est;
         TRY(run_iters(c, b, n, 3, &est));
-        TRY(max_over_ranks(&est));
+        TRY(comm_allreduce_max_f64(c, &est, 1));
         double k = AUTO_TARGET_S / (est > 1e-9 ? est : 1e-9);
         iters = k < AUTO_MIN_ITERS ? AUTO_MIN_ITERS : k > AUTO_MAX_ITERS ? AUTO_MAX_ITERS : (long)k;
     }
     double t;
     TRY(run_iters(c, b, n, iters, &t));
-    TRY(max_over_ranks(&t));
+    TRY(comm_allreduce_max_f64(c, &t, 1));
 
     row->bytes = n * sizeof(float);
     row->count = n;
@@ -335,25 +329,19 @@ static int bench_run(comm *c, const bench_opts *o, FILE *csv, long *total_wrong)
 }
 
 #ifdef DDP_HAVE_CUDA
-// Before the comm exists: one GPU per local rank, so that the nccl backend binds the right device.
-static void select_device(void) {
-    MPI_Comm node;
-    int local = 0, n_dev = 0;
-    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
-        MPI_Comm_rank(node, &local);
-        MPI_Comm_free(&node);
-    }
-    if (cudaGetDeviceCount(&n_dev) == cudaSuccess && n_dev > 0) cudaSetDevice(local % n_dev);
+// One GPU per local rank (the nccl backend selects the same one itself).
+static void select_device(const comm *c) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) == cudaSuccess && n_dev > 0) cudaSetDevice(comm_get_info(c)->local_rank % n_dev);
+    (void)cudaGetLastError();
 }
 #endif
 
 int main(int argc, char **argv) {
-    int provided;
-    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
-        fprintf(stderr, "bench_allreduce: MPI_Init_thread failed\n");
+    if (comm_world_init(&argc, &argv) != ST_OK) {
+        fprintf(stderr, "bench_allreduce: error: %s\n", err_msg());
         return 1;
     }
-    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     bench_opts o;
     char msg[512] = "";
     int pr = bench_parse(argc, argv, &o, msg, sizeof msg);
@@ -362,19 +350,19 @@ int main(int argc, char **argv) {
             if (pr < 0) usage(stdout);
             else fprintf(stderr, "%s\n", msg);
         }
-        MPI_Finalize();
+        comm_world_finalize();
         return pr < 0 ? 0 : 2;
     }
-#ifdef DDP_HAVE_CUDA
-    if (o.device) select_device();
-#endif
     comm *c = NULL;
     int st = comm_create(&c, o.comm_name, 300.0);
     if (st != ST_OK) {
         if (g_rank == 0) fprintf(stderr, "bench_allreduce: error: %s\n", err_msg());
-        MPI_Finalize();
+        comm_world_finalize();
         return st == ST_INPUT ? 2 : 1;
     }
+#ifdef DDP_HAVE_CUDA
+    if (o.device) select_device(c);
+#endif
     FILE *csv = NULL;
     if (g_rank == 0 && o.csv_path && (csv = fopen(o.csv_path, "w")) == NULL)
         st = ERR(ST_INPUT, "%s: cannot open CSV file for writing", o.csv_path);

@@ -1,8 +1,9 @@
 // comm.h — the communication layer: one interface, a table of functions behind an opaque handle.
 //
-// Backends: "mpi" (MPI_Iallreduce on host memory; GPU buffers are staged through host memory) and "nccl"
-// (ncclAllReduce with ncclAvg on its own CUDA stream, ordered after the compute stream by events).
-// MPI is always initialised (it launches the job, broadcasts the NCCL unique id, reduces metrics).
+// Backends: "mpi" (the process group's all-reduce on host memory; GPU buffers are staged through host memory
+// on a copy stream) and "nccl" (ncclAllReduce with ncclAvg on its own CUDA stream, ordered after the compute
+// stream by events). Under both is the process group (comm_world.h): MPI, which launches the job, broadcasts
+// the NCCL unique id and reduces metrics; or, in a build without MPI (TRAINER_MPI=OFF), one process alone.
 //
 // Asynchronous all-reduce: comm_allreduce_avg_async launches the average of buf[0..n) over all ranks, in
 // place, and returns a request slot. comm_test/comm_progress move it on (MPI needs these calls to progress a
@@ -22,11 +23,14 @@ typedef struct comm_info {
 
 #define COMM_MAX_REQS 256
 
-// Initialise MPI (MPI_Init_thread; safe to call once per process) and the chosen backend.
-// backend: "mpi" or "nccl". For nccl, cuda_stream is the compute stream (cudaStream_t) the all-reduces must
-// follow; NULL for mpi. timeout_s: watchdog for comm_wait. Sets g_rank, g_world, g_host.
-int comm_init(comm **out, int *argc, char ***argv, const char *backend, double timeout_s);
-// The same, for an already-initialised MPI (tests).
+// Start the process group (MPI_Init_thread, unless MPI is already initialised; nothing without MPI) and set
+// g_rank and g_world. Once per process, before comm_create.
+int comm_world_init(int *argc, char ***argv);
+int comm_world_finalize(void);   // MPI_Finalize (no-op when it already ran or without MPI)
+int comm_world_is_mpi(void);     // 1 when this build's process group is MPI (0: TRAINER_MPI=OFF, one process)
+
+// The chosen backend ("mpi" or "nccl") on the started group. timeout_s: the watchdog for every wait and
+// collective. Sets g_rank, g_world, g_host.
 int comm_create(comm **out, const char *backend, double timeout_s);
 const comm_info *comm_get_info(const comm *c);
 const char *comm_backend_name(const comm *c);
@@ -45,10 +49,17 @@ int comm_progress(comm *c);        // test every outstanding request once (cheap
 // reduce on the host (mpi) give NULL for both: time those with the host clock. Valid until the slot is reused.
 int comm_req_marks(comm *c, int req, void **start, void **end);
 int comm_outstanding(const comm *c);
+// Errors the backend learns of outside any call (NCCL's asynchronous errors, e.g. a peer that died during a
+// replayed CUDA graph): ST_COMM naming rank and host. Cheap; call it from every bounded wait.
+int comm_check(comm *c);
+// Forget request req without waiting: its launch went into a CUDA graph capture that was discarded, so it
+// never runs.
+int comm_discard(comm *c, int req);
 
 // ---- host-side collectives for setup and metrics (blocking, MPI, on host memory)
 int comm_bcast(comm *c, void *buf, size_t bytes, int root);
 int comm_allreduce_sum_f64(comm *c, double *buf, int n);
+int comm_allreduce_max_f64(comm *c, double *buf, int n);
 int comm_allreduce_max_i32(comm *c, int32_t *buf, int n);
 int comm_allgather_u64(comm *c, uint64_t value, uint64_t *all /* world entries */);
 int comm_barrier(comm *c);
@@ -58,5 +69,5 @@ int comm_agree_status(comm *c, int status, int *first_bad);
 
 // Kill the whole job (MPI_Abort) with this exit code; never returns.
 void comm_abort(comm *c, int code) __attribute__((noreturn));
-int comm_finalize(comm *c);  // destroys c and finalises MPI
-void comm_destroy(comm *c);  // destroys c, leaves MPI initialised (tests)
+int comm_finalize(comm *c);  // destroys c and finalises the group
+void comm_destroy(comm *c);  // destroys c, leaves the group initialised (tests)

@@ -1,18 +1,13 @@
 // comm_impl.h — private to comm/: the backend table behind the opaque `comm` handle.
 #pragma once
-// comm_nccl.cu is C++: no MPI C++ bindings, and C linkage for comm.h, common.h and everything declared here
-// (include this header before common.h there).
-#ifdef __cplusplus
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#endif
-#include <mpi.h>
-
+// comm_nccl.cu is C++: C linkage for comm.h, common.h and everything declared here (include this header before
+// common.h there).
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #include "comm.h"
+#include "comm_world.h"
 #include "common.h"
 
 typedef struct comm_req_slot {
@@ -38,6 +33,10 @@ typedef struct comm_ops {
     int (*req_marks)(comm *c, comm_req_slot *r, void **start, void **end);
     // Optional (may be NULL). comm.c stores cuda_stream/buffers_on_device in c after it returns ST_OK.
     int (*bind_stream)(comm *c, void *cuda_stream, int buffers_on_device);
+    // Optional (may be NULL): errors the backend learns of outside any call (NCCL's asynchronous errors).
+    int (*check)(comm *c);
+    // Optional (may be NULL): forget a request whose launch went into a discarded CUDA graph capture.
+    void (*discard)(comm *c, comm_req_slot *r);
     void (*destroy)(comm *c);
 } comm_ops;
 
@@ -45,31 +44,21 @@ struct comm {
     const comm_ops *ops;
     void *impl;              // backend-private state
     comm_info info;
-    MPI_Comm world;          // a dup of MPI_COMM_WORLD
-    MPI_Comm node;           // ranks on this host (MPI_Comm_split_type SHARED)
+    void *w;                 // the process group's state (comm_world.h)
     double timeout_s;
-    int owns_mpi;            // comm_init called MPI_Init_thread
     void *cuda_stream;       // compute stream (nccl), NULL for host buffers
     int buffers_on_device;
     comm_req_slot reqs[COMM_MAX_REQS];
-    // Arrival board for the watchdog (comm.c): every collective on `world` is numbered in call order (the same
-    // on every rank); each rank publishes how many it has entered in a one-int64 RMA window that any rank can
-    // read without the owner's help, so a timed-out rank can name the ranks that never arrived.
-    long long n_coll;        // collectives entered on world so far
-    MPI_Win arrive_win;      // MPI_WIN_NULL when RMA is unavailable (the message then says so)
-    long long *arrive;       // this rank's published n_coll (window memory)
-    int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
+    // Every collective on the group is numbered in call order (the same on every rank) and the count is
+    // published (world_publish), so a timed-out rank can name the ranks that never arrived.
+    long long n_coll;        // collectives entered so far
     char last_label[64];     // label of the last async all-reduce launched (step context for host collectives)
 };
 
-// MPI calls on comm's communicators return codes (MPI_ERRORS_RETURN). MPI_TRY turns a failure into
-// ERR(ST_COMM or ST_RUNTIME, "rank R (host): file:line: MPI_Xxx failed: <MPI_Error_string>").
-int comm_mpi_error(int rc, const char *file, int line, const char *call);
-#define MPI_TRY(call)                                                                                      \
-    do {                                                                                                   \
-        int mpi_rc__ = (call);                                                                             \
-        if (mpi_rc__ != MPI_SUCCESS) return comm_mpi_error(mpi_rc__, __FILE__, __LINE__, #call);           \
-    } while (0)
+// A collective of the group, waited on like a bucket: bounded by the watchdog (comm.c).
+int comm_host_wait(comm *c, world_req *r, long long seq, const char *what);
+// Enter the next collective: its number, published for the watchdog.
+long long comm_arrive(comm *c);
 
 // Backend constructors (fill c->ops and c->impl; c->info/world/node are already set).
 int comm_mpi_create(comm *c);

@@ -1,7 +1,17 @@
-// comm_mpi.c — the "mpi" backend: MPI_Iallreduce(SUM) in place, scaled by 1/world when it completes.
+// comm_mpi.c — the "mpi" backend: the process group's non-blocking all-reduce (MPI_Iallreduce SUM) in place on
+// host memory, scaled by 1/world when it completes.
 //
 // Device buffers (CUDA builds, comm_bind_stream(.., 1)) are staged through a pinned host buffer per request
-// slot: copied down after the compute stream has produced them, reduced on the host, copied back up.
+// slot without ever blocking the host or the compute stream:
+//
+//   launch: record ready on compute -> copy stream waits on ready -> copy down on the copy stream -> record down
+//   test:   down not yet reached: not done (nothing blocks)
+//           down reached, reduction not started: start the all-reduce on the staging buffer
+//           reduction finished: scale, copy up on the compute stream (asynchronous, in its order), done
+//
+// so backward keeps running while a bucket is copied down and reduced, and the optimizer (later on the compute
+// stream) reads the copied-up average. The next copy down into the same staging buffer waits (on the GPU) for
+// the copy up that reads it.
 #include <limits.h>
 #include <stdlib.h>
 
@@ -12,16 +22,27 @@
 #include <cuda_runtime_api.h>
 #endif
 
+enum { PHASE_STAGING, PHASE_REDUCING, PHASE_DONE };
+
 typedef struct mpi_req {
-    MPI_Request req;
-    float *host;       // the buffer MPI reduces: the user's, or the staging buffer for device memory
-    float *stage;      // pinned staging buffer (CUDA builds), kept across uses of the slot
+    world_req req;
+    float *host;       // the buffer that is reduced: the user's, or the staging buffer for device memory
+    int phase;
+    int scaled;        // the sum is scaled (a failed copy back must not scale twice)
+#ifdef DDP_HAVE_CUDA
+    float *stage;      // pinned staging buffer, kept across uses of the slot
     size_t stage_cap;  // in floats
-    int scaled;        // MPI finished and the sum is scaled (a failed copy back must not scale twice)
+    cudaEvent_t ready; // compute stream: the gradients are written
+    cudaEvent_t down;  // copy stream: the gradients are in the staging buffer
+    cudaEvent_t up;    // compute stream: the average has been copied back (the staging buffer is free again)
+#endif
 } mpi_req;
 
 typedef struct mpi_backend {
     mpi_req reqs[COMM_MAX_REQS];
+#ifdef DDP_HAVE_CUDA
+    cudaStream_t copy;  // device-to-host copies, off the compute stream (created at the first device bind)
+#endif
 } mpi_backend;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -40,9 +61,23 @@ typedef struct mpi_backend {
         }                                                                                                  \
     } while (0)
 
+static int events_create(comm *c, mpi_req *q) {
+    if (q->ready) return ST_OK;
+    CUDA_TRY(c, cudaEventCreateWithFlags(&q->ready, cudaEventDisableTiming));
+    CUDA_TRY(c, cudaEventCreateWithFlags(&q->down, cudaEventDisableTiming));
+    CUDA_TRY(c, cudaEventCreateWithFlags(&q->up, cudaEventDisableTiming));
+    // "up" starts out reached, so the first copy down into a new staging buffer waits for nothing.
+    CUDA_TRY(c, cudaEventRecord(q->up, (cudaStream_t)c->cuda_stream));
+    return ST_OK;
+}
+
 static int stage_reserve(comm *c, mpi_req *q, size_t n) {
     if (q->stage_cap >= n) return ST_OK;
-    if (q->stage) CUDA_TRY(c, cudaFreeHost(q->stage));
+    if (q->stage) {
+        // The last copy up from the old buffer may still be reading it.
+        CUDA_TRY(c, cudaEventSynchronize(q->up));
+        CUDA_TRY(c, cudaFreeHost(q->stage));
+    }
     q->stage = NULL;
     q->stage_cap = 0;
     void *p = NULL;
@@ -52,25 +87,49 @@ static int stage_reserve(comm *c, mpi_req *q, size_t n) {
     return ST_OK;
 }
 
-// The compute stream wrote the gradients: copy them down in its order, then wait so MPI reads final values.
-static int stage_down(comm *c, comm_req_slot *r, mpi_req *q) {
+// Copy the bucket down on the copy stream, after the compute stream has written it. Nothing waits here.
+static int stage_down(comm *c, mpi_backend *b, comm_req_slot *r, mpi_req *q) {
+    TRY(events_create(c, q));
     TRY(stage_reserve(c, q, r->n));
-    cudaStream_t s = (cudaStream_t)c->cuda_stream;
-    CUDA_TRY(c, cudaMemcpyAsync(q->stage, r->buf, r->n * sizeof(float), cudaMemcpyDeviceToHost, s));
-    CUDA_TRY(c, cudaStreamSynchronize(s));
+    cudaStream_t compute = (cudaStream_t)c->cuda_stream;
+    CUDA_TRY(c, cudaEventRecord(q->ready, compute));
+    CUDA_TRY(c, cudaStreamWaitEvent(b->copy, q->ready, 0));
+    CUDA_TRY(c, cudaStreamWaitEvent(b->copy, q->up, 0));  // the previous copy up from this buffer is done
+    CUDA_TRY(c, cudaMemcpyAsync(q->stage, r->buf, r->n * sizeof(float), cudaMemcpyDeviceToHost, b->copy));
+    CUDA_TRY(c, cudaEventRecord(q->down, b->copy));
     q->host = q->stage;
     return ST_OK;
 }
 
-// From pinned memory cudaMemcpy returns only when the data is on the device.
+// Has the copy down arrived? (never blocks)
+static int stage_arrived(comm *c, mpi_req *q, int *arrived) {
+    cudaError_t e = cudaEventQuery(q->down);
+    *arrived = e == cudaSuccess;
+    if (e == cudaErrorNotReady) {
+        (void)cudaGetLastError();
+        return ST_OK;
+    }
+    CUDA_TRY(c, e);
+    return ST_OK;
+}
+
+// Copy the average back in the compute stream's order: asynchronous from pinned memory.
 static int stage_up(comm *c, comm_req_slot *r, mpi_req *q) {
-    CUDA_TRY(c, cudaMemcpy(r->buf, q->stage, r->n * sizeof(float), cudaMemcpyHostToDevice));
+    cudaStream_t compute = (cudaStream_t)c->cuda_stream;
+    CUDA_TRY(c, cudaMemcpyAsync(r->buf, q->stage, r->n * sizeof(float), cudaMemcpyHostToDevice, compute));
+    CUDA_TRY(c, cudaEventRecord(q->up, compute));
     return ST_OK;
 }
 #endif
 
 // ---------------------------------------------------------------------------------------------------------
 // Backend ops
+
+static int reduce_start(comm *c, comm_req_slot *r, mpi_req *q) {
+    TRY(world_iallreduce(c, q->host, (int)r->n, WORLD_F32, WORLD_SUM, &q->req));
+    q->phase = PHASE_REDUCING;
+    return ST_OK;
+}
 
 static int mpi_launch(comm *c, comm_req_slot *r) {
     if (r->n > INT_MAX)
@@ -79,22 +138,31 @@ static int mpi_launch(comm *c, comm_req_slot *r) {
     mpi_backend *b = c->impl;
     mpi_req *q = &b->reqs[r - c->reqs];
     r->impl = q;
-    q->req = MPI_REQUEST_NULL;
     q->host = r->buf;
     q->scaled = 0;
+    q->phase = PHASE_STAGING;
 #ifdef DDP_HAVE_CUDA
-    if (c->buffers_on_device) TRY(stage_down(c, r, q));
+    if (c->buffers_on_device) return stage_down(c, b, r, q);
+#else
+    (void)b;
 #endif
-    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, q->host, (int)r->n, MPI_FLOAT, MPI_SUM, c->world, &q->req));
-    return ST_OK;
+    return reduce_start(c, r, q);
 }
 
 static int mpi_test(comm *c, comm_req_slot *r, int *done) {
     mpi_req *q = r->impl;
     *done = 0;
-    if (!q->scaled) {
+    if (q->phase == PHASE_STAGING) {
+#ifdef DDP_HAVE_CUDA
+        int arrived = 0;
+        TRY(stage_arrived(c, q, &arrived));
+        if (!arrived) return ST_OK;
+#endif
+        TRY(reduce_start(c, r, q));
+    }
+    if (q->phase == PHASE_REDUCING && !q->scaled) {
         int flag = 0;
-        MPI_TRY(MPI_Test(&q->req, &flag, MPI_STATUS_IGNORE));
+        TRY(world_test(c, &q->req, &flag));
         if (!flag) return ST_OK;
         q->scaled = 1;
         const float scale = 1.0f / (float)c->info.world;
@@ -105,6 +173,7 @@ static int mpi_test(comm *c, comm_req_slot *r, int *done) {
 #ifdef DDP_HAVE_CUDA
     if (c->buffers_on_device) TRY(stage_up(c, r, q));
 #endif
+    q->phase = PHASE_DONE;
     *done = 1;
     return ST_OK;
 }
@@ -112,8 +181,8 @@ static int mpi_test(comm *c, comm_req_slot *r, int *done) {
 static int mpi_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
     (void)cuda_stream;
 #ifdef DDP_HAVE_CUDA
-    (void)c;
-    (void)buffers_on_device;
+    mpi_backend *b = c->impl;
+    if (buffers_on_device && b->copy == NULL) CUDA_TRY(c, cudaStreamCreateWithFlags(&b->copy, cudaStreamNonBlocking));
     return ST_OK;
 #else
     if (buffers_on_device)
@@ -128,10 +197,17 @@ static void mpi_destroy(comm *c) {
     if (b == NULL) return;
 #ifdef DDP_HAVE_CUDA
     for (int i = 0; i < COMM_MAX_REQS; i++) {
+        mpi_req *q = &b->reqs[i];
         // A request still in flight (a timed-out peer) may yet write into its staging buffer: leak that one.
         int in_flight = c->reqs[i].in_use && !c->reqs[i].done;
-        if (b->reqs[i].stage && !in_flight) cudaFreeHost(b->reqs[i].stage);
+        // So may a copy up that has not finished (a stuck GPU): never wait for it at tear-down.
+        if (q->stage && !in_flight && (!q->up || cudaEventQuery(q->up) == cudaSuccess)) cudaFreeHost(q->stage);
+        if (q->ready) cudaEventDestroy(q->ready);
+        if (q->down) cudaEventDestroy(q->down);
+        if (q->up) cudaEventDestroy(q->up);
     }
+    if (b->copy) cudaStreamDestroy(b->copy);
+    (void)cudaGetLastError();
 #endif
     free(b);
     c->impl = NULL;
@@ -148,7 +224,6 @@ static const comm_ops mpi_ops = {
 int comm_mpi_create(comm *c) {
     mpi_backend *b = calloc(1, sizeof *b);
     TRY_ALLOC(b);
-    for (int i = 0; i < COMM_MAX_REQS; i++) b->reqs[i].req = MPI_REQUEST_NULL;
     c->impl = b;
     c->ops = &mpi_ops;
     return ST_OK;

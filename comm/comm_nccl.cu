@@ -7,9 +7,15 @@
 // The host never blocks on the GPU: "done" means the all-reduce is enqueued and everything later on the compute
 // stream (the optimizer) runs after it. The sequence is a fork/join of streams through events, so it can be
 // captured into the training step's CUDA graph. One process per GPU: device = local rank.
-#include "comm_impl.h"  // first: MPI without C++ bindings, C linkage for comm.h and common.h
+//
+// The communicator is non-blocking (ncclConfig_t.blocking = 0): its creation, a collective that NCCL enqueues in
+// the background (ncclInProgress) and its tear-down are polled with the watchdog's deadline, so a peer that
+// never joins is an error (exit 4) naming this rank and host, never a hang; asynchronous errors (a peer that
+// died while a replayed graph runs) are polled in every bounded wait through comm_check.
+#include "comm_impl.h"  // first: C linkage for comm.h, comm_world.h and common.h
 
 #include <nccl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -88,7 +94,7 @@ static int unique_id_share(comm *c, ncclUniqueId *id) {
         if (rc != ncclSuccess)
             ERR(ST_RUNTIME, "rank 0 (%s): ncclGetUniqueId failed: %s", c->info.host, ncclGetErrorString(rc));
     }
-    MPI_TRY(MPI_Bcast(&msg, (int)sizeof msg, MPI_BYTE, 0, c->world));
+    TRY(comm_bcast(c, &msg, sizeof msg, 0));
     if (msg.status != ST_OK) {
         if (c->info.rank != 0)
             ERR(msg.status, "rank %d (%s): comm=nccl: rank 0 could not create the NCCL id", c->info.rank, c->info.host);
@@ -99,12 +105,50 @@ static int unique_id_share(comm *c, ncclUniqueId *id) {
     return ST_OK;
 }
 
+// Wait until the non-blocking communicator has finished what it is doing in the background (creation, an
+// enqueue, finalisation), bounded by the watchdog's timeout. ST_COMM on a timeout or an error.
+static int nccl_settle(comm *c, ncclComm_t nc, const char *what) {
+    const double t0 = now_s();
+    for (long iter = 0;; iter++) {
+        ncclResult_t state = ncclSuccess;
+        ncclResult_t rc = ncclCommGetAsyncError(nc, &state);
+        if (rc != ncclSuccess) state = rc;
+        if (state == ncclSuccess) return ST_OK;
+        if (state != ncclInProgress) {
+            const char *detail = ncclGetLastError(nc);
+            return ERR(ST_COMM, "rank %d (%s): %s failed: %s%s%s", c->info.rank, c->info.host, what,
+                       ncclGetErrorString(state), detail && *detail ? ": " : "", detail ? detail : "");
+        }
+        if (now_s() - t0 > c->timeout_s)
+            return ERR(ST_COMM, "rank %d (%s): %s did not complete within %g s (a peer rank may have died or be "
+                                "stuck; parallel.comm_timeout_s)",
+                       c->info.rank, c->info.host, what, c->timeout_s);
+        if (iter > 100) {
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
 static int nccl_setup(comm *c, nccl_backend *b) {
     TRY(agree_setup(c, local_setup(c, b), "GPU set-up"));
     ncclUniqueId id;
     TRY(unique_id_share(c, &id));
-    ncclComm_t nc = NULL;  // assigned only on success: a failed init leaves nothing to destroy
-    ncclCheck(ncclCommInitRank(&nc, c->info.world, id, c->info.rank));
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    ncclComm_t nc = NULL;
+    const ncclResult_t rc = ncclCommInitRankConfig(&nc, c->info.world, id, c->info.rank, &config);
+    if (rc != ncclSuccess && rc != ncclInProgress) {
+        if (nc) ncclCommAbort(nc);
+        return ERR(rc == ncclRemoteError || rc == ncclSystemError ? ST_COMM : ST_RUNTIME,
+                   "rank %d (%s): ncclCommInitRankConfig failed: %s", c->info.rank, c->info.host,
+                   ncclGetErrorString(rc));
+    }
+    const int st = nccl_settle(c, nc, "NCCL communicator set-up (ncclCommInitRankConfig)");
+    if (st != ST_OK) {
+        ncclCommAbort(nc);  // also ends the set-up still running in the background
+        return st;
+    }
     b->comm = nc;
     return ST_OK;
 }
@@ -137,6 +181,12 @@ static void nccl_destroy(comm *c) {
                       (async == ncclSuccess || async == ncclInProgress);
         // A collective still waiting for a dead peer would make ncclCommDestroy wait forever: abort it.
         if (healthy && b->stream) healthy = comm_stream_drain(c, b);
+        // Non-blocking: finalise (flushes outstanding work, in the background), then destroy what is idle.
+        if (healthy) {
+            const ncclResult_t rc = ncclCommFinalize(b->comm);
+            healthy = (rc == ncclSuccess || rc == ncclInProgress) &&
+                      nccl_settle(c, b->comm, "NCCL communicator tear-down") == ST_OK;
+        }
         if (healthy)
             ncclCommDestroy(b->comm);
         else
@@ -169,23 +219,32 @@ static int nccl_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
     return ST_OK;
 }
 
-static int async_error_check(comm *c, nccl_backend *b, const comm_req_slot *r) {
+// label: what was being done when the error was seen ("all-reduce 'step 3 bucket 0'"), or NULL.
+static int async_error_check(comm *c, nccl_backend *b, const char *label) {
+    if (b->comm == NULL) return ST_OK;  // still being set up: nccl_settle watches that
     ncclResult_t async = ncclSuccess;
     ncclCheck(ncclCommGetAsyncError(b->comm, &async));
     if (async == ncclSuccess || async == ncclInProgress) return ST_OK;
     b->failed = 1;
     const char *detail = ncclGetLastError(b->comm);
-    return ERR(ST_COMM, "rank %d (%s): all-reduce '%s': NCCL reported an asynchronous error: %s%s%s", c->info.rank,
-               c->info.host, r->label, ncclGetErrorString(async), detail && *detail ? ": " : "",
+    return ERR(ST_COMM, "rank %d (%s): %s%sNCCL reported an asynchronous error: %s%s%s", c->info.rank, c->info.host,
+               label ? label : "", label ? ": " : "", ncclGetErrorString(async), detail && *detail ? ": " : "",
                detail ? detail : "");
 }
+
+static int nccl_check(comm *c) { return async_error_check(c, (nccl_backend *)c->impl, NULL); }
+
+// Launches captured into a discarded graph never ran: there is nothing of theirs to undo.
+static void nccl_discard(comm *c, comm_req_slot *r) { (void)c, (void)r; }
 
 static int nccl_launch(comm *c, comm_req_slot *r) {
     nccl_backend *b = (nccl_backend *)c->impl;
     if (!b->bound)
         return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s': comm=nccl has no compute stream (comm_bind_stream first)",
                    c->info.rank, c->info.host, r->label);
-    TRY(async_error_check(c, b, r));
+    char label[96];
+    snprintf(label, sizeof label, "all-reduce '%s'", r->label);
+    TRY(async_error_check(c, b, label));
     nccl_req *q = &b->reqs[r - c->reqs];
     r->impl = q;
     cudaCheck(cudaEventRecord(q->ready, b->compute));
@@ -196,7 +255,9 @@ static int nccl_launch(comm *c, comm_req_slot *r) {
     cudaCheck(cudaStreamIsCapturing(b->stream, &cap));
     const unsigned flags = cap == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault;
     cudaCheck(cudaEventRecordWithFlags(q->t0, b->stream, flags));
-    ncclCheck(ncclAllReduce(r->buf, r->buf, r->n, ncclFloat, ncclAvg, b->comm, b->stream));
+    const ncclResult_t rc = ncclAllReduce(r->buf, r->buf, r->n, ncclFloat, ncclAvg, b->comm, b->stream);
+    if (rc == ncclInProgress) TRY(nccl_settle(c, b->comm, label));  // enqueued in the background
+    else ncclCheck(rc);
     cudaCheck(cudaEventRecordWithFlags(q->t1, b->stream, flags));
     cudaCheck(cudaEventRecord(q->done, b->stream));
     return ST_OK;
@@ -214,7 +275,9 @@ static int nccl_test(comm *c, comm_req_slot *r, int *done) {
     nccl_backend *b = (nccl_backend *)c->impl;
     nccl_req *q = (nccl_req *)r->impl;
     *done = 0;
-    TRY(async_error_check(c, b, r));
+    char label[96];
+    snprintf(label, sizeof label, "all-reduce '%s'", r->label);
+    TRY(async_error_check(c, b, label));
     // Join: the compute stream (the optimizer next) waits for the average; the host does not.
     cudaCheck(cudaStreamWaitEvent(b->compute, q->done, 0));
     *done = 1;
@@ -227,6 +290,8 @@ static const comm_ops nccl_ops = {
     .allreduce_test = nccl_test,
     .req_marks = nccl_req_marks,
     .bind_stream = nccl_bind_stream,
+    .check = nccl_check,
+    .discard = nccl_discard,
     .destroy = nccl_destroy,
 };
 

@@ -1,7 +1,6 @@
 // main.c — the trainer's command line. The only place that exits: it maps a status to an exit code, and aborts
 // all ranks when a failure is local to one rank (so no rank waits forever in a collective).
 #include <getopt.h>
-#include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +51,7 @@ static void usage(FILE *f) {
             "5 stopped by SIGINT/SIGTERM.\n");
 }
 
-// Rank before MPI_Init, so that --help and CLI errors print once under mpirun.
+// Rank before the process group starts (MPI_Init), so that --help and CLI errors print once under mpirun.
 static int launcher_rank(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
@@ -178,13 +177,10 @@ int main(int argc, char **argv) {
     }
     c.opts.progress = stdout_is_terminal();
 
-    int provided = 0;
-    if (MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
-        fprintf(stderr, "trainer: error: MPI_Init_thread failed\n");
+    if (comm_world_init(&argc, &argv) != ST_OK) {
+        print_error();
         return ST_RUNTIME;
     }
-    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &g_world);
 
     // Configuration errors are the same on every rank: rank 0 reports, all exit with the same code.
     static net_config cfg;
@@ -193,14 +189,14 @@ int main(int argc, char **argv) {
     if (st == ST_OK) st = config_validate(&cfg);
     if (st == ST_OK && c.print_config) {
         if (g_rank == 0) config_print(&cfg, stdout);
-        MPI_Finalize();
+        comm_world_finalize();
         return 0;
     }
     comm *cm = NULL;
     if (st == ST_OK) st = comm_create(&cm, cfg.comm, cfg.comm_timeout_s);
     if (st != ST_OK) {
         if (g_rank == 0) print_error();
-        MPI_Finalize();
+        comm_world_finalize();
         return st;
     }
 

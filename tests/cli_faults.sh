@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# needs: mpi
 # cli_faults.sh — whole-program fault injection: the trainer under mpirun meets a stuck rank, a killed rank, a
 # crash while saving, write errors, divergence, signals and a corrupted replica. Each case checks the exit code,
 # the message, how long the job took to go, and that the last good checkpoint is intact and loadable (through the

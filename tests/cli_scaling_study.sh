@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# needs: mpi
 # cli_scaling_study.sh — launch/scaling_study.sh end to end, tiny: np 1 and 2, strong and weak, 4 steps per
 # epoch on the first samples of Fashion-MNIST. Checks scaling.csv (header, one row per mode and np, numbers,
 # the model's columns), the summary's mean relative error line and that both PNGs exist and are not empty.

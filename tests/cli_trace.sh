@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# needs: mpi
 # cli_trace.sh — `--trace DIR`: two ranks write Chrome trace-event timelines, launch/trace_merge.py merges them
 # into one track per rank, and with overlap on (small buckets, so there are many) at least one bucket's
 # all-reduce overlaps in time a per-layer backward span on the same rank; with --no-overlap none does.

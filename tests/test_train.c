@@ -2,7 +2,6 @@
 // PyTorch names and shapes, resume is bit-identical to an uninterrupted run, metrics lines have every field,
 // and divergence stops training with the step and layer named.
 #include <math.h>
-#include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -202,7 +201,7 @@ static void test_divergence_names_step_and_layer(void **state) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
+    if (comm_world_init(&argc, &argv) != ST_OK) return 1;
     if (comm_create(&g_comm, "mpi", 60) != ST_OK) {
         fprintf(stderr, "comm_create: %s\n", err_msg());
         return 1;
@@ -218,6 +217,6 @@ int main(int argc, char **argv) {
     };
     int rc = cmocka_run_group_tests(tests, group_setup, NULL);
     comm_destroy(g_comm);
-    MPI_Finalize();
+    comm_world_finalize();
     return rc;
 }

@@ -1,0 +1,50 @@
+// comm_world.h — private to comm/: the process group under the communication layer.
+//
+// Exactly one implementation is linked, chosen at build time (CMake TRAINER_MPI):
+//   comm_world_mpi.c   MPI: any number of ranks, launched by mpirun/srun (or alone, as a singleton)
+//   comm_world_self.c  one process and no MPI at all (TRAINER_MPI=OFF): every collective completes at once
+// comm.c builds request slots, the watchdog and every collective the trainer uses on top of these calls;
+// the all-reduce backends (comm_mpi.c, comm_nccl.cu) use them too, so none of comm/ but the MPI world names MPI.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct comm comm;
+
+// A non-blocking collective in flight: the transport's request, kept opaque here.
+typedef struct world_req {
+    long long opaque[2];
+} world_req;
+
+typedef enum { WORLD_F32, WORLD_F64, WORLD_I32, WORLD_U64 } world_type;
+typedef enum { WORLD_SUM, WORLD_MAX } world_op;
+
+// Process start-up and end. world_init is idempotent; *owns is 1 when this call started the transport.
+int world_init(int *argc, char ***argv, int *owns);
+int world_started(void);      // initialised and not yet finalised
+int world_finalize(void);
+void world_abort(int code) __attribute__((noreturn));  // the whole job; never returns
+int world_has_mpi(void);      // 1 when this build's world is MPI
+
+// Per-comm state: fills c->info (rank, world, local rank and size, host) and c->w; world_close undoes it.
+int world_open(comm *c);
+void world_close(comm *c);
+
+// Non-blocking collectives on c's group, completed by world_test. Counts fit in an int (callers chunk).
+int world_ibcast(comm *c, void *buf, int bytes, int root, world_req *r);
+int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world_req *r);
+int world_iallgather(comm *c, const void *mine, void *all, int n, world_type t, world_req *r);
+int world_ibarrier(comm *c, world_req *r);
+int world_test(comm *c, world_req *r, int *done);
+
+// Watchdog support: publish how many collectives this rank has entered; describe who has not entered seq.
+void world_publish(comm *c, long long n_entered);
+void world_describe_missing(comm *c, long long seq, char *out, size_t n);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,283 @@
+// comm_world_mpi.c — the process group on MPI (comm_world.h): a dup of MPI_COMM_WORLD with MPI_ERRORS_RETURN,
+// its per-host split, non-blocking collectives, and the arrival board that lets the watchdog name missing ranks.
+//
+// Every MPI call on our communicators returns a code, so a failure becomes a status with rank, host and
+// file:line, and main decides whether to abort the job.
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mpi.h>
+
+#include "comm_impl.h"
+#include "common.h"
+
+_Static_assert(sizeof(MPI_Request) <= sizeof(world_req), "world_req too small for an MPI_Request");
+#define REQ(r) ((MPI_Request *)(void *)(r)->opaque)
+
+typedef struct mpi_world {
+    MPI_Comm world;          // a dup of MPI_COMM_WORLD
+    MPI_Comm node;           // ranks on this host (MPI_Comm_split_type SHARED)
+    // Arrival board: each rank publishes how many collectives it has entered in a one-int64 RMA window that
+    // any rank can read without the owner's help.
+    MPI_Win arrive_win;      // MPI_WIN_NULL when RMA is unavailable (the message then says so)
+    long long *arrive;       // this rank's published count (window memory)
+    int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
+} mpi_world;
+
+// ---------------------------------------------------------------------------------------------------------
+// Errors
+
+// Argument-class errors are our own bugs (ST_RUNTIME); anything else means the job's communication failed.
+static int mpi_error_status(int rc) {
+    int cls = MPI_ERR_OTHER;
+    if (MPI_Error_class(rc, &cls) != MPI_SUCCESS) return ST_COMM;
+    switch (cls) {
+    case MPI_ERR_ARG: case MPI_ERR_BUFFER: case MPI_ERR_COUNT: case MPI_ERR_TYPE: case MPI_ERR_ROOT:
+    case MPI_ERR_OP: case MPI_ERR_COMM: case MPI_ERR_REQUEST: case MPI_ERR_RANK: case MPI_ERR_NO_MEM:
+        return ST_RUNTIME;
+    default:
+        return ST_COMM;
+    }
+}
+
+static int mpi_error(int rc, const char *file, int line, const char *call) {
+    char text[MPI_MAX_ERROR_STRING] = "unknown MPI error";
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error code %d", rc);
+    // Name only the function: the argument list is in the source at file:line.
+    int name_len = (int)strcspn(call, "(");
+    return err_set(mpi_error_status(rc), file, line, "rank %d (%s): %s:%d: MPI call %.*s failed: %s", g_rank,
+                   g_host, file, line, name_len, call, text);
+}
+
+#define MPI_TRY(call)                                                                                      \
+    do {                                                                                                   \
+        int mpi_rc__ = (call);                                                                             \
+        if (mpi_rc__ != MPI_SUCCESS) return mpi_error(mpi_rc__, __FILE__, __LINE__, #call);                \
+    } while (0)
+
+// ---------------------------------------------------------------------------------------------------------
+// Process start-up and end
+
+int world_has_mpi(void) { return 1; }
+
+int world_started(void) {
+    int inited = 0, finalized = 0;
+    MPI_Initialized(&inited);
+    MPI_Finalized(&finalized);
+    return inited && !finalized;
+}
+
+int world_init(int *argc, char ***argv, int *owns) {
+    *owns = 0;
+    int inited = 0;
+    MPI_Initialized(&inited);
+    if (!inited) {
+        // One thread calls MPI; FUNNELED leaves room for helper threads (BLAS) that never touch it.
+        int provided = 0;
+        if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+            return ERR(ST_RUNTIME, "rank ? (%s): MPI_Init_thread failed", g_host);
+        *owns = 1;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &g_world);
+    return ST_OK;
+}
+
+int world_finalize(void) {
+    if (world_started() && MPI_Finalize() != MPI_SUCCESS)
+        return ERR(ST_RUNTIME, "rank %d (%s): MPI_Finalize failed", g_rank, g_host);
+    return ST_OK;
+}
+
+void world_abort(int code) {
+    fflush(stdout);
+    fflush(stderr);
+    // MPI_COMM_WORLD, not our dup: the whole job must go even if the comm is half-built.
+    if (world_started()) MPI_Abort(MPI_COMM_WORLD, code);
+    _exit(code);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-comm state
+
+static void host_name(char *out, size_t size) {
+    char name[MPI_MAX_PROCESSOR_NAME] = "";
+    int len = 0;
+    if (MPI_Get_processor_name(name, &len) != MPI_SUCCESS || len <= 0) {
+        if (gethostname(name, sizeof name) != 0) snprintf(name, sizeof name, "unknown-host");
+        name[sizeof name - 1] = '\0';
+    }
+    snprintf(out, size, "%s", name);
+}
+
+static int comms_create(mpi_world *m, comm_info *ci) {
+    MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &m->world));
+    MPI_TRY(MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN));
+    MPI_TRY(MPI_Comm_rank(m->world, &ci->rank));
+    MPI_TRY(MPI_Comm_size(m->world, &ci->world));
+    MPI_TRY(MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, ci->rank, MPI_INFO_NULL, &m->node));
+    MPI_TRY(MPI_Comm_set_errhandler(m->node, MPI_ERRORS_RETURN));
+    MPI_TRY(MPI_Comm_rank(m->node, &ci->local_rank));
+    MPI_TRY(MPI_Comm_size(m->node, &ci->local_world));
+    return ST_OK;
+}
+
+static void arrivals_create(mpi_world *m) {
+    long long *base = NULL;
+    // Best effort: without RMA the watchdog still fires; its message then cannot name the missing ranks.
+    if (MPI_Win_allocate((MPI_Aint)sizeof *base, (int)sizeof *base, MPI_INFO_NULL, m->world, &base,
+                         &m->arrive_win) != MPI_SUCCESS) {
+        m->arrive_win = MPI_WIN_NULL;
+        return;
+    }
+    MPI_Win_set_errhandler(m->arrive_win, MPI_ERRORS_RETURN);
+    *(volatile long long *)base = 0;
+    m->arrive = base;
+}
+
+void world_close(comm *c) {
+    mpi_world *m = c->w;
+    if (m == NULL) return;
+    // Best effort: at tear-down there is nobody left to report a failure to.
+    // A board read that never completed holds the window in an access epoch: freeing it would block.
+    if (m->arrive_win != MPI_WIN_NULL && !m->arrive_stuck) MPI_Win_free(&m->arrive_win);
+    if (m->node != MPI_COMM_NULL) MPI_Comm_free(&m->node);
+    if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
+    free(m);
+    c->w = NULL;
+}
+
+int world_open(comm *c) {
+    if (!world_started()) return ERR(ST_RUNTIME, "comm_create: MPI is not initialised (call comm_world_init)");
+    mpi_world *m = calloc(1, sizeof *m);
+    TRY_ALLOC(m);
+    m->world = m->node = MPI_COMM_NULL;
+    m->arrive_win = MPI_WIN_NULL;
+    c->w = m;
+    host_name(c->info.host, sizeof c->info.host);
+    snprintf(g_host, sizeof g_host, "%s", c->info.host);
+    int st = comms_create(m, &c->info);
+    if (st != ST_OK) {
+        world_close(c);
+        return st;
+    }
+    arrivals_create(m);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Collectives
+
+static MPI_Datatype mpi_type(world_type t) {
+    switch (t) {
+    case WORLD_F32: return MPI_FLOAT;
+    case WORLD_F64: return MPI_DOUBLE;
+    case WORLD_I32: return MPI_INT32_T;
+    default: return MPI_UINT64_T;
+    }
+}
+
+int world_ibcast(comm *c, void *buf, int bytes, int root, world_req *r) {
+    mpi_world *m = c->w;
+    MPI_TRY(MPI_Ibcast(buf, bytes, MPI_BYTE, root, m->world, REQ(r)));
+    return ST_OK;
+}
+
+int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world_req *r) {
+    mpi_world *m = c->w;
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, mpi_type(t), op == WORLD_SUM ? MPI_SUM : MPI_MAX, m->world, REQ(r)));
+    return ST_OK;
+}
+
+int world_iallgather(comm *c, const void *mine, void *all, int n, world_type t, world_req *r) {
+    mpi_world *m = c->w;
+    MPI_TRY(MPI_Iallgather(mine, n, mpi_type(t), all, n, mpi_type(t), m->world, REQ(r)));
+    return ST_OK;
+}
+
+int world_ibarrier(comm *c, world_req *r) {
+    mpi_world *m = c->w;
+    MPI_TRY(MPI_Ibarrier(m->world, REQ(r)));
+    return ST_OK;
+}
+
+int world_test(comm *c, world_req *r, int *done) {
+    (void)c;
+    *done = 0;
+    MPI_TRY(MPI_Test(REQ(r), done, MPI_STATUS_IGNORE));
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Arrival board: collective k has been entered by rank p iff p's published count >= k.
+
+void world_publish(comm *c, long long n_entered) {
+    mpi_world *m = c->w;
+    if (m && m->arrive) *(volatile long long *)m->arrive = n_entered;
+}
+
+#define ARRIVALS_READ_S 2.0   // a rank whose count cannot be read within this is reported as not answering
+#define ARRIVALS_LIST_MAX 16  // ranks named in a message; then a count
+
+static void rank_list_add(char *out, size_t n, int *listed, int rank) {
+    size_t used = strlen(out);
+    if (*listed < ARRIVALS_LIST_MAX && used < n)
+        snprintf(out + used, n - used, "%s%d", *listed ? ", " : "", rank);
+    else if (*listed == ARRIVALS_LIST_MAX && used < n)
+        snprintf(out + used, n - used, ", ...");
+    ++*listed;
+}
+
+// Read every rank's count (passive-target gets, which need nothing from the owner on shared memory or RDMA
+// networks) and describe who has not entered collective seq. Bounded: a get that does not complete within
+// ARRIVALS_READ_S leaves its rank named as not answering.
+void world_describe_missing(comm *c, long long seq, char *out, size_t n) {
+    mpi_world *m = c->w;
+    int w = c->info.world, me = c->info.rank;
+    long long *vals = calloc((size_t)w, sizeof *vals);
+    MPI_Request *reqs = malloc((size_t)w * sizeof *reqs);
+    int ok = vals && reqs && m && m->arrive_win != MPI_WIN_NULL && !m->arrive_stuck &&
+             MPI_Win_lock_all(MPI_MODE_NOCHECK, m->arrive_win) == MPI_SUCCESS;
+    if (!ok) {
+        snprintf(out, n, "which ranks did not arrive is unknown (no RMA window)");
+        free(vals), free(reqs);
+        return;
+    }
+    int pending = 0;
+    for (int p = 0; p < w; p++) {
+        reqs[p] = MPI_REQUEST_NULL;
+        if (p == me) vals[p] = c->n_coll;
+        else if (MPI_Rget(&vals[p], 1, MPI_LONG_LONG, p, 0, 1, MPI_LONG_LONG, m->arrive_win, &reqs[p]) == MPI_SUCCESS)
+            pending++;
+        else
+            vals[p] = -1, reqs[p] = MPI_REQUEST_NULL;
+    }
+    double t0 = now_s();
+    while (pending > 0 && now_s() - t0 < ARRIVALS_READ_S) {
+        for (int p = 0; p < w; p++) {
+            int flag = 0;
+            if (reqs[p] != MPI_REQUEST_NULL && MPI_Test(&reqs[p], &flag, MPI_STATUS_IGNORE) == MPI_SUCCESS && flag)
+                pending--;
+        }
+        if (pending > 0) sched_yield();
+    }
+    if (pending == 0) MPI_Win_unlock_all(m->arrive_win);
+    else m->arrive_stuck = 1;
+    char missing[256] = "", silent[256] = "";
+    int n_missing = 0, n_silent = 0;
+    for (int p = 0; p < w; p++) {
+        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) rank_list_add(silent, sizeof silent, &n_silent, p);
+        else if (vals[p] < seq) rank_list_add(missing, sizeof missing, &n_missing, p);
+    }
+    if (n_missing == 0 && n_silent == 0) snprintf(out, n, "every rank has entered it (the network or MPI is stuck)");
+    int used = n_missing ? snprintf(out, n, "%s %s did not arrive", n_missing > 1 ? "ranks" : "rank", missing) : 0;
+    if (n_silent && used >= 0 && (size_t)used < n)
+        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer", used ? "; " : "",
+                 n_silent > 1 ? "ranks" : "rank", silent);
+    free(vals), free(reqs);
+}
