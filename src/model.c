@@ -9,36 +9,62 @@
 #include "common.h"
 
 // ---------------------------------------------------------------------------------------------------------
-// Conv plans per batch size. Training uses one batch size and evaluation usually another; preparing a conv
-// (cuDNN algorithm search on the GPU) is too slow to redo at every switch, so each size keeps its plan.
+// Conv plans per batch size. Training uses one batch size and evaluation usually others (eval_batch and each
+// rank's smaller last batch); preparing a conv (cuDNN algorithm search on the GPU) is too slow to redo at every
+// switch, so each size keeps its plan, up to MODEL_MAX_PLANS per layer. Slot 0 is max_batch, made by
+// model_create (its need sized the workspace): the training batch or eval_batch, whichever is larger. When the
+// cache is full, the least recently used plan goes, never slot 0 nor the training batch's (m->train_batch):
+// losing that would re-plan at the next eager training step, and a fresh search may pick another algorithm than
+// the one a captured CUDA graph replays (or, if it fell just before a capture, run conv_prepare inside it,
+// which is refused). Slots 1.. are kept most recently used first.
+_Static_assert(MODEL_MAX_PLANS >= 3, "slot 0, the training batch's plan and one more");
+
+static int conv_plan_slot(const model_layer *l, int n) {
+    for (int i = 0; i < l->n_conv_plans; i++)
+        if (l->conv_plans[i].n == n) return i;
+    return -1;
+}
+
+// A free slot, else the least recently used plan other than slot 0 and the training batch's (released).
+static int conv_plan_evict(model *m, model_layer *l) {
+    if (l->n_conv_plans < MODEL_MAX_PLANS) return l->n_conv_plans++;
+    int i = MODEL_MAX_PLANS - 1;
+    if (l->conv_plans[i].n == m->train_batch) i--;
+    m->be->ops->conv_release(m->be->ctx, &l->conv_plans[i]);
+    return i;
+}
 
 static int conv_plan_for(model *m, model_layer *l, int n) {
-    for (int i = 0; i < l->n_conv_plans; i++)
-        if (l->conv_plans[i].n == n) {
-            l->conv = l->conv_plans[i];
-            return ST_OK;
+    int i = conv_plan_slot(l, n);
+    if (i < 0) {
+        conv_desc d = l->conv_plans[0];
+        d.n = n;
+        d.plan = NULL;
+        TRY(conv_desc_init(&d, l->name));
+        size_t ws = 0;
+        TRY(m->be->ops->conv_prepare(m->be->ctx, &d, &ws));
+        if (ws > m->workspace_bytes) {
+            m->be->ops->conv_release(m->be->ctx, &d);  // in no slot: nothing else would release it
+            return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
+                       m->workspace_bytes);
         }
-    conv_desc d = l->conv_plans[0];
-    d.n = n;
-    d.plan = NULL;
-    TRY(conv_desc_init(&d, l->name));
-    size_t ws = 0;
-    TRY(m->be->ops->conv_prepare(m->be->ctx, &d, &ws));
-    if (ws > m->workspace_bytes)
-        return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
-                   m->workspace_bytes);
-    // When the cache is full the newest slot is recycled; slot 0 (the training batch) always stays.
-    int slot = l->n_conv_plans;
-    if (slot == MODEL_MAX_PLANS) m->be->ops->conv_release(m->be->ctx, &l->conv_plans[--slot]);
-    l->conv_plans[slot] = d;
-    l->n_conv_plans = slot + 1;
-    l->conv = d;
+        i = conv_plan_evict(m, l);
+        l->conv_plans[i] = d;
+    }
+    if (i > 1) {  // most recently used first (after slot 0)
+        const conv_desc d = l->conv_plans[i];
+        memmove(&l->conv_plans[2], &l->conv_plans[1], (size_t)(i - 1) * sizeof d);
+        l->conv_plans[1] = d;
+        i = 1;
+    }
+    l->conv = l->conv_plans[i];
     return ST_OK;
 }
 
 static int model_set_batch(model *m, int n) {
     if (n < 1 || n > m->max_batch) return ERR(ST_RUNTIME, "batch %d outside [1, %d]", n, m->max_batch);
     if (n == m->cur_batch) return ST_OK;
+    m->cur_batch = 0;  // until every layer has switched: after a failure midway no size is trusted
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
         if (l->type == LAYER_CONV) TRY(conv_plan_for(m, l, n));
@@ -234,6 +260,7 @@ int model_param_tensor(const model *m, int i, const char **layer_name, int *is_b
 // Forward and backward
 
 int model_forward(model *m, int n, int backward) {
+    if (backward && n >= 1 && n <= m->max_batch) m->train_batch = n;  // its conv plans stay cached
     TRY(model_set_batch(m, n));
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;

@@ -52,6 +52,7 @@ typedef struct model {
     double *loss_acc;          // device scalars accumulated by softmax_xent
     int32_t *correct_acc;
     int cur_batch;             // batch size the conv descriptors are prepared for
+    int train_batch;           // batch of the last forward with backward: its conv plans are never evicted
     layer_hook_fn layer_hook;  // NULL (default): none
     void *layer_hook_arg;
 } model;

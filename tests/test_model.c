@@ -172,6 +172,93 @@ static void test_impossible_batch_rejected(void **state) {
     err_clear();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The conv plan cache (model.c), through a CPU backend whose conv_prepare hands out a counted token as the plan
+// (the CPU ops ignore plans) and can claim a huge workspace for one batch size.
+
+static backend_ops g_counting_ops;
+static const backend_ops *g_cpu_ops;
+static int g_live_plans, g_prepares, g_greedy_n;
+
+static int counting_prepare(void *ctx, conv_desc *d, size_t *ws) {
+    TRY(g_cpu_ops->conv_prepare(ctx, d, ws));
+    d->plan = malloc(1);  // a leak shows in g_live_plans (and to LeakSanitizer)
+    assert_non_null(d->plan);
+    g_live_plans++, g_prepares++;
+    if (d->n == g_greedy_n) *ws = (size_t)1 << 40;
+    return ST_OK;
+}
+
+static void counting_release(void *ctx, conv_desc *d) {
+    if (d->plan) g_live_plans--;
+    free(d->plan);
+    d->plan = NULL;
+    g_cpu_ops->conv_release(ctx, d);
+}
+
+// Forward (and backward when train) at batch n; returns how many conv plans that had to prepare.
+static int prepares_for(model *m, int n, int train) {
+    const int before = g_prepares;
+    *m->loss_acc = 0;
+    assert_int_equal(model_forward(m, n, train), ST_OK);
+    if (train) assert_int_equal(model_backward(m, n, NULL, NULL), ST_OK);
+    return g_prepares - before;
+}
+
+static void test_conv_plan_cache(void **state) {
+    (void)state;
+    static net_config cfg;
+    small_config(&cfg);  // two conv layers
+    backend be;
+    model m;
+    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    g_cpu_ops = be.ops;
+    g_counting_ops = *be.ops;
+    g_counting_ops.conv_prepare = counting_prepare;
+    g_counting_ops.conv_release = counting_release;
+    be.ops = &g_counting_ops;
+    g_live_plans = g_prepares = 0;
+    g_greedy_n = -1;
+    enum { MAXB = 9, TRAIN = 3 };
+    assert_int_equal(model_create(&m, &be, &cfg, MAXB), ST_OK);
+    assert_int_equal(model_init_params(&m, 7), ST_OK);
+    assert_int_equal(g_live_plans, 2);  // max_batch's plan per conv layer
+    // Evaluation sizes first, then the training batch fills the cache (slot 0 + 3).
+    assert_int_equal(prepares_for(&m, 5, 0), 2);
+    assert_int_equal(prepares_for(&m, 6, 0), 2);
+    assert_int_equal(prepares_for(&m, TRAIN, 1), 2);
+    assert_int_equal(g_live_plans, 2 * MODEL_MAX_PLANS);
+    // More evaluation sizes than the cache holds: each evicts another plan, never the training batch's (the
+    // next training step prepares nothing) nor max_batch's.
+    for (int n = 1; n <= 8; n++) {
+        if (n == TRAIN) continue;
+        prepares_for(&m, n, 0);
+        assert_int_equal(g_live_plans, 2 * MODEL_MAX_PLANS);
+        if (prepares_for(&m, TRAIN, 1) != 0) fail_msg("evaluation at batch %d evicted the training batch's plan", n);
+    }
+    assert_int_equal(prepares_for(&m, MAXB, 0), 0);
+    // The least recently used plan goes: 7 and 8 were used last (with TRAIN), so both are still there.
+    assert_int_equal(prepares_for(&m, 8, 0), 0);
+    assert_int_equal(prepares_for(&m, 7, 0), 0);
+    // A batch whose plan needs more workspace than the model has: an error naming it, and the plan made for
+    // it is released (nothing leaks, nothing cached).
+    g_greedy_n = 2;
+    err_clear();
+    assert_int_equal(model_forward(&m, 2, 0), ST_RUNTIME);
+    assert_non_null(strstr(err_msg(), "workspace"));
+    err_clear();
+    assert_int_equal(g_live_plans, 2 * MODEL_MAX_PLANS);
+    g_greedy_n = -1;
+    // The training batch changes (a test or tool may do that): the new one is kept, the old one may go.
+    assert_int_equal(prepares_for(&m, 4, 1), 2);
+    assert_int_equal(prepares_for(&m, 5, 0), 2);
+    assert_int_equal(prepares_for(&m, 6, 0), 2);
+    assert_int_equal(prepares_for(&m, 4, 1), 0);
+    model_destroy(&m);
+    assert_int_equal(g_live_plans, 0);
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_gradient_matches_finite_differences, setup, teardown),
@@ -179,6 +266,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_tensor_names_and_pytorch_shapes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_smaller_batch_uses_own_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_impossible_batch_rejected, setup, teardown),
+        cmocka_unit_test(test_conv_plan_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
