@@ -4,6 +4,7 @@
 // Every op is enqueued on the one non-blocking compute stream and returns without waiting, except download and
 // sync (and upload of large buffers). The NCCL comm backend orders its own stream against this one with events.
 // The ops themselves live in conv_cuda.cu (cuDNN) and ops_cuda.cu (everything else).
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,10 @@ static int ctx_init(cuda_ctx *c, int device) {
     c->device = device;
     cudaCheck(cudaSetDevice(device));
     cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
+    int major = 0, minor = 0;
+    cudaCheck(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    cudaCheck(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    c->cc = major * 10 + minor;
     cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
 
     cublasCheck(cublasCreate(&c->cublas));
@@ -49,8 +54,11 @@ static int ctx_init(cuda_ctx *c, int device) {
     // After cublasSetStream, which resets the workspace to cuBLAS's own pool.
     cudaCheck(cudaMalloc(&c->cublas_ws, CUBLAS_WS_BYTES));
     cublasCheck(cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WS_BYTES));
-    // Default math is full FP32 for SGEMM (TF32 only through backend_cuda_set_tf32).
+    // Default math is full FP32 for SGEMM (TF32 only through backend_cuda_set_options).
     cublasCheck(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
+    // No atomics in cuBLAS: with one stream and a fixed workspace, a GEMM then gives the same bits at every
+    // run on the same GPU model (cuBLAS's default, stated so that net.deterministic can rely on it).
+    cublasCheck(cublasSetAtomicsMode(c->cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
 
     cudnnCheck(cudnnCreate(&c->cudnn));
     cudnnCheck(cudnnSetStream(c->cudnn, c->stream));
@@ -298,14 +306,19 @@ static const backend_ops cuda_ops = {
     .replay = cuda_replay,
 };
 
-extern "C" int backend_cuda_available(void) {
+extern "C" const char *backend_cuda_unusable(void) {
+    static char why[256];
     int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess) {
-        (void)cudaGetLastError();  // no driver or no device: not an error, just no CUDA
-        return 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();  // no driver or no device: an answer, not an error to carry on
+        snprintf(why, sizeof why, "cudaGetDeviceCount failed: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return why;
     }
-    return count > 0;
+    return count > 0 ? NULL : "no CUDA device (cudaGetDeviceCount found 0)";
 }
+
+extern "C" int backend_cuda_available(void) { return backend_cuda_unusable() == NULL; }
 
 extern "C" int backend_cuda_create(backend *be, int device) {
     be->ops = NULL;
@@ -332,13 +345,24 @@ extern "C" int backend_cuda_create(backend *be, int device) {
     return ST_OK;
 }
 
-extern "C" int backend_cuda_set_tf32(backend *be, int on) {
+extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options *opt) {
     if (be == NULL || be->ops != &cuda_ops)
-        return on ? ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is '%s')",
-                        be && be->ops ? be->ops->name : "none")
-                  : ST_OK;
+        return opt->tf32 ? ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is '%s')",
+                               be && be->ops ? be->ops->name : "none")
+                         : ST_OK;  // deterministic: the CPU backend already is (for a fixed thread count)
     cuda_ctx *c = (cuda_ctx *)be->ctx;
-    cublasCheck(cublasSetMathMode(c->cublas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-    c->tf32 = on != 0;
+    cublasCheck(cublasSetMathMode(c->cublas, opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    c->tf32 = opt->tf32 != 0;
+    c->deterministic = opt->deterministic != 0;  // read by conv_prepare (conv_cuda.cu)
     return ST_OK;
+}
+
+extern "C" int backend_cuda_set_tf32(backend *be, int on) {
+    backend_cuda_options opt = {on, 0};
+    if (be && be->ops == &cuda_ops) opt.deterministic = ((const cuda_ctx *)be->ctx)->deterministic;
+    return backend_cuda_set_options(be, &opt);
+}
+
+extern "C" int backend_cuda_compute_capability(const backend *be) {
+    return be && be->ops == &cuda_ops ? ((const cuda_ctx *)be->ctx)->cc : 0;
 }

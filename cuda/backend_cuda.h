@@ -7,16 +7,44 @@ extern "C" {
 #include "backend.h"
 #include "common.h"
 
+// Options of the CUDA backend (config keys net.tf32 and net.deterministic), set once after backend_create and
+// before the model prepares its layers: conv layers choose their algorithms in conv_prepare, so plans made
+// earlier keep the options they were made with (cuBLAS follows at once).
+typedef struct backend_cuda_options {
+    // TF32 tensor-core math for cuBLAS (dense) and cuDNN (conv). Off: plain FP32 (FMA) math, which the tests
+    // compare against the CPU backend.
+    int tf32;
+    // Only deterministic cuDNN algorithms, chosen by cuDNN's heuristics instead of by timing them (a timed
+    // choice may differ from run to run), and cuBLAS without atomics: two runs, and a replayed CUDA graph vs
+    // eager steps, give bit-identical parameters. Off: the fastest algorithm (deterministic when it costs
+    // little). The training loss sum (one atomic per block) may still differ in its last bits.
+    int deterministic;
+} backend_cuda_options;
+
 #ifdef DDP_HAVE_CUDA
-// TF32 tensor-core math for cuBLAS (dense) and cuDNN (conv). Off by default: plain FP32 (FMA) math, which the
-// tests compare against the CPU backend. cuBLAS follows at once; conv layers pick their algorithms in
-// conv_prepare, so call this before preparing them (plans made earlier keep the math they were made with).
-// ST_INPUT when be is not a CUDA backend and on=1.
+// ST_INPUT when be is not a CUDA backend and tf32=1; deterministic=1 is accepted there and changes nothing
+// (the CPU backend is deterministic for a fixed thread count).
+int backend_cuda_set_options(backend *be, const backend_cuda_options *opt);
+// backend_cuda_set_options with only tf32 changed.
 int backend_cuda_set_tf32(backend *be, int on);
+// NULL when a CUDA device is usable; otherwise why not (no device, or cudaGetDeviceCount's error, e.g. a
+// driver too old for this runtime). A static string.
+const char *backend_cuda_unusable(void);
+// Compute capability of the backend's device as major * 10 + minor (90 for sm_90); 0 when be is not CUDA.
+int backend_cuda_compute_capability(const backend *be);
 #else
-static inline int backend_cuda_set_tf32(backend *be, int on) {
+static inline int backend_cuda_set_options(backend *be, const backend_cuda_options *opt) {
     (void)be;
-    return on ? ERR(ST_INPUT, "tf32: this build has no CUDA backend") : ST_OK;
+    return opt->tf32 ? ERR(ST_INPUT, "tf32: this build has no CUDA backend") : ST_OK;
+}
+static inline int backend_cuda_set_tf32(backend *be, int on) {
+    const backend_cuda_options opt = {.tf32 = on};
+    return backend_cuda_set_options(be, &opt);
+}
+static inline const char *backend_cuda_unusable(void) { return "this build has no CUDA backend"; }
+static inline int backend_cuda_compute_capability(const backend *be) {
+    (void)be;
+    return 0;
 }
 #endif
 

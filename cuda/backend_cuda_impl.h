@@ -26,7 +26,9 @@ extern "C" {
 typedef struct cuda_ctx {
     int device;
     int sm_count;
-    int tf32;
+    int cc;             // compute capability, major * 10 + minor
+    int tf32;           // backend_cuda_options (backend_cuda.h)
+    int deterministic;
     cudaStream_t stream;  // every op runs here; never the legacy default stream
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;

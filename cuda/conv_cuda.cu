@@ -5,6 +5,10 @@
 // times every algorithm on scratch buffers and we take the fastest whose workspace fits WS_CAP. For the two
 // backward convolutions a deterministic algorithm is preferred when it is within 10% of the fastest, so that
 // runs repeat bit for bit where it costs little (dgrad ALGO_0 and wgrad ALGO_0/ALGO_3 use atomics).
+// net.deterministic (c->deterministic): only algorithms cuDNN reports as deterministic, in every direction,
+// ranked by cuDNN's heuristics (cudnnGet*Algorithm_v7) instead of by timing: two runs then pick the same
+// algorithms (a timed choice may not; different algorithms round differently), so they repeat bit for bit.
+// The fallbacks (fwd IMPLICIT_GEMM, dgrad ALGO_1, wgrad ALGO_1) are deterministic algorithms.
 // Math: with TF32 off (the default) every descriptor is set to CUDNN_FMA_MATH, which cuDNN 8+ honours in Find
 // and execution; CUDNN_DEFAULT_MATH would allow TF32 on Ampere and later. With TF32 on, the math type Find
 // reports for the chosen algorithm is used.
@@ -184,23 +188,29 @@ static int scratch_alloc(cuda_ctx *c, const conv_desc *d, const conv_plan *p, si
     return ST_OK;
 }
 
-// Indices of the usable results, fastest first; with prefer_det, deterministic ones within the slack of the
-// fastest move to the front (still fastest first among themselves).
+// How a direction's candidates are ordered: by measured time (Find), moving deterministic ones within the
+// slack of the fastest to the front (PREFER_DET), or only deterministic ones in cuDNN's heuristic order.
+enum rank_mode { RANK_FASTEST, RANK_PREFER_DET, RANK_ONLY_DET };
+
+// Indices of the usable results in the order to try them (see rank_mode).
 template <typename Perf>
-static int rank_results(const Perf *perf, int count, size_t ws_cap, int tf32, int prefer_det, int *order) {
+static int rank_results(const Perf *perf, int count, size_t ws_cap, int tf32, rank_mode mode, int *order) {
+    const int timed = mode != RANK_ONLY_DET;  // heuristic results carry no time
     int n = 0;
     for (int i = 0; i < count; i++) {
         const Perf &q = perf[i];
         const int math_ok = tf32 || q.mathType == CUDNN_FMA_MATH || q.mathType == CUDNN_DEFAULT_MATH;
-        if (q.status == CUDNN_STATUS_SUCCESS && q.memory <= ws_cap && q.time >= 0.f && math_ok) order[n++] = i;
+        const int det_ok = timed || q.determinism == CUDNN_DETERMINISTIC;
+        const int time_ok = !timed || q.time >= 0.f;
+        if (q.status == CUDNN_STATUS_SUCCESS && q.memory <= ws_cap && time_ok && math_ok && det_ok) order[n++] = i;
     }
-    for (int i = 1; i < n; i++)  // insertion sort: at most 8 entries
+    for (int i = 1; timed && i < n; i++)  // insertion sort: at most 8 entries
         for (int j = i; j > 0 && perf[order[j]].time < perf[order[j - 1]].time; j--) {
             const int t = order[j];
             order[j] = order[j - 1];
             order[j - 1] = t;
         }
-    if (prefer_det && n > 1) {
+    if (mode == RANK_PREFER_DET && n > 1) {
         const float limit = perf[order[0]].time * DETERMINISTIC_SLACK;
         int tmp[16], m = 0;
         for (int i = 0; i < n; i++)
@@ -211,6 +221,16 @@ static int rank_results(const Perf *perf, int count, size_t ws_cap, int tf32, in
         for (int i = 0; i < n; i++) order[i] = tmp[i];
     }
     return n;
+}
+
+// The mode of a direction: forward has no preference of its own (cuDNN's forward algorithms use no atomics).
+static rank_mode rank_mode_for(const cuda_ctx *c, int backward) {
+    return c->deterministic ? RANK_ONLY_DET : backward ? RANK_PREFER_DET : RANK_FASTEST;
+}
+
+// Candidates may use this much workspace: what the scratch has for Find (those were timed), cap otherwise.
+static size_t candidate_ws_cap(const cuda_ctx *c, const find_scratch *s, size_t cap) {
+    return c->deterministic ? cap : s->ws_bytes;
 }
 
 static cudnnMathType_t math_for(const cuda_ctx *c, cudnnMathType_t found) {
@@ -263,10 +283,14 @@ static int no_algo(const conv_desc *d, const char *dir) {
 static int choose_fwd(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s, size_t cap) {
     cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     int count = 0, order[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
-                                                      p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf,
-                                                      s->ws, s->ws_bytes));
-    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 0, order);
+    if (c->deterministic)
+        cudnnCheck(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
+                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
+    else
+        cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
+                                                          p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count,
+                                                          perf, s->ws, s->ws_bytes));
+    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 0), order);
     for (int i = 0; i < m; i++) {
         const cudnnConvolutionFwdAlgoPerf_t &q = perf[order[i]];
         if (try_fwd(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
@@ -282,11 +306,16 @@ static int choose_bwd_data(const cuda_ctx *c, const conv_desc *d, conv_plan *p, 
     cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     int count = 0, order[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     // dx goes to the x scratch (x itself is not an input of this direction).
-    cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
-                                                           p->bwd_data_desc, p->x_desc, s->x,
-                                                           CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf, s->ws,
-                                                           s->ws_bytes));
-    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 1, order);
+    if (c->deterministic)
+        cudnnCheck(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
+                                                               p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                               &count, perf));
+    else
+        cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
+                                                               p->bwd_data_desc, p->x_desc, s->x,
+                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf,
+                                                               s->ws, s->ws_bytes));
+    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 1), order);
     for (int i = 0; i < m; i++) {
         const cudnnConvolutionBwdDataAlgoPerf_t &q = perf[order[i]];
         if (try_bwd_data(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
@@ -302,11 +331,16 @@ static int choose_bwd_filter(const cuda_ctx *c, const conv_desc *d, conv_plan *p
     cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     int count = 0, order[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     // dw goes to the w scratch (w is not an input of this direction).
-    cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
-                                                             p->bwd_filter_desc, p->w_desc, s->w,
-                                                             CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count, perf,
-                                                             s->ws, s->ws_bytes));
-    const int m = rank_results(perf, count, s->ws_bytes, c->tf32, 1, order);
+    if (c->deterministic)
+        cudnnCheck(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
+                                                                 p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                 &count, perf));
+    else
+        cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
+                                                                 p->bwd_filter_desc, p->w_desc, s->w,
+                                                                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
+                                                                 perf, s->ws, s->ws_bytes));
+    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 1), order);
     for (int i = 0; i < m; i++) {
         const cudnnConvolutionBwdFilterAlgoPerf_t &q = perf[order[i]];
         if (try_bwd_filter(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
@@ -320,7 +354,7 @@ static int choose_bwd_filter(const cuda_ctx *c, const conv_desc *d, conv_plan *p
 // Fallbacks may exceed cap (never WS_CAP): the caller then sees a larger need than it planned for.
 static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t cap) {
     find_scratch s = {};
-    int st = scratch_alloc(c, d, p, cap, &s);
+    int st = c->deterministic ? ST_OK : scratch_alloc(c, d, p, cap, &s);  // heuristics run nothing
     if (st == ST_OK) st = choose_fwd(c, d, p, &s, cap);
     if (st == ST_OK) st = choose_bwd_data(c, d, p, &s, cap);
     if (st == ST_OK) st = choose_bwd_filter(c, d, p, &s, cap);
