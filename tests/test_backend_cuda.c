@@ -1,8 +1,9 @@
 // test_backend_cuda.c — every op of the CUDA backend against the CPU reference, on random inputs, with a
 // normalised error per op: max |cuda - cpu| / max |cpu| (TF32 off, so both compute in FP32).
 //
-// Without a CUDA device (or in a build without CUDA) the comparisons skip; the creation error paths still run.
-// backend_cuda.h gives a stub of the one CUDA-only call for builds without CUDA, so nothing here is #ifdef'd.
+// Without a CUDA device (or in a build without CUDA) the comparisons skip, or fail with DDP_REQUIRE_CUDA=1
+// (tu_cuda_or_skip); the creation error paths still run. backend_cuda.h gives stubs of the CUDA-only calls for
+// builds without CUDA, so nothing here is #ifdef'd.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "test_util.h"
 
 static int g_have_cuda;
+static const char *g_no_cuda;  // why CUDA is not usable (NULL when it is)
 static backend g_cpu, g_gpu;
 
 #define OK(expr)                                                                                           \
@@ -21,10 +23,7 @@ static backend g_cpu, g_gpu;
         if (st_ != ST_OK) fail_msg("%s failed (status %d): %s", #expr, st_, err_msg());                   \
     } while (0)
 
-#define NEED_CUDA()                                                                                        \
-    do {                                                                                                   \
-        if (!g_have_cuda) skip();                                                                          \
-    } while (0)
+#define NEED_CUDA() tu_cuda_or_skip(g_no_cuda)
 
 // Tolerances (normalised). Convolutions: cuDNN may pick FFT/Winograd, which round differently from im2col.
 #define TOL_CONV 1e-4
@@ -290,6 +289,28 @@ static void test_conv(void **state) {
         {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
+}
+
+// The reference CNN's convolutions at the trainer's batch sizes (training 64, evaluation 1000): conv1 1->32 3x3
+// on 28x28 and conv2 32->64 3x3 on 13x13 (after the 2x2 pool), forward and both backward passes. The CPU
+// reference runs on every core here (the shapes are large for one thread); its summation order changes, which
+// the tolerance covers.
+static void test_conv_model_shapes(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 41);
+    const conv_case cases[] = {
+        {64, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU},
+        {64, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU},
+        {1000, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU},
+        {1000, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU},
+    };
+    backend one_thread = g_cpu;
+    OK(backend_cpu_create(&g_cpu, 0));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
+    backend_destroy(&g_cpu);
+    g_cpu = one_thread;
 }
 
 // One layer prepared for two batch sizes (training and a smaller last eval batch): each plan runs its own n,
@@ -729,24 +750,87 @@ static void test_marks(void **state) {
     o->mark_destroy(ctx, between);
 }
 
-// TF32 on: results stay close (TF32 keeps 10 mantissa bits), and off again restores FP32 math for cuBLAS.
+// TF32 must do what it says, and off must really be off. Inputs whose products lose bits in TF32 (10 mantissa
+// bits): x = ±(1 + 2^-12), w = ±1. Every partial sum of FP32 products is then k·(1 + 2^-12) with |k| <= in <=
+// 2^12, exact in FP32 whatever the order, so FP32 math gives the exact result (CPU and GPU bit for bit), while
+// TF32 rounds x to ±1 and gives the integer k: most outputs differ, each by at most |k|·2^-12. A switch that
+// did nothing would fail the first half; one that stayed on would fail the last check. TF32 needs sm_80+.
+static void tf32_gemm(const twin *x, const twin *w, const twin *y, int n, int in, int out, float *got) {
+    OK(g_gpu.ops->zero(g_gpu.ctx, y->g, y->bytes));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, ACT_NONE, x->g, w->g, NULL, y->g));
+    OK(g_gpu.ops->download(g_gpu.ctx, got, y->g, y->bytes));
+}
+
 static void test_tf32(void **state) {
     (void)state;
     NEED_CUDA();
     rng r;
     rng_seed(&r, 111);
-    OK(backend_cuda_set_tf32(&g_gpu, 1));
-    const int n = 32, in = 64, out = 48;
-    float *hx = rand_floats(&r, (size_t)n * in, 1.f), *hw = rand_floats(&r, (size_t)out * in, 0.5f);
-    twin x = twin_make(hx, (size_t)n * in * 4), w = twin_make(hw, (size_t)out * in * 4), y = twin_make(NULL, (size_t)n * out * 4);
+    const int n = 512, in = 1024, out = 512;
+    const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    float *hx = malloc(nx * 4), *hw = malloc(nw * 4), *ref = malloc(ny * 4), *got = malloc(ny * 4);
+    assert_non_null(hx), assert_non_null(hw), assert_non_null(ref), assert_non_null(got);
+    for (size_t i = 0; i < nx; i++) hx[i] = (rng_below(&r, 2) ? 1.f : -1.f) * (1.f + 0x1p-12f);
+    for (size_t i = 0; i < nw; i++) hw[i] = rng_below(&r, 2) ? 1.f : -1.f;
+    twin x = twin_make(hx, nx * 4), w = twin_make(hw, nw * 4), y = twin_make(NULL, ny * 4);
     OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, ACT_NONE, x.c, w.c, NULL, y.c));
-    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, ACT_NONE, x.g, w.g, NULL, y.g));
-    expect_close("dense forward y (tf32)", &y, 1e-2);
+    OK(g_cpu.ops->download(g_cpu.ctx, ref, y.c, ny * 4));
+
     OK(backend_cuda_set_tf32(&g_gpu, 0));
-    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, ACT_NONE, x.g, w.g, NULL, y.g));
-    expect_close("dense forward y (tf32 off again)", &y, TOL_DENSE);
+    tf32_gemm(&x, &w, &y, n, in, out, got);
+    if (memcmp(got, ref, ny * 4) != 0) fail_msg("tf32=0: the GEMM differs from the exact FP32 result");
+
+    const int cc = backend_cuda_compute_capability(&g_gpu);
+    if (cc >= 80) {
+        OK(backend_cuda_set_tf32(&g_gpu, 1));
+        tf32_gemm(&x, &w, &y, n, in, out, got);
+        size_t differ = 0;
+        for (size_t i = 0; i < ny; i++) {
+            const double k = rint(ref[i] / (1.0 + 0x1p-12));  // the TF32 result, up to accumulation order
+            if (got[i] != ref[i]) differ++;
+            if (!(fabs(got[i] - ref[i]) <= fabs(k) * 0x1p-12 + 1e-6))
+                fail_msg("tf32=1: output %zu is %.9g, exact %.9g: more than TF32 rounding", i, got[i], ref[i]);
+        }
+        print_message("tf32=1 on sm_%d: %zu of %zu outputs differ from FP32\n", cc, differ, ny);
+        // Outputs with k = 0 agree (about 2.5% for in = 1024); any working TF32 changes nearly all the others.
+        if (differ < ny / 2) fail_msg("tf32=1 changed only %zu of %zu outputs: TF32 is not in effect", differ, ny);
+        OK(backend_cuda_set_tf32(&g_gpu, 0));
+        tf32_gemm(&x, &w, &y, n, in, out, got);
+        if (memcmp(got, ref, ny * 4) != 0) fail_msg("tf32 back to 0: the GEMM still differs from FP32");
+    } else {
+        print_message("sm_%d has no TF32: only tf32=0 checked\n", cc);
+    }
     twin_free(&x), twin_free(&w), twin_free(&y);
-    free(hx), free(hw);
+    free(hx), free(hw), free(ref), free(got);
+
+    // Convolutions with TF32 on (plans take the math at conv_prepare): close to FP32, within TF32's precision.
+    if (cc >= 80) {
+        OK(backend_cuda_set_tf32(&g_gpu, 1));
+        conv_desc d = {.n = 64, .c = 32, .h = 13, .w = 13, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 0,
+                       .act = ACT_NONE};
+        OK(conv_desc_init(&d, "tf32 conv"));
+        conv_desc dc = d, dg = d;
+        size_t wsc = 0, wsg = 0;
+        OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &dc, &wsc));
+        OK(g_gpu.ops->conv_prepare(g_gpu.ctx, &dg, &wsg));
+        OK(backend_cuda_set_tf32(&g_gpu, 0));  // the plan keeps TF32; later tests get FP32 again
+        void *wc = NULL, *wg = NULL;
+        if (wsc) OK(g_cpu.ops->alloc(g_cpu.ctx, &wc, wsc));
+        if (wsg) OK(g_gpu.ops->alloc(g_gpu.ctx, &wg, wsg));
+        const size_t cx = (size_t)d.n * d.c * d.h * d.w, cw = (size_t)d.k * d.c * 9, cy = (size_t)d.n * d.k * d.oh * d.ow;
+        float *hcx = rand_floats(&r, cx, 1.f), *hcw = rand_floats(&r, cw, 0.5f), *hcb = rand_floats(&r, d.k, 0.5f);
+        twin tx = twin_make(hcx, cx * 4), tw = twin_make(hcw, cw * 4), tb = twin_make(hcb, d.k * 4);
+        twin ty = twin_make(NULL, cy * 4);
+        OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, tx.c, tw.c, tb.c, ty.c, wc));
+        OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, tx.g, tw.g, tb.g, ty.g, wg));
+        expect_close("conv forward y (tf32)", &ty, 1e-2);
+        twin_free(&tx), twin_free(&tw), twin_free(&tb), twin_free(&ty);
+        free(hcx), free(hcw), free(hcb);
+        g_cpu.ops->free(g_cpu.ctx, wc);
+        g_gpu.ops->free(g_gpu.ctx, wg);
+        g_cpu.ops->conv_release(g_cpu.ctx, &dc);
+        g_gpu.ops->conv_release(g_gpu.ctx, &dg);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -757,12 +841,13 @@ static int group_setup(void **state) {
         fprintf(stderr, "cpu backend: %s\n", err_msg());
         return -1;
     }
-    g_have_cuda = backend_cuda_available();
+    g_no_cuda = backend_cuda_unusable();
+    g_have_cuda = g_no_cuda == NULL;
     if (g_have_cuda && backend_cuda_create(&g_gpu, 0) != ST_OK) {
         fprintf(stderr, "cuda backend: %s\n", err_msg());
         return -1;
     }
-    if (!g_have_cuda) printf("no CUDA device (or a build without CUDA): the CUDA comparisons are skipped\n");
+    if (!g_have_cuda) printf("CUDA is not usable (%s): the CUDA comparisons skip (fail with DDP_REQUIRE_CUDA=1)\n", g_no_cuda);
     return 0;
 }
 
@@ -780,6 +865,7 @@ int main(void) {
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_gather),
         cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_conv_model_shapes),
         cmocka_unit_test(test_conv_batch_sizes),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_dense),

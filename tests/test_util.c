@@ -118,3 +118,13 @@ double tu_json_number(const char *line, const char *key) {
     if (!p) fail_msg("metrics line has no \"%s\": %s", key, line);
     return atof(p + strlen(pat));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// GPU tests
+
+void tu_cuda_or_skip(const char *why) {
+    if (why == NULL) return;
+    const char *req = getenv("DDP_REQUIRE_CUDA");
+    if (req && *req && strcmp(req, "0") != 0) fail_msg("DDP_REQUIRE_CUDA=%s but CUDA is not usable: %s", req, why);
+    skip();
+}

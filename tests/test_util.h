@@ -23,3 +23,7 @@ int tu_make_idx_dataset(const char *dir, int n_train, int n_test, unsigned seed,
 double tu_json_number(const char *line, const char *key);
 // Run a shell command; returns its exit status (or -1 when it did not exit normally).
 int tu_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+// GPU tests call this first, with backend_cuda_unusable() (cuda/backend_cuda.h): NULL when CUDA is usable, else
+// why not. Returns when usable; otherwise skips the calling test, or, when DDP_REQUIRE_CUDA is set (and not
+// "0"), fails it with the reason: on a GPU machine a broken driver must not pass as a clean skip.
+void tu_cuda_or_skip(const char *why);
