@@ -93,6 +93,7 @@ int comm_world_is_mpi(void) { return world_has_mpi(); }
 
 const comm_info *comm_get_info(const comm *c) { return &c->info; }
 const char *comm_backend_name(const comm *c) { return c->ops->name; }
+unsigned comm_caps(const comm *c) { return c->ops->caps; }
 
 int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
     // Staging buffers and the stream are per request: changing them under one in flight would corrupt it.

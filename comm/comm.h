@@ -35,6 +35,13 @@ int comm_create(comm **out, const char *backend, double timeout_s);
 const comm_info *comm_get_info(const comm *c);
 const char *comm_backend_name(const comm *c);
 
+// What a backend can do (flags, so callers never compare names):
+enum {
+    COMM_CAP_HOST_PROGRESS = 1,  // the reduction advances only while the host tests it (poll during backward)
+    COMM_CAP_CAPTURE = 2,        // launches are stream work that a CUDA graph capture can hold
+};
+unsigned comm_caps(const comm *c);
+
 // For the nccl backend: the CUDA compute stream to order against (set before the first all-reduce).
 // buffers_on_device: 1 when the all-reduce buffers are device memory (mpi stages them through the host).
 int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device);

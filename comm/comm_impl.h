@@ -23,6 +23,7 @@ typedef struct comm_req_slot {
 
 typedef struct comm_ops {
     const char *name;
+    unsigned caps;  // COMM_CAP_* (comm.h)
     // Launch the average of r->buf[0..r->n) over ranks; fill backend state in r->impl. Never called with n == 0.
     int (*allreduce_avg_launch)(comm *c, comm_req_slot *r);
     // Non-blocking completion check; sets *done. For NCCL "done" means the op is enqueued and ordered

@@ -215,6 +215,7 @@ static void mpi_destroy(comm *c) {
 
 static const comm_ops mpi_ops = {
     .name = "mpi",
+    .caps = COMM_CAP_HOST_PROGRESS,
     .allreduce_avg_launch = mpi_launch,
     .allreduce_test = mpi_test,
     .bind_stream = mpi_bind_stream,

@@ -286,6 +286,7 @@ static int nccl_test(comm *c, comm_req_slot *r, int *done) {
 
 static const comm_ops nccl_ops = {
     .name = "nccl",
+    .caps = COMM_CAP_CAPTURE,
     .allreduce_avg_launch = nccl_launch,
     .allreduce_test = nccl_test,
     .req_marks = nccl_req_marks,

@@ -76,6 +76,7 @@ typedef struct rec_ctx {
     int capturing;           // between capture_begin and capture_end
     const char *invalid_by;  // the forbidden call that invalidated the open capture, NULL while valid
     int have_graph;          // recs[0..n) is a finished capture
+    int refuse;              // test aid: every capture is invalidated at once (backend_record_refuse_captures)
     rec *recs;
     size_t n, cap;
 } rec_ctx;
@@ -291,7 +292,7 @@ static int r_capture_begin(void *ctx) {
     if (c->capturing) return ERR(ST_RUNTIME, "record backend: capture_begin while a capture is already open");
     c->have_graph = 0;  // capture_begin replaces the graph
     c->n = 0;
-    c->invalid_by = NULL;
+    c->invalid_by = c->refuse ? "an op the test made refuse capture" : NULL;
     c->capturing = 1;
     return ST_OK;
 }
@@ -362,6 +363,13 @@ static const backend_ops record_ops = {
     .capture_end = r_capture_end,
     .replay = r_replay,
 };
+
+int backend_record_refuse_captures(backend *be) {
+    if (!be || !be->ops || be->ops->capture_begin != r_capture_begin)
+        return ERR(ST_RUNTIME, "record backend: refuse_captures on a backend that is not the record wrapper");
+    ((rec_ctx *)be->ctx)->refuse = 1;
+    return ST_OK;
+}
 
 int backend_record_wrap(backend *be) {
     if (!be || !be->ops) return ERR(ST_INPUT, "record backend: no backend to wrap");

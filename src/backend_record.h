@@ -10,3 +10,7 @@
 // the table keeps the inner backend's name. Takes ownership: destroying the wrapper destroys the inner
 // backend. On failure *be is left as it was (still the caller's).
 int backend_record_wrap(backend *be);
+
+// Test aid: every later capture on the wrapper *be fails as one invalidated by a refused call would (no graph;
+// capture_end reports it), so the trainer's fall-back to op-by-op steps is tested without a GPU.
+int backend_record_refuse_captures(backend *be);

@@ -65,6 +65,7 @@ typedef struct net_config {
     char comm[16];              // mpi (default) | nccl
     int bucket_kb;              // gradient bucket size in KiB (default 256)
     int overlap;                // 1 (default): launch buckets during backward; 0: after backward
+    int force_allreduce;        // 1: run the bucketed all-reduce also at one rank (checks the comm path on 1 GPU)
     int scaling;                // weak (default) | strong
     int lr_scaling;             // none (default) | linear (lr *= world size, with warmup)
     double warmup_epochs;       // default 0 (linear warmup from lr to scaled lr)

@@ -80,6 +80,7 @@ typedef struct trainer {
     void *mk_ahead[AHEAD + 1];  // recorded after each step is issued: the host waits for step k-AHEAD
     // CUDA graph of the step (backend capture/replay)
     int use_graph, graph_ready;
+    int graph_fell_back;        // the capture failed: steps run op by op (a note said why)
     long long eager_steps;
     int32_t *d_batch_idx;       // the step's sample indices at a fixed address, where a graph reads them
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
@@ -485,10 +486,13 @@ static int mark(trainer *t, int k) { return t->marks_on ? t->be.ops->mark_record
 static int mark_wait(trainer *t, void *mk) {
     const backend_ops *o = t->be.ops;
     int done = 0;
+    // A peer that died under a replayed graph shows up first as NCCL's asynchronous error.
+    if (t->use_comm) TRY(comm_check(t->c));
     TRY(o->mark_query(t->be.ctx, mk, &done));
     double t0 = now_s();
     while (!done) {
         double waited = now_s() - t0;
+        if (t->use_comm) TRY(comm_check(t->c));
         if (waited > t->cfg->comm_timeout_s)
             return ERR(ST_COMM, "rank %d (%s): step %lld: the GPU has not finished the step after %.0f s "
                                 "(comm_timeout_s): an all-reduce waiting for a peer that stopped?",
@@ -675,6 +679,22 @@ static int graph_capture(trainer *t) {
     return ST_OK;
 }
 
+// A capture that failed (an op the driver would not capture, say) captured nothing and ran nothing: forget its
+// all-reduce launches and go on op by op. A communication failure is not a capture problem: that one stays.
+static int graph_fall_back(trainer *t, int st) {
+    if (st == ST_COMM) return st;
+    LOG0("note: CUDA graph off: capturing the training step failed (%s); continuing op by op\n", err_msg());
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        bucket *b = &t->buckets[i];
+        if (b->req >= 0) TRY(comm_discard(t->c, b->req));
+        b->req = -1;
+    }
+    t->next_bucket = 0;
+    t->use_graph = 0;
+    t->graph_fell_back = 1;
+    return ST_OK;
+}
+
 // Host work (the batch's indices, the optimizer's hyper-parameters), then the step: replayed from the graph
 // when there is one, issued op by op otherwise (the first step, which warms up the libraries before a
 // capture, and the steps that check gradients for NaN/Inf, which read them back midway).
@@ -689,11 +709,17 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     TRY(o->copy(ctx, t->d_batch_idx, idx, (size_t)t->B * sizeof(int32_t)));
     TRY(optim_prepare(&t->opt, lr_at(t)));
     const int timed = t->tr != NULL || t->global_step % t->timing_every == 0;
-    const int replay = t->use_graph && !check_finite && t->eager_steps > 0;
+    int replay = t->use_graph && !check_finite && t->eager_steps > 0;
     t->n_lm = 0;
     t->in_step = 1;
+    if (replay && !t->graph_ready) {
+        const int st = graph_capture(t);
+        if (st != ST_OK) {
+            TRY(graph_fall_back(t, st));
+            replay = 0;
+        }
+    }
     if (replay) {
-        if (!t->graph_ready) TRY(graph_capture(t));
         TRY(o->replay(ctx));
     } else {
         t->marks_on = timed;
@@ -964,8 +990,13 @@ static int setup(trainer *t, baseline *bl) {
     TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
     // Before the model: cuDNN plans fix their math mode when prepared. tf32=1 without CUDA is an error.
     TRY(backend_cuda_set_tf32(&t->be, cfg->tf32));
-    // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h).
-    if (getenv("DDP_TEST_CPU_GRAPH") && !t->be.ops->capture_begin) TRY(backend_record_wrap(&t->be));
+    // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h);
+    // DDP_TEST_CPU_GRAPH=refuse makes every capture fail (the fall-back to op-by-op steps).
+    const char *cpu_graph = getenv("DDP_TEST_CPU_GRAPH");
+    if (cpu_graph && !t->be.ops->capture_begin) {
+        TRY(backend_record_wrap(&t->be));
+        if (strcmp(cpu_graph, "refuse") == 0) TRY(backend_record_refuse_captures(&t->be));
+    }
     t->async_backend = t->be.ops->stream != NULL;
     t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
     for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
@@ -981,7 +1012,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
     // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
-    int comm_on_stream = !t->use_comm || !t->host_comm;
+    int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);
     t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
         LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
@@ -998,8 +1029,10 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;
     t->overlap = cfg->overlap;
-    t->use_comm = t->world > 1;
-    t->host_comm = strcmp(comm_backend_name(c), "mpi") == 0;
+    // One rank has nothing to average, unless asked to run the all-reduce path anyway (parallel.force_allreduce,
+    // so that one GPU exercises the buckets, the comm stream and its fork/join inside a CUDA graph).
+    t->use_comm = t->world > 1 || cfg->force_allreduce;
+    t->host_comm = (comm_caps(c) & COMM_CAP_HOST_PROGRESS) != 0;
     baseline bl = {0};
     FILE *metrics = NULL;
     int st = agree(t, setup(t, &bl));
@@ -1017,7 +1050,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
                                    n * sizeof(float));
         }
         free(host);
-        if (st == ST_OK && t->be.ops->set_progress && strcmp(comm_backend_name(c), "mpi") == 0 && t->overlap)
+        if (st == ST_OK && t->be.ops->set_progress && t->host_comm && t->overlap)
             t->be.ops->set_progress(t->be.ctx, progress_hook, t);
         st = agree(t, st);
     }

@@ -116,6 +116,61 @@ static void test_graph_replay_matches_eager(void **state) {
     free(eager), free(graph), free(part), free(resumed);
 }
 
+// run_steps with extra config text (tiny_config's `extra`; a [parallel] section may follow the [net] keys).
+static void run_steps_cfg(const char *extra, long long steps, const char *metrics, float **params, size_t *n) {
+    static net_config cfg;
+    tiny_config(&cfg, extra);
+    train_opts o = {.max_steps = steps, .metrics_path = metrics, .keep_params = 1};
+    train_result r;
+    int st = train_run(&cfg, &o, g_comm, &r);
+    if (st != ST_OK) print_message("train_run: %s\n", err_msg());
+    assert_int_equal(st, ST_OK);
+    *params = r.params;
+    *n = r.n_params;
+}
+
+static void first_line(const char *path, char *line, size_t size) {
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, (int)size, f));
+    fclose(f);
+}
+
+// A capture that fails (here: every capture is refused, as a driver that cannot capture cuDNN would) is not
+// the end of the run: a note, then op-by-op steps with the same result, and metrics say cuda_graph 0.
+static void test_graph_capture_failure_falls_back(void **state) {
+    (void)state;
+    float *eager, *fallback;
+    size_t n1, n2;
+    run_steps(40, NULL, NULL, &eager, &n1);
+    setenv("DDP_TEST_CPU_GRAPH", "refuse", 1);
+    run_steps_cfg("", 40, tu_path("fb.jsonl"), &fallback, &n2);
+    unsetenv("DDP_TEST_CPU_GRAPH");
+    assert_int_equal(n1, n2);
+    assert_memory_equal(eager, fallback, n1 * sizeof(float));
+    char line[4096] = "";
+    first_line(tu_path("fb.jsonl"), line, sizeof line);
+    assert_non_null(strstr(line, "\"cuda_graph\":0"));
+    free(eager), free(fallback);
+}
+
+// parallel.force_allreduce=1 runs the bucketed all-reduce at one rank (what a single GPU uses to check the
+// comm path): the average over one rank changes nothing, so training is bit-identical; the buckets are real.
+static void test_force_allreduce_at_one_rank(void **state) {
+    (void)state;
+    float *plain, *forced;
+    size_t n1, n2;
+    run_steps(40, NULL, NULL, &plain, &n1);
+    run_steps_cfg("\n[parallel]\nforce_allreduce=1\nbucket_kb=4", 40, tu_path("fa.jsonl"), &forced, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(plain, forced, n1 * sizeof(float));
+    char line[4096] = "";
+    first_line(tu_path("fa.jsonl"), line, sizeof line);
+    assert_true(tu_json_number(line, "n_buckets") > 1);
+    assert_true(tu_json_number(line, "comm_s") > 0);
+    free(plain), free(forced);
+}
+
 static void test_graph_metrics(void **state) {
     (void)state;
     static net_config cfg;
@@ -210,6 +265,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_learns),
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_graph_replay_matches_eager),
+        cmocka_unit_test(test_graph_capture_failure_falls_back),
+        cmocka_unit_test(test_force_allreduce_at_one_rank),
         cmocka_unit_test(test_graph_metrics),
         cmocka_unit_test(test_checkpoint_is_a_pytorch_state_dict),
         cmocka_unit_test(test_resume_rejects_other_global_batch),
