@@ -2,16 +2,18 @@
 # bench_gpu.sh — ddp-cnn (CUDA backend) vs PyTorch eager and torch.compile on one GPU: same model, Adam, batch and
 # in-memory Fashion-MNIST; prints images/s of each and the ratio ddp-cnn/torch for each batch size.
 #   ./launch/bench_gpu.sh [--batches "64 512"] [--train-limit 60000] [--epochs 2] [--build build-gpu] [--comm nccl]
-#                         [--no-compile] [--tf32]
+#                         [--compile] [--tf32] [--backend cpu]
 # ddp-cnn's figure is `images_per_s` of the last epoch in its --metrics (a run of --epochs epochs on the first
 # --train-limit samples), so start-up, cuDNN's algorithm search and the CUDA Graph capture of the first epoch stay
 # out. PyTorch (launch/bench_torch.py --device cuda, with python3 or $PYTHON) times as many steps as one such epoch
-# after 50 warm-up steps (torch.compile compiles in those). Data: $DDP_FMNIST_DIR, else Debian's Fashion-MNIST.
-# Needs a built trainer (launch/gpu_check.sh builds build-gpu/) and a GPU (exit 2 without). Exit 1 when a ddp-cnn
-# run fails (PyTorch absent or failing is reported in the table, not an error).
+# after 50 warm-up steps (torch.compile compiles in those, only with --compile). The trainer runs directly (world
+# 1, no mpirun). Data: $DDP_FMNIST_DIR, else Debian's Fashion-MNIST. --backend cpu: both on the CPU, no GPU needed
+# (a check of this script; launch/gpu_check.sh --no-gpu uses it). Needs a built trainer (launch/gpu_check.sh
+# builds build-gpu/) and a GPU (exit 2 without). Exit 1 when a ddp-cnn run fails (PyTorch absent or failing is
+# reported in the table, not an error).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-batches="64 512" limit=60000 epochs=2 build=build-gpu comm=nccl compile=1 tf32=0
+batches="64 512" limit=60000 epochs=2 build=build-gpu comm=nccl compile=0 tf32=0 backend=cuda
 while [ $# -gt 0 ]; do
   case "$1" in
     --batches) batches=$2; shift 2 ;;
@@ -19,13 +21,20 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --comm) comm=$2; shift 2 ;;
+    --compile) compile=1; shift ;;
     --no-compile) compile=0; shift ;;
     --tf32) tf32=1; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --backend) backend=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "bench_gpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-if ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+case "$backend" in
+  cuda) device=cuda ;;
+  cpu) device=cpu comm=mpi tf32=0 ;;
+  *) echo "bench_gpu.sh: --backend cuda or cpu" >&2; exit 2 ;;
+esac
+if [ "$backend" = cuda ] && ! timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   echo "bench_gpu.sh: no NVIDIA GPU here (nvidia-smi -L lists none)" >&2
   exit 2
 fi
@@ -35,32 +44,31 @@ data=${DDP_FMNIST_DIR:-/usr/share/datasets/fashion-mnist}
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-mpi=(mpirun -np 1 --bind-to none --mca btl "self,vader")
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
 # PyTorch brings its own CUDA libraries: it runs without the ones .deps/env.sh put on LD_LIBRARY_PATH.
 py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "${PYTHON:-python3}")
 have_torch=1
-"${py[@]}" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null || have_torch=0
+timeout 120 "${py[@]}" -c 'import sys, torch; sys.exit(0 if sys.argv[1] == "cpu" or torch.cuda.is_available() else 1)' \
+  "$device" 2>/dev/null || have_torch=0
 
 # ours BATCH: images_per_s of the last epoch of a run.
 ours() {
   local m=$out/m$1.jsonl
-  if ! "${mpi[@]}" "$build/trainer" --config configs/fashion_mnist_cnn_cuda.cfg --batch "$1" --epochs "$epochs" \
-       --comm "$comm" --set net.tf32="$tf32" \
+  if ! "$build/trainer" --config configs/fashion_mnist_cnn_cuda.cfg --batch "$1" --epochs "$epochs" \
+       --backend "$backend" --comm "$comm" --set net.tf32="$tf32" \
        --set data.train_images="$data/train-images-idx3-ubyte.gz" --set data.train_labels="$data/train-labels-idx1-ubyte.gz" \
        --set data.test_images="$data/t10k-images-idx3-ubyte.gz" --set data.test_labels="$data/t10k-labels-idx1-ubyte.gz" \
        --set data.train_limit="$limit" --set data.test_limit=1000 --metrics "$m" --quiet >"$out/log" 2>&1; then
     tail -20 "$out/log" >&2
     return 1
   fi
-  "${py[@]}" -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["images_per_s"])' "$m"
+  tail -n 1 "$m" | sed -n 's/.*"images_per_s":\([0-9.]*\).*/\1/p'
 }
 # theirs BATCH [--compile]: PyTorch's images_per_s, or the reason it has none.
 theirs() {
   local b=$1 line
   shift
   [ "$have_torch" -eq 1 ] || { echo "no-torch"; return 0; }
-  local args=(--device cuda --batch "$b" --steps $((limit / b)) --warmup 50 --data "$data" "$@")
+  local args=(--device "$device" --batch "$b" --steps $((limit / b)) --warmup 50 --data "$data" "$@")
   [ "$tf32" -eq 1 ] && args+=(--tf32)
   if line=$("${py[@]}" launch/bench_torch.py "${args[@]}" 2>"$out/err"); then
     echo "$line" >&2
@@ -72,8 +80,10 @@ theirs() {
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else printf "-" }'; }
 
-echo "bench_gpu.sh: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1); ddp-cnn comm=$comm epochs=$epochs" \
-     "train_limit=$limit tf32=$tf32; torch $("${py[@]}" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo absent)"
+where=CPU
+[ "$backend" = cuda ] && where=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+echo "bench_gpu.sh: $where; ddp-cnn backend=$backend comm=$comm epochs=$epochs train_limit=$limit tf32=$tf32;" \
+     "torch $([ "$have_torch" -eq 1 ] && "${py[@]}" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo absent)"
 rows=() status=0
 for b in $batches; do
   o=$(ours "$b") || { o=failed; status=1; }
@@ -86,5 +96,5 @@ done
 echo
 printf '%-6s %14s %14s %8s %16s %8s\n' batch ddp-cnn torch-eager ratio torch-compile ratio
 printf '%s\n' "${rows[@]}"
-echo "(images/s on one GPU; ratio = ddp-cnn / torch)"
+echo "(images/s on one $([ "$backend" = cuda ] && echo GPU || echo CPU); ratio = ddp-cnn / torch)"
 exit "$status"
