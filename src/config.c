@@ -53,6 +53,7 @@ static const key_def g_keys[] = {
     {S_NET, "backend", K_STR, OFF(backend), SZ(backend), 0, 0, "cpu|cuda", 0},
     {S_NET, "threads", K_INT, OFF(threads), 0, 0, 1024, NULL, 0},
     {S_NET, "tf32", K_INT, OFF(tf32), 0, 0, 1, NULL, 0},
+    {S_NET, "deterministic", K_INT, OFF(deterministic), 0, 0, 1, NULL, 0},
     {S_NET, "cuda_graph", K_INT, OFF(cuda_graph), 0, 0, 1, NULL, 0},
     {S_NET, "eval_batch", K_INT, OFF(eval_batch), 0, 1, 1 << 20, NULL, 0},
     {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10", 0},

@@ -51,6 +51,7 @@ typedef struct net_config {
     char backend[16];           // cpu (default) | cuda
     int threads;                // CPU threads per rank, 0 = cores / local ranks (default 0)
     int tf32;                   // CUDA: allow TF32 in cuBLAS/cuDNN (default 0)
+    int deterministic;          // CUDA: deterministic cuDNN algorithms, bit-identical runs (default 0; cpu: no effect)
     int cuda_graph;             // CUDA: capture the step in a CUDA Graph (default 1)
     int eval_batch;             // default 1000
 

@@ -988,8 +988,10 @@ static int setup(trainer *t, baseline *bl) {
         threads = want < allowed ? want : allowed;
     }
     TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
-    // Before the model: cuDNN plans fix their math mode when prepared. tf32=1 without CUDA is an error.
-    TRY(backend_cuda_set_tf32(&t->be, cfg->tf32));
+    // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
+    // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
+    const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};
+    TRY(backend_cuda_set_options(&t->be, &cuda_opt));
     // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h);
     // DDP_TEST_CPU_GRAPH=refuse makes every capture fail (the fall-back to op-by-op steps).
     const char *cpu_graph = getenv("DDP_TEST_CPU_GRAPH");
