@@ -232,14 +232,14 @@ pc_origin() {
 
 stage_preflight() {
   local problems=() v gpu_line caps path cuda_inc nvcc_path lib_path=${LD_LIBRARY_PATH:-} dep_args=() gen
-  echo "os: $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null); $(ldd --version 2>/dev/null | head -1)"
-  echo "cores: $(nproc); memory: $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+  note "os: $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null); $(ldd --version 2>/dev/null | head -1)"
+  note "cores: $(nproc); memory: $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
   if [ -n "${DDP_DEPS:-}" ]; then note "deps: carried .deps ($DDP_DEPS, .deps/env.sh sourced)"
   else note "deps: no .deps/env.sh (launch/gpu_deps.sh makes one): the system's packages only"; fi
   for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do
     if ! command -v nvcc >/dev/null && [ -x "$d/nvcc" ]; then PATH=$d:$PATH; fi
   done
-  for t in cc cmake ninja make nvcc python3; do
+  for t in cc c++ cmake ninja make nvcc python3; do
     if path=$(command -v "$t"); then
       v=$(timeout 10 "$t" --version 2>&1 | grep -m1 -E '[0-9]+\.[0-9]+' || true)
       [ "$t" = nvcc ] && v=$(timeout 10 nvcc --version 2>&1 | tail -1)
@@ -248,7 +248,7 @@ stage_preflight() {
       note "$t: missing"
       case "$t" in
         cc|cmake) problems+=("no $t") ;;
-        nvcc) { ! cpu_mode || [ "$with_cuda" -eq 1 ]; } && problems+=("no nvcc") ;;
+        nvcc|c++) { ! cpu_mode || [ "$with_cuda" -eq 1 ]; } && problems+=("no $t (CUDA needs it)") ;;
       esac
     fi
   done
@@ -540,16 +540,21 @@ stage_runs() {
 # ---------------------------------------------------------------------------------------------------------
 # Stage 8: ddp-cnn vs PyTorch eager (launch/bench_gpu.sh), batch 64 and 512
 stage_bench() {
-  local args=(--build "$bin" --batches "64 512") torch=1 rows
+  local args=(--build "$bin" --batches "64 512") rows
   [ -n "$fmnist" ] || die "no Fashion-MNIST"
-  timeout 60 python3 -c 'import torch' 2>/dev/null || torch=0
   [ "$compile" -eq 1 ] && args+=(--compile)
   if cpu_mode; then args=(--build "$bin" --backend cpu --batches 64 --train-limit 640 --epochs 1); fi
-  if [ "$torch" -eq 0 ] && ! cpu_mode; then skip "no PyTorch (python3 -c 'import torch' fails)"; fi
   echo "-- launch/bench_gpu.sh ${args[*]}"
   DDP_FMNIST_DIR=$fmnist "$repo/launch/bench_gpu.sh" "${args[@]}" | tee "$work/bench.out" || die "bench_gpu.sh failed"
+  # The table: batch, ddp-cnn, torch-eager, ratio, torch-compile, ratio (images/s).
   rows=$(awk '/^batch / { t = 1; next } t && /^[0-9]/ { printf "%sb%s %s (%s vs %s)", (n++ ? "; " : ""), $1, $4, $2, $3 }' "$work/bench.out")
   if cpu_mode; then skip "no GPU (bench_gpu.sh --backend cpu: $rows)"; fi
+  if ! awk '/^batch / { t = 1; next } t && /^[0-9]/ && $3 != "no-torch" { f = 1 } END { exit !f }' "$work/bench.out"; then
+    skip "no PyTorch with CUDA (ddp-cnn alone: $(awk '/^batch / { t = 1; next } t && /^[0-9]/ { printf "%sb%s %s img/s", (n++ ? ", " : ""), $1, $2 }' "$work/bench.out"))"
+  fi
+  if [ "$compile" -eq 1 ]; then
+    rows+="; compile: $(awk '/^batch / { t = 1; next } t && /^[0-9]/ { printf "%sb%s %s", (n++ ? ", " : ""), $1, $6 }' "$work/bench.out")"
+  fi
   key "ddp-cnn/torch eager: $rows"
 }
 
