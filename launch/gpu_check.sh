@@ -570,6 +570,8 @@ if [ -n "${DDP_GPU_CHECK_STAGE:-}" ]; then
     # shellcheck source=/dev/null
     . "$work/state.sh"
   fi
+  # An MPI build's programs run here without mpirun (MPI singletons); Open MPI wants consent to run as root.
+  if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
   # --no-gpu: the CPU backend's CUDA-capture emulation stands in for CUDA Graphs (net.cuda_graph=1 runs).
   cpu_mode && export DDP_TEST_CPU_GRAPH=1
   data_args=()
@@ -586,37 +588,19 @@ if [ -n "${DDP_GPU_CHECK_STAGE:-}" ]; then
 fi
 
 # =========================================================================================================
-# The driver: every stage under timeout, its log appended as it ends, the summary table rewritten each time
+# The driver: every stage under timeout, its log appended as it ends, the summary table rewritten each time.
+# All of it is one function, read whole before it runs: editing or updating this file during a check does not
+# disturb the check.
 
-if [ "$no_gpu" -eq 0 ]; then
-  if ! gpus=$(timeout 20 nvidia-smi -L 2>/dev/null) || ! grep -q '^GPU ' <<<"$gpus"; then
-    echo "gpu_check.sh: no NVIDIA GPU here (nvidia-smi -L lists none): run it on a GPU machine, or use --no-gpu" >&2
-    exit 2
-  fi
-fi
-command -v timeout >/dev/null || bad "needs timeout (GNU coreutils)"
-mkdir -p "$log_dir"
-LOG_FILES=(summary.txt stages.csv gpu_check.log build.log ctest.log metrics.jsonl allreduce.csv)
-for f in "${LOG_FILES[@]}"; do rm -f "${log_dir:?}/$f"; done
-work=$(mktemp -d)
-export DDP_GPU_CHECK_WORK=$work
-stage_pid=
-cleanup() { [ -n "$stage_pid" ] && kill -TERM "$stage_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-interrupted=0
-trap 'interrupted=1; [ -n "$stage_pid" ] && kill -TERM "$stage_pid" 2>/dev/null' INT TERM
-
-declare -A RESULT SECS KEY
-t_start=$SECONDS
-built=1
+declare -A RESULT=() SECS=() KEY=()
+stage_pid='' interrupted=0 built=1 t_start=$SECONDS mode_line='' gpus=''
 
 summary() {
-  local s total=0 overall=pass
+  local s overall=pass
   printf '%-11s %-8s %7s  %s\n' stage result seconds "key figure"
   for s in "${STAGES[@]}"; do
     [ -n "${RESULT[$s]:-}" ] || continue
     printf '%-11s %-8s %7s  %s\n' "$s" "${RESULT[$s]}" "${SECS[$s]}" "${KEY[$s]}"
-    total=$((total + SECS[$s]))
     if [ "${RESULT[$s]}" = FAIL ]; then overall=FAIL; fi
   done
   printf '%-11s %-8s %7s  %s\n' total "$overall" "$((SECONDS - t_start))" "$(date -u '+%Y-%m-%d %H:%M UTC'); $mode_line"
@@ -675,11 +659,32 @@ run_stage() {
   record "$s" "${RESULT[$s]}" "$dt" "$k"
 }
 
-if [ "$no_gpu" -eq 1 ]; then mode_line="--no-gpu (CPU backend)"; else mode_line=$(head -1 <<<"$gpus" | sed 's/ (UUID.*//'); fi
-echo "gpu_check.sh: $mode_line; build ${prebuilt:-$build_dir}; logs $log_dir; budget $budget s"
-for s in "${STAGES[@]}"; do run_stage "$s"; done
-echo
-summary | tee "$log_dir/summary.txt"
-echo "logs: $log_dir ($(find "$log_dir" -maxdepth 1 -type f -printf '%f\n' | sort | paste -sd' '))"
-for s in "${STAGES[@]}"; do [ "${RESULT[$s]}" != FAIL ] || exit 1; done
-exit 0
+cleanup() { [ -n "$stage_pid" ] && kill -TERM "$stage_pid" 2>/dev/null; rm -rf "$work"; }
+
+main() {
+  t_start=$SECONDS
+  if [ "$no_gpu" -eq 0 ]; then
+    if ! gpus=$(timeout 20 nvidia-smi -L 2>/dev/null) || ! grep -q '^GPU ' <<<"$gpus"; then
+      echo "gpu_check.sh: no NVIDIA GPU here (nvidia-smi -L lists none): run it on a GPU machine, or use --no-gpu" >&2
+      exit 2
+    fi
+  fi
+  command -v timeout >/dev/null || bad "needs timeout (GNU coreutils)"
+  mkdir -p "$log_dir"
+  LOG_FILES=(summary.txt stages.csv gpu_check.log build.log ctest.log metrics.jsonl allreduce.csv)
+  for f in "${LOG_FILES[@]}"; do rm -f "${log_dir:?}/$f"; done
+  work=$(mktemp -d)
+  export DDP_GPU_CHECK_WORK=$work
+  trap cleanup EXIT
+  trap 'interrupted=1; [ -n "$stage_pid" ] && kill -TERM "$stage_pid" 2>/dev/null' INT TERM
+
+  if [ "$no_gpu" -eq 1 ]; then mode_line="--no-gpu (CPU backend)"; else mode_line=$(head -1 <<<"$gpus" | sed 's/ (UUID.*//'); fi
+  echo "gpu_check.sh: $mode_line; build ${prebuilt:-$build_dir}; logs $log_dir; budget $budget s"
+  for s in "${STAGES[@]}"; do run_stage "$s"; done
+  echo
+  summary | tee "$log_dir/summary.txt"
+  echo "logs: $log_dir ($(find "$log_dir" -maxdepth 1 -type f -printf '%f\n' | sort | paste -sd' '))"
+  for s in "${STAGES[@]}"; do [ "${RESULT[$s]}" != FAIL ] || exit 1; done
+  exit 0
+}
+main; exit "$?"
