@@ -114,6 +114,9 @@ jget() {
 # fcmp EXPR: awk's verdict on a numeric comparison (e.g. "0.91 >= 0.905"); false for nan.
 fcmp() { awk "BEGIN { exit !($*) }" 2>/dev/null; }
 f4() { awk -v x="$1" 'BEGIN { printf "%.4f", x }'; }
+# graph_used LABEL: the run's metrics say its steps were CUDA-graph replays (a refused capture falls back to
+# eager steps with a note, which would make a graph-vs-eager comparison say nothing).
+graph_used() { [ "$(jget "$work/$1.jsonl" cuda_graph)" = 1 ]; }
 finite() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
 
 # train LABEL ARGS...: one trainer run (directly, no mpirun) with --metrics $work/LABEL.jsonl, whose rows go to
@@ -433,6 +436,8 @@ stage_nccl() {
     echo "graph: train_loss=$lg test_acc=$ag comm_s=$g; eager: train_loss=$le test_acc=$ae comm_s=$e"
     if ! finite "$lg" || ! finite "$le"; then bad+=("train loss not finite ($lg, $le)"); fi
     fcmp "$ag >= $min_acc && $ae >= $min_acc" || bad+=("test_acc $ag / $ae < $min_acc after $((lim / 64)) steps")
+    # NCCL all-reduces are stream work, captured in the graph; comm=mpi's run on the host, outside any graph.
+    cpu_mode || graph_used forced-graph || bad+=("forced-graph ran without the CUDA graph (see its log)")
     k+="forced all-reduce: loss $lg/$le acc $(f4 "$ag")/$(f4 "$ae") (graph/eager)"
   else
     bad+=("force_allreduce run failed")
@@ -477,6 +482,7 @@ stage_parity() {
     rs=$(rel "$ls" "$lg")
     echo "10 steps: epoch-mean train_loss cpu=$ls $b=$lg (relative difference $rs, at most 1e-4)"
     fcmp "$rs <= 1e-4" || bad+=("10-step train_loss: cpu $ls vs $b $lg (relative $rs > 1e-4)")
+    graph_used "parity-$b-short" || bad+=("parity-$b-short ran without the CUDA graph")
   else
     bad+=("10-step runs failed")
   fi
@@ -497,7 +503,9 @@ stage_parity() {
              "${a[@]}")
   if train det-graph "${det[@]}" --save "$work/det-graph.safetensors" &&
      train det-eager "${det[@]}" --set net.cuda_graph=0 --save "$work/det-eager.safetensors"; then
-    if same_params "$work/det-graph.safetensors" "$work/det-eager.safetensors"; then
+    if ! graph_used det-graph; then
+      bad+=("det-graph ran without the CUDA graph: nothing to compare")
+    elif same_params "$work/det-graph.safetensors" "$work/det-eager.safetensors"; then
       same=yes
       echo "graph replay == eager: bit-identical checkpoints after $((det_lim / 64)) steps (net.deterministic=1)"
     else
@@ -531,6 +539,7 @@ stage_runs() {
     echo "$label: test_acc=$acc train_s=$train_s (sum of epoch_s) images_per_s=$(jget "$work/$label.jsonl" images_per_s)"
     if [ "$ep" -eq 1 ]; then min=$acc1 k1+="${k1:+/}$(f4 "$acc")"; else min=$acc5 k5+="${k5:+/}$(f4 "$acc")" t5+="${t5:+/}$train_s"; fi
     fcmp "$acc >= $min" || bad+=("$label test_acc $(f4 "$acc") < $min")
+    [ "$mode" = eager ] || graph_used "$label" || bad+=("$label ran without the CUDA graph")
   done
   note "time goal (reported, not asserted): $long epochs in <= 0.5 s of training (graph/eager): $t5 s"
   all_passed
