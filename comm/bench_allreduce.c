@@ -338,6 +338,7 @@ static void select_device(const comm *c) {
 #endif
 
 int main(int argc, char **argv) {
+    g_prog = "bench_allreduce";
     if (comm_world_init(&argc, &argv) != ST_OK) {
         fprintf(stderr, "bench_allreduce: error: %s\n", err_msg());
         return 1;

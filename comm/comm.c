@@ -8,6 +8,7 @@
 
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,13 +43,13 @@ long long comm_arrive(comm *c) {
 
 // The watchdog's message: what timed out, where (a host collective names the last bucket launched before it,
 // which carries the step), and who is missing.
-static int watchdog_error(comm *c, long long seq, const char *what, int is_host) {
+static int watchdog_error(comm *c, long long seq, const char *what, int is_host, double timeout_s) {
     char who[600];
     world_describe_missing(c, seq, who, sizeof who);
     char after[100] = "";
     if (is_host && c->last_label[0]) snprintf(after, sizeof after, " (after all-reduce '%s')", c->last_label);
     return ERR(ST_COMM, "rank %d (%s): %s%s did not complete within %g s: %s (a peer rank may have died or be stuck)",
-               c->info.rank, c->info.host, what, after, c->timeout_s, who);
+               c->info.rank, c->info.host, what, after, timeout_s, who);
 }
 
 static int backend_create(comm *c, const char *backend) {
@@ -60,27 +61,47 @@ static int backend_create(comm *c, const char *backend) {
 #endif
 }
 
-int comm_create(comm **out, const char *backend, double timeout_s) {
+int comm_open(comm **out, double timeout_s) {
     *out = NULL;
-    TRY(backend_check(backend));
     if (!(timeout_s > 0) || !isfinite(timeout_s))
         return ERR(ST_INPUT, "comm: watchdog timeout %g s must be a positive number of seconds", timeout_s);
     comm *c = calloc(1, sizeof *c);
     TRY_ALLOC(c);
     c->timeout_s = timeout_s;
+    // Creating communicators is a blocking collective: a rank that never gets here must not hold the others.
+    comm_deadline_arm(timeout_s, "creating the communicators (MPI_Comm_dup, MPI_Comm_split_type, MPI_Win_allocate)");
     int st = world_open(c);
-    if (st == ST_OK) {
-        g_rank = c->info.rank;
-        g_world = c->info.world;
-        st = backend_create(c, backend);
-    }
+    comm_deadline_disarm();
     if (st != ST_OK) {
         world_close(c);
         free(c);
         return st;
     }
+    g_rank = c->info.rank;
+    g_world = c->info.world;
     *out = c;
     return ST_OK;
+}
+
+int comm_start(comm *c, const char *backend) {
+    if (c->ops) return ERR(ST_RUNTIME, "rank %d (%s): comm_start: backend '%s' already started", c->info.rank,
+                           c->info.host, c->ops->name);
+    TRY(backend_check(backend));
+    int st = backend_create(c, backend);
+    if (st != ST_OK) c->ops = NULL;
+    return st;
+}
+
+int comm_create(comm **out, const char *backend, double timeout_s) {
+    *out = NULL;
+    TRY(backend_check(backend));
+    TRY(comm_open(out, timeout_s));
+    int st = comm_start(*out, backend);
+    if (st != ST_OK) {
+        comm_destroy(*out);
+        *out = NULL;
+    }
+    return st;
 }
 
 int comm_world_init(int *argc, char ***argv) {
@@ -92,8 +113,8 @@ int comm_world_finalize(void) { return world_finalize(); }
 int comm_world_is_mpi(void) { return world_has_mpi(); }
 
 const comm_info *comm_get_info(const comm *c) { return &c->info; }
-const char *comm_backend_name(const comm *c) { return c->ops->name; }
-unsigned comm_caps(const comm *c) { return c->ops->caps; }
+const char *comm_backend_name(const comm *c) { return c->ops ? c->ops->name : "none"; }
+unsigned comm_caps(const comm *c) { return c->ops ? c->ops->caps : 0; }
 
 int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
     // Staging buffers and the stream are per request: changing them under one in flight would corrupt it.
@@ -222,7 +243,7 @@ int comm_wait(comm *c, int req) {
         if (t - r->t_launch > c->timeout_s) {
             char what[96];
             snprintf(what, sizeof what, "all-reduce '%s'", r->label);
-            return watchdog_error(c, r->seq, what, 0);
+            return watchdog_error(c, r->seq, what, 0, c->timeout_s);
         }
         wait_pause(t - t0, iter);
     }
@@ -235,7 +256,7 @@ int comm_wait(comm *c, int req) {
 
 // Blocking for the caller, but waited on like a bucket: a peer that never arrives is a watchdog error naming
 // the collective and the missing ranks, never a hang.
-int comm_host_wait(comm *c, world_req *r, long long seq, const char *what) {
+static int host_wait_within(comm *c, world_req *r, long long seq, const char *what, double timeout_s) {
     double t0 = now_s();
     for (long iter = 0;; iter++) {
         int done = 0;
@@ -243,9 +264,13 @@ int comm_host_wait(comm *c, world_req *r, long long seq, const char *what) {
         if (done) return ST_OK;
         TRY(comm_check(c));
         double t = now_s();
-        if (t - t0 > c->timeout_s) return watchdog_error(c, seq, what, 1);
+        if (t - t0 > timeout_s) return watchdog_error(c, seq, what, 1, timeout_s);
         wait_pause(t - t0, iter);
     }
+}
+
+int comm_host_wait(comm *c, world_req *r, long long seq, const char *what) {
+    return host_wait_within(c, r, seq, what, c->timeout_s);
 }
 
 int comm_bcast(comm *c, void *buf, size_t bytes, int root) {
@@ -295,6 +320,13 @@ int comm_barrier(comm *c) {
     return comm_host_wait(c, &r, seq, "barrier");
 }
 
+int comm_barrier_within(comm *c, double timeout_s, const char *what) {
+    world_req r;
+    long long seq = comm_arrive(c);
+    TRY(world_ibarrier(c, &r));
+    return host_wait_within(c, &r, seq, what, timeout_s);
+}
+
 int comm_agree_status(comm *c, int status, int *first_bad) {
     // One reduction for both answers: the max status, and (negated, so MAX gives MIN) the first bad rank.
     int32_t v[2] = {status, status != ST_OK ? -c->info.rank : -INT_MAX};
@@ -303,12 +335,109 @@ int comm_agree_status(comm *c, int status, int *first_bad) {
     long long seq = comm_arrive(c);
     int st = world_iallreduce(c, v, 2, WORLD_I32, WORLD_MAX, &r);
     if (st != ST_OK || comm_host_wait(c, &r, seq, "agreement on status") != ST_OK) {
-        // Without agreement we cannot know the others' status: report our own failure to communicate.
-        *first_bad = status != ST_OK ? c->info.rank : -1;
+        // Without agreement we cannot know the others' status: a local failure to communicate (first_bad -1).
         return ST_COMM;
     }
     if (v[0] != ST_OK) *first_bad = -v[1];
     return v[0];
+}
+
+int comm_agree(comm *c, int st, const char *during) {
+    int first_bad = -1;
+    const int all = comm_agree_status(c, st, &first_bad);
+    if (all == ST_OK) return ST_OK;
+    if (first_bad < 0) return all;    // the agreement itself failed (a peer is stuck): local
+    if (err_collective()) return st;  // agreed before: keep who reports it
+    if (st == ST_OK) st = ERR(all, "rank %d failed during %s (see its message)", first_bad, during);
+    err_mark_collective(first_bad == c->info.rank);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Agreement on a text (the effective configuration)
+
+// Next line of *p that is not a comment or blank; NULL at the end. *len: its length without the newline.
+static const char *text_line(const char **p, size_t *len) {
+    while (**p) {
+        const char *line = *p;
+        size_t n = strcspn(line, "\n");
+        *p = line[n] ? line + n + 1 : line + n;
+        if (n > 0 && line[0] != '#') {
+            *len = n;
+            return line;
+        }
+    }
+    return NULL;
+}
+
+// The first line where mine differs from ref, as "sect.key=value where rank 0 has sect.key=value"; 0 if none.
+// sect is the INI section, or a layer's name once its name= line has been read.
+static int text_first_difference(const char *ref, const char *mine, char *out, size_t n) {
+    char sect[64] = "";
+    for (;;) {
+        size_t la = 0, lb = 0;
+        const char *a = text_line(&ref, &la), *b = text_line(&mine, &lb);
+        if (!a && !b) return 0;
+        if (a && b && la == lb && memcmp(a, b, la) == 0) {
+            if (a[0] == '[') snprintf(sect, sizeof sect, "%.*s", (int)(la > 2 ? la - 2 : 0), a + 1);
+            else if (la > 5 && memcmp(a, "name=", 5) == 0) snprintf(sect, sizeof sect, "%.*s", (int)(la - 5), a + 5);
+            continue;
+        }
+        const char *dot = sect[0] ? "." : "";
+        if (!b)
+            snprintf(out, n, "no line where rank 0 has %s%s%.*s", sect, dot, (int)(la > 200 ? 200 : la), a);
+        else if (!a)
+            snprintf(out, n, "%s%s%.*s where rank 0 has nothing more", sect, dot, (int)(lb > 200 ? 200 : lb), b);
+        else
+            snprintf(out, n, "%s%s%.*s where rank 0 has %s%s%.*s", sect, dot, (int)(lb > 200 ? 200 : lb), b, sect,
+                     dot, (int)(la > 200 ? 200 : la), a);
+        return 1;
+    }
+}
+
+#define AGREE_TEXT_MAX ((uint64_t)1 << 20)
+
+int comm_agree_text(comm *c, const char *text, const char *what) {
+    const int me = c->info.rank, w = c->info.world;
+    uint64_t len = me == 0 ? strlen(text) : 0;
+    if (len > AGREE_TEXT_MAX) len = AGREE_TEXT_MAX;  // a longer text is compared by its first MiB
+    TRY(comm_bcast(c, &len, sizeof len, 0));
+    // Local failures below return without agreement: main aborts the job on them (never a hang).
+    char *ref = malloc((size_t)len + 1);
+    TRY_ALLOC(ref);
+    if (me == 0) memcpy(ref, text, (size_t)len);
+    ref[len] = '\0';
+    int st = comm_bcast(c, ref, (size_t)len, 0);
+    char mine[600] = "";
+    const int differs = st == ST_OK && text_first_difference(ref, text, mine, sizeof mine);
+    free(ref);
+    TRY(st);
+    int first_bad = -1;
+    const int all = comm_agree_status(c, differs ? ST_INPUT : ST_OK, &first_bad);
+    if (all == ST_OK) return ST_OK;
+    if (first_bad < 0) return all;  // the agreement itself failed: local
+    char msg[600];
+    snprintf(msg, sizeof msg, "%s", mine);
+    TRY(comm_bcast(c, msg, sizeof msg, first_bad));
+    msg[sizeof msg - 1] = '\0';
+    uint64_t *flags = malloc((size_t)w * sizeof *flags);
+    TRY_ALLOC(flags);
+    st = comm_allgather_u64(c, (uint64_t)differs, flags);
+    char list[160] = "";
+    int listed = 0;
+    for (int p = 0; st == ST_OK && p < w; p++) {
+        if (!flags[p]) continue;
+        size_t used = strlen(list);
+        if (listed < 16) snprintf(list + used, sizeof list - used, "%s%d", listed ? ", " : "", p);
+        else if (listed == 16) snprintf(list + used, sizeof list - used, ", ...");
+        listed++;
+    }
+    free(flags);
+    TRY(st);
+    st = ERR(ST_INPUT, "%s differs across ranks (every rank must run the same): rank %d has %s; %s from rank 0: %s",
+             what, first_bad, msg, listed > 1 ? "ranks that differ" : "the rank that differs", list);
+    err_mark_collective(me == 0);
+    return st;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -327,7 +456,86 @@ void comm_destroy(comm *c) {
 }
 
 int comm_finalize(comm *c) {
+    double timeout_s = COMM_DEFAULT_TIMEOUT_S;
+    if (c) {
+        // Every rank arrives here before anything blocking: a peer that does not is the watchdog's error (the
+        // caller aborts the job) rather than a wait without end in MPI_Win_free or MPI_Finalize.
+        TRY(comm_barrier(c));
+        timeout_s = c->timeout_s;
+    }
+    comm_deadline_arm(timeout_s, "shut-down (freeing the communicators, MPI_Finalize)");
     comm_destroy(c);
     // main initialises the group itself and still hands tear-down to us, so finalise whoever initialised it.
-    return world_finalize();
+    int st = world_finalize();
+    comm_deadline_disarm();
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Deadline: a guard thread for the few calls that block inside MPI and cannot be polled (creating and freeing
+// communicators, MPI_Init's peers, MPI_Finalize). When one outlives its deadline the process reports it and
+// exits ST_COMM; the launcher then ends the rest of the job.
+
+static pthread_mutex_t dl_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t dl_cv;
+static int dl_started, dl_armed;
+static unsigned long dl_gen;   // arm/disarm count: a wake-up for an older arming does nothing
+static double dl_at, dl_secs;
+static char dl_what[160];
+
+static void *deadline_main(void *arg) {
+    (void)arg;
+    pthread_mutex_lock(&dl_mu);
+    for (;;) {
+        while (!dl_armed) pthread_cond_wait(&dl_cv, &dl_mu);
+        unsigned long gen = dl_gen;
+        double left = dl_at - now_s();
+        if (left <= 0) {
+            fprintf(stderr, "%s: error: rank %d (%s): %s did not complete within %g s (a peer rank may have died or "
+                            "be stuck; parallel.comm_timeout_s)\n",
+                    g_prog, g_rank, g_host, dl_what, dl_secs);
+            fflush(stderr);
+            _exit(ST_COMM);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double at = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec + left;
+        ts.tv_sec = (time_t)at;
+        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        while (dl_armed && dl_gen == gen && pthread_cond_timedwait(&dl_cv, &dl_mu, &ts) == 0) {
+        }
+    }
+    return NULL;
+}
+
+void comm_deadline_arm(double seconds, const char *what) {
+    pthread_mutex_lock(&dl_mu);
+    if (!dl_started) {
+        pthread_condattr_t a;
+        pthread_condattr_init(&a);
+        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+        pthread_cond_init(&dl_cv, &a);
+        pthread_condattr_destroy(&a);
+        pthread_t th;
+        // Best effort: without the thread the calls it guards are merely unbounded, as they were.
+        if (pthread_create(&th, NULL, deadline_main, NULL) == 0) {
+            pthread_detach(th);
+            dl_started = 1;
+        }
+    }
+    dl_armed = 1;
+    dl_gen++;
+    dl_secs = seconds;
+    dl_at = now_s() + seconds;
+    snprintf(dl_what, sizeof dl_what, "%s", what);
+    pthread_cond_signal(&dl_cv);
+    pthread_mutex_unlock(&dl_mu);
+}
+
+void comm_deadline_disarm(void) {
+    pthread_mutex_lock(&dl_mu);
+    dl_armed = 0;
+    dl_gen++;
+    if (dl_started) pthread_cond_signal(&dl_cv);
+    pthread_mutex_unlock(&dl_mu);
 }

@@ -29,8 +29,14 @@ int comm_world_init(int *argc, char ***argv);
 int comm_world_finalize(void);   // MPI_Finalize (no-op when it already ran or without MPI)
 int comm_world_is_mpi(void);     // 1 when this build's process group is MPI (0: TRAINER_MPI=OFF, one process)
 
-// The chosen backend ("mpi" or "nccl") on the started group. timeout_s: the watchdog for every wait and
-// collective. Sets g_rank, g_world, g_host.
+#define COMM_DEFAULT_TIMEOUT_S 300.0  // parallel.comm_timeout_s's default, and the bound before a config is read
+
+// The communicators on the started group, without a backend yet (host collectives work). timeout_s: the
+// watchdog for every wait and collective. Sets g_rank, g_world, g_host. Collective; bounded by the deadline.
+int comm_open(comm **out, double timeout_s);
+// Start the all-reduce backend ("mpi" or "nccl") on an open comm. Collective.
+int comm_start(comm *c, const char *backend);
+// comm_open + comm_start.
 int comm_create(comm **out, const char *backend, double timeout_s);
 const comm_info *comm_get_info(const comm *c);
 const char *comm_backend_name(const comm *c);
@@ -70,9 +76,26 @@ int comm_allreduce_max_f64(comm *c, double *buf, int n);
 int comm_allreduce_max_i32(comm *c, int32_t *buf, int n);
 int comm_allgather_u64(comm *c, uint64_t value, uint64_t *all /* world entries */);
 int comm_barrier(comm *c);
+// A barrier with its own deadline and description, for a wait known to be long (rank 0 writing a checkpoint):
+// on timeout the message says `what` and names the ranks that did not arrive.
+int comm_barrier_within(comm *c, double timeout_s, const char *what);
+// Every rank must hold the same text (e.g. its effective configuration; lines starting with '#' are ignored).
+// ST_OK when all do; otherwise ST_INPUT on every rank, with one message naming the first differing line
+// ("section.key") of the lowest differing rank next to rank 0's, and the ranks that differ.
+int comm_agree_text(comm *c, const char *text, const char *what);
 // Agree on a status: every rank passes its own; returns the max over ranks (0 when all are OK), and in
 // *first_bad the lowest rank with a non-zero status (-1 when none). For collective error handling.
 int comm_agree_status(comm *c, int status, int *first_bad);
+// comm_agree_status for a program's phases: returns ST_OK when every rank passed ST_OK. Otherwise the failure
+// is collective (err_mark_collective: every rank stops cleanly with the same code, and the lowest failing rank
+// is the origin that reports its own message; the others say "rank R failed during <during> (see its
+// message)"), unless the agreement itself failed (a peer is stuck): then a local ST_COMM, to abort the job.
+int comm_agree(comm *c, int status, const char *during);
+
+// Guard for calls that block inside MPI and cannot be polled: if not disarmed within `seconds`, the process
+// prints "<what> did not complete within …" and exits ST_COMM (the launcher then ends the job). One at a time.
+void comm_deadline_arm(double seconds, const char *what);
+void comm_deadline_disarm(void);
 
 // Kill the whole job (MPI_Abort) with this exit code; never returns.
 void comm_abort(comm *c, int code) __attribute__((noreturn));

@@ -73,6 +73,7 @@ static int agree_setup(comm *c, int st, const char *what) {
     int first_bad = -1;
     const int agreed = comm_agree_status(c, st, &first_bad);
     if (agreed == ST_OK) return ST_OK;
+    if (first_bad < 0) return agreed;  // the agreement itself failed: local (the job is aborted)
     if (st == ST_OK)
         ERR(agreed, "rank %d (%s): comm=nccl: %s failed on rank %d", c->info.rank, c->info.host, what, first_bad);
     err_mark_collective(st != ST_OK);

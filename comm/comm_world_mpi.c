@@ -63,6 +63,8 @@ static int mpi_error(int rc, const char *file, int line, const char *call) {
 // ---------------------------------------------------------------------------------------------------------
 // Process start-up and end
 
+static void host_name(char *out, size_t size);
+
 int world_has_mpi(void) { return 1; }
 
 int world_started(void) {
@@ -83,8 +85,13 @@ int world_init(int *argc, char ***argv, int *owns) {
             return ERR(ST_RUNTIME, "rank ? (%s): MPI_Init_thread failed", g_host);
         *owns = 1;
     }
+    // Errors come back as codes everywhere, also from a request of a non-blocking collective that MPI reports
+    // on the world communicator (never MPI_ERRORS_ARE_FATAL's abort with MPI's own message).
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &g_world);
+    host_name(g_host, sizeof g_host);
     return ST_OK;
 }
 

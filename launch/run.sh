@@ -18,4 +18,5 @@ np=${NP:-1}
 mpirun_flags=(--bind-to none)
 [ "$(id -u)" -eq 0 ] && mpirun_flags+=(--allow-run-as-root)
 [ "$np" -gt "$(nproc)" ] && mpirun_flags+=(--oversubscribe)
-exec mpirun "${mpirun_flags[@]}" -np "$np" build/trainer "${args[@]}"
+# Ctrl-C / TERM / HUP: the ranks stop at an agreed step, save (--save) and the job exits 5 (launch/stop_signals.sh).
+exec launch/stop_signals.sh mpirun "${mpirun_flags[@]}" -np "$np" build/trainer "${args[@]}"

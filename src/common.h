@@ -50,6 +50,7 @@ int err_origin(void);
 extern int g_rank;
 extern int g_world;
 extern char g_host[64];
+extern const char *g_prog;  // program name for messages printed outside main ("trainer", "bench_allreduce")
 extern int g_quiet;  // --quiet: rank 0 prints only errors and the final summary
 
 // Print on rank 0 only (to stdout). LOG0 respects --quiet; ALWAYS0 does not.

@@ -72,6 +72,7 @@ static const key_def g_keys[] = {
     {S_PARALLEL, "lr_scaling", K_ENUM, OFF(lr_scaling), 0, 0, 0, "none|linear", 1},
     {S_PARALLEL, "warmup_epochs", K_DOUBLE, OFF(warmup_epochs), 0, 0, 100000, NULL, 0},
     {S_PARALLEL, "comm_timeout_s", K_DOUBLE, OFF(comm_timeout_s), 0, 0.1, 1e6, NULL, 0},
+    {S_PARALLEL, "save_timeout_s", K_DOUBLE, OFF(save_timeout_s), 0, 0.1, 1e6, NULL, 0},
 };
 #define N_KEYS (int)(sizeof g_keys / sizeof g_keys[0])
 
@@ -129,6 +130,7 @@ void config_defaults(net_config *cfg) {
     cfg->scaling = SCALING_WEAK;
     cfg->lr_scaling = LR_SCALING_NONE;
     cfg->comm_timeout_s = 300;
+    cfg->save_timeout_s = 600;
 }
 
 static void layer_defaults(layer_cfg *l, int type) {

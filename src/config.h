@@ -71,6 +71,7 @@ typedef struct net_config {
     int lr_scaling;             // none (default) | linear (lr *= world size, with warmup)
     double warmup_epochs;       // default 0 (linear warmup from lr to scaled lr)
     double comm_timeout_s;      // collective watchdog (default 300)
+    double save_timeout_s;      // rank 0 writing a checkpoint: the others wait this long at most (default 600)
 
     int n_layers;
     layer_cfg layers[CFG_MAX_LAYERS];

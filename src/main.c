@@ -160,14 +160,62 @@ static void on_signal(int sig) {
 
 static void print_error(void) {
     int st = err_status();
-    if (st == ST_INPUT)
+    if (st == ST_INTERRUPTED)  // asked for, not a failure: no source location
+        fprintf(stderr, "trainer: %s\n", err_msg());
+    else if (st == ST_INPUT)
         fprintf(stderr, "trainer: error: %s\n", err_msg());
     else
         fprintf(stderr, "trainer: error: %s [rank %d on %s, %s]\n", err_msg(), g_rank, g_host, err_where());
     fflush(stderr);
 }
 
+// The configuration as every rank must hold it: the effective INI (after --set) without the keys that may
+// differ per host (threads) and the run settings from the command line. (The data the files hold is compared
+// once loaded, in the trainer's set-up.)
+static char *run_description(const net_config *cfg, const train_opts *o) {
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (!f) return NULL;
+    char *ini = NULL;
+    size_t ini_size = 0;
+    FILE *g = open_memstream(&ini, &ini_size);
+    if (g) {
+        config_print(cfg, g);
+        fclose(g);
+        for (const char *p = ini; p && *p;) {
+            size_t n = strcspn(p, "\n");
+            if (strncmp(p, "threads=", 8) != 0) fprintf(f, "%.*s\n", (int)n, p);
+            p += n + (p[n] == '\n');
+        }
+        free(ini);
+    }
+    fprintf(f, "[run]\nsteps=%lld\nresume=%s\n", o->max_steps, o->resume_path ? "yes" : "no");
+    fclose(f);
+    return text;
+}
+
+// Every rank's configuration status, then the configuration itself: a rank that could not read its config
+// reports why (the others say which rank), and ranks that read different ones (an MPMD launch, another --set)
+// are refused before any work (exit 2 everywhere, the first difference named).
+static int agree_config(comm *cm, int cfg_st, const net_config *cfg, const train_opts *o) {
+    TRY(comm_agree(cm, cfg_st, "start-up"));
+    char *text = run_description(cfg, o);
+    // Without the text this rank cannot take part: a local failure (main aborts the job).
+    if (!text) return ERR(ST_RUNTIME, "rank %d (%s): out of host memory describing the configuration", g_rank, g_host);
+    int st = comm_agree_text(cm, text, "the configuration");
+    free(text);
+    return st;
+}
+
+static int config_read(const cli *c, net_config *cfg) {
+    TRY(config_load(c->config, cfg));
+    for (int i = 0; i < c->n_sets; i++) TRY(config_set(cfg, c->sets[i]));
+    return config_validate(cfg);
+}
+
 int main(int argc, char **argv) {
+    g_prog = "trainer";
     static cli c;
     int st = cli_parse(argc, argv, &c);
     if (st == -1) return 0;
@@ -177,34 +225,44 @@ int main(int argc, char **argv) {
     }
     c.opts.progress = stdout_is_terminal();
 
-    if (comm_world_init(&argc, &argv) != ST_OK) {
+    // Local: the configuration. Its status is agreed on once the ranks can talk.
+    static net_config cfg;
+    const int cfg_st = config_read(&c, &cfg);
+    if (c.print_config) {
+        if (launcher_rank() == 0) {
+            if (cfg_st == ST_OK) config_print(&cfg, stdout);
+            else print_error();
+        }
+        return cfg_st;
+    }
+    const double timeout_s = cfg_st == ST_OK ? cfg.comm_timeout_s : COMM_DEFAULT_TIMEOUT_S;
+
+    // From here to the end every wait is bounded: collectives by the watchdog, the calls inside MPI that
+    // cannot be polled (start-up, creating and freeing communicators) by the deadline guard.
+    comm_deadline_arm(timeout_s, "start-up (MPI_Init_thread)");
+    st = comm_world_init(&argc, &argv);
+    comm_deadline_disarm();
+    if (st != ST_OK) {
         print_error();
         return ST_RUNTIME;
     }
-
-    // Configuration errors are the same on every rank: rank 0 reports, all exit with the same code.
-    static net_config cfg;
-    st = config_load(c.config, &cfg);
-    for (int i = 0; st == ST_OK && i < c.n_sets; i++) st = config_set(&cfg, c.sets[i]);
-    if (st == ST_OK) st = config_validate(&cfg);
-    if (st == ST_OK && c.print_config) {
-        if (g_rank == 0) config_print(&cfg, stdout);
-        comm_world_finalize();
-        return 0;
-    }
     comm *cm = NULL;
-    if (st == ST_OK) st = comm_create(&cm, cfg.comm, cfg.comm_timeout_s);
+    st = comm_open(&cm, timeout_s);
     if (st != ST_OK) {
-        if (g_rank == 0) print_error();
-        comm_world_finalize();
-        return st;
+        print_error();
+        comm_abort(NULL, st);
     }
+    st = agree_config(cm, cfg_st, &cfg, &c.opts);
+    if (st == ST_OK) st = comm_agree(cm, comm_start(cm, cfg.comm), "start-up");
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
+    if (st != ST_OK) goto done;
     sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    // SIGUSR1/SIGUSR2: what mpirun forwards to the ranks (it turns a TERM or INT of its own into a kill of the
+    // job); the job scripts and run.sh translate a TERM/INT/HUP sent to them into one of these.
+    const int stop_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) sigaction(stop_signals[i], &sa, NULL);
 
     train_result res;
     st = train_run(&cfg, &c.opts, cm, &res);
@@ -215,14 +273,21 @@ int main(int argc, char **argv) {
         else
             ALWAYS0("done: %lld steps in %.2f s training time; stopped before the end of an epoch, so not "
                     "evaluated\n", res.steps, res.train_s);
-    } else if (err_collective()) {
+    }
+    train_result_free(&res);
+done:
+    if (st != ST_OK && err_collective()) {
         // Every rank reached the same error at the same point: report once, exit cleanly.
         if (g_rank == 0 || err_origin()) print_error();
-    } else {
+    } else if (st != ST_OK) {
         print_error();
         comm_abort(cm, st);
     }
-    train_result_free(&res);
-    comm_finalize(cm);
+    err_clear();
+    const int fin = comm_finalize(cm);  // bounded: a peer that never arrives is exit 4, not a hang
+    if (fin != ST_OK) {
+        print_error();
+        comm_abort(cm, fin);
+    }
     return st;
 }

@@ -300,6 +300,10 @@ static int host_state(const trainer *t, float **out) {
 
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
+    // Test hook (reliability tests): DDP_TEST_SLOW_SAVE=SECONDS holds rank 0 before it writes, as a slow file
+    // system would. Inert unless set.
+    const char *slow = getenv("DDP_TEST_SLOW_SAVE");
+    if (slow) sleep((unsigned)atoi(slow));
     float *host = NULL;
     TRY(host_state(t, &host));
     tensor_list *tl = malloc(sizeof *tl);
@@ -327,6 +331,19 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     free(tl);
     free(host);
     return st;
+}
+
+// Rank 0 writes the checkpoint while the others wait for it at a barrier whose deadline allows for the write
+// (parallel.save_timeout_s: a large checkpoint on a slow file system takes longer than any collective may), and
+// whose timeout says that it was the save. A write that fails on rank 0 is its local error (the job is aborted).
+static int checkpoint_save_agreed(trainer *t, double loss_sum, double correct_sum) {
+    const char *path = t->o->save_path;
+    TRY(checkpoint_save(t, path, loss_sum, correct_sum));
+    if (t->world == 1) return ST_OK;
+    char what[CFG_PATH_MAX + 64];
+    snprintf(what, sizeof what, "waiting for rank 0 to write checkpoint '%s'", path);
+    const double timeout_s = fmax(t->cfg->comm_timeout_s, t->cfg->save_timeout_s);
+    return comm_barrier_within(t->c, timeout_s, what);
 }
 
 static int meta_int(const ckpt_file *f, const char *key, long long lo, long long hi, long long *out) {
@@ -414,6 +431,22 @@ static uint64_t fnv1a(const void *p, size_t n) {
     return h;
 }
 
+// Every rank must train on the same data: the loaded sets' shapes and a fingerprint of their bytes (the same
+// paths may hold other files on other hosts). Compared like the configuration (comm_agree_text).
+static int data_agree(trainer *t) {
+    const dataset *sets[2] = {&t->train, &t->test};
+    const char *names[2] = {"train", "test"};
+    char text[256] = "";
+    for (int i = 0; i < 2; i++) {
+        const dataset *d = sets[i];
+        size_t bytes = (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w;
+        size_t used = strlen(text);
+        snprintf(text + used, sizeof text - used, "%s=%d samples of %dx%dx%d, images %016" PRIx64 ", labels %016" PRIx64 "\n",
+                 names[i], d->n, d->c, d->h, d->w, fnv1a(d->images, bytes), fnv1a(d->labels, (size_t)d->n));
+    }
+    return comm_agree_text(t->c, text, "the data");
+}
+
 static int replicas_check(trainer *t) {
     size_t n = t->m.n_params;
     float *host = malloc(n * sizeof(float));
@@ -428,13 +461,15 @@ static int replicas_check(trainer *t) {
     uint64_t *all = malloc((size_t)t->world * sizeof *all);
     TRY_ALLOC(all);
     st = comm_allgather_u64(t->c, h, all);
+    // Every rank sees the same hashes, so a mismatch is collective; a timeout of the gather is not.
     for (int r = 1; st == ST_OK && r < t->world; r++)
-        if (all[r] != all[0])
+        if (all[r] != all[0]) {
             st = ERR(ST_COMM, "replica mismatch after epoch %d: parameters of rank %d (hash %016" PRIx64
                               ") differ from rank 0 (hash %016" PRIx64 ")",
                      t->epoch + 1, r, all[r], all[0]);
+            err_mark_collective(0);
+        }
     free(all);
-    if (st == ST_COMM) err_mark_collective(0);
     return st;
 }
 
@@ -858,7 +893,7 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
         }
         if (stopped) {
             // Mid-epoch: keep the partial sums so a resumed run reports the same epoch figures.
-            if (t->o->save_path) st = checkpoint_save(t, t->o->save_path, loss_sum, correct_sum);
+            if (t->o->save_path) st = checkpoint_save_agreed(t, loss_sum, correct_sum);
             if (st == ST_OK && stopped == 2) {
                 st = ERR(ST_INTERRUPTED, "stopped by signal at step %lld%s", t->global_step,
                          t->o->save_path ? " (checkpoint saved)" : "");
@@ -916,7 +951,7 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
         t->loss_carry = t->correct_carry = 0;
         if (t->o->save_path) {
             t->epoch++;  // the checkpoint's position is the start of the next epoch
-            st = checkpoint_save(t, t->o->save_path, 0, 0);
+            st = checkpoint_save_agreed(t, 0, 0);
             t->epoch--;
         }
     }
@@ -957,14 +992,7 @@ static void trainer_free(trainer *t) {
 
 // Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
 // rank returns an error instead of leaving the others waiting in a collective.
-static int agree(trainer *t, int st) {
-    int first_bad = -1;
-    int all = comm_agree_status(t->c, st, &first_bad);
-    if (all == ST_OK) return ST_OK;
-    if (st == ST_OK) st = ERR(all, "rank %d failed during set-up (see its message)", first_bad);
-    err_mark_collective(first_bad == t->rank);
-    return st;
-}
+static int agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
 
 static int setup(trainer *t, baseline *bl) {
     const net_config *cfg = t->cfg;
@@ -1038,6 +1066,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     baseline bl = {0};
     FILE *metrics = NULL;
     int st = agree(t, setup(t, &bl));
+    if (st == ST_OK && t->world > 1) st = data_agree(t);
     if (st == ST_OK && t->use_comm) {
         // Every replica starts from rank 0's parameters and optimizer state.
         st = comm_bind_stream(c, t->be.ops->stream ? t->be.ops->stream(t->be.ctx) : NULL, t->async_backend);
