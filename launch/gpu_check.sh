@@ -234,7 +234,7 @@ pc_origin() {
 }
 
 stage_preflight() {
-  local problems=() v gpu_line caps path cuda_inc nvcc_path lib_path=${LD_LIBRARY_PATH:-} dep_args=() gen
+  local problems=() v gpu_line='' caps='' drv tk path cuda_inc nvcc_path lib_path=${LD_LIBRARY_PATH:-} dep_args=() gen
   note "os: $(sed -n 's/^PRETTY_NAME="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release 2>/dev/null); $(ldd --version 2>/dev/null | head -1)"
   note "cores: $(nproc); memory: $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
   if [ -n "${DDP_DEPS:-}" ]; then note "deps: carried .deps ($DDP_DEPS, .deps/env.sh sourced)"
@@ -263,6 +263,13 @@ stage_preflight() {
     note "gpu: none used (--no-gpu)"
   elif gpu_line=$(timeout 20 nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total --format=csv,noheader 2>&1); then
     note "gpu: $gpu_line"
+    # A toolkit newer (major version) than the driver supports builds programs that cannot start.
+    drv=$(timeout 20 nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -1 || true)
+    tk=$(timeout 10 nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\),.*/\1/p' || true)
+    note "cuda: the driver supports ${drv:-?}, the toolkit (nvcc) is ${tk:-?}"
+    if [ -n "$drv" ] && [ -n "$tk" ] && [ "${drv%%.*}" -lt "${tk%%.*}" ]; then
+      problems+=("the driver supports CUDA $drv, older than the toolkit's $tk: CUDA programs will not start")
+    fi
     caps=$(timeout 20 nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .' | sort -u | paste -sd';' || true)
     if [ -z "$archs" ]; then
       if [[ $caps =~ ^[0-9]+(\;[0-9]+)*$ ]]; then archs=$caps; else archs=90; note "compute capability unknown ($caps): sm_90"; fi
