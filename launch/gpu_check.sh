@@ -2,8 +2,8 @@
 # shellcheck disable=SC2317  # the stages are functions called by name (stage_NAME): shellcheck cannot follow
 # gpu_check.sh — the whole check of a GPU machine in one command: build ddp-cnn with the CUDA backend and run
 # the GPU tests, NCCL at world 1, CPU/GPU parity, training runs and the PyTorch benchmark, in stages, each under
-# `timeout`, then a summary table. Logs go to --log-dir (8 files at most). Default run: about 5 minutes on a
-# 16-core machine with one GPU, never more than --budget (540 s). No stage needs mpirun.
+# `timeout`, then a summary table. Logs go to --log-dir (8 files at most). Default run: at most about 5 minutes
+# on a 16-core machine with one GPU, and never much more than --budget (540 s). No stage needs mpirun.
 #
 #   ./launch/gpu_check.sh [options]
 #
@@ -18,12 +18,14 @@
 #   --werror            build with -Werror (default off: the machine's compiler may be newer than CI's)
 #   --wheels            take cuDNN and NCCL from python3's pip wheels even when the toolkit has them
 #   --compile           benchmark also against torch.compile (default: PyTorch eager only)
-#   --budget S          the whole run stops starting stages after S seconds (default 540; --no-gpu 300)
+#   --budget S          the whole run's time: each stage's limit is cut to what is left of it (default 540;
+#                       --no-gpu 300)
 #   --stage-timeout STAGE=S   one stage's time limit (repeatable)
 #   --jobs N            build jobs (default: nproc)
-#   --no-gpu            no GPU here: MPI-off CPU build (CUDA off; --with-cuda compiles it too), and every
-#                       stage's logic against the CPU backend with small sizes (1-2 minutes on 2 cores); the
-#                       stages that need a GPU report `skipped` and why
+#   --no-gpu            no GPU here: MPI-off CPU build (CUDA off), and every stage's logic against the CPU
+#                       backend with small sizes (1-2 minutes on 2 cores); the stages that need a GPU report
+#                       `skipped` and why
+#   --with-cuda         with --no-gpu: compile the CUDA backend too (cuDNN and NCCL needed, no GPU)
 #   --inject-fail STAGE[:hang]  test aid: make STAGE fail at once (or hang until its timeout); also
 #                       $DDP_GPU_CHECK_INJECT_FAIL
 #   -h, --help          this text
@@ -44,6 +46,8 @@ declare -A LIMIT=([preflight]=30 [build]=240 [cuda-tests]=90 [capture]=60 [nccl]
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [nccl]=1 [parity]=1 [runs]=1 [bench]=1)
 
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
+# Relative paths in the options are the caller's: the stages (this script again) resolve them the same way.
+[ -n "${DDP_GPU_CHECK_STAGE:-}" ] || export DDP_GPU_CHECK_CWD=$PWD
 cd "$(dirname "$0")/.."
 repo=$PWD
 ARGS=("$@")
@@ -87,7 +91,7 @@ for s in ${stages_sel//,/ } ${inject%%:*}; do
   [ -n "${LIMIT[$s]:-}" ] || bad "unknown stage '$s' (stages: ${STAGES[*]})"
 done
 [ -z "$inject" ] || [[ $inject =~ ^[a-z-]+(:hang)?$ ]] || bad "--inject-fail STAGE or STAGE:hang"
-abspath() { case "$1" in /*) echo "$1" ;; *) echo "$repo/$1" ;; esac; }
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$DDP_GPU_CHECK_CWD/$1" ;; esac; }
 log_dir=$(abspath "$log_dir")
 build_dir=$(abspath "${build_dir:-$([ "$no_gpu" -eq 1 ] && echo build-nogpu || echo build-gpu)}")
 if [ -n "$prebuilt" ]; then

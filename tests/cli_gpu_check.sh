@@ -13,7 +13,7 @@ data=/usr/share/datasets/fashion-mnist
 command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE
+unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD
 build=$bin/gpu_check_nogpu
 stages=(preflight build cuda-tests capture nccl parity runs bench)
 fail() { echo "FAIL: $*"; exit 1; }
