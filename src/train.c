@@ -665,15 +665,19 @@ static int trace_setup(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // One step
 
-// Test hook (reliability tests): DDP_TEST_STALL=RANK:STEP:SECONDS makes rank RANK sleep before global step
-// STEP (1-based), as a stuck peer would, so the others' watchdog must fire. Inert unless set.
-static void test_stall_maybe(const trainer *t) {
+// Test hook (reliability tests): DDP_TEST_STALL=RANK:WHERE:SECONDS makes rank RANK sleep, as a stuck peer would,
+// so the others' watchdog must fire. WHERE is a global step (1-based: before that step), `replicas` (before the
+// end-of-epoch replica check's gather) or `end` (after training, before the job's shut-down). Inert unless set.
+static void test_stall_at(const trainer *t, const char *where) {
     const char *s = getenv("DDP_TEST_STALL");
     int rank = -1, secs = 0;
-    long long step = -1;
-    if (s && sscanf(s, "%d:%lld:%d", &rank, &step, &secs) == 3 && rank == t->rank && step == t->global_step + 1)
-        sleep((unsigned)secs);
+    char at[32] = "";
+    if (!s || sscanf(s, "%d:%31[^:]:%d", &rank, at, &secs) != 3 || rank != t->rank) return;
+    char step[32];
+    snprintf(step, sizeof step, "%lld", t->global_step + 1);
+    if (strcmp(at, where ? where : step) == 0) sleep((unsigned)secs);
 }
+static void test_stall_maybe(const trainer *t) { test_stall_at(t, NULL); }
 
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
 // indices (t->d_batch_idx) and the optimizer's hyper-parameters are written before, by the host.
@@ -907,6 +911,7 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
         if ((st = evaluate(t, &test_loss, &test_acc))) break;
         double eval_s = now_s() - ev0;
         if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + eval_s, t->epoch + 1, 0);
+        test_stall_at(t, "replicas");
         if ((st = replicas_check(t))) break;
         epoch_metrics em = {0};
         em.epoch = t->epoch + 1;
@@ -1110,6 +1115,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         if (!res->params) st = ERR(ST_RUNTIME, "out of host memory");
         else st = t->be.ops->download(t->be.ctx, res->params, t->m.params, t->m.n_params * sizeof(float));
     }
+    test_stall_at(t, "end");
     trainer_free(t);
     free(t);
     return st;

@@ -8,7 +8,8 @@
 #     line naming the first differing key and the rank;
 #   * the same paths holding other data on one rank: exit 2 naming it; a set-up failure on one rank only (its
 #     data file is missing) keeps that rank's own message;
-#   * a rank stopped (SIGSTOP) during start-up or training: the others' watchdog or deadline ends the job with
+#   * a rank stopped (SIGSTOP) during start-up or training, or held (DDP_TEST_STALL) in the end-of-epoch replica
+#     check or before shut-down: the others' watchdog or deadline ends the job with
 #     exit 4 within comm_timeout_s + 5 s (+ the launcher's own tear-down), never a hang;
 #   * a slow checkpoint save on rank 0 within parallel.save_timeout_s is waited for (exit 0) even when it takes
 #     longer than comm_timeout_s; past it, exit 4 naming the save;
@@ -135,9 +136,11 @@ else bad "data missing on rank 1 only: exit $rc in ${secs}s"; fi
 
 # ---- a rank stopped during start-up or training: exit 4 within comm_timeout_s (5 s) + 5 s (+ mpirun's tear-down)
 for at in 0.3 1.5 3; do
-  t0=$(date +%s.%N)
-  timeout -k 5 60 "${mpi[@]}" -np 2 "$trainer" --config "$cfg" --epochs 50 >"$tmp/err" 2>&1 &
+  timeout -k 5 90 "${mpi[@]}" -np 2 "$trainer" --config "$cfg" --epochs 50 >"$tmp/err" 2>&1 &
   job=$!
+  # both ranks started (a loaded machine may take a while), then the stop at the given time after that
+  for _ in $(seq 300); do [ "$(our_pids | wc -l)" -ge 2 ] && break; sleep 0.1; done
+  t0=$(date +%s.%N)
   sleep "$at"
   victim=$(our_pids | sort -n | tail -1)
   [ -n "$victim" ] && kill -STOP "$victim"
@@ -145,11 +148,21 @@ for at in 0.3 1.5 3; do
   rc=$?
   secs=$(echo "$(date +%s.%N) - $t0" | bc)
   for p in $(our_pids); do kill -CONT "$p" 2>/dev/null; kill -9 "$p" 2>/dev/null; done
-  left=$(echo "$secs - $at" | bc)
+  left=$(echo "$secs - $at" | bc)  # from the stop
   if [ "$rc" -eq 4 ] && [ "$(echo "$left < 20" | bc)" -eq 1 ] && has "did not complete within 5 s"; then
-    ok "rank 1 stopped ${at}s after launch: exit $rc ${left}s later: $(grep -o 'rank 0 ([^)]*): .* did not complete within 5 s' "$tmp/err" | head -1 | cut -c1-110)"
-  else bad "rank 1 stopped ${at}s after launch: exit $rc ${left}s later"; fi
+    ok "rank 1 stopped ${at}s after start: exit $rc ${left}s later: $(grep -o 'rank 0 ([^)]*): .* did not complete within 5 s' "$tmp/err" | head -1 | cut -c1-110)"
+  else bad "rank 1 stopped ${at}s after start: exit $rc ${left}s later"; fi
 done
+
+# ---- a rank held in the end-of-epoch replica check's gather, or before the job's shut-down: exit 4, named
+stall() {  # stall WHERE WANT-TEXT
+  run 90 env DDP_TEST_STALL="1:$1:30" "${mpi[@]}" -x DDP_TEST_STALL -np 2 "$trainer" --config "$cfg" --epochs 1 --quiet
+  if [ "$rc" -eq 4 ] && has "$2" && has "rank 1 did not arrive" && [ "$(echo "$secs < 25" | bc)" -eq 1 ]; then
+    ok "rank 1 held ($1): exit $rc in ${secs}s: $(grep -o "rank 0 ([^)]*): $2[^:]*" "$tmp/err" | head -1)"
+  else bad "rank 1 held ($1): exit $rc in ${secs}s (want '$2')"; fi
+}
+stall replicas "all-gather"
+stall end "barrier"
 
 # ---- a slow checkpoint save (rank 0 held 8 s, comm_timeout_s 5): waited for; past save_timeout_s, exit 4
 run 90 env DDP_TEST_SLOW_SAVE=8 "${mpi[@]}" -x DDP_TEST_SLOW_SAVE -np 2 "$trainer" --config "$cfg" --steps 20 \
