@@ -178,7 +178,7 @@ __global__ void softmax_xent_kernel(int n, int classes, const float *logits, con
 // uses the values uploaded before each replay. Vector variants need p, g and state 16-byte aligned.
 
 struct adam_coef {
-    float lr_t, b1, b2, eps, wd;
+    float lr_t, b1, b2, eps, wd, keep;
 };
 
 // Keras/TF Adam: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t), in double: 1 - b^t cancels badly in float.
@@ -191,10 +191,12 @@ static __device__ __forceinline__ adam_coef adam_coef_load(const adam_hyper *h) 
     k.b2 = h->beta2;
     k.eps = h->eps;
     k.wd = h->weight_decay;
+    k.keep = h->decoupled_wd > 0.f ? 1.f - h->lr * h->decoupled_wd : 1.f;  // AdamW: decay first (PyTorch's order)
     return k;
 }
 
 static __device__ __forceinline__ void adam_one(float &p, float g, float &m, float &v, const adam_coef &k) {
+    if (k.keep != 1.f) p *= k.keep;
     if (k.wd > 0.f) g += k.wd * p;
     m = k.b1 * m + (1.f - k.b1) * g;
     v = k.b2 * v + (1.f - k.b2) * g * g;
@@ -226,15 +228,18 @@ __global__ void adam_kernel(size_t n, float *p, const float *g, float *m, float 
     for (size_t i = done + tid; i < n; i += step) adam_one(p[i], g[i], m[i], v[i], k);
 }
 
-static __device__ __forceinline__ void sgd_one(float &p, float g, float &vel, float lr, float mom, float wd) {
+// Heavy ball: p -= lr * vel; Nesterov (as PyTorch): p -= lr * (g' + mom * vel).
+static __device__ __forceinline__ void sgd_one(float &p, float g, float &vel, float lr, float mom, float wd,
+                                               bool nesterov) {
     if (wd > 0.f) g += wd * p;
     vel = mom * vel + g;
-    p -= lr * vel;
+    p -= lr * (nesterov ? g + mom * vel : vel);
 }
 
 template <bool VEC>
 __global__ void sgd_kernel(size_t n, float *p, const float *g, float *vel, const sgd_hyper *h) {
     const float lr = h->lr, mom = h->momentum, wd = h->weight_decay;
+    const bool nest = h->nesterov != 0.f;
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     size_t done = 0;
     if (VEC) {
@@ -244,16 +249,16 @@ __global__ void sgd_kernel(size_t n, float *p, const float *g, float *vel, const
         for (size_t i = tid; i < n4; i += step) {
             float4 pp = p4[i], vv = v4[i];
             const float4 gg = g4[i];
-            sgd_one(pp.x, gg.x, vv.x, lr, mom, wd);
-            sgd_one(pp.y, gg.y, vv.y, lr, mom, wd);
-            sgd_one(pp.z, gg.z, vv.z, lr, mom, wd);
-            sgd_one(pp.w, gg.w, vv.w, lr, mom, wd);
+            sgd_one(pp.x, gg.x, vv.x, lr, mom, wd, nest);
+            sgd_one(pp.y, gg.y, vv.y, lr, mom, wd, nest);
+            sgd_one(pp.z, gg.z, vv.z, lr, mom, wd, nest);
+            sgd_one(pp.w, gg.w, vv.w, lr, mom, wd, nest);
             p4[i] = pp;
             v4[i] = vv;
         }
         done = n4 * 4;
     }
-    for (size_t i = done + tid; i < n; i += step) sgd_one(p[i], g[i], vel[i], lr, mom, wd);
+    for (size_t i = done + tid; i < n; i += step) sgd_one(p[i], g[i], vel[i], lr, mom, wd, nest);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -36,12 +36,15 @@ typedef struct pool_desc {
 
 typedef struct adam_hyper {
     float lr;           // already includes any schedule (warmup/scaling) for this step
-    float beta1, beta2, eps, weight_decay;
+    float beta1, beta2, eps;
+    float weight_decay; // L2: added to the gradient (adam)
+    float decoupled_wd; // AdamW: p -= lr * decoupled_wd * p before the update (PyTorch's order)
     int64_t t;          // step number after increment: 1 for the first step
 } adam_hyper;
 
 typedef struct sgd_hyper {
     float lr, momentum, weight_decay;
+    float nesterov;     // 1: Nesterov momentum (the step is g' + momentum * vel instead of vel), 0: heavy ball
 } sgd_hyper;
 
 typedef struct backend_ops {

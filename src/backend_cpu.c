@@ -815,6 +815,8 @@ typedef struct flat_job {
     float *p, *m, *v, *x;
     const float *g, *cx;
     float lr, b1, b2, eps, wd, alpha;
+    float keep;    // adam: p *= keep first (AdamW's decoupled decay: 1 - lr * decoupled_wd; 1 otherwise)
+    int nesterov;  // sgd
     int64_t *bad;  // count_nonfinite: one slot per part, 8 apart (a cache line each)
 } flat_job;
 
@@ -825,6 +827,7 @@ static void flat_range(const flat_job *j, int part, int parts, size_t *lo, size_
 }
 
 // Adam with Keras/TF1 semantics (the bias correction folded into the step size, eps added to sqrt(v) as is):
+//   p    = p * (1 - lr * decoupled_wd)               (AdamW only: decoupled weight decay, applied first)
 //   g'   = g + weight_decay * p                      (only when weight_decay > 0; L2 folded into the gradient)
 //   m    = beta1 * m + (1 - beta1) * g'
 //   v    = beta2 * v + (1 - beta2) * g'^2
@@ -837,14 +840,15 @@ static void adam_part(void *arg, int part, int parts) {
     float *restrict p = j->p, *restrict m = j->m, *restrict v = j->v;
     const float *restrict g = j->g;
     const float b1 = j->b1, b2 = j->b2, ob1 = 1.0f - j->b1, ob2 = 1.0f - j->b2, lr_t = j->lr, eps = j->eps;
-    const float wd = j->wd;
+    const float wd = j->wd, keep = j->keep;
     size_t i = lo;
 #ifdef __SSE2__
     // sqrtf may set errno, which keeps GCC from vectorising the scalar loop below (v >= 0, so it never does).
     const __m128 vb1 = _mm_set1_ps(b1), vb2 = _mm_set1_ps(b2), vob1 = _mm_set1_ps(ob1), vob2 = _mm_set1_ps(ob2);
-    const __m128 vlr = _mm_set1_ps(lr_t), veps = _mm_set1_ps(eps), vwd = _mm_set1_ps(wd);
+    const __m128 vlr = _mm_set1_ps(lr_t), veps = _mm_set1_ps(eps), vwd = _mm_set1_ps(wd), vkeep = _mm_set1_ps(keep);
     for (; i + 4 <= hi; i += 4) {
         __m128 pi = _mm_loadu_ps(p + i);
+        if (keep != 1.0f) pi = _mm_mul_ps(pi, vkeep);
         __m128 gi = _mm_add_ps(_mm_loadu_ps(g + i), _mm_mul_ps(vwd, pi));
         __m128 mi = _mm_add_ps(_mm_mul_ps(vb1, _mm_loadu_ps(m + i)), _mm_mul_ps(vob1, gi));
         __m128 vi = _mm_add_ps(_mm_mul_ps(vb2, _mm_loadu_ps(v + i)), _mm_mul_ps(_mm_mul_ps(vob2, gi), gi));
@@ -855,6 +859,7 @@ static void adam_part(void *arg, int part, int parts) {
     }
 #endif
     for (; i < hi; i++) {
+        if (keep != 1.0f) p[i] *= keep;
         const float gi = g[i] + wd * p[i];
         const float mi = b1 * m[i] + ob1 * gi;
         const float vi = b2 * v[i] + ob2 * gi * gi;
@@ -869,13 +874,15 @@ static int cpu_adam_step(void *ctx, size_t n, float *p, const float *g, float *m
     if (h->t < 1) return ERR(ST_INPUT, "adam_step: step t=%lld must be >= 1", (long long)h->t);
     const double t = (double)h->t;
     flat_job j = {.n = n, .p = p, .m = m, .v = v, .g = g, .b1 = h->beta1, .b2 = h->beta2, .eps = h->eps,
-                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f};
+                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f,
+                  .keep = h->decoupled_wd > 0.0f ? 1.0f - h->lr * h->decoupled_wd : 1.0f};
     j.lr = (float)(h->lr * sqrt(1.0 - pow(h->beta2, t)) / (1.0 - pow(h->beta1, t)));
     pool_run(&c->pool, parts_for(c, (double)n, 32768), adam_part, &j);
     return ST_OK;
 }
 
-// SGD with (heavy-ball) momentum: vel = momentum * vel + g'; p -= lr * vel, with g' as for Adam.
+// SGD with momentum: vel = momentum * vel + g'; p -= lr * vel (heavy ball) or p -= lr * (g' + momentum * vel)
+// (Nesterov, as PyTorch), with g' as for Adam.
 static void sgd_part(void *arg, int part, int parts) {
     const flat_job *j = arg;
     size_t lo, hi;
@@ -883,6 +890,15 @@ static void sgd_part(void *arg, int part, int parts) {
     float *restrict p = j->p, *restrict vel = j->v;
     const float *restrict g = j->g;
     const float lr = j->lr, mom = j->b1, wd = j->wd;
+    if (j->nesterov) {
+        for (size_t i = lo; i < hi; i++) {
+            const float gi = g[i] + wd * p[i];
+            const float vi = mom * vel[i] + gi;
+            vel[i] = vi;
+            p[i] -= lr * (gi + mom * vi);
+        }
+        return;
+    }
     for (size_t i = lo; i < hi; i++) {
         const float vi = mom * vel[i] + (g[i] + wd * p[i]);
         vel[i] = vi;
@@ -893,7 +909,7 @@ static void sgd_part(void *arg, int part, int parts) {
 static int cpu_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h) {
     cpu_ctx *c = ctx;
     flat_job j = {.n = n, .p = p, .v = vel, .g = g, .lr = h->lr, .b1 = h->momentum,
-                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f};
+                  .wd = h->weight_decay > 0.0f ? h->weight_decay : 0.0f, .nesterov = h->nesterov != 0.0f};
     pool_run(&c->pool, parts_for(c, (double)n, 32768), sgd_part, &j);
     return ST_OK;
 }

@@ -38,13 +38,20 @@ typedef struct key_def {
 static const key_def g_keys[] = {
     {S_NET, "batch", K_INT, OFF(batch), 0, 1, 1 << 20, NULL, 0},
     {S_NET, "epochs", K_INT, OFF(epochs), 0, 1, 100000, NULL, 0},
-    {S_NET, "optimizer", K_ENUM, OFF(optimizer), 0, 0, 0, "adam|sgd", 0},
+    {S_NET, "optimizer", K_ENUM, OFF(optimizer), 0, 0, 0, "adam|sgd|adamw", 0},
     {S_NET, "lr", K_DOUBLE, OFF(lr), 0, 1e-30, 1e30, NULL, 0},
+    {S_NET, "schedule", K_ENUM, OFF(schedule), 0, 0, 0, "constant|step|cosine|onecycle", 0},
+    {S_NET, "warmup_epochs", K_DOUBLE, OFF(warmup_epochs), 0, 0, 100000, NULL, 0},
+    {S_NET, "min_lr", K_DOUBLE, OFF(min_lr), 0, 0, 1e30, NULL, 0},
+    {S_NET, "steps", K_STR, OFF(lr_steps), SZ(lr_steps), 0, 0, NULL, 0},
+    {S_NET, "gamma", K_DOUBLE, OFF(gamma), 0, 0, 1e6, NULL, 0},
     {S_NET, "beta1", K_DOUBLE, OFF(beta1), 0, 0, 0.999999, NULL, 0},
     {S_NET, "beta2", K_DOUBLE, OFF(beta2), 0, 0, 0.999999999, NULL, 0},
     {S_NET, "eps", K_DOUBLE, OFF(eps), 0, 1e-30, 1, NULL, 0},
     {S_NET, "momentum", K_DOUBLE, OFF(momentum), 0, 0, 0.999999, NULL, 0},
+    {S_NET, "nesterov", K_INT, OFF(nesterov), 0, 0, 1, NULL, 0},
     {S_NET, "weight_decay", K_DOUBLE, OFF(weight_decay), 0, 0, 1, NULL, 0},
+    {S_NET, "no_decay", K_STR, OFF(no_decay), SZ(no_decay), 0, 0, NULL, 0},
     {S_NET, "seed", K_U64, OFF(seed), 0, 0, 0, NULL, 0},
     {S_NET, "channels", K_INT, OFF(channels), 0, 1, 4096, NULL, 0},
     {S_NET, "height", K_INT, OFF(height), 0, 1, 16384, NULL, 0},
@@ -70,7 +77,6 @@ static const key_def g_keys[] = {
     {S_PARALLEL, "force_allreduce", K_INT, OFF(force_allreduce), 0, 0, 1, NULL, 0},
     {S_PARALLEL, "scaling", K_ENUM, OFF(scaling), 0, 0, 0, "weak|strong", 0},
     {S_PARALLEL, "lr_scaling", K_ENUM, OFF(lr_scaling), 0, 0, 0, "none|linear", 1},
-    {S_PARALLEL, "warmup_epochs", K_DOUBLE, OFF(warmup_epochs), 0, 0, 100000, NULL, 0},
     {S_PARALLEL, "comm_timeout_s", K_DOUBLE, OFF(comm_timeout_s), 0, 0.1, 1e6, NULL, 0},
     {S_PARALLEL, "save_timeout_s", K_DOUBLE, OFF(save_timeout_s), 0, 0.1, 1e6, NULL, 0},
 };
@@ -113,6 +119,8 @@ void config_defaults(net_config *cfg) {
     cfg->lr = 1e-3;
     cfg->beta1 = 0.9, cfg->beta2 = 0.999, cfg->eps = 1e-7;
     cfg->momentum = 0.9;
+    cfg->schedule = SCHED_CONSTANT;
+    cfg->gamma = 0.1;
     cfg->seed = 42;
     cfg->classes = 10;
     snprintf(cfg->backend, sizeof cfg->backend, "cpu");
@@ -489,8 +497,58 @@ int config_set(net_config *cfg, const char *assignment) {
 // ---------------------------------------------------------------------------------------------------------
 // Validation: values that depend on each other, and shapes through the layers.
 
+int config_lr_steps(const net_config *cfg, int *epochs, int *n) {
+    *n = 0;
+    const char *s = cfg->lr_steps;
+    while (*s) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 1 || v > 100000 || (*end && *end != ','))
+            return ERR(ST_INPUT, "%s: net.steps='%s': want epochs as positive integers, e.g. steps=30,60", cfg->path,
+                       cfg->lr_steps);
+        if (*n > 0 && v <= epochs[*n - 1])
+            return ERR(ST_INPUT, "%s: net.steps='%s': the epochs must increase", cfg->path, cfg->lr_steps);
+        if (*n == CFG_LR_STEPS_MAX)
+            return ERR(ST_INPUT, "%s: net.steps: at most %d epochs", cfg->path, CFG_LR_STEPS_MAX);
+        epochs[(*n)++] = (int)v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s) return ERR(ST_INPUT, "%s: net.steps='%s' ends with a comma", cfg->path, cfg->lr_steps);
+    }
+    return ST_OK;
+}
+
+// Recipe keys: the schedule's own keys only with that schedule, no_decay names that exist.
+static int validate_recipe(const net_config *cfg) {
+    const char *p = cfg->path;
+    int steps[CFG_LR_STEPS_MAX], n = 0;
+    TRY(config_lr_steps(cfg, steps, &n));
+    if (cfg->schedule == SCHED_STEP && n == 0)
+        return ERR(ST_INPUT, "%s: net.schedule=step needs net.steps (epochs at which lr is multiplied by gamma)", p);
+    if (cfg->schedule != SCHED_STEP && n > 0)
+        return ERR(ST_INPUT, "%s: net.steps is for schedule=step (schedule is %s)", p,
+                   cfg->schedule == SCHED_COSINE ? "cosine" : cfg->schedule == SCHED_ONECYCLE ? "onecycle" : "constant");
+    if ((cfg->schedule == SCHED_COSINE || cfg->schedule == SCHED_ONECYCLE) && cfg->min_lr >= cfg->lr)
+        return ERR(ST_INPUT, "%s: net.min_lr=%g must be below net.lr=%g", p, cfg->min_lr, cfg->lr);
+    if (cfg->nesterov && cfg->optimizer != OPT_SGD)
+        return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.optimizer=sgd", p);
+    if (cfg->nesterov && cfg->momentum <= 0)
+        return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.momentum > 0", p);
+    for (const char *s = cfg->no_decay; *s;) {
+        size_t len = strcspn(s, ",");
+        int known = (len == 4 && strncmp(s, "bias", 4) == 0) || (len == 9 && strncmp(s, "batchnorm", 9) == 0);
+        for (int i = 0; !known && i < cfg->n_layers; i++)
+            known = strlen(cfg->layers[i].name) == len && strncmp(cfg->layers[i].name, s, len) == 0;
+        if (!known)
+            return ERR(ST_INPUT, "%s: net.no_decay: '%.*s' is not 'bias', 'batchnorm' or a layer's name", p, (int)len, s);
+        s += len + (s[len] == ',');
+    }
+    return ST_OK;
+}
+
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
+    TRY(validate_recipe(cfg));
     if (cfg->channels < 1 || cfg->height < 1 || cfg->width < 1)
         return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", p,
                    cfg->channels < 1 ? "channels" : cfg->height < 1 ? "height" : "width");
@@ -601,7 +659,9 @@ void config_print(const net_config *cfg, FILE *f) {
             break;
         }
         case K_U64: fprintf(f, "%s=%llu\n", k->name, (unsigned long long)*(const uint64_t *)base); break;
-        case K_STR: fprintf(f, "%s=%s\n", k->name, base); break;
+        case K_STR:  // an unset list (net.steps, net.no_decay) is left out: an empty value does not read back
+            if (*base) fprintf(f, "%s=%s\n", k->name, base);
+            break;
         case K_ENUM: {
             int idx = *(const int *)base - (k->enum_base0 ? 0 : 1);
             const char *ch = k->choices;

@@ -17,7 +17,9 @@
 #define CFG_NAME_MAX 32
 
 enum layer_type { LAYER_CONV = 1, LAYER_MAXPOOL, LAYER_DENSE, LAYER_FLATTEN, LAYER_SOFTMAX };
-enum optimizer_kind { OPT_ADAM = 1, OPT_SGD };
+enum optimizer_kind { OPT_ADAM = 1, OPT_SGD, OPT_ADAMW };
+enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCLE };
+#define CFG_LR_STEPS_MAX 32
 enum data_format { DATA_IDX = 1, DATA_CIFAR10 };
 enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
 enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
@@ -40,11 +42,18 @@ typedef struct net_config {
     // [net]
     int batch;                  // per-rank batch in weak scaling, global batch in strong scaling (default 64)
     int epochs;                 // default 5
-    int optimizer;              // adam (default) | sgd
-    double lr;                  // default 1e-3
+    int optimizer;              // adam (default) | sgd | adamw
+    double lr;                  // default 1e-3 (the peak of a schedule)
+    int schedule;               // constant (default) | step | cosine | onecycle (optim.h: optim_lr_at)
+    double warmup_epochs;       // default 0: linear warmup to the peak over this many epochs (fractional)
+    double min_lr;              // default 0: where cosine and onecycle end
+    char lr_steps[256];         // step: epochs at which lr is multiplied by gamma, "30,60" (key `steps`)
+    double gamma;               // step: default 0.1
     double beta1, beta2, eps;   // Adam, Keras defaults 0.9, 0.999, 1e-7
     double momentum;            // SGD, default 0.9
-    double weight_decay;        // default 0 (L2 added to the gradient)
+    int nesterov;               // SGD: Nesterov momentum (default 0)
+    double weight_decay;        // default 0 (adam, sgd: L2 added to the gradient; adamw: decoupled)
+    char no_decay[256];         // parameters without weight decay: "bias", layer names, comma-separated
     uint64_t seed;              // default 42
     int channels, height, width;  // input shape (required; must match the data)
     int classes;                // default 10
@@ -68,14 +77,16 @@ typedef struct net_config {
     int overlap;                // 1 (default): launch buckets during backward; 0: after backward
     int force_allreduce;        // 1: run the bucketed all-reduce also at one rank (checks the comm path on 1 GPU)
     int scaling;                // weak (default) | strong
-    int lr_scaling;             // none (default) | linear (lr *= world size, with warmup)
-    double warmup_epochs;       // default 0 (linear warmup from lr to scaled lr)
+    int lr_scaling;             // none (default) | linear (the schedule's peak lr *= world size)
     double comm_timeout_s;      // collective watchdog (default 300)
     double save_timeout_s;      // rank 0 writing a checkpoint: the others wait this long at most (default 600)
 
     int n_layers;
     layer_cfg layers[CFG_MAX_LAYERS];
 } net_config;
+
+// net.steps parsed: the epochs at which a step schedule multiplies lr by gamma (increasing; *n = 0 if none).
+int config_lr_steps(const net_config *cfg, int *epochs /* CFG_LR_STEPS_MAX */, int *n);
 
 // Defaults for every [net]/[data]/[parallel] key (no layers).
 void config_defaults(net_config *cfg);

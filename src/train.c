@@ -57,6 +57,7 @@ typedef struct trainer {
     backend be;
     model m;
     optim opt;
+    lr_schedule sched;
     dataset train, test;
     uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
     int32_t *d_perm, *d_test_index, *h_perm;
@@ -322,7 +323,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     snprintf(v[6], 64, "%d", t->world);
     snprintf(v[7], 64, "%.17g", loss_sum);
     snprintf(v[8], 64, "%.17g", correct_sum);
-    snprintf(v[9], 64, "%s", t->opt.kind == OPT_ADAM ? "adam" : "sgd");
+    snprintf(v[9], 64, "%s", optim_name(t->opt.kind));
     ckpt_kv meta[] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
                       {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
                       {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
@@ -380,7 +381,7 @@ static int checkpoint_resume(trainer *t, const char *path) {
                  path, gb, t->G);
         goto done;
     }
-    if (!opt_name || strcmp(opt_name, t->opt.kind == OPT_ADAM ? "adam" : "sgd") != 0) {
+    if (!opt_name || strcmp(opt_name, optim_name(t->opt.kind)) != 0) {
         st = ERR(ST_INPUT, "%s: optimizer '%s' differs from the config's", path, opt_name ? opt_name : "");
         goto done;
     }
@@ -502,13 +503,40 @@ static int divergence_check(trainer *t, int32_t *scratch) {
 // ---------------------------------------------------------------------------------------------------------
 // One step and one epoch
 
-static double lr_at(const trainer *t) {
+// The learning rate of the step about to be taken (net.schedule; lr_scaling=linear scales its peak).
+static double lr_at(const trainer *t) { return lr_schedule_at(&t->sched, t->global_step); }
+
+static int schedule_setup(trainer *t) {
     const net_config *cfg = t->cfg;
-    if (cfg->lr_scaling != LR_SCALING_LINEAR || t->world == 1) return cfg->lr;
-    double target = cfg->lr * t->world;
-    double warm = cfg->warmup_epochs * t->steps_per_epoch;
-    if (warm <= 0 || (double)t->global_step >= warm) return target;
-    return cfg->lr + (target - cfg->lr) * ((double)t->global_step / warm);
+    const double peak = cfg->lr * (cfg->lr_scaling == LR_SCALING_LINEAR ? t->world : 1);
+    return lr_schedule_init(&t->sched, cfg, peak, t->steps_per_epoch);
+}
+
+// net.no_decay: the biases, the named layers (and, by kind, batch norm layers: none yet) keep no weight decay.
+static int no_decay_setup(trainer *t) {
+    const char *list = t->cfg->no_decay;
+    if (!*list || t->cfg->weight_decay <= 0) return ST_OK;
+    size_t *begin = calloc((size_t)t->m.n_layers * 2, sizeof *begin), *len = calloc((size_t)t->m.n_layers * 2, sizeof *len);
+    if (!begin || !len) {
+        free(begin), free(len);
+        return ERR(ST_RUNTIME, "out of host memory");
+    }
+    int n = 0;
+    for (int i = 0; i < t->m.n_layers; i++) {
+        const model_layer *l = &t->m.layers[i];
+        int whole = 0, bias = 0;
+        for (const char *s = list; *s;) {
+            size_t k = strcspn(s, ",");
+            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
+            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
+            s += k + (s[k] == ',');
+        }
+        if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
+        if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
+    }
+    int st = optim_no_decay(&t->opt, begin, len, n);
+    free(begin), free(len);
+    return st;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -929,7 +957,7 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
             em.t = (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
                                 a->comm_s * k, a->optimizer_s * k, a->step_s * k};
         }
-        em.lr = lr_at(t);
+        em.lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
         em.world = t->world, em.batch = t->B, em.global_batch = t->G;
         em.n_buckets = t->use_comm ? t->n_buckets : 0;
         em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
@@ -1043,6 +1071,8 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_create(&t->m, &t->be, cfg, max_batch));
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    TRY(no_decay_setup(t));
+    TRY(schedule_setup(t));
     TRY(buckets_create(t));
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
     // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.

@@ -492,14 +492,14 @@ static void test_softmax_xent(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // Optimizers (offset 1 makes the buffers 4-byte aligned only: the scalar path)
 
-static void adam_case_run(size_t n, size_t off, float wd, rng *r) {
+static void adam_case_run(size_t n, size_t off, float wd, float dwd, rng *r) {
     const size_t tot = n + off;
     float *hp = rand_floats(r, tot, 1.f);
     twin p = twin_make(hp, tot * 4), g = twin_make(NULL, tot * 4), m = twin_make(NULL, tot * 4);
     twin v = twin_make(NULL, tot * 4), h = twin_make(NULL, sizeof(adam_hyper));
     for (int t = 1; t <= 3; t++) {
         adam_hyper hh = {.lr = 1e-3f * (float)t, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-7f, .weight_decay = wd,
-                         .t = t};
+                         .decoupled_wd = dwd, .t = t};
         float *hg = rand_floats(r, tot, 1.f);
         twin_set(&g, hg);
         twin_set(&h, &hh);
@@ -521,19 +521,21 @@ static void test_adam(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 71);
-    adam_case_run(1003, 0, 0.f, &r);
-    adam_case_run(1003, 1, 0.01f, &r);
-    adam_case_run(4096, 0, 0.01f, &r);
-    adam_case_run(3, 0, 0.f, &r);
+    adam_case_run(1003, 0, 0.f, 0.f, &r);
+    adam_case_run(1003, 1, 0.01f, 0.f, &r);
+    adam_case_run(4096, 0, 0.01f, 0.f, &r);
+    adam_case_run(3, 0, 0.f, 0.f, &r);
+    adam_case_run(4096, 0, 0.f, 0.05f, &r);  // AdamW
+    adam_case_run(1003, 1, 0.f, 0.05f, &r);
 }
 
-static void sgd_case_run(size_t n, size_t off, float wd, rng *r) {
+static void sgd_case_run(size_t n, size_t off, float wd, float nesterov, rng *r) {
     const size_t tot = n + off;
     float *hp = rand_floats(r, tot, 1.f);
     twin p = twin_make(hp, tot * 4), g = twin_make(NULL, tot * 4), vel = twin_make(NULL, tot * 4);
     twin h = twin_make(NULL, sizeof(sgd_hyper));
     for (int t = 1; t <= 3; t++) {
-        sgd_hyper hh = {.lr = 0.05f / (float)t, .momentum = 0.9f, .weight_decay = wd};
+        sgd_hyper hh = {.lr = 0.05f / (float)t, .momentum = 0.9f, .weight_decay = wd, .nesterov = nesterov};
         float *hg = rand_floats(r, tot, 1.f);
         twin_set(&g, hg);
         twin_set(&h, &hh);
@@ -552,9 +554,11 @@ static void test_sgd(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 81);
-    sgd_case_run(1003, 0, 5e-4f, &r);
-    sgd_case_run(1003, 3, 0.f, &r);
-    sgd_case_run(2, 0, 0.f, &r);
+    sgd_case_run(1003, 0, 5e-4f, 0.f, &r);
+    sgd_case_run(1003, 3, 0.f, 0.f, &r);
+    sgd_case_run(2, 0, 0.f, 0.f, &r);
+    sgd_case_run(4096, 0, 5e-4f, 1.f, &r);  // Nesterov
+    sgd_case_run(1003, 3, 0.f, 1.f, &r);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -106,6 +106,8 @@ static void test_set_overrides(void **state) {
         {"batch=3", "SECTION.KEY=VALUE"},      {"net.lr=-1", "net.lr"},
         {"net.lr=nan", "net.lr"},              {"stem.activation=tanh", "activation"},
         {"net.seed=-5", "net.seed"},           {"parallel.scaling=both", "scaling"},
+        {"net.schedule=linear", "schedule"},   {"net.gamma=-1", "net.gamma"},
+        {"net.optimizer=adamx", "optimizer"},  {"net.nesterov=2", "net.nesterov"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err_clear();
@@ -156,6 +158,15 @@ static void test_bad_files(void **state) {
     expect_load_error("net_after_layers.cfg", NET "[conv]\nfilters=2\n[parallel]\nbucket_kb=4\n[dense]\nunits=10\n"
                                               "[softmax]\n",
                       "before the layer", NULL);
+    // training recipes: a schedule's keys with that schedule only, in range; names that exist
+    expect_load_error("step_no_steps.cfg", NET "schedule=step\n" LAYERS, "schedule=step needs net.steps", NULL);
+    expect_load_error("steps_cosine.cfg", NET "schedule=cosine\nsteps=3\n" LAYERS, "net.steps", "cosine");
+    expect_load_error("steps_bad.cfg", NET "schedule=step\nsteps=3,a\n" LAYERS, "net.steps='3,a'", NULL);
+    expect_load_error("steps_down.cfg", NET "schedule=step\nsteps=5,3\n" LAYERS, "increase", NULL);
+    expect_load_error("steps_comma.cfg", NET "schedule=step\nsteps=3,\n" LAYERS, "comma", NULL);
+    expect_load_error("min_lr.cfg", NET "schedule=cosine\nmin_lr=0.01\n" LAYERS, "net.min_lr", "net.lr");
+    expect_load_error("nesterov_adam.cfg", NET "nesterov=1\n" LAYERS, "nesterov", "optimizer=sgd");
+    expect_load_error("no_decay_name.cfg", NET "no_decay=bias,dense9\n" LAYERS, "no_decay", "'dense9'");
     char longline[600];
     memset(longline, 'x', sizeof longline);
     memcpy(longline, "[net]\nlr=", 9);
@@ -172,8 +183,9 @@ static void test_bad_files(void **state) {
 static void test_print_round_trips(void **state) {
     (void)state;
     static net_config a, b;
-    const char *p = write_cfg("rt.cfg", NET "batch=99\n[data]\ntrain_limit=5\n[parallel]\ncomm_timeout_s=12.5\n"
-                                        "lr_scaling=linear\n" LAYERS);
+    const char *p = write_cfg("rt.cfg", NET "batch=99\nschedule=step\nsteps=2,4\ngamma=0.5\noptimizer=adamw\n"
+                                        "no_decay=bias\nwarmup_epochs=0.5\n[data]\ntrain_limit=5\n[parallel]\n"
+                                        "comm_timeout_s=12.5\nlr_scaling=linear\n" LAYERS);
     assert_int_equal(config_load(p, &a), ST_OK);
     FILE *f = fopen(tu_path("printed.cfg"), "w");
     assert_non_null(f);
@@ -185,6 +197,11 @@ static void test_print_round_trips(void **state) {
     assert_int_equal(b.train_limit, 5);
     assert_true(b.comm_timeout_s == 12.5);
     assert_int_equal(b.lr_scaling, LR_SCALING_LINEAR);
+    assert_int_equal(b.schedule, SCHED_STEP);
+    assert_string_equal(b.lr_steps, "2,4");
+    assert_true(b.gamma == 0.5 && b.warmup_epochs == 0.5);
+    assert_int_equal(b.optimizer, OPT_ADAMW);
+    assert_string_equal(b.no_decay, "bias");
     assert_int_equal(b.n_layers, a.n_layers);
     for (int i = 0; i < a.n_layers; i++) {
         assert_string_equal(a.layers[i].name, b.layers[i].name);

@@ -91,10 +91,144 @@ static void test_sgd_momentum_matches_keras(void **state) {
     backend_destroy(&be);
 }
 
+// AdamW (PyTorch's order: p *= 1 - lr wd, then the Adam step without L2), with one stretch excluded from decay
+// (net.no_decay): the optimizer is cut into segments there and each gets its own weight decay.
+static void test_adamw_decoupled_and_no_decay(void **state) {
+    (void)state;
+    backend be;
+    assert_int_equal(backend_cpu_create(&be, 1), ST_OK);
+    static net_config cfg;
+    config_defaults(&cfg);
+    cfg.optimizer = OPT_ADAMW;
+    cfg.weight_decay = 0.05;
+    optim o;
+    assert_int_equal(optim_create(&o, &be, &cfg, N), ST_OK);
+    const size_t nd_begin[2] = {30, 10}, nd_len[2] = {7, 5};  // [10, 15) and [30, 37): no decay
+    assert_int_equal(optim_no_decay(&o, nd_begin, nd_len, 2), ST_OK);
+    assert_int_equal(o.n_seg, 4);  // [0,10) decay, [10,15) none, [15,30) decay, [30,37) none
+    float p[N], g[N];
+    double rp[N], rm[N] = {0}, rv[N] = {0};
+    for (int i = 0; i < N; i++) p[i] = (float)(rp[i] = 0.1 * (i - 18));
+    const double lr = 0.01;
+    for (int t = 1; t <= STEPS; t++) {
+        grads_for_step(t, g);
+        assert_int_equal(optim_step(&o, p, g, lr), ST_OK);
+        double lr_t = lr * sqrt(1 - pow(cfg.beta2, t)) / (1 - pow(cfg.beta1, t));
+        for (int i = 0; i < N; i++) {
+            const int decay = !((i >= 10 && i < 15) || i >= 30);
+            if (decay) rp[i] *= 1 - lr * cfg.weight_decay;
+            rm[i] = cfg.beta1 * rm[i] + (1 - cfg.beta1) * g[i];
+            rv[i] = cfg.beta2 * rv[i] + (1 - cfg.beta2) * (double)g[i] * g[i];
+            rp[i] -= lr_t * rm[i] / (sqrt(rv[i]) + cfg.eps);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        if (fabs(p[i] - rp[i]) > 2e-6) fail_msg("p[%d] = %.9g, AdamW reference %.9g", i, p[i], rp[i]);
+    // the decay made a difference where it applies: against plain Adam the decayed parameters moved to 0
+    const char *name;
+    optim_state(&o, 0, &name);
+    assert_string_equal(name, "adam_m");
+    assert_string_equal(optim_name(OPT_ADAMW), "adamw");
+    optim_destroy(&o);
+    backend_destroy(&be);
+}
+
+// SGD with Nesterov momentum, as PyTorch: buf = mom buf + g'; p -= lr (g' + mom buf), g' = g + wd p.
+static void test_sgd_nesterov(void **state) {
+    (void)state;
+    backend be;
+    assert_int_equal(backend_cpu_create(&be, 1), ST_OK);
+    static net_config cfg;
+    config_defaults(&cfg);
+    cfg.optimizer = OPT_SGD;
+    cfg.momentum = 0.8;
+    cfg.nesterov = 1;
+    cfg.weight_decay = 0.01;
+    optim o;
+    assert_int_equal(optim_create(&o, &be, &cfg, N), ST_OK);
+    float p[N], g[N];
+    double rp[N], rb[N] = {0};
+    for (int i = 0; i < N; i++) p[i] = (float)(rp[i] = 0.05 * i);
+    const double lr = 0.05;
+    for (int t = 1; t <= STEPS; t++) {
+        grads_for_step(t, g);
+        assert_int_equal(optim_step(&o, p, g, lr), ST_OK);
+        for (int i = 0; i < N; i++) {
+            const double gi = g[i] + cfg.weight_decay * rp[i];
+            rb[i] = cfg.momentum * rb[i] + gi;
+            rp[i] -= lr * (gi + cfg.momentum * rb[i]);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        if (fabs(p[i] - rp[i]) > 1e-5) fail_msg("p[%d] = %.9g, Nesterov reference %.9g", i, p[i], rp[i]);
+    optim_destroy(&o);
+    backend_destroy(&be);
+}
+
+static double schedule_at(const char *text, int epochs, int spe, long long step) {
+    static net_config cfg;
+    config_defaults(&cfg);
+    cfg.epochs = epochs;
+    cfg.lr = 0.1;
+    char key[64], value[64];
+    for (const char *s = text; *s;) {
+        // "key=value;key=value"
+        size_t n = strcspn(s, ";");
+        assert_int_equal(sscanf(s, "%63[^=]=%63[^;]", key, value), 2);
+        char set[160];
+        snprintf(set, sizeof set, "net.%s=%s", key, value);
+        err_clear();
+        if (config_set(&cfg, set) != ST_OK) fail_msg("%s: %s", set, err_msg());
+        s += n + (s[n] == ';');
+    }
+    lr_schedule sc;
+    assert_int_equal(lr_schedule_init(&sc, &cfg, cfg.lr, spe), ST_OK);
+    return lr_schedule_at(&sc, step);
+}
+
+#define NEAR(a, b) assert_true(fabs((a) - (b)) <= 1e-12 * (1 + fabs(b)))
+
+// Every schedule against its closed form (README "Training recipes"), 10 epochs of 100 steps, peak 0.1.
+static void test_schedules_closed_forms(void **state) {
+    (void)state;
+    const double pi = 3.14159265358979323846, peak = 0.1;
+    for (long long s = 0; s < 1000; s += 37) NEAR(schedule_at("", 10, 100, s), peak);
+    // warmup 2.5 epochs = 250 steps: lr = peak (s + 1) / 250, then constant
+    for (long long s = 0; s < 250; s += 13) NEAR(schedule_at("warmup_epochs=2.5", 10, 100, s), peak * (s + 1) / 250.0);
+    NEAR(schedule_at("warmup_epochs=2.5", 10, 100, 249), peak);
+    NEAR(schedule_at("warmup_epochs=2.5", 10, 100, 600), peak);
+    // step at epochs 3 and 7, gamma 0.5
+    const char *st = "schedule=step;steps=3,7;gamma=0.5";
+    NEAR(schedule_at(st, 10, 100, 0), peak);
+    NEAR(schedule_at(st, 10, 100, 299), peak);
+    NEAR(schedule_at(st, 10, 100, 300), peak * 0.5);
+    NEAR(schedule_at(st, 10, 100, 699), peak * 0.5);
+    NEAR(schedule_at(st, 10, 100, 700), peak * 0.25);
+    NEAR(schedule_at(st, 10, 100, 999), peak * 0.25);
+    // cosine to min_lr 0.001 after a 1-epoch warmup: p = (s - 100) / 900
+    for (long long s = 100; s < 1000; s += 41) {
+        const double p = (s - 100) / 900.0;
+        NEAR(schedule_at("schedule=cosine;min_lr=0.001;warmup_epochs=1", 10, 100, s),
+             0.001 + (peak - 0.001) * 0.5 * (1 + cos(pi * p)));
+    }
+    NEAR(schedule_at("schedule=cosine", 10, 100, 0), peak);
+    // onecycle: 30 % warmup from peak / 25, then cosine to min_lr (0)
+    const char *oc = "schedule=onecycle";
+    NEAR(schedule_at(oc, 10, 100, 0), peak / 25 + (peak - peak / 25) * 1 / 300.0);
+    NEAR(schedule_at(oc, 10, 100, 149), peak / 25 + (peak - peak / 25) * 150 / 300.0);
+    NEAR(schedule_at(oc, 10, 100, 299), peak);
+    NEAR(schedule_at(oc, 10, 100, 300), peak);
+    NEAR(schedule_at(oc, 10, 100, 650), peak * 0.5 * (1 + cos(pi * 350 / 700.0)));
+    assert_true(schedule_at(oc, 10, 100, 999) < peak * 1e-4);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adam_matches_keras),
         cmocka_unit_test(test_sgd_momentum_matches_keras),
+        cmocka_unit_test(test_adamw_decoupled_and_no_decay),
+        cmocka_unit_test(test_sgd_nesterov),
+        cmocka_unit_test(test_schedules_closed_forms),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
