@@ -294,6 +294,7 @@ static const backend_ops cuda_ops = {
     .sgd_step = cuda_sgd_step,
     .scale = cuda_scale,
     .count_nonfinite = cuda_count_nonfinite,
+    .clip_grad_norm = cuda_clip_grad_norm,
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
     .stream = cuda_stream,
     .mark_create = cuda_mark_create,

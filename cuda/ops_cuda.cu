@@ -292,6 +292,25 @@ __global__ void count_nonfinite_kernel(size_t n, const float *x, int32_t *out) {
     if (threadIdx.x == 0 && k) atomicAdd(out, k);
 }
 
+// Gradient clipping: the sum of squares (double, across blocks by atomicAdd: sm_60+), then the scale read from
+// device memory, so the pair is stream work a captured graph replays with each step's own norm.
+__global__ void sumsq_kernel(size_t n, const float *x, double *acc) {
+    double s = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const double v = __ldg(&x[i]);
+        s += v * v;
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) atomicAdd(acc, s);
+}
+
+__global__ void clip_scale_kernel(size_t n, float *x, const double *sumsq, float max_norm) {
+    const double coef = (double)max_norm / (sqrt(*sumsq) + 1e-6);
+    if (coef >= 1.0) return;
+    const float a = (float)coef;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] *= a;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
 
@@ -437,6 +456,17 @@ int cuda_scale(void *ctx, size_t n, float alpha, float *x) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n == 0) return ST_OK;
     scale_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, alpha, x);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    cudaCheck(cudaMemsetAsync(sumsq, 0, sizeof *sumsq, c->stream));
+    if (n == 0) return ST_OK;
+    sumsq_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, g, sumsq);
+    cudaCheckLaunch();
+    clip_scale_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, g, sumsq, max_norm);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -101,6 +101,9 @@ typedef struct backend_ops {
     int (*scale)(void *ctx, size_t n, float alpha, float *x);
     // *out = number of non-finite values in x[0..n) (backend memory, overwritten)
     int (*count_nonfinite)(void *ctx, size_t n, const float *x, int32_t *out);
+    // Gradient clipping by global L2 norm (PyTorch's clip_grad_norm_): *sumsq (backend memory, overwritten) =
+    // sum of g^2 before clipping, then g *= min(1, max_norm / (sqrt(sumsq) + 1e-6)). Stream work (capturable).
+    int (*clip_grad_norm)(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
 
     // Optional (may be NULL): a hook that long ops call between chunks of work, so that asynchronous host
     // communication progresses during backward (MPI needs MPI_Test calls to move a non-blocking reduce).

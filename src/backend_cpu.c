@@ -818,6 +818,7 @@ typedef struct flat_job {
     float keep;    // adam: p *= keep first (AdamW's decoupled decay: 1 - lr * decoupled_wd; 1 otherwise)
     int nesterov;  // sgd
     int64_t *bad;  // count_nonfinite: one slot per part, 8 apart (a cache line each)
+    double *acc;   // clip_grad_norm: the same, sums of squares
 } flat_job;
 
 static void flat_range(const flat_job *j, int part, int parts, size_t *lo, size_t *hi) {
@@ -951,6 +952,34 @@ static int cpu_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out
     return ST_OK;
 }
 
+static void sumsq_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    double s = 0;
+    for (size_t i = lo; i < hi; i++) s += (double)j->cx[i] * j->cx[i];
+    j->acc[8 * part] = s;
+}
+
+static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq) {
+    cpu_ctx *c = ctx;
+    int parts = parts_for(c, (double)n, 65536);
+    double *acc = calloc((size_t)parts * 8, sizeof(double));
+    TRY_ALLOC(acc);
+    flat_job j = {.n = n, .cx = g, .x = g, .acc = acc};
+    pool_run(&c->pool, parts, sumsq_part, &j);
+    double total = 0;
+    for (int t = 0; t < parts; t++) total += acc[8 * t];  // in part order: the same sum for the same threads
+    free(acc);
+    *sumsq = total;
+    const double coef = max_norm / (sqrt(total) + 1e-6);
+    if (coef < 1.0) {
+        j.alpha = (float)coef;
+        pool_run(&c->pool, parts, scale_part, &j);
+    }
+    return ST_OK;
+}
+
 static void cpu_set_progress(void *ctx, void (*fn)(void *arg), void *arg) {
     cpu_ctx *c = ctx;
     c->progress = fn;
@@ -1047,6 +1076,7 @@ static const backend_ops cpu_ops = {
     .sgd_step = cpu_sgd_step,
     .scale = cpu_scale,
     .count_nonfinite = cpu_count_nonfinite,
+    .clip_grad_norm = cpu_clip_grad_norm,
     .set_progress = cpu_set_progress,
     .stream = NULL,
     .mark_create = cpu_mark_create,

@@ -584,6 +584,38 @@ static void test_gather(void **state) {
     backend_destroy(&be);
 }
 
+// Clipping by global L2 norm against a double-precision reference: below the limit nothing changes, above it
+// every value is scaled by max_norm / (norm + 1e-6); *sumsq is the sum of squares before clipping.
+static void test_clip_grad_norm(void **state) {
+    (void)state;
+    backend be = make_cpu(3);
+    enum { N = 150001 };
+    float *g = fbuf(N), *ref = fbuf(N);
+    rng r;
+    rng_seed(&r, 5);
+    double ss = 0;
+    for (int i = 0; i < N; i++) {
+        g[i] = ref[i] = rng_uniform(&r) - 0.5f;
+        ss += (double)g[i] * g[i];
+    }
+    double got = -1;
+    const float loose = (float)(sqrt(ss) * 2);
+    assert_int_equal(be.ops->clip_grad_norm(be.ctx, N, g, loose, &got), ST_OK);
+    assert_true(fabs(got - ss) <= 1e-9 * ss);
+    assert_memory_equal(g, ref, N * sizeof(float));  // under the limit: untouched
+    const float tight = 0.5f;
+    assert_int_equal(be.ops->clip_grad_norm(be.ctx, N, g, tight, &got), ST_OK);
+    const double coef = tight / (sqrt(ss) + 1e-6);
+    double after = 0;
+    for (int i = 0; i < N; i++) {
+        assert_true(fabs(g[i] - ref[i] * coef) <= 1e-6 * fabs(ref[i] * coef) + 1e-12);
+        after += (double)g[i] * g[i];
+    }
+    assert_true(fabs(sqrt(after) - tight) < 1e-5);
+    free(g), free(ref);
+    backend_destroy(&be);
+}
+
 static void test_scale_and_count_nonfinite(void **state) {
     (void)state;
     backend be = make_cpu(2);
@@ -888,6 +920,7 @@ int main(void) {
         cmocka_unit_test(test_sgd_steps),
         cmocka_unit_test(test_gather),
         cmocka_unit_test(test_scale_and_count_nonfinite),
+        cmocka_unit_test(test_clip_grad_norm),
         cmocka_unit_test(test_memory_ops),
         cmocka_unit_test(test_desc_init),
         cmocka_unit_test(test_backend_create),

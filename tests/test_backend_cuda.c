@@ -592,6 +592,27 @@ static void test_scale_and_count_nonfinite(void **state) {
     free(hx);
 }
 
+static void test_clip_grad_norm(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 93);
+    enum { N = 100003 };
+    float *hx = rand_floats(&r, N, 1.f);
+    twin x = twin_make(hx, N * 4), ss = twin_make(NULL, sizeof(double));
+    for (int k = 0; k < 2; k++) {
+        const float max_norm = k == 0 ? 1e6f : 0.25f;  // untouched, then clipped
+        OK(g_cpu.ops->clip_grad_norm(g_cpu.ctx, N, x.c, max_norm, ss.c));
+        OK(g_gpu.ops->clip_grad_norm(g_gpu.ctx, N, x.g, max_norm, ss.g));
+        expect_close("clip_grad_norm g", &x, TOL_DENSE);
+        double sc, sg;
+        twin_read(&ss, &sc, &sg);
+        if (fabs(sc - sg) > 1e-6 * sc) fail_msg("sum of squares: CPU %.12g, CUDA %.12g", sc, sg);
+    }
+    twin_free(&x), twin_free(&ss);
+    free(hx);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // CUDA Graph: a captured step (dense -> softmax_xent -> dense backward -> SGD) replayed twice with different
 // learning rates equals the same two steps run eagerly, on the GPU and on the CPU.
@@ -887,6 +908,7 @@ int main(void) {
         cmocka_unit_test(test_adam),
         cmocka_unit_test(test_sgd),
         cmocka_unit_test(test_scale_and_count_nonfinite),
+        cmocka_unit_test(test_clip_grad_norm),
         cmocka_unit_test(test_capture_replay),
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_tf32),
