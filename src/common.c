@@ -19,7 +19,7 @@ int g_quiet = 0;
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 static int err_st = ST_OK;
-static char err_text[1024];
+static char err_text[8192];  // two PATH_MAX paths and the reason fit
 static char err_loc[256];
 static int err_coll, err_orig;
 
@@ -28,8 +28,10 @@ int err_set(int st, const char *file, int line, const char *fmt, ...) {
     err_st = st;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_text, sizeof err_text, fmt, ap);
+    int n = vsnprintf(err_text, sizeof err_text, fmt, ap);
     va_end(ap);
+    // Cut short: say so, rather than end mid-word as if that were the whole message.
+    if (n >= (int)sizeof err_text) memcpy(err_text + sizeof err_text - 16, " [... cut off]", 15);
     // A message must stay one line.
     for (char *p = err_text; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
