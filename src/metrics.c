@@ -5,8 +5,10 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char **kind) {
     if (b && b->present && b->images_per_s > 0 && b->step_s > 0) {
@@ -19,14 +21,42 @@ double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char 
     return (m->t.step_s - m->t.exposed_comm_s) / m->t.step_s;
 }
 
+// Only the end of the file is read (a metrics file's last line is well under this), so the time and memory a
+// baseline costs do not grow with the file; the file must be a regular one (src/fileio.h): --baseline /dev/zero
+// or a FIFO is refused before anything is read.
+#define BASELINE_TAIL 65536
+
+// The last line of the file's tail that starts with '{' (empty when none), NUL-terminated in last.
+static int baseline_last_line(const char *path, char *last) {
+    int fd = -1;
+    uint64_t size = 0;
+    TRY(input_open(path, "baseline", &fd, &size));
+    size_t n = size < BASELINE_TAIL ? (size_t)size : BASELINE_TAIL;
+    char *tail = malloc(n + 1);
+    int st = tail ? input_pread(fd, path, tail, n, size - n) : ERR(ST_RUNTIME, "%s: out of host memory", path);
+    close(fd);
+    last[0] = '\0';
+    if (st == ST_OK) {
+        tail[n] = '\0';
+        // Lines start at the tail's first byte only when that is the file's first byte.
+        for (size_t i = 0; i < n; i++) {
+            int line_start = i == 0 ? n == size : tail[i - 1] == '\n';
+            if (!line_start || tail[i] != '{') continue;
+            size_t e = i;
+            while (e < n && tail[e] != '\n') e++;
+            memcpy(last, tail + i, e - i);
+            last[e - i] = '\0';
+            i = e;
+        }
+    }
+    free(tail);
+    return st;
+}
+
 int baseline_load(const char *path, baseline *b) {
     memset(b, 0, sizeof *b);
-    FILE *f = fopen(path, "rb");
-    if (!f) return ERR(ST_INPUT, "%s: cannot open baseline: %s", path, strerror(errno));
-    char line[8192], last[8192] = "";
-    while (fgets(line, sizeof line, f))
-        if (line[0] == '{') memcpy(last, line, sizeof last);
-    fclose(f);
+    char last[BASELINE_TAIL + 1];
+    TRY(baseline_last_line(path, last));
     cJSON *j = cJSON_Parse(last);
     if (!j) return ERR(ST_INPUT, "%s: no JSON line found (want the --metrics file of an np 1 run)", path);
     const cJSON *ips = cJSON_GetObjectItemCaseSensitive(j, "images_per_s");
