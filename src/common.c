@@ -57,6 +57,29 @@ void err_clear(void) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Log output
+
+static int stdout_errno;
+
+void log_stdout(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    errno = 0;
+    int r = vprintf(fmt, ap);
+    va_end(ap);
+    if (fflush(stdout) != 0 || r < 0 || ferror(stdout)) {
+        log_stdout_failed(errno);
+        clearerr(stdout);  // try the next line again (a disk may have room again), keep the first cause
+    }
+}
+
+int log_stdout_errno(void) { return stdout_errno; }
+
+void log_stdout_failed(int e) {
+    if (stdout_errno == 0) stdout_errno = e ? e : EIO;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Time
 double now_s(void) {
     struct timespec ts;

@@ -650,3 +650,17 @@ void config_print(const net_config *cfg, FILE *f) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Data file names
+
+int config_data_paths(const net_config *cfg, char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32]) {
+    if (cfg->data_format == DATA_CIFAR10) {
+        for (int i = 0; i < 5; i++) snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", cfg->cifar_dir, i + 1);
+        snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
+        return 6;
+    }
+    const char *idx[4] = {cfg->train_images, cfg->train_labels, cfg->test_images, cfg->test_labels};
+    for (int i = 0; i < 4; i++) snprintf(paths[i], sizeof paths[i], "%s", idx[i]);
+    return 4;
+}

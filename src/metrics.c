@@ -4,6 +4,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -78,8 +79,21 @@ int baseline_load(const char *path, baseline *b) {
     return ST_OK;
 }
 
-void metrics_write_jsonl(FILE *f, const epoch_metrics *m) {
-    fprintf(f,
+int metrics_open(const char *path, int append, int *fd_out) {
+    // O_NONBLOCK: a FIFO with no reader fails (ENXIO) instead of waiting; writes then block as usual.
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (append ? O_APPEND : O_TRUNC), 0644);
+    if (fd < 0) return ERR(ST_INPUT, "%s: cannot open metrics file for writing: %s", path, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    return ST_OK;
+}
+
+int metrics_is_jsonl_head(const unsigned char *head, size_t n) { return n > 0 && head[0] == '{'; }
+
+int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
+    char line[4096];
+    int n = snprintf(line, sizeof line,
             "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"train_acc\":%.6f,\"test_loss\":%.6f,"
             "\"test_acc\":%.6f,\"images_per_s\":%.2f,\"images_per_s_per_rank\":%.2f,\"epoch_s\":%.6f,"
             "\"eval_s\":%.6f,\"step_s\":%.9f,\"data_s\":%.9f,\"forward_s\":%.9f,\"backward_s\":%.9f,"
@@ -93,5 +107,14 @@ void metrics_write_jsonl(FILE *f, const epoch_metrics *m) {
             m->global_batch, m->scaling == SCALING_STRONG ? "strong" : "weak", m->scaling_efficiency,
             m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm,
             m->cuda_graph, m->timed_steps);
-    fflush(f);
+    if (n < 0 || (size_t)n >= sizeof line) return ERR(ST_RUNTIME, "%s: metrics line too long", path);
+    // The line goes out in one write; should the disk take only part of it, the part is cut off again, so the
+    // file never ends in half a JSON object (a regular file: a device or pipe has no end to cut).
+    off_t before = lseek(fd, 0, SEEK_END);
+    int e = write_all(fd, line, (size_t)n);
+    if (e != 0) {
+        if (before >= 0 && ftruncate(fd, before) != 0) { /* the error below is the one to report */ }
+        return ERR(ST_RUNTIME, "%s: cannot write metrics: %s", path, strerror(e));
+    }
+    return ST_OK;
 }
