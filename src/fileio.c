@@ -64,32 +64,6 @@ int input_pread(int fd, const char *path, void *buf, size_t n, uint64_t off) {
     return ST_OK;
 }
 
-int input_read_all(const char *path, const char *what, size_t max, char **out, size_t *n) {
-    *out = NULL, *n = 0;
-    int fd = -1;
-    uint64_t size = 0;
-    TRY(input_open(path, what, &fd, &size));
-    if (size > max) {
-        close(fd);
-        return ERR(ST_INPUT, "%s: %s is %llu bytes, more than the %zu-byte limit", path, what,
-                   (unsigned long long)size, max);
-    }
-    char *b = malloc((size_t)size + 1);
-    if (!b) {
-        close(fd);
-        return ERR(ST_RUNTIME, "%s: out of host memory for its %llu bytes", path, (unsigned long long)size);
-    }
-    int st = input_pread(fd, path, b, (size_t)size, 0);
-    close(fd);
-    if (st != ST_OK) {
-        free(b);
-        return st;
-    }
-    b[size] = '\0';
-    *out = b, *n = (size_t)size;
-    return ST_OK;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // Outputs
 

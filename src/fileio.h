@@ -17,8 +17,6 @@
 int input_open(const char *path, const char *what, int *fd, uint64_t *size);
 // Exactly n bytes at offset off; ST_INPUT when the file ends first (it shrank), ST_RUNTIME on a read error.
 int input_pread(int fd, const char *path, void *buf, size_t n, uint64_t off);
-// The whole file, NUL-terminated, when it is at most `max` bytes (ST_INPUT naming the limit otherwise).
-int input_read_all(const char *path, const char *what, size_t max, char **out, size_t *n);
 
 // The run's input files, by identity. Paths that do not exist are skipped (their loader reports them).
 #define FILE_SET_MAX 16

@@ -89,17 +89,17 @@ PY
 
 # ---- case 4: special files and unbounded reads are refused before any read
 mkfifo "$tmp/fifo"
-expect "config FIFO" 2 5 "config is a FIFO, not a regular file" -- --config "$tmp/fifo"
-expect "config /dev/zero" 2 5 "config is a character device" -- --config /dev/zero
-expect "config directory" 2 5 "config is a directory" -- --config "$tmp"
-expect "data file FIFO" 2 5 "data file is a FIFO" -- --config "$cfg" --set data.train_images="$tmp/fifo"
-expect "--resume FIFO" 2 5 "checkpoint is a FIFO" -- --config "$cfg" --resume "$tmp/fifo"
-expect "--baseline /dev/zero" 2 5 "baseline is a character device" -- --config "$cfg" --baseline /dev/zero
-expect "--baseline FIFO" 2 5 "baseline is a FIFO" -- --config "$cfg" --baseline "$tmp/fifo"
+expect "config FIFO" 2 10 "config is a FIFO, not a regular file" -- --config "$tmp/fifo"
+expect "config /dev/zero" 2 10 "config is a character device" -- --config /dev/zero
+expect "config directory" 2 10 "config is a directory" -- --config "$tmp"
+expect "data file FIFO" 2 10 "data file is a FIFO" -- --config "$cfg" --set data.train_images="$tmp/fifo"
+expect "--resume FIFO" 2 10 "checkpoint is a FIFO" -- --config "$cfg" --resume "$tmp/fifo"
+expect "--baseline /dev/zero" 2 10 "baseline is a character device" -- --config "$cfg" --baseline /dev/zero
+expect "--baseline FIFO" 2 10 "baseline is a FIFO" -- --config "$cfg" --baseline "$tmp/fifo"
 cp "$tmp/good.st" "$tmp/sparse2.st" && truncate -s 2G "$tmp/sparse2.st"
-expect "--resume 2 GiB sparse" 2 5 "trailing bytes" -- --config "$cfg" --resume "$tmp/sparse2.st"
+expect "--resume 2 GiB sparse" 2 10 "trailing bytes" -- --config "$cfg" --resume "$tmp/sparse2.st"
 cp "$tmp/good.st" "$tmp/sparse15.st" && truncate -s 15G "$tmp/sparse15.st"
-expect "--resume 15 GiB sparse" 2 5 "trailing bytes" -- --config "$cfg" --resume "$tmp/sparse15.st"
+expect "--resume 15 GiB sparse" 2 10 "trailing bytes" -- --config "$cfg" --resume "$tmp/sparse15.st"
 rm -f "$tmp/sparse2.st" "$tmp/sparse15.st"
 
 # ---- case 8: a NaN in conv1.weight (and in an Adam moment) is never resumed
@@ -191,21 +191,24 @@ if command -v mpirun >/dev/null; then
   else bad "trace write failure: exit $rc, left: $(ls "$tmp/trfail" 2>/dev/null)"; fi
 fi
 long=$tmp$(printf '/%0200d' $(seq 1 20))/x.st
-expect "a ${#long}-byte path in the message" 2 5 "cannot open checkpoint: No such file or directory: $long" -- \
+expect "a ${#long}-byte path in the message" 2 10 "cannot open checkpoint: No such file or directory: $long" -- \
   --config "$cfg" --resume "$long"
 
 # ---- case 13: eval_batch larger than the test set is capped to it (peak memory as with eval_batch=32)
 rss() { /usr/bin/time -f %M -o "$tmp/rss" timeout -k 2 120 "$trainer" --config "$cfg" --quiet --epochs 1 "$@" >/dev/null 2>"$tmp/err" && cat "$tmp/rss"; }
 if [ -x /usr/bin/time ]; then
   a=$(rss --set net.eval_batch=32) b=$(rss --set net.eval_batch=30000)
-  if [ -n "$a" ] && [ -n "$b" ] && [ "$b" -lt $((a + 20000)) ]; then
+  if [ -n "$a" ] && [ -n "$b" ] && [ "$b" -lt $((a + a / 5 + 20000)) ]; then
     ok "eval_batch=30000 with 32 test samples: peak RSS ${b} KiB (eval_batch=32: ${a} KiB)"
   else bad "eval_batch cap: peak RSS '${b}' KiB vs '${a}' KiB"; fi
 fi
 
 # ---- case 5: under an address-space limit OpenBLAS never spins: the run ends (exit 0, or 1 naming the allocation;
 #      a limit below what the shared libraries need ends in the loader, 127)
-for v in 300000 1000000 1300000 1600000; do
+# (Not under AddressSanitizer, which reserves terabytes of address space at start.)
+asan=0
+ldd "$trainer" 2>/dev/null | grep -q libasan && asan=1
+for v in $([ "$asan" -eq 0 ] && echo 300000 1000000 1300000 1600000); do
   t0=$(now)
   timeout -k 2 60 bash -c 'ulimit -v "$1"; shift; exec "$@"' _ "$v" "$trainer" --config "$cfg" --quiet --epochs 1 \
     >"$tmp/out" 2>"$tmp/err"
