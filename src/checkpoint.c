@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 // Tensor bytes are memcpy'd between the file and host floats, which is only right on a little-endian host.
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
@@ -39,9 +41,9 @@ typedef struct ckpt_entry {
 
 struct ckpt_file {
     char *path;
-    unsigned char *buf;  // the whole file, NUL-terminated
-    size_t size;
-    const unsigned char *data;  // the data area, after the header
+    int fd;              // open for ckpt_read_tensor
+    uint64_t size;       // of the whole file
+    uint64_t data_start;  // the data area's offset: 8 + header length
     uint64_t data_size;
     cJSON *header;
     ckpt_entry *entries;  // sorted by name
@@ -297,11 +299,21 @@ static int save_atomic(const char *path, const char *tmp, const unsigned char *h
 
 // rename() replaces whatever has the final name; as root that could be a device node (/dev/full) or a FIFO.
 // Only a regular file (or nothing) may be replaced by a checkpoint; a directory is refused by rename itself.
+// An existing regular file is replaced only when it is itself a checkpoint (or empty): --save pointed at a data
+// file or a config by mistake must not destroy it.
 static int target_check(const char *path) {
     struct stat sb;
-    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode) && !S_ISDIR(sb.st_mode))
+    if (stat(path, &sb) != 0 || S_ISDIR(sb.st_mode)) return ST_OK;  // a directory: rename refuses it
+    if (!S_ISREG(sb.st_mode))
         return ERR(ST_INPUT, "%s: exists and is not a regular file: refusing to replace it with a checkpoint", path);
-    return ST_OK;
+    return output_check_kind(path, "--save", ckpt_is_safetensors_head, "a safetensors checkpoint", 0);
+}
+
+int ckpt_is_safetensors_head(const unsigned char *head, size_t n) {
+    if (n < 9) return 0;
+    uint64_t len = 0;
+    for (int i = 0; i < 8; i++) len |= (uint64_t)head[i] << (8 * i);
+    return len >= 2 && len <= CKPT_HEADER_MAX && head[8] == '{';
 }
 
 static char *tmp_path(const char *path) {
@@ -349,62 +361,67 @@ int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Load: reading the file
+// Load: the length field and the header. Only the header is read here; a tensor's bytes are read when it is
+// asked for (ckpt_read_tensor), so memory stays bounded by what the caller reads, whatever the file says.
 
-static int load_bytes(ckpt_file *f) {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return ERR(ST_INPUT, "%s: cannot open checkpoint: %s", f->path, strerror(errno));
-    struct stat sb;
-    int st = ST_OK;
-    if (fstat(fd, &sb) != 0) st = ERR(ST_RUNTIME, "%s: cannot stat: %s", f->path, strerror(errno));
-    else if (!S_ISREG(sb.st_mode)) st = ERR(ST_INPUT, "%s: not a regular file", f->path);
-    else if ((unsigned long long)sb.st_size > CKPT_FILE_MAX)
-        st = ERR(ST_INPUT, "%s: file is %lld bytes, larger than the 16 GiB limit", f->path, (long long)sb.st_size);
-    else if (sb.st_size < 8)
-        st = ERR(ST_INPUT, "%s: file is %lld bytes, shorter than the 8-byte header length", f->path,
-                 (long long)sb.st_size);
-    else if ((f->buf = malloc((size_t)sb.st_size + 1)) == NULL)
-        st = ERR(ST_RUNTIME, "%s: out of host memory for %lld bytes", f->path, (long long)sb.st_size);
-    size_t got = 0, want = st == ST_OK ? (size_t)sb.st_size : 0;
-    while (st == ST_OK && got < want) {
-        size_t chunk = want - got < CKPT_IO_CHUNK ? want - got : CKPT_IO_CHUNK;
-        ssize_t r = read(fd, f->buf + got, chunk);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) st = ERR(ST_RUNTIME, "%s: read failed: %s", f->path, strerror(errno));
-        else if (r == 0) st = ERR(ST_INPUT, "%s: file shrank to %zu bytes while being read", f->path, got);
-        else got += (size_t)r;
-    }
-    close(fd);
-    if (st == ST_OK) {
-        f->buf[want] = '\0';
-        f->size = want;
-    }
-    return st;
+static int load_open(ckpt_file *f) {
+    uint64_t size;
+    TRY(input_open(f->path, "checkpoint", &f->fd, &size));
+    if (size > CKPT_FILE_MAX)
+        return ERR(ST_INPUT, "%s: file is %llu bytes, larger than the 16 GiB limit", f->path, (unsigned long long)size);
+    if (size < 8)
+        return ERR(ST_INPUT, "%s: file is %llu bytes, shorter than the 8-byte header length", f->path,
+                   (unsigned long long)size);
+    f->size = size;
+    return ST_OK;
 }
 
 static int load_header(ckpt_file *f) {
+    unsigned char len[8];
+    TRY(input_pread(f->fd, f->path, len, 8, 0));
     uint64_t n = 0;
-    for (int i = 0; i < 8; i++) n |= (uint64_t)f->buf[i] << (8 * i);
+    for (int i = 0; i < 8; i++) n |= (uint64_t)len[i] << (8 * i);
     if (n > f->size - 8)
-        return ERR(ST_INPUT, "%s: header length %llu exceeds the %zu bytes after the length field", f->path,
-                   (unsigned long long)n, f->size - 8);
+        return ERR(ST_INPUT, "%s: header length %llu exceeds the %llu bytes after the length field", f->path,
+                   (unsigned long long)n, (unsigned long long)(f->size - 8));
     if (n > CKPT_HEADER_MAX)
         return ERR(ST_INPUT, "%s: header length %llu exceeds the %llu-byte limit", f->path, (unsigned long long)n,
                    CKPT_HEADER_MAX);
-    const char *text = (const char *)f->buf + 8, *end = NULL;
-    if (n == 0 || text[0] != '{') return ERR(ST_INPUT, "%s: header does not start with '{'", f->path);
-    if (memchr(text, '\0', (size_t)n)) return ERR(ST_INPUT, "%s: header contains a NUL byte", f->path);
-    f->header = cJSON_ParseWithLengthOpts(text, (size_t)n, &end, 0);
-    if (!f->header)
-        return ERR(ST_INPUT, "%s: header is not valid JSON (error at header byte %td)", f->path,
-                   end ? end - text : (ptrdiff_t)0);
-    if (!cJSON_IsObject(f->header)) return ERR(ST_INPUT, "%s: header is not a JSON object", f->path);
-    for (const char *p = end; p < text + n; p++)
+    if (n == 0) return ERR(ST_INPUT, "%s: header does not start with '{'", f->path);
+    char *text = malloc((size_t)n + 1);
+    if (!text) return ERR(ST_RUNTIME, "%s: out of host memory for its %llu-byte header", f->path, (unsigned long long)n);
+    int st = input_pread(f->fd, f->path, text, (size_t)n, 8);
+    const char *end = NULL;
+    if (st == ST_OK && text[0] != '{') st = ERR(ST_INPUT, "%s: header does not start with '{'", f->path);
+    if (st == ST_OK && memchr(text, '\0', (size_t)n)) st = ERR(ST_INPUT, "%s: header contains a NUL byte", f->path);
+    if (st == ST_OK) {
+        f->header = cJSON_ParseWithLengthOpts(text, (size_t)n, &end, 0);
+        if (!f->header)
+            st = ERR(ST_INPUT, "%s: header is not valid JSON (error at header byte %td)", f->path,
+                     end ? end - text : (ptrdiff_t)0);
+    }
+    if (st == ST_OK && !cJSON_IsObject(f->header)) st = ERR(ST_INPUT, "%s: header is not a JSON object", f->path);
+    for (const char *p = end; st == ST_OK && p < text + n; p++)
         if (*p != ' ')
-            return ERR(ST_INPUT, "%s: header has trailing byte 0x%02x after the JSON (only space padding allowed)",
-                       f->path, (unsigned char)*p);
-    f->data = f->buf + 8 + n;
+            st = ERR(ST_INPUT, "%s: header has trailing byte 0x%02x after the JSON (only space padding allowed)",
+                     f->path, (unsigned char)*p);
+    free(text);
+    f->data_start = 8 + n;
     f->data_size = f->size - 8 - n;
+    return st;
+}
+
+// The data area must end where the last tensor ends: bytes after it are not part of any checkpoint we wrote
+// (an append, a file grown by truncate), and a header that promises more than the file holds was caught per
+// tensor (entry_offsets).
+static int load_check_size(ckpt_file *f) {
+    uint64_t end = 0;
+    for (int i = 0; i < f->n_entries; i++)
+        if (f->entries[i].end > end) end = f->entries[i].end;
+    if (f->data_size != end)
+        return ERR(ST_INPUT, "%s: %llu trailing bytes: the file is %llu bytes, its header's tensors end at byte %llu",
+                   f->path, (unsigned long long)(f->data_size - end), (unsigned long long)f->size,
+                   (unsigned long long)(f->data_start + end));
     return ST_OK;
 }
 
@@ -562,9 +579,11 @@ int ckpt_load(const char *path, ckpt_file **out) {
     if (!f) return ERR(ST_RUNTIME, "%s: out of host memory", path);
     f->path = strdup(path);
     int st = f->path ? ST_OK : ERR(ST_RUNTIME, "%s: out of host memory", path);
-    if (st == ST_OK) st = load_bytes(f);
+    f->fd = -1;
+    if (st == ST_OK) st = load_open(f);
     if (st == ST_OK) st = load_header(f);
     if (st == ST_OK) st = load_entries(f);
+    if (st == ST_OK) st = load_check_size(f);
     if (st == ST_OK) st = load_check_overlap(f);
     if (st != ST_OK) {
         ckpt_free(f);
@@ -579,7 +598,7 @@ void ckpt_free(ckpt_file *f) {
     cJSON_Delete(f->header);
     free(f->entries);
     free(f->meta);
-    free(f->buf);
+    if (f->fd >= 0) close(f->fd);
     free(f->path);
     free(f);
 }
@@ -592,6 +611,16 @@ static void shape_format(char *buf, size_t n, int ndim, const int64_t *shape) {
     for (int d = 0; d < ndim && used < n; d++)
         used += (size_t)snprintf(buf + used, n - used, "%s%lld", d ? "," : "", (long long)shape[d]);
     if (used < n) snprintf(buf + used, n - used, "]");
+}
+
+int ckpt_require_finite(const ckpt_file *f, const char *name, const float *v, size_t n) {
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]) && bad++ == 0) first = i;
+    if (bad)
+        return ERR(ST_INPUT, "%s: tensor '%s' holds %zu non-finite value(s) (first: %s at element %zu); refusing it",
+                   f->path, name, bad, isnan(v[first]) ? "NaN" : "Inf", first);
+    return ST_OK;
 }
 
 int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst) {
@@ -614,8 +643,8 @@ int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64
         shape_format(want, sizeof want, ndim, shape);
         return ERR(ST_INPUT, "%s: tensor '%s' has shape %s, expected %s", f->path, name, have, want);
     }
-    if (e->end > e->begin) memcpy(dst, f->data + e->begin, (size_t)(e->end - e->begin));
-    return ST_OK;
+    if (e->end == e->begin) return ST_OK;
+    return input_pread(f->fd, f->path, dst, (size_t)(e->end - e->begin), f->data_start + e->begin);
 }
 
 const char *ckpt_meta(const ckpt_file *f, const char *key) {

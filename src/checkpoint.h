@@ -5,8 +5,9 @@
 //
 // Writes are atomic: a temp file in the same directory, fsync, rename, fsync of the directory. A crash at any
 // point leaves either the old file or the new one, never a partial file under the final name.
-// Reads validate everything (header length vs file size, JSON, dtypes, shapes vs byte ranges, ranges inside
-// the data area and non-overlapping) and fail with ST_INPUT naming the file and the tensor/field.
+// Reads validate everything (a regular file, header length vs file size, JSON, dtypes, shapes vs byte ranges,
+// ranges inside the data area and non-overlapping, no bytes after the last tensor) and fail
+// with ST_INPUT naming the file and the tensor/field. The header is parsed before any tensor byte is read.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -30,13 +31,20 @@ int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const
 // be created in its directory), so the error comes at start-up and not after the first epoch.
 int ckpt_check_target(const char *path);
 
-typedef struct ckpt_file ckpt_file;  // a loaded file (whole content in memory)
+// The first bytes of a file (n of them) look like a safetensors file: a plausible header length, then '{'.
+int ckpt_is_safetensors_head(const unsigned char *head, size_t n);
+
+typedef struct ckpt_file ckpt_file;  // a loaded file: its header parsed, its tensors read on demand
 
 int ckpt_load(const char *path, ckpt_file **out);
 void ckpt_free(ckpt_file *f);
 // Copy tensor `name` into dst, checking that its dtype is F32 and its shape is exactly (ndim, shape);
-// ST_INPUT naming the file and tensor when missing or different.
+// ST_INPUT naming the file and tensor when missing or different (dst untouched). The bytes are copied as they
+// are (NaN included: the format round-trips any float).
 int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst);
+// A training checkpoint must hold finite values only: a NaN or Inf would be trained on and saved again (ReLU can
+// hide it from the divergence check). ST_INPUT naming the file, the tensor, the first bad element and the count.
+int ckpt_require_finite(const ckpt_file *f, const char *name, const float *v, size_t n);
 // Metadata value for key, or NULL when absent.
 const char *ckpt_meta(const ckpt_file *f, const char *key);
 int ckpt_n_tensors(const ckpt_file *f);

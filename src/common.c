@@ -20,7 +20,7 @@ int g_quiet = 0;
 // ---------------------------------------------------------------------------------------------------------
 // Errors
 static int err_st = ST_OK;
-static char err_text[1024];
+static char err_text[8192];  // two PATH_MAX paths and the reason fit
 static char err_loc[256];
 static int err_coll, err_orig;
 
@@ -29,8 +29,10 @@ int err_set(int st, const char *file, int line, const char *fmt, ...) {
     err_st = st;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err_text, sizeof err_text, fmt, ap);
+    int n = vsnprintf(err_text, sizeof err_text, fmt, ap);
     va_end(ap);
+    // Cut short: say so, rather than end mid-word as if that were the whole message.
+    if (n >= (int)sizeof err_text) memcpy(err_text + sizeof err_text - 16, " [... cut off]", 15);
     // A message must stay one line.
     for (char *p = err_text; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ' ';
@@ -53,6 +55,29 @@ void err_clear(void) {
     err_coll = err_orig = 0;
     err_text[0] = '\0';
     err_loc[0] = '\0';
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Log output
+
+static int stdout_errno;
+
+void log_stdout(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    errno = 0;
+    int r = vprintf(fmt, ap);
+    va_end(ap);
+    if (fflush(stdout) != 0 || r < 0 || ferror(stdout)) {
+        log_stdout_failed(errno);
+        clearerr(stdout);  // try the next line again (a disk may have room again), keep the first cause
+    }
+}
+
+int log_stdout_errno(void) { return stdout_errno; }
+
+void log_stdout_failed(int e) {
+    if (stdout_errno == 0) stdout_errno = e ? e : EIO;
 }
 
 // ---------------------------------------------------------------------------------------------------------

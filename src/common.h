@@ -56,12 +56,17 @@ extern int g_quiet;  // --quiet: rank 0 prints only errors and the final summary
 // Print on rank 0 only (to stdout). LOG0 respects --quiet; ALWAYS0 does not.
 #define LOG0(...)                                                                                          \
     do {                                                                                                   \
-        if (g_rank == 0 && !g_quiet) { printf(__VA_ARGS__); fflush(stdout); }                              \
+        if (g_rank == 0 && !g_quiet) log_stdout(__VA_ARGS__);                                              \
     } while (0)
 #define ALWAYS0(...)                                                                                       \
     do {                                                                                                   \
-        if (g_rank == 0) { printf(__VA_ARGS__); fflush(stdout); }                                          \
+        if (g_rank == 0) log_stdout(__VA_ARGS__);                                                          \
     } while (0)
+// printf + fflush to stdout. A failed write (a closed pipe: SIGPIPE is ignored by main; a full disk) does not
+// stop the run: the first failure's errno is kept for main to report when the run ends (log_stdout_errno).
+void log_stdout(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int log_stdout_errno(void);  // 0 while every write to stdout has succeeded
+void log_stdout_failed(int e);  // a write to stdout outside log_stdout failed with errno e
 
 // ---------------------------------------------------------------------------------------------------------
 // Time

@@ -11,9 +11,11 @@
 #include <ini.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "common.h"
+#include "fileio.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Keys. One table says, for every key, its section, type, range and where it lives in net_config; parsing,
@@ -441,12 +443,32 @@ static int handler(void *user, const char *section, const char *name, const char
     return st == ST_OK ? 1 : fail(ps, st);
 }
 
+// A config is a regular file of at most CFG_FILE_MAX bytes (src/fileio.h): a FIFO or /dev/zero is refused
+// before anything is read.
+#define CFG_FILE_MAX (1u << 20)
+static int config_open(const char *path, FILE **out) {
+    int fd = -1;
+    uint64_t size = 0;
+    TRY(input_open(path, "config", &fd, &size));
+    if (size > CFG_FILE_MAX) {
+        close(fd);
+        return ERR(ST_INPUT, "%s: config is %llu bytes, more than the %u-byte limit", path, (unsigned long long)size,
+                   CFG_FILE_MAX);
+    }
+    *out = fdopen(fd, "r");
+    if (!*out) {
+        close(fd);
+        return ERR(ST_RUNTIME, "%s: cannot open config: %s", path, strerror(errno));
+    }
+    return ST_OK;
+}
+
 int config_load(const char *path, net_config *cfg) {
     config_defaults(cfg);
     if (strlen(path) >= sizeof cfg->path) return ERR(ST_INPUT, "config path too long: %s", path);
     snprintf(cfg->path, sizeof cfg->path, "%s", path);
-    FILE *f = fopen(path, "r");
-    if (!f) return ERR(ST_INPUT, "%s: cannot open config: %s", path, strerror(errno));
+    FILE *f = NULL;
+    TRY(config_open(path, &f));
     parse_state ps = {.cfg = cfg, .f = f, .sect = -1};
     int r = ini_parse_stream(reader, &ps, handler, &ps);
     int read_err = ferror(f);
@@ -690,4 +712,18 @@ void config_print(const net_config *cfg, FILE *f) {
         default: break;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Data file names
+
+int config_data_paths(const net_config *cfg, char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32]) {
+    if (cfg->data_format == DATA_CIFAR10) {
+        for (int i = 0; i < 5; i++) snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", cfg->cifar_dir, i + 1);
+        snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
+        return 6;
+    }
+    const char *idx[4] = {cfg->train_images, cfg->train_labels, cfg->test_images, cfg->test_labels};
+    for (int i = 0; i < 4; i++) snprintf(paths[i], sizeof paths[i], "%s", idx[i]);
+    return 4;
 }

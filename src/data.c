@@ -1,83 +1,113 @@
 // data.c — IDX (raw or gzip) and CIFAR-10 binary loaders, fully validated, and the sharding sampler.
 //
-// A file is read whole into memory (gzip through zlib's gz* API, which also reads raw files as they are), then
-// parsed from the buffer, so every length check is against the real byte count.
+// A file must be a regular file (src/fileio.h); its header is read first and the body only as far as the header
+// promises (gzip through zlib's gz* API, which also reads raw files as they are); then it is parsed from the
+// buffer, so every length check is against the real byte count.
 #include "data.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "common.h"
+#include "fileio.h"
 
 // Data sets larger than this are refused (a corrupt header cannot make us allocate without bound).
 #define DATA_MAX_BYTES ((size_t)8 << 30)
 
 // ---------------------------------------------------------------------------------------------------------
-// Whole-file reading (raw or gzip)
+// Reading a data file (raw or gzip): opened through input_open (a regular file, never a FIFO or a device), and
+// read only as far as its header promises.
 
-static int read_whole(const char *path, uint8_t **out, size_t *out_n) {
-    *out = NULL, *out_n = 0;
-    FILE *probe = fopen(path, "rb");
-    if (!probe) return ERR(ST_INPUT, "%s: cannot open: %s", path, strerror(errno));
+// Deflate's largest expansion is 1032:1, so a gzip file of S bytes holds at most this many bytes.
+#define GZ_MAX_RATIO 1032
+
+typedef struct data_file {
+    const char *path;
+    gzFile gz;  // zlib's gz* API reads a raw file as it is
+    int is_gz;
+    uint64_t size;  // on disk
+} data_file;
+
+static int df_open(data_file *f, const char *path) {
+    memset(f, 0, sizeof *f);
+    f->path = path;
+    int fd = -1;
+    TRY(input_open(path, "data file", &fd, &f->size));
     unsigned char magic[2] = {0, 0};
-    size_t got = fread(magic, 1, 2, probe);
-    fclose(probe);
-    int is_gz = got == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    f->is_gz = pread(fd, magic, 2, 0) == 2 && magic[0] == 0x1f && magic[1] == 0x8b;
+    f->gz = gzdopen(fd, "rb");
+    if (!f->gz) {
+        close(fd);
+        return ERR(ST_RUNTIME, "%s: out of host memory opening it", path);
+    }
+    gzbuffer(f->gz, 1 << 17);
+    return ST_OK;
+}
 
-    gzFile gz = gzopen(path, "rb");
-    if (!gz) return ERR(ST_INPUT, "%s: cannot open: %s", path, strerror(errno ? errno : ENOMEM));
-    gzbuffer(gz, 1 << 17);
+// The most bytes the file can hold once decompressed.
+static uint64_t df_max_bytes(const data_file *f) { return f->is_gz ? f->size * GZ_MAX_RATIO + 1024 : f->size; }
+
+// Up to n bytes; *got < n only at the end of the data.
+static int df_read(data_file *f, void *buf, size_t n, size_t *got) {
+    *got = 0;
+    while (*got < n) {
+        size_t want = n - *got < (1u << 30) ? n - *got : (1u << 30);
+        int r = gzread(f->gz, (uint8_t *)buf + *got, (unsigned)want);
+        if (r < 0) {
+            int errnum = 0;
+            const char *msg = gzerror(f->gz, &errnum);
+            return ERR(ST_INPUT, "%s: %s: %s", f->path, f->is_gz ? "corrupt gzip data" : "read error",
+                       errnum == Z_ERRNO ? strerror(errno) : msg);
+        }
+        if (r == 0) break;
+        *got += (size_t)r;
+    }
+    return ST_OK;
+}
+
+// Closes the file; when st is ST_OK, also checks that a gzip stream ended properly.
+static int df_close(data_file *f, int st) {
+    if (!f->gz) return st;  // closed already
+    // zlib reports a gzip stream cut short only as a short read at EOF with an error state.
+    int errnum = 0;
+    const char *msg = gzerror(f->gz, &errnum);
+    if (st == ST_OK && errnum != Z_OK && errnum != Z_STREAM_END)
+        st = ERR(ST_INPUT, "%s: %s: %s", f->path, f->is_gz ? "truncated or corrupt gzip data" : "read error", msg);
+    int cr = gzclose(f->gz);
+    if (st == ST_OK && cr != Z_OK)
+        st = ERR(ST_INPUT, "%s: %s", f->path, f->is_gz ? "truncated or corrupt gzip data (bad trailer)" : "read error");
+    return st;
+}
+
+// The whole (decompressed) file, at most DATA_MAX_BYTES.
+static int df_read_all(data_file *f, uint8_t **out, size_t *out_n) {
     size_t cap = 1 << 20, n = 0;
     uint8_t *buf = malloc(cap);
-    if (!buf) {
-        gzclose(gz);
-        return ERR(ST_RUNTIME, "%s: out of host memory", path);
-    }
+    if (!buf) return ERR(ST_RUNTIME, "%s: out of host memory", f->path);
     for (;;) {
         if (n == cap) {
             if (cap >= DATA_MAX_BYTES) {
                 free(buf);
-                gzclose(gz);
-                return ERR(ST_INPUT, "%s: larger than %zu bytes", path, DATA_MAX_BYTES);
+                return ERR(ST_INPUT, "%s: larger than %zu bytes", f->path, DATA_MAX_BYTES);
             }
             uint8_t *nb = realloc(buf, cap * 2);
             if (!nb) {
                 free(buf);
-                gzclose(gz);
-                return ERR(ST_RUNTIME, "%s: out of host memory", path);
+                return ERR(ST_RUNTIME, "%s: out of host memory", f->path);
             }
             buf = nb, cap *= 2;
         }
-        size_t want = cap - n;
-        if (want > (1u << 30)) want = 1u << 30;
-        int r = gzread(gz, buf + n, (unsigned)want);
-        if (r < 0) {
-            int errnum = 0;
-            const char *msg = gzerror(gz, &errnum);
-            int st = ERR(ST_INPUT, "%s: %s: %s", path, is_gz ? "corrupt gzip data" : "read error",
-                         errnum == Z_ERRNO ? strerror(errno) : msg);
+        size_t got = 0;
+        int st = df_read(f, buf + n, cap - n, &got);
+        if (st != ST_OK) {
             free(buf);
-            gzclose(gz);
             return st;
         }
-        if (r == 0) break;
-        n += (size_t)r;
-    }
-    // zlib reports a gzip stream cut short only as a short read at EOF with an error state.
-    int errnum = 0;
-    const char *msg = gzerror(gz, &errnum);
-    if (errnum != Z_OK && errnum != Z_STREAM_END) {
-        int st = ERR(ST_INPUT, "%s: %s: %s", path, is_gz ? "truncated or corrupt gzip data" : "read error", msg);
-        free(buf);
-        gzclose(gz);
-        return st;
-    }
-    int cr = gzclose(gz);
-    if (cr != Z_OK) {
-        free(buf);
-        return ERR(ST_INPUT, "%s: %s", path, is_gz ? "truncated or corrupt gzip data (bad trailer)" : "read error");
+        n += got;
+        if (n < cap) break;
     }
     *out = buf, *out_n = n;
     return ST_OK;
@@ -90,9 +120,9 @@ static uint32_t be32(const uint8_t *p) {
 // ---------------------------------------------------------------------------------------------------------
 // IDX
 
-// Parse an IDX u8 file of the given rank; dims[0..rank) filled; *payload points into buf.
-static int idx_parse(const char *path, const uint8_t *buf, size_t n, int rank, uint32_t dims[3],
-                     const uint8_t **payload) {
+// The header of an IDX u8 file of the given rank (n bytes of it available): dims[0..rank) and the payload size.
+static int idx_header(const char *path, const uint8_t *buf, size_t n, int rank, uint32_t dims[3],
+                      unsigned long long *total_out) {
     if (n < 4) return ERR(ST_INPUT, "%s: too short for an IDX file (%zu bytes)", path, n);
     uint32_t magic = be32(buf);
     uint32_t want = 0x00000800u | (uint32_t)rank;
@@ -108,25 +138,62 @@ static int idx_parse(const char *path, const uint8_t *buf, size_t n, int rank, u
         total *= dims[i];
         if (total > DATA_MAX_BYTES) return ERR(ST_INPUT, "%s: IDX dimensions too large", path);
     }
-    if (n - hdr < total)
-        return ERR(ST_INPUT, "%s: truncated: %zu data bytes, header says %llu", path, n - hdr, total);
-    if (n - hdr > total)
-        return ERR(ST_INPUT, "%s: %zu trailing bytes after the %llu data bytes the header declares", path,
-                   n - hdr - (size_t)total, total);
-    *payload = buf + hdr;
+    *total_out = total;
+    return ST_OK;
+}
+
+static int idx_length_check(const char *path, unsigned long long have, unsigned long long total) {
+    if (have < total) return ERR(ST_INPUT, "%s: truncated: %llu data bytes, header says %llu", path, have, total);
+    if (have > total)
+        return ERR(ST_INPUT, "%s: %llu trailing bytes after the %llu data bytes the header declares", path,
+                   have - total, total);
+    return ST_OK;
+}
+
+// An IDX file read as far as its header promises: a raw file's size is checked against the header before its
+// body is read; a gzip file is read up to the promised size plus one byte (to see trailing data), never more.
+static int idx_read(const char *path, int rank, uint32_t dims[3], uint8_t **out, const uint8_t **payload) {
+    *out = NULL;
+    data_file f;
+    TRY(df_open(&f, path));
+    uint8_t head[16];
+    size_t hn = 4 + 4 * (size_t)rank, got = 0;
+    unsigned long long total = 0;
+    int st = df_read(&f, head, hn, &got);
+    if (st == ST_OK) st = idx_header(path, head, got, rank, dims, &total);
+    if (st == ST_OK && !f.is_gz) st = idx_length_check(path, f.size - hn, total);
+    if (st == ST_OK && hn + total > df_max_bytes(&f))
+        st = ERR(ST_INPUT, "%s: truncated: the header says %llu data bytes, more than %llu compressed bytes can hold",
+                 path, total, (unsigned long long)f.size);
+    uint8_t *buf = NULL;
+    if (st == ST_OK && (buf = malloc(hn + (size_t)total + 1)) == NULL)
+        st = ERR(ST_RUNTIME, "%s: out of host memory for its %llu data bytes", path, total);
+    if (st == ST_OK) {
+        memcpy(buf, head, hn);
+        st = df_read(&f, buf + hn, (size_t)total + 1, &got);  // one more: trailing data shows
+    }
+    if (st == ST_OK && got < total && f.is_gz) st = df_close(&f, ST_OK), f.gz = NULL;  // names a cut gzip stream
+    if (st == ST_OK && got != total) {
+        if (got < total) st = idx_length_check(path, got, total);
+        else st = ERR(ST_INPUT, "%s: trailing bytes after the %llu data bytes the header declares", path, total);
+    }
+    st = df_close(&f, st);
+    if (st != ST_OK) {
+        free(buf);
+        return st;
+    }
+    *out = buf;
+    *payload = buf + hn;
     return ST_OK;
 }
 
 int data_load_idx(const char *images_path, const char *labels_path, int classes, int limit, dataset *out) {
     memset(out, 0, sizeof *out);
     uint8_t *ib = NULL, *lb = NULL;
-    size_t in_ = 0, ln = 0;
-    int st = read_whole(images_path, &ib, &in_);
-    if (st == ST_OK) st = read_whole(labels_path, &lb, &ln);
     uint32_t idims[3] = {0}, ldims[3] = {0};
     const uint8_t *ip = NULL, *lp = NULL;
-    if (st == ST_OK) st = idx_parse(images_path, ib, in_, 3, idims, &ip);
-    if (st == ST_OK) st = idx_parse(labels_path, lb, ln, 1, ldims, &lp);
+    int st = idx_read(images_path, 3, idims, &ib, &ip);
+    if (st == ST_OK) st = idx_read(labels_path, 1, ldims, &lb, &lp);
     if (st == ST_OK && idims[0] != ldims[0])
         st = ERR(ST_INPUT, "%s: %u labels, but %s has %u images", labels_path, ldims[0], images_path, idims[0]);
     if (st == ST_OK && (idims[1] > 16384 || idims[2] > 16384))
@@ -173,8 +240,14 @@ int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset 
     int st = ST_OK;
     size_t total = 0;
     for (int i = 0; i < n_paths && st == ST_OK; i++) {
-        st = read_whole(paths[i], &bufs[i], &lens[i]);
-        if (st != ST_OK) break;
+        data_file f;
+        if ((st = df_open(&f, paths[i])) != ST_OK) break;
+        // A raw file's size is checked before it is read.
+        if (!f.is_gz && (f.size == 0 || f.size % CIFAR_REC != 0))
+            st = ERR(ST_INPUT, "%s: %llu bytes is not a whole number of %d-byte CIFAR-10 records", paths[i],
+                     (unsigned long long)f.size, CIFAR_REC);
+        if (st == ST_OK) st = df_read_all(&f, &bufs[i], &lens[i]);
+        if ((st = df_close(&f, st)) != ST_OK) break;
         if (lens[i] == 0 || lens[i] % CIFAR_REC != 0)
             st = ERR(ST_INPUT, "%s: %zu bytes is not a whole number of %d-byte CIFAR-10 records", paths[i], lens[i],
                      CIFAR_REC);

@@ -1,10 +1,12 @@
 // main.c — the trainer's command line. The only place that exits: it maps a status to an exit code, and aborts
 // all ranks when a failure is local to one rank (so no rank waits forever in a collective).
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "comm.h"
@@ -13,6 +15,8 @@
 #include "train.h"
 
 #define MAX_SETS 64
+
+static int g_save_given;  // for the message of stdout_final_status
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -158,6 +162,39 @@ static void on_signal(int sig) {
     g_stop_requested = 1;
 }
 
+// OpenBLAS starts its own thread pool when the library is loaded, before main, and each of its threads maps a
+// 128 MiB buffer at once; under an address-space limit (ulimit -v) OpenBLAS 0.3.21's blas_memory_alloc retries a
+// failed map forever, and the process spins at 100 % CPU and hangs in the next fork or exit (they join that
+// thread). The trainer runs every GEMM single-threaded on its own pool (backend_cpu.c), so OpenBLAS's pool is
+// never used. The environment is read only by the library's constructor, and a variable set before it (in a
+// preinit function) is lost when libc sets up the environment, so: when a memory limit is set, the trainer
+// executes itself again with OPENBLAS_NUM_THREADS=1 (same pid, arguments and environment otherwise); the spinning
+// thread goes with the old image. backend_cpu.c then checks that its own threads' GEMM buffers can be mapped
+// before the first GEMM (exit 1 naming them instead of the spin).
+static void openblas_single_thread(char **argv) {
+    struct rlimit as, data;
+    int limited = (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) ||
+                  (getrlimit(RLIMIT_DATA, &data) == 0 && data.rlim_cur != RLIM_INFINITY);
+    const char *v = getenv("OPENBLAS_NUM_THREADS");
+    if (!limited || (v && strcmp(v, "1") == 0)) return;
+    if (setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0) return;
+    execv("/proc/self/exe", argv);  // returns only on failure: carry on as we are
+}
+
+// The log on stdout may go to a pipe that closes (`trainer ... | head -1`) or a full disk. Neither may kill the
+// run before its checkpoint: SIGPIPE is ignored, a failed write is remembered (log_stdout), training and --save
+// go on, and the run ends with exit 1 and one line on stderr saying the log was lost.
+static int stdout_final_status(int st) {
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) log_stdout_failed(errno);
+    int e = log_stdout_errno();
+    if (st != ST_OK || e == 0) return st;
+    st = ERR(ST_RUNTIME, "stdout: writing the log failed (%s); the run itself completed%s, but its output was lost",
+             strerror(e), g_save_given ? " and saved its checkpoint" : "");
+    fprintf(stderr, "trainer: error: %s\n", err_msg());
+    return st;
+}
+
 static void print_error(void) {
     int st = err_status();
     if (st == ST_INTERRUPTED)  // asked for, not a failure: no source location
@@ -216,6 +253,8 @@ static int config_read(const cli *c, net_config *cfg) {
 
 int main(int argc, char **argv) {
     g_prog = "trainer";
+    openblas_single_thread(argv);
+    signal(SIGPIPE, SIG_IGN);  // a closed stdout is an error to report, not a reason to die (stdout_final_status)
     static cli c;
     int st = cli_parse(argc, argv, &c);
     if (st == -1) return 0;
@@ -233,7 +272,7 @@ int main(int argc, char **argv) {
             if (cfg_st == ST_OK) config_print(&cfg, stdout);
             else print_error();
         }
-        return cfg_st;
+        return cfg_st == ST_OK ? stdout_final_status(ST_OK) : cfg_st;
     }
     const double timeout_s = cfg_st == ST_OK ? cfg.comm_timeout_s : COMM_DEFAULT_TIMEOUT_S;
 
@@ -289,5 +328,6 @@ done:
         print_error();
         comm_abort(cm, fin);
     }
-    return st;
+    g_save_given = c.opts.save_path != NULL;
+    return stdout_final_status(st);
 }

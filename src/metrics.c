@@ -4,9 +4,12 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char **kind) {
     if (b && b->present && b->images_per_s > 0 && b->step_s > 0) {
@@ -19,14 +22,42 @@ double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char 
     return (m->t.step_s - m->t.exposed_comm_s) / m->t.step_s;
 }
 
+// Only the end of the file is read (a metrics file's last line is well under this), so the time and memory a
+// baseline costs do not grow with the file; the file must be a regular one (src/fileio.h): --baseline /dev/zero
+// or a FIFO is refused before anything is read.
+#define BASELINE_TAIL 65536
+
+// The last line of the file's tail that starts with '{' (empty when none), NUL-terminated in last.
+static int baseline_last_line(const char *path, char *last) {
+    int fd = -1;
+    uint64_t size = 0;
+    TRY(input_open(path, "baseline", &fd, &size));
+    size_t n = size < BASELINE_TAIL ? (size_t)size : BASELINE_TAIL;
+    char *tail = malloc(n + 1);
+    int st = tail ? input_pread(fd, path, tail, n, size - n) : ERR(ST_RUNTIME, "%s: out of host memory", path);
+    close(fd);
+    last[0] = '\0';
+    if (st == ST_OK) {
+        tail[n] = '\0';
+        // Lines start at the tail's first byte only when that is the file's first byte.
+        for (size_t i = 0; i < n; i++) {
+            int line_start = i == 0 ? n == size : tail[i - 1] == '\n';
+            if (!line_start || tail[i] != '{') continue;
+            size_t e = i;
+            while (e < n && tail[e] != '\n') e++;
+            memcpy(last, tail + i, e - i);
+            last[e - i] = '\0';
+            i = e;
+        }
+    }
+    free(tail);
+    return st;
+}
+
 int baseline_load(const char *path, baseline *b) {
     memset(b, 0, sizeof *b);
-    FILE *f = fopen(path, "rb");
-    if (!f) return ERR(ST_INPUT, "%s: cannot open baseline: %s", path, strerror(errno));
-    char line[8192], last[8192] = "";
-    while (fgets(line, sizeof line, f))
-        if (line[0] == '{') memcpy(last, line, sizeof last);
-    fclose(f);
+    char last[BASELINE_TAIL + 1];
+    TRY(baseline_last_line(path, last));
     cJSON *j = cJSON_Parse(last);
     if (!j) return ERR(ST_INPUT, "%s: no JSON line found (want the --metrics file of an np 1 run)", path);
     const cJSON *ips = cJSON_GetObjectItemCaseSensitive(j, "images_per_s");
@@ -48,8 +79,21 @@ int baseline_load(const char *path, baseline *b) {
     return ST_OK;
 }
 
-void metrics_write_jsonl(FILE *f, const epoch_metrics *m) {
-    fprintf(f,
+int metrics_open(const char *path, int append, int *fd_out) {
+    // O_NONBLOCK: a FIFO with no reader fails (ENXIO) instead of waiting; writes then block as usual.
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (append ? O_APPEND : O_TRUNC), 0644);
+    if (fd < 0) return ERR(ST_INPUT, "%s: cannot open metrics file for writing: %s", path, strerror(errno));
+    int fl = fcntl(fd, F_GETFL);
+    if (fl != -1) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fd_out = fd;
+    return ST_OK;
+}
+
+int metrics_is_jsonl_head(const unsigned char *head, size_t n) { return n > 0 && head[0] == '{'; }
+
+int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
+    char line[4096];
+    int n = snprintf(line, sizeof line,
             "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"train_acc\":%.6f,\"test_loss\":%.6f,"
             "\"test_acc\":%.6f,\"images_per_s\":%.2f,\"images_per_s_per_rank\":%.2f,\"epoch_s\":%.6f,"
             "\"eval_s\":%.6f,\"step_s\":%.9f,\"data_s\":%.9f,\"forward_s\":%.9f,\"backward_s\":%.9f,"
@@ -63,5 +107,14 @@ void metrics_write_jsonl(FILE *f, const epoch_metrics *m) {
             m->global_batch, m->scaling == SCALING_STRONG ? "strong" : "weak", m->scaling_efficiency,
             m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm,
             m->cuda_graph, m->timed_steps);
-    fflush(f);
+    if (n < 0 || (size_t)n >= sizeof line) return ERR(ST_RUNTIME, "%s: metrics line too long", path);
+    // The line goes out in one write; should the disk take only part of it, the part is cut off again, so the
+    // file never ends in half a JSON object (a regular file: a device or pipe has no end to cut).
+    off_t before = lseek(fd, 0, SEEK_END);
+    int e = write_all(fd, line, (size_t)n);
+    if (e != 0) {
+        if (before >= 0 && ftruncate(fd, before) != 0) { /* the error below is the one to report */ }
+        return ERR(ST_RUNTIME, "%s: cannot write metrics: %s", path, strerror(e));
+    }
+    return ST_OK;
 }

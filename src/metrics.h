@@ -51,5 +51,10 @@ double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char 
 // Read the last JSON line of an np 1 metrics file. ST_INPUT naming the file when it is not one.
 int baseline_load(const char *path, baseline *b);
 
-// One JSON object on one line (JSON Lines).
-void metrics_write_jsonl(FILE *f, const epoch_metrics *m);
+// --metrics FILE opened for writing (appending on resume); never blocks on a FIFO without a reader.
+int metrics_open(const char *path, int append, int *fd);
+// One JSON object on one line (JSON Lines), written with one write; on a failure the partial line is removed
+// again and the status is ST_RUNTIME with the errno's text.
+int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m);
+// The first bytes of an existing file look like a metrics file (what --metrics may replace).
+int metrics_is_jsonl_head(const unsigned char *head, size_t n);

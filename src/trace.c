@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
+#include "fileio.h"
 
 #define TRACE_NAME_MAX 48
 #define TRACE_MAX_EVENTS (16L * 1024 * 1024)  // ~1.3 GB: beyond this, events are counted as dropped
@@ -29,6 +31,7 @@ typedef struct trace_lane {
 struct trace {
     FILE *f;
     char path[4096];
+    char tmp[4096 + 32];  // written here, renamed to path when complete
     int rank;
     char host[64];
     double origin;
@@ -42,18 +45,33 @@ struct trace {
 // ---------------------------------------------------------------------------------------------------------
 // Recording
 
+int trace_file_path(char *buf, size_t n, const char *dir, int rank) {
+    int k = snprintf(buf, n, "%s/trace_rank%d.json", dir, rank);
+    return k < 0 || (size_t)k >= n ? -1 : 0;
+}
+
+int trace_is_own_head(const unsigned char *head, size_t n) {
+    static const char own[] = "{\"displayTimeUnit\"";
+    return n >= sizeof own - 1 && memcmp(head, own, sizeof own - 1) == 0;
+}
+
 int trace_open(trace **out, const char *dir, int rank, const char *host) {
     *out = NULL;
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
         return ERR(ST_INPUT, "--trace %s: cannot create the directory (%s)", dir, strerror(errno));
     trace *t = calloc(1, sizeof *t);
     TRY_ALLOC(t);
-    int n = snprintf(t->path, sizeof t->path, "%s/trace_rank%d.json", dir, rank);
-    if (n < 0 || (size_t)n >= sizeof t->path) {
+    if (trace_file_path(t->path, sizeof t->path, dir, rank) != 0) {
         free(t);
         return ERR(ST_INPUT, "--trace %s: path too long", dir);
     }
-    t->f = fopen(t->path, "w");
+    int st = output_check_kind(t->path, "--trace", trace_is_own_head, "a ddp-cnn trace", 0);
+    if (st != ST_OK) {
+        free(t);
+        return st;
+    }
+    snprintf(t->tmp, sizeof t->tmp, "%s.tmp.%ld", t->path, (long)getpid());
+    t->f = fopen(t->tmp, "w");
     if (!t->f) {
         int e = errno;
         free(t);
@@ -155,9 +173,14 @@ int trace_close(trace *t) {
     write_metadata(t);
     for (long i = 0; i < t->n; i++) write_event(t, &t->ev[i]);
     fprintf(t->f, "\n]}\n");
-    int bad = ferror(t->f);
-    if (fclose(t->f) != 0) bad = 1;
-    int st = bad ? ERR(ST_RUNTIME, "%s: error writing the trace", t->path) : ST_OK;
+    // A stream's error flag stays set; errno from the failing flush (the last write) is the cause.
+    int e = fflush(t->f) != 0 || ferror(t->f) ? errno : 0;
+    if (fclose(t->f) != 0 && e == 0) e = errno;
+    if (e == 0 && rename(t->tmp, t->path) != 0) e = errno;
+    // Written whole under the final name, or not at all: no truncated JSON is left behind.
+    if (e != 0) unlink(t->tmp);
+    int st = e ? ERR(ST_RUNTIME, "%s: cannot write the trace: %s (nothing written)", t->path, strerror(e ? e : EIO))
+               : ST_OK;
     free(t->ev);
     free(t->lanes);
     free(t);

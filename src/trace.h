@@ -8,6 +8,7 @@
 //
 // Tracing off is a NULL trace pointer: callers test it before taking any timestamp, so the cost is one branch.
 #pragma once
+#include <stddef.h>
 
 typedef struct trace trace;
 
@@ -16,8 +17,9 @@ enum {
     TRACE_TID_BUCKET0 = 100,  // the all-reduce of bucket i runs on lane TRACE_TID_BUCKET0 + i
 };
 
-// Creates DIR if needed and opens DIR/trace_rank<rank>.json for writing (so a bad path fails at start-up,
-// ST_INPUT naming it). host is shown in the process name.
+// Creates DIR if needed and opens a temp file next to DIR/trace_rank<rank>.json for writing (so a bad path fails
+// at start-up, ST_INPUT naming it); an existing trace_rank<rank>.json that is not a trace is refused. host is
+// shown in the process name.
 int trace_open(trace **out, const char *dir, int rank, const char *host);
 // Timestamps are now_s() values; they are written relative to this one.
 void trace_set_origin(trace *t, double origin_s);
@@ -30,5 +32,10 @@ void trace_name_lane(trace *t, int tid, const char *name);
 // bytes: written as an argument when > 0.
 void trace_span(trace *t, int tid, const char *cat, const char *name, double t0_s, double t1_s, int index,
                 long long bytes);
-// Writes the file, closes it and frees t. NULL: no-op. ST_RUNTIME naming the file on a write error.
+// Writes the file, closes it, renames it to its final name and frees t. NULL: no-op. On a write error the temp
+// file is removed (no truncated JSON is left) and the status is ST_RUNTIME naming the file and the errno's text.
 int trace_close(trace *t);
+// DIR/trace_rank<rank>.json into buf; -1 when it does not fit.
+int trace_file_path(char *buf, size_t n, const char *dir, int rank);
+// The first bytes of an existing file look like a trace this program wrote.
+int trace_is_own_head(const unsigned char *head, size_t n);

@@ -18,6 +18,7 @@
 #include "checkpoint.h"
 #include "common.h"
 #include "data.h"
+#include "fileio.h"
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
@@ -71,6 +72,8 @@ typedef struct trainer {
     int epoch, step_in_epoch;
     long long global_step;
     double loss_carry, correct_carry;  // partial epoch sums restored from a checkpoint
+    uint64_t data_hash;                // train_data_hash, computed once when a checkpoint needs it
+    int data_hashed;
     // per-epoch timing accumulators
     step_times acc;
     int timed;
@@ -176,14 +179,10 @@ static int buckets_create(trainer *t) {
 static int data_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     if (cfg->data_format == DATA_CIFAR10) {
-        char paths[6][CFG_PATH_MAX + 32];
-        const char *train_p[5], *test_p[1];
-        for (int i = 0; i < 5; i++) {
-            snprintf(paths[i], sizeof paths[i], "%s/data_batch_%d.bin", cfg->cifar_dir, i + 1);
-            train_p[i] = paths[i];
-        }
-        snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
-        test_p[0] = paths[5];
+        char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+        config_data_paths(cfg, paths);
+        const char *train_p[5], *test_p[1] = {paths[5]};
+        for (int i = 0; i < 5; i++) train_p[i] = paths[i];
         TRY(data_load_cifar10(train_p, 5, cfg->train_limit, &t->train));
         TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
     } else {
@@ -299,6 +298,24 @@ static int host_state(const trainer *t, float **out) {
     return ST_OK;
 }
 
+static uint64_t fnv1a(const void *p, size_t n);
+
+// What the run trains on, as one number: the training images and labels after train_limit (so another data
+// file, another train_limit or another data format all change it). Resume compares it with the checkpoint's.
+static uint64_t dataset_hash(const dataset *d) {
+    uint64_t h[2] = {fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
+                     fnv1a(d->labels, (size_t)d->n)};
+    return fnv1a(h, sizeof h);
+}
+
+static uint64_t train_data_hash(trainer *t) {
+    if (!t->data_hashed) {
+        t->data_hash = dataset_hash(&t->train);
+        t->data_hashed = 1;
+    }
+    return t->data_hash;
+}
+
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
     // Test hook (reliability tests): DDP_TEST_SLOW_SAVE=SECONDS holds rank 0 before it writes, as a slow file
@@ -310,10 +327,10 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     tensor_list *tl = malloc(sizeof *tl);
     if (!tl) {
         free(host);
-        return ERR(ST_RUNTIME, "out of host memory");
+        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's tensor list");
     }
     tensors_list(t, host, tl);
-    char v[10][64];
+    char v[12][64];
     snprintf(v[0], 64, "%d", t->epoch);
     snprintf(v[1], 64, "%d", t->step_in_epoch);
     snprintf(v[2], 64, "%lld", t->global_step);
@@ -324,10 +341,13 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     snprintf(v[7], 64, "%.17g", loss_sum);
     snprintf(v[8], 64, "%.17g", correct_sum);
     snprintf(v[9], 64, "%s", optim_name(t->opt.kind));
+    snprintf(v[10], 64, "%d", t->train.n);
+    snprintf(v[11], 64, "%016" PRIx64, train_data_hash(t));
     ckpt_kv meta[] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
                       {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
                       {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
-                      {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path}};
+                      {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path},
+                      {"train_samples", v[10]},    {"train_data_hash", v[11]}};
     int st = ckpt_save(path, tl->t, tl->n, meta, (int)(sizeof meta / sizeof meta[0]));
     free(tl);
     free(host);
@@ -347,60 +367,112 @@ static int checkpoint_save_agreed(trainer *t, double loss_sum, double correct_su
     return comm_barrier_within(t->c, timeout_s, what);
 }
 
+// Metadata values are strings; each one resume uses is parsed whole and range-checked, naming the key.
 static int meta_int(const ckpt_file *f, const char *key, long long lo, long long hi, long long *out) {
     const char *s = ckpt_meta(f, key);
     char *end = NULL;
+    errno = 0;
     long long v = s ? strtoll(s, &end, 10) : 0;
-    if (!s || *s == '\0' || *end != '\0' || v < lo || v > hi)
-        return ERR(ST_INPUT, "%s: metadata '%s' missing or out of range (not a ddp-cnn checkpoint?)", ckpt_path(f),
-                   key);
+    if (!s || *s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s%s%s, not an integer in [%lld, %lld] (not a ddp-cnn checkpoint?)",
+                   ckpt_path(f), key, s ? "'" : "missing", s ? s : "", s ? "'" : "", lo, hi);
     *out = v;
+    return ST_OK;
+}
+
+static int meta_double(const ckpt_file *f, const char *key, double lo, double hi, double *out) {
+    const char *s = ckpt_meta(f, key);
+    if (!s || parse_float(s, lo, hi, out) != 0)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s%s%s, not a finite number in [%g, %g]", ckpt_path(f), key,
+                   s ? "'" : "missing", s ? s : "", s ? "'" : "", lo, hi);
+    return ST_OK;
+}
+
+// The checkpoint's own record of what it was trained on must be this run's, or the resumed run would not be
+// the uninterrupted one (README: bit-identical).
+static int meta_same(const ckpt_file *f, const char *key, const char *have, const char *what) {
+    const char *s = ckpt_meta(f, key);
+    if (!s) return ERR(ST_INPUT, "%s: metadata '%s' missing (written by an older ddp-cnn?)", ckpt_path(f), key);
+    if (strcmp(s, have) != 0)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s, this run has %s (%s; resuming would not continue the same run)",
+                   ckpt_path(f), key, s, have, what);
+    return ST_OK;
+}
+
+typedef struct ckpt_position {
+    long long epoch, step, gstep, ot;
+    double loss_sum, correct_sum;
+} ckpt_position;
+
+static int checkpoint_check_meta(trainer *t, const ckpt_file *f, ckpt_position *p) {
+    const char *path = ckpt_path(f);
+    const char *fmt = ckpt_meta(f, "format");
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0)
+        return ERR(ST_INPUT, "%s: not a ddp-cnn training checkpoint (metadata format is '%s', want '%s')", path,
+                   fmt ? fmt : "", CKPT_FORMAT);
+    long long gb = 0;
+    TRY(meta_int(f, "epoch", 0, 1000000, &p->epoch));
+    TRY(meta_int(f, "step_in_epoch", 0, INT32_MAX, &p->step));
+    TRY(meta_int(f, "global_step", 0, INT64_MAX / 2, &p->gstep));
+    TRY(meta_int(f, "optim_t", 0, INT64_MAX / 2, &p->ot));
+    TRY(meta_int(f, "global_batch", 1, INT32_MAX, &gb));
+    if (gb != t->G)
+        return ERR(ST_INPUT, "%s: trained with global batch %lld, this run has %d (the sample order would differ)",
+                   path, gb, t->G);
+    const char *opt_name = ckpt_meta(f, "optimizer");
+    if (!opt_name || strcmp(opt_name, optim_name(t->opt.kind)) != 0)
+        return ERR(ST_INPUT, "%s: optimizer '%s' differs from the config's", path, opt_name ? opt_name : "");
+    char have[64];
+    snprintf(have, sizeof have, "%" PRIu64, (uint64_t)t->cfg->seed);
+    TRY(meta_same(f, "seed", have, "net.seed / --seed"));
+    snprintf(have, sizeof have, "%d", t->train.n);
+    TRY(meta_same(f, "train_samples", have, "training samples after data.train_limit"));
+    snprintf(have, sizeof have, "%016" PRIx64, train_data_hash(t));
+    TRY(meta_same(f, "train_data_hash", have, "the training data differ: another data file or data.train_limit"));
+    if (p->step >= t->steps_per_epoch)
+        return ERR(ST_INPUT, "%s: step_in_epoch %lld >= %d steps per epoch of this run", path, p->step,
+                   t->steps_per_epoch);
+    // Every epoch runs steps_per_epoch steps and the optimizer counts one per step.
+    if (p->gstep != p->epoch * t->steps_per_epoch + p->step)
+        return ERR(ST_INPUT, "%s: metadata 'global_step' is %lld, but epoch %lld x %d steps + step_in_epoch %lld is %lld",
+                   path, p->gstep, p->epoch, t->steps_per_epoch, p->step, p->epoch * t->steps_per_epoch + p->step);
+    if (p->ot != p->gstep)
+        return ERR(ST_INPUT, "%s: metadata 'optim_t' is %lld, but the optimizer takes one step per global step (%lld)",
+                   path, p->ot, p->gstep);
+    // The partial epoch's sums: a loss sum is >= 0, a count of correct samples at most the samples seen.
+    double seen = (double)p->step * t->G;
+    TRY(meta_double(f, "epoch_loss_sum", 0, p->step ? 1e300 : 0, &p->loss_sum));
+    TRY(meta_double(f, "epoch_correct_sum", 0, seen, &p->correct_sum));
+    if (p->correct_sum != floor(p->correct_sum))
+        return ERR(ST_INPUT, "%s: metadata 'epoch_correct_sum' is %s, not a whole count", path,
+                   ckpt_meta(f, "epoch_correct_sum"));
     return ST_OK;
 }
 
 static int checkpoint_resume(trainer *t, const char *path) {
     ckpt_file *f = NULL;
     TRY(ckpt_load(path, &f));
-    int st = ST_OK;
     float *host = NULL;
     tensor_list *tl = NULL;
-    const char *fmt = ckpt_meta(f, "format");
-    const char *opt_name = ckpt_meta(f, "optimizer");
-    long long epoch = 0, step = 0, gstep = 0, ot = 0, gb = 0;
-    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0) {
-        st = ERR(ST_INPUT, "%s: not a ddp-cnn training checkpoint (metadata format is '%s', want '%s')", path,
-                 fmt ? fmt : "", CKPT_FORMAT);
-        goto done;
-    }
-    if ((st = meta_int(f, "epoch", 0, 1000000, &epoch)) || (st = meta_int(f, "step_in_epoch", 0, INT32_MAX, &step)) ||
-        (st = meta_int(f, "global_step", 0, INT64_MAX, &gstep)) || (st = meta_int(f, "optim_t", 0, INT64_MAX, &ot)) ||
-        (st = meta_int(f, "global_batch", 1, INT32_MAX, &gb)))
-        goto done;
-    if (gb != t->G) {
-        st = ERR(ST_INPUT, "%s: trained with global batch %lld, this run has %d (the sample order would differ)",
-                 path, gb, t->G);
-        goto done;
-    }
-    if (!opt_name || strcmp(opt_name, optim_name(t->opt.kind)) != 0) {
-        st = ERR(ST_INPUT, "%s: optimizer '%s' differs from the config's", path, opt_name ? opt_name : "");
-        goto done;
-    }
-    if (step >= t->steps_per_epoch) {
-        st = ERR(ST_INPUT, "%s: step_in_epoch %lld >= %d steps per epoch of this run", path, step,
-                 t->steps_per_epoch);
-        goto done;
-    }
+    ckpt_position p = {0};
+    int st = checkpoint_check_meta(t, f, &p);
+    if (st) goto done;
     int n_states = optim_n_state(&t->opt);
     size_t n = t->m.n_params;
     host = malloc((size_t)(n_states + 1) * n * sizeof(float));
     tl = malloc(sizeof *tl);
     if (!host || !tl) {
-        st = ERR(ST_RUNTIME, "out of host memory");
+        st = ERR(ST_RUNTIME, "out of host memory for the checkpoint's %zu parameters and optimizer state", n);
         goto done;
     }
     tensors_list(t, host, tl);
-    for (int i = 0; i < tl->n && st == ST_OK; i++)
-        st = ckpt_read_tensor(f, tl->t[i].name, tl->t[i].ndim, tl->t[i].shape, (float *)tl->t[i].data);
+    for (int i = 0; i < tl->n && st == ST_OK; i++) {
+        const ckpt_tensor *ct = &tl->t[i];
+        size_t count = 1;
+        for (int d = 0; d < ct->ndim; d++) count *= (size_t)ct->shape[d];
+        st = ckpt_read_tensor(f, ct->name, ct->ndim, ct->shape, (float *)ct->data);
+        if (st == ST_OK) st = ckpt_require_finite(f, ct->name, ct->data, count);
+    }
     if (st) goto done;
     if ((st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)))) goto done;
     for (int s = 0; s < n_states && st == ST_OK; s++) {
@@ -408,13 +480,12 @@ static int checkpoint_resume(trainer *t, const char *path) {
         st = t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
                                n * sizeof(float));
     }
-    t->epoch = (int)epoch;
-    t->step_in_epoch = (int)step;
-    t->global_step = gstep;
-    t->opt.t = ot;
-    const char *ls = ckpt_meta(f, "epoch_loss_sum"), *cs = ckpt_meta(f, "epoch_correct_sum");
-    t->loss_carry = ls ? atof(ls) : 0;
-    t->correct_carry = cs ? atof(cs) : 0;
+    t->epoch = (int)p.epoch;
+    t->step_in_epoch = (int)p.step;
+    t->global_step = p.gstep;
+    t->opt.t = p.ot;
+    t->loss_carry = p.loss_sum;
+    t->correct_carry = p.correct_sum;
 done:
     free(tl);
     free(host);
@@ -435,16 +506,10 @@ static uint64_t fnv1a(const void *p, size_t n) {
 // Every rank must train on the same data: the loaded sets' shapes and a fingerprint of their bytes (the same
 // paths may hold other files on other hosts). Compared like the configuration (comm_agree_text).
 static int data_agree(trainer *t) {
-    const dataset *sets[2] = {&t->train, &t->test};
-    const char *names[2] = {"train", "test"};
-    char text[256] = "";
-    for (int i = 0; i < 2; i++) {
-        const dataset *d = sets[i];
-        size_t bytes = (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w;
-        size_t used = strlen(text);
-        snprintf(text + used, sizeof text - used, "%s=%d samples of %dx%dx%d, images %016" PRIx64 ", labels %016" PRIx64 "\n",
-                 names[i], d->n, d->c, d->h, d->w, fnv1a(d->images, bytes), fnv1a(d->labels, (size_t)d->n));
-    }
+    const dataset *tr = &t->train, *te = &t->test;
+    char text[256];
+    snprintf(text, sizeof text, "train=%d samples of %dx%dx%d, hash %016" PRIx64 "\ntest=%d samples, hash %016" PRIx64 "\n",
+             tr->n, tr->c, tr->h, tr->w, train_data_hash(t), te->n, dataset_hash(te));
     return comm_agree_text(t->c, text, "the data");
 }
 
@@ -865,7 +930,7 @@ static int stop_agreed(trainer *t, int *stop) {
     return ST_OK;
 }
 
-static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_result *res) {
+static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result *res) {
     const net_config *cfg = t->cfg;
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
@@ -971,13 +1036,8 @@ static int run_epochs(trainer *t, const baseline *bl, FILE *metrics, train_resul
              em.images_per_s, em.images_per_s_per_rank, em.t.step_s * 1e3, em.t.forward_s * 1e3,
              em.t.backward_s * 1e3, em.t.comm_s * 1e3, em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3,
              em.scaling_efficiency, em.efficiency_kind);
-        if (metrics && t->rank == 0) {
-            metrics_write_jsonl(metrics, &em);  // flushes: a full disk shows now, not at the end of the run
-            if (ferror(metrics)) {
-                st = ERR(ST_RUNTIME, "%s: cannot write metrics: %s", t->o->metrics_path, strerror(errno));
-                break;
-            }
-        }
+        // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
+        if (metrics >= 0 && t->rank == 0 && (st = metrics_write_jsonl(metrics, t->o->metrics_path, &em))) break;
         res->epochs_done++;
         res->train_loss = em.train_loss, res->test_loss = test_loss, res->test_acc = test_acc;
         t->step_in_epoch = 0;
@@ -1027,11 +1087,46 @@ static void trainer_free(trainer *t) {
 // rank returns an error instead of leaving the others waiting in a collective.
 static int agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
 
+// Evaluation never needs a batch larger than this rank's share of the test set (data_eval_range gives at most
+// ceil(n / world) samples), so eval_batch=30000 with 500 test samples allocates for 500.
+static int eval_batch_capped(const trainer *t) {
+    int shard = (t->test.n + t->world - 1) / t->world;
+    int eb = t->cfg->eval_batch < shard ? t->cfg->eval_batch : shard;
+    return eb > 0 ? eb : 1;
+}
+
+// Outputs never overwrite one of the run's inputs (same device and inode: links and other spellings of a path
+// included), and never replace an existing file of another kind. --save onto the --resume file is the normal
+// way to continue a run and stays allowed.
+static int outputs_check(const trainer *t) {
+    const train_opts *o = t->o;
+    file_set in = {0};
+    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+    int n_data = config_data_paths(t->cfg, data);
+    file_set_add(&in, t->cfg->path, "config");
+    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
+    file_set_add(&in, o->resume_path, "--resume checkpoint");
+    file_set_add(&in, o->baseline_path, "--baseline file");
+    if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
+    if (o->metrics_path) {
+        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
+        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON Lines metrics file", 1));
+    }
+    if (o->trace_dir) {
+        char path[4096];
+        if (trace_file_path(path, sizeof path, o->trace_dir, t->rank) != 0)
+            return ERR(ST_INPUT, "--trace %s: path too long", o->trace_dir);
+        TRY(output_not_input(path, "--trace", &in, NULL));
+    }
+    return ST_OK;
+}
+
 static int setup(trainer *t, baseline *bl) {
     const net_config *cfg = t->cfg;
     const comm_info *ci = comm_get_info(t->c);
     TRY(batch_setup(t));
     if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
+    TRY(outputs_check(t));
     if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
     int threads = cfg->threads;
     if (strcmp(cfg->backend, "cpu") == 0) {
@@ -1066,7 +1161,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
     for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
     TRY(data_setup(t));
-    int eval_local = cfg->eval_batch;
+    int eval_local = eval_batch_capped(t);
     int max_batch = t->B > eval_local ? t->B : eval_local;
     TRY(model_create(&t->m, &t->be, cfg, max_batch));
     TRY(model_init_params(&t->m, cfg->seed));
@@ -1099,7 +1194,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     t->use_comm = t->world > 1 || cfg->force_allreduce;
     t->host_comm = (comm_caps(c) & COMM_CAP_HOST_PROGRESS) != 0;
     baseline bl = {0};
-    FILE *metrics = NULL;
+    int metrics = -1;
     int st = agree(t, setup(t, &bl));
     if (st == ST_OK && t->world > 1) st = data_agree(t);
     if (st == ST_OK && t->use_comm) {
@@ -1120,10 +1215,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
             t->be.ops->set_progress(t->be.ctx, progress_hook, t);
         st = agree(t, st);
     }
-    if (st == ST_OK && o->metrics_path && t->rank == 0) {
-        metrics = fopen(o->metrics_path, t->o->resume_path ? "a" : "w");
-        if (!metrics) st = ERR(ST_INPUT, "%s: cannot open metrics file for writing", o->metrics_path);
-    }
+    if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(o->metrics_path, o->resume_path != NULL, &metrics);
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     st = agree(t, st);  // every rank is here with an agreed status, so this collective is safe
     if (st == ST_OK && t->tr) st = agree(t, trace_setup(t));
@@ -1135,8 +1227,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
              t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
         st = run_epochs(t, &bl, metrics, res);
     }
-    if (metrics && fclose(metrics) != 0 && st == ST_OK)
-        st = ERR(ST_RUNTIME, "%s: error writing metrics", o->metrics_path);
+    if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)
+        st = ERR(ST_RUNTIME, "%s: error writing metrics: %s", o->metrics_path, strerror(errno));
     int trace_st = trace_close(t->tr);  // also after a failure: the timeline up to it is what one wants to see
     if (st == ST_OK) st = trace_st;
     if (st == ST_OK && o->keep_params) {

@@ -638,8 +638,8 @@ static void test_bad_entries(void **state) {
     }
 }
 
-// Files from other writers may hold other dtypes, higher ranks, empty tensors and unused bytes; they load, and
-// only the F32 tensors of the requested shape can be read.
+// Files from other writers may hold other dtypes, higher ranks, empty tensors and unused bytes between tensors;
+// they load, and only the F32 tensors of the requested shape can be read. Bytes after the last tensor do not.
 static void test_foreign_file_loads(void **state) {
     (void)state;
     char path[512];
@@ -653,7 +653,7 @@ static void test_foreign_file_loads(void **state) {
                       " \"bf\": {\"dtype\": \"BF16\", \"shape\": [], \"data_offsets\": [24, 26]},"
                       " \"e\": {\"dtype\": \"F32\", \"shape\": [0, 7], \"data_offsets\": [4, 4]},"
                       " \"extra\": {\"dtype\": \"U8\", \"shape\": [3], \"data_offsets\": [28, 31], \"x\": 1}}",
-                      40);
+                      31);
     ckpt_file *f = NULL;
     err_clear();
     if (ckpt_load(path, &f) != ST_OK) fail_msg("%s", err_msg());
@@ -664,7 +664,7 @@ static void test_foreign_file_loads(void **state) {
     float v[2];
     const int64_t one[1] = {1}, two[4] = {1, 1, 1, 2}, e[2] = {0, 7};
     assert_int_equal(ckpt_read_tensor(f, "f", 1, one, v), ST_OK);
-    assert_memory_equal(v, b + size - 40 + 4, 4);
+    assert_memory_equal(v, b + size - 31 + 4, 4);
     assert_int_equal(ckpt_read_tensor(f, "e", 2, e, NULL), ST_OK);
     free(b);
 
@@ -725,6 +725,104 @@ static void test_unreadable_paths(void **state) {
     expect_load_error(path, "not a regular file");
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Bounded input: only regular files are read, the header before the body, and the size must match it
+
+static double seconds_since(double t0) { return now_s() - t0; }
+
+static void test_special_files_refused_without_reading(void **state) {
+    (void)state;
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s", tu_path("ck.fifo"));
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *paths[] = {fifo, "/dev/zero", "/dev/null", tu_tmpdir()};
+    const char *kinds[] = {"a FIFO", "a character device", "a character device", "a directory"};
+    for (int i = 0; i < 4; i++) {
+        double t0 = now_s();
+        expect_load_error(paths[i], kinds[i]);
+        assert_true(seconds_since(t0) < 1.0);  // never blocks on the FIFO, never reads the device
+    }
+    unlink(fifo);
+}
+
+// Bytes after the last tensor (an append, a file grown by truncate): refused from the header alone, so a
+// 2 GiB sparse file costs no more than a small one.
+static void test_trailing_bytes_refused(void **state) {
+    (void)state;
+    fixture fx;
+    fixture_init(&fx, 91);
+    char path[512];
+    snprintf(path, sizeof path, "%s", tu_path("trail.safetensors"));
+    assert_int_equal(ckpt_save(path, fx.t, FX_N, fx.meta, FX_META), ST_OK);
+    size_t size;
+    unsigned char *b = file_read(path, &size);
+    unsigned char *more = calloc(size + 600, 1);
+    assert_non_null(more);
+    memcpy(more, b, size);
+    assert_int_equal(tu_write_file(path, more, size + 600, 0), 0);
+    expect_load_error(path, "600 trailing bytes");
+    assert_int_equal(truncate(path, (off_t)2 << 30), 0);  // sparse: 2 GiB
+    double t0 = now_s();
+    expect_load_error(path, "trailing bytes");
+    assert_true(seconds_since(t0) < 1.0);
+    assert_int_equal(truncate(path, (off_t)15 << 30), 0);  // 15 GiB: still input, not memory
+    expect_load_error(path, "trailing bytes");
+    unlink(path);
+    free(more);
+    free(b);
+}
+
+static void test_non_finite_values_refused(void **state) {
+    (void)state;
+    float v[4] = {1, 2, NAN, 4};
+    ckpt_tensor t = {"conv1.weight", v, 1, {4}};
+    char path[512];
+    snprintf(path, sizeof path, "%s", tu_path("nan.safetensors"));
+    assert_int_equal(ckpt_save(path, &t, 1, NULL, 0), ST_OK);
+    ckpt_file *f = NULL;
+    assert_int_equal(ckpt_load(path, &f), ST_OK);
+    float back[4];
+    assert_int_equal(ckpt_read_tensor(f, "conv1.weight", 1, (const int64_t[]){4}, back), ST_OK);
+    err_clear();
+    assert_int_equal(ckpt_require_finite(f, "conv1.weight", back, 4), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "tensor 'conv1.weight' holds 1 non-finite value(s) (first: NaN at element 2)"));
+    err_clear();
+    v[2] = -INFINITY;
+    assert_int_equal(ckpt_require_finite(f, "x", v, 4), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "Inf at element 2"));
+    err_clear();
+    v[2] = 3;
+    assert_int_equal(ckpt_require_finite(f, "x", v, 4), ST_OK);
+    ckpt_free(f);
+}
+
+// --save never replaces a file that is not a checkpoint (a config, a data file given by mistake).
+static void test_save_refuses_other_kinds(void **state) {
+    (void)state;
+    fixture fx;
+    fixture_init(&fx, 95);
+    char path[512];
+    snprintf(path, sizeof path, "%s", tu_path("notackpt.cfg"));
+    const char text[] = "[net]\nbatch=64\n";
+    assert_int_equal(tu_write_file(path, text, sizeof text - 1, 0), 0);
+    err_clear();
+    assert_int_equal(ckpt_check_target(path), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "not a safetensors checkpoint"));
+    err_clear();
+    assert_int_equal(ckpt_save(path, fx.t, FX_N, fx.meta, FX_META), ST_INPUT);
+    err_clear();
+    size_t n;
+    unsigned char *b = file_read(path, &n);
+    assert_int_equal(n, sizeof text - 1);
+    assert_memory_equal(b, text, n);
+    free(b);
+    // An empty file and an existing checkpoint may be replaced.
+    assert_int_equal(tu_write_file(path, "", 0, 0), 0);
+    assert_int_equal(ckpt_save(path, fx.t, FX_N, fx.meta, FX_META), ST_OK);
+    assert_int_equal(ckpt_save(path, fx.t, FX_N, fx.meta, FX_META), ST_OK);
+    expect_fixture(path, &fx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_is_exact),
@@ -743,6 +841,10 @@ int main(void) {
         cmocka_unit_test(test_foreign_file_loads),
         cmocka_unit_test(test_read_tensor_mismatch),
         cmocka_unit_test(test_unreadable_paths),
+        cmocka_unit_test(test_special_files_refused_without_reading),
+        cmocka_unit_test(test_trailing_bytes_refused),
+        cmocka_unit_test(test_non_finite_values_refused),
+        cmocka_unit_test(test_save_refuses_other_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

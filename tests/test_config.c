@@ -1,6 +1,9 @@
 // test_config.c — the INI parser: the ready configs, defaults, layers, --set, and every class of bad input
 // (unknown section/key, repeated key, missing key, bad value, impossible shape) with file/section/key named.
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "common.h"
@@ -212,11 +215,42 @@ static void test_print_round_trips(void **state) {
     }
 }
 
+// Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
+// a regular file over 1 MiB is refused from its size.
+static void test_unbounded_configs_refused(void **state) {
+    (void)state;
+    static net_config cfg;
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s", tu_path("c.fifo"));
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *paths[] = {fifo, "/dev/zero", tu_tmpdir()};
+    const char *kinds[] = {"a FIFO", "a character device", "a directory"};
+    for (int i = 0; i < 3; i++) {
+        err_clear();
+        double t0 = now_s();
+        assert_int_equal(config_load(paths[i], &cfg), ST_INPUT);
+        assert_true(now_s() - t0 < 1.0);
+        if (!strstr(err_msg(), kinds[i]) || !strstr(err_msg(), paths[i])) fail_msg("message '%s'", err_msg());
+    }
+    unlink(fifo);
+    const char *big = tu_path("big.cfg");
+    size_t n = (1u << 20) + 1;
+    char *text = malloc(n);
+    assert_non_null(text);
+    memset(text, '\n', n);
+    assert_int_equal(tu_write_file(big, text, n, 0), 0);
+    free(text);
+    err_clear();
+    assert_int_equal(config_load(big, &cfg), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "limit"));
+    err_clear();
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ready_configs_parse), cmocka_unit_test(test_defaults_and_values),
         cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
-        cmocka_unit_test(test_print_round_trips),
+        cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,8 @@
 // installed, and the sharding sampler (one permutation per (seed, epoch), disjoint equal shards, eval ranges).
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
 #include "data.h"
@@ -205,11 +207,49 @@ static void test_permutation_and_shards(void **state) {
     }
 }
 
+// Bounded input: FIFOs, devices and directories are refused before any read (and without blocking); a file
+// whose header promises more (or less) than it holds is refused from the header, before its body is read.
+static void test_unbounded_inputs_refused(void **state) {
+    (void)state;
+    const uint32_t ldims[1] = {5};
+    const char *lab = write_idx("u-lab", 0x801, ldims, 1, 5, 0, 0, 10);
+    char fifo[512];
+    snprintf(fifo, sizeof fifo, "%s", tu_path("u.fifo"));
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *paths[] = {fifo, "/dev/zero", tu_tmpdir()};
+    const char *kinds[] = {"a FIFO", "a character device", "a directory"};
+    for (int i = 0; i < 3; i++) {
+        double t0 = now_s();
+        expect_idx_error(paths[i], lab, paths[i], kinds[i]);
+        assert_true(now_s() - t0 < 1.0);
+        const char *cifar[1] = {paths[i]};
+        dataset d;
+        assert_int_equal(data_load_cifar10(cifar, 1, 0, &d), ST_INPUT);
+        assert_non_null(strstr(err_msg(), kinds[i]));
+        err_clear();
+    }
+    unlink(fifo);
+    // A raw file grown to 2 GiB (sparse) behind a 5-image header: refused from its size, not read.
+    const uint32_t idims[3] = {5, 3, 4};
+    const char *img = write_idx("u-img", 0x803, idims, 3, 60, 0, 0, 0);
+    assert_int_equal(truncate(img, (off_t)2 << 30), 0);
+    double t0 = now_s();
+    expect_idx_error(img, lab, "u-img", "trailing bytes");
+    assert_true(now_s() - t0 < 1.0);
+    unlink(img);
+    // A small gzip file whose header promises 4 GB: more than its compressed bytes can hold.
+    const uint32_t huge[3] = {1000000, 64, 64};
+    img = write_idx("u-huge.gz", 0x803, huge, 3, 100, 0, 1, 0);
+    t0 = now_s();
+    expect_idx_error(img, lab, "u-huge.gz", "more than");
+    assert_true(now_s() - t0 < 1.0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_idx_good_raw_and_gzip), cmocka_unit_test(test_idx_bad_files),
         cmocka_unit_test(test_real_fashion_mnist),    cmocka_unit_test(test_cifar10),
-        cmocka_unit_test(test_permutation_and_shards),
+        cmocka_unit_test(test_permutation_and_shards), cmocka_unit_test(test_unbounded_inputs_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
