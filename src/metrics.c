@@ -3,6 +3,7 @@
 
 #include <cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <string.h>
@@ -92,18 +93,20 @@ int metrics_open(const char *path, int append, int *fd_out) {
 int metrics_is_jsonl_head(const unsigned char *head, size_t n) { return n > 0 && head[0] == '{'; }
 
 int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
+    char grad_norm[32] = "null";  // JSON has no NaN
+    if (isfinite(m->grad_norm)) snprintf(grad_norm, sizeof grad_norm, "%.6g", m->grad_norm);
     char line[4096];
     int n = snprintf(line, sizeof line,
             "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"train_acc\":%.6f,\"test_loss\":%.6f,"
             "\"test_acc\":%.6f,\"images_per_s\":%.2f,\"images_per_s_per_rank\":%.2f,\"epoch_s\":%.6f,"
             "\"eval_s\":%.6f,\"step_s\":%.9f,\"data_s\":%.9f,\"forward_s\":%.9f,\"backward_s\":%.9f,"
-            "\"comm_s\":%.9f,\"exposed_comm_s\":%.9f,\"optimizer_s\":%.9f,\"lr\":%.8g,\"world_size\":%d,"
+            "\"comm_s\":%.9f,\"exposed_comm_s\":%.9f,\"optimizer_s\":%.9f,\"lr\":%.8g,\"grad_norm\":%s,\"world_size\":%d,"
             "\"batch\":%d,\"global_batch\":%d,\"scaling\":\"%s\",\"scaling_efficiency\":%.6f,"
             "\"efficiency_kind\":\"%s\",\"bucket_kb\":%d,\"n_buckets\":%d,\"overlap\":%d,\"backend\":\"%s\","
             "\"comm\":\"%s\",\"cuda_graph\":%d,\"timed_steps\":%d}\n",
             m->epoch, m->step, m->train_loss, m->train_acc, m->test_loss, m->test_acc, m->images_per_s,
             m->images_per_s_per_rank, m->epoch_s, m->eval_s, m->t.step_s, m->t.data_s, m->t.forward_s,
-            m->t.backward_s, m->t.comm_s, m->t.exposed_comm_s, m->t.optimizer_s, m->lr, m->world, m->batch,
+            m->t.backward_s, m->t.comm_s, m->t.exposed_comm_s, m->t.optimizer_s, m->lr, grad_norm, m->world, m->batch,
             m->global_batch, m->scaling == SCALING_STRONG ? "strong" : "weak", m->scaling_efficiency,
             m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm,
             m->cuda_graph, m->timed_steps);

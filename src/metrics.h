@@ -34,6 +34,8 @@ typedef struct epoch_metrics {
     double images_per_s_per_rank;
     step_times t;
     double lr;
+    double grad_norm;       // mean global L2 norm of the averaged gradients before clipping, over the timed
+                            // steps (net.clip_grad_norm > 0); NaN when not clipping (written as null)
     int world, batch, global_batch, n_buckets, bucket_kb, overlap, scaling;
     const char *backend, *comm;
     int cuda_graph;         // the steps were replayed from a CUDA graph

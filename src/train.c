@@ -87,6 +87,8 @@ typedef struct trainer {
     int graph_fell_back;        // the capture failed: steps run op by op (a note said why)
     long long eager_steps;
     int32_t *d_batch_idx;       // the step's sample indices at a fixed address, where a graph reads them
+    double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
+    double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
     void *mk_origin;            // trace: recorded when the trace's origin was taken
     double origin_s;
@@ -716,6 +718,11 @@ static int step_timing(trainer *t, int replayed) {
     a->comm_s += comm_s;
     a->optimizer_s += ph[MK_WAIT];
     a->step_s += ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
+    if (t->d_sumsq) {  // the step has finished (mark_wait above): this read does not wait
+        double ss = 0;
+        TRY(o->download(ctx, &ss, t->d_sumsq, sizeof ss));
+        t->grad_norm_sum += sqrt(ss);
+    }
     t->timed++;
     if (t->tr) TRY(step_trace(t, replayed));
     return ST_OK;
@@ -789,6 +796,9 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     TRY(mark(t, MK_BWD));
     if (t->use_comm) TRY(buckets_finish(t));
     TRY(mark(t, MK_WAIT));
+    // After the all-reduce: every rank holds the same averaged gradients, so every rank clips alike.
+    if (t->cfg->clip_grad_norm > 0)
+        TRY(t->be.ops->clip_grad_norm(t->be.ctx, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
     if (check_finite) TRY(divergence_check(t, scratch));
     TRY(optim_apply(&t->opt, t->m.params, t->m.grads));
     return mark(t, MK_END);
@@ -946,6 +956,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
         memset(&t->acc, 0, sizeof t->acc);
         t->timed = 0;
+        t->grad_norm_sum = 0;
         int first_step = t->step_in_epoch;
         double e0 = now_s(), last_bar = 0;
         int stopped = 0;
@@ -1023,6 +1034,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
                                 a->comm_s * k, a->optimizer_s * k, a->step_s * k};
         }
         em.lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
+        em.grad_norm = t->d_sumsq && t->timed ? t->grad_norm_sum / t->timed : NAN;
         em.world = t->world, em.batch = t->B, em.global_batch = t->G;
         em.n_buckets = t->use_comm ? t->n_buckets : 0;
         em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
@@ -1067,6 +1079,7 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_perm);
         o->free(ctx, t->d_test_index);
         o->free(ctx, t->d_batch_idx);
+        o->free(ctx, t->d_sumsq);
         for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
         o->mark_destroy(ctx, t->mk_sync);
         for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
@@ -1170,6 +1183,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(schedule_setup(t));
     TRY(buckets_create(t));
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
+    if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
     // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
     int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);

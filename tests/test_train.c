@@ -171,6 +171,30 @@ static void test_force_allreduce_at_one_rank(void **state) {
     free(plain), free(forced);
 }
 
+// net.clip_grad_norm: a limit above every norm changes nothing (bit-identical); a tight one changes training;
+// the norm before clipping is in the metrics; a replayed (CPU-emulated) graph clips exactly as eager steps do.
+static void test_clip_grad_norm(void **state) {
+    (void)state;
+    float *plain, *loose, *tight, *tight_graph;
+    size_t n1, n2, n3, n4;
+    run_steps(40, NULL, NULL, &plain, &n1);
+    run_steps_cfg("clip_grad_norm=1e6", 40, tu_path("cl.jsonl"), &loose, &n2);
+    run_steps_cfg("clip_grad_norm=0.05", 40, tu_path("ct.jsonl"), &tight, &n3);
+    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    run_steps_cfg("clip_grad_norm=0.05", 40, NULL, &tight_graph, &n4);
+    unsetenv("DDP_TEST_CPU_GRAPH");
+    assert_memory_equal(plain, loose, n1 * sizeof(float));
+    assert_memory_not_equal(plain, tight, n1 * sizeof(float));
+    assert_memory_equal(tight, tight_graph, n1 * sizeof(float));
+    char line[4096] = "";
+    first_line(tu_path("ct.jsonl"), line, sizeof line);
+    double gn = tu_json_number(line, "grad_norm");
+    print_message("grad_norm before clipping (epoch 1 mean): %g\n", gn);
+    assert_true(gn > 0.05 && isfinite(gn));
+    free(plain), free(loose), free(tight), free(tight_graph);
+    (void)n2, (void)n3, (void)n4;
+}
+
 static void test_graph_metrics(void **state) {
     (void)state;
     static net_config cfg;
@@ -267,6 +291,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_graph_replay_matches_eager),
         cmocka_unit_test(test_graph_capture_failure_falls_back),
         cmocka_unit_test(test_force_allreduce_at_one_rank),
+        cmocka_unit_test(test_clip_grad_norm),
         cmocka_unit_test(test_graph_metrics),
         cmocka_unit_test(test_checkpoint_is_a_pytorch_state_dict),
         cmocka_unit_test(test_resume_rejects_other_global_batch),
