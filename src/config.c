@@ -675,6 +675,7 @@ void config_print(const net_config *cfg, FILE *f) {
         case K_DOUBLE: {
             // The shortest of 15..17 digits that reads back as the same double: a printed config reruns exactly.
             double v = *(const double *)base;
+            if (v < k->lo) break;  // an optional key left unset (its default is outside its range: clip_grad_norm)
             char num[40];
             for (int prec = 15; prec <= 17; prec++)
                 if (snprintf(num, sizeof num, "%.*g", prec, v) > 0 && strtod(num, NULL) == v) break;
