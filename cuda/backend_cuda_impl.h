@@ -72,8 +72,8 @@ int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *
                        float *y);
 int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
                         float *dy, float *dx, float *dw, float *db);
-int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float *dlogits,
-                      double *loss_acc, int32_t *correct_acc);
+int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
+                      float *dlogits, double *loss_acc, int32_t *correct_acc);
 int cuda_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h);
 int cuda_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h);
 int cuda_scale(void *ctx, size_t n, float alpha, float *x);

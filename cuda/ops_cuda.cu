@@ -111,7 +111,7 @@ __global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *d
 // One warp per sample: max (and first argmax), sum of exp, loss = log(sum) - (z[label] - max).
 // A label outside [0, classes) yields a NaN loss, so the divergence check stops the run rather than the
 // kernel reading out of bounds. One double and one int atomic per block.
-__global__ void softmax_xent_kernel(int n, int classes, const float *logits, const int32_t *labels,
+__global__ void softmax_xent_kernel(int n, int classes, const float *logits, const int32_t *labels, float smoothing,
                                     float *dlogits, double *loss_acc, int32_t *correct_acc) {
     __shared__ double s_loss[XENT_WARPS];
     __shared__ int s_correct[XENT_WARPS];
@@ -138,21 +138,28 @@ __global__ void softmax_xent_kernel(int n, int classes, const float *logits, con
                 am = a2;
             }
         }
-        float s = 0.f;
-        for (int j = lane; j < classes; j += 32) s += expf(z[j] - m);
+        float s = 0.f, zs = 0.f;  // zs: sum of z - m, for label smoothing
+        for (int j = lane; j < classes; j += 32) {
+            s += expf(z[j] - m);
+            zs += z[j] - m;
+        }
         s = warp_sum(s);
+        if (smoothing > 0.f) zs = warp_sum(zs);
         const int label = labels[i];
         const bool valid = label >= 0 && label < classes;
         if (dlogits) {
             const float inv_s = 1.f / s, inv_n = 1.f / (float)n;
+            const float off = smoothing / (float)classes, on = 1.f - smoothing + off;
             float *d = dlogits + (size_t)i * classes;
             for (int j = lane; j < classes; j += 32) {
                 const float p = expf(z[j] - m) * inv_s;
-                d[j] = (p - (j == label ? 1.f : 0.f)) * inv_n;
+                d[j] = (p - (j == label ? on : off)) * inv_n;
             }
         }
         if (lane == 0) {
-            loss = valid ? (double)logf(s) - ((double)z[label] - (double)m) : (double)NAN;
+            double target_z = valid ? (double)z[label] - (double)m : 0.0;
+            if (smoothing > 0.f) target_z = (1.0 - smoothing) * target_z + (double)smoothing * zs / classes;
+            loss = valid ? (double)logf(s) - target_z : (double)NAN;
             correct = valid && am == label;
         }
     }
@@ -413,15 +420,15 @@ int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float 
     return ST_OK;
 }
 
-int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float *dlogits,
-                      double *loss_acc, int32_t *correct_acc) {
+int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
+                      float *dlogits, double *loss_acc, int32_t *correct_acc) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n < 0 || classes <= 0) return ERR(ST_INPUT, "softmax_xent: bad shape n=%d classes=%d", n, classes);
     TRY(size_check((size_t)n * classes, "softmax_xent", "the logits"));
     if (n == 0) return ST_OK;
     const unsigned blocks = (unsigned)((n + XENT_WARPS - 1) / XENT_WARPS);
-    softmax_xent_kernel<<<blocks, XENT_WARPS * 32, 0, c->stream>>>(n, classes, logits, labels, dlogits, loss_acc,
-                                                                    correct_acc);
+    softmax_xent_kernel<<<blocks, XENT_WARPS * 32, 0, c->stream>>>(n, classes, logits, labels, smoothing, dlogits,
+                                                                    loss_acc, correct_acc);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -86,10 +86,11 @@ typedef struct backend_ops {
     int (*dense_backward)(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
                           const float *y, float *dy, float *dx, float *dw, float *db);
 
-    // ---- softmax + sparse categorical cross-entropy, mean over the n samples.
-    // dlogits (nullable) = (softmax - onehot) / n. Adds the batch's summed loss to *loss_acc and the number
-    // of correct argmax predictions to *correct_acc (both backend memory, accumulated across calls).
-    int (*softmax_xent)(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
+    // ---- softmax + sparse categorical cross-entropy, mean over the n samples, with label smoothing s in [0, 1)
+    // (the target is (1 - s) onehot + s / classes; 0: plain). dlogits (nullable) = (softmax - target) / n.
+    // Adds the batch's summed loss to *loss_acc and the number of correct argmax predictions to *correct_acc
+    // (both backend memory, accumulated across calls).
+    int (*softmax_xent)(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
                         float *dlogits, double *loss_acc, int32_t *correct_acc);
 
     // ---- optimizers over flat buffers (the whole parameter buffer in one call). h is BACKEND memory, written

@@ -777,7 +777,7 @@ static int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const 
 // Softmax + cross-entropy (small: classes x batch, serial)
 
 static int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
-                            float *dlogits, double *loss_acc, int32_t *correct_acc) {
+                            float smoothing, float *dlogits, double *loss_acc, int32_t *correct_acc) {
     (void)ctx;
     if (n < 1 || classes < 1) return ERR(ST_INPUT, "softmax_xent: n=%d classes=%d must be positive", n, classes);
     for (int i = 0; i < n; i++)
@@ -795,14 +795,22 @@ static int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, 
         double sum = 0.0;
         for (int k = 0; k < classes; k++) sum += exp((double)z[k] - zmax);
         const int label = labels[i];
-        loss += log(sum) - ((double)z[label] - zmax);
+        // -sum_k q_k log p_k with q = (1 - s) onehot + s / classes, log p_k = (z_k - zmax) - log(sum)
+        double target_z = (double)z[label] - zmax;
+        if (smoothing > 0.0f) {
+            double zsum = 0.0;
+            for (int k = 0; k < classes; k++) zsum += (double)z[k] - zmax;
+            target_z = (1.0 - smoothing) * target_z + smoothing * zsum / classes;
+        }
+        loss += log(sum) - target_z;
         correct += best == label;
         if (dlogits) {
             float *g = dlogits + (size_t)i * classes;
             const double inv_sum = 1.0 / sum;
+            const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
             for (int k = 0; k < classes; k++) {
                 float p = (float)(exp((double)z[k] - zmax) * inv_sum);
-                g[k] = (p - (k == label ? 1.0f : 0.0f)) * inv_n;
+                g[k] = (p - (k == label ? on : off)) * inv_n;
             }
         }
     }

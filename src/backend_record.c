@@ -58,6 +58,7 @@ typedef struct rec {
             int n, classes;
             const float *logits;
             const int32_t *labels;
+            float smoothing;
             float *dlogits;
             double *loss_acc;
             int32_t *correct_acc;
@@ -119,7 +120,8 @@ static int rec_run(const backend *be, const rec *r) {
     }
     case OP_XENT: {
         const struct xent_args *a = &r->u.xent;
-        return o->softmax_xent(x, a->n, a->classes, a->logits, a->labels, a->dlogits, a->loss_acc, a->correct_acc);
+        return o->softmax_xent(x, a->n, a->classes, a->logits, a->labels, a->smoothing, a->dlogits, a->loss_acc,
+                               a->correct_acc);
     }
     case OP_ADAM: {
         const struct adam_args *a = &r->u.adam;
@@ -201,8 +203,8 @@ static int r_dense_backward(void *ctx, int n, int in, int out, int act, const fl
 }
 
 static int r_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
-                          float *dlogits, double *loss_acc, int32_t *correct_acc) {
-    return ISSUE(OP_XENT, xent, n, classes, logits, labels, dlogits, loss_acc, correct_acc);
+                          float smoothing, float *dlogits, double *loss_acc, int32_t *correct_acc) {
+    return ISSUE(OP_XENT, xent, n, classes, logits, labels, smoothing, dlogits, loss_acc, correct_acc);
 }
 
 static int r_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h) {

@@ -133,6 +133,7 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->max_batch = max_batch;
     m->in_c = cfg->channels, m->in_h = cfg->height, m->in_w = cfg->width;
     m->classes = cfg->classes;
+    m->label_smoothing = (float)cfg->label_smoothing;
     int c = cfg->channels, h = cfg->height, w = cfg->width;
     for (int i = 0; i < cfg->n_layers; i++) {
         if (cfg->layers[i].type == LAYER_FLATTEN) continue;  // NCHW is already C·H·W-contiguous per sample
@@ -274,8 +275,10 @@ int model_forward(model *m, int n, int backward) {
         case LAYER_MAXPOOL: TRY(o->pool_forward(ctx, &l->pool, in, l->y, l->argmax)); break;
         case LAYER_DENSE: TRY(o->dense_forward(ctx, n, l->in_c, l->out_c, l->act, in, w, b, l->y)); break;
         case LAYER_SOFTMAX: {
+            // Label smoothing is a training objective: evaluation reports the plain cross-entropy.
             float *dlogits = backward ? m->layers[i - 1].dy : NULL;
-            TRY(o->softmax_xent(ctx, n, m->classes, in, m->labels, dlogits, m->loss_acc, m->correct_acc));
+            const float smoothing = backward ? m->label_smoothing : 0.0f;
+            TRY(o->softmax_xent(ctx, n, m->classes, in, m->labels, smoothing, dlogits, m->loss_acc, m->correct_acc));
             break;
         }
         }

@@ -49,6 +49,7 @@ typedef struct model {
     size_t workspace_bytes;
     float *x;                  // input batch [max_batch, c, h, w]
     int32_t *labels;           // [max_batch]
+    float label_smoothing;     // net.label_smoothing: training steps only
     double *loss_acc;          // device scalars accumulated by softmax_xent
     int32_t *correct_acc;
     int cur_batch;             // batch size the conv descriptors are prepared for

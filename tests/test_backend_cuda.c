@@ -449,7 +449,7 @@ static void test_dense(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
-static void xent_case_run(int n, int classes, rng *r) {
+static void xent_case_run(int n, int classes, float smoothing, rng *r) {
     float *hz = rand_floats(r, (size_t)n * classes, 4.f);
     int32_t *hl = malloc(n * sizeof *hl);
     assert_non_null(hl);
@@ -462,8 +462,8 @@ static void xent_case_run(int n, int classes, rng *r) {
     twin dz = twin_make(NULL, (size_t)n * classes * 4), loss = twin_make(&loss0, 8), cor = twin_make(&correct0, 4);
     for (int pass = 0; pass < 2; pass++) {  // the second pass accumulates, without dlogits
         float *dzc = pass ? NULL : dz.c, *dzg = pass ? NULL : dz.g;
-        OK(g_cpu.ops->softmax_xent(g_cpu.ctx, n, classes, z.c, l.c, dzc, loss.c, cor.c));
-        OK(g_gpu.ops->softmax_xent(g_gpu.ctx, n, classes, z.g, l.g, dzg, loss.g, cor.g));
+        OK(g_cpu.ops->softmax_xent(g_cpu.ctx, n, classes, z.c, l.c, smoothing, dzc, loss.c, cor.c));
+        OK(g_gpu.ops->softmax_xent(g_gpu.ctx, n, classes, z.g, l.g, smoothing, dzg, loss.g, cor.g));
     }
     expect_close("softmax_xent dlogits", &dz, TOL_DENSE);
     double lc, lg;
@@ -483,10 +483,12 @@ static void test_softmax_xent(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 61);
-    xent_case_run(9, 10, &r);
-    xent_case_run(20, 37, &r);   // more classes than a warp has lanes
-    xent_case_run(3, 1000, &r);
-    xent_case_run(100, 2, &r);   // several blocks
+    xent_case_run(9, 10, 0.0f, &r);
+    xent_case_run(20, 37, 0.0f, &r);   // more classes than a warp has lanes
+    xent_case_run(3, 1000, 0.0f, &r);
+    xent_case_run(100, 2, 0.0f, &r);   // several blocks
+    xent_case_run(20, 37, 0.1f, &r);   // label smoothing
+    xent_case_run(100, 10, 0.2f, &r);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -644,7 +646,7 @@ static void step_free(backend *be, step_bufs *s) {
 static void step_run(backend *be, const step_bufs *s) {
     const backend_ops *o = be->ops;
     OK(o->dense_forward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->b, s->y));
-    OK(o->softmax_xent(be->ctx, CAP_N, CAP_OUT, s->y, s->lab, s->dy, s->loss, s->cor));
+    OK(o->softmax_xent(be->ctx, CAP_N, CAP_OUT, s->y, s->lab, 0.0f, s->dy, s->loss, s->cor));
     OK(o->dense_backward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->y, s->dy, NULL, s->dw, s->db));
     OK(o->sgd_step(be->ctx, CAP_OUT * CAP_IN, s->w, s->dw, s->vw, s->h));
     OK(o->sgd_step(be->ctx, CAP_OUT, s->b, s->db, s->vb, s->h));
