@@ -145,6 +145,8 @@ write_files() {
   cat >"$dir/etc/slurm.conf" <<EOF
 # Written by launch/cluster_box.sh for box '$box'.
 ClusterName=$box
+# Job ids differ from one box to the next, so a new job never finds an old job's checkpoint in OUT_ROOT/<id>/.
+FirstJobId=$(( $(date +%s) % 60000000 + 1000 ))
 SlurmctldHost=hub($net.1)
 SlurmUser=root
 SlurmdUser=root

@@ -42,6 +42,7 @@ static void usage(FILE *f) {
             "  --trace DIR         timeline per rank: DIR/trace_rank<R>.json (Chrome trace events, Perfetto)\n"
             "  --save FILE         write a safetensors checkpoint after each epoch and when stopped\n"
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
+            "  --resume-if-exists  resume from the --save FILE when it exists, else start fresh (requeued jobs)\n"
             "  --print-config      print the effective configuration and exit\n"
             "  --quiet             print only errors and the final summary\n"
             "  --help              this text\n"
@@ -69,6 +70,7 @@ typedef struct cli {
     int n_sets;
     train_opts opts;
     int print_config;
+    int resume_if_exists;
 } cli;
 
 static int cli_add_set(cli *c, const char *fmt, const char *value) {
@@ -81,7 +83,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE };
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS };
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -97,7 +99,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
-        {0, 0, 0, 0}};
+        {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS}, {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx;
     long v;
@@ -124,6 +126,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_TRACE: c->opts.trace_dir = optarg; break;
         case OPT_SAVE: c->opts.save_path = optarg; break;
         case OPT_RESUME: c->opts.resume_path = optarg; break;
+        case OPT_RESUME_IF_EXISTS: c->resume_if_exists = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case 'q': g_quiet = 1; break;
         case 'h':
@@ -138,6 +141,12 @@ static int cli_parse(int argc, char **argv, cli *c) {
     }
     if (optind < argc) return ERR(ST_INPUT, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!c->config) return ERR(ST_INPUT, "--config FILE is required (e.g. configs/fashion_mnist_cnn.cfg; see --help)");
+    if (c->resume_if_exists) {
+        // A requeued job runs the same command again: continue from what its first run saved.
+        if (!c->opts.save_path) return ERR(ST_INPUT, "--resume-if-exists needs --save FILE (the checkpoint to resume)");
+        if (c->opts.resume_path) return ERR(ST_INPUT, "--resume and --resume-if-exists exclude each other");
+        if (access(c->opts.save_path, F_OK) == 0) c->opts.resume_path = c->opts.save_path;
+    }
     return ST_OK;
 }
 
