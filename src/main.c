@@ -11,6 +11,7 @@
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "placement.h"
 #include "train.h"
 
 #define MAX_SETS 64
@@ -44,6 +45,7 @@ static void usage(FILE *f) {
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
             "  --resume-if-exists  resume from the --save FILE when it exists, else start fresh (requeued jobs)\n"
             "  --print-config      print the effective configuration and exit\n"
+            "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
             "  --help              this text\n"
             "  --version           print the version\n"
@@ -71,6 +73,7 @@ typedef struct cli {
     train_opts opts;
     int print_config;
     int resume_if_exists;
+    int print_placement;
 } cli;
 
 static int cli_add_set(cli *c, const char *fmt, const char *value) {
@@ -83,7 +86,8 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS };
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS,
+       OPT_PRINT_PLACEMENT };
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -99,7 +103,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
-        {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS}, {0, 0, 0, 0}};
+        {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
+        {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx;
     long v;
@@ -127,6 +132,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_SAVE: c->opts.save_path = optarg; break;
         case OPT_RESUME: c->opts.resume_path = optarg; break;
         case OPT_RESUME_IF_EXISTS: c->resume_if_exists = 1; break;
+        case OPT_PRINT_PLACEMENT: c->print_placement = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case 'q': g_quiet = 1; break;
         case 'h':
@@ -197,7 +203,8 @@ int main(int argc, char **argv) {
 
     // Configuration errors are the same on every rank: rank 0 reports, all exit with the same code.
     static net_config cfg;
-    st = config_load(c.config, &cfg);
+    st = placement_check_launch(g_world);
+    if (st == ST_OK) st = config_load(c.config, &cfg);
     for (int i = 0; st == ST_OK && i < c.n_sets; i++) st = config_set(&cfg, c.sets[i]);
     if (st == ST_OK) st = config_validate(&cfg);
     if (st == ST_OK && c.print_config) {
@@ -210,6 +217,12 @@ int main(int argc, char **argv) {
     if (st != ST_OK) {
         if (g_rank == 0) print_error();
         MPI_Finalize();
+        return st;
+    }
+    if (c.print_placement) {
+        st = placement_print(comm_get_info(cm), cfg.backend);
+        if (st != ST_OK) print_error();
+        comm_finalize(cm);
         return st;
     }
 

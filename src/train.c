@@ -21,6 +21,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
+#include "placement.h"
 #include "trace.h"
 
 volatile sig_atomic_t g_stop_requested = 0;
@@ -961,7 +962,9 @@ static int setup(trainer *t, baseline *bl) {
                  allowed, allowed, want, want, want);
         threads = want < allowed ? want : allowed;
     }
-    TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
+    int device;
+    TRY(placement_device(ci, cfg->backend, &device));  // node-local rank -> GPU
+    TRY(backend_create(&t->be, cfg->backend, threads, device));
     // Before the model: cuDNN plans fix their math mode when prepared. tf32=1 without CUDA is an error.
     TRY(backend_cuda_set_tf32(&t->be, cfg->tf32));
     // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h).
