@@ -78,6 +78,13 @@ static int comms_create(comm *c) {
     MPI_TRY(MPI_Comm_set_errhandler(c->node, MPI_ERRORS_RETURN));
     MPI_TRY(MPI_Comm_rank(c->node, &ci->local_rank));
     MPI_TRY(MPI_Comm_size(c->node, &ci->local_world));
+    // Best effort: without it the watchdog names ranks without their hosts.
+    c->hosts = calloc((size_t)ci->world, sizeof *c->hosts);
+    if (c->hosts && MPI_Allgather(ci->host, sizeof *c->hosts, MPI_CHAR, c->hosts, sizeof *c->hosts, MPI_CHAR,
+                                  c->world) != MPI_SUCCESS) {
+        free(c->hosts);
+        c->hosts = NULL;
+    }
     return ST_OK;
 }
 
@@ -87,6 +94,8 @@ static void comms_free(comm *c) {
     if (c->arrive_win != MPI_WIN_NULL && !c->arrive_stuck) MPI_Win_free(&c->arrive_win);
     if (c->node != MPI_COMM_NULL) MPI_Comm_free(&c->node);
     if (c->world != MPI_COMM_NULL) MPI_Comm_free(&c->world);
+    free(c->hosts);
+    c->hosts = NULL;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -124,6 +133,25 @@ static void rank_list_add(char *out, size_t n, int *listed, int rank) {
     ++*listed;
 }
 
+// " (on host n2)", " (on hosts n2, n3)": where the listed ranks run, in the same order.
+static void hosts_list_add(const comm *c, char *out, size_t n, int listed, int rank) {
+    size_t used = strlen(out);
+    if (!c->hosts || listed > ARRIVALS_LIST_MAX || used + 2 >= n) return;
+    if (listed == ARRIVALS_LIST_MAX) {
+        snprintf(out + used - 1, n - used + 1, ", ...)");
+        return;
+    }
+    if (listed == 0) snprintf(out, n, " (on host %.40s)", c->hosts[rank]);
+    else {
+        if (listed == 1) {  // "host" -> "hosts"
+            char *h = strstr(out, " host ");
+            if (h) memmove(h + 6, h + 5, strlen(h + 5) + 1), h[5] = 's';
+            used = strlen(out);
+        }
+        snprintf(out + used - 1, n - used + 1, ", %.40s)", c->hosts[rank]);
+    }
+}
+
 // Read every rank's count (passive-target gets, which need nothing from the owner on shared memory or RDMA
 // networks) and describe who has not entered collective seq. Bounded: a get that does not complete within
 // ARRIVALS_READ_S leaves its rank named as not answering.
@@ -158,24 +186,30 @@ static void arrivals_describe(comm *c, long long seq, char *out, size_t n) {
     }
     if (pending == 0) MPI_Win_unlock_all(c->arrive_win);
     else c->arrive_stuck = 1;
-    char missing[256] = "", silent[256] = "";
+    char missing[256] = "", silent[256] = "", missing_at[1024] = "", silent_at[1024] = "";
     int n_missing = 0, n_silent = 0;
     for (int p = 0; p < w; p++) {
-        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) rank_list_add(silent, sizeof silent, &n_silent, p);
-        else if (vals[p] < seq) rank_list_add(missing, sizeof missing, &n_missing, p);
+        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) {
+            hosts_list_add(c, silent_at, sizeof silent_at, n_silent, p);
+            rank_list_add(silent, sizeof silent, &n_silent, p);
+        } else if (vals[p] < seq) {
+            hosts_list_add(c, missing_at, sizeof missing_at, n_missing, p);
+            rank_list_add(missing, sizeof missing, &n_missing, p);
+        }
     }
     if (n_missing == 0 && n_silent == 0) snprintf(out, n, "every rank has entered it (the network or MPI is stuck)");
-    int used = n_missing ? snprintf(out, n, "%s %s did not arrive", n_missing > 1 ? "ranks" : "rank", missing) : 0;
+    int used = n_missing ? snprintf(out, n, "%s %s did not arrive%s", n_missing > 1 ? "ranks" : "rank", missing,
+                                    missing_at) : 0;
     if (n_silent && used >= 0 && (size_t)used < n)
-        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer", used ? "; " : "",
-                 n_silent > 1 ? "ranks" : "rank", silent);
+        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer%s", used ? "; " : "",
+                 n_silent > 1 ? "ranks" : "rank", silent, silent_at);
     free(vals), free(reqs);
 }
 
 // The watchdog's message: what timed out, where (a host collective names the last bucket launched before it,
 // which carries the step), and who is missing.
 static int watchdog_error(comm *c, long long seq, const char *what, int is_host) {
-    char who[600];
+    char who[2200];
     arrivals_describe(c, seq, who, sizeof who);
     char after[100] = "";
     if (is_host && c->last_label[0]) snprintf(after, sizeof after, " (after all-reduce '%s')", c->last_label);

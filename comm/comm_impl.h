@@ -60,6 +60,7 @@ struct comm {
     long long *arrive;       // this rank's published n_coll (window memory)
     int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
     char last_label[64];     // label of the last async all-reduce launched (step context for host collectives)
+    char (*hosts)[64];       // every rank's host, gathered at set-up: the watchdog names where a rank runs
 };
 
 // MPI calls on comm's communicators return codes (MPI_ERRORS_RETURN). MPI_TRY turns a failure into
