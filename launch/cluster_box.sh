@@ -7,20 +7,21 @@
 #   ./launch/cluster_box.sh exec NODE CMD...             run CMD in NODE's namespaces (NODE: hub, n1 ... nN),
 #                                                        with SLURM_CONF and the box's Open MPI settings set
 #   ./launch/cluster_box.sh submit [SBATCH OPTIONS] [-- TRAINER OPTIONS]
-#                                                        sbatch --wait launch/slurm.sbatch on the box (CPU
-#                                                        backend, comm mpi), print the job's output, exit with
-#                                                        the job's exit code
+#                                                        sbatch launch/slurm.sbatch on the box (CPU backend,
+#                                                        comm mpi) and wait for it as sbatch --wait does, print
+#                                                        the job's output, exit with the job's exit code
 #   ./launch/cluster_box.sh link NODE up|down|GBIT       take NODE's link down or up, or reshape it
 #   ./launch/cluster_box.sh kill-node NODE               SIGKILL every process on NODE (a node crash), then
 #                                                        start its slurmd again
 #   ./launch/cluster_box.sh down                         remove every namespace, process and file it made
+#   ./launch/cluster_box.sh check                        exit 0 when a box can run here, else 2 with the reason
 # Plain Open MPI works too: `cluster_box.sh exec n1 mpirun -H n1,n2 -np 2 build/trainer ...` (the box's rsh
 # agent enters a node's namespaces; $DDP_BOX_DIR/hostfile lists the nodes with their slots).
 # Addresses are 10.250.0.0/24, which exists only inside the box's namespaces (no route, no NAT): nothing the
 # box runs can reach anything outside it. Environment: DDP_BOX (name, default ddpbox: namespaces ddpbox-hub,
 # ddpbox-n1 ...), DDP_BOX_DIR (state, default /var/tmp/$DDP_BOX; not under /tmp, which nodes have private).
-# submit passes CONFIG, LAUNCHER (srun | mpirun), OUT_ROOT (default out/box), EXTRA_ARGS and DDP_TEST_* on to
-# the job script. Exit status: 0 ok, 2 missing root / namespaces / packages / bad arguments, else the failure.
+# submit passes CONFIG, TRAINER, LAUNCHER (srun | mpirun), OUT_ROOT (default out/box), EXTRA_ARGS and the rest
+# of the environment (DDP_TEST_* hooks) on to the job script. Exit status: 0 ok, 2 missing root / namespaces / packages / bad arguments, else the failure.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 box=${DDP_BOX:-ddpbox}
@@ -75,8 +76,12 @@ in_node() {
   # Entering a mount namespace resets the working directory: keep ours (nodes see all but /tmp).
   local wd=$PWD
   case "$wd/" in "$repo"/*) ;; /tmp/*) wd=/ ;; esac
+  # Over plain TCP Open MPI's default one-sided component cannot open the window the trainer's watchdog reads
+  # to name the ranks that did not arrive; UCX's can. TCP only: UCX's shared-memory paths would reach across
+  # the box's nodes (one kernel), which real nodes cannot.
   nsenter -t "$pid" --net --mount --uts --wd="$wd" -- env SLURM_CONF="$dir/etc/slurm.conf" \
-    OMPI_MCA_plm_rsh_agent="$dir/rsh" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "$@"
+    OMPI_MCA_plm_rsh_agent="$dir/rsh" OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    OMPI_MCA_osc="${OMPI_MCA_osc:-ucx}" UCX_TLS="${UCX_TLS:-tcp,self}" "$@"
 }
 
 # Rate for tc: X Gbit/s as Mbit/s, and a burst of 0.5 ms at that rate (at least 64 KiB) so tbf can reach it.
@@ -152,7 +157,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$dir/munge/munge.socket
+# cred_expire: a requeued job waits this long before it starts again (default 120 s).
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=20
 StateSaveLocation=$dir/ctld
 SlurmdSpoolDir=/tmp/slurmd
 SlurmctldPidFile=$dir/run/slurmctld.pid
@@ -166,6 +172,7 @@ SelectTypeParameters=CR_CPU
 MpiDefault=pmix
 SwitchType=switch/none
 SchedulerType=sched/builtin
+SchedulerParameters=sched_min_interval=200000
 JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -173,8 +180,8 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
-MessageTimeout=20
-KillWait=15
+MessageTimeout=10
+KillWait=5
 InactiveLimit=0
 MinJobAge=600
 JobRequeue=1
@@ -394,33 +401,44 @@ cmd_submit() {
     sb+=("$1"); shift
   done
   local out_root=${OUT_ROOT:-out/box}
-  mkdir -p "$repo/$out_root" 2>/dev/null || mkdir -p "$out_root"
-  local log=$dir/out/job-%j.log jobid rc=0
+  case "$out_root" in /*) mkdir -p "$out_root" ;; *) mkdir -p "$repo/$out_root" ;; esac
+  local log=$dir/out/job-%j.log jobid rc=0 info state code sig t_lost=""
   # The box's shape replaces the script's GPU-cluster #SBATCH defaults; the caller's options come last and win.
-  local args=(--wait --parsable --nodes="$NODES" --ntasks-per-node=1 --cpus-per-task=1 --gpus-per-node=0
+  local args=(--parsable --nodes="$NODES" --ntasks-per-node=1 --cpus-per-task=1 --gpus-per-node=0
               --time=00:30:00 --output="$log" --open-mode=append "${sb[@]}" launch/slurm.sbatch)
   local extra="${EXTRA_ARGS:-} ${tr[*]:-}"
-  # sbatch --wait returns the job's exit code; the job id comes first (--parsable).
   set +e
-  (cd "$repo" && in_node hub env CONFIG="${CONFIG:-configs/fashion_mnist_cnn.cfg}" BACKEND=cpu COMM=mpi \
+  jobid=$(cd "$repo" && in_node hub env CONFIG="${CONFIG:-configs/fashion_mnist_cnn.cfg}" BACKEND=cpu COMM=mpi \
      CPU_BIND=none MPIRUN_BIND=none LAUNCHER="${LAUNCHER:-srun}" OUT_ROOT="$out_root" EXTRA_ARGS="$extra" \
-     sbatch "${args[@]}") >"$dir/out/submit.$$" 2>&1
+     TRAINER="${TRAINER:-build/trainer}" sbatch "${args[@]}")
   rc=$?
   set -e
-  jobid=$(grep -m1 -x '[0-9][0-9]*' "$dir/out/submit.$$" || true)
-  grep -vx '[0-9][0-9]*' "$dir/out/submit.$$" >&2 || true
-  rm -f "$dir/out/submit.$$"
-  if [ -n "$jobid" ] && [ -f "$dir/out/job-$jobid.log" ]; then
-    cat "$dir/out/job-$jobid.log"
-    echo "job $jobid: exit $rc (output: $dir/out/job-$jobid.log)"
-  else
-    echo "$me: sbatch failed (exit $rc)" >&2
-  fi
+  jobid=${jobid%%;*}
+  { [ "$rc" -eq 0 ] && [[ $jobid =~ ^[0-9]+$ ]]; } || die 1 "sbatch failed (exit $rc)"
+  # What sbatch --wait does, polling every 0.5 s: sbatch --wait backs off to 32 s between its polls.
+  while :; do
+    info=$(in_node hub scontrol -o show job "$jobid" 2>/dev/null || true)
+    state=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$info")
+    case "$state" in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|PREEMPTED|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE) break ;; esac
+    if [ -z "$state" ]; then
+      t_lost=${t_lost:-$SECONDS}
+      [ $((SECONDS - t_lost)) -lt 30 ] || die 1 "job $jobid: the controller no longer knows it"
+    else
+      t_lost=""
+    fi
+    sleep 0.5
+  done
+  read -r code sig < <(sed -n 's/.* ExitCode=\([0-9]*\):\([0-9]*\).*/\1 \2/p' <<<"$info")
+  rc=${code:-1}
+  [ "${sig:-0}" -gt 0 ] && rc=$((128 + sig))
+  [ -f "$dir/out/job-$jobid.log" ] && cat "$dir/out/job-$jobid.log"
+  echo "job $jobid: $state, exit $rc (output: $dir/out/job-$jobid.log)"
   return "$rc"
 }
 
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  check) require; echo "cluster_box.sh: a box can run here" ;;
   down) shift; [ "$(id -u)" -eq 0 ] || die 2 "needs root"; cmd_down ;;
   status) shift; cmd_status ;;
   exec) shift; cmd_exec "$@" ;;
@@ -428,5 +446,5 @@ case "${1:-}" in
   link) shift; cmd_link "$@" ;;
   kill-node) shift; cmd_kill_node "$@" ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-  *) die 2 "usage: $me up|down|status|exec|submit|link|kill-node (see --help)" ;;
+  *) die 2 "usage: $me up|down|status|exec|submit|link|kill-node|check (see --help)" ;;
 esac
