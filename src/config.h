@@ -63,7 +63,7 @@ typedef struct net_config {
 
     // [parallel]
     char comm[16];              // mpi (default) | nccl
-    int bucket_kb;              // gradient bucket size in KiB (default 256)
+    int bucket_kb;              // gradient bucket size in KiB (default 32)
     int overlap;                // 1 (default): launch buckets during backward; 0: after backward
     int scaling;                // weak (default) | strong
     int lr_scaling;             // none (default) | linear (lr *= world size, with warmup)
