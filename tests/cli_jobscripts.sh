@@ -90,7 +90,7 @@ for s in slurm.sbatch pbs.sh; do
           >"$tmp/out" 2>&1); then
       fail "$s $h: exit status not 0"
     fi
-    grep -q "^$s — " "$tmp/out" && grep -q "LAUNCHER" "$tmp/out" || fail "$s $h: no help text"
+    { grep -q "^$s — " "$tmp/out" && grep -q "LAUNCHER" "$tmp/out"; } || fail "$s $h: no help text"
   done
 done
 [ ! -e "$tmp/launched" ] || fail "--help launched: $(cat "$tmp/launched")"

@@ -25,7 +25,7 @@ for var in WORLD_SIZE=2 SLURM_NTASKS=4 OMPI_COMM_WORLD_SIZE=2; do
   env "$var" timeout 60 "$trainer" --config "$cfg" "${small[@]}" --metrics "$tmp/m.jsonl" >"$tmp/out" 2>"$tmp/err"
   rc=$?
   [ "$rc" -eq 2 ] || fail "$var, no MPI: exit $rc, want 2"
-  grep -q "srun --mpi=pmix" "$tmp/err" && grep -q "mpirun" "$tmp/err" && grep -q "${var%%=*}" "$tmp/err" ||
+  { grep -q "srun --mpi=pmix" "$tmp/err" && grep -q "mpirun" "$tmp/err" && grep -q "${var%%=*}" "$tmp/err"; } ||
     fail "$var: the message does not name the variable, srun --mpi=pmix and mpirun"
   [ ! -e "$tmp/m.jsonl" ] || fail "$var: a refused run wrote its metrics"
   [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "$var: want one line on stderr"
