@@ -44,7 +44,7 @@ long long comm_arrive(comm *c) {
 // The watchdog's message: what timed out, where (a host collective names the last bucket launched before it,
 // which carries the step), and who is missing.
 static int watchdog_error(comm *c, long long seq, const char *what, int is_host, double timeout_s) {
-    char who[600];
+    char who[2200];
     world_describe_missing(c, seq, who, sizeof who);
     char after[100] = "";
     if (is_host && c->last_label[0]) snprintf(after, sizeof after, " (after all-reduce '%s')", c->last_label);

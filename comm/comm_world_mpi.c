@@ -26,6 +26,7 @@ typedef struct mpi_world {
     MPI_Win arrive_win;      // MPI_WIN_NULL when RMA is unavailable (the message then says so)
     long long *arrive;       // this rank's published count (window memory)
     int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
+    char (*hosts)[64];       // every rank's host, gathered at set-up: the watchdog names where a rank runs
 } mpi_world;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -131,6 +132,13 @@ static int comms_create(mpi_world *m, comm_info *ci) {
     MPI_TRY(MPI_Comm_set_errhandler(m->node, MPI_ERRORS_RETURN));
     MPI_TRY(MPI_Comm_rank(m->node, &ci->local_rank));
     MPI_TRY(MPI_Comm_size(m->node, &ci->local_world));
+    // Best effort: without it the watchdog names ranks without their hosts.
+    m->hosts = calloc((size_t)ci->world, sizeof *m->hosts);
+    if (m->hosts && MPI_Allgather(ci->host, sizeof *m->hosts, MPI_CHAR, m->hosts, sizeof *m->hosts, MPI_CHAR,
+                                  m->world) != MPI_SUCCESS) {
+        free(m->hosts);
+        m->hosts = NULL;
+    }
     return ST_OK;
 }
 
@@ -155,6 +163,7 @@ void world_close(comm *c) {
     if (m->arrive_win != MPI_WIN_NULL && !m->arrive_stuck) MPI_Win_free(&m->arrive_win);
     if (m->node != MPI_COMM_NULL) MPI_Comm_free(&m->node);
     if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
+    free(m->hosts);
     free(m);
     c->w = NULL;
 }
@@ -240,6 +249,25 @@ static void rank_list_add(char *out, size_t n, int *listed, int rank) {
     ++*listed;
 }
 
+// " (on host n2)", " (on hosts n2, n3)": where the listed ranks run, in the same order.
+static void hosts_list_add(const mpi_world *m, char *out, size_t n, int listed, int rank) {
+    size_t used = strlen(out);
+    if (!m->hosts || listed > ARRIVALS_LIST_MAX || used + 2 >= n) return;
+    if (listed == ARRIVALS_LIST_MAX) {
+        snprintf(out + used - 1, n - used + 1, ", ...)");
+        return;
+    }
+    if (listed == 0) snprintf(out, n, " (on host %.40s)", m->hosts[rank]);
+    else {
+        if (listed == 1) {  // "host" -> "hosts"
+            char *h = strstr(out, " host ");
+            if (h) memmove(h + 6, h + 5, strlen(h + 5) + 1), h[5] = 's';
+            used = strlen(out);
+        }
+        snprintf(out + used - 1, n - used + 1, ", %.40s)", m->hosts[rank]);
+    }
+}
+
 // Read every rank's count (passive-target gets, which need nothing from the owner on shared memory or RDMA
 // networks) and describe who has not entered collective seq. Bounded: a get that does not complete within
 // ARRIVALS_READ_S leaves its rank named as not answering.
@@ -275,16 +303,22 @@ void world_describe_missing(comm *c, long long seq, char *out, size_t n) {
     }
     if (pending == 0) MPI_Win_unlock_all(m->arrive_win);
     else m->arrive_stuck = 1;
-    char missing[256] = "", silent[256] = "";
+    char missing[256] = "", silent[256] = "", missing_at[1024] = "", silent_at[1024] = "";
     int n_missing = 0, n_silent = 0;
     for (int p = 0; p < w; p++) {
-        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) rank_list_add(silent, sizeof silent, &n_silent, p);
-        else if (vals[p] < seq) rank_list_add(missing, sizeof missing, &n_missing, p);
+        if (reqs[p] != MPI_REQUEST_NULL || vals[p] < 0) {
+            hosts_list_add(m, silent_at, sizeof silent_at, n_silent, p);
+            rank_list_add(silent, sizeof silent, &n_silent, p);
+        } else if (vals[p] < seq) {
+            hosts_list_add(m, missing_at, sizeof missing_at, n_missing, p);
+            rank_list_add(missing, sizeof missing, &n_missing, p);
+        }
     }
     if (n_missing == 0 && n_silent == 0) snprintf(out, n, "every rank has entered it (the network or MPI is stuck)");
-    int used = n_missing ? snprintf(out, n, "%s %s did not arrive", n_missing > 1 ? "ranks" : "rank", missing) : 0;
+    int used = n_missing ? snprintf(out, n, "%s %s did not arrive%s", n_missing > 1 ? "ranks" : "rank", missing,
+                                    missing_at) : 0;
     if (n_silent && used >= 0 && (size_t)used < n)
-        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer", used ? "; " : "",
-                 n_silent > 1 ? "ranks" : "rank", silent);
+        snprintf(out + used, n - (size_t)used, "%s%s %s did not answer%s", used ? "; " : "",
+                 n_silent > 1 ? "ranks" : "rank", silent, silent_at);
     free(vals), free(reqs);
 }

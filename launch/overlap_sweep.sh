@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # overlap_sweep.sh — how much of the gradient all-reduce backward hides, per bucket size, overlap on and off.
-#   ./launch/overlap_sweep.sh [--np 2] [--steps 200] [--buckets "16 64 128 256 1024"] [-- trainer options]
+#   ./launch/overlap_sweep.sh [--np 2] [--steps 200] [--buckets "16 64 128 256 1024"] [--repeat 3] [-- trainer options]
+#   sudo ./launch/overlap_sweep.sh --box 1        the same across the nodes of a cluster in a box, 1 Gbit/s links
 # Each point is one epoch of `steps` steps (train_limit = steps x global batch) of the default config; the
 # figures are rank 0's metrics (README "Outputs"): comm_s (all-reduce in flight per step), exposed_comm_s
-# (waiting after backward per step) and their ratio. Prints a table; the JSONL files stay in out/overlap/.
-# Environment: TRAINER (default build/trainer).
+# (waiting after backward per step). Every bucket size runs --repeat times, overlap on and off alternating, and
+# the table gives the median of each figure and exposed(on) / exposed(off). JSONL files stay in out/overlap/.
+# --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
+# left up). Environment: TRAINER (default build/trainer), OUT (default out/overlap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-np=2 steps=200 buckets="16 64 128 256 1024" batch=64
+np=2 steps=200 buckets="16 64 128 256 1024" batch=64 repeat=3 box_gbit=""
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -15,34 +18,61 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --buckets) buckets=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    --box) box_gbit=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "overlap_sweep.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 trainer=${TRAINER:-build/trainer}
 [ -n "${TRAINER:-}" ] || [ -x build/trainer ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j "$(nproc)" >/dev/null; }
-out=out/overlap
+out=${OUT:-out/overlap}
 mkdir -p "$out"
-mpi=(mpirun --bind-to none -np "$np")
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
-[ "$np" -gt "$(nproc)" ] && mpi+=(--oversubscribe)
 threads=$(( $(nproc) / np )); [ "$threads" -ge 1 ] || threads=1
+if [ -n "$box_gbit" ]; then
+  launch/cluster_box.sh up --nodes "$np" --cpus-per-node "$(nproc)" --link-gbit "$box_gbit" >/dev/null ||
+    { echo "overlap_sweep.sh: no cluster in a box" >&2; exit 2; }
+  mpi=(launch/cluster_box.sh exec n1 mpirun --hostfile "${DDP_BOX_DIR:-/var/tmp/${DDP_BOX:-ddpbox}}/hostfile"
+       --map-by node --bind-to none -np "$np")
+  threads=1  # the nodes share this host's cores
+  tag=box${box_gbit}g_
+else
+  mpi=(mpirun --bind-to none -np "$np")
+  [ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+  [ "$np" -gt "$(nproc)" ] && mpi+=(--oversubscribe)
+  tag=""
+fi
 
-printf '%-9s %-8s %-9s %-10s %-12s %-14s %-10s %-9s\n' bucket_kb buckets overlap step_ms backward_ms comm_ms exposed_ms exp/comm
+files=()
 for kb in $buckets; do
-  for ov in 1 0; do
-    m="$out/np${np}_kb${kb}_ov${ov}.jsonl"
-    flags=(); [ "$ov" -eq 0 ] && flags=(--no-overlap)
-    "${mpi[@]}" "$trainer" --config configs/fashion_mnist_cnn.cfg --batch "$batch" --threads "$threads" \
-      --epochs 1 --bucket-kb "$kb" "${flags[@]}" --set data.train_limit=$(( steps * batch * np )) \
-      --set data.test_limit=1000 --metrics "$m" --quiet "${extra[@]}" >/dev/null
-    python3 - "$m" "$kb" "$ov" <<'PY'
-import json, sys
-m = json.loads(open(sys.argv[1]).read().splitlines()[-1])
-c, e = m["comm_s"], m["exposed_comm_s"]
-print(f"{sys.argv[2]:<9} {m['n_buckets']:<8} {'on' if sys.argv[3] == '1' else 'off':<9} {m['step_s']*1e3:<10.2f} "
-      f"{m['backward_s']*1e3:<12.2f} {c*1e3:<14.3f} {e*1e3:<10.3f} {e / c if c > 0 else 0:<9.2f}")
-PY
+  for r in $(seq 1 "$repeat"); do
+    for ov in 1 0; do
+      m="$out/${tag}np${np}_kb${kb}_ov${ov}_r$r.jsonl"
+      flags=(); [ "$ov" -eq 0 ] && flags=(--no-overlap)
+      "${mpi[@]}" "$trainer" --config configs/fashion_mnist_cnn.cfg --batch "$batch" --threads "$threads" \
+        --epochs 1 --bucket-kb "$kb" "${flags[@]}" --set data.train_limit=$(( steps * batch * np )) \
+        --set data.test_limit=1000 --metrics "$m" --quiet "${extra[@]}" >/dev/null
+      files+=("$m")
+    done
   done
 done
+python3 - "${files[@]}" <<'PY'
+import json, re, statistics, sys
+runs = {}
+for f in sys.argv[1:]:
+    kb, ov = re.search(r"_kb(\d+)_ov(\d)_r\d+\.jsonl$", f).groups()
+    m = json.loads(open(f).read().splitlines()[-1])
+    runs.setdefault((int(kb), int(ov)), []).append(m)
+med = lambda ms, k: statistics.median(m[k] for m in ms) * 1e3
+print(f"{'bucket_kb':<9} {'buckets':<8} {'overlap':<8} {'step_ms':<9} {'backward_ms':<12} {'comm_ms':<9} "
+      f"{'exposed_ms':<11} {'exposed on/off':<14} (median of {len(next(iter(runs.values())))})")
+for kb in sorted({k for k, _ in runs}):
+    off = med(runs[(kb, 0)], "exposed_comm_s")
+    for ov in (1, 0):
+        ms = runs[(kb, ov)]
+        e = med(ms, "exposed_comm_s")
+        ratio = f"{e / off:.2f}" if ov == 1 and off > 0 else ""
+        print(f"{kb:<9} {ms[0]['n_buckets']:<8} {'on' if ov else 'off':<8} {med(ms, 'step_s'):<9.2f} "
+              f"{med(ms, 'backward_s'):<12.2f} {med(ms, 'comm_s'):<9.3f} {e:<11.3f} {ratio:<14}")
+PY

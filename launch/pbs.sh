@@ -3,6 +3,8 @@
 #   qsub launch/pbs.sh                                  (from the repository root, after building build/)
 #   qsub -v CONFIG=configs/cifar10_cnn.cfg,EXTRA_ARGS="--epochs 2" launch/pbs.sh
 #   DRY_RUN=1 bash launch/pbs.sh                        print the launch command, run nothing
+#   bash launch/pbs.sh --help                           this text
+# A rerun job (qrerun) continues from its checkpoint (--resume-if-exists).
 # Keep RANKS_PER_NODE equal to the GPUs requested per node: rank r on a node drives GPU r (its node-local rank).
 # PBS Pro / OpenPBS resource request (Torque: replace the select line with  #PBS -l nodes=2:ppn=4:gpus=4):
 #PBS -N ddp-cnn
@@ -24,6 +26,10 @@ EXTRA_ARGS=${EXTRA_ARGS:-}                            # more trainer options, e.
 DRY_RUN=${DRY_RUN:-0}                                 # 1: print the launch command and exit
 # --------------------------------------------------------------------------------------------------------------
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,/^#PBS/p' "$0" | sed '$d; s/^# \{0,1\}//'
+             sed -n '/^# ---- Edit/,/^# -----/p' "$0" | sed '1d; $d'; exit 0 ;;
+esac
 cd "${PBS_O_WORKDIR:-.}"
 
 job=${PBS_JOBID:-dryrun}
@@ -46,7 +52,8 @@ outdir=$OUT_ROOT/$job
 # (cudaSetDevice(local_rank)), so CUDA_VISIBLE_DEVICES must stay unset per rank; cores are bound per rank.
 # shellcheck disable=SC2206  # EXTRA_ARGS is a list of words on purpose
 trainer_args=(--config "$CONFIG" --backend "$BACKEND" --comm "$COMM" --threads "$CPUS_PER_RANK"
-              --metrics "$outdir/metrics.jsonl" --save "$outdir/checkpoint.safetensors" $EXTRA_ARGS)
+              --metrics "$outdir/metrics.jsonl" --save "$outdir/checkpoint.safetensors" --resume-if-exists
+              $EXTRA_ARGS)
 case "$LAUNCHER" in
   mpirun)
     cmd=(mpirun -np "$np")

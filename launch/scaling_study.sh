@@ -3,6 +3,8 @@
 #   ./launch/scaling_study.sh                         CPU ranks here: out/scaling/, np 1 2 4, 1 thread per rank
 #   ./launch/scaling_study.sh --out out/s8 --max-np 8 --backend cuda --comm nccl --threads 0   (one GPU per rank)
 #   ./launch/scaling_study.sh --max-np 2 --steps 5 -- --set conv1.filters=8    (after --: more trainer options)
+#   sudo ./launch/scaling_study.sh --box 1 --out out/box-1g    one rank per node of a cluster in a box
+#                                                   (launch/cluster_box.sh) with 1 Gbit/s links
 # Every run does EPOCHS epochs of exactly STEPS steps (data.train_limit = STEPS x global batch); the last epoch's
 # metrics of rank 0 are used (the first one warms up). Outputs in the output directory:
 #   scaling.csv         mode, np, global batch, images/s, per rank, step/compute/comm/exposed ms, efficiency,
@@ -25,6 +27,10 @@
 #   --build DIR [BUILD]        where trainer and bench_allreduce are (default build; built if missing)
 #   --mpirun "CMD" [MPIRUN]    launcher (default: mpirun --bind-to none, --oversubscribe and
 #                              --allow-run-as-root when needed)
+#   --box GBIT                 run on a cluster in a box: MAX_NP nodes whose links are shaped to GBIT Gbit/s
+#                              (cluster_box.sh up, made or reshaped; left up), one rank per node through plain
+#                              mpirun (--map-by node), so bench_allreduce and np > 1 runs cross the links. The
+#                              nodes share this host's cores: the model's cores are measured as usual
 #   --cores N [CORES]          cores the ranks share on this host, for the model (0 = ranks do not share
 #                              cores, e.g. one GPU each). Default with the cpu backend: the EFFECTIVE cores,
 #                              measured: nproc/threads independent np 1 runs at once vs one alone
@@ -41,7 +47,7 @@ cd "$(dirname "$0")/.."
 out=${OUT:-out/scaling} max_np=${MAX_NP:-4} steps=${STEPS:-20} epochs=${EPOCHS:-2} batch=${BATCH:-64}
 modes=${MODES:-strong weak} config=${CONFIG:-configs/fashion_mnist_cnn.cfg} threads=${THREADS:-1}
 test_limit=${TEST_LIMIT:-500} build=${BUILD:-build} mpirun_cmd=${MPIRUN:-} cores=${CORES:-}
-backend="" comm="" bucket_kb="" overlap=1 alpha_us="" beta_gbps="" model_max_n=1024
+backend="" comm="" bucket_kb="" overlap=1 alpha_us="" beta_gbps="" model_max_n=1024 box_gbit=""
 gpu_args=() extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,6 +66,7 @@ while [ $# -gt 0 ]; do
     --test-limit) test_limit=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --mpirun) mpirun_cmd=$2; shift 2 ;;
+    --box) box_gbit=$2; shift 2 ;;
     --cores) cores=$2; shift 2 ;;
     --alpha-us) alpha_us=$2; shift 2 ;;
     --beta-gbps) beta_gbps=$2; shift 2 ;;
@@ -85,6 +92,15 @@ if [ ! -x "$trainer" ] || [ ! -x "$bench" ]; then
 fi
 
 # Launcher: oversubscription is normal here (CPU ranks on a small machine); root needs its flag.
+if [ -n "$box_gbit" ]; then
+  up_log=$(mktemp)
+  launch/cluster_box.sh up --nodes "$max_np" --cpus-per-node "$(nproc)" --link-gbit "$box_gbit" >"$up_log" 2>&1 ||
+    { cat "$up_log" >&2; rm -f "$up_log"; echo "scaling_study.sh: no cluster in a box (see above)" >&2; exit 2; }
+  rm -f "$up_log"
+  echo "# cluster in a box: $max_np node(s), links $box_gbit Gbit/s, one rank per node"
+  mpirun_cmd="launch/cluster_box.sh exec n1 mpirun --hostfile ${DDP_BOX_DIR:-/var/tmp/${DDP_BOX:-ddpbox}}/hostfile"
+  mpirun_cmd+=" --map-by node --bind-to none"
+fi
 if [ -n "$mpirun_cmd" ]; then
   read -r -a mpi <<<"$mpirun_cmd"
 else
@@ -182,6 +198,8 @@ python3 launch/perf_model.py study --dir "$out" --params "$params" --bucket-kb "
 
 # ---- plots
 ov=$([ "$overlap" = 1 ] && echo "overlap on" || echo "overlap off")
+where=""
+[ -n "$box_gbit" ] && where=", one rank per node, links $box_gbit Gbit/s (cluster in a box)"
 thr="" eff=""
 for mode in strong weak; do
   f=$out/scaling_$mode.dat
@@ -196,7 +214,7 @@ done
 gnuplot <<GP
 set terminal pngcairo size 1300,560 font ",10" noenhanced
 set output '$out/scaling.png'
-set multiplot layout 1,2 title "ddp-cnn scaling: $eff_backend backend, $eff_comm, batch $batch, $steps steps/epoch, $ov"
+set multiplot layout 1,2 title "ddp-cnn scaling: $eff_backend backend, $eff_comm, batch $batch, $steps steps/epoch, $ov$where"
 set logscale x 2
 set xlabel 'ranks (np)'
 set grid

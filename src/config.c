@@ -137,7 +137,7 @@ void config_defaults(net_config *cfg) {
     snprintf(cfg->test_labels, sizeof cfg->test_labels, "%s/t10k-labels-idx1-ubyte.gz", FMNIST_DIR);
     snprintf(cfg->cifar_dir, sizeof cfg->cifar_dir, "data/cifar-10-batches-bin");
     snprintf(cfg->comm, sizeof cfg->comm, "mpi");
-    cfg->bucket_kb = 256;
+    cfg->bucket_kb = 32;
     cfg->overlap = 1;
     cfg->scaling = SCALING_WEAK;
     cfg->lr_scaling = LR_SCALING_NONE;

@@ -75,7 +75,7 @@ typedef struct net_config {
 
     // [parallel]
     char comm[16];              // mpi (default) | nccl
-    int bucket_kb;              // gradient bucket size in KiB (default 256)
+    int bucket_kb;              // gradient bucket size in KiB (default 32)
     int overlap;                // 1 (default): launch buckets during backward; 0: after backward
     int force_allreduce;        // 1: run the bucketed all-reduce also at one rank (checks the comm path on 1 GPU)
     int scaling;                // weak (default) | strong

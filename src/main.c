@@ -12,6 +12,7 @@
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "placement.h"
 #include "train.h"
 
 #define MAX_SETS 64
@@ -45,7 +46,9 @@ static void usage(FILE *f) {
             "  --trace DIR         timeline per rank: DIR/trace_rank<R>.json (Chrome trace events, Perfetto)\n"
             "  --save FILE         write a safetensors checkpoint after each epoch and when stopped\n"
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
+            "  --resume-if-exists  resume from the --save FILE when it exists, else start fresh (requeued jobs)\n"
             "  --print-config      print the effective configuration and exit\n"
+            "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
             "  --help              this text\n"
             "  --version           print the version\n"
@@ -72,6 +75,8 @@ typedef struct cli {
     int n_sets;
     train_opts opts;
     int print_config;
+    int resume_if_exists;
+    int print_placement;
 } cli;
 
 static int cli_add_set(cli *c, const char *fmt, const char *value) {
@@ -84,7 +89,8 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE };
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS,
+       OPT_PRINT_PLACEMENT };
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -100,7 +106,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
-        {0, 0, 0, 0}};
+        {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
+        {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx;
     long v;
@@ -127,6 +134,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_TRACE: c->opts.trace_dir = optarg; break;
         case OPT_SAVE: c->opts.save_path = optarg; break;
         case OPT_RESUME: c->opts.resume_path = optarg; break;
+        case OPT_RESUME_IF_EXISTS: c->resume_if_exists = 1; break;
+        case OPT_PRINT_PLACEMENT: c->print_placement = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case 'q': g_quiet = 1; break;
         case 'h':
@@ -141,6 +150,12 @@ static int cli_parse(int argc, char **argv, cli *c) {
     }
     if (optind < argc) return ERR(ST_INPUT, "unexpected argument '%s' (see --help)", argv[optind]);
     if (!c->config) return ERR(ST_INPUT, "--config FILE is required (e.g. configs/fashion_mnist_cnn.cfg; see --help)");
+    if (c->resume_if_exists) {
+        // A requeued job runs the same command again: continue from what its first run saved.
+        if (!c->opts.save_path) return ERR(ST_INPUT, "--resume-if-exists needs --save FILE (the checkpoint to resume)");
+        if (c->opts.resume_path) return ERR(ST_INPUT, "--resume and --resume-if-exists exclude each other");
+        if (access(c->opts.save_path, F_OK) == 0) c->opts.resume_path = c->opts.save_path;
+    }
     return ST_OK;
 }
 
@@ -285,6 +300,13 @@ int main(int argc, char **argv) {
         print_error();
         return ST_RUNTIME;
     }
+    // A process alone in its MPI world while its launcher says the job has more was started without MPI.
+    st = placement_check_launch(g_world);
+    if (st != ST_OK) {
+        print_error();
+        comm_world_finalize();
+        return st;
+    }
     comm *cm = NULL;
     st = comm_open(&cm, timeout_s);
     if (st != ST_OK) {
@@ -292,6 +314,12 @@ int main(int argc, char **argv) {
         comm_abort(NULL, st);
     }
     st = agree_config(cm, cfg_st, &cfg, &c.opts);
+    if (st == ST_OK && c.print_placement) {
+        st = placement_print(comm_get_info(cm), cfg.backend);
+        if (st != ST_OK) print_error();
+        const int fin = comm_finalize(cm);
+        return st != ST_OK ? st : fin;
+    }
     if (st == ST_OK) st = comm_agree(cm, comm_start(cm, cfg.comm), "start-up");
 
     struct sigaction sa;

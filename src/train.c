@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
+#include "placement.h"
 #include "trace.h"
 
 volatile sig_atomic_t g_stop_requested = 0;
@@ -158,20 +159,57 @@ static int buckets_finish(trainer *t) {
     return ST_OK;
 }
 
+// Buckets close at layer boundaries, as PyTorch DDP never splits a parameter: a bucket is ready as soon as
+// backward has finished its last layer, so a slice of the cap that cut a layer in two would leave the rest of that
+// layer waiting for the next boundary -- for the first layers, the end of backward. Layers (in the buffer's
+// reverse order) are gathered into a bucket while it stays within bucket_kb; a layer larger than the cap is split
+// into equal parts no larger than it, all ready together.
 static int buckets_create(trainer *t) {
     size_t per = (size_t)t->cfg->bucket_kb * 1024 / sizeof(float);
     if (per == 0) per = 1;
-    t->n_buckets = (int)((t->m.n_params + per - 1) / per);
-    t->buckets = calloc((size_t)t->n_buckets, sizeof *t->buckets);
-    TRY_ALLOC(t->buckets);
-    for (int i = 0; i < t->n_buckets; i++) {
-        t->buckets[i].begin = (size_t)i * per;
-        t->buckets[i].end = (size_t)(i + 1) * per < t->m.n_params ? (size_t)(i + 1) * per : t->m.n_params;
-        t->buckets[i].req = -1;
+    // Each layer's span [begin, end) in the flat buffer, in buffer order (the last layer's first).
+    size_t span_b[CFG_MAX_LAYERS], span_e[CFG_MAX_LAYERS];
+    int n_spans = 0;
+    for (int l = t->m.n_layers - 1; l >= 0; l--) {
+        const model_layer *ly = &t->m.layers[l];
+        if (ly->n_w + ly->n_b == 0) continue;
+        size_t b = ly->w_off < ly->b_off ? ly->w_off : ly->b_off;
+        size_t e = ly->w_off + ly->n_w > ly->b_off + ly->n_b ? ly->w_off + ly->n_w : ly->b_off + ly->n_b;
+        span_b[n_spans] = b, span_e[n_spans] = e, n_spans++;
     }
-    if (t->n_buckets > COMM_MAX_REQS)
-        return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
-                   t->cfg->path, t->cfg->bucket_kb, t->n_buckets, t->m.n_params, COMM_MAX_REQS);
+    // Two passes over the same rule: count, then fill.
+    for (int pass = 0; pass < 2; pass++) {
+        int n = 0;
+        size_t open = 0;  // start of the bucket being filled (== the next span's begin when empty)
+        for (int i = 0; i < n_spans; i++) {
+            size_t b = span_b[i], e = span_e[i], size = e - b;
+            if (open < b && (size > per || e - open > per)) {  // close what is open before this layer
+                if (pass) t->buckets[n].begin = open, t->buckets[n].end = b;
+                n++, open = b;
+            }
+            if (size > per) {
+                size_t parts = (size + per - 1) / per;
+                for (size_t k = 0; k < parts; k++) {
+                    if (pass) t->buckets[n].begin = b + size * k / parts, t->buckets[n].end = b + size * (k + 1) / parts;
+                    n++;
+                }
+                open = e;
+            }
+        }
+        if (open < t->m.n_params) {
+            if (pass) t->buckets[n].begin = open, t->buckets[n].end = t->m.n_params;
+            n++;
+        }
+        if (!pass) {
+            if (n > COMM_MAX_REQS)
+                return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
+                           t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS);
+            t->n_buckets = n;
+            t->buckets = calloc((size_t)n, sizeof *t->buckets);
+            TRY_ALLOC(t->buckets);
+        }
+    }
+    for (int i = 0; i < t->n_buckets; i++) t->buckets[i].req = -1;
     return ST_OK;
 }
 
@@ -1156,7 +1194,9 @@ static int setup(trainer *t, baseline *bl) {
                  allowed, allowed, want, want, want);
         threads = want < allowed ? want : allowed;
     }
-    TRY(backend_create(&t->be, cfg->backend, threads, ci->local_rank));
+    int device;
+    TRY(placement_device(ci, cfg->backend, &device));  // node-local rank -> GPU
+    TRY(backend_create(&t->be, cfg->backend, threads, device));
     // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
     // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
     const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};

@@ -82,7 +82,7 @@ trainer_lines() { grep -c "^trainer: " "$tmp/err"; }
 
 # ---- a config error on one rank only
 run 60 "${mpi[@]}" -np 1 "$trainer" --config "$cfg" --steps 5 : -np 1 "$trainer" --config "$tmp/missing.cfg" --steps 5
-if [ "$rc" -eq 2 ] && has "missing.cfg: cannot open config" && has "rank 1 failed during start-up"; then
+if [ "$rc" -eq 2 ] && has "cannot open config" && has "missing.cfg" && has "rank 1 failed during start-up"; then
   ok "config missing on rank 1: exit $rc in ${secs}s, both messages"
 else bad "config missing on rank 1: exit $rc in ${secs}s"; fi
 run 60 "${mpi[@]}" -np 1 "$trainer" --config "$cfg" --steps 5 : -np 1 "$trainer" --config "$cfg" --steps 5 --set net.nosuch=1

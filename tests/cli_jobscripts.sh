@@ -39,34 +39,34 @@ done
 
 # ---- Slurm: srun with the MPI plugin (default), inside a fake 3-node x 4-GPU allocation
 expect slurm-srun \
-  "srun --mpi=pmix --ntasks=12 --ntasks-per-node=4 --cpus-per-task=6 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 6 --metrics /scratch/o/4242/metrics.jsonl --save /scratch/o/4242/checkpoint.safetensors --epochs 2" \
+  "srun --mpi=pmix --ntasks=12 --ntasks-per-node=4 --cpus-per-task=6 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 6 --metrics /scratch/o/4242/metrics.jsonl --save /scratch/o/4242/checkpoint.safetensors --resume-if-exists --epochs 2" \
   -- SLURM_SUBMIT_DIR="$src" SLURM_JOB_ID=4242 SLURM_JOB_NUM_NODES=3 SLURM_NTASKS=12 SLURM_NTASKS_PER_NODE="4(x3)" \
      SLURM_CPUS_PER_TASK=6 CONFIG=configs/x.cfg OUT_ROOT=/scratch/o EXTRA_ARGS="--epochs 2" -- "$src/launch/slurm.sbatch"
 expect slurm-srun-plugin \
-  "srun --mpi=pmi2 --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/7/metrics.jsonl --save out/7/checkpoint.safetensors" \
+  "srun --mpi=pmi2 --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/7/metrics.jsonl --save out/7/checkpoint.safetensors --resume-if-exists" \
   -- SLURM_JOB_ID=7 SRUN_MPI=pmi2 -- "$src/launch/slurm.sbatch"
 # ---- Slurm: mpirun inside the allocation, CPU backend with MPI, environment forwarded only when set
 expect slurm-mpirun \
-  "mpirun -np 4 --map-by ppr:2:node:PE=16 --bind-to core -x PATH -x NCCL_DEBUG /opt/ddp/trainer --config configs/x.cfg --backend cpu --comm mpi --threads 16 --metrics out/99/metrics.jsonl --save out/99/checkpoint.safetensors" \
+  "mpirun -np 4 --map-by ppr:2:node:PE=16 --bind-to core -x PATH -x NCCL_DEBUG /opt/ddp/trainer --config configs/x.cfg --backend cpu --comm mpi --threads 16 --metrics out/99/metrics.jsonl --save out/99/checkpoint.safetensors --resume-if-exists" \
   -- SLURM_SUBMIT_DIR="$src" SLURM_JOB_ID=99 SLURM_JOB_NUM_NODES=2 SLURM_NTASKS=4 SLURM_NTASKS_PER_NODE=2 \
      SLURM_CPUS_PER_TASK=16 LAUNCHER=mpirun TRAINER=/opt/ddp/trainer CONFIG=configs/x.cfg BACKEND=cpu COMM=mpi \
      NCCL_DEBUG=WARN -- "$src/launch/slurm.sbatch"
 # outside an allocation: the #SBATCH defaults (2 nodes x 4 tasks, 8 cpus per task)
 expect slurm-defaults \
-  "srun --mpi=pmix --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors" \
+  "srun --mpi=pmix --ntasks=8 --ntasks-per-node=4 --cpus-per-task=8 --cpu-bind=cores --gpu-bind=none build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors --resume-if-exists" \
   -- -- "$src/launch/slurm.sbatch"
 
 # ---- PBS: a fake node file with 2 nodes x 4 processes
 printf '%s\n' n01 n01 n01 n01 n02 n02 n02 n02 >"$tmp/nodefile"
 expect pbs-mpirun \
-  "mpirun -np 8 --hostfile $tmp/nodefile --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 8 --metrics /scratch/o/5151/metrics.jsonl --save /scratch/o/5151/checkpoint.safetensors --trace /scratch/t" \
+  "mpirun -np 8 --hostfile $tmp/nodefile --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/x.cfg --backend cuda --comm nccl --threads 8 --metrics /scratch/o/5151/metrics.jsonl --save /scratch/o/5151/checkpoint.safetensors --resume-if-exists --trace /scratch/t" \
   -- PBS_O_WORKDIR="$src" PBS_JOBID=5151.pbs-server PBS_NODEFILE="$tmp/nodefile" CONFIG=configs/x.cfg \
      OUT_ROOT=/scratch/o EXTRA_ARGS="--trace /scratch/t" -- "$src/launch/pbs.sh"
 expect pbs-mpiexec \
-  "mpiexec -n 4 -ppn 2 -hosts n01\\,n02 -genvall build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 4 --metrics out/6/metrics.jsonl --save out/6/checkpoint.safetensors" \
+  "mpiexec -n 4 -ppn 2 -hosts n01\\,n02 -genvall build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 4 --metrics out/6/metrics.jsonl --save out/6/checkpoint.safetensors --resume-if-exists" \
   -- PBS_JOBID=6 PBS_NODEFILE="$tmp/nodefile" RANKS_PER_NODE=2 CPUS_PER_RANK=4 LAUNCHER=mpiexec -- "$src/launch/pbs.sh"
 expect pbs-defaults \
-  "mpirun -np 12 --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors" \
+  "mpirun -np 12 --map-by ppr:4:node:PE=8 --bind-to core -x PATH build/trainer --config configs/fashion_mnist_cnn_cuda.cfg --backend cuda --comm nccl --threads 8 --metrics out/dryrun/metrics.jsonl --save out/dryrun/checkpoint.safetensors --resume-if-exists" \
   -- NODES=3 -- "$src/launch/pbs.sh"
 
 # A bad LAUNCHER is refused (exit 2), and nothing is created in dry-run mode.
@@ -77,6 +77,24 @@ for s in slurm.sbatch pbs.sh; do
   (cd "$tmp/cwd" && env -i PATH="$PATH" DRY_RUN=1 bash "$src/launch/$s" >/dev/null 2>&1) || fail "$s dry run"
 done
 [ -z "$(ls -A "$tmp/cwd")" ] || fail "a dry run created files: $(ls -A "$tmp/cwd")"
+
+# --help prints help and launches nothing: launchers on PATH that record any call, run from an empty directory.
+mkdir -p "$tmp/bin" "$tmp/help"
+for l in srun mpirun mpiexec sbatch; do
+  printf '#!/bin/sh\necho "%s $*" >>"%s/launched"\n' "$l" "$tmp" >"$tmp/bin/$l"
+  chmod +x "$tmp/bin/$l"
+done
+for s in slurm.sbatch pbs.sh; do
+  for h in --help -h; do
+    if ! (cd "$tmp/help" && env -i PATH="$tmp/bin:$PATH" SLURM_JOB_ID=1 SLURM_NTASKS=2 bash "$src/launch/$s" "$h" \
+          >"$tmp/out" 2>&1); then
+      fail "$s $h: exit status not 0"
+    fi
+    { grep -q "^$s — " "$tmp/out" && grep -q "LAUNCHER" "$tmp/out"; } || fail "$s $h: no help text"
+  done
+done
+[ ! -e "$tmp/launched" ] || fail "--help launched: $(cat "$tmp/launched")"
+[ -z "$(ls -A "$tmp/help")" ] || fail "--help created files: $(ls -A "$tmp/help")"
 
 if [ "$fails" -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "PASS"
