@@ -7,6 +7,8 @@
 
 #include <cJSON.h>
 #include <errno.h>
+#include <libgen.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
@@ -323,6 +325,31 @@ static char *tmp_path(const char *path) {
     return tmp;
 }
 
+// "<path>.tmp.<pid>" files that a save killed midway left behind (a rank aborted while writing): the process is
+// gone (on this host), so nothing will finish or remove them. Best effort.
+static void stale_tmp_remove(const char *path) {
+    char *copy = strdup(path), *copy2 = strdup(path);
+    if (!copy || !copy2) {
+        free(copy), free(copy2);
+        return;
+    }
+    const char *dir = dirname(copy), *base = basename(copy2);
+    size_t blen = strlen(base);
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        const char *n = e->d_name;
+        if (strncmp(n, base, blen) != 0 || strncmp(n + blen, ".tmp.", 5) != 0) continue;
+        char *end = NULL;
+        long pid = strtol(n + blen + 5, &end, 10);
+        if (end == n + blen + 5 || *end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+        char full[4096];
+        if (snprintf(full, sizeof full, "%s/%s", dir, n) < (int)sizeof full) unlink(full);
+    }
+    if (d) closedir(d);
+    free(copy), free(copy2);
+}
+
 int ckpt_check_target(const char *path) {
     if (path == NULL || path[0] == '\0') return ERR(ST_INPUT, "checkpoint path is empty");
     TRY(target_check(path));
@@ -336,6 +363,7 @@ int ckpt_check_target(const char *path) {
         st = ERR(ST_INPUT, "%s: cannot write a checkpoint there (creating %s failed: %s)", path, tmp, strerror(errno));
     else close(fd), unlink(tmp);
     free(tmp);
+    if (st == ST_OK) stale_tmp_remove(path);
     return st;
 }
 

@@ -823,8 +823,32 @@ static void test_save_refuses_other_kinds(void **state) {
     expect_fixture(path, &fx);
 }
 
+// Temp files of saves that were killed midway (their process is gone) are removed when a run checks its --save
+// target; those of a live process, and other files, stay.
+static void test_stale_tmp_removed(void **state) {
+    (void)state;
+    const char *path = tu_path("stale.st");
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    assert_true(child > 0);
+    assert_int_equal(waitpid(child, NULL, 0), child);  // reaped: kill(child, 0) fails with ESRCH
+    char dead[4200], live[4200], other[4200];
+    snprintf(dead, sizeof dead, "%s.tmp.%ld", path, (long)child);
+    snprintf(live, sizeof live, "%s.tmp.%ld", path, (long)getppid());
+    snprintf(other, sizeof other, "%s.tmp.notapid", path);
+    const char *files[3] = {dead, live, other};
+    for (int i = 0; i < 3; i++) assert_int_equal(tu_write_file(files[i], "x", 1, 0), 0);
+    err_clear();
+    assert_int_equal(ckpt_check_target(path), ST_OK);
+    assert_int_equal(access(dead, F_OK), -1);
+    assert_int_equal(access(live, F_OK), 0);
+    assert_int_equal(access(other, F_OK), 0);
+    unlink(live), unlink(other);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stale_tmp_removed),
         cmocka_unit_test(test_round_trip_is_exact),
         cmocka_unit_test(test_file_is_safetensors),
         cmocka_unit_test(test_header_is_padded_to_8),
