@@ -498,8 +498,7 @@ int config_set(net_config *cfg, const char *assignment) {
     memcpy(sect, assignment, sl), sect[sl] = '\0';
     memcpy(key, dot + 1, kl), key[kl] = '\0';
     const char *value = eq + 1;
-    char where[160];
-    snprintf(where, sizeof where, "--set %s.%s", sect, key);
+    const char *where = "--set";  // set_key names section and key itself
     for (int s = S_NET; s <= S_PARALLEL; s++)
         if (strcmp(sect, g_sect_names[s]) == 0) {
             int ki = find_key(s, key);

@@ -50,6 +50,9 @@ static void usage(FILE *f) {
             "  --print-config      print the effective configuration and exit\n"
             "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
+            "  --log-every S       when stdout is not a terminal (a Slurm log): a progress line every S seconds\n"
+            "                      with step, loss, img/s and ETA (default 10; 0: none)\n"
+            "  --verbose           the step-time breakdown (fwd, bwd, comm, exposed, opt, efficiency) per epoch\n"
             "  --help              this text\n"
             "  --version           print the version\n"
             "\n"
@@ -90,7 +93,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
        OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS,
-       OPT_PRINT_PLACEMENT };
+       OPT_PRINT_PLACEMENT, OPT_LOG_EVERY, OPT_VERBOSE };
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -107,7 +110,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
         {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
-        {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {0, 0, 0, 0}};
+        {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {"log-every", required_argument, 0, OPT_LOG_EVERY},
+        {"verbose", no_argument, 0, OPT_VERBOSE}, {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx;
     long v;
@@ -136,6 +140,16 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_RESUME: c->opts.resume_path = optarg; break;
         case OPT_RESUME_IF_EXISTS: c->resume_if_exists = 1; break;
         case OPT_PRINT_PLACEMENT: c->print_placement = 1; break;
+        case OPT_LOG_EVERY: {
+            char *end = NULL;
+            errno = 0;
+            const double s = strtod(optarg, &end);
+            if (end == optarg || *end || errno || !(s >= 0) || s > 1e6)
+                return ERR(ST_INPUT, "--log-every: '%s' is not a number of seconds in [0, 1e6]", optarg);
+            c->opts.log_every_s = s;
+            break;
+        }
+        case OPT_VERBOSE: c->opts.verbose = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case 'q': g_quiet = 1; break;
         case 'h':
@@ -271,6 +285,7 @@ int main(int argc, char **argv) {
     openblas_single_thread(argv);
     signal(SIGPIPE, SIG_IGN);  // a closed stdout is an error to report, not a reason to die (stdout_final_status)
     static cli c;
+    c.opts.log_every_s = 10;
     int st = cli_parse(argc, argv, &c);
     if (st == -1) return 0;
     if (st != ST_OK) {

@@ -936,14 +936,41 @@ static int evaluate(trainer *t, double *loss, double *acc) {
     return ST_OK;
 }
 
-static void progress_bar(const trainer *t, int step, double loss_sum, double elapsed) {
-    int width = 30, done = (int)((double)step / t->steps_per_epoch * width);
-    char bar[64];
-    for (int i = 0; i < width; i++) bar[i] = i < done ? '#' : '.';
-    bar[width] = '\0';
-    double ips = elapsed > 0 ? (double)step * t->G / elapsed : 0;
-    printf("\r  epoch %d/%d [%s] %d/%d loss %.4f %.0f img/s ", t->epoch + 1, t->cfg->epochs, bar, step,
-           t->steps_per_epoch, step ? loss_sum / ((double)step * t->B) : 0.0, ips);
+// Time left in the run at the pace of this process's steps so far ("3m12s").
+static void eta_text(const trainer *t, long long steps_here, double secs_here, char *out, size_t n) {
+    long long total = (long long)t->cfg->epochs * t->steps_per_epoch;
+    if (t->o->max_steps > 0 && t->o->max_steps < total) total = t->o->max_steps;
+    const long long left = total - t->global_step;
+    if (steps_here <= 0 || secs_here <= 0 || left < 0) {
+        snprintf(out, n, "?");
+        return;
+    }
+    const long s = (long)((double)left * secs_here / (double)steps_here + 0.5);
+    if (s >= 3600) snprintf(out, n, "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else if (s >= 60) snprintf(out, n, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(out, n, "%lds", s);
+}
+
+// On a terminal: a bar redrawn in place. In a log (no terminal: a Slurm job's output): one line every
+// --log-every seconds. Both with the epoch's mean loss so far, images/s and the ETA of the whole run.
+// step: the epoch's step; run: steps run in this epoch by this process (for images/s), in elapsed seconds.
+static void progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
+                          long long steps_here, double secs_here) {
+    const double ips = elapsed > 0 ? (double)run * t->G / elapsed : 0;
+    const double loss = step ? loss_sum / ((double)step * t->B) : 0.0;
+    char eta[32];
+    eta_text(t, steps_here, secs_here, eta, sizeof eta);
+    if (bar) {
+        int width = 30, done = (int)((double)step / t->steps_per_epoch * width);
+        char b[64];
+        for (int i = 0; i < width; i++) b[i] = i < done ? '#' : '.';
+        b[width] = '\0';
+        printf("\r  epoch %d/%d [%s] %d/%d loss %.4f %.0f img/s ETA %s ", t->epoch + 1, t->cfg->epochs, b, step,
+               t->steps_per_epoch, loss, ips, eta);
+    } else {
+        printf("  step %lld (epoch %d/%d, %d/%d) loss %.4f %.0f img/s ETA %s\n", t->global_step, t->epoch + 1,
+               t->cfg->epochs, step, t->steps_per_epoch, loss, ips, eta);
+    }
     fflush(stdout);
 }
 
@@ -988,6 +1015,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
     // The divergence check reads gradients back to the host midway through a step: every step on the CPU
     // (free), every 50 on a GPU or with a graph (those steps run op by op, not from the graph).
     int check_every = t->async_backend || t->use_graph ? 50 : 1;
+    long long steps_here = 0;  // steps this process has run (the ETA's pace)
     for (; t->epoch < cfg->epochs && st == ST_OK; t->epoch++) {
         data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
         if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
@@ -996,7 +1024,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         t->timed = 0;
         t->grad_norm_sum = 0;
         int first_step = t->step_in_epoch;
-        double e0 = now_s(), last_bar = 0;
+        double e0 = now_s(), last_bar = e0;
         int stopped = 0;
         while (t->step_in_epoch < t->steps_per_epoch) {
             if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
@@ -1013,11 +1041,14 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
             if (st) break;
             t->step_in_epoch++;
             t->global_step++;
-            if (t->o->progress && t->rank == 0 && !g_quiet && now_s() - last_bar > 0.2) {
+            steps_here++;
+            const double every = t->o->progress ? 0.2 : t->o->log_every_s;
+            if (t->rank == 0 && !g_quiet && every > 0 && now_s() - last_bar > every) {
                 last_bar = now_s();
                 double ls = 0;
                 if ((st = drain(t)) || (st = o->download(ctx, &ls, t->m.loss_acc, sizeof ls))) break;
-                progress_bar(t, t->step_in_epoch, ls, last_bar - e0);
+                progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step, last_bar - e0,
+                              steps_here, res->train_s + (last_bar - e0));
             }
         }
         if (st) break;
@@ -1080,12 +1111,14 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         em.cuda_graph = t->use_graph;
         em.timed_steps = t->timed;
         em.scaling_efficiency = scaling_efficiency(&em, bl, &em.efficiency_kind);
-        LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s (%.0f/rank) | step "
-             "%.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | efficiency %.3f (%s)\n",
-             em.epoch, cfg->epochs, em.train_loss, em.train_acc, em.test_loss, em.test_acc, em.epoch_s,
-             em.images_per_s, em.images_per_s_per_rank, em.t.step_s * 1e3, em.t.forward_s * 1e3,
-             em.t.backward_s * 1e3, em.t.comm_s * 1e3, em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3,
-             em.scaling_efficiency, em.efficiency_kind);
+        LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em.epoch, cfg->epochs,
+             em.train_loss, em.train_acc, em.test_loss, em.test_acc, em.epoch_s, em.images_per_s);
+        if (t->o->verbose)
+            LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | %.0f img/s per rank | "
+                 "efficiency %.3f (%s)\n",
+                 em.t.step_s * 1e3, em.t.forward_s * 1e3, em.t.backward_s * 1e3, em.t.comm_s * 1e3,
+                 em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3, em.images_per_s_per_rank, em.scaling_efficiency,
+                 em.efficiency_kind);
         // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
         if (metrics >= 0 && t->rank == 0 && (st = metrics_write_jsonl(metrics, t->o->metrics_path, &em))) break;
         res->epochs_done++;

@@ -16,6 +16,8 @@ typedef struct train_opts {
     long long max_steps;        // stop after this many global steps in total (0: run all epochs)
     int keep_params;            // copy the final parameters to result->params (tests)
     int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)
+    double log_every_s;         // without the bar (a log file): a progress line every this many seconds (0: none)
+    int verbose;                // the step-time breakdown under each epoch line
 } train_opts;
 
 typedef struct train_result {
