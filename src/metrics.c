@@ -92,24 +92,44 @@ int metrics_open(const char *path, int append, int *fd_out) {
 
 int metrics_is_jsonl_head(const unsigned char *head, size_t n) { return n > 0 && head[0] == '{'; }
 
+// A number, or null where it is not finite (JSON has no NaN or Inf; a diverged epoch must still be valid JSON).
+static void add_num(cJSON *o, const char *key, double v) {
+    if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
+    else cJSON_AddNullToObject(o, key);
+}
+
 int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
-    char grad_norm[32] = "null";  // JSON has no NaN
-    if (isfinite(m->grad_norm)) snprintf(grad_norm, sizeof grad_norm, "%.6g", m->grad_norm);
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
+    cJSON_AddNumberToObject(o, "epoch", m->epoch);
+    cJSON_AddNumberToObject(o, "step", (double)m->step);
+    const struct { const char *k; double v; } nums[] = {
+        {"train_loss", m->train_loss}, {"train_acc", m->train_acc}, {"test_loss", m->test_loss},
+        {"test_acc", m->test_acc}, {"images_per_s", m->images_per_s}, {"images_per_s_per_rank", m->images_per_s_per_rank},
+        {"epoch_s", m->epoch_s}, {"eval_s", m->eval_s}, {"step_s", m->t.step_s}, {"data_s", m->t.data_s},
+        {"forward_s", m->t.forward_s}, {"backward_s", m->t.backward_s}, {"comm_s", m->t.comm_s},
+        {"exposed_comm_s", m->t.exposed_comm_s}, {"optimizer_s", m->t.optimizer_s}, {"lr", m->lr},
+        {"grad_norm", m->grad_norm}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) add_num(o, nums[i].k, nums[i].v);
+    cJSON_AddNumberToObject(o, "world_size", m->world);
+    cJSON_AddNumberToObject(o, "batch", m->batch);
+    cJSON_AddNumberToObject(o, "global_batch", m->global_batch);
+    cJSON_AddStringToObject(o, "scaling", m->scaling == SCALING_STRONG ? "strong" : "weak");
+    add_num(o, "scaling_efficiency", m->scaling_efficiency);
+    cJSON_AddStringToObject(o, "efficiency_kind", m->efficiency_kind ? m->efficiency_kind : "");
+    cJSON_AddNumberToObject(o, "bucket_kb", m->bucket_kb);
+    cJSON_AddNumberToObject(o, "n_buckets", m->n_buckets);
+    cJSON_AddNumberToObject(o, "overlap", m->overlap);
+    cJSON_AddStringToObject(o, "backend", m->backend ? m->backend : "");
+    cJSON_AddStringToObject(o, "comm", m->comm ? m->comm : "");
+    cJSON_AddNumberToObject(o, "cuda_graph", m->cuda_graph);
+    cJSON_AddNumberToObject(o, "timed_steps", m->timed_steps);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!text) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
     char line[4096];
-    int n = snprintf(line, sizeof line,
-            "{\"epoch\":%d,\"step\":%lld,\"train_loss\":%.6f,\"train_acc\":%.6f,\"test_loss\":%.6f,"
-            "\"test_acc\":%.6f,\"images_per_s\":%.2f,\"images_per_s_per_rank\":%.2f,\"epoch_s\":%.6f,"
-            "\"eval_s\":%.6f,\"step_s\":%.9f,\"data_s\":%.9f,\"forward_s\":%.9f,\"backward_s\":%.9f,"
-            "\"comm_s\":%.9f,\"exposed_comm_s\":%.9f,\"optimizer_s\":%.9f,\"lr\":%.8g,\"grad_norm\":%s,\"world_size\":%d,"
-            "\"batch\":%d,\"global_batch\":%d,\"scaling\":\"%s\",\"scaling_efficiency\":%.6f,"
-            "\"efficiency_kind\":\"%s\",\"bucket_kb\":%d,\"n_buckets\":%d,\"overlap\":%d,\"backend\":\"%s\","
-            "\"comm\":\"%s\",\"cuda_graph\":%d,\"timed_steps\":%d}\n",
-            m->epoch, m->step, m->train_loss, m->train_acc, m->test_loss, m->test_acc, m->images_per_s,
-            m->images_per_s_per_rank, m->epoch_s, m->eval_s, m->t.step_s, m->t.data_s, m->t.forward_s,
-            m->t.backward_s, m->t.comm_s, m->t.exposed_comm_s, m->t.optimizer_s, m->lr, grad_norm, m->world, m->batch,
-            m->global_batch, m->scaling == SCALING_STRONG ? "strong" : "weak", m->scaling_efficiency,
-            m->efficiency_kind, m->bucket_kb, m->n_buckets, m->overlap, m->backend, m->comm,
-            m->cuda_graph, m->timed_steps);
+    int n = snprintf(line, sizeof line, "%s\n", text);
+    cJSON_free(text);
     if (n < 0 || (size_t)n >= sizeof line) return ERR(ST_RUNTIME, "%s: metrics line too long", path);
     // The line goes out in one write; should the disk take only part of it, the part is cut off again, so the
     // file never ends in half a JSON object (a regular file: a device or pipe has no end to cut).

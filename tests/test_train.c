@@ -167,6 +167,7 @@ static void test_force_allreduce_at_one_rank(void **state) {
     char line[4096] = "";
     first_line(tu_path("fa.jsonl"), line, sizeof line);
     assert_true(tu_json_number(line, "n_buckets") > 1);
+    assert_non_null(strstr(line, "\"grad_norm\":null"));  // not clipping: null (JSON has no NaN), never nan
     assert_true(tu_json_number(line, "comm_s") > 0);
     free(plain), free(forced);
 }
