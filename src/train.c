@@ -1655,6 +1655,8 @@ static int use_run(trainer *t, train_result *res) {
     }
     int st = agree(t, use_setup(t));
     if (st == ST_OK) st = t->o->eval_path ? use_eval(t, res) : use_predict(t);
+    // One process: its failure is the job's (reported once, no MPI_Abort needed).
+    if (st != ST_OK && t->o->predict_path && !err_collective()) err_mark_collective(0);
     return st;
 }
 
