@@ -1357,6 +1357,7 @@ static int outputs_check(const trainer *t) {
     file_set_add(&in, t->cfg->path, "config");
     for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
     file_set_add(&in, o->resume_path, "--resume checkpoint");
+    if (!o->resume_path) file_set_add(&in, o->init_from, "--init-from checkpoint");  // the weights fine-tuned from
     file_set_add(&in, o->baseline_path, "--baseline file");
     if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
     if (o->metrics_path) {

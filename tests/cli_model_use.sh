@@ -202,6 +202,8 @@ expect2 "--init-exclude naming no layer" "--init-exclude: 'dense7' names no laye
   --init-from ck.safetensors --init-exclude dense7
 expect2 "--init-from, shapes differ" "tensor 'dense1.weight' has shape [64,1600], expected [32,1600]" -- \
   --init-from ck.safetensors --set dense1.units=32
+expect2 "--save onto the --init-from checkpoint" "--save would overwrite an input of this run (the --init-from checkpoint ck.safetensors)" -- \
+  --init-from ck.safetensors --init-exclude dense2 --save ck.safetensors
 expect2 "--eval with --resume" "--eval cannot be combined with --resume" -- --eval ck.safetensors --resume ck.safetensors
 expect2 "--eval with --save" "--eval cannot be combined with --save" -- --eval ck.safetensors --save x.safetensors
 expect2 "--predict without --images" "--predict needs --images FILE" -- --predict ck.safetensors
