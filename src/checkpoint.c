@@ -675,6 +675,12 @@ int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64
     return input_pread(f->fd, f->path, dst, (size_t)(e->end - e->begin), f->data_start + e->begin);
 }
 
+int ckpt_has_tensor(const ckpt_file *f, const char *name) {
+    if (!f || !name) return 0;
+    ckpt_entry key = {.name = name};
+    return bsearch(&key, f->entries, (size_t)f->n_entries, sizeof *f->entries, entry_cmp_name) != NULL;
+}
+
 const char *ckpt_meta(const ckpt_file *f, const char *key) {
     if (!f || !key) return NULL;
     for (int i = 0; i < f->n_meta; i++)

@@ -45,6 +45,8 @@ int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64
 // A training checkpoint must hold finite values only: a NaN or Inf would be trained on and saved again (ReLU can
 // hide it from the divergence check). ST_INPUT naming the file, the tensor, the first bad element and the count.
 int ckpt_require_finite(const ckpt_file *f, const char *name, const float *v, size_t n);
+// 1 when the file holds a tensor of that name (of any dtype and shape), else 0.
+int ckpt_has_tensor(const ckpt_file *f, const char *name);
 // Metadata value for key, or NULL when absent.
 const char *ckpt_meta(const ckpt_file *f, const char *key);
 int ckpt_n_tensors(const ckpt_file *f);

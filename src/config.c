@@ -465,12 +465,9 @@ static int config_open(const char *path, FILE **out) {
     return ST_OK;
 }
 
-int config_load(const char *path, net_config *cfg) {
-    config_defaults(cfg);
-    if (strlen(path) >= sizeof cfg->path) return ERR(ST_INPUT, "config path too long: %s", path);
-    snprintf(cfg->path, sizeof cfg->path, "%s", path);
-    FILE *f = NULL;
-    TRY(config_open(path, &f));
+// The INI text of f (a file or a string) into cfg, whose defaults and path (for messages) are set.
+static int config_parse(net_config *cfg, FILE *f) {
+    const char *path = cfg->path;
     parse_state ps = {.cfg = cfg, .f = f, .sect = -1};
     int r = ini_parse_stream(reader, &ps, handler, &ps);
     int read_err = ferror(f);
@@ -482,6 +479,29 @@ int config_load(const char *path, net_config *cfg) {
     if (!ps.seen_sect[S_NET]) return ERR(ST_INPUT, "%s: missing [net] section", path);
     if (cfg->n_layers == 0) return ERR(ST_INPUT, "%s: no layer sections ([conv], [dense], ..., [softmax])", path);
     return ST_OK;  // required keys are checked by config_validate, after --set had its chance to give them
+}
+
+int config_load(const char *path, net_config *cfg) {
+    config_defaults(cfg);
+    if (strlen(path) >= sizeof cfg->path) return ERR(ST_INPUT, "config path too long: %s", path);
+    snprintf(cfg->path, sizeof cfg->path, "%s", path);
+    FILE *f = NULL;
+    TRY(config_open(path, &f));
+    return config_parse(cfg, f);
+}
+
+int config_load_text(const char *text, const char *origin, net_config *cfg) {
+    config_defaults(cfg);
+    if (strlen(origin) >= sizeof cfg->path) return ERR(ST_INPUT, "config origin too long: %s", origin);
+    snprintf(cfg->path, sizeof cfg->path, "%s", origin);
+    size_t n = strlen(text);
+    if (n == 0) return ERR(ST_INPUT, "%s: the configuration text is empty", origin);
+    if (n > CFG_FILE_MAX)
+        return ERR(ST_INPUT, "%s: the configuration text is %zu bytes, more than the %u-byte limit", origin, n,
+                   CFG_FILE_MAX);
+    FILE *f = fmemopen((void *)text, n, "r");
+    if (!f) return ERR(ST_RUNTIME, "%s: cannot read the configuration text: %s", origin, strerror(errno));
+    return config_parse(cfg, f);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ int config_lr_steps(const net_config *cfg, int *epochs /* CFG_LR_STEPS_MAX */, i
 void config_defaults(net_config *cfg);
 // Parse path into cfg (defaults first). Does not validate shapes (call config_validate after --set): required keys too, so --set may supply them.
 int config_load(const char *path, net_config *cfg);
+// The same from INI text held in memory (a checkpoint's stored configuration); origin names it in messages
+// ("ckpt.safetensors (its stored config)") and becomes cfg->path.
+int config_load_text(const char *text, const char *origin, net_config *cfg);
 // Apply "section.key=value" (section: net, data, parallel, or a layer's name such as conv1).
 int config_set(net_config *cfg, const char *assignment);
 // Check values and propagate shapes through the layers; names the layer and key at fault.

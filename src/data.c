@@ -286,6 +286,53 @@ int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset 
     return st;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Images without labels (--predict): an IDX images file (raw or gzip; magic 0x00000803) or CIFAR-10 records
+// (their label bytes are read and ignored), told apart by the first four (decompressed) bytes.
+
+static int idx_images_only(const char *path, dataset *out) {
+    uint32_t dims[3] = {0};
+    uint8_t *buf = NULL;
+    const uint8_t *payload = NULL;
+    TRY(idx_read(path, 3, dims, &buf, &payload));
+    int st = ST_OK;
+    if (dims[1] > 16384 || dims[2] > 16384)
+        st = ERR(ST_INPUT, "%s: image size %ux%u is too large", path, dims[1], dims[2]);
+    else if (dims[0] > (1u << 30))
+        st = ERR(ST_INPUT, "%s: %u images is too many", path, dims[0]);
+    size_t per = (size_t)dims[1] * dims[2];
+    if (st == ST_OK) {
+        out->images = malloc((size_t)dims[0] * per);
+        out->labels = calloc(dims[0], 1);
+        if (!out->images || !out->labels) st = ERR(ST_RUNTIME, "out of host memory loading %s", path);
+    }
+    if (st == ST_OK) {
+        memcpy(out->images, payload, (size_t)dims[0] * per);
+        out->n = (int)dims[0], out->c = 1, out->h = (int)dims[1], out->w = (int)dims[2], out->classes = 0;
+    }
+    free(buf);
+    if (st != ST_OK) data_free(out);
+    return st;
+}
+
+int data_load_images(const char *path, dataset *out) {
+    memset(out, 0, sizeof *out);
+    data_file f;
+    TRY(df_open(&f, path));
+    uint8_t head[4] = {0};
+    size_t got = 0;
+    int st = df_read(&f, head, sizeof head, &got);
+    int cr = gzclose(f.gz);  // only the first bytes were wanted: the loaders below check the whole file
+    TRY(st);
+    if (cr != Z_OK && cr != Z_BUF_ERROR) return ERR(ST_INPUT, "%s: read error", path);
+    // IDX magic: two zero bytes, 0x08 (unsigned bytes), the rank. A CIFAR-10 record starts with its label (< 10).
+    if (got >= 3 && head[0] == 0 && head[1] == 0 && head[2] == 0x08) return idx_images_only(path, out);
+    const char *paths[1] = {path};
+    st = data_load_cifar10(paths, 1, 0, out);
+    if (st == ST_OK) memset(out->labels, 0, (size_t)out->n);
+    return st;
+}
+
 void data_free(dataset *d) {
     free(d->images);
     free(d->labels);

@@ -24,6 +24,10 @@ int data_load_idx(const char *images_path, const char *labels_path, int classes,
 // Each file's length must be a whole number of records. limit as above.
 int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset *out);
 
+// Images without labels (--predict): an IDX images file (raw or gzip) or a CIFAR-10 batch file, told apart by
+// the IDX magic. Validated as above; labels are all 0 and classes is 0.
+int data_load_images(const char *path, dataset *out);
+
 void data_free(dataset *d);
 
 // ---------------------------------------------------------------------------------------------------------

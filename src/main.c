@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include "checkpoint.h"
 #include "comm.h"
 #include "common.h"
 #include "config.h"
@@ -23,12 +25,15 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: trainer --config FILE [options]\n"
             "       mpirun -np N trainer --config FILE [options]\n"
+            "       trainer --eval CKPT [--metrics FILE] [options]           (also under mpirun)\n"
+            "       trainer --predict CKPT --images FILE [--out FILE.csv]  (one process)\n"
             "\n"
             "Trains the CNN described by an INI config on one rank per process (one GPU per rank with\n"
             "backend=cuda), averaging gradients across ranks in buckets overlapped with backward.\n"
             "\n"
             "Options (each shortcut is the same as the --set shown):\n"
-            "  --config FILE       model, data and run configuration (configs/*.cfg)\n"
+            "  --config FILE       model, data and run configuration (configs/*.cfg); optional with a\n"
+            "                      checkpoint (--resume, --eval, --predict, --init-from): its stored config\n"
             "  --epochs N          net.epochs=N\n"
             "  --batch N           net.batch=N (per rank in weak scaling, global in strong scaling)\n"
             "  --lr X              net.lr=X\n"
@@ -46,7 +51,17 @@ static void usage(FILE *f) {
             "  --trace DIR         timeline per rank: DIR/trace_rank<R>.json (Chrome trace events, Perfetto)\n"
             "  --save FILE         write a safetensors checkpoint after each epoch and when stopped\n"
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
-            "  --resume-if-exists  resume from the --save FILE when it exists, else start fresh (requeued jobs)\n"
+            "  --resume-if-exists  resume from the --save file when it exists, else start fresh (requeued jobs)\n"
+            "  --save-every N      also keep <stem>-eN.safetensors every N epochs (stem: --save without .safetensors)\n"
+            "  --keep-best         also keep <stem>-best.safetensors: the best test accuracy so far\n"
+            "  --init-from CKPT    start from a checkpoint's weights only (fine-tuning: new optimizer state,\n"
+            "                      schedule from step 0)\n"
+            "  --init-exclude L    with --init-from: layers or tensors (comma-separated, e.g. dense2) left at\n"
+            "                      their initial values, e.g. a new head\n"
+            "  --eval CKPT         no training: test loss, accuracy, per-class accuracy and confusion matrix of\n"
+            "                      a checkpoint (JSON with --metrics FILE)\n"
+            "  --predict CKPT      no training: classify --images FILE (IDX, raw or gzip, or CIFAR-10 binary);\n"
+            "                      CSV index,class,p0,... to --out FILE.csv or stdout\n"
             "  --print-config      print the effective configuration and exit\n"
             "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
@@ -92,8 +107,72 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_RESUME_IF_EXISTS,
-       OPT_PRINT_PLACEMENT, OPT_LOG_EVERY, OPT_VERBOSE };
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_EVAL, OPT_PREDICT, OPT_IMAGES, OPT_OUT,
+       OPT_INIT_FROM, OPT_INIT_EXCLUDE, OPT_SAVE_EVERY, OPT_KEEP_BEST, OPT_RESUME_IF_EXISTS, OPT_PRINT_PLACEMENT,
+       OPT_LOG_EVERY, OPT_VERBOSE };
+
+// Options that train, and so cannot go with --eval or --predict.
+static int cli_check_use(const cli *c) {
+    const train_opts *o = &c->opts;
+    if (o->eval_path && o->predict_path) return ERR(ST_INPUT, "--eval and --predict cannot be combined (one per run)");
+    const char *use = o->eval_path ? "--eval" : "--predict";
+    const struct {
+        int given;
+        const char *name;
+    } training[] = {{o->resume_path != NULL, "--resume"}, {c->resume_if_exists, "--resume-if-exists"},
+                    {o->init_from != NULL, "--init-from"}, {o->init_exclude != NULL, "--init-exclude"},
+                    {o->save_path != NULL, "--save"},     {o->save_every > 0, "--save-every"},
+                    {o->keep_best, "--keep-best"},        {o->max_steps > 0, "--steps"},
+                    {o->trace_dir != NULL, "--trace"},    {o->baseline_path != NULL, "--baseline"}};
+    for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
+        if (training[i].given)
+            return ERR(ST_INPUT, "%s cannot be combined with %s (%s uses a trained model; %s is for training)", use,
+                       training[i].name, use, training[i].name);
+    if (o->predict_path && !o->images_path)
+        return ERR(ST_INPUT, "--predict needs --images FILE (the IDX or CIFAR-10 images to classify)");
+    if (o->predict_path && o->metrics_path)
+        return ERR(ST_INPUT, "--predict writes its CSV to --out FILE (or stdout), not --metrics");
+    return ST_OK;
+}
+
+// Options that only make sense together: one line naming what is missing or what clashes.
+static int cli_check(const cli *c) {
+    const train_opts *o = &c->opts;
+    if (o->eval_path || o->predict_path) TRY(cli_check_use(c));
+    if (o->images_path && !o->predict_path) return ERR(ST_INPUT, "--images is for --predict CKPT");
+    if (o->out_path && !o->predict_path)
+        return ERR(ST_INPUT, "--out is for --predict CKPT (--eval writes its JSON report with --metrics FILE)");
+    if (o->init_exclude && !o->init_from) return ERR(ST_INPUT, "--init-exclude needs --init-from CKPT");
+    if (o->init_from && o->resume_path)
+        return ERR(ST_INPUT, "--init-from and --resume cannot be combined (--resume continues a run with its optimizer "
+                             "state; --init-from starts a new run from weights only)");
+    if (c->resume_if_exists && o->resume_path)
+        return ERR(ST_INPUT, "--resume-if-exists and --resume cannot be combined");
+    if (c->resume_if_exists && !o->save_path)
+        return ERR(ST_INPUT, "--resume-if-exists needs --save FILE (the checkpoint it resumes from when it exists)");
+    if ((o->save_every > 0 || o->keep_best) && !o->save_path)
+        return ERR(ST_INPUT, "%s needs --save FILE (its copies are named after it)",
+                   o->save_every > 0 ? "--save-every" : "--keep-best");
+    return ST_OK;
+}
+
+// --resume-if-exists: resume from the --save file when it exists (a requeued job continues where it stopped),
+// else start fresh, so one job line serves the first run and every requeue. Every rank decides alike on a
+// shared file system; ranks that do not are refused by the configuration agreement (resume=yes/no).
+static void cli_resume_if_exists(cli *c) {
+    struct stat sb;
+    if (c->resume_if_exists && c->opts.save_path && stat(c->opts.save_path, &sb) == 0)
+        c->opts.resume_path = c->opts.save_path;
+}
+
+// The checkpoint whose stored configuration stands in for a missing --config (NULL: none given).
+static const char *cli_config_checkpoint(const cli *c) {
+    const train_opts *o = &c->opts;
+    return o->resume_path ? o->resume_path
+         : o->eval_path   ? o->eval_path
+         : o->predict_path ? o->predict_path
+                          : o->init_from;
+}
 
 // Returns ST_OK, ST_INPUT on a bad option, or -1 when --help/--version was handled.
 static int cli_parse(int argc, char **argv, cli *c) {
@@ -109,6 +188,10 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
         {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
+        {"eval", required_argument, 0, OPT_EVAL},     {"predict", required_argument, 0, OPT_PREDICT},
+        {"images", required_argument, 0, OPT_IMAGES}, {"out", required_argument, 0, OPT_OUT},
+        {"init-from", required_argument, 0, OPT_INIT_FROM}, {"init-exclude", required_argument, 0, OPT_INIT_EXCLUDE},
+        {"save-every", required_argument, 0, OPT_SAVE_EVERY}, {"keep-best", no_argument, 0, OPT_KEEP_BEST},
         {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
         {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {"log-every", required_argument, 0, OPT_LOG_EVERY},
         {"verbose", no_argument, 0, OPT_VERBOSE}, {0, 0, 0, 0}};
@@ -151,6 +234,18 @@ static int cli_parse(int argc, char **argv, cli *c) {
         }
         case OPT_VERBOSE: c->opts.verbose = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
+        case OPT_EVAL: c->opts.eval_path = optarg; break;
+        case OPT_PREDICT: c->opts.predict_path = optarg; break;
+        case OPT_IMAGES: c->opts.images_path = optarg; break;
+        case OPT_OUT: c->opts.out_path = optarg; break;
+        case OPT_INIT_FROM: c->opts.init_from = optarg; break;
+        case OPT_INIT_EXCLUDE: c->opts.init_exclude = optarg; break;
+        case OPT_SAVE_EVERY:
+            if (parse_int(optarg, 1, 1000000, &v))
+                return ERR(ST_INPUT, "--save-every: '%s' is not a positive number of epochs", optarg);
+            c->opts.save_every = (int)v;
+            break;
+        case OPT_KEEP_BEST: c->opts.keep_best = 1; break;
         case 'q': g_quiet = 1; break;
         case 'h':
             if (launcher_rank() == 0) usage(stdout);
@@ -163,13 +258,13 @@ static int cli_parse(int argc, char **argv, cli *c) {
         }
     }
     if (optind < argc) return ERR(ST_INPUT, "unexpected argument '%s' (see --help)", argv[optind]);
-    if (!c->config) return ERR(ST_INPUT, "--config FILE is required (e.g. configs/fashion_mnist_cnn.cfg; see --help)");
-    if (c->resume_if_exists) {
-        // A requeued job runs the same command again: continue from what its first run saved.
-        if (!c->opts.save_path) return ERR(ST_INPUT, "--resume-if-exists needs --save FILE (the checkpoint to resume)");
-        if (c->opts.resume_path) return ERR(ST_INPUT, "--resume and --resume-if-exists exclude each other");
-        if (access(c->opts.save_path, F_OK) == 0) c->opts.resume_path = c->opts.save_path;
-    }
+    TRY(cli_check(c));
+    cli_resume_if_exists(c);
+    if (!c->config && !cli_config_checkpoint(c))
+        return ERR(ST_INPUT, "--config FILE is required without a checkpoint (--resume, --eval, --predict, --init-from) "
+                             "that holds one (e.g. configs/fashion_mnist_cnn.cfg; see --help)");
+    // The CSV alone on stdout: no log lines between its rows.
+    if (c->opts.predict_path && !c->opts.out_path) g_quiet = 1;
     return ST_OK;
 }
 
@@ -274,8 +369,28 @@ static int agree_config(comm *cm, int cfg_st, const net_config *cfg, const train
     return st;
 }
 
+// A checkpoint's stored configuration (metadata config_ini, the --print-config text of the run that wrote it).
+static int config_from_checkpoint(const char *path, net_config *cfg) {
+    ckpt_file *f = NULL;
+    TRY(ckpt_load(path, &f));
+    const char *text = ckpt_meta(f, "config_ini");
+    char origin[CFG_PATH_MAX];
+    int n = snprintf(origin, sizeof origin, "%s (its stored config)", path);
+    int st;
+    if (!text)
+        st = ERR(ST_INPUT, "%s: holds no stored configuration (metadata 'config_ini': written by an older ddp-cnn or "
+                           "another program); give --config FILE", path);
+    else if (n < 0 || (size_t)n >= sizeof origin)
+        st = ERR(ST_INPUT, "checkpoint path too long: %s", path);
+    else
+        st = config_load_text(text, origin, cfg);
+    ckpt_free(f);
+    return st;
+}
+
 static int config_read(const cli *c, net_config *cfg) {
-    TRY(config_load(c->config, cfg));
+    if (c->config) TRY(config_load(c->config, cfg));  // --config wins over a checkpoint's stored one
+    else TRY(config_from_checkpoint(cli_config_checkpoint(c), cfg));
     for (int i = 0; i < c->n_sets; i++) TRY(config_set(cfg, c->sets[i]));
     return config_validate(cfg);
 }
@@ -348,7 +463,7 @@ int main(int argc, char **argv) {
 
     train_result res;
     st = train_run(&cfg, &c.opts, cm, &res);
-    if (st == ST_OK) {
+    if (st == ST_OK && !res.used) {
         if (res.epochs_done > 0)
             ALWAYS0("done: %d epoch(s), %lld steps in %.2f s training time; test loss %.4f, test accuracy %.4f\n",
                     res.epochs_done, res.steps, res.train_s, res.test_loss, res.test_acc);

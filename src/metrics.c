@@ -141,3 +141,62 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     }
     return ST_OK;
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// --eval's report
+
+static cJSON *eval_json(const eval_report *r) {
+    const int k = r->classes;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "checkpoint", r->checkpoint);
+    if (r->train_epoch) cJSON_AddNumberToObject(o, "epoch", strtod(r->train_epoch, NULL));
+    cJSON_AddNumberToObject(o, "test_samples", r->samples);
+    cJSON_AddNumberToObject(o, "test_loss", r->test_loss);
+    cJSON_AddNumberToObject(o, "test_acc", r->test_acc);
+    cJSON *per = cJSON_AddArrayToObject(o, "per_class_acc");
+    cJSON *cnt = cJSON_AddArrayToObject(o, "class_samples");
+    cJSON *conf = cJSON_AddArrayToObject(o, "confusion");
+    for (int a = 0; per && cnt && conf && a < k; a++) {
+        double n = 0;
+        cJSON *row = cJSON_CreateArray();
+        for (int b = 0; b < k; b++) {
+            n += r->confusion[(size_t)a * k + b];
+            cJSON_AddItemToArray(row, cJSON_CreateNumber(r->confusion[(size_t)a * k + b]));
+        }
+        cJSON_AddItemToArray(conf, row);
+        cJSON_AddItemToArray(cnt, cJSON_CreateNumber(n));
+        // A class without test samples has no accuracy (JSON has no NaN).
+        cJSON_AddItemToArray(per, n > 0 ? cJSON_CreateNumber(r->confusion[(size_t)a * k + a] / n) : cJSON_CreateNull());
+    }
+    if (r->train_test_loss) {
+        cJSON_AddNumberToObject(o, "train_run_test_loss", strtod(r->train_test_loss, NULL));
+        cJSON_AddNumberToObject(o, "train_run_test_acc", strtod(r->train_test_acc, NULL));
+        cJSON_AddBoolToObject(o, "same_as_training_run", r->same_as_training);
+    } else {
+        cJSON_AddNullToObject(o, "same_as_training_run");
+    }
+    cJSON_AddNumberToObject(o, "world_size", r->world);
+    cJSON_AddNumberToObject(o, "eval_batch", r->eval_batch);
+    cJSON_AddStringToObject(o, "backend", r->backend);
+    return o;
+}
+
+int metrics_write_eval(const char *path, const eval_report *r) {
+    cJSON *o = eval_json(r);
+    char *text = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) return ERR(ST_RUNTIME, "%s: out of host memory for the evaluation report", path);
+    int fd = -1;
+    int st = metrics_open(path, 0, &fd);
+    if (st == ST_OK) {
+        size_t n = strlen(text);
+        text[n] = '\n';  // the NUL is not written
+        int e = write_all(fd, text, n + 1);
+        if (e != 0 && ftruncate(fd, 0) != 0) { /* the write's error is the one to report */ }
+        if (close(fd) != 0 && e == 0) e = errno;
+        if (e != 0) st = ERR(ST_RUNTIME, "%s: cannot write the evaluation report: %s", path, strerror(e));
+    }
+    free(text);
+    return st;
+}

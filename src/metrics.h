@@ -60,3 +60,19 @@ int metrics_open(const char *path, int append, int *fd);
 int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m);
 // The first bytes of an existing file look like a metrics file (what --metrics may replace).
 int metrics_is_jsonl_head(const unsigned char *head, size_t n);
+
+// --eval: one JSON object (README "Using a trained model"). confusion is classes x classes, [true][predicted].
+typedef struct eval_report {
+    const char *checkpoint;
+    int samples, classes, world, eval_batch;
+    const char *backend;
+    double test_loss, test_acc;
+    const double *confusion;
+    // From the checkpoint's metadata (NULL when absent): the epoch it was saved after and the test figures the
+    // training run printed then (%.17g); same_as_training: this evaluation's figures are those, bit for bit.
+    const char *train_epoch, *train_test_loss, *train_test_acc;
+    int same_as_training;
+} eval_report;
+
+// Written whole (one write, truncating the file first); a failed write leaves the file empty.
+int metrics_write_eval(const char *path, const eval_report *r);

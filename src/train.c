@@ -90,6 +90,12 @@ typedef struct trainer {
     int32_t *d_batch_idx;       // the step's sample indices at a fixed address, where a graph reads them
     double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
     double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
+    double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
+    int ckpt_has_test;
+    double best_acc;            // --keep-best: the best test accuracy so far (have_best: one was seen)
+    int have_best;
+    double *confusion;          // --eval: [true][predicted] counts over the test set; NULL otherwise
+    float *h_logits;            // --eval, --predict: one evaluation batch of logits on the host
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
     void *mk_origin;            // trace: recorded when the trace's origin was taken
     double origin_s;
@@ -216,6 +222,27 @@ static int buckets_create(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // Set-up
 
+// The test set (or --predict's images) into backend memory, with the identity index evaluation gathers by.
+static int test_upload(trainer *t) {
+    const backend_ops *o = t->be.ops;
+    void *ctx = t->be.ctx;
+    t->sample_elems = t->cfg->channels * t->cfg->height * t->cfg->width;
+    size_t ex = (size_t)t->test.n * t->sample_elems;
+    TRY(o->alloc(ctx, (void **)&t->d_test_x, ex ? ex : 1));
+    TRY(o->alloc(ctx, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
+    if (t->test.n) {
+        TRY(o->upload(ctx, t->d_test_x, t->test.images, ex));
+        TRY(o->upload(ctx, t->d_test_y, t->test.labels, (size_t)t->test.n));
+    }
+    TRY(o->alloc(ctx, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
+    int most = t->train.n > t->test.n ? t->train.n : t->test.n;
+    t->h_perm = malloc((size_t)(most ? most : 1) * sizeof(int32_t));
+    TRY_ALLOC(t->h_perm);
+    for (int i = 0; i < t->test.n; i++) t->h_perm[i] = i;
+    if (t->test.n) TRY(o->upload(ctx, t->d_test_index, t->h_perm, (size_t)t->test.n * sizeof(int32_t)));
+    return ST_OK;
+}
+
 static int data_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     if (cfg->data_format == DATA_CIFAR10) {
@@ -246,24 +273,13 @@ static int data_setup(trainer *t) {
 
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
-    size_t tx = (size_t)t->train.n * t->sample_elems, ex = (size_t)t->test.n * t->sample_elems;
+    size_t tx = (size_t)t->train.n * t->sample_elems;
     TRY(o->alloc(ctx, (void **)&t->d_train_x, tx));
     TRY(o->alloc(ctx, (void **)&t->d_train_y, (size_t)t->train.n));
-    TRY(o->alloc(ctx, (void **)&t->d_test_x, ex ? ex : 1));
-    TRY(o->alloc(ctx, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
     TRY(o->upload(ctx, t->d_train_x, t->train.images, tx));
     TRY(o->upload(ctx, t->d_train_y, t->train.labels, (size_t)t->train.n));
-    if (t->test.n) {
-        TRY(o->upload(ctx, t->d_test_x, t->test.images, ex));
-        TRY(o->upload(ctx, t->d_test_y, t->test.labels, (size_t)t->test.n));
-    }
     TRY(o->alloc(ctx, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
-    TRY(o->alloc(ctx, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
-    t->h_perm = malloc((size_t)(t->train.n > t->test.n ? t->train.n : t->test.n) * sizeof(int32_t));
-    TRY_ALLOC(t->h_perm);
-    for (int i = 0; i < t->test.n; i++) t->h_perm[i] = i;
-    if (t->test.n) TRY(o->upload(ctx, t->d_test_index, t->h_perm, (size_t)t->test.n * sizeof(int32_t)));
-    return ST_OK;
+    return test_upload(t);
 }
 
 static int batch_setup(trainer *t) {
@@ -356,6 +372,20 @@ static uint64_t train_data_hash(trainer *t) {
     return t->data_hash;
 }
 
+// The effective configuration as --print-config writes it (malloc'd), or NULL when out of memory.
+static char *config_text(const net_config *cfg) {
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (!f) return NULL;
+    config_print(cfg, f);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
     // Test hook (reliability tests): DDP_TEST_SLOW_SAVE=SECONDS holds rank 0 before it writes, as a slow file
@@ -370,7 +400,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         return ERR(ST_RUNTIME, "out of host memory for the checkpoint's tensor list");
     }
     tensors_list(t, host, tl);
-    char v[12][64];
+    char v[16][64];
     snprintf(v[0], 64, "%d", t->epoch);
     snprintf(v[1], 64, "%d", t->step_in_epoch);
     snprintf(v[2], 64, "%lld", t->global_step);
@@ -383,12 +413,30 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     snprintf(v[9], 64, "%s", optim_name(t->opt.kind));
     snprintf(v[10], 64, "%d", t->train.n);
     snprintf(v[11], 64, "%016" PRIx64, train_data_hash(t));
-    ckpt_kv meta[] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
-                      {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
-                      {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
-                      {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path},
-                      {"train_samples", v[10]},    {"train_data_hash", v[11]}};
-    int st = ckpt_save(path, tl->t, tl->n, meta, (int)(sizeof meta / sizeof meta[0]));
+    snprintf(v[12], 64, "%.17g", t->ckpt_test_loss);
+    snprintf(v[13], 64, "%.17g", t->ckpt_test_acc);
+    snprintf(v[14], 64, "%.17g", t->best_acc);
+    // The effective configuration travels with the weights: --eval, --predict, --init-from and --resume
+    // need no --config (config_load_text reads it back).
+    char *ini = config_text(t->cfg);
+    if (!ini) {
+        free(tl);
+        free(host);
+        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's configuration text");
+    }
+    ckpt_kv meta[20] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
+                        {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
+                        {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
+                        {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path},
+                        {"train_samples", v[10]},    {"train_data_hash", v[11]}, {"config_ini", ini}};
+    int n_meta = 15;
+    if (t->ckpt_has_test) {  // saved at an epoch's end: what that epoch's evaluation printed, exactly
+        meta[n_meta++] = (ckpt_kv){"test_loss", v[12]};
+        meta[n_meta++] = (ckpt_kv){"test_acc", v[13]};
+    }
+    if (t->have_best) meta[n_meta++] = (ckpt_kv){"best_test_acc", v[14]};
+    int st = ckpt_save(path, tl->t, tl->n, meta, n_meta);
+    free(ini);
     free(tl);
     free(host);
     return st;
@@ -397,11 +445,10 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
 // Rank 0 writes the checkpoint while the others wait for it at a barrier whose deadline allows for the write
 // (parallel.save_timeout_s: a large checkpoint on a slow file system takes longer than any collective may), and
 // whose timeout says that it was the save. A write that fails on rank 0 is its local error (the job is aborted).
-static int checkpoint_save_agreed(trainer *t, double loss_sum, double correct_sum) {
-    const char *path = t->o->save_path;
+static int checkpoint_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum) {
     TRY(checkpoint_save(t, path, loss_sum, correct_sum));
     if (t->world == 1) return ST_OK;
-    char what[CFG_PATH_MAX + 64];
+    char what[CFG_PATH_MAX + 160];
     snprintf(what, sizeof what, "waiting for rank 0 to write checkpoint '%s'", path);
     const double timeout_s = fmax(t->cfg->comm_timeout_s, t->cfg->save_timeout_s);
     return comm_barrier_within(t->c, timeout_s, what);
@@ -526,10 +573,133 @@ static int checkpoint_resume(trainer *t, const char *path) {
     t->opt.t = p.ot;
     t->loss_carry = p.loss_sum;
     t->correct_carry = p.correct_sum;
+    if (ckpt_meta(f, "best_test_acc")) {  // --keep-best: the best so far travels with the run
+        st = meta_double(f, "best_test_acc", 0, 1, &t->best_acc);
+        t->have_best = st == ST_OK;
+    }
 done:
     free(tl);
     free(host);
     ckpt_free(f);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Weights only (--init-from, --eval, --predict): the model's tensors from a checkpoint (ours, or a PyTorch state
+// dict saved as safetensors), no optimizer state, position or schedule.
+
+// Model tensor i: its PyTorch name, layer name, shape and offset in the flat parameter buffer.
+static void model_tensor(const trainer *t, int i, char name[96], const char **layer, int *ndim, int64_t shape[4],
+                         size_t *off) {
+    int is_bias;
+    model_param_tensor(&t->m, i, layer, &is_bias, off, ndim, shape);
+    snprintf(name, 96, "%s.%s", *layer, is_bias ? "bias" : "weight");
+}
+
+// Entry [s, s + k) of a comma-separated list is the layer or the tensor.
+static int entry_is(const char *s, size_t k, const char *layer, const char *tensor) {
+    return (strlen(layer) == k && strncmp(s, layer, k) == 0) || (strlen(tensor) == k && strncmp(s, tensor, k) == 0);
+}
+
+static int listed(const char *list, const char *layer, const char *tensor) {
+    for (const char *s = list; s && *s;) {
+        size_t k = strcspn(s, ",");
+        if (entry_is(s, k, layer, tensor)) return 1;
+        s += k + (s[k] == ',');
+    }
+    return 0;
+}
+
+// The model's tensor names, for messages ("conv1.weight, conv1.bias, ..."), cut to fit.
+static void model_tensor_names(const trainer *t, char *buf, size_t n) {
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < nt && used + 1 < n; i++) {
+        char name[96];
+        const char *layer;
+        int ndim;
+        int64_t shape[4];
+        size_t off;
+        model_tensor(t, i, name, &layer, &ndim, shape, &off);
+        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", name);
+        used = w < 0 ? n : used + (size_t)w;
+    }
+}
+
+// Every entry of --init-exclude names a layer with tensors, or one tensor, of this model.
+static int exclude_check(const trainer *t, const char *list) {
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    for (const char *s = list; *s || s == list;) {
+        size_t k = strcspn(s, ",");
+        int found = 0;
+        for (int i = 0; i < nt && !found; i++) {
+            char name[96];
+            const char *layer;
+            int ndim;
+            int64_t shape[4];
+            size_t off;
+            model_tensor(t, i, name, &layer, &ndim, shape, &off);
+            found = entry_is(s, k, layer, name);
+        }
+        if (!found) {
+            char names[1024];
+            model_tensor_names(t, names, sizeof names);
+            return ERR(ST_INPUT, "--init-exclude: '%.*s' names no layer or tensor of the model of %s (its tensors: %s)",
+                       (int)k, s, t->cfg->path, names);
+        }
+        if (!s[k]) break;
+        s += k + 1;
+    }
+    return ST_OK;
+}
+
+// Every model tensor not excluded must be in the file with the same shape (else ST_INPUT naming the tensor and
+// both shapes); a file holding none of them is "nothing matching". Excluded tensors keep their initial values.
+static int weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total) {
+    if (exclude) TRY(exclude_check(t, exclude));
+    ckpt_file *f = NULL;
+    TRY(ckpt_load(path, &f));
+    const size_t n = t->m.n_params;
+    const int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    float *host = malloc(n * sizeof(float));
+    int st = host ? t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float))
+                  : ERR(ST_RUNTIME, "out of host memory for %zu parameters", n);
+    int wanted = 0, present = 0;
+    for (int i = 0; i < nt; i++) {
+        char name[96];
+        const char *layer;
+        int ndim;
+        int64_t shape[4];
+        size_t off;
+        model_tensor(t, i, name, &layer, &ndim, shape, &off);
+        if (listed(exclude, layer, name)) continue;
+        wanted++;
+        present += ckpt_has_tensor(f, name);
+    }
+    char names[1024];
+    if (st == ST_OK && wanted == 0) st = ERR(ST_INPUT, "--init-exclude %s leaves no tensor of the model to load", exclude);
+    if (st == ST_OK && present == 0) {
+        model_tensor_names(t, names, sizeof names);
+        st = ERR(ST_INPUT, "%s: none of the model's tensors (%s) is in this file: nothing matching to load "
+                           "(a checkpoint of another model?)", path, names);
+    }
+    for (int i = 0; i < nt && st == ST_OK; i++) {
+        char name[96];
+        const char *layer;
+        int ndim;
+        int64_t shape[4];
+        size_t off, count = 1;
+        model_tensor(t, i, name, &layer, &ndim, shape, &off);
+        if (listed(exclude, layer, name)) continue;
+        for (int d = 0; d < ndim; d++) count *= (size_t)shape[d];
+        st = ckpt_read_tensor(f, name, ndim, shape, host + off);
+        if (st == ST_OK) st = ckpt_require_finite(f, name, host + off, count);
+    }
+    if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
+    free(host);
+    ckpt_free(f);
+    *loaded = wanted, *total = nt;
     return st;
 }
 
@@ -912,6 +1082,35 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     return ST_OK;
 }
 
+// The logits of the last forward's n samples on the host (the [dense] before [softmax] holds them).
+static int logits_download(trainer *t, int n) {
+    const model_layer *last = &t->m.layers[t->m.n_layers - 2];
+    return t->be.ops->download(t->be.ctx, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
+}
+
+// The class a row of logits predicts: the first largest, as softmax_xent counts a correct prediction (CPU and
+// CUDA alike), so the confusion matrix's diagonal is the accuracy's count.
+static int logits_argmax(const float *z, int classes) {
+    int best = 0;
+    for (int k = 1; k < classes; k++)
+        if (z[k] > z[best]) best = k;
+    return best;
+}
+
+// --eval: test samples [first, first + n) just went forward; count them as (true class, predicted class).
+static int confusion_add(trainer *t, int first, int n) {
+    TRY(logits_download(t, n));
+    const int k = t->m.classes;
+    for (int j = 0; j < n; j++) {
+        int truth = t->test.labels[first + j], pred = logits_argmax(t->h_logits + (size_t)j * k, k);
+        t->confusion[(size_t)truth * k + pred] += 1;
+    }
+    return ST_OK;
+}
+
+// The test loss is a double sum in a fixed order: per sample within a batch (softmax_xent), batch after batch
+// over this rank's range, then over ranks (one all-reduce). So the same checkpoint, eval_batch, world size and
+// backend (CPU: also threads, which fix the GEMMs' order) give the same bits: --eval equals the epoch's figures.
 static int evaluate(trainer *t, double *loss, double *acc) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
@@ -924,7 +1123,10 @@ static int evaluate(trainer *t, double *loss, double *acc) {
         int n = end - i < eb ? end - i : eb;
         TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, n, 0));
+        if (t->confusion) TRY(confusion_add(t, i, n));
     }
+    // Each rank's counts, summed: whole numbers, exact in a double.
+    if (t->confusion) TRY(comm_allreduce_sum_f64(t->c, t->confusion, t->m.classes * t->m.classes));
     double sums[2];
     int32_t correct = 0;
     TRY(o->download(ctx, &sums[0], t->m.loss_acc, sizeof(double)));
@@ -985,6 +1187,40 @@ static int epoch_train_sums(trainer *t, double *loss_sum, double *correct_sum) {
     *loss_sum = s[0] + t->loss_carry;
     *correct_sum = s[1] + t->correct_carry;
     return ST_OK;
+}
+
+// --save-every and --keep-best keep copies beside the --save file: its path without a trailing ".safetensors"
+// (the stem), then the suffix and ".safetensors".
+static int save_copy_path(const char *save, const char *suffix, char *out, size_t n) {
+    const char *ext = ".safetensors";
+    size_t len = strlen(save), el = strlen(ext);
+    size_t stem = len > el && strcmp(save + len - el, ext) == 0 ? len - el : len;
+    int w = snprintf(out, n, "%.*s%s%s", (int)stem, save, suffix, ext);
+    if (w < 0 || (size_t)w >= n) return ERR(ST_INPUT, "--save %s: path too long for its copies", save);
+    return ST_OK;
+}
+
+// At an epoch's end (t->epoch already counts it): the --save checkpoint with the epoch's test figures, then
+// the copies --save-every and --keep-best ask for. Each is a whole checkpoint, written atomically.
+static int checkpoint_save_epoch(trainer *t, double test_loss, double test_acc) {
+    const train_opts *o = t->o;
+    t->ckpt_test_loss = test_loss, t->ckpt_test_acc = test_acc, t->ckpt_has_test = 1;
+    const int best = o->keep_best && (!t->have_best || test_acc > t->best_acc);
+    if (best) t->best_acc = test_acc, t->have_best = 1;
+    char path[CFG_PATH_MAX + 64], suffix[32];
+    int st = checkpoint_save_agreed(t, o->save_path, 0, 0);
+    if (st == ST_OK && o->save_every > 0 && t->epoch % o->save_every == 0) {
+        snprintf(suffix, sizeof suffix, "-e%d", t->epoch);
+        st = save_copy_path(o->save_path, suffix, path, sizeof path);
+        if (st == ST_OK) st = checkpoint_save_agreed(t, path, 0, 0);
+    }
+    if (st == ST_OK && best) {
+        st = save_copy_path(o->save_path, "-best", path, sizeof path);
+        if (st == ST_OK) st = checkpoint_save_agreed(t, path, 0, 0);
+        if (st == ST_OK) LOG0("  best test accuracy so far (%.4f): kept as %s\n", test_acc, path);
+    }
+    t->ckpt_has_test = 0;
+    return st;
 }
 
 // A failure to agree is a communication error (the watchdog's), not a stop request.
@@ -1070,7 +1306,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         }
         if (stopped) {
             // Mid-epoch: keep the partial sums so a resumed run reports the same epoch figures.
-            if (t->o->save_path) st = checkpoint_save_agreed(t, loss_sum, correct_sum);
+            if (t->o->save_path) st = checkpoint_save_agreed(t, t->o->save_path, loss_sum, correct_sum);
             if (st == ST_OK && stopped == 2) {
                 st = ERR(ST_INTERRUPTED, "stopped by signal at step %lld%s", t->global_step,
                          t->o->save_path ? " (checkpoint saved)" : "");
@@ -1127,7 +1363,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         t->loss_carry = t->correct_carry = 0;
         if (t->o->save_path) {
             t->epoch++;  // the checkpoint's position is the start of the next epoch
-            st = checkpoint_save_agreed(t, 0, 0);
+            st = checkpoint_save_epoch(t, test_loss, test_acc);
             t->epoch--;
         }
     }
@@ -1161,6 +1397,8 @@ static void trainer_free(trainer *t) {
         backend_destroy(&t->be);
     }
     free(t->h_perm);
+    free(t->confusion);
+    free(t->h_logits);
     free(t->buckets);
     free(t->lm);
     data_free(&t->train);
@@ -1190,6 +1428,7 @@ static int outputs_check(const trainer *t) {
     file_set_add(&in, t->cfg->path, "config");
     for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
     file_set_add(&in, o->resume_path, "--resume checkpoint");
+    if (!o->resume_path) file_set_add(&in, o->init_from, "--init-from checkpoint");  // the weights fine-tuned from
     file_set_add(&in, o->baseline_path, "--baseline file");
     if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
     if (o->metrics_path) {
@@ -1205,13 +1444,10 @@ static int outputs_check(const trainer *t) {
     return ST_OK;
 }
 
-static int setup(trainer *t, baseline *bl) {
+// The backend with this rank's share of the host's cores (CPU) or its GPU, and the step's timing marks.
+static int backend_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     const comm_info *ci = comm_get_info(t->c);
-    TRY(batch_setup(t));
-    if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
-    TRY(outputs_check(t));
-    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
     int threads = cfg->threads;
     if (strcmp(cfg->backend, "cpu") == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -1246,6 +1482,16 @@ static int setup(trainer *t, baseline *bl) {
     for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
     TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
     for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
+    return ST_OK;
+}
+
+static int setup(trainer *t, baseline *bl) {
+    const net_config *cfg = t->cfg;
+    TRY(batch_setup(t));
+    if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
+    TRY(outputs_check(t));
+    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
+    TRY(backend_setup(t));
     TRY(data_setup(t));
     int eval_local = eval_batch_capped(t);
     int max_batch = t->B > eval_local ? t->B : eval_local;
@@ -1264,8 +1510,228 @@ static int setup(trainer *t, baseline *bl) {
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
         LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
                                                              : "comm=mpi all-reduces run on the host, outside any graph");
-    if (t->o->resume_path) TRY(checkpoint_resume(t, t->o->resume_path));
+    if (t->o->resume_path) {
+        TRY(checkpoint_resume(t, t->o->resume_path));
+        if (t->o->init_from)  // --resume-if-exists found its checkpoint: that run was already fine-tuning
+            LOG0("note: --init-from %s not used: resuming from %s\n", t->o->init_from, t->o->resume_path);
+    } else if (t->o->init_from) {
+        int loaded = 0, total = 0;
+        TRY(weights_load(t, t->o->init_from, t->o->init_exclude, &loaded, &total));
+        LOG0("init-from %s: %d of the model's %d tensors loaded%s%s (weights only: fresh optimizer state, "
+             "schedule from step 0)\n", t->o->init_from, loaded, total, t->o->init_exclude ? ", excluded: " : "",
+             t->o->init_exclude ? t->o->init_exclude : "");
+    }
     return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Using a trained model: --eval and --predict. No training data, no optimizer: the backend, the test set (or
+// --predict's images), the model and its weights, then the same evaluation code as an epoch's end.
+
+static int csv_is_head(const unsigned char *head, size_t n) { return n >= 11 && memcmp(head, "index,class", 11) == 0; }
+
+// --out and --metrics never replace an input of this use (the checkpoint, the config, the images or test data)
+// nor an existing file of another kind (src/fileio.h).
+static int use_outputs_check(const trainer *t) {
+    const train_opts *o = t->o;
+    file_set in = {0};
+    file_set_add(&in, t->cfg->path, "config");
+    file_set_add(&in, o->eval_path ? o->eval_path : o->predict_path, "checkpoint");
+    if (o->images_path) file_set_add(&in, o->images_path, "--images file");
+    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+    int n_data = o->eval_path ? config_data_paths(t->cfg, data) : 0;
+    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
+    if (o->metrics_path) {
+        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
+        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON metrics file", 1));
+    }
+    if (o->out_path) {
+        TRY(output_not_input(o->out_path, "--out", &in, NULL));
+        TRY(output_check_kind(o->out_path, "--out", csv_is_head, "a predictions CSV file (header index,class,...)", 0));
+    }
+    return ST_OK;
+}
+
+static int use_data_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    const char *name;
+    if (t->o->predict_path) {
+        name = t->o->images_path;
+        TRY(data_load_images(name, &t->test));
+    } else if (cfg->data_format == DATA_CIFAR10) {
+        char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+        config_data_paths(cfg, paths);
+        const char *test_p[1] = {paths[5]};
+        name = cfg->cifar_dir;
+        TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
+    } else {
+        name = cfg->test_images;
+        TRY(data_load_idx(cfg->test_images, cfg->test_labels, cfg->classes, cfg->test_limit, &t->test));
+    }
+    const dataset *d = &t->test;
+    if (d->c != cfg->channels || d->h != cfg->height || d->w != cfg->width)
+        return ERR(ST_INPUT, "%s: images are %dx%dx%d (channels x height x width), but the model of %s takes %dx%dx%d",
+                   name, d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
+    return test_upload(t);
+}
+
+static int use_setup(trainer *t) {
+    const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
+    TRY(use_outputs_check(t));
+    TRY(backend_setup(t));
+    TRY(use_data_setup(t));
+    const int eb = eval_batch_capped(t);
+    TRY(model_create(&t->m, &t->be, t->cfg, eb));
+    int loaded = 0, total = 0;
+    TRY(weights_load(t, ckpt, NULL, &loaded, &total));
+    t->h_logits = malloc((size_t)eb * t->m.classes * sizeof(float));
+    TRY_ALLOC(t->h_logits);
+    if (t->o->eval_path) {
+        t->confusion = calloc((size_t)t->m.classes * t->m.classes, sizeof *t->confusion);
+        TRY_ALLOC(t->confusion);
+    }
+    return ST_OK;
+}
+
+// What the checkpoint says of the run that wrote it (each "" when absent).
+typedef struct ckpt_origin {
+    char epoch[32], test_loss[64], test_acc[64], world[32];
+} ckpt_origin;
+
+static void ckpt_origin_read(const char *path, ckpt_origin *co) {
+    memset(co, 0, sizeof *co);
+    ckpt_file *f = NULL;
+    if (ckpt_load(path, &f) != ST_OK) {  // loaded once already: only a file changed meanwhile fails here
+        err_clear();
+        return;
+    }
+    const char *keys[4] = {"epoch", "test_loss", "test_acc", "world_size"};
+    char *dst[4] = {co->epoch, co->test_loss, co->test_acc, co->world};
+    size_t size[4] = {sizeof co->epoch, sizeof co->test_loss, sizeof co->test_acc, sizeof co->world};
+    for (int i = 0; i < 4; i++) {
+        const char *v = ckpt_meta(f, keys[i]);
+        if (v && strlen(v) < size[i]) snprintf(dst[i], size[i], "%s", v);
+    }
+    ckpt_free(f);
+}
+
+static void eval_print(const trainer *t, const eval_report *r) {
+    const int k = r->classes;
+    ALWAYS0("eval %s: %d test samples, %d rank(s), eval_batch %d, %s backend\n", r->checkpoint, r->samples, r->world,
+            r->eval_batch, r->backend);
+    ALWAYS0("test loss %.6f acc %.6f\n", r->test_loss, r->test_acc);
+    if (r->train_test_loss)
+        ALWAYS0("the training run printed for epoch %s: test loss %.6f acc %.6f -- %s\n", r->train_epoch,
+                strtod(r->train_test_loss, NULL), strtod(r->train_test_acc, NULL),
+                r->same_as_training ? "identical (every bit)"
+                                    : "different (another eval_batch, world size, thread count, backend or test set?)");
+    ALWAYS0("per-class accuracy (class: accuracy of its samples, count):\n");
+    for (int a = 0; a < k; a++) {
+        double n = 0;
+        for (int b = 0; b < k; b++) n += r->confusion[(size_t)a * k + b];
+        if (n > 0) ALWAYS0("  %3d: %.4f %6.0f\n", a, r->confusion[(size_t)a * k + a] / n, n);
+        else ALWAYS0("  %3d:      - %6.0f\n", a, n);
+    }
+    ALWAYS0("confusion matrix (rows: true class, columns: predicted class):\n     ");
+    for (int b = 0; b < k; b++) ALWAYS0(" %6d", b);
+    ALWAYS0("\n");
+    for (int a = 0; a < k; a++) {
+        ALWAYS0("  %3d", a);
+        for (int b = 0; b < k; b++) ALWAYS0(" %6.0f", r->confusion[(size_t)a * k + b]);
+        ALWAYS0("\n");
+    }
+    (void)t;
+}
+
+static int use_eval(trainer *t, train_result *res) {
+    double loss = 0, acc = 0;
+    TRY(evaluate(t, &loss, &acc));
+    ckpt_origin co;
+    ckpt_origin_read(t->o->eval_path, &co);
+    char mine[2][64];
+    snprintf(mine[0], 64, "%.17g", loss);
+    snprintf(mine[1], 64, "%.17g", acc);
+    const int have = co.test_loss[0] && co.test_acc[0];
+    eval_report r = {.checkpoint = t->o->eval_path, .samples = t->test.n, .classes = t->m.classes, .world = t->world,
+                     .eval_batch = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch,
+                     .backend = t->be.ops->name, .test_loss = loss, .test_acc = acc, .confusion = t->confusion,
+                     .train_epoch = co.epoch[0] ? co.epoch : NULL, .train_test_loss = have ? co.test_loss : NULL,
+                     .train_test_acc = have ? co.test_acc : NULL,
+                     .same_as_training = have && strcmp(mine[0], co.test_loss) == 0 && strcmp(mine[1], co.test_acc) == 0};
+    if (t->rank == 0) eval_print(t, &r);
+    if (t->rank == 0 && t->o->metrics_path) TRY(metrics_write_eval(t->o->metrics_path, &r));
+    res->test_loss = loss, res->test_acc = acc;
+    return ST_OK;
+}
+
+// One CSV row per image: index, top class (the first largest logit, as evaluation counts), then the softmax
+// probabilities. The backend's softmax op yields the loss and its gradient, not the probabilities, so they are
+// computed here from the backend's logits, in double, with the same max shift.
+static int predict_rows(trainer *t, FILE *f) {
+    const backend_ops *o = t->be.ops;
+    const int k = t->m.classes, n = t->test.n, eb = t->m.max_batch;
+    fprintf(f, "index,class");
+    for (int c = 0; c < k; c++) fprintf(f, ",p%d", c);
+    fprintf(f, "\n");
+    for (int i = 0; i < n; i += eb) {
+        int cnt = n - i < eb ? n - i : eb;
+        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->m.x,
+                      t->m.labels));
+        TRY(model_forward(&t->m, cnt, 0));
+        TRY(logits_download(t, cnt));
+        for (int j = 0; j < cnt; j++) {
+            const float *z = t->h_logits + (size_t)j * k;
+            const int best = logits_argmax(z, k);
+            double sum = 0;
+            for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
+            fprintf(f, "%d,%d", i + j, best);
+            for (int c = 0; c < k; c++) fprintf(f, ",%.9g", exp((double)z[c] - z[best]) / sum);
+            if (fprintf(f, "\n") < 0) return ERR(ST_RUNTIME, "writing the predictions failed: %s", strerror(errno));
+        }
+    }
+    return ST_OK;
+}
+
+// To --out through a temp file in the same directory and a rename: a failure leaves no partial CSV (and an
+// existing one as it was). Without --out, to stdout (main prints nothing else there).
+static int use_predict(trainer *t) {
+    const char *out = t->o->out_path;
+    if (!out) {
+        TRY(predict_rows(t, stdout));
+        if (fflush(stdout) != 0) return ERR(ST_RUNTIME, "stdout: writing the predictions failed: %s", strerror(errno));
+        return ST_OK;
+    }
+    char tmp[CFG_PATH_MAX + 64];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", out, (int)getpid()) >= (int)sizeof tmp)
+        return ERR(ST_INPUT, "--out %s: path too long", out);
+    unlink(tmp);  // our pid: a leftover of a killed process that had it
+    FILE *f = fopen(tmp, "wx");
+    if (!f) return ERR(ST_INPUT, "--out: cannot create %s: %s", tmp, strerror(errno));
+    int st = predict_rows(t, f);
+    int e = 0;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) e = errno;
+    if (fclose(f) != 0 && !e) e = errno;
+    if (st == ST_OK && e) st = ERR(ST_RUNTIME, "--out %s: cannot write the predictions: %s (nothing written)", out, strerror(e));
+    if (st == ST_OK && rename(tmp, out) != 0)
+        st = ERR(ST_RUNTIME, "--out %s: cannot rename %s into place: %s", out, tmp, strerror(errno));
+    if (st != ST_OK) unlink(tmp);
+    else LOG0("predict %s: %d images of %s -> %s\n", t->o->predict_path, t->test.n, t->o->images_path, out);
+    return st;
+}
+
+static int use_run(trainer *t, train_result *res) {
+    res->used = 1;
+    if (t->o->predict_path && t->world > 1) {  // every rank sees it: reported once
+        int st = ERR(ST_INPUT, "--predict runs as one process (np 1), this job has %d ranks: run it without mpirun",
+                     t->world);
+        err_mark_collective(0);
+        return st;
+    }
+    int st = agree(t, use_setup(t));
+    if (st == ST_OK) st = t->o->eval_path ? use_eval(t, res) : use_predict(t);
+    // One process: its failure is the job's (reported once, no MPI_Abort needed).
+    if (st != ST_OK && t->o->predict_path && !err_collective()) err_mark_collective(0);
+    return st;
 }
 
 int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res) {
@@ -1280,6 +1746,12 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     // so that one GPU exercises the buckets, the comm stream and its fork/join inside a CUDA graph).
     t->use_comm = t->world > 1 || cfg->force_allreduce;
     t->host_comm = (comm_caps(c) & COMM_CAP_HOST_PROGRESS) != 0;
+    if (o->eval_path || o->predict_path) {
+        int st = use_run(t, res);
+        trainer_free(t);
+        free(t);
+        return st;
+    }
     baseline bl = {0};
     int metrics = -1;
     int st = agree(t, setup(t, &bl));

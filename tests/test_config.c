@@ -217,6 +217,40 @@ static void test_print_round_trips(void **state) {
     }
 }
 
+// A checkpoint's stored configuration: config_print's text read back with config_load_text prints the same text
+// again (every key round-trips), and a bad line in it is named with the origin and line.
+static void test_text_round_trips(void **state) {
+    (void)state;
+    static net_config a, b;
+    const char *p = write_cfg("text.cfg", NET "batch=32\nschedule=cosine\nmin_lr=1e-5\nclip_grad_norm=2.5\n"
+                                          "[data]\ntest_limit=7\n[parallel]\nbucket_kb=64\n" LAYERS);
+    assert_int_equal(config_load(p, &a), ST_OK);
+    assert_int_equal(config_set(&a, "conv1.filters=8"), ST_OK);
+    char *t1 = NULL, *t2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    FILE *f = open_memstream(&t1, &n1);
+    config_print(&a, f);
+    fclose(f);
+    assert_int_equal(config_load_text(t1, "ck.safetensors (its stored config)", &b), ST_OK);
+    assert_int_equal(config_validate(&b), ST_OK);
+    assert_string_equal(b.path, "ck.safetensors (its stored config)");
+    assert_int_equal(b.layers[0].filters, 8);
+    assert_true(b.clip_grad_norm == 2.5 && b.min_lr == 1e-5);
+    snprintf(b.path, sizeof b.path, "%s", a.path);  // the first line names the origin; the rest must be equal
+    f = open_memstream(&t2, &n2);
+    config_print(&b, f);
+    fclose(f);
+    assert_string_equal(t1, t2);
+    free(t1);
+    free(t2);
+    err_clear();
+    assert_int_equal(config_load_text("[net]\nchannels=1\nbogus=2\n[softmax]\n", "ck (its stored config)", &b), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "ck (its stored config):3: unknown key 'bogus' in [net]"));
+    err_clear();
+    assert_int_equal(config_load_text("", "ck (its stored config)", &b), ST_INPUT);
+    err_clear();
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -253,6 +287,7 @@ int main(void) {
         cmocka_unit_test(test_ready_configs_parse), cmocka_unit_test(test_defaults_and_values),
         cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
+        cmocka_unit_test(test_text_round_trips),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

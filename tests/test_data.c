@@ -160,6 +160,49 @@ static void test_cifar10(void **state) {
     free(b);
 }
 
+// --predict's images: an IDX images file alone (raw or gzip) or a CIFAR-10 batch, told apart by the IDX magic;
+// labels all 0; a labels file or a torn record is refused naming the file.
+static void test_images_only(void **state) {
+    (void)state;
+    const uint32_t dims[3] = {3, 5, 4};
+    for (int gz = 0; gz <= 1; gz++) {
+        const char *p = write_idx(gz ? "only.idx.gz" : "only.idx", 0x803, dims, 3, 60, 0, gz, 0);
+        dataset d;
+        assert_int_equal(data_load_images(p, &d), ST_OK);
+        assert_int_equal(d.n, 3);
+        assert_int_equal(d.c, 1);
+        assert_int_equal(d.h, 5);
+        assert_int_equal(d.w, 4);
+        assert_int_equal(d.images[59], 59);
+        assert_int_equal(d.labels[2], 0);
+        data_free(&d);
+    }
+    enum { REC = 3073 };
+    unsigned char *b = calloc(2 * REC, 1);
+    assert_non_null(b);
+    b[0] = 7, b[REC] = 3, b[REC + 1] = 200;
+    const char *c = tu_path("images.bin");
+    assert_int_equal(tu_write_file(c, b, 2 * REC, 0), 0);
+    dataset d;
+    assert_int_equal(data_load_images(c, &d), ST_OK);
+    assert_int_equal(d.n, 2);
+    assert_int_equal(d.c, 3);
+    assert_int_equal(d.images[3072], 200);
+    assert_int_equal(d.labels[0], 0);
+    data_free(&d);
+    assert_int_equal(tu_write_file(c, b, REC + 5, 0), 0);
+    err_clear();
+    assert_int_equal(data_load_images(c, &d), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "images.bin"));
+    free(b);
+    const uint32_t ldims[1] = {3};
+    const char *lab = write_idx("labels.idx", 0x801, ldims, 1, 3, 0, 0, 10);
+    err_clear();
+    assert_int_equal(data_load_images(lab, &d), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "bad IDX magic"));
+    err_clear();
+}
+
 static void test_permutation_and_shards(void **state) {
     (void)state;
     enum { N = 1000 };
@@ -250,6 +293,7 @@ int main(void) {
         cmocka_unit_test(test_idx_good_raw_and_gzip), cmocka_unit_test(test_idx_bad_files),
         cmocka_unit_test(test_real_fashion_mnist),    cmocka_unit_test(test_cifar10),
         cmocka_unit_test(test_permutation_and_shards), cmocka_unit_test(test_unbounded_inputs_refused),
+        cmocka_unit_test(test_images_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

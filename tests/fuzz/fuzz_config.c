@@ -1,5 +1,6 @@
-// fuzz_config.c — libFuzzer target: the INI config parser (config_load), --set (config_set), validation
-// (config_validate) and printing (config_print) of what validated.
+// fuzz_config.c — libFuzzer target: the INI config parser (config_load, and config_load_text on the same bytes:
+// a checkpoint's stored config), --set (config_set), validation (config_validate) and printing (config_print) of
+// what validated.
 // Input: the config file's text, optionally followed by NUL-separated --set assignments (at most 8).
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,8 +62,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!sets) return 0;
     if (rest) memcpy(sets, data + text_n, rest);
     sets[rest] = '\0';
+    // The same text from memory (a checkpoint's stored config) parses to the same verdict.
+    static net_config from_text;
+    char *text = malloc(text_n + 1);
+    if (!text) {
+        free(sets);
+        return 0;
+    }
+    memcpy(text, data, text_n);
+    text[text_n] = '\0';
+    err_clear();
+    int st_text = config_load_text(text, "fuzz (stored config)", &from_text);
+    free(text);
     err_clear();
     int st = config_load(file.path, &cfg);
+    FUZZ_CHECK(st == st_text);
     const char *p = sets + (rest ? 1 : 0), *end = sets + rest;
     for (int i = 0; st == ST_OK && i < 8 && p < end; i++) {
         st = config_set(&cfg, p);
