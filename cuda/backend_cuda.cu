@@ -293,6 +293,7 @@ static const backend_ops cuda_ops = {
     .adam_step = cuda_adam_step,
     .sgd_step = cuda_sgd_step,
     .scale = cuda_scale,
+    .add = cuda_add,
     .count_nonfinite = cuda_count_nonfinite,
     .clip_grad_norm = cuda_clip_grad_norm,
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks

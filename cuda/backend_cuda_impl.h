@@ -78,6 +78,7 @@ int cuda_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, floa
 int cuda_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h);
 int cuda_scale(void *ctx, size_t n, float alpha, float *x);
 int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
+int cuda_add(void *ctx, size_t n, const float *x, float *y);
 int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
 
 // ---------------------------------------------------------------------------------------------------------

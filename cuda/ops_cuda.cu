@@ -299,6 +299,11 @@ __global__ void count_nonfinite_kernel(size_t n, const float *x, int32_t *out) {
     if (threadIdx.x == 0 && k) atomicAdd(out, k);
 }
 
+__global__ void add_kernel(size_t n, const float *x, float *y) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] += __ldg(&x[i]);
+}
+
 // Gradient clipping: the sum of squares (double, across blocks by atomicAdd: sm_60+), then the scale read from
 // device memory, so the pair is stream work a captured graph replays with each step's own norm.
 __global__ void sumsq_kernel(size_t n, const float *x, double *acc) {
@@ -463,6 +468,14 @@ int cuda_scale(void *ctx, size_t n, float alpha, float *x) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n == 0) return ST_OK;
     scale_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, alpha, x);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_add(void *ctx, size_t n, const float *x, float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (n == 0) return ST_OK;
+    add_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, x, y);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -100,6 +100,8 @@ typedef struct backend_ops {
 
     // ---- utilities
     int (*scale)(void *ctx, size_t n, float alpha, float *x);
+    // y[0..n) += x[0..n) (gradient accumulation over micro-batches)
+    int (*add)(void *ctx, size_t n, const float *x, float *y);
     // *out = number of non-finite values in x[0..n) (backend memory, overwritten)
     int (*count_nonfinite)(void *ctx, size_t n, const float *x, int32_t *out);
     // Gradient clipping by global L2 norm (PyTorch's clip_grad_norm_): *sumsq (backend memory, overwritten) =

@@ -973,6 +973,20 @@ static void sumsq_part(void *arg, int part, int parts) {
     j->acc[8 * part] = s;
 }
 
+static void add_part(void *arg, int part, int parts) {
+    const flat_job *j = arg;
+    size_t lo, hi;
+    flat_range(j, part, parts, &lo, &hi);
+    for (size_t i = lo; i < hi; i++) j->x[i] += j->cx[i];
+}
+
+static int cpu_add(void *ctx, size_t n, const float *x, float *y) {
+    cpu_ctx *c = ctx;
+    flat_job j = {.n = n, .cx = x, .x = y};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), add_part, &j);
+    return ST_OK;
+}
+
 static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq) {
     cpu_ctx *c = ctx;
     int parts = parts_for(c, (double)n, 65536);
@@ -1089,6 +1103,7 @@ static const backend_ops cpu_ops = {
     .scale = cpu_scale,
     .count_nonfinite = cpu_count_nonfinite,
     .clip_grad_norm = cpu_clip_grad_norm,
+    .add = cpu_add,
     .set_progress = cpu_set_progress,
     .stream = NULL,
     .mark_create = cpu_mark_create,

@@ -7,7 +7,7 @@
 // inside the capture. On a GPU a breach shows as stale learning rates or a failed capture; this wrapper makes
 // the same breaches visible on a CPU-only machine, where the tests and the CI run:
 //   - Inside a capture the stream ops (copy, zero, gather, conv/pool/dense forward and backward,
-//     softmax_xent, adam_step, sgd_step, scale, count_nonfinite, clip_grad_norm, mark_record) are recorded, NOT executed.
+//     softmax_xent, adam_step, sgd_step, scale, count_nonfinite, clip_grad_norm, add, mark_record) are recorded, NOT executed.
 //     A record keeps the op's arguments by value: shape descriptors are copied (cuDNN bakes them in at
 //     capture), pointers stay pointers, so the data behind them (hyper-parameters, index buffers) is read
 //     when the graph is replayed, as a kernel reads device memory when it runs.
@@ -33,7 +33,7 @@
 
 typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
-    OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_MARK,
+    OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
 } rec_op;
 
 typedef struct rec {
@@ -68,6 +68,7 @@ typedef struct rec {
         struct { size_t n; float alpha; float *x; } scale;
         struct { size_t n; const float *x; int32_t *out; } nonfinite;
         struct { size_t n; float *g; float max_norm; double *sumsq; } clip;
+        struct { size_t n; const float *x; float *y; } add;
         struct { void *mark; } mark;
     } u;
 } rec;
@@ -131,6 +132,7 @@ static int rec_run(const backend *be, const rec *r) {
     case OP_SCALE: return o->scale(x, r->u.scale.n, r->u.scale.alpha, r->u.scale.x);
     case OP_NONFINITE: return o->count_nonfinite(x, r->u.nonfinite.n, r->u.nonfinite.x, r->u.nonfinite.out);
     case OP_CLIP: return o->clip_grad_norm(x, r->u.clip.n, r->u.clip.g, r->u.clip.max_norm, r->u.clip.sumsq);
+    case OP_ADD: return o->add(x, r->u.add.n, r->u.add.x, r->u.add.y);
     case OP_MARK: return o->mark_record(x, r->u.mark.mark);
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
@@ -224,6 +226,8 @@ static int r_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out) 
 static int r_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq) {
     return ISSUE(OP_CLIP, clip, n, g, max_norm, sumsq);
 }
+
+static int r_add(void *ctx, size_t n, const float *x, float *y) { return ISSUE(OP_ADD, add, n, x, y); }
 
 // Inside a capture a CUDA mark is an event-record node: every replay records it again.
 static int r_mark_record(void *ctx, void *mark) { return ISSUE(OP_MARK, mark, mark); }
@@ -361,6 +365,7 @@ static const backend_ops record_ops = {
     .scale = r_scale,
     .count_nonfinite = r_count_nonfinite,
     .clip_grad_norm = r_clip_grad_norm,
+    .add = r_add,
     .set_progress = r_set_progress,
     .mark_create = r_mark_create,
     .mark_destroy = r_mark_destroy,

@@ -54,6 +54,7 @@ static const key_def g_keys[] = {
     {S_NET, "nesterov", K_INT, OFF(nesterov), 0, 0, 1, NULL, 0},
     {S_NET, "weight_decay", K_DOUBLE, OFF(weight_decay), 0, 0, 1, NULL, 0},
     {S_NET, "no_decay", K_STR, OFF(no_decay), SZ(no_decay), 0, 0, NULL, 0},
+    {S_NET, "accum_steps", K_INT, OFF(accum_steps), 0, 1, 1024, NULL, 0},
     {S_NET, "label_smoothing", K_DOUBLE, OFF(label_smoothing), 0, 0, 0.999, NULL, 0},
     {S_NET, "clip_grad_norm", K_DOUBLE, OFF(clip_grad_norm), 0, 1e-30, 1e30, NULL, 0},
     {S_NET, "seed", K_U64, OFF(seed), 0, 0, 0, NULL, 0},
@@ -124,6 +125,7 @@ void config_defaults(net_config *cfg) {
     cfg->beta1 = 0.9, cfg->beta2 = 0.999, cfg->eps = 1e-7;
     cfg->momentum = 0.9;
     cfg->schedule = SCHED_CONSTANT;
+    cfg->accum_steps = 1;
     cfg->gamma = 0.1;
     cfg->seed = 42;
     cfg->classes = 10;

@@ -53,6 +53,7 @@ typedef struct net_config {
     double momentum;            // SGD, default 0.9
     int nesterov;               // SGD: Nesterov momentum (default 0)
     double weight_decay;        // default 0 (adam, sgd: L2 added to the gradient; adamw: decoupled)
+    int accum_steps;            // micro-batches of `batch` per optimizer step, all-reduced once (default 1)
     double label_smoothing;     // softmax cross-entropy target (1 - s) onehot + s / classes, training only (default 0)
     double clip_grad_norm;      // > 0: clip the averaged gradients to this global L2 norm (default 0: off)
     char no_decay[256];         // parameters without weight decay: "bias", layer names, comma-separated

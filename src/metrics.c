@@ -124,6 +124,8 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON_AddStringToObject(o, "comm", m->comm ? m->comm : "");
     cJSON_AddNumberToObject(o, "cuda_graph", m->cuda_graph);
     cJSON_AddNumberToObject(o, "timed_steps", m->timed_steps);
+    cJSON_AddNumberToObject(o, "accum_steps", m->accum_steps);
+    add_num(o, "allreduces_per_step", m->allreduces_per_step);
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!text) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);

@@ -39,6 +39,9 @@ typedef struct epoch_metrics {
     int world, batch, global_batch, n_buckets, bucket_kb, overlap, scaling;
     const char *backend, *comm;
     int cuda_graph;         // the steps were replayed from a CUDA graph
+    int accum_steps;        // micro-batches per optimizer step (net.accum_steps)
+    double allreduces_per_step;  // bucket all-reduces launched per optimizer step by the host (0: none or a
+                                 // replayed graph, which launches them inside it)
     int timed_steps;        // steps the breakdown t averages over (every step on the CPU, every 16th on a GPU)
     double scaling_efficiency;
     const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)

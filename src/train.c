@@ -87,7 +87,10 @@ typedef struct trainer {
     int use_graph, graph_ready;
     int graph_fell_back;        // the capture failed: steps run op by op (a note said why)
     long long eager_steps;
-    int32_t *d_batch_idx;       // the step's sample indices at a fixed address, where a graph reads them
+    int32_t *d_batch_idx;       // the step's sample indices (K micro-batches) at a fixed address, where a graph reads them
+    int K;                      // net.accum_steps: micro-batches per optimizer step
+    float *acc_grads;           // K > 1: the sum of the first K - 1 micro-batches' gradients
+    long long launches;         // bucket all-reduces launched this epoch (metrics allreduces_per_step)
     double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
     double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
     double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
@@ -110,8 +113,18 @@ typedef struct trainer {
 // ---------------------------------------------------------------------------------------------------------
 // Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
 
+// Gradient accumulation: the last micro-batch's gradients plus the earlier ones' sum, averaged over the K
+// micro-batches -- for [begin, end) of the buffer, just before that slice is all-reduced (or stepped on).
+static int grads_finalize(trainer *t, size_t begin, size_t end) {
+    if (t->K == 1 || end <= begin) return ST_OK;
+    TRY(t->be.ops->add(t->be.ctx, end - begin, t->acc_grads + begin, t->m.grads + begin));
+    return t->be.ops->scale(t->be.ctx, end - begin, 1.0f / (float)t->K, t->m.grads + begin);
+}
+
 static int bucket_launch(trainer *t, int i) {
     bucket *b = &t->buckets[i];
+    TRY(grads_finalize(t, b->begin, b->end));
+    t->launches++;
     char label[64];
     snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
     b->t_launch = now_s();
@@ -266,10 +279,11 @@ static int data_setup(trainer *t) {
                        names[i], d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
     }
     t->sample_elems = cfg->channels * cfg->height * cfg->width;
-    t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B, t->world);
+    t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B * t->K, t->world);
     if (t->steps_per_epoch < 1)
-        return ERR(ST_INPUT, "%s: %d training samples cannot fill one global batch of %d (%d ranks x %d)",
-                   names[0], t->train.n, t->G, t->world, t->B);
+        return ERR(ST_INPUT, "%s: %d training samples cannot fill one global batch of %d (%d ranks x %d x %d "
+                             "micro-batches)",
+                   names[0], t->train.n, t->G, t->world, t->B, t->K);
 
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
@@ -294,6 +308,9 @@ static int batch_setup(trainer *t) {
         t->B = cfg->batch;
         t->G = cfg->batch * t->world;
     }
+    // net.accum_steps: K micro-batches of B per rank make one optimizer step over G = B x ranks x K samples.
+    t->K = cfg->accum_steps > 1 ? cfg->accum_steps : 1;
+    t->G *= t->K;
     return ST_OK;
 }
 
@@ -993,7 +1010,19 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
     TRY(mark(t, MK_START));
-    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
+    // net.accum_steps: the first K - 1 micro-batches only sum their gradients (no all-reduce: DDP's no_sync);
+    // their time counts as the step's data phase.
+    const size_t np = t->m.n_params;
+    for (int j = 0; j + 1 < t->K; j++) {
+        TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx + (size_t)j * t->B, t->B, t->sample_elems,
+                      t->m.x, t->m.labels));
+        TRY(model_forward(&t->m, t->B, 1));
+        TRY(model_backward(&t->m, t->B, NULL, t));
+        if (j == 0) TRY(o->copy(ctx, t->acc_grads, t->m.grads, np * sizeof(float)));
+        else TRY(o->add(ctx, np, t->m.grads, t->acc_grads));
+    }
+    const int32_t *last_idx = t->d_batch_idx + (size_t)(t->K - 1) * t->B;
+    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
     TRY(mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
     TRY(mark(t, MK_FWD));
@@ -1001,6 +1030,7 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     t->next_bucket = 0;
     TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
     TRY(t->cb_status);
+    if (!t->use_comm) TRY(grads_finalize(t, 0, np));  // (with comm each bucket is finalised at its launch)
     TRY(mark(t, MK_BWD));
     if (t->use_comm) TRY(buckets_finish(t));
     TRY(mark(t, MK_WAIT));
@@ -1055,8 +1085,12 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     if (t->tr) trace_set_step(t->tr, t->global_step);
     void **ahead = &t->mk_ahead[t->global_step % (AHEAD + 1)];  // recorded AHEAD + 1 steps ago, if at all
     if (t->global_step >= AHEAD + 1) TRY(mark_wait(t, *ahead));
-    const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch, t->B, t->world, t->rank);
-    TRY(o->copy(ctx, t->d_batch_idx, idx, (size_t)t->B * sizeof(int32_t)));
+    // Micro-batch j of step s is the global batch s K + j of the epoch's order: K = 1 is the plain sharding, and
+    // K micro-batches of B cover exactly the samples of one batch of K B.
+    for (int j = 0; j < t->K; j++) {
+        const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch * t->K + j, t->B, t->world, t->rank);
+        TRY(o->copy(ctx, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
+    }
     TRY(optim_prepare(&t->opt, lr_at(t)));
     const int timed = t->tr != NULL || t->global_step % t->timing_every == 0;
     int replay = t->use_graph && !check_finite && t->eager_steps > 0;
@@ -1159,7 +1193,7 @@ static void eta_text(const trainer *t, long long steps_here, double secs_here, c
 static void progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
                           long long steps_here, double secs_here) {
     const double ips = elapsed > 0 ? (double)run * t->G / elapsed : 0;
-    const double loss = step ? loss_sum / ((double)step * t->B) : 0.0;
+    const double loss = step ? loss_sum / ((double)step * t->B * t->K) : 0.0;
     char eta[32];
     eta_text(t, steps_here, secs_here, eta, sizeof eta);
     if (bar) {
@@ -1258,6 +1292,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
         memset(&t->acc, 0, sizeof t->acc);
         t->timed = 0;
+        t->launches = 0;
         t->grad_norm_sum = 0;
         int first_step = t->step_in_epoch;
         double e0 = now_s(), last_bar = e0;
@@ -1346,6 +1381,8 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         em.backend = o->name, em.comm = comm_backend_name(t->c);
         em.cuda_graph = t->use_graph;
         em.timed_steps = t->timed;
+        em.accum_steps = t->K;
+        em.allreduces_per_step = steps_run > 0 ? (double)t->launches / steps_run : 0;
         em.scaling_efficiency = scaling_efficiency(&em, bl, &em.efficiency_kind);
         LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em.epoch, cfg->epochs,
              em.train_loss, em.train_acc, em.test_loss, em.test_acc, em.epoch_s, em.images_per_s);
@@ -1387,6 +1424,7 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_test_index);
         o->free(ctx, t->d_batch_idx);
         o->free(ctx, t->d_sumsq);
+        o->free(ctx, t->acc_grads);
         for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
         o->mark_destroy(ctx, t->mk_sync);
         for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
@@ -1501,7 +1539,8 @@ static int setup(trainer *t, baseline *bl) {
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
     TRY(buckets_create(t));
-    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->B * sizeof(int32_t)));
+    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
+    if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
     // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;

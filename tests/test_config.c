@@ -112,6 +112,7 @@ static void test_set_overrides(void **state) {
         {"net.schedule=linear", "schedule"},   {"net.gamma=-1", "net.gamma"},
         {"net.optimizer=adamx", "optimizer"},  {"net.nesterov=2", "net.nesterov"},
         {"net.label_smoothing=1", "net.label_smoothing"}, {"net.label_smoothing=-0.1", "net.label_smoothing"},
+        {"net.accum_steps=0", "net.accum_steps"}, {"net.accum_steps=-2", "net.accum_steps"},
         {"net.clip_grad_norm=0", "net.clip_grad_norm"}, {"net.clip_grad_norm=-1", "net.clip_grad_norm"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
