@@ -642,6 +642,9 @@ static void test_scale_and_count_nonfinite(void **state) {
     float s[3] = {1, -2, 4};
     assert_int_equal(be.ops->scale(be.ctx, 3, 0.5f, s), ST_OK);
     assert_true(s[0] == 0.5f && s[1] == -1.0f && s[2] == 2.0f);
+    const float inc[3] = {0.25f, 1.0f, -3.0f};
+    assert_int_equal(be.ops->add(be.ctx, 3, inc, s), ST_OK);
+    assert_true(s[0] == 0.75f && s[1] == 0.0f && s[2] == -1.0f);
 
     enum { BIG = 200003 };
     float *big = fbuf(BIG);

@@ -577,6 +577,13 @@ static void test_scale_and_count_nonfinite(void **state) {
     OK(g_cpu.ops->scale(g_cpu.ctx, N, -0.37f, x.c));
     OK(g_gpu.ops->scale(g_gpu.ctx, N, -0.37f, x.g));
     expect_close("scale", &x, TOL_EXACTISH);
+    float *hy = rand_floats(&r, N, 2.f);
+    twin y = twin_make(hy, N * 4);
+    OK(g_cpu.ops->add(g_cpu.ctx, N, x.c, y.c));
+    OK(g_gpu.ops->add(g_gpu.ctx, N, x.g, y.g));
+    expect_close("add", &y, TOL_EXACTISH);
+    twin_free(&y);
+    free(hy);
     OK(g_cpu.ops->count_nonfinite(g_cpu.ctx, N, x.c, cnt.c));
     OK(g_gpu.ops->count_nonfinite(g_gpu.ctx, N, x.g, cnt.g));
     int32_t cc, cg;
