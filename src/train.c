@@ -606,11 +606,18 @@ done:
 // dict saved as safetensors), no optimizer state, position or schedule.
 
 // Model tensor i: its PyTorch name, layer name, shape and offset in the flat parameter buffer.
-static void model_tensor(const trainer *t, int i, char name[96], const char **layer, int *ndim, int64_t shape[4],
-                         size_t *off) {
+typedef struct tensor_info {
+    char name[96];
+    const char *layer;
+    int ndim;
+    int64_t shape[4];
+    size_t off;
+} tensor_info;
+
+static void model_tensor(const trainer *t, int i, tensor_info *ti) {
     int is_bias;
-    model_param_tensor(&t->m, i, layer, &is_bias, off, ndim, shape);
-    snprintf(name, 96, "%s.%s", *layer, is_bias ? "bias" : "weight");
+    model_param_tensor(&t->m, i, &ti->layer, &is_bias, &ti->off, &ti->ndim, ti->shape);
+    snprintf(ti->name, sizeof ti->name, "%s.%s", ti->layer, is_bias ? "bias" : "weight");
 }
 
 // Entry [s, s + k) of a comma-separated list is the layer or the tensor.
@@ -633,13 +640,9 @@ static void model_tensor_names(const trainer *t, char *buf, size_t n) {
     size_t used = 0;
     buf[0] = '\0';
     for (int i = 0; i < nt && used + 1 < n; i++) {
-        char name[96];
-        const char *layer;
-        int ndim;
-        int64_t shape[4];
-        size_t off;
-        model_tensor(t, i, name, &layer, &ndim, shape, &off);
-        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", name);
+        tensor_info ti;
+        model_tensor(t, i, &ti);
+        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", ti.name);
         used = w < 0 ? n : used + (size_t)w;
     }
 }
@@ -651,13 +654,9 @@ static int exclude_check(const trainer *t, const char *list) {
         size_t k = strcspn(s, ",");
         int found = 0;
         for (int i = 0; i < nt && !found; i++) {
-            char name[96];
-            const char *layer;
-            int ndim;
-            int64_t shape[4];
-            size_t off;
-            model_tensor(t, i, name, &layer, &ndim, shape, &off);
-            found = entry_is(s, k, layer, name);
+            tensor_info ti;
+            model_tensor(t, i, &ti);
+            found = entry_is(s, k, ti.layer, ti.name);
         }
         if (!found) {
             char names[1024];
@@ -684,15 +683,11 @@ static int weights_load(trainer *t, const char *path, const char *exclude, int *
                   : ERR(ST_RUNTIME, "out of host memory for %zu parameters", n);
     int wanted = 0, present = 0;
     for (int i = 0; i < nt; i++) {
-        char name[96];
-        const char *layer;
-        int ndim;
-        int64_t shape[4];
-        size_t off;
-        model_tensor(t, i, name, &layer, &ndim, shape, &off);
-        if (listed(exclude, layer, name)) continue;
+        tensor_info ti;
+        model_tensor(t, i, &ti);
+        if (listed(exclude, ti.layer, ti.name)) continue;
         wanted++;
-        present += ckpt_has_tensor(f, name);
+        present += ckpt_has_tensor(f, ti.name);
     }
     char names[1024];
     if (st == ST_OK && wanted == 0) st = ERR(ST_INPUT, "--init-exclude %s leaves no tensor of the model to load", exclude);
@@ -702,16 +697,13 @@ static int weights_load(trainer *t, const char *path, const char *exclude, int *
                            "(a checkpoint of another model?)", path, names);
     }
     for (int i = 0; i < nt && st == ST_OK; i++) {
-        char name[96];
-        const char *layer;
-        int ndim;
-        int64_t shape[4];
-        size_t off, count = 1;
-        model_tensor(t, i, name, &layer, &ndim, shape, &off);
-        if (listed(exclude, layer, name)) continue;
-        for (int d = 0; d < ndim; d++) count *= (size_t)shape[d];
-        st = ckpt_read_tensor(f, name, ndim, shape, host + off);
-        if (st == ST_OK) st = ckpt_require_finite(f, name, host + off, count);
+        tensor_info ti;
+        size_t count = 1;
+        model_tensor(t, i, &ti);
+        if (listed(exclude, ti.layer, ti.name)) continue;
+        for (int d = 0; d < ti.ndim; d++) count *= (size_t)ti.shape[d];
+        st = ckpt_read_tensor(f, ti.name, ti.ndim, ti.shape, host + ti.off);
+        if (st == ST_OK) st = ckpt_require_finite(f, ti.name, host + ti.off, count);
     }
     if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
     free(host);
