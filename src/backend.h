@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { ACT_NONE = 0, ACT_RELU = 1 };
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2 };  // leaky: slope 0.1 below zero (Darknet's)
 
 // Convolution shape for one layer and one batch size n. out = floor((h + 2*pad - r)/stride) + 1.
 typedef struct conv_desc {

@@ -5,6 +5,7 @@
 // defaults) for each layer header, so even a section without keys ([softmax], [maxpool]) becomes a layer, and
 // it rejects over-long lines instead of letting libinih split them silently.
 #include "config.h"
+#include "layer.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -89,28 +90,6 @@ static const key_def g_keys[] = {
 
 static const char *g_sect_names[] = {"", "net", "data", "parallel"};
 
-// Layer keys: which types accept which key.
-typedef struct layer_key {
-    const char *name;
-    unsigned types;  // bit (1 << layer_type)
-    size_t off;      // in layer_cfg (int); 0 for name/activation, handled apart
-    int lo, hi;
-} layer_key;
-#define LB(t) (1u << (t))
-#define LOFF(f) offsetof(layer_cfg, f)
-static const layer_key g_layer_keys[] = {
-    {"name", LB(LAYER_CONV) | LB(LAYER_MAXPOOL) | LB(LAYER_DENSE) | LB(LAYER_FLATTEN) | LB(LAYER_SOFTMAX), 0, 0, 0},
-    {"filters", LB(LAYER_CONV), LOFF(filters), 1, 65536},
-    {"size", LB(LAYER_CONV) | LB(LAYER_MAXPOOL), LOFF(size), 1, 1024},
-    {"stride", LB(LAYER_CONV) | LB(LAYER_MAXPOOL), LOFF(stride), 1, 1024},
-    {"pad", LB(LAYER_CONV), LOFF(pad), 0, 1024},
-    {"units", LB(LAYER_DENSE), LOFF(units), 1, 1 << 24},
-    {"activation", LB(LAYER_CONV) | LB(LAYER_DENSE), 0, 0, 0},
-};
-#define N_LAYER_KEYS (int)(sizeof g_layer_keys / sizeof g_layer_keys[0])
-
-static const char *g_layer_sects[] = {"", "conv", "maxpool", "dense", "flatten", "softmax"};
-
 // ---------------------------------------------------------------------------------------------------------
 // Defaults
 
@@ -147,13 +126,16 @@ void config_defaults(net_config *cfg) {
     cfg->save_timeout_s = 600;
 }
 
+// A layer's fields at its kind's defaults.
 static void layer_defaults(layer_cfg *l, int type) {
     memset(l, 0, sizeof *l);
     l->type = type;
-    switch (type) {
-    case LAYER_CONV: l->size = 3, l->stride = 1, l->pad = 0, l->act = ACT_RELU; break;
-    case LAYER_MAXPOOL: l->size = 2, l->stride = 0; /* 0: = size, resolved in validate */ break;
-    default: l->act = ACT_NONE; break;
+    const layer_kind *k = layer_kind_of(type);
+    for (int i = 0; i < k->n_keys; i++) {
+        const layer_key *key = &k->keys[i];
+        char *f = (char *)l + key->off;
+        if (key->type == LK_DOUBLE) *(double *)f = key->def;
+        else if (key->type != LK_REFS) *(int *)f = (int)key->def;
     }
 }
 
@@ -230,9 +212,13 @@ static int find_key(int sect, const char *name) {
     return -1;
 }
 
-static int find_layer_key(const char *name) {
-    for (int i = 0; i < N_LAYER_KEYS; i++)
-        if (strcmp(g_layer_keys[i].name, name) == 0) return i;
+// The key of a layer's kind called name: index into its keys, LAYER_KEY_NAME for `name`, -1 when it has none.
+#define LAYER_KEY_NAME (-2)
+static int find_layer_key(const layer_cfg *l, const char *name) {
+    if (strcmp(name, "name") == 0) return LAYER_KEY_NAME;
+    const layer_kind *k = layer_kind_of(l->type);
+    for (int i = 0; i < k->n_keys; i++)
+        if (strcmp(k->keys[i].name, name) == 0) return i;
     return -1;
 }
 
@@ -244,12 +230,30 @@ static int valid_name(const char *s) {
     return 1;
 }
 
+static int set_layer_refs(layer_cfg *l, const layer_key *k, const char *value, const char *where) {
+    int n = 0;
+    for (const char *s = value;;) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < -CFG_MAX_LAYERS || v > CFG_MAX_LAYERS || (*end && *end != ',' && *end != ' '))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a list of layer indices (e.g. -3 or -1,-4)", where, l->name,
+                       k->name, value);
+        if (n == (int)k->hi)
+            return ERR(ST_INPUT, "%s: %s.%s: '%s': at most %d %s", where, l->name, k->name, value, (int)k->hi,
+                       k->hi == 1 ? "index" : "indices");
+        l->refs[n++] = (int)v;
+        while (*end == ' ') end++;
+        if (!*end) break;
+        s = end + 1;
+    }
+    l->n_refs = n;
+    return ST_OK;
+}
+
 static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *value, const char *where) {
-    const layer_key *k = &g_layer_keys[ki];
-    const char *sect = g_layer_sects[l->type];
-    if (!(k->types & LB(l->type)))
-        return ERR(ST_INPUT, "%s: unknown key '%s' in [%s] '%s'", where, k->name, sect, l->name);
-    if (strcmp(k->name, "name") == 0) {
+    const char *sect = layer_kind_of(l->type)->section;
+    if (ki == LAYER_KEY_NAME) {
         if (!valid_name(value))
             return ERR(ST_INPUT, "%s: [%s] name: '%s' is not a name (letters, digits, _; at most %d characters)",
                        where, sect, value, CFG_NAME_MAX - 1);
@@ -263,18 +267,33 @@ static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *valu
         snprintf(l->name, sizeof l->name, "%s", value);
         return ST_OK;
     }
-    if (strcmp(k->name, "activation") == 0) {
-        if (strcmp(value, "relu") == 0) l->act = ACT_RELU;
-        else if (strcmp(value, "linear") == 0) l->act = ACT_NONE;
-        else return ERR(ST_INPUT, "%s: %s.activation: '%s' is not one of relu|linear", where, l->name, value);
+    const layer_key *k = &layer_kind_of(l->type)->keys[ki];
+    char *f = (char *)l + k->off;
+    switch (k->type) {
+    case LK_ACT:
+        if (strcmp(value, "relu") == 0) *(int *)f = ACT_RELU;
+        else if (strcmp(value, "linear") == 0) *(int *)f = ACT_NONE;
+        else if (strcmp(value, "leaky") == 0) *(int *)f = ACT_LEAKY;
+        else return ERR(ST_INPUT, "%s: %s.%s: '%s' is not one of relu|linear|leaky", where, l->name, k->name, value);
+        return ST_OK;
+    case LK_REFS: return set_layer_refs(l, k, value, where);
+    case LK_DOUBLE: {
+        double v;
+        if (parse_float(value, k->lo, k->hi, &v))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a number in [%g, %g]", where, l->name, k->name, value, k->lo,
+                       k->hi);
+        *(double *)f = v;
         return ST_OK;
     }
-    long v;
-    if (parse_int(value, k->lo, k->hi, &v))
-        return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%d, %d]", where, l->name, k->name, value, k->lo,
-                   k->hi);
-    *(int *)((char *)l + k->off) = (int)v;
-    return ST_OK;
+    default: {
+        long v;
+        if (parse_int(value, (long)k->lo, (long)k->hi, &v))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%.0f, %.0f]", where, l->name, k->name, value,
+                       k->lo, k->hi);
+        *(int *)f = (int)v;
+        return ST_OK;
+    }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -287,7 +306,7 @@ typedef struct parse_state {
     int sect;            // S_NET.. for global sections, 0 for a layer, -1 before any section
     int layer;           // index into cfg->layers for a layer section
     int sect_line;
-    int counters[6];     // per layer type, for default names
+    int counters[LAYER_KIND_COUNT];  // per layer kind, for default names
     int err;             // first error status (message already set)
     // repeated-key detection: bit per key of the current section
     unsigned long long seen_global[4];
@@ -300,18 +319,12 @@ static int fail(parse_state *ps, int st) {
     return 0;
 }
 
+// <prefix><n> per kind: conv1, pool1, dense2; the loss is "softmax" (there is one).
 static void default_name(parse_state *ps, layer_cfg *l) {
+    const layer_kind *k = layer_kind_of(l->type);
     int n = ++ps->counters[l->type];
-    switch (l->type) {
-    case LAYER_CONV: snprintf(l->name, sizeof l->name, "conv%d", n); break;
-    case LAYER_MAXPOOL: snprintf(l->name, sizeof l->name, "pool%d", n); break;
-    case LAYER_DENSE: snprintf(l->name, sizeof l->name, "dense%d", n); break;
-    case LAYER_FLATTEN: snprintf(l->name, sizeof l->name, "flatten%d", n); break;
-    case LAYER_SOFTMAX:
-        if (n == 1) snprintf(l->name, sizeof l->name, "softmax");
-        else snprintf(l->name, sizeof l->name, "softmax%d", n);
-        break;
-    }
+    if ((k->flags & LAYER_TERMINAL) && n == 1) snprintf(l->name, sizeof l->name, "%s", k->section);
+    else snprintf(l->name, sizeof l->name, "%s%d", k->prefix ? k->prefix : k->section, n);
 }
 
 // A section header seen by the reader: open it.
@@ -334,24 +347,24 @@ static void open_section(parse_state *ps, const char *name) {
             ps->sect = s;
             return;
         }
-    for (int t = LAYER_CONV; t <= LAYER_SOFTMAX; t++)
-        if (strcmp(name, g_layer_sects[t]) == 0) {
-            if (cfg->n_layers >= CFG_MAX_LAYERS) {
-                ERR(ST_INPUT, "%s:%d: too many layers (at most %d)", cfg->path, ps->line, CFG_MAX_LAYERS);
-                fail(ps, ST_INPUT);
-                ps->sect = -2;
-                return;
-            }
-            layer_cfg *l = &cfg->layers[cfg->n_layers];
-            layer_defaults(l, t);
-            l->line = ps->line;
-            default_name(ps, l);
-            ps->layer = cfg->n_layers++;
-            ps->sect = 0;
+    int t = layer_kind_find(name);
+    if (t) {
+        if (cfg->n_layers >= CFG_MAX_LAYERS) {
+            ERR(ST_INPUT, "%s:%d: too many layers (at most %d)", cfg->path, ps->line, CFG_MAX_LAYERS);
+            fail(ps, ST_INPUT);
+            ps->sect = -2;
             return;
         }
-    ERR(ST_INPUT, "%s:%d: unknown section [%s] (known: net, data, parallel, conv, maxpool, dense, flatten, softmax)",
-        cfg->path, ps->line, name);
+        layer_cfg *l = &cfg->layers[cfg->n_layers];
+        layer_defaults(l, t);
+        l->line = ps->line;
+        default_name(ps, l);
+        ps->layer = cfg->n_layers++;
+        ps->sect = 0;
+        return;
+    }
+    ERR(ST_INPUT, "%s:%d: unknown section [%s] (known: net, data, parallel, %s)", cfg->path, ps->line, name,
+        layer_kind_sections());
     fail(ps, ST_INPUT);
     ps->sect = -2;
 }
@@ -433,16 +446,18 @@ static int handler(void *user, const char *section, const char *name, const char
         return st == ST_OK ? 1 : fail(ps, st);
     }
     layer_cfg *l = &cfg->layers[ps->layer];
-    int ki = find_layer_key(name);
-    if (ki < 0 || !(g_layer_keys[ki].types & LB(l->type))) {
-        ERR(ST_INPUT, "%s: unknown key '%s' in [%s] (layer '%s')", where, name, g_layer_sects[l->type], l->name);
+    const char *sect = layer_kind_of(l->type)->section;
+    int ki = find_layer_key(l, name);
+    if (ki == -1) {
+        ERR(ST_INPUT, "%s: unknown key '%s' in [%s] (layer '%s')", where, name, sect, l->name);
         return fail(ps, ST_INPUT);
     }
-    if (ps->seen_layer & (1u << ki)) {
-        ERR(ST_INPUT, "%s: key '%s' repeated in [%s] (layer '%s')", where, name, g_layer_sects[l->type], l->name);
+    unsigned bit = 1u << (ki + 2);  // name is -2
+    if (ps->seen_layer & bit) {
+        ERR(ST_INPUT, "%s: key '%s' repeated in [%s] (layer '%s')", where, name, sect, l->name);
         return fail(ps, ST_INPUT);
     }
-    ps->seen_layer |= 1u << ki;
+    ps->seen_layer |= bit;
     int st = set_layer_key(cfg, l, ki, value, where);
     return st == ST_OK ? 1 : fail(ps, st);
 }
@@ -530,10 +545,10 @@ int config_set(net_config *cfg, const char *assignment) {
     for (int i = 0; i < cfg->n_layers; i++)
         if (strcmp(cfg->layers[i].name, sect) == 0) {
             layer_cfg *l = &cfg->layers[i];
-            int ki = find_layer_key(key);
-            if (ki < 0 || !(g_layer_keys[ki].types & LB(l->type)))
-                return ERR(ST_INPUT, "%s: unknown key '%s' for [%s] layer '%s'", where, key, g_layer_sects[l->type],
-                           sect);
+            int ki = find_layer_key(l, key);
+            if (ki == -1)
+                return ERR(ST_INPUT, "%s: unknown key '%s' for [%s] layer '%s'", where, key,
+                           layer_kind_of(l->type)->section, sect);
             return set_layer_key(cfg, l, ki, value, where);
         }
     return ERR(ST_INPUT, "%s: unknown section '%s' (net, data, parallel, or a layer name)", where, sect);
@@ -591,6 +606,60 @@ static int validate_recipe(const net_config *cfg) {
     return ST_OK;
 }
 
+// Keys a layer must be given, then its kind's shape rule on its inputs' shapes.
+static int layer_validate(const net_config *cfg, int i, const layer_shape *shapes, layer_shape *out,
+                          long long *n_params) {
+    const layer_cfg *l = &cfg->layers[i];
+    const layer_kind *k = layer_kind_of(l->type);
+    if (!k) return ERR(ST_INPUT, "%s: layer %d: bad type %d", cfg->path, i + 1, l->type);
+    for (int j = 0; j < k->n_keys; j++) {
+        const layer_key *key = &k->keys[j];
+        if (key->required && key->type == LK_INT && *(const int *)((const char *)l + key->off) < key->lo)
+            return layer_err(cfg, i, NULL, "missing required key '%s'", key->name);
+    }
+    int idx[CFG_MAX_REFS + 1], n_in = 0;
+    TRY(layer_inputs(cfg, i, idx, &n_in));
+    layer_shape in[CFG_MAX_REFS + 1];
+    for (int j = 0; j < n_in; j++) in[j] = shapes[idx[j] + 1];
+    *n_params = 0;
+    return k->shape(cfg, i, in, n_in, out, n_params);
+}
+
+static int validate_layers(const net_config *cfg) {
+    const char *p = cfg->path;
+    layer_shape shapes[CFG_MAX_LAYERS + 1];  // [0]: the network input, [i + 1]: layer i's output
+    shapes[0] = (layer_shape){cfg->channels, cfg->height, cfg->width, 1};
+    int readers[CFG_MAX_LAYERS] = {0};
+    long long total = 0;
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_cfg *l = &cfg->layers[i];
+        const layer_kind *k = layer_kind_of(l->type);
+        if (k && (k->flags & LAYER_TERMINAL) && i != cfg->n_layers - 1)
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s' must be the last layer", p, l->line, k->section, l->name);
+        long long n_params = 0;
+        TRY(layer_validate(cfg, i, shapes, &shapes[i + 1], &n_params));
+        int idx[CFG_MAX_REFS + 1], n_in = 0;
+        TRY(layer_inputs(cfg, i, idx, &n_in));
+        for (int j = 0; j < n_in; j++)
+            if (idx[j] >= 0) readers[idx[j]]++;
+        const layer_shape *o = &shapes[i + 1];
+        total += n_params;
+        if ((long long)o->c * o->h * o->w > (1LL << 28))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %dx%dx%d is too large", p, l->line, k->section, l->name,
+                       o->c, o->h, o->w);
+        if (total > (1LL << 31))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': more than 2^31 parameters", p, l->line, k->section, l->name);
+    }
+    const layer_cfg *last = &cfg->layers[cfg->n_layers - 1];
+    if (!(layer_kind_of(last->type)->flags & LAYER_TERMINAL))
+        return ERR(ST_INPUT, "%s: the last layer must be [softmax]", p);
+    // Every output but the loss's is read by a later layer (a dead branch would get no gradient).
+    for (int i = 0; i < cfg->n_layers - 1; i++)
+        if (!readers[i])
+            return layer_err(cfg, i, NULL, "its output is read by no later layer (a [route] skips it?)");
+    return ST_OK;
+}
+
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
     TRY(validate_recipe(cfg));
@@ -606,81 +675,19 @@ int config_validate(const net_config *cfg) {
     size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
     if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
                                         cfg->height, cfg->width);
-    long long c = cfg->channels, h = cfg->height, w = cfg->width;
-    int spatial = 1;  // still C×H×W (no dense yet)
-    int last_dense_act = -1, last_dense_units = 0;
-    long long n_params = 0;
-    for (int i = 0; i < cfg->n_layers; i++) {
-        const layer_cfg *l = &cfg->layers[i];
-        const char *ty = g_layer_sects[l->type];
-        if (l->type == LAYER_SOFTMAX && i != cfg->n_layers - 1)
-            return ERR(ST_INPUT, "%s:%d: [softmax] '%s' must be the last layer", p, l->line, l->name);
-        switch (l->type) {
-        case LAYER_CONV: {
-            if (!spatial)
-                return ERR(ST_INPUT, "%s:%d: [conv] '%s' after a dense layer: the input is no longer spatial", p,
-                           l->line, l->name);
-            if (l->filters < 1) return ERR(ST_INPUT, "%s:%d: [conv] '%s': missing required key 'filters'", p, l->line, l->name);
-            long long oh = (h + 2LL * l->pad - l->size) / l->stride + 1;
-            long long ow = (w + 2LL * l->pad - l->size) / l->stride + 1;
-            if (h + 2LL * l->pad < l->size || w + 2LL * l->pad < l->size || oh < 1 || ow < 1)
-                return ERR(ST_INPUT,
-                           "%s:%d: [conv] '%s': impossible shape: kernel %dx%d (pad %d) on a %lldx%lld input", p,
-                           l->line, l->name, l->size, l->size, l->pad, h, w);
-            if (l->pad >= l->size)
-                return ERR(ST_INPUT, "%s:%d: [conv] '%s': pad %d must be smaller than size %d", p, l->line, l->name,
-                           l->pad, l->size);
-            n_params += (long long)l->filters * c * l->size * l->size + l->filters;
-            c = l->filters, h = oh, w = ow;
-            break;
-        }
-        case LAYER_MAXPOOL: {
-            if (!spatial)
-                return ERR(ST_INPUT, "%s:%d: [maxpool] '%s' after a dense layer", p, l->line, l->name);
-            int stride = l->stride ? l->stride : l->size;
-            if (h < l->size || w < l->size)
-                return ERR(ST_INPUT, "%s:%d: [maxpool] '%s': impossible shape: window %d on a %lldx%lld input", p,
-                           l->line, l->name, l->size, h, w);
-            h = (h - l->size) / stride + 1, w = (w - l->size) / stride + 1;
-            break;
-        }
-        case LAYER_FLATTEN:
-            if (!spatial)
-                return ERR(ST_INPUT, "%s:%d: [flatten] '%s' after a dense layer", p, l->line, l->name);
-            break;
-        case LAYER_DENSE:
-            if (l->units < 1) return ERR(ST_INPUT, "%s:%d: [dense] '%s': missing required key 'units'", p, l->line, l->name);
-            n_params += (long long)l->units * c * h * w + l->units;
-            spatial = 0;
-            c = l->units, h = 1, w = 1;
-            last_dense_act = l->act, last_dense_units = l->units;
-            break;
-        case LAYER_SOFTMAX: {
-            const layer_cfg *prev = i > 0 ? &cfg->layers[i - 1] : NULL;
-            if (!prev || prev->type != LAYER_DENSE)
-                return ERR(ST_INPUT, "%s:%d: [softmax] '%s' must follow a [dense] layer", p, l->line, l->name);
-            if (last_dense_act != ACT_NONE)
-                return ERR(ST_INPUT, "%s:%d: [dense] '%s' before [softmax] must have activation=linear", p,
-                           prev->line, prev->name);
-            if (last_dense_units != cfg->classes)
-                return ERR(ST_INPUT, "%s:%d: [dense] '%s': units=%d before [softmax] must equal net.classes=%d", p,
-                           prev->line, prev->name, last_dense_units, cfg->classes);
-            break;
-        }
-        default: return ERR(ST_INPUT, "%s: layer %d: bad type %d", p, i + 1, l->type);
-        }
-        if (c * h * w > (1LL << 28))
-            return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %lldx%lldx%lld is too large", p, l->line, ty, l->name, c, h, w);
-        if (n_params > (1LL << 31))
-            return ERR(ST_INPUT, "%s:%d: [%s] '%s': more than 2^31 parameters", p, l->line, ty, l->name);
-    }
-    if (cfg->layers[cfg->n_layers - 1].type != LAYER_SOFTMAX)
-        return ERR(ST_INPUT, "%s: the last layer must be [softmax]", p);
-    return ST_OK;
+    return validate_layers(cfg);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Printing
+
+// The shortest of 15..17 digits that reads back as the same double: a printed config reruns exactly.
+static void print_double(FILE *f, const char *name, double v) {
+    char num[40];
+    for (int prec = 15; prec <= 17; prec++)
+        if (snprintf(num, sizeof num, "%.*g", prec, v) > 0 && strtod(num, NULL) == v) break;
+    fprintf(f, "%s=%s\n", name, num);
+}
 
 void config_print(const net_config *cfg, FILE *f) {
     fprintf(f, "# effective configuration of %s\n", cfg->path);
@@ -695,13 +702,9 @@ void config_print(const net_config *cfg, FILE *f) {
         switch (k->type) {
         case K_INT: fprintf(f, "%s=%d\n", k->name, *(const int *)base); break;
         case K_DOUBLE: {
-            // The shortest of 15..17 digits that reads back as the same double: a printed config reruns exactly.
             double v = *(const double *)base;
             if (v < k->lo) break;  // an optional key left unset (its default is outside its range: clip_grad_norm)
-            char num[40];
-            for (int prec = 15; prec <= 17; prec++)
-                if (snprintf(num, sizeof num, "%.*g", prec, v) > 0 && strtod(num, NULL) == v) break;
-            fprintf(f, "%s=%s\n", k->name, num);
+            print_double(f, k->name, v);
             break;
         }
         case K_U64: fprintf(f, "%s=%llu\n", k->name, (unsigned long long)*(const uint64_t *)base); break;
@@ -723,17 +726,23 @@ void config_print(const net_config *cfg, FILE *f) {
     }
     for (int i = 0; i < cfg->n_layers; i++) {
         const layer_cfg *l = &cfg->layers[i];
-        fprintf(f, "\n[%s]\nname=%s\n", g_layer_sects[l->type], l->name);
-        switch (l->type) {
-        case LAYER_CONV:
-            fprintf(f, "filters=%d\nsize=%d\nstride=%d\npad=%d\nactivation=%s\n", l->filters, l->size, l->stride,
-                    l->pad, l->act == ACT_RELU ? "relu" : "linear");
-            break;
-        case LAYER_MAXPOOL: fprintf(f, "size=%d\nstride=%d\n", l->size, l->stride ? l->stride : l->size); break;
-        case LAYER_DENSE:
-            fprintf(f, "units=%d\nactivation=%s\n", l->units, l->act == ACT_RELU ? "relu" : "linear");
-            break;
-        default: break;
+        const layer_kind *k = layer_kind_of(l->type);
+        fprintf(f, "\n[%s]\nname=%s\n", k->section, l->name);
+        for (int j = 0; j < k->n_keys; j++) {
+            const layer_key *key = &k->keys[j];
+            const char *fld = (const char *)l + key->off;
+            switch (key->type) {
+            case LK_ACT: fprintf(f, "%s=%s\n", key->name, layer_act_name(*(const int *)fld)); break;
+            case LK_DOUBLE: print_double(f, key->name, *(const double *)fld); break;
+            case LK_REFS:
+                fprintf(f, "%s=", key->name);
+                for (int r = 0; r < l->n_refs; r++) fprintf(f, "%s%d", r ? "," : "", l->refs[r]);
+                fprintf(f, "\n");
+                break;
+            default:
+                if (*(const int *)fld >= key->lo) fprintf(f, "%s=%d\n", key->name, *(const int *)fld);  // else unset
+                break;
+            }
         }
     }
 }

@@ -3,8 +3,8 @@
 //   [net]       hyper-parameters and run settings
 //   [data]      data set format and paths
 //   [parallel]  data-parallel settings (comm backend, buckets, overlap, scaling mode)
-//   then one section per layer, in order: [conv] [maxpool] [dense] [softmax] (and [flatten], optional:
-//   a flatten is implied before the first [dense] that follows a spatial layer).
+//   then one section per layer, in order, of the kinds in the layer registry (src/layers/kinds.def): [conv]
+//   [maxpool] [dense] [softmax] [flatten] (optional: a [dense] after a spatial layer flattens its input) ...
 //
 // Every key has a documented default (README "Configuration"). Unknown sections or keys, missing required
 // keys, bad values and impossible shapes are ST_INPUT errors naming file, section (with its line) and key.
@@ -16,7 +16,16 @@
 #define CFG_MAX_LAYERS 32
 #define CFG_NAME_MAX 32
 
-enum layer_type { LAYER_CONV = 1, LAYER_MAXPOOL, LAYER_DENSE, LAYER_FLATTEN, LAYER_SOFTMAX };
+#define CFG_MAX_REFS 4
+
+// One value per kind in the registry (src/layers/kinds.def), from 1.
+enum layer_type {
+    LAYER_NONE = 0,
+#define LAYER_KIND(E, s) LAYER_##E,
+#include "layers/kinds.def"
+#undef LAYER_KIND
+    LAYER_KIND_COUNT
+};
 enum optimizer_kind { OPT_ADAM = 1, OPT_SGD, OPT_ADAMW };
 enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCLE };
 #define CFG_LR_STEPS_MAX 32
@@ -26,14 +35,18 @@ enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
 
 typedef struct layer_cfg {
     int type;                   // enum layer_type
-    char name[CFG_NAME_MAX];    // from name=, else default: conv1, conv2, pool1, dense1, ... (per-type counter)
+    char name[CFG_NAME_MAX];    // from name=, else default: conv1, conv2, pool1, dense1, ... (per-kind counter)
     int line;                   // line of the section header in the file (for messages)
-    // conv: filters (required), size (3), stride (1), pad (0), activation (relu|linear, default relu)
-    // maxpool: size (2), stride (= size)
-    // dense: units (required), activation (relu|linear, default linear; the last dense before softmax
-    //        must be linear)
+    // The fields a kind's keys fill (src/layers/<kind>.c lists its keys, defaults and ranges); shared by name
+    // across kinds (size, stride, activation ...).
     int filters, size, stride, pad, units;
-    int act;                    // ACT_NONE / ACT_RELU (backend.h)
+    int act;                    // ACT_NONE / ACT_RELU / ACT_LEAKY (backend.h)
+    int bias;                   // conv, dense: 1 = with a bias
+    int sync;                   // batchnorm: statistics over all ranks
+    double eps, momentum;       // batchnorm
+    double rate;                // dropout
+    int refs[CFG_MAX_REFS];     // from= / layers=: as written (negative = relative)
+    int n_refs;
 } layer_cfg;
 
 typedef struct net_config {

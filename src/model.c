@@ -1,5 +1,6 @@
-// model.c — build the layer list from a config, lay out parameters in reverse layer order, run forward and
-// backward through the backend table, and report when gradient prefixes are final (for bucketed all-reduce).
+// model.c — the layer graph built from a config through the layer registry (layer.h): parameters laid out in
+// reverse layer order, activations and gradient buffers, forward and backward over the kinds, and the report of
+// when gradient prefixes are final (for bucketed all-reduce).
 #include "model.h"
 
 #include <math.h>
@@ -7,59 +8,9 @@
 #include <string.h>
 
 #include "common.h"
+#include "layer.h"
 
-// ---------------------------------------------------------------------------------------------------------
-// Conv plans per batch size. Training uses one batch size and evaluation usually others (eval_batch and each
-// rank's smaller last batch); preparing a conv (cuDNN algorithm search on the GPU) is too slow to redo at every
-// switch, so each size keeps its plan, up to MODEL_MAX_PLANS per layer. Slot 0 is max_batch, made by
-// model_create (its need sized the workspace): the training batch or eval_batch, whichever is larger. When the
-// cache is full, the least recently used plan goes, never slot 0 nor the training batch's (m->train_batch):
-// losing that would re-plan at the next eager training step, and a fresh search may pick another algorithm than
-// the one a captured CUDA graph replays (or, if it fell just before a capture, run conv_prepare inside it,
-// which is refused). Slots 1.. are kept most recently used first.
-_Static_assert(MODEL_MAX_PLANS >= 3, "slot 0, the training batch's plan and one more");
-
-static int conv_plan_slot(const model_layer *l, int n) {
-    for (int i = 0; i < l->n_conv_plans; i++)
-        if (l->conv_plans[i].n == n) return i;
-    return -1;
-}
-
-// A free slot, else the least recently used plan other than slot 0 and the training batch's (released).
-static int conv_plan_evict(model *m, model_layer *l) {
-    if (l->n_conv_plans < MODEL_MAX_PLANS) return l->n_conv_plans++;
-    int i = MODEL_MAX_PLANS - 1;
-    if (l->conv_plans[i].n == m->train_batch) i--;
-    m->be->ops->conv_release(m->be->ctx, &l->conv_plans[i]);
-    return i;
-}
-
-static int conv_plan_for(model *m, model_layer *l, int n) {
-    int i = conv_plan_slot(l, n);
-    if (i < 0) {
-        conv_desc d = l->conv_plans[0];
-        d.n = n;
-        d.plan = NULL;
-        TRY(conv_desc_init(&d, l->name));
-        size_t ws = 0;
-        TRY(m->be->ops->conv_prepare(m->be->ctx, &d, &ws));
-        if (ws > m->workspace_bytes) {
-            m->be->ops->conv_release(m->be->ctx, &d);  // in no slot: nothing else would release it
-            return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
-                       m->workspace_bytes);
-        }
-        i = conv_plan_evict(m, l);
-        l->conv_plans[i] = d;
-    }
-    if (i > 1) {  // most recently used first (after slot 0)
-        const conv_desc d = l->conv_plans[i];
-        memmove(&l->conv_plans[2], &l->conv_plans[1], (size_t)(i - 1) * sizeof d);
-        l->conv_plans[1] = d;
-        i = 1;
-    }
-    l->conv = l->conv_plans[i];
-    return ST_OK;
-}
+static size_t layer_out_elems(const model_layer *l) { return (size_t)l->out_c * l->out_h * l->out_w; }
 
 static int model_set_batch(model *m, int n) {
     if (n < 1 || n > m->max_batch) return ERR(ST_RUNTIME, "batch %d outside [1, %d]", n, m->max_batch);
@@ -67,11 +18,7 @@ static int model_set_batch(model *m, int n) {
     m->cur_batch = 0;  // until every layer has switched: after a failure midway no size is trusted
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
-        if (l->type == LAYER_CONV) TRY(conv_plan_for(m, l, n));
-        if (l->type == LAYER_MAXPOOL) {
-            l->pool.n = n;
-            TRY(pool_desc_init(&l->pool, l->name));
-        }
+        if (l->kind->set_batch) TRY(l->kind->set_batch(m, l, n));
     }
     m->cur_batch = n;
     return ST_OK;
@@ -80,52 +27,76 @@ static int model_set_batch(model *m, int n) {
 // ---------------------------------------------------------------------------------------------------------
 // Construction
 
-static int layer_shape(model *m, model_layer *l, const layer_cfg *lc, int c, int h, int w) {
+// Layer i from its config: inputs, shapes (the kind's shape rule, as config_validate ran it), tensors.
+static int layer_build(model *m, const net_config *cfg, int i, size_t *workspace) {
+    const layer_cfg *lc = &cfg->layers[i];
+    model_layer *l = &m->layers[i];
     l->type = lc->type;
+    l->kind = layer_kind_of(lc->type);
+    if (!l->kind) return ERR(ST_INPUT, "%s: unsupported layer type %d", lc->name, lc->type);
     l->act = lc->act;
     snprintf(l->name, sizeof l->name, "%s", lc->name);
-    l->in_c = c, l->in_h = h, l->in_w = w;
-    l->out_c = c, l->out_h = h, l->out_w = w;
-    switch (lc->type) {
-    case LAYER_CONV: {
-        conv_desc d = {.n = m->max_batch, .c = c, .h = h, .w = w, .k = lc->filters, .r = lc->size, .s = lc->size,
-                       .stride = lc->stride, .pad = lc->pad, .act = lc->act};
-        TRY(conv_desc_init(&d, l->name));
-        l->conv_plans[0] = d;
-        l->n_conv_plans = 1;
-        l->conv = d;
-        l->out_c = d.k, l->out_h = d.oh, l->out_w = d.ow;
-        l->n_w = (size_t)d.k * c * d.r * d.s;
-        l->n_b = (size_t)d.k;
-        l->w_ndim = 4;
-        l->w_shape[0] = d.k, l->w_shape[1] = c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
-        break;
+    TRY(layer_inputs(cfg, i, l->in_idx, &l->n_in));
+    layer_shape in[MODEL_MAX_IN], out = {0};
+    for (int j = 0; j < l->n_in; j++) {
+        const model_layer *pl = l->in_idx[j] < 0 ? NULL : &m->layers[l->in_idx[j]];
+        in[j] = pl ? (layer_shape){pl->out_c, pl->out_h, pl->out_w, pl->out_spatial}
+                   : (layer_shape){m->in_c, m->in_h, m->in_w, 1};
     }
-    case LAYER_MAXPOOL: {
-        pool_desc d = {.n = m->max_batch, .c = c, .h = h, .w = w, .size = lc->size,
-                       .stride = lc->stride ? lc->stride : lc->size};  // stride 0 in a config means = size
-        TRY(pool_desc_init(&d, l->name));
-        l->pool = d;
-        l->out_h = d.oh, l->out_w = d.ow;
-        break;
-    }
-    case LAYER_DENSE: {
-        int in = c * h * w;
-        l->in_c = in, l->in_h = 1, l->in_w = 1;
-        l->out_c = lc->units, l->out_h = 1, l->out_w = 1;
-        l->n_w = (size_t)lc->units * in;
-        l->n_b = (size_t)lc->units;
-        l->w_ndim = 2;
-        l->w_shape[0] = lc->units, l->w_shape[1] = in;
-        break;
-    }
-    case LAYER_SOFTMAX: break;
-    default: return ERR(ST_INPUT, "%s: unsupported layer type %d", lc->name, lc->type);
-    }
+    long long n_params = 0;
+    TRY(l->kind->shape(cfg, i, in, l->n_in, &out, &n_params));
+    l->in_c = in[0].c, l->in_h = in[0].h, l->in_w = in[0].w;
+    l->out_c = out.c, l->out_h = out.h, l->out_w = out.w, l->out_spatial = out.spatial;
+    size_t ws = 0;
+    TRY(l->kind->create(m, l, lc, &ws));
+    if (ws > *workspace) *workspace = ws;
     return ST_OK;
 }
 
-static size_t layer_out_elems(const model_layer *l) { return (size_t)l->out_c * l->out_h * l->out_w; }
+// Activation and gradient buffers, and where each layer reads its inputs. The last reader of an output in
+// forward order is the first in backward: it overwrites the producer's dy, the earlier readers add into it.
+static int layer_buffers(model *m, int i, const int *readers_left) {
+    const backend_ops *o = m->be->ops;
+    void *ctx = m->be->ctx;
+    model_layer *l = &m->layers[i];
+    for (int j = 0; j < l->n_in; j++) {
+        const int p = l->in_idx[j];
+        l->x[j] = p < 0 ? m->x : m->layers[p].y;
+        l->dx_accumulate[j] = p >= 0 && readers_left[p] > 0;
+    }
+    if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
+    const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
+    const int p = l->in_idx[0];
+    if (l->kind->flags & LAYER_ALIAS) {
+        l->y = (float *)l->x[0];
+        if (p >= 0 && !l->dx_accumulate[0]) {
+            l->dy = m->layers[p].dy;  // its only reader: the gradient is the producer's own
+            return ST_OK;
+        }
+    } else {
+        TRY(o->alloc(ctx, (void **)&l->y, bytes));
+        l->own_y = 1;
+    }
+    TRY(o->alloc(ctx, (void **)&l->dy, bytes));
+    l->own_dy = 1;
+    return ST_OK;
+}
+
+// A scratch gradient per input slot, as large as the largest input that another layer reads too.
+static int scratch_buffers(model *m) {
+    size_t need[MODEL_MAX_IN] = {0};
+    for (int i = 0; i < m->n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        for (int j = 0; j < l->n_in; j++)
+            if (l->dx_accumulate[j]) {
+                size_t e = layer_out_elems(&m->layers[l->in_idx[j]]);
+                if (e > need[j]) need[j] = e;
+            }
+    }
+    for (int j = 0; j < MODEL_MAX_IN; j++)
+        if (need[j]) TRY(m->be->ops->alloc(m->be->ctx, (void **)&m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
+    return ST_OK;
+}
 
 int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     memset(m, 0, sizeof *m);
@@ -134,49 +105,46 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->in_c = cfg->channels, m->in_h = cfg->height, m->in_w = cfg->width;
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
-    int c = cfg->channels, h = cfg->height, w = cfg->width;
+    const backend_ops *o = be->ops;
+    void *ctx = be->ctx;
+    TRY(o->alloc(ctx, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
+    TRY(o->alloc(ctx, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
+    TRY(o->alloc(ctx, (void **)&m->loss_acc, sizeof(double)));
+    TRY(o->alloc(ctx, (void **)&m->correct_acc, sizeof(int32_t)));
+
+    size_t ws_max = 0;
     for (int i = 0; i < cfg->n_layers; i++) {
-        if (cfg->layers[i].type == LAYER_FLATTEN) continue;  // NCHW is already C·H·W-contiguous per sample
-        model_layer *l = &m->layers[m->n_layers++];
-        TRY(layer_shape(m, l, &cfg->layers[i], c, h, w));
-        c = l->out_c, h = l->out_h, w = l->out_w;
+        m->n_layers = i + 1;  // model_destroy releases what the layers made so far
+        TRY(layer_build(m, cfg, i, &ws_max));
     }
-    if (m->n_layers < 2 || m->layers[m->n_layers - 1].type != LAYER_SOFTMAX)
+    if (m->n_layers < 2 || !(m->layers[m->n_layers - 1].kind->flags & LAYER_TERMINAL))
         return ERR(ST_INPUT, "%s: the last layer must be [softmax]", cfg->path);
 
+    int readers_left[CFG_MAX_LAYERS] = {0};
+    for (int i = 0; i < m->n_layers; i++)
+        for (int j = 0; j < m->layers[i].n_in; j++)
+            if (m->layers[i].in_idx[j] >= 0) readers_left[m->layers[i].in_idx[j]]++;
+    for (int i = 0; i < m->n_layers; i++) {
+        model_layer *l = &m->layers[i];
+        for (int j = 0; j < l->n_in; j++)
+            if (l->in_idx[j] >= 0) readers_left[l->in_idx[j]]--;
+        TRY(layer_buffers(m, i, readers_left));
+    }
+    TRY(scratch_buffers(m));
+
     // Reverse layer order: the last layer's gradients come first in the buffer.
-    size_t off = 0;
+    size_t off = 0, soff = 0;
     for (int i = m->n_layers - 1; i >= 0; i--) {
         model_layer *l = &m->layers[i];
         l->w_off = off, off += l->n_w;
         l->b_off = off, off += l->n_b;
     }
+    for (int i = 0; i < m->n_layers; i++) m->layers[i].s_off = soff, soff += m->layers[i].n_s;
     m->n_params = off;
-
-    const backend_ops *o = be->ops;
-    void *ctx = be->ctx;
-    TRY(o->alloc(ctx, (void **)&m->params, m->n_params * sizeof(float)));
-    TRY(o->alloc(ctx, (void **)&m->grads, m->n_params * sizeof(float)));
-    TRY(o->alloc(ctx, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
-    TRY(o->alloc(ctx, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
-    TRY(o->alloc(ctx, (void **)&m->loss_acc, sizeof(double)));
-    TRY(o->alloc(ctx, (void **)&m->correct_acc, sizeof(int32_t)));
-    size_t ws_max = 0;
-    for (int i = 0; i < m->n_layers; i++) {
-        model_layer *l = &m->layers[i];
-        if (l->type == LAYER_SOFTMAX) continue;
-        size_t bytes = (size_t)max_batch * layer_out_elems(l) * sizeof(float);
-        TRY(o->alloc(ctx, (void **)&l->y, bytes));
-        TRY(o->alloc(ctx, (void **)&l->dy, bytes));
-        if (l->type == LAYER_MAXPOOL)
-            TRY(o->alloc(ctx, (void **)&l->argmax, (size_t)max_batch * layer_out_elems(l) * sizeof(int32_t)));
-        if (l->type == LAYER_CONV) {
-            size_t ws = 0;
-            TRY(o->conv_prepare(ctx, &l->conv_plans[0], &ws));
-            l->conv = l->conv_plans[0];
-            if (ws > ws_max) ws_max = ws;
-        }
-    }
+    m->n_state = soff;
+    TRY(o->alloc(ctx, (void **)&m->params, (m->n_params ? m->n_params : 1) * sizeof(float)));
+    TRY(o->alloc(ctx, (void **)&m->grads, (m->n_params ? m->n_params : 1) * sizeof(float)));
+    if (m->n_state) TRY(o->alloc(ctx, (void **)&m->state, m->n_state * sizeof(float)));
     // One workspace for all layers; smaller batches need no more than the largest.
     m->workspace_bytes = ws_max;
     if (ws_max) TRY(o->alloc(ctx, &m->workspace, ws_max));
@@ -190,13 +158,14 @@ void model_destroy(model *m) {
     void *ctx = m->be->ctx;
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
-        for (int p = 0; p < l->n_conv_plans; p++) o->conv_release(ctx, &l->conv_plans[p]);
-        o->free(ctx, l->y);
-        o->free(ctx, l->dy);
-        o->free(ctx, l->argmax);
+        if (l->kind && l->kind->destroy) l->kind->destroy(m, l);
+        if (l->own_y) o->free(ctx, l->y);
+        if (l->own_dy) o->free(ctx, l->dy);
     }
+    for (int j = 0; j < MODEL_MAX_IN; j++) o->free(ctx, m->dscratch[j]);
     o->free(ctx, m->params);
     o->free(ctx, m->grads);
+    o->free(ctx, m->state);
     o->free(ctx, m->workspace);
     o->free(ctx, m->x);
     o->free(ctx, m->labels);
@@ -208,27 +177,32 @@ void model_destroy(model *m) {
 // ---------------------------------------------------------------------------------------------------------
 // Parameters
 
+// Glorot (Xavier) uniform weights from w_shape's fans (conv [k, c, r, s], dense [out, in]), zero biases.
+static void init_default(const model_layer *l, rng *r, float *params) {
+    if (!l->n_w) return;
+    double rs = 1.0;
+    for (int d = 2; d < l->w_ndim; d++) rs *= (double)l->w_shape[d];
+    const double fan_in = (l->w_ndim > 1 ? (double)l->w_shape[1] : 1.0) * rs, fan_out = (double)l->w_shape[0] * rs;
+    const float limit = (float)sqrt(6.0 / (fan_in + fan_out));
+    for (size_t k = 0; k < l->n_w; k++) params[l->w_off + k] = (2.0f * rng_uniform(r) - 1.0f) * limit;
+    for (size_t k = 0; k < l->n_b; k++) params[l->b_off + k] = 0.0f;
+}
+
 int model_init_params(model *m, uint64_t seed) {
-    float *host = malloc(m->n_params * sizeof(float));
+    float *host = malloc((m->n_params + m->n_state + 1) * sizeof(float));
     TRY_ALLOC(host);
+    float *state = host + m->n_params;
+    memset(state, 0, m->n_state * sizeof(float));
     rng r;
     rng_seed(&r, rng_mix(seed, 0x1417));
     // Forward layer order so that the draw sequence does not depend on the buffer layout.
     for (int i = 0; i < m->n_layers; i++) {
-        model_layer *l = &m->layers[i];
-        if (!l->n_w) continue;
-        double fan_in, fan_out;
-        if (l->type == LAYER_CONV) {
-            double rs = (double)l->w_shape[2] * l->w_shape[3];
-            fan_in = l->w_shape[1] * rs, fan_out = l->w_shape[0] * rs;
-        } else {
-            fan_in = (double)l->w_shape[1], fan_out = (double)l->w_shape[0];
-        }
-        float limit = (float)sqrt(6.0 / (fan_in + fan_out));  // Glorot (Xavier) uniform
-        for (size_t k = 0; k < l->n_w; k++) host[l->w_off + k] = (2.0f * rng_uniform(&r) - 1.0f) * limit;
-        for (size_t k = 0; k < l->n_b; k++) host[l->b_off + k] = 0.0f;
+        const model_layer *l = &m->layers[i];
+        if (l->kind->init) l->kind->init(l, &r, host, state);
+        else init_default(l, &r, host);
     }
     int st = m->be->ops->upload(m->be->ctx, m->params, host, m->n_params * sizeof(float));
+    if (st == ST_OK && m->n_state) st = m->be->ops->upload(m->be->ctx, m->state, state, m->n_state * sizeof(float));
     free(host);
     return st;
 }
@@ -239,7 +213,7 @@ int model_param_tensor(const model *m, int i, const char **layer_name, int *is_b
     for (int li = 0; li < m->n_layers; li++) {
         const model_layer *l = &m->layers[li];
         if (!l->n_w) continue;
-        for (int b = 0; b < 2; b++, k++) {
+        for (int b = 0; b < (l->n_b ? 2 : 1); b++, k++) {
             if (k != i) continue;
             *layer_name = l->name;
             *is_bias = b;
@@ -260,30 +234,15 @@ int model_param_tensor(const model *m, int i, const char **layer_name, int *is_b
 // ---------------------------------------------------------------------------------------------------------
 // Forward and backward
 
-int model_forward(model *m, int n, int backward) {
-    if (backward && n >= 1 && n <= m->max_batch) m->train_batch = n;  // its conv plans stay cached
+int model_forward(model *m, int n, int training) {
+    if (training && n >= 1 && n <= m->max_batch) m->train_batch = n;  // its conv plans stay cached
     TRY(model_set_batch(m, n));
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
-    const float *in = m->x;
+    m->training = training != 0;
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
-        const float *w = m->params + l->w_off, *b = m->params + l->b_off;
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 1));
-        switch (l->type) {
-        case LAYER_CONV: TRY(o->conv_forward(ctx, &l->conv, in, w, b, l->y, m->workspace)); break;
-        case LAYER_MAXPOOL: TRY(o->pool_forward(ctx, &l->pool, in, l->y, l->argmax)); break;
-        case LAYER_DENSE: TRY(o->dense_forward(ctx, n, l->in_c, l->out_c, l->act, in, w, b, l->y)); break;
-        case LAYER_SOFTMAX: {
-            // Label smoothing is a training objective: evaluation reports the plain cross-entropy.
-            float *dlogits = backward ? m->layers[i - 1].dy : NULL;
-            const float smoothing = backward ? m->label_smoothing : 0.0f;
-            TRY(o->softmax_xent(ctx, n, m->classes, in, m->labels, smoothing, dlogits, m->loss_acc, m->correct_acc));
-            break;
-        }
-        }
+        TRY(l->kind->forward(m, l, n, m->training));
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 0));
-        in = l->y;
     }
     return ST_OK;
 }
@@ -292,22 +251,20 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
     if (n != m->cur_batch) return ERR(ST_RUNTIME, "model_backward: batch %d, forward ran %d", n, m->cur_batch);
     const backend_ops *o = m->be->ops;
     void *ctx = m->be->ctx;
-    for (int i = m->n_layers - 2; i >= 0; i--) {  // the softmax layer already wrote dlogits
+    for (int i = m->n_layers - 1; i >= 0; i--) {
         model_layer *l = &m->layers[i];
-        const float *in = i > 0 ? m->layers[i - 1].y : m->x;
-        float *din = i > 0 ? m->layers[i - 1].dy : NULL;
-        const float *w = m->params + l->w_off;
-        float *gw = m->grads + l->w_off, *gb = m->grads + l->b_off;
-        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 1));
-        switch (l->type) {
-        case LAYER_CONV: TRY(o->conv_backward(ctx, &l->conv, in, w, l->y, l->dy, din, gw, gb, m->workspace)); break;
-        case LAYER_MAXPOOL:
-            if (din) TRY(o->pool_backward(ctx, &l->pool, l->dy, l->argmax, din));
-            break;
-        case LAYER_DENSE:
-            TRY(o->dense_backward(ctx, n, l->in_c, l->out_c, l->act, in, w, l->y, l->dy, din, gw, gb));
-            break;
+        if (!l->kind->backward) continue;  // the loss: its forward wrote its input's gradient
+        for (int j = 0; j < l->n_in; j++) {
+            const int p = l->in_idx[j];
+            l->dx[j] = p < 0 ? NULL : l->dx_accumulate[j] ? m->dscratch[j] : m->layers[p].dy;
         }
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 1));
+        TRY(l->kind->backward(m, l, n));
+        for (int j = 0; j < l->n_in; j++)
+            if (l->dx[j] && l->dx_accumulate[j]) {
+                const model_layer *p = &m->layers[l->in_idx[j]];
+                TRY(o->add(ctx, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
+            }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
         if (l->n_w && on_ready) on_ready(arg, l->b_off + l->n_b);
     }

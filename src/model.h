@@ -10,25 +10,43 @@
 #include "backend.h"
 #include "config.h"
 
+struct layer_kind;
+
 #define MODEL_MAX_PLANS 4
+
+#define MODEL_MAX_IN (CFG_MAX_REFS + 1)
 
 typedef struct model_layer {
     int type;                  // enum layer_type
+    const struct layer_kind *kind;  // its entry in the registry (layer.h)
     char name[CFG_NAME_MAX];
     int act;
-    // output shape per sample (c, h, w); dense: (units, 1, 1)
+    // input (first input) and output shape per sample (c, h, w); dense: (units, 1, 1), its input (c·h·w, 1, 1)
     int in_c, in_h, in_w, out_c, out_h, out_w;
+    int out_spatial;           // 0 once a [dense] has run
+    // inputs: producer layer indices (-1: the network input), their outputs, and the gradient buffers backward
+    // overwrites for them (set by model_backward: NULL for the network input)
+    int n_in;
+    int in_idx[MODEL_MAX_IN];
+    const float *x[MODEL_MAX_IN];
+    float *dx[MODEL_MAX_IN];
+    int dx_accumulate[MODEL_MAX_IN];  // 1: another later layer also reads that input: dx is scratch, added after
     conv_desc conv;            // LAYER_CONV, for the current batch size
     conv_desc conv_plans[MODEL_MAX_PLANS];  // prepared plans per batch size; [0] is max_batch
     int n_conv_plans;
     pool_desc pool;            // LAYER_MAXPOOL
-    // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters
+    // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters, n_b = 0
+    // without a bias. The layer's slice of the buffer is [w_off, b_off + n_b) (weight first, then bias).
     size_t w_off, n_w, b_off, n_b;
     int w_ndim;
     int64_t w_shape[4];        // PyTorch layout: conv [k, c, r, s], dense [out, in]
+    // non-trained state (running statistics): offset and count in the model's state buffer
+    size_t s_off, n_s;
     // activations (backend memory, sized for max_batch): output y and its gradient dy
     float *y, *dy;
+    int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
     int32_t *argmax;           // maxpool
+    void *priv;                // kind-private (freed by the kind's destroy)
 } model_layer;
 
 // Called by model_backward after each layer's gradients are complete: grads[0 .. ready) are final.
@@ -45,6 +63,10 @@ typedef struct model {
     int max_batch;
     size_t n_params;
     float *params, *grads;     // backend memory, n_params each
+    size_t n_state;
+    float *state;              // backend memory: non-trained state (running statistics), n_state floats
+    float *dscratch[MODEL_MAX_IN];  // gradients for inputs read by more than one layer (then added)
+    int training;              // the mode of the last forward: 1 training, 0 evaluation
     void *workspace;           // one, sized to the largest layer's need
     size_t workspace_bytes;
     float *x;                  // input batch [max_batch, c, h, w]
@@ -66,12 +88,14 @@ void model_destroy(model *m);
 int model_init_params(model *m, uint64_t seed);
 
 // Forward on m->x / m->labels for n samples (n <= max_batch). Accumulates loss and correct counts into
-// m->loss_acc / m->correct_acc. With backward != 0 also computes dlogits.
-int model_forward(model *m, int n, int backward);
+// m->loss_acc / m->correct_acc. training != 0: training mode (batch statistics, dropout, label smoothing) and
+// the loss gradient for model_backward; 0: evaluation.
+int model_forward(model *m, int n, int training);
 // Backward after model_forward(m, n, 1). Calls on_ready(arg, k) each time grads[0..k) are final (may be NULL).
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg);
 
 // Names/shapes for checkpoints: the i-th parameter tensor (weights and biases in FORWARD layer order, names
-// "<layer>.weight", "<layer>.bias"). Returns the number of tensors when i < 0.
+// "<layer>.weight", "<layer>.bias"; a layer without a bias has no bias tensor). Returns the number of tensors
+// when i < 0.
 int model_param_tensor(const model *m, int i, const char **layer_name, int *is_bias, size_t *offset,
                        int *ndim, int64_t shape[4]);

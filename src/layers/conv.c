@@ -1,0 +1,129 @@
+// conv.c — [conv]: 2-D convolution with fused bias and activation (backend conv_* ops; cuDNN on CUDA).
+//
+// Conv plans per batch size. Training uses one batch size and evaluation usually others (eval_batch and each
+// rank's smaller last batch); preparing a conv (cuDNN algorithm search on the GPU) is too slow to redo at every
+// switch, so each size keeps its plan, up to MODEL_MAX_PLANS per layer. Slot 0 is max_batch, made by create (its
+// need sized the workspace): the training batch or eval_batch, whichever is larger. When the cache is full, the
+// least recently used plan goes, never slot 0 nor the training batch's (m->train_batch): losing that would
+// re-plan at the next eager training step, and a fresh search may pick another algorithm than the one a captured
+// CUDA graph replays (or, if it fell just before a capture, run conv_prepare inside it, which is refused).
+// Slots 1.. are kept most recently used first.
+#include <string.h>
+
+#include "../common.h"
+#include "../layer.h"
+
+_Static_assert(MODEL_MAX_PLANS >= 3, "slot 0, the training batch's plan and one more");
+
+static const layer_key keys[] = {
+    {"filters", LK_INT, offsetof(layer_cfg, filters), 0, 1, 65536, 1},
+    {"size", LK_INT, offsetof(layer_cfg, size), 3, 1, 1024, 0},
+    {"stride", LK_INT, offsetof(layer_cfg, stride), 1, 1, 1024, 0},
+    {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 1024, 0},
+    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_RELU, 0, 0, 0},
+};
+
+static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
+                      long long *n_params) {
+    (void)n_in;
+    const layer_cfg *l = &cfg->layers[i];
+    if (!in->spatial) return layer_err(cfg, i, NULL, "after a dense layer: the input is no longer spatial");
+    long long h = in->h, w = in->w;
+    if (h + 2LL * l->pad < l->size || w + 2LL * l->pad < l->size)
+        return layer_err(cfg, i, NULL, "impossible shape: kernel %dx%d (pad %d) on a %lldx%lld input", l->size,
+                         l->size, l->pad, h, w);
+    if (l->pad >= l->size) return layer_err(cfg, i, NULL, "pad %d must be smaller than size %d", l->pad, l->size);
+    out->c = l->filters;
+    out->h = (int)((h + 2LL * l->pad - l->size) / l->stride + 1);
+    out->w = (int)((w + 2LL * l->pad - l->size) / l->stride + 1);
+    out->spatial = 1;
+    *n_params = (long long)l->filters * in->c * l->size * l->size + l->filters;
+    return ST_OK;
+}
+
+static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
+    conv_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .k = lc->filters, .r = lc->size,
+                   .s = lc->size, .stride = lc->stride, .pad = lc->pad, .act = lc->act};
+    TRY(conv_desc_init(&d, l->name));
+    l->conv_plans[0] = d;
+    l->n_conv_plans = 1;
+    l->n_w = (size_t)d.k * d.c * d.r * d.s;
+    l->n_b = (size_t)d.k;
+    l->w_ndim = 4;
+    l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
+    TRY(m->be->ops->conv_prepare(m->be->ctx, &l->conv_plans[0], workspace));
+    l->conv = l->conv_plans[0];
+    return ST_OK;
+}
+
+static void conv_destroy(model *m, model_layer *l) {
+    for (int p = 0; p < l->n_conv_plans; p++) m->be->ops->conv_release(m->be->ctx, &l->conv_plans[p]);
+    l->n_conv_plans = 0;
+}
+
+static int conv_plan_slot(const model_layer *l, int n) {
+    for (int i = 0; i < l->n_conv_plans; i++)
+        if (l->conv_plans[i].n == n) return i;
+    return -1;
+}
+
+// A free slot, else the least recently used plan other than slot 0 and the training batch's (released).
+static int conv_plan_evict(model *m, model_layer *l) {
+    if (l->n_conv_plans < MODEL_MAX_PLANS) return l->n_conv_plans++;
+    int i = MODEL_MAX_PLANS - 1;
+    if (l->conv_plans[i].n == m->train_batch) i--;
+    m->be->ops->conv_release(m->be->ctx, &l->conv_plans[i]);
+    return i;
+}
+
+static int conv_set_batch(model *m, model_layer *l, int n) {
+    int i = conv_plan_slot(l, n);
+    if (i < 0) {
+        conv_desc d = l->conv_plans[0];
+        d.n = n;
+        d.plan = NULL;
+        TRY(conv_desc_init(&d, l->name));
+        size_t ws = 0;
+        TRY(m->be->ops->conv_prepare(m->be->ctx, &d, &ws));
+        if (ws > m->workspace_bytes) {
+            m->be->ops->conv_release(m->be->ctx, &d);  // in no slot: nothing else would release it
+            return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
+                       m->workspace_bytes);
+        }
+        i = conv_plan_evict(m, l);
+        l->conv_plans[i] = d;
+    }
+    if (i > 1) {  // most recently used first (after slot 0)
+        const conv_desc d = l->conv_plans[i];
+        memmove(&l->conv_plans[2], &l->conv_plans[1], (size_t)(i - 1) * sizeof d);
+        l->conv_plans[1] = d;
+        i = 1;
+    }
+    l->conv = l->conv_plans[i];
+    return ST_OK;
+}
+
+static int conv_forward(model *m, model_layer *l, int n, int training) {
+    (void)n, (void)training;
+    return m->be->ops->conv_forward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off, m->params + l->b_off, l->y,
+                                    m->workspace);
+}
+
+static int conv_backward(model *m, model_layer *l, int n) {
+    (void)n;
+    return m->be->ops->conv_backward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
+                                     m->grads + l->w_off, m->grads + l->b_off, m->workspace);
+}
+
+const layer_kind layer_kind_conv = {
+    .section = "conv",
+    .keys = keys,
+    .n_keys = sizeof keys / sizeof keys[0],
+    .doc = "2-D convolution, bias and activation fused",
+    .shape = conv_shape,
+    .create = conv_create,
+    .destroy = conv_destroy,
+    .set_batch = conv_set_batch,
+    .forward = conv_forward,
+    .backward = conv_backward,
+};

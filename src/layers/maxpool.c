@@ -1,0 +1,69 @@
+// maxpool.c — [maxpool]: max pooling without padding; the argmax of each window is kept for backward.
+#include "../common.h"
+#include "../layer.h"
+
+static const layer_key keys[] = {
+    {"size", LK_INT, offsetof(layer_cfg, size), 2, 1, 1024, 0},
+    {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0},  // unset (0): = size
+};
+
+static int stride_of(const layer_cfg *l) { return l->stride ? l->stride : l->size; }
+
+static int maxpool_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
+                         long long *n_params) {
+    (void)n_in, (void)n_params;
+    const layer_cfg *l = &cfg->layers[i];
+    if (!in->spatial) return layer_err(cfg, i, NULL, "after a dense layer: the input is no longer spatial");
+    if (in->h < l->size || in->w < l->size)
+        return layer_err(cfg, i, NULL, "impossible shape: window %d on a %dx%d input", l->size, in->h, in->w);
+    *out = *in;
+    out->h = (in->h - l->size) / stride_of(l) + 1;
+    out->w = (in->w - l->size) / stride_of(l) + 1;
+    return ST_OK;
+}
+
+static int maxpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
+    (void)workspace;
+    pool_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .size = lc->size,
+                   .stride = stride_of(lc)};
+    TRY(pool_desc_init(&d, l->name));
+    l->pool = d;
+    return m->be->ops->alloc(m->be->ctx, (void **)&l->argmax,
+                             (size_t)m->max_batch * l->out_c * l->out_h * l->out_w * sizeof(int32_t));
+}
+
+static void maxpool_destroy(model *m, model_layer *l) {
+    m->be->ops->free(m->be->ctx, l->argmax);
+    l->argmax = NULL;
+}
+
+static int maxpool_set_batch(model *m, model_layer *l, int n) {
+    (void)m;
+    l->pool.n = n;
+    return pool_desc_init(&l->pool, l->name);
+}
+
+static int maxpool_forward(model *m, model_layer *l, int n, int training) {
+    (void)n, (void)training;
+    return m->be->ops->pool_forward(m->be->ctx, &l->pool, l->x[0], l->y, l->argmax);
+}
+
+static int maxpool_backward(model *m, model_layer *l, int n) {
+    (void)n;
+    if (!l->dx[0]) return ST_OK;
+    return m->be->ops->pool_backward(m->be->ctx, &l->pool, l->dy, l->argmax, l->dx[0]);
+}
+
+const layer_kind layer_kind_maxpool = {
+    .section = "maxpool",
+    .prefix = "pool",
+    .keys = keys,
+    .n_keys = sizeof keys / sizeof keys[0],
+    .doc = "max pooling, no padding (stride defaults to size)",
+    .shape = maxpool_shape,
+    .create = maxpool_create,
+    .destroy = maxpool_destroy,
+    .set_batch = maxpool_set_batch,
+    .forward = maxpool_forward,
+    .backward = maxpool_backward,
+};
