@@ -3,6 +3,7 @@
 #include "backend.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -53,6 +54,25 @@ int pool_desc_init(pool_desc *d, const char *layer_name) {
     d->oh = (d->h - d->size) / d->stride + 1;
     d->ow = (d->w - d->size) / d->stride + 1;
     return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Table completeness (tests: a new op left out of a backend fails them)
+
+int backend_ops_missing(const backend_ops *ops, size_t *first) {
+    const size_t optional[] = {offsetof(backend_ops, set_progress), offsetof(backend_ops, stream),
+                               offsetof(backend_ops, capture_begin), offsetof(backend_ops, capture_end),
+                               offsetof(backend_ops, replay)};
+    typedef void (*slot_fn)(void);
+    int missing = 0;
+    for (size_t off = offsetof(backend_ops, destroy); off + sizeof(slot_fn) <= sizeof *ops; off += sizeof(slot_fn)) {
+        int opt = 0;
+        for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++) opt |= optional[i] == off;
+        slot_fn fn;
+        memcpy(&fn, (const char *)ops + off, sizeof fn);
+        if (!fn && !opt && missing++ == 0 && first) *first = off;
+    }
+    return missing;
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -145,6 +145,10 @@ typedef struct backend {
 int conv_desc_init(conv_desc *d, const char *layer_name);
 int pool_desc_init(pool_desc *d, const char *layer_name);
 
+// The number of required slots of ops left NULL (every slot but the ones documented optional: set_progress,
+// stream, capture_begin, capture_end, replay); *first (nullable) = the byte offset of the first such slot.
+int backend_ops_missing(const backend_ops *ops, size_t *first);
+
 // Create a backend by name ("cpu", "cuda"). threads: CPU threads (0 = all cores). device: CUDA device.
 int backend_create(backend *be, const char *name, int threads, int device);
 void backend_destroy(backend *be);

@@ -56,6 +56,9 @@ typedef struct layer_kind {
     int inputs;            // enum layer_inputs_rule
     unsigned flags;        // enum layer_flags
     const char *doc;       // one line for README/--help
+    // Sections that put this kind in a small network (tests/test_layers.c: after a linear [conv] on 2x6x6,
+    // before [dense] units=3 and [softmax]): finite differences and a config round trip for every kind.
+    const char *example;
 
     // Output shape from the input shapes, and the number of parameters it adds. Errors name the layer through
     // layer_err. Called by config_validate and by model_create.

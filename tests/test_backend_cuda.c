@@ -144,6 +144,15 @@ static void test_tf32_needs_cuda(void **state) {
     assert_int_equal(backend_cuda_set_tf32(&g_cpu, 0), ST_OK);
 }
 
+// Every required slot of the CUDA table is filled (a new op added to the CPU backend only fails here).
+static void test_table_full(void **state) {
+    (void)state;
+    NEED_CUDA();
+    size_t first = 0;
+    const int missing = backend_ops_missing(g_gpu.ops, &first);
+    if (missing) fail_msg("cuda backend: %d empty slots, the first at byte %zu of backend_ops", missing, first);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Memory
 
@@ -906,6 +915,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_tf32_needs_cuda),
+        cmocka_unit_test(test_table_full),
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_gather),
         cmocka_unit_test(test_conv),

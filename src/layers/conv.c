@@ -120,6 +120,7 @@ const layer_kind layer_kind_conv = {
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
     .doc = "2-D convolution, bias and activation fused",
+    .example = "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=relu\n",
     .shape = conv_shape,
     .create = conv_create,
     .destroy = conv_destroy,

@@ -43,6 +43,7 @@ const layer_kind layer_kind_dense = {
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
     .doc = "fully connected, bias and activation fused",
+    .example = "[dense]\nunits=5\nactivation=relu\n",
     .shape = dense_shape,
     .create = dense_create,
     .forward = dense_forward,

@@ -34,6 +34,7 @@ const layer_kind layer_kind_flatten = {
     .section = "flatten",
     .flags = LAYER_ALIAS,
     .doc = "C×H×W as one vector (optional: [dense] flattens its input)",
+    .example = "[flatten]\n",
     .shape = flatten_shape,
     .create = flatten_create,
     .forward = flatten_forward,

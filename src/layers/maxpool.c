@@ -60,6 +60,7 @@ const layer_kind layer_kind_maxpool = {
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
     .doc = "max pooling, no padding (stride defaults to size)",
+    .example = "[maxpool]\nsize=2\n",
     .shape = maxpool_shape,
     .create = maxpool_create,
     .destroy = maxpool_destroy,

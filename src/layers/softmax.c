@@ -39,6 +39,7 @@ const layer_kind layer_kind_softmax = {
     .section = "softmax",
     .flags = LAYER_TERMINAL,
     .doc = "softmax + cross-entropy loss (last layer, after a linear [dense] with net.classes units)",
+    .example = "",
     .shape = softmax_shape,
     .create = softmax_create,
     .forward = softmax_forward,

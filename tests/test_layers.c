@@ -1,0 +1,170 @@
+// test_layers.c — every kind in the layer registry, found by iterating it (a new kind is tested without editing
+// this file): its example network's gradients against central finite differences, its config round trip
+// (--print-config reads back the same layers), and no empty slot in the CPU backend's table.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "common.h"
+#include "config.h"
+#include "layer.h"
+#include "model.h"
+#include "test_util.h"
+
+#define BATCH 4
+
+// The kind's example between a linear [conv] (so the kind's input gradient reaches a parameter) and the head.
+static void example_config(int type, net_config *cfg) {
+    const layer_kind *k = layer_kind_of(type);
+    char text[4096];
+    snprintf(text, sizeof text,
+             "[net]\nchannels=2\nheight=6\nwidth=6\nclasses=3\nbatch=%d\nlabel_smoothing=0.1\n"
+             "[conv]\nname=stem\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
+             "%s"
+             "[dense]\nname=head\nunits=3\n[softmax]\n",
+             BATCH, k->example);
+    char origin[64];
+    snprintf(origin, sizeof origin, "example of [%s]", k->section);
+    int st = config_load_text(text, origin, cfg);
+    if (st == ST_OK) st = config_validate(cfg);
+    if (st != ST_OK) fail_msg("[%s] example: %s", k->section, err_msg());
+}
+
+typedef struct net {
+    backend be;
+    model m;
+    net_config cfg;
+} net;
+
+static void net_open(net *t, int type) {
+    example_config(type, &t->cfg);
+    assert_int_equal(backend_create(&t->be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(model_create(&t->m, &t->be, &t->cfg, BATCH), ST_OK);
+    assert_int_equal(model_init_params(&t->m, 11), ST_OK);
+    rng r;
+    rng_seed(&r, 5);
+    // Non-zero biases move relu kinks apart; inputs in [-1, 1] give every activation both signs.
+    for (size_t i = 0; i < t->m.n_params; i++) t->m.params[i] += 0.1f * (rng_uniform(&r) - 0.5f);
+    for (int i = 0; i < BATCH * 2 * 36; i++) t->m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    for (int i = 0; i < BATCH; i++) t->m.labels[i] = i % 3;
+}
+
+static void net_close(net *t) {
+    model_destroy(&t->m);
+    backend_destroy(&t->be);
+}
+
+// The training objective (training mode: batch statistics, the same dropout masks for the same key).
+static double loss_of(net *t) {
+    *t->m.loss_acc = 0;
+    assert_int_equal(model_forward(&t->m, BATCH, 1), ST_OK);
+    return *t->m.loss_acc / BATCH;
+}
+
+static void check_kind_gradients(int type) {
+    const layer_kind *k = layer_kind_of(type);
+    static net t;
+    net_open(&t, type);
+    model *m = &t.m;
+    (void)loss_of(&t);
+    assert_int_equal(model_backward(m, BATCH, NULL, NULL), ST_OK);
+    float *g = malloc(m->n_params * sizeof(float));
+    assert_non_null(g);
+    memcpy(g, m->grads, m->n_params * sizeof(float));
+    double num = 0, den = 0;
+    int bad = 0;
+    const float eps = 1e-3f;
+    for (size_t i = 0; i < m->n_params; i++) {
+        const float p = m->params[i];
+        m->params[i] = p + eps;
+        const double lp = loss_of(&t);
+        m->params[i] = p - eps;
+        const double lm = loss_of(&t);
+        m->params[i] = p;
+        const double fd = (lp - lm) / (2.0 * eps), d = fabs(fd - g[i]);
+        num += d * d, den += fd * fd;
+        if (d > 2e-3 + 2e-2 * fabs(fd)) bad++;
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    print_message("[%-9s] %5zu params: gradient relative L2 error %.2e, %d outside tolerance\n", k->section,
+                  m->n_params, rel, bad);
+    assert_true(den > 0);
+    assert_true(rel < 1e-2);
+    assert_true(bad <= (int)(m->n_params / 50));  // a relu/max kink inside ±eps may flip a few
+    free(g);
+    net_close(&t);
+}
+
+static void test_gradients_every_kind(void **state) {
+    (void)state;
+    for (int type = 1; type < LAYER_KIND_COUNT; type++) check_kind_gradients(type);
+}
+
+static void test_round_trip_every_kind(void **state) {
+    (void)state;
+    for (int type = 1; type < LAYER_KIND_COUNT; type++) {
+        static net_config a, b;
+        example_config(type, &a);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&text, &len);
+        assert_non_null(f);
+        config_print(&a, f);
+        fclose(f);
+        if (config_load_text(text, "printed", &b) != ST_OK) fail_msg("[%s] printed config: %s", layer_kind_of(type)->section, err_msg());
+        assert_int_equal(config_validate(&b), ST_OK);
+        assert_int_equal(a.n_layers, b.n_layers);
+        for (int i = 0; i < a.n_layers; i++) {
+            layer_cfg la = a.layers[i], lb = b.layers[i];
+            la.line = lb.line = 0;
+            if (memcmp(&la, &lb, sizeof la) != 0)
+                fail_msg("[%s] example: layer '%s' differs after print and reload", layer_kind_of(type)->section, la.name);
+        }
+        free(text);
+    }
+}
+
+// Every kind has what the model calls unconditionally, and names itself.
+static void test_registry_complete(void **state) {
+    (void)state;
+    for (int type = 1; type < LAYER_KIND_COUNT; type++) {
+        const layer_kind *k = layer_kind_of(type);
+        assert_non_null(k);
+        assert_non_null(k->section);
+        assert_int_equal(layer_kind_find(k->section), type);
+        assert_non_null(k->shape);
+        assert_non_null(k->create);
+        assert_non_null(k->forward);
+        assert_non_null(k->example);
+        assert_non_null(k->doc);
+        assert_true(k->backward || (k->flags & LAYER_TERMINAL));
+        for (int j = 0; j < k->n_keys; j++) assert_true(k->keys[j].type >= LK_INT && k->keys[j].type <= LK_REFS);
+    }
+    assert_null(layer_kind_of(0));
+    assert_null(layer_kind_of(LAYER_KIND_COUNT));
+}
+
+// Every slot of the CPU backend's table is filled but the optional ones (backend_ops_missing; the CUDA table is
+// checked the same way in test_backend_cuda.c).
+static void test_cpu_backend_table_full(void **state) {
+    (void)state;
+    backend be;
+    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    size_t first = 0;
+    const int missing = backend_ops_missing(be.ops, &first);
+    if (missing) print_message("cpu backend: %d empty slots, the first at byte %zu of backend_ops\n", missing, first);
+    backend_destroy(&be);
+    assert_int_equal(missing, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_registry_complete),
+        cmocka_unit_test(test_cpu_backend_table_full),
+        cmocka_unit_test(test_round_trip_every_kind),
+        cmocka_unit_test(test_gradients_every_kind),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
