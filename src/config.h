@@ -13,7 +13,7 @@
 #include <stdio.h>
 
 #define CFG_PATH_MAX 1024
-#define CFG_MAX_LAYERS 32
+#define CFG_MAX_LAYERS 128
 #define CFG_NAME_MAX 32
 
 #define CFG_MAX_REFS 4

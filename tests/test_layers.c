@@ -19,12 +19,7 @@
 static void example_config(int type, net_config *cfg) {
     const layer_kind *k = layer_kind_of(type);
     char text[4096];
-    snprintf(text, sizeof text,
-             "[net]\nchannels=2\nheight=6\nwidth=6\nclasses=3\nbatch=%d\nlabel_smoothing=0.1\n"
-             "[conv]\nname=stem\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
-             "%s"
-             "[dense]\nname=head\nunits=3\n[softmax]\n",
-             BATCH, k->example);
+    tu_layer_example_text(k->example, BATCH, text, sizeof text);
     char origin[64];
     snprintf(origin, sizeof origin, "example of [%s]", k->section);
     int st = config_load_text(text, origin, cfg);

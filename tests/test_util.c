@@ -128,3 +128,12 @@ void tu_cuda_or_skip(const char *why) {
     if (req && *req && strcmp(req, "0") != 0) fail_msg("DDP_REQUIRE_CUDA=%s but CUDA is not usable: %s", req, why);
     skip();
 }
+
+void tu_layer_example_text(const char *example, int batch, char *buf, size_t n) {
+    snprintf(buf, n,
+             "[net]\nchannels=2\nheight=6\nwidth=6\nclasses=3\nbatch=%d\nlabel_smoothing=0.1\n"
+             "[conv]\nname=stem\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
+             "%s"
+             "[dense]\nname=head\nunits=3\n[softmax]\n",
+             batch, example);
+}

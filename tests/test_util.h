@@ -27,3 +27,8 @@ int tu_run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // why not. Returns when usable; otherwise skips the calling test, or, when DDP_REQUIRE_CUDA is set (and not
 // "0"), fails it with the reason: on a GPU machine a broken driver must not pass as a clean skip.
 void tu_cuda_or_skip(const char *why);
+
+// The small network around a layer kind's `example` (layer.h): [net] 2x6x6, 3 classes, label smoothing 0.1,
+// a linear [conv] "stem", the example's sections, a [dense] "head" with 3 units and [softmax]. Used by
+// test_layers.c and grad_dump.c (the PyTorch parity check), so both see the same networks.
+void tu_layer_example_text(const char *example, int batch, char *buf, size_t n);

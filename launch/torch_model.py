@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""torch_model.py — the PyTorch nn.Module equivalent to any ddp-cnn config, and a safetensors reader.
+
+    from torch_model import parse_config, build_model, load_safetensors
+    cfg = parse_config(open("configs/fashion_resnet.cfg").read())   # or a checkpoint's stored config_ini
+    model = build_model(cfg)            # parameters and buffers named as ddp-cnn names its tensors
+    model.load_state_dict(tensors, strict=True)
+
+    python3 launch/torch_model.py CONFIG_OR_CKPT     # print the module and its parameter count
+
+Each layer section becomes a submodule registered under the layer's name, so the state dict keys are the
+checkpoint's tensor names ("conv1.weight", "bn1.running_mean", ...). The graph follows the trainer's rules: a
+layer reads the previous layer's output, [shortcut] adds the output of `from`, [route] concatenates `layers`
+along channels; negative references are relative (-1 = the previous layer), non-negative ones absolute.
+forward(x) returns the logits (the input of [softmax]); the loss is F.cross_entropy with net.label_smoothing.
+Benchmarks and parity checks only: nothing in the trainer depends on PyTorch.
+"""
+import json
+import struct
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+LEAKY_SLOPE = 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config: Darknet-style INI with repeated layer sections (configparser cannot hold those)
+
+def parse_config(text):
+    """{'net': {...}, 'data': {...}, 'parallel': {...}, 'layers': [(section, {key: value}), ...]} as strings."""
+    cfg = {"net": {}, "data": {}, "parallel": {}, "layers": []}
+    cur = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            name = line[1:line.index("]")].strip()
+            if name in ("net", "data", "parallel"):
+                cur = cfg[name]
+            else:
+                cfg["layers"].append((name, {}))
+                cur = cfg["layers"][-1][1]
+            continue
+        k, v = line.split("=", 1)
+        cur[k.strip()] = v.strip()
+    return cfg
+
+
+def act_fn(name):
+    return {"relu": F.relu, "leaky": lambda x: F.leaky_relu(x, LEAKY_SLOPE), "linear": lambda x: x}[name]
+
+
+def refs(spec, i):
+    out = []
+    for s in spec.split(","):
+        v = int(s)
+        out.append(i + v if v < 0 else v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The module
+
+class Dropout(nn.Module):
+    """nn.Dropout, or (parity checks) multiplied by a given keep mask so that both sides drop the same units."""
+
+    def __init__(self, rate):
+        super().__init__()
+        self.rate = rate
+        self.mask = None
+
+    def forward(self, x):
+        if not self.training or self.rate == 0:
+            return x
+        if self.mask is not None:
+            return x * self.mask / (1.0 - self.rate)
+        return F.dropout(x, self.rate, True)
+
+
+class CfgNet(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        net = cfg["net"]
+        c, h, w = int(net["channels"]), int(net["height"]), int(net["width"])
+        self.classes = int(net.get("classes", 10))
+        self.label_smoothing = float(net.get("label_smoothing", 0))
+        self.plan = []  # (kind, name, input indices, options)
+        shapes = []     # output (c, h, w) per layer; h = w = 0 once flat
+        names = {}
+        for i, (kind, keys) in enumerate(cfg["layers"]):
+            name = keys.get("name") or self._default_name(kind, names)
+            names.setdefault(kind, 0)
+            names[kind] += 1
+            prev = (c, h, w) if i == 0 else shapes[i - 1]
+            ins = [i - 1]
+            act = keys.get("activation", "relu" if kind == "conv" else "linear")
+            bias = keys.get("bias", "1") == "1"
+            opt = {"act": act}
+            if kind == "conv":
+                size, stride, pad = int(keys.get("size", 3)), int(keys.get("stride", 1)), int(keys.get("pad", 0))
+                k = int(keys["filters"])
+                self.add_module(name, nn.Conv2d(prev[0], k, size, stride, pad, bias=bias))
+                out = (k, (prev[1] + 2 * pad - size) // stride + 1, (prev[2] + 2 * pad - size) // stride + 1)
+            elif kind == "maxpool":
+                size = int(keys.get("size", 2))
+                stride = int(keys.get("stride", 0)) or size
+                opt.update(size=size, stride=stride)
+                out = (prev[0], (prev[1] - size) // stride + 1, (prev[2] - size) // stride + 1)
+            elif kind == "avgpool":
+                size = int(keys.get("size", 0))
+                stride = int(keys.get("stride", 0)) or size
+                opt.update(size=size, stride=stride)
+                out = (prev[0], 1, 1) if size == 0 else (prev[0], (prev[1] - size) // stride + 1,
+                                                         (prev[2] - size) // stride + 1)
+            elif kind == "dense":
+                n_in = prev[0] * max(prev[1], 1) * max(prev[2], 1)
+                units = int(keys["units"])
+                self.add_module(name, nn.Linear(n_in, units, bias=bias))
+                out = (units, 0, 0)
+            elif kind == "flatten":
+                out = (prev[0] * prev[1] * prev[2], 0, 0)
+            elif kind == "batchnorm":
+                eps, mom = float(keys.get("eps", 1e-5)), float(keys.get("momentum", 0.1))
+                bn = nn.BatchNorm2d if prev[1] > 0 else nn.BatchNorm1d
+                self.add_module(name, bn(prev[0], eps=eps, momentum=mom))
+                out = prev
+            elif kind == "shortcut":
+                ins = [i - 1] + refs(keys["from"], i)
+                out = prev
+            elif kind == "route":
+                ins = refs(keys["layers"], i)
+                out = (sum(shapes[j][0] for j in ins),) + shapes[ins[0]][1:]
+            elif kind == "dropout":
+                self.add_module(name, Dropout(float(keys.get("rate", 0.5))))
+                out = prev
+            elif kind == "softmax":
+                out = prev
+            else:
+                raise ValueError(f"layer {i}: unknown kind [{kind}]")
+            self.plan.append((kind, name, ins, opt))
+            shapes.append(out)
+        if self.plan[-1][0] != "softmax":
+            raise ValueError("the last layer must be [softmax]")
+
+    @staticmethod
+    def _default_name(kind, counts):
+        if kind == "softmax" and counts.get(kind, 0) == 0:
+            return "softmax"
+        prefix = {"maxpool": "pool"}.get(kind, kind)
+        return f"{prefix}{counts.get(kind, 0) + 1}"
+
+    def forward(self, x):
+        outs = []
+        for kind, name, ins, opt in self.plan:
+            a = x if ins[0] < 0 else outs[ins[0]]
+            act = act_fn(opt["act"])
+            if kind in ("conv", "batchnorm"):
+                y = act(getattr(self, name)(a))
+            elif kind == "dense":
+                y = act(getattr(self, name)(a.flatten(1)))
+            elif kind == "maxpool":
+                y = F.max_pool2d(a, opt["size"], opt["stride"])
+            elif kind == "avgpool":
+                y = F.adaptive_avg_pool2d(a, 1) if opt["size"] == 0 else F.avg_pool2d(a, opt["size"], opt["stride"])
+            elif kind == "flatten":
+                y = a.flatten(1)
+            elif kind == "shortcut":
+                y = act(a + outs[ins[1]])
+            elif kind == "route":
+                y = torch.cat([outs[j] for j in ins], 1) if len(ins) > 1 else outs[ins[0]]
+            elif kind == "dropout":
+                y = getattr(self, name)(a)
+            elif kind == "softmax":
+                return a  # the logits
+            outs.append(y)
+        return outs[-1]
+
+    def loss(self, logits, labels):
+        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing if self.training else 0.0)
+
+
+def build_model(cfg):
+    return CfgNet(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# safetensors (standard library only: 8-byte length, JSON header, raw little-endian tensors)
+
+_DTYPES = {"F32": (torch.float32, 4), "I64": (torch.int64, 8), "F64": (torch.float64, 8), "I32": (torch.int32, 4)}
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        blob = f.read()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    out = {}
+    for name, e in header.items():
+        dt, _ = _DTYPES[e["dtype"]]
+        b, t = e["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(blob[base + b:base + t]), dtype=dt).reshape(e["shape"]).clone()
+    return out, meta
+
+
+def config_of(path):
+    """A config file's text, or a checkpoint's stored configuration (metadata config_ini)."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:1] != b"[" and len(head) >= 9 and head[8:9] == b"{":
+        _, meta = load_safetensors(path)
+        return parse_config(meta["config_ini"])
+    return parse_config(open(path).read())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    m = build_model(config_of(sys.argv[1]))
+    print(m)
+    print("parameters:", sum(p.numel() for p in m.parameters()))
