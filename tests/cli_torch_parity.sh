@@ -2,12 +2,15 @@
 # cli_torch_parity.sh — every layer kind in the registry (grad_dump --list), in its example network, gives the
 # same training loss and parameter gradients as the PyTorch module launch/torch_model.py builds from the same
 # config and weights, within 1e-4 (tests/torch_parity.py); then the ready configs build in PyTorch with the
-# parameter count the trainer prints. Skips (77) when PyTorch is not importable ($PYTHON, else python3):
+# parameter count the trainer prints. Skips (77) when PyTorch is not importable ($PYTHON, python3, /usr/bin/python3):
 # PyTorch is never a hard test dependency. Run by ctest: cli_torch_parity.sh TRAINER SOURCE_DIR BINARY_DIR
 set -uo pipefail
 trainer=$1 src=$2 bin=$3
-py=${PYTHON:-python3}
-"$py" -c "import torch" 2>/dev/null || { echo "SKIP: PyTorch is not importable by $py (apt-get install python3-torch)"; exit 77; }
+py=""
+for p in ${PYTHON:-} python3 /usr/bin/python3; do
+  if "$p" -c "import torch" 2>/dev/null; then py=$p; break; fi
+done
+[ -n "$py" ] || { echo "SKIP: PyTorch is not importable (\$PYTHON, python3, /usr/bin/python3; apt-get install python3-torch)"; exit 77; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
@@ -20,8 +23,9 @@ for k in $kinds; do
 done
 for cfg in "$src"/configs/*.cfg; do
   # the trainer's start line: "..., 121930 parameters, ..." (one step on 64 samples: data files must exist)
-  line=$("$trainer" --config "$cfg" --epochs 1 --steps 1 --set data.train_limit=64 --set data.test_limit=10 2>/dev/null |
-         head -1) || continue
+  line=$("$trainer" --config "$cfg" --epochs 1 --steps 1 --set data.train_limit=64 --set data.test_limit=10 2>/dev/null) ||
+    continue
+  line=${line%%$'\n'*}
   want=$(sed -n 's/.* \([0-9]*\) parameters.*/\1/p' <<<"$line")
   [ -n "$want" ] || continue
   got=$("$py" "$src/launch/torch_model.py" "$cfg" | sed -n 's/^parameters: //p')
