@@ -2,7 +2,7 @@
 # bench_gpu.sh — ddp-cnn (CUDA backend) vs PyTorch eager and torch.compile on one GPU: same model, Adam, batch and
 # in-memory Fashion-MNIST; prints images/s of each and the ratio ddp-cnn/torch for each batch size.
 #   ./launch/bench_gpu.sh [--batches "64 512"] [--train-limit 60000] [--epochs 2] [--build build-gpu] [--comm nccl]
-#                         [--compile] [--tf32] [--backend cpu]
+#                         [--compile] [--tf32] [--backend cpu] [--config configs/fashion_mnist_cnn_cuda.cfg]
 # ddp-cnn's figure is `images_per_s` of the last epoch in its --metrics (a run of --epochs epochs on the first
 # --train-limit samples), so start-up, cuDNN's algorithm search and the CUDA Graph capture of the first epoch stay
 # out. PyTorch (launch/bench_torch.py --device cuda, with python3 or $PYTHON) times as many steps as one such epoch
@@ -10,10 +10,12 @@
 # 1, no mpirun). Data: $DDP_FMNIST_DIR, else Debian's Fashion-MNIST. --backend cpu: both on the CPU, no GPU needed
 # (a check of this script; launch/gpu_check.sh --no-gpu uses it). Needs a built trainer (launch/gpu_check.sh
 # builds build-gpu/) and a GPU (exit 2 without). Exit 1 when a ddp-cnn run fails (PyTorch absent or failing is
-# reported in the table, not an error).
+# reported in the table, not an error). --config: any config; PyTorch builds the same model from it
+# (launch/torch_model.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 batches="64 512" limit=60000 epochs=2 build=build-gpu comm=nccl compile=0 tf32=0 backend=cuda
+config=configs/fashion_mnist_cnn_cuda.cfg
 while [ $# -gt 0 ]; do
   case "$1" in
     --batches) batches=$2; shift 2 ;;
@@ -25,7 +27,8 @@ while [ $# -gt 0 ]; do
     --no-compile) compile=0; shift ;;
     --tf32) tf32=1; shift ;;
     --backend) backend=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --config) config=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "bench_gpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -53,7 +56,7 @@ timeout 120 "${py[@]}" -c 'import sys, torch; sys.exit(0 if sys.argv[1] == "cpu"
 # ours BATCH: images_per_s of the last epoch of a run.
 ours() {
   local m=$out/m$1.jsonl
-  if ! "$build/trainer" --config configs/fashion_mnist_cnn_cuda.cfg --batch "$1" --epochs "$epochs" \
+  if ! "$build/trainer" --config "$config" --batch "$1" --epochs "$epochs" \
        --backend "$backend" --comm "$comm" --set net.tf32="$tf32" \
        --set data.train_images="$data/train-images-idx3-ubyte.gz" --set data.train_labels="$data/train-labels-idx1-ubyte.gz" \
        --set data.test_images="$data/t10k-images-idx3-ubyte.gz" --set data.test_labels="$data/t10k-labels-idx1-ubyte.gz" \
@@ -68,7 +71,7 @@ theirs() {
   local b=$1 line
   shift
   [ "$have_torch" -eq 1 ] || { echo "no-torch"; return 0; }
-  local args=(--device "$device" --batch "$b" --steps $((limit / b)) --warmup 50 --data "$data" "$@")
+  local args=(--device "$device" --config "$config" --batch "$b" --steps $((limit / b)) --warmup 50 --data "$data" "$@")
   [ "$tf32" -eq 1 ] && args+=(--tf32)
   if line=$("${py[@]}" launch/bench_torch.py "${args[@]}" 2>"$out/err"); then
     echo "$line" >&2

@@ -2,7 +2,7 @@
 """bench_torch.py — the reference CNN in PyTorch on the CPU or a GPU, for a side-by-side with ddp-cnn.
 
 Same model (Conv 32 3x3 relu, MaxPool 2, Conv 64 3x3 relu, MaxPool 2, Dense 64 relu, Dense 10), Adam 1e-3
-with eps 1e-7, sparse categorical cross-entropy, same batch and threads, data already in memory as float
+with eps 1e-7 — or, with --config, any ddp-cnn config's model and optimizer through launch/torch_model.py — sparse categorical cross-entropy, same batch and threads, data already in memory as float
 tensors (so only the training step is timed). Prints one line: `torch images_per_s=<v> ...`.
 --device cuda: the data lives on the GPU and batches are gathered there by index; Adam is the fused one,
 cudnn.benchmark is on, TF32 is off unless --tf32 (as ddp-cnn's net.tf32); the timed steps lie between
@@ -11,6 +11,7 @@ torch.cuda.synchronize() calls, after the warm-up steps. --compile: the model go
 Benchmark only: nothing in the test suite depends on PyTorch.
 """
 import argparse
+import os
 import gzip
 import struct
 import sys
@@ -19,6 +20,9 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_model import build_model, parse_config  # noqa: E402  any config as the same nn.Module
 
 
 def load_idx(images_path, labels_path):
@@ -48,6 +52,20 @@ class Net(nn.Module):
         return self.dense2(x)
 
 
+def optimizer_for(cfg, model, cuda):
+    """The config's optimizer with its hyper-parameters (constant lr: the schedule costs nothing per step)."""
+    n = cfg["net"]
+    lr, wd = float(n.get("lr", 1e-3)), float(n.get("weight_decay", 0))
+    kind = n.get("optimizer", "adam")
+    extra = {"fused": True} if cuda and kind != "sgd" else {}
+    if kind == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(n.get("momentum", 0.9)),
+                               nesterov=n.get("nesterov", "0") == "1", weight_decay=wd)
+    betas = (float(n.get("beta1", 0.9)), float(n.get("beta2", 0.999)))
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=lr, betas=betas, eps=float(n.get("eps", 1e-7)), weight_decay=wd, **extra)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
@@ -58,6 +76,8 @@ def main():
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--tf32", action="store_true", help="CUDA: allow TF32 in cuDNN and cuBLAS")
+    ap.add_argument("--config", help="a ddp-cnn config: the model (and optimizer) built by launch/torch_model.py "
+                                     "(default: the reference CNN)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -72,8 +92,16 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = a.tf32
     x, y = load_idx(f"{a.data}/train-images-idx3-ubyte.gz", f"{a.data}/train-labels-idx1-ubyte.gz")
     x, y = x.to(dev), y.to(dev)
-    model = Net().to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, **({"fused": True} if cuda else {}))
+    if a.config:
+        cfg = parse_config(open(a.config).read())
+        model = build_model(cfg).to(dev)
+        opt = optimizer_for(cfg, model, cuda)
+        loss_fn = model.loss
+    else:
+        model = Net().to(dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7, **({"fused": True} if cuda else {}))
+        loss_fn = F.cross_entropy
+    model.train()
     perm = torch.randperm(x.shape[0], device=dev)
     label = "torch-compile" if a.compile else "torch"
     forward = model
@@ -82,7 +110,7 @@ def main():
         idx = perm[(i * a.batch) % (x.shape[0] - a.batch):][: a.batch]
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(forward(xb), yb)
+        loss = loss_fn(forward(xb), yb)
         loss.backward()
         opt.step()
         return loss
