@@ -251,6 +251,12 @@ int comm_wait(comm *c, int req) {
     return ST_OK;
 }
 
+int comm_allreduce_avg(comm *c, float *buf, size_t n, const char *label) {
+    int req = -1;
+    TRY(comm_allreduce_avg_async(c, buf, n, label, &req));
+    return comm_wait(c, req);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Host-side collectives
 

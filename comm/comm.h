@@ -54,6 +54,10 @@ int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device);
 
 // ---- data-parallel all-reduce (float32, average over ranks, in place)
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req);
+// The same, waited on at once (sync BN's statistics in the middle of forward and backward): in stream order
+// for nccl (the compute stream waits, the host does not: capturable), on the host for mpi (not capturable with
+// device buffers: the COMM_CAP_CAPTURE flag says which).
+int comm_allreduce_avg(comm *c, float *buf, size_t n, const char *label);
 int comm_test(comm *c, int req, int *done);
 int comm_wait(comm *c, int req);
 int comm_progress(comm *c);        // test every outstanding request once (cheap; no-op when none)

@@ -3,7 +3,7 @@
 //
 // Every op is enqueued on the one non-blocking compute stream and returns without waiting, except download and
 // sync (and upload of large buffers). The NCCL comm backend orders its own stream against this one with events.
-// The ops themselves live in conv_cuda.cu (cuDNN) and ops_cuda.cu (everything else).
+// The ops themselves live in conv_cuda.cu (cuDNN), bn_cuda.cu (batch normalisation) and ops_cuda.cu (the rest).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,6 +290,10 @@ static const backend_ops cuda_ops = {
     .dense_forward = cuda_dense_forward,
     .dense_backward = cuda_dense_backward,
     .softmax_xent = cuda_softmax_xent,
+    .bn_stats = cuda_bn_stats,
+    .bn_apply = cuda_bn_apply,
+    .bn_grad_stats = cuda_bn_grad_stats,
+    .bn_grad_input = cuda_bn_grad_input,
     .adam_step = cuda_adam_step,
     .sgd_step = cuda_sgd_step,
     .scale = cuda_scale,

@@ -3,6 +3,7 @@
 //
 //   backend_cuda.cu  context, memory, CUDA Graph capture/replay, the table
 //   conv_cuda.cu     convolution (cuDNN) with fused bias + ReLU kernels
+//   bn_cuda.cu       batch normalisation (statistics, apply, the two halves of backward)
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
 #pragma once
 #include <cublas_v2.h>
@@ -60,6 +61,15 @@ int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float
                       void *ws);
 int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
                        float *dx, float *dw, float *db, void *ws);
+
+// ---- bn_cuda.cu
+int cuda_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats);
+int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
+                  float *running, float *save, float *y);
+int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
+                       float *dw, float *db, float *gstats);
+int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
+                       const float *gstats, const float *dz, float *dx);
 
 // ---- ops_cuda.cu
 // y = act(y + b[channel]) in place over `total` values laid out [outer, channels, inner] (b may be NULL).

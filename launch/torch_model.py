@@ -150,7 +150,7 @@ class CfgNet(nn.Module):
     def _default_name(kind, counts):
         if kind == "softmax" and counts.get(kind, 0) == 0:
             return "softmax"
-        prefix = {"maxpool": "pool"}.get(kind, kind)
+        prefix = {"maxpool": "pool", "batchnorm": "bn"}.get(kind, kind)
         return f"{prefix}{counts.get(kind, 0) + 1}"
 
     def forward(self, x):

@@ -34,6 +34,17 @@ typedef struct pool_desc {
     void *plan;
 } pool_desc;
 
+// Batch normalisation of x viewed as [n, c, hw] (hw = 1 after a [dense]): statistics per channel c over n·hw
+// values (over all ranks' batches with sync BN, whose caller averages the stats buffers across ranks between ops).
+typedef struct bn_desc {
+    int n, c, hw;       // this rank's batch
+    int act;            // ACT_NONE / ACT_RELU / ACT_LEAKY after the affine
+    float eps;          // y = act(w (x - mean) / sqrt(var + eps) + b)
+    float momentum;     // running = (1 - momentum) running + momentum batch (PyTorch's convention)
+    int64_t count;      // values per channel the batch statistics cover (n·hw, times the ranks with sync BN):
+                        // running_var gets the unbiased var·count/(count - 1); must be >= 2 when training
+} bn_desc;
+
 typedef struct adam_hyper {
     float lr;           // already includes any schedule (warmup/scaling) for this step
     float beta1, beta2, eps;
@@ -92,6 +103,28 @@ typedef struct backend_ops {
     // (both backend memory, accumulated across calls).
     int (*softmax_xent)(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
                         float *dlogits, double *loss_acc, int32_t *correct_acc);
+
+    // ---- batch normalisation (bn_desc). Split into statistics and apply so that sync BN can average the
+    // statistics across ranks in between; every per-channel sum is accumulated in double.
+    // bn_stats: stats[3c] = {mean, biased var, mean²} of this rank's batch per channel. The var is two-pass
+    // (sum of (x - mean)² after the mean), never E[x²] - E[x]²; mean² lets bn_apply recover the variance of
+    // the union of equal-sized batches from rank averages: var = avg(var_r) + (avg(mean_r²) - avg(mean_r)²),
+    // where only the between-rank term cancels (exactly 0 at one rank).
+    int (*bn_stats)(void *ctx, const bn_desc *d, const float *x, float *stats);
+    // bn_apply: training (stats != NULL, possibly rank-averaged): mean and var from stats, save[2c] = {mean,
+    // invstd}, running[2c + 1] = {running_mean, running_var, num_batches_tracked} updated (momentum, unbiased
+    // var by d->count, num_batches_tracked += 1). Evaluation (stats == NULL): mean and var from running
+    // (unchanged); save written the same way. y = act(w (x - mean) invstd + b).
+    int (*bn_apply)(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
+                    float *running, float *save, float *y);
+    // bn_grad_stats: dy is overwritten with dz = dy · act'(y) (the sign of y is the sign of the pre-activation);
+    // dw = sum dz·x̂ and db = sum dz over this rank's batch (overwritten: the parameter gradients), x̂ = (x -
+    // save.mean) save.invstd; gstats[2c] = {db, dw} / (n·hw), the per-value means sync BN averages across ranks.
+    int (*bn_grad_stats)(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
+                         float *dw, float *db, float *gstats);
+    // bn_grad_input: dx = w invstd (dz - gstats.mean_dz - x̂ gstats.mean_dz_xhat) (overwritten).
+    int (*bn_grad_input)(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
+                         const float *gstats, const float *dz, float *dx);
 
     // ---- optimizers over flat buffers (the whole parameter buffer in one call). h is BACKEND memory, written
     // by the caller with upload before each step, so that a captured CUDA graph reads the current lr and t.

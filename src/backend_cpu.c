@@ -820,6 +820,197 @@ static int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, 
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Batch normalisation: x is [n, c, hw]; every op splits the channels over threads (each channel's sums are one
+// thread's, so results do not depend on the thread count). Sums in double, two passes for the variance.
+
+typedef struct bn_job {
+    const bn_desc *d;
+    const float *x, *y, *stats, *w, *b, *save, *gstats, *dzc;
+    float *out, *running, *save_out, *dy, *dw, *db, *dx;
+} bn_job;
+
+static int bn_check(const bn_desc *d, const char *op) {
+    if (d->n < 1 || d->c < 1 || d->hw < 1)
+        return ERR(ST_INPUT, "%s: n=%d c=%d hw=%d must be positive", op, d->n, d->c, d->hw);
+    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", op, d->act);
+    if (!(d->eps > 0.0f)) return ERR(ST_INPUT, "%s: eps %g must be > 0", op, (double)d->eps);
+    return ST_OK;
+}
+
+static inline float bn_act(int act, float v) {
+    if (act == ACT_RELU) return v > 0.0f ? v : 0.0f;
+    if (act == ACT_LEAKY) return v > 0.0f ? v : 0.1f * v;
+    return v;
+}
+
+// act'(pre-activation) from y: relu and leaky keep the sign, so y > 0 exactly when the pre-activation is.
+static inline float bn_act_grad(int act, float y, float g) {
+    if (act == ACT_RELU) return y > 0.0f ? g : 0.0f;
+    if (act == ACT_LEAKY) return y > 0.0f ? g : 0.1f * g;
+    return g;
+}
+
+// Parts for a BN op: by the work, at most one per channel.
+static int bn_parts(const cpu_ctx *c, const bn_desc *d) {
+    const int parts = parts_for(c, (double)d->n * d->c * d->hw, 65536);
+    return parts < d->c ? parts : d->c;
+}
+
+static void bn_split(const bn_job *j, int part, int parts, int *c0, int *c1) {
+    int64_t lo, hi;
+    split_range(j->d->c, parts, part, &lo, &hi);
+    *c0 = (int)lo, *c1 = (int)hi;
+}
+
+static void bn_stats_part(void *arg, int part, int parts) {
+    const bn_job *j = arg;
+    const bn_desc *d = j->d;
+    const size_t plane = (size_t)d->hw, stride = (size_t)d->c * plane;
+    const double inv = 1.0 / ((double)d->n * d->hw);
+    int c0, c1;
+    bn_split(j, part, parts, &c0, &c1);
+    for (int ch = c0; ch < c1; ch++) {
+        double s = 0.0;
+        for (int i = 0; i < d->n; i++) {
+            const float *p = j->x + i * stride + ch * plane;
+            for (size_t k = 0; k < plane; k++) s += p[k];
+        }
+        const double mean = s * inv;
+        double q = 0.0;
+        for (int i = 0; i < d->n; i++) {
+            const float *p = j->x + i * stride + ch * plane;
+            for (size_t k = 0; k < plane; k++) {
+                const double t = p[k] - mean;
+                q += t * t;
+            }
+        }
+        const float mf = (float)mean;
+        j->out[ch] = mf;
+        j->out[d->c + ch] = (float)(q * inv);
+        j->out[2 * d->c + ch] = mf * mf;
+    }
+}
+
+static int cpu_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
+    cpu_ctx *c = ctx;
+    TRY(bn_check(d, "bn_stats"));
+    bn_job j = {.d = d, .x = x, .out = stats};
+    pool_run(&c->pool, bn_parts(c, d), bn_stats_part, &j);
+    return ST_OK;
+}
+
+static void bn_apply_part(void *arg, int part, int parts) {
+    const bn_job *j = arg;
+    const bn_desc *d = j->d;
+    const size_t plane = (size_t)d->hw, stride = (size_t)d->c * plane;
+    int c0, c1;
+    bn_split(j, part, parts, &c0, &c1);
+    for (int ch = c0; ch < c1; ch++) {
+        float mean, var;
+        float *rm = j->running + ch, *rv = j->running + d->c + ch;
+        if (j->stats) {
+            mean = j->stats[ch];
+            // avg(var_r) + (avg(mean_r²) - avg(mean_r)²): the second term is 0 at one rank
+            const float between = j->stats[2 * d->c + ch] - mean * mean;
+            var = j->stats[d->c + ch] + (between > 0.0f ? between : 0.0f);
+            const float unbiased = (float)((double)var * (double)d->count / (double)(d->count - 1));
+            *rm = (1.0f - d->momentum) * *rm + d->momentum * mean;
+            *rv = (1.0f - d->momentum) * *rv + d->momentum * unbiased;
+        } else {
+            mean = *rm, var = *rv;
+        }
+        const float invstd = (float)(1.0 / sqrt((double)var + (double)d->eps));
+        j->save_out[ch] = mean;
+        j->save_out[d->c + ch] = invstd;
+        const float scale = j->w[ch] * invstd, shift = j->b[ch] - mean * scale;
+        for (int i = 0; i < d->n; i++) {
+            const float *p = j->x + i * stride + ch * plane;
+            float *q = j->out + i * stride + ch * plane;
+            for (size_t k = 0; k < plane; k++) q[k] = bn_act(d->act, p[k] * scale + shift);
+        }
+    }
+}
+
+static int cpu_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w,
+                        const float *b, float *running, float *save, float *y) {
+    cpu_ctx *c = ctx;
+    TRY(bn_check(d, "bn_apply"));
+    if (stats && d->count < 2)
+        return ERR(ST_INPUT, "bn_apply: training needs more than one value per channel (count %lld)",
+                   (long long)d->count);
+    bn_job j = {.d = d, .x = x, .stats = stats, .w = w, .b = b, .running = running, .save_out = save, .out = y};
+    pool_run(&c->pool, bn_parts(c, d), bn_apply_part, &j);
+    if (stats) running[2 * d->c] += 1.0f;  // num_batches_tracked
+    return ST_OK;
+}
+
+static void bn_grad_stats_part(void *arg, int part, int parts) {
+    const bn_job *j = arg;
+    const bn_desc *d = j->d;
+    const size_t plane = (size_t)d->hw, stride = (size_t)d->c * plane;
+    const double inv = 1.0 / ((double)d->n * d->hw);
+    int c0, c1;
+    bn_split(j, part, parts, &c0, &c1);
+    for (int ch = c0; ch < c1; ch++) {
+        const float mean = j->save[ch], invstd = j->save[d->c + ch];
+        double sg = 0.0, sgx = 0.0;
+        for (int i = 0; i < d->n; i++) {
+            const size_t o = i * stride + ch * plane;
+            for (size_t k = 0; k < plane; k++) {
+                const float g = bn_act_grad(d->act, j->y[o + k], j->dy[o + k]);
+                j->dy[o + k] = g;
+                sg += g;
+                sgx += (double)g * ((j->x[o + k] - mean) * invstd);
+            }
+        }
+        j->db[ch] = (float)sg;
+        j->dw[ch] = (float)sgx;
+        j->out[ch] = (float)(sg * inv);
+        j->out[d->c + ch] = (float)(sgx * inv);
+    }
+}
+
+static int cpu_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save,
+                             float *dy, float *dw, float *db, float *gstats) {
+    cpu_ctx *c = ctx;
+    TRY(bn_check(d, "bn_grad_stats"));
+    bn_job j = {.d = d, .x = x, .y = y, .save = save, .dy = dy, .dw = dw, .db = db, .out = gstats};
+    pool_run(&c->pool, bn_parts(c, d), bn_grad_stats_part, &j);
+    progress_poll(c, 0);
+    return ST_OK;
+}
+
+static void bn_grad_input_part(void *arg, int part, int parts) {
+    const bn_job *j = arg;
+    const bn_desc *d = j->d;
+    const size_t plane = (size_t)d->hw, stride = (size_t)d->c * plane;
+    int c0, c1;
+    bn_split(j, part, parts, &c0, &c1);
+    for (int ch = c0; ch < c1; ch++) {
+        const float mean = j->save[ch], invstd = j->save[d->c + ch];
+        const float mg = j->gstats[ch], mgx = j->gstats[d->c + ch], k0 = j->w[ch] * invstd;
+        for (int i = 0; i < d->n; i++) {
+            const size_t o = i * stride + ch * plane;
+            for (size_t k = 0; k < plane; k++) {
+                const float xh = (j->x[o + k] - mean) * invstd;
+                j->dx[o + k] = k0 * (j->dzc[o + k] - mg - xh * mgx);
+            }
+        }
+    }
+}
+
+static int cpu_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
+                             const float *gstats, const float *dz, float *dx) {
+    cpu_ctx *c = ctx;
+    TRY(bn_check(d, "bn_grad_input"));
+    bn_job j = {.d = d, .x = x, .save = save, .w = w, .gstats = gstats, .dzc = dz, .dx = dx};
+    pool_run(&c->pool, bn_parts(c, d), bn_grad_input_part, &j);
+    progress_poll(c, 0);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Elementwise ops over flat buffers: optimizers, scale, non-finite count
 
 typedef struct flat_job {
@@ -1098,6 +1289,10 @@ static const backend_ops cpu_ops = {
     .dense_forward = cpu_dense_forward,
     .dense_backward = cpu_dense_backward,
     .softmax_xent = cpu_softmax_xent,
+    .bn_stats = cpu_bn_stats,
+    .bn_apply = cpu_bn_apply,
+    .bn_grad_stats = cpu_bn_grad_stats,
+    .bn_grad_input = cpu_bn_grad_input,
     .adam_step = cpu_adam_step,
     .sgd_step = cpu_sgd_step,
     .scale = cpu_scale,

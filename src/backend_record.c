@@ -7,7 +7,7 @@
 // inside the capture. On a GPU a breach shows as stale learning rates or a failed capture; this wrapper makes
 // the same breaches visible on a CPU-only machine, where the tests and the CI run:
 //   - Inside a capture the stream ops (copy, zero, gather, conv/pool/dense forward and backward,
-//     softmax_xent, adam_step, sgd_step, scale, count_nonfinite, clip_grad_norm, add, mark_record) are recorded, NOT executed.
+//     softmax_xent, bn_stats/apply/grad_stats/grad_input, adam_step, sgd_step, scale, count_nonfinite, clip_grad_norm, add, mark_record) are recorded, NOT executed.
 //     A record keeps the op's arguments by value: shape descriptors are copied (cuDNN bakes them in at
 //     capture), pointers stay pointers, so the data behind them (hyper-parameters, index buffers) is read
 //     when the graph is replayed, as a kernel reads device memory when it runs.
@@ -33,7 +33,7 @@
 
 typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
-    OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
+    OP_DENSE_BWD, OP_XENT, OP_BN_STATS, OP_BN_APPLY, OP_BN_GSTATS, OP_BN_GINPUT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
 } rec_op;
 
 typedef struct rec {
@@ -63,6 +63,10 @@ typedef struct rec {
             double *loss_acc;
             int32_t *correct_acc;
         } xent;
+        struct { bn_desc d; const float *x; float *stats; } bn_stats;
+        struct bn_apply_args { bn_desc d; const float *x, *stats, *w, *b; float *running, *save, *y; } bn_apply;
+        struct bn_gstats_args { bn_desc d; const float *x, *y, *save; float *dy, *dw, *db, *gstats; } bn_gstats;
+        struct bn_ginput_args { bn_desc d; const float *x, *save, *w, *gstats, *dz; float *dx; } bn_ginput;
         struct adam_args { size_t n; float *p; const float *g; float *m, *v; const adam_hyper *h; } adam;
         struct { size_t n; float *p; const float *g; float *vel; const sgd_hyper *h; } sgd;
         struct { size_t n; float alpha; float *x; } scale;
@@ -123,6 +127,19 @@ static int rec_run(const backend *be, const rec *r) {
         const struct xent_args *a = &r->u.xent;
         return o->softmax_xent(x, a->n, a->classes, a->logits, a->labels, a->smoothing, a->dlogits, a->loss_acc,
                                a->correct_acc);
+    }
+    case OP_BN_STATS: return o->bn_stats(x, &r->u.bn_stats.d, r->u.bn_stats.x, r->u.bn_stats.stats);
+    case OP_BN_APPLY: {
+        const struct bn_apply_args *a = &r->u.bn_apply;
+        return o->bn_apply(x, &a->d, a->x, a->stats, a->w, a->b, a->running, a->save, a->y);
+    }
+    case OP_BN_GSTATS: {
+        const struct bn_gstats_args *a = &r->u.bn_gstats;
+        return o->bn_grad_stats(x, &a->d, a->x, a->y, a->save, a->dy, a->dw, a->db, a->gstats);
+    }
+    case OP_BN_GINPUT: {
+        const struct bn_ginput_args *a = &r->u.bn_ginput;
+        return o->bn_grad_input(x, &a->d, a->x, a->save, a->w, a->gstats, a->dz, a->dx);
     }
     case OP_ADAM: {
         const struct adam_args *a = &r->u.adam;
@@ -207,6 +224,25 @@ static int r_dense_backward(void *ctx, int n, int in, int out, int act, const fl
 static int r_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
                           float smoothing, float *dlogits, double *loss_acc, int32_t *correct_acc) {
     return ISSUE(OP_XENT, xent, n, classes, logits, labels, smoothing, dlogits, loss_acc, correct_acc);
+}
+
+static int r_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
+    return ISSUE(OP_BN_STATS, bn_stats, *d, x, stats);
+}
+
+static int r_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
+                      float *running, float *save, float *y) {
+    return ISSUE(OP_BN_APPLY, bn_apply, *d, x, stats, w, b, running, save, y);
+}
+
+static int r_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
+                           float *dw, float *db, float *gstats) {
+    return ISSUE(OP_BN_GSTATS, bn_gstats, *d, x, y, save, dy, dw, db, gstats);
+}
+
+static int r_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
+                           const float *gstats, const float *dz, float *dx) {
+    return ISSUE(OP_BN_GINPUT, bn_ginput, *d, x, save, w, gstats, dz, dx);
 }
 
 static int r_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h) {
@@ -360,6 +396,10 @@ static const backend_ops record_ops = {
     .dense_forward = r_dense_forward,
     .dense_backward = r_dense_backward,
     .softmax_xent = r_softmax_xent,
+    .bn_stats = r_bn_stats,
+    .bn_apply = r_bn_apply,
+    .bn_grad_stats = r_bn_grad_stats,
+    .bn_grad_input = r_bn_grad_input,
     .adam_step = r_adam_step,
     .sgd_step = r_sgd_step,
     .scale = r_scale,

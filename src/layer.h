@@ -71,6 +71,10 @@ typedef struct layer_kind {
     // Initial parameters and state into host copies of the whole buffers (at l->w_off, l->b_off, l->s_off).
     // Optional: the default is Glorot-uniform weights (fans from w_shape) and zero biases and state.
     void (*init)(const model_layer *l, rng *r, float *params, float *state);
+    // Optional: the layer's state tensors (in its slice l->s_off .. + l->n_s of the model's state buffer): fills
+    // the k-th one's suffix, offset (absolute, in floats), shape, is_count (info->layer is the model's); returns
+    // how many the layer has (for any k, so k < 0 counts them).
+    int (*state_tensor)(const model_layer *l, int k, model_state_info *info);
     int (*set_batch)(model *m, model_layer *l, int n);  // optional: descriptors for batch n
     // Forward: inputs l->x[k], output l->y (training: batch statistics, dropout masks, loss gradient).
     int (*forward)(model *m, model_layer *l, int n, int training);

@@ -231,6 +231,23 @@ int model_param_tensor(const model *m, int i, const char **layer_name, int *is_b
     return k;  // i < 0 or past the end: the number of tensors
 }
 
+int model_state_tensor(const model *m, int i, model_state_info *info) {
+    int k = 0;
+    for (int li = 0; li < m->n_layers; li++) {
+        const model_layer *l = &m->layers[li];
+        if (!l->kind->state_tensor) continue;
+        const int n = l->kind->state_tensor(l, -1, NULL);
+        if (i >= k && i < k + n) {
+            memset(info, 0, sizeof *info);
+            l->kind->state_tensor(l, i - k, info);
+            info->layer = l->name;
+            return i;
+        }
+        k += n;
+    }
+    return k;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward and backward
 

@@ -76,6 +76,12 @@ typedef struct model {
     int32_t *correct_acc;
     int cur_batch;             // batch size the conv descriptors are prepared for
     int train_batch;           // batch of the last forward with backward: its conv plans are never evicted
+    // Sync BN: average n floats of backend memory over the ranks, in stream order (the result visible to the
+    // next op issued). NULL (default): one rank, every [batchnorm] sync=1 normalises over its own batch. world
+    // is the number of ranks it averages over (the unbiased running variance counts their values).
+    int (*allreduce_avg)(void *arg, float *buf, size_t n);
+    void *allreduce_arg;
+    int world;
     layer_hook_fn layer_hook;  // NULL (default): none
     void *layer_hook_arg;
 } model;
@@ -93,6 +99,19 @@ int model_init_params(model *m, uint64_t seed);
 int model_forward(model *m, int n, int training);
 // Backward after model_forward(m, n, 1). Calls on_ready(arg, k) each time grads[0..k) are final (may be NULL).
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg);
+
+// A non-trained state tensor (running statistics): "<layer>.<suffix>", n floats at offset in m->state.
+typedef struct model_state_info {
+    const char *layer, *suffix;
+    size_t offset;      // floats into m->state
+    int ndim;           // 0: a scalar (PyTorch's num_batches_tracked)
+    int64_t shape[4];
+    int is_count;       // an integer count held as a float (exact below 2^24): I64 in checkpoints
+} model_state_info;
+
+// The i-th state tensor in forward layer order (the kinds' state_tensor). Returns the number of state tensors
+// when i < 0 or past the end.
+int model_state_tensor(const model *m, int i, model_state_info *info);
 
 // Names/shapes for checkpoints: the i-th parameter tensor (weights and biases in FORWARD layer order, names
 // "<layer>.weight", "<layer>.bias"; a layer without a bias has no bias tensor). Returns the number of tensors

@@ -52,14 +52,18 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     float *params0 = malloc(m.n_params * sizeof(float));
     TRY_ALLOC(params0);
     memcpy(params0, m.params, m.n_params * sizeof(float));
+    const int ns = model_state_tensor(&m, -1, NULL);
+    float *state0 = malloc((m.n_state + 1) * sizeof(float));
+    TRY_ALLOC(state0);
+    memcpy(state0, m.state, m.n_state * sizeof(float));
     *m.loss_acc = 0;
     TRY(model_forward(&m, batch, 1));
     TRY(model_backward(&m, batch, NULL, NULL));
     float loss = (float)(*m.loss_acc / batch);
 
     const int nt = model_param_tensor(&m, -1, NULL, NULL, NULL, NULL, NULL);
-    ckpt_tensor *t = calloc((size_t)(2 * nt + 3), sizeof *t);
-    char(*names)[96] = calloc((size_t)(2 * nt), sizeof *names);
+    ckpt_tensor *t = calloc((size_t)(2 * nt + 2 * ns + 3), sizeof *t);
+    char(*names)[96] = calloc((size_t)(2 * nt + 2 * ns), sizeof *names);
     TRY_ALLOC(t);
     TRY_ALLOC(names);
     int k = 0;
@@ -76,6 +80,16 @@ static int dump(const net_config *cfg, int batch, const char *out) {
             k++;
         }
     }
+    for (int i = 0; i < ns; i++) {
+        model_state_info si;
+        model_state_tensor(&m, i, &si);
+        for (int a = 0; a < 2; a++) {
+            snprintf(names[k], sizeof names[k], "%s%s.%s", a ? "after." : "", si.layer, si.suffix);
+            t[k] = (ckpt_tensor){.name = names[k], .data = (a ? m.state : state0) + si.offset, .ndim = si.ndim};
+            memcpy(t[k].shape, si.shape, sizeof si.shape);
+            k++;
+        }
+    }
     t[k++] = (ckpt_tensor){.name = "input", .data = m.x, .ndim = 4, .shape = {batch, m.in_c, m.in_h, m.in_w}};
     t[k++] = (ckpt_tensor){.name = "labels", .data = labels, .ndim = 1, .shape = {batch}};
     t[k++] = (ckpt_tensor){.name = "loss", .data = &loss, .ndim = 1, .shape = {1}};
@@ -83,7 +97,7 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     TRY_ALLOC(ini);
     const ckpt_kv meta[] = {{"config_ini", ini}};
     int st = ckpt_save(out, t, k, meta, 1);
-    free(ini), free(t), free(names), free(labels), free(params0);
+    free(ini), free(t), free(names), free(labels), free(params0), free(state0);
     model_destroy(&m);
     backend_destroy(&be);
     return st;

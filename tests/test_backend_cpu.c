@@ -416,6 +416,195 @@ static void test_dense_matches_reference_and_finite_differences(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Batch normalisation: the four ops against a double reference of training-mode BN (batch statistics), its
+// central differences, the running statistics, evaluation, and the rank-average combination of statistics.
+
+typedef struct bn_ref_args {
+    int n, c, hw, act;
+    double eps;
+    double *x, *w, *b;
+    const double *rr;
+} bn_ref_args;
+
+static double bn_ref_act(int act, double v) {
+    if (act == ACT_RELU) return v > 0 ? v : 0;
+    if (act == ACT_LEAKY) return v > 0 ? v : 0.1 * v;
+    return v;
+}
+
+// y (optional) and sum y·rr of training-mode BN; mean/var (optional) per channel.
+static double bn_ref(const bn_ref_args *a, double *y, double *mean_out, double *var_out) {
+    const size_t plane = (size_t)a->hw, m = (size_t)a->n * a->hw;
+    double obj = 0;
+    for (int ch = 0; ch < a->c; ch++) {
+        double s = 0, q = 0;
+        for (int i = 0; i < a->n; i++)
+            for (size_t k = 0; k < plane; k++) s += a->x[((size_t)i * a->c + ch) * plane + k];
+        const double mean = s / m;
+        for (int i = 0; i < a->n; i++)
+            for (size_t k = 0; k < plane; k++) {
+                const double t = a->x[((size_t)i * a->c + ch) * plane + k] - mean;
+                q += t * t;
+            }
+        const double var = q / m, inv = 1 / sqrt(var + a->eps);
+        if (mean_out) mean_out[ch] = mean, var_out[ch] = var;
+        for (int i = 0; i < a->n; i++)
+            for (size_t k = 0; k < plane; k++) {
+                const size_t o = ((size_t)i * a->c + ch) * plane + k;
+                const double v = bn_ref_act(a->act, a->w[ch] * (a->x[o] - mean) * inv + a->b[ch]);
+                if (y) y[o] = v;
+                obj += v * a->rr[o];
+            }
+    }
+    return obj;
+}
+
+static double bn_ref_objective(void *arg) { return bn_ref(arg, NULL, NULL, NULL); }
+
+static void check_bn_case(int n, int c, int hw, int act, int threads, uint64_t seed) {
+    backend be = make_cpu(threads);
+    const backend_ops *o = be.ops;
+    const size_t nx = (size_t)n * c * hw;
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *w = fbuf(c), *b = fbuf(c), *y = fbuf(nx), *r = fbuf(nx), *dy = fbuf(nx), *dx = fbuf(nx);
+    float *stats = fbuf(3 * c), *save = fbuf(2 * c), *gst = fbuf(2 * c), *dw = fbuf(c), *db = fbuf(c);
+    float *running = fbuf(2 * c + 1);
+    fill_uniform(&g, x, nx, -1, 3);  // mean far from 0: the variance must not come from E[x²] - E[x]²
+    fill_uniform(&g, w, c, 0.5f, 1.5f);
+    fill_uniform(&g, b, c, -0.5f, 0.5f);
+    fill_uniform(&g, r, nx, -1, 1);
+    for (int k = 0; k < c; k++) running[k] = 0.25f, running[c + k] = 2.0f;
+    const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f,
+                       .count = (int64_t)n * hw};
+    assert_int_equal(o->bn_stats(be.ctx, &d, x, stats), ST_OK);
+    assert_int_equal(o->bn_apply(be.ctx, &d, x, stats, w, b, running, save, y), ST_OK);
+
+    double *xd = dbuf(nx), *wd = dbuf(c), *bd = dbuf(c), *rd = dbuf(nx), *yd = dbuf(nx);
+    double *mean = dbuf(c), *var = dbuf(c), *gx = dbuf(nx), *gw = dbuf(c), *gb = dbuf(c);
+    to_double(x, xd, nx), to_double(w, wd, c), to_double(b, bd, c), to_double(r, rd, nx);
+    bn_ref_args a = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5, .x = xd, .w = wd, .b = bd, .rr = rd};
+    bn_ref(&a, yd, mean, var);
+    assert_close(y, yd, nx, 1e-5, "bn y");
+    const double m = (double)n * hw;
+    for (int k = 0; k < c; k++) {
+        assert_true(fabs(stats[k] - mean[k]) <= 1e-6 * fmax(1, fabs(mean[k])));
+        assert_true(fabs(stats[c + k] - var[k]) <= 1e-6 * fmax(1, var[k]));
+        assert_true(fabs(running[k] - (0.9 * 0.25 + 0.1 * mean[k])) <= 1e-6);
+        assert_true(fabs(running[c + k] - (0.9 * 2.0 + 0.1 * var[k] * m / (m - 1))) <= 1e-5);
+        assert_true(fabs(save[c + k] - 1 / sqrt(var[k] + 1e-5)) <= 1e-5 / sqrt(var[k] + 1e-5));
+    }
+    assert_true(running[2 * c] == 1.0f);  // num_batches_tracked
+
+    memcpy(dy, r, nx * sizeof(float));
+    assert_int_equal(o->bn_grad_stats(be.ctx, &d, x, y, save, dy, dw, db, gst), ST_OK);
+    assert_int_equal(o->bn_grad_input(be.ctx, &d, x, save, w, gst, dy, dx), ST_OK);
+    for (int k = 0; k < c; k++) {
+        assert_true(fabs(gst[k] - db[k] / m) <= 1e-6 * fmax(1, fabs(gst[k])));
+        assert_true(fabs(gst[c + k] - dw[k] / m) <= 1e-6 * fmax(1, fabs(gst[c + k])));
+    }
+    fd_grad(xd, nx, 1e-6, bn_ref_objective, &a, gx);
+    fd_grad(wd, c, 1e-6, bn_ref_objective, &a, gw);
+    fd_grad(bd, c, 1e-6, bn_ref_objective, &a, gb);
+    assert_close(dx, gx, nx, 2e-4, "bn dx");
+    assert_close(dw, gw, c, 1e-4, "bn dw");
+    assert_close(db, gb, c, 1e-4, "bn db");
+
+    // Evaluation: the running statistics, unchanged.
+    float *rcopy = fbuf(2 * c + 1);
+    memcpy(rcopy, running, (2 * c + 1) * sizeof(float));
+    assert_int_equal(o->bn_apply(be.ctx, &d, x, NULL, w, b, running, save, y), ST_OK);
+    assert_memory_equal(rcopy, running, (2 * c + 1) * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < c; k++)
+            for (int p = 0; p < hw; p++) {
+                const size_t at = ((size_t)i * c + k) * hw + p;
+                const double v = bn_ref_act(act, w[k] * (x[at] - running[k]) / sqrt(running[c + k] + 1e-5) + b[k]);
+                assert_true(fabs(y[at] - v) <= 1e-5 * fmax(1, fabs(v)));
+            }
+
+    free(x), free(w), free(b), free(y), free(r), free(dy), free(dx), free(stats), free(save), free(gst), free(dw);
+    free(db), free(running), free(rcopy), free(xd), free(wd), free(bd), free(rd), free(yd), free(mean), free(var);
+    free(gx), free(gw), free(gb);
+    backend_destroy(&be);
+}
+
+// Sync BN at the op level: the statistics of two equal halves, averaged, give the whole batch's normalisation,
+// and the averaged gradient means its dx (what two ranks compute for their halves).
+static void test_bn_halves_average_to_the_whole(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    const backend_ops *o = be.ops;
+    const int n = 6, c = 3, hw = 5, half = n / 2;
+    const size_t nx = (size_t)n * c * hw, nh = nx / 2;
+    rng g;
+    rng_seed(&g, 77);
+    float *x = fbuf(nx), *w = fbuf(c), *b = fbuf(c), *r = fbuf(nx), *y = fbuf(nx), *yh = fbuf(nx), *dy = fbuf(nx);
+    float *dyh = fbuf(nx), *dx = fbuf(nx), *dxh = fbuf(nx), *st = fbuf(3 * c), *s0 = fbuf(3 * c), *s1 = fbuf(3 * c);
+    float *save = fbuf(2 * c), *gst = fbuf(2 * c), *g0 = fbuf(2 * c), *g1 = fbuf(2 * c), *dw = fbuf(c);
+    float *db = fbuf(c), *dwh = fbuf(2 * c), *dbh = fbuf(2 * c), *run = fbuf(2 * c + 1), *runh = fbuf(2 * c + 1);
+    float *runh2 = fbuf(2 * c + 1);
+    fill_uniform(&g, x, nh, -1, 1);
+    fill_uniform(&g, x + nh, nh, 2, 5);  // halves with different means: the between-rank term matters
+    fill_uniform(&g, w, c, 0.5f, 1.5f);
+    fill_uniform(&g, b, c, -0.5f, 0.5f);
+    fill_uniform(&g, r, nx, -1, 1);
+    bn_desc d = {.n = n, .c = c, .hw = hw, .act = ACT_RELU, .eps = 1e-5f, .momentum = 0.1f, .count = (int64_t)n * hw};
+    assert_int_equal(o->bn_stats(be.ctx, &d, x, st), ST_OK);
+    assert_int_equal(o->bn_apply(be.ctx, &d, x, st, w, b, run, save, y), ST_OK);
+    memcpy(dy, r, nx * sizeof(float));
+    assert_int_equal(o->bn_grad_stats(be.ctx, &d, x, y, save, dy, dw, db, gst), ST_OK);
+    assert_int_equal(o->bn_grad_input(be.ctx, &d, x, save, w, gst, dy, dx), ST_OK);
+
+    bn_desc dh = d;
+    dh.n = half;  // count stays the whole batch's: the running variance is unbiased over both halves
+    assert_int_equal(o->bn_stats(be.ctx, &dh, x, s0), ST_OK);
+    assert_int_equal(o->bn_stats(be.ctx, &dh, x + nh, s1), ST_OK);
+    for (int k = 0; k < 3 * c; k++) s0[k] = 0.5f * (s0[k] + s1[k]);
+    assert_int_equal(o->bn_apply(be.ctx, &dh, x, s0, w, b, runh, save, yh), ST_OK);
+    assert_true(tu_max_rel_err(runh, run, 2 * c + 1) < 1e-6);  // each rank's running statistics: the whole's
+    assert_int_equal(o->bn_apply(be.ctx, &dh, x + nh, s0, w, b, runh2, save, yh + nh), ST_OK);
+    assert_true(tu_max_rel_err(yh, y, nx) < 1e-5);
+    memcpy(dyh, r, nx * sizeof(float));
+    assert_int_equal(o->bn_grad_stats(be.ctx, &dh, x, yh, save, dyh, dwh, dbh, g0), ST_OK);
+    assert_int_equal(o->bn_grad_stats(be.ctx, &dh, x + nh, yh + nh, save, dyh + nh, dwh + c, dbh + c, g1), ST_OK);
+    for (int k = 0; k < 2 * c; k++) g0[k] = 0.5f * (g0[k] + g1[k]);
+    assert_int_equal(o->bn_grad_input(be.ctx, &dh, x, save, w, g0, dyh, dxh), ST_OK);
+    assert_int_equal(o->bn_grad_input(be.ctx, &dh, x + nh, save, w, g0, dyh + nh, dxh + nh), ST_OK);
+    assert_true(tu_max_rel_err(dxh, dx, nx) < 1e-5);
+    for (int k = 0; k < c; k++) {  // parameter gradients: per-rank sums, whose sum is the whole batch's
+        assert_true(fabs(dwh[k] + dwh[c + k] - dw[k]) <= 1e-5 * fmax(1, fabs(dw[k])));
+        assert_true(fabs(dbh[k] + dbh[c + k] - db[k]) <= 1e-5 * fmax(1, fabs(db[k])));
+    }
+    free(x), free(w), free(b), free(r), free(y), free(yh), free(dy), free(dyh), free(dx), free(dxh), free(st);
+    free(s0), free(s1), free(save), free(gst), free(g0), free(g1), free(dw), free(db), free(dwh), free(dbh);
+    free(run), free(runh), free(runh2);
+    backend_destroy(&be);
+}
+
+static void test_bn_matches_reference_and_finite_differences(void **state) {
+    (void)state;
+    check_bn_case(4, 3, 5, ACT_NONE, 1, 21);
+    check_bn_case(5, 6, 7, ACT_RELU, 2, 22);   // channels split over threads
+    check_bn_case(8, 5, 1, ACT_LEAKY, 3, 23);  // per feature (after a dense)
+    check_bn_case(2, 1, 9, ACT_NONE, 2, 24);
+}
+
+static void test_bn_bad_input(void **state) {
+    (void)state;
+    backend be = make_cpu(1);
+    float buf[64] = {0}, run[8] = {0};
+    bn_desc d = {.n = 1, .c = 2, .hw = 1, .act = ACT_NONE, .eps = 1e-5f, .momentum = 0.1f, .count = 1};
+    assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_OK);
+    assert_int_equal(be.ops->bn_apply(be.ctx, &d, buf, buf + 8, buf, buf, run, buf + 16, buf + 24), ST_INPUT);
+    d.count = 2, d.eps = 0;
+    assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_INPUT);
+    d.eps = 1e-5f, d.act = 7;
+    assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_INPUT);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
 typedef struct xent_args {
@@ -932,6 +1121,9 @@ int main(void) {
         cmocka_unit_test(test_pool_matches_reference_and_finite_differences),
         cmocka_unit_test(test_pool_ties_pick_first),
         cmocka_unit_test(test_dense_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_bn_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_bn_halves_average_to_the_whole),
+        cmocka_unit_test(test_bn_bad_input),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_adam_steps),
         cmocka_unit_test(test_sgd_steps),

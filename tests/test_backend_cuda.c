@@ -456,6 +456,65 @@ static void test_dense(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Batch normalisation: the four ops, training and evaluation. Backward starts from the CPU's forward output on
+// both backends (twin_copy_cpu_to_gpu), as for the dense ReLU mask.
+
+static void bn_case_run(int n, int c, int hw, int act, rng *r) {
+    const size_t nx = (size_t)n * c * hw;
+    float *hx = rand_floats(r, nx, 2.f), *hw_ = rand_floats(r, (size_t)c, 1.f), *hb = rand_floats(r, (size_t)c, 0.5f);
+    float *hdy = rand_floats(r, nx, 1.f), *hrun = malloc((2 * (size_t)c + 1) * sizeof(float));
+    assert_non_null(hrun);
+    for (size_t i = 0; i < nx; i++) hx[i] += 3.f;  // a mean far from 0
+    for (int k = 0; k < c; k++) hrun[k] = 0.5f, hrun[c + k] = 1.5f;
+    hrun[2 * c] = 7.f;
+    const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f,
+                       .count = (int64_t)n * hw};
+    twin x = twin_make(hx, nx * 4), w = twin_make(hw_, (size_t)c * 4), b = twin_make(hb, (size_t)c * 4);
+    twin run = twin_make(hrun, (2 * (size_t)c + 1) * 4), st = twin_make(NULL, 3 * (size_t)c * 4);
+    twin save = twin_make(NULL, 2 * (size_t)c * 4), y = twin_make(NULL, nx * 4), dy = twin_make(hdy, nx * 4);
+    twin dx = twin_make(NULL, nx * 4), dw = twin_make(NULL, (size_t)c * 4), db = twin_make(NULL, (size_t)c * 4);
+    twin gst = twin_make(NULL, 2 * (size_t)c * 4);
+    OK(g_cpu.ops->bn_stats(g_cpu.ctx, &d, x.c, st.c));
+    OK(g_gpu.ops->bn_stats(g_gpu.ctx, &d, x.g, st.g));
+    expect_close("bn_stats", &st, TOL_EXACTISH);
+    OK(g_cpu.ops->bn_apply(g_cpu.ctx, &d, x.c, st.c, w.c, b.c, run.c, save.c, y.c));
+    OK(g_gpu.ops->bn_apply(g_gpu.ctx, &d, x.g, st.g, w.g, b.g, run.g, save.g, y.g));
+    expect_close("bn_apply (training) y", &y, TOL_DENSE);
+    expect_close("bn_apply save", &save, TOL_DENSE);
+    expect_close("bn_apply running statistics", &run, TOL_DENSE);
+    twin_copy_cpu_to_gpu(&y), twin_copy_cpu_to_gpu(&save);
+    OK(g_cpu.ops->bn_grad_stats(g_cpu.ctx, &d, x.c, y.c, save.c, dy.c, dw.c, db.c, gst.c));
+    OK(g_gpu.ops->bn_grad_stats(g_gpu.ctx, &d, x.g, y.g, save.g, dy.g, dw.g, db.g, gst.g));
+    expect_close("bn_grad_stats dz", &dy, TOL_EXACTISH);
+    expect_close("bn_grad_stats dw", &dw, TOL_DENSE);
+    expect_close("bn_grad_stats db", &db, TOL_DENSE);
+    expect_close("bn_grad_stats gstats", &gst, TOL_DENSE);
+    twin_copy_cpu_to_gpu(&gst);
+    OK(g_cpu.ops->bn_grad_input(g_cpu.ctx, &d, x.c, save.c, w.c, gst.c, dy.c, dx.c));
+    OK(g_gpu.ops->bn_grad_input(g_gpu.ctx, &d, x.g, save.g, w.g, gst.g, dy.g, dx.g));
+    expect_close("bn_grad_input dx", &dx, TOL_DENSE);
+    twin_copy_cpu_to_gpu(&run);
+    OK(g_cpu.ops->bn_apply(g_cpu.ctx, &d, x.c, NULL, w.c, b.c, run.c, save.c, y.c));
+    OK(g_gpu.ops->bn_apply(g_gpu.ctx, &d, x.g, NULL, w.g, b.g, run.g, save.g, y.g));
+    expect_close("bn_apply (evaluation) y", &y, TOL_DENSE);
+    expect_equal_bytes("bn_apply (evaluation) leaves running", &run);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&run), twin_free(&st), twin_free(&save), twin_free(&y);
+    twin_free(&dy), twin_free(&dx), twin_free(&dw), twin_free(&db), twin_free(&gst);
+    free(hx), free(hw_), free(hb), free(hdy), free(hrun);
+}
+
+static void test_batchnorm(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 61);
+    bn_case_run(4, 3, 25, ACT_NONE, &r);
+    bn_case_run(16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
+    bn_case_run(64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense
+    bn_case_run(2, 1, 3, ACT_RELU, &r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
 static void xent_case_run(int n, int classes, float smoothing, rng *r) {
@@ -923,6 +982,7 @@ int main(void) {
         cmocka_unit_test(test_conv_batch_sizes),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_dense),
+        cmocka_unit_test(test_batchnorm),
         cmocka_unit_test(test_softmax_xent),
         cmocka_unit_test(test_adam),
         cmocka_unit_test(test_sgd),

@@ -162,6 +162,16 @@ static void test_allreduce_avg_sizes(void **state) {
         check_mean(x, sizes[k]);
         free(x);
     }
+    // Blocking: one call, with another request outstanding (a gradient bucket in flight during sync BN).
+    float *y = filled(1001), *z = filled(7);
+    int pending = -1;
+    assert_int_equal(comm_allreduce_avg_async(g_c, y, 1001, "bucket", &pending), ST_OK);
+    assert_int_equal(comm_allreduce_avg(g_c, z, 7, "bn stats"), ST_OK);
+    check_mean(z, 7);
+    assert_int_equal(comm_wait(g_c, pending), ST_OK);
+    check_mean(y, 1001);
+    assert_int_equal(comm_outstanding(g_c), 0);
+    free(y), free(z);
     // Nothing to reduce: a NULL buffer is fine.
     int req;
     assert_int_equal(comm_allreduce_avg_async(g_c, NULL, 0, "empty", &req), ST_OK);

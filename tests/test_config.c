@@ -173,6 +173,20 @@ static void test_bad_files(void **state) {
     expect_load_error("min_lr.cfg", NET "schedule=cosine\nmin_lr=0.01\n" LAYERS, "net.min_lr", "net.lr");
     expect_load_error("nesterov_adam.cfg", NET "nesterov=1\n" LAYERS, "nesterov", "optimizer=sgd");
     expect_load_error("no_decay_name.cfg", NET "no_decay=bias,dense9\n" LAYERS, "no_decay", "'dense9'");
+    // [batchnorm]: keys in range (file:line, section, key named), something to normalise
+#define BN_NET "[net]\nchannels=1\nheight=4\nwidth=4\nclasses=2\n[conv]\nfilters=2\nactivation=linear\n"
+#define BN_HEAD "[dense]\nunits=2\n[softmax]\n"
+    expect_load_error("bn_eps0.cfg", BN_NET "[batchnorm]\neps=0\n" BN_HEAD, "bn_eps0.cfg:9: [batchnorm] 'bn1': eps",
+                      "> 0");
+    expect_load_error("bn_eps_neg.cfg", BN_NET "[batchnorm]\neps=-1e-5\n" BN_HEAD, "bn1.eps", ":10");
+    expect_load_error("bn_mom0.cfg", BN_NET "[batchnorm]\nmomentum=0\n" BN_HEAD, "momentum", "(0, 1]");
+    expect_load_error("bn_mom_big.cfg", BN_NET "[batchnorm]\nmomentum=1.5\n" BN_HEAD, "bn1.momentum", "1.5");
+    expect_load_error("bn_sync.cfg", BN_NET "[batchnorm]\nsync=2\n" BN_HEAD, "bn1.sync", NULL);
+    expect_load_error("bn_act.cfg", BN_NET "[batchnorm]\nactivation=tanh\n" BN_HEAD, "activation", "tanh");
+    expect_load_error("bn_one_value.cfg", BN_NET "[dense]\nunits=1\n[batchnorm]\n" BN_HEAD, "nothing to normalise",
+                      "bn_one_value.cfg:11: [batchnorm] 'bn1'");
+#undef BN_NET
+#undef BN_HEAD
     char longline[600];
     memset(longline, 'x', sizeof longline);
     memcpy(longline, "[net]\nlr=", 9);

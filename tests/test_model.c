@@ -173,6 +173,64 @@ static void test_impossible_batch_rejected(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// [batchnorm] in a model: state tensors named as PyTorch's buffers; training forwards update the running
+// statistics and count, evaluation reads them and leaves them; a training forward of one sample per feature is
+// refused; sync=1 without the model's allreduce_avg normalises over the own batch.
+
+static void test_batchnorm_state_and_modes(void **state) {
+    (void)state;
+    static net_config cfg;
+    const char *text = "[net]\nchannels=1\nheight=4\nwidth=4\nclasses=3\n"
+                       "[conv]\nfilters=2\nsize=3\npad=1\nactivation=linear\n[batchnorm]\nactivation=relu\nsync=1\n"
+                       "[dense]\nunits=5\n[batchnorm]\nname=bnd\nmomentum=0.5\n[dense]\nunits=3\n[softmax]\n";
+    assert_int_equal(config_load_text(text, "bn", &cfg), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+    backend be;
+    model m;
+    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(model_create(&m, &be, &cfg, 4), ST_OK);
+    assert_int_equal(model_init_params(&m, 3), ST_OK);
+    assert_int_equal(model_state_tensor(&m, -1, NULL), 6);
+    assert_int_equal(m.n_state, (2 * 2 + 1) + (2 * 5 + 1));
+    model_state_info si;
+    model_state_tensor(&m, 0, &si);
+    assert_string_equal(si.layer, "bn1");
+    assert_string_equal(si.suffix, "running_mean");
+    assert_int_equal(si.ndim, 1);
+    assert_int_equal(si.shape[0], 2);
+    model_state_tensor(&m, 5, &si);
+    assert_string_equal(si.layer, "bnd");
+    assert_string_equal(si.suffix, "num_batches_tracked");
+    assert_int_equal(si.ndim, 0);
+    assert_true(si.is_count);
+    assert_int_equal(si.offset, 5 + 2 * 5);
+    for (int k = 0; k < 5; k++) assert_true(m.state[5 + k] == 0.0f && m.state[10 + k] == 1.0f);
+    rng r;
+    rng_seed(&r, 4);
+    for (int i = 0; i < 4 * 16; i++) m.x[i] = rng_uniform(&r);
+    for (int i = 0; i < 4; i++) m.labels[i] = i % 3;
+    assert_int_equal(model_forward(&m, 4, 1), ST_OK);
+    assert_int_equal(model_forward(&m, 4, 1), ST_OK);
+    assert_true(m.state[4] == 2.0f && m.state[15] == 2.0f);  // num_batches_tracked
+    float *before = malloc(m.n_state * sizeof(float));
+    memcpy(before, m.state, m.n_state * sizeof(float));
+    assert_int_equal(model_forward(&m, 4, 0), ST_OK);
+    assert_memory_equal(before, m.state, m.n_state * sizeof(float));
+    // Evaluation of one sample = that sample in a batch of four: the running statistics, not the batch's.
+    float y1[5];
+    memcpy(y1, m.layers[3].y, sizeof y1);
+    assert_int_equal(model_forward(&m, 1, 0), ST_OK);
+    assert_true(tu_max_rel_err(m.layers[3].y, y1, 5) < 1e-6);
+    err_clear();
+    assert_int_equal(model_forward(&m, 1, 1), ST_RUNTIME);  // bnd: one value per feature
+    assert_non_null(strstr(err_msg(), "bnd"));
+    err_clear();
+    free(before);
+    model_destroy(&m);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The conv plan cache (model.c), through a CPU backend whose conv_prepare hands out a counted token as the plan
 // (the CPU ops ignore plans) and can claim a huge workspace for one batch size.
 
@@ -267,6 +325,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_smaller_batch_uses_own_plan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_impossible_batch_rejected, setup, teardown),
         cmocka_unit_test(test_conv_plan_cache),
+        cmocka_unit_test(test_batchnorm_state_and_modes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

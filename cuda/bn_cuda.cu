@@ -1,0 +1,191 @@
+// bn_cuda.cu — batch normalisation (backend.h bn_* ops): own kernels rather than cuDNN's fused BN, because sync
+// BN averages the statistics across ranks between computing and applying them (and the gradient sums between
+// the two halves of backward).
+//
+// x is [n, c, hw]. The per-channel reductions run one block per channel, each thread over a fixed stride of the
+// channel's n·hw values, then a fixed shuffle tree: deterministic, sums in double as on the CPU. Element-wise
+// passes are grid-stride loops. The activation masks use `y > 0` as the CPU reference does.
+#include <stdint.h>
+
+#include "backend_cuda_impl.h"
+
+#define BN_THREADS 256
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels
+
+// Sum of v over the block, returned to every thread. sh: 32 doubles of shared memory.
+static __device__ double bn_block_sum(double v, double *sh) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x >> 5) ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    v = sh[0];
+    __syncthreads();  // sh is reused by the next call
+    return v;
+}
+
+static __device__ __forceinline__ size_t bn_index(int j, int c, int hw, int ch) {
+    return ((size_t)(j / hw) * c + ch) * hw + (size_t)(j % hw);
+}
+
+static __device__ __forceinline__ float bn_act(int act, float v) {
+    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+    if (act == ACT_LEAKY) return v > 0.f ? v : 0.1f * v;
+    return v;
+}
+
+// stats[3c] = {mean, biased var (two-pass), mean²}; one block per channel.
+__global__ void bn_stats_kernel(const float *x, float *stats, int n, int c, int hw) {
+    __shared__ double sh[32];
+    const int ch = blockIdx.x, total = n * hw;
+    double s = 0.0;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) s += (double)x[bn_index(j, c, hw, ch)];
+    const double mean = bn_block_sum(s, sh) / total;
+    double q = 0.0;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        const double t = (double)x[bn_index(j, c, hw, ch)] - mean;
+        q += t * t;
+    }
+    q = bn_block_sum(q, sh);
+    if (threadIdx.x == 0) {
+        const float mf = (float)mean;
+        stats[ch] = mf;
+        stats[c + ch] = (float)(q / total);
+        stats[2 * c + ch] = __fmul_rn(mf, mf);
+    }
+}
+
+// save[2c] = {mean, invstd} from the batch statistics (updating running) or from running; one thread per channel.
+__global__ void bn_finalize_kernel(const float *stats, float *running, float *save, int c, float eps, float momentum,
+                                   double unbias) {
+    const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= c) return;
+    float mean, var;
+    if (stats) {
+        mean = stats[ch];
+        const float between = __fsub_rn(stats[2 * c + ch], __fmul_rn(mean, mean));  // 0 at one rank, unfused
+        var = stats[c + ch] + (between > 0.f ? between : 0.f);
+        const float unbiased = (float)((double)var * unbias);
+        running[ch] = (1.f - momentum) * running[ch] + momentum * mean;
+        running[c + ch] = (1.f - momentum) * running[c + ch] + momentum * unbiased;
+        if (ch == 0) running[2 * c] += 1.f;  // num_batches_tracked
+    } else {
+        mean = running[ch], var = running[c + ch];
+    }
+    save[ch] = mean;
+    save[c + ch] = (float)(1.0 / sqrt((double)var + (double)eps));
+}
+
+__global__ void bn_apply_kernel(const float *x, const float *save, const float *w, const float *b, float *y,
+                                unsigned total, int c, int hw, int act) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
+        const float scale = w[ch] * save[c + ch], shift = b[ch] - save[ch] * scale;
+        y[i] = bn_act(act, x[i] * scale + shift);
+    }
+}
+
+// dy := dz = dy · act'(y); dw, db = sums of dz·x̂ and dz over the batch; gstats = {db, dw} / (n·hw).
+__global__ void bn_grad_stats_kernel(const float *x, const float *y, const float *save, float *dy, float *dw,
+                                     float *db, float *gstats, int n, int c, int hw, int act) {
+    __shared__ double sh[32];
+    const int ch = blockIdx.x, total = n * hw;
+    const float mean = save[ch], invstd = save[c + ch];
+    double sg = 0.0, sgx = 0.0;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        const size_t i = bn_index(j, c, hw, ch);
+        float g = dy[i];
+        if (act == ACT_RELU) g = y[i] > 0.f ? g : 0.f;
+        else if (act == ACT_LEAKY) g = y[i] > 0.f ? g : 0.1f * g;
+        dy[i] = g;
+        sg += g;
+        sgx += (double)g * ((x[i] - mean) * invstd);
+    }
+    sg = bn_block_sum(sg, sh);
+    sgx = bn_block_sum(sgx, sh);
+    if (threadIdx.x == 0) {
+        db[ch] = (float)sg;
+        dw[ch] = (float)sgx;
+        gstats[ch] = (float)(sg / total);
+        gstats[c + ch] = (float)(sgx / total);
+    }
+}
+
+__global__ void bn_grad_input_kernel(const float *x, const float *save, const float *w, const float *gstats,
+                                     const float *dz, float *dx, unsigned total, int c, int hw) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
+        const float mean = save[ch], invstd = save[c + ch];
+        const float xh = (x[i] - mean) * invstd;
+        dx[i] = w[ch] * invstd * (dz[i] - gstats[ch] - xh * gstats[c + ch]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Launchers
+
+static int bn_check(const bn_desc *d, const char *op) {
+    if (d->n < 1 || d->c < 1 || d->hw < 1)
+        return ERR(ST_INPUT, "%s: n=%d c=%d hw=%d must be positive", op, d->n, d->c, d->hw);
+    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", op, d->act);
+    if (!(d->eps > 0.0f)) return ERR(ST_INPUT, "%s: eps %g must be > 0", op, (double)d->eps);
+    if ((size_t)d->n * d->c * d->hw > (size_t)INT32_MAX)
+        return ERR(ST_INPUT, "%s: %d x %d x %d values, more than the CUDA backend's limit %d", op, d->n, d->c, d->hw,
+                   INT32_MAX);
+    return ST_OK;
+}
+
+int cuda_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(bn_check(d, "bn_stats"));
+    bn_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, stats, d->n, d->c, d->hw);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
+                  float *running, float *save, float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(bn_check(d, "bn_apply"));
+    if (stats && d->count < 2)
+        return ERR(ST_INPUT, "bn_apply: training needs more than one value per channel (count %lld)",
+                   (long long)d->count);
+    const double unbias = stats ? (double)d->count / (double)(d->count - 1) : 1.0;
+    bn_finalize_kernel<<<(d->c + BN_THREADS - 1) / BN_THREADS, BN_THREADS, 0, c->stream>>>(
+        stats, running, save, d->c, d->eps, d->momentum, unbias);
+    cudaCheckLaunch();
+    const size_t total = (size_t)d->n * d->c * d->hw;
+    bn_apply_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, b, y, (unsigned)total, d->c,
+                                                                           d->hw, d->act);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
+                       float *dw, float *db, float *gstats) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(bn_check(d, "bn_grad_stats"));
+    bn_grad_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, dw, db, gstats, d->n, d->c, d->hw,
+                                                             d->act);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
+                       const float *gstats, const float *dz, float *dx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(bn_check(d, "bn_grad_input"));
+    const size_t total = (size_t)d->n * d->c * d->hw;
+    bn_grad_input_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, gstats, dz, dx,
+                                                                                (unsigned)total, d->c, d->hw);
+    cudaCheckLaunch();
+    return ST_OK;
+}
