@@ -2,7 +2,7 @@
 // contributes to the table in backend_cuda.cu.
 //
 //   backend_cuda.cu  context, memory, CUDA Graph capture/replay, the table
-//   conv_cuda.cu     convolution (cuDNN) with fused bias + ReLU kernels
+//   conv_cuda.cu     convolution (cuDNN) with fused bias + activation kernels
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
 #pragma once
 #include <cublas_v2.h>
@@ -84,6 +84,20 @@ int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *s
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).
 #ifdef __CUDACC__
+// The activations of backend.h, as the CPU backend computes them (`v > 0`: a NaN becomes 0 under relu), and
+// their derivative read from the output y (relu and leaky are monotone).
+static __device__ __forceinline__ float act_apply(int act, float v) {
+    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+    if (act == ACT_LEAKY) return v > 0.f ? v : ACT_LEAKY_SLOPE * v;
+    return v;
+}
+
+static __device__ __forceinline__ float act_grad(int act, float y, float g) {
+    if (act == ACT_RELU) return y > 0.f ? g : 0.f;
+    if (act == ACT_LEAKY) return y > 0.f ? g : ACT_LEAKY_SLOPE * g;
+    return g;
+}
+
 template <typename T>
 static __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2 };  // leaky: slope 0.1 below zero (Darknet's)
+#define ACT_LEAKY_SLOPE 0.1f
 
 // Convolution shape for one layer and one batch size n. out = floor((h + 2*pad - r)/stride) + 1.
 typedef struct conv_desc {
@@ -22,7 +23,7 @@ typedef struct conv_desc {
     int k, r, s;        // filters, kernel height, kernel width
     int stride, pad;
     int oh, ow;         // output spatial size (filled by conv_desc_init)
-    int act;            // ACT_NONE or ACT_RELU, fused after the bias add
+    int act;            // ACT_NONE, ACT_RELU or ACT_LEAKY, fused after the bias add (if any)
     void *plan;         // backend-private (cuDNN descriptors, chosen algorithms); made by conv_prepare
 } conv_desc;
 
@@ -67,6 +68,8 @@ typedef struct backend_ops {
 
     // ---- convolution with fused bias + activation. conv_prepare fills d->plan (may be NULL for CPU) and
     // reports the workspace this layer needs; the model allocates one workspace sized to the largest need.
+    // b = NULL (and db = NULL in backward): no bias. Activations are differentiated from the output y (relu and
+    // leaky are monotone: y > 0 exactly where the pre-activation is).
     int (*conv_prepare)(void *ctx, conv_desc *d, size_t *workspace_bytes);
     void (*conv_release)(void *ctx, conv_desc *d);
     int (*conv_forward)(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
@@ -80,7 +83,8 @@ typedef struct backend_ops {
     int (*pool_forward)(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
     int (*pool_backward)(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);
 
-    // ---- dense: y[n,out] = act(x[n,in] · w[out,in]^T + b). Backward as for conv (dy overwritten, dx nullable).
+    // ---- dense: y[n,out] = act(x[n,in] · w[out,in]^T + b). Backward as for conv (dy overwritten, dx nullable,
+    // b and db NULL together: no bias).
     int (*dense_forward)(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
                          const float *b, float *y);
     int (*dense_backward)(void *ctx, int n, int in, int out, int act, const float *x, const float *w,

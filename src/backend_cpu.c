@@ -476,16 +476,33 @@ typedef struct conv_job {
 
 // The output starts as the bias and the sgemm accumulates onto it (beta = 1): OpenBLAS's own beta = 0 pass
 // over C is a separate, slower sweep (a quarter of conv1's forward).
+// No bias (b = NULL): zeros.
 static void fill_bias(float *restrict y, const float *restrict b, int k, int p) {
     for (int i = 0; i < k; i++) {
         float *row = y + (size_t)i * p;
-        const float bi = b[i];
+        const float bi = b ? b[i] : 0.0f;
         for (int j = 0; j < p; j++) row[j] = bi;
     }
 }
 
-static void relu_inplace(float *restrict y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+// The activations of backend.h, and their derivative read from the output (relu and leaky are monotone).
+static inline float act_apply(int act, float v) {
+    if (act == ACT_RELU) return v > 0.0f ? v : 0.0f;
+    if (act == ACT_LEAKY) return v > 0.0f ? v : ACT_LEAKY_SLOPE * v;
+    return v;
+}
+
+static inline float act_grad(int act, float y, float g) {
+    if (act == ACT_RELU) return y > 0.0f ? g : 0.0f;
+    if (act == ACT_LEAKY) return y > 0.0f ? g : ACT_LEAKY_SLOPE * g;
+    return g;
+}
+
+static void act_inplace(float *restrict y, size_t n, int act) {
+    if (act == ACT_RELU)
+        for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+    else if (act == ACT_LEAKY)
+        for (size_t i = 0; i < n; i++) y[i] = act_apply(ACT_LEAKY, y[i]);
 }
 
 static void conv_forward_part(void *arg, int part, int parts) {
@@ -506,7 +523,7 @@ static void conv_forward_part(void *arg, int part, int parts) {
         }
         fill_bias(yi, j->b, K, P);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, CRS, 1.0f, j->w, CRS, ci, P, 1.0f, yi, P);
-        if (d->act == ACT_RELU) relu_inplace(yi, y_img);
+        act_inplace(yi, y_img, d->act);
     }
 }
 
@@ -521,8 +538,9 @@ static int cpu_conv_forward(void *ctx, const conv_desc *d, const float *x, const
     return ST_OK;
 }
 
-// dy *= relu'(y) for one image, and its per-filter sums added to db. Eight partial sums, because a single
-// running sum is a serial chain of adds the compiler may not reorder (it was half of conv1's backward).
+// dy *= act'(y) for one image, and its per-filter sums added to db (none when db is NULL). Eight partial sums,
+// because a single running sum is a serial chain of adds the compiler may not reorder (it was half of conv1's
+// backward).
 DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, float *dy, float *db) {
     const int P = d->oh * d->ow;
     for (int k = 0; k < d->k; k++) {
@@ -530,6 +548,9 @@ DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, flo
         const float *restrict a = y + (size_t)k * P;
         if (d->act == ACT_RELU)
             for (int q = 0; q < P; q++) g[q] = a[q] > 0.0f ? g[q] : 0.0f;
+        else if (d->act == ACT_LEAKY)
+            for (int q = 0; q < P; q++) g[q] = act_grad(ACT_LEAKY, a[q], g[q]);
+        if (!db) continue;
         float acc[8] = {0};
         int q = 0;
         for (; q + 8 <= P; q += 8)
@@ -549,9 +570,10 @@ static void conv_backward_part(void *arg, int part, int parts) {
     const size_t x_img = (size_t)d->c * d->h * d->w, y_img = (size_t)K * P;
     float *col = j->ws + j->L.per_thread * (size_t)part;
     float *dw = part == 0 ? j->dw : col + j->L.col, *db = part == 0 ? j->db : col + j->L.col + j->L.dw;
+    if (!j->db) db = NULL;
     int64_t lo, hi;
     split_range(d->n, parts, part, &lo, &hi);
-    memset(db, 0, sizeof(float) * (size_t)K);
+    if (db) memset(db, 0, sizeof(float) * (size_t)K);
     if (lo == hi) memset(dw, 0, sizeof(float) * (size_t)K * CRS);
     for (int64_t i = lo; i < hi; i++) {
         const float *xi = j->x + (size_t)i * x_img;
@@ -590,7 +612,8 @@ static int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, cons
     for (int t = 1; t < parts; t++) {
         const float *pw = j.ws + j.L.per_thread * (size_t)t + j.L.col, *pb = pw + j.L.dw;
         for (size_t e = 0; e < (size_t)K * CRS; e++) dw[e] += pw[e];
-        for (int k = 0; k < K; k++) db[k] += pb[k];
+        if (db)
+            for (int k = 0; k < K; k++) db[k] += pb[k];
     }
     progress_poll(c, 0);
     return ST_OK;
@@ -710,7 +733,8 @@ typedef struct dense_job {
 
 static int dense_check(int n, int in, int out, int act, const char *op) {
     if (n < 1 || in < 1 || out < 1) return ERR(ST_INPUT, "%s: n=%d in=%d out=%d must be positive", op, n, in, out);
-    if (act != ACT_NONE && act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
     return ST_OK;
 }
 
@@ -723,13 +747,9 @@ static void dense_forward_part(void *arg, int part, int parts) {
                 j->x + (size_t)lo * j->in, j->in, j->w, j->in, 0.0f, j->y + (size_t)lo * j->out, j->out);
     for (int64_t i = lo; i < hi; i++) {
         float *row = j->y + (size_t)i * j->out;
-        if (j->act == ACT_RELU)
-            for (int o = 0; o < j->out; o++) {
-                float v = row[o] + j->b[o];
-                row[o] = v > 0.0f ? v : 0.0f;
-            }
-        else
+        if (j->b)
             for (int o = 0; o < j->out; o++) row[o] += j->b[o];
+        act_inplace(row, (size_t)j->out, j->act);
     }
 }
 
@@ -762,11 +782,13 @@ static int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const 
     cpu_ctx *c = ctx;
     TRY(dense_check(n, in, out, act, "dense_backward"));
     const size_t ny = (size_t)n * out;
-    if (act == ACT_RELU)
-        for (size_t i = 0; i < ny; i++) dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-    for (int o = 0; o < out; o++) db[o] = 0.0f;
-    for (int i = 0; i < n; i++)
-        for (int o = 0; o < out; o++) db[o] += dy[(size_t)i * out + o];
+    if (act != ACT_NONE)
+        for (size_t i = 0; i < ny; i++) dy[i] = act_grad(act, y[i], dy[i]);
+    if (db) {
+        for (int o = 0; o < out; o++) db[o] = 0.0f;
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < out; o++) db[o] += dy[(size_t)i * out + o];
+    }
     dense_job j = {.c = c, .n = n, .in = in, .out = out, .act = act, .x = x, .w = w, .dy = dy, .dx = dx, .dw = dw};
     pool_run(&c->pool, parts_for(c, (double)n * in * out * (dx ? 2 : 1), 2e5), dense_backward_part, &j);
     progress_poll(c, 0);

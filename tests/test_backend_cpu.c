@@ -86,7 +86,14 @@ static double dot_fd(const float *y, const float *r, size_t n) {
 
 typedef struct conv_case {
     int n, c, h, w, k, r, s, stride, pad, act;
+    int no_bias;  // b = db = NULL
 } conv_case;
+
+static double act_ref(int act, double v) {
+    if (act == ACT_RELU && v < 0) return 0;
+    if (act == ACT_LEAKY && v < 0) return 0.1 * v;
+    return v;
+}
 
 typedef struct conv_ref_args {
     const conv_desc *d;
@@ -109,8 +116,7 @@ static void conv_ref(const conv_desc *d, const double *x, const double *w, const
                                 s += w[((k * d->c + c) * d->r + r) * d->s + q] *
                                      x[((size_t)(n * d->c + c) * d->h + ih) * d->w + iw];
                             }
-                    if (d->act == ACT_RELU && s < 0) s = 0;
-                    y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = s;
+                    y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = act_ref(d->act, s);
                 }
 }
 
@@ -174,11 +180,13 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     fill_uniform(&g, w, nw, -1, 1);
     fill_uniform(&g, b, nb, -0.5f, 0.5f);
     fill_uniform(&g, r, ny, -1, 1);
+    if (cc->no_bias) memset(b, 0, nb * sizeof(float));  // the reference's bias; the backend gets NULL
+    float *bb = cc->no_bias ? NULL : b, *dbb = cc->no_bias ? NULL : db, *db2b = cc->no_bias ? NULL : db2;
 
     // Forward against the naive direct convolution.
     double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(nb), *yd = dbuf(ny), *rd = dbuf(ny);
     to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, nb), to_double(r, rd, ny);
-    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, b, y, ws), ST_OK);
+    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, bb, y, ws), ST_OK);
     conv_ref(&d, xd, wd, bd, yd);
     assert_close(y, yd, ny, 1e-5, "conv forward");
 
@@ -186,7 +194,7 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     memcpy(dy, r, ny * sizeof(float));
     memset(dx, 0x7f, nx * sizeof(float));  // garbage: backward must overwrite
     memset(dw, 0x7f, nw * sizeof(float));
-    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, db, ws), ST_OK);
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, dbb, ws), ST_OK);
     conv_ref_args a = {.d = &d, .x = xd, .w = wd, .b = bd, .rr = rd, .y = yd};
     double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(nb);
     fd_grad(xd, nx, 1e-6, conv_ref_objective, &a, gx);
@@ -194,21 +202,22 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     fd_grad(bd, nb, 1e-6, conv_ref_objective, &a, gb);
     assert_close(dx, gx, nx, 1e-4, "conv dx");
     assert_close(dw, gw, nw, 1e-4, "conv dw");
-    assert_close(db, gb, nb, 1e-4, "conv db");
+    if (!cc->no_bias) assert_close(db, gb, nb, 1e-4, "conv db");
     // dy now holds the pre-activation gradient: r where the output is positive (or everywhere without act).
-    for (size_t i = 0; i < ny; i++) assert_true(dy[i] == (cc->act == ACT_RELU && !(y[i] > 0) ? 0.0f : r[i]));
+    for (size_t i = 0; i < ny; i++)
+        assert_true(dy[i] == (cc->act == ACT_NONE || y[i] > 0 ? r[i] : cc->act == ACT_LEAKY ? 0.1f * r[i] : 0.0f));
 
     // The first layer's path: no dx, same weight gradients.
     memcpy(dy, r, ny * sizeof(float));
-    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, NULL, dw2, db2, ws), ST_OK);
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, NULL, dw2, db2b, ws), ST_OK);
     assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
     assert_true(tu_max_rel_err(db2, db, nb) < 1e-6);
 
     if (cc->act == ACT_NONE) {
-        conv_be_args ba = {.be = &be, .d = &d, .x = x, .w = w, .b = b, .y = y, .r = r, .ws = ws};
+        conv_be_args ba = {.be = &be, .d = &d, .x = x, .w = w, .b = bb, .y = y, .r = r, .ws = ws};
         conv_float_fd(&ba, x, nx, dx, &g, "conv dx");
         conv_float_fd(&ba, w, nw, dw, &g, "conv dw");
-        conv_float_fd(&ba, b, nb, db, &g, "conv db");
+        if (bb) conv_float_fd(&ba, b, nb, db, &g, "conv db");
     }
 
     free(x), free(w), free(b), free(y), free(r), free(dy), free(dx), free(dw), free(db), free(dw2), free(db2);
@@ -228,6 +237,10 @@ static const conv_case conv_cases[] = {
     // Stride 1, no padding, rows of 11 and 8 outputs: the vector row copies of the fast im2col/col2im.
     {.n = 2, .c = 2, .h = 5, .w = 13, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
     {.n = 2, .c = 1, .h = 4, .w = 10, .k = 2, .r = 2, .s = 3, .stride = 1, .pad = 0, .act = ACT_NONE},
+    // Leaky activation, and convolutions without a bias (b = db = NULL).
+    {.n = 2, .c = 3, .h = 7, .w = 6, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY},
+    {.n = 3, .c = 2, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
+    {.n = 2, .c = 2, .h = 5, .w = 5, .k = 2, .r = 1, .s = 1, .stride = 1, .pad = 0, .act = ACT_NONE, .no_bias = 1},
 };
 
 static void test_conv_matches_reference_and_finite_differences(void **state) {
@@ -342,13 +355,12 @@ static double dense_ref_objective(void *arg) {
         for (int j = 0; j < a->out; j++) {
             double v = a->b[j];
             for (int k = 0; k < a->in; k++) v += a->x[(size_t)i * a->in + k] * a->w[(size_t)j * a->in + k];
-            if (a->act == ACT_RELU && v < 0) v = 0;
-            s += v * a->rr[(size_t)i * a->out + j];
+            s += act_ref(a->act, v) * a->rr[(size_t)i * a->out + j];
         }
     return s;
 }
 
-static void check_dense_case(int n, int in, int out, int act, int threads, uint64_t seed) {
+static void check_dense_case(int n, int in, int out, int act, int threads, uint64_t seed, int no_bias) {
     backend be = make_cpu(threads);
     const backend_ops *o = be.ops;
     size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
@@ -360,17 +372,19 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
     fill_uniform(&g, w, nw, -1, 1);
     fill_uniform(&g, b, out, -0.5f, 0.5f);
     fill_uniform(&g, r, ny, -1, 1);
-    assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+    if (no_bias) memset(b, 0, out * sizeof(float));  // the reference's bias; the backend gets NULL
+    float *bb = no_bias ? NULL : b, *dbb = no_bias ? NULL : db, *db2b = no_bias ? NULL : db2;
+    assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < out; j++) {
             double v = b[j];
             for (int k = 0; k < in; k++) v += (double)x[(size_t)i * in + k] * w[(size_t)j * in + k];
-            if (act == ACT_RELU && v < 0) v = 0;
+            v = act_ref(act, v);
             assert_true(fabs(y[(size_t)i * out + j] - v) <= 1e-5 * fmax(1.0, fabs(v)));
         }
     memcpy(dy, r, ny * sizeof(float));
     memset(dx, 0x7f, nx * sizeof(float));
-    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, dx, dw, db), ST_OK);
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, dx, dw, dbb), ST_OK);
     double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(out), *rd = dbuf(ny);
     double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(out);
     to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, out), to_double(r, rd, ny);
@@ -380,10 +394,10 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
     fd_grad(bd, out, 1e-6, dense_ref_objective, &a, gb);
     assert_close(dx, gx, nx, 1e-4, "dense dx");
     assert_close(dw, gw, nw, 1e-4, "dense dw");
-    assert_close(db, gb, out, 1e-4, "dense db");
+    if (!no_bias) assert_close(db, gb, out, 1e-4, "dense db");
 
     memcpy(dy, r, ny * sizeof(float));
-    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, NULL, dw2, db2), ST_OK);
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, NULL, dw2, db2b), ST_OK);
     assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
     assert_true(tu_max_rel_err(db2, db, out) < 1e-6);
 
@@ -392,10 +406,10 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
             size_t i = rng_below(&g, (uint32_t)nw);
             float keep = w[i];
             w[i] = keep + 1e-2f;
-            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
             double lp = dot_fd(y, r, ny);
             w[i] = keep - 1e-2f;
-            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
             double lm = dot_fd(y, r, ny);
             w[i] = keep;
             double fd = (lp - lm) / 2e-2;
@@ -409,10 +423,13 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
 
 static void test_dense_matches_reference_and_finite_differences(void **state) {
     (void)state;
-    check_dense_case(3, 7, 5, ACT_RELU, 1, 11);
-    check_dense_case(4, 37, 6, ACT_NONE, 2, 12);  // columns split unevenly over threads
-    check_dense_case(1, 5, 1, ACT_RELU, 2, 13);
-    check_dense_case(9, 40, 10, ACT_RELU, 3, 14);
+    check_dense_case(3, 7, 5, ACT_RELU, 1, 11, 0);
+    check_dense_case(4, 37, 6, ACT_NONE, 2, 12, 0);  // columns split unevenly over threads
+    check_dense_case(1, 5, 1, ACT_RELU, 2, 13, 0);
+    check_dense_case(9, 40, 10, ACT_RELU, 3, 14, 0);
+    check_dense_case(5, 9, 4, ACT_LEAKY, 2, 15, 0);
+    check_dense_case(4, 6, 3, ACT_LEAKY, 1, 16, 1);  // no bias: b = db = NULL
+    check_dense_case(3, 5, 2, ACT_NONE, 2, 17, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
