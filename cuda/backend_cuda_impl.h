@@ -4,6 +4,7 @@
 //   backend_cuda.cu  context, memory, CUDA Graph capture/replay, the table
 //   conv_cuda.cu     convolution (cuDNN) with fused bias + activation kernels
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
+//   layer_ops_cuda.cu  the ops of [shortcut], [route], [dropout], [avgpool]
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -80,6 +81,10 @@ int cuda_scale(void *ctx, size_t n, float alpha, float *x);
 int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
 int cuda_add(void *ctx, size_t n, const float *x, float *y);
 int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
+
+// ---- layer_ops_cuda.cu (layer ops of issue 14 part 3)
+int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
+int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).

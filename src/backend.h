@@ -138,6 +138,12 @@ typedef struct backend_ops {
     int (*capture_begin)(void *ctx);
     int (*capture_end)(void *ctx);
     int (*replay)(void *ctx);
+
+    // ---- layer ops of issue 14 part 3 ([shortcut], [route], [dropout], [avgpool]); stream work, capturable.
+    // y[0..n) = act(a + b) ([shortcut]'s residual add; y may be a or b)
+    int (*add_act)(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
+    // dx[0..n) = dy * act'(y), the derivative read from the output y as in conv/dense backward (dx may be dy)
+    int (*act_backward)(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 } backend_ops;
 
 typedef struct backend {

@@ -1028,6 +1028,47 @@ static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, dou
     return ST_OK;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut])
+
+typedef struct ew_job {
+    size_t n;
+    int act;
+    const float *a, *b;
+    float *y;
+} ew_job;
+
+static void add_act_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_apply(j->act, j->a[i] + j->b[i]);
+}
+
+static int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(1, 1, 1, act, "add_act"));
+    ew_job j = {.n = n, .act = act, .a = a, .b = b, .y = y};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), add_act_part, &j);
+    return ST_OK;
+}
+
+// a = y, b = dy
+static void act_backward_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_grad(j->act, j->a[i], j->b[i]);
+}
+
+static int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(1, 1, 1, act, "act_backward"));
+    ew_job j = {.n = n, .act = act, .a = y, .b = dy, .y = dx};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), act_backward_part, &j);
+    return ST_OK;
+}
+
 static void cpu_set_progress(void *ctx, void (*fn)(void *arg), void *arg) {
     cpu_ctx *c = ctx;
     c->progress = fn;
@@ -1136,6 +1177,9 @@ static const backend_ops cpu_ops = {
     .capture_begin = NULL,
     .capture_end = NULL,
     .replay = NULL,
+    // layer ops of issue 14 part 3
+    .add_act = cpu_add_act,
+    .act_backward = cpu_act_backward,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

@@ -34,6 +34,8 @@
 typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
     OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
+    // layer ops of issue 14 part 3
+    OP_ADD_ACT, OP_ACT_BWD,
 } rec_op;
 
 typedef struct rec {
@@ -70,6 +72,9 @@ typedef struct rec {
         struct { size_t n; float *g; float max_norm; double *sumsq; } clip;
         struct { size_t n; const float *x; float *y; } add;
         struct { void *mark; } mark;
+        // layer ops of issue 14 part 3
+        struct { size_t n; int act; const float *a, *b; float *y; } add_act;
+        struct { size_t n; int act; const float *y, *dy; float *dx; } act_bwd;
     } u;
 } rec;
 
@@ -134,6 +139,11 @@ static int rec_run(const backend *be, const rec *r) {
     case OP_CLIP: return o->clip_grad_norm(x, r->u.clip.n, r->u.clip.g, r->u.clip.max_norm, r->u.clip.sumsq);
     case OP_ADD: return o->add(x, r->u.add.n, r->u.add.x, r->u.add.y);
     case OP_MARK: return o->mark_record(x, r->u.mark.mark);
+    // layer ops of issue 14 part 3
+    case OP_ADD_ACT: return o->add_act(x, r->u.add_act.n, r->u.add_act.act, r->u.add_act.a, r->u.add_act.b,
+                                       r->u.add_act.y);
+    case OP_ACT_BWD: return o->act_backward(x, r->u.act_bwd.n, r->u.act_bwd.act, r->u.act_bwd.y, r->u.act_bwd.dy,
+                                            r->u.act_bwd.dx);
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
 }
@@ -231,6 +241,15 @@ static int r_add(void *ctx, size_t n, const float *x, float *y) { return ISSUE(O
 
 // Inside a capture a CUDA mark is an event-record node: every replay records it again.
 static int r_mark_record(void *ctx, void *mark) { return ISSUE(OP_MARK, mark, mark); }
+
+// Layer ops of issue 14 part 3
+static int r_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+    return ISSUE(OP_ADD_ACT, add_act, n, act, a, b, y);
+}
+
+static int r_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+    return ISSUE(OP_ACT_BWD, act_bwd, n, act, y, dy, dx);
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Other ops: forwarded outside a capture, refused (and the capture invalidated) inside one
@@ -376,6 +395,9 @@ static const backend_ops record_ops = {
     .capture_begin = r_capture_begin,
     .capture_end = r_capture_end,
     .replay = r_replay,
+    // layer ops of issue 14 part 3
+    .add_act = r_add_act,
+    .act_backward = r_act_backward,
 };
 
 int backend_record_refuse_captures(backend *be) {

@@ -63,6 +63,8 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
         const int p = l->in_idx[j];
         l->x[j] = p < 0 ? m->x : m->layers[p].y;
         l->dx_accumulate[j] = p >= 0 && readers_left[p] > 0;
+        for (int k = 0; k < j; k++)  // the same output twice ([shortcut] from=-1): the later slot adds
+            if (l->in_idx[k] == p) l->dx_accumulate[j] = p >= 0;
     }
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
     const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);

@@ -943,6 +943,50 @@ static void test_bench_reference_cnn(void **state) {
     backend_destroy(&be);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3, against direct computation
+
+static float act_direct(int act, float v) {
+    if (act == ACT_RELU) return v > 0 ? v : 0;
+    if (act == ACT_LEAKY) return v > 0 ? v : 0.1f * v;
+    return v;
+}
+
+static void test_add_act_and_act_backward(void **state) {
+    (void)state;
+    enum { N = 100003 };  // several parts on 3 threads
+    backend be = make_cpu(3);
+    rng g;
+    rng_seed(&g, 5);
+    float *a = fbuf(N), *b = fbuf(N), *y = fbuf(N), *dy = fbuf(N), *dx = fbuf(N);
+    fill_uniform(&g, a, N, -1, 1);
+    fill_uniform(&g, b, N, -1, 1);
+    fill_uniform(&g, dy, N, -1, 1);
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY};
+    for (int t = 0; t < 3; t++) {
+        const int act = acts[t];
+        assert_int_equal(be.ops->add_act(be.ctx, N, act, a, b, y), ST_OK);
+        for (int i = 0; i < N; i++) assert_true(y[i] == act_direct(act, a[i] + b[i]));
+        assert_int_equal(be.ops->act_backward(be.ctx, N, act, y, dy, dx), ST_OK);
+        for (int i = 0; i < N; i++) {
+            const float want = act == ACT_NONE || y[i] > 0 ? dy[i] : act == ACT_LEAKY ? 0.1f * dy[i] : 0.0f;
+            assert_true(dx[i] == want);
+        }
+    }
+    // In place: y may be an input, dx may be dy.
+    memcpy(y, a, N * sizeof(float));
+    assert_int_equal(be.ops->add_act(be.ctx, N, ACT_LEAKY, y, b, y), ST_OK);
+    for (int i = 0; i < N; i++) assert_true(y[i] == act_direct(ACT_LEAKY, a[i] + b[i]));
+    memcpy(dx, dy, N * sizeof(float));
+    assert_int_equal(be.ops->act_backward(be.ctx, N, ACT_RELU, y, dx, dx), ST_OK);
+    for (int i = 0; i < N; i++) assert_true(dx[i] == (y[i] > 0 ? dy[i] : 0.0f));
+    err_clear();
+    assert_int_equal(be.ops->add_act(be.ctx, N, 7, a, b, y), ST_INPUT);
+    err_clear();
+    free(a), free(b), free(y), free(dy), free(dx);
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -961,6 +1005,7 @@ int main(void) {
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_progress_hook_runs_during_backward),
         cmocka_unit_test(test_bench_reference_cnn),
+        cmocka_unit_test(test_add_act_and_act_backward),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -914,6 +914,31 @@ static int group_teardown(void **state) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3
+
+static void test_add_act_and_act_backward(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 61);
+    enum { N = 300007 };
+    float *ha = rand_floats(&r, N, 1.f), *hb = rand_floats(&r, N, 1.f), *hdy = rand_floats(&r, N, 1.f);
+    twin a = twin_make(ha, N * 4), b = twin_make(hb, N * 4), y = twin_make(NULL, N * 4), dy = twin_make(hdy, N * 4);
+    twin dx = twin_make(NULL, N * 4);
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY};
+    for (int t = 0; t < 3; t++) {
+        OK(g_cpu.ops->add_act(g_cpu.ctx, N, acts[t], a.c, b.c, y.c));
+        OK(g_gpu.ops->add_act(g_gpu.ctx, N, acts[t], a.g, b.g, y.g));
+        expect_equal_bytes("add_act y", &y);
+        OK(g_cpu.ops->act_backward(g_cpu.ctx, N, acts[t], y.c, dy.c, dx.c));
+        OK(g_gpu.ops->act_backward(g_gpu.ctx, N, acts[t], y.g, dy.g, dx.g));
+        expect_equal_bytes("act_backward dx", &dx);
+    }
+    twin_free(&a), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx);
+    free(ha), free(hb), free(hdy);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -933,6 +958,7 @@ int main(void) {
         cmocka_unit_test(test_capture_replay),
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_add_act_and_act_backward),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -295,6 +295,41 @@ static void test_leaky_and_bias(void **state) {
                       "act.cfg:7", "[conv] conv1.activation");
 }
 
+#define RES_BLOCK                                                                                              \
+    "[conv]\nfilters=4\nstride=2\npad=1\n[conv]\nfilters=4\npad=1\nbias=0\nactivation=leaky\n"                 \
+    "[conv]\nfilters=4\nsize=1\nactivation=linear\n"
+
+static void test_shortcut(void **state) {
+    (void)state;
+    expect_text_round_trip("shortcut.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-3\nactivation=leaky\n[shortcut]\nfrom=1\n"
+                                                  "[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 RES_BLOCK "[shortcut]\nfrom=-3\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[3].name, "shortcut1");
+    assert_int_equal(cfg.layers[3].act, ACT_NONE);  // Darknet's default: linear
+    assert_int_equal(cfg.layers[3].n_refs, 1);
+    assert_int_equal(cfg.layers[3].refs[0], -3);
+    // Shapes must match exactly: the message names both layers and shapes.
+    expect_load_error("sc_shape.cfg", NET8 RES_BLOCK "[maxpool]\n[shortcut]\nfrom=-2\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_shape.cfg:19: [shortcut] 'shortcut1': from: layer 2 ('conv3') gives 4x4x4", "('pool1') 4x2x2");
+    expect_load_error("sc_shape2.cfg", NET8 RES_BLOCK "[conv]\nfilters=5\nsize=1\n[shortcut]\nfrom=-2\n[dense]\nunits=10\n"
+                      "[softmax]\n", "[shortcut] 'shortcut1': from: layer 2 ('conv3') gives 4x4x4", "5x4x4");
+    // Out of range, pointing forward or at itself, several, none, not a number.
+    expect_load_error("sc_range.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-9\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_range.cfg:18: [shortcut] 'shortcut1': from: -9 does not name an earlier layer", NULL);
+    expect_load_error("sc_fwd.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=4\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_fwd.cfg:18: [shortcut] 'shortcut1': from: 4 does not name an earlier layer", NULL);
+    expect_load_error("sc_self.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=3\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_self.cfg:18", "from: 3 does not name an earlier layer");
+    expect_load_error("sc_two.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-1,-3\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_two.cfg:19: [shortcut] shortcut1.from", "at most 1 index");
+    expect_load_error("sc_none.cfg", NET8 RES_BLOCK "[shortcut]\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_none.cfg:18: [shortcut] 'shortcut1'", "missing required key 'from'");
+    expect_load_error("sc_nan.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=x\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_nan.cfg:19: [shortcut] shortcut1.from", "not a list of layer indices");
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -332,6 +367,7 @@ int main(void) {
         cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
+        cmocka_unit_test(test_shortcut),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

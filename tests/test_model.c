@@ -249,6 +249,20 @@ static void test_fd_leaky_and_no_bias(void **state) {
                   (3 * 2 * 9) + (4 * 3 * 9 + 4) + (5 * 4) + (3 * 5 + 3));
 }
 
+// A residual block: conv (bias=0) → conv → shortcut from=-3 (to the block's input), then a shortcut from=-1
+// (the same output twice: the model sums both gradients).
+static void test_fd_shortcut(void **state) {
+    (void)state;
+    fd_check_text("shortcut", NET_HEAD
+                  "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+                  "[conv]\nfilters=4\nsize=3\npad=1\nactivation=linear\nbias=0\n"
+                  "[conv]\nfilters=4\nsize=1\nactivation=linear\n"
+                  "[shortcut]\nfrom=-3\nactivation=leaky\n"
+                  "[shortcut]\nfrom=-1\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (4 * 2 * 9 + 4) + (4 * 4 * 9) + (4 * 4 + 4) + (3 * 64 + 3));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The conv plan cache (model.c), through a CPU backend whose conv_prepare hands out a counted token as the plan
 // (the CPU ops ignore plans) and can claim a huge workspace for one batch size.
@@ -345,6 +359,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_impossible_batch_rejected, setup, teardown),
         cmocka_unit_test(test_conv_plan_cache),
         cmocka_unit_test(test_fd_leaky_and_no_bias),
+        cmocka_unit_test(test_fd_shortcut),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
