@@ -309,6 +309,7 @@ static const backend_ops cuda_ops = {
     // layer ops of issue 14 part 3 (layer_ops_cuda.cu)
     .add_act = cuda_add_act,
     .act_backward = cuda_act_backward,
+    .channel_copy = cuda_channel_copy,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {

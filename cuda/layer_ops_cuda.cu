@@ -1,5 +1,5 @@
 // layer_ops_cuda.cu — the CUDA backend's ops for the layer kinds of issue 14 part 3: residual add + activation
-// and the activation gradient ([shortcut]).
+// and the activation gradient ([shortcut]), channel slices ([route]).
 //
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); tests/test_backend_cuda.c
 // compares the two. Kernels first, launchers (stream last) after; element-wise kernels use grid-stride loops.
@@ -44,5 +44,20 @@ int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float 
     if (n == 0) return ST_OK;
     act_backward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, y, dy, dx);
     cudaCheckLaunch();
+    return ST_OK;
+}
+
+// One strided 2-D copy on the stream: n rows (samples) of c·hw floats.
+int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
+                      int dst_off) {
+    cuda_ctx *cx = (cuda_ctx *)ctx;
+    if (n < 0 || c < 0 || hw < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_c || dst_off + c > dst_c)
+        return ERR(ST_INPUT, "channel_copy: %d channels at %d of %d to %d of %d (n=%d, hw=%d)", c, src_off, src_c,
+                   dst_off, dst_c, n, hw);
+    if (n == 0 || c == 0) return ST_OK;
+    const size_t f = sizeof(float);
+    cudaCheck(cudaMemcpy2DAsync(dst + (size_t)dst_off * hw, (size_t)dst_c * hw * f, src + (size_t)src_off * hw,
+                                (size_t)src_c * hw * f, (size_t)c * hw * f, (size_t)n, cudaMemcpyDeviceToDevice,
+                                cx->stream));
     return ST_OK;
 }

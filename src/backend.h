@@ -144,6 +144,10 @@ typedef struct backend_ops {
     int (*add_act)(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
     // dx[0..n) = dy * act'(y), the derivative read from the output y as in conv/dense backward (dx may be dy)
     int (*act_backward)(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
+    // For each of n samples, the c channels of hw values at channel src_off of src (src_c channels per sample) to
+    // channel dst_off of dst (dst_c channels per sample): [route]'s concatenation, and its backward.
+    int (*channel_copy)(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                        int dst_c, int dst_off);
 } backend_ops;
 
 typedef struct backend {

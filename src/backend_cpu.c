@@ -1029,7 +1029,8 @@ static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, dou
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut])
+// Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut]), channel slices
+// ([route])
 
 typedef struct ew_job {
     size_t n;
@@ -1066,6 +1067,35 @@ static int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const 
     TRY(dense_check(1, 1, 1, act, "act_backward"));
     ew_job j = {.n = n, .act = act, .a = y, .b = dy, .y = dx};
     pool_run(&c->pool, parts_for(c, (double)n, 65536), act_backward_part, &j);
+    return ST_OK;
+}
+
+// Channel slices ([route]): one block of c·hw contiguous values per sample.
+typedef struct chan_job {
+    int n, c, hw, src_c, src_off, dst_c, dst_off;
+    const float *src;
+    float *dst;
+} chan_job;
+
+static void channel_copy_part(void *arg, int part, int parts) {
+    const chan_job *j = arg;
+    int64_t lo, hi;
+    split_range(j->n, parts, part, &lo, &hi);
+    const size_t block = (size_t)j->c * j->hw;
+    for (int64_t i = lo; i < hi; i++)
+        memcpy(j->dst + ((size_t)i * j->dst_c + j->dst_off) * j->hw,
+               j->src + ((size_t)i * j->src_c + j->src_off) * j->hw, block * sizeof(float));
+}
+
+static int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                            int dst_c, int dst_off) {
+    cpu_ctx *c_ = ctx;
+    if (n < 0 || c < 0 || hw < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_c || dst_off + c > dst_c)
+        return ERR(ST_INPUT, "channel_copy: %d channels at %d of %d to %d of %d (n=%d, hw=%d)", c, src_off, src_c,
+                   dst_off, dst_c, n, hw);
+    chan_job j = {.n = n, .c = c, .hw = hw, .src_c = src_c, .src_off = src_off, .dst_c = dst_c, .dst_off = dst_off,
+                  .src = src, .dst = dst};
+    pool_run(&c_->pool, parts_for(c_, (double)n * c * hw, 65536), channel_copy_part, &j);
     return ST_OK;
 }
 
@@ -1180,6 +1210,7 @@ static const backend_ops cpu_ops = {
     // layer ops of issue 14 part 3
     .add_act = cpu_add_act,
     .act_backward = cpu_act_backward,
+    .channel_copy = cpu_channel_copy,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

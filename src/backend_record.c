@@ -35,7 +35,7 @@ typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
     OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
     // layer ops of issue 14 part 3
-    OP_ADD_ACT, OP_ACT_BWD,
+    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY,
 } rec_op;
 
 typedef struct rec {
@@ -75,6 +75,7 @@ typedef struct rec {
         // layer ops of issue 14 part 3
         struct { size_t n; int act; const float *a, *b; float *y; } add_act;
         struct { size_t n; int act; const float *y, *dy; float *dx; } act_bwd;
+        struct chan_args { int n, c, hw; const float *src; int src_c, src_off; float *dst; int dst_c, dst_off; } chan;
     } u;
 } rec;
 
@@ -144,6 +145,10 @@ static int rec_run(const backend *be, const rec *r) {
                                        r->u.add_act.y);
     case OP_ACT_BWD: return o->act_backward(x, r->u.act_bwd.n, r->u.act_bwd.act, r->u.act_bwd.y, r->u.act_bwd.dy,
                                             r->u.act_bwd.dx);
+    case OP_CHAN_COPY: {
+        const struct chan_args *a = &r->u.chan;
+        return o->channel_copy(x, a->n, a->c, a->hw, a->src, a->src_c, a->src_off, a->dst, a->dst_c, a->dst_off);
+    }
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
 }
@@ -249,6 +254,11 @@ static int r_add_act(void *ctx, size_t n, int act, const float *a, const float *
 
 static int r_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
     return ISSUE(OP_ACT_BWD, act_bwd, n, act, y, dy, dx);
+}
+
+static int r_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                          int dst_c, int dst_off) {
+    return ISSUE(OP_CHAN_COPY, chan, n, c, hw, src, src_c, src_off, dst, dst_c, dst_off);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -398,6 +408,7 @@ static const backend_ops record_ops = {
     // layer ops of issue 14 part 3
     .add_act = r_add_act,
     .act_backward = r_act_backward,
+    .channel_copy = r_channel_copy,
 };
 
 int backend_record_refuse_captures(backend *be) {

@@ -82,6 +82,8 @@ sed 's/^\[dense\]/[shortcut]\nfrom=-2\n[dense]/' "$tmp/good.cfg" >"$tmp/sc_shape
 expect_error shortcut-shape "sc_shape.cfg:16: [shortcut] 'shortcut1': from: layer 0 ('conv1') gives 4x26x26" -- --config "$tmp/sc_shape.cfg"
 sed 's/^\[dense\]/[shortcut]\nfrom=3\n[dense]/' "$tmp/good.cfg" >"$tmp/sc_fwd.cfg"
 expect_error shortcut-forward "sc_fwd.cfg:16: [shortcut] 'shortcut1': from: 3 does not name an earlier layer" -- --config "$tmp/sc_fwd.cfg"
+sed 's/^\[dense\]/[route]\nlayers=-2,-1\n[dense]/' "$tmp/good.cfg" >"$tmp/rt_shape.cfg"
+expect_error route-shape "rt_shape.cfg:16: [route] 'route1': layers: layer 0 ('conv1') gives 4x26x26, layer 1 ('pool1') 4x13x13" -- --config "$tmp/rt_shape.cfg"
 printf 'garbage line\n' >"$tmp/garbage.cfg"
 expect_error not-ini "garbage.cfg" -- --config "$tmp/garbage.cfg"
 

@@ -987,6 +987,35 @@ static void test_add_act_and_act_backward(void **state) {
     backend_destroy(&be);
 }
 
+// Channel slices: a block of c channels into a wider tensor at an offset, and back out, against index arithmetic.
+static void test_channel_copy(void **state) {
+    (void)state;
+    enum { N = 5, HW = 6, SRC_C = 3, DST_C = 7, OFF = 2 };
+    backend be = make_cpu(2);
+    rng g;
+    rng_seed(&g, 8);
+    float *src = fbuf(N * SRC_C * HW), *dst = fbuf(N * DST_C * HW), *back = fbuf(N * SRC_C * HW);
+    fill_uniform(&g, src, N * SRC_C * HW, -1, 1);
+    for (int i = 0; i < N * DST_C * HW; i++) dst[i] = 42.0f;
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, SRC_C, HW, src, SRC_C, 0, dst, DST_C, OFF), ST_OK);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < DST_C; c++)
+            for (int q = 0; q < HW; q++) {
+                const float want = c >= OFF && c < OFF + SRC_C ? src[(n * SRC_C + c - OFF) * HW + q] : 42.0f;
+                assert_true(dst[(n * DST_C + c) * HW + q] == want);
+            }
+    // Two channels out of the middle of the wide tensor (backward of a route).
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, 2, HW, dst, DST_C, OFF + 1, back, 2, 0), ST_OK);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < 2; c++)
+            for (int q = 0; q < HW; q++) assert_true(back[(n * 2 + c) * HW + q] == src[(n * SRC_C + c + 1) * HW + q]);
+    err_clear();
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, SRC_C, HW, src, SRC_C, 0, dst, DST_C, 5), ST_INPUT);
+    err_clear();
+    free(src), free(dst), free(back);
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -1006,6 +1035,7 @@ int main(void) {
         cmocka_unit_test(test_progress_hook_runs_during_backward),
         cmocka_unit_test(test_bench_reference_cnn),
         cmocka_unit_test(test_add_act_and_act_backward),
+        cmocka_unit_test(test_channel_copy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

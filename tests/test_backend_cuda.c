@@ -939,6 +939,25 @@ static void test_add_act_and_act_backward(void **state) {
     free(ha), free(hb), free(hdy);
 }
 
+static void test_channel_copy(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 62);
+    enum { N = 9, HW = 35, SRC_C = 5, DST_C = 12 };
+    float *hs = rand_floats(&r, N * SRC_C * HW, 1.f), *hd = rand_floats(&r, N * DST_C * HW, 1.f);
+    twin src = twin_make(hs, sizeof(float) * N * SRC_C * HW), dst = twin_make(hd, sizeof(float) * N * DST_C * HW);
+    twin back = twin_make(NULL, sizeof(float) * N * 3 * HW);
+    OK(g_cpu.ops->channel_copy(g_cpu.ctx, N, SRC_C, HW, src.c, SRC_C, 0, dst.c, DST_C, 4));
+    OK(g_gpu.ops->channel_copy(g_gpu.ctx, N, SRC_C, HW, src.g, SRC_C, 0, dst.g, DST_C, 4));
+    expect_equal_bytes("channel_copy into a slice", &dst);
+    OK(g_cpu.ops->channel_copy(g_cpu.ctx, N, 3, HW, dst.c, DST_C, 5, back.c, 3, 0));
+    OK(g_gpu.ops->channel_copy(g_gpu.ctx, N, 3, HW, dst.g, DST_C, 5, back.g, 3, 0));
+    expect_equal_bytes("channel_copy out of a slice", &back);
+    twin_free(&src), twin_free(&dst), twin_free(&back);
+    free(hs), free(hd);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -959,6 +978,7 @@ int main(void) {
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_tf32),
         cmocka_unit_test(test_add_act_and_act_backward),
+        cmocka_unit_test(test_channel_copy),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

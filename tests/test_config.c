@@ -330,6 +330,27 @@ static void test_shortcut(void **state) {
                       "sc_nan.cfg:19: [shortcut] shortcut1.from", "not a list of layer indices");
 }
 
+static void test_route(void **state) {
+    (void)state;
+    expect_text_round_trip("route.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-3,1\n[route]\nlayers=-1\n[dense]\nunits=10\n"
+                                               "[softmax]\n");
+    // Spatial sizes must match: both layers and shapes named.
+    expect_load_error("rt_shape.cfg", NET8 "[conv]\nfilters=4\n[conv]\nfilters=2\n[route]\nlayers=-1,-2\n[dense]\n"
+                      "units=10\n[softmax]\n", "rt_shape.cfg:9: [route] 'route1': layers: layer 1 ('conv2') gives 2x4x4",
+                      "layer 0 ('conv1') 4x6x6");
+    expect_load_error("rt_range.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-5\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_range.cfg:18: [route] 'route1': layers: -5 does not name an earlier layer", NULL);
+    expect_load_error("rt_fwd.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,5\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_fwd.cfg:18: [route] 'route1': layers: 5 does not name an earlier layer", NULL);
+    expect_load_error("rt_many.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-1,-1,-1,-1\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_many.cfg:19: [route] route1.layers", "at most 4 indices");
+    expect_load_error("rt_none.cfg", NET8 RES_BLOCK "[route]\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_none.cfg:18: [route] 'route1'", "missing required key 'layers'");
+    // A route that skips a layer leaves that layer's output unread: refused.
+    expect_load_error("rt_dead.cfg", NET8 RES_BLOCK "[route]\nlayers=-2\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_dead.cfg:14: [conv] 'conv3'", "read by no later layer");
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -367,7 +388,7 @@ int main(void) {
         cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
-        cmocka_unit_test(test_shortcut),
+        cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -263,6 +263,20 @@ static void test_fd_shortcut(void **state) {
                   (4 * 2 * 9 + 4) + (4 * 4 * 9) + (4 * 4 + 4) + (3 * 64 + 3));
 }
 
+// Concatenation of two branches, an identity route, and a route back to the first layer (read three times).
+static void test_fd_route(void **state) {
+    (void)state;
+    fd_check_text("route", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=linear\n"
+                  "[conv]\nfilters=2\nsize=1\nactivation=leaky\n"
+                  "[route]\nlayers=-2,-1\n"
+                  "[conv]\nfilters=2\nsize=1\nactivation=linear\n"
+                  "[route]\nlayers=-1\n"
+                  "[route]\nlayers=4,0\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (2 * 3 + 2) + (2 * 5 + 2) + (3 * 5 * 16 + 3));
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The conv plan cache (model.c), through a CPU backend whose conv_prepare hands out a counted token as the plan
 // (the CPU ops ignore plans) and can claim a huge workspace for one batch size.
@@ -360,6 +374,7 @@ int main(void) {
         cmocka_unit_test(test_conv_plan_cache),
         cmocka_unit_test(test_fd_leaky_and_no_bias),
         cmocka_unit_test(test_fd_shortcut),
+        cmocka_unit_test(test_fd_route),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
