@@ -310,6 +310,7 @@ static const backend_ops cuda_ops = {
     .add_act = cuda_add_act,
     .act_backward = cuda_act_backward,
     .channel_copy = cuda_channel_copy,
+    .dropout = cuda_dropout,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {

@@ -48,6 +48,15 @@ typedef struct sgd_hyper {
     float nesterov;     // 1: Nesterov momentum (the step is g' + momentum * vel instead of vel), 0: heavy ball
 } sgd_hyper;
 
+// [dropout]'s mask key (issue 14 part 3), in BACKEND memory: written by the model before each training step
+// (model_set_rng), so that a captured CUDA graph draws the current step's masks. src/dropout_hash.h hashes it.
+typedef struct dropout_key {
+    uint64_t seed;
+    int64_t step;
+    int32_t rank;
+    int32_t unused;
+} dropout_key;
+
 typedef struct backend_ops {
     const char *name;  // "cpu" or "cuda"
     void (*destroy)(void *ctx);
@@ -148,6 +157,11 @@ typedef struct backend_ops {
     // channel dst_off of dst (dst_c channels per sample): [route]'s concatenation, and its backward.
     int (*channel_copy)(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
                         int dst_c, int dst_off);
+    // Inverted dropout: y[i] = x[i] / (1 - rate) where element i is kept, else 0, i in [0, n); kept by the hash
+    // of (*key, stream, i) (dropout_keep, src/dropout_hash.h: the same draw on every backend). key is backend
+    // memory. The backward is the same call on dy -> dx with the same key and stream. rate in [0, 1).
+    int (*dropout)(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                   float *y);
 } backend_ops;
 
 typedef struct backend {

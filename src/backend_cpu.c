@@ -30,6 +30,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "dropout_hash.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Thread pool: the calling thread is part 0, workers 1..n-1. One job at a time (the backend is not
@@ -1030,7 +1031,7 @@ static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, dou
 
 // ---------------------------------------------------------------------------------------------------------
 // Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut]), channel slices
-// ([route])
+// ([route]), dropout
 
 typedef struct ew_job {
     size_t n;
@@ -1096,6 +1097,34 @@ static int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, i
     chan_job j = {.n = n, .c = c, .hw = hw, .src_c = src_c, .src_off = src_off, .dst_c = dst_c, .dst_off = dst_off,
                   .src = src, .dst = dst};
     pool_run(&c_->pool, parts_for(c_, (double)n * c * hw, 65536), channel_copy_part, &j);
+    return ST_OK;
+}
+
+// Dropout: the mask is recomputed from the key for every call (forward x -> y, backward dy -> dx).
+typedef struct dropout_job {
+    size_t n;
+    uint64_t base;
+    uint32_t threshold;
+    float scale;
+    const float *x;
+    float *y;
+} dropout_job;
+
+static void dropout_part(void *arg, int part, int parts) {
+    const dropout_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++)
+        j->y[i] = dropout_keep(j->base, (uint64_t)i, j->threshold) ? j->x[i] * j->scale : 0.0f;
+}
+
+static int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                       float *y) {
+    cpu_ctx *c = ctx;
+    if (!(rate >= 0.0f && rate < 1.0f)) return ERR(ST_INPUT, "dropout: rate %g outside [0, 1)", (double)rate);
+    dropout_job j = {.n = n, .base = dropout_base(key->seed, key->step, key->rank, stream),
+                     .threshold = dropout_threshold(rate), .scale = 1.0f / (1.0f - rate), .x = x, .y = y};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), dropout_part, &j);
     return ST_OK;
 }
 
@@ -1211,6 +1240,7 @@ static const backend_ops cpu_ops = {
     .add_act = cpu_add_act,
     .act_backward = cpu_act_backward,
     .channel_copy = cpu_channel_copy,
+    .dropout = cpu_dropout,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

@@ -35,7 +35,7 @@ typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
     OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
     // layer ops of issue 14 part 3
-    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY,
+    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY, OP_DROPOUT,
 } rec_op;
 
 typedef struct rec {
@@ -76,6 +76,7 @@ typedef struct rec {
         struct { size_t n; int act; const float *a, *b; float *y; } add_act;
         struct { size_t n; int act; const float *y, *dy; float *dx; } act_bwd;
         struct chan_args { int n, c, hw; const float *src; int src_c, src_off; float *dst; int dst_c, dst_off; } chan;
+        struct { size_t n; float rate; const dropout_key *key; uint32_t stream; const float *x; float *y; } dropout;
     } u;
 } rec;
 
@@ -149,6 +150,8 @@ static int rec_run(const backend *be, const rec *r) {
         const struct chan_args *a = &r->u.chan;
         return o->channel_copy(x, a->n, a->c, a->hw, a->src, a->src_c, a->src_off, a->dst, a->dst_c, a->dst_off);
     }
+    case OP_DROPOUT: return o->dropout(x, r->u.dropout.n, r->u.dropout.rate, r->u.dropout.key, r->u.dropout.stream,
+                                       r->u.dropout.x, r->u.dropout.y);
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
 }
@@ -259,6 +262,12 @@ static int r_act_backward(void *ctx, size_t n, int act, const float *y, const fl
 static int r_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
                           int dst_c, int dst_off) {
     return ISSUE(OP_CHAN_COPY, chan, n, c, hw, src, src_c, src_off, dst, dst_c, dst_off);
+}
+
+// The key is a pointer: its step is read at replay, as a kernel reads device memory.
+static int r_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                     float *y) {
+    return ISSUE(OP_DROPOUT, dropout, n, rate, key, stream, x, y);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -409,6 +418,7 @@ static const backend_ops record_ops = {
     .add_act = r_add_act,
     .act_backward = r_act_backward,
     .channel_copy = r_channel_copy,
+    .dropout = r_dropout,
 };
 
 int backend_record_refuse_captures(backend *be) {

@@ -84,6 +84,10 @@ sed 's/^\[dense\]/[shortcut]\nfrom=3\n[dense]/' "$tmp/good.cfg" >"$tmp/sc_fwd.cf
 expect_error shortcut-forward "sc_fwd.cfg:16: [shortcut] 'shortcut1': from: 3 does not name an earlier layer" -- --config "$tmp/sc_fwd.cfg"
 sed 's/^\[dense\]/[route]\nlayers=-2,-1\n[dense]/' "$tmp/good.cfg" >"$tmp/rt_shape.cfg"
 expect_error route-shape "rt_shape.cfg:16: [route] 'route1': layers: layer 0 ('conv1') gives 4x26x26, layer 1 ('pool1') 4x13x13" -- --config "$tmp/rt_shape.cfg"
+sed 's/^\[dense\]/[dropout]\nrate=1\n[dense]/' "$tmp/good.cfg" >"$tmp/dr_one.cfg"
+expect_error dropout-rate-1 "dr_one.cfg:16: [dropout] 'drop1': rate: 1 is outside [0, 1)" -- --config "$tmp/dr_one.cfg"
+sed 's/^\[dense\]/[dropout]\nrate=-0.5\n[dense]/' "$tmp/good.cfg" >"$tmp/dr_neg.cfg"
+expect_error dropout-rate-negative "dr_neg.cfg:17: [dropout] drop1.rate: '-0.5' is not a number in [0, 1]" -- --config "$tmp/dr_neg.cfg"
 printf 'garbage line\n' >"$tmp/garbage.cfg"
 expect_error not-ini "garbage.cfg" -- --config "$tmp/garbage.cfg"
 

@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "dropout_hash.h"
 #include "test_util.h"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1016,6 +1017,57 @@ static void test_channel_copy(void **state) {
     backend_destroy(&be);
 }
 
+// Dropout against the hash it is defined by: kept values scaled by 1/(1 - rate), dropped ones 0, about rate of
+// them dropped; the same key and stream give the same mask (backward), another step or stream another one.
+static void test_dropout(void **state) {
+    (void)state;
+    enum { N = 200003 };
+    backend be = make_cpu(3);
+    rng g;
+    rng_seed(&g, 9);
+    float *x = fbuf(N), *y = fbuf(N), *y2 = fbuf(N), *ones = fbuf(N);
+    fill_uniform(&g, x, N, -1, 1);
+    for (int i = 0; i < N; i++) ones[i] = 1.0f;
+    dropout_key key = {.seed = 42, .step = 7, .rank = 1};
+    const float rates[] = {0.1f, 0.5f, 0.9f};
+    for (int t = 0; t < 3; t++) {
+        const float rate = rates[t], scale = 1.0f / (1.0f - rate);
+        assert_int_equal(be.ops->dropout(be.ctx, N, rate, &key, 3, x, y), ST_OK);
+        const uint64_t base = dropout_base(42, 7, 1, 3);
+        long dropped = 0;
+        for (int i = 0; i < N; i++) {
+            const int keep = dropout_keep(base, (uint64_t)i, dropout_threshold(rate));
+            assert_true(y[i] == (keep ? x[i] * scale : 0.0f));
+            dropped += !keep;
+        }
+        const double frac = (double)dropped / N;
+        print_message("dropout rate %.1f: %.4f of %d dropped\n", rate, frac, N);
+        assert_true(fabs(frac - rate) < 0.005);
+        // Backward: the same mask on another buffer.
+        assert_int_equal(be.ops->dropout(be.ctx, N, rate, &key, 3, ones, y2), ST_OK);
+        for (int i = 0; i < N; i++) assert_true((y2[i] != 0) == (y[i] != 0 || x[i] == 0));
+    }
+    // Another step, rank or stream: another mask (about half the decisions differ at rate 0.5).
+    assert_int_equal(be.ops->dropout(be.ctx, N, 0.5f, &key, 3, ones, y), ST_OK);
+    const dropout_key others[] = {{.seed = 42, .step = 8, .rank = 1}, {.seed = 42, .step = 7, .rank = 0},
+                                  {.seed = 43, .step = 7, .rank = 1}};
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(be.ops->dropout(be.ctx, N, 0.5f, k < 3 ? &others[k] : &key, k < 3 ? 3 : 4, ones, y2), ST_OK);
+        long differ = 0;
+        for (int i = 0; i < N; i++) differ += (y[i] != 0) != (y2[i] != 0);
+        assert_true(differ > N / 2 - N / 50 && differ < N / 2 + N / 50);
+    }
+    // rate 0: the identity; rate 1 or below 0: refused.
+    assert_int_equal(be.ops->dropout(be.ctx, N, 0.0f, &key, 3, x, y), ST_OK);
+    assert_memory_equal(x, y, N * sizeof(float));
+    err_clear();
+    assert_int_equal(be.ops->dropout(be.ctx, N, 1.0f, &key, 3, x, y), ST_INPUT);
+    assert_int_equal(be.ops->dropout(be.ctx, N, -0.5f, &key, 3, x, y), ST_INPUT);
+    err_clear();
+    free(x), free(y), free(y2), free(ones);
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -1036,6 +1088,7 @@ int main(void) {
         cmocka_unit_test(test_bench_reference_cnn),
         cmocka_unit_test(test_add_act_and_act_backward),
         cmocka_unit_test(test_channel_copy),
+        cmocka_unit_test(test_dropout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -958,6 +958,30 @@ static void test_channel_copy(void **state) {
     free(hs), free(hd);
 }
 
+// The same masks on both backends: the key lives in each backend's memory.
+static void test_dropout(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 63);
+    enum { N = 500009 };
+    float *hx = rand_floats(&r, N, 1.f);
+    const dropout_key k1 = {.seed = 42, .step = 123456789012LL, .rank = 3}, k2 = {.seed = 7, .step = 0, .rank = 0};
+    twin x = twin_make(hx, N * 4), y = twin_make(NULL, N * 4), key = twin_make(&k1, sizeof k1);
+    const float rates[] = {0.f, 0.25f, 0.5f, 0.9f};
+    for (int t = 0; t < 4; t++) {
+        OK(g_cpu.ops->dropout(g_cpu.ctx, N, rates[t], key.c, 5 | 2 << 16, x.c, y.c));
+        OK(g_gpu.ops->dropout(g_gpu.ctx, N, rates[t], key.g, 5 | 2 << 16, x.g, y.g));
+        expect_equal_bytes("dropout y", &y);
+    }
+    twin_set(&key, &k2);
+    OK(g_cpu.ops->dropout(g_cpu.ctx, N, 0.5f, key.c, 0, x.c, y.c));
+    OK(g_gpu.ops->dropout(g_gpu.ctx, N, 0.5f, key.g, 0, x.g, y.g));
+    expect_equal_bytes("dropout y (another key)", &y);
+    twin_free(&x), twin_free(&y), twin_free(&key);
+    free(hx);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -979,6 +1003,7 @@ int main(void) {
         cmocka_unit_test(test_tf32),
         cmocka_unit_test(test_add_act_and_act_backward),
         cmocka_unit_test(test_channel_copy),
+        cmocka_unit_test(test_dropout),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -351,6 +351,25 @@ static void test_route(void **state) {
                       "rt_dead.cfg:14: [conv] 'conv3'", "read by no later layer");
 }
 
+static void test_dropout(void **state) {
+    (void)state;
+    expect_text_round_trip("dropout.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=0.25\n[dense]\nunits=8\n[dropout]\n"
+                                                 "[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 "[conv]\nfilters=4\n[dropout]\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[1].name, "drop1");
+    assert_true(cfg.layers[1].rate == 0.5);
+    expect_load_error("dr_one.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=1\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_one.cfg:7: [dropout] 'drop1': rate: 1 is outside [0, 1)", NULL);
+    expect_load_error("dr_neg.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=-0.1\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_neg.cfg:8: [dropout] drop1.rate: '-0.1' is not a number in [0, 1]", NULL);
+    expect_load_error("dr_big.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=1.5\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_big.cfg:8: [dropout] drop1.rate", NULL);
+    expect_load_error("dr_nan.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=nan\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_nan.cfg:8: [dropout] drop1.rate", NULL);
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -389,6 +408,7 @@ int main(void) {
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
         cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
+        cmocka_unit_test(test_dropout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

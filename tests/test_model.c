@@ -182,6 +182,7 @@ static void test_impossible_batch_rejected(void **state) {
 // The loss of a training forward (dropout masks are a function of the model's key, fixed here).
 static double train_loss_of(model *m, int n) {
     *m->loss_acc = 0;
+    assert_int_equal(model_set_rng(m, 1, 5), ST_OK);  // the same masks at every evaluation
     assert_int_equal(model_forward(m, n, 1), ST_OK);
     return *m->loss_acc / n;
 }
@@ -275,6 +276,61 @@ static void test_fd_route(void **state) {
                   "[route]\nlayers=4,0\n"
                   "[dense]\nunits=3\n[softmax]\n",
                   (3 * 2 * 9 + 3) + (2 * 3 + 2) + (2 * 5 + 2) + (3 * 5 * 16 + 3));
+}
+
+// Dropout in two places; the loss is differentiated for the fixed masks of one key.
+static void test_fd_dropout(void **state) {
+    (void)state;
+    fd_check_text("dropout", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=linear\n"
+                  "[dropout]\nrate=0.3\n"
+                  "[dense]\nunits=5\nactivation=linear\n"
+                  "[dropout]\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (5 * 48 + 5) + (3 * 5 + 3));
+}
+
+// Masks: identity in evaluation; in training a function of (seed, step, rank, micro-batch), each layer its own.
+static void test_dropout_masks(void **state) {
+    (void)state;
+    backend be;
+    model m;
+    const int n = 4;
+    model_from_text(NET_HEAD "[conv]\nfilters=3\nsize=3\nactivation=linear\n[dropout]\nrate=0.5\n[dropout]\n"
+                    "rate=0.5\n[dense]\nunits=3\n[softmax]\n", &be, &m, n);
+    const model_layer *conv = &m.layers[0], *d1 = &m.layers[1], *d2 = &m.layers[2];
+    const size_t e = (size_t)n * 3 * 6 * 6;
+    float *a = malloc(e * sizeof(float)), *b = malloc(e * sizeof(float));
+    assert_non_null(a), assert_non_null(b);
+    assert_int_equal(model_forward(&m, n, 0), ST_OK);
+    assert_memory_equal(d1->y, conv->y, e * sizeof(float));
+    // draws the mask of layer 1 at (rank, step), micro-batch `micro`, into out (1 kept, 0 dropped)
+#define MASK(rank, step, micro, out)                                                                          \
+    do {                                                                                                   \
+        assert_int_equal(model_set_rng(&m, rank, step), ST_OK);                                            \
+        for (int k = 0; k <= (micro); k++) assert_int_equal(model_forward(&m, n, 1), ST_OK);                \
+        for (size_t i = 0; i < e; i++) (out)[i] = d1->y[i] != 0.0f || conv->y[i] == 0.0f;                  \
+    } while (0)
+    MASK(0, 10, 0, a);
+    MASK(0, 10, 0, b);
+    assert_memory_equal(a, b, e * sizeof(float));
+    size_t kept = 0;
+    for (size_t i = 0; i < e; i++) kept += a[i] != 0;
+    assert_true(kept > e / 4 && kept < 3 * e / 4);
+    const int other[3][3] = {{0, 11, 0}, {1, 10, 0}, {0, 10, 1}};  // another step, rank, micro-batch
+    for (int t = 0; t < 3; t++) {
+        MASK(other[t][0], other[t][1], other[t][2], b);
+        assert_true(memcmp(a, b, e * sizeof(float)) != 0);
+    }
+    // The second dropout layer draws another mask than the first on the same input.
+    MASK(0, 10, 0, a);
+    size_t same = 0;
+    for (size_t i = 0; i < e; i++) same += (d2->y[i] != 0) == (d1->y[i] != 0);
+    assert_true(same < e);
+#undef MASK
+    free(a), free(b);
+    model_destroy(&m);
+    backend_destroy(&be);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -375,6 +431,8 @@ int main(void) {
         cmocka_unit_test(test_fd_leaky_and_no_bias),
         cmocka_unit_test(test_fd_shortcut),
         cmocka_unit_test(test_fd_route),
+        cmocka_unit_test(test_fd_dropout),
+        cmocka_unit_test(test_dropout_masks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
