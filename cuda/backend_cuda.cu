@@ -311,6 +311,8 @@ static const backend_ops cuda_ops = {
     .act_backward = cuda_act_backward,
     .channel_copy = cuda_channel_copy,
     .dropout = cuda_dropout,
+    .avgpool_forward = cuda_avgpool_forward,
+    .avgpool_backward = cuda_avgpool_backward,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {

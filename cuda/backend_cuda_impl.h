@@ -88,6 +88,9 @@ int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float 
 int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
                       int dst_off);
 int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y);
+int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x, float *y);
+int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                          float *dx);
 
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).

@@ -162,6 +162,13 @@ typedef struct backend_ops {
     // memory. The backward is the same call on dy -> dx with the same key and stream. rate in [0, 1).
     int (*dropout)(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
                    float *y);
+    // Average pooling over kh x kw windows at `stride`, no padding (out = (h - kh)/stride + 1; global pooling is
+    // kh = h, kw = w): y = the window's sum (row-major order) times 1/(kh·kw). Backward overwrites dx with, per
+    // input, the sum of dy over the windows containing it (ascending output order) times 1/(kh·kw).
+    int (*avgpool_forward)(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                           float *y);
+    int (*avgpool_backward)(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                            float *dx);
 } backend_ops;
 
 typedef struct backend {

@@ -1031,7 +1031,7 @@ static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, dou
 
 // ---------------------------------------------------------------------------------------------------------
 // Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut]), channel slices
-// ([route]), dropout
+// ([route]), dropout, average pooling
 
 typedef struct ew_job {
     size_t n;
@@ -1126,6 +1126,82 @@ static int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, 
                      .threshold = dropout_threshold(rate), .scale = 1.0f / (1.0f - rate), .x = x, .y = y};
     pool_run(&c->pool, parts_for(c, (double)n, 65536), dropout_part, &j);
     return ST_OK;
+}
+
+// Average pooling. Backward gathers (per input, the windows containing it, in ascending output order) rather than
+// scattering, so that its sums are added in the order of the CUDA kernel.
+typedef struct avgpool_job {
+    int n, c, h, w, kh, kw, stride, oh, ow;
+    float inv;
+    const float *x;
+    float *y;
+} avgpool_job;
+
+static int avgpool_check(int n, int c, int h, int w, int kh, int kw, int stride, const char *op) {
+    if (n < 0 || c < 1 || kh < 1 || kw < 1 || stride < 1 || kh > h || kw > w)
+        return ERR(ST_INPUT, "%s: window %dx%d (stride %d) on %d x %dx%dx%d", op, kh, kw, stride, n, c, h, w);
+    return ST_OK;
+}
+
+static void avgpool_forward_part(void *arg, int part, int parts) {
+    const avgpool_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n * j->c, parts, part, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) {
+        const float *xp = j->x + (size_t)p * j->h * j->w;
+        float *yp = j->y + (size_t)p * j->oh * j->ow;
+        for (int oy = 0; oy < j->oh; oy++)
+            for (int ox = 0; ox < j->ow; ox++) {
+                float s = 0.0f;
+                for (int r = 0; r < j->kh; r++)
+                    for (int q = 0; q < j->kw; q++) s += xp[(size_t)(oy * j->stride + r) * j->w + ox * j->stride + q];
+                yp[oy * j->ow + ox] = s * j->inv;
+            }
+    }
+}
+
+// x is dy [n, c, oh, ow], y is dx [n, c, h, w]
+static void avgpool_backward_part(void *arg, int part, int parts) {
+    const avgpool_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n * j->c, parts, part, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) {
+        const float *dyp = j->x + (size_t)p * j->oh * j->ow;
+        float *dxp = j->y + (size_t)p * j->h * j->w;
+        for (int iy = 0; iy < j->h; iy++) {
+            const int oy_lo = iy < j->kh ? 0 : (iy - j->kh) / j->stride + 1;
+            const int oy_hi = iy / j->stride < j->oh - 1 ? iy / j->stride : j->oh - 1;
+            for (int ix = 0; ix < j->w; ix++) {
+                const int ox_lo = ix < j->kw ? 0 : (ix - j->kw) / j->stride + 1;
+                const int ox_hi = ix / j->stride < j->ow - 1 ? ix / j->stride : j->ow - 1;
+                float g = 0.0f;
+                for (int oy = oy_lo; oy <= oy_hi; oy++)
+                    for (int ox = ox_lo; ox <= ox_hi; ox++) g += dyp[oy * j->ow + ox];
+                dxp[(size_t)iy * j->w + ix] = g * j->inv;
+            }
+        }
+    }
+}
+
+static int cpu_avgpool(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *in, float *out,
+                       pool_fn fn, const char *op) {
+    cpu_ctx *cc = ctx;
+    TRY(avgpool_check(n, c, h, w, kh, kw, stride, op));
+    avgpool_job j = {.n = n, .c = c, .h = h, .w = w, .kh = kh, .kw = kw, .stride = stride,
+                     .oh = (h - kh) / stride + 1, .ow = (w - kw) / stride + 1, .inv = 1.0f / (float)(kh * kw),
+                     .x = in, .y = out};
+    pool_run(&cc->pool, parts_for(cc, (double)n * c * h * w, 32768), fn, &j);
+    return ST_OK;
+}
+
+static int cpu_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                               float *y) {
+    return cpu_avgpool(ctx, n, c, h, w, kh, kw, stride, x, y, avgpool_forward_part, "avgpool_forward");
+}
+
+static int cpu_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                                float *dx) {
+    return cpu_avgpool(ctx, n, c, h, w, kh, kw, stride, dy, dx, avgpool_backward_part, "avgpool_backward");
 }
 
 static void cpu_set_progress(void *ctx, void (*fn)(void *arg), void *arg) {
@@ -1241,6 +1317,8 @@ static const backend_ops cpu_ops = {
     .act_backward = cpu_act_backward,
     .channel_copy = cpu_channel_copy,
     .dropout = cpu_dropout,
+    .avgpool_forward = cpu_avgpool_forward,
+    .avgpool_backward = cpu_avgpool_backward,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

@@ -35,7 +35,7 @@ typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
     OP_DENSE_BWD, OP_XENT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
     // layer ops of issue 14 part 3
-    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY, OP_DROPOUT,
+    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY, OP_DROPOUT, OP_AVGPOOL_FWD, OP_AVGPOOL_BWD,
 } rec_op;
 
 typedef struct rec {
@@ -77,6 +77,7 @@ typedef struct rec {
         struct { size_t n; int act; const float *y, *dy; float *dx; } act_bwd;
         struct chan_args { int n, c, hw; const float *src; int src_c, src_off; float *dst; int dst_c, dst_off; } chan;
         struct { size_t n; float rate; const dropout_key *key; uint32_t stream; const float *x; float *y; } dropout;
+        struct avgpool_args { int n, c, h, w, kh, kw, stride; const float *in; float *out; } avgpool;
     } u;
 } rec;
 
@@ -152,6 +153,12 @@ static int rec_run(const backend *be, const rec *r) {
     }
     case OP_DROPOUT: return o->dropout(x, r->u.dropout.n, r->u.dropout.rate, r->u.dropout.key, r->u.dropout.stream,
                                        r->u.dropout.x, r->u.dropout.y);
+    case OP_AVGPOOL_FWD:
+    case OP_AVGPOOL_BWD: {
+        const struct avgpool_args *a = &r->u.avgpool;
+        return (r->op == OP_AVGPOOL_FWD ? o->avgpool_forward : o->avgpool_backward)(x, a->n, a->c, a->h, a->w, a->kh,
+                                                                                   a->kw, a->stride, a->in, a->out);
+    }
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
 }
@@ -268,6 +275,16 @@ static int r_channel_copy(void *ctx, int n, int c, int hw, const float *src, int
 static int r_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
                      float *y) {
     return ISSUE(OP_DROPOUT, dropout, n, rate, key, stream, x, y);
+}
+
+static int r_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                             float *y) {
+    return ISSUE(OP_AVGPOOL_FWD, avgpool, n, c, h, w, kh, kw, stride, x, y);
+}
+
+static int r_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                              float *dx) {
+    return ISSUE(OP_AVGPOOL_BWD, avgpool, n, c, h, w, kh, kw, stride, dy, dx);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -419,6 +436,8 @@ static const backend_ops record_ops = {
     .act_backward = r_act_backward,
     .channel_copy = r_channel_copy,
     .dropout = r_dropout,
+    .avgpool_forward = r_avgpool_forward,
+    .avgpool_backward = r_avgpool_backward,
 };
 
 int backend_record_refuse_captures(backend *be) {

@@ -47,6 +47,7 @@ typedef struct model_layer {
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
     int32_t *argmax;           // maxpool
     float rate;                // dropout
+    int win_h, win_w, win_stride;  // avgpool: the window (the whole plane for global pooling)
     void *priv;                // kind-private (freed by the kind's destroy)
 } model_layer;
 

@@ -88,6 +88,8 @@ sed 's/^\[dense\]/[dropout]\nrate=1\n[dense]/' "$tmp/good.cfg" >"$tmp/dr_one.cfg
 expect_error dropout-rate-1 "dr_one.cfg:16: [dropout] 'drop1': rate: 1 is outside [0, 1)" -- --config "$tmp/dr_one.cfg"
 sed 's/^\[dense\]/[dropout]\nrate=-0.5\n[dense]/' "$tmp/good.cfg" >"$tmp/dr_neg.cfg"
 expect_error dropout-rate-negative "dr_neg.cfg:17: [dropout] drop1.rate: '-0.5' is not a number in [0, 1]" -- --config "$tmp/dr_neg.cfg"
+sed 's/^\[dense\]/[avgpool]\nsize=14\n[dense]/' "$tmp/good.cfg" >"$tmp/ap_size.cfg"
+expect_error avgpool-size "ap_size.cfg:16: [avgpool] 'avgpool1': size: impossible shape: window 14 on a 13x13 input" -- --config "$tmp/ap_size.cfg"
 printf 'garbage line\n' >"$tmp/garbage.cfg"
 expect_error not-ini "garbage.cfg" -- --config "$tmp/garbage.cfg"
 

@@ -1068,6 +1068,54 @@ static void test_dropout(void **state) {
     backend_destroy(&be);
 }
 
+// Average pooling against the direct computation in double: forward means, backward the adjoint (each window
+// spreads dy/(kh·kw) over its inputs, scattered here).
+static void check_avgpool_case(int n, int c, int h, int w, int kh, int kw, int stride, uint64_t seed) {
+    backend be = make_cpu(2);
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *y = fbuf(ny), *dy = fbuf(ny), *dx = fbuf(nx);
+    double *yd = dbuf(ny), *dxd = dbuf(nx);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, dy, ny, -1, 1);
+    for (int p = 0; p < n * c; p++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                double s = 0;
+                for (int r = 0; r < kh; r++)
+                    for (int q = 0; q < kw; q++) {
+                        const size_t xi = ((size_t)p * h + oy * stride + r) * w + ox * stride + q;
+                        s += x[xi];
+                        dxd[xi] += dy[((size_t)p * oh + oy) * ow + ox] / (kh * kw);
+                    }
+                yd[((size_t)p * oh + oy) * ow + ox] = s / (kh * kw);
+            }
+    assert_int_equal(be.ops->avgpool_forward(be.ctx, n, c, h, w, kh, kw, stride, x, y), ST_OK);
+    assert_close(y, yd, ny, 1e-5, "avgpool y");
+    memset(dx, 0x7f, nx * sizeof(float));  // garbage: backward overwrites
+    assert_int_equal(be.ops->avgpool_backward(be.ctx, n, c, h, w, kh, kw, stride, dy, dx), ST_OK);
+    assert_close(dx, dxd, nx, 1e-5, "avgpool dx");
+    free(x), free(y), free(dy), free(dx), free(yd), free(dxd);
+    backend_destroy(&be);
+}
+
+static void test_avgpool(void **state) {
+    (void)state;
+    check_avgpool_case(3, 4, 6, 6, 2, 2, 2, 1);   // tiling windows
+    check_avgpool_case(2, 3, 7, 9, 3, 3, 2, 2);   // overlapping windows, odd sizes
+    check_avgpool_case(2, 2, 10, 10, 2, 2, 3, 3);  // gaps: some inputs in no window (dx 0)
+    check_avgpool_case(4, 5, 7, 5, 7, 5, 1, 4);   // global pooling of a non-square plane
+    check_avgpool_case(1, 1, 1, 1, 1, 1, 1, 5);
+    backend be = make_cpu(1);
+    float v[4] = {0};
+    err_clear();
+    assert_int_equal(be.ops->avgpool_forward(be.ctx, 1, 1, 2, 2, 3, 3, 1, v, v), ST_INPUT);
+    err_clear();
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -1089,6 +1137,7 @@ int main(void) {
         cmocka_unit_test(test_add_act_and_act_backward),
         cmocka_unit_test(test_channel_copy),
         cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -982,6 +982,32 @@ static void test_dropout(void **state) {
     free(hx);
 }
 
+static void avgpool_case_run(int n, int c, int h, int w, int kh, int kw, int stride, rng *r) {
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
+    float *hx = rand_floats(r, nx, 1.f), *hdy = rand_floats(r, ny, 1.f);
+    twin x = twin_make(hx, nx * 4), y = twin_make(NULL, ny * 4), dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4);
+    OK(g_cpu.ops->avgpool_forward(g_cpu.ctx, n, c, h, w, kh, kw, stride, x.c, y.c));
+    OK(g_gpu.ops->avgpool_forward(g_gpu.ctx, n, c, h, w, kh, kw, stride, x.g, y.g));
+    expect_close("avgpool y", &y, TOL_EXACTISH);
+    OK(g_cpu.ops->avgpool_backward(g_cpu.ctx, n, c, h, w, kh, kw, stride, dy.c, dx.c));
+    OK(g_gpu.ops->avgpool_backward(g_gpu.ctx, n, c, h, w, kh, kw, stride, dy.g, dx.g));
+    expect_close("avgpool dx", &dx, TOL_EXACTISH);
+    twin_free(&x), twin_free(&y), twin_free(&dy), twin_free(&dx);
+    free(hx), free(hdy);
+}
+
+static void test_avgpool(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 64);
+    avgpool_case_run(4, 8, 8, 8, 2, 2, 2, &r);
+    avgpool_case_run(3, 5, 9, 7, 3, 3, 2, &r);      // overlapping windows
+    avgpool_case_run(2, 3, 10, 10, 2, 2, 3, &r);    // gaps
+    avgpool_case_run(64, 32, 7, 5, 7, 5, 1, &r);    // global, non-square
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -1004,6 +1030,7 @@ int main(void) {
         cmocka_unit_test(test_add_act_and_act_backward),
         cmocka_unit_test(test_channel_copy),
         cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

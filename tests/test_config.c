@@ -370,6 +370,25 @@ static void test_dropout(void **state) {
                       "dr_nan.cfg:8: [dropout] drop1.rate", NULL);
 }
 
+static void test_avgpool(void **state) {
+    (void)state;
+    expect_text_round_trip("avgpool.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=2\n[avgpool]\nsize=2\nstride=1\n"
+                                                 "[conv]\nfilters=5\nsize=1\n[avgpool]\n[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 "[conv]\nfilters=4\n[avgpool]\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[1].name, "avgpool1");
+    assert_int_equal(cfg.layers[1].size, 0);  // global
+    expect_load_error("ap_stride.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nstride=2\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_stride.cfg:7: [avgpool] 'avgpool1': stride: only with a window", NULL);
+    expect_load_error("ap_size.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=7\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_size.cfg:7: [avgpool] 'avgpool1': size: impossible shape: window 7 on a 6x6 input", NULL);
+    expect_load_error("ap_dense.cfg", NET8 "[dense]\nunits=4\n[avgpool]\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_dense.cfg:7: [avgpool] 'avgpool1'", "no longer spatial");
+    expect_load_error("ap_neg.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=-1\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_neg.cfg:8: [avgpool] avgpool1.size", NULL);
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -408,7 +427,7 @@ int main(void) {
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
         cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
-        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_dropout),            cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

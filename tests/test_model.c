@@ -290,6 +290,18 @@ static void test_fd_dropout(void **state) {
                   (3 * 2 * 9 + 3) + (5 * 48 + 5) + (3 * 5 + 3));
 }
 
+// Windowed and global average pooling.
+static void test_fd_avgpool(void **state) {
+    (void)state;
+    fd_check_text("avgpool", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
+                  "[avgpool]\nsize=3\nstride=2\n"
+                  "[conv]\nfilters=4\nsize=1\nactivation=leaky\n"
+                  "[avgpool]\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (4 * 3 + 4) + (3 * 4 + 3));
+}
+
 // Masks: identity in evaluation; in training a function of (seed, step, rank, micro-batch), each layer its own.
 static void test_dropout_masks(void **state) {
     (void)state;
@@ -433,6 +445,7 @@ int main(void) {
         cmocka_unit_test(test_fd_route),
         cmocka_unit_test(test_fd_dropout),
         cmocka_unit_test(test_dropout_masks),
+        cmocka_unit_test(test_fd_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
