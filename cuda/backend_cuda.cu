@@ -310,6 +310,13 @@ static const backend_ops cuda_ops = {
     .capture_begin = cuda_capture_begin,
     .capture_end = cuda_capture_end,
     .replay = cuda_replay,
+    // layer ops of issue 14 part 3 (layer_ops_cuda.cu)
+    .add_act = cuda_add_act,
+    .act_backward = cuda_act_backward,
+    .channel_copy = cuda_channel_copy,
+    .dropout = cuda_dropout,
+    .avgpool_forward = cuda_avgpool_forward,
+    .avgpool_backward = cuda_avgpool_backward,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {

@@ -2,9 +2,10 @@
 // contributes to the table in backend_cuda.cu.
 //
 //   backend_cuda.cu  context, memory, CUDA Graph capture/replay, the table
-//   conv_cuda.cu     convolution (cuDNN) with fused bias + ReLU kernels
+//   conv_cuda.cu     convolution (cuDNN) with fused bias + activation kernels
 //   bn_cuda.cu       batch normalisation (statistics, apply, the two halves of backward)
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
+//   layer_ops_cuda.cu  the ops of [shortcut], [route], [dropout], [avgpool]
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -91,9 +92,33 @@ int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
 int cuda_add(void *ctx, size_t n, const float *x, float *y);
 int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
 
+// ---- layer_ops_cuda.cu (layer ops of issue 14 part 3)
+int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
+int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
+int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
+                      int dst_off);
+int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y);
+int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x, float *y);
+int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                          float *dx);
+
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).
 #ifdef __CUDACC__
+// The activations of backend.h, as the CPU backend computes them (`v > 0`: a NaN becomes 0 under relu), and
+// their derivative read from the output y (relu and leaky are monotone).
+static __device__ __forceinline__ float act_apply(int act, float v) {
+    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
+    if (act == ACT_LEAKY) return v > 0.f ? v : ACT_LEAKY_SLOPE * v;
+    return v;
+}
+
+static __device__ __forceinline__ float act_grad(int act, float y, float g) {
+    if (act == ACT_RELU) return y > 0.f ? g : 0.f;
+    if (act == ACT_LEAKY) return y > 0.f ? g : ACT_LEAKY_SLOPE * g;
+    return g;
+}
+
 template <typename T>
 static __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

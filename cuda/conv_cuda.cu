@@ -1,5 +1,5 @@
 // conv_cuda.cu — convolution for the CUDA backend: cuDNN (legacy API) for the three convolutions, our own
-// kernels for the fused bias + ReLU forward and for the ReLU mask + bias gradient backward.
+// kernels for the fused bias + activation forward and for the activation mask + bias gradient backward.
 //
 // Algorithm choice happens once per conv_prepare (one plan per layer and batch size): cudnnFind*AlgorithmEx
 // times every algorithm on scratch buffers and we take the fastest whose workspace fits WS_CAP. For the two
@@ -48,10 +48,10 @@ typedef struct find_scratch {
 // ---------------------------------------------------------------------------------------------------------
 // Kernels
 
-// ReLU mask of dy in place (by y > 0) and the per-channel sum of dy over (n, oh, ow), in two deterministic
-// passes: grid (splits, k) partial sums, then one thread per channel adds its splits in order.
+// dy times act'(y) in place and the per-channel sum of dy over (n, oh, ow), in two deterministic passes:
+// grid (splits, k) partial sums, then one thread per channel adds its splits in order.
 __global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int k, int hw, int per, int chunk,
-                                      int relu) {
+                                      int act) {
     const int ch = blockIdx.y, part = blockIdx.x;
     const int start = part * chunk, end = min(per, start + chunk);
     float sum = 0.f;
@@ -59,8 +59,8 @@ __global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int
         const int img = j / hw, q = j - img * hw;
         const size_t idx = ((size_t)img * k + ch) * hw + q;
         float g = dy[idx];
-        if (relu) {
-            g = y[idx] > 0.f ? g : 0.f;
+        if (act != ACT_NONE) {
+            g = act_grad(act, y[idx], g);
             dy[idx] = g;
         }
         sum += g;
@@ -101,7 +101,8 @@ static int conv_shape_check(const conv_desc *d) {
         return ERR(ST_INPUT, "conv_prepare: output %dx%d does not match input %dx%d, kernel %dx%d, stride %d, pad %d "
                              "(conv_desc_init not called?)",
                    d->oh, d->ow, d->h, d->w, d->r, d->s, d->stride, d->pad);
-    if (d->act != ACT_NONE && d->act != ACT_RELU) return ERR(ST_INPUT, "conv_prepare: unknown activation %d", d->act);
+    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
+        return ERR(ST_INPUT, "conv_prepare: unknown activation %d", d->act);
     if ((size_t)d->n * d->k * oh * ow > (size_t)INT32_MAX || (size_t)d->n * d->c * d->h * d->w > (size_t)INT32_MAX)
         return ERR(ST_INPUT, "conv_prepare: layer too large for the CUDA backend (n=%d c=%d %dx%d k=%d)", d->n, d->c,
                    d->h, d->w, d->k);
@@ -442,8 +443,7 @@ int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float
 
 static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, float *db,
                           void *ws) {
-    const int relu = d->act == ACT_RELU;
-    if (!relu && db == NULL) return ST_OK;
+    if (d->act == ACT_NONE && db == NULL) return ST_OK;
     const int hw = d->oh * d->ow, per = d->n * hw, splits = p->bias_splits;
     const int chunk = (per + splits - 1) / splits;
     float *out = db;
@@ -452,7 +452,7 @@ static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, f
         out = (float *)ws;
     }
     dim3 grid((unsigned)splits, (unsigned)d->k);
-    conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, relu);
+    conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
     cudaCheckLaunch();
     if (db && splits > 1) {
         sum_splits_kernel<<<(d->k + CUDA_THREADS - 1) / CUDA_THREADS, CUDA_THREADS, 0, c->stream>>>(out, db, d->k,

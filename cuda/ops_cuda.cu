@@ -3,7 +3,7 @@
 //
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); the tests compare the
 // two op by op. Kernels first, launchers (stream last) after. Element-wise kernels use grid-stride loops.
-// ReLU and its mask use `v > 0` (so a NaN pre-activation becomes 0, as on the CPU).
+// Activations and their derivatives (act_apply, act_grad in backend_cuda_impl.h) use `v > 0`, as on the CPU.
 #include <stdint.h>
 
 #include "backend_cuda_impl.h"
@@ -13,18 +13,18 @@
 
 // y laid out [outer, channels, inner]: conv (inner = oh*ow) and dense (inner = 1) alike.
 __global__ void bias_act_kernel(float *y, const float *b, unsigned total, unsigned channels, unsigned inner,
-                                int relu) {
+                                int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         float v = y[i];
         if (b) v += __ldg(&b[(i / inner) % channels]);
-        if (relu) v = v > 0.f ? v : 0.f;
-        y[i] = v;
+        y[i] = act_apply(act, v);
     }
 }
 
-// Dense backward of bias + ReLU: dy[n, out] masked in place by y > 0, db[j] = sum over rows of dy[., j].
-// Block (32, 8): 32 adjacent columns (coalesced rows), 8 row phases, reduced in shared memory. Deterministic.
-__global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int n, int out, int relu) {
+// Dense backward of bias + activation: dy[n, out] times act'(y) in place, db[j] = sum over rows of dy[., j]
+// (db NULL: none). Block (32, 8): 32 adjacent columns (coalesced rows), 8 row phases, reduced in shared memory.
+// Deterministic.
+__global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int n, int out, int act) {
     __shared__ float part[8][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.f;
@@ -32,8 +32,8 @@ __global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int
         for (int i = threadIdx.y; i < n; i += 8) {
             const size_t idx = (size_t)i * out + j;
             float g = dy[idx];
-            if (relu) {
-                g = y[idx] > 0.f ? g : 0.f;
+            if (act != ACT_NONE) {
+                g = act_grad(act, y[idx], g);
                 dy[idx] = g;
             }
             sum += g;
@@ -327,7 +327,7 @@ __global__ void clip_scale_kernel(size_t n, float *x, const double *sumsq, float
 // Launchers
 
 static int act_check(int act, const char *op) {
-    if (act != ACT_NONE && act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
     return ST_OK;
 }
 
@@ -342,7 +342,7 @@ static int size_check(size_t total, const char *op, const char *what) {
 int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act) {
     if (total <= 0 || (b == NULL && act == ACT_NONE)) return ST_OK;
     bias_act_kernel<<<cuda_blocks(c, (size_t)total), CUDA_THREADS, 0, c->stream>>>(
-        y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act == ACT_RELU);
+        y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -415,9 +415,9 @@ int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float 
         return ST_OK;
     }
     // The mask must be applied to dy before both products use it.
-    if (act == ACT_RELU || db) {
+    if (act != ACT_NONE || db) {
         dim3 block(32, 8);
-        dense_bias_grad_kernel<<<(out + 31) / 32, block, 0, c->stream>>>(dy, y, db, n, out, act == ACT_RELU);
+        dense_bias_grad_kernel<<<(out + 31) / 32, block, 0, c->stream>>>(dy, y, db, n, out, act);
         cudaCheckLaunch();
     }
     if (dw) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in));

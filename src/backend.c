@@ -26,7 +26,8 @@ int conv_desc_init(conv_desc *d, const char *layer_name) {
     // A pad as large as the kernel makes border outputs that see only padding: almost surely a typo.
     if (d->pad >= d->r || d->pad >= d->s)
         return ERR(ST_INPUT, "%s: pad %d must be smaller than the kernel %dx%d", ln, d->pad, d->r, d->s);
-    if (d->act != ACT_NONE && d->act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", ln, d->act);
+    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", ln, d->act);
     int64_t ph = (int64_t)d->h + 2 * (int64_t)d->pad - d->r, pw = (int64_t)d->w + 2 * (int64_t)d->pad - d->s;
     if (ph < 0 || pw < 0)
         return ERR(ST_INPUT, "%s: kernel %dx%d (pad %d) is larger than the %dx%d input", ln, d->r, d->s, d->pad,

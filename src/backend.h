@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2 };  // leaky: slope 0.1 below zero (Darknet's)
+#define ACT_LEAKY_SLOPE 0.1f
 
 // Convolution shape for one layer and one batch size n. out = floor((h + 2*pad - r)/stride) + 1.
 typedef struct conv_desc {
@@ -22,7 +23,7 @@ typedef struct conv_desc {
     int k, r, s;        // filters, kernel height, kernel width
     int stride, pad;
     int oh, ow;         // output spatial size (filled by conv_desc_init)
-    int act;            // ACT_NONE or ACT_RELU, fused after the bias add
+    int act;            // ACT_NONE, ACT_RELU or ACT_LEAKY, fused after the bias add (if any)
     void *plan;         // backend-private (cuDNN descriptors, chosen algorithms); made by conv_prepare
 } conv_desc;
 
@@ -58,6 +59,15 @@ typedef struct sgd_hyper {
     float nesterov;     // 1: Nesterov momentum (the step is g' + momentum * vel instead of vel), 0: heavy ball
 } sgd_hyper;
 
+// [dropout]'s mask key (issue 14 part 3), in BACKEND memory: written by the model before each training step
+// (model_set_rng), so that a captured CUDA graph draws the current step's masks. src/dropout_hash.h hashes it.
+typedef struct dropout_key {
+    uint64_t seed;
+    int64_t step;
+    int32_t rank;
+    int32_t unused;
+} dropout_key;
+
 typedef struct backend_ops {
     const char *name;  // "cpu" or "cuda"
     void (*destroy)(void *ctx);
@@ -78,6 +88,8 @@ typedef struct backend_ops {
 
     // ---- convolution with fused bias + activation. conv_prepare fills d->plan (may be NULL for CPU) and
     // reports the workspace this layer needs; the model allocates one workspace sized to the largest need.
+    // b = NULL (and db = NULL in backward): no bias. Activations are differentiated from the output y (relu and
+    // leaky are monotone: y > 0 exactly where the pre-activation is).
     int (*conv_prepare)(void *ctx, conv_desc *d, size_t *workspace_bytes);
     void (*conv_release)(void *ctx, conv_desc *d);
     int (*conv_forward)(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
@@ -91,7 +103,8 @@ typedef struct backend_ops {
     int (*pool_forward)(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
     int (*pool_backward)(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);
 
-    // ---- dense: y[n,out] = act(x[n,in] · w[out,in]^T + b). Backward as for conv (dy overwritten, dx nullable).
+    // ---- dense: y[n,out] = act(x[n,in] · w[out,in]^T + b). Backward as for conv (dy overwritten, dx nullable,
+    // b and db NULL together: no bias).
     int (*dense_forward)(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
                          const float *b, float *y);
     int (*dense_backward)(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
@@ -167,6 +180,28 @@ typedef struct backend_ops {
     int (*capture_begin)(void *ctx);
     int (*capture_end)(void *ctx);
     int (*replay)(void *ctx);
+
+    // ---- layer ops of issue 14 part 3 ([shortcut], [route], [dropout], [avgpool]); stream work, capturable.
+    // y[0..n) = act(a + b) ([shortcut]'s residual add; y may be a or b)
+    int (*add_act)(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
+    // dx[0..n) = dy * act'(y), the derivative read from the output y as in conv/dense backward (dx may be dy)
+    int (*act_backward)(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
+    // For each of n samples, the c channels of hw values at channel src_off of src (src_c channels per sample) to
+    // channel dst_off of dst (dst_c channels per sample): [route]'s concatenation, and its backward.
+    int (*channel_copy)(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                        int dst_c, int dst_off);
+    // Inverted dropout: y[i] = x[i] / (1 - rate) where element i is kept, else 0, i in [0, n); kept by the hash
+    // of (*key, stream, i) (dropout_keep, src/dropout_hash.h: the same draw on every backend). key is backend
+    // memory. The backward is the same call on dy -> dx with the same key and stream. rate in [0, 1).
+    int (*dropout)(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                   float *y);
+    // Average pooling over kh x kw windows at `stride`, no padding (out = (h - kh)/stride + 1; global pooling is
+    // kh = h, kw = w): y = the window's sum (row-major order) times 1/(kh·kw). Backward overwrites dx with, per
+    // input, the sum of dy over the windows containing it (ascending output order) times 1/(kh·kw).
+    int (*avgpool_forward)(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                           float *y);
+    int (*avgpool_backward)(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                            float *dx);
 } backend_ops;
 
 typedef struct backend {

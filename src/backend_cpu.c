@@ -30,6 +30,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "dropout_hash.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Thread pool: the calling thread is part 0, workers 1..n-1. One job at a time (the backend is not
@@ -476,16 +477,33 @@ typedef struct conv_job {
 
 // The output starts as the bias and the sgemm accumulates onto it (beta = 1): OpenBLAS's own beta = 0 pass
 // over C is a separate, slower sweep (a quarter of conv1's forward).
+// No bias (b = NULL): zeros.
 static void fill_bias(float *restrict y, const float *restrict b, int k, int p) {
     for (int i = 0; i < k; i++) {
         float *row = y + (size_t)i * p;
-        const float bi = b[i];
+        const float bi = b ? b[i] : 0.0f;
         for (int j = 0; j < p; j++) row[j] = bi;
     }
 }
 
-static void relu_inplace(float *restrict y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+// The activations of backend.h, and their derivative read from the output (relu and leaky are monotone).
+static inline float act_apply(int act, float v) {
+    if (act == ACT_RELU) return v > 0.0f ? v : 0.0f;
+    if (act == ACT_LEAKY) return v > 0.0f ? v : ACT_LEAKY_SLOPE * v;
+    return v;
+}
+
+static inline float act_grad(int act, float y, float g) {
+    if (act == ACT_RELU) return y > 0.0f ? g : 0.0f;
+    if (act == ACT_LEAKY) return y > 0.0f ? g : ACT_LEAKY_SLOPE * g;
+    return g;
+}
+
+static void act_inplace(float *restrict y, size_t n, int act) {
+    if (act == ACT_RELU)
+        for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
+    else if (act == ACT_LEAKY)
+        for (size_t i = 0; i < n; i++) y[i] = act_apply(ACT_LEAKY, y[i]);
 }
 
 static void conv_forward_part(void *arg, int part, int parts) {
@@ -506,7 +524,7 @@ static void conv_forward_part(void *arg, int part, int parts) {
         }
         fill_bias(yi, j->b, K, P);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, P, CRS, 1.0f, j->w, CRS, ci, P, 1.0f, yi, P);
-        if (d->act == ACT_RELU) relu_inplace(yi, y_img);
+        act_inplace(yi, y_img, d->act);
     }
 }
 
@@ -521,8 +539,9 @@ static int cpu_conv_forward(void *ctx, const conv_desc *d, const float *x, const
     return ST_OK;
 }
 
-// dy *= relu'(y) for one image, and its per-filter sums added to db. Eight partial sums, because a single
-// running sum is a serial chain of adds the compiler may not reorder (it was half of conv1's backward).
+// dy *= act'(y) for one image, and its per-filter sums added to db (none when db is NULL). Eight partial sums,
+// because a single running sum is a serial chain of adds the compiler may not reorder (it was half of conv1's
+// backward).
 DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, float *dy, float *db) {
     const int P = d->oh * d->ow;
     for (int k = 0; k < d->k; k++) {
@@ -530,6 +549,9 @@ DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, flo
         const float *restrict a = y + (size_t)k * P;
         if (d->act == ACT_RELU)
             for (int q = 0; q < P; q++) g[q] = a[q] > 0.0f ? g[q] : 0.0f;
+        else if (d->act == ACT_LEAKY)
+            for (int q = 0; q < P; q++) g[q] = act_grad(ACT_LEAKY, a[q], g[q]);
+        if (!db) continue;
         float acc[8] = {0};
         int q = 0;
         for (; q + 8 <= P; q += 8)
@@ -549,9 +571,10 @@ static void conv_backward_part(void *arg, int part, int parts) {
     const size_t x_img = (size_t)d->c * d->h * d->w, y_img = (size_t)K * P;
     float *col = j->ws + j->L.per_thread * (size_t)part;
     float *dw = part == 0 ? j->dw : col + j->L.col, *db = part == 0 ? j->db : col + j->L.col + j->L.dw;
+    if (!j->db) db = NULL;
     int64_t lo, hi;
     split_range(d->n, parts, part, &lo, &hi);
-    memset(db, 0, sizeof(float) * (size_t)K);
+    if (db) memset(db, 0, sizeof(float) * (size_t)K);
     if (lo == hi) memset(dw, 0, sizeof(float) * (size_t)K * CRS);
     for (int64_t i = lo; i < hi; i++) {
         const float *xi = j->x + (size_t)i * x_img;
@@ -590,7 +613,8 @@ static int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, cons
     for (int t = 1; t < parts; t++) {
         const float *pw = j.ws + j.L.per_thread * (size_t)t + j.L.col, *pb = pw + j.L.dw;
         for (size_t e = 0; e < (size_t)K * CRS; e++) dw[e] += pw[e];
-        for (int k = 0; k < K; k++) db[k] += pb[k];
+        if (db)
+            for (int k = 0; k < K; k++) db[k] += pb[k];
     }
     progress_poll(c, 0);
     return ST_OK;
@@ -710,7 +734,8 @@ typedef struct dense_job {
 
 static int dense_check(int n, int in, int out, int act, const char *op) {
     if (n < 1 || in < 1 || out < 1) return ERR(ST_INPUT, "%s: n=%d in=%d out=%d must be positive", op, n, in, out);
-    if (act != ACT_NONE && act != ACT_RELU) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
     return ST_OK;
 }
 
@@ -723,13 +748,9 @@ static void dense_forward_part(void *arg, int part, int parts) {
                 j->x + (size_t)lo * j->in, j->in, j->w, j->in, 0.0f, j->y + (size_t)lo * j->out, j->out);
     for (int64_t i = lo; i < hi; i++) {
         float *row = j->y + (size_t)i * j->out;
-        if (j->act == ACT_RELU)
-            for (int o = 0; o < j->out; o++) {
-                float v = row[o] + j->b[o];
-                row[o] = v > 0.0f ? v : 0.0f;
-            }
-        else
+        if (j->b)
             for (int o = 0; o < j->out; o++) row[o] += j->b[o];
+        act_inplace(row, (size_t)j->out, j->act);
     }
 }
 
@@ -762,11 +783,13 @@ static int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const 
     cpu_ctx *c = ctx;
     TRY(dense_check(n, in, out, act, "dense_backward"));
     const size_t ny = (size_t)n * out;
-    if (act == ACT_RELU)
-        for (size_t i = 0; i < ny; i++) dy[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-    for (int o = 0; o < out; o++) db[o] = 0.0f;
-    for (int i = 0; i < n; i++)
-        for (int o = 0; o < out; o++) db[o] += dy[(size_t)i * out + o];
+    if (act != ACT_NONE)
+        for (size_t i = 0; i < ny; i++) dy[i] = act_grad(act, y[i], dy[i]);
+    if (db) {
+        for (int o = 0; o < out; o++) db[o] = 0.0f;
+        for (int i = 0; i < n; i++)
+            for (int o = 0; o < out; o++) db[o] += dy[(size_t)i * out + o];
+    }
     dense_job j = {.c = c, .n = n, .in = in, .out = out, .act = act, .x = x, .w = w, .dy = dy, .dx = dx, .dw = dw};
     pool_run(&c->pool, parts_for(c, (double)n * in * out * (dx ? 2 : 1), 2e5), dense_backward_part, &j);
     progress_poll(c, 0);
@@ -1197,6 +1220,181 @@ static int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, dou
     return ST_OK;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut]), channel slices
+// ([route]), dropout, average pooling
+
+typedef struct ew_job {
+    size_t n;
+    int act;
+    const float *a, *b;
+    float *y;
+} ew_job;
+
+static void add_act_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_apply(j->act, j->a[i] + j->b[i]);
+}
+
+static int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(1, 1, 1, act, "add_act"));
+    ew_job j = {.n = n, .act = act, .a = a, .b = b, .y = y};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), add_act_part, &j);
+    return ST_OK;
+}
+
+// a = y, b = dy
+static void act_backward_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_grad(j->act, j->a[i], j->b[i]);
+}
+
+static int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+    cpu_ctx *c = ctx;
+    TRY(dense_check(1, 1, 1, act, "act_backward"));
+    ew_job j = {.n = n, .act = act, .a = y, .b = dy, .y = dx};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), act_backward_part, &j);
+    return ST_OK;
+}
+
+// Channel slices ([route]): one block of c·hw contiguous values per sample.
+typedef struct chan_job {
+    int n, c, hw, src_c, src_off, dst_c, dst_off;
+    const float *src;
+    float *dst;
+} chan_job;
+
+static void channel_copy_part(void *arg, int part, int parts) {
+    const chan_job *j = arg;
+    int64_t lo, hi;
+    split_range(j->n, parts, part, &lo, &hi);
+    const size_t block = (size_t)j->c * j->hw;
+    for (int64_t i = lo; i < hi; i++)
+        memcpy(j->dst + ((size_t)i * j->dst_c + j->dst_off) * j->hw,
+               j->src + ((size_t)i * j->src_c + j->src_off) * j->hw, block * sizeof(float));
+}
+
+static int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                            int dst_c, int dst_off) {
+    cpu_ctx *c_ = ctx;
+    if (n < 0 || c < 0 || hw < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_c || dst_off + c > dst_c)
+        return ERR(ST_INPUT, "channel_copy: %d channels at %d of %d to %d of %d (n=%d, hw=%d)", c, src_off, src_c,
+                   dst_off, dst_c, n, hw);
+    chan_job j = {.n = n, .c = c, .hw = hw, .src_c = src_c, .src_off = src_off, .dst_c = dst_c, .dst_off = dst_off,
+                  .src = src, .dst = dst};
+    pool_run(&c_->pool, parts_for(c_, (double)n * c * hw, 65536), channel_copy_part, &j);
+    return ST_OK;
+}
+
+// Dropout: the mask is recomputed from the key for every call (forward x -> y, backward dy -> dx).
+typedef struct dropout_job {
+    size_t n;
+    uint64_t base;
+    uint32_t threshold;
+    float scale;
+    const float *x;
+    float *y;
+} dropout_job;
+
+static void dropout_part(void *arg, int part, int parts) {
+    const dropout_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++)
+        j->y[i] = dropout_keep(j->base, (uint64_t)i, j->threshold) ? j->x[i] * j->scale : 0.0f;
+}
+
+static int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                       float *y) {
+    cpu_ctx *c = ctx;
+    if (!(rate >= 0.0f && rate < 1.0f)) return ERR(ST_INPUT, "dropout: rate %g outside [0, 1)", (double)rate);
+    dropout_job j = {.n = n, .base = dropout_base(key->seed, key->step, key->rank, stream),
+                     .threshold = dropout_threshold(rate), .scale = 1.0f / (1.0f - rate), .x = x, .y = y};
+    pool_run(&c->pool, parts_for(c, (double)n, 65536), dropout_part, &j);
+    return ST_OK;
+}
+
+// Average pooling. Backward gathers (per input, the windows containing it, in ascending output order) rather than
+// scattering, so that its sums are added in the order of the CUDA kernel.
+typedef struct avgpool_job {
+    int n, c, h, w, kh, kw, stride, oh, ow;
+    float inv;
+    const float *x;
+    float *y;
+} avgpool_job;
+
+static int avgpool_check(int n, int c, int h, int w, int kh, int kw, int stride, const char *op) {
+    if (n < 0 || c < 1 || kh < 1 || kw < 1 || stride < 1 || kh > h || kw > w)
+        return ERR(ST_INPUT, "%s: window %dx%d (stride %d) on %d x %dx%dx%d", op, kh, kw, stride, n, c, h, w);
+    return ST_OK;
+}
+
+static void avgpool_forward_part(void *arg, int part, int parts) {
+    const avgpool_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n * j->c, parts, part, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) {
+        const float *xp = j->x + (size_t)p * j->h * j->w;
+        float *yp = j->y + (size_t)p * j->oh * j->ow;
+        for (int oy = 0; oy < j->oh; oy++)
+            for (int ox = 0; ox < j->ow; ox++) {
+                float s = 0.0f;
+                for (int r = 0; r < j->kh; r++)
+                    for (int q = 0; q < j->kw; q++) s += xp[(size_t)(oy * j->stride + r) * j->w + ox * j->stride + q];
+                yp[oy * j->ow + ox] = s * j->inv;
+            }
+    }
+}
+
+// x is dy [n, c, oh, ow], y is dx [n, c, h, w]
+static void avgpool_backward_part(void *arg, int part, int parts) {
+    const avgpool_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n * j->c, parts, part, &lo, &hi);
+    for (int64_t p = lo; p < hi; p++) {
+        const float *dyp = j->x + (size_t)p * j->oh * j->ow;
+        float *dxp = j->y + (size_t)p * j->h * j->w;
+        for (int iy = 0; iy < j->h; iy++) {
+            const int oy_lo = iy < j->kh ? 0 : (iy - j->kh) / j->stride + 1;
+            const int oy_hi = iy / j->stride < j->oh - 1 ? iy / j->stride : j->oh - 1;
+            for (int ix = 0; ix < j->w; ix++) {
+                const int ox_lo = ix < j->kw ? 0 : (ix - j->kw) / j->stride + 1;
+                const int ox_hi = ix / j->stride < j->ow - 1 ? ix / j->stride : j->ow - 1;
+                float g = 0.0f;
+                for (int oy = oy_lo; oy <= oy_hi; oy++)
+                    for (int ox = ox_lo; ox <= ox_hi; ox++) g += dyp[oy * j->ow + ox];
+                dxp[(size_t)iy * j->w + ix] = g * j->inv;
+            }
+        }
+    }
+}
+
+static int cpu_avgpool(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *in, float *out,
+                       pool_fn fn, const char *op) {
+    cpu_ctx *cc = ctx;
+    TRY(avgpool_check(n, c, h, w, kh, kw, stride, op));
+    avgpool_job j = {.n = n, .c = c, .h = h, .w = w, .kh = kh, .kw = kw, .stride = stride,
+                     .oh = (h - kh) / stride + 1, .ow = (w - kw) / stride + 1, .inv = 1.0f / (float)(kh * kw),
+                     .x = in, .y = out};
+    pool_run(&cc->pool, parts_for(cc, (double)n * c * h * w, 32768), fn, &j);
+    return ST_OK;
+}
+
+static int cpu_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                               float *y) {
+    return cpu_avgpool(ctx, n, c, h, w, kh, kw, stride, x, y, avgpool_forward_part, "avgpool_forward");
+}
+
+static int cpu_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                                float *dx) {
+    return cpu_avgpool(ctx, n, c, h, w, kh, kw, stride, dy, dx, avgpool_backward_part, "avgpool_backward");
+}
+
 static void cpu_set_progress(void *ctx, void (*fn)(void *arg), void *arg) {
     cpu_ctx *c = ctx;
     c->progress = fn;
@@ -1309,6 +1507,13 @@ static const backend_ops cpu_ops = {
     .capture_begin = NULL,
     .capture_end = NULL,
     .replay = NULL,
+    // layer ops of issue 14 part 3
+    .add_act = cpu_add_act,
+    .act_backward = cpu_act_backward,
+    .channel_copy = cpu_channel_copy,
+    .dropout = cpu_dropout,
+    .avgpool_forward = cpu_avgpool_forward,
+    .avgpool_backward = cpu_avgpool_backward,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

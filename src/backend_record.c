@@ -34,6 +34,8 @@
 typedef enum rec_op {
     OP_COPY, OP_ZERO, OP_GATHER, OP_CONV_FWD, OP_CONV_BWD, OP_POOL_FWD, OP_POOL_BWD, OP_DENSE_FWD,
     OP_DENSE_BWD, OP_XENT, OP_BN_STATS, OP_BN_APPLY, OP_BN_GSTATS, OP_BN_GINPUT, OP_ADAM, OP_SGD, OP_SCALE, OP_NONFINITE, OP_CLIP, OP_ADD, OP_MARK,
+    // layer ops of issue 14 part 3
+    OP_ADD_ACT, OP_ACT_BWD, OP_CHAN_COPY, OP_DROPOUT, OP_AVGPOOL_FWD, OP_AVGPOOL_BWD,
 } rec_op;
 
 typedef struct rec {
@@ -74,6 +76,12 @@ typedef struct rec {
         struct { size_t n; float *g; float max_norm; double *sumsq; } clip;
         struct { size_t n; const float *x; float *y; } add;
         struct { void *mark; } mark;
+        // layer ops of issue 14 part 3
+        struct { size_t n; int act; const float *a, *b; float *y; } add_act;
+        struct { size_t n; int act; const float *y, *dy; float *dx; } act_bwd;
+        struct chan_args { int n, c, hw; const float *src; int src_c, src_off; float *dst; int dst_c, dst_off; } chan;
+        struct { size_t n; float rate; const dropout_key *key; uint32_t stream; const float *x; float *y; } dropout;
+        struct avgpool_args { int n, c, h, w, kh, kw, stride; const float *in; float *out; } avgpool;
     } u;
 } rec;
 
@@ -151,6 +159,23 @@ static int rec_run(const backend *be, const rec *r) {
     case OP_CLIP: return o->clip_grad_norm(x, r->u.clip.n, r->u.clip.g, r->u.clip.max_norm, r->u.clip.sumsq);
     case OP_ADD: return o->add(x, r->u.add.n, r->u.add.x, r->u.add.y);
     case OP_MARK: return o->mark_record(x, r->u.mark.mark);
+    // layer ops of issue 14 part 3
+    case OP_ADD_ACT: return o->add_act(x, r->u.add_act.n, r->u.add_act.act, r->u.add_act.a, r->u.add_act.b,
+                                       r->u.add_act.y);
+    case OP_ACT_BWD: return o->act_backward(x, r->u.act_bwd.n, r->u.act_bwd.act, r->u.act_bwd.y, r->u.act_bwd.dy,
+                                            r->u.act_bwd.dx);
+    case OP_CHAN_COPY: {
+        const struct chan_args *a = &r->u.chan;
+        return o->channel_copy(x, a->n, a->c, a->hw, a->src, a->src_c, a->src_off, a->dst, a->dst_c, a->dst_off);
+    }
+    case OP_DROPOUT: return o->dropout(x, r->u.dropout.n, r->u.dropout.rate, r->u.dropout.key, r->u.dropout.stream,
+                                       r->u.dropout.x, r->u.dropout.y);
+    case OP_AVGPOOL_FWD:
+    case OP_AVGPOOL_BWD: {
+        const struct avgpool_args *a = &r->u.avgpool;
+        return (r->op == OP_AVGPOOL_FWD ? o->avgpool_forward : o->avgpool_backward)(x, a->n, a->c, a->h, a->w, a->kh,
+                                                                                   a->kw, a->stride, a->in, a->out);
+    }
     }
     return ERR(ST_RUNTIME, "record backend: unknown record op %d", (int)r->op);
 }
@@ -267,6 +292,36 @@ static int r_add(void *ctx, size_t n, const float *x, float *y) { return ISSUE(O
 
 // Inside a capture a CUDA mark is an event-record node: every replay records it again.
 static int r_mark_record(void *ctx, void *mark) { return ISSUE(OP_MARK, mark, mark); }
+
+// Layer ops of issue 14 part 3
+static int r_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+    return ISSUE(OP_ADD_ACT, add_act, n, act, a, b, y);
+}
+
+static int r_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+    return ISSUE(OP_ACT_BWD, act_bwd, n, act, y, dy, dx);
+}
+
+static int r_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
+                          int dst_c, int dst_off) {
+    return ISSUE(OP_CHAN_COPY, chan, n, c, hw, src, src_c, src_off, dst, dst_c, dst_off);
+}
+
+// The key is a pointer: its step is read at replay, as a kernel reads device memory.
+static int r_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,
+                     float *y) {
+    return ISSUE(OP_DROPOUT, dropout, n, rate, key, stream, x, y);
+}
+
+static int r_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x,
+                             float *y) {
+    return ISSUE(OP_AVGPOOL_FWD, avgpool, n, c, h, w, kh, kw, stride, x, y);
+}
+
+static int r_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                              float *dx) {
+    return ISSUE(OP_AVGPOOL_BWD, avgpool, n, c, h, w, kh, kw, stride, dy, dx);
+}
 
 // ---------------------------------------------------------------------------------------------------------
 // Other ops: forwarded outside a capture, refused (and the capture invalidated) inside one
@@ -416,6 +471,13 @@ static const backend_ops record_ops = {
     .capture_begin = r_capture_begin,
     .capture_end = r_capture_end,
     .replay = r_replay,
+    // layer ops of issue 14 part 3
+    .add_act = r_add_act,
+    .act_backward = r_act_backward,
+    .channel_copy = r_channel_copy,
+    .dropout = r_dropout,
+    .avgpool_forward = r_avgpool_forward,
+    .avgpool_backward = r_avgpool_backward,
 };
 
 int backend_record_refuse_captures(backend *be) {

@@ -231,17 +231,18 @@ static int valid_name(const char *s) {
 }
 
 static int set_layer_refs(layer_cfg *l, const layer_key *k, const char *value, const char *where) {
+    const char *sect = layer_kind_of(l->type)->section;
     int n = 0;
     for (const char *s = value;;) {
         char *end = NULL;
         errno = 0;
         long v = strtol(s, &end, 10);
         if (end == s || errno || v < -CFG_MAX_LAYERS || v > CFG_MAX_LAYERS || (*end && *end != ',' && *end != ' '))
-            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a list of layer indices (e.g. -3 or -1,-4)", where, l->name,
-                       k->name, value);
+            return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not a list of layer indices (e.g. -3 or -1,-4)", where,
+                       sect, l->name, k->name, value);
         if (n == (int)k->hi)
-            return ERR(ST_INPUT, "%s: %s.%s: '%s': at most %d %s", where, l->name, k->name, value, (int)k->hi,
-                       k->hi == 1 ? "index" : "indices");
+            return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s': at most %d %s", where, sect, l->name, k->name, value,
+                       (int)k->hi, k->hi == 1 ? "index" : "indices");
         l->refs[n++] = (int)v;
         while (*end == ' ') end++;
         if (!*end) break;
@@ -274,22 +275,23 @@ static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *valu
         if (strcmp(value, "relu") == 0) *(int *)f = ACT_RELU;
         else if (strcmp(value, "linear") == 0) *(int *)f = ACT_NONE;
         else if (strcmp(value, "leaky") == 0) *(int *)f = ACT_LEAKY;
-        else return ERR(ST_INPUT, "%s: %s.%s: '%s' is not one of relu|linear|leaky", where, l->name, k->name, value);
+        else return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not one of relu|linear|leaky", where, sect, l->name,
+                        k->name, value);
         return ST_OK;
     case LK_REFS: return set_layer_refs(l, k, value, where);
     case LK_DOUBLE: {
         double v;
         if (parse_float(value, k->lo, k->hi, &v))
-            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not a number in [%g, %g]", where, l->name, k->name, value, k->lo,
-                       k->hi);
+            return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not a number in [%g, %g]", where, sect, l->name, k->name,
+                       value, k->lo, k->hi);
         *(double *)f = v;
         return ST_OK;
     }
     default: {
         long v;
         if (parse_int(value, (long)k->lo, (long)k->hi, &v))
-            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%.0f, %.0f]", where, l->name, k->name, value,
-                       k->lo, k->hi);
+            return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not an integer in [%.0f, %.0f]", where, sect, l->name,
+                       k->name, value, k->lo, k->hi);
         *(int *)f = (int)v;
         return ST_OK;
     }

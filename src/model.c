@@ -63,6 +63,8 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
         const int p = l->in_idx[j];
         l->x[j] = p < 0 ? m->x : m->layers[p].y;
         l->dx_accumulate[j] = p >= 0 && readers_left[p] > 0;
+        for (int k = 0; k < j; k++)  // the same output twice ([shortcut] from=-1): the later slot adds
+            if (l->in_idx[k] == p) l->dx_accumulate[j] = p >= 0;
     }
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
     const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
@@ -105,6 +107,7 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->in_c = cfg->channels, m->in_h = cfg->height, m->in_w = cfg->width;
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
+    m->rng_host.seed = cfg->seed;
     const backend_ops *o = be->ops;
     void *ctx = be->ctx;
     TRY(o->alloc(ctx, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
@@ -171,6 +174,7 @@ void model_destroy(model *m) {
     o->free(ctx, m->labels);
     o->free(ctx, m->loss_acc);
     o->free(ctx, m->correct_acc);
+    o->free(ctx, m->rng_key);
     memset(m, 0, sizeof *m);
 }
 
@@ -255,6 +259,7 @@ int model_forward(model *m, int n, int training) {
     if (training && n >= 1 && n <= m->max_batch) m->train_batch = n;  // its conv plans stay cached
     TRY(model_set_batch(m, n));
     m->training = training != 0;
+    if (m->training) m->micro = m->micro_next++;
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 1));
@@ -262,6 +267,14 @@ int model_forward(model *m, int n, int training) {
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 0));
     }
     return ST_OK;
+}
+
+int model_set_rng(model *m, int rank, int64_t step) {
+    m->micro_next = 0;
+    m->rng_host.rank = rank;
+    m->rng_host.step = step;
+    if (!m->rng_key) return ST_OK;
+    return m->be->ops->upload(m->be->ctx, m->rng_key, &m->rng_host, sizeof m->rng_host);
 }
 
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {

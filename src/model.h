@@ -46,6 +46,8 @@ typedef struct model_layer {
     float *y, *dy;
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
     int32_t *argmax;           // maxpool
+    float rate;                // dropout
+    int win_h, win_w, win_stride;  // avgpool: the window (the whole plane for global pooling)
     void *priv;                // kind-private (freed by the kind's destroy)
 } model_layer;
 
@@ -84,6 +86,11 @@ typedef struct model {
     int world;
     layer_hook_fn layer_hook;  // NULL (default): none
     void *layer_hook_arg;
+    // Random masks ([dropout]): the key in backend memory (allocated by the first kind that draws, NULL if none)
+    // and its host values; `micro` is the micro-batch index of the last training forward since model_set_rng.
+    dropout_key *rng_key;
+    dropout_key rng_host;
+    int micro, micro_next;
 } model;
 
 // Build from a validated config; allocates everything for batches up to max_batch.
@@ -97,6 +104,10 @@ int model_init_params(model *m, uint64_t seed);
 // m->loss_acc / m->correct_acc. training != 0: training mode (batch statistics, dropout, label smoothing) and
 // the loss gradient for model_backward; 0: evaluation.
 int model_forward(model *m, int n, int training);
+// Before each training step, outside any CUDA graph capture: the masks of the training forwards that follow are
+// those of step `step` on rank `rank` (with the config's seed), micro-batch 0, 1, ... in order. Uploads the key
+// only when the model draws masks. Without a call the key is (seed, 0, 0).
+int model_set_rng(model *m, int rank, int64_t step);
 // Backward after model_forward(m, n, 1). Calls on_ready(arg, k) each time grads[0..k) are final (may be NULL).
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg);
 

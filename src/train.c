@@ -1084,6 +1084,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         TRY(o->copy(ctx, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
     }
     TRY(optim_prepare(&t->opt, lr_at(t)));
+    TRY(model_set_rng(&t->m, t->rank, t->global_step));  // [dropout] masks: read by the graph from backend memory
     const int timed = t->tr != NULL || t->global_step % t->timing_every == 0;
     int replay = t->use_graph && !check_finite && t->eager_steps > 0;
     t->n_lm = 0;

@@ -7,7 +7,8 @@
 //
 // OUT holds the parameters as initialised (seed 7, biases nudged off zero), "input" [N, C, H, W] (uniform in
 // [-1, 1], seed 5), "labels" [N] (i mod classes, as floats), "loss" [1] (the mean training loss, label smoothing
-// included), "grad.<tensor>" for every parameter tensor, and the metadata config_ini (the effective config).
+// included), "grad.<tensor>" for every parameter tensor, the state tensors before and after ("after.<tensor>"),
+// "mask.<layer>" (the keep mask each [dropout] drew), and the metadata config_ini (the effective config).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,8 +63,10 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     float loss = (float)(*m.loss_acc / batch);
 
     const int nt = model_param_tensor(&m, -1, NULL, NULL, NULL, NULL, NULL);
-    ckpt_tensor *t = calloc((size_t)(2 * nt + 2 * ns + 3), sizeof *t);
-    char(*names)[96] = calloc((size_t)(2 * nt + 2 * ns), sizeof *names);
+    ckpt_tensor *t = calloc((size_t)(2 * nt + 2 * ns + m.n_layers + 3), sizeof *t);
+    char(*names)[96] = calloc((size_t)(2 * nt + 2 * ns + m.n_layers), sizeof *names);
+    float **masks = calloc((size_t)m.n_layers, sizeof *masks);
+    TRY_ALLOC(masks);
     TRY_ALLOC(t);
     TRY_ALLOC(names);
     int k = 0;
@@ -90,6 +93,20 @@ static int dump(const net_config *cfg, int batch, const char *out) {
             k++;
         }
     }
+    // [dropout]: the keep mask this forward drew (y != 0), so that PyTorch drops the same units
+    for (int i = 0; i < m.n_layers; i++) {
+        const model_layer *l = &m.layers[i];
+        if (l->type != LAYER_DROPOUT) continue;
+        const size_t e = (size_t)batch * l->out_c * l->out_h * l->out_w;
+        masks[i] = malloc(e * sizeof(float));
+        TRY_ALLOC(masks[i]);
+        for (size_t j = 0; j < e; j++) masks[i][j] = l->y[j] != 0.0f;
+        snprintf(names[k], sizeof names[k], "mask.%s", l->name);
+        t[k] = l->out_spatial ? (ckpt_tensor){.name = names[k], .data = masks[i], .ndim = 4,
+                                              .shape = {batch, l->out_c, l->out_h, l->out_w}}
+                              : (ckpt_tensor){.name = names[k], .data = masks[i], .ndim = 2, .shape = {batch, l->out_c}};
+        k++;
+    }
     t[k++] = (ckpt_tensor){.name = "input", .data = m.x, .ndim = 4, .shape = {batch, m.in_c, m.in_h, m.in_w}};
     t[k++] = (ckpt_tensor){.name = "labels", .data = labels, .ndim = 1, .shape = {batch}};
     t[k++] = (ckpt_tensor){.name = "loss", .data = &loss, .ndim = 1, .shape = {1}};
@@ -97,7 +114,8 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     TRY_ALLOC(ini);
     const ckpt_kv meta[] = {{"config_ini", ini}};
     int st = ckpt_save(out, t, k, meta, 1);
-    free(ini), free(t), free(names), free(labels), free(params0), free(state0);
+    for (int i = 0; i < m.n_layers; i++) free(masks[i]);
+    free(masks), free(ini), free(t), free(names), free(labels), free(params0), free(state0);
     model_destroy(&m);
     backend_destroy(&be);
     return st;

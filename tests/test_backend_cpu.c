@@ -17,6 +17,7 @@
 
 #include "backend.h"
 #include "common.h"
+#include "dropout_hash.h"
 #include "test_util.h"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -86,7 +87,14 @@ static double dot_fd(const float *y, const float *r, size_t n) {
 
 typedef struct conv_case {
     int n, c, h, w, k, r, s, stride, pad, act;
+    int no_bias;  // b = db = NULL
 } conv_case;
+
+static double act_ref(int act, double v) {
+    if (act == ACT_RELU && v < 0) return 0;
+    if (act == ACT_LEAKY && v < 0) return 0.1 * v;
+    return v;
+}
 
 typedef struct conv_ref_args {
     const conv_desc *d;
@@ -109,8 +117,7 @@ static void conv_ref(const conv_desc *d, const double *x, const double *w, const
                                 s += w[((k * d->c + c) * d->r + r) * d->s + q] *
                                      x[((size_t)(n * d->c + c) * d->h + ih) * d->w + iw];
                             }
-                    if (d->act == ACT_RELU && s < 0) s = 0;
-                    y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = s;
+                    y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = act_ref(d->act, s);
                 }
 }
 
@@ -174,11 +181,13 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     fill_uniform(&g, w, nw, -1, 1);
     fill_uniform(&g, b, nb, -0.5f, 0.5f);
     fill_uniform(&g, r, ny, -1, 1);
+    if (cc->no_bias) memset(b, 0, nb * sizeof(float));  // the reference's bias; the backend gets NULL
+    float *bb = cc->no_bias ? NULL : b, *dbb = cc->no_bias ? NULL : db, *db2b = cc->no_bias ? NULL : db2;
 
     // Forward against the naive direct convolution.
     double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(nb), *yd = dbuf(ny), *rd = dbuf(ny);
     to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, nb), to_double(r, rd, ny);
-    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, b, y, ws), ST_OK);
+    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, bb, y, ws), ST_OK);
     conv_ref(&d, xd, wd, bd, yd);
     assert_close(y, yd, ny, 1e-5, "conv forward");
 
@@ -186,7 +195,7 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     memcpy(dy, r, ny * sizeof(float));
     memset(dx, 0x7f, nx * sizeof(float));  // garbage: backward must overwrite
     memset(dw, 0x7f, nw * sizeof(float));
-    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, db, ws), ST_OK);
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, dx, dw, dbb, ws), ST_OK);
     conv_ref_args a = {.d = &d, .x = xd, .w = wd, .b = bd, .rr = rd, .y = yd};
     double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(nb);
     fd_grad(xd, nx, 1e-6, conv_ref_objective, &a, gx);
@@ -194,21 +203,22 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     fd_grad(bd, nb, 1e-6, conv_ref_objective, &a, gb);
     assert_close(dx, gx, nx, 1e-4, "conv dx");
     assert_close(dw, gw, nw, 1e-4, "conv dw");
-    assert_close(db, gb, nb, 1e-4, "conv db");
+    if (!cc->no_bias) assert_close(db, gb, nb, 1e-4, "conv db");
     // dy now holds the pre-activation gradient: r where the output is positive (or everywhere without act).
-    for (size_t i = 0; i < ny; i++) assert_true(dy[i] == (cc->act == ACT_RELU && !(y[i] > 0) ? 0.0f : r[i]));
+    for (size_t i = 0; i < ny; i++)
+        assert_true(dy[i] == (cc->act == ACT_NONE || y[i] > 0 ? r[i] : cc->act == ACT_LEAKY ? 0.1f * r[i] : 0.0f));
 
     // The first layer's path: no dx, same weight gradients.
     memcpy(dy, r, ny * sizeof(float));
-    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, NULL, dw2, db2, ws), ST_OK);
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, y, dy, NULL, dw2, db2b, ws), ST_OK);
     assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
     assert_true(tu_max_rel_err(db2, db, nb) < 1e-6);
 
     if (cc->act == ACT_NONE) {
-        conv_be_args ba = {.be = &be, .d = &d, .x = x, .w = w, .b = b, .y = y, .r = r, .ws = ws};
+        conv_be_args ba = {.be = &be, .d = &d, .x = x, .w = w, .b = bb, .y = y, .r = r, .ws = ws};
         conv_float_fd(&ba, x, nx, dx, &g, "conv dx");
         conv_float_fd(&ba, w, nw, dw, &g, "conv dw");
-        conv_float_fd(&ba, b, nb, db, &g, "conv db");
+        if (bb) conv_float_fd(&ba, b, nb, db, &g, "conv db");
     }
 
     free(x), free(w), free(b), free(y), free(r), free(dy), free(dx), free(dw), free(db), free(dw2), free(db2);
@@ -228,6 +238,10 @@ static const conv_case conv_cases[] = {
     // Stride 1, no padding, rows of 11 and 8 outputs: the vector row copies of the fast im2col/col2im.
     {.n = 2, .c = 2, .h = 5, .w = 13, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
     {.n = 2, .c = 1, .h = 4, .w = 10, .k = 2, .r = 2, .s = 3, .stride = 1, .pad = 0, .act = ACT_NONE},
+    // Leaky activation, and convolutions without a bias (b = db = NULL).
+    {.n = 2, .c = 3, .h = 7, .w = 6, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY},
+    {.n = 3, .c = 2, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
+    {.n = 2, .c = 2, .h = 5, .w = 5, .k = 2, .r = 1, .s = 1, .stride = 1, .pad = 0, .act = ACT_NONE, .no_bias = 1},
 };
 
 static void test_conv_matches_reference_and_finite_differences(void **state) {
@@ -342,13 +356,12 @@ static double dense_ref_objective(void *arg) {
         for (int j = 0; j < a->out; j++) {
             double v = a->b[j];
             for (int k = 0; k < a->in; k++) v += a->x[(size_t)i * a->in + k] * a->w[(size_t)j * a->in + k];
-            if (a->act == ACT_RELU && v < 0) v = 0;
-            s += v * a->rr[(size_t)i * a->out + j];
+            s += act_ref(a->act, v) * a->rr[(size_t)i * a->out + j];
         }
     return s;
 }
 
-static void check_dense_case(int n, int in, int out, int act, int threads, uint64_t seed) {
+static void check_dense_case(int n, int in, int out, int act, int threads, uint64_t seed, int no_bias) {
     backend be = make_cpu(threads);
     const backend_ops *o = be.ops;
     size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
@@ -360,17 +373,19 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
     fill_uniform(&g, w, nw, -1, 1);
     fill_uniform(&g, b, out, -0.5f, 0.5f);
     fill_uniform(&g, r, ny, -1, 1);
-    assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+    if (no_bias) memset(b, 0, out * sizeof(float));  // the reference's bias; the backend gets NULL
+    float *bb = no_bias ? NULL : b, *dbb = no_bias ? NULL : db, *db2b = no_bias ? NULL : db2;
+    assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < out; j++) {
             double v = b[j];
             for (int k = 0; k < in; k++) v += (double)x[(size_t)i * in + k] * w[(size_t)j * in + k];
-            if (act == ACT_RELU && v < 0) v = 0;
+            v = act_ref(act, v);
             assert_true(fabs(y[(size_t)i * out + j] - v) <= 1e-5 * fmax(1.0, fabs(v)));
         }
     memcpy(dy, r, ny * sizeof(float));
     memset(dx, 0x7f, nx * sizeof(float));
-    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, dx, dw, db), ST_OK);
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, dx, dw, dbb), ST_OK);
     double *xd = dbuf(nx), *wd = dbuf(nw), *bd = dbuf(out), *rd = dbuf(ny);
     double *gx = dbuf(nx), *gw = dbuf(nw), *gb = dbuf(out);
     to_double(x, xd, nx), to_double(w, wd, nw), to_double(b, bd, out), to_double(r, rd, ny);
@@ -380,10 +395,10 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
     fd_grad(bd, out, 1e-6, dense_ref_objective, &a, gb);
     assert_close(dx, gx, nx, 1e-4, "dense dx");
     assert_close(dw, gw, nw, 1e-4, "dense dw");
-    assert_close(db, gb, out, 1e-4, "dense db");
+    if (!no_bias) assert_close(db, gb, out, 1e-4, "dense db");
 
     memcpy(dy, r, ny * sizeof(float));
-    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, NULL, dw2, db2), ST_OK);
+    assert_int_equal(o->dense_backward(be.ctx, n, in, out, act, x, w, y, dy, NULL, dw2, db2b), ST_OK);
     assert_true(tu_max_rel_err(dw2, dw, nw) < 1e-6);
     assert_true(tu_max_rel_err(db2, db, out) < 1e-6);
 
@@ -392,10 +407,10 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
             size_t i = rng_below(&g, (uint32_t)nw);
             float keep = w[i];
             w[i] = keep + 1e-2f;
-            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
             double lp = dot_fd(y, r, ny);
             w[i] = keep - 1e-2f;
-            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, b, y), ST_OK);
+            assert_int_equal(o->dense_forward(be.ctx, n, in, out, act, x, w, bb, y), ST_OK);
             double lm = dot_fd(y, r, ny);
             w[i] = keep;
             double fd = (lp - lm) / 2e-2;
@@ -409,10 +424,13 @@ static void check_dense_case(int n, int in, int out, int act, int threads, uint6
 
 static void test_dense_matches_reference_and_finite_differences(void **state) {
     (void)state;
-    check_dense_case(3, 7, 5, ACT_RELU, 1, 11);
-    check_dense_case(4, 37, 6, ACT_NONE, 2, 12);  // columns split unevenly over threads
-    check_dense_case(1, 5, 1, ACT_RELU, 2, 13);
-    check_dense_case(9, 40, 10, ACT_RELU, 3, 14);
+    check_dense_case(3, 7, 5, ACT_RELU, 1, 11, 0);
+    check_dense_case(4, 37, 6, ACT_NONE, 2, 12, 0);  // columns split unevenly over threads
+    check_dense_case(1, 5, 1, ACT_RELU, 2, 13, 0);
+    check_dense_case(9, 40, 10, ACT_RELU, 3, 14, 0);
+    check_dense_case(5, 9, 4, ACT_LEAKY, 2, 15, 0);
+    check_dense_case(4, 6, 3, ACT_LEAKY, 1, 16, 1);  // no bias: b = db = NULL
+    check_dense_case(3, 5, 2, ACT_NONE, 2, 17, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1115,6 +1133,178 @@ static void test_bench_reference_cnn(void **state) {
     backend_destroy(&be);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3, against direct computation
+
+static float act_direct(int act, float v) {
+    if (act == ACT_RELU) return v > 0 ? v : 0;
+    if (act == ACT_LEAKY) return v > 0 ? v : 0.1f * v;
+    return v;
+}
+
+static void test_add_act_and_act_backward(void **state) {
+    (void)state;
+    enum { N = 100003 };  // several parts on 3 threads
+    backend be = make_cpu(3);
+    rng g;
+    rng_seed(&g, 5);
+    float *a = fbuf(N), *b = fbuf(N), *y = fbuf(N), *dy = fbuf(N), *dx = fbuf(N);
+    fill_uniform(&g, a, N, -1, 1);
+    fill_uniform(&g, b, N, -1, 1);
+    fill_uniform(&g, dy, N, -1, 1);
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY};
+    for (int t = 0; t < 3; t++) {
+        const int act = acts[t];
+        assert_int_equal(be.ops->add_act(be.ctx, N, act, a, b, y), ST_OK);
+        for (int i = 0; i < N; i++) assert_true(y[i] == act_direct(act, a[i] + b[i]));
+        assert_int_equal(be.ops->act_backward(be.ctx, N, act, y, dy, dx), ST_OK);
+        for (int i = 0; i < N; i++) {
+            const float want = act == ACT_NONE || y[i] > 0 ? dy[i] : act == ACT_LEAKY ? 0.1f * dy[i] : 0.0f;
+            assert_true(dx[i] == want);
+        }
+    }
+    // In place: y may be an input, dx may be dy.
+    memcpy(y, a, N * sizeof(float));
+    assert_int_equal(be.ops->add_act(be.ctx, N, ACT_LEAKY, y, b, y), ST_OK);
+    for (int i = 0; i < N; i++) assert_true(y[i] == act_direct(ACT_LEAKY, a[i] + b[i]));
+    memcpy(dx, dy, N * sizeof(float));
+    assert_int_equal(be.ops->act_backward(be.ctx, N, ACT_RELU, y, dx, dx), ST_OK);
+    for (int i = 0; i < N; i++) assert_true(dx[i] == (y[i] > 0 ? dy[i] : 0.0f));
+    err_clear();
+    assert_int_equal(be.ops->add_act(be.ctx, N, 7, a, b, y), ST_INPUT);
+    err_clear();
+    free(a), free(b), free(y), free(dy), free(dx);
+    backend_destroy(&be);
+}
+
+// Channel slices: a block of c channels into a wider tensor at an offset, and back out, against index arithmetic.
+static void test_channel_copy(void **state) {
+    (void)state;
+    enum { N = 5, HW = 6, SRC_C = 3, DST_C = 7, OFF = 2 };
+    backend be = make_cpu(2);
+    rng g;
+    rng_seed(&g, 8);
+    float *src = fbuf(N * SRC_C * HW), *dst = fbuf(N * DST_C * HW), *back = fbuf(N * SRC_C * HW);
+    fill_uniform(&g, src, N * SRC_C * HW, -1, 1);
+    for (int i = 0; i < N * DST_C * HW; i++) dst[i] = 42.0f;
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, SRC_C, HW, src, SRC_C, 0, dst, DST_C, OFF), ST_OK);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < DST_C; c++)
+            for (int q = 0; q < HW; q++) {
+                const float want = c >= OFF && c < OFF + SRC_C ? src[(n * SRC_C + c - OFF) * HW + q] : 42.0f;
+                assert_true(dst[(n * DST_C + c) * HW + q] == want);
+            }
+    // Two channels out of the middle of the wide tensor (backward of a route).
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, 2, HW, dst, DST_C, OFF + 1, back, 2, 0), ST_OK);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < 2; c++)
+            for (int q = 0; q < HW; q++) assert_true(back[(n * 2 + c) * HW + q] == src[(n * SRC_C + c + 1) * HW + q]);
+    err_clear();
+    assert_int_equal(be.ops->channel_copy(be.ctx, N, SRC_C, HW, src, SRC_C, 0, dst, DST_C, 5), ST_INPUT);
+    err_clear();
+    free(src), free(dst), free(back);
+    backend_destroy(&be);
+}
+
+// Dropout against the hash it is defined by: kept values scaled by 1/(1 - rate), dropped ones 0, about rate of
+// them dropped; the same key and stream give the same mask (backward), another step or stream another one.
+static void test_dropout(void **state) {
+    (void)state;
+    enum { N = 200003 };
+    backend be = make_cpu(3);
+    rng g;
+    rng_seed(&g, 9);
+    float *x = fbuf(N), *y = fbuf(N), *y2 = fbuf(N), *ones = fbuf(N);
+    fill_uniform(&g, x, N, -1, 1);
+    for (int i = 0; i < N; i++) ones[i] = 1.0f;
+    dropout_key key = {.seed = 42, .step = 7, .rank = 1};
+    const float rates[] = {0.1f, 0.5f, 0.9f};
+    for (int t = 0; t < 3; t++) {
+        const float rate = rates[t], scale = 1.0f / (1.0f - rate);
+        assert_int_equal(be.ops->dropout(be.ctx, N, rate, &key, 3, x, y), ST_OK);
+        const uint64_t base = dropout_base(42, 7, 1, 3);
+        long dropped = 0;
+        for (int i = 0; i < N; i++) {
+            const int keep = dropout_keep(base, (uint64_t)i, dropout_threshold(rate));
+            assert_true(y[i] == (keep ? x[i] * scale : 0.0f));
+            dropped += !keep;
+        }
+        const double frac = (double)dropped / N;
+        print_message("dropout rate %.1f: %.4f of %d dropped\n", rate, frac, N);
+        assert_true(fabs(frac - rate) < 0.005);
+        // Backward: the same mask on another buffer.
+        assert_int_equal(be.ops->dropout(be.ctx, N, rate, &key, 3, ones, y2), ST_OK);
+        for (int i = 0; i < N; i++) assert_true((y2[i] != 0) == (y[i] != 0 || x[i] == 0));
+    }
+    // Another step, rank or stream: another mask (about half the decisions differ at rate 0.5).
+    assert_int_equal(be.ops->dropout(be.ctx, N, 0.5f, &key, 3, ones, y), ST_OK);
+    const dropout_key others[] = {{.seed = 42, .step = 8, .rank = 1}, {.seed = 42, .step = 7, .rank = 0},
+                                  {.seed = 43, .step = 7, .rank = 1}};
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(be.ops->dropout(be.ctx, N, 0.5f, k < 3 ? &others[k] : &key, k < 3 ? 3 : 4, ones, y2), ST_OK);
+        long differ = 0;
+        for (int i = 0; i < N; i++) differ += (y[i] != 0) != (y2[i] != 0);
+        assert_true(differ > N / 2 - N / 50 && differ < N / 2 + N / 50);
+    }
+    // rate 0: the identity; rate 1 or below 0: refused.
+    assert_int_equal(be.ops->dropout(be.ctx, N, 0.0f, &key, 3, x, y), ST_OK);
+    assert_memory_equal(x, y, N * sizeof(float));
+    err_clear();
+    assert_int_equal(be.ops->dropout(be.ctx, N, 1.0f, &key, 3, x, y), ST_INPUT);
+    assert_int_equal(be.ops->dropout(be.ctx, N, -0.5f, &key, 3, x, y), ST_INPUT);
+    err_clear();
+    free(x), free(y), free(y2), free(ones);
+    backend_destroy(&be);
+}
+
+// Average pooling against the direct computation in double: forward means, backward the adjoint (each window
+// spreads dy/(kh·kw) over its inputs, scattered here).
+static void check_avgpool_case(int n, int c, int h, int w, int kh, int kw, int stride, uint64_t seed) {
+    backend be = make_cpu(2);
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
+    rng g;
+    rng_seed(&g, seed);
+    float *x = fbuf(nx), *y = fbuf(ny), *dy = fbuf(ny), *dx = fbuf(nx);
+    double *yd = dbuf(ny), *dxd = dbuf(nx);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, dy, ny, -1, 1);
+    for (int p = 0; p < n * c; p++)
+        for (int oy = 0; oy < oh; oy++)
+            for (int ox = 0; ox < ow; ox++) {
+                double s = 0;
+                for (int r = 0; r < kh; r++)
+                    for (int q = 0; q < kw; q++) {
+                        const size_t xi = ((size_t)p * h + oy * stride + r) * w + ox * stride + q;
+                        s += x[xi];
+                        dxd[xi] += dy[((size_t)p * oh + oy) * ow + ox] / (kh * kw);
+                    }
+                yd[((size_t)p * oh + oy) * ow + ox] = s / (kh * kw);
+            }
+    assert_int_equal(be.ops->avgpool_forward(be.ctx, n, c, h, w, kh, kw, stride, x, y), ST_OK);
+    assert_close(y, yd, ny, 1e-5, "avgpool y");
+    memset(dx, 0x7f, nx * sizeof(float));  // garbage: backward overwrites
+    assert_int_equal(be.ops->avgpool_backward(be.ctx, n, c, h, w, kh, kw, stride, dy, dx), ST_OK);
+    assert_close(dx, dxd, nx, 1e-5, "avgpool dx");
+    free(x), free(y), free(dy), free(dx), free(yd), free(dxd);
+    backend_destroy(&be);
+}
+
+static void test_avgpool(void **state) {
+    (void)state;
+    check_avgpool_case(3, 4, 6, 6, 2, 2, 2, 1);   // tiling windows
+    check_avgpool_case(2, 3, 7, 9, 3, 3, 2, 2);   // overlapping windows, odd sizes
+    check_avgpool_case(2, 2, 10, 10, 2, 2, 3, 3);  // gaps: some inputs in no window (dx 0)
+    check_avgpool_case(4, 5, 7, 5, 7, 5, 1, 4);   // global pooling of a non-square plane
+    check_avgpool_case(1, 1, 1, 1, 1, 1, 1, 5);
+    backend be = make_cpu(1);
+    float v[4] = {0};
+    err_clear();
+    assert_int_equal(be.ops->avgpool_forward(be.ctx, 1, 1, 2, 2, 3, 3, 1, v, v), ST_INPUT);
+    err_clear();
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -1136,6 +1326,10 @@ int main(void) {
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_progress_hook_runs_during_backward),
         cmocka_unit_test(test_bench_reference_cnn),
+        cmocka_unit_test(test_add_act_and_act_backward),
+        cmocka_unit_test(test_channel_copy),
+        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -233,6 +233,7 @@ static void test_gather(void **state) {
 
 typedef struct conv_case {
     int n, c, h, w, k, r, s, stride, pad, act;
+    int no_bias;  // b = db = NULL
 } conv_case;
 
 static void conv_case_run(const conv_case *cc, rng *r) {
@@ -255,25 +256,28 @@ static void conv_case_run(const conv_case *cc, rng *r) {
     twin y = twin_make(NULL, yn * 4), dy = twin_make(hdy, yn * 4), dx = twin_make(NULL, xn * 4);
     twin dw = twin_make(NULL, wn * 4), db = twin_make(NULL, d.k * 4);
 
-    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, x.c, w.c, b.c, y.c, wc));
-    OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, x.g, w.g, b.g, y.g, wg));
+    float *bc = cc->no_bias ? NULL : (float *)b.c, *bg = cc->no_bias ? NULL : (float *)b.g;
+    float *dbc = cc->no_bias ? NULL : (float *)db.c, *dbg = cc->no_bias ? NULL : (float *)db.g;
+    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, x.c, w.c, bc, y.c, wc));
+    OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, x.g, w.g, bg, y.g, wg));
     expect_close("conv forward y", &y, TOL_CONV);
     twin_copy_cpu_to_gpu(&y);
 
-    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, db.c, wc));
-    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, db.g, wg));
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, dbc, wc));
+    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, dbg, wg));
     expect_close("conv backward dy (pre-activation)", &dy, TOL_EXACTISH);
     expect_close("conv backward dx", &dx, TOL_CONV);
     expect_close("conv backward dw", &dw, TOL_CONV);
-    expect_close("conv backward db", &db, TOL_CONV);
+    if (!cc->no_bias) expect_close("conv backward db", &db, TOL_CONV);
 
-    // First layer: no dx. dy is already masked, and masking again changes nothing.
+    // First layer: no dx. dy is already masked; masking again (relu: no change, leaky: 0.1 again) is the same
+    // on both backends.
     OK(g_cpu.ops->zero(g_cpu.ctx, dw.c, dw.bytes));
     OK(g_gpu.ops->zero(g_gpu.ctx, dw.g, dw.bytes));
-    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, NULL, dw.c, db.c, wc));
-    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, NULL, dw.g, db.g, wg));
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, NULL, dw.c, dbc, wc));
+    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, NULL, dw.g, dbg, wg));
     expect_close("conv backward dw (no dx)", &dw, TOL_CONV);
-    expect_close("conv backward db (no dx)", &db, TOL_CONV);
+    if (!cc->no_bias) expect_close("conv backward db (no dx)", &db, TOL_CONV);
 
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
     twin_free(&db);
@@ -291,11 +295,14 @@ static void test_conv(void **state) {
     rng r;
     rng_seed(&r, 21);
     const conv_case cases[] = {
-        {3, 2, 9, 7, 4, 3, 3, 1, 1, ACT_RELU},
-        {2, 3, 11, 10, 5, 5, 3, 2, 2, ACT_NONE},
-        {4, 8, 6, 6, 16, 1, 1, 1, 0, ACT_RELU},
-        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_RELU},  // several blocks per channel in the bias gradient
-        {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU},
+        {3, 2, 9, 7, 4, 3, 3, 1, 1, ACT_RELU, 0},
+        {2, 3, 11, 10, 5, 5, 3, 2, 2, ACT_NONE, 0},
+        {4, 8, 6, 6, 16, 1, 1, 1, 0, ACT_RELU, 0},
+        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_RELU, 0},  // several blocks per channel in the bias gradient
+        {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU, 0},
+        {3, 4, 9, 9, 6, 3, 3, 1, 1, ACT_LEAKY, 0},
+        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_LEAKY, 1},  // no bias (b = db = NULL)
+        {2, 5, 8, 8, 4, 1, 1, 1, 0, ACT_NONE, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
 }
@@ -310,10 +317,10 @@ static void test_conv_model_shapes(void **state) {
     rng r;
     rng_seed(&r, 41);
     const conv_case cases[] = {
-        {64, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU},
-        {64, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU},
-        {1000, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU},
-        {1000, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU},
+        {64, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0},
+        {64, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0},
+        {1000, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0},
+        {1000, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0},
     };
     backend one_thread = g_cpu;
     OK(backend_cpu_create(&g_cpu, 0));
@@ -420,24 +427,26 @@ static void test_pool(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // Dense
 
-static void dense_case_run(int n, int in, int out, int act, rng *r) {
+static void dense_case_run(int n, int in, int out, int act, rng *r, int no_bias) {
     float *hx = rand_floats(r, (size_t)n * in, 1.f), *hw = rand_floats(r, (size_t)out * in, 0.5f);
     float *hb = rand_floats(r, out, 0.5f), *hdy = rand_floats(r, (size_t)n * out, 1.f);
     twin x = twin_make(hx, (size_t)n * in * 4), w = twin_make(hw, (size_t)out * in * 4), b = twin_make(hb, out * 4);
     twin y = twin_make(NULL, (size_t)n * out * 4), dy = twin_make(hdy, (size_t)n * out * 4);
     twin dx = twin_make(NULL, (size_t)n * in * 4), dw = twin_make(NULL, (size_t)out * in * 4), db = twin_make(NULL, out * 4);
-    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x.c, w.c, b.c, y.c));
-    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, act, x.g, w.g, b.g, y.g));
+    float *bc = no_bias ? NULL : (float *)b.c, *bg = no_bias ? NULL : (float *)b.g;
+    float *dbc = no_bias ? NULL : (float *)db.c, *dbg = no_bias ? NULL : (float *)db.g;
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x.c, w.c, bc, y.c));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, act, x.g, w.g, bg, y.g));
     expect_close("dense forward y", &y, TOL_DENSE);
     twin_copy_cpu_to_gpu(&y);
-    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, db.c));
-    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, db.g));
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, dbc));
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, dbg));
     expect_close("dense backward dy", &dy, TOL_EXACTISH);
     expect_close("dense backward dx", &dx, TOL_DENSE);
     expect_close("dense backward dw", &dw, TOL_DENSE);
-    expect_close("dense backward db", &db, TOL_DENSE);
-    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, NULL, dw.c, db.c));
-    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, NULL, dw.g, db.g));
+    if (!no_bias) expect_close("dense backward db", &db, TOL_DENSE);
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, NULL, dw.c, dbc));
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, NULL, dw.g, dbg));
     expect_close("dense backward dw (no dx)", &dw, TOL_DENSE);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
     twin_free(&db);
@@ -449,10 +458,13 @@ static void test_dense(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 51);
-    dense_case_run(7, 19, 11, ACT_RELU, &r);
-    dense_case_run(5, 3, 40, ACT_NONE, &r);     // more columns than one bias-gradient block
-    dense_case_run(64, 256, 100, ACT_RELU, &r);
-    dense_case_run(1, 10, 1, ACT_NONE, &r);
+    dense_case_run(7, 19, 11, ACT_RELU, &r, 0);
+    dense_case_run(5, 3, 40, ACT_NONE, &r, 0);     // more columns than one bias-gradient block
+    dense_case_run(64, 256, 100, ACT_RELU, &r, 0);
+    dense_case_run(1, 10, 1, ACT_NONE, &r, 0);
+    dense_case_run(9, 17, 13, ACT_LEAKY, &r, 0);
+    dense_case_run(6, 12, 7, ACT_LEAKY, &r, 1);    // no bias (b = db = NULL)
+    dense_case_run(4, 8, 5, ACT_NONE, &r, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -970,6 +982,100 @@ static int group_teardown(void **state) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Layer ops of issue 14 part 3
+
+static void test_add_act_and_act_backward(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 61);
+    enum { N = 300007 };
+    float *ha = rand_floats(&r, N, 1.f), *hb = rand_floats(&r, N, 1.f), *hdy = rand_floats(&r, N, 1.f);
+    twin a = twin_make(ha, N * 4), b = twin_make(hb, N * 4), y = twin_make(NULL, N * 4), dy = twin_make(hdy, N * 4);
+    twin dx = twin_make(NULL, N * 4);
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY};
+    for (int t = 0; t < 3; t++) {
+        OK(g_cpu.ops->add_act(g_cpu.ctx, N, acts[t], a.c, b.c, y.c));
+        OK(g_gpu.ops->add_act(g_gpu.ctx, N, acts[t], a.g, b.g, y.g));
+        expect_equal_bytes("add_act y", &y);
+        OK(g_cpu.ops->act_backward(g_cpu.ctx, N, acts[t], y.c, dy.c, dx.c));
+        OK(g_gpu.ops->act_backward(g_gpu.ctx, N, acts[t], y.g, dy.g, dx.g));
+        expect_equal_bytes("act_backward dx", &dx);
+    }
+    twin_free(&a), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx);
+    free(ha), free(hb), free(hdy);
+}
+
+static void test_channel_copy(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 62);
+    enum { N = 9, HW = 35, SRC_C = 5, DST_C = 12 };
+    float *hs = rand_floats(&r, N * SRC_C * HW, 1.f), *hd = rand_floats(&r, N * DST_C * HW, 1.f);
+    twin src = twin_make(hs, sizeof(float) * N * SRC_C * HW), dst = twin_make(hd, sizeof(float) * N * DST_C * HW);
+    twin back = twin_make(NULL, sizeof(float) * N * 3 * HW);
+    OK(g_cpu.ops->channel_copy(g_cpu.ctx, N, SRC_C, HW, src.c, SRC_C, 0, dst.c, DST_C, 4));
+    OK(g_gpu.ops->channel_copy(g_gpu.ctx, N, SRC_C, HW, src.g, SRC_C, 0, dst.g, DST_C, 4));
+    expect_equal_bytes("channel_copy into a slice", &dst);
+    OK(g_cpu.ops->channel_copy(g_cpu.ctx, N, 3, HW, dst.c, DST_C, 5, back.c, 3, 0));
+    OK(g_gpu.ops->channel_copy(g_gpu.ctx, N, 3, HW, dst.g, DST_C, 5, back.g, 3, 0));
+    expect_equal_bytes("channel_copy out of a slice", &back);
+    twin_free(&src), twin_free(&dst), twin_free(&back);
+    free(hs), free(hd);
+}
+
+// The same masks on both backends: the key lives in each backend's memory.
+static void test_dropout(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 63);
+    enum { N = 500009 };
+    float *hx = rand_floats(&r, N, 1.f);
+    const dropout_key k1 = {.seed = 42, .step = 123456789012LL, .rank = 3}, k2 = {.seed = 7, .step = 0, .rank = 0};
+    twin x = twin_make(hx, N * 4), y = twin_make(NULL, N * 4), key = twin_make(&k1, sizeof k1);
+    const float rates[] = {0.f, 0.25f, 0.5f, 0.9f};
+    for (int t = 0; t < 4; t++) {
+        OK(g_cpu.ops->dropout(g_cpu.ctx, N, rates[t], key.c, 5 | 2 << 16, x.c, y.c));
+        OK(g_gpu.ops->dropout(g_gpu.ctx, N, rates[t], key.g, 5 | 2 << 16, x.g, y.g));
+        expect_equal_bytes("dropout y", &y);
+    }
+    twin_set(&key, &k2);
+    OK(g_cpu.ops->dropout(g_cpu.ctx, N, 0.5f, key.c, 0, x.c, y.c));
+    OK(g_gpu.ops->dropout(g_gpu.ctx, N, 0.5f, key.g, 0, x.g, y.g));
+    expect_equal_bytes("dropout y (another key)", &y);
+    twin_free(&x), twin_free(&y), twin_free(&key);
+    free(hx);
+}
+
+static void avgpool_case_run(int n, int c, int h, int w, int kh, int kw, int stride, rng *r) {
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
+    float *hx = rand_floats(r, nx, 1.f), *hdy = rand_floats(r, ny, 1.f);
+    twin x = twin_make(hx, nx * 4), y = twin_make(NULL, ny * 4), dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4);
+    OK(g_cpu.ops->avgpool_forward(g_cpu.ctx, n, c, h, w, kh, kw, stride, x.c, y.c));
+    OK(g_gpu.ops->avgpool_forward(g_gpu.ctx, n, c, h, w, kh, kw, stride, x.g, y.g));
+    expect_close("avgpool y", &y, TOL_EXACTISH);
+    OK(g_cpu.ops->avgpool_backward(g_cpu.ctx, n, c, h, w, kh, kw, stride, dy.c, dx.c));
+    OK(g_gpu.ops->avgpool_backward(g_gpu.ctx, n, c, h, w, kh, kw, stride, dy.g, dx.g));
+    expect_close("avgpool dx", &dx, TOL_EXACTISH);
+    twin_free(&x), twin_free(&y), twin_free(&dy), twin_free(&dx);
+    free(hx), free(hdy);
+}
+
+static void test_avgpool(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 64);
+    avgpool_case_run(4, 8, 8, 8, 2, 2, 2, &r);
+    avgpool_case_run(3, 5, 9, 7, 3, 3, 2, &r);      // overlapping windows
+    avgpool_case_run(2, 3, 10, 10, 2, 2, 3, &r);    // gaps
+    avgpool_case_run(64, 32, 7, 5, 7, 5, 1, &r);    // global, non-square
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -991,6 +1097,10 @@ int main(void) {
         cmocka_unit_test(test_capture_replay),
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_add_act_and_act_backward),
+        cmocka_unit_test(test_channel_copy),
+        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -266,6 +266,143 @@ static void test_text_round_trips(void **state) {
     err_clear();
 }
 
+// Config text with the layer kinds of issue 14 part 3: it validates, and print -> load_text -> print is the same
+// text (every key of every kind round-trips).
+static void expect_text_round_trip(const char *what, const char *ini) {
+    static net_config a, b;
+    err_clear();
+    if (config_load_text(ini, what, &a) != ST_OK || config_validate(&a) != ST_OK) fail_msg("%s: %s", what, err_msg());
+    char *t1 = NULL, *t2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    FILE *f = open_memstream(&t1, &n1);
+    config_print(&a, f);
+    fclose(f);
+    if (config_load_text(t1, what, &b) != ST_OK || config_validate(&b) != ST_OK)
+        fail_msg("%s (printed): %s", what, err_msg());
+    f = open_memstream(&t2, &n2);
+    config_print(&b, f);
+    fclose(f);
+    assert_string_equal(t1, t2);
+    for (int i = 0; i < a.n_layers; i++) {  // every field but the line it came from
+        layer_cfg la = a.layers[i], lb = b.layers[i];
+        la.line = lb.line = 0;
+        assert_int_equal(memcmp(&la, &lb, sizeof la), 0);
+    }
+    free(t1);
+    free(t2);
+}
+
+#define NET8 "[net]\nchannels=3\nheight=8\nwidth=8\n"
+
+static void test_leaky_and_bias(void **state) {
+    (void)state;
+    expect_text_round_trip("leaky.cfg", NET8 "[conv]\nfilters=4\nactivation=leaky\nbias=0\n"
+                                             "[dense]\nunits=6\nactivation=leaky\nbias=0\n[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    const char *p = write_cfg("defaults.cfg", NET8 "[conv]\nfilters=4\n[dense]\nunits=10\n[softmax]\n");
+    assert_int_equal(config_load(p, &cfg), ST_OK);
+    assert_int_equal(cfg.layers[0].bias, 1);
+    assert_int_equal(cfg.layers[1].bias, 1);
+    expect_load_error("bias2.cfg", NET8 "[conv]\nfilters=4\nbias=2\n[dense]\nunits=10\n[softmax]\n", "bias2.cfg:7",
+                      "[conv] conv1.bias");
+    expect_load_error("act.cfg", NET8 "[conv]\nfilters=4\nactivation=tanh\n[dense]\nunits=10\n[softmax]\n",
+                      "act.cfg:7", "[conv] conv1.activation");
+}
+
+#define RES_BLOCK                                                                                              \
+    "[conv]\nfilters=4\nstride=2\npad=1\n[conv]\nfilters=4\npad=1\nbias=0\nactivation=leaky\n"                 \
+    "[conv]\nfilters=4\nsize=1\nactivation=linear\n"
+
+static void test_shortcut(void **state) {
+    (void)state;
+    expect_text_round_trip("shortcut.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-3\nactivation=leaky\n[shortcut]\nfrom=1\n"
+                                                  "[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 RES_BLOCK "[shortcut]\nfrom=-3\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[3].name, "shortcut1");
+    assert_int_equal(cfg.layers[3].act, ACT_NONE);  // Darknet's default: linear
+    assert_int_equal(cfg.layers[3].n_refs, 1);
+    assert_int_equal(cfg.layers[3].refs[0], -3);
+    // Shapes must match exactly: the message names both layers and shapes.
+    expect_load_error("sc_shape.cfg", NET8 RES_BLOCK "[maxpool]\n[shortcut]\nfrom=-2\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_shape.cfg:19: [shortcut] 'shortcut1': from: layer 2 ('conv3') gives 4x4x4", "('pool1') 4x2x2");
+    expect_load_error("sc_shape2.cfg", NET8 RES_BLOCK "[conv]\nfilters=5\nsize=1\n[shortcut]\nfrom=-2\n[dense]\nunits=10\n"
+                      "[softmax]\n", "[shortcut] 'shortcut1': from: layer 2 ('conv3') gives 4x4x4", "5x4x4");
+    // Out of range, pointing forward or at itself, several, none, not a number.
+    expect_load_error("sc_range.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-9\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_range.cfg:18: [shortcut] 'shortcut1': from: -9 does not name an earlier layer", NULL);
+    expect_load_error("sc_fwd.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=4\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_fwd.cfg:18: [shortcut] 'shortcut1': from: 4 does not name an earlier layer", NULL);
+    expect_load_error("sc_self.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=3\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_self.cfg:18", "from: 3 does not name an earlier layer");
+    expect_load_error("sc_two.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=-1,-3\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_two.cfg:19: [shortcut] shortcut1.from", "at most 1 index");
+    expect_load_error("sc_none.cfg", NET8 RES_BLOCK "[shortcut]\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_none.cfg:18: [shortcut] 'shortcut1'", "missing required key 'from'");
+    expect_load_error("sc_nan.cfg", NET8 RES_BLOCK "[shortcut]\nfrom=x\n[dense]\nunits=10\n[softmax]\n",
+                      "sc_nan.cfg:19: [shortcut] shortcut1.from", "not a list of layer indices");
+}
+
+static void test_route(void **state) {
+    (void)state;
+    expect_text_round_trip("route.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-3,1\n[route]\nlayers=-1\n[dense]\nunits=10\n"
+                                               "[softmax]\n");
+    // Spatial sizes must match: both layers and shapes named.
+    expect_load_error("rt_shape.cfg", NET8 "[conv]\nfilters=4\n[conv]\nfilters=2\n[route]\nlayers=-1,-2\n[dense]\n"
+                      "units=10\n[softmax]\n", "rt_shape.cfg:9: [route] 'route1': layers: layer 1 ('conv2') gives 2x4x4",
+                      "layer 0 ('conv1') 4x6x6");
+    expect_load_error("rt_range.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-5\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_range.cfg:18: [route] 'route1': layers: -5 does not name an earlier layer", NULL);
+    expect_load_error("rt_fwd.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,5\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_fwd.cfg:18: [route] 'route1': layers: 5 does not name an earlier layer", NULL);
+    expect_load_error("rt_many.cfg", NET8 RES_BLOCK "[route]\nlayers=-1,-1,-1,-1,-1\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_many.cfg:19: [route] route1.layers", "at most 4 indices");
+    expect_load_error("rt_none.cfg", NET8 RES_BLOCK "[route]\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_none.cfg:18: [route] 'route1'", "missing required key 'layers'");
+    // A route that skips a layer leaves that layer's output unread: refused.
+    expect_load_error("rt_dead.cfg", NET8 RES_BLOCK "[route]\nlayers=-2\n[dense]\nunits=10\n[softmax]\n",
+                      "rt_dead.cfg:14: [conv] 'conv3'", "read by no later layer");
+}
+
+static void test_dropout(void **state) {
+    (void)state;
+    expect_text_round_trip("dropout.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=0.25\n[dense]\nunits=8\n[dropout]\n"
+                                                 "[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 "[conv]\nfilters=4\n[dropout]\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[1].name, "drop1");
+    assert_true(cfg.layers[1].rate == 0.5);
+    expect_load_error("dr_one.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=1\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_one.cfg:7: [dropout] 'drop1': rate: 1 is outside [0, 1)", NULL);
+    expect_load_error("dr_neg.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=-0.1\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_neg.cfg:8: [dropout] drop1.rate: '-0.1' is not a number in [0, 1]", NULL);
+    expect_load_error("dr_big.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=1.5\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_big.cfg:8: [dropout] drop1.rate", NULL);
+    expect_load_error("dr_nan.cfg", NET8 "[conv]\nfilters=4\n[dropout]\nrate=nan\n[dense]\nunits=10\n[softmax]\n",
+                      "dr_nan.cfg:8: [dropout] drop1.rate", NULL);
+}
+
+static void test_avgpool(void **state) {
+    (void)state;
+    expect_text_round_trip("avgpool.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=2\n[avgpool]\nsize=2\nstride=1\n"
+                                                 "[conv]\nfilters=5\nsize=1\n[avgpool]\n[dense]\nunits=10\n[softmax]\n");
+    static net_config cfg;
+    assert_int_equal(config_load_text(NET8 "[conv]\nfilters=4\n[avgpool]\n[dense]\nunits=10\n[softmax]\n", "t", &cfg),
+                     ST_OK);
+    assert_string_equal(cfg.layers[1].name, "avgpool1");
+    assert_int_equal(cfg.layers[1].size, 0);  // global
+    expect_load_error("ap_stride.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nstride=2\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_stride.cfg:7: [avgpool] 'avgpool1': stride: only with a window", NULL);
+    expect_load_error("ap_size.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=7\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_size.cfg:7: [avgpool] 'avgpool1': size: impossible shape: window 7 on a 6x6 input", NULL);
+    expect_load_error("ap_dense.cfg", NET8 "[dense]\nunits=4\n[avgpool]\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_dense.cfg:7: [avgpool] 'avgpool1'", "no longer spatial");
+    expect_load_error("ap_neg.cfg", NET8 "[conv]\nfilters=4\n[avgpool]\nsize=-1\n[dense]\nunits=10\n[softmax]\n",
+                      "ap_neg.cfg:8: [avgpool] avgpool1.size", NULL);
+}
+
 // Bounded input: a FIFO, a device or a directory as the config is refused before any read (never blocks), and
 // a regular file over 1 MiB is refused from its size.
 static void test_unbounded_configs_refused(void **state) {
@@ -302,7 +439,9 @@ int main(void) {
         cmocka_unit_test(test_ready_configs_parse), cmocka_unit_test(test_defaults_and_values),
         cmocka_unit_test(test_set_overrides),       cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_print_round_trips),   cmocka_unit_test(test_unbounded_configs_refused),
-        cmocka_unit_test(test_text_round_trips),
+        cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
+        cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
+        cmocka_unit_test(test_dropout),            cmocka_unit_test(test_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

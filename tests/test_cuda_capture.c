@@ -41,6 +41,7 @@ static void add_layer(net_config *cfg, int type, const char *name, int filters, 
     l->type = type;
     snprintf(l->name, sizeof l->name, "%s", name);
     l->filters = filters, l->units = units, l->act = act;
+    l->bias = 1;
     l->size = type == LAYER_CONV ? 3 : 2;
     l->stride = type == LAYER_CONV ? 1 : 2;
 }

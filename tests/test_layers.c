@@ -51,9 +51,11 @@ static void net_close(net *t) {
     backend_destroy(&t->be);
 }
 
-// The training objective (training mode: batch statistics, the same dropout masks for the same key).
+// The training objective (training mode: batch statistics; the same dropout masks at every call: the key is
+// set again, as the trainer sets it before each step).
 static double loss_of(net *t) {
     *t->m.loss_acc = 0;
+    assert_int_equal(model_set_rng(&t->m, 1, 5), ST_OK);
     assert_int_equal(model_forward(&t->m, BATCH, 1), ST_OK);
     return *t->m.loss_acc / BATCH;
 }

@@ -17,6 +17,7 @@ static void add_layer(net_config *cfg, int type, const char *name, int filters, 
     l->type = type;
     snprintf(l->name, sizeof l->name, "%s", name);
     l->filters = filters, l->size = size, l->stride = stride, l->pad = pad, l->units = units, l->act = act;
+    l->bias = 1;
 }
 
 // conv(3, pad 1) → pool → conv(4, stride 1) → flatten → dense(6, relu) → dense(3) → softmax on 1x8x8.
@@ -231,6 +232,178 @@ static void test_batchnorm_state_and_modes(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Finite differences on models written as config text (the layer kinds of issue 14: leaky, bias=0, shortcut,
+// route, dropout, avgpool): every parameter's gradient against central differences of the training loss.
+
+#define NET_HEAD "[net]\nchannels=2\nheight=8\nwidth=8\nclasses=3\n"
+
+// The loss of a training forward (dropout masks are a function of the model's key, fixed here).
+static double train_loss_of(model *m, int n) {
+    *m->loss_acc = 0;
+    assert_int_equal(model_set_rng(m, 1, 5), ST_OK);  // the same masks at every evaluation
+    assert_int_equal(model_forward(m, n, 1), ST_OK);
+    return *m->loss_acc / n;
+}
+
+// Build the model of `ini` on the CPU backend, with perturbed parameters and random inputs.
+static void model_from_text(const char *ini, backend *be, model *m, int n) {
+    static net_config cfg;
+    err_clear();
+    if (config_load_text(ini, "fd_config", &cfg) != ST_OK || config_validate(&cfg) != ST_OK)
+        fail_msg("config: %s", err_msg());
+    assert_int_equal(backend_create(be, "cpu", 1, 0), ST_OK);
+    if (model_create(m, be, &cfg, n) != ST_OK) fail_msg("model_create: %s", err_msg());
+    assert_int_equal(model_init_params(m, 7), ST_OK);
+    rng r;
+    rng_seed(&r, 99);
+    for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (rng_uniform(&r) - 0.5f);
+    for (int i = 0; i < n * m->in_c * m->in_h * m->in_w; i++) m->x[i] = rng_uniform(&r);
+    for (int i = 0; i < n; i++) m->labels[i] = i % m->classes;
+}
+
+// Relative L2 error of the backward's parameter gradient against central differences, printed as `what`.
+static void fd_check_text(const char *what, const char *ini, size_t want_params) {
+    backend be;
+    model m;
+    const int n = 4;
+    model_from_text(ini, &be, &m, n);
+    if (want_params) assert_int_equal(m.n_params, want_params);
+    train_loss_of(&m, n);
+    assert_int_equal(model_backward(&m, n, NULL, NULL), ST_OK);
+    float *g = malloc(m.n_params * sizeof(float));
+    assert_non_null(g);
+    memcpy(g, m.grads, m.n_params * sizeof(float));
+    double num = 0, den = 0;
+    int bad = 0;
+    const float eps = 1e-3f;
+    for (size_t i = 0; i < m.n_params; i++) {
+        const float p = m.params[i];
+        m.params[i] = p + eps;
+        const double lp = train_loss_of(&m, n);
+        m.params[i] = p - eps;
+        const double lm = train_loss_of(&m, n);
+        m.params[i] = p;
+        const double fd = (lp - lm) / (2.0 * eps), d = fabs(fd - g[i]);
+        num += d * d, den += fd * fd;
+        if (d > 2e-3 + 2e-2 * fabs(fd)) bad++;
+    }
+    const double rel = sqrt(num / (den > 0 ? den : 1));
+    print_message("%s: %zu params, relative L2 error %.2e, %d outside tolerance\n", what, m.n_params, rel, bad);
+    assert_true(den > 0);
+    assert_true(rel < 1e-2);
+    assert_true(bad <= (int)(m.n_params / 100));
+    free(g);
+    model_destroy(&m);
+    backend_destroy(&be);
+}
+
+static void test_fd_leaky_and_no_bias(void **state) {
+    (void)state;
+    // Strided convs keep the activations few: a kink of relu/leaky crossed within ±eps spoils a difference.
+    fd_check_text("leaky, bias=0", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=leaky\nbias=0\n"
+                  "[conv]\nfilters=4\nsize=3\nstride=2\nactivation=leaky\n"
+                  "[dense]\nunits=5\nactivation=leaky\nbias=0\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9) + (4 * 3 * 9 + 4) + (5 * 4) + (3 * 5 + 3));
+}
+
+// A residual block: conv (bias=0) → conv → shortcut from=-3 (to the block's input), then a shortcut from=-1
+// (the same output twice: the model sums both gradients).
+static void test_fd_shortcut(void **state) {
+    (void)state;
+    fd_check_text("shortcut", NET_HEAD
+                  "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+                  "[conv]\nfilters=4\nsize=3\npad=1\nactivation=linear\nbias=0\n"
+                  "[conv]\nfilters=4\nsize=1\nactivation=linear\n"
+                  "[shortcut]\nfrom=-3\nactivation=leaky\n"
+                  "[shortcut]\nfrom=-1\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (4 * 2 * 9 + 4) + (4 * 4 * 9) + (4 * 4 + 4) + (3 * 64 + 3));
+}
+
+// Concatenation of two branches, an identity route, and a route back to the first layer (read three times).
+static void test_fd_route(void **state) {
+    (void)state;
+    fd_check_text("route", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=linear\n"
+                  "[conv]\nfilters=2\nsize=1\nactivation=leaky\n"
+                  "[route]\nlayers=-2,-1\n"
+                  "[conv]\nfilters=2\nsize=1\nactivation=linear\n"
+                  "[route]\nlayers=-1\n"
+                  "[route]\nlayers=4,0\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (2 * 3 + 2) + (2 * 5 + 2) + (3 * 5 * 16 + 3));
+}
+
+// Dropout in two places; the loss is differentiated for the fixed masks of one key.
+static void test_fd_dropout(void **state) {
+    (void)state;
+    fd_check_text("dropout", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\nstride=2\npad=1\nactivation=linear\n"
+                  "[dropout]\nrate=0.3\n"
+                  "[dense]\nunits=5\nactivation=linear\n"
+                  "[dropout]\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (5 * 48 + 5) + (3 * 5 + 3));
+}
+
+// Windowed and global average pooling.
+static void test_fd_avgpool(void **state) {
+    (void)state;
+    fd_check_text("avgpool", NET_HEAD
+                  "[conv]\nfilters=3\nsize=3\npad=1\nactivation=linear\n"
+                  "[avgpool]\nsize=3\nstride=2\n"
+                  "[conv]\nfilters=4\nsize=1\nactivation=leaky\n"
+                  "[avgpool]\n"
+                  "[dense]\nunits=3\n[softmax]\n",
+                  (3 * 2 * 9 + 3) + (4 * 3 + 4) + (3 * 4 + 3));
+}
+
+// Masks: identity in evaluation; in training a function of (seed, step, rank, micro-batch), each layer its own.
+static void test_dropout_masks(void **state) {
+    (void)state;
+    backend be;
+    model m;
+    const int n = 4;
+    model_from_text(NET_HEAD "[conv]\nfilters=3\nsize=3\nactivation=linear\n[dropout]\nrate=0.5\n[dropout]\n"
+                    "rate=0.5\n[dense]\nunits=3\n[softmax]\n", &be, &m, n);
+    const model_layer *conv = &m.layers[0], *d1 = &m.layers[1], *d2 = &m.layers[2];
+    const size_t e = (size_t)n * 3 * 6 * 6;
+    float *a = malloc(e * sizeof(float)), *b = malloc(e * sizeof(float));
+    assert_non_null(a), assert_non_null(b);
+    assert_int_equal(model_forward(&m, n, 0), ST_OK);
+    assert_memory_equal(d1->y, conv->y, e * sizeof(float));
+    // draws the mask of layer 1 at (rank, step), micro-batch `micro`, into out (1 kept, 0 dropped)
+#define MASK(rank, step, micro, out)                                                                          \
+    do {                                                                                                   \
+        assert_int_equal(model_set_rng(&m, rank, step), ST_OK);                                            \
+        for (int k = 0; k <= (micro); k++) assert_int_equal(model_forward(&m, n, 1), ST_OK);                \
+        for (size_t i = 0; i < e; i++) (out)[i] = d1->y[i] != 0.0f || conv->y[i] == 0.0f;                  \
+    } while (0)
+    MASK(0, 10, 0, a);
+    MASK(0, 10, 0, b);
+    assert_memory_equal(a, b, e * sizeof(float));
+    size_t kept = 0;
+    for (size_t i = 0; i < e; i++) kept += a[i] != 0;
+    assert_true(kept > e / 4 && kept < 3 * e / 4);
+    const int other[3][3] = {{0, 11, 0}, {1, 10, 0}, {0, 10, 1}};  // another step, rank, micro-batch
+    for (int t = 0; t < 3; t++) {
+        MASK(other[t][0], other[t][1], other[t][2], b);
+        assert_true(memcmp(a, b, e * sizeof(float)) != 0);
+    }
+    // The second dropout layer draws another mask than the first on the same input.
+    MASK(0, 10, 0, a);
+    size_t same = 0;
+    for (size_t i = 0; i < e; i++) same += (d2->y[i] != 0) == (d1->y[i] != 0);
+    assert_true(same < e);
+#undef MASK
+    free(a), free(b);
+    model_destroy(&m);
+    backend_destroy(&be);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // The conv plan cache (model.c), through a CPU backend whose conv_prepare hands out a counted token as the plan
 // (the CPU ops ignore plans) and can claim a huge workspace for one batch size.
 
@@ -326,6 +499,12 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_impossible_batch_rejected, setup, teardown),
         cmocka_unit_test(test_conv_plan_cache),
         cmocka_unit_test(test_batchnorm_state_and_modes),
+        cmocka_unit_test(test_fd_leaky_and_no_bias),
+        cmocka_unit_test(test_fd_shortcut),
+        cmocka_unit_test(test_fd_route),
+        cmocka_unit_test(test_fd_dropout),
+        cmocka_unit_test(test_dropout_masks),
+        cmocka_unit_test(test_fd_avgpool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

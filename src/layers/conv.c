@@ -1,4 +1,5 @@
-// conv.c — [conv]: 2-D convolution with fused bias and activation (backend conv_* ops; cuDNN on CUDA).
+// conv.c — [conv]: 2-D convolution with fused bias (optional: bias=0) and activation (backend conv_* ops; cuDNN
+// on CUDA).
 //
 // Conv plans per batch size. Training uses one batch size and evaluation usually others (eval_batch and each
 // rank's smaller last batch); preparing a conv (cuDNN algorithm search on the GPU) is too slow to redo at every
@@ -21,6 +22,7 @@ static const layer_key keys[] = {
     {"stride", LK_INT, offsetof(layer_cfg, stride), 1, 1, 1024, 0},
     {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 1024, 0},
     {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_RELU, 0, 0, 0},
+    {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0},  // 0: none (a normalisation follows)
 };
 
 static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
@@ -37,7 +39,7 @@ static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n
     out->h = (int)((h + 2LL * l->pad - l->size) / l->stride + 1);
     out->w = (int)((w + 2LL * l->pad - l->size) / l->stride + 1);
     out->spatial = 1;
-    *n_params = (long long)l->filters * in->c * l->size * l->size + l->filters;
+    *n_params = (long long)l->filters * in->c * l->size * l->size + (l->bias ? l->filters : 0);
     return ST_OK;
 }
 
@@ -48,7 +50,7 @@ static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *wo
     l->conv_plans[0] = d;
     l->n_conv_plans = 1;
     l->n_w = (size_t)d.k * d.c * d.r * d.s;
-    l->n_b = (size_t)d.k;
+    l->n_b = lc->bias ? (size_t)d.k : 0;
     l->w_ndim = 4;
     l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
     TRY(m->be->ops->conv_prepare(m->be->ctx, &l->conv_plans[0], workspace));
@@ -105,21 +107,21 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
 
 static int conv_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
-    return m->be->ops->conv_forward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off, m->params + l->b_off, l->y,
-                                    m->workspace);
+    return m->be->ops->conv_forward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off,
+                                    l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
 }
 
 static int conv_backward(model *m, model_layer *l, int n) {
     (void)n;
     return m->be->ops->conv_backward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
-                                     m->grads + l->w_off, m->grads + l->b_off, m->workspace);
+                                     m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
 const layer_kind layer_kind_conv = {
     .section = "conv",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "2-D convolution, bias and activation fused",
+    .doc = "2-D convolution, bias (optional) and activation fused",
     .example = "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=relu\n",
     .shape = conv_shape,
     .create = conv_create,

@@ -1,0 +1,150 @@
+// layer_ops_cuda.cu — the CUDA backend's ops for the layer kinds of issue 14 part 3: residual add + activation
+// and the activation gradient ([shortcut]), channel slices ([route]), dropout masks from a counter-based hash,
+// average pooling ([avgpool]).
+//
+// Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); tests/test_backend_cuda.c
+// compares the two. Kernels first, launchers (stream last) after; element-wise kernels use grid-stride loops.
+#include <stdint.h>
+
+#include "backend_cuda_impl.h"
+#include "dropout_hash.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Kernels
+
+__global__ void add_act_kernel(size_t n, int act, const float *a, const float *b, float *y) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = act_apply(act, a[i] + b[i]);
+}
+
+__global__ void act_backward_kernel(size_t n, int act, const float *y, const float *dy, float *dx) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = act_grad(act, y[i], dy[i]);
+}
+
+// The key is read from device memory at run time: a replayed graph draws the step the host wrote before it.
+__global__ void dropout_kernel(size_t n, const dropout_key *key, uint32_t stream, uint32_t threshold, float scale,
+                               const float *x, float *y) {
+    const uint64_t base = dropout_base(key->seed, key->step, key->rank, stream);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = dropout_keep(base, (uint64_t)i, threshold) ? x[i] * scale : 0.f;
+}
+
+// Average pooling, one thread per output: the window's sum in row-major order, times inv (as the CPU).
+__global__ void avgpool_fwd_kernel(const float *x, float *y, unsigned total, int h, int w, int oh, int ow, int kh,
+                                   int kw, int stride, float inv) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ox = (int)(i % ow);
+        const unsigned t = i / ow;
+        const int oy = (int)(t % oh);
+        const float *xp = x + (size_t)(t / oh) * h * w + (size_t)oy * stride * w + ox * stride;
+        float s = 0.f;
+        for (int r = 0; r < kh; r++)
+            for (int q = 0; q < kw; q++) s += __ldg(&xp[(size_t)r * w + q]);
+        y[i] = s * inv;
+    }
+}
+
+// One thread per input: the sum of dy over the windows containing it, in ascending output order, times inv.
+__global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, int h, int w, int oh, int ow, int kh,
+                                   int kw, int stride, float inv) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const int ix = (int)(i % w);
+        const unsigned t = i / w;
+        const int iy = (int)(t % h);
+        const float *dyp = dy + (size_t)(t / h) * oh * ow;
+        const int oy_lo = iy < kh ? 0 : (iy - kh) / stride + 1, oy_hi = min(iy / stride, oh - 1);
+        const int ox_lo = ix < kw ? 0 : (ix - kw) / stride + 1, ox_hi = min(ix / stride, ow - 1);
+        float g = 0.f;
+        for (int oy = oy_lo; oy <= oy_hi; oy++)
+            for (int ox = ox_lo; ox <= ox_hi; ox++) g += __ldg(&dyp[oy * ow + ox]);
+        dx[i] = g * inv;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Launchers
+
+static int act_valid(int act, const char *op) {
+    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY)
+        return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    return ST_OK;
+}
+
+int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_valid(act, "add_act"));
+    if (n == 0) return ST_OK;
+    add_act_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, a, b, y);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_valid(act, "act_backward"));
+    if (n == 0) return ST_OK;
+    act_backward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, y, dy, dx);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+// One strided 2-D copy on the stream: n rows (samples) of c·hw floats.
+int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
+                      int dst_off) {
+    cuda_ctx *cx = (cuda_ctx *)ctx;
+    if (n < 0 || c < 0 || hw < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_c || dst_off + c > dst_c)
+        return ERR(ST_INPUT, "channel_copy: %d channels at %d of %d to %d of %d (n=%d, hw=%d)", c, src_off, src_c,
+                   dst_off, dst_c, n, hw);
+    if (n == 0 || c == 0) return ST_OK;
+    const size_t f = sizeof(float);
+    cudaCheck(cudaMemcpy2DAsync(dst + (size_t)dst_off * hw, (size_t)dst_c * hw * f, src + (size_t)src_off * hw,
+                                (size_t)src_c * hw * f, (size_t)c * hw * f, (size_t)n, cudaMemcpyDeviceToDevice,
+                                cx->stream));
+    return ST_OK;
+}
+
+// threshold and scale are computed here, on the host, exactly as the CPU backend computes them.
+int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    if (!(rate >= 0.f && rate < 1.f)) return ERR(ST_INPUT, "dropout: rate %g outside [0, 1)", (double)rate);
+    if (n == 0) return ST_OK;
+    const float scale = 1.0f / (1.0f - rate);
+    dropout_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, key, stream, dropout_threshold(rate), scale,
+                                                                      x, y);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+static int avgpool_args_check(int n, int c, int h, int w, int kh, int kw, int stride, const char *op) {
+    if (n < 0 || c < 1 || kh < 1 || kw < 1 || stride < 1 || kh > h || kw > w)
+        return ERR(ST_INPUT, "%s: window %dx%d (stride %d) on %d x %dx%dx%d", op, kh, kw, stride, n, c, h, w);
+    if ((size_t)n * c * h * w > (size_t)INT32_MAX)
+        return ERR(ST_INPUT, "%s: %d x %dx%dx%d values, more than the CUDA backend's limit", op, n, c, h, w);
+    return ST_OK;
+}
+
+int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x, float *y) {
+    cuda_ctx *cx = (cuda_ctx *)ctx;
+    TRY(avgpool_args_check(n, c, h, w, kh, kw, stride, "avgpool_forward"));
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t total = (size_t)n * c * oh * ow;
+    if (total == 0) return ST_OK;
+    avgpool_fwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
+        x, y, (unsigned)total, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw));
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
+                          float *dx) {
+    cuda_ctx *cx = (cuda_ctx *)ctx;
+    TRY(avgpool_args_check(n, c, h, w, kh, kw, stride, "avgpool_backward"));
+    const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t total = (size_t)n * c * h * w;
+    if (total == 0) return ST_OK;
+    avgpool_bwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
+        dy, dx, (unsigned)total, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw));
+    cudaCheckLaunch();
+    return ST_OK;
+}
