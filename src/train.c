@@ -23,6 +23,7 @@
 #include "model.h"
 #include "optim.h"
 #include "placement.h"
+#include "test_hooks.h"
 #include "trace.h"
 
 volatile sig_atomic_t g_stop_requested = 0;
@@ -54,6 +55,7 @@ typedef struct layer_mark {
 typedef struct trainer {
     const net_config *cfg;
     const train_opts *o;
+    const test_hooks *hooks;    // o->hooks, or all off (never NULL)
     comm *c;
     int rank, world;
     backend be;
@@ -405,10 +407,7 @@ static char *config_text(const net_config *cfg) {
 
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
-    // Test hook (reliability tests): DDP_TEST_SLOW_SAVE=SECONDS holds rank 0 before it writes, as a slow file
-    // system would. Inert unless set.
-    const char *slow = getenv("DDP_TEST_SLOW_SAVE");
-    if (slow) sleep((unsigned)atoi(slow));
+    if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
     float *host = NULL;
     TRY(host_state(t, &host));
     tensor_list *tl = malloc(sizeof *tl);
@@ -738,8 +737,7 @@ static int replicas_check(trainer *t) {
     TRY_ALLOC(host);
     int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
     // Test hook (reliability tests): flip one parameter on one rank to prove the check catches it.
-    const char *corrupt = getenv("DDP_TEST_CORRUPT_RANK");
-    if (corrupt && atoi(corrupt) == t->rank && t->world > 1) host[0] += 1.0f;
+    if (t->hooks->corrupt_rank == t->rank && t->world > 1) host[0] += 1.0f;
     uint64_t h = fnv1a(host, n * sizeof(float));
     free(host);
     TRY(st);
@@ -982,19 +980,12 @@ static int trace_setup(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // One step
 
-// Test hook (reliability tests): DDP_TEST_STALL=RANK:WHERE:SECONDS makes rank RANK sleep, as a stuck peer would,
-// so the others' watchdog must fire. WHERE is a global step (1-based: before that step), `replicas` (before the
-// end-of-epoch replica check's gather) or `end` (after training, before the job's shut-down). Inert unless set.
-static void test_stall_at(const trainer *t, const char *where) {
-    const char *s = getenv("DDP_TEST_STALL");
-    int rank = -1, secs = 0;
-    char at[32] = "";
-    if (!s || sscanf(s, "%d:%31[^:]:%d", &rank, at, &secs) != 3 || rank != t->rank) return;
+// Test hook (reliability tests, src/test_hooks.h): a stuck peer before this step (1-based, as in messages).
+static void test_stall_maybe(const trainer *t) {
     char step[32];
     snprintf(step, sizeof step, "%lld", t->global_step + 1);
-    if (strcmp(at, where ? where : step) == 0) sleep((unsigned)secs);
+    test_hooks_stall(t->hooks, t->rank, step);
 }
-static void test_stall_maybe(const trainer *t) { test_stall_at(t, NULL); }
 
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
 // indices (t->d_batch_idx) and the optimizer's hyper-parameters are written before, by the host.
@@ -1347,7 +1338,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         if ((st = evaluate(t, &test_loss, &test_acc))) break;
         double eval_s = now_s() - ev0;
         if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + eval_s, t->epoch + 1, 0);
-        test_stall_at(t, "replicas");
+        test_hooks_stall(t->hooks, t->rank, "replicas");
         if ((st = replicas_check(t))) break;
         epoch_metrics em = {0};
         em.epoch = t->epoch + 1;
@@ -1494,18 +1485,17 @@ static int backend_setup(trainer *t) {
         threads = want < allowed ? want : allowed;
     }
     int device;
-    TRY(placement_device(ci, cfg->backend, &device));  // node-local rank -> GPU
+    TRY(placement_device(ci, cfg->backend, t->hooks->fake_gpus, &device));  // node-local rank -> GPU
     TRY(backend_create(&t->be, cfg->backend, threads, device));
     // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
     // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
     const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};
     TRY(backend_cuda_set_options(&t->be, &cuda_opt));
-    // Test hook (graph tests): emulate CUDA stream capture on the CPU backend (src/backend_record.h);
-    // DDP_TEST_CPU_GRAPH=refuse makes every capture fail (the fall-back to op-by-op steps).
-    const char *cpu_graph = getenv("DDP_TEST_CPU_GRAPH");
-    if (cpu_graph && !t->be.ops->capture_begin) {
+    // Test aid (graph tests, src/test_hooks.h): emulate CUDA stream capture on the CPU backend
+    // (src/backend_record.h), or refuse every capture (the fall-back to op-by-op steps).
+    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !t->be.ops->capture_begin) {
         TRY(backend_record_wrap(&t->be));
-        if (strcmp(cpu_graph, "refuse") == 0) TRY(backend_record_refuse_captures(&t->be));
+        if (t->hooks->cpu_graph == TEST_CPU_GRAPH_REFUSE) TRY(backend_record_refuse_captures(&t->be));
     }
     t->async_backend = t->be.ops->stream != NULL;
     t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
@@ -1769,7 +1759,9 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     memset(res, 0, sizeof *res);
     trainer *t = calloc(1, sizeof *t);
     TRY_ALLOC(t);
+    static const test_hooks hooks_off = {.stall_rank = -1, .corrupt_rank = -1};
     t->cfg = cfg, t->o = o, t->c = c;
+    t->hooks = o->hooks ? o->hooks : &hooks_off;
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;
     t->overlap = cfg->overlap;
@@ -1827,7 +1819,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         if (!res->params) st = ERR(ST_RUNTIME, "out of host memory");
         else st = t->be.ops->download(t->be.ctx, res->params, t->m.params, t->m.n_params * sizeof(float));
     }
-    test_stall_at(t, "end");
+    test_hooks_stall(t->hooks, t->rank, "end");
     trainer_free(t);
     free(t);
     return st;
