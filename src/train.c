@@ -1,7 +1,7 @@
 // train.c — data-parallel training: per-rank shards of a global permutation, forward/backward on the backend,
 // gradient buckets all-reduced as soon as backward has produced them (overlap), optimizer, evaluation split
 // over ranks, per-epoch metrics and scaling efficiency, checkpoints and exact resume.
-#include "train.h"
+#include "train_impl.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -29,88 +29,6 @@
 volatile sig_atomic_t g_stop_requested = 0;
 
 #define CKPT_FORMAT "ddp-cnn-1"
-
-typedef struct bucket {
-    size_t begin, end;          // float offsets into the gradient buffer
-    int req;                    // comm request while in flight, -1 otherwise
-    double t_launch, t_done;    // host clock: launch, completion seen (comm=mpi)
-    void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
-    void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
-} bucket;
-
-// The host issues at most AHEAD steps beyond the last one the GPU finished. More would only queue work, and a
-// step stuck in an all-reduce must be seen by a bounded wait (mark_wait) before the host blocks elsewhere.
-#define AHEAD 2
-
-// Phase marks of a step (backend marks: host clock on the CPU, events on the GPU compute stream).
-enum { MK_START, MK_DATA, MK_FWD, MK_BWD, MK_WAIT, MK_END, MK_N };
-
-// --trace: a mark before and after each layer's ops (model.c's layer hook).
-// Entries come in pairs (begin, end) per layer, in issue order.
-typedef struct layer_mark {
-    void *mk;
-    int backward, layer;
-} layer_mark;
-
-typedef struct trainer {
-    const net_config *cfg;
-    const train_opts *o;
-    const test_hooks *hooks;    // o->hooks, or all off (never NULL)
-    comm *c;
-    int rank, world;
-    backend be;
-    model m;
-    optim opt;
-    lr_schedule sched;
-    dataset train, test;
-    uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
-    int32_t *d_perm, *d_test_index, *h_perm;
-    int B, G, steps_per_epoch, sample_elems;
-    // buckets
-    bucket *buckets;
-    int n_buckets, next_bucket, use_comm, overlap;
-    int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
-    int cb_status;              // first error raised inside the grad-ready callback
-    // position
-    int epoch, step_in_epoch;
-    long long global_step;
-    double loss_carry, correct_carry;  // partial epoch sums restored from a checkpoint
-    uint64_t data_hash;                // train_data_hash, computed once when a checkpoint needs it
-    int data_hashed;
-    // per-epoch timing accumulators
-    step_times acc;
-    int timed;
-    int async_backend;          // ops run on a GPU stream: reading a step's marks waits for the step
-    int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
-    int marks_on;               // the step being issued records its phase marks
-    void *mk[MK_N], *mk_sync;
-    void *mk_ahead[AHEAD + 1];  // recorded after each step is issued: the host waits for step k-AHEAD
-    // CUDA graph of the step (backend capture/replay)
-    int use_graph, graph_ready;
-    int graph_fell_back;        // the capture failed: steps run op by op (a note said why)
-    long long eager_steps;
-    int32_t *d_batch_idx;       // the step's sample indices (K micro-batches) at a fixed address, where a graph reads them
-    int K;                      // net.accum_steps: micro-batches per optimizer step
-    float *acc_grads;           // K > 1: the sum of the first K - 1 micro-batches' gradients
-    long long launches;         // bucket all-reduces launched this epoch (metrics allreduces_per_step)
-    double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
-    double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
-    double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
-    int ckpt_has_test;
-    double best_acc;            // --keep-best: the best test accuracy so far (have_best: one was seen)
-    int have_best;
-    double *confusion;          // --eval: [true][predicted] counts over the test set; NULL otherwise
-    float *h_logits;            // --eval, --predict: one evaluation batch of logits on the host
-    trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
-    void *mk_origin;            // trace: recorded when the trace's origin was taken
-    double origin_s;
-    layer_mark *lm;             // trace: per-layer marks of the current step
-    int n_lm, cap_lm, in_step;
-} trainer;
-
-// On a GPU the phase split is read from every TIMING_EVERY_ASYNC-th step: reading marks waits for the step to
-// finish, which would otherwise leave the GPU idle between steps. Throughput comes from the wall clock.
-#define TIMING_EVERY_ASYNC 16
 
 // ---------------------------------------------------------------------------------------------------------
 // Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
@@ -759,10 +677,8 @@ static int replicas_check(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // NaN/Inf: name the first layer whose averaged gradients are not finite.
 
-static int drain(trainer *t);
-
 static int divergence_check(trainer *t, int32_t *scratch) {
-    TRY(drain(t));  // the reads below block: wait with the watchdog's bound first
+    TRY(train_drain(t));  // the reads below block: wait with the watchdog's bound first
     const backend_ops *o = t->be.ops;
     int32_t bad = 0;
     TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
@@ -822,162 +738,6 @@ static int no_decay_setup(trainer *t) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Timing: marks in stream order, read back on timed steps
-
-static int mark(trainer *t, int k) { return t->marks_on ? t->be.ops->mark_record(t->be.ctx, t->mk[k]) : ST_OK; }
-
-// Wait until the work before mark mk has finished, bounded by comm_timeout_s: on a GPU a step that never ends
-// is an all-reduce waiting for a peer that stopped (the host-side watchdog cannot see into the stream).
-static int mark_wait(trainer *t, void *mk) {
-    const backend_ops *o = t->be.ops;
-    int done = 0;
-    // A peer that died under a replayed graph shows up first as NCCL's asynchronous error.
-    if (t->use_comm) TRY(comm_check(t->c));
-    TRY(o->mark_query(t->be.ctx, mk, &done));
-    double t0 = now_s();
-    while (!done) {
-        double waited = now_s() - t0;
-        if (t->use_comm) TRY(comm_check(t->c));
-        if (waited > t->cfg->comm_timeout_s)
-            return ERR(ST_COMM, "rank %d (%s): step %lld: the GPU has not finished the step after %.0f s "
-                                "(comm_timeout_s): an all-reduce waiting for a peer that stopped?",
-                       t->rank, g_host, t->global_step + 1, waited);
-        if (waited < 0.005) {
-            sched_yield();  // a step is 0.1-10 ms: spin first, the GPU idles while we sleep
-        } else {
-            struct timespec ts = {0, 1000000};
-            nanosleep(&ts, NULL);
-        }
-        TRY(o->mark_query(t->be.ctx, mk, &done));
-    }
-    return ST_OK;
-}
-
-// Everything issued so far has finished (bounded, as mark_wait), so a blocking read that follows returns at once.
-static int drain(trainer *t) {
-    TRY(t->be.ops->mark_record(t->be.ctx, t->mk_sync));
-    return mark_wait(t, t->mk_sync);
-}
-
-// The device marks of bucket i's last all-reduce: those captured into the graph when the step was replayed,
-// else those of the eager launch (NULL, NULL for comm=mpi: host clock).
-static void bucket_marks(const bucket *b, int replayed, void **m0, void **m1) {
-    *m0 = replayed ? b->g_start : b->m_start;
-    *m1 = replayed ? b->g_end : b->m_end;
-}
-
-// A mark's time on the trace's clock (now_s() at trace set-up plus the device time since).
-static int mark_abs(trainer *t, void *mk, double *out) {
-    double dt = 0;
-    TRY(t->be.ops->mark_elapsed(t->be.ctx, t->mk_origin, mk, &dt));
-    *out = t->origin_s + dt;
-    return ST_OK;
-}
-
-// --trace: the step's phases and layers on the main lane, each bucket's all-reduce on its own lane -- all
-// from marks, so on a GPU they are device time (the comm stream's own events for comm=nccl).
-static int step_trace(trainer *t, int replayed) {
-    trace *tr = t->tr;
-    double ts[MK_N];
-    for (int k = 0; k < MK_N; k++) TRY(mark_abs(t, t->mk[k], &ts[k]));
-    trace_span(tr, TRACE_TID_MAIN, "step", "step", ts[MK_START], ts[MK_END], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "data", "data", ts[MK_START], ts[MK_DATA], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "forward", "forward", ts[MK_DATA], ts[MK_FWD], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "backward", "backward", ts[MK_FWD], ts[MK_BWD], -1, 0);
-    if (t->use_comm) trace_span(tr, TRACE_TID_MAIN, "wait", "allreduce wait", ts[MK_BWD], ts[MK_WAIT], -1, 0);
-    trace_span(tr, TRACE_TID_MAIN, "optimizer", "optimizer", ts[MK_WAIT], ts[MK_END], -1, 0);
-    for (int i = 0; i + 1 < t->n_lm; i += 2) {
-        const layer_mark *a = &t->lm[i];
-        double t0, t1;
-        TRY(mark_abs(t, a->mk, &t0));
-        TRY(mark_abs(t, t->lm[i + 1].mk, &t1));
-        const char *phase = a->backward ? "backward" : "forward";
-        char name[64];
-        snprintf(name, sizeof name, "%s %s", phase, t->m.layers[a->layer].name);
-        trace_span(tr, TRACE_TID_MAIN, phase, name, t0, t1, a->layer, 0);
-    }
-    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
-        const bucket *b = &t->buckets[i];
-        void *m0, *m1;
-        bucket_marks(b, replayed, &m0, &m1);
-        double t0 = b->t_launch, t1 = b->t_done;
-        if (m0) TRY(mark_abs(t, m0, &t0));
-        if (m1) TRY(mark_abs(t, m1, &t1));
-        char name[48];
-        snprintf(name, sizeof name, "allreduce bucket %d", i);
-        trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, t0, t1, i, (long long)((b->end - b->begin) * sizeof(float)));
-    }
-    return ST_OK;
-}
-
-// After a timed step: wait for it, add its phases to the epoch's means (and its spans to the trace).
-static int step_timing(trainer *t, int replayed) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
-    TRY(mark_wait(t, t->mk[MK_END]));
-    double ph[MK_N - 1], comm_s = 0;
-    for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
-    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
-        const bucket *b = &t->buckets[i];
-        void *m0, *m1;
-        bucket_marks(b, replayed, &m0, &m1);
-        double dt = b->t_done - b->t_launch;
-        if (m0 && m1) TRY(o->mark_elapsed(ctx, m0, m1, &dt));
-        comm_s += dt;
-    }
-    step_times *a = &t->acc;
-    a->data_s += ph[MK_START];
-    a->forward_s += ph[MK_DATA];
-    a->backward_s += ph[MK_FWD];
-    a->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0;
-    a->comm_s += comm_s;
-    a->optimizer_s += ph[MK_WAIT];
-    a->step_s += ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
-    if (t->d_sumsq) {  // the step has finished (mark_wait above): this read does not wait
-        double ss = 0;
-        TRY(o->download(ctx, &ss, t->d_sumsq, sizeof ss));
-        t->grad_norm_sum += sqrt(ss);
-    }
-    t->timed++;
-    if (t->tr) TRY(step_trace(t, replayed));
-    return ST_OK;
-}
-
-// --trace: model.c calls this around each layer of a training step.
-static int layer_hook(void *arg, int backward, int layer, int begin) {
-    trainer *t = arg;
-    if (!t->in_step || t->n_lm >= t->cap_lm) return ST_OK;  // evaluation: its own single span
-    layer_mark *x = &t->lm[t->n_lm++];
-    (void)begin;  // begin and end alternate
-    x->backward = backward, x->layer = layer;
-    return t->be.ops->mark_record(t->be.ctx, x->mk);
-}
-
-// Opened on every rank after set-up; the origin is taken right after a barrier so that the ranks' timelines
-// line up when merged, and a mark recorded then ties the device clock to it.
-static int trace_setup(trainer *t) {
-    const backend_ops *o = t->be.ops;
-    trace_name_lane(t->tr, TRACE_TID_MAIN, "compute");
-    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
-        char name[48];
-        snprintf(name, sizeof name, "allreduce bucket %d", i);
-        trace_name_lane(t->tr, TRACE_TID_BUCKET0 + i, name);
-    }
-    t->cap_lm = 4 * t->m.n_layers;  // forward and backward, begin and end
-    t->lm = calloc((size_t)t->cap_lm, sizeof *t->lm);
-    TRY_ALLOC(t->lm);
-    for (int i = 0; i < t->cap_lm; i++) TRY(o->mark_create(t->be.ctx, &t->lm[i].mk));
-    TRY(o->mark_create(t->be.ctx, &t->mk_origin));
-    t->m.layer_hook = layer_hook;
-    t->m.layer_hook_arg = t;
-    TRY(drain(t));  // an idle stream: the origin mark is recorded at (about) origin_s
-    if (t->world > 1) TRY(comm_barrier(t->c));
-    t->origin_s = now_s();
-    trace_set_origin(t->tr, t->origin_s);
-    return o->mark_record(t->be.ctx, t->mk_origin);
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // One step
 
 // Test hook (reliability tests, src/test_hooks.h): a stuck peer before this step (1-based, as in messages).
@@ -992,7 +752,7 @@ static void test_stall_maybe(const trainer *t) {
 static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
-    TRY(mark(t, MK_START));
+    TRY(train_mark(t, MK_START));
     // net.accum_steps: the first K - 1 micro-batches only sum their gradients (no all-reduce: DDP's no_sync);
     // their time counts as the step's data phase.
     const size_t np = t->m.n_params;
@@ -1006,23 +766,23 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     }
     const int32_t *last_idx = t->d_batch_idx + (size_t)(t->K - 1) * t->B;
     TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
-    TRY(mark(t, MK_DATA));
+    TRY(train_mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
-    TRY(mark(t, MK_FWD));
+    TRY(train_mark(t, MK_FWD));
     t->cb_status = ST_OK;
     t->next_bucket = 0;
     TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
     TRY(t->cb_status);
     if (!t->use_comm) TRY(grads_finalize(t, 0, np));  // (with comm each bucket is finalised at its launch)
-    TRY(mark(t, MK_BWD));
+    TRY(train_mark(t, MK_BWD));
     if (t->use_comm) TRY(buckets_finish(t));
-    TRY(mark(t, MK_WAIT));
+    TRY(train_mark(t, MK_WAIT));
     // After the all-reduce: every rank holds the same averaged gradients, so every rank clips alike.
     if (t->cfg->clip_grad_norm > 0)
         TRY(t->be.ops->clip_grad_norm(t->be.ctx, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
     if (check_finite) TRY(divergence_check(t, scratch));
     TRY(optim_apply(&t->opt, t->m.params, t->m.grads));
-    return mark(t, MK_END);
+    return train_mark(t, MK_END);
 }
 
 // Capture one step into the backend's graph. Nothing runs during a capture: the caller replays it next.
@@ -1067,7 +827,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     test_stall_maybe(t);
     if (t->tr) trace_set_step(t->tr, t->global_step);
     void **ahead = &t->mk_ahead[t->global_step % (AHEAD + 1)];  // recorded AHEAD + 1 steps ago, if at all
-    if (t->global_step >= AHEAD + 1) TRY(mark_wait(t, *ahead));
+    if (t->global_step >= AHEAD + 1) TRY(train_mark_wait(t, *ahead));
     // Micro-batch j of step s is the global batch s K + j of the epoch's order: K = 1 is the plain sharding, and
     // K micro-batches of B cover exactly the samples of one batch of K B.
     for (int j = 0; j < t->K; j++) {
@@ -1095,7 +855,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     }
     t->in_step = 0;
     TRY(o->mark_record(ctx, *ahead));
-    if (timed) TRY(step_timing(t, replay));
+    if (timed) TRY(train_step_timing(t, replay));
     return ST_OK;
 }
 
@@ -1153,44 +913,6 @@ static int evaluate(trainer *t, double *loss, double *acc) {
     *loss = t->test.n ? sums[0] / t->test.n : 0;
     *acc = t->test.n ? sums[1] / t->test.n : 0;
     return ST_OK;
-}
-
-// Time left in the run at the pace of this process's steps so far ("3m12s").
-static void eta_text(const trainer *t, long long steps_here, double secs_here, char *out, size_t n) {
-    long long total = (long long)t->cfg->epochs * t->steps_per_epoch;
-    if (t->o->max_steps > 0 && t->o->max_steps < total) total = t->o->max_steps;
-    const long long left = total - t->global_step;
-    if (steps_here <= 0 || secs_here <= 0 || left < 0) {
-        snprintf(out, n, "?");
-        return;
-    }
-    const long s = (long)((double)left * secs_here / (double)steps_here + 0.5);
-    if (s >= 3600) snprintf(out, n, "%ldh%02ldm", s / 3600, s / 60 % 60);
-    else if (s >= 60) snprintf(out, n, "%ldm%02lds", s / 60, s % 60);
-    else snprintf(out, n, "%lds", s);
-}
-
-// On a terminal: a bar redrawn in place. In a log (no terminal: a Slurm job's output): one line every
-// --log-every seconds. Both with the epoch's mean loss so far, images/s and the ETA of the whole run.
-// step: the epoch's step; run: steps run in this epoch by this process (for images/s), in elapsed seconds.
-static void progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
-                          long long steps_here, double secs_here) {
-    const double ips = elapsed > 0 ? (double)run * t->G / elapsed : 0;
-    const double loss = step ? loss_sum / ((double)step * t->B * t->K) : 0.0;
-    char eta[32];
-    eta_text(t, steps_here, secs_here, eta, sizeof eta);
-    if (bar) {
-        int width = 30, done = (int)((double)step / t->steps_per_epoch * width);
-        char b[64];
-        for (int i = 0; i < width; i++) b[i] = i < done ? '#' : '.';
-        b[width] = '\0';
-        printf("\r  epoch %d/%d [%s] %d/%d loss %.4f %.0f img/s ETA %s ", t->epoch + 1, t->cfg->epochs, b, step,
-               t->steps_per_epoch, loss, ips, eta);
-    } else {
-        printf("  step %lld (epoch %d/%d, %d/%d) loss %.4f %.0f img/s ETA %s\n", t->global_step, t->epoch + 1,
-               t->cfg->epochs, step, t->steps_per_epoch, loss, ips, eta);
-    }
-    fflush(stdout);
 }
 
 // Sums over ranks of the epoch's training loss and correct counts (each rank holds its own shard's).
@@ -1273,10 +995,8 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
         if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
         if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
-        memset(&t->acc, 0, sizeof t->acc);
-        t->timed = 0;
+        train_timing_reset(t);
         t->launches = 0;
-        t->grad_norm_sum = 0;
         int first_step = t->step_in_epoch;
         double e0 = now_s(), last_bar = e0;
         int stopped = 0;
@@ -1300,15 +1020,15 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
             if (t->rank == 0 && !g_quiet && every > 0 && now_s() - last_bar > every) {
                 last_bar = now_s();
                 double ls = 0;
-                if ((st = drain(t)) || (st = o->download(ctx, &ls, t->m.loss_acc, sizeof ls))) break;
-                progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step, last_bar - e0,
+                if ((st = train_drain(t)) || (st = o->download(ctx, &ls, t->m.loss_acc, sizeof ls))) break;
+                train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step, last_bar - e0,
                               steps_here, res->train_s + (last_bar - e0));
             }
         }
         if (st) break;
         // Bounded wait for the GPU: a stalled peer's all-reduce must not hang us (nccl joins its stream into
         // the compute stream, so this covers all the step's work).
-        if ((st = drain(t))) break;
+        if ((st = train_drain(t))) break;
         double epoch_s = now_s() - e0;
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
         res->train_s += epoch_s;
@@ -1350,14 +1070,8 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         em.epoch_s = epoch_s, em.eval_s = eval_s;
         em.images_per_s = epoch_s > 0 ? (double)steps_run * t->G / epoch_s : 0;
         em.images_per_s_per_rank = em.images_per_s / t->world;
-        if (t->timed) {
-            step_times *a = &t->acc;
-            double k = 1.0 / t->timed;
-            em.t = (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
-                                a->comm_s * k, a->optimizer_s * k, a->step_s * k};
-        }
+        train_timing_means(t, &em.t, &em.grad_norm);
         em.lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
-        em.grad_norm = t->d_sumsq && t->timed ? t->grad_norm_sum / t->timed : NAN;
         em.world = t->world, em.batch = t->B, em.global_batch = t->G;
         em.n_buckets = t->use_comm ? t->n_buckets : 0;
         em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
@@ -1800,7 +1514,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(o->metrics_path, o->resume_path != NULL, &metrics);
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     st = agree(t, st);  // every rank is here with an agreed status, so this collective is safe
-    if (st == ST_OK && t->tr) st = agree(t, trace_setup(t));
+    if (st == ST_OK && t->tr) st = agree(t, train_trace_setup(t));
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",
