@@ -31,128 +31,6 @@ volatile sig_atomic_t g_stop_requested = 0;
 #define CKPT_FORMAT "ddp-cnn-1"
 
 // ---------------------------------------------------------------------------------------------------------
-// Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
-
-// Gradient accumulation: the last micro-batch's gradients plus the earlier ones' sum, averaged over the K
-// micro-batches -- for [begin, end) of the buffer, just before that slice is all-reduced (or stepped on).
-static int grads_finalize(trainer *t, size_t begin, size_t end) {
-    if (t->K == 1 || end <= begin) return ST_OK;
-    TRY(t->be.ops->add(t->be.ctx, end - begin, t->acc_grads + begin, t->m.grads + begin));
-    return t->be.ops->scale(t->be.ctx, end - begin, 1.0f / (float)t->K, t->m.grads + begin);
-}
-
-static int bucket_launch(trainer *t, int i) {
-    bucket *b = &t->buckets[i];
-    TRY(grads_finalize(t, b->begin, b->end));
-    t->launches++;
-    char label[64];
-    snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
-    b->t_launch = now_s();
-    b->t_done = 0;
-    TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
-    return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
-}
-
-// Move in-flight all-reduces on and note when each completes (for comm_s).
-static void buckets_poll(trainer *t) {
-    if (comm_progress(t->c) != ST_OK && t->cb_status == ST_OK) t->cb_status = err_status();
-    for (int i = 0; i < t->next_bucket; i++) {
-        bucket *b = &t->buckets[i];
-        if (b->req < 0 || b->t_done > 0) continue;
-        int done = 0;
-        if (comm_test(t->c, b->req, &done) != ST_OK) {
-            if (t->cb_status == ST_OK) t->cb_status = err_status();
-            return;
-        }
-        if (done) b->t_done = now_s();
-    }
-}
-
-static void progress_hook(void *arg) { buckets_poll((trainer *)arg); }
-
-static void on_grads_ready(void *arg, size_t ready) {
-    trainer *t = arg;
-    if (t->cb_status != ST_OK) return;
-    while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].end <= ready) {
-        int st = bucket_launch(t, t->next_bucket++);
-        if (st != ST_OK) {
-            t->cb_status = st;
-            return;
-        }
-    }
-    // MPI reduces on the host and advances only when tested. NCCL must not be tested here: its test joins the
-    // compute stream to the all-reduce, which would hold the rest of backward behind it (no overlap).
-    if (t->host_comm) buckets_poll(t);
-}
-
-// Launch what is left, then wait for every bucket (comm=nccl: make the compute stream wait).
-static int buckets_finish(trainer *t) {
-    while (t->next_bucket < t->n_buckets) TRY(bucket_launch(t, t->next_bucket++));
-    for (int i = 0; i < t->n_buckets; i++) {
-        bucket *b = &t->buckets[i];
-        TRY(comm_wait(t->c, b->req));
-        if (b->t_done == 0) b->t_done = now_s();
-        b->req = -1;
-    }
-    t->next_bucket = 0;
-    return ST_OK;
-}
-
-// Buckets close at layer boundaries, as PyTorch DDP never splits a parameter: a bucket is ready as soon as
-// backward has finished its last layer, so a slice of the cap that cut a layer in two would leave the rest of that
-// layer waiting for the next boundary -- for the first layers, the end of backward. Layers (in the buffer's
-// reverse order) are gathered into a bucket while it stays within bucket_kb; a layer larger than the cap is split
-// into equal parts no larger than it, all ready together.
-static int buckets_create(trainer *t) {
-    size_t per = (size_t)t->cfg->bucket_kb * 1024 / sizeof(float);
-    if (per == 0) per = 1;
-    // Each layer's span [begin, end) in the flat buffer, in buffer order (the last layer's first).
-    size_t span_b[CFG_MAX_LAYERS], span_e[CFG_MAX_LAYERS];
-    int n_spans = 0;
-    for (int l = t->m.n_layers - 1; l >= 0; l--) {
-        const model_layer *ly = &t->m.layers[l];
-        if (ly->n_w + ly->n_b == 0) continue;
-        size_t b = ly->w_off < ly->b_off ? ly->w_off : ly->b_off;
-        size_t e = ly->w_off + ly->n_w > ly->b_off + ly->n_b ? ly->w_off + ly->n_w : ly->b_off + ly->n_b;
-        span_b[n_spans] = b, span_e[n_spans] = e, n_spans++;
-    }
-    // Two passes over the same rule: count, then fill.
-    for (int pass = 0; pass < 2; pass++) {
-        int n = 0;
-        size_t open = 0;  // start of the bucket being filled (== the next span's begin when empty)
-        for (int i = 0; i < n_spans; i++) {
-            size_t b = span_b[i], e = span_e[i], size = e - b;
-            if (open < b && (size > per || e - open > per)) {  // close what is open before this layer
-                if (pass) t->buckets[n].begin = open, t->buckets[n].end = b;
-                n++, open = b;
-            }
-            if (size > per) {
-                size_t parts = (size + per - 1) / per;
-                for (size_t k = 0; k < parts; k++) {
-                    if (pass) t->buckets[n].begin = b + size * k / parts, t->buckets[n].end = b + size * (k + 1) / parts;
-                    n++;
-                }
-                open = e;
-            }
-        }
-        if (open < t->m.n_params) {
-            if (pass) t->buckets[n].begin = open, t->buckets[n].end = t->m.n_params;
-            n++;
-        }
-        if (!pass) {
-            if (n > COMM_MAX_REQS)
-                return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
-                           t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS);
-            t->n_buckets = n;
-            t->buckets = calloc((size_t)n, sizeof *t->buckets);
-            TRY_ALLOC(t->buckets);
-        }
-    }
-    for (int i = 0; i < t->n_buckets; i++) t->buckets[i].req = -1;
-    return ST_OK;
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // Set-up
 
 // The test set (or --predict's images) into backend memory, with the identity index evaluation gathers by.
@@ -272,7 +150,7 @@ static void tensors_list(const trainer *t, const float *host, tensor_list *tl) {
     }
 }
 
-static int host_state(const trainer *t, float **out) {
+int train_host_state(const trainer *t, float **out) {
     int n_states = optim_n_state(&t->opt);
     size_t n = t->m.n_params;
     float *host = malloc((size_t)(n_states + 1) * n * sizeof(float));
@@ -291,19 +169,29 @@ static int host_state(const trainer *t, float **out) {
     return ST_OK;
 }
 
-static uint64_t fnv1a(const void *p, size_t n);
+// The inverse of train_host_state: params, then each optimizer state, from `host` into backend memory.
+int train_host_state_upload(trainer *t, const float *host) {
+    const size_t n = t->m.n_params;
+    TRY(t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)));
+    for (int s = 0; s < optim_n_state(&t->opt); s++) {
+        const char *name;
+        TRY(t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
+                              n * sizeof(float)));
+    }
+    return ST_OK;
+}
 
 // What the run trains on, as one number: the training images and labels after train_limit (so another data
 // file, another train_limit or another data format all change it). Resume compares it with the checkpoint's.
-static uint64_t dataset_hash(const dataset *d) {
-    uint64_t h[2] = {fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
-                     fnv1a(d->labels, (size_t)d->n)};
-    return fnv1a(h, sizeof h);
+uint64_t train_dataset_hash(const dataset *d) {
+    uint64_t h[2] = {train_fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
+                     train_fnv1a(d->labels, (size_t)d->n)};
+    return train_fnv1a(h, sizeof h);
 }
 
-static uint64_t train_data_hash(trainer *t) {
+uint64_t train_data_hash(trainer *t) {
     if (!t->data_hashed) {
-        t->data_hash = dataset_hash(&t->train);
+        t->data_hash = train_dataset_hash(&t->train);
         t->data_hashed = 1;
     }
     return t->data_hash;
@@ -327,7 +215,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     if (t->rank != 0) return ST_OK;
     if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
     float *host = NULL;
-    TRY(host_state(t, &host));
+    TRY(train_host_state(t, &host));
     tensor_list *tl = malloc(sizeof *tl);
     if (!tl) {
         free(host);
@@ -495,12 +383,7 @@ static int checkpoint_resume(trainer *t, const char *path) {
         if (st == ST_OK) st = ckpt_require_finite(f, ct->name, ct->data, count);
     }
     if (st) goto done;
-    if ((st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)))) goto done;
-    for (int s = 0; s < n_states && st == ST_OK; s++) {
-        const char *name;
-        st = t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
-                               n * sizeof(float));
-    }
+    if ((st = train_host_state_upload(t, host))) goto done;
     t->epoch = (int)p.epoch;
     t->step_in_epoch = (int)p.step;
     t->global_step = p.gstep;
@@ -630,51 +513,6 @@ static int weights_load(trainer *t, const char *path, const char *exclude, int *
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Replica consistency: every rank hashes its parameters; all hashes must agree.
-
-static uint64_t fnv1a(const void *p, size_t n) {
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
-    return h;
-}
-
-// Every rank must train on the same data: the loaded sets' shapes and a fingerprint of their bytes (the same
-// paths may hold other files on other hosts). Compared like the configuration (comm_agree_text).
-static int data_agree(trainer *t) {
-    const dataset *tr = &t->train, *te = &t->test;
-    char text[256];
-    snprintf(text, sizeof text, "train=%d samples of %dx%dx%d, hash %016" PRIx64 "\ntest=%d samples, hash %016" PRIx64 "\n",
-             tr->n, tr->c, tr->h, tr->w, train_data_hash(t), te->n, dataset_hash(te));
-    return comm_agree_text(t->c, text, "the data");
-}
-
-static int replicas_check(trainer *t) {
-    size_t n = t->m.n_params;
-    float *host = malloc(n * sizeof(float));
-    TRY_ALLOC(host);
-    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
-    // Test hook (reliability tests): flip one parameter on one rank to prove the check catches it.
-    if (t->hooks->corrupt_rank == t->rank && t->world > 1) host[0] += 1.0f;
-    uint64_t h = fnv1a(host, n * sizeof(float));
-    free(host);
-    TRY(st);
-    uint64_t *all = malloc((size_t)t->world * sizeof *all);
-    TRY_ALLOC(all);
-    st = comm_allgather_u64(t->c, h, all);
-    // Every rank sees the same hashes, so a mismatch is collective; a timeout of the gather is not.
-    for (int r = 1; st == ST_OK && r < t->world; r++)
-        if (all[r] != all[0]) {
-            st = ERR(ST_COMM, "replica mismatch after epoch %d: parameters of rank %d (hash %016" PRIx64
-                              ") differ from rank 0 (hash %016" PRIx64 ")",
-                     t->epoch + 1, r, all[r], all[0]);
-            err_mark_collective(0);
-        }
-    free(all);
-    return st;
-}
-
-// ---------------------------------------------------------------------------------------------------------
 // NaN/Inf: name the first layer whose averaged gradients are not finite.
 
 static int divergence_check(trainer *t, int32_t *scratch) {
@@ -771,11 +609,11 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     TRY(train_mark(t, MK_FWD));
     t->cb_status = ST_OK;
     t->next_bucket = 0;
-    TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? on_grads_ready : NULL, t));
+    TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? train_on_grads_ready : NULL, t));
     TRY(t->cb_status);
-    if (!t->use_comm) TRY(grads_finalize(t, 0, np));  // (with comm each bucket is finalised at its launch)
+    if (!t->use_comm) TRY(train_grads_finalize(t, 0, np));  // (with comm each bucket is finalised at its launch)
     TRY(train_mark(t, MK_BWD));
-    if (t->use_comm) TRY(buckets_finish(t));
+    if (t->use_comm) TRY(train_buckets_finish(t));
     TRY(train_mark(t, MK_WAIT));
     // After the all-reduce: every rank holds the same averaged gradients, so every rank clips alike.
     if (t->cfg->clip_grad_norm > 0)
@@ -1059,7 +897,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         double eval_s = now_s() - ev0;
         if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + eval_s, t->epoch + 1, 0);
         test_hooks_stall(t->hooks, t->rank, "replicas");
-        if ((st = replicas_check(t))) break;
+        if ((st = train_replicas_check(t))) break;
         epoch_metrics em = {0};
         em.epoch = t->epoch + 1;
         em.step = t->global_step;
@@ -1234,7 +1072,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
-    TRY(buckets_create(t));
+    TRY(train_buckets_create(t));
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
     if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
@@ -1492,25 +1330,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     baseline bl = {0};
     int metrics = -1;
     int st = agree(t, setup(t, &bl));
-    if (st == ST_OK && t->world > 1) st = data_agree(t);
-    if (st == ST_OK && t->use_comm) {
-        // Every replica starts from rank 0's parameters and optimizer state.
-        st = comm_bind_stream(c, t->be.ops->stream ? t->be.ops->stream(t->be.ctx) : NULL, t->async_backend);
-        size_t n = t->m.n_params;
-        float *host = NULL;
-        if (st == ST_OK) st = host_state(t, &host);
-        if (st == ST_OK) st = comm_bcast(c, host, (size_t)(optim_n_state(&t->opt) + 1) * n * sizeof(float), 0);
-        if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
-        for (int s = 0; st == ST_OK && s < optim_n_state(&t->opt); s++) {
-            const char *name;
-            st = t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
-                                   n * sizeof(float));
-        }
-        free(host);
-        if (st == ST_OK && t->be.ops->set_progress && t->host_comm && t->overlap)
-            t->be.ops->set_progress(t->be.ctx, progress_hook, t);
-        st = agree(t, st);
-    }
+    if (st == ST_OK && t->world > 1) st = train_data_agree(t);
+    if (st == ST_OK && t->use_comm) st = agree(t, train_ddp_start(t));
     if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(o->metrics_path, o->resume_path != NULL, &metrics);
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     st = agree(t, st);  // every rank is here with an agreed status, so this collective is safe

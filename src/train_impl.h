@@ -116,3 +116,23 @@ void train_timing_reset(trainer *t);          // at an epoch's start
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm);
 void train_progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
                          long long steps_here, double secs_here);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_ddp.c
+
+int train_buckets_create(trainer *t);         // buckets closed at layer boundaries, each within bucket_kb
+int train_grads_finalize(trainer *t, size_t begin, size_t end);  // K > 1: sum and average the micro-batches
+void train_on_grads_ready(void *arg, size_t ready);  // model_backward's callback: launch the ready buckets
+int train_buckets_finish(trainer *t);         // launch the rest, wait for all (comm=nccl: the stream waits)
+int train_ddp_start(trainer *t);              // bind the comm to the stream, broadcast rank 0's state
+int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
+int train_replicas_check(trainer *t);         // every rank holds the same parameters (collective)
+uint64_t train_fnv1a(const void *p, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_ckpt.c
+
+int train_host_state(const trainer *t, float **out);     // params, then each optimizer state (malloc'd)
+int train_host_state_upload(trainer *t, const float *host);
+uint64_t train_dataset_hash(const dataset *d);
+uint64_t train_data_hash(trainer *t);         // the training set's, computed once
