@@ -136,3 +136,8 @@ int train_host_state(const trainer *t, float **out);     // params, then each op
 int train_host_state_upload(trainer *t, const float *host);
 uint64_t train_dataset_hash(const dataset *d);
 uint64_t train_data_hash(trainer *t);         // the training set's, computed once
+int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum);  // collective
+int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc);  // --save and its copies (collective)
+int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer state and position
+// Model weights only (--init-from, --eval, --predict); exclude: --init-exclude's list or NULL.
+int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total);
