@@ -141,3 +141,18 @@ int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc);  // --
 int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer state and position
 // Model weights only (--init-from, --eval, --predict); exclude: --init-exclude's list or NULL.
 int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_use.c
+
+int train_use_run(trainer *t, train_result *res);  // --eval or --predict instead of training
+int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forward's test samples, counted
+
+// ---------------------------------------------------------------------------------------------------------
+// train.c
+
+int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
+int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
+int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
+int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
+int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks
