@@ -1,15 +1,12 @@
-// train.c — data-parallel training: per-rank shards of a global permutation, forward/backward on the backend,
-// gradient buckets all-reduced as soon as backward has produced them (overlap), optimizer, evaluation split
-// over ranks, per-epoch metrics and scaling efficiency, checkpoints and exact resume.
+// train.c — data-parallel training: set-up, one step (per-rank shards of a global permutation, forward/backward
+// on the backend, optimizer; issued op by op or replayed from a graph), evaluation split over ranks, the epoch
+// loop with its metrics, and train_run. The rest of the trainer, by concern, is listed in train_impl.h.
 #include "train_impl.h"
 
 #include <errno.h>
-#include <inttypes.h>
 #include <math.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -110,36 +107,6 @@ static int batch_setup(trainer *t) {
     return ST_OK;
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// NaN/Inf: name the first layer whose averaged gradients are not finite.
-
-static int divergence_check(trainer *t, int32_t *scratch) {
-    TRY(train_drain(t));  // the reads below block: wait with the watchdog's bound first
-    const backend_ops *o = t->be.ops;
-    int32_t bad = 0;
-    TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
-    TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
-    if (!bad) return ST_OK;
-    for (int i = t->m.n_layers - 1; i >= 0; i--) {
-        const model_layer *l = &t->m.layers[i];
-        if (!l->n_w) continue;
-        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.grads + l->w_off, scratch));
-        TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
-        if (bad) err_mark_collective(0);  // the gradients are averaged: every rank sees the same
-        if (bad)
-            return ERR(ST_DIVERGED, "training diverged at step %lld (epoch %d): %d non-finite gradient values in "
-                                    "layer '%s' (lower the learning rate)",
-                       t->global_step + 1, t->epoch + 1, bad, l->name);
-    }
-    return ERR(ST_DIVERGED, "training diverged at step %lld: non-finite gradients", t->global_step + 1);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// One step and one epoch
-
-// The learning rate of the step about to be taken (net.schedule; lr_scaling=linear scales its peak).
-static double lr_at(const trainer *t) { return lr_schedule_at(&t->sched, t->global_step); }
-
 static int schedule_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     const double peak = cfg->lr * (cfg->lr_scaling == LR_SCALING_LINEAR ? t->world : 1);
@@ -173,8 +140,154 @@ static int no_decay_setup(trainer *t) {
     return st;
 }
 
+// Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
+// rank returns an error instead of leaving the others waiting in a collective.
+int train_agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
+
+// Evaluation never needs a batch larger than this rank's share of the test set (data_eval_range gives at most
+// ceil(n / world) samples), so eval_batch=30000 with 500 test samples allocates for 500.
+int train_eval_batch_capped(const trainer *t) {
+    int shard = (t->test.n + t->world - 1) / t->world;
+    int eb = t->cfg->eval_batch < shard ? t->cfg->eval_batch : shard;
+    return eb > 0 ? eb : 1;
+}
+
+// Outputs never overwrite one of the run's inputs (same device and inode: links and other spellings of a path
+// included), and never replace an existing file of another kind. --save onto the --resume file is the normal
+// way to continue a run and stays allowed.
+static int outputs_check(const trainer *t) {
+    const train_opts *o = t->o;
+    file_set in = {0};
+    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+    int n_data = config_data_paths(t->cfg, data);
+    file_set_add(&in, t->cfg->path, "config");
+    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
+    file_set_add(&in, o->resume_path, "--resume checkpoint");
+    if (!o->resume_path) file_set_add(&in, o->init_from, "--init-from checkpoint");  // the weights fine-tuned from
+    file_set_add(&in, o->baseline_path, "--baseline file");
+    if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
+    if (o->metrics_path) {
+        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
+        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON Lines metrics file", 1));
+    }
+    if (o->trace_dir) {
+        char path[4096];
+        if (trace_file_path(path, sizeof path, o->trace_dir, t->rank) != 0)
+            return ERR(ST_INPUT, "--trace %s: path too long", o->trace_dir);
+        TRY(output_not_input(path, "--trace", &in, NULL));
+    }
+    return ST_OK;
+}
+
+// The backend with this rank's share of the host's cores (CPU) or its GPU, and the step's timing marks.
+int train_backend_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    const comm_info *ci = comm_get_info(t->c);
+    int threads = cfg->threads;
+    if (strcmp(cfg->backend, "cpu") == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        int share = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
+        if (share < 1) share = 1;
+        // mpirun binds each rank to one core by default for small np: more threads than the rank may run on
+        // would only take turns there, so cap them and say how to give the rank more cores.
+        int allowed = cpus_allowed();
+        int want = threads ? threads : share;
+        if (allowed < want)
+            LOG0("note: each rank may run on %d CPU(s) only (launcher binding), so %d thread(s) per rank instead "
+                 "of %d; mpirun --bind-to none (or --map-by slot:PE=%d) lets a rank use %d cores\n",
+                 allowed, allowed, want, want, want);
+        threads = want < allowed ? want : allowed;
+    }
+    int device;
+    TRY(placement_device(ci, cfg->backend, t->hooks->fake_gpus, &device));  // node-local rank -> GPU
+    TRY(backend_create(&t->be, cfg->backend, threads, device));
+    // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
+    // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
+    const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};
+    TRY(backend_cuda_set_options(&t->be, &cuda_opt));
+    // Test aid (graph tests, src/test_hooks.h): emulate CUDA stream capture on the CPU backend
+    // (src/backend_record.h), or refuse every capture (the fall-back to op-by-op steps).
+    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !t->be.ops->capture_begin) {
+        TRY(backend_record_wrap(&t->be));
+        if (t->hooks->cpu_graph == TEST_CPU_GRAPH_REFUSE) TRY(backend_record_refuse_captures(&t->be));
+    }
+    t->async_backend = t->be.ops->stream != NULL;
+    t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
+    for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
+    TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
+    for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
+    return ST_OK;
+}
+
+static int setup(trainer *t, baseline *bl) {
+    const net_config *cfg = t->cfg;
+    TRY(batch_setup(t));
+    if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
+    TRY(outputs_check(t));
+    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
+    TRY(train_backend_setup(t));
+    TRY(data_setup(t));
+    int eval_local = train_eval_batch_capped(t);
+    int max_batch = t->B > eval_local ? t->B : eval_local;
+    TRY(model_create(&t->m, &t->be, cfg, max_batch));
+    TRY(model_init_params(&t->m, cfg->seed));
+    TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    TRY(no_decay_setup(t));
+    TRY(schedule_setup(t));
+    TRY(train_buckets_create(t));
+    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
+    if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
+    if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
+    // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
+    int graph_ok = t->be.ops->capture_begin != NULL;
+    int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);
+    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
+    if (cfg->cuda_graph && graph_ok && !t->use_graph)
+        LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
+                                                             : "comm=mpi all-reduces run on the host, outside any graph");
+    if (t->o->resume_path) {
+        TRY(train_ckpt_resume(t, t->o->resume_path));
+        if (t->o->init_from)  // --resume-if-exists found its checkpoint: that run was already fine-tuning
+            LOG0("note: --init-from %s not used: resuming from %s\n", t->o->init_from, t->o->resume_path);
+    } else if (t->o->init_from) {
+        int loaded = 0, total = 0;
+        TRY(train_weights_load(t, t->o->init_from, t->o->init_exclude, &loaded, &total));
+        LOG0("init-from %s: %d of the model's %d tensors loaded%s%s (weights only: fresh optimizer state, "
+             "schedule from step 0)\n", t->o->init_from, loaded, total, t->o->init_exclude ? ", excluded: " : "",
+             t->o->init_exclude ? t->o->init_exclude : "");
+    }
+    return ST_OK;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // One step
+
+// The learning rate of the step about to be taken (net.schedule; lr_scaling=linear scales its peak).
+static double lr_at(const trainer *t) { return lr_schedule_at(&t->sched, t->global_step); }
+
+// NaN/Inf: name the first layer whose averaged gradients are not finite.
+
+static int divergence_check(trainer *t, int32_t *scratch) {
+    TRY(train_drain(t));  // the reads below block: wait with the watchdog's bound first
+    const backend_ops *o = t->be.ops;
+    int32_t bad = 0;
+    TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
+    TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+    if (!bad) return ST_OK;
+    for (int i = t->m.n_layers - 1; i >= 0; i--) {
+        const model_layer *l = &t->m.layers[i];
+        if (!l->n_w) continue;
+        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.grads + l->w_off, scratch));
+        TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+        if (bad) err_mark_collective(0);  // the gradients are averaged: every rank sees the same
+        if (bad)
+            return ERR(ST_DIVERGED, "training diverged at step %lld (epoch %d): %d non-finite gradient values in "
+                                    "layer '%s' (lower the learning rate)",
+                       t->global_step + 1, t->epoch + 1, bad, l->name);
+    }
+    return ERR(ST_DIVERGED, "training diverged at step %lld: non-finite gradients", t->global_step + 1);
+}
+
 
 // Test hook (reliability tests, src/test_hooks.h): a stuck peer before this step (1-based, as in messages).
 static void test_stall_maybe(const trainer *t) {
@@ -295,6 +408,9 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     return ST_OK;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Evaluation
+
 // The test loss is a double sum in a fixed order: per sample within a batch (softmax_xent), batch after batch
 // over this rank's range, then over ranks (one all-reduce). So the same checkpoint, eval_batch, world size and
 // backend (CPU: also threads, which fix the GEMMs' order) give the same bits: --eval equals the epoch's figures.
@@ -325,18 +441,8 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
     return ST_OK;
 }
 
-// Sums over ranks of the epoch's training loss and correct counts (each rank holds its own shard's).
-static int epoch_train_sums(trainer *t, double *loss_sum, double *correct_sum) {
-    double s[2];
-    int32_t correct = 0;
-    TRY(t->be.ops->download(t->be.ctx, &s[0], t->m.loss_acc, sizeof(double)));
-    TRY(t->be.ops->download(t->be.ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
-    s[1] = correct;
-    TRY(comm_allreduce_sum_f64(t->c, s, 2));
-    *loss_sum = s[0] + t->loss_carry;
-    *correct_sum = s[1] + t->correct_carry;
-    return ST_OK;
-}
+// ---------------------------------------------------------------------------------------------------------
+// One epoch
 
 // A failure to agree is a communication error (the watchdog's), not a stop request.
 // Ranks agree on a stop only every STOP_CHECK_EVERY global steps: the same steps on every rank (so the
@@ -356,128 +462,191 @@ static int stop_agreed(trainer *t, int *stop) {
     return ST_OK;
 }
 
-static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result *res) {
-    const net_config *cfg = t->cfg;
+// One epoch's figures as they are gathered, for its line, its metrics record and the run's result.
+typedef struct epoch_totals {
+    int steps_run;                 // steps this process ran in the epoch (fewer when resumed mid-epoch)
+    int stopped;                   // the epoch ended early: 1 at --steps, 2 at an agreed stop request
+    double epoch_s, eval_s;        // wall time of the steps (after a bounded drain), of the evaluation
+    double loss_sum, correct_sum;  // over ranks, with the carry of a resumed epoch
+    double test_loss, test_acc;
+} epoch_totals;
+
+// The epoch's sample order on the device, its loss and accuracy sums and its timing zeroed.
+static int epoch_begin(trainer *t) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
+    data_permutation(t->cfg->seed, t->epoch, t->train.n, t->h_perm);
+    TRY(o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(o->zero(ctx, t->m.loss_acc, sizeof(double)));
+    TRY(o->zero(ctx, t->m.correct_acc, 4));
+    train_timing_reset(t);
+    t->launches = 0;
+    return ST_OK;
+}
+
+// The epoch's steps from t->step_in_epoch to its end, or to --steps or an agreed stop (e->stopped), with the
+// progress bar; then a bounded wait for the GPU, so e->epoch_s is the steps' whole time. steps_here: steps this
+// process has run (the ETA's pace), train_s: its training time before this epoch.
+static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long *steps_here, double train_s,
+                       epoch_totals *e) {
+    const int first_step = t->step_in_epoch;
+    double e0 = now_s(), last_bar = e0;
+    while (t->step_in_epoch < t->steps_per_epoch) {
+        if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
+            e->stopped = 1;
+            break;
+        }
+        int stop = 0;
+        TRY(stop_agreed(t, &stop));
+        if (stop) {
+            e->stopped = 2;
+            break;
+        }
+        TRY(train_step(t, scratch, (t->global_step + 1) % check_every == 0));
+        t->step_in_epoch++;
+        t->global_step++;
+        (*steps_here)++;
+        const double every = t->o->progress ? 0.2 : t->o->log_every_s;
+        if (t->rank == 0 && !g_quiet && every > 0 && now_s() - last_bar > every) {
+            last_bar = now_s();
+            double ls = 0;
+            TRY(train_drain(t));
+            TRY(t->be.ops->download(t->be.ctx, &ls, t->m.loss_acc, sizeof ls));
+            train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step,
+                                last_bar - e0, *steps_here, train_s + (last_bar - e0));
+        }
+    }
+    // Bounded wait for the GPU: a stalled peer's all-reduce must not hang us (nccl joins its stream into
+    // the compute stream, so this covers all the step's work).
+    TRY(train_drain(t));
+    e->epoch_s = now_s() - e0;
+    e->steps_run = t->step_in_epoch - first_step;
+    return ST_OK;
+}
+
+// Sums over ranks of the epoch's training loss and correct counts (each rank holds its own shard's). Between
+// the sampled gradient checks (GPU, graph), a diverged epoch still ends here. The sums are all-reduced: every
+// rank sees the same.
+static int epoch_train_sums(trainer *t, epoch_totals *e) {
+    double s[2];
+    int32_t correct = 0;
+    TRY(t->be.ops->download(t->be.ctx, &s[0], t->m.loss_acc, sizeof(double)));
+    TRY(t->be.ops->download(t->be.ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
+    s[1] = correct;
+    TRY(comm_allreduce_sum_f64(t->c, s, 2));
+    e->loss_sum = s[0] + t->loss_carry;
+    e->correct_sum = s[1] + t->correct_carry;
+    if (!isfinite(e->loss_sum)) {
+        int st = ERR(ST_DIVERGED, "training diverged in epoch %d (by step %lld): the training loss is not finite "
+                                  "(lower the learning rate)", t->epoch + 1, t->global_step);
+        err_mark_collective(0);
+        return st;
+    }
+    return ST_OK;
+}
+
+// Stopped mid-epoch: keep the partial sums so a resumed run reports the same epoch figures. A stop request is
+// the run's end (ST_INTERRUPTED), --steps is not.
+static int epoch_stopped(trainer *t, const epoch_totals *e) {
+    if (t->o->save_path) TRY(train_ckpt_save_agreed(t, t->o->save_path, e->loss_sum, e->correct_sum));
+    if (e->stopped == 2) {
+        int st = ERR(ST_INTERRUPTED, "stopped by signal at step %lld%s", t->global_step,
+                     t->o->save_path ? " (checkpoint saved)" : "");
+        err_mark_collective(0);
+        return st;
+    }
+    return ST_OK;
+}
+
+// The test figures (and their span on the trace).
+static int epoch_evaluate(trainer *t, epoch_totals *e) {
+    double ev0 = now_s();
+    if (t->tr) trace_set_step(t->tr, -1);
+    TRY(train_evaluate(t, &e->test_loss, &e->test_acc));
+    e->eval_s = now_s() - ev0;
+    if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + e->eval_s, t->epoch + 1, 0);
+    return ST_OK;
+}
+
+// Every figure of the epoch's line and metrics record (README "Metrics"), in one epoch_metrics.
+static void epoch_figures(const trainer *t, const baseline *bl, const epoch_totals *e, epoch_metrics *em) {
+    const net_config *cfg = t->cfg;
+    *em = (epoch_metrics){0};
+    em->epoch = t->epoch + 1;
+    em->step = t->global_step;
+    double seen = (double)t->steps_per_epoch * t->G;
+    em->train_loss = e->loss_sum / seen;
+    em->train_acc = e->correct_sum / seen;
+    em->test_loss = e->test_loss, em->test_acc = e->test_acc;
+    em->epoch_s = e->epoch_s, em->eval_s = e->eval_s;
+    em->images_per_s = e->epoch_s > 0 ? (double)e->steps_run * t->G / e->epoch_s : 0;
+    em->images_per_s_per_rank = em->images_per_s / t->world;
+    train_timing_means(t, &em->t, &em->grad_norm);
+    em->lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
+    em->world = t->world, em->batch = t->B, em->global_batch = t->G;
+    em->n_buckets = t->use_comm ? t->n_buckets : 0;
+    em->bucket_kb = cfg->bucket_kb, em->overlap = t->overlap, em->scaling = cfg->scaling;
+    em->backend = t->be.ops->name, em->comm = comm_backend_name(t->c);
+    em->cuda_graph = t->use_graph;
+    em->timed_steps = t->timed;
+    em->accum_steps = t->K;
+    em->allreduces_per_step = e->steps_run > 0 ? (double)t->launches / e->steps_run : 0;
+    em->scaling_efficiency = scaling_efficiency(em, bl, &em->efficiency_kind);
+}
+
+// The epoch's line (and with --verbose its step-time breakdown) on rank 0, and its metrics record.
+static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) {
+    LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em->epoch,
+         t->cfg->epochs, em->train_loss, em->train_acc, em->test_loss, em->test_acc, em->epoch_s, em->images_per_s);
+    if (t->o->verbose)
+        LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | %.0f img/s per rank | "
+             "efficiency %.3f (%s)\n",
+             em->t.step_s * 1e3, em->t.forward_s * 1e3, em->t.backward_s * 1e3, em->t.comm_s * 1e3,
+             em->t.exposed_comm_s * 1e3, em->t.optimizer_s * 1e3, em->images_per_s_per_rank, em->scaling_efficiency,
+             em->efficiency_kind);
+    // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
+    if (metrics >= 0 && t->rank == 0) TRY(metrics_write_jsonl(metrics, t->o->metrics_path, em));
+    return ST_OK;
+}
+
+// One epoch after another from the current position: train, sum, evaluate, check the replicas, report, save.
+static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result *res) {
+    const backend_ops *o = t->be.ops;
     int32_t *scratch = NULL;
-    TRY(o->alloc(ctx, (void **)&scratch, sizeof(int32_t)));
+    TRY(o->alloc(t->be.ctx, (void **)&scratch, sizeof(int32_t)));
     int st = ST_OK;
     // The divergence check reads gradients back to the host midway through a step: every step on the CPU
     // (free), every 50 on a GPU or with a graph (those steps run op by op, not from the graph).
     int check_every = t->async_backend || t->use_graph ? 50 : 1;
     long long steps_here = 0;  // steps this process has run (the ETA's pace)
-    for (; t->epoch < cfg->epochs && st == ST_OK; t->epoch++) {
-        data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
-        if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
-        if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
-        train_timing_reset(t);
-        t->launches = 0;
-        int first_step = t->step_in_epoch;
-        double e0 = now_s(), last_bar = e0;
-        int stopped = 0;
-        while (t->step_in_epoch < t->steps_per_epoch) {
-            if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
-                stopped = 1;
-                break;
-            }
-            int stop = 0;
-            if ((st = stop_agreed(t, &stop))) break;
-            if (stop) {
-                stopped = 2;
-                break;
-            }
-            st = train_step(t, scratch, (t->global_step + 1) % check_every == 0);
-            if (st) break;
-            t->step_in_epoch++;
-            t->global_step++;
-            steps_here++;
-            const double every = t->o->progress ? 0.2 : t->o->log_every_s;
-            if (t->rank == 0 && !g_quiet && every > 0 && now_s() - last_bar > every) {
-                last_bar = now_s();
-                double ls = 0;
-                if ((st = train_drain(t)) || (st = o->download(ctx, &ls, t->m.loss_acc, sizeof ls))) break;
-                train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step, last_bar - e0,
-                              steps_here, res->train_s + (last_bar - e0));
-            }
-        }
-        if (st) break;
-        // Bounded wait for the GPU: a stalled peer's all-reduce must not hang us (nccl joins its stream into
-        // the compute stream, so this covers all the step's work).
-        if ((st = train_drain(t))) break;
-        double epoch_s = now_s() - e0;
+    for (; t->epoch < t->cfg->epochs && st == ST_OK; t->epoch++) {
+        epoch_totals e = {0};
+        if ((st = epoch_begin(t))) break;
+        if ((st = epoch_train(t, scratch, check_every, &steps_here, res->train_s, &e))) break;
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
-        res->train_s += epoch_s;
-        double loss_sum, correct_sum;
-        if ((st = epoch_train_sums(t, &loss_sum, &correct_sum))) break;
-        // Between the sampled gradient checks (GPU, graph), a diverged epoch still ends here. The sums are
-        // all-reduced: every rank sees the same.
-        if (!isfinite(loss_sum)) {
-            st = ERR(ST_DIVERGED, "training diverged in epoch %d (by step %lld): the training loss is not finite "
-                                  "(lower the learning rate)", t->epoch + 1, t->global_step);
-            err_mark_collective(0);
+        res->train_s += e.epoch_s;
+        if ((st = epoch_train_sums(t, &e))) break;
+        if (e.stopped) {
+            st = epoch_stopped(t, &e);
             break;
         }
-        if (stopped) {
-            // Mid-epoch: keep the partial sums so a resumed run reports the same epoch figures.
-            if (t->o->save_path) st = train_ckpt_save_agreed(t, t->o->save_path, loss_sum, correct_sum);
-            if (st == ST_OK && stopped == 2) {
-                st = ERR(ST_INTERRUPTED, "stopped by signal at step %lld%s", t->global_step,
-                         t->o->save_path ? " (checkpoint saved)" : "");
-                err_mark_collective(0);
-            }
-            break;
-        }
-        int steps_run = t->step_in_epoch - first_step;
-        double ev0 = now_s(), test_loss = 0, test_acc = 0;
-        if (t->tr) trace_set_step(t->tr, -1);
-        if ((st = train_evaluate(t, &test_loss, &test_acc))) break;
-        double eval_s = now_s() - ev0;
-        if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + eval_s, t->epoch + 1, 0);
+        if ((st = epoch_evaluate(t, &e))) break;
         test_hooks_stall(t->hooks, t->rank, "replicas");
         if ((st = train_replicas_check(t))) break;
-        epoch_metrics em = {0};
-        em.epoch = t->epoch + 1;
-        em.step = t->global_step;
-        double seen = (double)t->steps_per_epoch * t->G;
-        em.train_loss = loss_sum / seen;
-        em.train_acc = correct_sum / seen;
-        em.test_loss = test_loss, em.test_acc = test_acc;
-        em.epoch_s = epoch_s, em.eval_s = eval_s;
-        em.images_per_s = epoch_s > 0 ? (double)steps_run * t->G / epoch_s : 0;
-        em.images_per_s_per_rank = em.images_per_s / t->world;
-        train_timing_means(t, &em.t, &em.grad_norm);
-        em.lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
-        em.world = t->world, em.batch = t->B, em.global_batch = t->G;
-        em.n_buckets = t->use_comm ? t->n_buckets : 0;
-        em.bucket_kb = cfg->bucket_kb, em.overlap = t->overlap, em.scaling = cfg->scaling;
-        em.backend = o->name, em.comm = comm_backend_name(t->c);
-        em.cuda_graph = t->use_graph;
-        em.timed_steps = t->timed;
-        em.accum_steps = t->K;
-        em.allreduces_per_step = steps_run > 0 ? (double)t->launches / steps_run : 0;
-        em.scaling_efficiency = scaling_efficiency(&em, bl, &em.efficiency_kind);
-        LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em.epoch, cfg->epochs,
-             em.train_loss, em.train_acc, em.test_loss, em.test_acc, em.epoch_s, em.images_per_s);
-        if (t->o->verbose)
-            LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | %.0f img/s per rank | "
-                 "efficiency %.3f (%s)\n",
-                 em.t.step_s * 1e3, em.t.forward_s * 1e3, em.t.backward_s * 1e3, em.t.comm_s * 1e3,
-                 em.t.exposed_comm_s * 1e3, em.t.optimizer_s * 1e3, em.images_per_s_per_rank, em.scaling_efficiency,
-                 em.efficiency_kind);
-        // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
-        if (metrics >= 0 && t->rank == 0 && (st = metrics_write_jsonl(metrics, t->o->metrics_path, &em))) break;
+        epoch_metrics em;
+        epoch_figures(t, bl, &e, &em);
+        if ((st = epoch_report(t, metrics, &em))) break;
         res->epochs_done++;
-        res->train_loss = em.train_loss, res->test_loss = test_loss, res->test_acc = test_acc;
+        res->train_loss = em.train_loss, res->test_loss = e.test_loss, res->test_acc = e.test_acc;
         t->step_in_epoch = 0;
         t->loss_carry = t->correct_carry = 0;
         if (t->o->save_path) {
             t->epoch++;  // the checkpoint's position is the start of the next epoch
-            st = train_ckpt_save_epoch(t, test_loss, test_acc);
+            st = train_ckpt_save_epoch(t, e.test_loss, e.test_acc);
             t->epoch--;
         }
     }
-    o->free(ctx, scratch);
+    o->free(t->be.ctx, scratch);
     res->steps = t->global_step;
     return st;
 }
@@ -514,125 +683,6 @@ static void trainer_free(trainer *t) {
     free(t->lm);
     data_free(&t->train);
     data_free(&t->test);
-}
-
-// Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
-// rank returns an error instead of leaving the others waiting in a collective.
-int train_agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
-
-// Evaluation never needs a batch larger than this rank's share of the test set (data_eval_range gives at most
-// ceil(n / world) samples), so eval_batch=30000 with 500 test samples allocates for 500.
-int train_eval_batch_capped(const trainer *t) {
-    int shard = (t->test.n + t->world - 1) / t->world;
-    int eb = t->cfg->eval_batch < shard ? t->cfg->eval_batch : shard;
-    return eb > 0 ? eb : 1;
-}
-
-// Outputs never overwrite one of the run's inputs (same device and inode: links and other spellings of a path
-// included), and never replace an existing file of another kind. --save onto the --resume file is the normal
-// way to continue a run and stays allowed.
-static int outputs_check(const trainer *t) {
-    const train_opts *o = t->o;
-    file_set in = {0};
-    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
-    int n_data = config_data_paths(t->cfg, data);
-    file_set_add(&in, t->cfg->path, "config");
-    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
-    file_set_add(&in, o->resume_path, "--resume checkpoint");
-    if (!o->resume_path) file_set_add(&in, o->init_from, "--init-from checkpoint");  // the weights fine-tuned from
-    file_set_add(&in, o->baseline_path, "--baseline file");
-    if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
-    if (o->metrics_path) {
-        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
-        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON Lines metrics file", 1));
-    }
-    if (o->trace_dir) {
-        char path[4096];
-        if (trace_file_path(path, sizeof path, o->trace_dir, t->rank) != 0)
-            return ERR(ST_INPUT, "--trace %s: path too long", o->trace_dir);
-        TRY(output_not_input(path, "--trace", &in, NULL));
-    }
-    return ST_OK;
-}
-
-// The backend with this rank's share of the host's cores (CPU) or its GPU, and the step's timing marks.
-int train_backend_setup(trainer *t) {
-    const net_config *cfg = t->cfg;
-    const comm_info *ci = comm_get_info(t->c);
-    int threads = cfg->threads;
-    if (strcmp(cfg->backend, "cpu") == 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        int share = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
-        if (share < 1) share = 1;
-        // mpirun binds each rank to one core by default for small np: more threads than the rank may run on
-        // would only take turns there, so cap them and say how to give the rank more cores.
-        int allowed = cpus_allowed();
-        int want = threads ? threads : share;
-        if (allowed < want)
-            LOG0("note: each rank may run on %d CPU(s) only (launcher binding), so %d thread(s) per rank instead "
-                 "of %d; mpirun --bind-to none (or --map-by slot:PE=%d) lets a rank use %d cores\n",
-                 allowed, allowed, want, want, want);
-        threads = want < allowed ? want : allowed;
-    }
-    int device;
-    TRY(placement_device(ci, cfg->backend, t->hooks->fake_gpus, &device));  // node-local rank -> GPU
-    TRY(backend_create(&t->be, cfg->backend, threads, device));
-    // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
-    // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
-    const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};
-    TRY(backend_cuda_set_options(&t->be, &cuda_opt));
-    // Test aid (graph tests, src/test_hooks.h): emulate CUDA stream capture on the CPU backend
-    // (src/backend_record.h), or refuse every capture (the fall-back to op-by-op steps).
-    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !t->be.ops->capture_begin) {
-        TRY(backend_record_wrap(&t->be));
-        if (t->hooks->cpu_graph == TEST_CPU_GRAPH_REFUSE) TRY(backend_record_refuse_captures(&t->be));
-    }
-    t->async_backend = t->be.ops->stream != NULL;
-    t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
-    for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
-    TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
-    for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
-    return ST_OK;
-}
-
-static int setup(trainer *t, baseline *bl) {
-    const net_config *cfg = t->cfg;
-    TRY(batch_setup(t));
-    if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
-    TRY(outputs_check(t));
-    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
-    TRY(train_backend_setup(t));
-    TRY(data_setup(t));
-    int eval_local = train_eval_batch_capped(t);
-    int max_batch = t->B > eval_local ? t->B : eval_local;
-    TRY(model_create(&t->m, &t->be, cfg, max_batch));
-    TRY(model_init_params(&t->m, cfg->seed));
-    TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
-    TRY(no_decay_setup(t));
-    TRY(schedule_setup(t));
-    TRY(train_buckets_create(t));
-    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
-    if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
-    if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
-    // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
-    int graph_ok = t->be.ops->capture_begin != NULL;
-    int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);
-    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
-    if (cfg->cuda_graph && graph_ok && !t->use_graph)
-        LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
-                                                             : "comm=mpi all-reduces run on the host, outside any graph");
-    if (t->o->resume_path) {
-        TRY(train_ckpt_resume(t, t->o->resume_path));
-        if (t->o->init_from)  // --resume-if-exists found its checkpoint: that run was already fine-tuning
-            LOG0("note: --init-from %s not used: resuming from %s\n", t->o->init_from, t->o->resume_path);
-    } else if (t->o->init_from) {
-        int loaded = 0, total = 0;
-        TRY(train_weights_load(t, t->o->init_from, t->o->init_exclude, &loaded, &total));
-        LOG0("init-from %s: %d of the model's %d tensors loaded%s%s (weights only: fresh optimizer state, "
-             "schedule from step 0)\n", t->o->init_from, loaded, total, t->o->init_exclude ? ", excluded: " : "",
-             t->o->init_exclude ? t->o->init_exclude : "");
-    }
-    return ST_OK;
 }
 
 int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res) {
