@@ -15,6 +15,7 @@
 #include "common.h"
 #include "config.h"
 #include "placement.h"
+#include "test_hooks.h"
 #include "train.h"
 
 #define MAX_SETS 64
@@ -408,6 +409,9 @@ int main(int argc, char **argv) {
         return st;
     }
     c.opts.progress = stdout_is_terminal();
+    static test_hooks hooks;  // the DDP_TEST_* variables, read here once (src/test_hooks.h)
+    test_hooks_from_env(&hooks);
+    c.opts.hooks = &hooks;
 
     // Local: the configuration. Its status is agreed on once the ranks can talk.
     static net_config cfg;
@@ -445,7 +449,7 @@ int main(int argc, char **argv) {
     }
     st = agree_config(cm, cfg_st, &cfg, &c.opts);
     if (st == ST_OK && c.print_placement) {
-        st = placement_print(comm_get_info(cm), cfg.backend);
+        st = placement_print(comm_get_info(cm), cfg.backend, hooks.fake_gpus);
         if (st != ST_OK) print_error();
         const int fin = comm_finalize(cm);
         return st != ST_OK ? st : fin;

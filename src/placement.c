@@ -33,16 +33,8 @@ int placement_check_launch(int world) {
     return ST_OK;
 }
 
-// Test aid (README "Reliability", test hooks): GPUs per node; 0 when unset.
-static int fake_gpus(void) {
-    const char *s = getenv("DDP_TEST_FAKE_GPUS");
-    long v;
-    if (!s || parse_int(s, 0, 1 << 16, &v) != 0) return 0;
-    return (int)v;
-}
-
-int placement_device(const comm_info *ci, const char *backend, int *device) {
-    int gpus = fake_gpus();
+int placement_device(const comm_info *ci, const char *backend, int fake_gpus, int *device) {
+    int gpus = fake_gpus;
     *device = -1;
     if (strcmp(backend, "cuda") != 0 && gpus == 0) return ST_OK;
     if (gpus > 0 && ci->local_rank >= gpus)
@@ -53,13 +45,13 @@ int placement_device(const comm_info *ci, const char *backend, int *device) {
     return ST_OK;
 }
 
-int placement_print(const comm_info *ci, const char *backend) {
+int placement_print(const comm_info *ci, const char *backend, int fake_gpus) {
     int device;
-    TRY(placement_device(ci, backend, &device));
+    TRY(placement_device(ci, backend, fake_gpus, &device));
     char dev[32] = "none";
     if (device >= 0) snprintf(dev, sizeof dev, "%d", device);
     printf("placement: host %s rank %d of %d node-local rank %d of %d device %s%s\n", ci->host, ci->rank, ci->world,
-           ci->local_rank, ci->local_world, dev, fake_gpus() ? " (DDP_TEST_FAKE_GPUS)" : "");
+           ci->local_rank, ci->local_world, dev, fake_gpus ? " (DDP_TEST_FAKE_GPUS)" : "");
     fflush(stdout);
     return ST_OK;
 }

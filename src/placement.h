@@ -10,10 +10,10 @@
 int placement_check_launch(int world);
 
 // The GPU a rank drives: its node-local rank (the job scripts start one task per GPU on each node). -1 for the
-// CPU backend. ST_INPUT when a node runs more ranks than it has GPUs, as far as that is known here: the test
-// aid DDP_TEST_FAKE_GPUS=N (GPUs per node, for placement tests on machines without GPUs) fixes the count; else
-// the CUDA backend checks the device exists when it opens it.
-int placement_device(const comm_info *ci, const char *backend, int *device);
+// CPU backend. ST_INPUT when a node runs more ranks than it has GPUs, as far as that is known here: fake_gpus > 0
+// (GPUs per node, the test aid DDP_TEST_FAKE_GPUS of src/test_hooks.h, for placement tests on machines without
+// GPUs) fixes the count; else the CUDA backend checks the device exists when it opens it.
+int placement_device(const comm_info *ci, const char *backend, int fake_gpus, int *device);
 
 // One line on stdout for this rank: host, rank, node-local rank and device (--print-placement).
-int placement_print(const comm_info *ci, const char *backend);
+int placement_print(const comm_info *ci, const char *backend, int fake_gpus);

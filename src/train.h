@@ -27,6 +27,8 @@ typedef struct train_opts {
     int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)
     double log_every_s;         // without the bar (a log file): a progress line every this many seconds (0: none)
     int verbose;                // the step-time breakdown under each epoch line
+    const struct test_hooks *hooks;  // test-only fault hooks and the CPU capture emulation (src/test_hooks.h);
+                                     // NULL: all off. main fills it from the DDP_TEST_* environment.
 } train_opts;
 
 typedef struct train_result {

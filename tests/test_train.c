@@ -9,10 +9,18 @@
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "test_hooks.h"
 #include "test_util.h"
 #include "train.h"
 
 static comm *g_comm;
+
+// The CPU backend's emulation of CUDA stream capture (src/test_hooks.h): run_steps and run_steps_cfg pass
+// g_hooks to the trainer; a test points it at one of these and back to NULL.
+static const test_hooks k_cpu_graph = {.stall_rank = -1, .corrupt_rank = -1, .cpu_graph = TEST_CPU_GRAPH_EMULATE};
+static const test_hooks k_cpu_graph_refuse = {.stall_rank = -1, .corrupt_rank = -1,
+                                              .cpu_graph = TEST_CPU_GRAPH_REFUSE};
+static const test_hooks *g_hooks;
 
 static void tiny_config(net_config *cfg, const char *extra) {
     const char *dir = tu_tmpdir();
@@ -71,7 +79,7 @@ static void test_learns(void **state) {
 static void run_steps(long long steps, const char *save, const char *resume, float **params, size_t *n) {
     static net_config cfg;
     tiny_config(&cfg, "");
-    train_opts o = {.max_steps = steps, .save_path = save, .resume_path = resume, .keep_params = 1};
+    train_opts o = {.max_steps = steps, .save_path = save, .resume_path = resume, .keep_params = 1, .hooks = g_hooks};
     train_result r;
     int st = train_run(&cfg, &o, g_comm, &r);
     if (st != ST_OK) print_message("train_run: %s\n", err_msg());
@@ -94,21 +102,21 @@ static void test_resume_is_bit_identical(void **state) {
     free(full), free(part), free(resumed);
 }
 
-// The CUDA graph path, checked on the CPU: DDP_TEST_CPU_GRAPH wraps the CPU backend in src/backend_record.c,
-// which records the ops of a capture without running them and runs them on replay, as CUDA does. A step that
-// handed the graph a per-step pointer (the batch's indices) or uploaded its hyper-parameters inside the
-// capture would train differently from eager steps (or fail); across epoch boundaries, evaluations and a
-// resume the parameters must stay bit-identical.
+// The CUDA graph path, checked on the CPU: the cpu_graph test hook (DDP_TEST_CPU_GRAPH) wraps the CPU backend in
+// src/backend_record.c, which records the ops of a capture without running them and runs them on replay, as CUDA
+// does. A step that handed the graph a per-step pointer (the batch's indices) or uploaded its hyper-parameters
+// inside the capture would train differently from eager steps (or fail); across epoch boundaries, evaluations and
+// a resume the parameters must stay bit-identical.
 static void test_graph_replay_matches_eager(void **state) {
     (void)state;
     float *eager, *graph, *part, *resumed;
     size_t n1, n2, n3, n4;
     run_steps(40, NULL, NULL, &eager, &n1);
-    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    g_hooks = &k_cpu_graph;
     run_steps(40, NULL, NULL, &graph, &n2);
     run_steps(9, tu_path("gk.safetensors"), NULL, &part, &n3);
     run_steps(40, NULL, tu_path("gk.safetensors"), &resumed, &n4);
-    unsetenv("DDP_TEST_CPU_GRAPH");
+    g_hooks = NULL;
     assert_int_equal(n1, n2);
     assert_memory_equal(eager, graph, n1 * sizeof(float));
     assert_memory_equal(eager, resumed, n1 * sizeof(float));
@@ -120,7 +128,7 @@ static void test_graph_replay_matches_eager(void **state) {
 static void run_steps_cfg(const char *extra, long long steps, const char *metrics, float **params, size_t *n) {
     static net_config cfg;
     tiny_config(&cfg, extra);
-    train_opts o = {.max_steps = steps, .metrics_path = metrics, .keep_params = 1};
+    train_opts o = {.max_steps = steps, .metrics_path = metrics, .keep_params = 1, .hooks = g_hooks};
     train_result r;
     int st = train_run(&cfg, &o, g_comm, &r);
     if (st != ST_OK) print_message("train_run: %s\n", err_msg());
@@ -143,9 +151,9 @@ static void test_graph_capture_failure_falls_back(void **state) {
     float *eager, *fallback;
     size_t n1, n2;
     run_steps(40, NULL, NULL, &eager, &n1);
-    setenv("DDP_TEST_CPU_GRAPH", "refuse", 1);
+    g_hooks = &k_cpu_graph_refuse;
     run_steps_cfg("", 40, tu_path("fb.jsonl"), &fallback, &n2);
-    unsetenv("DDP_TEST_CPU_GRAPH");
+    g_hooks = NULL;
     assert_int_equal(n1, n2);
     assert_memory_equal(eager, fallback, n1 * sizeof(float));
     char line[4096] = "";
@@ -181,9 +189,9 @@ static void test_clip_grad_norm(void **state) {
     run_steps(40, NULL, NULL, &plain, &n1);
     run_steps_cfg("clip_grad_norm=1e6", 40, tu_path("cl.jsonl"), &loose, &n2);
     run_steps_cfg("clip_grad_norm=0.05", 40, tu_path("ct.jsonl"), &tight, &n3);
-    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    g_hooks = &k_cpu_graph;
     run_steps_cfg("clip_grad_norm=0.05", 40, NULL, &tight_graph, &n4);
-    unsetenv("DDP_TEST_CPU_GRAPH");
+    g_hooks = NULL;
     assert_memory_equal(plain, loose, n1 * sizeof(float));
     assert_memory_not_equal(plain, tight, n1 * sizeof(float));
     assert_memory_equal(tight, tight_graph, n1 * sizeof(float));
@@ -207,9 +215,9 @@ static void test_gradient_accumulation(void **state) {
     run_steps_cfg("batch=32\naccum_steps=2\n[parallel]\nforce_allreduce=1\nbucket_kb=4", 40, tu_path("acc.jsonl"),
                   &acc, &n2);
     // (without the all-reduce: a host all-reduce keeps the graph off)
-    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    g_hooks = &k_cpu_graph;
     run_steps_cfg("batch=32\naccum_steps=2", 40, tu_path("accg.jsonl"), &acc_graph, &n3);
-    unsetenv("DDP_TEST_CPU_GRAPH");
+    g_hooks = NULL;
     assert_int_equal(n1, n2);
     double worst = 0;
     for (size_t i = 0; i < n1; i++) {
@@ -236,11 +244,9 @@ static void test_graph_metrics(void **state) {
     (void)state;
     static net_config cfg;
     tiny_config(&cfg, "epochs=1");
-    train_opts o = {.metrics_path = tu_path("g.jsonl")};
+    train_opts o = {.metrics_path = tu_path("g.jsonl"), .hooks = &k_cpu_graph};
     train_result r;
-    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
     int st = train_run(&cfg, &o, g_comm, &r);
-    unsetenv("DDP_TEST_CPU_GRAPH");
     assert_int_equal(st, ST_OK);
     train_result_free(&r);
     char line[4096] = "";
@@ -306,9 +312,8 @@ static void test_divergence_names_step_and_layer(void **state) {
     assert_non_null(strstr(err_msg(), "layer"));
     // With a graph the gradients are checked every 50 steps only (32 steps here): the epoch's loss catches it.
     err_clear();
-    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    o.hooks = &k_cpu_graph;
     int st = train_run(&cfg, &o, g_comm, &r);
-    unsetenv("DDP_TEST_CPU_GRAPH");
     print_message("divergence message (graph): %s\n", err_msg());
     assert_int_equal(st, ST_DIVERGED);
     assert_non_null(strstr(err_msg(), "epoch 1"));

@@ -1,0 +1,47 @@
+// test_hooks.h — the test-only fault hooks and test aids of the trainer, in one place. Every DDP_TEST_*
+// environment variable is listed here and read in one function, test_hooks_from_env, which main calls once at
+// start-up; the result travels to the trainer in train_opts.hooks and to placement as an argument. Library
+// callers (the cmocka tests) fill the struct themselves. All of them are inert unless set.
+#pragma once
+
+// DDP_TEST_CPU_GRAPH: the CPU backend's emulation of CUDA stream capture (src/backend_record.h), so the graph
+// path of the training step runs, and is checked bit for bit against eager steps, without a GPU.
+typedef enum test_cpu_graph {
+    TEST_CPU_GRAPH_OFF = 0,
+    TEST_CPU_GRAPH_EMULATE,     // DDP_TEST_CPU_GRAPH=<anything else>: captures recorded, replays run them
+    TEST_CPU_GRAPH_REFUSE,      // DDP_TEST_CPU_GRAPH=refuse: every capture fails (the fall-back to op by op)
+} test_cpu_graph;
+
+typedef struct test_hooks {
+    // DDP_TEST_STALL=RANK:WHERE:SECONDS: rank RANK sleeps, as a stuck peer would, so the others' watchdog must
+    // fire. WHERE is a global step (1-based: before that step), `replicas` (before the end-of-epoch replica
+    // check's gather) or `end` (after training, before the job's shut-down). stall_rank -1: off.
+    int stall_rank;
+    char stall_at[32];
+    int stall_s;
+    // DDP_TEST_SLOW_SAVE=SECONDS: rank 0 is held this long before it writes a checkpoint, as a slow file system
+    // would. slow_save 0: off.
+    int slow_save;
+    unsigned slow_save_s;
+    // DDP_TEST_CORRUPT_RANK=R: rank R adds 1 to one parameter before the end-of-epoch replica check (np > 1),
+    // to prove the check catches it. -1: off.
+    int corrupt_rank;
+    test_cpu_graph cpu_graph;   // DDP_TEST_CPU_GRAPH (above)
+    // DDP_TEST_FAKE_GPUS=N: GPUs per node for the node-local rank -> device mapping (src/placement.h), so the
+    // placement tests run without GPUs. 0: off.
+    int fake_gpus;
+} test_hooks;
+
+// Not here: DDP_CKPT_CRASH_AFTER_BYTES, the checkpoint writer's crash hook, belongs to the checkpoint library
+// (src/checkpoint.h), which stands alone (test_checkpoint links only it).
+
+// Every hook off.
+void test_hooks_off(test_hooks *h);
+
+// Every hook from its environment variable (each off when unset; a malformed value reads as it always did:
+// atoi for the counts, a STALL that does not parse is off).
+void test_hooks_from_env(test_hooks *h);
+
+// DDP_TEST_STALL: sleep when this is the stalling rank and `where` (a step number as text, `replicas`, `end`)
+// is its place.
+void test_hooks_stall(const test_hooks *h, int rank, const char *where);

@@ -1,0 +1,454 @@
+// train_ckpt.c — the training checkpoint's schema: model tensors under PyTorch names, optimizer state under
+// "optim.<state>.<tensor>", position and provenance (the effective configuration, dataset hashes, the epoch's
+// test figures) in __metadata__; save (rank 0, the others waiting with save_timeout_s), the epoch's copies
+// (--save-every, --keep-best), exact resume, and weights only (--init-from, --eval, --predict).
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "common.h"
+#include "train_impl.h"
+
+#define CKPT_FORMAT "ddp-cnn-1"
+
+// ---------------------------------------------------------------------------------------------------------
+// Checkpoints: model tensors under PyTorch names, optimizer state under "optim.<state>.<tensor>", position
+// and provenance in __metadata__.
+
+typedef struct tensor_list {
+    ckpt_tensor t[3 * 2 * CFG_MAX_LAYERS];
+    char names[3 * 2 * CFG_MAX_LAYERS][96];
+    int n;
+} tensor_list;
+
+// List every tensor (model, then optimizer state) with host pointers into `host` (the flat buffers
+// concatenated: params, then each optimizer state).
+static void tensors_list(const trainer *t, const float *host, tensor_list *tl) {
+    tl->n = 0;
+    int n_states = optim_n_state(&t->opt);
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    for (int s = -1; s < n_states; s++) {
+        const char *state_name = NULL;
+        if (s >= 0) optim_state(&t->opt, s, &state_name);
+        const float *base = host + (size_t)(s + 1) * t->m.n_params;
+        for (int i = 0; i < nt; i++) {
+            const char *lname;
+            int is_bias, ndim;
+            size_t off;
+            int64_t shape[4];
+            model_param_tensor(&t->m, i, &lname, &is_bias, &off, &ndim, shape);
+            char *nm = tl->names[tl->n];
+            if (s < 0) snprintf(nm, 96, "%s.%s", lname, is_bias ? "bias" : "weight");
+            else snprintf(nm, 96, "optim.%s.%s.%s", state_name, lname, is_bias ? "bias" : "weight");
+            ckpt_tensor *ct = &tl->t[tl->n++];
+            ct->name = nm;
+            ct->data = base + off;
+            ct->ndim = ndim;
+            memcpy(ct->shape, shape, sizeof shape);
+        }
+    }
+}
+
+int train_host_state(const trainer *t, float **out) {
+    int n_states = optim_n_state(&t->opt);
+    size_t n = t->m.n_params;
+    float *host = malloc((size_t)(n_states + 1) * n * sizeof(float));
+    TRY_ALLOC(host);
+    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
+    for (int s = 0; s < n_states && st == ST_OK; s++) {
+        const char *name;
+        st = t->be.ops->download(t->be.ctx, host + (size_t)(s + 1) * n, optim_state(&t->opt, s, &name),
+                                 n * sizeof(float));
+    }
+    if (st != ST_OK) {
+        free(host);
+        return st;
+    }
+    *out = host;
+    return ST_OK;
+}
+
+// The inverse of train_host_state: params, then each optimizer state, from `host` into backend memory.
+int train_host_state_upload(trainer *t, const float *host) {
+    const size_t n = t->m.n_params;
+    TRY(t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)));
+    for (int s = 0; s < optim_n_state(&t->opt); s++) {
+        const char *name;
+        TRY(t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
+                              n * sizeof(float)));
+    }
+    return ST_OK;
+}
+
+// What the run trains on, as one number: the training images and labels after train_limit (so another data
+// file, another train_limit or another data format all change it). Resume compares it with the checkpoint's.
+uint64_t train_dataset_hash(const dataset *d) {
+    uint64_t h[2] = {train_fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
+                     train_fnv1a(d->labels, (size_t)d->n)};
+    return train_fnv1a(h, sizeof h);
+}
+
+uint64_t train_data_hash(trainer *t) {
+    if (!t->data_hashed) {
+        t->data_hash = train_dataset_hash(&t->train);
+        t->data_hashed = 1;
+    }
+    return t->data_hash;
+}
+
+// The effective configuration as --print-config writes it (malloc'd), or NULL when out of memory.
+static char *config_text(const net_config *cfg) {
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (!f) return NULL;
+    config_print(cfg, f);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
+    if (t->rank != 0) return ST_OK;
+    if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
+    float *host = NULL;
+    TRY(train_host_state(t, &host));
+    tensor_list *tl = malloc(sizeof *tl);
+    if (!tl) {
+        free(host);
+        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's tensor list");
+    }
+    tensors_list(t, host, tl);
+    char v[16][64];
+    snprintf(v[0], 64, "%d", t->epoch);
+    snprintf(v[1], 64, "%d", t->step_in_epoch);
+    snprintf(v[2], 64, "%lld", t->global_step);
+    snprintf(v[3], 64, "%" PRId64, t->opt.t);
+    snprintf(v[4], 64, "%" PRIu64, (uint64_t)t->cfg->seed);
+    snprintf(v[5], 64, "%d", t->G);
+    snprintf(v[6], 64, "%d", t->world);
+    snprintf(v[7], 64, "%.17g", loss_sum);
+    snprintf(v[8], 64, "%.17g", correct_sum);
+    snprintf(v[9], 64, "%s", optim_name(t->opt.kind));
+    snprintf(v[10], 64, "%d", t->train.n);
+    snprintf(v[11], 64, "%016" PRIx64, train_data_hash(t));
+    snprintf(v[12], 64, "%.17g", t->ckpt_test_loss);
+    snprintf(v[13], 64, "%.17g", t->ckpt_test_acc);
+    snprintf(v[14], 64, "%.17g", t->best_acc);
+    // The effective configuration travels with the weights: --eval, --predict, --init-from and --resume
+    // need no --config (config_load_text reads it back).
+    char *ini = config_text(t->cfg);
+    if (!ini) {
+        free(tl);
+        free(host);
+        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's configuration text");
+    }
+    ckpt_kv meta[20] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
+                        {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
+                        {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
+                        {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path},
+                        {"train_samples", v[10]},    {"train_data_hash", v[11]}, {"config_ini", ini}};
+    int n_meta = 15;
+    if (t->ckpt_has_test) {  // saved at an epoch's end: what that epoch's evaluation printed, exactly
+        meta[n_meta++] = (ckpt_kv){"test_loss", v[12]};
+        meta[n_meta++] = (ckpt_kv){"test_acc", v[13]};
+    }
+    if (t->have_best) meta[n_meta++] = (ckpt_kv){"best_test_acc", v[14]};
+    int st = ckpt_save(path, tl->t, tl->n, meta, n_meta);
+    free(ini);
+    free(tl);
+    free(host);
+    return st;
+}
+
+// Rank 0 writes the checkpoint while the others wait for it at a barrier whose deadline allows for the write
+// (parallel.save_timeout_s: a large checkpoint on a slow file system takes longer than any collective may), and
+// whose timeout says that it was the save. A write that fails on rank 0 is its local error (the job is aborted).
+int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum) {
+    TRY(checkpoint_save(t, path, loss_sum, correct_sum));
+    if (t->world == 1) return ST_OK;
+    char what[CFG_PATH_MAX + 160];
+    snprintf(what, sizeof what, "waiting for rank 0 to write checkpoint '%s'", path);
+    const double timeout_s = fmax(t->cfg->comm_timeout_s, t->cfg->save_timeout_s);
+    return comm_barrier_within(t->c, timeout_s, what);
+}
+
+// Metadata values are strings; each one resume uses is parsed whole and range-checked, naming the key.
+static int meta_int(const ckpt_file *f, const char *key, long long lo, long long hi, long long *out) {
+    const char *s = ckpt_meta(f, key);
+    char *end = NULL;
+    errno = 0;
+    long long v = s ? strtoll(s, &end, 10) : 0;
+    if (!s || *s == '\0' || *end != '\0' || errno != 0 || v < lo || v > hi)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s%s%s, not an integer in [%lld, %lld] (not a ddp-cnn checkpoint?)",
+                   ckpt_path(f), key, s ? "'" : "missing", s ? s : "", s ? "'" : "", lo, hi);
+    *out = v;
+    return ST_OK;
+}
+
+static int meta_double(const ckpt_file *f, const char *key, double lo, double hi, double *out) {
+    const char *s = ckpt_meta(f, key);
+    if (!s || parse_float(s, lo, hi, out) != 0)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s%s%s, not a finite number in [%g, %g]", ckpt_path(f), key,
+                   s ? "'" : "missing", s ? s : "", s ? "'" : "", lo, hi);
+    return ST_OK;
+}
+
+// The checkpoint's own record of what it was trained on must be this run's, or the resumed run would not be
+// the uninterrupted one (README: bit-identical).
+static int meta_same(const ckpt_file *f, const char *key, const char *have, const char *what) {
+    const char *s = ckpt_meta(f, key);
+    if (!s) return ERR(ST_INPUT, "%s: metadata '%s' missing (written by an older ddp-cnn?)", ckpt_path(f), key);
+    if (strcmp(s, have) != 0)
+        return ERR(ST_INPUT, "%s: metadata '%s' is %s, this run has %s (%s; resuming would not continue the same run)",
+                   ckpt_path(f), key, s, have, what);
+    return ST_OK;
+}
+
+typedef struct ckpt_position {
+    long long epoch, step, gstep, ot;
+    double loss_sum, correct_sum;
+} ckpt_position;
+
+static int checkpoint_check_meta(trainer *t, const ckpt_file *f, ckpt_position *p) {
+    const char *path = ckpt_path(f);
+    const char *fmt = ckpt_meta(f, "format");
+    if (!fmt || strcmp(fmt, CKPT_FORMAT) != 0)
+        return ERR(ST_INPUT, "%s: not a ddp-cnn training checkpoint (metadata format is '%s', want '%s')", path,
+                   fmt ? fmt : "", CKPT_FORMAT);
+    long long gb = 0;
+    TRY(meta_int(f, "epoch", 0, 1000000, &p->epoch));
+    TRY(meta_int(f, "step_in_epoch", 0, INT32_MAX, &p->step));
+    TRY(meta_int(f, "global_step", 0, INT64_MAX / 2, &p->gstep));
+    TRY(meta_int(f, "optim_t", 0, INT64_MAX / 2, &p->ot));
+    TRY(meta_int(f, "global_batch", 1, INT32_MAX, &gb));
+    if (gb != t->G)
+        return ERR(ST_INPUT, "%s: trained with global batch %lld, this run has %d (the sample order would differ)",
+                   path, gb, t->G);
+    const char *opt_name = ckpt_meta(f, "optimizer");
+    if (!opt_name || strcmp(opt_name, optim_name(t->opt.kind)) != 0)
+        return ERR(ST_INPUT, "%s: optimizer '%s' differs from the config's", path, opt_name ? opt_name : "");
+    char have[64];
+    snprintf(have, sizeof have, "%" PRIu64, (uint64_t)t->cfg->seed);
+    TRY(meta_same(f, "seed", have, "net.seed / --seed"));
+    snprintf(have, sizeof have, "%d", t->train.n);
+    TRY(meta_same(f, "train_samples", have, "training samples after data.train_limit"));
+    snprintf(have, sizeof have, "%016" PRIx64, train_data_hash(t));
+    TRY(meta_same(f, "train_data_hash", have, "the training data differ: another data file or data.train_limit"));
+    if (p->step >= t->steps_per_epoch)
+        return ERR(ST_INPUT, "%s: step_in_epoch %lld >= %d steps per epoch of this run", path, p->step,
+                   t->steps_per_epoch);
+    // Every epoch runs steps_per_epoch steps and the optimizer counts one per step.
+    if (p->gstep != p->epoch * t->steps_per_epoch + p->step)
+        return ERR(ST_INPUT, "%s: metadata 'global_step' is %lld, but epoch %lld x %d steps + step_in_epoch %lld is %lld",
+                   path, p->gstep, p->epoch, t->steps_per_epoch, p->step, p->epoch * t->steps_per_epoch + p->step);
+    if (p->ot != p->gstep)
+        return ERR(ST_INPUT, "%s: metadata 'optim_t' is %lld, but the optimizer takes one step per global step (%lld)",
+                   path, p->ot, p->gstep);
+    // The partial epoch's sums: a loss sum is >= 0, a count of correct samples at most the samples seen.
+    double seen = (double)p->step * t->G;
+    TRY(meta_double(f, "epoch_loss_sum", 0, p->step ? 1e300 : 0, &p->loss_sum));
+    TRY(meta_double(f, "epoch_correct_sum", 0, seen, &p->correct_sum));
+    if (p->correct_sum != floor(p->correct_sum))
+        return ERR(ST_INPUT, "%s: metadata 'epoch_correct_sum' is %s, not a whole count", path,
+                   ckpt_meta(f, "epoch_correct_sum"));
+    return ST_OK;
+}
+
+int train_ckpt_resume(trainer *t, const char *path) {
+    ckpt_file *f = NULL;
+    TRY(ckpt_load(path, &f));
+    float *host = NULL;
+    tensor_list *tl = NULL;
+    ckpt_position p = {0};
+    int st = checkpoint_check_meta(t, f, &p);
+    if (st) goto done;
+    int n_states = optim_n_state(&t->opt);
+    size_t n = t->m.n_params;
+    host = malloc((size_t)(n_states + 1) * n * sizeof(float));
+    tl = malloc(sizeof *tl);
+    if (!host || !tl) {
+        st = ERR(ST_RUNTIME, "out of host memory for the checkpoint's %zu parameters and optimizer state", n);
+        goto done;
+    }
+    tensors_list(t, host, tl);
+    for (int i = 0; i < tl->n && st == ST_OK; i++) {
+        const ckpt_tensor *ct = &tl->t[i];
+        size_t count = 1;
+        for (int d = 0; d < ct->ndim; d++) count *= (size_t)ct->shape[d];
+        st = ckpt_read_tensor(f, ct->name, ct->ndim, ct->shape, (float *)ct->data);
+        if (st == ST_OK) st = ckpt_require_finite(f, ct->name, ct->data, count);
+    }
+    if (st) goto done;
+    if ((st = train_host_state_upload(t, host))) goto done;
+    t->epoch = (int)p.epoch;
+    t->step_in_epoch = (int)p.step;
+    t->global_step = p.gstep;
+    t->opt.t = p.ot;
+    t->loss_carry = p.loss_sum;
+    t->correct_carry = p.correct_sum;
+    if (ckpt_meta(f, "best_test_acc")) {  // --keep-best: the best so far travels with the run
+        st = meta_double(f, "best_test_acc", 0, 1, &t->best_acc);
+        t->have_best = st == ST_OK;
+    }
+done:
+    free(tl);
+    free(host);
+    ckpt_free(f);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Weights only (--init-from, --eval, --predict): the model's tensors from a checkpoint (ours, or a PyTorch state
+// dict saved as safetensors), no optimizer state, position or schedule.
+
+// Model tensor i: its PyTorch name, layer name, shape and offset in the flat parameter buffer.
+typedef struct tensor_info {
+    char name[96];
+    const char *layer;
+    int ndim;
+    int64_t shape[4];
+    size_t off;
+} tensor_info;
+
+static void model_tensor(const trainer *t, int i, tensor_info *ti) {
+    int is_bias;
+    model_param_tensor(&t->m, i, &ti->layer, &is_bias, &ti->off, &ti->ndim, ti->shape);
+    snprintf(ti->name, sizeof ti->name, "%s.%s", ti->layer, is_bias ? "bias" : "weight");
+}
+
+// Entry [s, s + k) of a comma-separated list is the layer or the tensor.
+static int entry_is(const char *s, size_t k, const char *layer, const char *tensor) {
+    return (strlen(layer) == k && strncmp(s, layer, k) == 0) || (strlen(tensor) == k && strncmp(s, tensor, k) == 0);
+}
+
+static int listed(const char *list, const char *layer, const char *tensor) {
+    for (const char *s = list; s && *s;) {
+        size_t k = strcspn(s, ",");
+        if (entry_is(s, k, layer, tensor)) return 1;
+        s += k + (s[k] == ',');
+    }
+    return 0;
+}
+
+// The model's tensor names, for messages ("conv1.weight, conv1.bias, ..."), cut to fit.
+static void model_tensor_names(const trainer *t, char *buf, size_t n) {
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < nt && used + 1 < n; i++) {
+        tensor_info ti;
+        model_tensor(t, i, &ti);
+        int w = snprintf(buf + used, n - used, "%s%s", i ? ", " : "", ti.name);
+        used = w < 0 ? n : used + (size_t)w;
+    }
+}
+
+// Every entry of --init-exclude names a layer with tensors, or one tensor, of this model.
+static int exclude_check(const trainer *t, const char *list) {
+    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    for (const char *s = list; *s || s == list;) {
+        size_t k = strcspn(s, ",");
+        int found = 0;
+        for (int i = 0; i < nt && !found; i++) {
+            tensor_info ti;
+            model_tensor(t, i, &ti);
+            found = entry_is(s, k, ti.layer, ti.name);
+        }
+        if (!found) {
+            char names[1024];
+            model_tensor_names(t, names, sizeof names);
+            return ERR(ST_INPUT, "--init-exclude: '%.*s' names no layer or tensor of the model of %s (its tensors: %s)",
+                       (int)k, s, t->cfg->path, names);
+        }
+        if (!s[k]) break;
+        s += k + 1;
+    }
+    return ST_OK;
+}
+
+// Every model tensor not excluded must be in the file with the same shape (else ST_INPUT naming the tensor and
+// both shapes); a file holding none of them is "nothing matching". Excluded tensors keep their initial values.
+int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total) {
+    if (exclude) TRY(exclude_check(t, exclude));
+    ckpt_file *f = NULL;
+    TRY(ckpt_load(path, &f));
+    const size_t n = t->m.n_params;
+    const int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    float *host = malloc(n * sizeof(float));
+    int st = host ? t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float))
+                  : ERR(ST_RUNTIME, "out of host memory for %zu parameters", n);
+    int wanted = 0, present = 0;
+    for (int i = 0; i < nt; i++) {
+        tensor_info ti;
+        model_tensor(t, i, &ti);
+        if (listed(exclude, ti.layer, ti.name)) continue;
+        wanted++;
+        present += ckpt_has_tensor(f, ti.name);
+    }
+    char names[1024];
+    if (st == ST_OK && wanted == 0) st = ERR(ST_INPUT, "--init-exclude %s leaves no tensor of the model to load", exclude);
+    if (st == ST_OK && present == 0) {
+        model_tensor_names(t, names, sizeof names);
+        st = ERR(ST_INPUT, "%s: none of the model's tensors (%s) is in this file: nothing matching to load "
+                           "(a checkpoint of another model?)", path, names);
+    }
+    for (int i = 0; i < nt && st == ST_OK; i++) {
+        tensor_info ti;
+        size_t count = 1;
+        model_tensor(t, i, &ti);
+        if (listed(exclude, ti.layer, ti.name)) continue;
+        for (int d = 0; d < ti.ndim; d++) count *= (size_t)ti.shape[d];
+        st = ckpt_read_tensor(f, ti.name, ti.ndim, ti.shape, host + ti.off);
+        if (st == ST_OK) st = ckpt_require_finite(f, ti.name, host + ti.off, count);
+    }
+    if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
+    free(host);
+    ckpt_free(f);
+    *loaded = wanted, *total = nt;
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// At an epoch's end: the --save checkpoint and its copies
+
+// --save-every and --keep-best keep copies beside the --save file: its path without a trailing ".safetensors"
+// (the stem), then the suffix and ".safetensors".
+static int save_copy_path(const char *save, const char *suffix, char *out, size_t n) {
+    const char *ext = ".safetensors";
+    size_t len = strlen(save), el = strlen(ext);
+    size_t stem = len > el && strcmp(save + len - el, ext) == 0 ? len - el : len;
+    int w = snprintf(out, n, "%.*s%s%s", (int)stem, save, suffix, ext);
+    if (w < 0 || (size_t)w >= n) return ERR(ST_INPUT, "--save %s: path too long for its copies", save);
+    return ST_OK;
+}
+
+// At an epoch's end (t->epoch already counts it): the --save checkpoint with the epoch's test figures, then
+// the copies --save-every and --keep-best ask for. Each is a whole checkpoint, written atomically.
+int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc) {
+    const train_opts *o = t->o;
+    t->ckpt_test_loss = test_loss, t->ckpt_test_acc = test_acc, t->ckpt_has_test = 1;
+    const int best = o->keep_best && (!t->have_best || test_acc > t->best_acc);
+    if (best) t->best_acc = test_acc, t->have_best = 1;
+    char path[CFG_PATH_MAX + 64], suffix[32];
+    int st = train_ckpt_save_agreed(t, o->save_path, 0, 0);
+    if (st == ST_OK && o->save_every > 0 && t->epoch % o->save_every == 0) {
+        snprintf(suffix, sizeof suffix, "-e%d", t->epoch);
+        st = save_copy_path(o->save_path, suffix, path, sizeof path);
+        if (st == ST_OK) st = train_ckpt_save_agreed(t, path, 0, 0);
+    }
+    if (st == ST_OK && best) {
+        st = save_copy_path(o->save_path, "-best", path, sizeof path);
+        if (st == ST_OK) st = train_ckpt_save_agreed(t, path, 0, 0);
+        if (st == ST_OK) LOG0("  best test accuracy so far (%.4f): kept as %s\n", test_acc, path);
+    }
+    t->ckpt_has_test = 0;
+    return st;
+}

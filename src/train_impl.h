@@ -1,0 +1,158 @@
+// train_impl.h — private to the trainer's files: the trainer struct and what one of them calls in another.
+//   train.c         set-up, the step (issued or replayed from a graph), evaluation, the epoch loop, train_run
+//   train_ddp.c     data-parallel mechanics: gradient buckets and their all-reduce, the initial broadcast,
+//                   agreement on the data, the replica check
+//   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
+//   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
+//   train_use.c     using a trained model: --eval and --predict
+// Callers of the trainer include train.h only.
+#pragma once
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "comm.h"
+#include "config.h"
+#include "data.h"
+#include "metrics.h"
+#include "model.h"
+#include "optim.h"
+#include "test_hooks.h"
+#include "trace.h"
+#include "train.h"
+
+typedef struct bucket {
+    size_t begin, end;          // float offsets into the gradient buffer
+    int req;                    // comm request while in flight, -1 otherwise
+    double t_launch, t_done;    // host clock: launch, completion seen (comm=mpi)
+    void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
+    void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
+} bucket;
+
+// The host issues at most AHEAD steps beyond the last one the GPU finished. More would only queue work, and a
+// step stuck in an all-reduce must be seen by a bounded wait (train_mark_wait) before the host blocks elsewhere.
+#define AHEAD 2
+
+// Phase marks of a step (backend marks: host clock on the CPU, events on the GPU compute stream).
+enum { MK_START, MK_DATA, MK_FWD, MK_BWD, MK_WAIT, MK_END, MK_N };
+
+// --trace: a mark before and after each layer's ops (model.c's layer hook).
+// Entries come in pairs (begin, end) per layer, in issue order.
+typedef struct layer_mark {
+    void *mk;
+    int backward, layer;
+} layer_mark;
+
+typedef struct trainer {
+    const net_config *cfg;
+    const train_opts *o;
+    const test_hooks *hooks;    // o->hooks, or all off (never NULL)
+    comm *c;
+    int rank, world;
+    backend be;
+    model m;
+    optim opt;
+    lr_schedule sched;
+    dataset train, test;
+    uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
+    int32_t *d_perm, *d_test_index, *h_perm;
+    int B, G, steps_per_epoch, sample_elems;
+    // buckets
+    bucket *buckets;
+    int n_buckets, next_bucket, use_comm, overlap;
+    int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
+    int cb_status;              // first error raised inside the grad-ready callback
+    // position
+    int epoch, step_in_epoch;
+    long long global_step;
+    double loss_carry, correct_carry;  // partial epoch sums restored from a checkpoint
+    uint64_t data_hash;                // train_data_hash, computed once when a checkpoint needs it
+    int data_hashed;
+    // per-epoch timing accumulators
+    step_times acc;
+    int timed;
+    int async_backend;          // ops run on a GPU stream: reading a step's marks waits for the step
+    int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
+    int marks_on;               // the step being issued records its phase marks
+    void *mk[MK_N], *mk_sync;
+    void *mk_ahead[AHEAD + 1];  // recorded after each step is issued: the host waits for step k-AHEAD
+    // CUDA graph of the step (backend capture/replay)
+    int use_graph, graph_ready;
+    int graph_fell_back;        // the capture failed: steps run op by op (a note said why)
+    long long eager_steps;
+    int32_t *d_batch_idx;       // the step's sample indices (K micro-batches) at a fixed address, where a graph reads them
+    int K;                      // net.accum_steps: micro-batches per optimizer step
+    float *acc_grads;           // K > 1: the sum of the first K - 1 micro-batches' gradients
+    long long launches;         // bucket all-reduces launched this epoch (metrics allreduces_per_step)
+    double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
+    double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
+    double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
+    int ckpt_has_test;
+    double best_acc;            // --keep-best: the best test accuracy so far (have_best: one was seen)
+    int have_best;
+    double *confusion;          // --eval: [true][predicted] counts over the test set; NULL otherwise
+    float *h_logits;            // --eval, --predict: one evaluation batch of logits on the host
+    trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
+    void *mk_origin;            // trace: recorded when the trace's origin was taken
+    double origin_s;
+    layer_mark *lm;             // trace: per-layer marks of the current step
+    int n_lm, cap_lm, in_step;
+} trainer;
+
+// On a GPU the phase split is read from every TIMING_EVERY_ASYNC-th step: reading marks waits for the step to
+// finish, which would otherwise leave the GPU idle between steps. Throughput comes from the wall clock.
+#define TIMING_EVERY_ASYNC 16
+
+// ---------------------------------------------------------------------------------------------------------
+// train_timing.c
+
+int train_mark(trainer *t, int k);            // phase mark k of the step being issued (when marks_on)
+int train_mark_wait(trainer *t, void *mk);    // the work before mk has finished, bounded by comm_timeout_s
+int train_drain(trainer *t);                  // everything issued so far has finished (bounded)
+int train_step_timing(trainer *t, int replayed);  // after a timed step: its phases into the epoch's sums
+int train_trace_setup(trainer *t);            // --trace: lanes, layer marks, the origin (collective)
+void train_timing_reset(trainer *t);          // at an epoch's start
+void train_timing_means(const trainer *t, step_times *means, double *grad_norm);
+void train_progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
+                         long long steps_here, double secs_here);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_ddp.c
+
+int train_buckets_create(trainer *t);         // buckets closed at layer boundaries, each within bucket_kb
+int train_grads_finalize(trainer *t, size_t begin, size_t end);  // K > 1: sum and average the micro-batches
+void train_on_grads_ready(void *arg, size_t ready);  // model_backward's callback: launch the ready buckets
+int train_buckets_finish(trainer *t);         // launch the rest, wait for all (comm=nccl: the stream waits)
+int train_ddp_start(trainer *t);              // bind the comm to the stream, broadcast rank 0's state
+int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
+int train_replicas_check(trainer *t);         // every rank holds the same parameters (collective)
+uint64_t train_fnv1a(const void *p, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_ckpt.c
+
+int train_host_state(const trainer *t, float **out);     // params, then each optimizer state (malloc'd)
+int train_host_state_upload(trainer *t, const float *host);
+uint64_t train_dataset_hash(const dataset *d);
+uint64_t train_data_hash(trainer *t);         // the training set's, computed once
+int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum);  // collective
+int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc);  // --save and its copies (collective)
+int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer state and position
+// Model weights only (--init-from, --eval, --predict); exclude: --init-exclude's list or NULL.
+int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_use.c
+
+int train_use_run(trainer *t, train_result *res);  // --eval or --predict instead of training
+int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forward's test samples, counted
+
+// ---------------------------------------------------------------------------------------------------------
+// train.c
+
+int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
+int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
+int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
+int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
+int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks

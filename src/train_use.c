@@ -1,0 +1,252 @@
+// train_use.c — using a trained model: --eval (test loss and accuracy through the training run's own evaluation,
+// per-class accuracy, confusion matrix) and --predict (class probabilities as CSV). No training data, no
+// optimizer: the backend, the test set (or --predict's images), the model and its weights.
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "common.h"
+#include "fileio.h"
+#include "train_impl.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Logits on the host
+
+// The logits of the last forward's n samples on the host (the [dense] before [softmax] holds them).
+static int logits_download(trainer *t, int n) {
+    const model_layer *last = &t->m.layers[t->m.n_layers - 2];
+    return t->be.ops->download(t->be.ctx, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
+}
+
+// The class a row of logits predicts: the first largest, as softmax_xent counts a correct prediction (CPU and
+// CUDA alike), so the confusion matrix's diagonal is the accuracy's count.
+static int logits_argmax(const float *z, int classes) {
+    int best = 0;
+    for (int k = 1; k < classes; k++)
+        if (z[k] > z[best]) best = k;
+    return best;
+}
+
+// --eval: test samples [first, first + n) just went forward; count them as (true class, predicted class).
+int train_confusion_add(trainer *t, int first, int n) {
+    TRY(logits_download(t, n));
+    const int k = t->m.classes;
+    for (int j = 0; j < n; j++) {
+        int truth = t->test.labels[first + j], pred = logits_argmax(t->h_logits + (size_t)j * k, k);
+        t->confusion[(size_t)truth * k + pred] += 1;
+    }
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Set-up, then the same evaluation code as an epoch's end
+
+static int csv_is_head(const unsigned char *head, size_t n) { return n >= 11 && memcmp(head, "index,class", 11) == 0; }
+
+// --out and --metrics never replace an input of this use (the checkpoint, the config, the images or test data)
+// nor an existing file of another kind (src/fileio.h).
+static int use_outputs_check(const trainer *t) {
+    const train_opts *o = t->o;
+    file_set in = {0};
+    file_set_add(&in, t->cfg->path, "config");
+    file_set_add(&in, o->eval_path ? o->eval_path : o->predict_path, "checkpoint");
+    if (o->images_path) file_set_add(&in, o->images_path, "--images file");
+    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+    int n_data = o->eval_path ? config_data_paths(t->cfg, data) : 0;
+    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
+    if (o->metrics_path) {
+        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
+        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON metrics file", 1));
+    }
+    if (o->out_path) {
+        TRY(output_not_input(o->out_path, "--out", &in, NULL));
+        TRY(output_check_kind(o->out_path, "--out", csv_is_head, "a predictions CSV file (header index,class,...)", 0));
+    }
+    return ST_OK;
+}
+
+static int use_data_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    const char *name;
+    if (t->o->predict_path) {
+        name = t->o->images_path;
+        TRY(data_load_images(name, &t->test));
+    } else if (cfg->data_format == DATA_CIFAR10) {
+        char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
+        config_data_paths(cfg, paths);
+        const char *test_p[1] = {paths[5]};
+        name = cfg->cifar_dir;
+        TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
+    } else {
+        name = cfg->test_images;
+        TRY(data_load_idx(cfg->test_images, cfg->test_labels, cfg->classes, cfg->test_limit, &t->test));
+    }
+    const dataset *d = &t->test;
+    if (d->c != cfg->channels || d->h != cfg->height || d->w != cfg->width)
+        return ERR(ST_INPUT, "%s: images are %dx%dx%d (channels x height x width), but the model of %s takes %dx%dx%d",
+                   name, d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
+    return train_test_upload(t);
+}
+
+static int use_setup(trainer *t) {
+    const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
+    TRY(use_outputs_check(t));
+    TRY(train_backend_setup(t));
+    TRY(use_data_setup(t));
+    const int eb = train_eval_batch_capped(t);
+    TRY(model_create(&t->m, &t->be, t->cfg, eb));
+    int loaded = 0, total = 0;
+    TRY(train_weights_load(t, ckpt, NULL, &loaded, &total));
+    t->h_logits = malloc((size_t)eb * t->m.classes * sizeof(float));
+    TRY_ALLOC(t->h_logits);
+    if (t->o->eval_path) {
+        t->confusion = calloc((size_t)t->m.classes * t->m.classes, sizeof *t->confusion);
+        TRY_ALLOC(t->confusion);
+    }
+    return ST_OK;
+}
+
+// What the checkpoint says of the run that wrote it (each "" when absent).
+typedef struct ckpt_origin {
+    char epoch[32], test_loss[64], test_acc[64], world[32];
+} ckpt_origin;
+
+static void ckpt_origin_read(const char *path, ckpt_origin *co) {
+    memset(co, 0, sizeof *co);
+    ckpt_file *f = NULL;
+    if (ckpt_load(path, &f) != ST_OK) {  // loaded once already: only a file changed meanwhile fails here
+        err_clear();
+        return;
+    }
+    const char *keys[4] = {"epoch", "test_loss", "test_acc", "world_size"};
+    char *dst[4] = {co->epoch, co->test_loss, co->test_acc, co->world};
+    size_t size[4] = {sizeof co->epoch, sizeof co->test_loss, sizeof co->test_acc, sizeof co->world};
+    for (int i = 0; i < 4; i++) {
+        const char *v = ckpt_meta(f, keys[i]);
+        if (v && strlen(v) < size[i]) snprintf(dst[i], size[i], "%s", v);
+    }
+    ckpt_free(f);
+}
+
+static void eval_print(const trainer *t, const eval_report *r) {
+    const int k = r->classes;
+    ALWAYS0("eval %s: %d test samples, %d rank(s), eval_batch %d, %s backend\n", r->checkpoint, r->samples, r->world,
+            r->eval_batch, r->backend);
+    ALWAYS0("test loss %.6f acc %.6f\n", r->test_loss, r->test_acc);
+    if (r->train_test_loss)
+        ALWAYS0("the training run printed for epoch %s: test loss %.6f acc %.6f -- %s\n", r->train_epoch,
+                strtod(r->train_test_loss, NULL), strtod(r->train_test_acc, NULL),
+                r->same_as_training ? "identical (every bit)"
+                                    : "different (another eval_batch, world size, thread count, backend or test set?)");
+    ALWAYS0("per-class accuracy (class: accuracy of its samples, count):\n");
+    for (int a = 0; a < k; a++) {
+        double n = 0;
+        for (int b = 0; b < k; b++) n += r->confusion[(size_t)a * k + b];
+        if (n > 0) ALWAYS0("  %3d: %.4f %6.0f\n", a, r->confusion[(size_t)a * k + a] / n, n);
+        else ALWAYS0("  %3d:      - %6.0f\n", a, n);
+    }
+    ALWAYS0("confusion matrix (rows: true class, columns: predicted class):\n     ");
+    for (int b = 0; b < k; b++) ALWAYS0(" %6d", b);
+    ALWAYS0("\n");
+    for (int a = 0; a < k; a++) {
+        ALWAYS0("  %3d", a);
+        for (int b = 0; b < k; b++) ALWAYS0(" %6.0f", r->confusion[(size_t)a * k + b]);
+        ALWAYS0("\n");
+    }
+    (void)t;
+}
+
+static int use_eval(trainer *t, train_result *res) {
+    double loss = 0, acc = 0;
+    TRY(train_evaluate(t, &loss, &acc));
+    ckpt_origin co;
+    ckpt_origin_read(t->o->eval_path, &co);
+    char mine[2][64];
+    snprintf(mine[0], 64, "%.17g", loss);
+    snprintf(mine[1], 64, "%.17g", acc);
+    const int have = co.test_loss[0] && co.test_acc[0];
+    eval_report r = {.checkpoint = t->o->eval_path, .samples = t->test.n, .classes = t->m.classes, .world = t->world,
+                     .eval_batch = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch,
+                     .backend = t->be.ops->name, .test_loss = loss, .test_acc = acc, .confusion = t->confusion,
+                     .train_epoch = co.epoch[0] ? co.epoch : NULL, .train_test_loss = have ? co.test_loss : NULL,
+                     .train_test_acc = have ? co.test_acc : NULL,
+                     .same_as_training = have && strcmp(mine[0], co.test_loss) == 0 && strcmp(mine[1], co.test_acc) == 0};
+    if (t->rank == 0) eval_print(t, &r);
+    if (t->rank == 0 && t->o->metrics_path) TRY(metrics_write_eval(t->o->metrics_path, &r));
+    res->test_loss = loss, res->test_acc = acc;
+    return ST_OK;
+}
+
+// One CSV row per image: index, top class (the first largest logit, as evaluation counts), then the softmax
+// probabilities. The backend's softmax op yields the loss and its gradient, not the probabilities, so they are
+// computed here from the backend's logits, in double, with the same max shift.
+static int predict_rows(trainer *t, FILE *f) {
+    const backend_ops *o = t->be.ops;
+    const int k = t->m.classes, n = t->test.n, eb = t->m.max_batch;
+    fprintf(f, "index,class");
+    for (int c = 0; c < k; c++) fprintf(f, ",p%d", c);
+    fprintf(f, "\n");
+    for (int i = 0; i < n; i += eb) {
+        int cnt = n - i < eb ? n - i : eb;
+        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->m.x,
+                      t->m.labels));
+        TRY(model_forward(&t->m, cnt, 0));
+        TRY(logits_download(t, cnt));
+        for (int j = 0; j < cnt; j++) {
+            const float *z = t->h_logits + (size_t)j * k;
+            const int best = logits_argmax(z, k);
+            double sum = 0;
+            for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
+            fprintf(f, "%d,%d", i + j, best);
+            for (int c = 0; c < k; c++) fprintf(f, ",%.9g", exp((double)z[c] - z[best]) / sum);
+            if (fprintf(f, "\n") < 0) return ERR(ST_RUNTIME, "writing the predictions failed: %s", strerror(errno));
+        }
+    }
+    return ST_OK;
+}
+
+// To --out through a temp file in the same directory and a rename: a failure leaves no partial CSV (and an
+// existing one as it was). Without --out, to stdout (main prints nothing else there).
+static int use_predict(trainer *t) {
+    const char *out = t->o->out_path;
+    if (!out) {
+        TRY(predict_rows(t, stdout));
+        if (fflush(stdout) != 0) return ERR(ST_RUNTIME, "stdout: writing the predictions failed: %s", strerror(errno));
+        return ST_OK;
+    }
+    char tmp[CFG_PATH_MAX + 64];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", out, (int)getpid()) >= (int)sizeof tmp)
+        return ERR(ST_INPUT, "--out %s: path too long", out);
+    unlink(tmp);  // our pid: a leftover of a killed process that had it
+    FILE *f = fopen(tmp, "wx");
+    if (!f) return ERR(ST_INPUT, "--out: cannot create %s: %s", tmp, strerror(errno));
+    int st = predict_rows(t, f);
+    int e = 0;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) e = errno;
+    if (fclose(f) != 0 && !e) e = errno;
+    if (st == ST_OK && e) st = ERR(ST_RUNTIME, "--out %s: cannot write the predictions: %s (nothing written)", out, strerror(e));
+    if (st == ST_OK && rename(tmp, out) != 0)
+        st = ERR(ST_RUNTIME, "--out %s: cannot rename %s into place: %s", out, tmp, strerror(errno));
+    if (st != ST_OK) unlink(tmp);
+    else LOG0("predict %s: %d images of %s -> %s\n", t->o->predict_path, t->test.n, t->o->images_path, out);
+    return st;
+}
+
+int train_use_run(trainer *t, train_result *res) {
+    res->used = 1;
+    if (t->o->predict_path && t->world > 1) {  // every rank sees it: reported once
+        int st = ERR(ST_INPUT, "--predict runs as one process (np 1), this job has %d ranks: run it without mpirun",
+                     t->world);
+        err_mark_collective(0);
+        return st;
+    }
+    int st = train_agree(t, use_setup(t));
+    if (st == ST_OK) st = t->o->eval_path ? use_eval(t, res) : use_predict(t);
+    // One process: its failure is the job's (reported once, no MPI_Abort needed).
+    if (st != ST_OK && t->o->predict_path && !err_collective()) err_mark_collective(0);
+    return st;
+}
