@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "augment.h"
 #include "backend.h"
 #include "backend_cuda.h"
 #include "backend_record.h"
@@ -52,7 +53,8 @@ typedef struct layer_mark {
 } layer_mark;
 
 typedef struct trainer {
-    const net_config *cfg;
+    const net_config *cfg;      // = &cfg_eff
+    net_config cfg_eff;         // the caller's configuration plus what set-up computes (data.mean, data.std)
     const train_opts *o;
     comm *c;
     int rank, world;
@@ -63,6 +65,8 @@ typedef struct trainer {
     dataset train, test;
     uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
     int32_t *d_perm, *d_test_index, *h_perm;
+    gather_aug *d_aug_train, *d_aug_eval;  // [data] augmentation, backend memory (NULL: the plain gather)
+    gather_aug h_aug_train;                // its host copy; the epoch is uploaded before each epoch
     int B, G, steps_per_epoch, sample_elems;
     // buckets
     bucket *buckets;
@@ -235,6 +239,35 @@ static int buckets_create(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // Set-up
 
+// [data] augmentation as gather parameters in backend memory: normalisation for evaluation (and predict), crop,
+// flip and normalisation for training batches. Left NULL when off, so such runs gather exactly as before.
+static int augment_setup(trainer *t, int training) {
+    const backend_ops *o = t->be.ops;
+    gather_aug eval;
+    int active = 0;
+    TRY(augment_params(t->cfg, 0, &eval, &active));
+    if (active) {
+        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_eval, sizeof eval));
+        TRY(o->upload(t->be.ctx, t->d_aug_eval, &eval, sizeof eval));
+    }
+    if (!training) return ST_OK;
+    TRY(augment_params(t->cfg, 1, &t->h_aug_train, &active));
+    if (active) {
+        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_train, sizeof t->h_aug_train));
+        TRY(o->upload(t->be.ctx, t->d_aug_train, &t->h_aug_train, sizeof t->h_aug_train));
+    }
+    return ST_OK;
+}
+
+// The training draws depend on the epoch: written before its first step, outside any capture, where the
+// gather (also a replayed graph's) reads it.
+static int augment_epoch(trainer *t) {
+    if (!t->d_aug_train) return ST_OK;
+    t->h_aug_train.epoch = t->epoch;
+    return t->be.ops->upload(t->be.ctx, (char *)t->d_aug_train + offsetof(gather_aug, epoch), &t->h_aug_train.epoch,
+                             sizeof t->h_aug_train.epoch);
+}
+
 // The test set (or --predict's images) into backend memory, with the identity index evaluation gathers by.
 static int test_upload(trainer *t) {
     const backend_ops *o = t->be.ops;
@@ -278,6 +311,7 @@ static int data_setup(trainer *t) {
             return ERR(ST_INPUT, "%s: samples are %dx%dx%d but %s [net] declares channels=%d height=%d width=%d",
                        names[i], d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
     }
+    TRY(augment_fill_normalize(&t->cfg_eff, &t->train));  // normalize=1 without mean/std: this set's
     t->sample_elems = cfg->channels * cfg->height * cfg->width;
     t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B * t->K, t->world);
     if (t->steps_per_epoch < 1)
@@ -293,6 +327,7 @@ static int data_setup(trainer *t) {
     TRY(o->upload(ctx, t->d_train_x, t->train.images, tx));
     TRY(o->upload(ctx, t->d_train_y, t->train.labels, (size_t)t->train.n));
     TRY(o->alloc(ctx, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(augment_setup(t, 1));
     return test_upload(t);
 }
 
@@ -1007,14 +1042,15 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     const size_t np = t->m.n_params;
     for (int j = 0; j + 1 < t->K; j++) {
         TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx + (size_t)j * t->B, t->B, t->sample_elems,
-                      t->m.x, t->m.labels));
+                      t->d_aug_train, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, t->B, 1));
         TRY(model_backward(&t->m, t->B, NULL, t));
         if (j == 0) TRY(o->copy(ctx, t->acc_grads, t->m.grads, np * sizeof(float)));
         else TRY(o->add(ctx, np, t->m.grads, t->acc_grads));
     }
     const int32_t *last_idx = t->d_batch_idx + (size_t)(t->K - 1) * t->B;
-    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
+    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->d_aug_train, t->m.x,
+                  t->m.labels));
     TRY(mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
     TRY(mark(t, MK_FWD));
@@ -1147,7 +1183,8 @@ static int evaluate(trainer *t, double *loss, double *acc) {
     int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
     for (int i = begin; i < end; i += eb) {
         int n = end - i < eb ? end - i : eb;
-        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->m.x, t->m.labels));
+        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
+                      t->m.labels));
         TRY(model_forward(&t->m, n, 0));
         if (t->confusion) TRY(confusion_add(t, i, n));
     }
@@ -1281,6 +1318,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
     for (; t->epoch < cfg->epochs && st == ST_OK; t->epoch++) {
         data_permutation(cfg->seed, t->epoch, t->train.n, t->h_perm);
         if ((st = o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)))) break;
+        if ((st = augment_epoch(t))) break;
         if ((st = o->zero(ctx, t->m.loss_acc, sizeof(double))) || (st = o->zero(ctx, t->m.correct_acc, 4))) break;
         memset(&t->acc, 0, sizeof t->acc);
         t->timed = 0;
@@ -1417,6 +1455,8 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_batch_idx);
         o->free(ctx, t->d_sumsq);
         o->free(ctx, t->acc_grads);
+        o->free(ctx, t->d_aug_train);
+        o->free(ctx, t->d_aug_eval);
         for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
         o->mark_destroy(ctx, t->mk_sync);
         for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
@@ -1609,8 +1649,10 @@ static int use_data_setup(trainer *t) {
 static int use_setup(trainer *t) {
     const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
     TRY(use_outputs_check(t));
+    TRY(augment_resolve(&t->cfg_eff));  // normalize=1 with a --config that lacks mean/std: the training set's
     TRY(backend_setup(t));
     TRY(use_data_setup(t));
+    TRY(augment_setup(t, 0));
     const int eb = eval_batch_capped(t);
     TRY(model_create(&t->m, &t->be, t->cfg, eb));
     int loaded = 0, total = 0;
@@ -1706,8 +1748,8 @@ static int predict_rows(trainer *t, FILE *f) {
     fprintf(f, "\n");
     for (int i = 0; i < n; i += eb) {
         int cnt = n - i < eb ? n - i : eb;
-        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->m.x,
-                      t->m.labels));
+        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->d_aug_eval,
+                      t->m.x, t->m.labels));
         TRY(model_forward(&t->m, cnt, 0));
         TRY(logits_download(t, cnt));
         for (int j = 0; j < cnt; j++) {
@@ -1769,7 +1811,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     memset(res, 0, sizeof *res);
     trainer *t = calloc(1, sizeof *t);
     TRY_ALLOC(t);
-    t->cfg = cfg, t->o = o, t->c = c;
+    t->cfg_eff = *cfg;
+    t->cfg = &t->cfg_eff, t->o = o, t->c = c;
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;
     t->overlap = cfg->overlap;

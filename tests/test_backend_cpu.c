@@ -588,7 +588,7 @@ static void test_gather(void **state) {
     int32_t index[3] = {3, 0, 3};
     float x[3 * S];
     int32_t y[3];
-    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 3, S, x, y), ST_OK);
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 3, S, NULL, x, y), ST_OK);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(y[i], labels[index[i]]);
         for (int j = 0; j < S; j++) assert_true(x[i * S + j] == (float)images[index[i] * S + j] / 255.0f);

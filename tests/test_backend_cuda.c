@@ -212,8 +212,8 @@ static void test_gather(void **state) {
     for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);  // repeats allowed
     twin ti = twin_make(images, sizeof images), tl = twin_make(labels, sizeof labels), tx = twin_make(index, sizeof index);
     twin x = twin_make(NULL, N * ELEMS * sizeof(float)), y = twin_make(NULL, N * sizeof(int32_t));
-    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, x.c, y.c));
-    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, x.g, y.g));
+    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, NULL, x.c, y.c));
+    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, NULL, x.g, y.g));
     expect_close("gather x", &x, TOL_EXACTISH);
     expect_equal_bytes("gather y", &y);
     twin_free(&ti), twin_free(&tl), twin_free(&tx), twin_free(&x), twin_free(&y);

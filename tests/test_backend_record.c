@@ -401,7 +401,7 @@ static void step_issue(backend *be, step_bufs *s) {
     float *gwc = s->grads, *gbc = gwc + SW_CONV, *gwd = gbc + SB_CONV, *gbd = gwd + SW_DENSE;
     float *dcy = s->cy + SN * SK * SIMG * SIMG, *dpy = s->py + SN * SPOOL, *dlog = s->logits + SN * SCLS;
     OK(o->zero(c, s->grads, SPARAMS * 4));
-    OK(o->gather(c, s->images, s->labels, s->index, SN, SIMG * SIMG, s->x, s->y));
+    OK(o->gather(c, s->images, s->labels, s->index, SN, SIMG * SIMG, NULL, s->x, s->y));
     OK(o->conv_forward(c, &s->conv, s->x, wc, bc, s->cy, s->ws));
     OK(o->pool_forward(c, &s->pool, s->cy, s->py, s->argmax));
     OK(o->dense_forward(c, SN, SPOOL, SCLS, ACT_NONE, s->py, wd, bd, s->logits));
