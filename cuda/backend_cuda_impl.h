@@ -76,7 +76,7 @@ int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float 
 // y = act(y + b[channel]) in place over `total` values laid out [outer, channels, inner] (b may be NULL).
 int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act);
 int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
-                int sample_elems, float *x, int32_t *y);
+                int sample_elems, const gather_aug *aug, float *x, int32_t *y);
 int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
 int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);
 int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,

@@ -285,6 +285,30 @@ __global__ void gather_kernel(const uint8_t *images, const uint8_t *labels, cons
         for (size_t s = tid; s < (size_t)n; s += step) y[s] = labels[index[s]];
 }
 
+// The gather with crop, flip and normalisation fused (src/gather_aug.h), one thread per output value: each
+// evaluates its sample's draw from (seed, epoch, index) -- the same integer math as the CPU loop -- and reads
+// one input byte (0 outside the image), then the channel's table or the division. The epoch is read here, from
+// device memory, so a replayed graph uses the value uploaded before it. Indices fit in 32 bits (size_check).
+__global__ void gather_aug_kernel(const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+                                  int elems, const gather_aug *a, float *x, int32_t *y) {
+    const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
+    const unsigned total = (unsigned)n * (unsigned)elems;
+    const int h = a->h, w = a->w, hw = h * w, normalize = a->normalize;
+    for (unsigned i = tid; i < total; i += step) {
+        const unsigned s = i / (unsigned)elems, j = i - s * (unsigned)elems;
+        const int ch = (int)(j / (unsigned)hw), rem = (int)j - ch * hw, oy = rem / w, ox = rem - oy * w;
+        const int32_t idx = __ldg(&index[s]);
+        const gather_draw d = gather_aug_draw(a, idx);
+        const int sy = oy + d.dy, sx = (d.flip ? w - 1 - ox : ox) + d.dx;
+        const unsigned p = sy >= 0 && sy < h && sx >= 0 && sx < w
+                               ? __ldg(&images[(size_t)idx * elems + (size_t)ch * hw + (size_t)sy * w + sx])
+                               : 0u;
+        x[i] = normalize ? a->lut[ch][p] : __fdiv_rn((float)p, 255.0f);
+    }
+    if (y)
+        for (unsigned s = tid; s < (unsigned)n; s += step) y[s] = labels[index[s]];
+}
+
 __global__ void scale_kernel(size_t n, float alpha, float *x) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         x[i] *= alpha;
@@ -348,11 +372,18 @@ int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels
 }
 
 int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
-                int sample_elems, float *x, int32_t *y) {
+                int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n < 0 || sample_elems <= 0)
         return ERR(ST_INPUT, "gather: bad batch shape (%d samples of %d values)", n, sample_elems);
     if (n == 0) return ST_OK;
+    if (aug) {  // device memory: its shape is the caller's to match (the CPU backend checks it)
+        TRY(size_check((size_t)n * sample_elems, "gather", "the batch"));
+        gather_aug_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(
+            images, labels, index, n, sample_elems, aug, x, y);
+        cudaCheckLaunch();
+        return ST_OK;
+    }
     gather_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(images, labels, index, n,
                                                                                             sample_elems, x, y);
     cudaCheckLaunch();

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gather_aug.h"
+
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2 };  // leaky: slope 0.1 below zero (Darknet's)
 #define ACT_LEAKY_SLOPE 0.1f
 
@@ -83,8 +85,10 @@ typedef struct backend_ops {
 
     // ---- data: x[i] = images[index[i]] / 255 as float (sample_elems values each), y[i] = labels[index[i]].
     // images, labels and index are backend memory (the data set is uploaded once; u8 on the GPU).
+    // aug (nullable) is BACKEND memory: crop, flip and normalisation fused in (src/gather_aug.h), drawn per
+    // (seed, epoch, index[i]); its epoch is read when the op runs, so a captured graph sees each upload of it.
     int (*gather)(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
-                  int sample_elems, float *x, int32_t *y);
+                  int sample_elems, const gather_aug *aug, float *x, int32_t *y);
 
     // ---- convolution with fused bias + activation. conv_prepare fills d->plan (may be NULL for CPU) and
     // reports the workspace this layer needs; the model allocates one workspace sized to the largest need.

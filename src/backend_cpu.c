@@ -275,9 +275,30 @@ typedef struct gather_job {
     const uint8_t *images, *labels;
     const int32_t *index;
     int n, sample_elems;
+    const gather_aug *aug;
     float *x;
     int32_t *y;
 } gather_job;
+
+// One sample through crop, flip and normalisation (src/gather_aug.h): output pixel (y, x) of channel ch reads
+// input (y + dy, x' + dx), x' = w - 1 - x when flipped, 0 outside the image; then the channel's table or / 255.
+static void gather_sample_aug(const gather_aug *a, const uint8_t *src, int64_t index, float *dst) {
+    const gather_draw d = gather_aug_draw(a, index);
+    const int h = a->h, w = a->w;
+    for (int ch = 0; ch < a->c; ch++) {
+        const uint8_t *plane = src + (size_t)ch * h * w;
+        const float *lut = a->normalize ? a->lut[ch] : NULL;
+        for (int y = 0; y < h; y++) {
+            const int sy = y + d.dy;
+            float *row = dst + ((size_t)ch * h + y) * w;
+            for (int x = 0; x < w; x++) {
+                const int sx = (d.flip ? w - 1 - x : x) + d.dx;
+                const uint8_t p = sy >= 0 && sy < h && sx >= 0 && sx < w ? plane[(size_t)sy * w + sx] : 0;
+                row[x] = lut ? lut[p] : (float)p / 255.0f;
+            }
+        }
+    }
+}
 
 static void gather_part(void *arg, int part, int parts) {
     const gather_job *j = arg;
@@ -286,19 +307,24 @@ static void gather_part(void *arg, int part, int parts) {
     for (int64_t i = lo; i < hi; i++) {
         const uint8_t *src = j->images + (size_t)j->index[i] * j->sample_elems;
         float *dst = j->x + (size_t)i * j->sample_elems;
+        if (j->aug) gather_sample_aug(j->aug, src, j->index[i], dst);
         // Division, not a multiply by 1/255: the CUDA backend and the tests expect the exactly rounded value.
-        for (int e = 0; e < j->sample_elems; e++) dst[e] = (float)src[e] / 255.0f;
+        else for (int e = 0; e < j->sample_elems; e++) dst[e] = (float)src[e] / 255.0f;
         j->y[i] = (int32_t)j->labels[j->index[i]];
     }
 }
 
 static int cpu_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
-                      int sample_elems, float *x, int32_t *y) {
+                      int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
     cpu_ctx *c = ctx;
     if (n < 0 || sample_elems < 1) return ERR(ST_INPUT, "gather: n=%d sample_elems=%d", n, sample_elems);
     for (int i = 0; i < n; i++)
         if (index[i] < 0) return ERR(ST_INPUT, "gather: index[%d] = %d is negative", i, index[i]);
-    gather_job j = {images, labels, index, n, sample_elems, x, y};
+    if (aug && ((int64_t)aug->c * aug->h * aug->w != sample_elems || (aug->normalize && aug->c > GATHER_AUG_CHANNELS_MAX) ||
+                aug->crop_pad < 0))
+        return ERR(ST_INPUT, "gather: augmentation for %dx%dx%d samples (crop_pad %d), the batch has %d values per "
+                             "sample", aug->c, aug->h, aug->w, aug->crop_pad, sample_elems);
+    gather_job j = {images, labels, index, n, sample_elems, aug, x, y};
     pool_run(&c->pool, parts_for(c, (double)n * sample_elems, 65536), gather_part, &j);
     return ST_OK;
 }

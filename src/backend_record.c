@@ -47,6 +47,7 @@ typedef struct rec {
             const uint8_t *images, *labels;
             const int32_t *index;
             int n, sample_elems;
+            const gather_aug *aug;
             float *x;
             int32_t *y;
         } gather;
@@ -105,7 +106,7 @@ static int rec_run(const backend *be, const rec *r) {
     case OP_ZERO: return o->zero(x, r->u.zero.ptr, r->u.zero.bytes);
     case OP_GATHER: {
         const struct gather_args *a = &r->u.gather;
-        return o->gather(x, a->images, a->labels, a->index, a->n, a->sample_elems, a->x, a->y);
+        return o->gather(x, a->images, a->labels, a->index, a->n, a->sample_elems, a->aug, a->x, a->y);
     }
     case OP_CONV_FWD: {
         const struct conv_fwd_args *a = &r->u.conv_fwd;
@@ -214,8 +215,8 @@ static int r_copy(void *ctx, void *dst, const void *src, size_t bytes) { return 
 static int r_zero(void *ctx, void *ptr, size_t bytes) { return ISSUE(OP_ZERO, zero, ptr, bytes); }
 
 static int r_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
-                    int sample_elems, float *x, int32_t *y) {
-    return ISSUE(OP_GATHER, gather, images, labels, index, n, sample_elems, x, y);
+                    int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
+    return ISSUE(OP_GATHER, gather, images, labels, index, n, sample_elems, aug, x, y);
 }
 
 static int r_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,

@@ -77,6 +77,11 @@ static const key_def g_keys[] = {
     {S_DATA, "cifar_dir", K_STR, OFF(cifar_dir), SZ(cifar_dir), 0, 0, NULL, 0},
     {S_DATA, "train_limit", K_INT, OFF(train_limit), 0, 0, 1 << 30, NULL, 0},
     {S_DATA, "test_limit", K_INT, OFF(test_limit), 0, 0, 1 << 30, NULL, 0},
+    {S_DATA, "crop_pad", K_INT, OFF(crop_pad), 0, 0, 16383, NULL, 0},
+    {S_DATA, "flip", K_INT, OFF(flip), 0, 0, 1, NULL, 0},
+    {S_DATA, "normalize", K_INT, OFF(normalize), 0, 0, 1, NULL, 0},
+    {S_DATA, "mean", K_STR, OFF(mean), SZ(mean), 0, 0, NULL, 0},
+    {S_DATA, "std", K_STR, OFF(std), SZ(std), 0, 0, NULL, 0},
     {S_PARALLEL, "comm", K_STR, OFF(comm), SZ(comm), 0, 0, "mpi|nccl", 0},
     {S_PARALLEL, "bucket_kb", K_INT, OFF(bucket_kb), 0, 1, 1 << 20, NULL, 0},
     {S_PARALLEL, "overlap", K_INT, OFF(overlap), 0, 0, 1, NULL, 0},
@@ -662,12 +667,76 @@ static int validate_layers(const net_config *cfg) {
     return ST_OK;
 }
 
+// One comma-separated list of data.mean or data.std: exactly `want` finite numbers (std: each > 0).
+static int norm_list(const net_config *cfg, const char *key, const char *text, int want, double *out) {
+    int n = 0;
+    for (const char *s = text; *s;) {
+        size_t len = strcspn(s, ",");
+        char num[64];
+        double v;
+        const int is_std = strcmp(key, "std") == 0;
+        if (len == 0 || len >= sizeof num)
+            return ERR(ST_INPUT, "%s: [data] %s='%s': want %d comma-separated number(s), one per channel", cfg->path,
+                       key, text, want);
+        memcpy(num, s, len), num[len] = '\0';
+        if (parse_float(num, -1e30, 1e30, &v))
+            return ERR(ST_INPUT, "%s: [data] %s: '%s' is not a number", cfg->path, key, num);
+        if (is_std && !(v > 0))
+            return ERR(ST_INPUT, "%s: [data] std: %s (channel %d) must be > 0", cfg->path, num, n);
+        if (n == want)
+            return ERR(ST_INPUT, "%s: [data] %s='%s' has more than %d value(s): net.channels=%d wants one per channel",
+                       cfg->path, key, text, want, cfg->channels);
+        out[n++] = v;
+        s += len;
+        if (*s == ',' && !*++s)
+            return ERR(ST_INPUT, "%s: [data] %s='%s' ends with a comma", cfg->path, key, text);
+    }
+    if (n != want)
+        return ERR(ST_INPUT, "%s: [data] %s='%s' has %d value(s): net.channels=%d wants one per channel", cfg->path,
+                   key, text, n, cfg->channels);
+    return ST_OK;
+}
+
+int config_norm_values(const net_config *cfg, double *mean, double *std, int *n) {
+    *n = 0;
+    const char *p = cfg->path;
+    if (!cfg->mean[0] && !cfg->std[0]) return ST_OK;
+    if (!cfg->mean[0] || !cfg->std[0])
+        return ERR(ST_INPUT, "%s: [data] %s is given without %s: give both (one value per channel) or neither", p,
+                   cfg->mean[0] ? "mean" : "std", cfg->mean[0] ? "std" : "mean");
+    if (cfg->channels > CFG_NORM_CHANNELS_MAX)
+        return ERR(ST_INPUT, "%s: [data] mean/std: at most %d channels (net.channels=%d)", p, CFG_NORM_CHANNELS_MAX,
+                   cfg->channels);
+    TRY(norm_list(cfg, "mean", cfg->mean, cfg->channels, mean));
+    TRY(norm_list(cfg, "std", cfg->std, cfg->channels, std));
+    *n = cfg->channels;
+    return ST_OK;
+}
+
+// [data] augmentation: a crop within the image, mean/std only with normalize=1 and one per channel.
+static int validate_augment(const net_config *cfg) {
+    const char *p = cfg->path;
+    if (cfg->crop_pad >= cfg->height || cfg->crop_pad >= cfg->width)
+        return ERR(ST_INPUT, "%s: [data] crop_pad=%d must be smaller than the image (%dx%d)", p, cfg->crop_pad,
+                   cfg->height, cfg->width);
+    if (cfg->normalize && cfg->channels > CFG_NORM_CHANNELS_MAX)
+        return ERR(ST_INPUT, "%s: [data] normalize=1: at most %d channels (net.channels=%d)", p,
+                   CFG_NORM_CHANNELS_MAX, cfg->channels);
+    if (!cfg->normalize && (cfg->mean[0] || cfg->std[0]))
+        return ERR(ST_INPUT, "%s: [data] %s is given but normalize=0 (set normalize=1 to use it)", p,
+                   cfg->mean[0] ? "mean" : "std");
+    double mean[CFG_NORM_CHANNELS_MAX], std[CFG_NORM_CHANNELS_MAX];
+    int n;
+    return config_norm_values(cfg, mean, std, &n);
+}
+
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
     TRY(validate_recipe(cfg));
     if (cfg->channels < 1 || cfg->height < 1 || cfg->width < 1)
         return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", p,
                    cfg->channels < 1 ? "channels" : cfg->height < 1 ? "height" : "width");
+    TRY(validate_augment(cfg));
     if (cfg->n_layers < 1) return ERR(ST_INPUT, "%s: no layers", p);
     if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
     if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)

@@ -29,6 +29,8 @@ enum layer_type {
 enum optimizer_kind { OPT_ADAM = 1, OPT_SGD, OPT_ADAMW };
 enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCLE };
 #define CFG_LR_STEPS_MAX 32
+#define CFG_NORM_CHANNELS_MAX 16    // data.normalize: channels with a mean and std (GATHER_AUG_CHANNELS_MAX)
+#define CFG_NORM_TEXT 512
 enum data_format { DATA_IDX = 1, DATA_CIFAR10 };
 enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
 enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
@@ -86,6 +88,12 @@ typedef struct net_config {
     char test_images[CFG_PATH_MAX], test_labels[CFG_PATH_MAX];    // idx
     char cifar_dir[CFG_PATH_MAX];  // cifar10: directory with data_batch_{1..5}.bin and test_batch.bin
     int train_limit, test_limit;   // use only the first N samples (0 = all), for quick runs and tests
+    // augmentation (src/augment.h): crop and flip on training batches only, normalisation everywhere
+    int crop_pad;               // random crop after zero padding by this many pixels (default 0: off)
+    int flip;                   // 1: random horizontal flip, p = 1/2 (default 0)
+    int normalize;              // 1: (x - mean) / std per channel (default 0)
+    char mean[CFG_NORM_TEXT], std[CFG_NORM_TEXT];  // one per channel, pixel/255 units, comma-separated; with
+                                // normalize=1 and none given, the training set's (written here at start-up)
 
     // [parallel]
     char comm[16];              // mpi (default) | nccl
@@ -103,6 +111,10 @@ typedef struct net_config {
 
 // net.steps parsed: the epochs at which a step schedule multiplies lr by gamma (increasing; *n = 0 if none).
 int config_lr_steps(const net_config *cfg, int *epochs /* CFG_LR_STEPS_MAX */, int *n);
+
+// data.mean and data.std parsed (*n = 0 when not given): each has one value per channel, every std > 0.
+int config_norm_values(const net_config *cfg, double *mean /* CFG_NORM_CHANNELS_MAX */,
+                       double *std /* CFG_NORM_CHANNELS_MAX */, int *n);
 
 // Defaults for every [net]/[data]/[parallel] key (no layers).
 void config_defaults(net_config *cfg);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "augment.h"
 #include "checkpoint.h"
 #include "comm.h"
 #include "common.h"
@@ -417,11 +418,14 @@ int main(int argc, char **argv) {
     static net_config cfg;
     const int cfg_st = config_read(&c, &cfg);
     if (c.print_config) {
+        int st_print = cfg_st;
         if (launcher_rank() == 0) {
-            if (cfg_st == ST_OK) config_print(&cfg, stdout);
+            // normalize=1 without mean/std: the training set's, as a run computes them at start-up
+            if (st_print == ST_OK) st_print = augment_resolve(&cfg);
+            if (st_print == ST_OK) config_print(&cfg, stdout);
             else print_error();
         }
-        return cfg_st == ST_OK ? stdout_final_status(ST_OK) : cfg_st;
+        return st_print == ST_OK ? stdout_final_status(ST_OK) : st_print;
     }
     const double timeout_s = cfg_st == ST_OK ? cfg.comm_timeout_s : COMM_DEFAULT_TIMEOUT_S;
 

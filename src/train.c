@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "augment.h"
 #include "backend.h"
 #include "backend_cuda.h"
 #include "backend_record.h"
@@ -29,6 +30,35 @@ volatile sig_atomic_t g_stop_requested = 0;
 // Set-up
 
 // The test set (or --predict's images) into backend memory, with the identity index evaluation gathers by.
+// [data] augmentation as gather parameters in backend memory: normalisation for evaluation (and predict), crop,
+// flip and normalisation for training batches. Left NULL when off, so such runs gather exactly as before.
+int train_augment_setup(trainer *t, int training) {
+    const backend_ops *o = t->be.ops;
+    gather_aug eval;
+    int active = 0;
+    TRY(augment_params(t->cfg, 0, &eval, &active));
+    if (active) {
+        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_eval, sizeof eval));
+        TRY(o->upload(t->be.ctx, t->d_aug_eval, &eval, sizeof eval));
+    }
+    if (!training) return ST_OK;
+    TRY(augment_params(t->cfg, 1, &t->h_aug_train, &active));
+    if (active) {
+        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_train, sizeof t->h_aug_train));
+        TRY(o->upload(t->be.ctx, t->d_aug_train, &t->h_aug_train, sizeof t->h_aug_train));
+    }
+    return ST_OK;
+}
+
+// The training draws depend on the epoch: written before its first step, outside any capture, where the
+// gather (also a replayed graph's) reads it.
+static int augment_epoch(trainer *t) {
+    if (!t->d_aug_train) return ST_OK;
+    t->h_aug_train.epoch = t->epoch;
+    return t->be.ops->upload(t->be.ctx, (char *)t->d_aug_train + offsetof(gather_aug, epoch), &t->h_aug_train.epoch,
+                             sizeof t->h_aug_train.epoch);
+}
+
 int train_test_upload(trainer *t) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
@@ -71,6 +101,7 @@ static int data_setup(trainer *t) {
             return ERR(ST_INPUT, "%s: samples are %dx%dx%d but %s [net] declares channels=%d height=%d width=%d",
                        names[i], d->c, d->h, d->w, cfg->path, cfg->channels, cfg->height, cfg->width);
     }
+    TRY(augment_fill_normalize(&t->cfg_eff, &t->train));  // normalize=1 without mean/std: this set's
     t->sample_elems = cfg->channels * cfg->height * cfg->width;
     t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B * t->K, t->world);
     if (t->steps_per_epoch < 1)
@@ -86,6 +117,7 @@ static int data_setup(trainer *t) {
     TRY(o->upload(ctx, t->d_train_x, t->train.images, tx));
     TRY(o->upload(ctx, t->d_train_y, t->train.labels, (size_t)t->train.n));
     TRY(o->alloc(ctx, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(train_augment_setup(t, 1));
     return train_test_upload(t);
 }
 
@@ -307,14 +339,15 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     const size_t np = t->m.n_params;
     for (int j = 0; j + 1 < t->K; j++) {
         TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx + (size_t)j * t->B, t->B, t->sample_elems,
-                      t->m.x, t->m.labels));
+                      t->d_aug_train, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, t->B, 1));
         TRY(model_backward(&t->m, t->B, NULL, t));
         if (j == 0) TRY(o->copy(ctx, t->acc_grads, t->m.grads, np * sizeof(float)));
         else TRY(o->add(ctx, np, t->m.grads, t->acc_grads));
     }
     const int32_t *last_idx = t->d_batch_idx + (size_t)(t->K - 1) * t->B;
-    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->m.x, t->m.labels));
+    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->d_aug_train, t->m.x,
+                  t->m.labels));
     TRY(train_mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
     TRY(train_mark(t, MK_FWD));
@@ -425,7 +458,8 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
     int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
     for (int i = begin; i < end; i += eb) {
         int n = end - i < eb ? end - i : eb;
-        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->m.x, t->m.labels));
+        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
+                      t->m.labels));
         TRY(model_forward(&t->m, n, 0));
         if (t->confusion) TRY(train_confusion_add(t, i, n));
     }
@@ -478,6 +512,7 @@ static int epoch_begin(trainer *t) {
     void *ctx = t->be.ctx;
     data_permutation(t->cfg->seed, t->epoch, t->train.n, t->h_perm);
     TRY(o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(augment_epoch(t));
     TRY(o->zero(ctx, t->m.loss_acc, sizeof(double)));
     TRY(o->zero(ctx, t->m.correct_acc, 4));
     train_timing_reset(t);
@@ -668,6 +703,8 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_batch_idx);
         o->free(ctx, t->d_sumsq);
         o->free(ctx, t->acc_grads);
+        o->free(ctx, t->d_aug_train);
+        o->free(ctx, t->d_aug_eval);
         for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
         o->mark_destroy(ctx, t->mk_sync);
         for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
@@ -691,7 +728,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     trainer *t = calloc(1, sizeof *t);
     TRY_ALLOC(t);
     static const test_hooks hooks_off = {.stall_rank = -1, .corrupt_rank = -1};
-    t->cfg = cfg, t->o = o, t->c = c;
+    t->cfg_eff = *cfg;
+    t->cfg = &t->cfg_eff, t->o = o, t->c = c;
     t->hooks = o->hooks ? o->hooks : &hooks_off;
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;

@@ -45,7 +45,8 @@ typedef struct layer_mark {
 } layer_mark;
 
 typedef struct trainer {
-    const net_config *cfg;
+    const net_config *cfg;      // = &cfg_eff
+    net_config cfg_eff;         // the caller's configuration plus what set-up computes (data.mean, data.std)
     const train_opts *o;
     const test_hooks *hooks;    // o->hooks, or all off (never NULL)
     comm *c;
@@ -57,6 +58,8 @@ typedef struct trainer {
     dataset train, test;
     uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
     int32_t *d_perm, *d_test_index, *h_perm;
+    gather_aug *d_aug_train, *d_aug_eval;  // [data] augmentation, backend memory (NULL: the plain gather)
+    gather_aug h_aug_train;                // its host copy; the epoch is uploaded before each epoch
     int B, G, steps_per_epoch, sample_elems;
     // buckets
     bucket *buckets;
@@ -153,6 +156,7 @@ int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forw
 
 int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
 int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
+int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
 int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
 int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
 int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks

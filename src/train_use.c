@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "augment.h"
 #include "checkpoint.h"
 #include "common.h"
 #include "fileio.h"
@@ -95,8 +96,10 @@ static int use_data_setup(trainer *t) {
 static int use_setup(trainer *t) {
     const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
     TRY(use_outputs_check(t));
+    TRY(augment_resolve(&t->cfg_eff));  // normalize=1 with a --config that lacks mean/std: the training set's
     TRY(train_backend_setup(t));
     TRY(use_data_setup(t));
+    TRY(train_augment_setup(t, 0));
     const int eb = train_eval_batch_capped(t);
     TRY(model_create(&t->m, &t->be, t->cfg, eb));
     int loaded = 0, total = 0;
@@ -192,8 +195,8 @@ static int predict_rows(trainer *t, FILE *f) {
     fprintf(f, "\n");
     for (int i = 0; i < n; i += eb) {
         int cnt = n - i < eb ? n - i : eb;
-        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->m.x,
-                      t->m.labels));
+        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->d_aug_eval,
+                      t->m.x, t->m.labels));
         TRY(model_forward(&t->m, cnt, 0));
         TRY(logits_download(t, cnt));
         for (int j = 0; j < cnt; j++) {

@@ -93,6 +93,18 @@ expect_error avgpool-size "ap_size.cfg:16: [avgpool] 'avgpool1': size: impossibl
 printf 'garbage line\n' >"$tmp/garbage.cfg"
 expect_error not-ini "garbage.cfg" -- --config "$tmp/garbage.cfg"
 
+# ---- [data] augmentation (file, section [data] and key named)
+sed 's/^test_labels=.*/&\ncrop_pad=-1/' "$tmp/good.cfg" >"$tmp/cropneg.cfg"
+expect_error aug-crop-negative "cropneg.cfg:13: data.crop_pad" -- --config "$tmp/cropneg.cfg"
+expect_error aug-crop-too-big "[data] crop_pad=28 must be smaller than the image (28x28)" -- --config "$tmp/good.cfg" --set data.crop_pad=28
+expect_error aug-flip "data.flip: '2' is not an integer in [0, 1]" -- --config "$tmp/good.cfg" --set data.flip=2
+expect_error aug-normalize "data.normalize" -- --config "$tmp/good.cfg" --set data.normalize=yes
+expect_error aug-std-zero "good.cfg: [data] std: 0 (channel 0) must be > 0" -- --config "$tmp/good.cfg" --set data.normalize=1 --set data.mean=0.5 --set data.std=0
+expect_error aug-std-count "good.cfg: [data] std='1,1' has more than 1 value(s)" -- --config "$tmp/good.cfg" --set data.normalize=1 --set data.mean=0.5 --set data.std=1,1
+expect_error aug-mean-count "good.cfg: [data] mean='0.5,0.5' has more than 1 value(s): net.channels=1 wants one per channel" -- --config "$tmp/good.cfg" --set data.normalize=1 --set data.mean=0.5,0.5 --set data.std=1
+expect_error aug-mean-alone "[data] mean is given without std" -- --config "$tmp/good.cfg" --set data.normalize=1 --set data.mean=0.5
+expect_error aug-unknown-key "unknown key 'crop' in [data]" -- --config "$tmp/good.cfg" --set data.crop=2
+
 # ---- data files
 expect_error missing-data "missing.idx" -- --config "$tmp/good.cfg" --set data.train_images="$tmp/missing.idx"
 head -c 5000 "$tmp/train-images.idx" >"$tmp/trunc.idx"

@@ -795,7 +795,7 @@ static void test_gather(void **state) {
     int32_t index[3] = {3, 0, 3};
     float x[3 * S];
     int32_t y[3];
-    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 3, S, x, y), ST_OK);
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 3, S, NULL, x, y), ST_OK);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(y[i], labels[index[i]]);
         for (int j = 0; j < S; j++) assert_true(x[i * S + j] == (float)images[index[i] * S + j] / 255.0f);
@@ -803,6 +803,126 @@ static void test_gather(void **state) {
     assert_true(x[0] == 1.0f && x[1] == 0.0f);
     assert_true(x[S + 1] == 14.0f / 255.0f);
     backend_destroy(&be);
+}
+
+// ---- augmentation fused into gather (src/gather_aug.h)
+
+// The draw is part of the checkpoint format's meaning (a resumed run must draw what the first one drew), so its
+// bits are pinned: a change of the hash shows here, not as a silently different resumed run.
+static void test_gather_aug_hash_pinned(void **state) {
+    (void)state;
+    assert_true(gather_aug_hash(42, 0, 0) == 0x848413b4de2d7c0bull);
+    assert_true(gather_aug_hash(7, 3, 12345) == 0x004618df6412379aull);
+}
+
+static gather_aug aug_4x4(int crop_pad, int flip, int normalize) {
+    gather_aug a;
+    memset(&a, 0, sizeof a);
+    a.seed = 7, a.epoch = 3, a.c = 1, a.h = 4, a.w = 4;
+    a.crop_pad = crop_pad, a.flip = flip, a.normalize = normalize;
+    for (int p = 0; p < 256; p++) a.lut[0][p] = ((float)p / 255.0f - 0.25f) / 0.5f;  // mean 0.25, std 0.5
+    return a;
+}
+
+// A known 4x4 image (img[y][x] = 10 (y + 1) + x) through a known draw gives the output torchvision's
+// RandomCrop(4, padding=1) -> RandomHorizontalFlip -> ToTensor -> Normalize(0.25, 0.5) gives for it.
+static void test_gather_aug_known_image(void **state) {
+    (void)state;
+    backend be = make_cpu(2);
+    enum { M = 32 };
+    uint8_t images[M * 16], labels[M];
+    for (int i = 0; i < M; i++) {
+        labels[i] = (uint8_t)(i % 10);
+        for (int y = 0; y < 4; y++)
+            for (int x = 0; x < 4; x++) images[i * 16 + y * 4 + x] = (uint8_t)(10 * (y + 1) + x);
+    }
+    gather_aug a = aug_4x4(1, 1, 1);
+    // Sample 17 draws dy = +1, dx = -1, flipped: the padded 6x6 image cropped at top 2, left 0, then mirrored.
+    // Sample 23 draws dy = -1, dx = +1, not flipped: cropped at top 0, left 2.
+    gather_draw d17 = gather_aug_draw(&a, 17), d23 = gather_aug_draw(&a, 23);
+    assert_true(d17.dy == 1 && d17.dx == -1 && d17.flip == 1);
+    assert_true(d23.dy == -1 && d23.dx == 1 && d23.flip == 0);
+    static const uint8_t want17[16] = {22, 21, 20, 0, 32, 31, 30, 0, 42, 41, 40, 0, 0, 0, 0, 0};
+    static const uint8_t want23[16] = {0, 0, 0, 0, 11, 12, 13, 0, 21, 22, 23, 0, 31, 32, 33, 0};
+    int32_t index[2] = {17, 23}, y[2];
+    float x[32];
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 2, 16, &a, x, y), ST_OK);
+    for (int k = 0; k < 16; k++) {
+        assert_true(x[k] == ((float)want17[k] / 255.0f - 0.25f) / 0.5f);
+        assert_true(x[16 + k] == ((float)want23[k] / 255.0f - 0.25f) / 0.5f);
+    }
+    assert_true(x[3] == -0.5f);  // a padded pixel: (0 - mean) / std
+    assert_int_equal(y[0], 7), assert_int_equal(y[1], 3);
+    // Without normalisation the same pixels / 255, exactly as the plain gather rounds them.
+    a.normalize = 0;
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 2, 16, &a, x, y), ST_OK);
+    for (int k = 0; k < 16; k++) assert_true(x[k] == (float)want17[k] / 255.0f);
+    // Neither crop nor flip nor normalize: the plain gather's bits.
+    gather_aug none = aug_4x4(0, 0, 0);
+    float plain[32];
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 2, 16, NULL, plain, y), ST_OK);
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 2, 16, &none, x, y), ST_OK);
+    assert_memory_equal(x, plain, sizeof x);
+    // A shape that is not the batch's is refused.
+    a.w = 5;
+    assert_int_equal(be.ops->gather(be.ctx, images, labels, index, 2, 16, &a, x, y), ST_INPUT);
+    backend_destroy(&be);
+}
+
+// Same (seed, epoch, index) -> same output, whatever the batch it is in and the thread count; another epoch
+// draws again. The draws over many samples: flips near one half, crop offsets covering [-pad, pad] evenly.
+static void test_gather_aug_determinism_and_spread(void **state) {
+    (void)state;
+    backend b1 = make_cpu(1), b3 = make_cpu(3);
+    enum { M = 64, C = 3, H = 9, W = 7, E = C * H * W };
+    uint8_t *images = malloc(M * E), labels[M];
+    rng r;
+    rng_seed(&r, 3);
+    for (int i = 0; i < M * E; i++) images[i] = (uint8_t)rng_below(&r, 256);
+    for (int i = 0; i < M; i++) labels[i] = (uint8_t)(i % 10);
+    gather_aug a;
+    memset(&a, 0, sizeof a);
+    a.seed = 11, a.epoch = 0, a.c = C, a.h = H, a.w = W, a.crop_pad = 2, a.flip = 1, a.normalize = 1;
+    for (int c = 0; c < C; c++)
+        for (int p = 0; p < 256; p++) a.lut[c][p] = ((float)p / 255.0f - 0.1f * c) / (0.2f + 0.1f * c);
+    int32_t index[M], rev[M], y[M];
+    for (int i = 0; i < M; i++) index[i] = i, rev[i] = M - 1 - i;
+    float *x1 = fbuf(M * E), *x2 = fbuf(M * E), *x3 = fbuf(M * E);
+    assert_int_equal(b1.ops->gather(b1.ctx, images, labels, index, M, E, &a, x1, y), ST_OK);
+    assert_int_equal(b3.ops->gather(b3.ctx, images, labels, rev, M, E, &a, x2, y), ST_OK);
+    for (int i = 0; i < M; i++) assert_memory_equal(x1 + (size_t)i * E, x2 + (size_t)(M - 1 - i) * E, E * sizeof(float));
+    a.epoch = 1;
+    assert_int_equal(b1.ops->gather(b1.ctx, images, labels, index, M, E, &a, x3, y), ST_OK);
+    int differ = 0;
+    for (int i = 0; i < M; i++) differ += memcmp(x1 + (size_t)i * E, x3 + (size_t)i * E, E * sizeof(float)) != 0;
+    print_message("epoch 0 vs 1: %d of %d samples transformed differently\n", differ, M);
+    assert_true(differ > M / 2);
+
+    enum { N = 100000, PAD = 3 };
+    a.crop_pad = PAD;
+    long flips = 0, dy[2 * PAD + 1] = {0}, dx[2 * PAD + 1] = {0};
+    for (int i = 0; i < N; i++) {
+        gather_draw d = gather_aug_draw(&a, i);
+        assert_true(d.dy >= -PAD && d.dy <= PAD && d.dx >= -PAD && d.dx <= PAD);
+        flips += d.flip, dy[d.dy + PAD]++, dx[d.dx + PAD]++;
+    }
+    const double expect = (double)N / (2 * PAD + 1);
+    print_message("over %d samples: flipped %.4f; crop offsets -%d..%d:", N, (double)flips / N, PAD, PAD);
+    for (int k = 0; k <= 2 * PAD; k++) {
+        print_message(" %ld/%ld", dy[k], dx[k]);
+        assert_true(fabs(dy[k] - expect) < 0.05 * expect && fabs(dx[k] - expect) < 0.05 * expect);
+    }
+    print_message("\n");
+    assert_true(fabs((double)flips / N - 0.5) < 0.01);
+    // Crop and flip draw from separate bits: turning the flip off leaves every crop offset as it was.
+    gather_aug nf = a;
+    nf.flip = 0;
+    for (int i = 0; i < 1000; i++) {
+        gather_draw d = gather_aug_draw(&a, i), e = gather_aug_draw(&nf, i);
+        assert_true(d.dy == e.dy && d.dx == e.dx && e.flip == 0);
+    }
+    free(images), free(x1), free(x2), free(x3);
+    backend_destroy(&b1), backend_destroy(&b3);
 }
 
 // Clipping by global L2 norm against a double-precision reference: below the limit nothing changes, above it
@@ -1318,6 +1438,9 @@ int main(void) {
         cmocka_unit_test(test_adam_steps),
         cmocka_unit_test(test_sgd_steps),
         cmocka_unit_test(test_gather),
+        cmocka_unit_test(test_gather_aug_hash_pinned),
+        cmocka_unit_test(test_gather_aug_known_image),
+        cmocka_unit_test(test_gather_aug_determinism_and_spread),
         cmocka_unit_test(test_scale_and_count_nonfinite),
         cmocka_unit_test(test_clip_grad_norm),
         cmocka_unit_test(test_memory_ops),

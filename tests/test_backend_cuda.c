@@ -5,6 +5,7 @@
 // (tu_cuda_or_skip); the creation error paths still run. backend_cuda.h gives stubs of the CUDA-only calls for
 // builds without CUDA, so nothing here is #ifdef'd.
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -221,11 +222,49 @@ static void test_gather(void **state) {
     for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);  // repeats allowed
     twin ti = twin_make(images, sizeof images), tl = twin_make(labels, sizeof labels), tx = twin_make(index, sizeof index);
     twin x = twin_make(NULL, N * ELEMS * sizeof(float)), y = twin_make(NULL, N * sizeof(int32_t));
-    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, x.c, y.c));
-    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, x.g, y.g));
+    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, NULL, x.c, y.c));
+    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, NULL, x.g, y.g));
     expect_close("gather x", &x, TOL_EXACTISH);
     expect_equal_bytes("gather y", &y);
     twin_free(&ti), twin_free(&tl), twin_free(&tx), twin_free(&x), twin_free(&y);
+}
+
+// Crop, flip and normalisation fused into the gather kernel: bit-identical to the CPU loop (the same hash and
+// table, src/gather_aug.h), for several epochs written by an upload of the epoch alone, as the trainer does
+// before each epoch, and with and without normalisation.
+static void test_gather_aug(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 12);
+    enum { TOTAL = 50, C = 3, H = 11, W = 9, ELEMS = C * H * W, N = 33 };
+    uint8_t images[TOTAL * ELEMS], labels[TOTAL];
+    int32_t index[N];
+    for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
+    for (int i = 0; i < TOTAL; i++) labels[i] = (uint8_t)rng_below(&r, 10);
+    for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);
+    gather_aug a;
+    memset(&a, 0, sizeof a);
+    a.seed = 99, a.c = C, a.h = H, a.w = W, a.crop_pad = 4, a.flip = 1, a.normalize = 1;
+    for (int c = 0; c < C; c++)
+        for (int p = 0; p < 256; p++) a.lut[c][p] = ((float)p / 255.0f - 0.3f + 0.1f * c) / (0.25f + 0.05f * c);
+    twin ti = twin_make(images, sizeof images), tl = twin_make(labels, sizeof labels), tx = twin_make(index, sizeof index);
+    twin ta = twin_make(&a, sizeof a);
+    twin x = twin_make(NULL, N * ELEMS * sizeof(float)), y = twin_make(NULL, N * sizeof(int32_t));
+    for (int64_t epoch = 0; epoch < 3; epoch++) {
+        OK(g_cpu.ops->upload(g_cpu.ctx, (char *)ta.c + offsetof(gather_aug, epoch), &epoch, sizeof epoch));
+        OK(g_gpu.ops->upload(g_gpu.ctx, (char *)ta.g + offsetof(gather_aug, epoch), &epoch, sizeof epoch));
+        OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, ta.c, x.c, y.c));
+        OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, ta.g, x.g, y.g));
+        expect_equal_bytes("gather_aug x", &x);
+        expect_equal_bytes("gather_aug y", &y);
+    }
+    a.normalize = 0;
+    twin_set(&ta, &a);
+    OK(g_cpu.ops->gather(g_cpu.ctx, ti.c, tl.c, tx.c, N, ELEMS, ta.c, x.c, y.c));
+    OK(g_gpu.ops->gather(g_gpu.ctx, ti.g, tl.g, tx.g, N, ELEMS, ta.g, x.g, y.g));
+    expect_equal_bytes("gather_aug x (no normalize)", &x);
+    twin_free(&ti), twin_free(&tl), twin_free(&tx), twin_free(&ta), twin_free(&x), twin_free(&y);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1083,6 +1122,7 @@ int main(void) {
         cmocka_unit_test(test_table_full),
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_gather),
+        cmocka_unit_test(test_gather_aug),
         cmocka_unit_test(test_conv),
         cmocka_unit_test(test_conv_model_shapes),
         cmocka_unit_test(test_conv_batch_sizes),

@@ -2,6 +2,7 @@
 // forwarding outside a capture, recording without running inside one, arguments by value and pointed-to
 // data read at replay, the calls a capture forbids, and a whole captured training step replayed against eager
 // steps on a plain CPU backend (bit-identical: both run the same CPU ops on one thread).
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -168,6 +169,44 @@ static void test_pointers_read_at_replay(void **state) {
         void *all[] = {p[i], g[i], vel[i], hy[i]};
         for (int k = 0; k < 4; k++) bes[i]->ops->free(bes[i]->ctx, all[k]);
     }
+    backend_destroy(&rb);
+}
+
+// The gather's augmentation is read at replay, as the CUDA kernel reads it from device memory: a graph captured
+// in epoch 0 draws epoch 1's crops and flips once the trainer has uploaded the new epoch.
+static void test_gather_aug_epoch_read_at_replay(void **state) {
+    (void)state;
+    backend rb = make_rec();
+    enum { M = 12, H = 6, W = 5, E = H * W };
+    uint8_t images[M * E], labels[M];
+    for (int i = 0; i < M * E; i++) images[i] = (uint8_t)(i * 7 + 3);
+    for (int i = 0; i < M; i++) labels[i] = (uint8_t)i;
+    int32_t index[M];
+    for (int i = 0; i < M; i++) index[i] = M - 1 - i;
+    gather_aug a;
+    memset(&a, 0, sizeof a);
+    a.seed = 5, a.c = 1, a.h = H, a.w = W, a.crop_pad = 2, a.flip = 1;
+    uint8_t *im = put(&rb, images, sizeof images), *lb = put(&rb, labels, sizeof labels);
+    int32_t *ix = put(&rb, index, sizeof index), *y = put(&rb, NULL, sizeof index);
+    gather_aug *ag = put(&rb, &a, sizeof a);
+    float *x = put(&rb, NULL, M * E * sizeof(float));
+    OK(rb.ops->capture_begin(rb.ctx));
+    OK(rb.ops->gather(rb.ctx, im, lb, ix, M, E, ag, x, y));
+    OK(rb.ops->capture_end(rb.ctx));
+    float got[M * E], want[M * E], epoch0[M * E];
+    int32_t yy[M];
+    OK(g_cpu.ops->gather(g_cpu.ctx, images, labels, index, M, E, &a, epoch0, yy));
+    for (int64_t epoch = 1; epoch < 3; epoch++) {
+        OK(rb.ops->upload(rb.ctx, (char *)ag + offsetof(gather_aug, epoch), &epoch, sizeof epoch));
+        OK(rb.ops->replay(rb.ctx));
+        get(&rb, got, x, sizeof got);
+        a.epoch = epoch;
+        OK(g_cpu.ops->gather(g_cpu.ctx, images, labels, index, M, E, &a, want, yy));
+        assert_memory_equal(got, want, sizeof got);
+        assert_memory_not_equal(got, epoch0, sizeof got);
+    }
+    void *all[] = {im, lb, ix, y, ag, x};
+    for (int k = 0; k < 6; k++) rb.ops->free(rb.ctx, all[k]);
     backend_destroy(&rb);
 }
 
@@ -412,7 +451,7 @@ static void step_issue(backend *be, step_bufs *s) {
     float *gwc = s->grads, *gbc = gwc + SW_CONV, *gwd = gbc + SB_CONV, *gbd = gwd + SW_DENSE;
     float *dcy = s->cy + SN * SK * SIMG * SIMG, *dpy = s->py + SN * SPOOL, *dlog = s->logits + SN * SCLS;
     OK(o->zero(c, s->grads, SPARAMS * 4));
-    OK(o->gather(c, s->images, s->labels, s->index, SN, SIMG * SIMG, s->x, s->y));
+    OK(o->gather(c, s->images, s->labels, s->index, SN, SIMG * SIMG, NULL, s->x, s->y));
     OK(o->conv_forward(c, &s->conv, s->x, wc, bc, s->cy, s->ws));
     OK(o->pool_forward(c, &s->pool, s->cy, s->py, s->argmax));
     OK(o->dense_forward(c, SN, SPOOL, SCLS, ACT_NONE, s->py, wd, bd, s->logits));
@@ -504,6 +543,7 @@ int main(void) {
         cmocka_unit_test(test_forwards_outside_capture),
         cmocka_unit_test(test_capture_records_not_runs),
         cmocka_unit_test(test_pointers_read_at_replay),
+        cmocka_unit_test(test_gather_aug_epoch_read_at_replay),
         cmocka_unit_test(test_descriptors_by_value),
         cmocka_unit_test(test_forbidden_call_invalidates),
         cmocka_unit_test(test_misuse),

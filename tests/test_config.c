@@ -200,6 +200,53 @@ static void test_bad_files(void **state) {
     err_clear();
 }
 
+// [data] augmentation keys: defaults, values, and every bad value named by file, [data] and key.
+static void test_augment_keys(void **state) {
+    (void)state;
+    static net_config cfg;
+    const char *p = write_cfg("aug.cfg", "[net]\nchannels=3\nheight=16\nwidth=12\n[data]\ncrop_pad=2\nflip=1\n"
+                                         "normalize=1\nmean=0.5,0.25,0\nstd=0.2, 0.3,1e-3\n" LAYERS);
+    assert_int_equal(config_load(p, &cfg), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+    assert_int_equal(cfg.crop_pad, 2), assert_int_equal(cfg.flip, 1), assert_int_equal(cfg.normalize, 1);
+    double mean[CFG_NORM_CHANNELS_MAX], std[CFG_NORM_CHANNELS_MAX];
+    int n = -1;
+    assert_int_equal(config_norm_values(&cfg, mean, std, &n), ST_OK);
+    assert_int_equal(n, 3);
+    assert_true(mean[0] == 0.5 && mean[1] == 0.25 && mean[2] == 0 && std[0] == 0.2 && std[1] == 0.3 && std[2] == 1e-3);
+    static net_config def;
+    config_defaults(&def);
+    assert_true(def.crop_pad == 0 && def.flip == 0 && def.normalize == 0 && !def.mean[0] && !def.std[0]);
+
+#define AUG(data) "[net]\nchannels=3\nheight=16\nwidth=12\n[data]\n" data LAYERS
+    expect_load_error("a1.cfg", AUG("crop_pad=-1\n"), "data.crop_pad", "a1.cfg:6");
+    expect_load_error("a2.cfg", AUG("crop_pad=12\n"), "[data] crop_pad=12 must be smaller than the image (16x12)", NULL);
+    expect_load_error("a3.cfg", AUG("flip=2\n"), "data.flip", "not an integer in [0, 1]");
+    expect_load_error("a4.cfg", AUG("flip=yes\n"), "data.flip", NULL);
+    expect_load_error("a5.cfg", AUG("normalize=2\n"), "data.normalize", NULL);
+    expect_load_error("a6.cfg", AUG("normalize=1\nmean=0.5,0.5\nstd=1,1,1\n"), "[data] mean='0.5,0.5' has 2 value(s)",
+                      "net.channels=3");
+    expect_load_error("a7.cfg", AUG("normalize=1\nmean=0.5,0.5,0.5,0.5\nstd=1,1,1\n"), "[data] mean", "more than 3");
+    expect_load_error("a8.cfg", AUG("normalize=1\nmean=0.5,0.5,0.5\nstd=1,0,1\n"), "[data] std: 0 (channel 1) must be > 0",
+                      NULL);
+    expect_load_error("a9.cfg", AUG("normalize=1\nmean=0.5,0.5,0.5\nstd=1,-2,1\n"), "[data] std: -2", NULL);
+    expect_load_error("a10.cfg", AUG("normalize=1\nmean=0.5,x,0.5\nstd=1,1,1\n"), "[data] mean: 'x' is not a number",
+                      NULL);
+    expect_load_error("a11.cfg", AUG("normalize=1\nmean=0.5,0.5,0.5\n"), "[data] mean is given without std", NULL);
+    expect_load_error("a12.cfg", AUG("mean=0.5,0.5,0.5\nstd=1,1,1\n"), "[data] mean is given but normalize=0", NULL);
+    expect_load_error("a13.cfg", AUG("normalize=1\nmean=0.5,0.5,0.5,\nstd=1,1,1\n"), "[data] mean", "ends with a comma");
+    expect_load_error("a14.cfg", AUG("normalize=1\nmean=0.5,,0.5\nstd=1,1,1\n"), "[data] mean", "one per channel");
+    expect_load_error("a15.cfg", AUG("crop=2\n"), "unknown key 'crop' in [data]", NULL);
+    expect_load_error("a16.cfg", AUG("normalize=1\nmean=nan,0,0\nstd=1,1,1\n"), "[data] mean: 'nan'", NULL);
+#undef AUG
+    // --set reaches them too.
+    assert_int_equal(config_set(&cfg, "data.crop_pad=3"), ST_OK);
+    assert_int_equal(cfg.crop_pad, 3);
+    assert_int_equal(config_set(&cfg, "data.flip=-1"), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "data.flip"));
+    err_clear();
+}
+
 static void test_print_round_trips(void **state) {
     (void)state;
     static net_config a, b;
@@ -442,6 +489,7 @@ int main(void) {
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
         cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
         cmocka_unit_test(test_dropout),            cmocka_unit_test(test_avgpool),
+        cmocka_unit_test(test_augment_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

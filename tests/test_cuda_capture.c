@@ -158,7 +158,7 @@ static void step_issue(rig *r) {
     const backend_ops *o = r->be.ops;
     void *ctx = r->be.ctx;
     OK(o->mark_record(ctx, r->mk[MK_START]));
-    OK(o->gather(ctx, r->images, r->labels, r->batch_idx, B, ELEMS, r->m.x, r->m.labels));
+    OK(o->gather(ctx, r->images, r->labels, r->batch_idx, B, ELEMS, NULL, r->m.x, r->m.labels));
     OK(model_forward(&r->m, B, 1));
     OK(o->mark_record(ctx, r->mk[MK_FWD]));
     OK(model_backward(&r->m, B, NULL, NULL));

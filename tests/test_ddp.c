@@ -60,13 +60,15 @@ static float *load_params(const char *path, size_t *n_out) {
     return p;
 }
 
-static void test_np2_equals_np1_with_double_batch(void **state) {
-    (void)state;
-    const char *a = tu_path("np1.safetensors"), *b = tu_path("np2.safetensors");
-    assert_int_equal(tu_run(MPIRUN " -np 1 %s --config %s --batch 64 --steps 50 --save %s --quiet", TRAINER,
-                            cfg_path, a), 0);
-    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --steps 50 --save %s --quiet", TRAINER,
-                            cfg_path, b), 0);
+// np 1 x batch 64 and np 2 x batch 32 after 50 steps, with `extra` trainer options on both.
+static double np2_vs_np1(const char *tag, const char *extra) {
+    char na[64], nb[64];
+    snprintf(na, sizeof na, "np1%s.safetensors", tag), snprintf(nb, sizeof nb, "np2%s.safetensors", tag);
+    const char *a = tu_path(na), *b = tu_path(nb);
+    assert_int_equal(tu_run(MPIRUN " -np 1 %s --config %s --batch 64 --steps 50 %s --save %s --quiet", TRAINER,
+                            cfg_path, extra, a), 0);
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --steps 50 %s --save %s --quiet", TRAINER,
+                            cfg_path, extra, b), 0);
     size_t n1, n2;
     float *p1 = load_params(a, &n1), *p2 = load_params(b, &n2);
     assert_int_equal(n1, n2);
@@ -75,8 +77,28 @@ static void test_np2_equals_np1_with_double_batch(void **state) {
         double d = fabs((double)p1[i] - p2[i]) / fmax(fabs((double)p1[i]), 1e-2);
         if (d > worst) worst = d;
     }
+    free(p1), free(p2);
+    return worst;
+}
+
+static void test_np2_equals_np1_with_double_batch(void **state) {
+    (void)state;
+    double worst = np2_vs_np1("", "");
     print_message("np1 batch 64 vs np2 batch 32 after 50 steps: max relative difference %.3e\n", worst);
     assert_true(worst < 1e-5);
+}
+
+// Augmentation is drawn per (seed, epoch, sample), not per rank: the same equivalence holds with it on, and
+// the parameters differ from the run without it (the transforms were applied).
+static void test_np2_equals_np1_with_augmentation(void **state) {
+    (void)state;
+    double worst = np2_vs_np1("aug", "--set data.crop_pad=3 --set data.flip=1 --set data.normalize=1");
+    print_message("with crop_pad=3 flip=1 normalize=1: np1 batch 64 vs np2 batch 32 after 50 steps: max relative "
+                  "difference %.3e\n", worst);
+    assert_true(worst < 1e-5);
+    size_t n1, n2;
+    float *p1 = load_params(tu_path("np1.safetensors"), &n1), *p2 = load_params(tu_path("np1aug.safetensors"), &n2);
+    assert_memory_not_equal(p1, p2, n1 * sizeof(float));
     free(p1), free(p2);
 }
 
@@ -184,6 +206,7 @@ static void test_kill_one_rank_np4(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_np2_equals_np1_with_double_batch),
+        cmocka_unit_test(test_np2_equals_np1_with_augmentation),
         cmocka_unit_test(test_np2_trains_and_logs_comm),
         cmocka_unit_test(test_strong_scaling_splits_global_batch),
         cmocka_unit_test(test_kill_one_rank_np2),

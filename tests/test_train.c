@@ -240,6 +240,52 @@ static void test_gradient_accumulation(void **state) {
     free(big), free(acc), free(acc_graph);
 }
 
+// [data] crop_pad, flip, normalize (mean/std from the training set): run_steps with them on.
+static void run_steps_aug(long long steps, const char *save, const char *resume, float **params, size_t *n) {
+    static net_config cfg;
+    tiny_config(&cfg, "");
+    const char *sets[] = {"data.crop_pad=2", "data.flip=1", "data.normalize=1"};
+    for (int i = 0; i < 3; i++) assert_int_equal(config_set(&cfg, sets[i]), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+    train_opts o = {.max_steps = steps, .save_path = save, .resume_path = resume, .keep_params = 1};
+    train_result r;
+    int st = train_run(&cfg, &o, g_comm, &r);
+    if (st != ST_OK) print_message("train_run: %s\n", err_msg());
+    assert_int_equal(st, ST_OK);
+    *params = r.params;
+    *n = r.n_params;
+}
+
+// The draws depend on (seed, epoch, sample) only: a resumed run -- mid-epoch, across the epoch boundary -- is
+// bit-identical to the uninterrupted one; a replayed (CPU-emulated) graph, which reads the epoch from backend
+// memory, equals eager steps across two epoch boundaries; the checkpoint's configuration carries the computed
+// mean and std; and augmentation does change training.
+static void test_augmentation_resume_and_graph(void **state) {
+    (void)state;
+    float *plain, *full, *part, *resumed, *eager, *graph;
+    size_t n[6];
+    run_steps(40, NULL, NULL, &plain, &n[0]);
+    run_steps_aug(27, NULL, NULL, &full, &n[1]);
+    run_steps_aug(9, tu_path("aug.safetensors"), NULL, &part, &n[2]);
+    run_steps_aug(27, NULL, tu_path("aug.safetensors"), &resumed, &n[3]);
+    assert_memory_equal(full, resumed, n[1] * sizeof(float));
+    assert_memory_not_equal(full, part, n[1] * sizeof(float));
+    run_steps_aug(40, NULL, NULL, &eager, &n[4]);
+    setenv("DDP_TEST_CPU_GRAPH", "1", 1);
+    run_steps_aug(40, NULL, NULL, &graph, &n[5]);
+    unsetenv("DDP_TEST_CPU_GRAPH");
+    assert_memory_equal(eager, graph, n[4] * sizeof(float));
+    assert_memory_not_equal(plain, eager, n[0] * sizeof(float));
+    ckpt_file *f = NULL;
+    assert_int_equal(ckpt_load(tu_path("aug.safetensors"), &f), ST_OK);
+    const char *ini = ckpt_meta(f, "config_ini");
+    assert_non_null(ini);
+    assert_non_null(strstr(ini, "\ncrop_pad=2\nflip=1\nnormalize=1\nmean=0."));
+    assert_non_null(strstr(ini, "\nstd=0."));
+    ckpt_free(f);
+    free(plain), free(full), free(part), free(resumed), free(eager), free(graph);
+}
+
 static void test_graph_metrics(void **state) {
     (void)state;
     static net_config cfg;
@@ -330,6 +376,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_learns),
         cmocka_unit_test(test_resume_is_bit_identical),
+        cmocka_unit_test(test_augmentation_resume_and_graph),
         cmocka_unit_test(test_graph_replay_matches_eager),
         cmocka_unit_test(test_graph_capture_failure_falls_back),
         cmocka_unit_test(test_force_allreduce_at_one_rank),
