@@ -156,12 +156,48 @@ static void test_cpu_backend_table_full(void **state) {
     assert_int_equal(missing, 0);
 }
 
+// The ResNet configs build, with the parameter counts PyTorch's equivalent modules have (launch/torch_model.py:
+// 77,754 and 272,474), and one training step runs through every layer.
+static void test_resnet_configs(void **state) {
+    (void)state;
+    const struct { const char *file; size_t params; int layers; } want[] = {
+        {"fashion_resnet.cfg", 77754, 26},
+        {"cifar10_resnet.cfg", 272474, 56},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        static net_config cfg;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/configs/%s", DDP_SOURCE_DIR, want[i].file);
+        err_clear();
+        if (config_load(path, &cfg) != ST_OK || config_validate(&cfg) != ST_OK) fail_msg("%s: %s", path, err_msg());
+        assert_int_equal(cfg.n_layers, want[i].layers);
+        backend be;
+        model m;
+        const int n = 2;
+        assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+        if (model_create(&m, &be, &cfg, n) != ST_OK) fail_msg("%s: %s", path, err_msg());
+        assert_int_equal(m.n_params, want[i].params);
+        assert_int_equal(model_init_params(&m, 1), ST_OK);
+        rng r;
+        rng_seed(&r, 2);
+        for (int k = 0; k < n * m.in_c * m.in_h * m.in_w; k++) m.x[k] = rng_uniform(&r);
+        for (int k = 0; k < n; k++) m.labels[k] = k;
+        *m.loss_acc = 0;
+        assert_int_equal(model_forward(&m, n, 1), ST_OK);
+        assert_int_equal(model_backward(&m, n, NULL, NULL), ST_OK);
+        assert_true(isfinite(*m.loss_acc) && *m.loss_acc > 0);
+        model_destroy(&m);
+        backend_destroy(&be);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry_complete),
         cmocka_unit_test(test_cpu_backend_table_full),
         cmocka_unit_test(test_round_trip_every_kind),
         cmocka_unit_test(test_gradients_every_kind),
+        cmocka_unit_test(test_resnet_configs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
