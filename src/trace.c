@@ -40,6 +40,8 @@ struct trace {
     long n, cap, dropped;
     trace_lane *lanes;
     int n_lanes, cap_lanes;
+    char (*layers)[2][48];  // [index] = {name, kind}
+    int n_layers;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -101,6 +103,19 @@ void trace_name_lane(trace *t, int tid, const char *name) {
     trace_lane *l = &t->lanes[t->n_lanes++];
     l->tid = tid;
     snprintf(l->name, sizeof l->name, "%s", name);
+}
+
+void trace_set_layer(trace *t, int index, const char *name, const char *kind) {
+    if (!t || index < 0 || index > 4096) return;
+    if (index >= t->n_layers) {
+        void *p = realloc(t->layers, (size_t)(index + 1) * sizeof *t->layers);
+        if (!p) return;  // the table is an annotation: without memory for it the trace is still whole
+        t->layers = p;
+        memset(t->layers + t->n_layers, 0, (size_t)(index + 1 - t->n_layers) * sizeof *t->layers);
+        t->n_layers = index + 1;
+    }
+    snprintf(t->layers[index][0], sizeof t->layers[index][0], "%s", name);
+    snprintf(t->layers[index][1], sizeof t->layers[index][1], "%s", kind);
 }
 
 void trace_span(trace *t, int tid, const char *cat, const char *name, double t0_s, double t1_s, int index,
@@ -169,7 +184,15 @@ int trace_close(trace *t) {
     if (!t) return ST_OK;
     fprintf(t->f, "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"rank\":%d,\"host\":", t->rank);
     json_string(t->f, t->host);
-    fprintf(t->f, ",\"events\":%ld,\"dropped_events\":%ld},\n\"traceEvents\":[\n", t->n, t->dropped);
+    fprintf(t->f, ",\"events\":%ld,\"dropped_events\":%ld,\"layers\":[", t->n, t->dropped);
+    for (int i = 0; i < t->n_layers; i++) {
+        fprintf(t->f, "%s[", i ? "," : "");
+        json_string(t->f, t->layers[i][0]);
+        fprintf(t->f, ",");
+        json_string(t->f, t->layers[i][1]);
+        fprintf(t->f, "]");
+    }
+    fprintf(t->f, "]},\n\"traceEvents\":[\n");
     write_metadata(t);
     for (long i = 0; i < t->n; i++) write_event(t, &t->ev[i]);
     fprintf(t->f, "\n]}\n");
@@ -183,6 +206,7 @@ int trace_close(trace *t) {
                : ST_OK;
     free(t->ev);
     free(t->lanes);
+    free(t->layers);
     free(t);
     return st;
 }

@@ -27,6 +27,9 @@ void trace_set_origin(trace *t, double origin_s);
 void trace_set_step(trace *t, long long step);
 // Name a lane (a "thread_name" metadata event); names are copied.
 void trace_name_lane(trace *t, int tid, const char *name);
+// Layer `index`'s name and kind (its config section), written once in the file's otherData "layers", so that
+// per-layer spans (their "index" argument) can be summed by kind (launch/trace_layers.py). Copied.
+void trace_set_layer(trace *t, int index, const char *name, const char *kind);
 // One complete span [t0_s, t1_s] (now_s() values) on lane tid. cat is a static string ("forward", "comm");
 // name is copied (truncated to 47 characters). index: a bucket or layer number written as an argument, or -1.
 // bytes: written as an argument when > 0.

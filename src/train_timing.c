@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common.h"
+#include "layer.h"
 #include "train_impl.h"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -148,6 +149,7 @@ static int layer_hook(void *arg, int backward, int layer, int begin) {
 int train_trace_setup(trainer *t) {
     const backend_ops *o = t->be.ops;
     trace_name_lane(t->tr, TRACE_TID_MAIN, "compute");
+    for (int i = 0; i < t->m.n_layers; i++) trace_set_layer(t->tr, i, t->m.layers[i].name, t->m.layers[i].kind->section);
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
         char name[48];
         snprintf(name, sizeof name, "allreduce bucket %d", i);

@@ -26,6 +26,12 @@ for d in on off; do
   python3 "$src/launch/trace_merge.py" "$tmp/$d" -o "$tmp/$d.json" || fail "trace_merge.py $d"
 done
 
+# Per-layer time by kind (launch/trace_layers.py): the layer table is in the file, and in this CNN the two
+# convolutions take the most time.
+python3 "$src/launch/trace_layers.py" "$tmp/on" >"$tmp/layers.txt" || { cat "$tmp/layers.txt"; fail "trace_layers.py"; }
+grep -q "^  0 conv1 *conv " "$tmp/layers.txt" && grep -q "^slowest kind: conv " "$tmp/layers.txt" ||
+  { cat "$tmp/layers.txt"; fail "trace_layers.py: want conv1 listed and conv the slowest kind"; }
+
 python3 - "$tmp/on.json" "$tmp/off.json" <<'PY' || exit 1
 import json, sys
 from collections import defaultdict
