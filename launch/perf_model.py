@@ -18,7 +18,9 @@ The model (per training step, on every rank):
     k(N)        = max(1, N * threads / cores)                ranks sharing one host's (effective) cores;
                                                              1 when cores = 0
     t_ar(S, N)  = alpha * 2(N-1) + 2(N-1)/N * S / beta       ring all-reduce of one bucket of S bytes (0 at N=1)
-    comm(N)     = sum over buckets of t_ar(S_i, N)           buckets: 4*P bytes cut into bucket_kb KiB slices
+    comm(N)     = sum over buckets of t_ar(S_i, N)           buckets: the sizes the trainer used (metrics
+                                                             bucket_bytes of any np > 1 run: closed at layer
+                                                             boundaries), else 4*P bytes in bucket_kb KiB slices
     exposed(N)  = comm(N)                                    without overlap
                 = max(t_ar(S_last, N), comm(N) - backward(N)) with overlap: the last bucket (the first layers)
                                                              is ready only when backward ends; the others hide
@@ -54,6 +56,16 @@ def buckets(n_params, bucket_kb):
     """Bucket sizes in bytes, in launch order (as train.c cuts the flat gradient buffer)."""
     per = max(1, bucket_kb * 1024 // 4)
     return [4 * min(per, n_params - i) for i in range(0, n_params, per)]
+
+
+def measured_buckets(data):
+    """The bucket sizes (bytes, launch order) a run's metrics report, from the first np > 1 run that has them."""
+    for mode in sorted(data):
+        for n in sorted(data[mode]):
+            sizes = data[mode][n].get("bucket_bytes")
+            if n > 1 and sizes:
+                return [int(s) for s in sizes]
+    return None
 
 
 def allreduce_s(size_bytes, n, alpha_s, beta_bps):
@@ -150,10 +162,14 @@ CSV_FIELDS = ["mode", "np", "global_batch", "images_per_s", "images_per_s_per_ra
 
 def cmd_study(a):
     alpha_s, beta_bps = a.alpha_us * 1e-6, a.beta_gbps * 1e9
-    sizes = buckets(a.params, a.bucket_kb)
     data = runs(a.dir)
     if not data:
         raise SystemExit(f"perf_model.py: no metrics_<mode>_np<N>.jsonl in {a.dir}")
+    sizes = measured_buckets(data)
+    bucket_origin = "as the runs' metrics report them (layer boundaries)"
+    if sizes is None:
+        sizes = buckets(a.params, a.bucket_kb)
+        bucket_origin = f"{a.bucket_kb} KiB slices (no run reports bucket_bytes)"
     rows, errs = [], {"step": [], "images_per_s": [], "efficiency": []}
     for mode in ("strong", "weak"):
         if mode not in data:
@@ -196,8 +212,8 @@ def cmd_study(a):
         w.writeheader()
         w.writerows(rows)
 
-    print(f"model: ring alpha = {a.alpha_us:.3f} us, beta = {a.beta_gbps:.3f} GB/s; {len(sizes)} bucket(s) of "
-          f"{a.bucket_kb} KiB for {a.params} parameters; overlap {'on' if a.overlap else 'off'}; "
+    print(f"model: ring alpha = {a.alpha_us:.3f} us, beta = {a.beta_gbps:.3f} GB/s; {len(sizes)} bucket(s) "
+          f"{bucket_origin}, {sum(sizes)} bytes for {a.params} parameters; overlap {'on' if a.overlap else 'off'}; "
           f"cores shared by the ranks: {f'{a.cores:g}' if a.cores else 'none'}")
     print(f"{'mode':6} {'np':>3} {'G':>5} | {'img/s':>8} {'model':>8} | {'step ms':>8} {'model':>8} {'err':>7} | "
           f"{'exposed':>7} {'model':>7} | {'eff':>6} {'model':>6}")

@@ -119,6 +119,10 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON_AddStringToObject(o, "efficiency_kind", m->efficiency_kind ? m->efficiency_kind : "");
     cJSON_AddNumberToObject(o, "bucket_kb", m->bucket_kb);
     cJSON_AddNumberToObject(o, "n_buckets", m->n_buckets);
+    if (m->n_buckets > 0 && m->bucket_bytes) {
+        cJSON *arr = cJSON_AddArrayToObject(o, "bucket_bytes");
+        for (int i = 0; arr && i < m->n_buckets; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber((double)m->bucket_bytes[i]));
+    }
     cJSON_AddNumberToObject(o, "overlap", m->overlap);
     cJSON_AddStringToObject(o, "backend", m->backend ? m->backend : "");
     cJSON_AddStringToObject(o, "comm", m->comm ? m->comm : "");

@@ -37,6 +37,7 @@ typedef struct epoch_metrics {
     double grad_norm;       // mean global L2 norm of the averaged gradients before clipping, over the timed
                             // steps (net.clip_grad_norm > 0); NaN when not clipping (written as null)
     int world, batch, global_batch, n_buckets, bucket_kb, overlap, scaling;
+    const long long *bucket_bytes;  // n_buckets sizes in launch order (buckets close at layer boundaries)
     const char *backend, *comm;
     int cuda_graph;         // the steps were replayed from a CUDA graph
     int accum_steps;        // micro-batches per optimizer step (net.accum_steps)

@@ -621,6 +621,7 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
     em->world = t->world, em->batch = t->B, em->global_batch = t->G;
     em->n_buckets = t->use_comm ? t->n_buckets : 0;
+    em->bucket_bytes = t->bucket_bytes;
     em->bucket_kb = cfg->bucket_kb, em->overlap = t->overlap, em->scaling = cfg->scaling;
     em->backend = t->be.ops->name, em->comm = comm_backend_name(t->c);
     em->cuda_graph = t->use_graph;
@@ -718,6 +719,7 @@ static void trainer_free(trainer *t) {
     free(t->confusion);
     free(t->h_logits);
     free(t->buckets);
+    free(t->bucket_bytes);
     free(t->lm);
     data_free(&t->train);
     data_free(&t->test);

@@ -126,7 +126,12 @@ int train_buckets_create(trainer *t) {
             TRY_ALLOC(t->buckets);
         }
     }
-    for (int i = 0; i < t->n_buckets; i++) t->buckets[i].req = -1;
+    t->bucket_bytes = calloc((size_t)t->n_buckets + 1, sizeof *t->bucket_bytes);
+    TRY_ALLOC(t->bucket_bytes);
+    for (int i = 0; i < t->n_buckets; i++) {
+        t->buckets[i].req = -1;
+        t->bucket_bytes[i] = (long long)((t->buckets[i].end - t->buckets[i].begin) * sizeof(float));
+    }
     return ST_OK;
 }
 

@@ -63,6 +63,7 @@ typedef struct trainer {
     int B, G, steps_per_epoch, sample_elems;
     // buckets
     bucket *buckets;
+    long long *bucket_bytes;    // each bucket's size in bytes, launch order (metrics bucket_bytes)
     int n_buckets, next_bucket, use_comm, overlap;
     int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
     int cb_status;              // first error raised inside the grad-ready callback
