@@ -81,6 +81,9 @@ typedef struct layer_kind {
     // Backward: from l->dy (may be overwritten) to l->dx[k] (overwritten; NULL = no gradient wanted) and this
     // layer's parameter gradients. Optional: NULL for a kind with nothing to pass back (the loss).
     int (*backward)(model *m, model_layer *l, int n);
+    // Floating-point operations of one sample's forward (multiply-add = 2), for GFLOP/s figures. Optional: NULL
+    // for kinds whose cost is memory traffic, not arithmetic (counted as 0).
+    double (*flops)(const model_layer *l);
 } layer_kind;
 
 const layer_kind *layer_kind_of(int type);  // NULL for a bad type

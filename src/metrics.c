@@ -106,6 +106,7 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     const struct { const char *k; double v; } nums[] = {
         {"train_loss", m->train_loss}, {"train_acc", m->train_acc}, {"test_loss", m->test_loss},
         {"test_acc", m->test_acc}, {"images_per_s", m->images_per_s}, {"images_per_s_per_rank", m->images_per_s_per_rank},
+        {"gflop_per_s", m->gflop_per_s},
         {"epoch_s", m->epoch_s}, {"eval_s", m->eval_s}, {"step_s", m->t.step_s}, {"data_s", m->t.data_s},
         {"forward_s", m->t.forward_s}, {"backward_s", m->t.backward_s}, {"comm_s", m->t.comm_s},
         {"exposed_comm_s", m->t.exposed_comm_s}, {"optimizer_s", m->t.optimizer_s}, {"lr", m->lr},

@@ -32,6 +32,7 @@ typedef struct epoch_metrics {
     double eval_s;
     double images_per_s;    // global: world * per-rank batch * steps / epoch_s
     double images_per_s_per_rank;
+    double gflop_per_s;     // images_per_s × the model's training FLOPs per image (conv, dense) / 1e9
     step_times t;
     double lr;
     double grad_norm;       // mean global L2 norm of the averaged gradients before clipping, over the timed

@@ -252,6 +252,13 @@ int model_state_tensor(const model *m, int i, model_state_info *info) {
     return k;
 }
 
+double model_train_flops_per_sample(const model *m) {
+    double f = 0;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i].kind->flops) f += m->layers[i].kind->flops(&m->layers[i]);
+    return 3.0 * f;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward and backward
 

@@ -124,6 +124,10 @@ typedef struct model_state_info {
 // when i < 0 or past the end.
 int model_state_tensor(const model *m, int i, model_state_info *info);
 
+// Floating-point operations of one training sample: forward + backward, counted as 3x the forward's (backward
+// computes the gradients of both the inputs and the weights) over the kinds that report arithmetic (conv, dense).
+double model_train_flops_per_sample(const model *m);
+
 // Names/shapes for checkpoints: the i-th parameter tensor (weights and biases in FORWARD layer order, names
 // "<layer>.weight", "<layer>.bias"; a layer without a bias has no bias tensor). Returns the number of tensors
 // when i < 0.

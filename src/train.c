@@ -617,6 +617,7 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->epoch_s = e->epoch_s, em->eval_s = e->eval_s;
     em->images_per_s = e->epoch_s > 0 ? (double)e->steps_run * t->G / e->epoch_s : 0;
     em->images_per_s_per_rank = em->images_per_s / t->world;
+    em->gflop_per_s = em->images_per_s * model_train_flops_per_sample(&t->m) / 1e9;
     train_timing_means(t, &em->t, &em->grad_norm);
     em->lr = lr_schedule_at(&t->sched, t->global_step - 1);  // the epoch's last step
     em->world = t->world, em->batch = t->B, em->global_batch = t->G;

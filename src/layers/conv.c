@@ -117,6 +117,10 @@ static int conv_backward(model *m, model_layer *l, int n) {
                                      m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
+static double conv_flops(const model_layer *l) {
+    return 2.0 * l->conv.k * l->conv.c * l->conv.r * l->conv.s * l->conv.oh * l->conv.ow;
+}
+
 const layer_kind layer_kind_conv = {
     .section = "conv",
     .keys = keys,
@@ -129,4 +133,5 @@ const layer_kind layer_kind_conv = {
     .set_batch = conv_set_batch,
     .forward = conv_forward,
     .backward = conv_backward,
+    .flops = conv_flops,
 };

@@ -40,6 +40,8 @@ static int dense_backward(model *m, model_layer *l, int n) {
                                       l->dy, l->dx[0], m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL);
 }
 
+static double dense_flops(const model_layer *l) { return 2.0 * l->in_c * l->out_c; }
+
 const layer_kind layer_kind_dense = {
     .section = "dense",
     .keys = keys,
@@ -50,4 +52,5 @@ const layer_kind layer_kind_dense = {
     .create = dense_create,
     .forward = dense_forward,
     .backward = dense_backward,
+    .flops = dense_flops,
 };
