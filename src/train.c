@@ -598,6 +598,7 @@ static int epoch_stopped(trainer *t, const epoch_totals *e) {
 static int epoch_evaluate(trainer *t, epoch_totals *e) {
     double ev0 = now_s();
     if (t->tr) trace_set_step(t->tr, -1);
+    TRY(train_state_broadcast(t));  // every rank evaluates with rank 0's running statistics
     TRY(train_evaluate(t, &e->test_loss, &e->test_acc));
     e->eval_s = now_s() - ev0;
     if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + e->eval_s, t->epoch + 1, 0);

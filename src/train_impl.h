@@ -1,7 +1,7 @@
 // train_impl.h — private to the trainer's files: the trainer struct and what one of them calls in another.
 //   train.c         set-up, the step (issued or replayed from a graph), evaluation, the epoch loop, train_run
 //   train_ddp.c     data-parallel mechanics: gradient buckets and their all-reduce, the initial broadcast,
-//                   agreement on the data, the replica check
+//                   running statistics from rank 0, agreement on the data, the replica check
 //   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
 //   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
 //   train_use.c     using a trained model: --eval and --predict
@@ -129,7 +129,8 @@ void train_on_grads_ready(void *arg, size_t ready);  // model_backward's callbac
 int train_buckets_finish(trainer *t);         // launch the rest, wait for all (comm=nccl: the stream waits)
 int train_ddp_start(trainer *t);              // bind the comm to the stream, broadcast rank 0's state
 int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
-int train_replicas_check(trainer *t);         // every rank holds the same parameters (collective)
+int train_state_broadcast(trainer *t);        // running statistics from rank 0 (collective; before eval, save)
+int train_replicas_check(trainer *t);         // same parameters and running statistics everywhere (collective)
 uint64_t train_fnv1a(const void *p, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------
