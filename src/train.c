@@ -145,7 +145,27 @@ static int schedule_setup(trainer *t) {
     return lr_schedule_init(&t->sched, cfg, peak, t->steps_per_epoch);
 }
 
-// net.no_decay: the biases, the named layers (and, by kind, batch norm layers: none yet) keep no weight decay.
+// net.no_decay as ranges of the parameter buffer: every bias (`bias`), every [batchnorm]'s weight and bias
+// (`batchnorm`, as PyTorch recipes leave norm layers undecayed), and the named layers whole. begin/len hold up to
+// 2 per layer; returns how many ranges.
+int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len) {
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        int whole = 0, bias = 0;
+        for (const char *s = list; *s;) {
+            size_t k = strcspn(s, ",");
+            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
+            else if (k == 9 && strncmp(s, "batchnorm", 9) == 0 && l->type == LAYER_BATCHNORM) whole = 1;
+            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
+            s += k + (s[k] == ',');
+        }
+        if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
+        if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
+    }
+    return n;
+}
+
 static int no_decay_setup(trainer *t) {
     const char *list = t->cfg->no_decay;
     if (!*list || t->cfg->weight_decay <= 0) return ST_OK;
@@ -154,20 +174,7 @@ static int no_decay_setup(trainer *t) {
         free(begin), free(len);
         return ERR(ST_RUNTIME, "out of host memory");
     }
-    int n = 0;
-    for (int i = 0; i < t->m.n_layers; i++) {
-        const model_layer *l = &t->m.layers[i];
-        int whole = 0, bias = 0;
-        for (const char *s = list; *s;) {
-            size_t k = strcspn(s, ",");
-            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
-            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
-            s += k + (s[k] == ',');
-        }
-        if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
-        if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
-    }
-    int st = optim_no_decay(&t->opt, begin, len, n);
+    int st = optim_no_decay(&t->opt, begin, len, train_no_decay_ranges(&t->m, list, begin, len));
     free(begin), free(len);
     return st;
 }

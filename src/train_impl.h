@@ -156,6 +156,8 @@ int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forw
 // train.c
 
 int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
+// net.no_decay's ranges of the parameter buffer (begin/len: 2 per layer at most); returns how many.
+int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len);
 int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
 int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
 int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
