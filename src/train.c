@@ -179,6 +179,33 @@ static int no_decay_setup(trainer *t) {
     return st;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Sync batch norm
+
+// The model's sync BN hook: the statistics averaged over the ranks in stream order (comm=nccl: the compute
+// stream waits, capturable; comm=mpi: on the host, so no CUDA graph -- setup turns it off with a note).
+static int sync_bn_allreduce(void *arg, float *buf, size_t n) {
+    trainer *t = arg;
+    char label[64];
+    snprintf(label, sizeof label, "step %lld sync batchnorm", t->global_step + 1);  // 1-based, as in messages
+    return comm_allreduce_avg(t->c, buf, n, label);
+}
+
+// [batchnorm] sync=1 with more than one rank: the model calls back into the comm between the ops. Every rank
+// must then run the same forwards with the same batch size, which training does: strong scaling refuses a global
+// batch that does not divide by the ranks (batch_setup), an epoch has only full steps (data_steps_per_epoch
+// drops the remainder) and accumulation's micro-batches are all B. Evaluation uses the running statistics and
+// never calls the hook (its last batch may be partial and differ between ranks).
+static int sync_bn_setup(trainer *t) {
+    int any = 0;
+    for (int i = 0; i < t->cfg->n_layers; i++) any |= t->cfg->layers[i].type == LAYER_BATCHNORM && t->cfg->layers[i].sync;
+    if (!any || t->world == 1) return 0;
+    t->m.allreduce_avg = sync_bn_allreduce;
+    t->m.allreduce_arg = t;
+    t->m.world = t->world;
+    return 1;
+}
+
 // Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
 // rank returns an error instead of leaving the others waiting in a collective.
 int train_agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
@@ -271,19 +298,23 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_create(&t->m, &t->be, cfg, max_batch));
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    const int sync_bn = sync_bn_setup(t);
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
     TRY(train_buckets_create(t));
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
     if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
-    // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
+    // A graph holds the whole step, all-reduces included (the buckets', sync BN's inside forward and backward):
+    // those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
-    int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);
+    int comm_on_stream = !(t->use_comm || sync_bn) || (comm_caps(t->c) & COMM_CAP_CAPTURE);
     t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
-        LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
-                                                             : "comm=mpi all-reduces run on the host, outside any graph");
+        LOG0("note: CUDA graph off: %s\n",
+             t->o->trace_dir ? "--trace marks each layer from the host"
+             : sync_bn       ? "comm=mpi all-reduces (gradients, sync batch norm's statistics) run on the host, outside any graph"
+                             : "comm=mpi all-reduces run on the host, outside any graph");
     if (t->o->resume_path) {
         TRY(train_ckpt_resume(t, t->o->resume_path));
         if (t->o->init_from)  // --resume-if-exists found its checkpoint: that run was already fine-tuning
