@@ -1,6 +1,7 @@
 // test_ddp.c — the data-parallel trainer end to end under mpirun (np 1, 2, 4): gradient averaging is exact
-// (np 2 x batch 32 == np 1 x batch 64 after 50 steps), strong scaling splits the global batch, rank 0 logs
-// comm and efficiency, and killing one rank never hangs the others.
+// (np 2 x batch 32 == np 1 x batch 64 after 50 steps; with sync batch norm too), batch norm resumes exactly at
+// np 2 and its running statistics are in the replica check, strong scaling splits the global batch, rank 0 logs
+// comm and efficiency, and killing one rank never hangs the others. DDP_TEST_ONLY=<cmocka pattern> runs a subset.
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
