@@ -4,16 +4,16 @@
     python3 launch/torch_check_ckpt.py CKPT.safetensors [--data DIR] [--expect-acc X]
 
 Proves that checkpoints are PyTorch state dicts as they are: the model tensors (everything not under
-`optim.`) go into `load_state_dict(strict=True)` of the reference CNN unchanged, and the test accuracy PyTorch
-computes equals the one the trainer printed (within 1e-3 when --expect-acc is given; exit 1 otherwise).
-The safetensors file is parsed here with the standard library (8-byte length, JSON header, raw f32), so
-neither the `safetensors` package nor ddp-cnn code is involved. Needs Debian's python3-torch; a check, not a
-test dependency.
+`optim.`: parameters, and batch norm's running_mean, running_var and num_batches_tracked, an int64 scalar) go
+into `load_state_dict(strict=True)` unchanged -- of the module launch/torch_model.py builds from the
+checkpoint's stored configuration (config_ini), or of the reference CNN for a file without one -- and the test
+accuracy PyTorch computes in eval mode (running statistics) equals the one the trainer printed (within 1e-3
+when --expect-acc is given; exit 1 otherwise). The safetensors file is parsed with the standard library
+(launch/torch_model.py's reader: 8-byte length, JSON header, raw F32/I64), so neither the `safetensors` package
+nor ddp-cnn code is involved. Needs Debian's python3-torch; a check, not a test dependency.
 """
 import argparse
-import json
 import os
-import struct
 import sys
 
 import torch
@@ -21,21 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_torch import Net, load_idx  # noqa: E402  the same reference CNN and IDX reader as the benchmark
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    meta = header.pop("__metadata__", {})
-    base = 8 + n
-    out = {}
-    for name, e in header.items():
-        assert e["dtype"] == "F32", (name, e["dtype"])
-        b, t = e["data_offsets"]
-        out[name] = torch.frombuffer(bytearray(blob[base + b:base + t]), dtype=torch.float32).reshape(e["shape"])
-    return out, meta
+from torch_model import build_model, load_safetensors, parse_config  # noqa: E402
 
 
 def main():
@@ -46,7 +32,7 @@ def main():
     a = ap.parse_args()
     tensors, meta = load_safetensors(a.ckpt)
     sd = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
-    model = Net()
+    model = build_model(parse_config(meta["config_ini"])) if "config_ini" in meta else Net()
     model.load_state_dict(sd, strict=True)
     model.eval()
     x, y = load_idx(f"{a.data}/t10k-images-idx3-ubyte.gz", f"{a.data}/t10k-labels-idx1-ubyte.gz")

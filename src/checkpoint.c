@@ -72,8 +72,10 @@ static int64_t mul_checked(int64_t a, int64_t b) {
 // ---------------------------------------------------------------------------------------------------------
 // Save: argument checks
 
+static const char *dtype_name(int dtype) { return dtype == CKPT_I64 ? "I64" : "F32"; }
+
 static int64_t tensor_bytes(const ckpt_tensor *t) {
-    int64_t n = (int64_t)sizeof(float);
+    int64_t n = t->dtype == CKPT_I64 ? (int64_t)sizeof(int64_t) : (int64_t)sizeof(float);
     for (int d = 0; d < t->ndim && n >= 0; d++) n = mul_checked(n, t->shape[d]);
     return n;
 }
@@ -82,6 +84,8 @@ static int save_check_tensor(const char *path, const ckpt_tensor *t, int i) {
     if (t->name == NULL || t->name[0] == '\0') return ERR(ST_INPUT, "%s: tensor #%d has no name", path, i);
     if (strcmp(t->name, CKPT_META_KEY) == 0)
         return ERR(ST_INPUT, "%s: tensor name '%s' is reserved for metadata", path, t->name);
+    if (t->dtype != CKPT_F32 && t->dtype != CKPT_I64)
+        return ERR(ST_INPUT, "%s: tensor '%s' has unknown dtype code %d", path, t->name, t->dtype);
     if (t->ndim < 0 || t->ndim > CKPT_MAX_DIMS)
         return ERR(ST_INPUT, "%s: tensor '%s' has rank %d (0..%d allowed)", path, t->name, t->ndim, CKPT_MAX_DIMS);
     for (int d = 0; d < t->ndim; d++)
@@ -128,7 +132,7 @@ static cJSON *header_tensor_json(const ckpt_tensor *t, uint64_t begin, uint64_t 
     for (int d = 0; ok && d < t->ndim; d++) ok = cJSON_AddItemToArray(shape, cJSON_CreateNumber((double)t->shape[d]));
     ok = ok && cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)begin));
     ok = ok && cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)end));
-    ok = ok && cJSON_AddStringToObject(o, "dtype", "F32") != NULL;
+    ok = ok && cJSON_AddStringToObject(o, "dtype", dtype_name(t->dtype)) != NULL;
     if (ok && cJSON_AddItemToObject(o, "shape", shape)) shape = NULL;  // owned by o from here
     else ok = 0;
     if (ok && cJSON_AddItemToObject(o, "data_offsets", offs)) offs = NULL;
@@ -651,7 +655,9 @@ int ckpt_require_finite(const ckpt_file *f, const char *name, const float *v, si
     return ST_OK;
 }
 
-int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst) {
+// A tensor of the given dtype and exact shape into dst (its bytes as they are).
+static int read_typed(const ckpt_file *f, const char *name, const char *dtype, int ndim, const int64_t *shape,
+                      void *dst) {
     TRY(host_check_little_endian());
     ckpt_entry key = {.name = name};
     const ckpt_entry *e = name ? bsearch(&key, f->entries, (size_t)f->n_entries, sizeof *f->entries,
@@ -661,8 +667,8 @@ int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64
     if (ndim < 0 || ndim > CKPT_MAX_DIMS || (ndim > 0 && !shape))
         return ERR(ST_INPUT, "%s: tensor '%s': requested rank %d (0..%d allowed)", f->path, name, ndim,
                    CKPT_MAX_DIMS);
-    if (strcmp(e->dtype, "F32") != 0)
-        return ERR(ST_INPUT, "%s: tensor '%s' has dtype %s, expected F32", f->path, name, e->dtype);
+    if (strcmp(e->dtype, dtype) != 0)
+        return ERR(ST_INPUT, "%s: tensor '%s' has dtype %s, expected %s", f->path, name, e->dtype, dtype);
     int same = e->ndim == ndim;
     for (int d = 0; same && d < ndim; d++) same = e->shape[d] == shape[d];
     if (!same) {
@@ -673,6 +679,14 @@ int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64
     }
     if (e->end == e->begin) return ST_OK;
     return input_pread(f->fd, f->path, dst, (size_t)(e->end - e->begin), f->data_start + e->begin);
+}
+
+int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst) {
+    return read_typed(f, name, "F32", ndim, shape, dst);
+}
+
+int ckpt_read_tensor_i64(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, int64_t *dst) {
+    return read_typed(f, name, "I64", ndim, shape, dst);
 }
 
 int ckpt_has_tensor(const ckpt_file *f, const char *name) {

@@ -14,11 +14,16 @@
 
 #define CKPT_MAX_DIMS 4
 
+// Dtypes we write: F32 for every float tensor, I64 for counts (PyTorch's num_batches_tracked is a 0-dim int64,
+// and load_state_dict(strict=True) wants that dtype).
+enum ckpt_dtype { CKPT_F32 = 0, CKPT_I64 };
+
 typedef struct ckpt_tensor {
     const char *name;
-    const float *data;      // host memory, float32
+    const void *data;       // host memory: float32 (CKPT_F32) or int64 (CKPT_I64) values
     int ndim;
     int64_t shape[CKPT_MAX_DIMS];
+    int dtype;              // enum ckpt_dtype (0, the default: F32)
 } ckpt_tensor;
 
 typedef struct ckpt_kv {
@@ -42,6 +47,8 @@ void ckpt_free(ckpt_file *f);
 // ST_INPUT naming the file and tensor when missing or different (dst untouched). The bytes are copied as they
 // are (NaN included: the format round-trips any float).
 int ckpt_read_tensor(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, float *dst);
+// The same for an I64 tensor (dtype checked to be I64).
+int ckpt_read_tensor_i64(const ckpt_file *f, const char *name, int ndim, const int64_t *shape, int64_t *dst);
 // A training checkpoint must hold finite values only: a NaN or Inf would be trained on and saved again (ReLU can
 // hide it from the divergence check). ST_INPUT naming the file, the tensor, the first bad element and the count.
 int ckpt_require_finite(const ckpt_file *f, const char *name, const float *v, size_t n);

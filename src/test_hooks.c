@@ -25,7 +25,11 @@ void test_hooks_from_env(test_hooks *h) {
         h->stall_s = secs;
     }
     if ((s = getenv("DDP_TEST_SLOW_SAVE"))) h->slow_save = 1, h->slow_save_s = (unsigned)atoi(s);
-    if ((s = getenv("DDP_TEST_CORRUPT_RANK"))) h->corrupt_rank = atoi(s);
+    if ((s = getenv("DDP_TEST_CORRUPT_RANK"))) {
+        h->corrupt_rank = atoi(s);
+        const char *colon = strchr(s, ':');
+        h->corrupt_state = colon && strcmp(colon + 1, "state") == 0;
+    }
     if ((s = getenv("DDP_TEST_CPU_GRAPH")))
         h->cpu_graph = strcmp(s, "refuse") == 0 ? TEST_CPU_GRAPH_REFUSE : TEST_CPU_GRAPH_EMULATE;
     long v;

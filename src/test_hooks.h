@@ -24,8 +24,10 @@ typedef struct test_hooks {
     int slow_save;
     unsigned slow_save_s;
     // DDP_TEST_CORRUPT_RANK=R: rank R adds 1 to one parameter before the end-of-epoch replica check (np > 1),
-    // to prove the check catches it. -1: off.
+    // to prove the check catches it; R:state: to the first running statistic instead (a model with state,
+    // e.g. [batchnorm]). -1: off.
     int corrupt_rank;
+    int corrupt_state;
     test_cpu_graph cpu_graph;   // DDP_TEST_CPU_GRAPH (above)
     // DDP_TEST_FAKE_GPUS=N: GPUs per node for the node-local rank -> device mapping (src/placement.h), so the
     // placement tests run without GPUs. 0: off.

@@ -145,7 +145,27 @@ static int schedule_setup(trainer *t) {
     return lr_schedule_init(&t->sched, cfg, peak, t->steps_per_epoch);
 }
 
-// net.no_decay: the biases, the named layers (and, by kind, batch norm layers: none yet) keep no weight decay.
+// net.no_decay as ranges of the parameter buffer: every bias (`bias`), every [batchnorm]'s weight and bias
+// (`batchnorm`, as PyTorch recipes leave norm layers undecayed), and the named layers whole. begin/len hold up to
+// 2 per layer; returns how many ranges.
+int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len) {
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        int whole = 0, bias = 0;
+        for (const char *s = list; *s;) {
+            size_t k = strcspn(s, ",");
+            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
+            else if (k == 9 && strncmp(s, "batchnorm", 9) == 0 && l->type == LAYER_BATCHNORM) whole = 1;
+            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
+            s += k + (s[k] == ',');
+        }
+        if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
+        if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
+    }
+    return n;
+}
+
 static int no_decay_setup(trainer *t) {
     const char *list = t->cfg->no_decay;
     if (!*list || t->cfg->weight_decay <= 0) return ST_OK;
@@ -154,22 +174,36 @@ static int no_decay_setup(trainer *t) {
         free(begin), free(len);
         return ERR(ST_RUNTIME, "out of host memory");
     }
-    int n = 0;
-    for (int i = 0; i < t->m.n_layers; i++) {
-        const model_layer *l = &t->m.layers[i];
-        int whole = 0, bias = 0;
-        for (const char *s = list; *s;) {
-            size_t k = strcspn(s, ",");
-            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
-            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
-            s += k + (s[k] == ',');
-        }
-        if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
-        if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
-    }
-    int st = optim_no_decay(&t->opt, begin, len, n);
+    int st = optim_no_decay(&t->opt, begin, len, train_no_decay_ranges(&t->m, list, begin, len));
     free(begin), free(len);
     return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Sync batch norm
+
+// The model's sync BN hook: the statistics averaged over the ranks in stream order (comm=nccl: the compute
+// stream waits, capturable; comm=mpi: on the host, so no CUDA graph -- setup turns it off with a note).
+static int sync_bn_allreduce(void *arg, float *buf, size_t n) {
+    trainer *t = arg;
+    char label[64];
+    snprintf(label, sizeof label, "step %lld sync batchnorm", t->global_step + 1);  // 1-based, as in messages
+    return comm_allreduce_avg(t->c, buf, n, label);
+}
+
+// [batchnorm] sync=1 with more than one rank: the model calls back into the comm between the ops. Every rank
+// must then run the same forwards with the same batch size, which training does: strong scaling refuses a global
+// batch that does not divide by the ranks (batch_setup), an epoch has only full steps (data_steps_per_epoch
+// drops the remainder) and accumulation's micro-batches are all B. Evaluation uses the running statistics and
+// never calls the hook (its last batch may be partial and differ between ranks).
+static int sync_bn_setup(trainer *t) {
+    int any = 0;
+    for (int i = 0; i < t->cfg->n_layers; i++) any |= t->cfg->layers[i].type == LAYER_BATCHNORM && t->cfg->layers[i].sync;
+    if (!any || t->world == 1) return 0;
+    t->m.allreduce_avg = sync_bn_allreduce;
+    t->m.allreduce_arg = t;
+    t->m.world = t->world;
+    return 1;
 }
 
 // Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
@@ -264,19 +298,23 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_create(&t->m, &t->be, cfg, max_batch));
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    const int sync_bn = sync_bn_setup(t);
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
     TRY(train_buckets_create(t));
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
     if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
-    // A graph holds the whole step, all-reduces included: those must be stream work (nccl), not host MPI.
+    // A graph holds the whole step, all-reduces included (the buckets', sync BN's inside forward and backward):
+    // those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
-    int comm_on_stream = !t->use_comm || (comm_caps(t->c) & COMM_CAP_CAPTURE);
+    int comm_on_stream = !(t->use_comm || sync_bn) || (comm_caps(t->c) & COMM_CAP_CAPTURE);
     t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
-        LOG0("note: CUDA graph off: %s\n", t->o->trace_dir ? "--trace marks each layer from the host"
-                                                             : "comm=mpi all-reduces run on the host, outside any graph");
+        LOG0("note: CUDA graph off: %s\n",
+             t->o->trace_dir ? "--trace marks each layer from the host"
+             : sync_bn       ? "comm=mpi all-reduces (gradients, sync batch norm's statistics) run on the host, outside any graph"
+                             : "comm=mpi all-reduces run on the host, outside any graph");
     if (t->o->resume_path) {
         TRY(train_ckpt_resume(t, t->o->resume_path));
         if (t->o->init_from)  // --resume-if-exists found its checkpoint: that run was already fine-tuning
@@ -598,6 +636,7 @@ static int epoch_stopped(trainer *t, const epoch_totals *e) {
 static int epoch_evaluate(trainer *t, epoch_totals *e) {
     double ev0 = now_s();
     if (t->tr) trace_set_step(t->tr, -1);
+    TRY(train_state_broadcast(t));  // every rank evaluates with rank 0's running statistics
     TRY(train_evaluate(t, &e->test_loss, &e->test_acc));
     e->eval_s = now_s() - ev0;
     if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + e->eval_s, t->epoch + 1, 0);

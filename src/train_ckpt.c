@@ -20,9 +20,14 @@
 // Checkpoints: model tensors under PyTorch names, optimizer state under "optim.<state>.<tensor>", position
 // and provenance in __metadata__.
 
+// Per layer: weight and bias for the parameters and each of at most two optimizer states, and at most three
+// state tensors (batch norm's running_mean, running_var, num_batches_tracked).
+#define CKPT_MAX_TENSORS (3 * 2 * CFG_MAX_LAYERS + 3 * CFG_MAX_LAYERS)
+
 typedef struct tensor_list {
-    ckpt_tensor t[3 * 2 * CFG_MAX_LAYERS];
-    char names[3 * 2 * CFG_MAX_LAYERS][96];
+    ckpt_tensor t[CKPT_MAX_TENSORS];
+    char names[CKPT_MAX_TENSORS][96];
+    int64_t counts[CKPT_MAX_TENSORS];  // I64 values of the count tensors (the model keeps them as floats)
     int n;
 } tensor_list;
 
@@ -46,12 +51,78 @@ static void tensors_list(const trainer *t, const float *host, tensor_list *tl) {
             if (s < 0) snprintf(nm, 96, "%s.%s", lname, is_bias ? "bias" : "weight");
             else snprintf(nm, 96, "optim.%s.%s.%s", state_name, lname, is_bias ? "bias" : "weight");
             ckpt_tensor *ct = &tl->t[tl->n++];
+            memset(ct, 0, sizeof *ct);
             ct->name = nm;
             ct->data = base + off;
             ct->ndim = ndim;
             memcpy(ct->shape, shape, sizeof shape);
         }
     }
+}
+
+// Append the model's state tensors ("<layer>.running_mean", ...: PyTorch's buffer names) with host pointers into
+// `state` (a host copy of m->state); a count (num_batches_tracked) is an I64 tensor, its value in tl->counts.
+static void state_tensors_list(const trainer *t, const float *state, tensor_list *tl) {
+    const int ns = model_state_tensor(&t->m, -1, NULL);
+    for (int i = 0; i < ns; i++) {
+        model_state_info si;
+        model_state_tensor(&t->m, i, &si);
+        char *nm = tl->names[tl->n];
+        snprintf(nm, 96, "%s.%s", si.layer, si.suffix);
+        ckpt_tensor *ct = &tl->t[tl->n];
+        memset(ct, 0, sizeof *ct);
+        ct->name = nm;
+        ct->ndim = si.ndim;
+        memcpy(ct->shape, si.shape, sizeof si.shape);
+        if (si.is_count) {
+            tl->counts[tl->n] = (int64_t)state[si.offset];
+            ct->data = &tl->counts[tl->n];
+            ct->dtype = CKPT_I64;
+        } else {
+            ct->data = state + si.offset;
+        }
+        tl->n++;
+    }
+}
+
+// A count (num_batches_tracked) read from a file into the model's float: exact below 2^24.
+static int count_to_float(const ckpt_file *f, const char *name, int64_t v, float *dst) {
+    if (v < 0 || v > (1LL << 24))
+        return ERR(ST_INPUT, "%s: tensor '%s' is %lld, not a count in [0, 2^24] (the model keeps it as a float)",
+                   ckpt_path(f), name, (long long)v);
+    *dst = (float)v;
+    return ST_OK;
+}
+
+// One state tensor from the file into its place in `state` (a host copy of m->state): dtype, shape and values
+// checked.
+static int state_tensor_read(const ckpt_file *f, const model_state_info *si, const char *name, float *state) {
+    if (si->is_count) {
+        int64_t v = 0;
+        TRY(ckpt_read_tensor_i64(f, name, si->ndim, si->shape, &v));
+        return count_to_float(f, name, v, state + si->offset);
+    }
+    size_t count = 1;
+    for (int d = 0; d < si->ndim; d++) count *= (size_t)si->shape[d];
+    TRY(ckpt_read_tensor(f, name, si->ndim, si->shape, state + si->offset));
+    return ckpt_require_finite(f, name, state + si->offset, count);
+}
+
+// The model's state (running statistics) on the host, malloc'd (at least one float, so never NULL on success).
+static int host_model_state(const trainer *t, float **out) {
+    float *h = malloc((t->m.n_state + 1) * sizeof(float));
+    TRY_ALLOC(h);
+    int st = t->m.n_state ? t->be.ops->download(t->be.ctx, h, t->m.state, t->m.n_state * sizeof(float)) : ST_OK;
+    if (st != ST_OK) {
+        free(h);
+        return st;
+    }
+    *out = h;
+    return ST_OK;
+}
+
+static int host_model_state_upload(trainer *t, const float *h) {
+    return t->m.n_state ? t->be.ops->upload(t->be.ctx, t->m.state, h, t->m.n_state * sizeof(float)) : ST_OK;
 }
 
 int train_host_state(const trainer *t, float **out) {
@@ -118,14 +189,17 @@ static char *config_text(const net_config *cfg) {
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
     if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
-    float *host = NULL;
+    float *host = NULL, *state = NULL;
     TRY(train_host_state(t, &host));
-    tensor_list *tl = malloc(sizeof *tl);
+    int st0 = host_model_state(t, &state);
+    tensor_list *tl = st0 == ST_OK ? malloc(sizeof *tl) : NULL;
     if (!tl) {
         free(host);
-        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's tensor list");
+        free(state);
+        return st0 != ST_OK ? st0 : ERR(ST_RUNTIME, "out of host memory for the checkpoint's tensor list");
     }
     tensors_list(t, host, tl);
+    state_tensors_list(t, state, tl);
     char v[16][64];
     snprintf(v[0], 64, "%d", t->epoch);
     snprintf(v[1], 64, "%d", t->step_in_epoch);
@@ -148,6 +222,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     if (!ini) {
         free(tl);
         free(host);
+        free(state);
         return ERR(ST_RUNTIME, "out of host memory for the checkpoint's configuration text");
     }
     ckpt_kv meta[20] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
@@ -165,6 +240,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     free(ini);
     free(tl);
     free(host);
+    free(state);
     return st;
 }
 
@@ -172,6 +248,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
 // (parallel.save_timeout_s: a large checkpoint on a slow file system takes longer than any collective may), and
 // whose timeout says that it was the save. A write that fails on rank 0 is its local error (the job is aborted).
 int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum) {
+    TRY(train_state_broadcast(t));  // the file holds every rank's running statistics: rank 0's
     TRY(checkpoint_save(t, path, loss_sum, correct_sum));
     if (t->world == 1) return ST_OK;
     char what[CFG_PATH_MAX + 160];
@@ -265,7 +342,7 @@ static int checkpoint_check_meta(trainer *t, const ckpt_file *f, ckpt_position *
 int train_ckpt_resume(trainer *t, const char *path) {
     ckpt_file *f = NULL;
     TRY(ckpt_load(path, &f));
-    float *host = NULL;
+    float *host = NULL, *state = NULL;
     tensor_list *tl = NULL;
     ckpt_position p = {0};
     int st = checkpoint_check_meta(t, f, &p);
@@ -287,7 +364,18 @@ int train_ckpt_resume(trainer *t, const char *path) {
         if (st == ST_OK) st = ckpt_require_finite(f, ct->name, ct->data, count);
     }
     if (st) goto done;
+    // The running statistics: exact resume needs them (a file without them is of a model without state).
+    if ((st = host_model_state(t, &state))) goto done;
+    for (int i = 0, ns = model_state_tensor(&t->m, -1, NULL); i < ns && st == ST_OK; i++) {
+        model_state_info si;
+        model_state_tensor(&t->m, i, &si);
+        char name[96];
+        snprintf(name, sizeof name, "%s.%s", si.layer, si.suffix);
+        st = state_tensor_read(f, &si, name, state);
+    }
+    if (st) goto done;
     if ((st = train_host_state_upload(t, host))) goto done;
+    if ((st = host_model_state_upload(t, state))) goto done;
     t->epoch = (int)p.epoch;
     t->step_in_epoch = (int)p.step;
     t->global_step = p.gstep;
@@ -301,6 +389,7 @@ int train_ckpt_resume(trainer *t, const char *path) {
 done:
     free(tl);
     free(host);
+    free(state);
     ckpt_free(f);
     return st;
 }
@@ -309,16 +398,36 @@ done:
 // Weights only (--init-from, --eval, --predict): the model's tensors from a checkpoint (ours, or a PyTorch state
 // dict saved as safetensors), no optimizer state, position or schedule.
 
-// Model tensor i: its PyTorch name, layer name, shape and offset in the flat parameter buffer.
+// Model tensor i: its PyTorch name, layer name, shape and offset in the flat parameter buffer -- the parameters
+// first, then the state tensors (running statistics: PyTorch's buffers, in its state_dict as well), whose offset
+// is into the state buffer.
 typedef struct tensor_info {
     char name[96];
     const char *layer;
     int ndim;
     int64_t shape[4];
     size_t off;
+    int is_state;          // 1: a state tensor, described by si
+    model_state_info si;
 } tensor_info;
 
+// The number of model tensors: parameters and state.
+static int model_tensors(const trainer *t) {
+    return model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL) + model_state_tensor(&t->m, -1, NULL);
+}
+
 static void model_tensor(const trainer *t, int i, tensor_info *ti) {
+    const int np = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    ti->is_state = i >= np;
+    if (ti->is_state) {
+        model_state_tensor(&t->m, i - np, &ti->si);
+        ti->layer = ti->si.layer;
+        ti->ndim = ti->si.ndim;
+        memcpy(ti->shape, ti->si.shape, sizeof ti->shape);
+        ti->off = ti->si.offset;
+        snprintf(ti->name, sizeof ti->name, "%s.%s", ti->layer, ti->si.suffix);
+        return;
+    }
     int is_bias;
     model_param_tensor(&t->m, i, &ti->layer, &is_bias, &ti->off, &ti->ndim, ti->shape);
     snprintf(ti->name, sizeof ti->name, "%s.%s", ti->layer, is_bias ? "bias" : "weight");
@@ -340,7 +449,7 @@ static int listed(const char *list, const char *layer, const char *tensor) {
 
 // The model's tensor names, for messages ("conv1.weight, conv1.bias, ..."), cut to fit.
 static void model_tensor_names(const trainer *t, char *buf, size_t n) {
-    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    int nt = model_tensors(t);
     size_t used = 0;
     buf[0] = '\0';
     for (int i = 0; i < nt && used + 1 < n; i++) {
@@ -353,7 +462,7 @@ static void model_tensor_names(const trainer *t, char *buf, size_t n) {
 
 // Every entry of --init-exclude names a layer with tensors, or one tensor, of this model.
 static int exclude_check(const trainer *t, const char *list) {
-    int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
+    int nt = model_tensors(t);
     for (const char *s = list; *s || s == list;) {
         size_t k = strcspn(s, ",");
         int found = 0;
@@ -374,17 +483,19 @@ static int exclude_check(const trainer *t, const char *list) {
     return ST_OK;
 }
 
-// Every model tensor not excluded must be in the file with the same shape (else ST_INPUT naming the tensor and
-// both shapes); a file holding none of them is "nothing matching". Excluded tensors keep their initial values.
+// Every model tensor not excluded (parameters and running statistics) must be in the file with the same shape
+// (else ST_INPUT naming the tensor and both shapes); a file holding none of them is "nothing matching". Excluded
+// tensors keep their initial values.
 int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total) {
     if (exclude) TRY(exclude_check(t, exclude));
     ckpt_file *f = NULL;
     TRY(ckpt_load(path, &f));
     const size_t n = t->m.n_params;
-    const int nt = model_param_tensor(&t->m, -1, NULL, NULL, NULL, NULL, NULL);
-    float *host = malloc(n * sizeof(float));
+    const int nt = model_tensors(t);
+    float *host = malloc(n * sizeof(float)), *state = NULL;
     int st = host ? t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float))
                   : ERR(ST_RUNTIME, "out of host memory for %zu parameters", n);
+    if (st == ST_OK) st = host_model_state(t, &state);
     int wanted = 0, present = 0;
     for (int i = 0; i < nt; i++) {
         tensor_info ti;
@@ -405,12 +516,18 @@ int train_weights_load(trainer *t, const char *path, const char *exclude, int *l
         size_t count = 1;
         model_tensor(t, i, &ti);
         if (listed(exclude, ti.layer, ti.name)) continue;
+        if (ti.is_state) {
+            st = state_tensor_read(f, &ti.si, ti.name, state);
+            continue;
+        }
         for (int d = 0; d < ti.ndim; d++) count *= (size_t)ti.shape[d];
         st = ckpt_read_tensor(f, ti.name, ti.ndim, ti.shape, host + ti.off);
         if (st == ST_OK) st = ckpt_require_finite(f, ti.name, host + ti.off, count);
     }
     if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
+    if (st == ST_OK) st = host_model_state_upload(t, state);
     free(host);
+    free(state);
     ckpt_free(f);
     *loaded = wanted, *total = nt;
     return st;

@@ -138,7 +138,22 @@ int train_buckets_create(trainer *t) {
 // ---------------------------------------------------------------------------------------------------------
 // Start: the comm on the compute stream, every replica from rank 0's state
 
-// Every replica starts from rank 0's parameters and optimizer state; with the all-reduces progressing on the
+// Batch norm's running statistics (the model's state) from rank 0 to every rank, as PyTorch DDP's
+// broadcast_buffers: each rank updates them from its own batches (sync=0), so before an evaluation and before a
+// checkpoint every rank takes rank 0's, and the replica check compares them. Collective; nothing without state.
+int train_state_broadcast(trainer *t) {
+    if (t->world == 1 || t->m.n_state == 0) return ST_OK;
+    const size_t bytes = t->m.n_state * sizeof(float);
+    float *host = malloc(bytes);
+    TRY_ALLOC(host);
+    int st = t->be.ops->download(t->be.ctx, host, t->m.state, bytes);
+    if (st == ST_OK) st = comm_bcast(t->c, host, bytes, 0);
+    if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.state, host, bytes);
+    free(host);
+    return st;
+}
+
+// Every replica starts from rank 0's parameters, optimizer state and running statistics; with the all-reduces progressing on the
 // host (comm=mpi) and overlap on, the backend calls back during backward to move them on.
 int train_ddp_start(trainer *t) {
     int st = comm_bind_stream(t->c, t->be.ops->stream ? t->be.ops->stream(t->be.ctx) : NULL, t->async_backend);
@@ -148,6 +163,7 @@ int train_ddp_start(trainer *t) {
         st = comm_bcast(t->c, host, (size_t)(optim_n_state(&t->opt) + 1) * t->m.n_params * sizeof(float), 0);
     if (st == ST_OK) st = train_host_state_upload(t, host);
     free(host);
+    if (st == ST_OK) st = train_state_broadcast(t);
     if (st == ST_OK && t->be.ops->set_progress && t->host_comm && t->overlap)
         t->be.ops->set_progress(t->be.ctx, progress_hook, t);
     return st;
@@ -173,27 +189,40 @@ int train_data_agree(trainer *t) {
     return comm_agree_text(t->c, text, "the data");
 }
 
-int train_replicas_check(trainer *t) {
-    size_t n = t->m.n_params;
-    float *host = malloc(n * sizeof(float));
+// The hash of n floats of backend memory (0 floats: the empty hash); `bump` adds 1 to the first (test hook).
+static int backend_hash(trainer *t, const float *buf, size_t n, int bump, uint64_t *h) {
+    float *host = malloc((n ? n : 1) * sizeof(float));
     TRY_ALLOC(host);
-    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
-    // Test hook (reliability tests): flip one parameter on one rank to prove the check catches it.
-    if (t->hooks->corrupt_rank == t->rank && t->world > 1) host[0] += 1.0f;
-    uint64_t h = train_fnv1a(host, n * sizeof(float));
+    int st = n ? t->be.ops->download(t->be.ctx, host, buf, n * sizeof(float)) : ST_OK;
+    if (bump && n) host[0] += 1.0f;
+    *h = train_fnv1a(host, n * sizeof(float));
     free(host);
-    TRY(st);
+    return st;
+}
+
+// Every rank holds the same parameters and the same running statistics (after train_state_broadcast).
+int train_replicas_check(trainer *t) {
+    // Test hook (reliability tests): change one parameter (or running statistic) on one rank to prove the check
+    // catches it.
+    const int bump = t->hooks->corrupt_rank == t->rank && t->world > 1;
+    uint64_t h[2];
+    TRY(backend_hash(t, t->m.params, t->m.n_params, bump && !t->hooks->corrupt_state, &h[0]));
+    TRY(backend_hash(t, t->m.state, t->m.n_state, bump && t->hooks->corrupt_state, &h[1]));
+    static const char *const what[2] = {"parameters", "running statistics"};
     uint64_t *all = malloc((size_t)t->world * sizeof *all);
     TRY_ALLOC(all);
-    st = comm_allgather_u64(t->c, h, all);
-    // Every rank sees the same hashes, so a mismatch is collective; a timeout of the gather is not.
-    for (int r = 1; st == ST_OK && r < t->world; r++)
-        if (all[r] != all[0]) {
-            st = ERR(ST_COMM, "replica mismatch after epoch %d: parameters of rank %d (hash %016" PRIx64
-                              ") differ from rank 0 (hash %016" PRIx64 ")",
-                     t->epoch + 1, r, all[r], all[0]);
-            err_mark_collective(0);
-        }
+    int st = ST_OK;
+    for (int k = 0; k < 2 && st == ST_OK; k++) {
+        st = comm_allgather_u64(t->c, h[k], all);
+        // Every rank sees the same hashes, so a mismatch is collective; a timeout of the gather is not.
+        for (int r = 1; st == ST_OK && r < t->world; r++)
+            if (all[r] != all[0]) {
+                st = ERR(ST_COMM, "replica mismatch after epoch %d: %s of rank %d (hash %016" PRIx64
+                                  ") differ from rank 0 (hash %016" PRIx64 ")",
+                         t->epoch + 1, what[k], r, all[r], all[0]);
+                err_mark_collective(0);
+            }
+    }
     free(all);
     return st;
 }

@@ -1,7 +1,7 @@
 // train_impl.h — private to the trainer's files: the trainer struct and what one of them calls in another.
 //   train.c         set-up, the step (issued or replayed from a graph), evaluation, the epoch loop, train_run
 //   train_ddp.c     data-parallel mechanics: gradient buckets and their all-reduce, the initial broadcast,
-//                   agreement on the data, the replica check
+//                   running statistics from rank 0, agreement on the data, the replica check
 //   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
 //   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
 //   train_use.c     using a trained model: --eval and --predict
@@ -130,7 +130,8 @@ void train_on_grads_ready(void *arg, size_t ready);  // model_backward's callbac
 int train_buckets_finish(trainer *t);         // launch the rest, wait for all (comm=nccl: the stream waits)
 int train_ddp_start(trainer *t);              // bind the comm to the stream, broadcast rank 0's state
 int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
-int train_replicas_check(trainer *t);         // every rank holds the same parameters (collective)
+int train_state_broadcast(trainer *t);        // running statistics from rank 0 (collective; before eval, save)
+int train_replicas_check(trainer *t);         // same parameters and running statistics everywhere (collective)
 uint64_t train_fnv1a(const void *p, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------
@@ -156,6 +157,8 @@ int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forw
 // train.c
 
 int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
+// net.no_decay's ranges of the parameter buffer (begin/len: 2 per layer at most); returns how many.
+int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len);
 int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
 int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
 int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index

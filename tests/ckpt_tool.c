@@ -1,6 +1,6 @@
 // ckpt_tool.c — checkpoint checks for the whole-program fault tests (tests/cli_faults.sh), through the same
 // reader the trainer uses (ckpt_load + ckpt_read_tensor):
-//   ckpt_tool check FILE       load it and read every F32 tensor; prints "N tensors, epoch E, global_step S"
+//   ckpt_tool check FILE       load it and read every F32 and I64 tensor; prints "N tensors, epoch E, global_step S"
 //   ckpt_tool same FILE FILE   exit 0 when both hold the same tensors, bit for bit (metadata may differ)
 //   ckpt_tool meta FILE KEY    print one __metadata__ value
 // Exit 0 on success, 1 on a difference, 2 when a file does not load (the reader's message on stderr).
@@ -16,8 +16,8 @@ typedef struct tensor {
     const char *name;
     int ndim;
     int64_t shape[CKPT_MAX_DIMS];
-    size_t count;
-    float *data;
+    size_t count, bytes;
+    void *data;
 } tensor;
 
 typedef struct loaded {
@@ -58,8 +58,9 @@ static int load(const char *path, loaded *l) {
     cJSON_ArrayForEach(item, l->header) {
         const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(item, "dtype");
         const cJSON *shape = cJSON_GetObjectItemCaseSensitive(item, "shape");
-        if (strcmp(item->string, "__metadata__") == 0 || !cJSON_IsString(dtype) || strcmp(dtype->valuestring, "F32"))
-            continue;
+        if (strcmp(item->string, "__metadata__") == 0 || !cJSON_IsString(dtype)) continue;
+        const int i64 = strcmp(dtype->valuestring, "I64") == 0;  // num_batches_tracked
+        if (!i64 && strcmp(dtype->valuestring, "F32")) continue;
         tensor *t = &l->t[l->n++];
         t->name = item->string;
         t->ndim = cJSON_GetArraySize(shape);
@@ -68,8 +69,10 @@ static int load(const char *path, loaded *l) {
             t->shape[d] = (int64_t)cJSON_GetArrayItem(shape, d)->valuedouble;
             t->count *= (size_t)t->shape[d];
         }
-        t->data = malloc(t->count * sizeof(float) + 1);
-        if (!t->data || ckpt_read_tensor(l->f, t->name, t->ndim, t->shape, t->data) != ST_OK) {
+        t->bytes = t->count * (i64 ? sizeof(int64_t) : sizeof(float));
+        t->data = malloc(t->bytes + 1);
+        if (!t->data || (i64 ? ckpt_read_tensor_i64(l->f, t->name, t->ndim, t->shape, t->data)
+                             : ckpt_read_tensor(l->f, t->name, t->ndim, t->shape, t->data)) != ST_OK) {
             fprintf(stderr, "ckpt_tool: %s: %s\n", path, err_msg());
             return 2;
         }
@@ -97,7 +100,7 @@ static int same(const loaded *a, const loaded *b) {
     }
     for (int i = 0; i < a->n; i++) {
         const tensor *x = &a->t[i], *y = find(b, x->name);
-        if (!y || y->count != x->count || memcmp(x->data, y->data, x->count * sizeof(float)) != 0) {
+        if (!y || y->bytes != x->bytes || memcmp(x->data, y->data, x->bytes) != 0) {
             printf("different: tensor %s\n", x->name);
             return 1;
         }

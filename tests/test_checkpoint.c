@@ -50,11 +50,11 @@ static void fixture_init(fixture *fx, uint64_t seed) {
     fx->w[1] = NAN;
     fx->w[2] = -INFINITY;
     fx->w[3] = 1e-42f;  // subnormal
-    fx->t[0] = (ckpt_tensor){"conv1.weight", fx->w, 4, {32, 1, 3, 3}};
-    fx->t[1] = (ckpt_tensor){"conv1.bias", fx->b, 1, {32}};
-    fx->t[2] = (ckpt_tensor){"dense1.weight", fx->d, 2, {10, 24}};
-    fx->t[3] = (ckpt_tensor){"step", fx->s, 0, {0}};
-    fx->t[4] = (ckpt_tensor){"empty", NULL, 2, {0, 3}};
+    fx->t[0] = (ckpt_tensor){"conv1.weight", fx->w, 4, {32, 1, 3, 3}, CKPT_F32};
+    fx->t[1] = (ckpt_tensor){"conv1.bias", fx->b, 1, {32}, CKPT_F32};
+    fx->t[2] = (ckpt_tensor){"dense1.weight", fx->d, 2, {10, 24}, CKPT_F32};
+    fx->t[3] = (ckpt_tensor){"step", fx->s, 0, {0}, CKPT_F32};
+    fx->t[4] = (ckpt_tensor){"empty", NULL, 2, {0, 3}, CKPT_F32};
     fx->meta[0] = (ckpt_kv){"format", "ddp-cnn-1"};
     fx->meta[1] = (ckpt_kv){"epoch", "3"};
     fx->meta[2] = (ckpt_kv){"note", "quote \" backslash \\ newline \n utf8 \xc3\xa9"};
@@ -248,7 +248,7 @@ static void test_header_is_padded_to_8(void **state) {
     for (int len = 1; len <= 17; len++) {
         memset(name, 'a', (size_t)len);
         name[len] = '\0';
-        ckpt_tensor t = {name, x, 1, {3}};
+        ckpt_tensor t = {name, x, 1, {3}, CKPT_F32};
         assert_int_equal(ckpt_save(path, &t, 1, NULL, 0), ST_OK);
         size_t size;
         unsigned char *b = file_read(path, &size);
@@ -490,17 +490,17 @@ static void test_save_rejects_bad_tensors(void **state) {
     float x[4] = {0};
     char path[512];
     snprintf(path, sizeof path, "%s", tu_path("bad-args.safetensors"));
-    ckpt_tensor dup[2] = {{"a", x, 1, {4}}, {"a", x, 1, {2}}};
+    ckpt_tensor dup[2] = {{"a", x, 1, {4}, CKPT_F32}, {"a", x, 1, {2}, CKPT_F32}};
     expect_save_input_error(path, dup, 2, NULL, 0, "'a' appears twice");
-    ckpt_tensor rank[1] = {{"r", x, 5, {1, 1, 1, 1}}};
+    ckpt_tensor rank[1] = {{"r", x, 5, {1, 1, 1, 1}, CKPT_F32}};
     expect_save_input_error(path, rank, 1, NULL, 0, "'r'");
-    ckpt_tensor neg[1] = {{"n", x, 2, {2, -2}}};
+    ckpt_tensor neg[1] = {{"n", x, 2, {2, -2}, CKPT_F32}};
     expect_save_input_error(path, neg, 1, NULL, 0, "'n'");
-    ckpt_tensor nodata[1] = {{"z", NULL, 1, {4}}};
+    ckpt_tensor nodata[1] = {{"z", NULL, 1, {4}, CKPT_F32}};
     expect_save_input_error(path, nodata, 1, NULL, 0, "'z'");
-    ckpt_tensor reserved[1] = {{"__metadata__", x, 1, {4}}};
+    ckpt_tensor reserved[1] = {{"__metadata__", x, 1, {4}, CKPT_F32}};
     expect_save_input_error(path, reserved, 1, NULL, 0, "__metadata__");
-    ckpt_tensor noname[1] = {{NULL, x, 1, {4}}};
+    ckpt_tensor noname[1] = {{NULL, x, 1, {4}, CKPT_F32}};
     expect_save_input_error(path, noname, 1, NULL, 0, "no name");
     ckpt_kv meta[2] = {{"k", "1"}, {"k", "2"}};
     expect_save_input_error(path, dup, 1, meta, 2, "'k' appears twice");
@@ -715,6 +715,47 @@ static void test_read_tensor_mismatch(void **state) {
     ckpt_free(f);
 }
 
+// I64 (num_batches_tracked: a 0-dim count, as PyTorch saves it): written with dtype I64, read back exactly by
+// ckpt_read_tensor_i64, and each reader refuses the other's dtype, naming both.
+static void test_i64_round_trip_and_dtype_checked(void **state) {
+    (void)state;
+    const int64_t count = 1234567890123LL, counts[3] = {-1, 0, INT64_MAX};
+    const float w[2] = {1.5f, -2.5f};
+    const ckpt_tensor t[3] = {{.name = "bn1.num_batches_tracked", .data = &count, .ndim = 0, .dtype = CKPT_I64},
+                              {.name = "bn1.weight", .data = w, .ndim = 1, .shape = {2}},
+                              {.name = "counts", .data = counts, .ndim = 1, .shape = {3}, .dtype = CKPT_I64}};
+    char path[512], want[700];
+    snprintf(path, sizeof path, "%s", tu_path("i64.safetensors"));
+    assert_int_equal(ckpt_save(path, t, 3, NULL, 0), ST_OK);
+    ckpt_file *f = NULL;
+    assert_int_equal(ckpt_load(path, &f), ST_OK);
+    int64_t c = 0, cs[3] = {0};
+    assert_int_equal(ckpt_read_tensor_i64(f, "bn1.num_batches_tracked", 0, NULL, &c), ST_OK);
+    assert_true(c == count);
+    const int64_t shape3[1] = {3};
+    assert_int_equal(ckpt_read_tensor_i64(f, "counts", 1, shape3, cs), ST_OK);
+    assert_memory_equal(cs, counts, sizeof counts);
+    float x = 0;
+    err_clear();
+    assert_int_equal(ckpt_read_tensor(f, "bn1.num_batches_tracked", 0, NULL, &x), ST_INPUT);
+    snprintf(want, sizeof want, "%s: tensor 'bn1.num_batches_tracked' has dtype I64, expected F32", path);
+    assert_string_equal(err_msg(), want);
+    err_clear();
+    const int64_t shape2[1] = {2};
+    assert_int_equal(ckpt_read_tensor_i64(f, "bn1.weight", 1, shape2, cs), ST_INPUT);
+    snprintf(want, sizeof want, "%s: tensor 'bn1.weight' has dtype F32, expected I64", path);
+    assert_string_equal(err_msg(), want);
+    err_clear();
+    assert_int_equal(ckpt_read_tensor_i64(f, "counts", 1, shape2, cs), ST_INPUT);  // shape checked too
+    assert_non_null(strstr(err_msg(), "has shape [3], expected [2]"));
+    err_clear();
+    ckpt_free(f);
+    // An unknown dtype code is refused at save.
+    const ckpt_tensor bad = {.name = "x", .data = w, .ndim = 1, .shape = {2}, .dtype = 7};
+    assert_int_equal(ckpt_save(tu_path("i64bad.safetensors"), &bad, 1, NULL, 0), ST_INPUT);
+    err_clear();
+}
+
 static void test_unreadable_paths(void **state) {
     (void)state;
     char path[512];
@@ -775,7 +816,7 @@ static void test_trailing_bytes_refused(void **state) {
 static void test_non_finite_values_refused(void **state) {
     (void)state;
     float v[4] = {1, 2, NAN, 4};
-    ckpt_tensor t = {"conv1.weight", v, 1, {4}};
+    ckpt_tensor t = {"conv1.weight", v, 1, {4}, CKPT_F32};
     char path[512];
     snprintf(path, sizeof path, "%s", tu_path("nan.safetensors"));
     assert_int_equal(ckpt_save(path, &t, 1, NULL, 0), ST_OK);
@@ -864,6 +905,7 @@ int main(void) {
         cmocka_unit_test(test_bad_entries),
         cmocka_unit_test(test_foreign_file_loads),
         cmocka_unit_test(test_read_tensor_mismatch),
+        cmocka_unit_test(test_i64_round_trip_and_dtype_checked),
         cmocka_unit_test(test_unreadable_paths),
         cmocka_unit_test(test_special_files_refused_without_reading),
         cmocka_unit_test(test_trailing_bytes_refused),

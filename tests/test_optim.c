@@ -1,12 +1,15 @@
 // test_optim.c — optim_step (Adam with Keras defaults, SGD with momentum) through the CPU backend against
 // references written in the Keras form, in double precision, over several steps with changing gradients.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "backend.h"
 #include "common.h"
 #include "config.h"
+#include "model.h"
 #include "optim.h"
+#include "train_impl.h"
 #include "test_util.h"
 
 enum { N = 37, STEPS = 6 };
@@ -222,11 +225,62 @@ static void test_schedules_closed_forms(void **state) {
     assert_true(schedule_at(oc, 10, 100, 999) < peak * 1e-4);
 }
 
+// net.no_decay=batchnorm: every [batchnorm]'s weight and bias, and nothing else, is left out of weight decay (the
+// optimizer's segments are cut exactly there); with `bias` too, the other layers' biases join them.
+static void test_no_decay_batchnorm_segments(void **state) {
+    (void)state;
+    static net_config cfg;
+    const char *text = "[net]\nchannels=1\nheight=4\nwidth=4\nclasses=3\nweight_decay=0.1\noptimizer=adamw\n"
+                       "[conv]\nfilters=2\nsize=3\npad=1\nbias=0\nactivation=linear\n[batchnorm]\nactivation=relu\n"
+                       "[dense]\nunits=5\n[batchnorm]\nname=bnd\n[dense]\nunits=3\n[softmax]\n";
+    assert_int_equal(config_load_text(text, "nd", &cfg), ST_OK);
+    assert_int_equal(config_validate(&cfg), ST_OK);
+    backend be;
+    model m;
+    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(model_create(&m, &be, &cfg, 4), ST_OK);
+    size_t begin[2 * CFG_MAX_LAYERS], len[2 * CFG_MAX_LAYERS];
+    // Which floats of the buffer are BN parameters, and which are biases of other layers.
+    unsigned char *is_bn = calloc(m.n_params, 1), *is_bias = calloc(m.n_params, 1);
+    for (int i = 0; i < m.n_layers; i++) {
+        const model_layer *l = &m.layers[i];
+        for (size_t k = 0; k < l->n_w; k++) is_bn[l->w_off + k] = l->type == LAYER_BATCHNORM;
+        for (size_t k = 0; k < l->n_b; k++) is_bn[l->b_off + k] = l->type == LAYER_BATCHNORM;
+        for (size_t k = 0; k < l->n_b; k++) is_bias[l->b_off + k] = l->type != LAYER_BATCHNORM;
+    }
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        const int n = train_no_decay_ranges(&m, with_bias ? "bias,batchnorm" : "batchnorm", begin, len);
+        assert_int_equal(n, with_bias ? 6 : 4);  // two BN layers x (weight, bias); + the two dense biases
+        optim o;
+        assert_int_equal(optim_create(&o, &be, &cfg, m.n_params), ST_OK);
+        assert_int_equal(optim_no_decay(&o, begin, len, n), ST_OK);
+        size_t covered = 0, undecayed = 0;
+        for (int s = 0; s < o.n_seg; s++) {
+            assert_int_equal(o.seg[s].begin, covered);
+            for (size_t k = o.seg[s].begin; k < o.seg[s].end; k++) {
+                const int want_decay = !(is_bn[k] || (with_bias && is_bias[k]));
+                if (o.seg[s].decay != want_decay)
+                    fail_msg("float %zu: decay %d, want %d (no_decay=%s)", k, o.seg[s].decay, want_decay,
+                             with_bias ? "bias,batchnorm" : "batchnorm");
+                undecayed += !o.seg[s].decay;
+            }
+            covered = o.seg[s].end;
+        }
+        assert_int_equal(covered, m.n_params);
+        assert_int_equal(undecayed, 2 * 2 + 2 * 5 + (with_bias ? 5 + 3 : 0));
+        optim_destroy(&o);
+    }
+    free(is_bn), free(is_bias);
+    model_destroy(&m);
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adam_matches_keras),
         cmocka_unit_test(test_sgd_momentum_matches_keras),
         cmocka_unit_test(test_adamw_decoupled_and_no_decay),
+        cmocka_unit_test(test_no_decay_batchnorm_segments),
         cmocka_unit_test(test_sgd_nesterov),
         cmocka_unit_test(test_schedules_closed_forms),
     };
