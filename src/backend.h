@@ -225,6 +225,20 @@ int backend_ops_missing(const backend_ops *ops, size_t *first);
 int backend_create(backend *be, const char *name, int threads, int device);
 void backend_destroy(backend *be);
 
-int backend_cpu_create(backend *be, int threads);
+int backend_cpu_create(backend *be, int threads);  // backend_cpu_create_opts with CPU_CONV_AUTO
+
+// The CPU backend's convolutions: oneDNN (built with TRAINER_DNNL, src/backend_cpu_dnnl.h) or im2col + OpenBLAS
+// (always built: the reference the oneDNN path is tested against).
+typedef enum cpu_conv_impl {
+    CPU_CONV_AUTO = 0,  // oneDNN when built with it, else im2col
+    CPU_CONV_IM2COL,
+    CPU_CONV_DNNL,      // ST_RUNTIME when built without oneDNN
+} cpu_conv_impl;
+typedef struct backend_cpu_opts {
+    int threads;        // 0: all cores
+    cpu_conv_impl conv;
+} backend_cpu_opts;
+int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o);
+int backend_cpu_dnnl_available(void);  // 1 when built with oneDNN
 int backend_cuda_create(backend *be, int device);  // ST_RUNTIME "built without CUDA" when not compiled in
 int backend_cuda_available(void);                   // 1 when compiled in and a device is present

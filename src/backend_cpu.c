@@ -29,6 +29,7 @@
 #endif
 
 #include "backend.h"
+#include "backend_cpu_dnnl.h"
 #include "common.h"
 #include "dropout_hash.h"
 
@@ -57,6 +58,7 @@ typedef struct cpu_pool {
 typedef struct cpu_ctx {
     int threads;
     cpu_pool pool;
+    conv_dnnl *dnnl;  // oneDNN convolutions (src/backend_cpu_dnnl.h); NULL: im2col for all
     void (*progress)(void *arg);
     void *progress_arg;
 } cpu_ctx;
@@ -479,16 +481,38 @@ static int conv_check(const conv_desc *d, const char *op) {
     return ST_OK;
 }
 
+// With oneDNN, a plan splits the batch into one slice per thread (at most one per image); the workspace holds,
+// per part, oneDNN's staging buffers and scratchpad, then the part's partial dW and db (parts 1..).
+typedef struct conv_dnnl_ws {
+    size_t dnnl, dw, db, per_part;  // in bytes
+} conv_dnnl_ws;
+
+static conv_dnnl_ws conv_dnnl_layout(const conv_desc *d, size_t dnnl_bytes) {
+    conv_dnnl_ws l = {.dnnl = dnnl_bytes};
+    l.dw = sizeof(float) * FLOATS_ALIGNED((size_t)d->k * d->c * d->r * d->s);
+    l.db = sizeof(float) * FLOATS_ALIGNED(d->k);
+    l.per_part = l.dnnl + l.dw + l.db;
+    return l;
+}
+
 static int cpu_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_prepare"));
     d->plan = NULL;
     *workspace_bytes = conv_ws(d).per_thread * sizeof(float) * (size_t)c->threads;
+    if (!c->dnnl) return ST_OK;
+    int parts = c->threads < d->n ? c->threads : d->n;
+    conv_dnnl_plan *p = NULL;
+    size_t per_part = 0;
+    TRY(conv_dnnl_plan_create(c->dnnl, d, parts, &p, &per_part));
+    d->plan = p;
+    *workspace_bytes = conv_dnnl_layout(d, per_part).per_part * (size_t)parts;
     return ST_OK;
 }
 
 static void cpu_conv_release(void *ctx, conv_desc *d) {
     (void)ctx;
+    conv_dnnl_plan_destroy(d->plan);
     d->plan = NULL;
 }
 
@@ -496,6 +520,8 @@ typedef struct conv_job {
     const cpu_ctx *c;
     const conv_desc *d;
     conv_ws_layout L;
+    conv_dnnl_ws DL;         // oneDNN plans
+    _Atomic int status;      // oneDNN plans: the first failing part's status
     const float *x, *w, *b, *y;
     float *yo, *dy, *dx, *dw, *db;
     float *ws;
@@ -554,11 +580,25 @@ static void conv_forward_part(void *arg, int part, int parts) {
     }
 }
 
+static void conv_dnnl_forward_part(void *arg, int part, int parts) {
+    (void)parts;
+    conv_job *j = arg;
+    char *ws = (char *)j->ws + j->DL.per_part * (size_t)part;
+    int st = conv_dnnl_forward(j->c->dnnl, j->d->plan, part, j->x, j->w, j->b, j->yo, ws);
+    if (st != ST_OK) atomic_store(&j->status, st);
+}
+
 static int cpu_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b,
                             float *y, void *ws) {
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_forward"));
     if (!ws) return ERR(ST_INPUT, "conv_forward: no workspace given");
+    if (d->plan) {
+        conv_job j = {.c = c, .d = d, .DL = conv_dnnl_layout(d, conv_dnnl_plan_ws(d->plan)), .x = x, .w = w,
+                      .b = b, .yo = y, .ws = ws};
+        pool_run(&c->pool, conv_dnnl_plan_parts(d->plan), conv_dnnl_forward_part, &j);
+        return atomic_load(&j.status);
+    }
     conv_job j = {.c = c, .d = d, .L = conv_ws(d), .x = x, .w = w, .b = b, .yo = y, .ws = ws};
     int parts = parts_for(c, (double)d->n * d->k * d->oh * d->ow * d->c * d->r * d->s, 2e5);
     pool_run(&c->pool, parts < d->n ? parts : d->n, conv_forward_part, &j);
@@ -623,11 +663,51 @@ static void conv_backward_part(void *arg, int part, int parts) {
     }
 }
 
+// oneDNN: one part's images: pre-activation dy in place (as for im2col), then oneDNN's dx and the part's dW/db
+// (part 0 into dw/db, the others into their workspace, summed by the caller in part order).
+static void conv_dnnl_backward_part(void *arg, int part, int parts) {
+    conv_job *j = arg;
+    const conv_desc *d = j->d;
+    const size_t y_img = (size_t)d->k * d->oh * d->ow;
+    int64_t lo, hi;
+    split_range(d->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++)
+        if (d->act != ACT_NONE) conv_act_grad(d, j->y + (size_t)i * y_img, j->dy + (size_t)i * y_img, NULL);
+    char *ws = (char *)j->ws + j->DL.per_part * (size_t)part;
+    float *dw = part == 0 ? j->dw : (float *)(ws + j->DL.dnnl);
+    float *db = !j->db ? NULL : part == 0 ? j->db : (float *)(ws + j->DL.dnnl + j->DL.dw);
+    int st = conv_dnnl_backward(j->c->dnnl, d->plan, part, j->x, j->w, j->dy, j->dx, dw, db, ws);
+    if (st != ST_OK) atomic_store(&j->status, st);
+    progress_poll(j->c, part);
+}
+
+static int conv_dnnl_backward_run(cpu_ctx *c, conv_job *j) {
+    const conv_desc *d = j->d;
+    const int parts = conv_dnnl_plan_parts(d->plan);
+    pool_run(&c->pool, parts, conv_dnnl_backward_part, j);
+    TRY(atomic_load(&j->status));
+    const size_t nw = (size_t)d->k * d->c * d->r * d->s;
+    for (int t = 1; t < parts; t++) {
+        const char *ws = (const char *)j->ws + j->DL.per_part * (size_t)t;
+        const float *pw = (const float *)(ws + j->DL.dnnl), *pb = (const float *)(ws + j->DL.dnnl + j->DL.dw);
+        for (size_t e = 0; e < nw; e++) j->dw[e] += pw[e];
+        if (j->db)
+            for (int k = 0; k < d->k; k++) j->db[k] += pb[k];
+    }
+    progress_poll(c, 0);
+    return ST_OK;
+}
+
 static int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y,
                              float *dy, float *dx, float *dw, float *db, void *ws) {
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_backward"));
     if (!ws) return ERR(ST_INPUT, "conv_backward: no workspace given");
+    if (d->plan) {
+        conv_job j = {.c = c, .d = d, .DL = conv_dnnl_layout(d, conv_dnnl_plan_ws(d->plan)), .x = x, .w = w,
+                      .y = y, .dy = dy, .dx = dx, .dw = dw, .db = db, .ws = ws};
+        return conv_dnnl_backward_run(c, &j);
+    }
     conv_job j = {.c = c, .d = d, .L = conv_ws(d), .x = x, .w = w, .y = y, .dy = dy, .dx = dx, .dw = dw,
                   .db = db, .ws = ws};
     const int K = d->k, CRS = d->c * d->r * d->s;
@@ -1434,6 +1514,7 @@ static void cpu_destroy(void *ctx) {
     cpu_ctx *c = ctx;
     if (!c) return;
     pool_stop(&c->pool);
+    conv_dnnl_destroy(c->dnnl);
     free(c);
 }
 
@@ -1570,6 +1651,14 @@ static int blas_buffers_check(int threads) {
 }
 
 int backend_cpu_create(backend *be, int threads) {
+    backend_cpu_opts o = {.threads = threads, .conv = CPU_CONV_AUTO};
+    return backend_cpu_create_opts(be, &o);
+}
+
+int backend_cpu_dnnl_available(void) { return conv_dnnl_available(); }
+
+int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o) {
+    int threads = o->threads;
     be->ops = NULL;
     be->ctx = NULL;
     if (threads < 0 || threads > 1024) return ERR(ST_INPUT, "cpu backend: threads %d must be in [0, 1024]", threads);
@@ -1593,6 +1682,13 @@ int backend_cpu_create(backend *be, int threads) {
     if (atomic_load(&wj.failed)) {
         cpu_destroy(c);
         return ERR(ST_RUNTIME, "cpu backend: out of host memory warming up OpenBLAS");
+    }
+    if (o->conv == CPU_CONV_DNNL || (o->conv == CPU_CONV_AUTO && conv_dnnl_available())) {
+        st = conv_dnnl_create(&c->dnnl, threads);
+        if (st != ST_OK) {
+            cpu_destroy(c);
+            return st;
+        }
     }
     be->ops = &cpu_ops;
     be->ctx = c;
