@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
 # bench_cpu.sh — ddp-cnn vs PyTorch on the CPU, same model, batch, threads and data; prints images/s and ratio.
-#   ./launch/bench_cpu.sh [--config configs/fashion_mnist_cnn.cfg] [--batch 64] [--threads 2] [--steps 300]
+#   ./launch/bench_cpu.sh [--config configs/fashion_mnist_cnn.cfg] [--batch 64] [--threads 2] [--steps 300] [--build build]
+# --build: the build directory whose trainer runs (e.g. one configured with -DTRAINER_DNNL=OFF, to compare).
 # Also prints ddp-cnn's achieved GFLOP/s (metrics gflop_per_s) and its fraction of this CPU's FP32 peak.
 # ddp-cnn's figure is the training-loop throughput of its metrics (one epoch-like run of --steps steps, data
 # gathered from memory as in PyTorch). PyTorch runs only when Debian's python3-torch is installed
 # (apt-get install python3-torch); it is never a test dependency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-batch=64 threads=2 steps=300 config=configs/fashion_mnist_cnn.cfg
+batch=64 threads=2 steps=300 config=configs/fashion_mnist_cnn.cfg build=build
 while [ $# -gt 0 ]; do
   case "$1" in
     --batch) batch=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    --build) build=$2; shift 2 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "bench_cpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-[ -x build/trainer ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j "$(nproc)" >/dev/null; }
+[ -x "$build/trainer" ] || { cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build "$build" -j "$(nproc)" >/dev/null; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 mpi=(mpirun --bind-to none -np 1)
@@ -26,7 +28,7 @@ mpi=(mpirun --bind-to none -np 1)
 
 # Warm-up steps are excluded the same way as in PyTorch: run steps+20 and use the epoch's steady rate.
 n_train=$(( (steps + 20) * batch ))
-"${mpi[@]}" build/trainer --config "$config" --batch "$batch" --threads "$threads" \
+"${mpi[@]}" "$build/trainer" --config "$config" --batch "$batch" --threads "$threads" \
   --epochs 1 --set data.train_limit="$n_train" --set data.test_limit=1000 --metrics "$out/m.jsonl" --quiet >/dev/null
 ours=$(python3 -c "import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])['images_per_s'])" "$out/m.jsonl")
 gflops=$(python3 -c "import json,sys; print(round(json.loads(open(sys.argv[1]).read().splitlines()[-1])['gflop_per_s'], 2))" "$out/m.jsonl")

@@ -59,6 +59,7 @@ typedef struct cpu_ctx {
     int threads;
     cpu_pool pool;
     conv_dnnl *dnnl;  // oneDNN convolutions (src/backend_cpu_dnnl.h); NULL: im2col for all
+    cpu_conv_impl conv;
     void (*progress)(void *arg);
     void *progress_arg;
 } cpu_ctx;
@@ -495,12 +496,18 @@ static conv_dnnl_ws conv_dnnl_layout(const conv_desc *d, size_t dnnl_bytes) {
     return l;
 }
 
+// CPU_CONV_AUTO's rule: oneDNN where it measured faster (forward + backward, 2 threads, AVX2; README,
+// Benchmarks): 3x3 convolutions of 16 or more input channels, 1.3-1.8x. One-channel stems (0.5x: oneDNN's
+// reorders and kernels for C = 1 cost more than the small im2col) and 1x1 projections (0.6-0.7x) stay on im2col.
+// A rule, not a timing at prepare: the choice, hence the rounding, must be the same in every run (exact resume).
+static int conv_dnnl_pays(const conv_desc *d) { return d->r * d->s > 1 && d->c >= 16; }
+
 static int cpu_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_prepare"));
     d->plan = NULL;
     *workspace_bytes = conv_ws(d).per_thread * sizeof(float) * (size_t)c->threads;
-    if (!c->dnnl) return ST_OK;
+    if (!c->dnnl || (c->conv == CPU_CONV_AUTO && !conv_dnnl_pays(d))) return ST_OK;
     int parts = c->threads < d->n ? c->threads : d->n;
     conv_dnnl_plan *p = NULL;
     size_t per_part = 0;
@@ -1670,6 +1677,7 @@ int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o) {
     cpu_ctx *c = calloc(1, sizeof *c);
     TRY_ALLOC(c);
     c->threads = threads;
+    c->conv = o->conv;
     int st = pool_start(&c->pool, threads);
     if (st != ST_OK) {
         free(c);
