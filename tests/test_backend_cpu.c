@@ -253,6 +253,108 @@ static void test_conv_matches_reference_and_finite_differences(void **state) {
     }
 }
 
+// oneDNN against im2col (both in one build: backend_cpu_create_opts picks the convolution). Normalised error:
+// max |a - b| over max |b|, the scale of the tensor, per output. Then a second run must repeat every bit.
+
+static double norm_err(const float *a, const float *b, size_t n) {
+    double worst = 0, scale = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= worst)) worst = d;
+        if (fabs((double)b[i]) > scale) scale = fabs((double)b[i]);
+    }
+    return worst / scale;
+}
+
+typedef struct conv_run {
+    float *y, *dz, *dx, *dw, *db;
+} conv_run;
+
+static conv_run conv_run_once(cpu_conv_impl impl, int threads, const conv_case *cc, const float *x, const float *w,
+                              const float *b, const float *dy) {
+    backend be;
+    backend_cpu_opts opts = {.threads = threads, .conv = impl};
+    err_clear();
+    assert_int_equal(backend_cpu_create_opts(&be, &opts), ST_OK);
+    const backend_ops *o = be.ops;
+    conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
+                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+    assert_int_equal(conv_desc_init(&d, "conv_dnnl"), ST_OK);
+    size_t ws_bytes = 0;
+    assert_int_equal(o->conv_prepare(be.ctx, &d, &ws_bytes), ST_OK);
+    void *ws = NULL;
+    assert_int_equal(o->alloc(be.ctx, &ws, ws_bytes ? ws_bytes : 1), ST_OK);
+    size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.k * d.oh * d.ow, nw = (size_t)d.k * d.c * d.r * d.s;
+    conv_run r = {fbuf(ny), fbuf(ny), fbuf(nx), fbuf(nw), fbuf((size_t)d.k)};
+    assert_int_equal(o->conv_forward(be.ctx, &d, x, w, cc->no_bias ? NULL : b, r.y, ws), ST_OK);
+    memcpy(r.dz, dy, ny * sizeof(float));
+    assert_int_equal(o->conv_backward(be.ctx, &d, x, w, r.y, r.dz, r.dx, r.dw, cc->no_bias ? NULL : r.db, ws), ST_OK);
+    o->conv_release(be.ctx, &d);
+    o->free(be.ctx, ws);
+    backend_destroy(&be);
+    return r;
+}
+
+static void conv_run_free(conv_run *r) { free(r->y), free(r->dz), free(r->dx), free(r->dw), free(r->db); }
+
+static void check_conv_dnnl_case(const conv_case *cc, int threads, uint64_t seed) {
+    rng g;
+    rng_seed(&g, seed);
+    int oh = (cc->h + 2 * cc->pad - cc->r) / cc->stride + 1, ow = (cc->w + 2 * cc->pad - cc->s) / cc->stride + 1;
+    size_t nx = (size_t)cc->n * cc->c * cc->h * cc->w, ny = (size_t)cc->n * cc->k * oh * ow;
+    size_t nw = (size_t)cc->k * cc->c * cc->r * cc->s;
+    float *x = fbuf(nx), *w = fbuf(nw), *b = fbuf((size_t)cc->k), *dy = fbuf(ny);
+    fill_uniform(&g, x, nx, -1, 1);
+    fill_uniform(&g, w, nw, -0.5f, 0.5f);
+    fill_uniform(&g, b, (size_t)cc->k, -0.5f, 0.5f);
+    fill_uniform(&g, dy, ny, -1, 1);
+    conv_run ref = conv_run_once(CPU_CONV_IM2COL, threads, cc, x, w, b, dy);
+    conv_run got = conv_run_once(CPU_CONV_DNNL, threads, cc, x, w, b, dy);
+    conv_run again = conv_run_once(CPU_CONV_DNNL, threads, cc, x, w, b, dy);
+    double e[5] = {norm_err(got.y, ref.y, ny), norm_err(got.dz, ref.dz, ny), norm_err(got.dx, ref.dx, nx),
+                   norm_err(got.dw, ref.dw, nw), cc->no_bias ? 0 : norm_err(got.db, ref.db, (size_t)cc->k)};
+    const char *what[5] = {"y", "dz", "dx", "dw", "db"};
+    for (int i = 0; i < 5; i++)
+        if (!(e[i] <= 1e-5)) {
+            fprintf(stderr, "oneDNN conv n%d c%d %dx%d k%d %dx%d stride %d pad %d act %d threads %d: %s error %.3g\n",
+                    cc->n, cc->c, cc->h, cc->w, cc->k, cc->r, cc->s, cc->stride, cc->pad, cc->act, threads, what[i], e[i]);
+            fail();
+        }
+    assert_memory_equal(got.y, again.y, ny * sizeof(float));
+    assert_memory_equal(got.dx, again.dx, nx * sizeof(float));
+    assert_memory_equal(got.dw, again.dw, nw * sizeof(float));
+    assert_memory_equal(got.db, again.db, (size_t)cc->k * sizeof(float));
+    conv_run_free(&ref), conv_run_free(&got), conv_run_free(&again);
+    free(x), free(w), free(b), free(dy);
+}
+
+// The ResNet's shapes (configs/fashion_resnet.cfg) at a batch split unevenly over threads, and LeNet's.
+static const conv_case conv_dnnl_cases[] = {
+    {.n = 9, .c = 1, .h = 28, .w = 28, .k = 16, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 16, .h = 28, .w = 28, .k = 16, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 16, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 2, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 32, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU},
+    {.n = 9, .c = 16, .h = 28, .w = 28, .k = 32, .r = 1, .s = 1, .stride = 2, .pad = 0, .no_bias = 1},
+    {.n = 9, .c = 32, .h = 14, .w = 14, .k = 64, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_LEAKY},
+    {.n = 9, .c = 64, .h = 7, .w = 7, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
+    {.n = 8, .c = 1, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
+    {.n = 8, .c = 32, .h = 13, .w = 13, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
+};
+
+static void test_conv_dnnl_matches_im2col(void **state) {
+    (void)state;
+    if (!backend_cpu_dnnl_available()) {
+        backend be;
+        backend_cpu_opts opts = {.threads = 1, .conv = CPU_CONV_DNNL};
+        assert_int_equal(backend_cpu_create_opts(&be, &opts), ST_RUNTIME);
+        skip();
+    }
+    for (size_t i = 0; i < sizeof conv_cases / sizeof conv_cases[0]; i++)
+        for (int t = 1; t <= 3; t++) check_conv_dnnl_case(&conv_cases[i], t, 400 + 10 * i + t);
+    for (size_t i = 0; i < sizeof conv_dnnl_cases / sizeof conv_dnnl_cases[0]; i++)
+        for (int t = 1; t <= 2; t++) check_conv_dnnl_case(&conv_dnnl_cases[i], t, 600 + 10 * i + t);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Max pooling
 
@@ -1428,6 +1530,7 @@ static void test_avgpool(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
+        cmocka_unit_test(test_conv_dnnl_matches_im2col),
         cmocka_unit_test(test_pool_matches_reference_and_finite_differences),
         cmocka_unit_test(test_pool_ties_pick_first),
         cmocka_unit_test(test_dense_matches_reference_and_finite_differences),
