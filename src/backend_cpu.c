@@ -518,8 +518,8 @@ static int cpu_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
 }
 
 static void cpu_conv_release(void *ctx, conv_desc *d) {
-    (void)ctx;
-    conv_dnnl_plan_destroy(d->plan);
+    cpu_ctx *c = ctx;
+    if (c->dnnl) conv_dnnl_plan_destroy(d->plan);
     d->plan = NULL;
 }
 
@@ -600,7 +600,7 @@ static int cpu_conv_forward(void *ctx, const conv_desc *d, const float *x, const
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_forward"));
     if (!ws) return ERR(ST_INPUT, "conv_forward: no workspace given");
-    if (d->plan) {
+    if (c->dnnl && d->plan) {  // a oneDNN plan (im2col has none)
         conv_job j = {.c = c, .d = d, .DL = conv_dnnl_layout(d, conv_dnnl_plan_ws(d->plan)), .x = x, .w = w,
                       .b = b, .yo = y, .ws = ws};
         pool_run(&c->pool, conv_dnnl_plan_parts(d->plan), conv_dnnl_forward_part, &j);
@@ -710,7 +710,7 @@ static int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, cons
     cpu_ctx *c = ctx;
     TRY(conv_check(d, "conv_backward"));
     if (!ws) return ERR(ST_INPUT, "conv_backward: no workspace given");
-    if (d->plan) {
+    if (c->dnnl && d->plan) {  // a oneDNN plan (im2col has none)
         conv_job j = {.c = c, .d = d, .DL = conv_dnnl_layout(d, conv_dnnl_plan_ws(d->plan)), .x = x, .w = w,
                       .y = y, .dy = dy, .dx = dx, .dw = dw, .db = db, .ws = ws};
         return conv_dnnl_backward_run(c, &j);
