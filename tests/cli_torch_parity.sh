@@ -23,7 +23,7 @@ for k in $kinds; do
 done
 for cfg in "$src"/configs/*.cfg; do
   # the trainer's start line: "..., 121930 parameters, ..." (one step on 64 samples: data files must exist)
-  line=$("$trainer" --config "$cfg" --epochs 1 --steps 1 --set data.train_limit=64 --set data.test_limit=10 2>/dev/null) ||
+  line=$("$trainer" --config "$cfg" --epochs 1 --steps 1 --batch 8 --set data.train_limit=64 --set data.test_limit=10 2>/dev/null) ||
     continue
   line=${line%%$'\n'*}
   want=$(sed -n 's/.* \([0-9]*\) parameters.*/\1/p' <<<"$line")
