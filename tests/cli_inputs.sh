@@ -206,9 +206,15 @@ fi
 # ---- case 5: under an address-space limit OpenBLAS never spins: the run ends (exit 0, or 1 naming the allocation;
 #      a limit below what the shared libraries need ends in the loader, 127)
 # (Not under AddressSanitizer, which reserves terabytes of address space at start.)
+# The limits are above what loading the trainer takes (its shared libraries: ~200 MB for a CPU build, ~1 GB
+# with CUDA, cuDNN, NCCL and oneDNN), found as the first of a ladder of limits at which `--help` runs.
 asan=0
 ldd "$trainer" 2>/dev/null | grep -q libasan && asan=1
-for v in $([ "$asan" -eq 0 ] && echo 300000 1000000 1300000 1600000); do
+base=200000
+while [ "$base" -lt 4000000 ] && ! bash -c 'ulimit -v "$1"; shift; exec "$@"' _ "$base" "$trainer" --help >/dev/null 2>&1; do
+  base=$((base + 200000))
+done
+for v in $([ "$asan" -eq 0 ] && echo 300000 $((base + 800000)) $((base + 1100000)) $((base + 1400000))); do
   t0=$(now)
   timeout -k 2 60 bash -c 'ulimit -v "$1"; shift; exec "$@"' _ "$v" "$trainer" --config "$cfg" --quiet --epochs 1 \
     >"$tmp/out" 2>"$tmp/err"

@@ -57,16 +57,17 @@ if run --eval ck.safetensors --metrics ev.json; then
     bad "--eval: loss $ev_loss acc $ev_acc same=$same vs metrics $train_loss $train_acc"
   fi
   python3 - ev.json <<'PY' && ok "--eval JSON: confusion 10x10 sums to 500, diagonal/500 = test_acc, per-class acc from rows" || bad "--eval JSON consistency"
-import json, sys
+import json, math, sys
 d = json.load(open(sys.argv[1]))
 c = d["confusion"]
 assert len(c) == 10 and all(len(r) == 10 for r in c)
 n = sum(map(sum, c)); diag = sum(c[i][i] for i in range(10))
 assert n == 500 == d["test_samples"], n
-assert diag / n == d["test_acc"], (diag, d["test_acc"])
+# cJSON writes 15 significant digits when they read back within an ulp or so: compare to 1e-12, not bit for bit
+assert math.isclose(diag / n, d["test_acc"], rel_tol=1e-12), (diag, d["test_acc"])
 for i in range(10):
     assert d["class_samples"][i] == sum(c[i])
-    assert d["per_class_acc"][i] == c[i][i] / sum(c[i])
+    assert math.isclose(d["per_class_acc"][i], c[i][i] / sum(c[i]), rel_tol=1e-12), (i, d["per_class_acc"][i])
 PY
   grep -q "confusion matrix" "$tmp/out" && ok "--eval prints the confusion matrix" || bad "--eval prints no confusion matrix"
 else
