@@ -56,7 +56,7 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     const int ns = model_state_tensor(&m, -1, NULL);
     float *state0 = malloc((m.n_state + 1) * sizeof(float));
     TRY_ALLOC(state0);
-    memcpy(state0, m.state, m.n_state * sizeof(float));
+    if (m.n_state) memcpy(state0, m.state, m.n_state * sizeof(float));  // no state: m.state is NULL
     *m.loss_acc = 0;
     TRY(model_forward(&m, batch, 1));
     TRY(model_backward(&m, batch, NULL, NULL));
