@@ -328,8 +328,14 @@ static void check_conv_dnnl_case(const conv_case *cc, int threads, uint64_t seed
     free(x), free(w), free(b), free(dy);
 }
 
-// The ResNet's shapes (configs/fashion_resnet.cfg) at a batch split unevenly over threads, and LeNet's.
+// ResNet shapes (configs/fashion_resnet.cfg's, its earlier 16/32/64 layout's) at a batch split unevenly over
+// threads, and LeNet's.
 static const conv_case conv_dnnl_cases[] = {
+    {.n = 9, .c = 1, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 32, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 2, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 64, .h = 7, .w = 7, .k = 128, .r = 3, .s = 3, .stride = 2, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 128, .h = 4, .w = 4, .k = 128, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
+    {.n = 9, .c = 64, .h = 7, .w = 7, .k = 128, .r = 1, .s = 1, .stride = 2, .pad = 0, .no_bias = 1},
     {.n = 9, .c = 1, .h = 28, .w = 28, .k = 16, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
     {.n = 9, .c = 16, .h = 28, .w = 28, .k = 16, .r = 3, .s = 3, .stride = 1, .pad = 1, .no_bias = 1},
     {.n = 9, .c = 16, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 2, .pad = 1, .no_bias = 1},
