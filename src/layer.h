@@ -46,6 +46,7 @@ enum layer_inputs_rule {
 enum layer_flags {
     LAYER_ALIAS = 1u,     // the output is the input itself (no copy): [flatten]
     LAYER_TERMINAL = 2u,  // the loss: must be last; writes the gradient of its input during a training forward
+    LAYER_ALIAS_ONE = 4u, // LAYER_ALIAS when it reads one input: [route] of a single layer
 };
 
 typedef struct layer_kind {

@@ -69,7 +69,7 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
     const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
     const int p = l->in_idx[0];
-    if (l->kind->flags & LAYER_ALIAS) {
+    if ((l->kind->flags & LAYER_ALIAS) || ((l->kind->flags & LAYER_ALIAS_ONE) && l->n_in == 1)) {
         l->y = (float *)l->x[0];
         if (p >= 0 && !l->dx_accumulate[0]) {
             l->dy = m->layers[p].dy;  // its only reader: the gradient is the producer's own

@@ -1,6 +1,6 @@
-// route.c — [route]: Darknet's route, reading earlier outputs only. One reference is an identity copy of that
-// output; several are concatenated along channels (their H×W must match), in the order listed. Backward hands
-// each input its channel slice of dy.
+// route.c — [route]: Darknet's route, reading earlier outputs only. One reference is that output itself
+// (LAYER_ALIAS_ONE: no buffer, no copy); several are concatenated along channels (their H×W must match), in the
+// order listed. Backward hands each input its channel slice of dy.
 #include "../common.h"
 #include "../layer.h"
 
@@ -36,6 +36,7 @@ static int route_create(model *m, model_layer *l, const layer_cfg *lc, size_t *w
 
 static int route_forward(model *m, model_layer *l, int n, int training) {
     (void)training;
+    if (l->y == l->x[0]) return ST_OK;  // one input: aliased
     const int hw = l->out_h * l->out_w;
     for (int k = 0, off = 0; k < l->n_in; k++) {
         const int c = m->layers[l->in_idx[k]].out_c;
@@ -47,6 +48,7 @@ static int route_forward(model *m, model_layer *l, int n, int training) {
 
 static int route_backward(model *m, model_layer *l, int n) {
     const int hw = l->out_h * l->out_w;
+    if (l->n_in == 1 && l->dx[0] == l->dy) return ST_OK;  // one input, its only reader left: the same gradient
     for (int k = 0, off = 0; k < l->n_in; k++) {
         const int c = m->layers[l->in_idx[k]].out_c;
         if (l->dx[k]) TRY(m->be->ops->channel_copy(m->be->ctx, n, c, hw, l->dy, l->out_c, off, l->dx[k], c, 0));
@@ -59,6 +61,7 @@ const layer_kind layer_kind_route = {
     .section = "route",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
+    .flags = LAYER_ALIAS_ONE,
     .inputs = LAYER_IN_REFS,
     .doc = "earlier outputs: one copied, several concatenated along channels (Darknet's)",
     .example = "[conv]\nfilters=2\nsize=3\npad=1\n[route]\nlayers=-1,-2\n",
