@@ -1022,6 +1022,14 @@ static void bn_split(const bn_job *j, int part, int parts, int *c0, int *c1) {
     *c0 = (int)lo, *c1 = (int)hi;
 }
 
+// Checks the descriptor, runs fn over the channels; backward ops then give MPI a chance to progress.
+static int bn_run(cpu_ctx *c, bn_job *j, pool_fn fn, const char *op, int backward) {
+    TRY(bn_check(j->d, op));
+    pool_run(&c->pool, bn_parts(c, j->d), fn, j);
+    if (backward) progress_poll(c, 0);
+    return ST_OK;
+}
+
 static inline double bn_row_sum(const float *p, size_t n) {
     v8f a = {0}, b = {0};
     size_t k = 0;
@@ -1070,11 +1078,8 @@ DDP_VEC_CLONES static void bn_stats_part(void *arg, int part, int parts) {
 }
 
 static int cpu_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
-    cpu_ctx *c = ctx;
-    TRY(bn_check(d, "bn_stats"));
     bn_job j = {.d = d, .x = x, .out = stats};
-    pool_run(&c->pool, bn_parts(c, d), bn_stats_part, &j);
-    return ST_OK;
+    return bn_run(ctx, &j, bn_stats_part, "bn_stats", 0);
 }
 
 DDP_VEC_CLONES static void bn_apply_part(void *arg, int part, int parts) {
@@ -1170,12 +1175,8 @@ DDP_VEC_CLONES static void bn_grad_stats_part(void *arg, int part, int parts) {
 
 static int cpu_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save,
                              float *dy, float *dw, float *db, float *gstats) {
-    cpu_ctx *c = ctx;
-    TRY(bn_check(d, "bn_grad_stats"));
     bn_job j = {.d = d, .x = x, .y = y, .save = save, .dy = dy, .dw = dw, .db = db, .out = gstats};
-    pool_run(&c->pool, bn_parts(c, d), bn_grad_stats_part, &j);
-    progress_poll(c, 0);
-    return ST_OK;
+    return bn_run(ctx, &j, bn_grad_stats_part, "bn_grad_stats", 1);
 }
 
 DDP_VEC_CLONES static void bn_grad_input_part(void *arg, int part, int parts) {
@@ -1208,12 +1209,8 @@ DDP_VEC_CLONES static void bn_grad_input_part(void *arg, int part, int parts) {
 
 static int cpu_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
                              const float *gstats, const float *dz, float *dx) {
-    cpu_ctx *c = ctx;
-    TRY(bn_check(d, "bn_grad_input"));
     bn_job j = {.d = d, .x = x, .save = save, .w = w, .gstats = gstats, .dzc = dz, .dx = dx};
-    pool_run(&c->pool, bn_parts(c, d), bn_grad_input_part, &j);
-    progress_poll(c, 0);
-    return ST_OK;
+    return bn_run(ctx, &j, bn_grad_input_part, "bn_grad_input", 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
