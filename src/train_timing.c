@@ -106,16 +106,22 @@ int train_step_timing(trainer *t, int replayed) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
     TRY(train_mark_wait(t, t->mk[MK_END]));
-    double ph[MK_N - 1], comm_s = 0;
+    double ph[MK_N - 1];
     for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
-    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+    // comm_s: the union of the buckets' intervals, on the host clock or (device marks) from the step's start.
+    double c0[COMM_MAX_REQS], c1[COMM_MAX_REQS];
+    const int nb = t->use_comm ? t->n_buckets : 0;
+    for (int i = 0; i < nb; i++) {
         const bucket *b = &t->buckets[i];
         void *m0, *m1;
         bucket_marks(b, replayed, &m0, &m1);
-        double dt = b->t_done - b->t_launch;
-        if (m0 && m1) TRY(o->mark_elapsed(ctx, m0, m1, &dt));
-        comm_s += dt;
+        c0[i] = b->t_launch, c1[i] = b->t_done;
+        if (m0 && m1) {
+            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m0, &c0[i]));
+            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m1, &c1[i]));
+        }
     }
+    const double comm_s = metrics_busy_s(nb, c0, c1);
     step_times *a = &t->acc;
     a->data_s += ph[MK_START];
     a->forward_s += ph[MK_DATA];
