@@ -131,7 +131,8 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
         {"gflop_per_s", m->gflop_per_s},
         {"epoch_s", m->epoch_s}, {"eval_s", m->eval_s}, {"step_s", m->t.step_s}, {"data_s", m->t.data_s},
         {"forward_s", m->t.forward_s}, {"backward_s", m->t.backward_s}, {"comm_s", m->t.comm_s},
-        {"exposed_comm_s", m->t.exposed_comm_s}, {"optimizer_s", m->t.optimizer_s}, {"lr", m->lr},
+        {"exposed_comm_s", m->t.exposed_comm_s}, {"skew_s", m->t.skew_s}, {"optimizer_s", m->t.optimizer_s},
+        {"lr", m->lr},
         {"grad_norm", m->grad_norm}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) add_num(o, nums[i].k, nums[i].v);
     cJSON_AddNumberToObject(o, "world_size", m->world);

@@ -16,6 +16,8 @@ typedef struct step_times {
                             // buckets' launch -> completion-observed intervals): comm in flight, <= the step
     double optimizer_s;
     double step_s;          // whole step
+    double skew_s;          // the part of exposed_comm_s spent waiting for a peer still in backward: this rank's
+                            // wait minus the shortest wait of any rank in the same step (see train_timing_skew)
 } step_times;
 
 typedef struct baseline {

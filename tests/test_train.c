@@ -68,7 +68,7 @@ static void test_learns(void **state) {
     int lines = 0;
     const char *keys[] = {"\"epoch\":", "\"train_loss\":", "\"test_loss\":", "\"test_acc\":", "\"images_per_s\":",
                           "\"epoch_s\":", "\"world_size\":1", "\"batch\":32", "\"scaling_efficiency\":",
-                          "\"exposed_comm_s\":", "\"comm_s\":"};
+                          "\"exposed_comm_s\":", "\"comm_s\":", "\"skew_s\":0,"};
     while (fgets(line, sizeof line, f)) {
         lines++;
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) assert_non_null(strstr(line, keys[k]));
