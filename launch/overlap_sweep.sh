@@ -4,8 +4,10 @@
 #   sudo ./launch/overlap_sweep.sh --box 1        the same across the nodes of a cluster in a box, 1 Gbit/s links
 # Each point is one epoch of `steps` steps (train_limit = steps x global batch) of the default config; the
 # figures are rank 0's metrics (README "Outputs"): comm_s (all-reduce in flight per step), exposed_comm_s
-# (waiting after backward per step). Every bucket size runs --repeat times, overlap on and off alternating, and
-# the table gives the median of each figure and exposed(on) / exposed(off). JSONL files stay in out/overlap/.
+# (waiting after backward per step), skew_s (the part of that wait spent on a peer still in backward) and
+# net = exposed_comm_s - skew_s (waiting for communication itself). Every bucket size runs --repeat times,
+# overlap on and off alternating, and the table gives the median of each figure, exposed(on) / exposed(off) and
+# net(on) / net(off). JSONL files stay in out/overlap/.
 # --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
 # left up). Environment: TRAINER (default build/trainer), OUT (default out/overlap).
 set -euo pipefail
@@ -65,14 +67,18 @@ for f in sys.argv[1:]:
     m = json.loads(open(f).read().splitlines()[-1])
     runs.setdefault((int(kb), int(ov)), []).append(m)
 med = lambda ms, k: statistics.median(m[k] for m in ms) * 1e3
+net = lambda ms: statistics.median(m["exposed_comm_s"] - m.get("skew_s", 0) for m in ms) * 1e3
 print(f"{'bucket_kb':<9} {'buckets':<8} {'overlap':<8} {'step_ms':<9} {'backward_ms':<12} {'comm_ms':<9} "
-      f"{'exposed_ms':<11} {'exposed on/off':<14} (median of {len(next(iter(runs.values())))})")
+      f"{'exposed_ms':<11} {'skew_ms':<8} {'net_ms':<8} {'exposed on/off':<15} {'net on/off':<10} "
+      f"(median of {len(next(iter(runs.values())))})")
 for kb in sorted({k for k, _ in runs}):
-    off = med(runs[(kb, 0)], "exposed_comm_s")
+    off, off_net = med(runs[(kb, 0)], "exposed_comm_s"), net(runs[(kb, 0)])
     for ov in (1, 0):
         ms = runs[(kb, ov)]
-        e = med(ms, "exposed_comm_s")
+        e, n = med(ms, "exposed_comm_s"), net(ms)
         ratio = f"{e / off:.2f}" if ov == 1 and off > 0 else ""
+        ratio_net = f"{n / off_net:.2f}" if ov == 1 and off_net > 0 else ""
         print(f"{kb:<9} {ms[0]['n_buckets']:<8} {'on' if ov else 'off':<8} {med(ms, 'step_s'):<9.2f} "
-              f"{med(ms, 'backward_s'):<12.2f} {med(ms, 'comm_s'):<9.3f} {e:<11.3f} {ratio:<14}")
+              f"{med(ms, 'backward_s'):<12.2f} {med(ms, 'comm_s'):<9.3f} {e:<11.3f} "
+              f"{med(ms, 'skew_s') if 'skew_s' in ms[0] else 0:<8.3f} {n:<8.3f} {ratio:<15} {ratio_net:<10}")
 PY

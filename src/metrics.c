@@ -23,6 +23,28 @@ double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char 
     return (m->t.step_s - m->t.exposed_comm_s) / m->t.step_s;
 }
 
+// (start, index) after (s0, i0) in lexicographic order.
+static int busy_after(double s, int i, double s0, int i0) { return s > s0 || (s == s0 && i > i0); }
+
+double metrics_busy_s(int n, const double *t0, const double *t1) {
+    // Sweep in start order, each next interval found by a scan: n is a step's bucket count (a few dozen).
+    double busy = 0, reach = -INFINITY;  // reach: where the union so far ends
+    double s0 = -INFINITY;
+    int i0 = -1;
+    for (int k = 0; k < n; k++) {
+        int j = -1;
+        for (int i = 0; i < n; i++)
+            if (busy_after(t0[i], i, s0, i0) && (j < 0 || busy_after(t0[j], j, t0[i], i))) j = i;
+        if (j < 0) break;  // the rest start at NaN
+        s0 = t0[j], i0 = j;
+        if (!(t1[j] > t0[j])) continue;
+        const double from = t0[j] > reach ? t0[j] : reach;
+        if (t1[j] > from) busy += t1[j] - from;
+        if (t1[j] > reach) reach = t1[j];
+    }
+    return busy;
+}
+
 // Only the end of the file is read (a metrics file's last line is well under this), so the time and memory a
 // baseline costs do not grow with the file; the file must be a regular one (src/fileio.h): --baseline /dev/zero
 // or a FIFO is refused before anything is read.
@@ -109,7 +131,8 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
         {"gflop_per_s", m->gflop_per_s},
         {"epoch_s", m->epoch_s}, {"eval_s", m->eval_s}, {"step_s", m->t.step_s}, {"data_s", m->t.data_s},
         {"forward_s", m->t.forward_s}, {"backward_s", m->t.backward_s}, {"comm_s", m->t.comm_s},
-        {"exposed_comm_s", m->t.exposed_comm_s}, {"optimizer_s", m->t.optimizer_s}, {"lr", m->lr},
+        {"exposed_comm_s", m->t.exposed_comm_s}, {"skew_s", m->t.skew_s}, {"optimizer_s", m->t.optimizer_s},
+        {"lr", m->lr},
         {"grad_norm", m->grad_norm}};
     for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) add_num(o, nums[i].k, nums[i].v);
     cJSON_AddNumberToObject(o, "world_size", m->world);

@@ -12,9 +12,12 @@ typedef struct step_times {
     double forward_s;
     double backward_s;      // including launching buckets and polling comm between layers
     double exposed_comm_s;  // waiting for all-reduces after backward finished: comm NOT hidden by compute
-    double comm_s;          // per bucket, launch -> completion observed, summed over buckets: comm in flight
+    double comm_s;          // time with at least one bucket's all-reduce in flight (metrics_busy_s of the
+                            // buckets' launch -> completion-observed intervals): comm in flight, <= the step
     double optimizer_s;
     double step_s;          // whole step
+    double skew_s;          // the part of exposed_comm_s spent waiting for a peer still in backward: this rank's
+                            // wait minus the shortest wait of any rank in the same step (see train_timing_skew)
 } step_times;
 
 typedef struct baseline {
@@ -54,6 +57,12 @@ typedef struct epoch_metrics {
 //   strong (global batch fixed):    E = time(1) / (N * time(N)), time = step time for the same global batch
 // With no baseline: E_est = (step_s - exposed_comm_s) / step_s, labelled "estimate".
 double scaling_efficiency(const epoch_metrics *m, const baseline *b, const char **kind);
+
+// The length of the union of the intervals [t0[i], t1[i]) (any order, overlapping or not; an empty or reversed
+// one counts nothing): the time during which at least one of them was under way. comm_s is this over a step's
+// bucket all-reduces -- a sum would count concurrent all-reduces once each (18 buckets in flight together
+// during one 3 ms wait read as 52 ms).
+double metrics_busy_s(int n, const double *t0, const double *t1);
 
 // Read the last JSON line of an np 1 metrics file. ST_INPUT naming the file when it is not one.
 int baseline_load(const char *path, baseline *b);

@@ -676,10 +676,10 @@ static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) 
     LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em->epoch,
          t->cfg->epochs, em->train_loss, em->train_acc, em->test_loss, em->test_acc, em->epoch_s, em->images_per_s);
     if (t->o->verbose)
-        LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f opt %.2f | %.0f img/s per rank | "
+        LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f (skew %.2f) opt %.2f | %.0f img/s per rank | "
              "efficiency %.3f (%s)\n",
              em->t.step_s * 1e3, em->t.forward_s * 1e3, em->t.backward_s * 1e3, em->t.comm_s * 1e3,
-             em->t.exposed_comm_s * 1e3, em->t.optimizer_s * 1e3, em->images_per_s_per_rank, em->scaling_efficiency,
+             em->t.exposed_comm_s * 1e3, em->t.skew_s * 1e3, em->t.optimizer_s * 1e3, em->images_per_s_per_rank, em->scaling_efficiency,
              em->efficiency_kind);
     // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
     if (metrics >= 0 && t->rank == 0) TRY(metrics_write_jsonl(metrics, t->o->metrics_path, em));
@@ -703,6 +703,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
         if (t->o->progress && t->rank == 0 && !g_quiet) printf("\r%*s\r", 90, "");
         res->train_s += e.epoch_s;
         if ((st = epoch_train_sums(t, &e))) break;
+        if ((st = train_timing_skew(t))) break;
         if (e.stopped) {
             st = epoch_stopped(t, &e);
             break;
@@ -761,6 +762,7 @@ static void trainer_free(trainer *t) {
     free(t->buckets);
     free(t->bucket_bytes);
     free(t->lm);
+    free(t->step_wait);
     data_free(&t->train);
     data_free(&t->test);
 }

@@ -31,9 +31,12 @@ static int bucket_launch(trainer *t, int i) {
     return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
 }
 
-// Move in-flight all-reduces on and note when each completes (for comm_s).
+// Move in-flight all-reduces on and note when each completes (for comm_s). One test of the oldest bucket not
+// yet done runs MPI's progress engine once, which advances every non-blocking collective in flight; testing
+// each of them (and comm_progress before) ran it twice per bucket in flight, each run walking all of them: at
+// 63 buckets of 8 KiB that made backward 24 ms instead of 16. Buckets complete about in launch order, so one
+// that finished behind an older one is seen at the next poll.
 static void buckets_poll(trainer *t) {
-    if (comm_progress(t->c) != ST_OK && t->cb_status == ST_OK) t->cb_status = err_status();
     for (int i = 0; i < t->next_bucket; i++) {
         bucket *b = &t->buckets[i];
         if (b->req < 0 || b->t_done > 0) continue;
@@ -42,7 +45,8 @@ static void buckets_poll(trainer *t) {
             if (t->cb_status == ST_OK) t->cb_status = err_status();
             return;
         }
-        if (done) b->t_done = now_s();
+        if (!done) return;
+        b->t_done = now_s();
     }
 }
 

@@ -76,6 +76,7 @@ typedef struct trainer {
     // per-epoch timing accumulators
     step_times acc;
     int timed;
+    double *step_wait;          // this epoch's timed steps' waits after backward (skew_s), steps_per_epoch of them
     int async_backend;          // ops run on a GPU stream: reading a step's marks waits for the step
     int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
     int marks_on;               // the step being issued records its phase marks
@@ -117,6 +118,7 @@ int train_drain(trainer *t);                  // everything issued so far has fi
 int train_step_timing(trainer *t, int replayed);  // after a timed step: its phases into the epoch's sums
 int train_trace_setup(trainer *t);            // --trace: lanes, layer marks, the origin (collective)
 void train_timing_reset(trainer *t);          // at an epoch's start
+int train_timing_skew(trainer *t);            // after an epoch's steps (collective): skew_s from every rank's waits
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm);
 void train_progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
                          long long steps_here, double secs_here);

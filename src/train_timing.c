@@ -106,21 +106,32 @@ int train_step_timing(trainer *t, int replayed) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
     TRY(train_mark_wait(t, t->mk[MK_END]));
-    double ph[MK_N - 1], comm_s = 0;
+    double ph[MK_N - 1];
     for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
-    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+    // comm_s: the union of the buckets' intervals, on the host clock or (device marks) from the step's start.
+    double c0[COMM_MAX_REQS], c1[COMM_MAX_REQS];
+    const int nb = t->use_comm ? t->n_buckets : 0;
+    for (int i = 0; i < nb; i++) {
         const bucket *b = &t->buckets[i];
         void *m0, *m1;
         bucket_marks(b, replayed, &m0, &m1);
-        double dt = b->t_done - b->t_launch;
-        if (m0 && m1) TRY(o->mark_elapsed(ctx, m0, m1, &dt));
-        comm_s += dt;
+        c0[i] = b->t_launch, c1[i] = b->t_done;
+        if (m0 && m1) {
+            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m0, &c0[i]));
+            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m1, &c1[i]));
+        }
     }
+    const double comm_s = metrics_busy_s(nb, c0, c1);
     step_times *a = &t->acc;
     a->data_s += ph[MK_START];
     a->forward_s += ph[MK_DATA];
     a->backward_s += ph[MK_FWD];
     a->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0;
+    if (t->use_comm) {
+        if (!t->step_wait) t->step_wait = calloc((size_t)t->steps_per_epoch, sizeof *t->step_wait);
+        TRY_ALLOC(t->step_wait);
+        if (t->timed < t->steps_per_epoch) t->step_wait[t->timed] = ph[MK_BWD];
+    }
     a->comm_s += comm_s;
     a->optimizer_s += ph[MK_WAIT];
     a->step_s += ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
@@ -178,6 +189,24 @@ void train_timing_reset(trainer *t) {
     t->grad_norm_sum = 0;
 }
 
+// Skew: in each step the all-reduce completes at about the same moment on every rank (the last exchange reaches
+// all of them), so the rank that finished backward last waited the least, and only for communication; any
+// other rank waited that long plus the time it was ahead of it. skew_s is the mean over the epoch's timed steps of
+// (this rank's wait - the shortest wait of any rank in that step): no barrier and no common clock, one
+// all-reduce of the per-step waits after the epoch (every rank times the same steps).
+int train_timing_skew(trainer *t) {
+    const int n = t->timed < t->steps_per_epoch ? t->timed : t->steps_per_epoch;
+    t->acc.skew_s = 0;
+    if (t->world == 1 || !t->use_comm || n == 0 || !t->step_wait) return ST_OK;
+    double *least = malloc((size_t)n * sizeof *least);
+    TRY_ALLOC(least);
+    for (int i = 0; i < n; i++) least[i] = -t->step_wait[i];  // max of the negated: the least wait
+    int st = comm_allreduce_max_f64(t->c, least, n);
+    for (int i = 0; st == ST_OK && i < n; i++) t->acc.skew_s += t->step_wait[i] + least[i];
+    free(least);
+    return st;
+}
+
 // The phases' means (all 0 when no step was timed) and the mean gradient norm before clipping (NaN when not
 // clipping or nothing was timed).
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm) {
@@ -186,7 +215,7 @@ void train_timing_means(const trainer *t, step_times *means, double *grad_norm) 
         const step_times *a = &t->acc;
         double k = 1.0 / t->timed;
         *means = (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
-                              a->comm_s * k, a->optimizer_s * k, a->step_s * k};
+                              a->comm_s * k, a->optimizer_s * k, a->step_s * k, a->skew_s * k};
     }
     *grad_norm = t->d_sumsq && t->timed ? t->grad_norm_sum / t->timed : NAN;
 }

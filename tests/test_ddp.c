@@ -211,6 +211,56 @@ static void test_np2_trains_and_logs_comm(void **state) {
     assert_true(acc > 0.9);
     assert_true(comm > 0);
     assert_true(eff > 0 && eff <= 1.0 + 1e-9);
+    // comm_s is time with an all-reduce in flight: within the step, however many buckets run at once.
+    assert_true(comm <= tu_json_number(last, "step_s"));
+    const double skew = tu_json_number(last, "skew_s");
+    assert_true(skew >= 0 && skew <= tu_json_number(last, "exposed_comm_s"));
+}
+
+// skew_s separates waiting for a late peer from waiting for communication: rank 1 sleeps 1 s before step 5,
+// rank 0 (whose metrics are written) waits that second in step 5's all-reduce -- all of it skew, none of it
+// communication (rank 1, arriving last, waits only for the transfer).
+static void test_skew_is_the_late_peer(void **state) {
+    (void)state;
+    const char *m = tu_path("np2_skew.jsonl");
+    assert_int_equal(tu_run("DDP_TEST_STALL=1:5:1 " MPIRUN " -np 2 %s --config %s --batch 32 --epochs 1 --metrics %s "
+                            "--quiet", TRAINER, cfg_path, m), 0);
+    char line[8192] = "";
+    FILE *f = fopen(m, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    const double n = tu_json_number(line, "timed_steps");
+    const double exposed = tu_json_number(line, "exposed_comm_s") * n, skew = tu_json_number(line, "skew_s") * n;
+    print_message("np 2, rank 1 late by 1 s once: over %g steps rank 0 waited %.3f s, of which skew %.3f s\n", n,
+                  exposed, skew);
+    assert_true(skew >= 0.95 && skew <= exposed);
+    assert_true(exposed - skew < 0.25);
+}
+
+// Without overlap every bucket is launched after backward and waited for at once: the time with an all-reduce
+// in flight lies inside the wait (comm_s <= exposed_comm_s) and fills nearly all of it (the first launch and
+// the last completion seen bound the wait). The former sum over buckets counted each of the concurrent
+// buckets' whole wait: n_buckets times exposed.
+static void test_comm_s_without_overlap(void **state) {
+    (void)state;
+    const char *m = tu_path("np2_nooverlap.jsonl");
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --epochs 1 --no-overlap --bucket-kb 1 "
+                            "--metrics %s --quiet", TRAINER, cfg_path, m), 0);
+    char line[8192] = "";
+    FILE *f = fopen(m, "r");
+    assert_non_null(f);
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    const double comm = tu_json_number(line, "comm_s"), exposed = tu_json_number(line, "exposed_comm_s");
+    const double step = tu_json_number(line, "step_s"), nb = tu_json_number(line, "n_buckets");
+    print_message("np 2, no overlap, %g buckets: comm %.3g ms, exposed %.3g ms, step %.3g ms per step\n", nb,
+                  comm * 1e3, exposed * 1e3, step * 1e3);
+    assert_true(nb > 2);
+    assert_true(comm > 0);
+    assert_true(comm <= exposed);
+    assert_true(comm >= 0.5 * exposed);
+    assert_true(exposed <= step);
 }
 
 static void test_strong_scaling_splits_global_batch(void **state) {
@@ -303,6 +353,8 @@ int main(void) {
         cmocka_unit_test(test_batchnorm_exact_resume_np2),
         cmocka_unit_test(test_replica_check_sees_running_stats),
         cmocka_unit_test(test_np2_trains_and_logs_comm),
+        cmocka_unit_test(test_comm_s_without_overlap),
+        cmocka_unit_test(test_skew_is_the_late_peer),
         cmocka_unit_test(test_strong_scaling_splits_global_batch),
         cmocka_unit_test(test_kill_one_rank_np2),
         cmocka_unit_test(test_kill_one_rank_np4),

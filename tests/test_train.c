@@ -9,6 +9,7 @@
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "metrics.h"
 #include "test_hooks.h"
 #include "test_util.h"
 #include "train.h"
@@ -67,7 +68,7 @@ static void test_learns(void **state) {
     int lines = 0;
     const char *keys[] = {"\"epoch\":", "\"train_loss\":", "\"test_loss\":", "\"test_acc\":", "\"images_per_s\":",
                           "\"epoch_s\":", "\"world_size\":1", "\"batch\":32", "\"scaling_efficiency\":",
-                          "\"exposed_comm_s\":", "\"comm_s\":"};
+                          "\"exposed_comm_s\":", "\"comm_s\":", "\"skew_s\":0,"};
     while (fgets(line, sizeof line, f)) {
         lines++;
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) assert_non_null(strstr(line, keys[k]));
@@ -367,6 +368,21 @@ static void test_divergence_names_step_and_layer(void **state) {
     err_clear();
 }
 
+// comm_s is the time with an all-reduce in flight: concurrent buckets count once (the sum over buckets read 52 ms
+// for 18 buckets in flight together during one 3 ms wait).
+static void test_busy_is_the_union(void **state) {
+    (void)state;
+    const double a0[] = {0, 1, 2}, a1[] = {3, 3, 3};  // nested/overlapping: 0..3
+    assert_true(fabs(metrics_busy_s(3, a0, a1) - 3) < 1e-12);
+    const double b0[] = {5, 0, 1}, b1[] = {6, 1, 2};  // disjoint and touching, out of order: 1 + 1 + 1
+    assert_true(fabs(metrics_busy_s(3, b0, b1) - 3) < 1e-12);
+    const double c0[] = {0, 4, 1}, c1[] = {2, 4, 10};  // an empty one inside another: 0..10
+    assert_true(fabs(metrics_busy_s(3, c0, c1) - 10) < 1e-12);
+    const double d0[] = {2, 2}, d1[] = {1, 3};  // a reversed one counts nothing; equal starts
+    assert_true(fabs(metrics_busy_s(2, d0, d1) - 1) < 1e-12);
+    assert_true(metrics_busy_s(0, NULL, NULL) == 0);
+}
+
 int main(int argc, char **argv) {
     if (comm_world_init(&argc, &argv) != ST_OK) return 1;
     if (comm_create(&g_comm, "mpi", 60) != ST_OK) {
@@ -374,6 +390,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_busy_is_the_union),
         cmocka_unit_test(test_learns),
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_augmentation_resume_and_graph),
