@@ -235,7 +235,9 @@ static void test_skew_is_the_late_peer(void **state) {
     print_message("np 2, rank 1 late by 1 s once: over %g steps rank 0 waited %.3f s, of which skew %.3f s\n", n,
                   exposed, skew);
     assert_true(skew >= 0.95 && skew <= exposed);
-    assert_true(exposed - skew < 0.25);
+    // Were the stall counted as communication, exposed - skew would be >= 1 s; the rest is the steps' real
+    // waits, 0.16 s over 32 steps measured on a loaded 2-core machine (a sanitized build waits longer).
+    assert_true(exposed - skew < 0.6);
 }
 
 // Without overlap every bucket is launched after backward and waited for at once: the time with an all-reduce
