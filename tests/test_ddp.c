@@ -217,6 +217,15 @@ static void test_np2_trains_and_logs_comm(void **state) {
     assert_true(skew >= 0 && skew <= tu_json_number(last, "exposed_comm_s"));
 }
 
+// The first line of a metrics file (epoch 1's record).
+static void first_line(const char *path, char *line, int size) {
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    line[0] = 0;
+    assert_non_null(fgets(line, size, f));
+    fclose(f);
+}
+
 // skew_s separates waiting for a late peer from waiting for communication: rank 1 sleeps 1 s before step 5,
 // rank 0 (whose metrics are written) waits that second in step 5's all-reduce -- all of it skew, none of it
 // communication (rank 1, arriving last, waits only for the transfer).
@@ -225,11 +234,8 @@ static void test_skew_is_the_late_peer(void **state) {
     const char *m = tu_path("np2_skew.jsonl");
     assert_int_equal(tu_run("DDP_TEST_STALL=1:5:1 " MPIRUN " -np 2 %s --config %s --batch 32 --epochs 1 --metrics %s "
                             "--quiet", TRAINER, cfg_path, m), 0);
-    char line[8192] = "";
-    FILE *f = fopen(m, "r");
-    assert_non_null(f);
-    assert_non_null(fgets(line, sizeof line, f));
-    fclose(f);
+    char line[8192];
+    first_line(m, line, sizeof line);
     const double n = tu_json_number(line, "timed_steps");
     const double exposed = tu_json_number(line, "exposed_comm_s") * n, skew = tu_json_number(line, "skew_s") * n;
     print_message("np 2, rank 1 late by 1 s once: over %g steps rank 0 waited %.3f s, of which skew %.3f s\n", n,
@@ -249,11 +255,8 @@ static void test_comm_s_without_overlap(void **state) {
     const char *m = tu_path("np2_nooverlap.jsonl");
     assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --batch 32 --epochs 1 --no-overlap --bucket-kb 1 "
                             "--metrics %s --quiet", TRAINER, cfg_path, m), 0);
-    char line[8192] = "";
-    FILE *f = fopen(m, "r");
-    assert_non_null(f);
-    assert_non_null(fgets(line, sizeof line, f));
-    fclose(f);
+    char line[8192];
+    first_line(m, line, sizeof line);
     const double comm = tu_json_number(line, "comm_s"), exposed = tu_json_number(line, "exposed_comm_s");
     const double step = tu_json_number(line, "step_s"), nb = tu_json_number(line, "n_buckets");
     print_message("np 2, no overlap, %g buckets: comm %.3g ms, exposed %.3g ms, step %.3g ms per step\n", nb,
@@ -270,11 +273,8 @@ static void test_strong_scaling_splits_global_batch(void **state) {
     const char *m = tu_path("strong.jsonl");
     assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s --scaling strong --batch 64 --epochs 1 --metrics %s "
                             "--quiet", TRAINER, cfg_path, m), 0);
-    FILE *f = fopen(m, "r");
-    assert_non_null(f);
-    char line[4096] = "";
-    assert_non_null(fgets(line, sizeof line, f));
-    fclose(f);
+    char line[4096];
+    first_line(m, line, sizeof line);
     assert_non_null(strstr(line, "\"batch\":32"));
     assert_non_null(strstr(line, "\"global_batch\":64"));
     assert_non_null(strstr(line, "\"scaling\":\"strong\""));
