@@ -37,7 +37,7 @@ case "$backend" in
   cpu) device=cpu comm=mpi tf32=0 ;;
   *) echo "bench_gpu.sh: --backend cuda or cpu" >&2; exit 2 ;;
 esac
-if [ "$backend" = cuda ] && ! timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+if [ "$backend" = cuda ] && ! grep -q '^GPU ' <<<"$(timeout 20 nvidia-smi -L 2>/dev/null)"; then
   echo "bench_gpu.sh: no NVIDIA GPU here (nvidia-smi -L lists none)" >&2
   exit 2
 fi
@@ -84,7 +84,7 @@ theirs() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2fx", a / b; else printf "-" }'; }
 
 where=CPU
-[ "$backend" = cuda ] && where=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+[ "$backend" = cuda ] && where=$(timeout 20 nvidia-smi --query-gpu=name --format=csv,noheader | sed -n 1p)
 echo "bench_gpu.sh: $where; ddp-cnn backend=$backend comm=$comm epochs=$epochs train_limit=$limit tf32=$tf32;" \
      "torch $([ "$have_torch" -eq 1 ] && "${py[@]}" -c 'import torch; print(torch.__version__)' 2>/dev/null || echo absent)"
 rows=() status=0

@@ -42,7 +42,7 @@ require() {
   [ "$(id -u)" -eq 0 ] || die 2 "needs root (network namespaces, veth, tc, mounts); run it with sudo"
   local missing="" p
   for p in "${box_packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=" $p"
+    grep -q "install ok installed" <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" || missing+=" $p"
   done
   if [ -n "$missing" ]; then
     echo "$me: installing:$missing"
@@ -62,7 +62,7 @@ require() {
 
 ns() { echo "$box-$1"; }                                    # namespace of node n1 / hub
 holder() { cat "$dir/run/$1.holder" 2>/dev/null; }        # pid of the process that holds a node's namespaces
-is_up() { [ -f "$dir/box.env" ] && ip netns list 2>/dev/null | grep -q "^$(ns hub)\b"; }
+is_up() { [ -f "$dir/box.env" ] && grep -q "^$(ns hub)\b" <<<"$(ip netns list 2>/dev/null)"; }
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 # shellcheck disable=SC1091  # written by write_files
 load_env() { [ -f "$dir/box.env" ] || die 1 "box '$box' is not up (run: $0 up)"; . "$dir/box.env"; }

@@ -9,7 +9,7 @@ DDP_PACKAGES=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libcmo
 ddp_missing_packages() {
   local p missing=()
   for p in "${DDP_PACKAGES[@]}" "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    grep -q "install ok installed" <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" || missing+=("$p")
   done
   echo "${missing[@]:-}"
 }

@@ -222,7 +222,7 @@ use_wheel() {
   ln -s "$src/include" "$dst/include"
   for f in "$wheel_lib"/*.so*; do ln -s "$f" "$dst/lib/"; done
   if [ ! -e "$dst/lib/$so" ]; then
-    f=$(find "$wheel_lib" -maxdepth 1 -name "$so.*" -print | sort | head -1)
+    f=$(find "$wheel_lib" -maxdepth 1 -name "$so.*" -print | sort | sed -n 1p)
     ln -s "$f" "$dst/lib/$so"
   fi
   wheel_root=$dst
@@ -384,8 +384,8 @@ stage_build() {
   fi
   warnings=$(grep -c -i 'warning' "$log_dir/build.log" || true)
   ldd "$build_dir/trainer" | grep -E 'cudnn|nccl|cublas|cudart|mpi|openblas|not found' || true
-  if ldd "$build_dir/trainer" | grep -q 'not found'; then die "trainer has unresolved libraries (ldd)"; fi
-  if ldd "$build_dir/trainer" | grep -q libmpi; then mpi_line="MPI on"; else mpi_line="MPI off (world 1)"; fi
+  if grep -q 'not found' <<<"$(ldd "$build_dir/trainer")"; then die "trainer has unresolved libraries (ldd)"; fi
+  if grep -q libmpi <<<"$(ldd "$build_dir/trainer")"; then mpi_line="MPI on"; else mpi_line="MPI off (world 1)"; fi
   note "built ${targets[*]} in $((SECONDS - t0)) s"
   key "$gen, CUDA $cuda${archs:+ sm_${archs//;/,}}, $mpi_line, ${#targets[@]} targets, $warnings warning lines"
 }

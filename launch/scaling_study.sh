@@ -115,7 +115,7 @@ pass=(--config "$config" --threads "$threads" --batch "$batch" --epochs "$epochs
 # The effective settings (config + options + extra trainer options) the model needs.
 effective=$("$trainer" "${pass[@]}" "${extra[@]}" --print-config) ||
   { echo "scaling_study.sh: the trainer rejects these options (see above)" >&2; exit 2; }
-setting() { sed -n "s/^$1=//p" <<<"$effective" | head -n 1; }
+setting() { sed -n "s/^$1=//p" <<<"$effective" | sed -n 1p; }
 eff_backend=$(setting backend) eff_comm=$(setting comm) eff_bucket=$(setting bucket_kb) overlap=$(setting overlap)
 model_threads=$threads
 if [ "$eff_backend" = cpu ] && [ "$threads" = 0 ]; then
@@ -180,7 +180,7 @@ for mode in $modes; do
       exit 1
     fi
     echo "$(( ($(date +%s%N) - t0) / 1000000 )) ms"
-    [ -n "$params" ] || params=$(sed -n 's/.* \([0-9][0-9]*\) parameters,.*/\1/p' "$log" | head -n 1)
+    [ -n "$params" ] || params=$(sed -n 's/.* \([0-9][0-9]*\) parameters,.*/\1/p' "$log" | sed -n 1p)
     np=$((np * 2))
   done
 done

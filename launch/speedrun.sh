@@ -32,7 +32,7 @@ trainer=${TRAINER:-build/trainer}
 [ -x "$trainer" ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j "$(nproc)" >/dev/null; }
 if [ -z "$backend" ]; then
   backend=cpu
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && ldd "$trainer" | grep -q libcudart; then backend=cuda; fi
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && grep -q libcudart <<<"$(ldd "$trainer")"; then backend=cuda; fi
 fi
 [ -n "$out" ] || out=$(mktemp -d /tmp/speedrun.XXXXXX)
 mkdir -p "$out"

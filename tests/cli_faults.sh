@@ -84,7 +84,7 @@ wait_file() {
 rank_pid() {  # rank_pid R: pid of our trainer process with that MPI rank
   local p
   for p in $(our_pids); do
-    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then echo "$p"; return; fi
+    if grep -qx "OMPI_COMM_WORLD_RANK=$1" <<<"$(tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null)"; then echo "$p"; return; fi
   done
 }
 # A good checkpoint after one epoch (step 128), kept as the reference every fault must leave intact.

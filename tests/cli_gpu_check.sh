@@ -27,7 +27,7 @@ for bad_args in "--no-such-option" "--stages nosuchstage" "--inject-fail nosuchs
   rc=$?
   [ "$rc" -eq 2 ] || { cat "$tmp/out"; fail "'$bad_args' exited $rc, want 2"; }
 done
-if ! timeout 20 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+if ! grep -q '^GPU ' <<<"$(timeout 20 nvidia-smi -L 2>/dev/null)"; then
   timeout 20 bash "$script" --log-dir "$tmp/nogpu" >"$tmp/out" 2>&1
   rc=$?
   if [ "$rc" -ne 2 ] || ! grep -q 'no NVIDIA GPU' "$tmp/out"; then cat "$tmp/out"; fail "no GPU and no --no-gpu: exit $rc, want 2"; fi
@@ -48,7 +48,7 @@ for s in "${stages[@]}"; do
 done
 grep -qE '^total +pass ' "$tmp/logs/summary.txt" || fail "summary.txt: total is not pass"
 for s in preflight build parity runs; do
-  row "$tmp/out" "$s" | grep -q ' pass ' || fail "stage $s did not pass: $(row "$tmp/out" "$s")"
+  grep -q ' pass ' <<<"$(row "$tmp/out" "$s")" || fail "stage $s did not pass: $(row "$tmp/out" "$s")"
 done
 for f in summary.txt stages.csv gpu_check.log build.log metrics.jsonl; do
   [ -s "$tmp/logs/$f" ] || fail "log folder lacks $f"
@@ -57,8 +57,8 @@ n=$(find "$tmp/logs" -mindepth 1 | wc -l)
 [ "$n" -le 8 ] || fail "$n files in the log folder (at most 8): $(ls "$tmp/logs")"
 # The MPI-off build: no libmpi in the trainer (where CMake has TRAINER_MPI).
 if grep -q 'TRAINER_MPI' "$src/CMakeLists.txt"; then
-  row "$tmp/out" build | grep -q 'MPI off' || fail "build row does not say MPI off: $(row "$tmp/out" build)"
-  ! ldd "$build/trainer" | grep -q libmpi || fail "$build/trainer links libmpi in an MPI-off build"
+  grep -q 'MPI off' <<<"$(row "$tmp/out" build)" || fail "build row does not say MPI off: $(row "$tmp/out" build)"
+  ! grep -q libmpi <<<"$(ldd "$build/trainer")" || fail "$build/trainer links libmpi in an MPI-off build"
 fi
 
 # A failing stage: FAIL in its row, exit 1; stages not selected are skipped, the others still run.
@@ -66,11 +66,11 @@ timeout 120 bash "$script" --no-gpu --log-dir "$tmp/fail" --prebuilt "$build" --
   --inject-fail nccl >"$tmp/out" 2>&1
 rc=$?
 [ "$rc" -eq 1 ] || { cat "$tmp/out"; fail "--inject-fail nccl: exit $rc, want 1"; }
-row "$tmp/out" nccl | grep -q 'FAIL .*injected failure' || { cat "$tmp/out"; fail "nccl not reported FAIL"; }
-row "$tmp/out" preflight | grep -q ' pass ' || { cat "$tmp/out"; fail "preflight not pass with --stages"; }
-row "$tmp/out" bench | grep -q ' skipped ' || { cat "$tmp/out"; fail "bench not run after a failed stage"; }
-row "$tmp/out" build | grep -q 'skipped .*--prebuilt' || { cat "$tmp/out"; fail "build not skipped with --prebuilt"; }
-row "$tmp/out" parity | grep -q 'skipped .*not selected' || { cat "$tmp/out"; fail "parity not skipped (not selected)"; }
+grep -q 'FAIL .*injected failure' <<<"$(row "$tmp/out" nccl)" || { cat "$tmp/out"; fail "nccl not reported FAIL"; }
+grep -q ' pass ' <<<"$(row "$tmp/out" preflight)" || { cat "$tmp/out"; fail "preflight not pass with --stages"; }
+grep -q ' skipped ' <<<"$(row "$tmp/out" bench)" || { cat "$tmp/out"; fail "bench not run after a failed stage"; }
+grep -q 'skipped .*--prebuilt' <<<"$(row "$tmp/out" build)" || { cat "$tmp/out"; fail "build not skipped with --prebuilt"; }
+grep -q 'skipped .*not selected' <<<"$(row "$tmp/out" parity)" || { cat "$tmp/out"; fail "parity not skipped (not selected)"; }
 grep -qE '^total +FAIL ' "$tmp/fail/summary.txt" || fail "summary.txt total is not FAIL"
 
 # A hanging stage is ended by its time limit, reported FAIL (timed out), and the run goes on.
@@ -79,6 +79,6 @@ DDP_GPU_CHECK_INJECT_FAIL=runs:hang timeout 120 bash "$script" --no-gpu --log-di
   --stages preflight,runs --stage-timeout runs=3 >"$tmp/out" 2>&1
 rc=$?
 [ "$rc" -eq 1 ] || { cat "$tmp/out"; fail "injected hang: exit $rc, want 1"; }
-row "$tmp/out" runs | grep -q 'FAIL .*timed out after 3 s' || { cat "$tmp/out"; fail "hanging stage not reported as timed out"; }
+grep -q 'FAIL .*timed out after 3 s' <<<"$(row "$tmp/out" runs)" || { cat "$tmp/out"; fail "hanging stage not reported as timed out"; }
 [ $((SECONDS - t0)) -lt 60 ] || fail "the hanging stage was not ended in time ($((SECONDS - t0)) s)"
 echo "ok: gpu_check.sh --no-gpu passes; a failing and a hanging stage are reported FAIL with exit 1"

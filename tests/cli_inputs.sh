@@ -208,10 +208,11 @@ fi
 # (Not under AddressSanitizer, which reserves terabytes of address space at start.)
 # The limits are above what loading the trainer takes (its shared libraries: ~200 MB for a CPU build, ~1 GB
 # with CUDA, cuDNN, NCCL and oneDNN), found as the first of a ladder of limits at which `--help` runs.
+# (Not `ldd | grep -q`: under pipefail, grep leaving early can fail the pipe with SIGPIPE, as it did in CI once.)
 asan=0
-ldd "$trainer" 2>/dev/null | grep -q libasan && asan=1
+{ grep -q libasan <<<"$(ldd "$trainer" 2>/dev/null)" || grep -qa __asan_init "$trainer"; } && asan=1
 base=200000
-while [ "$base" -lt 4000000 ] && ! bash -c 'ulimit -v "$1"; shift; exec "$@"' _ "$base" "$trainer" --help >/dev/null 2>&1; do
+while [ "$asan" -eq 0 ] && [ "$base" -lt 4000000 ] && ! bash -c 'ulimit -v "$1"; shift; exec "$@"' _ "$base" "$trainer" --help >/dev/null 2>&1; do
   base=$((base + 200000))
 done
 for v in $([ "$asan" -eq 0 ] && echo 300000 $((base + 800000)) $((base + 1100000)) $((base + 1400000))); do
