@@ -16,15 +16,10 @@
 #   * SIGTERM twice to launch/stop_signals.sh (mpirun under it): exit 5, the checkpoint at the stop is loadable.
 # Every run is bounded by `timeout`; prints one line per case with its exit code and time.
 # Run by ctest: cli_agreement.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2 build=$3
-tool=$build/tests/ckpt_tool
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_mpirun
 tmp=$(mktemp -d)
-mpi=(mpirun --oversubscribe --bind-to none --mca btl "self,vader" --mca btl_vader_single_copy_mechanism none)
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
 cfg=$tmp/agree.cfg
 our_pids() { pgrep -f "^$trainer --config $tmp/" || true; }
 cleanup() {
@@ -65,8 +60,6 @@ CFG
 }
 write_cfg "$cfg"
 
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
 bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" | grep -v '^    | -*$' | head -12; }
 # run SECONDS CMD...: runs CMD under timeout, output in $tmp/err; sets rc and secs.
 run() {
@@ -77,7 +70,6 @@ run() {
   rc=$?
   secs=$(echo "$(date +%s.%N) - $t0" | bc)
 }
-has() { grep -qF -- "$1" "$tmp/err"; }
 trainer_lines() { grep -c "^trainer: " "$tmp/err"; }
 
 # ---- a config error on one rank only
@@ -193,5 +185,4 @@ if [ "$rc" -eq 5 ] && has "stopped by signal at step" && [ -s "$tmp/sig.ck" ] &&
   ok "two SIGTERMs to stop_signals.sh: exit $rc ${secs}s after the first, checkpoint saved and loadable"
 else bad "two SIGTERMs to stop_signals.sh: exit $rc ${secs}s"; fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

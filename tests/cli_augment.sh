@@ -3,20 +3,12 @@
 # std computed from the training set; a run's checkpoint carries them, so --eval and --predict from it normalise
 # as training did (--eval's figures bit-identical to the epoch's); a --config without them is computed again,
 # to the same values. Prints the measured figures. Run by ctest: cli_augment.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 1
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+make_tmp --cd
 cfg=$src/configs/fashion_mnist_cnn.cfg
 small=(--set data.train_limit=2000 --set data.test_limit=500 --threads 1)
 aug=(--set data.crop_pad=2 --set data.flip=1 --set data.normalize=1)
-run() { timeout -k 2 300 "$trainer" "$@" >"$tmp/out" 2>"$tmp/err"; }
 key() { sed -n "s/^$1=//p" "$2"; }
 
 # ---- --print-config: computed over the training set after train_limit
@@ -78,5 +70,4 @@ else
   bad "--predict"
 fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

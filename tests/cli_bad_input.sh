@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
 # cli_bad_input.sh — every class of bad input gets exit code 2 and ONE line on stderr naming the file/field,
 # and leaves no partial output behind. Run by ctest: cli_bad_input.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
+. "$(dirname "$0")/testlib.sh" "$@"
+make_tmp
 
 # expect_error NAME WANT_IN_MESSAGE -- args...
 expect_error() {
@@ -128,5 +125,4 @@ expect_error baseline-missing "nobase.jsonl" -- --config "$tmp/good.cfg" --basel
 # No partial outputs left behind by the failed runs.
 if ls "$tmp"/*.tmp.* >/dev/null 2>&1; then echo "FAIL: temp files left: $(ls "$tmp"/*.tmp.*)"; fails=$((fails + 1)); fi
 
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

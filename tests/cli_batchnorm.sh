@@ -7,21 +7,11 @@
 # has torch. Small data: Fashion-MNIST with data.train_limit / data.test_limit.
 # Run by ctest: cli_batchnorm.sh TRAINER SOURCE_DIR BINARY_DIR
 # needs: mpi
-set -uo pipefail
-trainer=$1 src=$2 build=$3
-tool=$build/tests/ckpt_tool
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 1
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+make_tmp --cd
 cfg=$src/configs/resnet_small_bn.cfg
 small=(--set data.train_limit=1024 --set data.test_limit=256 --threads 1 --batch 32 --set bn1a.sync=1)
-mpi=(mpirun --oversubscribe --allow-run-as-root --bind-to none --mca btl self,vader
-     --mca btl_vader_single_copy_mechanism none)
 run2() { timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" --config "$cfg" "${small[@]}" "$@" >"$tmp/out" 2>"$tmp/err"; }
 
 if run2 --epochs 2 --save full.st && run2 --epochs 2 --steps 21 --save part.st &&
@@ -54,5 +44,4 @@ if [ -x "$py" ] && "$py" -c "import torch" 2>/dev/null; then
 else
   echo "skip PyTorch strict load: no torch in $py"
 fi
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

@@ -6,13 +6,10 @@
 # no Slurm packages and no apt-get), for a sanitized build (the box runs once, in the Release suite), and when the
 # trainer lies under /tmp outside the repository (nodes have a private /tmp). The box is removed on every exit.
 # Run by ctest: cli_box.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2 build=$3
-tool=$build/tests/ckpt_tool
+. "$(dirname "$0")/testlib.sh" "$@"
 box_sh=$src/launch/cluster_box.sh
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-[ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }
+need_data
+need_tool
 if grep -q '^TRAINER_SANITIZE:[A-Z]*=..*' "$build/CMakeCache.txt" 2>/dev/null; then
   echo "SKIP: sanitized build (the box tests run once, with the Release build)"; exit 77
 fi
@@ -27,11 +24,7 @@ cleanup() { "$box_sh" down >/dev/null 2>&1; rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 box() { "$box_sh" "$@"; }
-fails=0
-ok() { echo "ok   $*"; }
 bad() { fails=$((fails + 1)); echo "FAIL $*"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 box up --nodes 2 --cpus-per-node 2 --link-gbit 1 >"$tmp/up" 2>&1 || { cat "$tmp/up"; echo "FAIL: box up"; exit 1; }
 sed -n '/^PARTITION/,/^box/p' "$tmp/up"

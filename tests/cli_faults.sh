@@ -6,17 +6,13 @@
 # trainer's own reader: tests/ckpt_tool and --resume). Every run is bounded by `timeout`.
 # Prints one line per case with the measured figures (README "Reliability" quotes them).
 # Run by ctest: cli_faults.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 build=$3
-tool=$build/tests/ckpt_tool
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
-[ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_mpirun
+need_tool
 tmp=$(mktemp -d)
-mpi=(mpirun --oversubscribe --bind-to none --mca btl "self,vader" --mca btl_vader_single_copy_mechanism none)
 mpi_self=(mpirun --bind-to none --mca btl self)  # one rank, no shared-memory transport
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root) && mpi_self+=(--allow-run-as-root)
+[ "$(id -u)" -eq 0 ] && mpi_self+=(--allow-run-as-root)
 
 # Trainer processes of this script only: they all carry our private config path on their command line.
 cfg=$tmp/faults.cfg
@@ -55,18 +51,13 @@ units=10
 [softmax]
 CFG
 
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
 bad() { fails=$((fails + 1)); echo "FAIL $*"; [ -f "$tmp/err" ] && sed 's/^/    | /' "$tmp/err" | head -20; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 # Global batch 32 at any np; extra arguments go to the trainer. Output in $tmp/out and $tmp/err.
 run() {
   local np=$1; shift
   timeout -k 5 "${LIMIT:-120}" "${mpi[@]}" -np "$np" "$trainer" --config "$cfg" --batch $((32 / np)) --quiet "$@" \
     >"$tmp/out" 2>"$tmp/err"
 }
-has() { grep -qF -- "$1" "$tmp/err"; }
 # The checkpoint loads and every tensor reads back (ckpt_tool), and the trainer resumes from it for one step.
 loadable() {
   local f=$1 step
@@ -222,5 +213,4 @@ if [ "$rc" -eq 4 ] && has "replica mismatch after epoch 1: parameters of rank 1"
 else bad "replica corruption: exit $rc"; fi
 
 [ "$(our_pids | wc -l)" -eq 0 ] || bad "trainer processes left running"
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

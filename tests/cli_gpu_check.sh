@@ -5,14 +5,12 @@
 # files there; a failing stage (--inject-fail, a test aid) is reported FAIL with exit 1, a hanging one is ended by
 # its stage timeout and reported FAIL; a bad argument, and no GPU without --no-gpu, exit 2.
 # Run by ctest: cli_gpu_check.sh TRAINER SOURCE_DIR BINARY_DIR (about 1.5 minutes on 2 cores, the first time)
-set -uo pipefail
-src=$2 bin=$3
+. "$(dirname "$0")/testlib.sh" "$@"
+bin=$3
 script=$src/launch/gpu_check.sh
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
+need_data
 command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD
 build=$bin/gpu_check_nogpu
 stages=(preflight build cuda-tests capture nccl parity runs bench)

@@ -6,17 +6,9 @@
 # the write-failure cases (a file size limit set in the rank alone: Open MPI's own files must not hit it).
 # Prints one line per case with the measured figures (README "Reliability" quotes them).
 # Run by ctest: cli_inputs.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 build=$3
-tool=$build/tests/ckpt_tool
-[ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" | head -5; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_tool
+make_tmp
 
 # A small data set (64 train, 32 test samples; 4 steps per epoch at batch 16) and its config.
 python3 - "$tmp" <<'PY'
@@ -228,5 +220,4 @@ for v in $([ "$asan" -eq 0 ] && echo 300000 $((base + 800000)) $((base + 1100000
 done
 
 [ "$(md5sum "${inputs[@]}")" = "$sums_before" ] && ok "no input file changed (md5)" || bad "an input file changed"
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

@@ -2,11 +2,8 @@
 # cli_jobscripts.sh — launch/slurm.sbatch and launch/pbs.sh: `bash -n` and shellcheck clean, and in DRY_RUN mode
 # (with a fake allocation in the environment) they print exactly the launch command expected.
 # Run by ctest: cli_jobscripts.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-src=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
+. "$(dirname "$0")/testlib.sh" "$@"
+make_tmp
 fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
 
 # expect NAME WANT_LINE -- env assignments... -- script

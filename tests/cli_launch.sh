@@ -5,19 +5,12 @@
 # DDP_TEST_FAKE_GPUS test aid maps node-local ranks to devices and refuses more ranks than GPUs;
 # --resume-if-exists starts fresh without a checkpoint and continues bit-identically from one.
 # Run by ctest: cli_launch.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2 build=$3
-tool=$build/tests/ckpt_tool
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-mpi=(mpirun --oversubscribe --bind-to none --mca btl "self,vader" --mca btl_vader_single_copy_mechanism none)
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_mpirun
+make_tmp
 cfg=$src/configs/fashion_mnist_cnn.cfg
 small=(--set data.train_limit=640 --set data.test_limit=100 --batch 32 --threads 1 --epochs 2 --set conv2.filters=8)
-fails=0
 fail() { echo "FAIL: $*"; [ -f "$tmp/err" ] && sed 's/^/    | /' "$tmp/err" | head -5; fails=$((fails + 1)); }
 
 # ---- started without MPI while the launcher's environment says more: exit 2, nothing written

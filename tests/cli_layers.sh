@@ -5,20 +5,11 @@
 # parameters as op by op; a resumed run gives the same parameters as an uninterrupted one (the masks are drawn
 # again from (seed, step, rank)). Small data: Fashion-MNIST with data.train_limit / data.test_limit.
 # Run by ctest: cli_layers.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2 build=$3
-tool=$build/tests/ckpt_tool
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 1
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+make_tmp --cd
 cfg=$src/configs/resnet_small.cfg
 small=(--set data.train_limit=512 --set data.test_limit=256 --threads 1)
-run() { timeout -k 2 300 "$trainer" "$@" >"$tmp/out" 2>"$tmp/err"; }
 
 if run --config "$cfg" --epochs 2 "${small[@]}" --save full.safetensors && [ -s full.safetensors ]; then
   ok "resnet_small: 2 epochs: $(tail -1 "$tmp/out")"
@@ -45,5 +36,4 @@ if run --config "$cfg" --epochs 2 "${small[@]}" --set net.seed=43 --save other.s
 else
   bad "another seed gave the same parameters"
 fi
-echo "$passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish

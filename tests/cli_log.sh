@@ -2,13 +2,9 @@
 # cli_log.sh — logs that read well in a cluster job: with stdout not a terminal (a file, as in a Slurm log), a
 # progress line every --log-every seconds with step, loss, img/s and ETA; the epoch line short, the step-time
 # breakdown only with --verbose; a bad --log-every is exit 2. Run by ctest: cli_log.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-fails=0
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+make_tmp
 check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; sed 's/^/    | /' "$tmp/out" | head -12; fails=$((fails + 1)); fi; }
 args=(--config "$src/configs/fashion_mnist_cnn.cfg" --epochs 2 --threads 1 --set data.train_limit=6400
       --set data.test_limit=500)

@@ -5,21 +5,12 @@
 # and a new head, --save-every / --keep-best / --resume-if-exists files, and each bad input exit 2 with one line.
 # Small data: Fashion-MNIST with data.train_limit / data.test_limit. Prints the measured figures.
 # Run by ctest: cli_model_use.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
-mpi=(mpirun --oversubscribe --allow-run-as-root --bind-to none --mca btl "self,vader" --mca btl_vader_single_copy_mechanism none)
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp" || exit 1
-fails=0 passes=0
-ok() { passes=$((passes + 1)); echo "ok   $*"; }
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_mpirun
+make_tmp --cd
 cfg=$src/configs/fashion_mnist_cnn.cfg
 small=(--set data.train_limit=2000 --set data.test_limit=500 --threads 1)
-run() { timeout -k 2 300 "$trainer" "$@" >"$tmp/out" 2>"$tmp/err"; }
 
 # expect NAME WANT -- ARGS: exit 2, one stderr line containing WANT, nothing on stdout.
 expect2() {
@@ -231,5 +222,4 @@ else
 fi
 [ "$md5_before" = "$(md5sum ck.safetensors p.csv)" ] && ok "inputs and earlier outputs unchanged (md5)" || bad "a file changed"
 
-echo "cli_model_use: $passes passed, $fails failed"
-[ "$fails" -eq 0 ]
+finish cli_model_use

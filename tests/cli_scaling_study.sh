@@ -4,16 +4,13 @@
 # epoch on the first samples of Fashion-MNIST. Checks scaling.csv (header, one row per mode and np, numbers,
 # the model's columns), the summary's mean relative error line and that both PNGs exist and are not empty.
 # Run by ctest: cli_scaling_study.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-src=$2 build=$3
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
 for tool in mpirun gnuplot python3; do
   command -v "$tool" >/dev/null || { echo "SKIP: $tool not installed (launch/deps.sh)"; exit 77; }
 done
 [ -x "$build/bench_allreduce" ] || { echo "FAIL: $build/bench_allreduce not built"; exit 1; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 fail() { echo "FAIL: $*"; exit 1; }
 
 MPIRUN="mpirun --oversubscribe --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none"

@@ -3,12 +3,9 @@
 # cli_speedrun.sh — launch/speedrun.sh: the first epoch reaching the target is reported with its training time
 # (exit 0), an unreachable target exits 1 with the best accuracy, bad arguments exit 2; speedrun.json holds the
 # summary. Run by ctest: cli_speedrun.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+make_tmp
 fail() { echo "FAIL: $*"; exit 1; }
 small=(-- --threads 1 --set data.train_limit=1280 --set data.test_limit=300 --quiet)
 run() { TRAINER=$trainer bash "$src/launch/speedrun.sh" --config "$src/configs/fashion_mnist_cnn.cfg" --backend cpu "$@"; }

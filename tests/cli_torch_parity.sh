@@ -4,15 +4,14 @@
 # config and weights, within 1e-4 (tests/torch_parity.py), and so do two whole ResNets; then the ready configs
 # build in PyTorch with the parameter count the trainer prints. Skips (77) when PyTorch is not importable ($PYTHON, python3, /usr/bin/python3):
 # PyTorch is never a hard test dependency. Run by ctest: cli_torch_parity.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2 bin=$3
+. "$(dirname "$0")/testlib.sh" "$@"
+bin=$3
 py=""
 for p in ${PYTHON:-} python3 /usr/bin/python3; do
   if "$p" -c "import torch" 2>/dev/null; then py=$p; break; fi
 done
 [ -n "$py" ] || { echo "SKIP: PyTorch is not importable (\$PYTHON, python3, /usr/bin/python3; apt-get install python3-torch)"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 fail() { echo "FAIL: $*"; exit 1; }
 dump=$bin/tests/grad_dump
 kinds=$("$dump" --list) || fail "grad_dump --list"

@@ -4,15 +4,10 @@
 # into one track per rank, and with overlap on (small buckets, so there are many) at least one bucket's
 # all-reduce overlaps in time a per-layer backward span on the same rank; with --no-overlap none does.
 # A bad --trace directory is a bad-input error (exit 2). Run by ctest: cli_trace.sh TRAINER SOURCE_DIR BINARY_DIR
-set -uo pipefail
-trainer=$1 src=$2
-data=/usr/share/datasets/fashion-mnist
-[ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }
-command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-mpi=(mpirun --oversubscribe --bind-to none --mca btl "self,vader" --mca btl_vader_single_copy_mechanism none)
-[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_mpirun
+make_tmp
 # 10 steps of 2 x 32 samples; bucket_kb=8 gives 63 buckets for the 121,930 parameters (dense2; dense1 in 51 parts; conv2 in 10; conv1).
 common=(--config "$src/configs/fashion_mnist_cnn.cfg" --threads 1 --epochs 1 --batch 32 --bucket-kb 8
         --set data.train_limit=640 --set data.test_limit=200 --quiet)

@@ -1,0 +1,32 @@
+# shellcheck shell=bash
+# testlib.sh — the start every tests/cli_*.sh shares, sourced with the test's own arguments:
+#   . "$(dirname "$0")/testlib.sh" "$@"        (ctest passes TRAINER SRC BUILD)
+# It sets trainer, src, build, tool (ckpt_tool), data (Fashion-MNIST), mpi (mpirun for ranks on this host) and
+# the pass/fail counters; a test calls the need_* checks it needs, make_tmp, then ok/bad/run and ends in finish.
+set -uo pipefail
+trainer=${1:-} src=${2:-} build=${3:-}
+tool=$build/tests/ckpt_tool
+data=/usr/share/datasets/fashion-mnist
+# Ranks on this host over shared memory; vader's single-copy mechanism off (CMA is refused in containers).
+mpi=(mpirun --oversubscribe --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none)
+[ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
+fails=0 passes=0
+
+need_data() { [ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }; }
+need_mpirun() { command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }; }
+need_tool() { [ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }; }
+# make_tmp [--cd]: $tmp, a directory removed when the test exits (--cd: the test runs inside it).
+make_tmp() {
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  if [ "${1:-}" = --cd ]; then cd "$tmp" || exit 1; fi
+}
+ok() { passes=$((passes + 1)); echo "ok   $*"; }
+# bad: a failed check, with the first lines of the last command's stderr ($tmp/err).
+bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+# run ARGS...: the trainer, stdout in $tmp/out, stderr in $tmp/err, ended after 300 s.
+run() { timeout -k 2 300 "$trainer" "$@" >"$tmp/out" 2>"$tmp/err"; }
+finish() { echo "${1:+$1: }$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }  # seconds since a now() value
+has() { grep -qF -- "$1" "$tmp/err"; }                                       # the last stderr holds this text
