@@ -102,3 +102,6 @@ int layer_err(const net_config *cfg, int i, const char *key, const char *fmt, ..
 
 // Helpers for kinds
 const char *layer_act_name(int act);
+// A zeroed kind-private struct of `size` bytes as l->priv (NULL when out of memory); model_destroy frees it
+// after the kind's destroy.
+void *layer_priv_new(model_layer *l, size_t size);

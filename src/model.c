@@ -162,6 +162,8 @@ void model_destroy(model *m) {
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
         if (l->kind && l->kind->destroy) l->kind->destroy(m, l);
+        free(l->priv);
+        l->priv = NULL;
         if (l->own_y) o->free(ctx, l->y);
         if (l->own_dy) o->free(ctx, l->dy);
     }

@@ -12,7 +12,7 @@
 
 struct layer_kind;
 
-#define MODEL_MAX_PLANS 4
+#define MODEL_MAX_PLANS 4  // conv plans per layer (batch sizes), src/layers/conv.c
 
 #define MODEL_MAX_IN (CFG_MAX_REFS + 1)
 
@@ -31,10 +31,6 @@ typedef struct model_layer {
     const float *x[MODEL_MAX_IN];
     float *dx[MODEL_MAX_IN];
     int dx_accumulate[MODEL_MAX_IN];  // 1: another later layer also reads that input: dx is scratch, added after
-    conv_desc conv;            // LAYER_CONV, for the current batch size
-    conv_desc conv_plans[MODEL_MAX_PLANS];  // prepared plans per batch size; [0] is max_batch
-    int n_conv_plans;
-    pool_desc pool;            // LAYER_MAXPOOL
     // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters, n_b = 0
     // without a bias. The layer's slice of the buffer is [w_off, b_off + n_b) (weight first, then bias).
     size_t w_off, n_w, b_off, n_b;
@@ -45,10 +41,7 @@ typedef struct model_layer {
     // activations (backend memory, sized for max_batch): output y and its gradient dy
     float *y, *dy;
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
-    int32_t *argmax;           // maxpool
-    float rate;                // dropout
-    int win_h, win_w, win_stride;  // avgpool: the window (the whole plane for global pooling)
-    void *priv;                // kind-private (freed by the kind's destroy)
+    void *priv;                // kind-private (layer_priv_new; model_destroy frees it after the kind's destroy)
 } model_layer;
 
 // Called by model_backward after each layer's gradients are complete: grads[0 .. ready) are final.

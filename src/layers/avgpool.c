@@ -9,6 +9,10 @@ static const layer_key keys[] = {
     {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0},  // unset (0): = size
 };
 
+typedef struct avgpool_priv {
+    int win_h, win_w, stride;  // the window (the whole plane for global pooling)
+} avgpool_priv;
+
 static int avgpool_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
                          long long *n_params) {
     (void)n_in, (void)n_params;
@@ -30,21 +34,25 @@ static int avgpool_shape(const net_config *cfg, int i, const layer_shape *in, in
 
 static int avgpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
     (void)m, (void)workspace;
-    l->win_h = lc->size ? lc->size : l->in_h;
-    l->win_w = lc->size ? lc->size : l->in_w;
-    l->win_stride = lc->size ? (lc->stride ? lc->stride : lc->size) : 1;
+    avgpool_priv *p = layer_priv_new(l, sizeof *p);
+    TRY_ALLOC(p);
+    p->win_h = lc->size ? lc->size : l->in_h;
+    p->win_w = lc->size ? lc->size : l->in_w;
+    p->stride = lc->size ? (lc->stride ? lc->stride : lc->size) : 1;
     return ST_OK;
 }
 
 static int avgpool_forward(model *m, model_layer *l, int n, int training) {
     (void)training;
-    return m->be->ops->avgpool_forward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, l->win_h, l->win_w, l->win_stride,
+    const avgpool_priv *p = l->priv;
+    return m->be->ops->avgpool_forward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
                                        l->x[0], l->y);
 }
 
 static int avgpool_backward(model *m, model_layer *l, int n) {
     if (!l->dx[0]) return ST_OK;
-    return m->be->ops->avgpool_backward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, l->win_h, l->win_w, l->win_stride,
+    const avgpool_priv *p = l->priv;
+    return m->be->ops->avgpool_backward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
                                         l->dy, l->dx[0]);
 }
 

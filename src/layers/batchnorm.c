@@ -56,9 +56,8 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
     const int p = l->in_idx[0];
     const int spatial = p < 0 || m->layers[p].out_spatial;
     const int per_feature = !spatial || (p >= 0 && m->layers[p].type == LAYER_FLATTEN);  // as the shape rule
-    bn_priv *b = calloc(1, sizeof *b);
+    bn_priv *b = layer_priv_new(l, sizeof *b);
     TRY_ALLOC(b);
-    l->priv = b;
     const int c = per_feature ? l->in_c * l->in_h * l->in_w : l->in_c, hw = per_feature ? 1 : l->in_h * l->in_w;
     b->d = (bn_desc){.n = m->max_batch, .c = c, .hw = hw, .act = lc->act, .eps = (float)lc->eps,
                      .momentum = (float)lc->momentum};
@@ -78,8 +77,7 @@ static void batchnorm_destroy(model *m, model_layer *l) {
     bn_priv *b = l->priv;
     if (!b) return;
     m->be->ops->free(m->be->ctx, b->stats);
-    free(b);
-    l->priv = NULL;
+    b->stats = NULL;
 }
 
 static void batchnorm_init(const model_layer *l, rng *r, float *params, float *state) {

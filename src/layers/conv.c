@@ -16,6 +16,12 @@
 
 _Static_assert(MODEL_MAX_PLANS >= 3, "slot 0, the training batch's plan and one more");
 
+typedef struct conv_priv {
+    conv_desc cur;                     // the plan of the current batch size
+    conv_desc plans[MODEL_MAX_PLANS];  // prepared plans per batch size; [0] is max_batch
+    int n_plans;
+} conv_priv;
+
 static const layer_key keys[] = {
     {"filters", LK_INT, offsetof(layer_cfg, filters), 0, 1, 65536, 1},
     {"size", LK_INT, offsetof(layer_cfg, size), 3, 1, 1024, 0},
@@ -47,41 +53,46 @@ static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *wo
     conv_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .k = lc->filters, .r = lc->size,
                    .s = lc->size, .stride = lc->stride, .pad = lc->pad, .act = lc->act};
     TRY(conv_desc_init(&d, l->name));
-    l->conv_plans[0] = d;
-    l->n_conv_plans = 1;
+    conv_priv *p = layer_priv_new(l, sizeof *p);
+    TRY_ALLOC(p);
+    p->plans[0] = d;
+    p->n_plans = 1;
     l->n_w = (size_t)d.k * d.c * d.r * d.s;
     l->n_b = lc->bias ? (size_t)d.k : 0;
     l->w_ndim = 4;
     l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
-    TRY(m->be->ops->conv_prepare(m->be->ctx, &l->conv_plans[0], workspace));
-    l->conv = l->conv_plans[0];
+    TRY(m->be->ops->conv_prepare(m->be->ctx, &p->plans[0], workspace));
+    p->cur = p->plans[0];
     return ST_OK;
 }
 
 static void conv_destroy(model *m, model_layer *l) {
-    for (int p = 0; p < l->n_conv_plans; p++) m->be->ops->conv_release(m->be->ctx, &l->conv_plans[p]);
-    l->n_conv_plans = 0;
+    conv_priv *p = l->priv;
+    if (!p) return;
+    for (int i = 0; i < p->n_plans; i++) m->be->ops->conv_release(m->be->ctx, &p->plans[i]);
+    p->n_plans = 0;
 }
 
-static int conv_plan_slot(const model_layer *l, int n) {
-    for (int i = 0; i < l->n_conv_plans; i++)
-        if (l->conv_plans[i].n == n) return i;
+static int conv_plan_slot(const conv_priv *p, int n) {
+    for (int i = 0; i < p->n_plans; i++)
+        if (p->plans[i].n == n) return i;
     return -1;
 }
 
 // A free slot, else the least recently used plan other than slot 0 and the training batch's (released).
-static int conv_plan_evict(model *m, model_layer *l) {
-    if (l->n_conv_plans < MODEL_MAX_PLANS) return l->n_conv_plans++;
+static int conv_plan_evict(model *m, conv_priv *p) {
+    if (p->n_plans < MODEL_MAX_PLANS) return p->n_plans++;
     int i = MODEL_MAX_PLANS - 1;
-    if (l->conv_plans[i].n == m->train_batch) i--;
-    m->be->ops->conv_release(m->be->ctx, &l->conv_plans[i]);
+    if (p->plans[i].n == m->train_batch) i--;
+    m->be->ops->conv_release(m->be->ctx, &p->plans[i]);
     return i;
 }
 
 static int conv_set_batch(model *m, model_layer *l, int n) {
-    int i = conv_plan_slot(l, n);
+    conv_priv *p = l->priv;
+    int i = conv_plan_slot(p, n);
     if (i < 0) {
-        conv_desc d = l->conv_plans[0];
+        conv_desc d = p->plans[0];
         d.n = n;
         d.plan = NULL;
         TRY(conv_desc_init(&d, l->name));
@@ -92,33 +103,36 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
             return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
                        m->workspace_bytes);
         }
-        i = conv_plan_evict(m, l);
-        l->conv_plans[i] = d;
+        i = conv_plan_evict(m, p);
+        p->plans[i] = d;
     }
     if (i > 1) {  // most recently used first (after slot 0)
-        const conv_desc d = l->conv_plans[i];
-        memmove(&l->conv_plans[2], &l->conv_plans[1], (size_t)(i - 1) * sizeof d);
-        l->conv_plans[1] = d;
+        const conv_desc d = p->plans[i];
+        memmove(&p->plans[2], &p->plans[1], (size_t)(i - 1) * sizeof d);
+        p->plans[1] = d;
         i = 1;
     }
-    l->conv = l->conv_plans[i];
+    p->cur = p->plans[i];
     return ST_OK;
 }
 
 static int conv_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
-    return m->be->ops->conv_forward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off,
+    const conv_priv *p = l->priv;
+    return m->be->ops->conv_forward(m->be->ctx, &p->cur, l->x[0], m->params + l->w_off,
                                     l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
 }
 
 static int conv_backward(model *m, model_layer *l, int n) {
     (void)n;
-    return m->be->ops->conv_backward(m->be->ctx, &l->conv, l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
+    const conv_priv *p = l->priv;
+    return m->be->ops->conv_backward(m->be->ctx, &p->cur, l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
                                      m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
 static double conv_flops(const model_layer *l) {
-    return 2.0 * l->conv.k * l->conv.c * l->conv.r * l->conv.s * l->conv.oh * l->conv.ow;
+    const conv_desc *d = &((const conv_priv *)l->priv)->cur;
+    return 2.0 * d->k * d->c * d->r * d->s * d->oh * d->ow;
 }
 
 const layer_kind layer_kind_conv = {

@@ -10,6 +10,12 @@ static const layer_key keys[] = {
     {"rate", LK_DOUBLE, offsetof(layer_cfg, rate), 0.5, 0, 1, 0},  // [0, 1): 1 is refused by the shape rule
 };
 
+typedef struct dropout_priv {
+    float rate;
+} dropout_priv;
+
+static float rate_of(const model_layer *l) { return ((const dropout_priv *)l->priv)->rate; }
+
 static int dropout_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
                          long long *n_params) {
     (void)n_in, (void)n_params;
@@ -22,7 +28,9 @@ static int dropout_shape(const net_config *cfg, int i, const layer_shape *in, in
 
 static int dropout_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
     (void)workspace;
-    l->rate = (float)lc->rate;
+    dropout_priv *p = layer_priv_new(l, sizeof *p);
+    TRY_ALLOC(p);
+    p->rate = (float)lc->rate;
     if (m->rng_key) return ST_OK;
     TRY(m->be->ops->alloc(m->be->ctx, (void **)&m->rng_key, sizeof *m->rng_key));
     return m->be->ops->upload(m->be->ctx, m->rng_key, &m->rng_host, sizeof m->rng_host);
@@ -37,15 +45,17 @@ static uint32_t mask_stream(const model *m, const model_layer *l) {
 
 static int dropout_forward(model *m, model_layer *l, int n, int training) {
     const size_t e = out_elems(l, n);
-    if (!training || l->rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->y, l->x[0], e * sizeof(float));
-    return m->be->ops->dropout(m->be->ctx, e, l->rate, m->rng_key, mask_stream(m, l), l->x[0], l->y);
+    const float rate = rate_of(l);
+    if (!training || rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->y, l->x[0], e * sizeof(float));
+    return m->be->ops->dropout(m->be->ctx, e, rate, m->rng_key, mask_stream(m, l), l->x[0], l->y);
 }
 
 static int dropout_backward(model *m, model_layer *l, int n) {
     const size_t e = out_elems(l, n);
     if (!l->dx[0]) return ST_OK;
-    if (l->rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->dx[0], l->dy, e * sizeof(float));
-    return m->be->ops->dropout(m->be->ctx, e, l->rate, m->rng_key, mask_stream(m, l), l->dy, l->dx[0]);
+    const float rate = rate_of(l);
+    if (rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->dx[0], l->dy, e * sizeof(float));
+    return m->be->ops->dropout(m->be->ctx, e, rate, m->rng_key, mask_stream(m, l), l->dy, l->dx[0]);
 }
 
 const layer_kind layer_kind_dropout = {

@@ -7,6 +7,11 @@ static const layer_key keys[] = {
     {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0},  // unset (0): = size
 };
 
+typedef struct pool_priv {
+    pool_desc d;
+    int32_t *argmax;  // backend memory: the window's argmax per output value (max_batch)
+} pool_priv;
+
 static int stride_of(const layer_cfg *l) { return l->stride ? l->stride : l->size; }
 
 static int maxpool_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
@@ -27,31 +32,38 @@ static int maxpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t 
     pool_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .size = lc->size,
                    .stride = stride_of(lc)};
     TRY(pool_desc_init(&d, l->name));
-    l->pool = d;
-    return m->be->ops->alloc(m->be->ctx, (void **)&l->argmax,
+    pool_priv *p = layer_priv_new(l, sizeof *p);
+    TRY_ALLOC(p);
+    p->d = d;
+    return m->be->ops->alloc(m->be->ctx, (void **)&p->argmax,
                              (size_t)m->max_batch * l->out_c * l->out_h * l->out_w * sizeof(int32_t));
 }
 
 static void maxpool_destroy(model *m, model_layer *l) {
-    m->be->ops->free(m->be->ctx, l->argmax);
-    l->argmax = NULL;
+    pool_priv *p = l->priv;
+    if (!p) return;
+    m->be->ops->free(m->be->ctx, p->argmax);
+    p->argmax = NULL;
 }
 
 static int maxpool_set_batch(model *m, model_layer *l, int n) {
     (void)m;
-    l->pool.n = n;
-    return pool_desc_init(&l->pool, l->name);
+    pool_priv *p = l->priv;
+    p->d.n = n;
+    return pool_desc_init(&p->d, l->name);
 }
 
 static int maxpool_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
-    return m->be->ops->pool_forward(m->be->ctx, &l->pool, l->x[0], l->y, l->argmax);
+    const pool_priv *p = l->priv;
+    return m->be->ops->pool_forward(m->be->ctx, &p->d, l->x[0], l->y, p->argmax);
 }
 
 static int maxpool_backward(model *m, model_layer *l, int n) {
     (void)n;
     if (!l->dx[0]) return ST_OK;
-    return m->be->ops->pool_backward(m->be->ctx, &l->pool, l->dy, l->argmax, l->dx[0]);
+    const pool_priv *p = l->priv;
+    return m->be->ops->pool_backward(m->be->ctx, &p->d, l->dy, p->argmax, l->dx[0]);
 }
 
 const layer_kind layer_kind_maxpool = {

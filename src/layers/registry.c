@@ -1,5 +1,6 @@
 // registry.c — the table of layer kinds (from kinds.def) and what every kind shares: lookup, inputs, messages.
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common.h"
@@ -72,4 +73,10 @@ const char *layer_act_name(int act) {
     case ACT_LEAKY: return "leaky";
     default: return "linear";
     }
+}
+
+void *layer_priv_new(model_layer *l, size_t size) {
+    free(l->priv);
+    l->priv = calloc(1, size);
+    return l->priv;
 }
