@@ -40,6 +40,8 @@ int conv_dnnl_backward(conv_dnnl *e, const conv_dnnl_plan *p, int part, const fl
 // libgomp's, which libdnnl (Debian's build: OpenMP threading) loads: the thread count oneDNN sees in this thread.
 extern void omp_set_num_threads(int n);
 
+#define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
 #define DN(call)                                                                                           \
     do {                                                                                                   \
         dnnl_status_t dn_st_ = (call);                                                                     \
@@ -160,15 +162,21 @@ size_t conv_dnnl_plan_ws(const conv_dnnl_plan *p) { return p->ws_per_part; }
 
 static int attr_user_scratchpad(dnnl_primitive_attr_t *attr, int act) {
     DN(dnnl_primitive_attr_create(attr));
-    DN(dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user));
-    if (act == ACT_NONE) return ST_OK;
-    dnnl_post_ops_t po;
-    DN(dnnl_post_ops_create(&po));
-    dnnl_status_t st = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu,
-                                                     act == ACT_LEAKY ? ACT_LEAKY_SLOPE : 0.0f, 0.0f);
-    if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(*attr, po);
-    dnnl_post_ops_destroy(po);
-    DN(st);
+    dnnl_status_t st = dnnl_primitive_attr_set_scratchpad_mode(*attr, dnnl_scratchpad_mode_user);
+    if (st == dnnl_success && act != ACT_NONE) {
+        dnnl_post_ops_t po;
+        st = dnnl_post_ops_create(&po);
+        if (st == dnnl_success) {
+            st = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, act == ACT_LEAKY ? ACT_LEAKY_SLOPE : 0.0f,
+                                              0.0f);
+            if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(*attr, po);
+            dnnl_post_ops_destroy(po);
+        }
+    }
+    if (st != dnnl_success) {
+        dnnl_primitive_attr_destroy(*attr);
+        return ERR(ST_RUNTIME, "oneDNN: scratchpad and activation attributes (status %d)", (int)st);
+    }
     return ST_OK;
 }
 
@@ -216,7 +224,7 @@ static int op_add_arg(conv_dnnl *e, dn_shape *s, dn_op *op, int arg, int t, int 
     return ST_OK;
 }
 
-static int op_finish(dn_op *op, dnnl_primitive_desc_t pd, size_t *scratch_bytes) {
+static int op_finish(dn_op *op, const_dnnl_primitive_desc_t pd, size_t *scratch_bytes) {
     scratch_need(pd, scratch_bytes);
     DN(dnnl_primitive_create(&op->prim, pd));
     return ST_OK;
@@ -224,6 +232,37 @@ static int op_finish(dn_op *op, dnnl_primitive_desc_t pd, size_t *scratch_bytes)
 
 static const dnnl_memory_desc_t *q(const_dnnl_primitive_desc_t pd, dnnl_query_t what) {
     return dnnl_primitive_desc_query_md(pd, what, 0);
+}
+
+// A convolution primitive descriptor (cd: forward, backward data or backward weights) with a user scratchpad
+// and, when act != ACT_NONE, the activation fused; hint: the forward one, for the backward ones.
+static int pd_create(conv_dnnl *e, dnnl_primitive_desc_t *pd, const dnnl_convolution_desc_t *cd, int act,
+                     const_dnnl_primitive_desc_t hint, const char *what) {
+    dnnl_primitive_attr_t attr;
+    *pd = NULL;
+    TRY(attr_user_scratchpad(&attr, act));
+    dnnl_status_t st = dnnl_primitive_desc_create(pd, cd, attr, e->engine, hint);
+    dnnl_primitive_attr_destroy(attr);
+    if (st != dnnl_success) {
+        *pd = NULL;
+        return ERR(ST_RUNTIME, "oneDNN: convolution %s primitive (status %d)", what, (int)st);
+    }
+    return ST_OK;
+}
+
+typedef struct arg_spec {
+    int arg, t, out;   // the primitive's argument, our tensor, 1 when the primitive writes it
+    dnnl_query_t want; // the primitive's layout for it, or dnnl_query_undef: ours
+} arg_spec;
+
+// op's arguments (staged where the layouts differ) and its primitive.
+static int op_build(conv_dnnl *e, dn_shape *s, dn_op *op, const_dnnl_primitive_desc_t pd, const arg_spec *args,
+                    int n, size_t *ws_bytes, size_t *scratch_bytes) {
+    for (int i = 0; i < n; i++) {
+        const dnnl_memory_desc_t *md = args[i].want == dnnl_query_undef ? &s->user_md[args[i].t] : q(pd, args[i].want);
+        TRY(op_add_arg(e, s, op, args[i].arg, args[i].t, args[i].out, md, ws_bytes, scratch_bytes));
+    }
+    return op_finish(op, pd, scratch_bytes);
 }
 
 // The three primitives for slices of n images; *ws_bytes grows by the staging slots.
@@ -246,69 +285,41 @@ static int shape_build(conv_dnnl *e, const conv_desc *d, dn_shape *s, int n, siz
     DN(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
     DN(dnnl_memory_desc_init_by_tag(&y_any, 4, y_dims, dnnl_f32, dnnl_format_tag_any));
 
-    // Forward (training), bias and activation fused.
+    // Forward (training), bias and activation fused; backward data, whose slots backward weights reuses where
+    // the formats agree (dz, mostly); backward weights and bias. Each arg_spec: which user tensor goes to which
+    // primitive argument, in the primitive's layout (query) or ours (dnnl_query_undef).
+    static const arg_spec fwd[] = {{DNNL_ARG_SRC, T_X, 0, dnnl_query_src_md},
+                                   {DNNL_ARG_WEIGHTS, T_W, 0, dnnl_query_weights_md},
+                                   {DNNL_ARG_BIAS, T_B, 0, dnnl_query_undef},
+                                   {DNNL_ARG_DST, T_Y, 1, dnnl_query_dst_md}};
+    static const arg_spec bwd_data[] = {{DNNL_ARG_DIFF_DST, T_DZ, 0, dnnl_query_diff_dst_md},
+                                        {DNNL_ARG_WEIGHTS, T_W, 0, dnnl_query_weights_md},
+                                        {DNNL_ARG_DIFF_SRC, T_DX, 1, dnnl_query_diff_src_md}};
+    static const arg_spec bwd_weights[] = {{DNNL_ARG_DIFF_DST, T_DZ, 0, dnnl_query_diff_dst_md},
+                                           {DNNL_ARG_SRC, T_X, 0, dnnl_query_src_md},
+                                           {DNNL_ARG_DIFF_WEIGHTS, T_DW, 1, dnnl_query_diff_weights_md},
+                                           {DNNL_ARG_DIFF_BIAS, T_DB, 1, dnnl_query_undef}};
     dnnl_convolution_desc_t cd;
+    dnnl_primitive_desc_t fwd_pd = NULL, bd_pd = NULL, bw_pd = NULL;
     DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &x_any, &w_any,
                                           &s->user_md[T_B], &y_any, strides, pad, pad));
-    dnnl_primitive_attr_t attr;
-    TRY(attr_user_scratchpad(&attr, d->act));
-    dnnl_primitive_desc_t fwd_pd;
-    dnnl_status_t dst = dnnl_primitive_desc_create(&fwd_pd, &cd, attr, e->engine, NULL);
-    dnnl_primitive_attr_destroy(attr);
-    DN(dst);
-    dn_op *op = &s->op[OP_FWD];
-    int st = op_add_arg(e, s, op, DNNL_ARG_SRC, T_X, 0, q(fwd_pd, dnnl_query_src_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_WEIGHTS, T_W, 0, q(fwd_pd, dnnl_query_weights_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_BIAS, T_B, 0, &s->user_md[T_B], ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DST, T_Y, 1, q(fwd_pd, dnnl_query_dst_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK) st = op_finish(op, fwd_pd, scratch_bytes);
-
-    // Backward data. Its slots are reused by backward weights where the formats agree (dz, mostly).
-    dnnl_primitive_desc_t bd_pd = NULL, bw_pd = NULL;
+    int st = pd_create(e, &fwd_pd, &cd, d->act, NULL, "forward");
+    if (st == ST_OK) st = op_build(e, s, &s->op[OP_FWD], fwd_pd, fwd, N_OF(fwd), ws_bytes, scratch_bytes);
     if (st == ST_OK && dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &x_any, &w_any, &y_any,
                                                                 strides, pad, pad) != dnnl_success)
         st = ERR(ST_RUNTIME, "oneDNN: convolution backward data desc");
-    if (st == ST_OK) st = attr_user_scratchpad(&attr, ACT_NONE);
-    if (st == ST_OK) {
-        dst = dnnl_primitive_desc_create(&bd_pd, &cd, attr, e->engine, fwd_pd);
-        dnnl_primitive_attr_destroy(attr);
-        if (dst != dnnl_success) st = ERR(ST_RUNTIME, "oneDNN: convolution backward data primitive (status %d)", dst);
-    }
-    op = &s->op[OP_BWD_DATA];
+    if (st == ST_OK) st = pd_create(e, &bd_pd, &cd, ACT_NONE, fwd_pd, "backward data");
     if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DIFF_DST, T_DZ, 0, q(bd_pd, dnnl_query_diff_dst_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_WEIGHTS, T_W, 0, q(bd_pd, dnnl_query_weights_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DIFF_SRC, T_DX, 1, q(bd_pd, dnnl_query_diff_src_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK) st = op_finish(op, bd_pd, scratch_bytes);
-
-    // Backward weights and bias.
+        st = op_build(e, s, &s->op[OP_BWD_DATA], bd_pd, bwd_data, N_OF(bwd_data), ws_bytes, scratch_bytes);
     if (st == ST_OK && dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &x_any, &w_any,
                                                                    &s->user_md[T_DB], &y_any, strides, pad,
                                                                    pad) != dnnl_success)
         st = ERR(ST_RUNTIME, "oneDNN: convolution backward weights desc");
-    if (st == ST_OK) st = attr_user_scratchpad(&attr, ACT_NONE);
-    if (st == ST_OK) {
-        dst = dnnl_primitive_desc_create(&bw_pd, &cd, attr, e->engine, fwd_pd);
-        dnnl_primitive_attr_destroy(attr);
-        if (dst != dnnl_success) st = ERR(ST_RUNTIME, "oneDNN: convolution backward weights primitive (status %d)", dst);
-    }
-    op = &s->op[OP_BWD_WEIGHTS];
+    if (st == ST_OK) st = pd_create(e, &bw_pd, &cd, ACT_NONE, fwd_pd, "backward weights");
     if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DIFF_DST, T_DZ, 0, q(bw_pd, dnnl_query_diff_dst_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_SRC, T_X, 0, q(bw_pd, dnnl_query_src_md), ws_bytes, scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DIFF_WEIGHTS, T_DW, 1, q(bw_pd, dnnl_query_diff_weights_md), ws_bytes,
-                        scratch_bytes);
-    if (st == ST_OK)
-        st = op_add_arg(e, s, op, DNNL_ARG_DIFF_BIAS, T_DB, 1, &s->user_md[T_DB], ws_bytes, scratch_bytes);
-    if (st == ST_OK) st = op_finish(op, bw_pd, scratch_bytes);
-    dnnl_primitive_desc_destroy(fwd_pd);
+        st = op_build(e, s, &s->op[OP_BWD_WEIGHTS], bw_pd, bwd_weights, N_OF(bwd_weights), ws_bytes,
+                      scratch_bytes);
+    if (fwd_pd) dnnl_primitive_desc_destroy(fwd_pd);
     if (bd_pd) dnnl_primitive_desc_destroy(bd_pd);
     if (bw_pd) dnnl_primitive_desc_destroy(bw_pd);
     return st;
