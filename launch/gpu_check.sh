@@ -34,16 +34,19 @@
 # CMake + Ninja, only the targets used; cuda-tests (90) ctest -R cuda with DDP_REQUIRE_CUDA=1; capture (60)
 # test_cuda_capture; nccl (60) bench_allreduce -c nccl and training with parallel.force_allreduce=1, graph on and
 # off; parity (120) CPU vs GPU losses and accuracy, graph replay vs eager parameters; runs (150) 1- and 5-epoch
-# runs, graph on and off, accuracy asserted; bench (150) launch/bench_gpu.sh vs PyTorch, batch 64 and 512.
+# runs, graph on and off, accuracy asserted; resnet (150) configs/fashion_resnet.cfg (batch norm, residual
+# blocks, average pooling, flip + normalise on the device) CPU vs GPU for 5 steps, then launch/speedrun.sh: time
+# to 0.93 test accuracy in 10 epochs; bench (150) launch/bench_gpu.sh vs PyTorch, batch 64 and 512.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
 # or $DDP_FMNIST_DIR. Exit: 0 every stage run passed; 1 a stage failed; 2 bad argument, or no GPU (without
 # --no-gpu).
 set -euo pipefail
 
-STAGES=(preflight build cuda-tests capture nccl parity runs bench)
-declare -A LIMIT=([preflight]=30 [build]=240 [cuda-tests]=90 [capture]=60 [nccl]=60 [parity]=120 [runs]=150 [bench]=150)
+STAGES=(preflight build cuda-tests capture nccl parity runs resnet bench)
+declare -A LIMIT=([preflight]=30 [build]=240 [cuda-tests]=90 [capture]=60 [nccl]=60 [parity]=120 [runs]=150 [resnet]=150
+                  [bench]=150)
 # Stages that need the built programs (skipped when the build failed).
-declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [nccl]=1 [parity]=1 [runs]=1 [bench]=1)
+declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [nccl]=1 [parity]=1 [runs]=1 [resnet]=1 [bench]=1)
 
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 # Relative paths in the options are the caller's: the stages (this script again) resolve them the same way.
@@ -118,6 +121,8 @@ jget() {
 # fcmp EXPR: awk's verdict on a numeric comparison (e.g. "0.91 >= 0.905"); false for nan.
 fcmp() { awk "BEGIN { exit !($*) }" 2>/dev/null; }
 f4() { awk -v x="$1" 'BEGIN { printf "%.4f", x }'; }
+# rel A B: |A - B| / |A|
+rel() { awk -v x="$1" -v y="$2" 'BEGIN { d = x - y; if (d < 0) d = -d; if (x < 0) x = -x; printf "%.2g", d / (x > 0 ? x : 1) }'; }
 # graph_used LABEL: the run's metrics say its steps were CUDA-graph replays (a refused capture falls back to
 # eager steps with a note, which would make a graph-vs-eager comparison say nothing).
 graph_used() { [ "$(jget "$work/$1.jsonl" cuda_graph)" = 1 ]; }
@@ -476,8 +481,6 @@ stage_parity() {
   if cpu_mode; then long=1280 det_lim=640 a=(--backend cpu --comm mpi --threads 1) b=cpu1; fi
   local common=(--config "$cfg_gpu" --epochs 1 --seed 7 --set parallel.comm_timeout_s=30)
   local cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
-  # rel A B: |A - B| / |A|
-  rel() { awk -v x="$1" -v y="$2" 'BEGIN { d = x - y; if (d < 0) d = -d; if (x < 0) x = -x; printf "%.2g", d / (x > 0 ? x : 1) }'; }
   # Tolerances, from the epoch-mean training loss (seed 7, reference CNN, Adam) on the CPU when the learning
   # rate is changed by one float32 ulp (1.2e-7), which stands in for rounding, and by 1 %, which stands in for
   # a small bug. Both backends compute in float32 but sum in different orders (cuDNN's algorithms and cuBLAS vs
@@ -560,7 +563,45 @@ stage_runs() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage 8: ddp-cnn vs PyTorch eager (launch/bench_gpu.sh), batch 64 and 512
+# Stage 8: the ResNet recipe (configs/fashion_resnet.cfg: batch norm, residual blocks, global average pooling,
+# flip + normalise fused into the gather): CPU vs GPU for 5 steps, then launch/speedrun.sh to 0.93 in 10 epochs.
+stage_resnet() {
+  local cfg=configs/fashion_resnet.cfg a=(--backend cuda --set net.tf32=0) b=gpu ls lg rs=- bad=() reached best
+  local speed=(--backend cuda --epochs 10 --target 0.93) sextra=()
+  [ -n "$fmnist" ] || die "no Fashion-MNIST"
+  if cpu_mode; then
+    a=(--backend cpu --comm mpi --threads 1) b=cpu1
+    speed=(--backend cpu --epochs 2 --target 0.3) sextra=(--threads 2 --set data.train_limit=1280 --set data.test_limit=500)
+  fi
+  # 5 steps of batch 128, epoch-mean training loss. Calibrated on the CPU (seed 7): 1 vs 2 threads 4.4e-5
+  # relative, the learning rate one float32 ulp higher 1.8e-5, 1 % higher 1.3e-3 (at 10 steps batch norm has
+  # already spread rounding to 1.6e-4, hence 5). So 2e-4: rounding passes with a 4x margin, a 1 % error fails.
+  local common=(--config "$cfg" --epochs 1 --seed 7 --set data.train_limit=640 --set data.test_limit=1000
+                --set parallel.comm_timeout_s=30)
+  if train resnet-cpu-short "${common[@]}" --backend cpu --comm mpi --set net.cuda_graph=0 &&
+     train "resnet-$b-short" "${common[@]}" "${a[@]}"; then
+    ls=$(jget "$work/resnet-cpu-short.jsonl" train_loss) lg=$(jget "$work/resnet-$b-short.jsonl" train_loss)
+    rs=$(rel "$ls" "$lg")
+    echo "5 steps: epoch-mean train_loss cpu=$ls $b=$lg (relative difference $rs, at most 2e-4)"
+    fcmp "$rs <= 2e-4" || bad+=("5-step train_loss: cpu $ls vs $b $lg (relative $rs > 2e-4)")
+  else
+    bad+=("5-step runs failed")
+  fi
+  echo "-- launch/speedrun.sh --config $cfg ${speed[*]} -- ${sextra[*]}"
+  TRAINER=$bin/trainer "$repo/launch/speedrun.sh" --config "$cfg" "${speed[@]}" --out "$work/speedrun" -- \
+    "${sextra[@]}" "${data_args[@]}" --quiet | tee "$work/speedrun.out" || true
+  if [ -s "$work/speedrun/metrics.jsonl" ]; then
+    sed 's/^{/{"run":"speedrun",/' "$work/speedrun/metrics.jsonl" >>"$log_dir/metrics.jsonl"
+  fi
+  reached=$(sed -n 's/^target \(.*\)$/\1/p' "$work/speedrun.out") best=$(sed -n 's/^best test acc \([0-9.]*\) at epoch \([0-9]*\) after \([0-9.]*\) s.*/\1 (epoch \2, \3 s)/p' "$work/speedrun.out")
+  [ -n "$best" ] || bad+=("speedrun.sh wrote no result")
+  grep -q "^target .*: reached at epoch" "$work/speedrun.out" || bad+=("speedrun: ${reached:-no result}")
+  all_passed
+  key "5-step loss rel diff $rs; speedrun ${reached%% (test acc*}; best $best"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage 9: ddp-cnn vs PyTorch eager (launch/bench_gpu.sh), batch 64 and 512
 stage_bench() {
   local args=(--build "$bin" --batches "64 512") rows
   [ -n "$fmnist" ] || die "no Fashion-MNIST"

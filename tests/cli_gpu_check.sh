@@ -13,7 +13,7 @@ command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77;
 make_tmp
 unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD
 build=$bin/gpu_check_nogpu
-stages=(preflight build cuda-tests capture nccl parity runs bench)
+stages=(preflight build cuda-tests capture nccl parity runs resnet bench)
 fail() { echo "FAIL: $*"; exit 1; }
 # row FILE STAGE: the stage's line of the summary table in FILE.
 row() { grep -E "^$2 +(pass|FAIL|skipped) " "$1"; }
