@@ -10,9 +10,7 @@
 box_sh=$src/launch/cluster_box.sh
 need_data
 need_tool
-if grep -q '^TRAINER_SANITIZE:[A-Z]*=..*' "$build/CMakeCache.txt" 2>/dev/null; then
-  echo "SKIP: sanitized build (the box tests run once, with the Release build)"; exit 77
-fi
+not_sanitized "the box tests run once, with the Release build"
 case "$trainer" in /tmp/*) case "$trainer" in "$src"/*) ;; *)
   echo "SKIP: $trainer is under /tmp, which every box node has private"; exit 77 ;; esac ;; esac
 export DDP_BOX=ddptest DDP_BOX_DIR=/var/tmp/ddptest

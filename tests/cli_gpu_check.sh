@@ -9,6 +9,7 @@
 bin=$3
 script=$src/launch/gpu_check.sh
 need_data
+not_sanitized "gpu_check.sh makes and tests its own unsanitized build: it runs once, in the Release suite"
 command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77; }
 make_tmp
 unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD

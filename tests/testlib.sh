@@ -14,6 +14,10 @@ fails=0 passes=0
 
 need_data() { [ -f "$data/train-images-idx3-ubyte.gz" ] || { echo "SKIP: $data not installed (launch/deps.sh)"; exit 77; }; }
 need_mpirun() { command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 77; }; }
+# not_sanitized WHY: skip in a sanitized build tree (a test whose programs are not the sanitized ones, run once)
+not_sanitized() {
+  if grep -q '^TRAINER_SANITIZE:[A-Z]*=..*' "$build/CMakeCache.txt" 2>/dev/null; then echo "SKIP: sanitized build ($1)"; exit 77; fi
+}
 need_tool() { [ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }; }
 # make_tmp [--cd]: $tmp, a directory removed when the test exits (--cd: the test runs inside it).
 make_tmp() {
