@@ -26,8 +26,14 @@ make_tmp() {
   if [ "${1:-}" = --cd ]; then cd "$tmp" || exit 1; fi
 }
 ok() { passes=$((passes + 1)); echo "ok   $*"; }
-# bad: a failed check, with the first lines of the last command's stderr ($tmp/err).
-bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -5; }
+# bad: a failed check, with the first lines of the last command's stderr ($tmp/err); a sanitizer's report whole
+# (up to 60 lines: its allocation stack is what tells a leak's origin).
+bad() {
+  fails=$((fails + 1)); echo "FAIL $*"
+  local n=5
+  grep -q "Sanitizer" "$tmp/err" 2>/dev/null && n=60
+  sed 's/^/    | /' "$tmp/err" 2>/dev/null | head -"$n"
+}
 # run ARGS...: the trainer, stdout in $tmp/out, stderr in $tmp/err, ended after 300 s.
 run() { timeout -k 2 300 "$trainer" "$@" >"$tmp/out" 2>"$tmp/err"; }
 finish() { echo "${1:+$1: }$passes passed, $fails failed"; [ "$fails" -eq 0 ]; }
