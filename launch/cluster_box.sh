@@ -93,6 +93,20 @@ tc_shape() {  # tc_shape NETNS DEV GBIT
   ip netns exec "$1" tc qdisc replace dev "$2" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
 }
 
+# The box's daemons keep none of the caller's descriptors but 0-2: one they inherited would stay open until
+# `down` (a caller's `flock 9` lock was held that way, and the next `flock` hung). Call in a subshell.
+close_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi; done
+}
+
+# spawn LOG CMD...: CMD in the background in a session of its own, stdin /dev/null, output to LOG. CMD execs
+# in place of the subshell: $! is CMD.
+spawn() {
+  local log=$1; shift
+  (close_fds; exec setsid "$@" </dev/null >>"$log" 2>&1) &
+}
+
 # The node's holder: a process that keeps its namespaces alive; daemons and jobs enter them with nsenter.
 start_holder() {  # start_holder NAME IS_NODE
   local name=$1 is_node=$2 setup
@@ -109,15 +123,14 @@ start_holder() {  # start_holder NAME IS_NODE
     setup+=" && mkdir -p /tmp/slurmd"
   fi
   # nsenter, unshare and sh all exec: $! is the holder itself.
-  setsid nsenter --net="/var/run/netns/$(ns "$name")" unshare --uts --mount --propagation private -- \
-    sh -c "$setup && exec sleep infinity" </dev/null >>"$dir/log/holder-$name.log" 2>&1 &
+  spawn "$dir/log/holder-$name.log" nsenter --net="/var/run/netns/$(ns "$name")" \
+    unshare --uts --mount --propagation private -- sh -c "$setup && exec sleep infinity"
   echo $! >"$dir/run/$name.holder"
 }
 
 start_slurmd() {  # start_slurmd NODE
   local pid; pid=$(holder "$1")
-  setsid nsenter -t "$pid" --net --mount --uts -- slurmd -D -f "$dir/etc/slurm.conf" -N "$1" \
-    </dev/null >>"$dir/log/slurmd-$1.out" 2>&1 &
+  spawn "$dir/log/slurmd-$1.out" nsenter -t "$pid" --net --mount --uts -- slurmd -D -f "$dir/etc/slurm.conf" -N "$1"
 }
 
 # Wait (bounded) until sinfo shows every node idle.
@@ -210,8 +223,8 @@ start_munged() {
   chown munge:munge "$dir/munge/munge.key"
   chmod 400 "$dir/munge/munge.key"
   touch "$dir/log/munged.log" && chown munge:munge "$dir/log/munged.log"
-  runuser -u munge -- munged --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
-    --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed" ||
+  (close_fds; exec runuser -u munge -- munged --socket="$dir/munge/munge.socket" --key-file="$dir/munge/munge.key" \
+    --pid-file="$dir/munge/munged.pid" --log-file="$dir/log/munged.log" --seed-file="$dir/munge/munged.seed") ||
     die 1 "munged did not start (see $dir/log/munged.log)"
 }
 
@@ -302,8 +315,7 @@ cmd_up() {
       sleep 0.1
     done
   done
-  setsid nsenter -t "$(holder hub)" --net --mount --uts -- slurmctld -D -f "$dir/etc/slurm.conf" \
-    </dev/null >>"$dir/log/slurmctld.out" 2>&1 &
+  spawn "$dir/log/slurmctld.out" nsenter -t "$(holder hub)" --net --mount --uts -- slurmctld -D -f "$dir/etc/slurm.conf"
   for n in $(node_names); do start_slurmd "$n"; done
   wait_ready 90 || exit 1
   print_how

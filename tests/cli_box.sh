@@ -24,8 +24,14 @@ trap 'exit 130' INT TERM
 box() { "$box_sh" "$@"; }
 bad() { fails=$((fails + 1)); echo "FAIL $*"; }
 
+# Brought up while this shell holds a lock on descriptor 9: none of the box's daemons may keep it.
+exec 9>"$tmp/lock"
+flock 9
 box up --nodes 2 --cpus-per-node 2 --link-gbit 1 >"$tmp/up" 2>&1 || { cat "$tmp/up"; echo "FAIL: box up"; exit 1; }
+exec 9>&-
 sed -n '/^PARTITION/,/^box/p' "$tmp/up"
+if flock -n "$tmp/lock" true; then echo "ok the box's daemons hold none of the caller's descriptors (a lock on fd 9)"
+else bad "a box daemon kept the caller's lock on fd 9: $(fuser "$tmp/lock" 2>&1)"; fi
 export OUT_ROOT=$DDP_BOX_DIR/test-out TRAINER=$trainer CONFIG=configs/fashion_mnist_cnn.cfg
 # 3 epochs of 32 steps at global batch 64 (2 ranks x 32), one thread per rank.
 run_args=(--epochs 3 --batch 32 --set data.train_limit=2048 --set data.test_limit=200)
