@@ -7,14 +7,22 @@
 # (waiting after backward per step), skew_s (the part of that wait spent on a peer still in backward) and
 # net = exposed_comm_s - skew_s (waiting for communication itself). Every bucket size runs --repeat times,
 # overlap on and off alternating, and the table gives the median of each figure, exposed(on) / exposed(off) and
-# net(on) / net(off). JSONL files stay in out/overlap/.
+# net(on) / net(off), and skew(on) / exposed(off): the lowest exposed on/off that hiding every byte of the
+# all-reduce could give, since overlap cannot hide a peer that is still computing. JSONL files stay in
+# out/overlap/.
 # --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
-# left up). Environment: TRAINER (default build/trainer), OUT (default out/overlap).
+# left up). --mpirun "CMD": the launcher for ranks on this host (default: mpirun --bind-to none, with
+# --oversubscribe and --allow-run-as-root where needed; also from MPIRUN). --test-limit N: test images of the
+# evaluation that ends each run (default 1000; it is not timed). Environment: TRAINER (default build/trainer),
+# OUT (default out/overlap).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-np=2 steps=200 buckets="16 64 128 256 1024" batch=64 repeat=3 box_gbit=""
+np=2 steps=200 buckets="16 64 128 256 1024" batch=64 repeat=3 box_gbit="" mpirun_cmd=${MPIRUN:-} test_limit=1000
 extra=()
+usage() { echo "overlap_sweep.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
+  case "$1" in --np|--steps|--buckets|--batch|--repeat|--box|--mpirun|--test-limit)
+    [ $# -ge 2 ] || usage "$1 needs a value (see --help)" ;; esac
   case "$1" in
     --np) np=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
@@ -22,11 +30,19 @@ while [ $# -gt 0 ]; do
     --batch) batch=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
     --box) box_gbit=$2; shift 2 ;;
+    --mpirun) mpirun_cmd=$2; shift 2 ;;
+    --test-limit) test_limit=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "overlap_sweep.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    *) usage "unknown argument '$1' (see --help)" ;;
   esac
 done
+for v in "--np $np" "--steps $steps" "--batch $batch" "--repeat $repeat" "--test-limit $test_limit"; do
+  [[ ${v#* } =~ ^[1-9][0-9]*$ ]] || usage "${v%% *} must be a positive integer, got '${v#* }'"
+done
+read -r -a kbs <<<"$buckets"
+[ ${#kbs[@]} -gt 0 ] || usage "--buckets needs at least one size in KiB"
+for kb in "${kbs[@]}"; do [[ $kb =~ ^[1-9][0-9]*$ ]] || usage "--buckets: '$kb' is not a size in KiB"; done
 trainer=${TRAINER:-build/trainer}
 [ -n "${TRAINER:-}" ] || [ -x build/trainer ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null && cmake --build build -j "$(nproc)" >/dev/null; }
 out=${OUT:-out/overlap}
@@ -39,6 +55,10 @@ if [ -n "$box_gbit" ]; then
        --map-by node --bind-to none -np "$np")
   threads=1  # the nodes share this host's cores
   tag=box${box_gbit}g_
+elif [ -n "$mpirun_cmd" ]; then
+  read -r -a mpi <<<"$mpirun_cmd"
+  mpi+=(-np "$np")
+  tag=""
 else
   mpi=(mpirun --bind-to none -np "$np")
   [ "$(id -u)" -eq 0 ] && mpi+=(--allow-run-as-root)
@@ -47,14 +67,14 @@ else
 fi
 
 files=()
-for kb in $buckets; do
+for kb in "${kbs[@]}"; do
   for r in $(seq 1 "$repeat"); do
     for ov in 1 0; do
       m="$out/${tag}np${np}_kb${kb}_ov${ov}_r$r.jsonl"
       flags=(); [ "$ov" -eq 0 ] && flags=(--no-overlap)
       "${mpi[@]}" "$trainer" --config configs/fashion_mnist_cnn.cfg --batch "$batch" --threads "$threads" \
         --epochs 1 --bucket-kb "$kb" "${flags[@]}" --set data.train_limit=$(( steps * batch * np )) \
-        --set data.test_limit=1000 --metrics "$m" --quiet "${extra[@]}" >/dev/null
+        --set data.test_limit="$test_limit" --metrics "$m" --quiet "${extra[@]}" >/dev/null
       files+=("$m")
     done
   done
@@ -69,8 +89,9 @@ for f in sys.argv[1:]:
 med = lambda ms, k: statistics.median(m[k] for m in ms) * 1e3
 net = lambda ms: statistics.median(m["exposed_comm_s"] - m.get("skew_s", 0) for m in ms) * 1e3
 print(f"{'bucket_kb':<9} {'buckets':<8} {'overlap':<8} {'step_ms':<9} {'backward_ms':<12} {'comm_ms':<9} "
-      f"{'exposed_ms':<11} {'skew_ms':<8} {'net_ms':<8} {'exposed on/off':<15} {'net on/off':<10} "
-      f"(median of {len(next(iter(runs.values())))})")
+      f"{'exposed_ms':<11} {'skew_ms':<8} {'net_ms':<8} {'exposed on/off':<15} {'net on/off':<11} "
+      f"{'skew(on)/exposed(off)':<21} (median of {len(next(iter(runs.values())))})")
+floors = []
 for kb in sorted({k for k, _ in runs}):
     off, off_net = med(runs[(kb, 0)], "exposed_comm_s"), net(runs[(kb, 0)])
     for ov in (1, 0):
@@ -78,7 +99,17 @@ for kb in sorted({k for k, _ in runs}):
         e, n = med(ms, "exposed_comm_s"), net(ms)
         ratio = f"{e / off:.2f}" if ov == 1 and off > 0 else ""
         ratio_net = f"{n / off_net:.2f}" if ov == 1 and off_net > 0 else ""
+        skew = med(ms, 'skew_s') if 'skew_s' in ms[0] else 0
+        floor = f"{skew / off:.2f}" if ov == 1 and off > 0 else ""
+        if floor: floors.append((kb, skew / off))
         print(f"{kb:<9} {ms[0]['n_buckets']:<8} {'on' if ov else 'off':<8} {med(ms, 'step_s'):<9.2f} "
               f"{med(ms, 'backward_s'):<12.2f} {med(ms, 'comm_s'):<9.3f} {e:<11.3f} "
-              f"{med(ms, 'skew_s') if 'skew_s' in ms[0] else 0:<8.3f} {n:<8.3f} {ratio:<15} {ratio_net:<10}")
+              f"{skew:<8.3f} {n:<8.3f} {ratio:<15} {ratio_net:<11} {floor:<21}")
+# Overlap hides communication, not a peer that is still computing: with it the wait cannot fall below skew(on),
+# so exposed on/off cannot fall below skew(on)/exposed(off) however well the all-reduce is hidden.
+high = [f"{kb} KiB ({f:.2f})" for kb, f in floors if f > 0.5]
+if high:
+    print(f"note: at {', '.join(high)} the wait with overlap is mostly ranks waiting for a peer still in backward "
+          f"(load imbalance, skew_ms), more than half the wait without overlap: no all-reduce schedule can halve "
+          f"exposed there; net on/off is the part overlap controls")
 PY

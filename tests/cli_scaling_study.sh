@@ -3,6 +3,7 @@
 # cli_scaling_study.sh — launch/scaling_study.sh end to end, tiny: np 1 and 2, strong and weak, 4 steps per
 # epoch on the first samples of Fashion-MNIST. Checks scaling.csv (header, one row per mode and np, numbers,
 # the model's columns), the summary's mean relative error line and that both PNGs exist and are not empty.
+# Then launch/overlap_sweep.sh, as tiny: its table (rows, numbers, ratios) and its exit 2 on bad arguments.
 # Run by ctest: cli_scaling_study.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_data
@@ -54,4 +55,28 @@ assert all(0 < float(x) <= 1.0 + 1e-9 for m in model for x in (m[1], m[2], m[5],
 assert all(float(m[1]) >= float(m[2]) - 1e-9 and float(m[5]) >= float(m[6]) - 1e-9 for m in model), model
 print(f"scaling.csv: {len(rows)} rows OK; scaling_model.dat: {len(model)} rows OK")
 PY
+# launch/overlap_sweep.sh, tiny: 2 bucket sizes x overlap on/off, 4 steps each; its table and its argument checks.
+OUT=$tmp/ov TRAINER=$trainer bash "$src/launch/overlap_sweep.sh" --mpirun "$MPIRUN" --np 2 --steps 4 --batch 16 \
+  --buckets "32 1024" --repeat 1 --test-limit 50 >"$tmp/ov.log" 2>&1 || { cat "$tmp/ov.log"; fail "overlap_sweep.sh failed"; }
+cat "$tmp/ov.log"
+[ "$(find "$tmp/ov" -name 'np2_kb*_ov*_r1.jsonl' | wc -l)" -eq 4 ] || fail "overlap_sweep.sh: not 4 metrics files"
+python3 - "$tmp/ov.log" <<'PY' || exit 1
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l[:1].isdigit()]
+assert [(r[0], r[2]) for r in rows] == [("32", "on"), ("32", "off"), ("1024", "on"), ("1024", "off")], rows
+for r in rows:
+    vals = [float(x) for x in r[3:]]  # step, backward, comm, exposed, skew, net (and the on rows' three ratios)
+    assert len(vals) == (9 if r[2] == "on" else 6) and all(v >= 0 for v in vals[:5]), r
+    assert int(r[1]) >= 1, r
+on32 = rows[0]
+assert float(on32[11]) <= float(on32[9]) + 0.011, on32  # skew(on)/exposed(off) <= exposed on/off (rounding)
+print("overlap_sweep.sh: table OK")
+PY
+for a in "--np 0" "--buckets x" "--steps" "--nosuch"; do
+  # shellcheck disable=SC2086
+  bash "$src/launch/overlap_sweep.sh" $a >"$tmp/out" 2>"$tmp/err"; rc=$?
+  [ "$rc" -eq 2 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && grep -q '^overlap_sweep.sh: ' "$tmp/err" ||
+    fail "overlap_sweep.sh $a: exit $rc, stderr: $(cat "$tmp/err")"
+done
+echo "overlap_sweep.sh: bad arguments exit 2 with one line"
 echo "PASS"
