@@ -243,10 +243,7 @@ static int pd_create(conv_dnnl *e, dnnl_primitive_desc_t *pd, const dnnl_convolu
     TRY(attr_user_scratchpad(&attr, act));
     dnnl_status_t st = dnnl_primitive_desc_create(pd, cd, attr, e->engine, hint);
     dnnl_primitive_attr_destroy(attr);
-    if (st != dnnl_success) {
-        *pd = NULL;
-        return ERR(ST_RUNTIME, "oneDNN: convolution %s primitive (status %d)", what, (int)st);
-    }
+    if (st != dnnl_success) return ERR(ST_RUNTIME, "oneDNN: convolution %s primitive (status %d)", what, (int)st);
     return ST_OK;
 }
 

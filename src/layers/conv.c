@@ -17,7 +17,7 @@
 _Static_assert(MODEL_MAX_PLANS >= 3, "slot 0, the training batch's plan and one more");
 
 typedef struct conv_priv {
-    conv_desc cur;                     // the plan of the current batch size
+    int cur;                           // plans[cur]: the plan of the current batch size
     conv_desc plans[MODEL_MAX_PLANS];  // prepared plans per batch size; [0] is max_batch
     int n_plans;
 } conv_priv;
@@ -62,7 +62,7 @@ static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *wo
     l->w_ndim = 4;
     l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
     TRY(m->be->ops->conv_prepare(m->be->ctx, &p->plans[0], workspace));
-    p->cur = p->plans[0];
+    p->cur = 0;
     return ST_OK;
 }
 
@@ -112,26 +112,27 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
         p->plans[1] = d;
         i = 1;
     }
-    p->cur = p->plans[i];
+    p->cur = i;
     return ST_OK;
 }
 
 static int conv_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
     const conv_priv *p = l->priv;
-    return m->be->ops->conv_forward(m->be->ctx, &p->cur, l->x[0], m->params + l->w_off,
+    return m->be->ops->conv_forward(m->be->ctx, &p->plans[p->cur], l->x[0], m->params + l->w_off,
                                     l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
 }
 
 static int conv_backward(model *m, model_layer *l, int n) {
     (void)n;
     const conv_priv *p = l->priv;
-    return m->be->ops->conv_backward(m->be->ctx, &p->cur, l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
+    return m->be->ops->conv_backward(m->be->ctx, &p->plans[p->cur], l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
                                      m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
 static double conv_flops(const model_layer *l) {
-    const conv_desc *d = &((const conv_priv *)l->priv)->cur;
+    const conv_priv *p = l->priv;
+    const conv_desc *d = &p->plans[p->cur];
     return 2.0 * d->k * d->c * d->r * d->s * d->oh * d->ow;
 }
 
