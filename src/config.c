@@ -84,7 +84,7 @@ static const key_def g_keys[] = {
     {S_DATA, "std", K_STR, OFF(std), SZ(std), 0, 0, NULL, 0},
     {S_PARALLEL, "comm", K_STR, OFF(comm), SZ(comm), 0, 0, "mpi|nccl", 0},
     {S_PARALLEL, "bucket_kb", K_INT, OFF(bucket_kb), 0, 1, 1 << 20, NULL, 0},
-    {S_PARALLEL, "overlap", K_INT, OFF(overlap), 0, 0, 1, NULL, 0},
+    {S_PARALLEL, "overlap", K_INT, OFF(overlap), 0, 0, 2, NULL, 0},
     {S_PARALLEL, "force_allreduce", K_INT, OFF(force_allreduce), 0, 0, 1, NULL, 0},
     {S_PARALLEL, "scaling", K_ENUM, OFF(scaling), 0, 0, 0, "weak|strong", 0},
     {S_PARALLEL, "lr_scaling", K_ENUM, OFF(lr_scaling), 0, 0, 0, "none|linear", 1},

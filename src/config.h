@@ -98,7 +98,8 @@ typedef struct net_config {
     // [parallel]
     char comm[16];              // mpi (default) | nccl
     int bucket_kb;              // gradient bucket size in KiB (default 32)
-    int overlap;                // 1 (default): launch buckets during backward; 0: after backward
+    int overlap;                // 1 (default): launch buckets during backward; 0: after backward; 2: alternate
+                                // (0 on even steps, 1 on odd ones; a measurement: metrics ab_off / ab_on)
     int force_allreduce;        // 1: run the bucketed all-reduce also at one rank (checks the comm path on 1 GPU)
     int scaling;                // weak (default) | strong
     int lr_scaling;             // none (default) | linear (the schedule's peak lr *= world size)

@@ -154,6 +154,18 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON_AddNumberToObject(o, "timed_steps", m->timed_steps);
     cJSON_AddNumberToObject(o, "accum_steps", m->accum_steps);
     add_num(o, "allreduces_per_step", m->allreduces_per_step);
+    for (int h = 0; m->overlap == 2 && h < 2; h++) {
+        cJSON *ab = cJSON_AddObjectToObject(o, h ? "ab_on" : "ab_off");
+        if (!ab) {
+            cJSON_Delete(o);
+            return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
+        }
+        const step_times *x = &m->ab[h];
+        const struct { const char *k; double v; } f[] = {{"step_s", x->step_s}, {"backward_s", x->backward_s},
+            {"comm_s", x->comm_s}, {"exposed_comm_s", x->exposed_comm_s}, {"skew_s", x->skew_s}};
+        for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) add_num(ab, f[i].k, f[i].v);
+        cJSON_AddNumberToObject(ab, "steps", m->ab_steps[h]);
+    }
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!text) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);

@@ -48,6 +48,8 @@ typedef struct epoch_metrics {
     double allreduces_per_step;  // bucket all-reduces launched per optimizer step by the host (0: none or a
                                  // replayed graph, which launches them inside it)
     int timed_steps;        // steps the breakdown t averages over (every step on the CPU, every 16th on a GPU)
+    step_times ab[2];       // parallel.overlap=2 (overlap == 2): t over the timed steps without ([0]) and with
+    int ab_steps[2];        // ([1]) overlap, and how many of each (JSONL ab_off, ab_on)
     double scaling_efficiency;
     const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)
 } epoch_metrics;

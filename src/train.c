@@ -309,10 +309,11 @@ static int setup(trainer *t, baseline *bl) {
     // those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
     int comm_on_stream = !(t->use_comm || sync_bn) || (comm_caps(t->c) & COMM_CAP_CAPTURE);
-    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir;
+    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir && !t->overlap_ab;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
         LOG0("note: CUDA graph off: %s\n",
              t->o->trace_dir ? "--trace marks each layer from the host"
+             : t->overlap_ab ? "parallel.overlap=2 changes the step every other step"
              : sync_bn       ? "comm=mpi all-reduces (gradients, sync batch norm's statistics) run on the host, outside any graph"
                              : "comm=mpi all-reduces run on the host, outside any graph");
     if (t->o->resume_path) {
@@ -391,6 +392,7 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     TRY(train_mark(t, MK_FWD));
     t->cb_status = ST_OK;
     t->next_bucket = 0;
+    if (t->overlap_ab) t->overlap = (int)(t->global_step & 1);
     TRY(model_backward(&t->m, t->B, t->use_comm && t->overlap ? train_on_grads_ready : NULL, t));
     TRY(t->cb_status);
     if (!t->use_comm) TRY(train_grads_finalize(t, 0, np));  // (with comm each bucket is finalised at its launch)
@@ -456,7 +458,8 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     }
     TRY(optim_prepare(&t->opt, lr_at(t)));
     TRY(model_set_rng(&t->m, t->rank, t->global_step));  // [dropout] masks: read by the graph from backend memory
-    const int timed = t->tr != NULL || t->global_step % t->timing_every == 0;
+    // parallel.overlap=2 times pairs of steps (one without overlap, one with) where others time one.
+    const int timed = t->tr != NULL || t->global_step % t->timing_every < (t->overlap_ab ? 2 : 1);
     int replay = t->use_graph && !check_finite && t->eager_steps > 0;
     t->n_lm = 0;
     t->in_step = 1;
@@ -662,7 +665,8 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->world = t->world, em->batch = t->B, em->global_batch = t->G;
     em->n_buckets = t->use_comm ? t->n_buckets : 0;
     em->bucket_bytes = t->bucket_bytes;
-    em->bucket_kb = cfg->bucket_kb, em->overlap = t->overlap, em->scaling = cfg->scaling;
+    em->bucket_kb = cfg->bucket_kb, em->overlap = cfg->overlap, em->scaling = cfg->scaling;
+    if (t->overlap_ab) train_timing_ab(t, em->ab, em->ab_steps);
     em->backend = t->be.ops->name, em->comm = comm_backend_name(t->c);
     em->cuda_graph = t->use_graph;
     em->timed_steps = t->timed;
@@ -681,6 +685,11 @@ static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) 
              em->t.step_s * 1e3, em->t.forward_s * 1e3, em->t.backward_s * 1e3, em->t.comm_s * 1e3,
              em->t.exposed_comm_s * 1e3, em->t.skew_s * 1e3, em->t.optimizer_s * 1e3, em->images_per_s_per_rank, em->scaling_efficiency,
              em->efficiency_kind);
+    if (t->o->verbose && t->overlap_ab)
+        LOG0("  overlap off / on, alternate steps (%d / %d): step %.2f / %.2f ms, bwd %.2f / %.2f, exposed %.3f / %.3f "
+             "(skew %.3f / %.3f)\n", em->ab_steps[0], em->ab_steps[1], em->ab[0].step_s * 1e3, em->ab[1].step_s * 1e3,
+             em->ab[0].backward_s * 1e3, em->ab[1].backward_s * 1e3, em->ab[0].exposed_comm_s * 1e3,
+             em->ab[1].exposed_comm_s * 1e3, em->ab[0].skew_s * 1e3, em->ab[1].skew_s * 1e3);
     // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
     if (metrics >= 0 && t->rank == 0) TRY(metrics_write_jsonl(metrics, t->o->metrics_path, em));
     return ST_OK;
@@ -763,6 +772,7 @@ static void trainer_free(trainer *t) {
     free(t->bucket_bytes);
     free(t->lm);
     free(t->step_wait);
+    free(t->step_ov);
     data_free(&t->train);
     data_free(&t->test);
 }
@@ -777,7 +787,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     t->hooks = o->hooks ? o->hooks : &hooks_off;
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;
-    t->overlap = cfg->overlap;
+    t->overlap = cfg->overlap != 0;  // 2: set per step (train_step_body)
+    t->overlap_ab = cfg->overlap == 2;
     // One rank has nothing to average, unless asked to run the all-reduce path anyway (parallel.force_allreduce,
     // so that one GPU exercises the buckets, the comm stream and its fork/join inside a CUDA graph).
     t->use_comm = t->world > 1 || cfg->force_allreduce;
@@ -802,7 +813,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",
              DDP_VERSION, t->be.ops->name, t->world, t->B, t->G, cfg->scaling == SCALING_STRONG ? "strong" : "weak",
              t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
-             t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
+             t->overlap_ab ? "alternating" : t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
         st = run_epochs(t, &bl, metrics, res);
     }
     if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)

@@ -77,6 +77,11 @@ typedef struct trainer {
     step_times acc;
     int timed;
     double *step_wait;          // this epoch's timed steps' waits after backward (skew_s), steps_per_epoch of them
+    // parallel.overlap=2: overlap off on even steps and on on odd ones; the timed steps' phases also per half
+    int overlap_ab;
+    step_times ab[2];           // sums over the timed steps without ([0]) and with ([1]) overlap
+    int ab_timed[2];
+    unsigned char *step_ov;     // each timed step's overlap (0/1), beside step_wait
     int async_backend;          // ops run on a GPU stream: reading a step's marks waits for the step
     int timing_every;           // time every k-th step (1 on the CPU, TIMING_EVERY_ASYNC on a GPU)
     int marks_on;               // the step being issued records its phase marks
@@ -120,6 +125,7 @@ int train_trace_setup(trainer *t);            // --trace: lanes, layer marks, th
 void train_timing_reset(trainer *t);          // at an epoch's start
 int train_timing_skew(trainer *t);            // after an epoch's steps (collective): skew_s from every rank's waits
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm);
+void train_timing_ab(const trainer *t, step_times means[2], int steps[2]);  // parallel.overlap=2: per half
 void train_progress_show(const trainer *t, int bar, int step, double loss_sum, int run, double elapsed,
                          long long steps_here, double secs_here);
 

@@ -134,7 +134,18 @@ int train_step_timing(trainer *t, int replayed) {
     }
     a->comm_s += comm_s;
     a->optimizer_s += ph[MK_WAIT];
-    a->step_s += ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
+    const double step_s = ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
+    a->step_s += step_s;
+    if (t->overlap_ab) {  // the same figures for the half of the steps this one belongs to
+        if (!t->step_ov) t->step_ov = calloc((size_t)t->steps_per_epoch, 1);
+        TRY_ALLOC(t->step_ov);
+        if (t->timed < t->steps_per_epoch) t->step_ov[t->timed] = (unsigned char)t->overlap;
+        step_times *h = &t->ab[t->overlap];
+        h->data_s += ph[MK_START], h->forward_s += ph[MK_DATA], h->backward_s += ph[MK_FWD];
+        h->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0, h->comm_s += comm_s, h->optimizer_s += ph[MK_WAIT];
+        h->step_s += step_s;
+        t->ab_timed[t->overlap]++;
+    }
     if (t->d_sumsq) {  // the step has finished (train_mark_wait above): this read does not wait
         double ss = 0;
         TRY(o->download(ctx, &ss, t->d_sumsq, sizeof ss));
@@ -185,6 +196,8 @@ int train_trace_setup(trainer *t) {
 
 void train_timing_reset(trainer *t) {
     memset(&t->acc, 0, sizeof t->acc);
+    memset(t->ab, 0, sizeof t->ab);
+    t->ab_timed[0] = t->ab_timed[1] = 0;
     t->timed = 0;
     t->grad_norm_sum = 0;
 }
@@ -202,9 +215,17 @@ int train_timing_skew(trainer *t) {
     TRY_ALLOC(least);
     for (int i = 0; i < n; i++) least[i] = -t->step_wait[i];  // max of the negated: the least wait
     int st = comm_allreduce_max_f64(t->c, least, n);
-    for (int i = 0; st == ST_OK && i < n; i++) t->acc.skew_s += t->step_wait[i] + least[i];
+    for (int i = 0; st == ST_OK && i < n; i++) {
+        t->acc.skew_s += t->step_wait[i] + least[i];
+        if (t->overlap_ab && t->step_ov) t->ab[t->step_ov[i]].skew_s += t->step_wait[i] + least[i];
+    }
     free(least);
     return st;
+}
+
+static step_times times_scaled(const step_times *a, double k) {
+    return (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
+                        a->comm_s * k, a->optimizer_s * k, a->step_s * k, a->skew_s * k};
 }
 
 // The phases' means (all 0 when no step was timed) and the mean gradient norm before clipping (NaN when not
@@ -212,12 +233,18 @@ int train_timing_skew(trainer *t) {
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm) {
     *means = (step_times){0};
     if (t->timed) {
-        const step_times *a = &t->acc;
-        double k = 1.0 / t->timed;
-        *means = (step_times){a->data_s * k, a->forward_s * k, a->backward_s * k, a->exposed_comm_s * k,
-                              a->comm_s * k, a->optimizer_s * k, a->step_s * k, a->skew_s * k};
+        *means = times_scaled(&t->acc, 1.0 / t->timed);
     }
     *grad_norm = t->d_sumsq && t->timed ? t->grad_norm_sum / t->timed : NAN;
+}
+
+// parallel.overlap=2: the means over the timed steps without overlap ([0]) and with it ([1]), and their counts.
+// Both halves ran under the same conditions, interleaved step by step, so their difference is overlap's alone.
+void train_timing_ab(const trainer *t, step_times means[2], int steps[2]) {
+    for (int h = 0; h < 2; h++) {
+        steps[h] = t->ab_timed[h];
+        means[h] = steps[h] ? times_scaled(&t->ab[h], 1.0 / steps[h]) : (step_times){0};
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -96,6 +96,8 @@ static void test_set_overrides(void **state) {
     assert_int_equal(config_set(&cfg, "stem.filters=16"), ST_OK);
     assert_int_equal(cfg.layers[0].filters, 16);
     assert_int_equal(config_set(&cfg, "pool1.stride=1"), ST_OK);
+    assert_int_equal(config_set(&cfg, "parallel.overlap=2"), ST_OK);  // alternating (a measurement)
+    assert_int_equal(cfg.overlap, 2);
     assert_int_equal(config_set(&cfg, "parallel.overlap=0"), ST_OK);
     assert_int_equal(cfg.overlap, 0);
     assert_int_equal(config_set(&cfg, "data.train_limit=100"), ST_OK);
@@ -114,6 +116,7 @@ static void test_set_overrides(void **state) {
         {"net.label_smoothing=1", "net.label_smoothing"}, {"net.label_smoothing=-0.1", "net.label_smoothing"},
         {"net.accum_steps=0", "net.accum_steps"}, {"net.accum_steps=-2", "net.accum_steps"},
         {"net.clip_grad_norm=0", "net.clip_grad_norm"}, {"net.clip_grad_norm=-1", "net.clip_grad_norm"},
+        {"parallel.overlap=3", "parallel.overlap"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err_clear();

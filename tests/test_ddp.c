@@ -268,6 +268,40 @@ static void test_comm_s_without_overlap(void **state) {
     assert_true(exposed <= step);
 }
 
+// parallel.overlap=2 alternates overlap off (even steps) and on (odd ones) in one run, so that both are timed
+// under the same conditions. The parameters are those of a run without overlap, bit for bit; the metrics carry
+// both halves (ab_off, ab_on), each over half of the timed steps; without overlap every all-reduce lies inside
+// the wait (comm_s <= exposed_comm_s, as in the test above), with it they run during backward (comm_s > exposed).
+static void test_overlap_alternating(void **state) {
+    (void)state;
+    const char *m = tu_path("ab.jsonl"), *ab = tu_path("ab.safetensors"), *off = tu_path("off.safetensors");
+    const char *opts = "--batch 32 --epochs 1 --bucket-kb 1 --quiet";
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s %s --set parallel.overlap=2 --metrics %s --save %s", TRAINER,
+                            cfg_path, opts, m, ab), 0);
+    assert_int_equal(tu_run(MPIRUN " -np 2 %s --config %s %s --no-overlap --save %s", TRAINER, cfg_path, opts, off), 0);
+    assert_int_equal(tu_run("%s/tests/ckpt_tool same %s %s", DDP_BINARY_DIR, ab, off), 0);
+    char line[8192];
+    first_line(m, line, sizeof line);
+    assert_int_equal((int)tu_json_number(line, "overlap"), 2);
+    const char *h[2] = {strstr(line, "\"ab_off\""), strstr(line, "\"ab_on\"")};
+    assert_non_null(h[0]);
+    assert_non_null(h[1]);
+    const double n = tu_json_number(line, "timed_steps"), n0 = tu_json_number(h[0], "steps");
+    const double n1 = tu_json_number(h[1], "steps");
+    assert_true(n0 + n1 == n && fabs(n0 - n1) <= 1);
+    double comm[2], exposed[2];
+    for (int i = 0; i < 2; i++) {
+        comm[i] = tu_json_number(h[i], "comm_s"), exposed[i] = tu_json_number(h[i], "exposed_comm_s");
+        const double skew = tu_json_number(h[i], "skew_s");
+        assert_true(tu_json_number(h[i], "backward_s") > 0 && exposed[i] <= tu_json_number(h[i], "step_s"));
+        assert_true(skew >= 0 && skew <= exposed[i]);
+    }
+    print_message("np 2, overlap alternating over %g steps: off: comm %.3g ms, exposed %.3g ms; on: comm %.3g ms, "
+                  "exposed %.3g ms\n", n, comm[0] * 1e3, exposed[0] * 1e3, comm[1] * 1e3, exposed[1] * 1e3);
+    assert_true(comm[0] > 0 && comm[0] <= exposed[0]);
+    assert_true(comm[1] > exposed[1]);
+}
+
 static void test_strong_scaling_splits_global_batch(void **state) {
     (void)state;
     const char *m = tu_path("strong.jsonl");
@@ -357,6 +391,7 @@ int main(void) {
         cmocka_unit_test(test_np2_trains_and_logs_comm),
         cmocka_unit_test(test_comm_s_without_overlap),
         cmocka_unit_test(test_skew_is_the_late_peer),
+        cmocka_unit_test(test_overlap_alternating),
         cmocka_unit_test(test_strong_scaling_splits_global_batch),
         cmocka_unit_test(test_kill_one_rank_np2),
         cmocka_unit_test(test_kill_one_rank_np4),
