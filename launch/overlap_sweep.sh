@@ -2,6 +2,7 @@
 # overlap_sweep.sh — how much of the gradient all-reduce backward hides, per bucket size, overlap on and off.
 #   ./launch/overlap_sweep.sh [--np 2] [--steps 200] [--buckets "16 64 128 256 1024"] [--repeat 3] [-- trainer options]
 #   sudo ./launch/overlap_sweep.sh --box 1        the same across the nodes of a cluster in a box, 1 Gbit/s links
+#   ./launch/overlap_sweep.sh --paired ...         overlap off and on alternating step by step inside each run
 # Each point is one epoch of `steps` steps (train_limit = steps x global batch) of the default config; the
 # figures are rank 0's metrics (README "Outputs"): comm_s (all-reduce in flight per step), exposed_comm_s
 # (waiting after backward per step), skew_s (the part of that wait spent on a peer still in backward) and
@@ -10,7 +11,9 @@
 # net(on) / net(off), and skew(on) / exposed(off): the lowest exposed on/off that hiding every byte of the
 # all-reduce could give, since overlap cannot hide a peer that is still computing. JSONL files stay in
 # out/overlap/.
-# --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
+# --paired: instead of separate runs with and without overlap, each run alternates the two step by step
+# (parallel.overlap=2) and reports both halves (metrics ab_off, ab_on), 2 x --steps steps; a run-to-run drift
+# of the machine then falls on both alike. --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
 # left up). --mpirun "CMD": the launcher for ranks on this host (default: mpirun --bind-to none, with
 # --oversubscribe and --allow-run-as-root where needed; also from MPIRUN). --test-limit N: test images of the
 # evaluation that ends each run (default 1000; it is not timed). Environment: TRAINER (default build/trainer),
@@ -18,6 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 np=2 steps=200 buckets="16 64 128 256 1024" batch=64 repeat=3 box_gbit="" mpirun_cmd=${MPIRUN:-} test_limit=1000
+paired=0
 extra=()
 usage() { echo "overlap_sweep.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -32,6 +36,7 @@ while [ $# -gt 0 ]; do
     --box) box_gbit=$2; shift 2 ;;
     --mpirun) mpirun_cmd=$2; shift 2 ;;
     --test-limit) test_limit=$2; shift 2 ;;
+    --paired) paired=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) usage "unknown argument '$1' (see --help)" ;;
@@ -69,11 +74,13 @@ fi
 files=()
 for kb in "${kbs[@]}"; do
   for r in $(seq 1 "$repeat"); do
-    for ov in 1 0; do
-      m="$out/${tag}np${np}_kb${kb}_ov${ov}_r$r.jsonl"
-      flags=(); [ "$ov" -eq 0 ] && flags=(--no-overlap)
+    modes=(ov1 ov0); [ "$paired" -eq 1 ] && modes=(ab)
+    for mode in "${modes[@]}"; do
+      m="$out/${tag}np${np}_kb${kb}_${mode}_r$r.jsonl"
+      flags=() n=$steps
+      case $mode in ov0) flags=(--no-overlap) ;; ab) flags=(--set parallel.overlap=2) n=$((2 * steps)) ;; esac
       "${mpi[@]}" "$trainer" --config configs/fashion_mnist_cnn.cfg --batch "$batch" --threads "$threads" \
-        --epochs 1 --bucket-kb "$kb" "${flags[@]}" --set data.train_limit=$(( steps * batch * np )) \
+        --epochs 1 --bucket-kb "$kb" "${flags[@]}" --set data.train_limit=$(( n * batch * np )) \
         --set data.test_limit="$test_limit" --metrics "$m" --quiet "${extra[@]}" >/dev/null
       files+=("$m")
     done
@@ -83,14 +90,20 @@ python3 - "${files[@]}" <<'PY'
 import json, re, statistics, sys
 runs = {}
 for f in sys.argv[1:]:
-    kb, ov = re.search(r"_kb(\d+)_ov(\d)_r\d+\.jsonl$", f).groups()
+    kb, mode = re.search(r"_kb(\d+)_(ov\d|ab)_r\d+\.jsonl$", f).groups()
     m = json.loads(open(f).read().splitlines()[-1])
-    runs.setdefault((int(kb), int(ov)), []).append(m)
+    if mode == "ab":  # one run, both halves
+        for ov, half in ((0, "ab_off"), (1, "ab_on")):
+            runs.setdefault((int(kb), ov), []).append(dict(m[half], n_buckets=m["n_buckets"]))
+    else:
+        runs.setdefault((int(kb), int(mode[2])), []).append(m)
+paired = any(f.endswith(".jsonl") and "_ab_r" in f for f in sys.argv[1:])
 med = lambda ms, k: statistics.median(m[k] for m in ms) * 1e3
 net = lambda ms: statistics.median(m["exposed_comm_s"] - m.get("skew_s", 0) for m in ms) * 1e3
 print(f"{'bucket_kb':<9} {'buckets':<8} {'overlap':<8} {'step_ms':<9} {'backward_ms':<12} {'comm_ms':<9} "
       f"{'exposed_ms':<11} {'skew_ms':<8} {'net_ms':<8} {'exposed on/off':<15} {'net on/off':<11} "
-      f"{'skew(on)/exposed(off)':<21} (median of {len(next(iter(runs.values())))})")
+      f"{'skew(on)/exposed(off)':<21} (median of {len(next(iter(runs.values())))}"
+      f"{' runs, each alternating overlap off and on step by step' if paired else ''})")
 floors = []
 for kb in sorted({k for k, _ in runs}):
     off, off_net = med(runs[(kb, 0)], "exposed_comm_s"), net(runs[(kb, 0)])

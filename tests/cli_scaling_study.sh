@@ -3,7 +3,8 @@
 # cli_scaling_study.sh — launch/scaling_study.sh end to end, tiny: np 1 and 2, strong and weak, 4 steps per
 # epoch on the first samples of Fashion-MNIST. Checks scaling.csv (header, one row per mode and np, numbers,
 # the model's columns), the summary's mean relative error line and that both PNGs exist and are not empty.
-# Then launch/overlap_sweep.sh, as tiny: its table (rows, numbers, ratios) and its exit 2 on bad arguments.
+# Then launch/overlap_sweep.sh, as tiny: its table (rows, numbers, ratios), with --paired too, and its exit 2 on
+# bad arguments.
 # Run by ctest: cli_scaling_study.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_data
@@ -71,6 +72,19 @@ for r in rows:
 on32 = rows[0]
 assert float(on32[11]) <= float(on32[9]) + 0.011, on32  # skew(on)/exposed(off) <= exposed on/off (rounding)
 print("overlap_sweep.sh: table OK")
+PY
+# --paired: one run per size alternating overlap off and on step by step; the same table from its two halves.
+OUT=$tmp/ovp TRAINER=$trainer bash "$src/launch/overlap_sweep.sh" --mpirun "$MPIRUN" --np 2 --steps 4 --batch 16 \
+  --buckets 32 --repeat 1 --test-limit 50 --paired >"$tmp/ovp.log" 2>&1 || { cat "$tmp/ovp.log"; fail "overlap_sweep.sh --paired failed"; }
+cat "$tmp/ovp.log"
+[ -s "$tmp/ovp/np2_kb32_ab_r1.jsonl" ] || fail "overlap_sweep.sh --paired: no np2_kb32_ab_r1.jsonl"
+grep -q "each alternating overlap off and on step by step" "$tmp/ovp.log" || fail "overlap_sweep.sh --paired: header"
+python3 - "$tmp/ovp.log" <<'PY' || exit 1
+import sys
+rows = [l.split() for l in open(sys.argv[1]) if l[:1].isdigit()]
+assert [(r[0], r[2]) for r in rows] == [("32", "on"), ("32", "off")], rows
+assert all(float(x) >= 0 for r in rows for x in r[3:]), rows
+print("overlap_sweep.sh --paired: table OK")
 PY
 for a in "--np 0" "--buckets x" "--steps" "--nosuch"; do
   # shellcheck disable=SC2086
