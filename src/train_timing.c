@@ -101,6 +101,12 @@ static int step_trace(trainer *t, int replayed) {
     return ST_OK;
 }
 
+static void times_add(step_times *a, const step_times *x) {
+    a->data_s += x->data_s, a->forward_s += x->forward_s, a->backward_s += x->backward_s;
+    a->exposed_comm_s += x->exposed_comm_s, a->comm_s += x->comm_s, a->optimizer_s += x->optimizer_s;
+    a->step_s += x->step_s, a->skew_s += x->skew_s;
+}
+
 // After a timed step: wait for it, add its phases to the epoch's means (and its spans to the trace).
 int train_step_timing(trainer *t, int replayed) {
     const backend_ops *o = t->be.ops;
@@ -121,29 +127,22 @@ int train_step_timing(trainer *t, int replayed) {
             TRY(o->mark_elapsed(ctx, t->mk[MK_START], m1, &c1[i]));
         }
     }
-    const double comm_s = metrics_busy_s(nb, c0, c1);
-    step_times *a = &t->acc;
-    a->data_s += ph[MK_START];
-    a->forward_s += ph[MK_DATA];
-    a->backward_s += ph[MK_FWD];
-    a->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0;
+    // This step's phases, added to the epoch's sums (and, parallel.overlap=2, to its half's).
+    const step_times x = {.data_s = ph[MK_START], .forward_s = ph[MK_DATA], .backward_s = ph[MK_FWD],
+                          .exposed_comm_s = t->use_comm ? ph[MK_BWD] : 0, .comm_s = metrics_busy_s(nb, c0, c1),
+                          .optimizer_s = ph[MK_WAIT],
+                          .step_s = ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT]};
+    times_add(&t->acc, &x);
     if (t->use_comm) {
         if (!t->step_wait) t->step_wait = calloc((size_t)t->steps_per_epoch, sizeof *t->step_wait);
         TRY_ALLOC(t->step_wait);
         if (t->timed < t->steps_per_epoch) t->step_wait[t->timed] = ph[MK_BWD];
     }
-    a->comm_s += comm_s;
-    a->optimizer_s += ph[MK_WAIT];
-    const double step_s = ph[MK_START] + ph[MK_DATA] + ph[MK_FWD] + ph[MK_BWD] + ph[MK_WAIT];
-    a->step_s += step_s;
-    if (t->overlap_ab) {  // the same figures for the half of the steps this one belongs to
+    if (t->overlap_ab) {
         if (!t->step_ov) t->step_ov = calloc((size_t)t->steps_per_epoch, 1);
         TRY_ALLOC(t->step_ov);
         if (t->timed < t->steps_per_epoch) t->step_ov[t->timed] = (unsigned char)t->overlap;
-        step_times *h = &t->ab[t->overlap];
-        h->data_s += ph[MK_START], h->forward_s += ph[MK_DATA], h->backward_s += ph[MK_FWD];
-        h->exposed_comm_s += t->use_comm ? ph[MK_BWD] : 0, h->comm_s += comm_s, h->optimizer_s += ph[MK_WAIT];
-        h->step_s += step_s;
+        times_add(&t->ab[t->overlap], &x);
         t->ab_timed[t->overlap]++;
     }
     if (t->d_sumsq) {  // the step has finished (train_mark_wait above): this read does not wait
@@ -216,8 +215,9 @@ int train_timing_skew(trainer *t) {
     for (int i = 0; i < n; i++) least[i] = -t->step_wait[i];  // max of the negated: the least wait
     int st = comm_allreduce_max_f64(t->c, least, n);
     for (int i = 0; st == ST_OK && i < n; i++) {
-        t->acc.skew_s += t->step_wait[i] + least[i];
-        if (t->overlap_ab && t->step_ov) t->ab[t->step_ov[i]].skew_s += t->step_wait[i] + least[i];
+        const double skew = t->step_wait[i] + least[i];
+        t->acc.skew_s += skew;
+        if (t->overlap_ab && t->step_ov) t->ab[t->step_ov[i]].skew_s += skew;
     }
     free(least);
     return st;
@@ -231,10 +231,7 @@ static step_times times_scaled(const step_times *a, double k) {
 // The phases' means (all 0 when no step was timed) and the mean gradient norm before clipping (NaN when not
 // clipping or nothing was timed).
 void train_timing_means(const trainer *t, step_times *means, double *grad_norm) {
-    *means = (step_times){0};
-    if (t->timed) {
-        *means = times_scaled(&t->acc, 1.0 / t->timed);
-    }
+    *means = t->timed ? times_scaled(&t->acc, 1.0 / t->timed) : (step_times){0};
     *grad_norm = t->d_sumsq && t->timed ? t->grad_norm_sum / t->timed : NAN;
 }
 
