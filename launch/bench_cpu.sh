@@ -7,7 +7,8 @@
 # gathered from memory as in PyTorch). PyTorch runs only when Debian's python3-torch is installed
 # (apt-get install python3-torch); it is never a test dependency.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 batch=64 threads=2 steps=300 config=configs/fashion_mnist_cnn.cfg build=build
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -16,7 +17,7 @@ while [ $# -gt 0 ]; do
     --steps) steps=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$self"; exit 0 ;;
     *) echo "bench_cpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

@@ -13,7 +13,8 @@
 # reported in the table, not an error). --config: any config; PyTorch builds the same model from it
 # (launch/torch_model.py).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 batches="64 512" limit=60000 epochs=2 build=build-gpu comm=nccl compile=0 tf32=0 backend=cuda
 config=configs/fashion_mnist_cnn_cuda.cfg
 while [ $# -gt 0 ]; do
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --tf32) tf32=1; shift ;;
     --backend) backend=$2; shift 2 ;;
     --config) config=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$self"; exit 0 ;;
     *) echo "bench_gpu.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

@@ -29,4 +29,7 @@ ddp_install_deps() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 }
 
-if [ "${BASH_SOURCE[0]}" = "$0" ]; then ddp_install_deps "$@"; fi
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  case "${1:-}" in -h|--help) sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+  ddp_install_deps "$@"
+fi

@@ -7,6 +7,7 @@
 # the file as argument; to keep it as a regression test, copy it into tests/fuzz/corpus/<target>/).
 # Prints executions per target. Environment: BUILD_DIR (default build-fuzz), JOBS.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac  # before any work
 cd "$(dirname "$0")/.."
 source launch/deps.sh
 ddp_install_deps clang libclang-rt-dev  # libFuzzer's runtime is in libclang-rt-dev (a Recommends of clang)

@@ -17,7 +17,8 @@
 # (CUDA off) all use the copy. Needs apt-get with updated package lists (not root: apt-get download), dpkg-deb, xz,
 # objdump.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 repo=$PWD
 deps=$repo/.deps
 ma=usr/lib/x86_64-linux-gnu
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --check) make=0; shift ;;
     --bare) bare=1; shift ;;
     --build) build=1; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$self"; exit 0 ;;
     *) echo "gpu_deps.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -353,7 +354,7 @@ echo "gpu_deps.sh: .deps: $(mib "$deps") MiB to carry"
 [ "$verify" -eq 1 ] || exit 0
 if [ "$bare" -eq 1 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v unshare >/dev/null; then fail "--bare needs root and unshare"; fi
-  DDP_GPU_DEPS_HIDDEN=1 unshare -m bash "$0" "${args[@]}"
+  DDP_GPU_DEPS_HIDDEN=1 unshare -m bash "$self" "${args[@]}"
 else
   check_copy
 fi

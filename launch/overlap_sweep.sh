@@ -13,13 +13,15 @@
 # out/overlap/.
 # --paired: instead of separate runs with and without overlap, each run alternates the two step by step
 # (parallel.overlap=2) and reports both halves (metrics ab_off, ab_on), 2 x --steps steps; a run-to-run drift
-# of the machine then falls on both alike. --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
+# of the machine then falls on both alike.
+# --box GBIT: one rank per node of launch/cluster_box.sh's box (made or reshaped to --np nodes and GBIT Gbit/s;
 # left up). --mpirun "CMD": the launcher for ranks on this host (default: mpirun --bind-to none, with
 # --oversubscribe and --allow-run-as-root where needed; also from MPIRUN). --test-limit N: test images of the
 # evaluation that ends each run (default 1000; it is not timed). Environment: TRAINER (default build/trainer),
 # OUT (default out/overlap).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 np=2 steps=200 buckets="16 64 128 256 1024" batch=64 repeat=3 box_gbit="" mpirun_cmd=${MPIRUN:-} test_limit=1000
 paired=0
 extra=()
@@ -38,7 +40,7 @@ while [ $# -gt 0 ]; do
     --test-limit) test_limit=$2; shift 2 ;;
     --paired) paired=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) usage "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -89,15 +91,16 @@ done
 python3 - "${files[@]}" <<'PY'
 import json, re, statistics, sys
 runs = {}
+paired = False
 for f in sys.argv[1:]:
     kb, mode = re.search(r"_kb(\d+)_(ov\d|ab)_r\d+\.jsonl$", f).groups()
     m = json.loads(open(f).read().splitlines()[-1])
     if mode == "ab":  # one run, both halves
+        paired = True
         for ov, half in ((0, "ab_off"), (1, "ab_on")):
             runs.setdefault((int(kb), ov), []).append(dict(m[half], n_buckets=m["n_buckets"]))
     else:
         runs.setdefault((int(kb), int(mode[2])), []).append(m)
-paired = any(f.endswith(".jsonl") and "_ab_r" in f for f in sys.argv[1:])
 med = lambda ms, k: statistics.median(m[k] for m in ms) * 1e3
 net = lambda ms: statistics.median(m["exposed_comm_s"] - m.get("skew_s", 0) for m in ms) * 1e3
 print(f"{'bucket_kb':<9} {'buckets':<8} {'overlap':<8} {'step_ms':<9} {'backward_ms':<12} {'comm_ms':<9} "

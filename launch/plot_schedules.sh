@@ -6,7 +6,8 @@
 # each with `warmup` epochs of linear warmup (onecycle: its own 30 % when warmup is 0). Output: DIR/schedules.csv
 # (epoch, one lr column per schedule), DIR/schedules.png.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 out=schedules epochs=30 warmup=3 lr=0.01
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -14,7 +15,7 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --lr) lr=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$self"; exit 0 ;;
     *) echo "plot_schedules.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done

@@ -5,6 +5,12 @@
 #   ./launch/run.sh --config configs/cifar10_cnn.cfg --metrics out/m.jsonl
 # Any argument is passed to the trainer (see build/trainer --help). Environment: NP (ranks), TRAINER_CUDA.
 set -euo pipefail
+case "${1:-}" in -h|--help)  # this text, then the trainer's options where it is built; nothing is installed or run
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  trainer=$(dirname "$0")/../build/trainer
+  if [ -x "$trainer" ]; then echo; "$trainer" --help; else echo "(build/trainer --help lists the trainer's options once built)"; fi
+  exit 0 ;;
+esac
 cd "$(dirname "$0")/.."
 source launch/deps.sh
 ddp_install_deps

@@ -42,7 +42,8 @@
 #                              its own np 1 metrics)
 #   --model-max-n N            extrapolate up to N ranks (default 1024)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 
 out=${OUT:-out/scaling} max_np=${MAX_NP:-4} steps=${STEPS:-20} epochs=${EPOCHS:-2} batch=${BATCH:-64}
 modes=${MODES:-strong weak} config=${CONFIG:-configs/fashion_mnist_cnn.cfg} threads=${THREADS:-1}
@@ -73,7 +74,7 @@ while [ $# -gt 0 ]; do
     --gpu-alpha-us|--gpu-beta-gbps|--gpu-compute-ms|--gpu-baseline) gpu_args+=("$1" "$2"); shift 2 ;;
     --model-max-n) model_max_n=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "scaling_study.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -9,7 +9,8 @@
 # Output: DIR/metrics.jsonl (one row per epoch), DIR/speedrun.json (the summary), and a table on stdout.
 # Exit status: 0 when the target was reached, 1 when not, 2 on bad arguments.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+self=$(readlink -f "$0")  # --help and re-runs read it after the cd below
+cd "$(dirname "$self")/.."
 config=configs/fashion_resnet.cfg target=0.94 epochs="" np=1 backend="" out=""
 extra=()
 while [ $# -gt 0 ]; do
@@ -21,7 +22,7 @@ while [ $# -gt 0 ]; do
     --backend) backend=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$self"; exit 0 ;;
     *) echo "speedrun.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

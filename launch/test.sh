@@ -5,6 +5,7 @@
 #   ./launch/test.sh -R PATTERN      only tests matching PATTERN (passed to ctest)
 # Environment: TRAINER_CUDA=AUTO|ON|OFF (default AUTO), BUILD_DIR, JOBS.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac  # before any work
 cd "$(dirname "$0")/.."
 source launch/deps.sh
 ddp_install_deps

@@ -90,6 +90,16 @@ for s in slurm.sbatch pbs.sh; do
     { grep -q "^$s — " "$tmp/out" && grep -q "LAUNCHER" "$tmp/out"; } || fail "$s $h: no help text"
   done
 done
+# Every launch/ script: --help by a relative path from another directory (the scripts cd to the repository
+# first) prints its own help, exit 0, and launches, installs or builds nothing (test.sh, run.sh and fuzz.sh
+# used to start their work; most others printed nothing from outside the repository root).
+for f in "$src"/launch/*.sh; do
+  s=${f##*/} rel=$(realpath --relative-to="$tmp/help" "$f")
+  if ! (cd "$tmp/help" && env -i PATH="$tmp/bin:$PATH" timeout 20 bash "$rel" --help >"$tmp/out" 2>&1); then
+    fail "launch/$s --help (as $rel): exit status not 0: $(head -3 "$tmp/out")"
+  fi
+  grep -qE "^(# )?$s — " "$tmp/out" || fail "launch/$s --help: no help text: $(head -3 "$tmp/out")"
+done
 [ ! -e "$tmp/launched" ] || fail "--help launched: $(cat "$tmp/launched")"
 [ -z "$(ls -A "$tmp/help")" ] || fail "--help created files: $(ls -A "$tmp/help")"
 
