@@ -451,7 +451,10 @@ int main(int argc, char **argv) {
         print_error();
         comm_abort(NULL, st);
     }
-    st = agree_config(cm, cfg_st, &cfg, &c.opts);
+    // The output plan: every file this run may write, checked against its inputs and each other before any work.
+    int plan_st = cfg_st;
+    if (plan_st == ST_OK && !c.print_placement) plan_st = train_outputs_check(&cfg, &c.opts, g_rank);
+    st = agree_config(cm, plan_st, &cfg, &c.opts);
     if (st == ST_OK && c.print_placement) {
         st = placement_print(comm_get_info(cm), cfg.backend, hooks.fake_gpus);
         if (st != ST_OK) print_error();

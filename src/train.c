@@ -218,33 +218,6 @@ int train_eval_batch_capped(const trainer *t) {
     return eb > 0 ? eb : 1;
 }
 
-// Outputs never overwrite one of the run's inputs (same device and inode: links and other spellings of a path
-// included), and never replace an existing file of another kind. --save onto the --resume file is the normal
-// way to continue a run and stays allowed.
-static int outputs_check(const trainer *t) {
-    const train_opts *o = t->o;
-    file_set in = {0};
-    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
-    int n_data = config_data_paths(t->cfg, data);
-    file_set_add(&in, t->cfg->path, "config");
-    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
-    file_set_add(&in, o->resume_path, "--resume checkpoint");
-    if (!o->resume_path) file_set_add(&in, o->init_from, "--init-from checkpoint");  // the weights fine-tuned from
-    file_set_add(&in, o->baseline_path, "--baseline file");
-    if (o->save_path) TRY(output_not_input(o->save_path, "--save", &in, o->resume_path));
-    if (o->metrics_path) {
-        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
-        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON Lines metrics file", 1));
-    }
-    if (o->trace_dir) {
-        char path[4096];
-        if (trace_file_path(path, sizeof path, o->trace_dir, t->rank) != 0)
-            return ERR(ST_INPUT, "--trace %s: path too long", o->trace_dir);
-        TRY(output_not_input(path, "--trace", &in, NULL));
-    }
-    return ST_OK;
-}
-
 // The backend with this rank's share of the host's cores (CPU) or its GPU, and the step's timing marks.
 int train_backend_setup(trainer *t) {
     const net_config *cfg = t->cfg;
@@ -289,8 +262,6 @@ static int setup(trainer *t, baseline *bl) {
     const net_config *cfg = t->cfg;
     TRY(batch_setup(t));
     if (t->o->baseline_path) TRY(baseline_load(t->o->baseline_path, bl));
-    TRY(outputs_check(t));
-    if (t->o->save_path && t->rank == 0) TRY(ckpt_check_target(t->o->save_path));
     TRY(train_backend_setup(t));
     TRY(data_setup(t));
     int eval_local = train_eval_batch_capped(t);

@@ -44,6 +44,11 @@ typedef struct train_result {
 // Set by main's SIGINT/SIGTERM handler; the loop stops at the next step boundary agreed by all ranks.
 extern volatile sig_atomic_t g_stop_requested;
 
+// The output plan (src/train_outputs.c): every file this run may write (--save and its copies, --metrics, --trace,
+// --out), checked before any work against the run's inputs, each other, their kind and length. ST_INPUT naming
+// both paths of a clash. Each rank checks the files it writes (rank 0: all but the other ranks' traces).
+int train_outputs_check(const net_config *cfg, const train_opts *o, int rank);
+
 // Run the whole job on this rank. Collective: every rank of c calls it with the same cfg and opts.
 int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res);
 void train_result_free(train_result *r);

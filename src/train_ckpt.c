@@ -536,17 +536,6 @@ int train_weights_load(trainer *t, const char *path, const char *exclude, int *l
 // ---------------------------------------------------------------------------------------------------------
 // At an epoch's end: the --save checkpoint and its copies
 
-// --save-every and --keep-best keep copies beside the --save file: its path without a trailing ".safetensors"
-// (the stem), then the suffix and ".safetensors".
-static int save_copy_path(const char *save, const char *suffix, char *out, size_t n) {
-    const char *ext = ".safetensors";
-    size_t len = strlen(save), el = strlen(ext);
-    size_t stem = len > el && strcmp(save + len - el, ext) == 0 ? len - el : len;
-    int w = snprintf(out, n, "%.*s%s%s", (int)stem, save, suffix, ext);
-    if (w < 0 || (size_t)w >= n) return ERR(ST_INPUT, "--save %s: path too long for its copies", save);
-    return ST_OK;
-}
-
 // At an epoch's end (t->epoch already counts it): the --save checkpoint with the epoch's test figures, then
 // the copies --save-every and --keep-best ask for. Each is a whole checkpoint, written atomically.
 int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc) {
@@ -558,11 +547,11 @@ int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc) {
     int st = train_ckpt_save_agreed(t, o->save_path, 0, 0);
     if (st == ST_OK && o->save_every > 0 && t->epoch % o->save_every == 0) {
         snprintf(suffix, sizeof suffix, "-e%d", t->epoch);
-        st = save_copy_path(o->save_path, suffix, path, sizeof path);
+        st = train_copy_path(o->save_path, suffix, path, sizeof path);
         if (st == ST_OK) st = train_ckpt_save_agreed(t, path, 0, 0);
     }
     if (st == ST_OK && best) {
-        st = save_copy_path(o->save_path, "-best", path, sizeof path);
+        st = train_copy_path(o->save_path, "-best", path, sizeof path);
         if (st == ST_OK) st = train_ckpt_save_agreed(t, path, 0, 0);
         if (st == ST_OK) LOG0("  best test accuracy so far (%.4f): kept as %s\n", test_acc, path);
     }

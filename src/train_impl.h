@@ -5,6 +5,7 @@
 //   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
 //   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
 //   train_use.c     using a trained model: --eval and --predict
+//   train_outputs.c the run's output plan, checked at start-up against its inputs and itself
 // Callers of the trainer include train.h only.
 #pragma once
 #include <signal.h>
@@ -154,6 +155,12 @@ int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc);  // --
 int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer state and position
 // Model weights only (--init-from, --eval, --predict); exclude: --init-exclude's list or NULL.
 int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_outputs.c
+
+// --save-every / --keep-best copies: the --save path's stem + suffix + ".safetensors" (ST_INPUT when too long).
+int train_copy_path(const char *save, const char *suffix, char *out, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------
 // train_use.c

@@ -46,30 +46,6 @@ int train_confusion_add(trainer *t, int first, int n) {
 // ---------------------------------------------------------------------------------------------------------
 // Set-up, then the same evaluation code as an epoch's end
 
-static int csv_is_head(const unsigned char *head, size_t n) { return n >= 11 && memcmp(head, "index,class", 11) == 0; }
-
-// --out and --metrics never replace an input of this use (the checkpoint, the config, the images or test data)
-// nor an existing file of another kind (src/fileio.h).
-static int use_outputs_check(const trainer *t) {
-    const train_opts *o = t->o;
-    file_set in = {0};
-    file_set_add(&in, t->cfg->path, "config");
-    file_set_add(&in, o->eval_path ? o->eval_path : o->predict_path, "checkpoint");
-    if (o->images_path) file_set_add(&in, o->images_path, "--images file");
-    char data[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
-    int n_data = o->eval_path ? config_data_paths(t->cfg, data) : 0;
-    for (int i = 0; i < n_data; i++) file_set_add(&in, data[i], "data file");
-    if (o->metrics_path) {
-        TRY(output_not_input(o->metrics_path, "--metrics", &in, NULL));
-        TRY(output_check_kind(o->metrics_path, "--metrics", metrics_is_jsonl_head, "a JSON metrics file", 1));
-    }
-    if (o->out_path) {
-        TRY(output_not_input(o->out_path, "--out", &in, NULL));
-        TRY(output_check_kind(o->out_path, "--out", csv_is_head, "a predictions CSV file (header index,class,...)", 0));
-    }
-    return ST_OK;
-}
-
 static int use_data_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     const char *name;
@@ -95,7 +71,6 @@ static int use_data_setup(trainer *t) {
 
 static int use_setup(trainer *t) {
     const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
-    TRY(use_outputs_check(t));
     TRY(augment_resolve(&t->cfg_eff));  // normalize=1 with a --config that lacks mean/std: the training set's
     TRY(train_backend_setup(t));
     TRY(use_data_setup(t));
