@@ -704,4 +704,8 @@ const char *ckpt_meta(const ckpt_file *f, const char *key) {
 
 int ckpt_n_tensors(const ckpt_file *f) { return f ? f->n_entries : 0; }
 
+const char *ckpt_tensor_name(const ckpt_file *f, int i) {
+    return f && i >= 0 && i < f->n_entries ? f->entries[i].name : NULL;
+}
+
 const char *ckpt_path(const ckpt_file *f) { return f ? f->path : ""; }

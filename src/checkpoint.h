@@ -57,6 +57,8 @@ int ckpt_has_tensor(const ckpt_file *f, const char *name);
 // Metadata value for key, or NULL when absent.
 const char *ckpt_meta(const ckpt_file *f, const char *key);
 int ckpt_n_tensors(const ckpt_file *f);
+// The name of tensor i (0 <= i < ckpt_n_tensors, in name order), or NULL.
+const char *ckpt_tensor_name(const ckpt_file *f, int i);
 const char *ckpt_path(const ckpt_file *f);
 
 // Test hook (reliability tests): when the environment variable DDP_CKPT_CRASH_AFTER_BYTES is set, ckpt_save

@@ -288,6 +288,22 @@ static void on_signal(int sig) {
     g_stop_requested = 1;
 }
 
+// A stop signal only sets a flag, from the first instruction of main on: training stops at the next agreed step
+// boundary (checkpoint saved), --eval and --predict between batches, and a signal during start-up ends the run
+// once set-up is agreed -- exit 5 with one line in every case, never a silent death. SA_RESTART: a read or write
+// interrupted by the signal goes on. SIGUSR1/SIGUSR2: what mpirun forwards to the ranks (it turns a TERM or INT
+// of its own into a kill of the job); the job scripts and run.sh translate a TERM/INT/HUP sent to them into one
+// of these.
+static void stop_signals_install(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    const int stop_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
+    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) sigaction(stop_signals[i], &sa, NULL);
+}
+
 // OpenBLAS starts its own thread pool when the library is loaded, before main, and each of its threads maps a
 // 128 MiB buffer at once; under an address-space limit (ulimit -v) OpenBLAS 0.3.21's blas_memory_alloc retries a
 // failed map forever, and the process spins at 100 % CPU and hangs in the next fork or exit (they join that
@@ -398,6 +414,7 @@ static int config_read(const cli *c, net_config *cfg) {
 }
 
 int main(int argc, char **argv) {
+    stop_signals_install();
     g_prog = "trainer";
     openblas_single_thread(argv);
     signal(SIGPIPE, SIG_IGN);  // a closed stdout is an error to report, not a reason to die (stdout_final_status)
@@ -438,6 +455,7 @@ int main(int argc, char **argv) {
         print_error();
         return ST_RUNTIME;
     }
+    stop_signals_install();  // again: the MPI library may have installed its own
     // A process alone in its MPI world while its launcher says the job has more was started without MPI.
     st = placement_check_launch(g_world);
     if (st != ST_OK) {
@@ -463,14 +481,7 @@ int main(int argc, char **argv) {
     }
     if (st == ST_OK) st = comm_agree(cm, comm_start(cm, cfg.comm), "start-up");
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
     if (st != ST_OK) goto done;
-    sa.sa_handler = on_signal;
-    // SIGUSR1/SIGUSR2: what mpirun forwards to the ranks (it turns a TERM or INT of its own into a kill of the
-    // job); the job scripts and run.sh translate a TERM/INT/HUP sent to them into one of these.
-    const int stop_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2};
-    for (size_t i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++) sigaction(stop_signals[i], &sa, NULL);
 
     train_result res;
     st = train_run(&cfg, &c.opts, cm, &res);

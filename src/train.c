@@ -276,6 +276,8 @@ static int setup(trainer *t, baseline *bl) {
     TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
     if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
+    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_param_bad, 2 * sizeof(int32_t)));
+    TRY(t->be.ops->zero(t->be.ctx, t->d_param_bad, 2 * sizeof(int32_t)));
     // A graph holds the whole step, all-reduces included (the buckets', sync BN's inside forward and backward):
     // those must be stream work (nccl), not host MPI.
     int graph_ok = t->be.ops->capture_begin != NULL;
@@ -330,6 +332,37 @@ static int divergence_check(trainer *t, int32_t *scratch) {
     return ERR(ST_DIVERGED, "training diverged at step %lld: non-finite gradients", t->global_step + 1);
 }
 
+int train_use_stopped(const trainer *t, int done, int total) {
+    int st = ERR(ST_INTERRUPTED, "%s stopped by signal after about %d of %d images; nothing written",
+                 t->o->eval_path ? "--eval" : "--predict", done < total ? done : total, total);
+    err_mark_collective(0);
+    return st;
+}
+
+int train_params_check(trainer *t) {
+    TRY(train_drain(t));
+    const backend_ops *o = t->be.ops;
+    int32_t bad = 0;
+    TRY(o->download(t->be.ctx, &bad, t->d_param_bad, sizeof bad));
+    if (!bad) return ST_OK;
+    const char *layer = "?";
+    int in_layer = 0;
+    for (int i = t->m.n_layers - 1; i >= 0 && !in_layer; i--) {
+        const model_layer *l = &t->m.layers[i];
+        if (!l->n_w) continue;
+        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.params + l->w_off, t->d_param_bad + 1));
+        TRY(o->download(t->be.ctx, &in_layer, t->d_param_bad + 1, sizeof in_layer));
+        if (in_layer) layer = l->name;
+    }
+    char kept[CFG_PATH_MAX + 64] = "";
+    if (t->o->save_path) snprintf(kept, sizeof kept, "; %s was not replaced", t->o->save_path);
+    int st = ERR(ST_DIVERGED, "training diverged %s step %lld (epoch %d): the update left %d non-finite parameter "
+                              "values, %d in layer '%s' (lower the learning rate)%s",
+                 t->async_backend ? "by" : "at", t->global_step, t->epoch + 1, bad, in_layer, layer, kept);
+    err_mark_collective(0);
+    return st;
+}
+
 
 // Test hook (reliability tests, src/test_hooks.h): a stuck peer before this step (1-based, as in messages).
 static void test_stall_maybe(const trainer *t) {
@@ -375,6 +408,9 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
         TRY(t->be.ops->clip_grad_norm(t->be.ctx, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
     if (check_finite) TRY(divergence_check(t, scratch));
     TRY(optim_apply(&t->opt, t->m.params, t->m.grads));
+    // Finite gradients can still give non-finite parameters (an update that overflows): counted here, in the
+    // step's own stream work, and read by train_params_check.
+    TRY(o->count_nonfinite(ctx, t->m.n_params, t->m.params, t->d_param_bad));
     return train_mark(t, MK_END);
 }
 
@@ -448,6 +484,12 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         TRY(step_issue(t, scratch, check_finite));
         t->eager_steps++;
     }
+    if (check_finite && !replay) {  // global_step counts this step in the message
+        t->global_step++;
+        const int st = train_params_check(t);
+        t->global_step--;
+        TRY(st);
+    }
     t->in_step = 0;
     TRY(o->mark_record(ctx, *ahead));
     if (timed) TRY(train_step_timing(t, replay));
@@ -468,7 +510,19 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
     int begin, end;
     data_eval_range(t->test.n, t->world, t->rank, &begin, &end);
     int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
-    for (int i = begin; i < end; i += eb) {
+    // --eval stops between batches on a signal, every rank at the same batch: the ranks' shares differ by one
+    // sample at most, so every rank loops over the largest share's batch count.
+    const int stoppable = t->o->eval_path != NULL;
+    const int shard_max = (t->test.n + t->world - 1) / t->world;
+    const int batches = stoppable ? (shard_max + eb - 1) / eb : (end - begin + eb - 1) / eb;
+    for (int b = 0; b < batches; b++) {
+        if (stoppable) {
+            int32_t stop = g_stop_requested ? 1 : 0;
+            if (t->world > 1) TRY(comm_allreduce_max_i32(t->c, &stop, 1));
+            if (stop) return train_use_stopped(t, b * eb * t->world, t->test.n);
+        }
+        const int i = begin + b * eb;
+        if (i >= end) continue;
         int n = end - i < eb ? end - i : eb;
         TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
                       t->m.labels));
@@ -613,6 +667,14 @@ static int epoch_evaluate(trainer *t, epoch_totals *e) {
     TRY(train_state_broadcast(t));  // every rank evaluates with rank 0's running statistics
     TRY(train_evaluate(t, &e->test_loss, &e->test_acc));
     e->eval_s = now_s() - ev0;
+    if (!isfinite(e->test_loss)) {  // the sums are all-reduced: every rank sees the same
+        int st = ERR(ST_DIVERGED, "training diverged in epoch %d (by step %lld): the test loss is not finite (lower the "
+                                  "learning rate)%s%s%s", t->epoch + 1, t->global_step,
+                     t->o->save_path ? "; " : "", t->o->save_path ? t->o->save_path : "",
+                     t->o->save_path ? " was not replaced" : "");
+        err_mark_collective(0);
+        return st;
+    }
     if (t->tr) trace_span(t->tr, TRACE_TID_MAIN, "eval", "eval", ev0, ev0 + e->eval_s, t->epoch + 1, 0);
     return ST_OK;
 }
@@ -724,6 +786,7 @@ static void trainer_free(trainer *t) {
         o->free(ctx, t->d_test_index);
         o->free(ctx, t->d_batch_idx);
         o->free(ctx, t->d_sumsq);
+        o->free(ctx, t->d_param_bad);
         o->free(ctx, t->acc_grads);
         o->free(ctx, t->d_aug_train);
         o->free(ctx, t->d_aug_eval);
@@ -746,6 +809,18 @@ static void trainer_free(trainer *t) {
     free(t->step_ov);
     data_free(&t->train);
     data_free(&t->test);
+}
+
+// A stop signal that came during start-up (loading data, building the model): ranks agree, and the run ends
+// before its first step with exit 5 (nothing trained, nothing saved).
+static int startup_stop_check(trainer *t) {
+    int32_t stop = g_stop_requested ? 1 : 0;
+    if (t->world > 1) TRY(comm_allreduce_max_i32(t->c, &stop, 1));
+    if (!stop) return ST_OK;
+    int st = ERR(ST_INTERRUPTED, "stopped by signal during start-up, before step %lld (nothing trained or saved)",
+                 t->global_step + 1);
+    err_mark_collective(0);
+    return st;
 }
 
 int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res) {
@@ -779,6 +854,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     st = train_agree(t, st);  // every rank is here with an agreed status, so this collective is safe
     if (st == ST_OK && t->tr) st = train_agree(t, train_trace_setup(t));
+    if (st == ST_OK) st = startup_stop_check(t);
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",

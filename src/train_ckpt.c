@@ -186,6 +186,22 @@ static char *config_text(const net_config *cfg) {
     return text;
 }
 
+// Nothing non-finite is ever saved: a NaN or Inf in any float tensor (parameters, optimizer state, running
+// statistics) refuses the save and leaves the file as it was (the last good state).
+static int tensors_finite(const trainer *t, const char *path, const tensor_list *tl) {
+    for (int i = 0; i < tl->n; i++) {
+        const ckpt_tensor *ct = &tl->t[i];
+        if (ct->dtype != CKPT_F32) continue;
+        size_t count = 1, bad = 0;
+        for (int d = 0; d < ct->ndim; d++) count *= (size_t)ct->shape[d];
+        for (size_t k = 0; k < count; k++) bad += !isfinite(((const float *)ct->data)[k]);
+        if (bad)
+            return ERR(ST_DIVERGED, "training diverged by step %lld: tensor '%s' holds %zu non-finite value(s); "
+                                    "not saved, %s was not replaced", t->global_step, ct->name, bad, path);
+    }
+    return ST_OK;
+}
+
 static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
     if (t->rank != 0) return ST_OK;
     if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
@@ -200,6 +216,13 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
     }
     tensors_list(t, host, tl);
     state_tensors_list(t, state, tl);
+    int bad_st = tensors_finite(t, path, tl);
+    if (bad_st != ST_OK) {
+        free(tl);
+        free(host);
+        free(state);
+        return bad_st;
+    }
     char v[16][64];
     snprintf(v[0], 64, "%d", t->epoch);
     snprintf(v[1], 64, "%d", t->step_in_epoch);
@@ -248,6 +271,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
 // (parallel.save_timeout_s: a large checkpoint on a slow file system takes longer than any collective may), and
 // whose timeout says that it was the save. A write that fails on rank 0 is its local error (the job is aborted).
 int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum) {
+    TRY(train_params_check(t));     // never replace a good checkpoint with a diverged state (every rank alike)
     TRY(train_state_broadcast(t));  // the file holds every rank's running statistics: rank 0's
     TRY(checkpoint_save(t, path, loss_sum, correct_sum));
     if (t->world == 1) return ST_OK;
@@ -339,6 +363,33 @@ static int checkpoint_check_meta(trainer *t, const ckpt_file *f, ckpt_position *
     return ST_OK;
 }
 
+// A tensor of the file that this run would not read means the configuration is not the checkpoint's model (a
+// layer removed, a bias turned off by --set): refused, naming it, instead of silently dropped.
+static int tensor_unused(const trainer *t, const ckpt_file *f, const char *name, const char *use) {
+    const int init = strcmp(use, "--init-from") == 0;
+    return ERR(ST_INPUT, "%s: tensor '%s' is not used by the model of %s (a layer or bias the configuration does not "
+                         "have?); %s uses every tensor of its checkpoint%s%s", ckpt_path(f), name, t->cfg->path, use,
+               init ? " unless --init-exclude names it: --init-exclude " : " (only --init-from with --init-exclude may "
+                                                                          "skip tensors)", init ? name : "");
+}
+
+static int resume_tensors_used(const trainer *t, const ckpt_file *f, const tensor_list *tl) {
+    for (int i = 0; i < ckpt_n_tensors(f); i++) {
+        const char *name = ckpt_tensor_name(f, i);
+        int known = 0;
+        for (int k = 0; k < tl->n && !known; k++) known = strcmp(tl->t[k].name, name) == 0;
+        for (int k = 0, ns = model_state_tensor(&t->m, -1, NULL); k < ns && !known; k++) {
+            model_state_info si;
+            char sn[96];
+            model_state_tensor(&t->m, k, &si);
+            snprintf(sn, sizeof sn, "%s.%s", si.layer, si.suffix);
+            known = strcmp(sn, name) == 0;
+        }
+        if (!known) return tensor_unused(t, f, name, "--resume");
+    }
+    return ST_OK;
+}
+
 int train_ckpt_resume(trainer *t, const char *path) {
     ckpt_file *f = NULL;
     TRY(ckpt_load(path, &f));
@@ -356,6 +407,7 @@ int train_ckpt_resume(trainer *t, const char *path) {
         goto done;
     }
     tensors_list(t, host, tl);
+    if ((st = resume_tensors_used(t, f, tl))) goto done;
     for (int i = 0; i < tl->n && st == ST_OK; i++) {
         const ckpt_tensor *ct = &tl->t[i];
         size_t count = 1;
@@ -460,8 +512,9 @@ static void model_tensor_names(const trainer *t, char *buf, size_t n) {
     }
 }
 
-// Every entry of --init-exclude names a layer with tensors, or one tensor, of this model.
-static int exclude_check(const trainer *t, const char *list) {
+// Every entry of --init-exclude names a layer with tensors, or one tensor, of this model or of the file (a layer
+// the new model drops).
+static int exclude_check(const trainer *t, const ckpt_file *f, const char *list) {
     int nt = model_tensors(t);
     for (const char *s = list; *s || s == list;) {
         size_t k = strcspn(s, ",");
@@ -471,14 +524,45 @@ static int exclude_check(const trainer *t, const char *list) {
             model_tensor(t, i, &ti);
             found = entry_is(s, k, ti.layer, ti.name);
         }
+        for (int i = 0; i < ckpt_n_tensors(f) && !found; i++) {
+            const char *name = ckpt_tensor_name(f, i);
+            const char *dot = strrchr(name, '.');
+            found = (strlen(name) == k && strncmp(s, name, k) == 0) ||
+                    (dot && (size_t)(dot - name) == k && strncmp(s, name, k) == 0);
+        }
         if (!found) {
             char names[1024];
             model_tensor_names(t, names, sizeof names);
-            return ERR(ST_INPUT, "--init-exclude: '%.*s' names no layer or tensor of the model of %s (its tensors: %s)",
-                       (int)k, s, t->cfg->path, names);
+            return ERR(ST_INPUT, "--init-exclude: '%.*s' names no layer or tensor of the model of %s (its tensors: %s) "
+                                 "nor of %s", (int)k, s, t->cfg->path, names, ckpt_path(f));
         }
         if (!s[k]) break;
         s += k + 1;
+    }
+    return ST_OK;
+}
+
+// Every model tensor of the file (optimizer state "optim.*" aside) is one the model reads, unless --init-exclude
+// names it or its layer.
+static int weights_tensors_used(const trainer *t, const ckpt_file *f, const char *exclude, const char *use) {
+    const int nt = model_tensors(t);
+    for (int i = 0; i < ckpt_n_tensors(f); i++) {
+        const char *name = ckpt_tensor_name(f, i);
+        if (strncmp(name, "optim.", 6) == 0) continue;
+        int known = 0;
+        for (int k = 0; k < nt && !known; k++) {
+            tensor_info ti;
+            model_tensor(t, k, &ti);
+            known = strcmp(ti.name, name) == 0;
+        }
+        if (known || !exclude) {
+            if (!known) return tensor_unused(t, f, name, use);
+            continue;
+        }
+        char layer[96];
+        const char *dot = strrchr(name, '.');
+        snprintf(layer, sizeof layer, "%.*s", dot ? (int)(dot - name) : (int)strlen(name), name);
+        if (!listed(exclude, layer, name)) return tensor_unused(t, f, name, use);
     }
     return ST_OK;
 }
@@ -487,9 +571,14 @@ static int exclude_check(const trainer *t, const char *list) {
 // (else ST_INPUT naming the tensor and both shapes); a file holding none of them is "nothing matching". Excluded
 // tensors keep their initial values.
 int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total) {
-    if (exclude) TRY(exclude_check(t, exclude));
     ckpt_file *f = NULL;
     TRY(ckpt_load(path, &f));
+    const char *use = t->o->eval_path ? "--eval" : t->o->predict_path ? "--predict" : "--init-from";
+    int st0 = exclude ? exclude_check(t, f, exclude) : ST_OK;
+    if (st0 != ST_OK) {
+        ckpt_free(f);
+        return st0;
+    }
     const size_t n = t->m.n_params;
     const int nt = model_tensors(t);
     float *host = malloc(n * sizeof(float)), *state = NULL;
@@ -511,6 +600,7 @@ int train_weights_load(trainer *t, const char *path, const char *exclude, int *l
         st = ERR(ST_INPUT, "%s: none of the model's tensors (%s) is in this file: nothing matching to load "
                            "(a checkpoint of another model?)", path, names);
     }
+    if (st == ST_OK) st = weights_tensors_used(t, f, exclude, use);
     for (int i = 0; i < nt && st == ST_OK; i++) {
         tensor_info ti;
         size_t count = 1;

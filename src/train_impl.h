@@ -96,6 +96,8 @@ typedef struct trainer {
     int K;                      // net.accum_steps: micro-batches per optimizer step
     float *acc_grads;           // K > 1: the sum of the first K - 1 micro-batches' gradients
     long long launches;         // bucket all-reduces launched this epoch (metrics allreduces_per_step)
+    int32_t *d_param_bad;       // [0]: non-finite parameters after the step's update (counted inside the step, also
+                                // in a graph); [1]: scratch for naming the layer (train_params_check)
     double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
     double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
     double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
@@ -179,3 +181,8 @@ int train_augment_setup(trainer *t, int training);  // [data] augmentation: gath
 int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
 int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
 int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks
+// The parameters after the last update are all finite; else ST_DIVERGED (collective: the replicas are equal)
+// naming the step and the first layer with non-finite values. Before every save and after each checked step.
+int train_params_check(trainer *t);
+// --eval / --predict stopped by a signal after `done` of `total` samples: ST_INTERRUPTED, agreed (exit 5).
+int train_use_stopped(const trainer *t, int done, int total);

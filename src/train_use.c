@@ -161,21 +161,28 @@ static int use_eval(trainer *t, train_result *res) {
 
 // One CSV row per image: index, top class (the first largest logit, as evaluation counts), then the softmax
 // probabilities. The backend's softmax op yields the loss and its gradient, not the probabilities, so they are
-// computed here from the backend's logits, in double, with the same max shift.
+// computed here from the backend's logits, in double, with the same max shift. A row of non-finite logits (a
+// checkpoint whose weights overflow on these images) is refused: no row of NaN is ever written. A stop signal
+// ends it between batches (exit 5).
 static int predict_rows(trainer *t, FILE *f) {
-    const backend_ops *o = t->be.ops;
     const int k = t->m.classes, n = t->test.n, eb = t->m.max_batch;
     fprintf(f, "index,class");
     for (int c = 0; c < k; c++) fprintf(f, ",p%d", c);
     fprintf(f, "\n");
     for (int i = 0; i < n; i += eb) {
+        if (g_stop_requested) return train_use_stopped(t, i, n);
         int cnt = n - i < eb ? n - i : eb;
-        TRY(o->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems, t->d_aug_eval,
-                      t->m.x, t->m.labels));
+        TRY(t->be.ops->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems,
+                              t->d_aug_eval, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, cnt, 0));
         TRY(logits_download(t, cnt));
         for (int j = 0; j < cnt; j++) {
             const float *z = t->h_logits + (size_t)j * k;
+            for (int c = 0; c < k; c++)
+                if (!isfinite(z[c]))
+                    return ERR(ST_INPUT, "--predict %s: the model gives a non-finite logit (%s, class %d) for image %d of "
+                                         "%s; refusing to write predictions", t->o->predict_path,
+                               isnan(z[c]) ? "NaN" : "Inf", c, i + j, t->o->images_path);
             const int best = logits_argmax(z, k);
             double sum = 0;
             for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
@@ -187,14 +194,21 @@ static int predict_rows(trainer *t, FILE *f) {
     return ST_OK;
 }
 
-// To --out through a temp file in the same directory and a rename: a failure leaves no partial CSV (and an
-// existing one as it was). Without --out, to stdout (main prints nothing else there).
+// To --out through a temp file in the same directory and a rename, to stdout through memory: a failure leaves no
+// partial CSV (and an existing one as it was).
 static int use_predict(trainer *t) {
     const char *out = t->o->out_path;
     if (!out) {
-        TRY(predict_rows(t, stdout));
-        if (fflush(stdout) != 0) return ERR(ST_RUNTIME, "stdout: writing the predictions failed: %s", strerror(errno));
-        return ST_OK;
+        char *text = NULL;
+        size_t size = 0;
+        FILE *m = open_memstream(&text, &size);
+        if (!m) return ERR(ST_RUNTIME, "out of host memory for the predictions");
+        int st = predict_rows(t, m);
+        if (fclose(m) != 0 && st == ST_OK) st = ERR(ST_RUNTIME, "out of host memory for the predictions");
+        if (st == ST_OK && (fwrite(text, 1, size, stdout) != size || fflush(stdout) != 0))
+            st = ERR(ST_RUNTIME, "stdout: writing the predictions failed: %s", strerror(errno));
+        free(text);
+        return st;
     }
     char tmp[CFG_PATH_MAX + 64];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", out, (int)getpid()) >= (int)sizeof tmp)
