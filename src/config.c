@@ -319,6 +319,14 @@ typedef struct parse_state {
     unsigned long long seen_global[4];
     unsigned seen_layer;
     int seen_sect[4];    // line where [net]/[data]/[parallel] appeared (0: not yet)
+    int cont;            // the reader's last line continues the value before it (starts with blanks, not blank)
+    struct {             // a quoted value whose closing quote is on a later line (config_print splits long ones)
+        int open;
+        int ki, line;    // its key (as key_lookup found it) and the line of that key
+        char key[64];
+        char *buf;       // decoded so far
+        size_t len, cap;
+    } quote;
 } parse_state;
 
 static int fail(parse_state *ps, int st) {
@@ -376,6 +384,131 @@ static void open_section(parse_state *ps, const char *name) {
     ps->sect = -2;
 }
 
+// The key `name` of the section being read: its index in g_keys (global sections) or in the layer kind's keys,
+// after the checks that need no value (a section first, a known key, not repeated).
+static int key_lookup(parse_state *ps, const char *name, const char *where, int *ki) {
+    if (ps->sect == -1) return ERR(ST_INPUT, "%s: key '%s' before any section", where, name);
+    if (ps->sect > 0) {
+        *ki = find_key(ps->sect, name);
+        if (*ki < 0) return ERR(ST_INPUT, "%s: unknown key '%s' in [%s]", where, name, g_sect_names[ps->sect]);
+        unsigned long long bit = 1ull << *ki;
+        if (ps->seen_global[ps->sect] & bit)
+            return ERR(ST_INPUT, "%s: key '%s' repeated in [%s]", where, name, g_sect_names[ps->sect]);
+        ps->seen_global[ps->sect] |= bit;
+        return ST_OK;
+    }
+    const layer_cfg *l = &ps->cfg->layers[ps->layer];
+    const char *sect = layer_kind_of(l->type)->section;
+    *ki = find_layer_key(l, name);
+    if (*ki == -1) return ERR(ST_INPUT, "%s: unknown key '%s' in [%s] (layer '%s')", where, name, sect, l->name);
+    unsigned bit = 1u << (*ki + 2);  // name is -2
+    if (ps->seen_layer & bit)
+        return ERR(ST_INPUT, "%s: key '%s' repeated in [%s] (layer '%s')", where, name, sect, l->name);
+    ps->seen_layer |= bit;
+    return ST_OK;
+}
+
+// The value of the key key_lookup found. A quoted "" empties a string key (config_print writes an emptied data
+// path so); an empty value without quotes is refused as before.
+static int key_assign(parse_state *ps, int ki, const char *value, int quoted, const char *where) {
+    net_config *cfg = ps->cfg;
+    if (ps->sect == 0) return set_layer_key(cfg, &cfg->layers[ps->layer], ki, value, where);
+    const key_def *k = &g_keys[ki];
+    if (quoted && !*value && k->type == K_STR && !k->choices) {
+        *((char *)cfg + k->off) = '\0';
+        return ST_OK;
+    }
+    return set_key(cfg, k, value, where);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Quoted values: "..." with the escapes \\ \" \n \t \xHH, continued over lines that start with blanks until
+// the closing quote (config_print writes them; a plain value is taken as it is).
+
+static int quote_unclosed(parse_state *ps, const char *before) {
+    return ERR(ST_INPUT, "%s:%d: key '%s': quoted value not closed before %s (a closing \" is missing)",
+               ps->cfg->path, ps->quote.line, ps->quote.key, before);
+}
+
+static int quote_append(parse_state *ps, char c) {
+    if (ps->quote.len == ps->quote.cap) {
+        size_t cap = ps->quote.cap ? 2 * ps->quote.cap : 256;
+        char *buf = realloc(ps->quote.buf, cap);
+        if (!buf) return ERR(ST_RUNTIME, "%s: out of memory reading a quoted value", ps->cfg->path);
+        ps->quote.buf = buf, ps->quote.cap = cap;
+    }
+    ps->quote.buf[ps->quote.len++] = c;
+    return ST_OK;
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+// One line's piece of the open quoted value, decoded onto what came before; *closed when it ends with the
+// closing quote.
+static int quote_decode(parse_state *ps, const char *s, const char *where, int *closed) {
+    const char *key = ps->quote.key;
+    *closed = 0;
+    for (; *s; s++) {
+        char c = *s;
+        if (c == '"') {  // then nothing, or a comment (libinih leaves " ;..." on a continuation line)
+            const char *t = s + 1;
+            while (isspace((unsigned char)*t)) t++;
+            if (*t && !(*t == ';' && t > s + 1))
+                return ERR(ST_INPUT, "%s: key '%s': text after the closing quote", where, key);
+            *closed = 1;
+            return ST_OK;
+        }
+        if (c == '\\') {
+            c = *++s;
+            if (c == 'x') {
+                int hi = s[1] ? hex_digit(s[1]) : -1, lo = hi >= 0 ? hex_digit(s[2]) : -1;
+                if (hi < 0 || lo < 0 || (hi | lo) == 0)
+                    return ERR(ST_INPUT, "%s: key '%s': bad \\x escape in a quoted value (two hex digits, not 00)",
+                               where, key);
+                c = (char)(hi * 16 + lo), s += 2;
+            } else if (c == 'n' || c == 't' || c == '\\' || c == '"') {
+                c = c == 'n' ? '\n' : c == 't' ? '\t' : c;
+            } else if (!c) {
+                return ERR(ST_INPUT, "%s: key '%s': a quoted value's line ends in a backslash", where, key);
+            } else if (isprint((unsigned char)c)) {
+                return ERR(ST_INPUT, "%s: key '%s': unknown escape \\%c in a quoted value (known: %s)", where, key, c,
+                           "\\\\ \\\" \\n \\t \\xHH");
+            } else {
+                return ERR(ST_INPUT, "%s: key '%s': unknown escape (a backslash before byte 0x%02x) in a quoted value",
+                           where, key, (unsigned char)c);
+            }
+        }
+        TRY(quote_append(ps, c));
+    }
+    return ST_OK;
+}
+
+// The next piece of the open quoted value; at its closing quote, the key is set to the whole.
+static int quote_continue(parse_state *ps, const char *piece, const char *where) {
+    int closed = 0;
+    TRY(quote_decode(ps, piece, where, &closed));
+    if (!closed) return ST_OK;
+    ps->quote.open = 0;
+    TRY(quote_append(ps, '\0'));
+    char key_where[CFG_PATH_MAX + 32];
+    snprintf(key_where, sizeof key_where, "%s:%d", ps->cfg->path, ps->quote.line);
+    return key_assign(ps, ps->quote.ki, ps->quote.buf, 1, key_where);
+}
+
+static int quote_start(parse_state *ps, const char *name, int ki, const char *rest, const char *where) {
+    ps->quote.open = 1;
+    ps->quote.ki = ki, ps->quote.line = ps->line, ps->quote.len = 0;
+    snprintf(ps->quote.key, sizeof ps->quote.key, "%s", name);
+    return quote_continue(ps, rest, where);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// libinih's callbacks
+
 // libinih's reader: one line at a time; we see headers before libinih does.
 static char *reader(char *str, int num, void *stream) {
     parse_state *ps = stream;
@@ -405,12 +538,20 @@ static char *reader(char *str, int num, void *stream) {
     }
     memcpy(str, buf, (size_t)n + 1);
     free(buf);
+    // libinih's continuation rule: after leading blanks, anything but a comment.
+    const char *c = str;
+    while (isspace((unsigned char)*c)) c++;
+    ps->cont = c > str && *c && *c != ';' && *c != '#';
     // A header: "[name]" after optional spaces, with an optional comment after it.
     const char *p = str;
     while (*p == ' ' || *p == '\t') p++;
     if (*p == '[') {
         const char *end = strchr(p, ']');
-        if (end) {
+        if (end && ps->quote.open && !ps->err) {
+            char before[48];
+            snprintf(before, sizeof before, "the section header at line %d", ps->line);
+            ps->err = quote_unclosed(ps, before);
+        } else if (end) {
             char name[64];
             const char *b = p + 1;
             while (b < end && isspace((unsigned char)*b)) b++;
@@ -426,46 +567,25 @@ static char *reader(char *str, int num, void *stream) {
     return str;
 }
 
+// libinih calls this for key=value lines, and for continuation lines with the key before them.
 static int handler(void *user, const char *section, const char *name, const char *value) {
     (void)section;
     parse_state *ps = user;
-    net_config *cfg = ps->cfg;
     if (ps->err) return 1;  // keep the first error only
     char where[CFG_PATH_MAX + 32];
-    snprintf(where, sizeof where, "%s:%d", cfg->path, ps->line);
-    if (ps->sect == -1) {
-        ERR(ST_INPUT, "%s: key '%s' before any section", where, name);
-        return fail(ps, ST_INPUT);
+    snprintf(where, sizeof where, "%s:%d", ps->cfg->path, ps->line);
+    int st, ki = -1;
+    if (ps->quote.open && ps->cont) {
+        st = quote_continue(ps, value, where);
+    } else if (ps->quote.open) {
+        char before[48];
+        snprintf(before, sizeof before, "the next key at line %d", ps->line);
+        st = quote_unclosed(ps, before);
+    } else {
+        st = key_lookup(ps, name, where, &ki);
+        if (st == ST_OK) st = value[0] == '"' ? quote_start(ps, name, ki, value + 1, where)
+                                              : key_assign(ps, ki, value, 0, where);
     }
-    if (ps->sect > 0) {
-        int ki = find_key(ps->sect, name);
-        if (ki < 0) {
-            ERR(ST_INPUT, "%s: unknown key '%s' in [%s]", where, name, g_sect_names[ps->sect]);
-            return fail(ps, ST_INPUT);
-        }
-        unsigned long long bit = 1ull << ki;
-        if (ps->seen_global[ps->sect] & bit) {
-            ERR(ST_INPUT, "%s: key '%s' repeated in [%s]", where, name, g_sect_names[ps->sect]);
-            return fail(ps, ST_INPUT);
-        }
-        ps->seen_global[ps->sect] |= bit;
-        int st = set_key(cfg, &g_keys[ki], value, where);
-        return st == ST_OK ? 1 : fail(ps, st);
-    }
-    layer_cfg *l = &cfg->layers[ps->layer];
-    const char *sect = layer_kind_of(l->type)->section;
-    int ki = find_layer_key(l, name);
-    if (ki == -1) {
-        ERR(ST_INPUT, "%s: unknown key '%s' in [%s] (layer '%s')", where, name, sect, l->name);
-        return fail(ps, ST_INPUT);
-    }
-    unsigned bit = 1u << (ki + 2);  // name is -2
-    if (ps->seen_layer & bit) {
-        ERR(ST_INPUT, "%s: key '%s' repeated in [%s] (layer '%s')", where, name, sect, l->name);
-        return fail(ps, ST_INPUT);
-    }
-    ps->seen_layer |= bit;
-    int st = set_layer_key(cfg, l, ki, value, where);
     return st == ST_OK ? 1 : fail(ps, st);
 }
 
@@ -496,7 +616,9 @@ static int config_parse(net_config *cfg, FILE *f) {
     int r = ini_parse_stream(reader, &ps, handler, &ps);
     int read_err = ferror(f);
     fclose(f);
+    free(ps.quote.buf);
     if (ps.err) return ps.err;
+    if (ps.quote.open) return quote_unclosed(&ps, "the end of the text");
     if (read_err) return ERR(ST_INPUT, "%s: read error", path);
     if (r > 0) return ERR(ST_INPUT, "%s:%d: not an INI line (expected [section] or key=value)", path, r);
     if (r < 0) return ERR(ST_RUNTIME, "%s: config parser failed (%d)", path, r);
@@ -752,6 +874,80 @@ int config_validate(const net_config *cfg) {
 // ---------------------------------------------------------------------------------------------------------
 // Printing
 
+// A checkpoint stores config_print's text and reads it back, so every string value must survive the INI line
+// rules: the reader refuses lines over 198 characters, libinih strips blanks at both ends, cuts at " ;", and
+// a line starting with '#' or ';' is a comment, with '[' a header. A value clear of all that is written as it
+// is (so ordinary configs print as before); any other goes in double quotes with C escapes, split over
+// continuation lines (a line starting with blanks continues the value) when long.
+#define PLAIN_LINE_MAX 160  // a key=value line written verbatim is at most this long
+#define PIECE_MAX 120       // escaped characters of a quoted value per line (+ 3 per escaped line edge)
+
+// Characters that may appear verbatim in a plain value (and in a quoted one, with bytes >= 0x80, but for
+// its line edges).
+static int char_plain(unsigned char c) {
+    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\' && c != ';' && c != '#';
+}
+
+static int text_plain(const char *s) {
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n; i++)
+        if (!char_plain((unsigned char)s[i])) return 0;
+    return n == 0 || (s[0] != ' ' && s[0] != '[' && s[n - 1] != ' ');
+}
+
+// c as it stands in a quoted value, into out (at most 4 characters); returns the length. At the edge of a line
+// a blank would be stripped and '[' read as a header, and bytes >= 0x80 are escaped there too (so no line
+// starts or ends inside a UTF-8 sequence, whatever the locale's isspace says of them).
+static int char_escape(unsigned char c, int edge, char out[5]) {
+    const char *named = c == '\\' ? "\\\\" : c == '"' ? "\\\"" : c == '\n' ? "\\n" : c == '\t' ? "\\t" : NULL;
+    if (named) return snprintf(out, 5, "%s", named);
+    int raw = c >= 0x80 ? !edge : char_plain(c) && !(edge && (c == ' ' || c == '['));
+    if (!raw) return snprintf(out, 5, "\\x%02x", c);
+    return snprintf(out, 5, "%c", c);
+}
+
+// s in double quotes; when long, each further line of it starts with `cont` ("  " for a value, "#   " in a
+// comment). An escape is never split between lines.
+static void quoted_write(FILE *f, const char *s, const char *cont) {
+    const unsigned char *u = (const unsigned char *)s;
+    size_t n = strlen(s), len = 0;  // len: characters on the current line of the value
+    char esc[5];
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        int first = i > 0 && len == 0;
+        len += (size_t)char_escape(u[i], 0, esc);
+        int last = i + 1 < n && len + (size_t)char_escape(u[i + 1], 0, esc) > PIECE_MAX;
+        char_escape(u[i], first || last, esc);
+        fputs(esc, f);
+        if (last) fprintf(f, "\n%s", cont), len = 0;
+    }
+    fputc('"', f);
+}
+
+// name=value for a string key: verbatim when it reads back the same, else quoted.
+static void print_string(FILE *f, const char *name, const char *v) {
+    if (*v && text_plain(v) && strlen(name) + 1 + strlen(v) <= PLAIN_LINE_MAX) {
+        fprintf(f, "%s=%s\n", name, v);
+        return;
+    }
+    fprintf(f, "%s=", name);
+    quoted_write(f, v, "  ");
+    fputc('\n', f);
+}
+
+// The first line names the file; it is a comment (never read back), but a long or odd name must not break
+// the lines after it.
+static void print_origin(FILE *f, const char *path) {
+    static const char head[] = "# effective configuration of ";
+    if (text_plain(path) && sizeof head - 1 + strlen(path) <= PLAIN_LINE_MAX) {
+        fprintf(f, "%s%s\n", head, path);
+        return;
+    }
+    fputs(head, f);
+    quoted_write(f, path, "#   ");
+    fputc('\n', f);
+}
+
 // The shortest of 15..17 digits that reads back as the same double: a printed config reruns exactly.
 static void print_double(FILE *f, const char *name, double v) {
     char num[40];
@@ -761,7 +957,11 @@ static void print_double(FILE *f, const char *name, double v) {
 }
 
 void config_print(const net_config *cfg, FILE *f) {
-    fprintf(f, "# effective configuration of %s\n", cfg->path);
+    print_origin(f, cfg->path);
+    // An empty string is left out when that reads back as the same (its default is empty: an unset net.steps);
+    // one whose default is not (a data path) is written as "". Without memory for the defaults: "" always.
+    net_config *def = malloc(sizeof *def);
+    if (def) config_defaults(def);
     int cur = 0;
     for (int i = 0; i < N_KEYS; i++) {
         const key_def *k = &g_keys[i];
@@ -779,8 +979,8 @@ void config_print(const net_config *cfg, FILE *f) {
             break;
         }
         case K_U64: fprintf(f, "%s=%llu\n", k->name, (unsigned long long)*(const uint64_t *)base); break;
-        case K_STR:  // an unset list (net.steps, net.no_decay) is left out: an empty value does not read back
-            if (*base) fprintf(f, "%s=%s\n", k->name, base);
+        case K_STR:
+            if (*base || (!k->choices && (!def || *((const char *)def + k->off)))) print_string(f, k->name, base);
             break;
         case K_ENUM: {
             int idx = *(const int *)base - (k->enum_base0 ? 0 : 1);
@@ -795,10 +995,12 @@ void config_print(const net_config *cfg, FILE *f) {
         }
         }
     }
+    free(def);
     for (int i = 0; i < cfg->n_layers; i++) {
         const layer_cfg *l = &cfg->layers[i];
         const layer_kind *k = layer_kind_of(l->type);
-        fprintf(f, "\n[%s]\nname=%s\n", k->section, l->name);
+        fprintf(f, "\n[%s]\n", k->section);
+        print_string(f, "name", l->name);
         for (int j = 0; j < k->n_keys; j++) {
             const layer_key *key = &k->keys[j];
             const char *fld = (const char *)l + key->off;

@@ -6,13 +6,19 @@
 //   then one section per layer, in order, of the kinds in the layer registry (src/layers/kinds.def): [conv]
 //   [maxpool] [dense] [softmax] [flatten] (optional: a [dense] after a spatial layer flattens its input) ...
 //
+// A value in double quotes is decoded (escapes \\ \" \n \t \xHH) and may go on over following lines that
+// start with blanks until its closing quote; config_print writes so every string the INI rules would alter (a
+// ';', '#', blanks at an end, control bytes, a line over the reader's limit), so any string value reads back.
+//
 // Every key has a documented default (README "Configuration"). Unknown sections or keys, missing required
 // keys, bad values and impossible shapes are ST_INPUT errors naming file, section (with its line) and key.
 #pragma once
 #include <stdint.h>
 #include <stdio.h>
 
-#define CFG_PATH_MAX 1024
+// A path field: any Linux path (PATH_MAX 4096 with its NUL) and a suffix, as in cfg->path's
+// "<checkpoint> (its stored config)". Sized fields of net_config and stack buffers use it: keep an eye on both.
+#define CFG_PATH_MAX (4096 + 64)
 #define CFG_MAX_LAYERS 128
 #define CFG_NAME_MAX 32
 

@@ -1,5 +1,6 @@
 // test_config.c — the INI parser: the ready configs, defaults, layers, --set, and every class of bad input
 // (unknown section/key, repeated key, missing key, bad value, impossible shape) with file/section/key named.
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -316,6 +317,227 @@ static void test_text_round_trips(void **state) {
     err_clear();
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// String values in a checkpoint's stored configuration: any bytes, any length a field holds, and a config path
+// of any length, come back byte for byte from config_print -> config_load_text.
+
+static char *print_text(const net_config *cfg) {
+    char *t = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&t, &n);
+    assert_non_null(f);
+    config_print(cfg, f);
+    fclose(f);
+    return t;
+}
+
+// Every line of printed text stays well inside the reader's 198 characters.
+static void expect_short_lines(const char *text) {
+    for (const char *s = text; *s;) {
+        size_t len = strcspn(s, "\n");
+        if (len >= 160) fail_msg("a printed line of %zu characters: %.60s...", len, s);
+        s += len + (s[len] == '\n');
+    }
+}
+
+// The string fields of net_config (backend and comm are choices: never arbitrary).
+static const struct {
+    const char *key;
+    size_t off, size;
+} g_str_fields[] = {
+#define STR_FIELD(k, f) {k, offsetof(net_config, f), sizeof(((net_config *)0)->f)}
+    STR_FIELD("train_images", train_images), STR_FIELD("train_labels", train_labels),
+    STR_FIELD("test_images", test_images),   STR_FIELD("test_labels", test_labels),
+    STR_FIELD("cifar_dir", cifar_dir),       STR_FIELD("steps", lr_steps),
+    STR_FIELD("no_decay", no_decay),         STR_FIELD("mean", mean),
+    STR_FIELD("std", std),                   STR_FIELD("path", path),
+#undef STR_FIELD
+};
+#define N_STR_FIELDS (sizeof g_str_fields / sizeof g_str_fields[0])
+
+static uint64_t rng_next(uint64_t *s) {  // splitmix64
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// Random text of 0..max bytes, heavy in what the INI rules treat specially: blanks at either end, " ;", '#',
+// '=', quotes, backslashes, '[', control bytes, UTF-8, any byte 1..255.
+static void random_text(uint64_t *rng, char *out, size_t max) {
+    static const char special[] = " ;#=\"\\[]:\t\n\r\v\f";
+    static const char *utf8[] = {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xc2\xa0"};
+    uint64_t mode = rng_next(rng) % 4;
+    size_t len = mode == 0   ? rng_next(rng) % 9
+                 : mode == 1 ? rng_next(rng) % 200
+                 : mode == 2 ? rng_next(rng) % (max + 1)
+                             : max;
+    size_t i = 0;
+    while (i < len) {
+        uint64_t r = rng_next(rng);
+        switch (r % 8) {
+        case 3: out[i++] = special[(r >> 8) % (sizeof special - 1)]; break;
+        case 4: out[i++] = (char)(1 + (r >> 8) % 255); break;
+        case 5:
+            for (const char *u = utf8[(r >> 8) % 4]; *u && i < len; u++) out[i++] = *u;
+            break;
+        case 6:
+            out[i++] = ' ';
+            if (i < len) out[i++] = ';';
+            break;
+        case 7: out[i++] = ' '; break;
+        default: out[i++] = "abcxyz019/_.-"[(r >> 8) % 13]; break;
+        }
+    }
+    out[len] = '\0';
+    uint64_t edge = rng_next(rng) % 4;
+    if (len && edge == 1) out[0] = ' ';
+    if (len && edge == 2) out[len - 1] = ' ';
+}
+
+// print -> load_text (same origin) -> print: the same text, and every string field as it was set.
+static void expect_strings_round_trip(const net_config *a, const char *what) {
+    static net_config b;
+    char *t1 = print_text(a);
+    expect_short_lines(t1);
+    err_clear();
+    if (config_load_text(t1, a->path, &b) != ST_OK) fail_msg("%s: %s\n--\n%s--", what, err_msg(), t1);
+    char *t2 = print_text(&b);
+    if (strcmp(t1, t2) != 0) fail_msg("%s: printed text changes when read back:\n--\n%s--\n%s--", what, t1, t2);
+    for (size_t i = 0; i < N_STR_FIELDS; i++) {
+        const char *x = (const char *)a + g_str_fields[i].off, *y = (const char *)&b + g_str_fields[i].off;
+        if (strcmp(x, y) != 0) fail_msg("%s: %s changes (%zu -> %zu bytes)", what, g_str_fields[i].key, strlen(x),
+                                        strlen(y));
+    }
+    free(t1);
+    free(t2);
+}
+
+static void load_ready_config(net_config *cfg) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/configs/fashion_mnist_cnn.cfg", DDP_SOURCE_DIR);
+    err_clear();
+    if (config_load(path, cfg) != ST_OK) fail_msg("%s: %s", path, err_msg());
+}
+
+static void test_string_values_round_trip(void **state) {
+    (void)state;
+    static net_config base, a;
+    load_ready_config(&base);
+    uint64_t rng = 20240611;
+    for (int it = 0; it < 400; it++) {
+        a = base;
+        for (size_t i = 0; i < N_STR_FIELDS; i++) {
+            size_t max = g_str_fields[i].size - 1;
+            random_text(&rng, (char *)&a + g_str_fields[i].off, max < 4095 ? max : 4095);
+        }
+        char what[32];
+        snprintf(what, sizeof what, "iteration %d", it);
+        expect_strings_round_trip(&a, what);
+    }
+}
+
+static void test_string_values_explicit(void **state) {
+    (void)state;
+    static net_config a, b;
+    load_ready_config(&a);
+    // A 4000-character data path and config path: split over lines, every line short.
+    size_t n = 0;
+    for (; n < 4000; n++) a.cifar_dir[n] = "/data/deep/0123456789"[n % 21];
+    a.cifar_dir[n] = '\0';
+    memcpy(a.path, a.cifar_dir, n + 1);
+    a.path[7] = ' ';
+    expect_strings_round_trip(&a, "4000-character paths");
+    char *t = print_text(&a);
+    assert_non_null(strstr(t, "\ncifar_dir=\"/data/deep/"));
+    assert_non_null(strstr(t, "\n#   "));
+    free(t);
+    // " ;" (libinih's inline comment), a newline, blanks at both ends, '[' first, an emptied data path.
+    load_ready_config(&a);
+    snprintf(a.train_images, sizeof a.train_images, "/data/train images ;comment");
+    snprintf(a.test_images, sizeof a.test_images, "line one\nline two");
+    snprintf(a.test_labels, sizeof a.test_labels, " [x] # y ");
+    a.train_labels[0] = '\0';
+    expect_strings_round_trip(&a, "odd values");
+    t = print_text(&a);
+    assert_non_null(strstr(t, "\ntrain_images=\"/data/train images \\x3bcomment\"\n"));
+    assert_non_null(strstr(t, "\ntest_images=\"line one\\nline two\"\n"));
+    assert_non_null(strstr(t, "\ntest_labels=\" [x] \\x23 y \"\n"));
+    assert_non_null(strstr(t, "\ntrain_labels=\"\"\n"));
+    free(t);
+    // Written by hand: escapes, continuation lines, escaped blanks at a line's edges, a quoted layer name.
+    const char *text = NET "[data]\ntrain_images=\"/x/\\x3b y\\\\z\\t\"\ntest_images=\"/long/\n  part2\n"
+                           "  \\x20part3 \\x5b\" ; a comment\n[conv]\nname=\"stem\"\nfilters=2\n[dense]\nunits=10\n"
+                           "[softmax]\n";
+    err_clear();
+    if (config_load_text(text, "hand (its stored config)", &b) != ST_OK) fail_msg("%s", err_msg());
+    assert_string_equal(b.train_images, "/x/; y\\z\t");
+    assert_string_equal(b.test_images, "/long/part2 part3 [");
+    assert_string_equal(b.layers[0].name, "stem");
+    // Unquoted values are as before: taken as they are, an empty one refused.
+    assert_int_equal(config_load_text(NET "[data]\ntrain_images=a\\x3b\n" LAYERS, "t", &b), ST_OK);
+    assert_string_equal(b.train_images, "a\\x3b");
+    expect_load_error("q_empty.cfg", NET "[data]\ntrain_images=\n" LAYERS, "q_empty.cfg:6", "empty value");
+}
+
+// Quoted values that are wrong: named by file, line and key.
+static void test_quoted_value_errors(void **state) {
+    (void)state;
+    expect_load_error("q_next_key.cfg", NET "[data]\ntrain_images=\"/abc\n  def\nflip=1\n" LAYERS,
+                      "q_next_key.cfg:6: key 'train_images': quoted value not closed", "next key at line 8");
+    expect_load_error("q_header.cfg", NET "[data]\ntrain_images=\"/abc\n[parallel]\n" LAYERS,
+                      "q_header.cfg:6: key 'train_images': quoted value not closed", "section header at line 7");
+    expect_load_error("q_end.cfg", NET LAYERS "name=\"abc\n  def\n", "q_end.cfg:", "key 'name': quoted value not "
+                      "closed before the end of the text");
+    expect_load_error("q_escape.cfg", NET "[data]\ntrain_images=\"a\\qb\"\n" LAYERS,
+                      "q_escape.cfg:6: key 'train_images': unknown escape \\q", NULL);
+    expect_load_error("q_escape2.cfg", NET "[data]\ntrain_images=\"abc\n  d\\x4g\"\n" LAYERS,
+                      "q_escape2.cfg:7: key 'train_images': bad \\x escape", NULL);
+    expect_load_error("q_nul.cfg", NET "[data]\ntrain_images=\"a\\x00\"\n" LAYERS, "q_nul.cfg:6", "bad \\x escape");
+    expect_load_error("q_backslash.cfg", NET "[data]\ntrain_images=\"abc\\\n  def\"\n" LAYERS, "q_backslash.cfg:6",
+                      "ends in a backslash");
+    expect_load_error("q_after.cfg", NET "[data]\ntrain_images=\"a\"b\n" LAYERS, "q_after.cfg:6",
+                      "text after the closing quote");
+    expect_load_error("q_after2.cfg", NET "[data]\ntrain_images=\"a\n  b\";c\n" LAYERS, "q_after2.cfg:7",
+                      "text after the closing quote");
+    char big[600];  // 260 characters over two lines: longer than net.steps holds
+    snprintf(big, sizeof big, NET "steps=\"%0130d\n  %0130d\"\n" LAYERS, 1, 2);
+    expect_load_error("q_size.cfg", big, "q_size.cfg:5: net.steps: value longer than 255", NULL);
+    // Decoded values meet the same checks as plain ones.
+    expect_load_error("q_choice.cfg", NET "backend=\"tpu\"\n" LAYERS, "q_choice.cfg:5: net.backend: 'tpu'", NULL);
+    expect_load_error("q_name.cfg", NET "[conv]\nname=\"a b\"\nfilters=2\n[dense]\nunits=10\n[softmax]\n",
+                      "q_name.cfg:6: [conv] name: 'a b' is not a name", NULL);
+    // A continuation line that continues no quoted value: the same key again, as before.
+    expect_load_error("q_cont.cfg", NET "batch=3\n  4\n" LAYERS, "q_cont.cfg:6: key 'batch' repeated", NULL);
+    expect_load_error("q_cont2.cfg", NET "[data]\ntrain_images=\"a\"\n  \"b\"\n" LAYERS,
+                      "q_cont2.cfg:7: key 'train_images' repeated", NULL);
+}
+
+// The ready configs print plainly, as they always did: no quotes, no continuation lines.
+static void test_ready_configs_print_plainly(void **state) {
+    (void)state;
+    const char *names[] = {"fashion_mnist_cnn.cfg", "mnist_cnn.cfg", "cifar10_cnn.cfg", "fashion_mnist_cnn_cuda.cfg",
+                           "cifar10_resnet.cfg", "fashion_resnet.cfg", "resnet_small.cfg", "resnet_small_bn.cfg"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        static net_config cfg;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/configs/%s", DDP_SOURCE_DIR, names[i]);
+        err_clear();
+        if (config_load(path, &cfg) != ST_OK) fail_msg("%s: %s", path, err_msg());
+        char *t = print_text(&cfg);
+        if (strchr(t, '"') || strstr(t, "\n ")) fail_msg("%s prints a quoted value:\n%s", names[i], t);
+        char first[1100];
+        snprintf(first, sizeof first, "# effective configuration of %s\n[net]\n", path);
+        assert_int_equal(strncmp(t, first, strlen(first)), 0);
+        if (i == 0) {
+            assert_non_null(strstr(t, "\nbatch=64\n"));
+            assert_non_null(strstr(t, "\ntrain_images=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz\n"));
+            assert_non_null(strstr(t, "\n[conv]\nname=conv1\n"));
+        }
+        free(t);
+    }
+}
+
 // Config text with the layer kinds of issue 14 part 3: it validates, and print -> load_text -> print is the same
 // text (every key of every kind round-trips).
 static void expect_text_round_trip(const char *what, const char *ini) {
@@ -492,7 +714,9 @@ int main(void) {
         cmocka_unit_test(test_text_round_trips),    cmocka_unit_test(test_leaky_and_bias),
         cmocka_unit_test(test_shortcut),           cmocka_unit_test(test_route),
         cmocka_unit_test(test_dropout),            cmocka_unit_test(test_avgpool),
-        cmocka_unit_test(test_augment_keys),
+        cmocka_unit_test(test_augment_keys),       cmocka_unit_test(test_string_values_round_trip),
+        cmocka_unit_test(test_string_values_explicit), cmocka_unit_test(test_quoted_value_errors),
+        cmocka_unit_test(test_ready_configs_print_plainly),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
