@@ -369,7 +369,17 @@ static char *run_description(const net_config *cfg, const train_opts *o) {
         }
         free(ini);
     }
-    fprintf(f, "[run]\nsteps=%lld\nresume=%s\n", o->max_steps, o->resume_path ? "yes" : "no");
+    // The run options that decide which collectives, saves and evaluations run: an MPMD launch where they differ
+    // would leave ranks in different collectives (MPI_ERR_TRUNCATE, or a watchdog timeout) -- refused by name.
+    const struct {
+        const char *opt;
+        int given;
+    } run[] = {{"--resume", o->resume_path != NULL}, {"--save", o->save_path != NULL}, {"--keep-best", o->keep_best},
+               {"--metrics", o->metrics_path != NULL}, {"--trace", o->trace_dir != NULL},
+               {"--init-from", o->init_from != NULL}, {"--eval", o->eval_path != NULL},
+               {"--predict", o->predict_path != NULL}, {"--baseline", o->baseline_path != NULL}};
+    fprintf(f, "[options]\n--steps=%lld\n--save-every=%d\n", o->max_steps, o->save_every);
+    for (size_t i = 0; i < sizeof run / sizeof run[0]; i++) fprintf(f, "%s=%s\n", run[i].opt, run[i].given ? "given" : "not given");
     fclose(f);
     return text;
 }
@@ -486,7 +496,12 @@ int main(int argc, char **argv) {
     train_result res;
     st = train_run(&cfg, &c.opts, cm, &res);
     if (st == ST_OK && !res.used) {
-        if (res.epochs_done > 0)
+        if (res.nothing_left)
+            ALWAYS0("done: nothing left to train: the checkpoint is at step %lld, %d epoch(s) done, and this run stops "
+                    "at %s %lld (raise it to train on)\n", res.steps, res.epoch,
+                    res.epoch >= cfg.epochs ? "net.epochs / --epochs" : "--steps",
+                    res.epoch >= cfg.epochs ? (long long)cfg.epochs : c.opts.max_steps);
+        else if (res.epochs_done > 0)
             ALWAYS0("done: %d epoch(s), %lld steps in %.2f s training time; test loss %.4f, test accuracy %.4f\n",
                     res.epochs_done, res.steps, res.train_s, res.test_loss, res.test_acc);
         else

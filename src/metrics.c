@@ -193,6 +193,8 @@ static cJSON *eval_json(const eval_report *r) {
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "checkpoint", r->checkpoint);
     if (r->train_epoch) cJSON_AddNumberToObject(o, "epoch", strtod(r->train_epoch, NULL));
+    if (r->train_epoch) cJSON_AddBoolToObject(o, "epoch_complete", !r->train_mid_epoch);
+    if (r->train_step) cJSON_AddNumberToObject(o, "step", strtod(r->train_step, NULL));
     cJSON_AddNumberToObject(o, "test_samples", r->samples);
     cJSON_AddNumberToObject(o, "test_loss", r->test_loss);
     cJSON_AddNumberToObject(o, "test_acc", r->test_acc);

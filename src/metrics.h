@@ -84,9 +84,11 @@ typedef struct eval_report {
     const char *backend;
     double test_loss, test_acc;
     const double *confusion;
-    // From the checkpoint's metadata (NULL when absent): the epoch it was saved after and the test figures the
+    // From the checkpoint's metadata (NULL when absent): the epoch its weights belong to (1-based: the epoch it was
+    // saved at the end of, or the one it was saved in the middle of), its global step, and the test figures the
     // training run printed then (%.17g); same_as_training: this evaluation's figures are those, bit for bit.
-    const char *train_epoch, *train_test_loss, *train_test_acc;
+    const char *train_epoch, *train_step, *train_test_loss, *train_test_acc;
+    int train_mid_epoch;        // saved in the middle of train_epoch (its test figures were never computed)
     int same_as_training;
 } eval_report;
 

@@ -38,6 +38,10 @@ typedef struct model_layer {
     int64_t w_shape[4];        // PyTorch layout: conv [k, c, r, s], dense [out, in]
     // non-trained state (running statistics): offset and count in the model's state buffer
     size_t s_off, n_s;
+    // batch statistics in training: the values per channel each sample gives (0: the layer keeps none), so a batch
+    // that gives a channel a single value is refused at set-up (train.c), not at the first step
+    int stat_values;
+    int stat_sync;             // the statistics are averaged over the ranks (sync=1)
     // activations (backend memory, sized for max_batch): output y and its gradient dy
     float *y, *dy;
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)

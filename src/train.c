@@ -16,7 +16,7 @@
 #include "checkpoint.h"
 #include "common.h"
 #include "data.h"
-#include "fileio.h"
+#include "layer.h"
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
@@ -206,6 +206,21 @@ static int sync_bn_setup(trainer *t) {
     return 1;
 }
 
+// A layer with batch statistics (batch norm) needs more than one value per channel in each training batch: batch
+// norm after a [dense] at batch 1 per rank (and no sync over ranks) is bad input, refused before the first step.
+static int batch_stats_check(const trainer *t) {
+    for (int i = 0; i < t->m.n_layers; i++) {
+        const model_layer *l = &t->m.layers[i];
+        const long long ranks = l->stat_sync ? t->world : 1;
+        if (l->stat_values > 0 && (long long)t->B * l->stat_values * ranks < 2)
+            return ERR(ST_INPUT, "%s: layer '%s' (line %d) normalises with batch statistics, but a batch of %d per rank "
+                                 "gives each channel %lld value(s); it needs at least 2 (net.batch >= 2 per rank, or "
+                                 "[%s] sync=1 over ranks)", t->cfg->path, l->name, t->cfg->layers[i].line, t->B,
+                       (long long)t->B * l->stat_values * ranks, l->kind->section);
+    }
+    return ST_OK;
+}
+
 // Set-up is collective: a failure on any rank (bad file on one node, out of memory) is agreed on, so every
 // rank returns an error instead of leaving the others waiting in a collective.
 int train_agree(trainer *t, int st) { return comm_agree(t->c, st, "set-up"); }
@@ -270,6 +285,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
     const int sync_bn = sync_bn_setup(t);
+    TRY(batch_stats_check(t));
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
     TRY(train_buckets_create(t));
@@ -738,7 +754,15 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
     // (free), every 50 on a GPU or with a graph (those steps run op by op, not from the graph).
     int check_every = t->async_backend || t->use_graph ? 50 : 1;
     long long steps_here = 0;  // steps this process has run (the ETA's pace)
-    for (; t->epoch < t->cfg->epochs && st == ST_OK; t->epoch++) {
+    const long long max_steps = t->o->max_steps;
+    // Resumed at or past the end (a finished run requeued, --epochs lowered): nothing to train, nothing saved.
+    if (t->epoch >= t->cfg->epochs || (max_steps > 0 && t->global_step >= max_steps)) {
+        res->nothing_left = 1;
+        res->epoch = t->epoch;
+    }
+    for (; t->epoch < t->cfg->epochs && st == ST_OK && !res->nothing_left; t->epoch++) {
+        // --steps reached at an epoch's end: that epoch's checkpoint (with its test figures) is the last one.
+        if (max_steps > 0 && t->global_step >= max_steps && t->step_in_epoch == 0) break;
         epoch_totals e = {0};
         if ((st = epoch_begin(t))) break;
         if ((st = epoch_train(t, scratch, check_every, &steps_here, res->train_s, &e))) break;

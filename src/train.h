@@ -37,6 +37,8 @@ typedef struct train_result {
     double train_loss, test_loss, test_acc;
     double train_s;             // wall time of all training steps
     int used;                   // the run evaluated (--eval) or predicted (--predict) instead of training
+    int nothing_left;           // resumed at or past net.epochs / --steps: nothing was trained
+    int epoch;                  // with nothing_left: the checkpoint's position (epochs done)
     float *params;              // with keep_params: host copy in the model's flat (reverse-layer) layout
     size_t n_params;
 } train_result;

@@ -238,7 +238,7 @@ int train_outputs_check(const net_config *cfg, const train_opts *o, int rank) {
         } else if (rank != 0) {
             continue;
         } else if (strcmp(f->opt, "--metrics") == 0) {
-            st = plan_check_kind(f, metrics_is_jsonl_head, "a JSON metrics file", 1);
+            st = plan_check_kind(f, metrics_is_jsonl_head, o->eval_path ? "a JSON metrics file" : "a JSON Lines metrics file", 1);
         } else if (strcmp(f->opt, "--out") == 0) {
             st = plan_check_kind(f, csv_is_head, "a predictions CSV file (header index,class,...)", 0);
         } else {  // --save and --keep-best: a checkpoint or nothing, in a directory where one can be created

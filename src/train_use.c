@@ -88,9 +88,12 @@ static int use_setup(trainer *t) {
     return ST_OK;
 }
 
-// What the checkpoint says of the run that wrote it (each "" when absent).
+// What the checkpoint says of the run that wrote it (each "" when absent). Its position is the next step's: at
+// an epoch's end "epoch" counts the epochs done, in the middle it is the 0-based epoch in progress; either way
+// `epoch` here is the 1-based epoch the weights belong to.
 typedef struct ckpt_origin {
-    char epoch[32], test_loss[64], test_acc[64], world[32];
+    char epoch[32], step[32], test_loss[64], test_acc[64], world[32];
+    int mid_epoch;
 } ckpt_origin;
 
 static void ckpt_origin_read(const char *path, ckpt_origin *co) {
@@ -100,12 +103,18 @@ static void ckpt_origin_read(const char *path, ckpt_origin *co) {
         err_clear();
         return;
     }
-    const char *keys[4] = {"epoch", "test_loss", "test_acc", "world_size"};
-    char *dst[4] = {co->epoch, co->test_loss, co->test_acc, co->world};
-    size_t size[4] = {sizeof co->epoch, sizeof co->test_loss, sizeof co->test_acc, sizeof co->world};
+    const char *keys[4] = {"global_step", "test_loss", "test_acc", "world_size"};
+    char *dst[4] = {co->step, co->test_loss, co->test_acc, co->world};
+    size_t size[4] = {sizeof co->step, sizeof co->test_loss, sizeof co->test_acc, sizeof co->world};
     for (int i = 0; i < 4; i++) {
         const char *v = ckpt_meta(f, keys[i]);
         if (v && strlen(v) < size[i]) snprintf(dst[i], size[i], "%s", v);
+    }
+    const char *e = ckpt_meta(f, "epoch"), *s = ckpt_meta(f, "step_in_epoch");
+    long ep = 0, sie = 0;
+    if (e && parse_int(e, 0, 1000000, &ep) == 0 && (!s || parse_int(s, 0, INT32_MAX, &sie) == 0)) {
+        co->mid_epoch = sie > 0;
+        snprintf(co->epoch, sizeof co->epoch, "%ld", ep + co->mid_epoch);
     }
     ckpt_free(f);
 }
@@ -115,6 +124,9 @@ static void eval_print(const trainer *t, const eval_report *r) {
     ALWAYS0("eval %s: %d test samples, %d rank(s), eval_batch %d, %s backend\n", r->checkpoint, r->samples, r->world,
             r->eval_batch, r->backend);
     ALWAYS0("test loss %.6f acc %.6f\n", r->test_loss, r->test_acc);
+    if (r->train_mid_epoch && r->train_epoch)
+        ALWAYS0("the checkpoint was saved in the middle of epoch %s (step %s): no test figures of the training run to "
+                "compare\n", r->train_epoch, r->train_step ? r->train_step : "?");
     if (r->train_test_loss)
         ALWAYS0("the training run printed for epoch %s: test loss %.6f acc %.6f -- %s\n", r->train_epoch,
                 strtod(r->train_test_loss, NULL), strtod(r->train_test_acc, NULL),
@@ -150,7 +162,8 @@ static int use_eval(trainer *t, train_result *res) {
     eval_report r = {.checkpoint = t->o->eval_path, .samples = t->test.n, .classes = t->m.classes, .world = t->world,
                      .eval_batch = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch,
                      .backend = t->be.ops->name, .test_loss = loss, .test_acc = acc, .confusion = t->confusion,
-                     .train_epoch = co.epoch[0] ? co.epoch : NULL, .train_test_loss = have ? co.test_loss : NULL,
+                     .train_epoch = co.epoch[0] ? co.epoch : NULL, .train_step = co.step[0] ? co.step : NULL,
+                     .train_mid_epoch = co.mid_epoch, .train_test_loss = have ? co.test_loss : NULL,
                      .train_test_acc = have ? co.test_acc : NULL,
                      .same_as_training = have && strcmp(mine[0], co.test_loss) == 0 && strcmp(mine[1], co.test_acc) == 0};
     if (t->rank == 0) eval_print(t, &r);

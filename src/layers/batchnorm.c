@@ -62,6 +62,8 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
     b->d = (bn_desc){.n = m->max_batch, .c = c, .hw = hw, .act = lc->act, .eps = (float)lc->eps,
                      .momentum = (float)lc->momentum};
     b->sync = lc->sync;
+    l->stat_values = hw;
+    l->stat_sync = lc->sync;
     l->n_w = (size_t)c;
     l->n_b = (size_t)c;
     l->w_ndim = 1;
