@@ -102,7 +102,7 @@ differ batch "net.batch=32" --config "$cfg" --steps 5 --batch 32
 differ bucket_kb "parallel.bucket_kb=64" --config "$cfg" --steps 5 --bucket-kb 64
 differ "data file" "data.train_labels=$tmp/labels.gz" --config "$cfg" --steps 5 --set "data.train_labels=$tmp/labels.gz"
 differ train_limit "data.train_limit=1024" --config "$cfg" --steps 5 --set data.train_limit=1024
-differ --steps "run.steps=6" --config "$cfg" --steps 6
+differ --steps "options.--steps=6" --config "$cfg" --steps 6
 differ --seed "net.seed=6" --config "$cfg" --steps 5 --seed 6
 differ --epochs "net.epochs=2" --config "$cfg" --steps 5 --epochs 2
 
