@@ -242,7 +242,8 @@ int train_outputs_check(const net_config *cfg, const train_opts *o, int rank) {
         } else if (strcmp(f->opt, "--out") == 0) {
             st = plan_check_kind(f, csv_is_head, "a predictions CSV file (header index,class,...)", 0);
         } else {  // --save and --keep-best: a checkpoint or nothing, in a directory where one can be created
-            st = plan_check_kind(f, ckpt_is_safetensors_head, "a safetensors checkpoint", 0);
+            if (strcmp(f->opt, "--save") != 0)  // (ckpt_check_target's messages name --save)
+                st = plan_check_kind(f, ckpt_is_safetensors_head, "a safetensors checkpoint", 0);
             if (st == ST_OK) st = ckpt_check_target(f->path);
         }
     }

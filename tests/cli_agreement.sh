@@ -128,7 +128,7 @@ else bad "data missing on rank 1 only: exit $rc in ${secs}s"; fi
 
 # ---- a rank stopped during start-up or training: exit 4 within comm_timeout_s (5 s) + 5 s (+ mpirun's tear-down)
 for at in 0.3 1.5 3; do
-  timeout -k 5 90 "${mpi[@]}" -np 2 "$trainer" --config "$cfg" --epochs 50 >"$tmp/err" 2>&1 &
+  timeout -k 5 90 "${mpi[@]}" -np 2 "$trainer" --config "$cfg" --epochs 1000 >"$tmp/err" 2>&1 &
   job=$!
   # both ranks started (a loaded machine may take a while), then the stop at the given time after that
   for _ in $(seq 300); do [ "$(our_pids | wc -l)" -ge 2 ] && break; sleep 0.1; done
