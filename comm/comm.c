@@ -140,6 +140,9 @@ static int slot_get(comm *c, int req, comm_req_slot **out) {
 
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req) {
     *req = -1;
+    if (c->stopped)
+        return ERR(ST_COMM, "rank %d (%s): all-reduce '%s' after the communicator was stopped by an earlier failure",
+                   c->info.rank, c->info.host, label ? label : "");
     if (buf == NULL && n > 0)
         return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s' of %zu values on a NULL buffer", c->info.rank,
                    c->info.host, label ? label : "", n);
@@ -448,6 +451,15 @@ int comm_agree_text(comm *c, const char *text, const char *what) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Tear-down
+
+void comm_stop(comm *c) {
+    if (c == NULL || c->stopped) return;
+    c->stopped = 1;
+    if (c->ops && c->ops->stop) c->ops->stop(c);
+    for (int i = 0; i < COMM_MAX_REQS; i++) c->reqs[i].in_use = 0;  // nothing in flight can complete now
+}
+
+int comm_stopped(const comm *c) { return c && c->stopped; }
 
 void comm_abort(comm *c, int code) {
     (void)c;  // the whole job must go even if c is half-built

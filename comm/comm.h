@@ -22,6 +22,9 @@ typedef struct comm_info {
 } comm_info;
 
 #define COMM_MAX_REQS 256
+// Request slots a caller keeps free for the blocking all-reduces (comm_allreduce_avg: sync batch norm's, one at
+// a time) issued while its buckets are in flight: buckets may use at most COMM_MAX_REQS - COMM_RESERVED_REQS.
+#define COMM_RESERVED_REQS 8
 
 // Start the process group (MPI_Init_thread, unless MPI is already initialised; nothing without MPI) and set
 // g_rank and g_world. Once per process, before comm_create.
@@ -100,6 +103,12 @@ int comm_agree(comm *c, int status, const char *during);
 // prints "<what> did not complete within …" and exits ST_COMM (the launcher then ends the job). One at a time.
 void comm_deadline_arm(double seconds, const char *what);
 void comm_deadline_disarm(void);
+
+// After a communication failure (a dead or stuck peer, a watchdog timeout): end every collective in flight and
+// retire the backend's communicator (NCCL: ncclCommAbort), so that freeing device memory and syncing streams
+// afterwards cannot wait forever on a kernel that waits for the peer. Idempotent; later launches are refused.
+void comm_stop(comm *c);
+int comm_stopped(const comm *c);  // 1 once comm_stop ran (tests)
 
 // Kill the whole job (MPI_Abort) with this exit code; never returns.
 void comm_abort(comm *c, int code) __attribute__((noreturn));

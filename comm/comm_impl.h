@@ -38,11 +38,16 @@ typedef struct comm_ops {
     int (*check)(comm *c);
     // Optional (may be NULL): forget a request whose launch went into a discarded CUDA graph capture.
     void (*discard)(comm *c, comm_req_slot *r);
+    // Optional (may be NULL): after a communication failure, end every collective in flight at once (NCCL:
+    // ncclCommAbort, whose kernels would otherwise spin on the device for a dead peer) and make the backend's
+    // communicator unusable. What follows (freeing device memory, syncing streams, destroy) then cannot hang.
+    void (*stop)(comm *c);
     void (*destroy)(comm *c);
 } comm_ops;
 
 struct comm {
     const comm_ops *ops;
+    int stopped;             // comm_stop ran: no further collective may be launched
     void *impl;              // backend-private state
     comm_info info;
     void *w;                 // the process group's state (comm_world.h)

@@ -238,6 +238,16 @@ static int nccl_check(comm *c) { return async_error_check(c, (nccl_backend *)c->
 // Launches captured into a discarded graph never ran: there is nothing of theirs to undo.
 static void nccl_discard(comm *c, comm_req_slot *r) { (void)c, (void)r; }
 
+// After a communication failure: kernels of collectives waiting for a dead peer spin until the communicator is
+// aborted, and a device sync or cudaFree would wait for them. Abort first; destroy then has nothing to do.
+static void nccl_stop(comm *c) {
+    nccl_backend *b = (nccl_backend *)c->impl;
+    if (b == NULL || b->comm == NULL) return;
+    ncclCommAbort(b->comm);
+    b->comm = NULL;
+    b->failed = 1;
+}
+
 static int nccl_launch(comm *c, comm_req_slot *r) {
     nccl_backend *b = (nccl_backend *)c->impl;
     if (!b->bound)
@@ -294,6 +304,7 @@ static const comm_ops nccl_ops = {
     .bind_stream = nccl_bind_stream,
     .check = nccl_check,
     .discard = nccl_discard,
+    .stop = nccl_stop,
     .destroy = nccl_destroy,
 };
 

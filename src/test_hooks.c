@@ -34,6 +34,7 @@ void test_hooks_from_env(test_hooks *h) {
         h->cpu_graph = strcmp(s, "refuse") == 0 ? TEST_CPU_GRAPH_REFUSE : TEST_CPU_GRAPH_EMULATE;
     long v;
     if ((s = getenv("DDP_TEST_FAKE_GPUS")) && parse_int(s, 0, 1 << 16, &v) == 0) h->fake_gpus = (int)v;
+    if ((s = getenv("DDP_TEST_COMM_FAIL")) && parse_int(s, 1, 1L << 40, &v) == 0) h->comm_fail_step = v;
 }
 
 void test_hooks_stall(const test_hooks *h, int rank, const char *where) {

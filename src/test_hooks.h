@@ -32,6 +32,10 @@ typedef struct test_hooks {
     // DDP_TEST_FAKE_GPUS=N: GPUs per node for the node-local rank -> device mapping (src/placement.h), so the
     // placement tests run without GPUs. 0: off.
     int fake_gpus;
+    // DDP_TEST_COMM_FAIL=STEP: before global step STEP (1-based) this rank fails as a watchdog timeout would
+    // (ST_COMM, a local failure), so the tests can see what the trainer does after a communication failure (it
+    // stops the communicator before touching device memory). 0: off.
+    long long comm_fail_step;
 } test_hooks;
 
 // Not here: DDP_CKPT_CRASH_AFTER_BYTES, the checkpoint writer's crash hook, belongs to the checkpoint library

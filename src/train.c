@@ -380,11 +380,16 @@ int train_params_check(trainer *t) {
 }
 
 
-// Test hook (reliability tests, src/test_hooks.h): a stuck peer before this step (1-based, as in messages).
-static void test_stall_maybe(const trainer *t) {
+// Test hooks (reliability tests, src/test_hooks.h): a stuck peer, or a failed all-reduce, before this step
+// (1-based, as in messages).
+static int test_stall_maybe(const trainer *t) {
     char step[32];
     snprintf(step, sizeof step, "%lld", t->global_step + 1);
     test_hooks_stall(t->hooks, t->rank, step);
+    if (t->hooks->comm_fail_step == t->global_step + 1)  // DDP_TEST_COMM_FAIL: as a watchdog timeout would
+        return ERR(ST_COMM, "rank %d (%s): all-reduce 'step %lld' failed (injected: DDP_TEST_COMM_FAIL)", t->rank,
+                   g_host, t->global_step + 1);
+    return ST_OK;
 }
 
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
@@ -430,12 +435,24 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     return train_mark(t, MK_END);
 }
 
+// A capture that failed midway (in backward, say) may have launched buckets whose work was forked onto the
+// comm stream and never joined back: join each of them (the compute stream waits on it, in stream order)
+// before the capture ends, so that ending it neither reports unjoined work nor leaves a stream capturing. The
+// first error stays the one reported.
+static void capture_join_buckets(trainer *t) {
+    for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
+        bucket *b = &t->buckets[i];
+        if (b->req >= 0 && comm_wait(t->c, b->req) == ST_OK) b->req = -1;  // (err_set keeps the first error)
+    }
+}
+
 // Capture one step into the backend's graph. Nothing runs during a capture: the caller replays it next.
 static int graph_capture(trainer *t) {
     const backend_ops *o = t->be.ops;
     TRY(o->capture_begin(t->be.ctx));
     t->marks_on = 1;  // in the graph the marks are device-side nodes: free, recorded at every replay
     int st = step_issue(t, NULL, 0);
+    if (st != ST_OK) capture_join_buckets(t);
     int end = o->capture_end(t->be.ctx);  // close the capture also after a failure (the first error is kept)
     TRY(st);
     TRY(end);
@@ -445,6 +462,17 @@ static int graph_capture(trainer *t) {
     }
     t->graph_ready = 1;
     return ST_OK;
+}
+
+// The capture's outcome over all ranks: a rank whose own capture worked falls back too when another's failed
+// (its graph is never replayed). A communication failure stays this rank's error.
+static int capture_agree(trainer *t, int st) {
+    if (t->world == 1 || st == ST_COMM) return st;
+    int32_t failed = st != ST_OK;
+    TRY(comm_allreduce_max_i32(t->c, &failed, 1));
+    if (!failed || st != ST_OK) return st;
+    t->graph_ready = 0;
+    return ERR(ST_RUNTIME, "another rank's capture of the training step failed");
 }
 
 // A capture that failed (an op the driver would not capture, say) captured nothing and ran nothing: forget its
@@ -460,6 +488,7 @@ static int graph_fall_back(trainer *t, int st) {
     t->next_bucket = 0;
     t->use_graph = 0;
     t->graph_fell_back = 1;
+    err_clear();  // reported as a note: a later error must not be hidden behind this one
     return ST_OK;
 }
 
@@ -469,7 +498,7 @@ static int graph_fall_back(trainer *t, int st) {
 static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     const backend_ops *o = t->be.ops;
     void *ctx = t->be.ctx;
-    test_stall_maybe(t);
+    TRY(test_stall_maybe(t));
     if (t->tr) trace_set_step(t->tr, t->global_step);
     void **ahead = &t->mk_ahead[t->global_step % (AHEAD + 1)];  // recorded AHEAD + 1 steps ago, if at all
     if (t->global_step >= AHEAD + 1) TRY(train_mark_wait(t, *ahead));
@@ -487,7 +516,10 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     t->n_lm = 0;
     t->in_step = 1;
     if (replay && !t->graph_ready) {
-        const int st = graph_capture(t);
+        int st = graph_capture(t);
+        // Every rank replays or every rank steps op by op: a graph on some ranks and eager steps on others would
+        // order their NCCL calls differently (a hang). So the ranks agree on the capture before the first replay.
+        st = capture_agree(t, st);
         if (st != ST_OK) {
             TRY(graph_fall_back(t, st));
             replay = 0;
@@ -495,6 +527,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     }
     if (replay) {
         TRY(o->replay(ctx));
+        t->launches += t->use_comm ? t->n_buckets : 0;  // the graph launches every bucket, the host none
     } else {
         t->marks_on = timed;
         TRY(step_issue(t, scratch, check_finite));
@@ -889,6 +922,9 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     }
     if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)
         st = ERR(ST_RUNTIME, "%s: error writing metrics: %s", o->metrics_path, strerror(errno));
+    // A failure of this rank's own (a watchdog timeout, a dead peer) may leave collectives in flight on the
+    // device that wait for the peer: retire the communicator before anything below frees or syncs device memory.
+    if (st != ST_OK && !err_collective() && t->use_comm) comm_stop(c);
     int trace_st = trace_close(t->tr);  // also after a failure: the timeline up to it is what one wants to see
     if (st == ST_OK) st = trace_st;
     if (st == ST_OK && o->keep_params) {

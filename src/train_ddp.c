@@ -122,9 +122,9 @@ int train_buckets_create(trainer *t) {
             n++;
         }
         if (!pass) {
-            if (n > COMM_MAX_REQS)
+            if (n > COMM_MAX_REQS - COMM_RESERVED_REQS)  // (sync batch norm's all-reduces need free slots too)
                 return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
-                           t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS);
+                           t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS - COMM_RESERVED_REQS);
             t->n_buckets = n;
             t->buckets = calloc((size_t)n, sizeof *t->buckets);
             TRY_ALLOC(t->buckets);

@@ -309,6 +309,33 @@ static void test_graph_metrics(void **state) {
     assert_true(fwd > 0 && bwd > 0 && step >= fwd + bwd);
 }
 
+// After a communication failure of its own (a watchdog timeout, here injected before step 5) the trainer stops
+// the communicator before it frees or syncs anything on the device: with NCCL, kernels waiting for a dead peer
+// spin until ncclCommAbort, and a cudaFree before it would hang. The run returns ST_COMM, the comm is stopped,
+// and a later launch on it is refused.
+static void test_comm_failure_stops_the_comm(void **state) {
+    (void)state;
+    comm *c = NULL;
+    assert_int_equal(comm_create(&c, "mpi", 60), ST_OK);
+    static net_config cfg;
+    tiny_config(&cfg, "epochs=1\n[parallel]\nforce_allreduce=1\nbucket_kb=4");
+    static const test_hooks fail5 = {.stall_rank = -1, .corrupt_rank = -1, .comm_fail_step = 5};
+    train_opts o = {.hooks = &fail5};
+    train_result r;
+    err_clear();
+    assert_int_equal(train_run(&cfg, &o, c, &r), ST_COMM);
+    assert_non_null(strstr(err_msg(), "step 5"));
+    assert_int_equal(r.steps, 4);  // the steps before the failure
+    assert_true(comm_stopped(c));
+    err_clear();
+    float x = 1;
+    int req = -1;
+    assert_int_equal(comm_allreduce_avg_async(c, &x, 1, "after", &req), ST_COMM);
+    err_clear();
+    train_result_free(&r);
+    comm_destroy(c);
+}
+
 static void test_checkpoint_is_a_pytorch_state_dict(void **state) {
     (void)state;
     float *p;
@@ -400,6 +427,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_clip_grad_norm),
         cmocka_unit_test(test_gradient_accumulation),
         cmocka_unit_test(test_graph_metrics),
+        cmocka_unit_test(test_comm_failure_stops_the_comm),
         cmocka_unit_test(test_checkpoint_is_a_pytorch_state_dict),
         cmocka_unit_test(test_resume_rejects_other_global_batch),
         cmocka_unit_test(test_divergence_names_step_and_layer),
