@@ -34,6 +34,7 @@ static void ctx_free(cuda_ctx *c) {
     if (c->cudnn) cudnnDestroy(c->cudnn);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
+    if (c->partials) cudaFree(c->partials);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();  // nothing to report at tear-down; do not leak an error into a later check
     free(c);
@@ -53,6 +54,7 @@ static int ctx_init(cuda_ctx *c, int device) {
     cublasCheck(cublasSetStream(c->cublas, c->stream));
     // After cublasSetStream, which resets the workspace to cuBLAS's own pool.
     cudaCheck(cudaMalloc(&c->cublas_ws, CUBLAS_WS_BYTES));
+    cudaCheck(cudaMalloc(&c->partials, (size_t)c->sm_count * 32 * sizeof(double)));  // cuda_blocks' cap
     cublasCheck(cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WS_BYTES));
     // Default math is full FP32 for SGEMM (TF32 only through backend_cuda_set_options).
     cublasCheck(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
@@ -242,11 +244,31 @@ static int cuda_capture_begin(void *ctx) {
 static int cuda_capture_end(void *ctx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!c->capturing) return ERR(ST_RUNTIME, "cuda backend: capture_end without capture_begin");
-    c->capturing = 0;
     cudaGraph_t g = NULL;
-    // Fails (and returns no graph) when an op during the capture broke the rules of stream capture.
-    cudaCheck(cudaStreamEndCapture(c->stream, &g));
-    if (g == NULL) return ERR(ST_RUNTIME, "cuda backend: CUDA graph capture was invalidated (no graph captured)");
+    // Fails (and returns no graph) when an op during the capture broke the rules of stream capture, or when work
+    // forked onto another stream was not joined back. Either way the stream must leave capture mode, or the
+    // op-by-op fall-back would fail in exactly the case it exists for: checked, not assumed.
+    const cudaError_t e_end = cudaStreamEndCapture(c->stream, &g);
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+        cudaGraph_t g2 = NULL;
+        (void)cudaStreamEndCapture(c->stream, &g2);
+        if (g2) cudaGraphDestroy(g2);
+        if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+            (void)cudaGetLastError();
+            if (g) cudaGraphDestroy(g);
+            return ERR(ST_RUNTIME, "rank %d (%s): cuda backend: the compute stream is still capturing after "
+                                   "cudaStreamEndCapture (%s): no op-by-op fall-back is possible", g_rank, g_host,
+                       cudaGetErrorString(e_end));
+        }
+    }
+    c->capturing = 0;
+    if (e_end != cudaSuccess || g == NULL) {
+        (void)cudaGetLastError();  // the capture error is reported here; the stream is usable again
+        if (g) cudaGraphDestroy(g);
+        return ERR(ST_RUNTIME, "cuda backend: CUDA graph capture failed (%s): no graph captured",
+                   cudaGetErrorString(e_end));
+    }
     cudaGraphExec_t exec = NULL;
     cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
     cudaGraphDestroy(g);  // the executable graph is independent of the template

@@ -35,6 +35,7 @@ typedef struct cuda_ctx {
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
     void *cublas_ws;
+    double *partials;   // per-block partial sums of ordered two-pass reductions (sm_count * 32 of them)
     // Convolution plans made so far: the largest batch and the largest workspace reported (conv_cuda.cu).
     int conv_max_n;
     size_t conv_ws_high;

@@ -328,16 +328,26 @@ __global__ void add_kernel(size_t n, const float *x, float *y) {
         y[i] += __ldg(&x[i]);
 }
 
-// Gradient clipping: the sum of squares (double, across blocks by atomicAdd: sm_60+), then the scale read from
-// device memory, so the pair is stream work a captured graph replays with each step's own norm.
-__global__ void sumsq_kernel(size_t n, const float *x, double *acc) {
+// Gradient clipping: the sum of squares in two ordered passes -- each block's partial sum (a fixed grid-stride
+// order and a fixed tree within the block) into partials[blockIdx.x], then one block adds the partials in a fixed
+// order -- so the norm, and so clipping, is bit-identical run to run (no atomics, net.deterministic holds with
+// clip_grad_norm). Then the scale read from device memory, so the three kernels are stream work a captured
+// graph replays with each step's own norm.
+__global__ void sumsq_partial_kernel(size_t n, const float *x, double *partials) {
     double s = 0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const double v = __ldg(&x[i]);
         s += v * v;
     }
     s = block_sum(s);
-    if (threadIdx.x == 0) atomicAdd(acc, s);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void sum_partials_kernel(unsigned n, const double *partials, double *out) {
+    double s = 0;
+    for (unsigned i = threadIdx.x; i < n; i += blockDim.x) s += partials[i];
+    s = block_sum(s);
+    if (threadIdx.x == 0) *out = s;
 }
 
 __global__ void clip_scale_kernel(size_t n, float *x, const double *sumsq, float max_norm) {
@@ -515,7 +525,10 @@ int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *s
     cuda_ctx *c = (cuda_ctx *)ctx;
     cudaCheck(cudaMemsetAsync(sumsq, 0, sizeof *sumsq, c->stream));
     if (n == 0) return ST_OK;
-    sumsq_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, g, sumsq);
+    const unsigned blocks = cuda_blocks(c, n);
+    sumsq_partial_kernel<<<blocks, CUDA_THREADS, 0, c->stream>>>(n, g, c->partials);
+    cudaCheckLaunch();
+    sum_partials_kernel<<<1, CUDA_THREADS, 0, c->stream>>>(blocks, c->partials, sumsq);
     cudaCheckLaunch();
     clip_scale_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, g, sumsq, max_norm);
     cudaCheckLaunch();

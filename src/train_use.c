@@ -131,7 +131,10 @@ static void eval_print(const trainer *t, const eval_report *r) {
         ALWAYS0("the training run printed for epoch %s: test loss %.6f acc %.6f -- %s\n", r->train_epoch,
                 strtod(r->train_test_loss, NULL), strtod(r->train_test_acc, NULL),
                 r->same_as_training ? "identical (every bit)"
-                                    : "different (another eval_batch, world size, thread count, backend or test set?)");
+                : strcmp(r->backend, "cpu") != 0
+                    ? "not bit for bit: the CUDA backend sums the loss with atomics and times its algorithms per "
+                      "process, so it reproduces the figures to rounding only"
+                    : "different (another eval_batch, world size, thread count, backend or test set?)");
     ALWAYS0("per-class accuracy (class: accuracy of its samples, count):\n");
     for (int a = 0; a < k; a++) {
         double n = 0;

@@ -737,6 +737,16 @@ static void test_clip_grad_norm(void **state) {
         twin_read(&ss, &sc, &sg);
         if (fabs(sc - sg) > 1e-6 * sc) fail_msg("sum of squares: CPU %.12g, CUDA %.12g", sc, sg);
     }
+    // The norm is an ordered two-pass reduction: the same input gives the same bits every time (a double
+    // atomicAdd across blocks would not, so net.deterministic=1 with clipping would not be bit-identical).
+    double first = 0;
+    for (int rep = 0; rep < 20; rep++) {
+        OK(g_gpu.ops->clip_grad_norm(g_gpu.ctx, N, x.g, 1e30f, ss.g));
+        double v;
+        OK(g_gpu.ops->download(g_gpu.ctx, &v, ss.g, sizeof v));
+        if (rep == 0) first = v;
+        else if (memcmp(&v, &first, sizeof v) != 0) fail_msg("sum of squares run %d: %.17g, first run %.17g", rep, v, first);
+    }
     twin_free(&x), twin_free(&ss);
     free(hx);
 }
