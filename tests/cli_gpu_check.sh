@@ -3,7 +3,9 @@
 # BINARY_DIR/gpu_check_nogpu, so later runs rebuild only what changed) and every stage's logic against the CPU
 # backend must pass, with every stage in the summary table (pass or skipped), its logs in --log-dir and at most 8
 # files there; a failing stage (--inject-fail, a test aid) is reported FAIL with exit 1, a hanging one is ended by
-# its stage timeout and reported FAIL; a bad argument, and no GPU without --no-gpu, exit 2.
+# its stage timeout and reported FAIL, one that logs an NCCL warning is FAIL, one that cannot start within the
+# budget is incomplete with exit 1; the stage limits add up to at most the 540 s budget; a bad argument, and no
+# GPU without --no-gpu, exit 2.
 # Run by ctest: cli_gpu_check.sh TRAINER SOURCE_DIR BINARY_DIR (about 1.5 minutes on 2 cores, the first time)
 . "$(dirname "$0")/testlib.sh" "$@"
 bin=$3
@@ -14,10 +16,10 @@ command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77;
 make_tmp
 unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD
 build=$bin/gpu_check_nogpu
-stages=(preflight build cuda-tests capture nccl parity runs resnet bench)
+stages=(preflight build cuda-tests capture staging graph nccl sanitize parity runs resnet bench)
 fail() { echo "FAIL: $*"; exit 1; }
 # row FILE STAGE: the stage's line of the summary table in FILE.
-row() { grep -E "^$2 +(pass|FAIL|skipped) " "$1"; }
+row() { grep -E "^$2 +(pass|FAIL|skipped|incomplete) " "$1"; }
 
 # Bad arguments, and no GPU without --no-gpu: exit 2 at once.
 for bad_args in "--no-such-option" "--stages nosuchstage" "--inject-fail nosuchstage" "--mpi maybe" "--budget x"; do
@@ -46,7 +48,7 @@ for s in "${stages[@]}"; do
   grep -q "^$s," "$tmp/logs/stages.csv" || fail "no '$s' row in stages.csv"
 done
 grep -qE '^total +pass ' "$tmp/logs/summary.txt" || fail "summary.txt: total is not pass"
-for s in preflight build parity runs; do
+for s in preflight build staging graph parity runs; do
   grep -q ' pass ' <<<"$(row "$tmp/out" "$s")" || fail "stage $s did not pass: $(row "$tmp/out" "$s")"
 done
 for f in summary.txt stages.csv gpu_check.log build.log metrics.jsonl; do
@@ -72,6 +74,26 @@ grep -q 'skipped .*--prebuilt' <<<"$(row "$tmp/out" build)" || { cat "$tmp/out";
 grep -q 'skipped .*not selected' <<<"$(row "$tmp/out" parity)" || { cat "$tmp/out"; fail "parity not skipped (not selected)"; }
 grep -qE '^total +FAIL ' "$tmp/fail/summary.txt" || fail "summary.txt total is not FAIL"
 
+# The stage limits fit the default budget of a GPU run (one run of at most 10 minutes, 540 s).
+sum=$(sed -n '/^declare -A LIMIT=/,/)$/p' "$script" | grep -o '\]=[0-9]*' | tr -d ']=' | paste -sd+ | bc)
+[ "$sum" -le 540 ] || fail "the stage limits add up to $sum s, more than the 540 s budget"
+echo "-- stage limits: $sum s in all (budget 540)"
+
+# A stage that cannot start with its whole limit within the budget is incomplete: exit 1, never a pass.
+timeout 120 bash "$script" --no-gpu --log-dir "$tmp/budget" --prebuilt "$build" --stages preflight,runs,bench \
+  --budget 40 >"$tmp/out" 2>&1
+rc=$?
+[ "$rc" -eq 1 ] || { cat "$tmp/out"; fail "--budget 40: exit $rc, want 1 (incomplete)"; }
+grep -q 'incomplete .*not started' <<<"$(row "$tmp/out" bench)" || { cat "$tmp/out"; fail "bench not reported incomplete"; }
+grep -qE '^total +(incomplete|FAIL) ' "$tmp/budget/summary.txt" || fail "summary.txt total is not incomplete"
+
+# An NCCL warning line (or a cuDNN error/warning) in a stage's log fails the stage, whatever it checked.
+timeout 120 bash "$script" --no-gpu --log-dir "$tmp/warn" --prebuilt "$build" --stages preflight,capture \
+  --inject-fail capture:warn >"$tmp/out" 2>&1
+rc=$?
+[ "$rc" -eq 1 ] || { cat "$tmp/out"; fail "--inject-fail capture:warn: exit $rc, want 1"; }
+grep -q 'FAIL .*NCCL/cuDNN warning line' <<<"$(row "$tmp/out" capture)" || { cat "$tmp/out"; fail "a warning line did not fail the stage"; }
+
 # A hanging stage is ended by its time limit, reported FAIL (timed out), and the run goes on.
 t0=$SECONDS
 DDP_GPU_CHECK_INJECT_FAIL=runs:hang timeout 120 bash "$script" --no-gpu --log-dir "$tmp/hang" --prebuilt "$build" \
@@ -80,4 +102,4 @@ rc=$?
 [ "$rc" -eq 1 ] || { cat "$tmp/out"; fail "injected hang: exit $rc, want 1"; }
 grep -q 'FAIL .*timed out after 3 s' <<<"$(row "$tmp/out" runs)" || { cat "$tmp/out"; fail "hanging stage not reported as timed out"; }
 [ $((SECONDS - t0)) -lt 60 ] || fail "the hanging stage was not ended in time ($((SECONDS - t0)) s)"
-echo "ok: gpu_check.sh --no-gpu passes; a failing and a hanging stage are reported FAIL with exit 1"
+echo "ok: gpu_check.sh --no-gpu passes; a failing, a warning and a hanging stage are FAIL, a stage past the budget incomplete, each with exit 1"

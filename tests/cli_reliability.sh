@@ -153,6 +153,12 @@ stop_case() {  # stop_case NAME SIGNAL DELAY WANT -- ARGS
   local t0 pid rc
   "$trainer" "$@" >"$tmp/out" 2>"$tmp/err" &
   pid=$!
+  # The handlers are main's first act; before it (the dynamic loader mapping the libraries) nothing of ours runs.
+  # So wait until the process catches SIGTERM (bit 15 of SigCgt in /proc), then the given delay.
+  for _ in $(seq 200); do
+    (( 0x$(sed -n 's/^SigCgt:\t*//p' "/proc/$pid/status" 2>/dev/null || echo 0) & 0x4000 )) && break
+    sleep 0.01
+  done
   sleep "$delay"
   t0=$(now)
   kill -s "$sig" "$pid"
@@ -170,7 +176,7 @@ for sig in INT TERM HUP USR1; do stop_case "--eval" "$sig" 0.8 "--eval stopped b
 stop_case "--predict --out p.csv" TERM 0.8 "--predict stopped by signal after" -- \
   --predict ck.safetensors --images "$images" --set net.eval_batch=1 --out p.csv
 [ ! -e p.csv ] && ok "  ... and no p.csv (nor a partial one)" || bad "p.csv written by a stopped --predict"
-stop_case "training, during start-up" TERM 0.02 "stopped by signal during start-up" -- --config "$cfg" --threads 1 --save su.safetensors
+stop_case "training, during start-up" TERM 0 "stopped by signal during start-up" -- --config "$cfg" --threads 1 --save su.safetensors
 [ ! -e su.safetensors ] && ok "  ... and nothing saved" || bad "su.safetensors saved after a start-up signal"
 
 # ---- 6. MPMD: run options that decide collectives and saves are agreed on (exit 2 naming the option)
