@@ -121,6 +121,10 @@ expect_error garbage-checkpoint "garbage.safetensors" -- --config "$tmp/good.cfg
 expect_error missing-checkpoint "none.safetensors" -- --config "$tmp/good.cfg" --resume "$tmp/none.safetensors"
 expect_error metrics-dir "nodir" -- --config "$tmp/good.cfg" --metrics "$tmp/nodir/m.jsonl"
 expect_error baseline-missing "nobase.jsonl" -- --config "$tmp/good.cfg" --baseline "$tmp/nobase.jsonl"
+# Buckets may use all request slots but the COMM_RESERVED_REQS (8) kept for sync batch norm's all-reduces.
+if [ -f "$data/train-images-idx3-ubyte.gz" ]; then
+  expect_error too-many-buckets "(at most 248)" -- --config "$src/configs/fashion_mnist_cnn.cfg" --bucket-kb 1 --set data.train_limit=64
+fi
 
 # No partial outputs left behind by the failed runs.
 if ls "$tmp"/*.tmp.* >/dev/null 2>&1; then echo "FAIL: temp files left: $(ls "$tmp"/*.tmp.*)"; fails=$((fails + 1)); fi
