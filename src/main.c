@@ -494,7 +494,9 @@ int main(int argc, char **argv) {
     if (st != ST_OK) goto done;
 
     train_result res;
-    st = train_run(&cfg, &c.opts, cm, &res);
+    // Training, or using a trained model: main chooses.
+    st = c.opts.eval_path || c.opts.predict_path ? train_use_run(&cfg, &c.opts, cm, &res)
+                                                  : train_run(&cfg, &c.opts, cm, &res);
     if (st == ST_OK && !res.used) {
         if (res.nothing_left)
             ALWAYS0("done: nothing left to train: the checkpoint is at step %lld, %d epoch(s) done, and this run stops "

@@ -305,7 +305,7 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
                 TRY(o->add(ctx, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
             }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
-        if (l->n_w && on_ready) on_ready(arg, l->b_off + l->n_b);
+        if (l->n_w && on_ready) TRY(on_ready(arg, l->b_off + l->n_b));
     }
     return ST_OK;
 }

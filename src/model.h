@@ -49,7 +49,7 @@ typedef struct model_layer {
 } model_layer;
 
 // Called by model_backward after each layer's gradients are complete: grads[0 .. ready) are final.
-typedef void (*grad_ready_fn)(void *arg, size_t ready_floats);
+typedef int (*grad_ready_fn)(void *arg, size_t ready_floats);  // non-OK: backward stops with it
 // Optional per-layer hook (--trace): called just before (begin = 1) and just after (begin = 0) the ops of
 // layer i are issued, in forward (backward = 0) and backward (backward = 1). A non-OK return stops the pass.
 typedef int (*layer_hook_fn)(void *arg, int backward, int layer, int begin);

@@ -1,56 +1,19 @@
-// train.h — the training loop: data-parallel steps with bucketed, overlapped gradient all-reduce, evaluation,
-// metrics, checkpoints and resume.
+// train.h — the trainer's entry points: training (data-parallel steps with bucketed, overlapped gradient
+// all-reduce, evaluation, metrics, checkpoints and resume), using a trained model (--eval, --predict), and the
+// output plan checked before either. main.c chooses between them.
 #pragma once
-#include <signal.h>
-#include <stddef.h>
-
 #include "comm.h"
 #include "config.h"
-
-typedef struct train_opts {
-    const char *metrics_path;   // JSON Lines, one object per epoch (rank 0); NULL: none
-    const char *save_path;      // checkpoint written after every epoch and when stopped; NULL: none
-    const char *resume_path;    // checkpoint to continue from; NULL: start fresh
-    const char *baseline_path;  // metrics of an np 1 run, for measured scaling efficiency; NULL: estimate
-    const char *trace_dir;      // timeline: every rank writes <dir>/trace_rank<R>.json (src/trace.h); NULL: none
-    long long max_steps;        // stop after this many global steps in total (0: run all epochs)
-    const char *init_from;      // --init-from: model weights only (no optimizer state, position or schedule)
-    const char *init_exclude;   // --init-exclude: comma-separated layer or tensor names left at their init
-    int save_every;             // --save-every N: also keep <stem>-eN.safetensors every N epochs (0: off)
-    int keep_best;              // --keep-best: also keep <stem>-best.safetensors, the best test accuracy so far
-    // Using a trained model instead of training (README "Using a trained model"); NULL: train.
-    const char *eval_path;      // --eval CKPT: test loss, accuracy, per-class accuracy, confusion matrix
-    const char *predict_path;   // --predict CKPT: class probabilities of every image of images_path
-    const char *images_path;    // --images FILE: IDX (raw or gzip) or CIFAR-10 binary
-    const char *out_path;       // --out FILE.csv (NULL: stdout)
-    int keep_params;            // copy the final parameters to result->params (tests)
-    int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)
-    double log_every_s;         // without the bar (a log file): a progress line every this many seconds (0: none)
-    int verbose;                // the step-time breakdown under each epoch line
-    const struct test_hooks *hooks;  // test-only fault hooks and the CPU capture emulation (src/test_hooks.h);
-                                     // NULL: all off. main fills it from the DDP_TEST_* environment.
-} train_opts;
-
-typedef struct train_result {
-    long long steps;            // global steps completed
-    int epochs_done;
-    double train_loss, test_loss, test_acc;
-    double train_s;             // wall time of all training steps
-    int used;                   // the run evaluated (--eval) or predicted (--predict) instead of training
-    int nothing_left;           // resumed at or past net.epochs / --steps: nothing was trained
-    int epoch;                  // with nothing_left: the checkpoint's position (epochs done)
-    float *params;              // with keep_params: host copy in the model's flat (reverse-layer) layout
-    size_t n_params;
-} train_result;
-
-// Set by main's SIGINT/SIGTERM handler; the loop stops at the next step boundary agreed by all ranks.
-extern volatile sig_atomic_t g_stop_requested;
+#include "train_opts.h"
 
 // The output plan (src/train_outputs.c): every file this run may write (--save and its copies, --metrics, --trace,
 // --out), checked before any work against the run's inputs, each other, their kind and length. ST_INPUT naming
 // both paths of a clash. Each rank checks the files it writes (rank 0: all but the other ranks' traces).
 int train_outputs_check(const net_config *cfg, const train_opts *o, int rank);
 
-// Run the whole job on this rank. Collective: every rank of c calls it with the same cfg and opts.
+// Train: the whole job on this rank (src/train.c). Collective: every rank of c calls it with the same cfg and opts.
 int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res);
-void train_result_free(train_result *r);
+
+// Use a trained model instead (src/train_use.c): --eval (o->eval_path) or --predict (o->predict_path).
+// Collective like train_run; res->used is set.
+int train_use_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res);

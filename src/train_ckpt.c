@@ -12,7 +12,7 @@
 
 #include "checkpoint.h"
 #include "common.h"
-#include "train_impl.h"
+#include "train_state.h"
 
 #define CKPT_FORMAT "ddp-cnn-1"
 
@@ -123,53 +123,6 @@ static int host_model_state(const trainer *t, float **out) {
 
 static int host_model_state_upload(trainer *t, const float *h) {
     return t->m.n_state ? t->be.ops->upload(t->be.ctx, t->m.state, h, t->m.n_state * sizeof(float)) : ST_OK;
-}
-
-int train_host_state(const trainer *t, float **out) {
-    int n_states = optim_n_state(&t->opt);
-    size_t n = t->m.n_params;
-    float *host = malloc((size_t)(n_states + 1) * n * sizeof(float));
-    TRY_ALLOC(host);
-    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
-    for (int s = 0; s < n_states && st == ST_OK; s++) {
-        const char *name;
-        st = t->be.ops->download(t->be.ctx, host + (size_t)(s + 1) * n, optim_state(&t->opt, s, &name),
-                                 n * sizeof(float));
-    }
-    if (st != ST_OK) {
-        free(host);
-        return st;
-    }
-    *out = host;
-    return ST_OK;
-}
-
-// The inverse of train_host_state: params, then each optimizer state, from `host` into backend memory.
-int train_host_state_upload(trainer *t, const float *host) {
-    const size_t n = t->m.n_params;
-    TRY(t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)));
-    for (int s = 0; s < optim_n_state(&t->opt); s++) {
-        const char *name;
-        TRY(t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
-                              n * sizeof(float)));
-    }
-    return ST_OK;
-}
-
-// What the run trains on, as one number: the training images and labels after train_limit (so another data
-// file, another train_limit or another data format all change it). Resume compares it with the checkpoint's.
-uint64_t train_dataset_hash(const dataset *d) {
-    uint64_t h[2] = {train_fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
-                     train_fnv1a(d->labels, (size_t)d->n)};
-    return train_fnv1a(h, sizeof h);
-}
-
-uint64_t train_data_hash(trainer *t) {
-    if (!t->data_hashed) {
-        t->data_hash = train_dataset_hash(&t->train);
-        t->data_hashed = 1;
-    }
-    return t->data_hash;
 }
 
 // The effective configuration as --print-config writes it (malloc'd), or NULL when out of memory.

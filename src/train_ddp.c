@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "common.h"
-#include "train_impl.h"
+#include "train_state.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Buckets: contiguous slices of the gradient buffer, launched as soon as backward has finished them.
@@ -52,19 +52,14 @@ static void buckets_poll(trainer *t) {
 
 static void progress_hook(void *arg) { buckets_poll((trainer *)arg); }
 
-void train_on_grads_ready(void *arg, size_t ready) {
+int train_on_grads_ready(void *arg, size_t ready) {
     trainer *t = arg;
-    if (t->cb_status != ST_OK) return;
-    while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].end <= ready) {
-        int st = bucket_launch(t, t->next_bucket++);
-        if (st != ST_OK) {
-            t->cb_status = st;
-            return;
-        }
-    }
+    while (t->next_bucket < t->n_buckets && t->buckets[t->next_bucket].end <= ready)
+        TRY(bucket_launch(t, t->next_bucket++));
     // MPI reduces on the host and advances only when tested. NCCL must not be tested here: its test joins the
     // compute stream to the all-reduce, which would hold the rest of backward behind it (no overlap).
     if (t->host_comm) buckets_poll(t);
+    return t->cb_status;  // a failure the progress hook saw meanwhile
 }
 
 // Launch what is left, then wait for every bucket (comm=nccl: make the compute stream wait).
@@ -175,13 +170,6 @@ int train_ddp_start(trainer *t) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Agreement: every rank trains on the same data and holds the same parameters (hashes compared).
-
-uint64_t train_fnv1a(const void *p, size_t n) {
-    const unsigned char *b = p;
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
-    return h;
-}
 
 // Every rank must train on the same data: the loaded sets' shapes and a fingerprint of their bytes (the same
 // paths may hold other files on other hosts). Compared like the configuration (comm_agree_text).

@@ -23,7 +23,7 @@
 #include "fileio.h"
 #include "metrics.h"
 #include "trace.h"
-#include "train_impl.h"
+#include "train_state.h"
 
 #define OUT_MAX (8 + 2)   // files, not counting the -eN copies (checked one by one)
 #define RPATH_MAX (PATH_MAX + 256)

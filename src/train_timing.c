@@ -10,7 +10,7 @@
 
 #include "common.h"
 #include "layer.h"
-#include "train_impl.h"
+#include "train_state.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Marks in stream order, read back on timed steps

@@ -12,36 +12,10 @@
 #include "checkpoint.h"
 #include "common.h"
 #include "fileio.h"
-#include "train_impl.h"
+#include "train_state.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Logits on the host
-
-// The logits of the last forward's n samples on the host (the [dense] before [softmax] holds them).
-static int logits_download(trainer *t, int n) {
-    const model_layer *last = &t->m.layers[t->m.n_layers - 2];
-    return t->be.ops->download(t->be.ctx, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
-}
-
-// The class a row of logits predicts: the first largest, as softmax_xent counts a correct prediction (CPU and
-// CUDA alike), so the confusion matrix's diagonal is the accuracy's count.
-static int logits_argmax(const float *z, int classes) {
-    int best = 0;
-    for (int k = 1; k < classes; k++)
-        if (z[k] > z[best]) best = k;
-    return best;
-}
-
-// --eval: test samples [first, first + n) just went forward; count them as (true class, predicted class).
-int train_confusion_add(trainer *t, int first, int n) {
-    TRY(logits_download(t, n));
-    const int k = t->m.classes;
-    for (int j = 0; j < n; j++) {
-        int truth = t->test.labels[first + j], pred = logits_argmax(t->h_logits + (size_t)j * k, k);
-        t->confusion[(size_t)truth * k + pred] += 1;
-    }
-    return ST_OK;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Set-up, then the same evaluation code as an epoch's end
@@ -191,7 +165,7 @@ static int predict_rows(trainer *t, FILE *f) {
         TRY(t->be.ops->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems,
                               t->d_aug_eval, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, cnt, 0));
-        TRY(logits_download(t, cnt));
+        TRY(train_logits_download(t, cnt));
         for (int j = 0; j < cnt; j++) {
             const float *z = t->h_logits + (size_t)j * k;
             for (int c = 0; c < k; c++)
@@ -199,7 +173,7 @@ static int predict_rows(trainer *t, FILE *f) {
                     return ERR(ST_INPUT, "--predict %s: the model gives a non-finite logit (%s, class %d) for image %d of "
                                          "%s; refusing to write predictions", t->o->predict_path,
                                isnan(z[c]) ? "NaN" : "Inf", c, i + j, t->o->images_path);
-            const int best = logits_argmax(z, k);
+            const int best = train_logits_argmax(z, k);
             double sum = 0;
             for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
             fprintf(f, "%d,%d", i + j, best);
@@ -244,17 +218,21 @@ static int use_predict(trainer *t) {
     return st;
 }
 
-int train_use_run(trainer *t, train_result *res) {
+int train_use_run(const net_config *cfg, const train_opts *o, comm *c, train_result *res) {
+    memset(res, 0, sizeof *res);
     res->used = 1;
-    if (t->o->predict_path && t->world > 1) {  // every rank sees it: reported once
-        int st = ERR(ST_INPUT, "--predict runs as one process (np 1), this job has %d ranks: run it without mpirun",
-                     t->world);
+    trainer *t = NULL;
+    TRY(train_state_new(cfg, o, c, &t));
+    int st = ST_OK;
+    if (o->predict_path && t->world > 1) {  // every rank sees it: reported once
+        st = ERR(ST_INPUT, "--predict runs as one process (np 1), this job has %d ranks: run it without mpirun",
+                 t->world);
         err_mark_collective(0);
-        return st;
     }
-    int st = train_agree(t, use_setup(t));
-    if (st == ST_OK) st = t->o->eval_path ? use_eval(t, res) : use_predict(t);
+    if (st == ST_OK) st = train_agree(t, use_setup(t));
+    if (st == ST_OK) st = o->eval_path ? use_eval(t, res) : use_predict(t);
     // One process: its failure is the job's (reported once, no MPI_Abort needed).
-    if (st != ST_OK && t->o->predict_path && !err_collective()) err_mark_collective(0);
+    if (st != ST_OK && o->predict_path && !err_collective()) err_mark_collective(0);
+    train_state_free(t);
     return st;
 }

@@ -74,9 +74,10 @@ static double loss_of(fixture *f) {
 
 static size_t ready_calls[16];
 static int n_ready_calls;
-static void on_ready(void *arg, size_t k) {
+static int on_ready(void *arg, size_t k) {
     (void)arg;
     ready_calls[n_ready_calls++] = k;
+    return ST_OK;
 }
 
 static void test_gradient_matches_finite_differences(void **state) {

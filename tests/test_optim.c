@@ -9,7 +9,7 @@
 #include "config.h"
 #include "model.h"
 #include "optim.h"
-#include "train_impl.h"
+#include "train_state.h"
 #include "test_util.h"
 
 enum { N = 37, STEPS = 6 };

@@ -1,5 +1,6 @@
-// registry.c — the table of layer kinds (from kinds.def) and what every kind shares: lookup, inputs, messages.
-#include <stdarg.h>
+// registry.c — the table of layer kinds (from kinds.def): lookup by type and by section, a layer's inputs, the
+// activation names. What the kinds themselves call is in kind_common.c, below them.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,19 +35,6 @@ const char *layer_kind_sections(void) {
     return buf;
 }
 
-int layer_err(const net_config *cfg, int i, const char *key, const char *fmt, ...) {
-    const layer_cfg *l = &cfg->layers[i];
-    const layer_kind *k = layer_kind_of(l->type);
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (key)
-        return ERR(ST_INPUT, "%s:%d: [%s] '%s': %s: %s", cfg->path, l->line, k ? k->section : "?", l->name, key, msg);
-    return ERR(ST_INPUT, "%s:%d: [%s] '%s': %s", cfg->path, l->line, k ? k->section : "?", l->name, msg);
-}
-
 int layer_inputs(const net_config *cfg, int i, int idx[CFG_MAX_REFS + 1], int *n) {
     const layer_cfg *l = &cfg->layers[i];
     const layer_kind *k = layer_kind_of(l->type);
@@ -73,10 +61,4 @@ const char *layer_act_name(int act) {
     case ACT_LEAKY: return "leaky";
     default: return "linear";
     }
-}
-
-void *layer_priv_new(model_layer *l, size_t size) {
-    free(l->priv);
-    l->priv = calloc(1, size);
-    return l->priv;
 }

@@ -1,11 +1,14 @@
-// train_impl.h — private to the trainer's files: the trainer struct and what one of them calls in another.
-//   train.c         set-up, the step (issued or replayed from a graph), evaluation, the epoch loop, train_run
+// train_state.h — private to the trainer's files: the trainer struct and what one of them calls in another.
+// Each file stands on the ones listed below it and calls none above it (tests/check_cycles.sh keeps it so):
+//   train.c         training: set-up, the step (issued or replayed from a graph), the epoch loop, train_run
+//   train_use.c     using a trained model: --eval and --predict (train_use_run)
+//   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
 //   train_ddp.c     data-parallel mechanics: gradient buckets and their all-reduce, the initial broadcast,
 //                   running statistics from rank 0, agreement on the data, the replica check
-//   train_ckpt.c    the checkpoint schema: tensor list, save, resume, weights only (--init-from, --eval)
+//   train_setup.c   what training and use share: backend, augmentation, test set, evaluation, finiteness
 //   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
-//   train_use.c     using a trained model: --eval and --predict
 //   train_outputs.c the run's output plan, checked at start-up against its inputs and itself
+//   train_state.c   the struct's life, its host copy and hashes, agreement on a set-up status
 // Callers of the trainer include train.h only.
 #pragma once
 #include <signal.h>
@@ -21,7 +24,7 @@
 #include "optim.h"
 #include "test_hooks.h"
 #include "trace.h"
-#include "train.h"
+#include "train_opts.h"
 
 typedef struct bucket {
     size_t begin, end;          // float offsets into the gradient buffer
@@ -67,7 +70,7 @@ typedef struct trainer {
     long long *bucket_bytes;    // each bucket's size in bytes, launch order (metrics bucket_bytes)
     int n_buckets, next_bucket, use_comm, overlap;
     int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
-    int cb_status;              // first error raised inside the grad-ready callback
+    int cb_status;              // first error the backend's progress hook (a void callback) saw polling buckets
     // position
     int epoch, step_in_epoch;
     long long global_step;
@@ -118,6 +121,18 @@ typedef struct trainer {
 #define TIMING_EVERY_ASYNC 16
 
 // ---------------------------------------------------------------------------------------------------------
+// train_state.c
+
+int train_state_new(const net_config *cfg, const train_opts *o, comm *c, trainer **out);  // before any set-up
+void train_state_free(trainer *t);            // backend memory, host buffers and t itself (NULL: nothing)
+int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
+int train_host_state(const trainer *t, float **out);     // params, then each optimizer state (malloc'd)
+int train_host_state_upload(trainer *t, const float *host);
+uint64_t train_dataset_hash(const dataset *d);
+uint64_t train_data_hash(trainer *t);         // the training set's, computed once
+uint64_t train_fnv1a(const void *p, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------
 // train_timing.c
 
 int train_mark(trainer *t, int k);            // phase mark k of the step being issued (when marks_on)
@@ -133,25 +148,43 @@ void train_progress_show(const trainer *t, int bar, int step, double loss_sum, i
                          long long steps_here, double secs_here);
 
 // ---------------------------------------------------------------------------------------------------------
+// train_outputs.c
+
+// --save-every / --keep-best copies: the --save path's stem + suffix + ".safetensors" (ST_INPUT when too long).
+int train_copy_path(const char *save, const char *suffix, char *out, size_t n);
+
+// ---------------------------------------------------------------------------------------------------------
+// train_setup.c
+
+int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
+int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
+int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
+int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
+int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks
+int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forward's test samples, counted
+int train_logits_download(trainer *t, int n); // the last forward's n rows of logits into t->h_logits
+int train_logits_argmax(const float *z, int classes);  // the first largest (as evaluation counts a hit)
+// The parameters after the last update are all finite; else ST_DIVERGED (collective: the replicas are equal)
+// naming the step and the first layer with non-finite values. Before every save and after each checked step.
+int train_params_check(trainer *t);
+// --eval / --predict stopped by a signal after `done` of `total` samples: ST_INTERRUPTED, agreed (exit 5).
+int train_use_stopped(const trainer *t, int done, int total);
+
+// ---------------------------------------------------------------------------------------------------------
 // train_ddp.c
 
 int train_buckets_create(trainer *t);         // buckets closed at layer boundaries, each within bucket_kb
 int train_grads_finalize(trainer *t, size_t begin, size_t end);  // K > 1: sum and average the micro-batches
-void train_on_grads_ready(void *arg, size_t ready);  // model_backward's callback: launch the ready buckets
+int train_on_grads_ready(void *arg, size_t ready);  // model_backward's callback: launch the ready buckets
 int train_buckets_finish(trainer *t);         // launch the rest, wait for all (comm=nccl: the stream waits)
 int train_ddp_start(trainer *t);              // bind the comm to the stream, broadcast rank 0's state
 int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
 int train_state_broadcast(trainer *t);        // running statistics from rank 0 (collective; before eval, save)
 int train_replicas_check(trainer *t);         // same parameters and running statistics everywhere (collective)
-uint64_t train_fnv1a(const void *p, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------
 // train_ckpt.c
 
-int train_host_state(const trainer *t, float **out);     // params, then each optimizer state (malloc'd)
-int train_host_state_upload(trainer *t, const float *host);
-uint64_t train_dataset_hash(const dataset *d);
-uint64_t train_data_hash(trainer *t);         // the training set's, computed once
 int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum);  // collective
 int train_ckpt_save_epoch(trainer *t, double test_loss, double test_acc);  // --save and its copies (collective)
 int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer state and position
@@ -159,30 +192,7 @@ int train_ckpt_resume(trainer *t, const char *path);  // parameters, optimizer s
 int train_weights_load(trainer *t, const char *path, const char *exclude, int *loaded, int *total);
 
 // ---------------------------------------------------------------------------------------------------------
-// train_outputs.c
-
-// --save-every / --keep-best copies: the --save path's stem + suffix + ".safetensors" (ST_INPUT when too long).
-int train_copy_path(const char *save, const char *suffix, char *out, size_t n);
-
-// ---------------------------------------------------------------------------------------------------------
-// train_use.c
-
-int train_use_run(trainer *t, train_result *res);  // --eval or --predict instead of training
-int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forward's test samples, counted
-
-// ---------------------------------------------------------------------------------------------------------
 // train.c
 
-int train_agree(trainer *t, int st);          // a set-up status agreed over ranks
 // net.no_decay's ranges of the parameter buffer (begin/len: 2 per layer at most); returns how many.
 int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len);
-int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
-int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
-int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
-int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
-int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks
-// The parameters after the last update are all finite; else ST_DIVERGED (collective: the replicas are equal)
-// naming the step and the first layer with non-finite values. Before every save and after each checked step.
-int train_params_check(trainer *t);
-// --eval / --predict stopped by a signal after `done` of `total` samples: ST_INTERRUPTED, agreed (exit 5).
-int train_use_stopped(const trainer *t, int done, int total);
