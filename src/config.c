@@ -1020,6 +1020,19 @@ void config_print(const net_config *cfg, FILE *f) {
     }
 }
 
+char *config_text(const net_config *cfg) {
+    char *text = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&text, &size);
+    if (!f) return NULL;
+    config_print(cfg, f);
+    if (fclose(f) != 0) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Data file names
 

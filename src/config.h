@@ -136,6 +136,8 @@ int config_set(net_config *cfg, const char *assignment);
 int config_validate(const net_config *cfg);
 // Print the effective configuration as INI (for logs and for --print-config).
 void config_print(const net_config *cfg, FILE *f);
+// config_print's text in memory (malloc'd; NULL when out of memory): what a checkpoint stores and ranks compare.
+char *config_text(const net_config *cfg);
 
 // The data files the config names: IDX train images, labels, test images, labels (4); CIFAR-10
 // cifar_dir/data_batch_1..5.bin, test_batch.bin (6). Returns how many were written to paths.

@@ -356,13 +356,9 @@ static char *run_description(const net_config *cfg, const train_opts *o) {
     size_t size = 0;
     FILE *f = open_memstream(&text, &size);
     if (!f) return NULL;
-    char *ini = NULL;
-    size_t ini_size = 0;
-    FILE *g = open_memstream(&ini, &ini_size);
-    if (g) {
-        config_print(cfg, g);
-        fclose(g);
-        for (const char *p = ini; p && *p;) {
+    char *ini = config_text(cfg);
+    if (ini) {
+        for (const char *p = ini; *p;) {
             size_t n = strcspn(p, "\n");
             if (strncmp(p, "threads=", 8) != 0) fprintf(f, "%.*s\n", (int)n, p);
             p += n + (p[n] == '\n');

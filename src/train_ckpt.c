@@ -125,20 +125,6 @@ static int host_model_state_upload(trainer *t, const float *h) {
     return t->m.n_state ? t->be.ops->upload(t->be.ctx, t->m.state, h, t->m.n_state * sizeof(float)) : ST_OK;
 }
 
-// The effective configuration as --print-config writes it (malloc'd), or NULL when out of memory.
-static char *config_text(const net_config *cfg) {
-    char *text = NULL;
-    size_t size = 0;
-    FILE *f = open_memstream(&text, &size);
-    if (!f) return NULL;
-    config_print(cfg, f);
-    if (fclose(f) != 0) {
-        free(text);
-        return NULL;
-    }
-    return text;
-}
-
 // Nothing non-finite is ever saved: a NaN or Inf in any float tensor (parameters, optimizer state, running
 // statistics) refuses the save and leaves the file as it was (the last good state).
 static int tensors_finite(const trainer *t, const char *path, const tensor_list *tl) {

@@ -26,16 +26,6 @@ static int usage(void) {
     return 2;
 }
 
-static char *config_text(const net_config *cfg) {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return NULL;
-    config_print(cfg, f);
-    fclose(f);
-    return text;
-}
-
 static int dump(const net_config *cfg, int batch, const char *out) {
     backend be;
     model m;
