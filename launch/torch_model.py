@@ -29,13 +29,39 @@ LEAKY_SLOPE = 0.1
 # ---------------------------------------------------------------------------------------------------------
 # Config: Darknet-style INI with repeated layer sections (configparser cannot hold those)
 
+def _unquote(v):
+    """A quoted config value ("..." with \\\\ \\" \\n \\t \\xHH escapes, as config_print writes one) as its text."""
+    out, i = [], 1
+    while i < len(v) and v[i] != '"':
+        if v[i] == "\\":
+            e = v[i + 1]
+            if e == "x":
+                out.append(chr(int(v[i + 2:i + 4], 16)))
+                i += 4
+                continue
+            out.append({"n": "\n", "t": "\t"}.get(e, e))
+            i += 2
+            continue
+        out.append(v[i])
+        i += 1
+    return "".join(out)
+
+
 def parse_config(text):
-    """{'net': {...}, 'data': {...}, 'parallel': {...}, 'layers': [(section, {key: value}), ...]} as strings."""
+    """{'net': {...}, 'data': {...}, 'parallel': {...}, 'layers': [(section, {key: value}), ...]} as strings.
+    Reads what the trainer reads: comments, and quoted values continued on indented lines (config_print writes
+    long or unusual values so)."""
     cfg = {"net": {}, "data": {}, "parallel": {}, "layers": []}
-    cur = None
+    cur, open_key = None, None
     for raw in text.splitlines():
-        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
-        if not line:
+        if open_key and raw[:1] in (" ", "\t") and raw.strip():  # a quoted value goes on
+            cur[open_key] += raw.strip()
+            if cur[open_key].endswith('"') and not cur[open_key].endswith('\\"'):
+                cur[open_key], open_key = _unquote(cur[open_key]), None
+            continue
+        open_key = None
+        line = raw.strip()
+        if not line or line[0] in "#;":
             continue
         if line.startswith("["):
             name = line[1:line.index("]")].strip()
@@ -46,8 +72,40 @@ def parse_config(text):
                 cur = cfg["layers"][-1][1]
             continue
         k, v = line.split("=", 1)
-        cur[k.strip()] = v.strip()
+        k, v = k.strip(), v.strip()
+        if v.startswith('"'):
+            if len(v) > 1 and v.endswith('"') and not v.endswith('\\"'):
+                v = _unquote(v)
+            else:
+                open_key = k
+        else:
+            v = v.split(" ;", 1)[0].strip()
+        cur[k] = v
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer kinds: names and keys from the trainer's own registry (trainer --list-layers --json)
+
+_REGISTRY = None
+
+
+def registry():
+    """{section: kind} from `trainer --list-layers --json`: the trainer found as $TRAINER, else the repository's
+    build/trainer. One source for the default names (conv1, pool1, drop1, bn1, ...)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        import os
+        import subprocess
+        here = os.path.dirname(os.path.abspath(__file__))
+        trainer = os.environ.get("TRAINER") or os.path.join(here, "..", "build", "trainer")
+        try:
+            out = subprocess.run([trainer, "--list-layers", "--json"], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise RuntimeError(f"torch_model.py needs the trainer's layer registry: {trainer} --list-layers --json "
+                               f"failed ({e}); build it (launch/test.sh) or set TRAINER") from None
+        _REGISTRY = {k["section"]: k for k in json.loads(out.stdout)}
+    return _REGISTRY
 
 
 def act_fn(name):
@@ -148,10 +206,10 @@ class CfgNet(nn.Module):
 
     @staticmethod
     def _default_name(kind, counts):
-        if kind == "softmax" and counts.get(kind, 0) == 0:
-            return "softmax"
-        prefix = {"maxpool": "pool", "batchnorm": "bn"}.get(kind, kind)
-        return f"{prefix}{counts.get(kind, 0) + 1}"
+        k = registry()[kind]
+        if k["terminal"] and counts.get(kind, 0) == 0:
+            return kind
+        return f"{k['prefix']}{counts.get(kind, 0) + 1}"
 
     def forward(self, x):
         outs = []

@@ -35,6 +35,7 @@ typedef struct layer_key {
     double def;        // default
     double lo, hi;     // accepted range (LK_INT, LK_DOUBLE; LK_REFS: how many entries); a default below lo = unset
     int required;      // 1: no default, config_validate says "missing required key"
+    const char *doc;   // what a value means where the default and range do not say it (NULL: nothing)
 } layer_key;
 
 enum layer_inputs_rule {
@@ -102,6 +103,13 @@ int layer_err(const net_config *cfg, int i, const char *key, const char *fmt, ..
 
 // Helpers for kinds
 const char *layer_act_name(int act);
+
+// The registry for people and programs: every kind's section, default name prefix, inputs, doc and keys with
+// defaults and ranges. LAYER_LIST_TEXT for --list-layers, LAYER_LIST_JSON for --list-layers --json (the PyTorch
+// builder, launch/torch_model.py, takes its names from it), LAYER_LIST_MARKDOWN for the README's layer table
+// (tests/cli_layers.sh holds the README to it).
+enum { LAYER_LIST_TEXT, LAYER_LIST_JSON, LAYER_LIST_MARKDOWN };
+void layer_kinds_print(FILE *f, int format);
 // A zeroed kind-private struct of `size` bytes as l->priv (NULL when out of memory); model_destroy frees it
 // after the kind's destroy.
 void *layer_priv_new(model_layer *l, size_t size);

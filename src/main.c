@@ -15,6 +15,7 @@
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "layer.h"
 #include "placement.h"
 #include "test_hooks.h"
 #include "train.h"
@@ -65,6 +66,8 @@ static void usage(FILE *f) {
             "  --predict CKPT      no training: classify --images FILE (IDX, raw or gzip, or CIFAR-10 binary);\n"
             "                      CSV index,class,p0,... to --out FILE.csv or stdout\n"
             "  --print-config      print the effective configuration and exit\n"
+            "  --list-layers       every layer kind: its section, default names, doc, keys with defaults and\n"
+            "                      ranges (--json: for programs; --markdown: the README's table)\n"
             "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
             "  --log-every S       when stdout is not a terminal (a Slurm log): a progress line every S seconds\n"
@@ -111,7 +114,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
        OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_EVAL, OPT_PREDICT, OPT_IMAGES, OPT_OUT,
        OPT_INIT_FROM, OPT_INIT_EXCLUDE, OPT_SAVE_EVERY, OPT_KEEP_BEST, OPT_RESUME_IF_EXISTS, OPT_PRINT_PLACEMENT,
-       OPT_LOG_EVERY, OPT_VERBOSE };
+       OPT_LOG_EVERY, OPT_VERBOSE, OPT_LIST_LAYERS, OPT_JSON, OPT_MARKDOWN };
 
 // Options that train, and so cannot go with --eval or --predict.
 static int cli_check_use(const cli *c) {
@@ -196,9 +199,10 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"save-every", required_argument, 0, OPT_SAVE_EVERY}, {"keep-best", no_argument, 0, OPT_KEEP_BEST},
         {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
         {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {"log-every", required_argument, 0, OPT_LOG_EVERY},
-        {"verbose", no_argument, 0, OPT_VERBOSE}, {0, 0, 0, 0}};
+        {"verbose", no_argument, 0, OPT_VERBOSE}, {"list-layers", no_argument, 0, OPT_LIST_LAYERS},
+        {"json", no_argument, 0, OPT_JSON}, {"markdown", no_argument, 0, OPT_MARKDOWN}, {0, 0, 0, 0}};
     opterr = 0;
-    int ch, idx;
+    int ch, idx, list_layers = 0, list_format = LAYER_LIST_TEXT, format_given = 0;
     long v;
     while ((ch = getopt_long(argc, argv, ":c:e:b:l:s:t:S:qh", longopts, &idx)) != -1) {
         switch (ch) {
@@ -235,6 +239,9 @@ static int cli_parse(int argc, char **argv, cli *c) {
             break;
         }
         case OPT_VERBOSE: c->opts.verbose = 1; break;
+        case OPT_LIST_LAYERS: list_layers = 1; break;
+        case OPT_JSON: list_format = LAYER_LIST_JSON, format_given = 1; break;
+        case OPT_MARKDOWN: list_format = LAYER_LIST_MARKDOWN, format_given = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case OPT_EVAL: c->opts.eval_path = optarg; break;
         case OPT_PREDICT: c->opts.predict_path = optarg; break;
@@ -260,6 +267,11 @@ static int cli_parse(int argc, char **argv, cli *c) {
         }
     }
     if (optind < argc) return ERR(ST_INPUT, "unexpected argument '%s' (see --help)", argv[optind]);
+    if (format_given && !list_layers) return ERR(ST_INPUT, "--json and --markdown are for --list-layers");
+    if (list_layers) {  // the layer registry, as --help: nothing else runs
+        if (launcher_rank() == 0) layer_kinds_print(stdout, list_format);
+        return -1;
+    }
     TRY(cli_check(c));
     cli_resume_if_exists(c);
     if (!c->config && !cli_config_checkpoint(c))

@@ -45,7 +45,7 @@ for f, syms in undefined.items():
 
 # Headers: A.h -> B.h for every #include "B.h" that resolves to a header of the tree.
 headers = {}
-for d in ("src", "src/layers", "comm", "cuda"):
+for d in ("src", "src/layers", "src/cpu", "comm", "cuda"):
     for f in os.listdir(os.path.join(src, d)):
         if f.endswith(".h"):
             headers.setdefault(f, f"{d}/{f}")

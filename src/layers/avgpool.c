@@ -5,8 +5,8 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"size", LK_INT, offsetof(layer_cfg, size), 0, 0, 1024, 0},      // 0: global
-    {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0},  // unset (0): = size
+    {"size", LK_INT, offsetof(layer_cfg, size), 0, 0, 1024, 0, "0: global average pooling, C×H×W → C×1×1 (Darknet's); k: k×k windows"},
+    {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0, "unset: = size; only with size > 0"},
 };
 
 typedef struct avgpool_priv {
@@ -61,7 +61,7 @@ const layer_kind layer_kind_avgpool = {
     .prefix = "avgpool",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "average pooling, no padding (size=0: global, C×1×1; stride defaults to size)",
+    .doc = "average pooling, no padding",
     .example = "[avgpool]\nsize=2\n",
     .shape = avgpool_shape,
     .create = avgpool_create,

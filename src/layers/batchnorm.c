@@ -17,10 +17,10 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"eps", LK_DOUBLE, offsetof(layer_cfg, eps), 1e-5, 0, 1, 0},            // > 0 (checked by the shape rule)
-    {"momentum", LK_DOUBLE, offsetof(layer_cfg, momentum), 0.1, 0, 1, 0},  // in (0, 1]
-    {"sync", LK_INT, offsetof(layer_cfg, sync), 0, 0, 1, 0},
-    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0},
+    {"eps", LK_DOUBLE, offsetof(layer_cfg, eps), 1e-5, 0, 1, 0, "> 0"},
+    {"momentum", LK_DOUBLE, offsetof(layer_cfg, momentum), 0.1, 0, 1, 0, "> 0: running = (1 − momentum)·running + momentum·batch"},
+    {"sync", LK_INT, offsetof(layer_cfg, sync), 0, 0, 1, 0, "1: statistics averaged over the ranks (PyTorch's SyncBatchNorm)"},
+    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0, NULL},
 };
 
 typedef struct bn_priv {
@@ -150,7 +150,8 @@ const layer_kind layer_kind_batchnorm = {
     .prefix = "bn",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "batch normalisation (per channel; per feature after [dense]/[flatten]), affine, activation",
+    .doc = "batch normalisation, affine, then the activation: BatchNorm2d per channel after a spatial layer, "
+           "BatchNorm1d per feature after [dense]/[flatten]",
     // After a relu [conv]: a bias followed by BN only shifts what BN subtracts, so the linear stem's bias would have
     // an exactly zero gradient, rounding noise that the PyTorch parity check cannot normalise. Per channel only:
     // per feature over a batch of 4 (the FD test's) has near-constant features whose curvature defeats ±1e-3 FD.

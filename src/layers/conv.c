@@ -23,12 +23,12 @@ typedef struct conv_priv {
 } conv_priv;
 
 static const layer_key keys[] = {
-    {"filters", LK_INT, offsetof(layer_cfg, filters), 0, 1, 65536, 1},
-    {"size", LK_INT, offsetof(layer_cfg, size), 3, 1, 1024, 0},
-    {"stride", LK_INT, offsetof(layer_cfg, stride), 1, 1, 1024, 0},
-    {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 1024, 0},
-    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_RELU, 0, 0, 0},
-    {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0},  // 0: none (a normalisation follows)
+    {"filters", LK_INT, offsetof(layer_cfg, filters), 0, 1, 65536, 1, NULL},
+    {"size", LK_INT, offsetof(layer_cfg, size), 3, 1, 1024, 0, "kernel size×size"},
+    {"stride", LK_INT, offsetof(layer_cfg, stride), 1, 1, 1024, 0, NULL},
+    {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 1024, 0, "zeros on each side"},
+    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_RELU, 0, 0, 0, NULL},
+    {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0, "0: no bias and no `<name>.bias` tensor (PyTorch's bias=False), for a conv followed by a normalisation"},
 };
 
 static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
@@ -140,7 +140,7 @@ const layer_kind layer_kind_conv = {
     .section = "conv",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "2-D convolution, bias (optional) and activation fused",
+    .doc = "2-D convolution with its bias and activation fused (PyTorch's Conv2d)",
     .example = "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=relu\n",
     .shape = conv_shape,
     .create = conv_create,

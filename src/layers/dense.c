@@ -4,9 +4,9 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"units", LK_INT, offsetof(layer_cfg, units), 0, 1, 1 << 24, 1},
-    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0},
-    {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0},  // 0: none
+    {"units", LK_INT, offsetof(layer_cfg, units), 0, 1, 1 << 24, 1, NULL},
+    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0, NULL},
+    {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0, "0: no bias"},
 };
 
 static int dense_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
@@ -46,7 +46,7 @@ const layer_kind layer_kind_dense = {
     .section = "dense",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "fully connected, bias (optional) and activation fused",
+    .doc = "fully connected, bias and activation fused (PyTorch's Linear); flattens a spatial input itself",
     .example = "[dense]\nunits=5\nactivation=relu\n",
     .shape = dense_shape,
     .create = dense_create,

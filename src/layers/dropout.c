@@ -7,7 +7,7 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"rate", LK_DOUBLE, offsetof(layer_cfg, rate), 0.5, 0, 1, 0},  // [0, 1): 1 is refused by the shape rule
+    {"rate", LK_DOUBLE, offsetof(layer_cfg, rate), 0.5, 0, 1, 0, "below 1: each value kept with probability 1 − rate"},
 };
 
 typedef struct dropout_priv {
@@ -63,7 +63,9 @@ const layer_kind layer_kind_dropout = {
     .prefix = "drop",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "inverted dropout while training (scale 1/(1 - rate)), identity in evaluation",
+    .doc = "inverted dropout while training (kept values scaled by 1/(1 − rate), the rest 0), the identity in "
+           "evaluation; the mask is a hash of (seed, step, rank, layer, micro-batch, element): the same on CPU "
+           "and GPU, after a resume and in a replayed CUDA graph",
     .example = "[dropout]\nrate=0.3\n",
     .shape = dropout_shape,
     .create = dropout_create,

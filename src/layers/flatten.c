@@ -33,7 +33,7 @@ static int flatten_backward(model *m, model_layer *l, int n) {
 const layer_kind layer_kind_flatten = {
     .section = "flatten",
     .flags = LAYER_ALIAS,
-    .doc = "C×H×W as one vector (optional: [dense] flattens its input)",
+    .doc = "C×H×W as one vector (optional: a [dense] flattens its input)",
     .example = "[flatten]\n",
     .shape = flatten_shape,
     .create = flatten_create,

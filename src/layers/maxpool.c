@@ -3,8 +3,8 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"size", LK_INT, offsetof(layer_cfg, size), 2, 1, 1024, 0},
-    {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0},  // unset (0): = size
+    {"size", LK_INT, offsetof(layer_cfg, size), 2, 1, 1024, 0, "window size×size"},
+    {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0, "unset: = size"},
 };
 
 typedef struct pool_priv {
@@ -71,7 +71,7 @@ const layer_kind layer_kind_maxpool = {
     .prefix = "pool",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "max pooling, no padding (stride defaults to size)",
+    .doc = "max pooling, no padding",
     .example = "[maxpool]\nsize=2\n",
     .shape = maxpool_shape,
     .create = maxpool_create,

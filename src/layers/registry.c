@@ -62,3 +62,99 @@ const char *layer_act_name(int act) {
     default: return "linear";
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// The registry printed (--list-layers)
+
+static const char *inputs_name(int rule) {
+    return rule == LAYER_IN_REFS ? "refs" : rule == LAYER_IN_PREV_REFS ? "previous+refs" : "previous";
+}
+
+static const char *key_type_name(int type) {
+    return type == LK_DOUBLE ? "double" : type == LK_ACT ? "activation" : type == LK_REFS ? "refs" : "int";
+}
+
+// One key as people read it: `name` (default; range): doc
+static void key_text(FILE *f, const layer_key *k, int markdown) {
+    const char *q = markdown ? "`" : "";
+    fprintf(f, "%s%s%s (", q, k->name, q);
+    if (k->required) fprintf(f, "required");
+    else if (k->type == LK_ACT) fprintf(f, "%s", layer_act_name((int)k->def));
+    else if (k->type != LK_REFS && k->def < k->lo) fprintf(f, "unset");
+    else fprintf(f, "%.10g", k->def);
+    if (k->type == LK_ACT) fprintf(f, "; relu, linear or leaky");
+    else if (k->type == LK_REFS && k->lo == k->hi) fprintf(f, "; %.10g earlier layer", k->lo);
+    else if (k->type == LK_REFS) fprintf(f, "; %.10g to %.10g earlier layers", k->lo, k->hi);
+    else fprintf(f, "; %.10g to %.10g", k->lo, k->hi);
+    fprintf(f, ")%s%s", k->doc ? ": " : "", k->doc ? k->doc : "");
+}
+
+static void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+static void kind_json(FILE *f, const layer_kind *k) {
+    fprintf(f, "{\"section\":");
+    json_string(f, k->section);
+    fprintf(f, ",\"prefix\":");
+    json_string(f, k->prefix ? k->prefix : k->section);
+    fprintf(f, ",\"terminal\":%s,\"inputs\":\"%s\",\"doc\":", k->flags & LAYER_TERMINAL ? "true" : "false",
+            inputs_name(k->inputs));
+    json_string(f, k->doc);
+    fprintf(f, ",\"keys\":[");
+    for (int j = 0; j < k->n_keys; j++) {
+        const layer_key *key = &k->keys[j];
+        fprintf(f, "%s{\"name\":", j ? "," : "");
+        json_string(f, key->name);
+        fprintf(f, ",\"type\":\"%s\",\"required\":%s,\"default\":", key_type_name(key->type),
+                key->required ? "true" : "false");
+        if (key->required || (key->type != LK_REFS && key->type != LK_ACT && key->def < key->lo)) fprintf(f, "null");
+        else if (key->type == LK_ACT) json_string(f, layer_act_name((int)key->def));
+        else fprintf(f, "%.17g", key->def);
+        fprintf(f, ",\"min\":%.17g,\"max\":%.17g,\"doc\":", key->lo, key->hi);
+        json_string(f, key->doc);
+        fprintf(f, "}");
+    }
+    fprintf(f, "]}");
+}
+
+void layer_kinds_print(FILE *f, int format) {
+    if (format == LAYER_LIST_JSON) fprintf(f, "[");
+    if (format == LAYER_LIST_MARKDOWN)
+        fprintf(f, "| section | names | what it is | keys (default; range): meaning |\n|---|---|---|---|\n");
+    for (int t = 1; t < LAYER_KIND_COUNT; t++) {
+        const layer_kind *k = g_kinds[t];
+        const char *prefix = k->prefix ? k->prefix : k->section;
+        if (format == LAYER_LIST_JSON) {
+            fprintf(f, "%s\n", t > 1 ? "," : "");
+            kind_json(f, k);
+            continue;
+        }
+        if (format == LAYER_LIST_MARKDOWN) {
+            fprintf(f, "| `[%s]` | ", k->section);
+            if (k->flags & LAYER_TERMINAL) fprintf(f, "`%s` | ", k->section);
+            else fprintf(f, "`%s1`, `%s2`, … | ", prefix, prefix);
+            fprintf(f, "%s | ", k->doc);
+            for (int j = 0; j < k->n_keys; j++) {
+                fprintf(f, "%s", j ? "; " : "");
+                key_text(f, &k->keys[j], 1);
+            }
+            fprintf(f, "%s |\n", k->n_keys ? "" : "—");
+            continue;
+        }
+        fprintf(f, "[%s]  names %s%s; input: %s\n  %s\n", k->section, k->flags & LAYER_TERMINAL ? "" : prefix,
+                k->flags & LAYER_TERMINAL ? k->section : "1, 2, ...", inputs_name(k->inputs), k->doc);
+        for (int j = 0; j < k->n_keys; j++) {
+            fprintf(f, "  ");
+            key_text(f, &k->keys[j], 0);
+            fprintf(f, "\n");
+        }
+    }
+    if (format == LAYER_LIST_JSON) fprintf(f, "\n]\n");
+}

@@ -5,7 +5,7 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"layers", LK_REFS, 0, 0, 1, CFG_MAX_REFS, 1},  // earlier layers: -k relative (Darknet's), or absolute indices
+    {"layers", LK_REFS, 0, 0, 1, CFG_MAX_REFS, 1, "comma-separated, -k or absolute; concatenated along channels in the order listed (their H×W must match)"},
 };
 
 static int ref_index(const layer_cfg *l, int i, int r) { return l->refs[r] < 0 ? i + l->refs[r] : l->refs[r]; }
@@ -63,7 +63,8 @@ const layer_kind layer_kind_route = {
     .n_keys = sizeof keys / sizeof keys[0],
     .flags = LAYER_ALIAS_ONE,
     .inputs = LAYER_IN_REFS,
-    .doc = "earlier outputs: one copied, several concatenated along channels (Darknet's)",
+    .doc = "earlier outputs (Darknet's route): one copied, or several concatenated along channels; the previous "
+           "layer is an input only when listed",
     .example = "[conv]\nfilters=2\nsize=3\npad=1\n[route]\nlayers=-1,-2\n",
     .shape = route_shape,
     .create = route_create,

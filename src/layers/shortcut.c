@@ -5,8 +5,8 @@
 #include "../layer.h"
 
 static const layer_key keys[] = {
-    {"from", LK_REFS, 0, 0, 1, 1, 1},  // one earlier layer: -k relative (Darknet's), or an absolute index
-    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0},
+    {"from", LK_REFS, 0, 0, 1, 1, 1, "-k: k layers back (Darknet's), or an absolute index from 0; same C×H×W as the previous output"},
+    {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_NONE, 0, 0, 0, NULL},
 };
 
 static int shortcut_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
@@ -50,7 +50,7 @@ const layer_kind layer_kind_shortcut = {
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
     .inputs = LAYER_IN_PREV_REFS,
-    .doc = "residual add of the previous output and layer `from`'s, then the activation (Darknet's)",
+    .doc = "residual add (Darknet's): y = act(previous output + output of `from`)",
     .example = "[conv]\nfilters=3\nsize=3\npad=1\nactivation=relu\n[shortcut]\nfrom=-2\nactivation=linear\n",
     .shape = shortcut_shape,
     .create = shortcut_create,

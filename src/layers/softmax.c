@@ -38,7 +38,8 @@ static int softmax_forward(model *m, model_layer *l, int n, int training) {
 const layer_kind layer_kind_softmax = {
     .section = "softmax",
     .flags = LAYER_TERMINAL,
-    .doc = "softmax + cross-entropy loss (last layer, after a linear [dense] with net.classes units)",
+    .doc = "softmax + sparse categorical cross-entropy, the loss: last, after a linear [dense] with net.classes "
+           "units",
     .example = "",
     .shape = softmax_shape,
     .create = softmax_create,
