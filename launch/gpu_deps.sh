@@ -2,7 +2,7 @@
 # gpu_deps.sh — run on this Debian 12 machine: unpack what a bare CUDA machine lacks to build, test and run ddp-cnn
 # into .deps/ (git-ignored), so that it can be carried there: Open MPI 4.1 with the libraries it loads, libinih,
 # libcjson, cmocka, OpenBLAS, zlib's headers, pkg-config, and Fashion-MNIST. Writes .deps/env.sh, which the GPU
-# machine sources (launch/gpu_check.sh does): see README, "GPU machines".
+# machine sources (launch/gpu_check.sh does): see docs/gpu.md.
 #   ./launch/gpu_deps.sh [--no-data] [--no-verify] [--check] [--bare] [--build]
 # --no-data    leave Fashion-MNIST out (.deps/data, 30 MiB)
 # --no-verify  skip the check

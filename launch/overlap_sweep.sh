@@ -4,7 +4,7 @@
 #   sudo ./launch/overlap_sweep.sh --box 1        the same across the nodes of a cluster in a box, 1 Gbit/s links
 #   ./launch/overlap_sweep.sh --paired ...         overlap off and on alternating step by step inside each run
 # Each point is one epoch of `steps` steps (train_limit = steps x global batch) of the default config; the
-# figures are rank 0's metrics (README "Outputs"): comm_s (all-reduce in flight per step), exposed_comm_s
+# figures are rank 0's metrics (docs/outputs.md): comm_s (all-reduce in flight per step), exposed_comm_s
 # (waiting after backward per step), skew_s (the part of that wait spent on a peer still in backward) and
 # net = exposed_comm_s - skew_s (waiting for communication itself). Every bucket size runs --repeat times,
 # overlap on and off alternating, and the table gives the median of each figure, exposed(on) / exposed(off) and

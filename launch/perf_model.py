@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""perf_model.py — the data-parallel performance model of ddp-cnn (README "Scaling study"), in one place.
+"""perf_model.py — the data-parallel performance model of ddp-cnn (docs/parallelism.md, "Scaling study"), in one place.
 
     python3 launch/perf_model.py ring-fit NP BENCH_OUTPUT...
         convert bench_allreduce's `# fit: alpha_us=a beta_GBps=b` (time = a + S/b, measured with NP ranks) into

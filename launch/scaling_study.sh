@@ -8,7 +8,7 @@
 # Every run does EPOCHS epochs of exactly STEPS steps (data.train_limit = STEPS x global batch); the last epoch's
 # metrics of rank 0 are used (the first one warms up). Outputs in the output directory:
 #   scaling.csv         mode, np, global batch, images/s, per rank, step/compute/comm/exposed ms, efficiency,
-#                       and the model's figures next to them (launch/perf_model.py; README "Scaling study")
+#                       and the model's figures next to them (launch/perf_model.py; docs/parallelism.md, "Scaling study")
 #   scaling.png         throughput and efficiency vs np, measured and modelled, with the ideal line
 #   scaling_model.png   the model's weak-scaling efficiency up to --model-max-n ranks, with and without overlap,
 #                       for the all-reduce alpha/beta measured here and for the GPU alpha/beta

@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 // ---------------------------------------------------------------------------------------------------------
-// Status codes. They double as the trainer's process exit codes (see README "Exit codes").
+// Status codes. They double as the trainer's process exit codes (see docs/cli.md, "Exit codes").
 enum {
     ST_OK = 0,
     ST_RUNTIME = 1,      // I/O write failure, out of memory, MPI/CUDA/cuDNN/cuBLAS/NCCL failure

@@ -10,7 +10,7 @@
 // start with blanks until its closing quote; config_print writes so every string the INI rules would alter (a
 // ';', '#', blanks at an end, control bytes, a line over the reader's limit), so any string value reads back.
 //
-// Every key has a documented default (README "Configuration"). Unknown sections or keys, missing required
+// Every key has a documented default (docs/config.md). Unknown sections or keys, missing required
 // keys, bad values and impossible shapes are ST_INPUT errors naming file, section (with its line) and key.
 #pragma once
 #include <stdint.h>

@@ -57,7 +57,7 @@ typedef struct layer_kind {
     int n_keys;
     int inputs;            // enum layer_inputs_rule
     unsigned flags;        // enum layer_flags
-    const char *doc;       // one line for README/--help
+    const char *doc;       // what the kind is, for --list-layers (and so docs/config.md)
     // Sections that put this kind in a small network (tests/test_layers.c: after a linear [conv] on 2x6x6,
     // before [dense] units=3 and [softmax]): finite differences and a config round trip for every kind.
     const char *example;
@@ -106,8 +106,8 @@ const char *layer_act_name(int act);
 
 // The registry for people and programs: every kind's section, default name prefix, inputs, doc and keys with
 // defaults and ranges. LAYER_LIST_TEXT for --list-layers, LAYER_LIST_JSON for --list-layers --json (the PyTorch
-// builder, launch/torch_model.py, takes its names from it), LAYER_LIST_MARKDOWN for the README's layer table
-// (tests/cli_layers.sh holds the README to it).
+// builder, launch/torch_model.py, takes its names from it), LAYER_LIST_MARKDOWN for the layer table of docs/config.md
+// (tests/cli_layers.sh holds the document to it).
 enum { LAYER_LIST_TEXT, LAYER_LIST_JSON, LAYER_LIST_MARKDOWN };
 void layer_kinds_print(FILE *f, int format);
 // A zeroed kind-private struct of `size` bytes as l->priv (NULL when out of memory); model_destroy frees it

@@ -67,7 +67,7 @@ static void usage(FILE *f) {
             "                      CSV index,class,p0,... to --out FILE.csv or stdout\n"
             "  --print-config      print the effective configuration and exit\n"
             "  --list-layers       every layer kind: its section, default names, doc, keys with defaults and\n"
-            "                      ranges (--json: for programs; --markdown: the README's table)\n"
+            "                      ranges (--json: for programs; --markdown: docs/config.md's table)\n"
             "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
             "  --quiet             print only errors and the final summary\n"
             "  --log-every S       when stdout is not a terminal (a Slurm log): a progress line every S seconds\n"

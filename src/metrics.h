@@ -1,6 +1,6 @@
 // metrics.h — the numbers a user reads: per-step time breakdown, throughput, scaling efficiency.
 //
-// Every number is defined once here and in the README ("Metrics"), and computed in one function.
+// Every number is defined once here and in docs/outputs.md ("Metrics"), and computed in one function.
 #pragma once
 #include <stdio.h>
 
@@ -54,7 +54,7 @@ typedef struct epoch_metrics {
     const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)
 } epoch_metrics;
 
-// Scaling efficiency, the one place it is computed (see README "Metrics"):
+// Scaling efficiency, the one place it is computed (see docs/outputs.md, "Metrics"):
 //   weak   (per-rank batch fixed):  E = throughput(N) / (N * throughput(1))
 //   strong (global batch fixed):    E = time(1) / (N * time(N)), time = step time for the same global batch
 // With no baseline: E_est = (step_s - exposed_comm_s) / step_s, labelled "estimate".
@@ -77,7 +77,7 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m);
 // The first bytes of an existing file look like a metrics file (what --metrics may replace).
 int metrics_is_jsonl_head(const unsigned char *head, size_t n);
 
-// --eval: one JSON object (README "Using a trained model"). confusion is classes x classes, [true][predicted].
+// --eval: one JSON object (docs/outputs.md, "Using a trained model"). confusion is classes x classes, [true][predicted].
 typedef struct eval_report {
     const char *checkpoint;
     int samples, classes, world, eval_batch;

@@ -12,7 +12,7 @@
 #include "backend.h"
 #include "config.h"
 
-// ---- learning-rate schedule (README "Training recipes": the formulas)
+// ---- learning-rate schedule (docs/config.md, "Training recipes": the formulas)
 typedef struct lr_schedule {
     int kind;                  // SCHED_*
     double peak, min_lr;       // peak: net.lr, times the world size with lr_scaling=linear

@@ -556,7 +556,7 @@ static int epoch_evaluate(trainer *t, epoch_totals *e) {
     return ST_OK;
 }
 
-// Every figure of the epoch's line and metrics record (README "Metrics"), in one epoch_metrics.
+// Every figure of the epoch's line and metrics record (docs/outputs.md, "Metrics"), in one epoch_metrics.
 static void epoch_figures(const trainer *t, const baseline *bl, const epoch_totals *e, epoch_metrics *em) {
     const net_config *cfg = t->cfg;
     *em = (epoch_metrics){0};

@@ -242,7 +242,7 @@ static int meta_double(const ckpt_file *f, const char *key, double lo, double hi
 }
 
 // The checkpoint's own record of what it was trained on must be this run's, or the resumed run would not be
-// the uninterrupted one (README: bit-identical).
+// the uninterrupted one (docs/outputs.md: bit-identical).
 static int meta_same(const ckpt_file *f, const char *key, const char *have, const char *what) {
     const char *s = ckpt_meta(f, key);
     if (!s) return ERR(ST_INPUT, "%s: metadata '%s' missing (written by an older ddp-cnn?)", ckpt_path(f), key);

@@ -15,7 +15,7 @@ typedef struct train_opts {
     const char *init_exclude;   // --init-exclude: comma-separated layer or tensor names left at their init
     int save_every;             // --save-every N: also keep <stem>-eN.safetensors every N epochs (0: off)
     int keep_best;              // --keep-best: also keep <stem>-best.safetensors, the best test accuracy so far
-    // Using a trained model instead of training (README "Using a trained model"); NULL: train.
+    // Using a trained model instead of training (docs/outputs.md, "Using a trained model"); NULL: train.
     const char *eval_path;      // --eval CKPT: test loss, accuracy, per-class accuracy, confusion matrix
     const char *predict_path;   // --predict CKPT: class probabilities of every image of images_path
     const char *images_path;    // --images FILE: IDX (raw or gzip) or CIFAR-10 binary

@@ -4,7 +4,7 @@
 # crash while saving, write errors, divergence, signals and a corrupted replica. Each case checks the exit code,
 # the message, how long the job took to go, and that the last good checkpoint is intact and loadable (through the
 # trainer's own reader: tests/ckpt_tool and --resume). Every run is bounded by `timeout`.
-# Prints one line per case with the measured figures (README "Reliability" quotes them).
+# Prints one line per case with the measured figures (docs/reliability.md quotes them).
 # Run by ctest: cli_faults.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_data

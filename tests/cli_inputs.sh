@@ -4,7 +4,7 @@
 # 13, 14). Every run is bounded by `timeout`; each case checks the exit code, the one-line message, the time to
 # exit, and at the end that no input file changed (checksums before and after). One process; mpirun only for
 # the write-failure cases (a file size limit set in the rank alone: Open MPI's own files must not hit it).
-# Prints one line per case with the measured figures (README "Reliability" quotes them).
+# Prints one line per case with the measured figures (docs/reliability.md quotes them).
 # Run by ctest: cli_inputs.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_tool

@@ -4,7 +4,7 @@
 # emulated CUDA graph (DDP_TEST_CPU_GRAPH=1: the dropout key read from backend memory at replay) gives the same
 # parameters as op by op; a resumed run gives the same parameters as an uninterrupted one (the masks are drawn
 # again from (seed, step, rank)). Small data: Fashion-MNIST with data.train_limit / data.test_limit. And the
-# registry printed: the README's layer table is `trainer --list-layers --markdown`, --json is valid JSON whose
+# registry printed: the docs/config.md layer table is `trainer --list-layers --markdown`, --json is valid JSON whose
 # name prefixes are the ones a config's layers get, and --json without --list-layers is exit 2.
 # Run by ctest: cli_layers.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
@@ -12,10 +12,10 @@ make_tmp --cd
 
 # ---- the registry printed (no data needed)
 if run --list-layers --markdown && sed -n '/<!-- generated: trainer --list-layers --markdown/,/<!-- end of generated table -->/p' \
-    "$src/README.md" | sed '1d;$d' | diff - "$tmp/out" >"$tmp/err"; then
-  ok "README's layer table == trainer --list-layers --markdown ($(grep -c '^| `\[' "$tmp/out") kinds)"
+    "$src/docs/config.md" | sed '1d;$d' | diff - "$tmp/out" >"$tmp/err"; then
+  ok "docs/config.md layer table == trainer --list-layers --markdown ($(grep -c '^| `\[' "$tmp/out") kinds)"
 else
-  bad "README's layer table differs from trainer --list-layers --markdown (regenerate it)"
+  bad "docs/config.md layer table differs from trainer --list-layers --markdown (regenerate it)"
 fi
 if run --list-layers --json && python3 - "$tmp/out" "$trainer" <<'PY' >"$tmp/err" 2>&1; then
 import json, subprocess, sys

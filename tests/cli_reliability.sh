@@ -3,7 +3,7 @@
 # cli_reliability.sh — derived outputs never overwrite inputs, checkpoints stay self-contained whatever the paths,
 # eval/predict stop on signals, nothing non-finite is ever saved. Each case asserts the exit code, the message,
 # the time to exit, and that no input changed (sha256 before and after). Prints one line per case with those
-# figures (docs: README "Reliability").
+# figures (docs/reliability.md).
 # Run by ctest: cli_reliability.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_data

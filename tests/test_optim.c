@@ -191,7 +191,7 @@ static double schedule_at(const char *text, int epochs, int spe, long long step)
 
 #define NEAR(a, b) assert_true(fabs((a) - (b)) <= 1e-12 * (1 + fabs(b)))
 
-// Every schedule against its closed form (README "Training recipes"), 10 epochs of 100 steps, peak 0.1.
+// Every schedule against its closed form (docs/config.md, "Training recipes"), 10 epochs of 100 steps, peak 0.1.
 static void test_schedules_closed_forms(void **state) {
     (void)state;
     const double pi = 3.14159265358979323846, peak = 0.1;
