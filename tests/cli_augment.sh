@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_augment.sh — [data] augmentation through the trainer (issue 15, part 6): --print-config shows the mean and
+# cli_augment.sh — [data] augmentation through the trainer: --print-config shows the mean and
 # std computed from the training set; a run's checkpoint carries them, so --eval and --predict from it normalise
 # as training did (--eval's figures bit-identical to the epoch's); a --config without them is computed again,
 # to the same values. Prints the measured figures. Run by ctest: cli_augment.sh TRAINER SOURCE_DIR BINARY_DIR

@@ -74,7 +74,7 @@ sed 's/^height=28/height=2/' "$tmp/good.cfg" >"$tmp/shape.cfg"
 expect_error impossible-shape "shape.cfg" -- --config "$tmp/shape.cfg"
 sed 's/^units=10/units=7/' "$tmp/good.cfg" >"$tmp/units.cfg"
 expect_error units-vs-classes "units.cfg" -- --config "$tmp/units.cfg"
-# Layer kinds of issue 14 part 3: references and shapes (file:line, section and key named)
+# Layer kinds [shortcut], [route], [dropout], [avgpool]: references and shapes (file:line, section and key named)
 sed 's/^\[dense\]/[shortcut]\nfrom=-2\n[dense]/' "$tmp/good.cfg" >"$tmp/sc_shape.cfg"
 expect_error shortcut-shape "sc_shape.cfg:16: [shortcut] 'shortcut1': from: layer 0 ('conv1') gives 4x26x26" -- --config "$tmp/sc_shape.cfg"
 sed 's/^\[dense\]/[shortcut]\nfrom=3\n[dense]/' "$tmp/good.cfg" >"$tmp/sc_fwd.cfg"

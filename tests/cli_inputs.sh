@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # needs: mpi
-# cli_inputs.sh — bounded inputs, outputs that never clobber inputs, and lost output (issue 12, cases 4-8, 10,
-# 13, 14). Every run is bounded by `timeout`; each case checks the exit code, the one-line message, the time to
+# cli_inputs.sh — bounded inputs, outputs that never clobber inputs, and lost output. Every run is bounded by `timeout`; each case checks the exit code, the one-line message, the time to
 # exit, and at the end that no input file changed (checksums before and after). One process; mpirun only for
 # the write-failure cases (a file size limit set in the rank alone: Open MPI's own files must not hit it).
 # Prints one line per case with the measured figures (docs/reliability.md quotes them).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cli_layers.sh — the layer kinds of issue 14 part 3 in a whole training run: configs/resnet_small.cfg (conv
+# cli_layers.sh — the layer kinds [shortcut], [route], [dropout], [avgpool] in a whole training run: configs/resnet_small.cfg (conv
 # bias=0, leaky, [shortcut], [route], global [avgpool], [dropout]) trains on the CPU; the step replayed from the
 # emulated CUDA graph (DDP_TEST_CPU_GRAPH=1: the dropout key read from backend memory at replay) gives the same
 # parameters as op by op; a resumed run gives the same parameters as an uninterrupted one (the masks are drawn

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # needs: mpi
-# cli_model_use.sh — using a trained model (issue 15, part 7): self-contained checkpoints (the config travels in
+# cli_model_use.sh — using a trained model: self-contained checkpoints (the config travels in
 # the metadata), --eval equal to the training run's epoch figures, --predict CSV, fine-tuning with --init-from
 # and a new head, --save-every / --keep-best / --resume-if-exists files, and each bad input exit 2 with one line.
 # Small data: Fashion-MNIST with data.train_limit / data.test_limit. Prints the measured figures.

@@ -1362,7 +1362,7 @@ static void test_bench_reference_cnn(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Layer ops of issue 14 part 3, against direct computation
+// Layer ops ([shortcut], [route], [dropout], [avgpool]), against direct computation
 
 static float act_direct(int act, float v) {
     if (act == ACT_RELU) return v > 0 ? v : 0;

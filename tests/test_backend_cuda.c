@@ -1032,7 +1032,7 @@ static int group_teardown(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Layer ops of issue 14 part 3
+// Layer ops ([shortcut], [route], [dropout], [avgpool])
 
 static void test_add_act_and_act_backward(void **state) {
     (void)state;

@@ -538,7 +538,7 @@ static void test_ready_configs_print_plainly(void **state) {
     }
 }
 
-// Config text with the layer kinds of issue 14 part 3: it validates, and print -> load_text -> print is the same
+// Config text with the layer kinds [shortcut], [route], [dropout], [avgpool]: it validates, and print -> load_text -> print is the same
 // text (every key of every kind round-trips).
 static void expect_text_round_trip(const char *what, const char *ini) {
     static net_config a, b;

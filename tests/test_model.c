@@ -233,7 +233,7 @@ static void test_batchnorm_state_and_modes(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Finite differences on models written as config text (the layer kinds of issue 14: leaky, bias=0, shortcut,
+// Finite differences on models written as config text (leaky, bias=0, shortcut,
 // route, dropout, avgpool): every parameter's gradient against central differences of the training loss.
 
 #define NET_HEAD "[net]\nchannels=2\nheight=8\nwidth=8\nclasses=3\n"
