@@ -15,6 +15,8 @@
 #                                                        start its slurmd again
 #   ./launch/cluster_box.sh down                         remove every namespace, process and file it made
 #   ./launch/cluster_box.sh check                        exit 0 when a box can run here, else 2 with the reason
+#                                                        (a check only: it installs nothing)
+#   ./launch/cluster_box.sh install                      install the box's Debian packages (apt-get), then check
 # Plain Open MPI works too: `cluster_box.sh exec n1 mpirun -H n1,n2 -np 2 build/trainer ...` (the box's rsh
 # agent enters a node's namespaces; $DDP_BOX_DIR/hostfile lists the nodes with their slots).
 # Addresses are 10.250.0.0/24, which exists only inside the box's namespaces (no route, no NAT): nothing the
@@ -38,12 +40,17 @@ case "$dir" in /tmp|/tmp/*) die 2 "DDP_BOX_DIR '$dir' is under /tmp, which every
 
 box_packages=(slurm-wlm slurm-wlm-basic-plugins munge openmpi-bin iproute2 util-linux)
 
+# require [install]: root, the packages, Slurm's PMIx plugin and namespaces are there (exit 2 with the reason,
+# else nothing). With `install`, missing packages are installed first (apt-get); without, a check only.
 require() {
   [ "$(id -u)" -eq 0 ] || die 2 "needs root (network namespaces, veth, tc, mounts); run it with sudo"
   local missing="" p
   for p in "${box_packages[@]}"; do
     grep -q "install ok installed" <<<"$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" || missing+=" $p"
   done
+  if [ -n "$missing" ] && [ "${1:-}" != install ]; then
+    die 2 "packages missing:$missing (install them: $me install)"
+  fi
   if [ -n "$missing" ]; then
     echo "$me: installing:$missing"
     # shellcheck disable=SC2086  # a list of package names
@@ -256,7 +263,7 @@ cmd_up() {
   [[ $nodes =~ ^[1-9][0-9]?$ ]] || die 2 "--nodes must be 1..99, not '$nodes'"
   [[ $cpus =~ ^[1-9][0-9]*$ ]] || die 2 "--cpus-per-node must be a positive integer, not '$cpus'"
   [[ $gbit =~ ^[0-9]*\.?[0-9]+$ ]] || die 2 "--link-gbit must be a number, not '$gbit'"
-  require
+  require install  # `up` installs what is missing; `check` only checks
   if is_up; then
     load_env
     if [ "$NODES" = "$nodes" ] && [ "$CPUS" = "$cpus" ]; then
@@ -451,6 +458,7 @@ cmd_submit() {
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
   check) require; echo "cluster_box.sh: a box can run here" ;;
+  install) require install; echo "cluster_box.sh: a box can run here (packages installed)" ;;
   down) shift; [ "$(id -u)" -eq 0 ] || die 2 "needs root"; cmd_down ;;
   status) shift; cmd_status ;;
   exec) shift; cmd_exec "$@" ;;
@@ -458,5 +466,5 @@ case "${1:-}" in
   link) shift; cmd_link "$@" ;;
   kill-node) shift; cmd_kill_node "$@" ;;
   -h|--help|help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' ;;
-  *) die 2 "usage: $me up|down|status|exec|submit|link|kill-node|check (see --help)" ;;
+  *) die 2 "usage: $me up|down|status|exec|submit|link|kill-node|check|install (see --help)" ;;
 esac

@@ -103,5 +103,19 @@ done
 [ ! -e "$tmp/launched" ] || fail "--help launched: $(cat "$tmp/launched")"
 [ -z "$(ls -A "$tmp/help")" ] || fail "--help created files: $(ls -A "$tmp/help")"
 
+# cluster_box.sh check only checks: with its packages missing (a dpkg-query that knows none) it exits 2 naming
+# them and the `install` verb, and runs no apt-get.
+if [ "$(id -u)" -eq 0 ]; then
+  mkdir -p "$tmp/nopkg"
+  printf '#!/bin/sh\nexit 1\n' >"$tmp/nopkg/dpkg-query"
+  printf '#!/bin/sh\necho "apt-get $*" >>%s/apt-called\nexit 0\n' "$tmp" >"$tmp/nopkg/apt-get"
+  chmod +x "$tmp/nopkg/dpkg-query" "$tmp/nopkg/apt-get"
+  PATH="$tmp/nopkg:$PATH" bash "$src/launch/cluster_box.sh" check >"$tmp/out" 2>&1
+  rc=$?
+  [ "$rc" -eq 2 ] && grep -q "packages missing:.*install them: cluster_box.sh install" "$tmp/out" ||
+    fail "cluster_box.sh check with packages missing: exit $rc: $(head -2 "$tmp/out")"
+  [ ! -e "$tmp/apt-called" ] || fail "cluster_box.sh check ran apt-get: $(cat "$tmp/apt-called")"
+fi
+
 if [ "$fails" -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "PASS"
