@@ -52,6 +52,8 @@ static void usage(FILE *f) {
             "  --metrics FILE      write per-epoch metrics as JSON Lines (rank 0)\n"
             "  --baseline FILE     metrics of an np 1 run: report measured scaling efficiency\n"
             "  --trace DIR         timeline per rank: DIR/trace_rank<R>.json (Chrome trace events, Perfetto)\n"
+            "  --tensorboard DIR   training curves as TensorBoard event files in DIR (rank 0; every --log-every\n"
+            "                      seconds and at each epoch's end): tensorboard --logdir DIR\n"
             "  --save FILE         write a safetensors checkpoint after each epoch and when stopped\n"
             "  --resume FILE       continue from a checkpoint (bit-identical to an uninterrupted run)\n"
             "  --resume-if-exists  resume from the --save file when it exists, else start fresh (requeued jobs)\n"
@@ -114,7 +116,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
        OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_EVAL, OPT_PREDICT, OPT_IMAGES, OPT_OUT,
        OPT_INIT_FROM, OPT_INIT_EXCLUDE, OPT_SAVE_EVERY, OPT_KEEP_BEST, OPT_RESUME_IF_EXISTS, OPT_PRINT_PLACEMENT,
-       OPT_LOG_EVERY, OPT_VERBOSE, OPT_LIST_LAYERS, OPT_JSON, OPT_MARKDOWN };
+       OPT_LOG_EVERY, OPT_VERBOSE, OPT_LIST_LAYERS, OPT_JSON, OPT_MARKDOWN, OPT_TENSORBOARD };
 
 // Options that train, and so cannot go with --eval or --predict.
 static int cli_check_use(const cli *c) {
@@ -128,7 +130,8 @@ static int cli_check_use(const cli *c) {
                     {o->init_from != NULL, "--init-from"}, {o->init_exclude != NULL, "--init-exclude"},
                     {o->save_path != NULL, "--save"},     {o->save_every > 0, "--save-every"},
                     {o->keep_best, "--keep-best"},        {o->max_steps > 0, "--steps"},
-                    {o->trace_dir != NULL, "--trace"},    {o->baseline_path != NULL, "--baseline"}};
+                    {o->trace_dir != NULL, "--trace"},    {o->baseline_path != NULL, "--baseline"},
+                    {o->tensorboard_dir != NULL, "--tensorboard"}};
     for (size_t i = 0; i < sizeof training / sizeof training[0]; i++)
         if (training[i].given)
             return ERR(ST_INPUT, "%s cannot be combined with %s (%s uses a trained model; %s is for training)", use,
@@ -200,7 +203,8 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"resume-if-exists", no_argument, 0, OPT_RESUME_IF_EXISTS},
         {"print-placement", no_argument, 0, OPT_PRINT_PLACEMENT}, {"log-every", required_argument, 0, OPT_LOG_EVERY},
         {"verbose", no_argument, 0, OPT_VERBOSE}, {"list-layers", no_argument, 0, OPT_LIST_LAYERS},
-        {"json", no_argument, 0, OPT_JSON}, {"markdown", no_argument, 0, OPT_MARKDOWN}, {0, 0, 0, 0}};
+        {"json", no_argument, 0, OPT_JSON}, {"markdown", no_argument, 0, OPT_MARKDOWN},
+        {"tensorboard", required_argument, 0, OPT_TENSORBOARD}, {0, 0, 0, 0}};
     opterr = 0;
     int ch, idx, list_layers = 0, list_format = LAYER_LIST_TEXT, format_given = 0;
     long v;
@@ -225,6 +229,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_METRICS: c->opts.metrics_path = optarg; break;
         case OPT_BASELINE: c->opts.baseline_path = optarg; break;
         case OPT_TRACE: c->opts.trace_dir = optarg; break;
+        case OPT_TENSORBOARD: c->opts.tensorboard_dir = optarg; break;
         case OPT_SAVE: c->opts.save_path = optarg; break;
         case OPT_RESUME: c->opts.resume_path = optarg; break;
         case OPT_RESUME_IF_EXISTS: c->resume_if_exists = 1; break;

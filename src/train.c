@@ -469,7 +469,7 @@ static int epoch_begin(trainer *t) {
 static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long *steps_here, double train_s,
                        epoch_totals *e) {
     const int first_step = t->step_in_epoch;
-    double e0 = now_s(), last_bar = e0;
+    double e0 = now_s(), last_bar = e0, last_tb = e0;
     while (t->step_in_epoch < t->steps_per_epoch) {
         if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
             e->stopped = 1;
@@ -485,14 +485,30 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
         t->step_in_epoch++;
         t->global_step++;
         (*steps_here)++;
+        // Rank 0's live view: the progress line (a bar at a terminal, a line every --log-every seconds in a log)
+        // and the TensorBoard curves (every --log-every seconds, 10 when 0), from one read of the loss sum.
         const double every = t->o->progress ? 0.2 : t->o->log_every_s;
-        if (t->rank == 0 && !g_quiet && every > 0 && now_s() - last_bar > every) {
-            last_bar = now_s();
+        const double now = now_s(), tb_every = t->o->log_every_s > 0 ? t->o->log_every_s : 10;
+        const int bar = t->rank == 0 && !g_quiet && every > 0 && now - last_bar > every;
+        const int tb = t->tb && now - last_tb > tb_every;
+        if (bar || tb) {
             double ls = 0;
             TRY(train_drain(t));
             TRY(t->be.ops->download(t->be.ctx, &ls, t->m.loss_acc, sizeof ls));
-            train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step,
-                                last_bar - e0, *steps_here, train_s + (last_bar - e0));
+            if (bar) {
+                last_bar = now;
+                train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step,
+                                    last_bar - e0, *steps_here, train_s + (last_bar - e0));
+            }
+            if (tb) {  // the epoch so far: mean loss over its samples, throughput since the epoch began
+                const int run = t->step_in_epoch - first_step;
+                const tb_scalar v[] = {
+                    {"train/loss", ls / ((double)t->step_in_epoch * t->G)},
+                    {"train/lr", lr_schedule_at(&t->sched, t->global_step - 1)},
+                    {"train/images_per_s", now > e0 ? (double)run * t->G / (now - e0) : 0}};
+                TRY(tb_scalars(t->tb, t->global_step, v, (int)(sizeof v / sizeof v[0])));
+                last_tb = now;
+            }
         }
     }
     // Bounded wait for the GPU: a stalled peer's all-reduce must not hang us (nccl joins its stream into
@@ -602,6 +618,13 @@ static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) 
              em->ab[1].exposed_comm_s * 1e3, em->ab[0].skew_s * 1e3, em->ab[1].skew_s * 1e3);
     // Written now (one write per line), so a full disk shows at this epoch, not at the end of the run.
     if (metrics >= 0 && t->rank == 0) TRY(metrics_write_jsonl(metrics, t->o->metrics_path, em));
+    const tb_scalar v[] = {{"epoch/train_loss", em->train_loss},       {"epoch/train_acc", em->train_acc},
+                           {"epoch/test_loss", em->test_loss},         {"epoch/test_acc", em->test_acc},
+                           {"epoch/images_per_s", em->images_per_s},   {"epoch/lr", em->lr},
+                           {"time/step_ms", em->t.step_s * 1e3},      {"time/comm_ms", em->t.comm_s * 1e3},
+                           {"time/exposed_comm_ms", em->t.exposed_comm_s * 1e3},
+                           {"epoch/scaling_efficiency", em->scaling_efficiency}};
+    TRY(tb_scalars(t->tb, em->step, v, (int)(sizeof v / sizeof v[0])));
     return ST_OK;
 }
 
@@ -683,6 +706,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK && t->use_comm) st = train_agree(t, train_ddp_start(t));
     if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(o->metrics_path, o->resume_path != NULL, &metrics);
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
+    if (st == ST_OK && o->tensorboard_dir && t->rank == 0) st = tb_open(&t->tb, o->tensorboard_dir, ci->host);
     st = train_agree(t, st);  // every rank is here with an agreed status, so this collective is safe
     if (st == ST_OK && t->tr) st = train_agree(t, train_trace_setup(t));
     if (st == ST_OK) st = startup_stop_check(t);
@@ -696,6 +720,9 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     }
     if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)
         st = ERR(ST_RUNTIME, "%s: error writing metrics: %s", o->metrics_path, strerror(errno));
+    const int tb_st = tb_close(t->tb);
+    t->tb = NULL;
+    if (st == ST_OK) st = tb_st;
     // A failure of this rank's own (a watchdog timeout, a dead peer) may leave collectives in flight on the
     // device that wait for the peer: retire the communicator before anything below frees or syncs device memory.
     if (st != ST_OK && !err_collective() && t->use_comm) comm_stop(c);

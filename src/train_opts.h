@@ -10,6 +10,7 @@ typedef struct train_opts {
     const char *resume_path;    // checkpoint to continue from; NULL: start fresh
     const char *baseline_path;  // metrics of an np 1 run, for measured scaling efficiency; NULL: estimate
     const char *trace_dir;      // timeline: every rank writes <dir>/trace_rank<R>.json (src/trace.h); NULL: none
+    const char *tensorboard_dir;  // rank 0 writes TensorBoard event files there (src/tensorboard.h); NULL: none
     long long max_steps;        // stop after this many global steps in total (0: run all epochs)
     const char *init_from;      // --init-from: model weights only (no optimizer state, position or schedule)
     const char *init_exclude;   // --init-exclude: comma-separated layer or tensor names left at their init

@@ -25,7 +25,7 @@
 #include "trace.h"
 #include "train_state.h"
 
-#define OUT_MAX (8 + 2)   // files, not counting the -eN copies (checked one by one)
+#define OUT_MAX (8 + 3)   // files, not counting the -eN copies (checked one by one)
 #define RPATH_MAX (PATH_MAX + 256)
 
 // ---------------------------------------------------------------------------------------------------------
@@ -220,6 +220,7 @@ int train_outputs_check(const net_config *cfg, const train_opts *o, int rank) {
     if (st == ST_OK && o->metrics_path) st = plan_add(p, o->metrics_path, "--metrics", NULL, 0);
     if (st == ST_OK && o->out_path) st = plan_add(p, o->out_path, "--out", NULL, 0);
     if (st == ST_OK && o->trace_dir) st = plan_add(p, o->trace_dir, "--trace", NULL, 1);
+    if (st == ST_OK && o->tensorboard_dir) st = plan_add(p, o->tensorboard_dir, "--tensorboard", NULL, 1);
     if (st == ST_OK && o->trace_dir) {
         if (trace_file_path(path, sizeof path, o->trace_dir, rank) != 0) st = ERR(ST_INPUT, "--trace %s: path too long", o->trace_dir);
         else st = plan_add(p, path, "--trace", NULL, 0);
@@ -232,7 +233,7 @@ int train_outputs_check(const net_config *cfg, const train_opts *o, int rank) {
         if (f->is_dir) {
             struct stat sb;
             if (stat(f->path, &sb) == 0 && !S_ISDIR(sb.st_mode))
-                st = ERR(ST_INPUT, "--trace %s: exists and is not a directory", f->path);
+                st = ERR(ST_INPUT, "%s %s: exists and is not a directory", f->opt, f->path);
         } else if (strcmp(f->opt, "--trace") == 0) {  // this rank's own trace file
             st = plan_check_kind(f, trace_is_own_head, "a ddp-cnn trace", 0);
         } else if (rank != 0) {

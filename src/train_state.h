@@ -23,6 +23,7 @@
 #include "model.h"
 #include "optim.h"
 #include "test_hooks.h"
+#include "tensorboard.h"
 #include "trace.h"
 #include "train_opts.h"
 
@@ -110,6 +111,7 @@ typedef struct trainer {
     double *confusion;          // --eval: [true][predicted] counts over the test set; NULL otherwise
     float *h_logits;            // --eval, --predict: one evaluation batch of logits on the host
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
+    tboard *tb;                 // --tensorboard on rank 0; NULL otherwise
     void *mk_origin;            // trace: recorded when the trace's origin was taken
     double origin_s;
     layer_mark *lm;             // trace: per-layer marks of the current step

@@ -10,12 +10,16 @@
 
 #include "common.h"
 #include "layer.h"
+#include "nvtx.h"
 #include "train_state.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Marks in stream order, read back on timed steps
 
-int train_mark(trainer *t, int k) { return t->marks_on ? t->be.ops->mark_record(t->be.ctx, t->mk[k]) : ST_OK; }
+int train_mark(trainer *t, int k) {
+    nvtx_phase(k, MK_END);  // every step, timed or not (nothing without CUDA or a profiler)
+    return t->marks_on ? t->be.ops->mark_record(t->be.ctx, t->mk[k]) : ST_OK;
+}
 
 // Wait until the work before mark mk has finished, bounded by comm_timeout_s: on a GPU a step that never ends
 // is an all-reduce waiting for a peer that stopped (the host-side watchdog cannot see into the stream).
