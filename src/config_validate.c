@@ -1,0 +1,201 @@
+// config_validate.c — a configuration checked as a whole, after parsing and --set: values that depend on each
+// other (the schedule's keys, no_decay's names, data.mean/std per channel, augmentation against the input) and
+// every layer's shape rule through the network. Errors name the file, the section and the key (src/config.h).
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "config.h"
+#include "layer.h"
+
+// ---------------------------------------------------------------------------------------------------------
+// Values that depend on each other, and shapes through the layers.
+
+int config_lr_steps(const net_config *cfg, int *epochs, int *n) {
+    *n = 0;
+    const char *s = cfg->lr_steps;
+    while (*s) {
+        char *end = NULL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (end == s || errno || v < 1 || v > 100000 || (*end && *end != ','))
+            return ERR(ST_INPUT, "%s: net.steps='%s': want epochs as positive integers, e.g. steps=30,60", cfg->path,
+                       cfg->lr_steps);
+        if (*n > 0 && v <= epochs[*n - 1])
+            return ERR(ST_INPUT, "%s: net.steps='%s': the epochs must increase", cfg->path, cfg->lr_steps);
+        if (*n == CFG_LR_STEPS_MAX)
+            return ERR(ST_INPUT, "%s: net.steps: at most %d epochs", cfg->path, CFG_LR_STEPS_MAX);
+        epochs[(*n)++] = (int)v;
+        s = *end ? end + 1 : end;
+        if (*end && !*s) return ERR(ST_INPUT, "%s: net.steps='%s' ends with a comma", cfg->path, cfg->lr_steps);
+    }
+    return ST_OK;
+}
+
+// Recipe keys: the schedule's own keys only with that schedule, no_decay names that exist.
+static int validate_recipe(const net_config *cfg) {
+    const char *p = cfg->path;
+    int steps[CFG_LR_STEPS_MAX], n = 0;
+    TRY(config_lr_steps(cfg, steps, &n));
+    if (cfg->schedule == SCHED_STEP && n == 0)
+        return ERR(ST_INPUT, "%s: net.schedule=step needs net.steps (epochs at which lr is multiplied by gamma)", p);
+    if (cfg->schedule != SCHED_STEP && n > 0)
+        return ERR(ST_INPUT, "%s: net.steps is for schedule=step (schedule is %s)", p,
+                   cfg->schedule == SCHED_COSINE ? "cosine" : cfg->schedule == SCHED_ONECYCLE ? "onecycle" : "constant");
+    if ((cfg->schedule == SCHED_COSINE || cfg->schedule == SCHED_ONECYCLE) && cfg->min_lr >= cfg->lr)
+        return ERR(ST_INPUT, "%s: net.min_lr=%g must be below net.lr=%g", p, cfg->min_lr, cfg->lr);
+    if (cfg->nesterov && cfg->optimizer != OPT_SGD)
+        return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.optimizer=sgd", p);
+    if (cfg->nesterov && cfg->momentum <= 0)
+        return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.momentum > 0", p);
+    for (const char *s = cfg->no_decay; *s;) {
+        size_t len = strcspn(s, ",");
+        int known = (len == 4 && strncmp(s, "bias", 4) == 0) || (len == 9 && strncmp(s, "batchnorm", 9) == 0);
+        for (int i = 0; !known && i < cfg->n_layers; i++)
+            known = strlen(cfg->layers[i].name) == len && strncmp(cfg->layers[i].name, s, len) == 0;
+        if (!known)
+            return ERR(ST_INPUT, "%s: net.no_decay: '%.*s' is not 'bias', 'batchnorm' or a layer's name", p, (int)len, s);
+        s += len + (s[len] == ',');
+    }
+    return ST_OK;
+}
+
+// Keys a layer must be given, then its kind's shape rule on its inputs' shapes.
+static int layer_validate(const net_config *cfg, int i, const layer_shape *shapes, layer_shape *out,
+                          long long *n_params) {
+    const layer_cfg *l = &cfg->layers[i];
+    const layer_kind *k = layer_kind_of(l->type);
+    if (!k) return ERR(ST_INPUT, "%s: layer %d: bad type %d", cfg->path, i + 1, l->type);
+    for (int j = 0; j < k->n_keys; j++) {
+        const layer_key *key = &k->keys[j];
+        if (key->required && key->type == LK_INT && *(const int *)((const char *)l + key->off) < key->lo)
+            return layer_err(cfg, i, NULL, "missing required key '%s'", key->name);
+    }
+    int idx[CFG_MAX_REFS + 1], n_in = 0;
+    TRY(layer_inputs(cfg, i, idx, &n_in));
+    layer_shape in[CFG_MAX_REFS + 1];
+    for (int j = 0; j < n_in; j++) in[j] = shapes[idx[j] + 1];
+    *n_params = 0;
+    return k->shape(cfg, i, in, n_in, out, n_params);
+}
+
+static int validate_layers(const net_config *cfg) {
+    const char *p = cfg->path;
+    layer_shape shapes[CFG_MAX_LAYERS + 1];  // [0]: the network input, [i + 1]: layer i's output
+    shapes[0] = (layer_shape){cfg->channels, cfg->height, cfg->width, 1};
+    int readers[CFG_MAX_LAYERS] = {0};
+    long long total = 0;
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_cfg *l = &cfg->layers[i];
+        const layer_kind *k = layer_kind_of(l->type);
+        if (k && (k->flags & LAYER_TERMINAL) && i != cfg->n_layers - 1)
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s' must be the last layer", p, l->line, k->section, l->name);
+        long long n_params = 0;
+        TRY(layer_validate(cfg, i, shapes, &shapes[i + 1], &n_params));
+        int idx[CFG_MAX_REFS + 1], n_in = 0;
+        TRY(layer_inputs(cfg, i, idx, &n_in));
+        for (int j = 0; j < n_in; j++)
+            if (idx[j] >= 0) readers[idx[j]]++;
+        const layer_shape *o = &shapes[i + 1];
+        total += n_params;
+        if ((long long)o->c * o->h * o->w > (1LL << 28))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %dx%dx%d is too large", p, l->line, k->section, l->name,
+                       o->c, o->h, o->w);
+        if (total > (1LL << 31))
+            return ERR(ST_INPUT, "%s:%d: [%s] '%s': more than 2^31 parameters", p, l->line, k->section, l->name);
+    }
+    const layer_cfg *last = &cfg->layers[cfg->n_layers - 1];
+    if (!(layer_kind_of(last->type)->flags & LAYER_TERMINAL))
+        return ERR(ST_INPUT, "%s: the last layer must be [softmax]", p);
+    // Every output but the loss's is read by a later layer (a dead branch would get no gradient).
+    for (int i = 0; i < cfg->n_layers - 1; i++)
+        if (!readers[i])
+            return layer_err(cfg, i, NULL, "its output is read by no later layer (a [route] skips it?)");
+    return ST_OK;
+}
+
+// One comma-separated list of data.mean or data.std: exactly `want` finite numbers (std: each > 0).
+static int norm_list(const net_config *cfg, const char *key, const char *text, int want, double *out) {
+    int n = 0;
+    for (const char *s = text; *s;) {
+        size_t len = strcspn(s, ",");
+        char num[64];
+        double v;
+        const int is_std = strcmp(key, "std") == 0;
+        if (len == 0 || len >= sizeof num)
+            return ERR(ST_INPUT, "%s: [data] %s='%s': want %d comma-separated number(s), one per channel", cfg->path,
+                       key, text, want);
+        memcpy(num, s, len), num[len] = '\0';
+        if (parse_float(num, -1e30, 1e30, &v))
+            return ERR(ST_INPUT, "%s: [data] %s: '%s' is not a number", cfg->path, key, num);
+        if (is_std && !(v > 0))
+            return ERR(ST_INPUT, "%s: [data] std: %s (channel %d) must be > 0", cfg->path, num, n);
+        if (n == want)
+            return ERR(ST_INPUT, "%s: [data] %s='%s' has more than %d value(s): net.channels=%d wants one per channel",
+                       cfg->path, key, text, want, cfg->channels);
+        out[n++] = v;
+        s += len;
+        if (*s == ',' && !*++s)
+            return ERR(ST_INPUT, "%s: [data] %s='%s' ends with a comma", cfg->path, key, text);
+    }
+    if (n != want)
+        return ERR(ST_INPUT, "%s: [data] %s='%s' has %d value(s): net.channels=%d wants one per channel", cfg->path,
+                   key, text, n, cfg->channels);
+    return ST_OK;
+}
+
+int config_norm_values(const net_config *cfg, double *mean, double *std, int *n) {
+    *n = 0;
+    const char *p = cfg->path;
+    if (!cfg->mean[0] && !cfg->std[0]) return ST_OK;
+    if (!cfg->mean[0] || !cfg->std[0])
+        return ERR(ST_INPUT, "%s: [data] %s is given without %s: give both (one value per channel) or neither", p,
+                   cfg->mean[0] ? "mean" : "std", cfg->mean[0] ? "std" : "mean");
+    if (cfg->channels > CFG_NORM_CHANNELS_MAX)
+        return ERR(ST_INPUT, "%s: [data] mean/std: at most %d channels (net.channels=%d)", p, CFG_NORM_CHANNELS_MAX,
+                   cfg->channels);
+    TRY(norm_list(cfg, "mean", cfg->mean, cfg->channels, mean));
+    TRY(norm_list(cfg, "std", cfg->std, cfg->channels, std));
+    *n = cfg->channels;
+    return ST_OK;
+}
+
+// [data] augmentation: a crop within the image, mean/std only with normalize=1 and one per channel.
+static int validate_augment(const net_config *cfg) {
+    const char *p = cfg->path;
+    if (cfg->crop_pad >= cfg->height || cfg->crop_pad >= cfg->width)
+        return ERR(ST_INPUT, "%s: [data] crop_pad=%d must be smaller than the image (%dx%d)", p, cfg->crop_pad,
+                   cfg->height, cfg->width);
+    if (cfg->normalize && cfg->channels > CFG_NORM_CHANNELS_MAX)
+        return ERR(ST_INPUT, "%s: [data] normalize=1: at most %d channels (net.channels=%d)", p,
+                   CFG_NORM_CHANNELS_MAX, cfg->channels);
+    if (!cfg->normalize && (cfg->mean[0] || cfg->std[0]))
+        return ERR(ST_INPUT, "%s: [data] %s is given but normalize=0 (set normalize=1 to use it)", p,
+                   cfg->mean[0] ? "mean" : "std");
+    double mean[CFG_NORM_CHANNELS_MAX], std[CFG_NORM_CHANNELS_MAX];
+    int n;
+    return config_norm_values(cfg, mean, std, &n);
+}
+
+int config_validate(const net_config *cfg) {
+    const char *p = cfg->path;
+    TRY(validate_recipe(cfg));
+    if (cfg->channels < 1 || cfg->height < 1 || cfg->width < 1)
+        return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", p,
+                   cfg->channels < 1 ? "channels" : cfg->height < 1 ? "height" : "width");
+    TRY(validate_augment(cfg));
+    if (cfg->n_layers < 1) return ERR(ST_INPUT, "%s: no layers", p);
+    if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
+    if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)
+        return ERR(ST_INPUT, "%s: parallel.comm=nccl needs net.backend=cuda", p);
+    if (cfg->tf32 && strcmp(cfg->backend, "cuda") != 0)
+        return ERR(ST_INPUT, "%s: net.tf32=1 needs net.backend=cuda (backend is '%s')", p, cfg->backend);
+    size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
+    if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
+                                        cfg->height, cfg->width);
+    return validate_layers(cfg);
+}
+
