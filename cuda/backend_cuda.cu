@@ -56,7 +56,7 @@ static int ctx_init(cuda_ctx *c, int device) {
     cudaCheck(cudaMalloc(&c->cublas_ws, CUBLAS_WS_BYTES));
     cudaCheck(cudaMalloc(&c->partials, (size_t)c->sm_count * 32 * sizeof(double)));  // cuda_blocks' cap
     cublasCheck(cublasSetWorkspace(c->cublas, c->cublas_ws, CUBLAS_WS_BYTES));
-    // Default math is full FP32 for SGEMM (TF32 only through backend_cuda_set_options).
+    // Default math is full FP32 for SGEMM (TF32 only through backend_options.tf32 or backend_cuda_set_options).
     cublasCheck(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
     // No atomics in cuBLAS: with one stream and a fixed workspace, a GEMM then gives the same bits at every
     // run on the same GPU model (cuBLAS's default, stated so that net.deterministic can rely on it).
@@ -355,9 +355,12 @@ extern "C" const char *backend_cuda_unusable(void) {
 
 extern "C" int backend_cuda_available(void) { return backend_cuda_unusable() == NULL; }
 
-extern "C" int backend_cuda_create(backend *be, int device) {
+extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
     be->ops = NULL;
     be->ctx = NULL;
+    const backend_options none = {};
+    if (opt == NULL) opt = &none;
+    const int device = opt->device;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0) {
@@ -377,7 +380,15 @@ extern "C" int backend_cuda_create(backend *be, int device) {
     }
     be->ops = &cuda_ops;
     be->ctx = c;
-    return ST_OK;
+    // Before any plan: cuDNN plans fix their math mode and algorithms when conv_prepare makes them.
+    const backend_cuda_options cuda_opt = {opt->tf32, opt->deterministic};
+    st = backend_cuda_set_options(be, &cuda_opt);
+    if (st != ST_OK) {
+        ctx_free(c);
+        be->ops = NULL;
+        be->ctx = NULL;
+    }
+    return st;
 }
 
 extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options *opt) {

@@ -7,9 +7,9 @@ extern "C" {
 #include "backend.h"
 #include "common.h"
 
-// Options of the CUDA backend (config keys net.tf32 and net.deterministic), set once after backend_create and
-// before the model prepares its layers: conv layers choose their algorithms in conv_prepare, so plans made
-// earlier keep the options they were made with (cuBLAS follows at once).
+// Options of the CUDA backend (config keys net.tf32 and net.deterministic). backend_create takes them in
+// backend_options; backend_cuda_set_options changes them later (tests): conv layers choose their algorithms in
+// conv_prepare, so plans made earlier keep the options they were made with (cuBLAS follows at once).
 typedef struct backend_cuda_options {
     // TF32 tensor-core math for cuBLAS (dense) and cuDNN (conv). Off: plain FP32 (FMA) math, which the tests
     // compare against the CPU backend.

@@ -1,5 +1,5 @@
-// backend.c — shape descriptors and the backend factory: the parts of the backend table that no single
-// implementation owns.
+// backend.c — the parts of the backend that no single implementation owns: the backend_<op>() wrappers and the
+// table check (both made from src/backend_ops.def), shape descriptors, and the factory.
 #include "backend.h"
 
 #include <limits.h>
@@ -58,33 +58,86 @@ int pool_desc_init(pool_desc *d, const char *layer_name) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Wrappers: backend_<op>(be, ...) calls the slot with be->ctx; an absent OPTIONAL slot gives ST_RUNTIME naming
+// the op (int), nothing (void) or NULL (ptr).
+
+#define BE_SELF const backend *be
+#define BE_ARG be->ctx
+#define BE_ABSENT_int(op) return ERR(ST_RUNTIME, "backend '%s' does not offer %s", backend_name(be), op)
+#define BE_ABSENT_void(op) return
+#define BE_ABSENT_ptr(op) return NULL
+#define BE_WRAP_REQUIRED(ret, name, params, args) \
+    BE_RET_##ret backend_##name params { BE_RETURN_##ret be->ops->name args; }
+#define BE_WRAP_OPTIONAL(ret, name, params, args)          \
+    BE_RET_##ret backend_##name params {                   \
+        if (!be->ops->name) BE_ABSENT_##ret(#name);        \
+        BE_RETURN_##ret be->ops->name args;                \
+    }
+#define BE_WRAP_INTERNAL(ret, name, params, args)
+#define BACKEND_OP(ret, name, slot, capture, params, args) BE_WRAP_##slot(ret, name, params, args)
+#include "backend_ops.def"
+#undef BACKEND_OP
+
+const char *backend_name(const backend *be) { return be->ops->name; }
+
+int backend_can_capture(const backend *be) {
+    return be->ops->capture_begin && be->ops->capture_end && be->ops->replay;
+}
+
+int backend_is_async(const backend *be) { return be->ops->stream != NULL; }
+
+// ---------------------------------------------------------------------------------------------------------
 // Table completeness (tests: a new op left out of a backend fails them)
 
-int backend_ops_missing(const backend_ops *ops, size_t *first) {
-    const size_t optional[] = {offsetof(backend_ops, set_progress), offsetof(backend_ops, stream),
-                               offsetof(backend_ops, capture_begin), offsetof(backend_ops, capture_end),
-                               offsetof(backend_ops, replay)};
-    typedef void (*slot_fn)(void);
+#define BE_REQUIRED_REQUIRED 1
+#define BE_REQUIRED_OPTIONAL 0
+#define BE_REQUIRED_INTERNAL 1
+
+int backend_ops_missing(const backend_ops *ops, const char **first) {
     int missing = 0;
-    for (size_t off = offsetof(backend_ops, destroy); off + sizeof(slot_fn) <= sizeof *ops; off += sizeof(slot_fn)) {
-        int opt = 0;
-        for (size_t i = 0; i < sizeof optional / sizeof optional[0]; i++) opt |= optional[i] == off;
-        slot_fn fn;
-        memcpy(&fn, (const char *)ops + off, sizeof fn);
-        if (!fn && !opt && missing++ == 0 && first) *first = off;
-    }
+#define BACKEND_OP(ret, name, slot, capture, params, args) \
+    if (BE_REQUIRED_##slot && !ops->name && missing++ == 0 && first) *first = #name;
+#include "backend_ops.def"
+#undef BACKEND_OP
     return missing;
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Factory
 
-int backend_create(backend *be, const char *name, int threads, int device) {
+// tf32 is CUDA's; deterministic=1 changes nothing (the CPU backend is deterministic for a fixed thread count).
+static int cpu_create(backend *be, const backend_options *o) {
+    if (o->tf32) return ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is 'cpu')");
+    return backend_cpu_create(be, o->threads);
+}
+
+static const struct backend_kind {
+    const char *name;
+    int (*create)(backend *be, const backend_options *o);
+    int host_cores;  // backend_uses_host_cores
+} kinds[] = {
+    {"cpu", cpu_create, 1},
+    {"cuda", backend_cuda_create, 0},
+};
+
+static const struct backend_kind *kind_find(const char *name) {
+    for (size_t i = 0; name && i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(name, kinds[i].name) == 0) return &kinds[i];
+    return NULL;
+}
+
+int backend_create(backend *be, const char *name, const backend_options *opt) {
     memset(be, 0, sizeof *be);
+    const backend_options none = {0};
     if (!name) return ERR(ST_INPUT, "backend: no name given (want cpu or cuda)");
-    if (strcmp(name, "cpu") == 0) return backend_cpu_create(be, threads);
-    if (strcmp(name, "cuda") == 0) return backend_cuda_create(be, device);
-    return ERR(ST_INPUT, "backend \"%s\": unknown (want cpu or cuda)", name);
+    const struct backend_kind *k = kind_find(name);
+    if (!k) return ERR(ST_INPUT, "backend \"%s\": unknown (want cpu or cuda)", name);
+    return k->create(be, opt ? opt : &none);
+}
+
+int backend_uses_host_cores(const char *name) {
+    const struct backend_kind *k = kind_find(name);
+    return k && k->host_cores;
 }
 
 void backend_destroy(backend *be) {
@@ -95,8 +148,8 @@ void backend_destroy(backend *be) {
 }
 
 #ifndef DDP_HAVE_CUDA
-int backend_cuda_create(backend *be, int device) {
-    (void)device;
+int backend_cuda_create(backend *be, const backend_options *opt) {
+    (void)opt;
     memset(be, 0, sizeof *be);
     return ERR(ST_RUNTIME, "this build has no CUDA backend (configure with -DTRAINER_CUDA=ON on a machine with nvcc)");
 }

@@ -56,8 +56,6 @@ static int layer_build(model *m, const net_config *cfg, int i, size_t *workspace
 // Activation and gradient buffers, and where each layer reads its inputs. The last reader of an output in
 // forward order is the first in backward: it overwrites the producer's dy, the earlier readers add into it.
 static int layer_buffers(model *m, int i, const int *readers_left) {
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
     model_layer *l = &m->layers[i];
     for (int j = 0; j < l->n_in; j++) {
         const int p = l->in_idx[j];
@@ -76,10 +74,10 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
             return ST_OK;
         }
     } else {
-        TRY(o->alloc(ctx, (void **)&l->y, bytes));
+        TRY(backend_alloc(m->be, (void **)&l->y, bytes));
         l->own_y = 1;
     }
-    TRY(o->alloc(ctx, (void **)&l->dy, bytes));
+    TRY(backend_alloc(m->be, (void **)&l->dy, bytes));
     l->own_dy = 1;
     return ST_OK;
 }
@@ -96,7 +94,8 @@ static int scratch_buffers(model *m) {
             }
     }
     for (int j = 0; j < MODEL_MAX_IN; j++)
-        if (need[j]) TRY(m->be->ops->alloc(m->be->ctx, (void **)&m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
+        if (need[j])
+            TRY(backend_alloc(m->be, (void **)&m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
     return ST_OK;
 }
 
@@ -108,12 +107,10 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
     m->rng_host.seed = cfg->seed;
-    const backend_ops *o = be->ops;
-    void *ctx = be->ctx;
-    TRY(o->alloc(ctx, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
-    TRY(o->alloc(ctx, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
-    TRY(o->alloc(ctx, (void **)&m->loss_acc, sizeof(double)));
-    TRY(o->alloc(ctx, (void **)&m->correct_acc, sizeof(int32_t)));
+    TRY(backend_alloc(be, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
+    TRY(backend_alloc(be, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
+    TRY(backend_alloc(be, (void **)&m->loss_acc, sizeof(double)));
+    TRY(backend_alloc(be, (void **)&m->correct_acc, sizeof(int32_t)));
 
     size_t ws_max = 0;
     for (int i = 0; i < cfg->n_layers; i++) {
@@ -145,38 +142,36 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     for (int i = 0; i < m->n_layers; i++) m->layers[i].s_off = soff, soff += m->layers[i].n_s;
     m->n_params = off;
     m->n_state = soff;
-    TRY(o->alloc(ctx, (void **)&m->params, (m->n_params ? m->n_params : 1) * sizeof(float)));
-    TRY(o->alloc(ctx, (void **)&m->grads, (m->n_params ? m->n_params : 1) * sizeof(float)));
-    if (m->n_state) TRY(o->alloc(ctx, (void **)&m->state, m->n_state * sizeof(float)));
+    TRY(backend_alloc(be, (void **)&m->params, (m->n_params ? m->n_params : 1) * sizeof(float)));
+    TRY(backend_alloc(be, (void **)&m->grads, (m->n_params ? m->n_params : 1) * sizeof(float)));
+    if (m->n_state) TRY(backend_alloc(be, (void **)&m->state, m->n_state * sizeof(float)));
     // One workspace for all layers; smaller batches need no more than the largest.
     m->workspace_bytes = ws_max;
-    if (ws_max) TRY(o->alloc(ctx, &m->workspace, ws_max));
+    if (ws_max) TRY(backend_alloc(be, &m->workspace, ws_max));
     m->cur_batch = max_batch;
     return ST_OK;
 }
 
 void model_destroy(model *m) {
     if (!m->be) return;
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
     for (int i = 0; i < m->n_layers; i++) {
         model_layer *l = &m->layers[i];
         if (l->kind && l->kind->destroy) l->kind->destroy(m, l);
         free(l->priv);
         l->priv = NULL;
-        if (l->own_y) o->free(ctx, l->y);
-        if (l->own_dy) o->free(ctx, l->dy);
+        if (l->own_y) backend_free(m->be, l->y);
+        if (l->own_dy) backend_free(m->be, l->dy);
     }
-    for (int j = 0; j < MODEL_MAX_IN; j++) o->free(ctx, m->dscratch[j]);
-    o->free(ctx, m->params);
-    o->free(ctx, m->grads);
-    o->free(ctx, m->state);
-    o->free(ctx, m->workspace);
-    o->free(ctx, m->x);
-    o->free(ctx, m->labels);
-    o->free(ctx, m->loss_acc);
-    o->free(ctx, m->correct_acc);
-    o->free(ctx, m->rng_key);
+    for (int j = 0; j < MODEL_MAX_IN; j++) backend_free(m->be, m->dscratch[j]);
+    backend_free(m->be, m->params);
+    backend_free(m->be, m->grads);
+    backend_free(m->be, m->state);
+    backend_free(m->be, m->workspace);
+    backend_free(m->be, m->x);
+    backend_free(m->be, m->labels);
+    backend_free(m->be, m->loss_acc);
+    backend_free(m->be, m->correct_acc);
+    backend_free(m->be, m->rng_key);
     memset(m, 0, sizeof *m);
 }
 
@@ -207,8 +202,8 @@ int model_init_params(model *m, uint64_t seed) {
         if (l->kind->init) l->kind->init(l, &r, host, state);
         else init_default(l, &r, host);
     }
-    int st = m->be->ops->upload(m->be->ctx, m->params, host, m->n_params * sizeof(float));
-    if (st == ST_OK && m->n_state) st = m->be->ops->upload(m->be->ctx, m->state, state, m->n_state * sizeof(float));
+    int st = backend_upload(m->be, m->params, host, m->n_params * sizeof(float));
+    if (st == ST_OK && m->n_state) st = backend_upload(m->be, m->state, state, m->n_state * sizeof(float));
     free(host);
     return st;
 }
@@ -283,13 +278,11 @@ int model_set_rng(model *m, int rank, int64_t step) {
     m->rng_host.rank = rank;
     m->rng_host.step = step;
     if (!m->rng_key) return ST_OK;
-    return m->be->ops->upload(m->be->ctx, m->rng_key, &m->rng_host, sizeof m->rng_host);
+    return backend_upload(m->be, m->rng_key, &m->rng_host, sizeof m->rng_host);
 }
 
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
     if (n != m->cur_batch) return ERR(ST_RUNTIME, "model_backward: batch %d, forward ran %d", n, m->cur_batch);
-    const backend_ops *o = m->be->ops;
-    void *ctx = m->be->ctx;
     for (int i = m->n_layers - 1; i >= 0; i--) {
         model_layer *l = &m->layers[i];
         if (!l->kind->backward) continue;  // the loss: its forward wrote its input's gradient
@@ -302,7 +295,7 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
         for (int j = 0; j < l->n_in; j++)
             if (l->dx[j] && l->dx_accumulate[j]) {
                 const model_layer *p = &m->layers[l->in_idx[j]];
-                TRY(o->add(ctx, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
+                TRY(backend_add(m->be, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
             }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
         if (l->n_w && on_ready) TRY(on_ready(arg, l->b_off + l->n_b));

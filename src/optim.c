@@ -67,21 +67,20 @@ int optim_create(optim *o, backend *be, const net_config *cfg, size_t n) {
     TRY_ALLOC(o->seg);
     o->seg[0] = (optim_segment){0, n, 1};
     o->n_seg = 1;
-    const backend_ops *ops = be->ops;
-    TRY(ops->alloc(be->ctx, (void **)&o->m, n * sizeof(float)));
-    if (is_adam(o)) TRY(ops->alloc(be->ctx, (void **)&o->v, n * sizeof(float)));
+    TRY(backend_alloc(be, (void **)&o->m, n * sizeof(float)));
+    if (is_adam(o)) TRY(backend_alloc(be, (void **)&o->v, n * sizeof(float)));
     size_t hb = is_adam(o) ? sizeof(adam_hyper) : sizeof(sgd_hyper);
-    TRY(ops->alloc(be->ctx, &o->hyper, hb));
-    TRY(ops->alloc(be->ctx, &o->hyper_nd, hb));
+    TRY(backend_alloc(be, &o->hyper, hb));
+    TRY(backend_alloc(be, &o->hyper_nd, hb));
     return ST_OK;
 }
 
 void optim_destroy(optim *o) {
     if (!o->be) return;
-    o->be->ops->free(o->be->ctx, o->m);
-    o->be->ops->free(o->be->ctx, o->v);
-    o->be->ops->free(o->be->ctx, o->hyper);
-    o->be->ops->free(o->be->ctx, o->hyper_nd);
+    backend_free(o->be, o->m);
+    backend_free(o->be, o->v);
+    backend_free(o->be, o->hyper);
+    backend_free(o->be, o->hyper_nd);
     free(o->seg);
     memset(o, 0, sizeof *o);
 }
@@ -114,31 +113,29 @@ int optim_no_decay(optim *o, const size_t *begin, const size_t *len, int n) {
 }
 
 int optim_prepare(optim *o, double lr) {
-    const backend_ops *ops = o->be->ops;
     o->t++;
     const float wd = (float)o->weight_decay;
     if (is_adam(o)) {
         const int decoupled = o->kind == OPT_ADAMW;
         adam_hyper h = {.lr = (float)lr, .beta1 = (float)o->beta1, .beta2 = (float)o->beta2, .eps = (float)o->eps,
                         .weight_decay = decoupled ? 0.0f : wd, .decoupled_wd = decoupled ? wd : 0.0f, .t = o->t};
-        TRY(ops->upload(o->be->ctx, o->hyper, &h, sizeof h));
+        TRY(backend_upload(o->be, o->hyper, &h, sizeof h));
         h.weight_decay = h.decoupled_wd = 0.0f;
-        return ops->upload(o->be->ctx, o->hyper_nd, &h, sizeof h);
+        return backend_upload(o->be, o->hyper_nd, &h, sizeof h);
     }
     sgd_hyper h = {.lr = (float)lr, .momentum = (float)o->momentum, .weight_decay = wd, .nesterov = (float)o->nesterov};
-    TRY(ops->upload(o->be->ctx, o->hyper, &h, sizeof h));
+    TRY(backend_upload(o->be, o->hyper, &h, sizeof h));
     h.weight_decay = 0.0f;
-    return ops->upload(o->be->ctx, o->hyper_nd, &h, sizeof h);
+    return backend_upload(o->be, o->hyper_nd, &h, sizeof h);
 }
 
 int optim_apply(optim *o, float *params, const float *grads) {
-    const backend_ops *ops = o->be->ops;
     for (int i = 0; i < o->n_seg; i++) {
         const optim_segment *s = &o->seg[i];
         const size_t b = s->begin, n = s->end - s->begin;
         const void *h = s->decay ? o->hyper : o->hyper_nd;
-        if (is_adam(o)) TRY(ops->adam_step(o->be->ctx, n, params + b, grads + b, o->m + b, o->v + b, h));
-        else TRY(ops->sgd_step(o->be->ctx, n, params + b, grads + b, o->m + b, h));
+        if (is_adam(o)) TRY(backend_adam_step(o->be, n, params + b, grads + b, o->m + b, o->v + b, h));
+        else TRY(backend_sgd_step(o->be, n, params + b, grads + b, o->m + b, h));
     }
     return ST_OK;
 }

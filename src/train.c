@@ -29,8 +29,8 @@
 static int augment_epoch(trainer *t) {
     if (!t->d_aug_train) return ST_OK;
     t->h_aug_train.epoch = t->epoch;
-    return t->be.ops->upload(t->be.ctx, (char *)t->d_aug_train + offsetof(gather_aug, epoch), &t->h_aug_train.epoch,
-                             sizeof t->h_aug_train.epoch);
+    return backend_upload(&t->be, (char *)t->d_aug_train + offsetof(gather_aug, epoch), &t->h_aug_train.epoch,
+                          sizeof t->h_aug_train.epoch);
 }
 
 static int data_setup(trainer *t) {
@@ -63,14 +63,13 @@ static int data_setup(trainer *t) {
                              "micro-batches)",
                    names[0], t->train.n, t->G, t->world, t->B, t->K);
 
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     size_t tx = (size_t)t->train.n * t->sample_elems;
-    TRY(o->alloc(ctx, (void **)&t->d_train_x, tx));
-    TRY(o->alloc(ctx, (void **)&t->d_train_y, (size_t)t->train.n));
-    TRY(o->upload(ctx, t->d_train_x, t->train.images, tx));
-    TRY(o->upload(ctx, t->d_train_y, t->train.labels, (size_t)t->train.n));
-    TRY(o->alloc(ctx, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(backend_alloc(be, (void **)&t->d_train_x, tx));
+    TRY(backend_alloc(be, (void **)&t->d_train_y, (size_t)t->train.n));
+    TRY(backend_upload(be, t->d_train_x, t->train.images, tx));
+    TRY(backend_upload(be, t->d_train_y, t->train.labels, (size_t)t->train.n));
+    TRY(backend_alloc(be, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
     TRY(train_augment_setup(t, 1));
     return train_test_upload(t);
 }
@@ -191,14 +190,14 @@ static int setup(trainer *t, baseline *bl) {
     TRY(no_decay_setup(t));
     TRY(schedule_setup(t));
     TRY(train_buckets_create(t));
-    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
-    if (t->K > 1) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
-    if (cfg->clip_grad_norm > 0) TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_sumsq, sizeof(double)));
-    TRY(t->be.ops->alloc(t->be.ctx, (void **)&t->d_param_bad, 2 * sizeof(int32_t)));
-    TRY(t->be.ops->zero(t->be.ctx, t->d_param_bad, 2 * sizeof(int32_t)));
+    TRY(backend_alloc(&t->be, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
+    if (t->K > 1) TRY(backend_alloc(&t->be, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
+    if (cfg->clip_grad_norm > 0) TRY(backend_alloc(&t->be, (void **)&t->d_sumsq, sizeof(double)));
+    TRY(backend_alloc(&t->be, (void **)&t->d_param_bad, 2 * sizeof(int32_t)));
+    TRY(backend_zero(&t->be, t->d_param_bad, 2 * sizeof(int32_t)));
     // A graph holds the whole step, all-reduces included (the buckets', sync BN's inside forward and backward):
     // those must be stream work (nccl), not host MPI.
-    int graph_ok = t->be.ops->capture_begin != NULL;
+    int graph_ok = backend_can_capture(&t->be);
     int comm_on_stream = !(t->use_comm || sync_bn) || (comm_caps(t->c) & COMM_CAP_CAPTURE);
     t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir && !t->overlap_ab;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
@@ -231,16 +230,16 @@ static double lr_at(const trainer *t) { return lr_schedule_at(&t->sched, t->glob
 
 static int divergence_check(trainer *t, int32_t *scratch) {
     TRY(train_drain(t));  // the reads below block: wait with the watchdog's bound first
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     int32_t bad = 0;
-    TRY(o->count_nonfinite(t->be.ctx, t->m.n_params, t->m.grads, scratch));
-    TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+    TRY(backend_count_nonfinite(be, t->m.n_params, t->m.grads, scratch));
+    TRY(backend_download(be, &bad, scratch, sizeof bad));
     if (!bad) return ST_OK;
     for (int i = t->m.n_layers - 1; i >= 0; i--) {
         const model_layer *l = &t->m.layers[i];
         if (!l->n_w) continue;
-        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.grads + l->w_off, scratch));
-        TRY(o->download(t->be.ctx, &bad, scratch, sizeof bad));
+        TRY(backend_count_nonfinite(be, l->n_w + l->n_b, t->m.grads + l->w_off, scratch));
+        TRY(backend_download(be, &bad, scratch, sizeof bad));
         if (bad) err_mark_collective(0);  // the gradients are averaged: every rank sees the same
         if (bad)
             return ERR(ST_DIVERGED, "training diverged at step %lld (epoch %d): %d non-finite gradient values in "
@@ -266,23 +265,22 @@ static int test_stall_maybe(const trainer *t) {
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
 // indices (t->d_batch_idx) and the optimizer's hyper-parameters are written before, by the host.
 static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     TRY(train_mark(t, MK_START));
     // net.accum_steps: the first K - 1 micro-batches only sum their gradients (no all-reduce: DDP's no_sync);
     // their time counts as the step's data phase.
     const size_t np = t->m.n_params;
     for (int j = 0; j + 1 < t->K; j++) {
-        TRY(o->gather(ctx, t->d_train_x, t->d_train_y, t->d_batch_idx + (size_t)j * t->B, t->B, t->sample_elems,
-                      t->d_aug_train, t->m.x, t->m.labels));
+        TRY(backend_gather(be, t->d_train_x, t->d_train_y, t->d_batch_idx + (size_t)j * t->B, t->B, t->sample_elems,
+                           t->d_aug_train, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, t->B, 1));
         TRY(model_backward(&t->m, t->B, NULL, t));
-        if (j == 0) TRY(o->copy(ctx, t->acc_grads, t->m.grads, np * sizeof(float)));
-        else TRY(o->add(ctx, np, t->m.grads, t->acc_grads));
+        if (j == 0) TRY(backend_copy(be, t->acc_grads, t->m.grads, np * sizeof(float)));
+        else TRY(backend_add(be, np, t->m.grads, t->acc_grads));
     }
     const int32_t *last_idx = t->d_batch_idx + (size_t)(t->K - 1) * t->B;
-    TRY(o->gather(ctx, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->d_aug_train, t->m.x,
-                  t->m.labels));
+    TRY(backend_gather(be, t->d_train_x, t->d_train_y, last_idx, t->B, t->sample_elems, t->d_aug_train, t->m.x,
+                       t->m.labels));
     TRY(train_mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
     TRY(train_mark(t, MK_FWD));
@@ -297,12 +295,12 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     TRY(train_mark(t, MK_WAIT));
     // After the all-reduce: every rank holds the same averaged gradients, so every rank clips alike.
     if (t->cfg->clip_grad_norm > 0)
-        TRY(t->be.ops->clip_grad_norm(t->be.ctx, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
+        TRY(backend_clip_grad_norm(be, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
     if (check_finite) TRY(divergence_check(t, scratch));
     TRY(optim_apply(&t->opt, t->m.params, t->m.grads));
     // Finite gradients can still give non-finite parameters (an update that overflows): counted here, in the
     // step's own stream work, and read by train_params_check.
-    TRY(o->count_nonfinite(ctx, t->m.n_params, t->m.params, t->d_param_bad));
+    TRY(backend_count_nonfinite(be, t->m.n_params, t->m.params, t->d_param_bad));
     return train_mark(t, MK_END);
 }
 
@@ -319,12 +317,12 @@ static void capture_join_buckets(trainer *t) {
 
 // Capture one step into the backend's graph. Nothing runs during a capture: the caller replays it next.
 static int graph_capture(trainer *t) {
-    const backend_ops *o = t->be.ops;
-    TRY(o->capture_begin(t->be.ctx));
+    const backend *be = &t->be;
+    TRY(backend_capture_begin(be));
     t->marks_on = 1;  // in the graph the marks are device-side nodes: free, recorded at every replay
     int st = step_issue(t, NULL, 0);
     if (st != ST_OK) capture_join_buckets(t);
-    int end = o->capture_end(t->be.ctx);  // close the capture also after a failure (the first error is kept)
+    int end = backend_capture_end(be);  // close the capture also after a failure (the first error is kept)
     TRY(st);
     TRY(end);
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
@@ -367,8 +365,7 @@ static int graph_fall_back(trainer *t, int st) {
 // when there is one, issued op by op otherwise (the first step, which warms up the libraries before a
 // capture, and the steps that check gradients for NaN/Inf, which read them back midway).
 static int train_step(trainer *t, int32_t *scratch, int check_finite) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     TRY(test_stall_maybe(t));
     if (t->tr) trace_set_step(t->tr, t->global_step);
     void **ahead = &t->mk_ahead[t->global_step % (AHEAD + 1)];  // recorded AHEAD + 1 steps ago, if at all
@@ -377,7 +374,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     // K micro-batches of B cover exactly the samples of one batch of K B.
     for (int j = 0; j < t->K; j++) {
         const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch * t->K + j, t->B, t->world, t->rank);
-        TRY(o->copy(ctx, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
+        TRY(backend_copy(be, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
     }
     TRY(optim_prepare(&t->opt, lr_at(t)));
     TRY(model_set_rng(&t->m, t->rank, t->global_step));  // [dropout] masks: read by the graph from backend memory
@@ -397,7 +394,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         }
     }
     if (replay) {
-        TRY(o->replay(ctx));
+        TRY(backend_replay(be));
         t->launches += t->use_comm ? t->n_buckets : 0;  // the graph launches every bucket, the host none
     } else {
         t->marks_on = timed;
@@ -411,7 +408,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         TRY(st);
     }
     t->in_step = 0;
-    TRY(o->mark_record(ctx, *ahead));
+    TRY(backend_mark_record(be, *ahead));
     if (timed) TRY(train_step_timing(t, replay));
     return ST_OK;
 }
@@ -451,13 +448,12 @@ typedef struct epoch_totals {
 
 // The epoch's sample order on the device, its loss and accuracy sums and its timing zeroed.
 static int epoch_begin(trainer *t) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     data_permutation(t->cfg->seed, t->epoch, t->train.n, t->h_perm);
-    TRY(o->upload(ctx, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
+    TRY(backend_upload(be, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
     TRY(augment_epoch(t));
-    TRY(o->zero(ctx, t->m.loss_acc, sizeof(double)));
-    TRY(o->zero(ctx, t->m.correct_acc, 4));
+    TRY(backend_zero(be, t->m.loss_acc, sizeof(double)));
+    TRY(backend_zero(be, t->m.correct_acc, 4));
     train_timing_reset(t);
     t->launches = 0;
     return ST_OK;
@@ -494,7 +490,7 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
         if (bar || tb) {
             double ls = 0;
             TRY(train_drain(t));
-            TRY(t->be.ops->download(t->be.ctx, &ls, t->m.loss_acc, sizeof ls));
+            TRY(backend_download(&t->be, &ls, t->m.loss_acc, sizeof ls));
             if (bar) {
                 last_bar = now;
                 train_progress_show(t, t->o->progress, t->step_in_epoch, ls, t->step_in_epoch - first_step,
@@ -525,8 +521,8 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
 static int epoch_train_sums(trainer *t, epoch_totals *e) {
     double s[2];
     int32_t correct = 0;
-    TRY(t->be.ops->download(t->be.ctx, &s[0], t->m.loss_acc, sizeof(double)));
-    TRY(t->be.ops->download(t->be.ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
+    TRY(backend_download(&t->be, &s[0], t->m.loss_acc, sizeof(double)));
+    TRY(backend_download(&t->be, &correct, t->m.correct_acc, sizeof(int32_t)));
     s[1] = correct;
     TRY(comm_allreduce_sum_f64(t->c, s, 2));
     e->loss_sum = s[0] + t->loss_carry;
@@ -593,7 +589,7 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->bucket_bytes = t->bucket_bytes;
     em->bucket_kb = cfg->bucket_kb, em->overlap = cfg->overlap, em->scaling = cfg->scaling;
     if (t->overlap_ab) train_timing_ab(t, em->ab, em->ab_steps);
-    em->backend = t->be.ops->name, em->comm = comm_backend_name(t->c);
+    em->backend = backend_name(&t->be), em->comm = comm_backend_name(t->c);
     em->cuda_graph = t->use_graph;
     em->timed_steps = t->timed;
     em->accum_steps = t->K;
@@ -630,9 +626,9 @@ static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) 
 
 // One epoch after another from the current position: train, sum, evaluate, check the replicas, report, save.
 static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result *res) {
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     int32_t *scratch = NULL;
-    TRY(o->alloc(t->be.ctx, (void **)&scratch, sizeof(int32_t)));
+    TRY(backend_alloc(be, (void **)&scratch, sizeof(int32_t)));
     int st = ST_OK;
     // The divergence check reads gradients back to the host midway through a step: every step on the CPU
     // (free), every 50 on a GPU or with a graph (those steps run op by op, not from the graph).
@@ -674,7 +670,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
             t->epoch--;
         }
     }
-    o->free(t->be.ctx, scratch);
+    backend_free(be, scratch);
     res->steps = t->global_step;
     return st;
 }
@@ -713,8 +709,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK) {
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",
-             DDP_VERSION, t->be.ops->name, t->world, t->B, t->G, cfg->scaling == SCALING_STRONG ? "strong" : "weak",
-             t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
+             DDP_VERSION, backend_name(&t->be), t->world, t->B, t->G,
+             cfg->scaling == SCALING_STRONG ? "strong" : "weak", t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
              t->overlap_ab ? "alternating" : t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
         st = run_epochs(t, &bl, metrics, res);
     }
@@ -732,7 +728,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         res->n_params = t->m.n_params;
         res->params = malloc(t->m.n_params * sizeof(float));
         if (!res->params) st = ERR(ST_RUNTIME, "out of host memory");
-        else st = t->be.ops->download(t->be.ctx, res->params, t->m.params, t->m.n_params * sizeof(float));
+        else st = backend_download(&t->be, res->params, t->m.params, t->m.n_params * sizeof(float));
     }
     test_hooks_stall(t->hooks, t->rank, "end");
     train_state_free(t);

@@ -112,7 +112,7 @@ static int state_tensor_read(const ckpt_file *f, const model_state_info *si, con
 static int host_model_state(const trainer *t, float **out) {
     float *h = malloc((t->m.n_state + 1) * sizeof(float));
     TRY_ALLOC(h);
-    int st = t->m.n_state ? t->be.ops->download(t->be.ctx, h, t->m.state, t->m.n_state * sizeof(float)) : ST_OK;
+    int st = t->m.n_state ? backend_download(&t->be, h, t->m.state, t->m.n_state * sizeof(float)) : ST_OK;
     if (st != ST_OK) {
         free(h);
         return st;
@@ -122,7 +122,7 @@ static int host_model_state(const trainer *t, float **out) {
 }
 
 static int host_model_state_upload(trainer *t, const float *h) {
-    return t->m.n_state ? t->be.ops->upload(t->be.ctx, t->m.state, h, t->m.n_state * sizeof(float)) : ST_OK;
+    return t->m.n_state ? backend_upload(&t->be, t->m.state, h, t->m.n_state * sizeof(float)) : ST_OK;
 }
 
 // Nothing non-finite is ever saved: a NaN or Inf in any float tensor (parameters, optimizer state, running
@@ -521,7 +521,7 @@ int train_weights_load(trainer *t, const char *path, const char *exclude, int *l
     const size_t n = t->m.n_params;
     const int nt = model_tensors(t);
     float *host = malloc(n * sizeof(float)), *state = NULL;
-    int st = host ? t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float))
+    int st = host ? backend_download(&t->be, host, t->m.params, n * sizeof(float))
                   : ERR(ST_RUNTIME, "out of host memory for %zu parameters", n);
     if (st == ST_OK) st = host_model_state(t, &state);
     int wanted = 0, present = 0;
@@ -553,7 +553,7 @@ int train_weights_load(trainer *t, const char *path, const char *exclude, int *l
         st = ckpt_read_tensor(f, ti.name, ti.ndim, ti.shape, host + ti.off);
         if (st == ST_OK) st = ckpt_require_finite(f, ti.name, host + ti.off, count);
     }
-    if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float));
+    if (st == ST_OK) st = backend_upload(&t->be, t->m.params, host, n * sizeof(float));
     if (st == ST_OK) st = host_model_state_upload(t, state);
     free(host);
     free(state);

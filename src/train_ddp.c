@@ -15,8 +15,8 @@
 // micro-batches -- for [begin, end) of the buffer, just before that slice is all-reduced (or stepped on).
 int train_grads_finalize(trainer *t, size_t begin, size_t end) {
     if (t->K == 1 || end <= begin) return ST_OK;
-    TRY(t->be.ops->add(t->be.ctx, end - begin, t->acc_grads + begin, t->m.grads + begin));
-    return t->be.ops->scale(t->be.ctx, end - begin, 1.0f / (float)t->K, t->m.grads + begin);
+    TRY(backend_add(&t->be, end - begin, t->acc_grads + begin, t->m.grads + begin));
+    return backend_scale(&t->be, end - begin, 1.0f / (float)t->K, t->m.grads + begin);
 }
 
 static int bucket_launch(trainer *t, int i) {
@@ -145,9 +145,9 @@ int train_state_broadcast(trainer *t) {
     const size_t bytes = t->m.n_state * sizeof(float);
     float *host = malloc(bytes);
     TRY_ALLOC(host);
-    int st = t->be.ops->download(t->be.ctx, host, t->m.state, bytes);
+    int st = backend_download(&t->be, host, t->m.state, bytes);
     if (st == ST_OK) st = comm_bcast(t->c, host, bytes, 0);
-    if (st == ST_OK) st = t->be.ops->upload(t->be.ctx, t->m.state, host, bytes);
+    if (st == ST_OK) st = backend_upload(&t->be, t->m.state, host, bytes);
     free(host);
     return st;
 }
@@ -155,7 +155,7 @@ int train_state_broadcast(trainer *t) {
 // Every replica starts from rank 0's parameters, optimizer state and running statistics; with the all-reduces progressing on the
 // host (comm=mpi) and overlap on, the backend calls back during backward to move them on.
 int train_ddp_start(trainer *t) {
-    int st = comm_bind_stream(t->c, t->be.ops->stream ? t->be.ops->stream(t->be.ctx) : NULL, t->async_backend);
+    int st = comm_bind_stream(t->c, backend_stream(&t->be), t->async_backend);
     float *host = NULL;
     if (st == ST_OK) st = train_host_state(t, &host);
     if (st == ST_OK)
@@ -163,8 +163,7 @@ int train_ddp_start(trainer *t) {
     if (st == ST_OK) st = train_host_state_upload(t, host);
     free(host);
     if (st == ST_OK) st = train_state_broadcast(t);
-    if (st == ST_OK && t->be.ops->set_progress && t->host_comm && t->overlap)
-        t->be.ops->set_progress(t->be.ctx, progress_hook, t);
+    if (st == ST_OK && t->host_comm && t->overlap) backend_set_progress(&t->be, progress_hook, t);
     return st;
 }
 
@@ -185,7 +184,7 @@ int train_data_agree(trainer *t) {
 static int backend_hash(trainer *t, const float *buf, size_t n, int bump, uint64_t *h) {
     float *host = malloc((n ? n : 1) * sizeof(float));
     TRY_ALLOC(host);
-    int st = n ? t->be.ops->download(t->be.ctx, host, buf, n * sizeof(float)) : ST_OK;
+    int st = n ? backend_download(&t->be, host, buf, n * sizeof(float)) : ST_OK;
     if (bump && n) host[0] += 1.0f;
     *h = train_fnv1a(host, n * sizeof(float));
     free(host);

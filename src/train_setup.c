@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "augment.h"
-#include "backend_cuda.h"
 #include "backend_record.h"
 #include "common.h"
 #include "placement.h"
@@ -21,40 +20,39 @@
 // [data] augmentation as gather parameters in backend memory: normalisation for evaluation (and predict), crop,
 // flip and normalisation for training batches. Left NULL when off, so such runs gather exactly as before.
 int train_augment_setup(trainer *t, int training) {
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     gather_aug eval;
     int active = 0;
     TRY(augment_params(t->cfg, 0, &eval, &active));
     if (active) {
-        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_eval, sizeof eval));
-        TRY(o->upload(t->be.ctx, t->d_aug_eval, &eval, sizeof eval));
+        TRY(backend_alloc(be, (void **)&t->d_aug_eval, sizeof eval));
+        TRY(backend_upload(be, t->d_aug_eval, &eval, sizeof eval));
     }
     if (!training) return ST_OK;
     TRY(augment_params(t->cfg, 1, &t->h_aug_train, &active));
     if (active) {
-        TRY(o->alloc(t->be.ctx, (void **)&t->d_aug_train, sizeof t->h_aug_train));
-        TRY(o->upload(t->be.ctx, t->d_aug_train, &t->h_aug_train, sizeof t->h_aug_train));
+        TRY(backend_alloc(be, (void **)&t->d_aug_train, sizeof t->h_aug_train));
+        TRY(backend_upload(be, t->d_aug_train, &t->h_aug_train, sizeof t->h_aug_train));
     }
     return ST_OK;
 }
 
 int train_test_upload(trainer *t) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     t->sample_elems = t->cfg->channels * t->cfg->height * t->cfg->width;
     size_t ex = (size_t)t->test.n * t->sample_elems;
-    TRY(o->alloc(ctx, (void **)&t->d_test_x, ex ? ex : 1));
-    TRY(o->alloc(ctx, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
+    TRY(backend_alloc(be, (void **)&t->d_test_x, ex ? ex : 1));
+    TRY(backend_alloc(be, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
     if (t->test.n) {
-        TRY(o->upload(ctx, t->d_test_x, t->test.images, ex));
-        TRY(o->upload(ctx, t->d_test_y, t->test.labels, (size_t)t->test.n));
+        TRY(backend_upload(be, t->d_test_x, t->test.images, ex));
+        TRY(backend_upload(be, t->d_test_y, t->test.labels, (size_t)t->test.n));
     }
-    TRY(o->alloc(ctx, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
+    TRY(backend_alloc(be, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
     int most = t->train.n > t->test.n ? t->train.n : t->test.n;
     t->h_perm = malloc((size_t)(most ? most : 1) * sizeof(int32_t));
     TRY_ALLOC(t->h_perm);
     for (int i = 0; i < t->test.n; i++) t->h_perm[i] = i;
-    if (t->test.n) TRY(o->upload(ctx, t->d_test_index, t->h_perm, (size_t)t->test.n * sizeof(int32_t)));
+    if (t->test.n) TRY(backend_upload(be, t->d_test_index, t->h_perm, (size_t)t->test.n * sizeof(int32_t)));
     return ST_OK;
 }
 
@@ -71,7 +69,7 @@ int train_backend_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     const comm_info *ci = comm_get_info(t->c);
     int threads = cfg->threads;
-    if (strcmp(cfg->backend, "cpu") == 0) {
+    if (backend_uses_host_cores(cfg->backend)) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         int share = (int)(cores / (ci->local_world > 0 ? ci->local_world : 1));
         if (share < 1) share = 1;
@@ -87,22 +85,21 @@ int train_backend_setup(trainer *t) {
     }
     int device;
     TRY(placement_device(ci, cfg->backend, t->hooks->fake_gpus, &device));  // node-local rank -> GPU
-    TRY(backend_create(&t->be, cfg->backend, threads, device));
-    // Before the model: cuDNN plans fix their math mode and algorithms when prepared. tf32=1 without CUDA is an
-    // error; deterministic=1 on the CPU changes nothing (the CPU backend is deterministic already).
-    const backend_cuda_options cuda_opt = {.tf32 = cfg->tf32, .deterministic = cfg->deterministic};
-    TRY(backend_cuda_set_options(&t->be, &cuda_opt));
+    // tf32=1 without CUDA is an error; deterministic=1 on the CPU changes nothing (it is deterministic already).
+    const backend_options opt = {
+        .threads = threads, .device = device, .tf32 = cfg->tf32, .deterministic = cfg->deterministic};
+    TRY(backend_create(&t->be, cfg->backend, &opt));
     // Test aid (graph tests, src/test_hooks.h): emulate CUDA stream capture on the CPU backend
     // (src/backend_record.h), or refuse every capture (the fall-back to op-by-op steps).
-    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !t->be.ops->capture_begin) {
+    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !backend_can_capture(&t->be)) {
         TRY(backend_record_wrap(&t->be));
         if (t->hooks->cpu_graph == TEST_CPU_GRAPH_REFUSE) TRY(backend_record_refuse_captures(&t->be));
     }
-    t->async_backend = t->be.ops->stream != NULL;
+    t->async_backend = backend_is_async(&t->be);
     t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
-    for (int k = 0; k < MK_N; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk[k]));
-    TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_sync));
-    for (int k = 0; k <= AHEAD; k++) TRY(t->be.ops->mark_create(t->be.ctx, &t->mk_ahead[k]));
+    for (int k = 0; k < MK_N; k++) TRY(backend_mark_create(&t->be, &t->mk[k]));
+    TRY(backend_mark_create(&t->be, &t->mk_sync));
+    for (int k = 0; k <= AHEAD; k++) TRY(backend_mark_create(&t->be, &t->mk_ahead[k]));
     return ST_OK;
 }
 
@@ -118,17 +115,17 @@ int train_use_stopped(const trainer *t, int done, int total) {
 
 int train_params_check(trainer *t) {
     TRY(train_drain(t));
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     int32_t bad = 0;
-    TRY(o->download(t->be.ctx, &bad, t->d_param_bad, sizeof bad));
+    TRY(backend_download(be, &bad, t->d_param_bad, sizeof bad));
     if (!bad) return ST_OK;
     const char *layer = "?";
     int in_layer = 0;
     for (int i = t->m.n_layers - 1; i >= 0 && !in_layer; i--) {
         const model_layer *l = &t->m.layers[i];
         if (!l->n_w) continue;
-        TRY(o->count_nonfinite(t->be.ctx, l->n_w + l->n_b, t->m.params + l->w_off, t->d_param_bad + 1));
-        TRY(o->download(t->be.ctx, &in_layer, t->d_param_bad + 1, sizeof in_layer));
+        TRY(backend_count_nonfinite(be, l->n_w + l->n_b, t->m.params + l->w_off, t->d_param_bad + 1));
+        TRY(backend_download(be, &in_layer, t->d_param_bad + 1, sizeof in_layer));
         if (in_layer) layer = l->name;
     }
     char kept[CFG_PATH_MAX + 64] = "";
@@ -147,10 +144,9 @@ int train_params_check(trainer *t) {
 // over this rank's range, then over ranks (one all-reduce). So the same checkpoint, eval_batch, world size and
 // backend (CPU: also threads, which fix the GEMMs' order) give the same bits: --eval equals the epoch's figures.
 int train_evaluate(trainer *t, double *loss, double *acc) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
-    TRY(o->zero(ctx, t->m.loss_acc, sizeof(double)));
-    TRY(o->zero(ctx, t->m.correct_acc, sizeof(int32_t)));
+    const backend *be = &t->be;
+    TRY(backend_zero(be, t->m.loss_acc, sizeof(double)));
+    TRY(backend_zero(be, t->m.correct_acc, sizeof(int32_t)));
     int begin, end;
     data_eval_range(t->test.n, t->world, t->rank, &begin, &end);
     int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
@@ -168,8 +164,8 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
         const int i = begin + b * eb;
         if (i >= end) continue;
         int n = end - i < eb ? end - i : eb;
-        TRY(o->gather(ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
-                      t->m.labels));
+        TRY(backend_gather(be, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
+                           t->m.labels));
         TRY(model_forward(&t->m, n, 0));
         if (t->confusion) TRY(train_confusion_add(t, i, n));
     }
@@ -177,8 +173,8 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
     if (t->confusion) TRY(comm_allreduce_sum_f64(t->c, t->confusion, t->m.classes * t->m.classes));
     double sums[2];
     int32_t correct = 0;
-    TRY(o->download(ctx, &sums[0], t->m.loss_acc, sizeof(double)));
-    TRY(o->download(ctx, &correct, t->m.correct_acc, sizeof(int32_t)));
+    TRY(backend_download(be, &sums[0], t->m.loss_acc, sizeof(double)));
+    TRY(backend_download(be, &correct, t->m.correct_acc, sizeof(int32_t)));
     sums[1] = correct;
     TRY(comm_allreduce_sum_f64(t->c, sums, 2));
     *loss = t->test.n ? sums[0] / t->test.n : 0;
@@ -192,7 +188,7 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
 // The logits of the last forward's n samples on the host (the [dense] before [softmax] holds them).
 int train_logits_download(trainer *t, int n) {
     const model_layer *last = &t->m.layers[t->m.n_layers - 2];
-    return t->be.ops->download(t->be.ctx, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
+    return backend_download(&t->be, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
 }
 
 // The class a row of logits predicts: the first largest, as softmax_xent counts a correct prediction (CPU and

@@ -24,11 +24,11 @@ int train_host_state(const trainer *t, float **out) {
     size_t n = t->m.n_params;
     float *host = malloc((size_t)(n_states + 1) * n * sizeof(float));
     TRY_ALLOC(host);
-    int st = t->be.ops->download(t->be.ctx, host, t->m.params, n * sizeof(float));
+    int st = backend_download(&t->be, host, t->m.params, n * sizeof(float));
     for (int s = 0; s < n_states && st == ST_OK; s++) {
         const char *name;
-        st = t->be.ops->download(t->be.ctx, host + (size_t)(s + 1) * n, optim_state(&t->opt, s, &name),
-                                 n * sizeof(float));
+        st = backend_download(&t->be, host + (size_t)(s + 1) * n, optim_state(&t->opt, s, &name),
+                              n * sizeof(float));
     }
     if (st != ST_OK) {
         free(host);
@@ -41,11 +41,11 @@ int train_host_state(const trainer *t, float **out) {
 // The inverse of train_host_state: params, then each optimizer state, from `host` into backend memory.
 int train_host_state_upload(trainer *t, const float *host) {
     const size_t n = t->m.n_params;
-    TRY(t->be.ops->upload(t->be.ctx, t->m.params, host, n * sizeof(float)));
+    TRY(backend_upload(&t->be, t->m.params, host, n * sizeof(float)));
     for (int s = 0; s < optim_n_state(&t->opt); s++) {
         const char *name;
-        TRY(t->be.ops->upload(t->be.ctx, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
-                              n * sizeof(float)));
+        TRY(backend_upload(&t->be, optim_state(&t->opt, s, &name), host + (size_t)(s + 1) * n,
+                           n * sizeof(float)));
     }
     return ST_OK;
 }
@@ -94,25 +94,24 @@ int train_state_new(const net_config *cfg, const train_opts *o, comm *c, trainer
 void train_state_free(trainer *t) {
     if (!t) return;
     if (t->be.ops) {
-        const backend_ops *o = t->be.ops;
-        void *ctx = t->be.ctx;
-        o->free(ctx, t->d_train_x);
-        o->free(ctx, t->d_train_y);
-        o->free(ctx, t->d_test_x);
-        o->free(ctx, t->d_test_y);
-        o->free(ctx, t->d_perm);
-        o->free(ctx, t->d_test_index);
-        o->free(ctx, t->d_batch_idx);
-        o->free(ctx, t->d_sumsq);
-        o->free(ctx, t->d_param_bad);
-        o->free(ctx, t->acc_grads);
-        o->free(ctx, t->d_aug_train);
-        o->free(ctx, t->d_aug_eval);
-        for (int k = 0; k < MK_N; k++) o->mark_destroy(ctx, t->mk[k]);
-        o->mark_destroy(ctx, t->mk_sync);
-        for (int k = 0; k <= AHEAD; k++) o->mark_destroy(ctx, t->mk_ahead[k]);
-        o->mark_destroy(ctx, t->mk_origin);
-        for (int i = 0; t->lm && i < t->cap_lm; i++) o->mark_destroy(ctx, t->lm[i].mk);
+        const backend *be = &t->be;
+        backend_free(be, t->d_train_x);
+        backend_free(be, t->d_train_y);
+        backend_free(be, t->d_test_x);
+        backend_free(be, t->d_test_y);
+        backend_free(be, t->d_perm);
+        backend_free(be, t->d_test_index);
+        backend_free(be, t->d_batch_idx);
+        backend_free(be, t->d_sumsq);
+        backend_free(be, t->d_param_bad);
+        backend_free(be, t->acc_grads);
+        backend_free(be, t->d_aug_train);
+        backend_free(be, t->d_aug_eval);
+        for (int k = 0; k < MK_N; k++) backend_mark_destroy(be, t->mk[k]);
+        backend_mark_destroy(be, t->mk_sync);
+        for (int k = 0; k <= AHEAD; k++) backend_mark_destroy(be, t->mk_ahead[k]);
+        backend_mark_destroy(be, t->mk_origin);
+        for (int i = 0; t->lm && i < t->cap_lm; i++) backend_mark_destroy(be, t->lm[i].mk);
         optim_destroy(&t->opt);
         model_destroy(&t->m);
         backend_destroy(&t->be);

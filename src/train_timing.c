@@ -18,17 +18,17 @@
 
 int train_mark(trainer *t, int k) {
     nvtx_phase(k, MK_END);  // every step, timed or not (nothing without CUDA or a profiler)
-    return t->marks_on ? t->be.ops->mark_record(t->be.ctx, t->mk[k]) : ST_OK;
+    return t->marks_on ? backend_mark_record(&t->be, t->mk[k]) : ST_OK;
 }
 
 // Wait until the work before mark mk has finished, bounded by comm_timeout_s: on a GPU a step that never ends
 // is an all-reduce waiting for a peer that stopped (the host-side watchdog cannot see into the stream).
 int train_mark_wait(trainer *t, void *mk) {
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     int done = 0;
     // A peer that died under a replayed graph shows up first as NCCL's asynchronous error.
     if (t->use_comm) TRY(comm_check(t->c));
-    TRY(o->mark_query(t->be.ctx, mk, &done));
+    TRY(backend_mark_query(be, mk, &done));
     double t0 = now_s();
     while (!done) {
         double waited = now_s() - t0;
@@ -43,14 +43,14 @@ int train_mark_wait(trainer *t, void *mk) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
         }
-        TRY(o->mark_query(t->be.ctx, mk, &done));
+        TRY(backend_mark_query(be, mk, &done));
     }
     return ST_OK;
 }
 
 // Everything issued so far has finished (bounded, as train_mark_wait), so a blocking read that follows returns at once.
 int train_drain(trainer *t) {
-    TRY(t->be.ops->mark_record(t->be.ctx, t->mk_sync));
+    TRY(backend_mark_record(&t->be, t->mk_sync));
     return train_mark_wait(t, t->mk_sync);
 }
 
@@ -64,7 +64,7 @@ static void bucket_marks(const bucket *b, int replayed, void **m0, void **m1) {
 // A mark's time on the trace's clock (now_s() at trace set-up plus the device time since).
 static int mark_abs(trainer *t, void *mk, double *out) {
     double dt = 0;
-    TRY(t->be.ops->mark_elapsed(t->be.ctx, t->mk_origin, mk, &dt));
+    TRY(backend_mark_elapsed(&t->be, t->mk_origin, mk, &dt));
     *out = t->origin_s + dt;
     return ST_OK;
 }
@@ -113,11 +113,10 @@ static void times_add(step_times *a, const step_times *x) {
 
 // After a timed step: wait for it, add its phases to the epoch's means (and its spans to the trace).
 int train_step_timing(trainer *t, int replayed) {
-    const backend_ops *o = t->be.ops;
-    void *ctx = t->be.ctx;
+    const backend *be = &t->be;
     TRY(train_mark_wait(t, t->mk[MK_END]));
     double ph[MK_N - 1];
-    for (int k = 0; k + 1 < MK_N; k++) TRY(o->mark_elapsed(ctx, t->mk[k], t->mk[k + 1], &ph[k]));
+    for (int k = 0; k + 1 < MK_N; k++) TRY(backend_mark_elapsed(be, t->mk[k], t->mk[k + 1], &ph[k]));
     // comm_s: the union of the buckets' intervals, on the host clock or (device marks) from the step's start.
     double c0[COMM_MAX_REQS], c1[COMM_MAX_REQS];
     const int nb = t->use_comm ? t->n_buckets : 0;
@@ -127,8 +126,8 @@ int train_step_timing(trainer *t, int replayed) {
         bucket_marks(b, replayed, &m0, &m1);
         c0[i] = b->t_launch, c1[i] = b->t_done;
         if (m0 && m1) {
-            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m0, &c0[i]));
-            TRY(o->mark_elapsed(ctx, t->mk[MK_START], m1, &c1[i]));
+            TRY(backend_mark_elapsed(be, t->mk[MK_START], m0, &c0[i]));
+            TRY(backend_mark_elapsed(be, t->mk[MK_START], m1, &c1[i]));
         }
     }
     // This step's phases, added to the epoch's sums (and, parallel.overlap=2, to its half's).
@@ -151,7 +150,7 @@ int train_step_timing(trainer *t, int replayed) {
     }
     if (t->d_sumsq) {  // the step has finished (train_mark_wait above): this read does not wait
         double ss = 0;
-        TRY(o->download(ctx, &ss, t->d_sumsq, sizeof ss));
+        TRY(backend_download(be, &ss, t->d_sumsq, sizeof ss));
         t->grad_norm_sum += sqrt(ss);
     }
     t->timed++;
@@ -166,13 +165,13 @@ static int layer_hook(void *arg, int backward, int layer, int begin) {
     layer_mark *x = &t->lm[t->n_lm++];
     (void)begin;  // begin and end alternate
     x->backward = backward, x->layer = layer;
-    return t->be.ops->mark_record(t->be.ctx, x->mk);
+    return backend_mark_record(&t->be, x->mk);
 }
 
 // Opened on every rank after set-up; the origin is taken right after a barrier so that the ranks' timelines
 // line up when merged, and a mark recorded then ties the device clock to it.
 int train_trace_setup(trainer *t) {
-    const backend_ops *o = t->be.ops;
+    const backend *be = &t->be;
     trace_name_lane(t->tr, TRACE_TID_MAIN, "compute");
     for (int i = 0; i < t->m.n_layers; i++) trace_set_layer(t->tr, i, t->m.layers[i].name, t->m.layers[i].kind->section);
     for (int i = 0; t->use_comm && i < t->n_buckets; i++) {
@@ -183,15 +182,15 @@ int train_trace_setup(trainer *t) {
     t->cap_lm = 4 * t->m.n_layers;  // forward and backward, begin and end
     t->lm = calloc((size_t)t->cap_lm, sizeof *t->lm);
     TRY_ALLOC(t->lm);
-    for (int i = 0; i < t->cap_lm; i++) TRY(o->mark_create(t->be.ctx, &t->lm[i].mk));
-    TRY(o->mark_create(t->be.ctx, &t->mk_origin));
+    for (int i = 0; i < t->cap_lm; i++) TRY(backend_mark_create(be, &t->lm[i].mk));
+    TRY(backend_mark_create(be, &t->mk_origin));
     t->m.layer_hook = layer_hook;
     t->m.layer_hook_arg = t;
     TRY(train_drain(t));  // an idle stream: the origin mark is recorded at (about) origin_s
     if (t->world > 1) TRY(comm_barrier(t->c));
     t->origin_s = now_s();
     trace_set_origin(t->tr, t->origin_s);
-    return o->mark_record(t->be.ctx, t->mk_origin);
+    return backend_mark_record(be, t->mk_origin);
 }
 
 // ---------------------------------------------------------------------------------------------------------

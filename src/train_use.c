@@ -138,7 +138,7 @@ static int use_eval(trainer *t, train_result *res) {
     const int have = co.test_loss[0] && co.test_acc[0];
     eval_report r = {.checkpoint = t->o->eval_path, .samples = t->test.n, .classes = t->m.classes, .world = t->world,
                      .eval_batch = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch,
-                     .backend = t->be.ops->name, .test_loss = loss, .test_acc = acc, .confusion = t->confusion,
+                     .backend = backend_name(&t->be), .test_loss = loss, .test_acc = acc, .confusion = t->confusion,
                      .train_epoch = co.epoch[0] ? co.epoch : NULL, .train_step = co.step[0] ? co.step : NULL,
                      .train_mid_epoch = co.mid_epoch, .train_test_loss = have ? co.test_loss : NULL,
                      .train_test_acc = have ? co.test_acc : NULL,
@@ -162,8 +162,8 @@ static int predict_rows(trainer *t, FILE *f) {
     for (int i = 0; i < n; i += eb) {
         if (g_stop_requested) return train_use_stopped(t, i, n);
         int cnt = n - i < eb ? n - i : eb;
-        TRY(t->be.ops->gather(t->be.ctx, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems,
-                              t->d_aug_eval, t->m.x, t->m.labels));
+        TRY(backend_gather(&t->be, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems,
+                           t->d_aug_eval, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, cnt, 0));
         TRY(train_logits_download(t, cnt));
         for (int j = 0; j < cnt; j++) {

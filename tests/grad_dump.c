@@ -29,7 +29,7 @@ static int usage(void) {
 static int dump(const net_config *cfg, int batch, const char *out) {
     backend be;
     model m;
-    TRY(backend_create(&be, "cpu", 1, 0));
+    TRY(backend_create(&be, "cpu", &(backend_options){.threads = 1}));
     TRY(model_create(&m, &be, cfg, batch));
     TRY(model_init_params(&m, 7));
     rng r;

@@ -1184,21 +1184,39 @@ static void test_backend_create(void **state) {
     (void)state;
     backend be;
     err_clear();
-    assert_int_equal(backend_create(&be, "cpu", 2, 0), ST_OK);
-    assert_string_equal(be.ops->name, "cpu");
+    assert_int_equal(backend_create(&be, "cpu", &(backend_options){.threads = 2}), ST_OK);
+    assert_string_equal(backend_name(&be), "cpu");
+    assert_false(backend_can_capture(&be));
+    assert_false(backend_is_async(&be));
+    assert_null(backend_stream(&be));
+    assert_int_equal(backend_capture_begin(&be), ST_RUNTIME);  // no slot: the wrapper says so
+    assert_non_null(strstr(err_msg(), "capture_begin"));
+    err_clear();
     backend_destroy(&be);
     assert_null(be.ops);
     backend_destroy(&be);  // twice is harmless
+    assert_int_equal(backend_create(&be, "cpu", NULL), ST_OK);  // no options: all cores
+    backend_destroy(&be);
+    assert_int_equal(backend_create(&be, "cpu", &(backend_options){.threads = 1, .deterministic = 1}), ST_OK);
+    backend_destroy(&be);
+    assert_int_equal(backend_create(&be, "cpu", &(backend_options){.threads = 1, .tf32 = 1}), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "tf32"));
+    assert_null(be.ops);
+    err_clear();
+    assert_true(backend_uses_host_cores("cpu"));
+    assert_false(backend_uses_host_cores("cuda"));
+    assert_false(backend_uses_host_cores("tpu"));
+    assert_false(backend_uses_host_cores(NULL));
 
-    assert_int_equal(backend_create(&be, "tpu", 1, 0), ST_INPUT);
+    assert_int_equal(backend_create(&be, "tpu", &(backend_options){.threads = 1}), ST_INPUT);
     assert_non_null(strstr(err_msg(), "tpu"));
     err_clear();
-    assert_int_equal(backend_create(&be, NULL, 1, 0), ST_INPUT);
+    assert_int_equal(backend_create(&be, NULL, &(backend_options){.threads = 1}), ST_INPUT);
     err_clear();
     assert_int_equal(backend_cpu_create(&be, -1), ST_INPUT);
     err_clear();
 #ifndef DDP_HAVE_CUDA
-    assert_int_equal(backend_create(&be, "cuda", 1, 0), ST_RUNTIME);
+    assert_int_equal(backend_create(&be, "cuda", &(backend_options){.threads = 1}), ST_RUNTIME);
     assert_non_null(strstr(err_msg(), "TRAINER_CUDA=ON"));
     assert_int_equal(backend_cuda_available(), 0);
     err_clear();

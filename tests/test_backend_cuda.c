@@ -126,13 +126,13 @@ static void test_create_errors(void **state) {
     backend be;
     if (!g_have_cuda) {
         // No device (or no CUDA in this build): a clear error naming CUDA, never a crash.
-        assert_int_not_equal(backend_cuda_create(&be, 0), ST_OK);
+        assert_int_not_equal(backend_cuda_create(&be, NULL), ST_OK);
         assert_non_null(strstr(err_msg(), "CUDA"));
         assert_null(be.ops);
         err_clear();
         return;
     }
-    assert_int_equal(backend_cuda_create(&be, 4096), ST_INPUT);
+    assert_int_equal(backend_cuda_create(&be, &(backend_options){.device = 4096}), ST_INPUT);
     assert_non_null(strstr(err_msg(), "device 4096"));
     err_clear();
 }
@@ -149,9 +149,9 @@ static void test_tf32_needs_cuda(void **state) {
 static void test_table_full(void **state) {
     (void)state;
     NEED_CUDA();
-    size_t first = 0;
+    const char *first = NULL;
     const int missing = backend_ops_missing(g_gpu.ops, &first);
-    if (missing) fail_msg("cuda backend: %d empty slots, the first at byte %zu of backend_ops", missing, first);
+    if (missing) fail_msg("cuda backend: %d empty slots, the first is %s", missing, first);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1016,7 +1016,7 @@ static int group_setup(void **state) {
     }
     g_no_cuda = backend_cuda_unusable();
     g_have_cuda = g_no_cuda == NULL;
-    if (g_have_cuda && backend_cuda_create(&g_gpu, 0) != ST_OK) {
+    if (g_have_cuda && backend_cuda_create(&g_gpu, NULL) != ST_OK) {
         fprintf(stderr, "cuda backend: %s\n", err_msg());
         return -1;
     }

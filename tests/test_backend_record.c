@@ -67,9 +67,9 @@ static void sleep_ms(int ms) {
 static void test_table_full(void **state) {
     (void)state;
     backend rb = make_rec();
-    size_t first = 0;
+    const char *first = NULL;
     const int missing = backend_ops_missing(rb.ops, &first);
-    if (missing) fail_msg("record backend: %d empty slots, the first at byte %zu of backend_ops", missing, first);
+    if (missing) fail_msg("record backend: %d empty slots, the first is %s", missing, first);
     backend_destroy(&rb);
 }
 

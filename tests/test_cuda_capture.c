@@ -77,12 +77,11 @@ typedef struct rig {
 
 enum { MK_START, MK_FWD, MK_END };
 
-static void rig_create(rig *r, const char *backend_name, int deterministic) {
+static void rig_create(rig *r, const char *name, int deterministic) {
     memset(r, 0, sizeof *r);
     reference_cnn(&r->cfg);
-    OK(backend_create(&r->be, backend_name, 0, 0));
-    const backend_cuda_options opt = {.tf32 = 0, .deterministic = deterministic};
-    OK(backend_cuda_set_options(&r->be, &opt));  // before the model: plans take the options when prepared
+    // The options before the model: plans take them when prepared.
+    OK(backend_create(&r->be, name, &(backend_options){.tf32 = 0, .deterministic = deterministic}));
     OK(model_create(&r->m, &r->be, &r->cfg, B));
     assert_int_equal(r->m.n_params, 121930);
     OK(model_init_params(&r->m, 42));

@@ -45,7 +45,7 @@ static int setup(void **state) {
     static net_config cfg;
     small_config(&cfg);
     f->n = 5;
-    assert_int_equal(backend_create(&f->be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(backend_create(&f->be, "cpu", &(backend_options){.threads = 1}), ST_OK);
     assert_int_equal(model_create(&f->m, &f->be, &cfg, f->n), ST_OK);
     assert_int_equal(model_init_params(&f->m, 7), ST_OK);
     // Biases non-zero so that relu kinks are not all at the same place.
@@ -189,7 +189,7 @@ static void test_batchnorm_state_and_modes(void **state) {
     assert_int_equal(config_validate(&cfg), ST_OK);
     backend be;
     model m;
-    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(backend_create(&be, "cpu", &(backend_options){.threads = 1}), ST_OK);
     assert_int_equal(model_create(&m, &be, &cfg, 4), ST_OK);
     assert_int_equal(model_init_params(&m, 3), ST_OK);
     assert_int_equal(model_state_tensor(&m, -1, NULL), 6);
@@ -252,7 +252,7 @@ static void model_from_text(const char *ini, backend *be, model *m, int n) {
     err_clear();
     if (config_load_text(ini, "fd_config", &cfg) != ST_OK || config_validate(&cfg) != ST_OK)
         fail_msg("config: %s", err_msg());
-    assert_int_equal(backend_create(be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(backend_create(be, "cpu", &(backend_options){.threads = 1}), ST_OK);
     if (model_create(m, be, &cfg, n) != ST_OK) fail_msg("model_create: %s", err_msg());
     assert_int_equal(model_init_params(m, 7), ST_OK);
     rng r;

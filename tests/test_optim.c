@@ -237,7 +237,7 @@ static void test_no_decay_batchnorm_segments(void **state) {
     assert_int_equal(config_validate(&cfg), ST_OK);
     backend be;
     model m;
-    assert_int_equal(backend_create(&be, "cpu", 1, 0), ST_OK);
+    assert_int_equal(backend_create(&be, "cpu", &(backend_options){.threads = 1}), ST_OK);
     assert_int_equal(model_create(&m, &be, &cfg, 4), ST_OK);
     size_t begin[2 * CFG_MAX_LAYERS], len[2 * CFG_MAX_LAYERS];
     // Which floats of the buffer are BN parameters, and which are biases of other layers.

@@ -45,15 +45,15 @@ static int avgpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t 
 static int avgpool_forward(model *m, model_layer *l, int n, int training) {
     (void)training;
     const avgpool_priv *p = l->priv;
-    return m->be->ops->avgpool_forward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
-                                       l->x[0], l->y);
+    return backend_avgpool_forward(m->be, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
+                                   l->x[0], l->y);
 }
 
 static int avgpool_backward(model *m, model_layer *l, int n) {
     if (!l->dx[0]) return ST_OK;
     const avgpool_priv *p = l->priv;
-    return m->be->ops->avgpool_backward(m->be->ctx, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
-                                        l->dy, l->dx[0]);
+    return backend_avgpool_backward(m->be, n, l->in_c, l->in_h, l->in_w, p->win_h, p->win_w, p->stride,
+                                    l->dy, l->dx[0]);
 }
 
 const layer_kind layer_kind_avgpool = {

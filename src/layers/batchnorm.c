@@ -69,7 +69,7 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
     l->w_ndim = 1;
     l->w_shape[0] = c;
     l->n_s = 2 * (size_t)c + 1;  // running_mean [c], running_var [c], num_batches_tracked
-    TRY(m->be->ops->alloc(m->be->ctx, (void **)&b->stats, 7 * (size_t)c * sizeof(float)));
+    TRY(backend_alloc(m->be, (void **)&b->stats, 7 * (size_t)c * sizeof(float)));
     b->save = b->stats + 3 * (size_t)c;
     b->gstats = b->save + 2 * (size_t)c;
     return ST_OK;
@@ -78,7 +78,7 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
 static void batchnorm_destroy(model *m, model_layer *l) {
     bn_priv *b = l->priv;
     if (!b) return;
-    m->be->ops->free(m->be->ctx, b->stats);
+    backend_free(m->be, b->stats);
     b->stats = NULL;
 }
 
@@ -114,35 +114,33 @@ static int bn_ranks(const model *m, const bn_priv *b) {
 
 static int batchnorm_forward(model *m, model_layer *l, int n, int training) {
     bn_priv *b = l->priv;
-    const backend_ops *o = m->be->ops;
     bn_desc d = b->d;
     d.n = n;
     const int ranks = bn_ranks(m, b);
     d.count = (int64_t)n * d.hw * ranks;
     float *running = m->state + l->s_off;
     if (!training)
-        return o->bn_apply(m->be->ctx, &d, l->x[0], NULL, m->params + l->w_off, m->params + l->b_off, running,
-                           b->save, l->y);
+        return backend_bn_apply(m->be, &d, l->x[0], NULL, m->params + l->w_off, m->params + l->b_off, running,
+                                b->save, l->y);
     if (d.count < 2)
         return ERR(ST_RUNTIME, "%s: batch statistics need more than one value per channel (batch %d x %d)", l->name,
                    n, d.hw);
-    TRY(o->bn_stats(m->be->ctx, &d, l->x[0], b->stats));
+    TRY(backend_bn_stats(m->be, &d, l->x[0], b->stats));
     if (ranks > 1) TRY(m->allreduce_avg(m->allreduce_arg, b->stats, 3 * (size_t)d.c));
-    return o->bn_apply(m->be->ctx, &d, l->x[0], b->stats, m->params + l->w_off, m->params + l->b_off, running,
-                       b->save, l->y);
+    return backend_bn_apply(m->be, &d, l->x[0], b->stats, m->params + l->w_off, m->params + l->b_off, running,
+                            b->save, l->y);
 }
 
 static int batchnorm_backward(model *m, model_layer *l, int n) {
     bn_priv *b = l->priv;
-    const backend_ops *o = m->be->ops;
     bn_desc d = b->d;
     d.n = n;
     d.count = (int64_t)n * d.hw * bn_ranks(m, b);
-    TRY(o->bn_grad_stats(m->be->ctx, &d, l->x[0], l->y, b->save, l->dy, m->grads + l->w_off, m->grads + l->b_off,
-                         b->gstats));
+    TRY(backend_bn_grad_stats(m->be, &d, l->x[0], l->y, b->save, l->dy, m->grads + l->w_off, m->grads + l->b_off,
+                              b->gstats));
     if (!l->dx[0]) return ST_OK;  // the same on every rank: no rank waits in the all-reduce alone
     if (bn_ranks(m, b) > 1) TRY(m->allreduce_avg(m->allreduce_arg, b->gstats, 2 * (size_t)d.c));
-    return o->bn_grad_input(m->be->ctx, &d, l->x[0], b->save, m->params + l->w_off, b->gstats, l->dy, l->dx[0]);
+    return backend_bn_grad_input(m->be, &d, l->x[0], b->save, m->params + l->w_off, b->gstats, l->dy, l->dx[0]);
 }
 
 const layer_kind layer_kind_batchnorm = {

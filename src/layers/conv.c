@@ -61,7 +61,7 @@ static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *wo
     l->n_b = lc->bias ? (size_t)d.k : 0;
     l->w_ndim = 4;
     l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
-    TRY(m->be->ops->conv_prepare(m->be->ctx, &p->plans[0], workspace));
+    TRY(backend_conv_prepare(m->be, &p->plans[0], workspace));
     p->cur = 0;
     return ST_OK;
 }
@@ -69,7 +69,7 @@ static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *wo
 static void conv_destroy(model *m, model_layer *l) {
     conv_priv *p = l->priv;
     if (!p) return;
-    for (int i = 0; i < p->n_plans; i++) m->be->ops->conv_release(m->be->ctx, &p->plans[i]);
+    for (int i = 0; i < p->n_plans; i++) backend_conv_release(m->be, &p->plans[i]);
     p->n_plans = 0;
 }
 
@@ -84,7 +84,7 @@ static int conv_plan_evict(model *m, conv_priv *p) {
     if (p->n_plans < MODEL_MAX_PLANS) return p->n_plans++;
     int i = MODEL_MAX_PLANS - 1;
     if (p->plans[i].n == m->train_batch) i--;
-    m->be->ops->conv_release(m->be->ctx, &p->plans[i]);
+    backend_conv_release(m->be, &p->plans[i]);
     return i;
 }
 
@@ -97,9 +97,9 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
         d.plan = NULL;
         TRY(conv_desc_init(&d, l->name));
         size_t ws = 0;
-        TRY(m->be->ops->conv_prepare(m->be->ctx, &d, &ws));
+        TRY(backend_conv_prepare(m->be, &d, &ws));
         if (ws > m->workspace_bytes) {
-            m->be->ops->conv_release(m->be->ctx, &d);  // in no slot: nothing else would release it
+            backend_conv_release(m->be, &d);  // in no slot: nothing else would release it
             return ERR(ST_RUNTIME, "%s: batch %d needs %zu workspace bytes, only %zu allocated", l->name, n, ws,
                        m->workspace_bytes);
         }
@@ -119,15 +119,15 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
 static int conv_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
     const conv_priv *p = l->priv;
-    return m->be->ops->conv_forward(m->be->ctx, &p->plans[p->cur], l->x[0], m->params + l->w_off,
-                                    l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
+    return backend_conv_forward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off,
+                                l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
 }
 
 static int conv_backward(model *m, model_layer *l, int n) {
     (void)n;
     const conv_priv *p = l->priv;
-    return m->be->ops->conv_backward(m->be->ctx, &p->plans[p->cur], l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
-                                     m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
+    return backend_conv_backward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
+                                 m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
 static double conv_flops(const model_layer *l) {

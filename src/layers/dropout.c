@@ -32,8 +32,8 @@ static int dropout_create(model *m, model_layer *l, const layer_cfg *lc, size_t 
     TRY_ALLOC(p);
     p->rate = (float)lc->rate;
     if (m->rng_key) return ST_OK;
-    TRY(m->be->ops->alloc(m->be->ctx, (void **)&m->rng_key, sizeof *m->rng_key));
-    return m->be->ops->upload(m->be->ctx, m->rng_key, &m->rng_host, sizeof m->rng_host);
+    TRY(backend_alloc(m->be, (void **)&m->rng_key, sizeof *m->rng_key));
+    return backend_upload(m->be, m->rng_key, &m->rng_host, sizeof m->rng_host);
 }
 
 static size_t out_elems(const model_layer *l, int n) { return (size_t)n * l->out_c * l->out_h * l->out_w; }
@@ -46,16 +46,16 @@ static uint32_t mask_stream(const model *m, const model_layer *l) {
 static int dropout_forward(model *m, model_layer *l, int n, int training) {
     const size_t e = out_elems(l, n);
     const float rate = rate_of(l);
-    if (!training || rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->y, l->x[0], e * sizeof(float));
-    return m->be->ops->dropout(m->be->ctx, e, rate, m->rng_key, mask_stream(m, l), l->x[0], l->y);
+    if (!training || rate == 0.0f) return backend_copy(m->be, l->y, l->x[0], e * sizeof(float));
+    return backend_dropout(m->be, e, rate, m->rng_key, mask_stream(m, l), l->x[0], l->y);
 }
 
 static int dropout_backward(model *m, model_layer *l, int n) {
     const size_t e = out_elems(l, n);
     if (!l->dx[0]) return ST_OK;
     const float rate = rate_of(l);
-    if (rate == 0.0f) return m->be->ops->copy(m->be->ctx, l->dx[0], l->dy, e * sizeof(float));
-    return m->be->ops->dropout(m->be->ctx, e, rate, m->rng_key, mask_stream(m, l), l->dy, l->dx[0]);
+    if (rate == 0.0f) return backend_copy(m->be, l->dx[0], l->dy, e * sizeof(float));
+    return backend_dropout(m->be, e, rate, m->rng_key, mask_stream(m, l), l->dy, l->dx[0]);
 }
 
 const layer_kind layer_kind_dropout = {

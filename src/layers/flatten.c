@@ -26,8 +26,8 @@ static int flatten_forward(model *m, model_layer *l, int n, int training) {
 // dy is the producer's dy when this is its only reader (the model aliases it); else pass it on.
 static int flatten_backward(model *m, model_layer *l, int n) {
     if (!l->dx[0] || l->dx[0] == l->dy) return ST_OK;
-    return m->be->ops->copy(m->be->ctx, l->dx[0], l->dy,
-                            (size_t)n * l->out_c * l->out_h * l->out_w * sizeof(float));
+    return backend_copy(m->be, l->dx[0], l->dy,
+                        (size_t)n * l->out_c * l->out_h * l->out_w * sizeof(float));
 }
 
 const layer_kind layer_kind_flatten = {

@@ -35,14 +35,14 @@ static int maxpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t 
     pool_priv *p = layer_priv_new(l, sizeof *p);
     TRY_ALLOC(p);
     p->d = d;
-    return m->be->ops->alloc(m->be->ctx, (void **)&p->argmax,
-                             (size_t)m->max_batch * l->out_c * l->out_h * l->out_w * sizeof(int32_t));
+    return backend_alloc(m->be, (void **)&p->argmax,
+                         (size_t)m->max_batch * l->out_c * l->out_h * l->out_w * sizeof(int32_t));
 }
 
 static void maxpool_destroy(model *m, model_layer *l) {
     pool_priv *p = l->priv;
     if (!p) return;
-    m->be->ops->free(m->be->ctx, p->argmax);
+    backend_free(m->be, p->argmax);
     p->argmax = NULL;
 }
 
@@ -56,14 +56,14 @@ static int maxpool_set_batch(model *m, model_layer *l, int n) {
 static int maxpool_forward(model *m, model_layer *l, int n, int training) {
     (void)n, (void)training;
     const pool_priv *p = l->priv;
-    return m->be->ops->pool_forward(m->be->ctx, &p->d, l->x[0], l->y, p->argmax);
+    return backend_pool_forward(m->be, &p->d, l->x[0], l->y, p->argmax);
 }
 
 static int maxpool_backward(model *m, model_layer *l, int n) {
     (void)n;
     if (!l->dx[0]) return ST_OK;
     const pool_priv *p = l->priv;
-    return m->be->ops->pool_backward(m->be->ctx, &p->d, l->dy, p->argmax, l->dx[0]);
+    return backend_pool_backward(m->be, &p->d, l->dy, p->argmax, l->dx[0]);
 }
 
 const layer_kind layer_kind_maxpool = {

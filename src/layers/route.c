@@ -40,7 +40,7 @@ static int route_forward(model *m, model_layer *l, int n, int training) {
     const int hw = l->out_h * l->out_w;
     for (int k = 0, off = 0; k < l->n_in; k++) {
         const int c = m->layers[l->in_idx[k]].out_c;
-        TRY(m->be->ops->channel_copy(m->be->ctx, n, c, hw, l->x[k], c, 0, l->y, l->out_c, off));
+        TRY(backend_channel_copy(m->be, n, c, hw, l->x[k], c, 0, l->y, l->out_c, off));
         off += c;
     }
     return ST_OK;
@@ -51,7 +51,7 @@ static int route_backward(model *m, model_layer *l, int n) {
     if (l->n_in == 1 && l->dx[0] == l->dy) return ST_OK;  // one input, its only reader left: the same gradient
     for (int k = 0, off = 0; k < l->n_in; k++) {
         const int c = m->layers[l->in_idx[k]].out_c;
-        if (l->dx[k]) TRY(m->be->ops->channel_copy(m->be->ctx, n, c, hw, l->dy, l->out_c, off, l->dx[k], c, 0));
+        if (l->dx[k]) TRY(backend_channel_copy(m->be, n, c, hw, l->dy, l->out_c, off, l->dx[k], c, 0));
         off += c;
     }
     return ST_OK;
