@@ -384,7 +384,9 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     t->n_lm = 0;
     t->in_step = 1;
     if (replay && !t->graph_ready) {
+        const long long launched = t->launches;  // a capture runs nothing: its launches are not the step's
         int st = graph_capture(t);
+        t->launches = launched;
         // Every rank replays or every rank steps op by op: a graph on some ranks and eager steps on others would
         // order their NCCL calls differently (a hang). So the ranks agree on the capture before the first replay.
         st = capture_agree(t, st);
