@@ -332,7 +332,7 @@ static const backend_ops cuda_ops = {
     .capture_begin = cuda_capture_begin,
     .capture_end = cuda_capture_end,
     .replay = cuda_replay,
-    // layer ops of issue 14 part 3 (layer_ops_cuda.cu)
+    // layer ops of [shortcut], [route], [dropout] and [avgpool] (layer_ops_cuda.cu)
     .add_act = cuda_add_act,
     .act_backward = cuda_act_backward,
     .channel_copy = cuda_channel_copy,

@@ -93,7 +93,7 @@ int cuda_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
 int cuda_add(void *ctx, size_t n, const float *x, float *y);
 int cuda_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
 
-// ---- layer_ops_cuda.cu (layer ops of issue 14 part 3)
+// ---- layer_ops_cuda.cu (layer ops of [shortcut], [route], [dropout] and [avgpool])
 int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
 int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,

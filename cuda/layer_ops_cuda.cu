@@ -1,4 +1,4 @@
-// layer_ops_cuda.cu — the CUDA backend's ops for the layer kinds of issue 14 part 3: residual add + activation
+// layer_ops_cuda.cu — the CUDA backend's ops for the layer kinds [shortcut], [route], [dropout] and [avgpool]: residual add + activation
 // and the activation gradient ([shortcut]), channel slices ([route]), dropout masks from a counter-based hash,
 // average pooling ([avgpool]).
 //

@@ -55,7 +55,7 @@ typedef struct sgd_hyper {
     float nesterov;     // 1: Nesterov momentum (the step is g' + momentum * vel instead of vel), 0: heavy ball
 } sgd_hyper;
 
-// [dropout]'s mask key (issue 14 part 3), in BACKEND memory: written by the model before each training step
+// [dropout]'s mask key, in BACKEND memory: written by the model before each training step
 // (model_set_rng), so that a captured CUDA graph draws the current step's masks. src/dropout_hash.h hashes it.
 typedef struct dropout_key {
     uint64_t seed;

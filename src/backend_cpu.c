@@ -177,7 +177,7 @@ static const backend_ops cpu_ops = {
     .capture_begin = NULL,
     .capture_end = NULL,
     .replay = NULL,
-    // layer ops of issue 14 part 3
+    // layer ops of [shortcut], [route], [dropout] and [avgpool]
     .add_act = cpu_add_act,
     .act_backward = cpu_act_backward,
     .channel_copy = cpu_channel_copy,

@@ -207,7 +207,7 @@ int cpu_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *
 int cpu_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
                       const float *gstats, const float *dz, float *dx);
 
-// ---- layer_ops_cpu.c (layer ops of issue 14 part 3)
+// ---- layer_ops_cpu.c (layer ops of [shortcut], [route], [dropout] and [avgpool])
 int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
 int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,

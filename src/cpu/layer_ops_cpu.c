@@ -1,4 +1,4 @@
-// layer_ops_cpu.c — the CPU backend's ops for the layer kinds of issue 14 part 3: residual add + activation and
+// layer_ops_cpu.c — the CPU backend's ops for the layer kinds [shortcut], [route], [dropout] and [avgpool]: residual add + activation and
 // the activation gradient ([shortcut]), channel slices ([route]), dropout masks from a counter-based hash
 // (src/dropout_hash.h, the same draw as on CUDA), average pooling ([avgpool]).
 #include <stdint.h>
@@ -8,7 +8,7 @@
 #include "dropout_hash.h"
 
 // ---------------------------------------------------------------------------------------------------------
-// Layer ops of issue 14 part 3: residual add + activation, activation gradient ([shortcut]), channel slices
+// Layer ops of [shortcut], [route], [dropout] and [avgpool]: residual add + activation, activation gradient ([shortcut]), channel slices
 // ([route]), dropout, average pooling
 
 typedef struct ew_job {
