@@ -21,19 +21,6 @@
 // ---------------------------------------------------------------------------------------------------------
 // Set-up
 
-static int backend_check(const char *backend) {
-    if (backend == NULL) return ERR(ST_INPUT, "comm: no backend given (want 'mpi' or 'nccl')");
-    if (strcmp(backend, "mpi") == 0) return ST_OK;
-    if (strcmp(backend, "nccl") == 0) {
-#ifdef DDP_HAVE_CUDA
-        return ST_OK;
-#else
-        return ERR(ST_INPUT, "comm 'nccl' needs a CUDA build (this build has only 'mpi')");
-#endif
-    }
-    return ERR(ST_INPUT, "comm: unknown backend '%s' (want 'mpi' or 'nccl')", backend);
-}
-
 // This rank enters the next collective: returns its number and publishes the count.
 long long comm_arrive(comm *c) {
     long long k = ++c->n_coll;
@@ -50,15 +37,6 @@ static int watchdog_error(comm *c, long long seq, const char *what, int is_host,
     if (is_host && c->last_label[0]) snprintf(after, sizeof after, " (after all-reduce '%s')", c->last_label);
     return ERR(ST_COMM, "rank %d (%s): %s%s did not complete within %g s: %s (a peer rank may have died or be stuck)",
                c->info.rank, c->info.host, what, after, timeout_s, who);
-}
-
-static int backend_create(comm *c, const char *backend) {
-    if (strcmp(backend, "mpi") == 0) return comm_mpi_create(c);
-#ifdef DDP_HAVE_CUDA
-    return comm_nccl_create(c);
-#else
-    return ERR(ST_INPUT, "comm 'nccl' needs a CUDA build (this build has only 'mpi')");
-#endif
 }
 
 int comm_open(comm **out, double timeout_s) {
@@ -81,27 +59,6 @@ int comm_open(comm **out, double timeout_s) {
     g_world = c->info.world;
     *out = c;
     return ST_OK;
-}
-
-int comm_start(comm *c, const char *backend) {
-    if (c->ops) return ERR(ST_RUNTIME, "rank %d (%s): comm_start: backend '%s' already started", c->info.rank,
-                           c->info.host, c->ops->name);
-    TRY(backend_check(backend));
-    int st = backend_create(c, backend);
-    if (st != ST_OK) c->ops = NULL;
-    return st;
-}
-
-int comm_create(comm **out, const char *backend, double timeout_s) {
-    *out = NULL;
-    TRY(backend_check(backend));
-    TRY(comm_open(out, timeout_s));
-    int st = comm_start(*out, backend);
-    if (st != ST_OK) {
-        comm_destroy(*out);
-        *out = NULL;
-    }
-    return st;
 }
 
 int comm_world_init(int *argc, char ***argv) {
