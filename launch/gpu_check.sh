@@ -156,7 +156,7 @@ train() {
   cpu_mode && small=(--set data.test_limit=1000)
   echo "-- $label: trainer $* ${small[*]}"
   rm -f "$work/$label.jsonl"
-  "$bin/trainer" "$@" "${small[@]}" "${data_args[@]}" --metrics "$work/$label.jsonl" >"$work/$label.out" 2>&1 || rc=$?
+  "$trainer_bin" "$@" "${small[@]}" "${data_args[@]}" --metrics "$work/$label.jsonl" >"$work/$label.out" 2>&1 || rc=$?
   cat "$work/$label.out"
   echo "-- $label: exit $rc in $((SECONDS - t0)) s"
   if [ -s "$work/$label.jsonl" ]; then
@@ -382,6 +382,7 @@ stage_preflight() {
 # Stage: build (only the targets the later stages use)
 stage_build() {
   local cuda=ON targets=(trainer bench_allreduce) t avail warnings mpi_line t0=$SECONDS
+  cpu_mode && targets+=(trainer_test)  # --no-gpu: the CPU capture emulation stands in for CUDA graphs
   if cpu_mode && [ "$with_cuda" -eq 0 ]; then cuda=OFF; fi
   # A build tree made with another generator cannot be reconfigured with this one.
   if [ -f "$build_dir/CMakeCache.txt" ] && ! grep -qx "CMAKE_GENERATOR:INTERNAL=$gen" "$build_dir/CMakeCache.txt"; then
@@ -518,7 +519,7 @@ stage_sanitize() {
          --set data.train_limit=1280 --set data.test_limit=100 --set parallel.comm_timeout_s=60 "${data_args[@]}" --quiet)
   if cpu_mode; then
     # The same commands without the sanitizer (CPU backend): the stage's logic, nothing of the tool.
-    run20=("$bin/trainer" --config "$cfg_gpu" --backend cpu --comm mpi --threads 2 --steps 20 --set data.train_limit=1280
+    run20=("$trainer_bin" --config "$cfg_gpu" --backend cpu --comm mpi --threads 2 --steps 20 --set data.train_limit=1280
            --set data.test_limit=100 "${data_args[@]}" --quiet)
     "${run20[@]}" || die "the 20-step run failed"
     [ ! -x "$bin/tests/test_cuda_capture" ] || "$bin/tests/test_cuda_capture" >/dev/null || die "test_cuda_capture failed"
@@ -687,7 +688,7 @@ stage_resnet() {
     bad+=("5-step runs failed")
   fi
   echo "-- launch/speedrun.sh --config $cfg ${speed[*]} -- ${sextra[*]}"
-  TRAINER=$bin/trainer "$repo/launch/speedrun.sh" --config "$cfg" "${speed[@]}" --out "$work/speedrun" -- \
+  TRAINER=$trainer_bin "$repo/launch/speedrun.sh" --config "$cfg" "${speed[@]}" --out "$work/speedrun" -- \
     "${sextra[@]}" "${data_args[@]}" --quiet | tee "$work/speedrun.out" || true
   if [ -s "$work/speedrun/metrics.jsonl" ]; then
     sed 's/^{/{"run":"speedrun",/' "$work/speedrun/metrics.jsonl" >>"$log_dir/metrics.jsonl"
@@ -736,6 +737,9 @@ if [ -n "${DDP_GPU_CHECK_STAGE:-}" ]; then
   if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
   # --no-gpu: the CPU backend's CUDA-capture emulation stands in for CUDA Graphs (net.cuda_graph=1 runs).
   cpu_mode && export DDP_TEST_CPU_GRAPH=1
+  # The release trainer reads no DDP_TEST_* variable: the emulation needs the test trainer (built beside it).
+  trainer_bin=$bin/trainer
+  if cpu_mode && [ -x "$bin/trainer_test" ]; then trainer_bin=$bin/trainer_test; fi
   # NCCL's warnings and cuDNN's errors and warnings on stderr, into the stage's log: any such line fails the
   # stage (run_stage), also when the stage's own checks passed.
   export NCCL_DEBUG=WARN CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr

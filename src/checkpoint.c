@@ -201,17 +201,13 @@ static int header_bytes(const char *path, const ckpt_tensor *tensors, int n_tens
 typedef struct ckpt_writer {
     int fd;
     uint64_t written;
-    long long crash_after;  // the DDP_CKPT_CRASH_AFTER_BYTES hook, -1 when off
+    long long crash_after;  // the crash hook (ckpt_set_crash_after), -1 when off
 } ckpt_writer;
 
-static int crash_hook_read(const char *path, long long *out) {
-    const char *s = getenv("DDP_CKPT_CRASH_AFTER_BYTES");
-    long v = -1;
-    if (s && *s && parse_int(s, 0, LONG_MAX, &v) != 0)
-        return ERR(ST_INPUT, "%s: DDP_CKPT_CRASH_AFTER_BYTES='%s' is not a byte count", path, s);
-    *out = v;
-    return ST_OK;
-}
+// The crash hook (tests only): the test trainer sets it from DDP_CKPT_CRASH_AFTER_BYTES; -1: off.
+static long long g_crash_after = -1;
+
+void ckpt_set_crash_after(long long bytes) { g_crash_after = bytes < 0 ? -1 : bytes; }
 
 static void writer_maybe_crash(const ckpt_writer *w) {
     if (w->crash_after >= 0 && w->written == (uint64_t)w->crash_after) raise(SIGKILL);
@@ -374,9 +370,8 @@ int ckpt_check_target(const char *path) {
 int ckpt_save(const char *path, const ckpt_tensor *tensors, int n_tensors, const ckpt_kv *meta, int n_meta) {
     if (path == NULL || path[0] == '\0') return ERR(ST_INPUT, "checkpoint path is empty");
     TRY(host_check_little_endian());
-    long long crash_after = -1;
+    const long long crash_after = g_crash_after;
     TRY(save_check_args(path, tensors, n_tensors, meta, n_meta));
-    TRY(crash_hook_read(path, &crash_after));
     TRY(target_check(path));
     unsigned char *head = NULL;
     size_t head_n = 0;

@@ -61,5 +61,6 @@ int ckpt_n_tensors(const ckpt_file *f);
 const char *ckpt_tensor_name(const ckpt_file *f, int i);
 const char *ckpt_path(const ckpt_file *f);
 
-// Test hook (reliability tests): when the environment variable DDP_CKPT_CRASH_AFTER_BYTES is set, ckpt_save
-// raises SIGKILL on itself after writing that many bytes of the temp file.
+// Test hook (reliability tests): ckpt_save raises SIGKILL on itself after writing `bytes` bytes of the temp file
+// (-1: off, the default). The product never sets it; the test trainer sets it from DDP_CKPT_CRASH_AFTER_BYTES.
+void ckpt_set_crash_after(long long bytes);

@@ -18,6 +18,9 @@
 #include "layer.h"
 #include "placement.h"
 #include "test_hooks.h"
+#ifdef DDP_TESTING
+#include "test_env.h"  // tests/aids: the test trainer only
+#endif
 #include "train.h"
 
 #define MAX_SETS 64
@@ -450,8 +453,14 @@ int main(int argc, char **argv) {
         return st;
     }
     c.opts.progress = stdout_is_terminal();
-    static test_hooks hooks;  // the DDP_TEST_* variables, read here once (src/test_hooks.h)
-    test_hooks_from_env(&hooks);
+    static test_hooks hooks;  // every hook off; the test trainer reads the DDP_TEST_* variables (src/test_hooks.h)
+    test_hooks_off(&hooks);
+#ifdef DDP_TESTING
+    if ((st = test_hooks_from_env(&hooks)) != ST_OK) {
+        if (launcher_rank() == 0) print_error();
+        return st;
+    }
+#endif
     c.opts.hooks = &hooks;
 
     // Local: the configuration. Its status is agreed on once the ranks can talk.

@@ -51,7 +51,7 @@ int placement_print(const comm_info *ci, const char *backend, int fake_gpus) {
     char dev[32] = "none";
     if (device >= 0) snprintf(dev, sizeof dev, "%d", device);
     printf("placement: host %s rank %d of %d node-local rank %d of %d device %s%s\n", ci->host, ci->rank, ci->world,
-           ci->local_rank, ci->local_world, dev, fake_gpus ? " (DDP_TEST_FAKE_GPUS)" : "");
+           ci->local_rank, ci->local_world, dev, fake_gpus ? " (fake GPUs: a test hook)" : "");
     fflush(stdout);
     return ST_OK;
 }

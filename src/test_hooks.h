@@ -1,8 +1,12 @@
 // test_hooks.h — the test-only fault hooks and test aids of the trainer, in one place. Every DDP_TEST_*
-// environment variable is listed here and read in one function, test_hooks_from_env, which main calls once at
-// start-up; the result travels to the trainer in train_opts.hooks and to placement as an argument. Library
-// callers (the cmocka tests) fill the struct themselves. All of them are inert unless set.
+// environment variable is listed here and read in one function, test_hooks_from_env (tests/aids/test_env.c), which
+// only the test trainer (`trainer_test`: main.c built with DDP_TESTING and the test aids) calls, once at start-up;
+// the release `trainer` reads none of them and holds no DDP_TEST_ string. The result travels to the trainer in
+// train_opts.hooks and to placement as an argument. Library callers (the cmocka tests) fill the struct
+// themselves. All of them are inert unless set.
 #pragma once
+
+struct backend;
 
 // DDP_TEST_CPU_GRAPH: the CPU backend's emulation of CUDA stream capture (src/backend_record.h), so the graph
 // path of the training step runs, and is checked bit for bit against eager steps, without a GPU.
@@ -36,17 +40,18 @@ typedef struct test_hooks {
     // (ST_COMM, a local failure), so the tests can see what the trainer does after a communication failure (it
     // stops the communicator before touching device memory). 0: off.
     long long comm_fail_step;
+    // The CPU capture emulation, injected by the test aids (tests/aids/backend_record.h) when cpu_graph is set:
+    // wraps the backend in the recorder (mode TEST_CPU_GRAPH_REFUSE: one that refuses every capture). NULL in the
+    // product, which then has no emulation to offer.
+    int (*wrap_backend)(struct backend *be, test_cpu_graph mode);
 } test_hooks;
 
-// Not here: DDP_CKPT_CRASH_AFTER_BYTES, the checkpoint writer's crash hook, belongs to the checkpoint library
-// (src/checkpoint.h), which stands alone (test_checkpoint links only it).
+// DDP_CKPT_CRASH_AFTER_BYTES, the checkpoint writer's crash hook, is the checkpoint library's setter
+// (ckpt_set_crash_after, src/checkpoint.h); the test trainer calls it from that variable.
 
 // Every hook off.
 void test_hooks_off(test_hooks *h);
 
-// Every hook from its environment variable (each off when unset; a malformed value reads as it always did:
-// atoi for the counts, a STALL that does not parse is off).
-void test_hooks_from_env(test_hooks *h);
 
 // DDP_TEST_STALL: sleep when this is the stalling rank and `where` (a step number as text, `replicas`, `end`)
 // is its place.

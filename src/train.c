@@ -257,7 +257,7 @@ static int test_stall_maybe(const trainer *t) {
     snprintf(step, sizeof step, "%lld", t->global_step + 1);
     test_hooks_stall(t->hooks, t->rank, step);
     if (t->hooks->comm_fail_step == t->global_step + 1)  // DDP_TEST_COMM_FAIL: as a watchdog timeout would
-        return ERR(ST_COMM, "rank %d (%s): all-reduce 'step %lld' failed (injected: DDP_TEST_COMM_FAIL)", t->rank,
+        return ERR(ST_COMM, "rank %d (%s): all-reduce 'step %lld' failed (injected by a test hook)", t->rank,
                    g_host, t->global_step + 1);
     return ST_OK;
 }

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "augment.h"
-#include "backend_record.h"
 #include "common.h"
 #include "placement.h"
 #include "train_state.h"
@@ -89,12 +88,10 @@ int train_backend_setup(trainer *t) {
     const backend_options opt = {
         .threads = threads, .device = device, .tf32 = cfg->tf32, .deterministic = cfg->deterministic};
     TRY(backend_create(&t->be, cfg->backend, &opt));
-    // Test aid (graph tests, src/test_hooks.h): emulate CUDA stream capture on the CPU backend
-    // (src/backend_record.h), or refuse every capture (the fall-back to op-by-op steps).
-    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && !backend_can_capture(&t->be)) {
-        TRY(backend_record_wrap(&t->be));
-        if (t->hooks->cpu_graph == TEST_CPU_GRAPH_REFUSE) TRY(backend_record_refuse_captures(&t->be));
-    }
+    // Test aid (graph tests, src/test_hooks.h): the test build's wrapper emulates CUDA stream capture on the CPU
+    // backend, or refuses every capture (the fall-back to op-by-op steps). The release trainer has no wrapper.
+    if (t->hooks->cpu_graph != TEST_CPU_GRAPH_OFF && t->hooks->wrap_backend && !backend_can_capture(&t->be))
+        TRY(t->hooks->wrap_backend(&t->be, t->hooks->cpu_graph));
     t->async_backend = backend_is_async(&t->be);
     t->timing_every = t->async_backend ? TIMING_EVERY_ASYNC : 1;
     for (int k = 0; k < MK_N; k++) TRY(backend_mark_create(&t->be, &t->mk[k]));

@@ -137,6 +137,14 @@ for np in 1 2; do
   fi
   rm -f "$tmp"/crash.st.tmp.*
 done
+# A crash-hook value that is not a byte count is the test trainer's exit 2 at start-up, one line.
+DDP_CKPT_CRASH_AFTER_BYTES=12x timeout 60 "$trainer" --config "$cfg" --steps 1 >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if [ "$rc" -eq 2 ] && [ "$(wc -l <"$tmp/err")" -eq 1 ] && has "DDP_CKPT_CRASH_AFTER_BYTES='12x' is not a byte count"; then
+  ok "DDP_CKPT_CRASH_AFTER_BYTES=12x: exit 2, one line"
+else
+  bad "DDP_CKPT_CRASH_AFTER_BYTES=12x: exit $rc"
+fi
 
 # ---- 4. Write errors: clear message, non-zero exit, previous checkpoint intact.
 cp "$tmp/good.orig" "$tmp/w.st"

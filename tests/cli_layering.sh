@@ -2,7 +2,8 @@
 # cli_layering.sh — no two source files of the trainer depend on each other, directly or around a loop: for the
 # built object files of src/, comm/ and cuda/, an arrow A -> B where A calls (or reads) a symbol that B defines,
 # and for the headers, A -> B where A includes B. Fails naming every cycle with the symbols that tie it; prints
-# the files in layers (each calls only files of lower layers) as the evidence anyone can rerun:
+# the files in layers (each calls only files of lower layers) as the evidence anyone can rerun. And the release
+# trainer carries no test aid (no DDP_TEST_ string, no capture recorder): those are in trainer_test only.
 #   bash tests/cli_layering.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 command -v nm >/dev/null || { echo "SKIP: no nm (binutils)"; exit 77; }
@@ -105,4 +106,17 @@ sys.exit(1 if bad else 0)
 PY
 rc=$?
 if [ "$rc" -eq 0 ]; then ok "no call or include cycle among the trainer's files"; else fails=$((fails + 1)); fi
+
+# Test aids out of the product: the release trainer holds no DDP_TEST_ string (nor the crash hook's variable) and
+# no capture recorder; the test trainer does (so the check is not vacuous).
+if command -v strings >/dev/null && [ -x "$build/trainer" ] && [ -x "$build/trainer_test" ]; then
+  n_rel=$(strings "$build/trainer" | grep -c 'DDP_TEST_\|DDP_CKPT_CRASH')
+  n_test=$(strings "$build/trainer_test" | grep -c 'DDP_TEST_')
+  rec=$(nm "$build/trainer" 2>/dev/null | grep -c 'backend_record_wrap')
+  if [ "$n_rel" -eq 0 ] && [ "$rec" -eq 0 ] && [ "$n_test" -gt 0 ]; then
+    ok "release trainer: 0 DDP_TEST_ strings and no capture recorder (trainer_test: $n_test strings)"
+  else
+    bad "release trainer: $n_rel DDP_TEST_/crash-hook strings, $rec recorder symbols (trainer_test: $n_test)"
+  fi
+fi
 finish layering

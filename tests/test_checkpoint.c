@@ -2,7 +2,7 @@
 // saves and a process killed mid-save leave the old file intact), and ST_INPUT naming the file for every kind of
 // corrupt or mismatching checkpoint.
 //
-// A save killed mid-write (the DDP_CKPT_CRASH_AFTER_BYTES hook) leaves a stale "<path>.tmp.<pid>"; the tests
+// A save killed mid-write (the ckpt_set_crash_after hook) leaves a stale "<path>.tmp.<pid>"; the tests
 // check it never appears under the final name and that later saves and loads ignore it.
 #include <cJSON.h>
 #include <dirent.h>
@@ -385,16 +385,14 @@ static void test_read_only_dir(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Crash in the middle of a save (DDP_CKPT_CRASH_AFTER_BYTES)
+// Crash in the middle of a save (ckpt_set_crash_after)
 
 // Saves fresh over path in a child killed after k bytes; returns the child's pid.
 static pid_t save_in_child_killed_at(const char *path, const fixture *fresh, long k) {
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        char v[32];
-        snprintf(v, sizeof v, "%ld", k);
-        setenv("DDP_CKPT_CRASH_AFTER_BYTES", v, 1);
+        ckpt_set_crash_after(k);
         int st = ckpt_save(path, fresh->t, FX_N, fresh->meta, FX_META);
         _exit(st == ST_OK ? 0 : 10 + st);
     }
@@ -459,14 +457,7 @@ static void test_crash_mid_save_keeps_old_file(void **state) {
     expect_fixture(path, &fresh);
     assert_int_equal(count_temp_files(tu_tmpdir()), 0);
 
-    // A malformed count is an input error, and nothing is written.
-    setenv("DDP_CKPT_CRASH_AFTER_BYTES", "12x", 1);
-    err_clear();
-    assert_int_equal(ckpt_save(path, old.t, FX_N, old.meta, FX_META), ST_INPUT);
-    assert_non_null(strstr(err_msg(), "DDP_CKPT_CRASH_AFTER_BYTES"));
-    unsetenv("DDP_CKPT_CRASH_AFTER_BYTES");
-    err_clear();
-    expect_fixture(path, &fresh);
+    // (A malformed DDP_CKPT_CRASH_AFTER_BYTES is the test trainer's exit 2: tests/cli_faults.sh.)
     free(want_new);
     free(want_old);
 }

@@ -14,7 +14,7 @@
 #include "common.h"
 #include "test_util.h"
 
-#define TRAINER DDP_BINARY_DIR "/trainer"
+#define TRAINER DDP_BINARY_DIR "/trainer_test"  // the test trainer: DDP_TEST_* hooks
 #define MPIRUN "mpirun --oversubscribe --allow-run-as-root --bind-to none --mca btl self,vader " \
                "--mca btl_vader_single_copy_mechanism none"
 

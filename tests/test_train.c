@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "metrics.h"
+#include "test_env.h"
 #include "test_hooks.h"
 #include "test_util.h"
 #include "train.h"
@@ -18,9 +19,10 @@ static comm *g_comm;
 
 // The CPU backend's emulation of CUDA stream capture (src/test_hooks.h): run_steps and run_steps_cfg pass
 // g_hooks to the trainer; a test points it at one of these and back to NULL.
-static const test_hooks k_cpu_graph = {.stall_rank = -1, .corrupt_rank = -1, .cpu_graph = TEST_CPU_GRAPH_EMULATE};
+static const test_hooks k_cpu_graph = {.stall_rank = -1, .corrupt_rank = -1, .cpu_graph = TEST_CPU_GRAPH_EMULATE,
+                                      .wrap_backend = test_aids_wrap_backend};
 static const test_hooks k_cpu_graph_refuse = {.stall_rank = -1, .corrupt_rank = -1,
-                                              .cpu_graph = TEST_CPU_GRAPH_REFUSE};
+                                              .cpu_graph = TEST_CPU_GRAPH_REFUSE, .wrap_backend = test_aids_wrap_backend};
 static const test_hooks *g_hooks;
 
 static void tiny_config(net_config *cfg, const char *extra) {
