@@ -6,6 +6,7 @@
 # trainer carries no test aid (no DDP_TEST_ string, no capture recorder): those are in trainer_test only.
 #   bash tests/cli_layering.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
+make_tmp
 command -v nm >/dev/null || { echo "SKIP: no nm (binutils)"; exit 77; }
 command -v python3 >/dev/null || { echo "SKIP: no python3"; exit 77; }
 python3 - "$src" "$build" <<'PY'
@@ -117,6 +118,20 @@ if command -v strings >/dev/null && [ -x "$build/trainer" ] && [ -x "$build/trai
     ok "release trainer: 0 DDP_TEST_ strings and no capture recorder (trainer_test: $n_test strings)"
   else
     bad "release trainer: $n_rel DDP_TEST_/crash-hook strings, $rec recorder symbols (trainer_test: $n_test)"
+  fi
+fi
+# The release trainer trains (the suite's other whole-program tests run trainer_test), and ignores the test hooks:
+# a stall that trainer_test would honour for 30 s is not one here.
+if [ -x "$build/trainer" ] && [ -f "$data/train-images-idx3-ubyte.gz" ]; then
+  t0=$(now)
+  DDP_TEST_STALL=0:1:30 timeout 60 "$build/trainer" --config "$src/configs/fashion_mnist_cnn.cfg" --steps 4 --threads 1 \
+    --set data.train_limit=256 --set data.test_limit=64 --quiet >"$tmp/out" 2>&1
+  rc=$?
+  secs=$(since "$t0")
+  if [ "$rc" -eq 0 ] && grep -q "^done: .*4 steps in" "$tmp/out" && awk -v s="$secs" 'BEGIN { exit !(s < 20) }'; then
+    ok "release trainer: 4 steps in ${secs} s, DDP_TEST_STALL ignored"
+  else
+    bad "release trainer run: exit $rc in ${secs} s: $(head -2 "$tmp/out")"
   fi
 fi
 finish layering
