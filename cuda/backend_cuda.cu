@@ -31,6 +31,8 @@ static void ctx_free(cuda_ctx *c) {
     for (int i = 0; i < STAGE_SLOTS; i++)
         if (c->stage_ev[i]) cudaEventDestroy(c->stage_ev[i]);
     if (c->stage) cudaFreeHost(c->stage);
+    if (c->copy_stream) cudaStreamSynchronize(c->copy_stream), cudaStreamDestroy(c->copy_stream);
+    if (c->copy_after) cudaEventDestroy(c->copy_after);
     if (c->cudnn) cudnnDestroy(c->cudnn);
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
@@ -134,6 +136,43 @@ static int cuda_upload(void *ctx, void *dst, const void *src, size_t bytes) {
     }
     cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream));
     cudaCheck(cudaStreamSynchronize(c->stream));
+    return ST_OK;
+}
+
+static int cuda_host_alloc(void *ctx, void **ptr, size_t bytes) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    *ptr = NULL;
+    TRY(not_capturing(c, "host_alloc"));
+    cudaError_t e = cudaHostAlloc(ptr, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        *ptr = NULL;
+        return ERR(ST_RUNTIME, "rank %d (%s): cuda backend: cudaHostAlloc of %zu pinned bytes failed: %s", g_rank, g_host,
+                   bytes, cudaGetErrorString(e));
+    }
+    return ST_OK;
+}
+
+static void cuda_host_free(void *ctx, void *ptr) {
+    (void)ctx;
+    if (ptr) cudaFreeHost(ptr);
+}
+
+// The copy stream waits for the compute stream's work so far (the previous step still reads dst), copies, and
+// records `done`; the compute stream waits for `done` before anything issued later. No host wait anywhere, and a
+// replayed graph issued after it reads the new batch.
+static int cuda_stage_upload(void *ctx, void *dst, const void *src, size_t bytes, void *done) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(not_capturing(c, "stage_upload"));
+    if (!c->copy_stream) {
+        cudaCheck(cudaStreamCreateWithFlags(&c->copy_stream, cudaStreamNonBlocking));
+        cudaCheck(cudaEventCreateWithFlags(&c->copy_after, cudaEventDisableTiming));
+    }
+    cudaCheck(cudaEventRecord(c->copy_after, c->stream));
+    cudaCheck(cudaStreamWaitEvent(c->copy_stream, c->copy_after, 0));
+    if (bytes) cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->copy_stream));
+    cudaCheck(cudaEventRecord((cudaEvent_t)done, c->copy_stream));
+    cudaCheck(cudaStreamWaitEvent(c->stream, (cudaEvent_t)done, 0));
     return ST_OK;
 }
 
@@ -302,6 +341,9 @@ static const backend_ops cuda_ops = {
     .copy = cuda_copy,
     .zero = cuda_zero,
     .sync = cuda_sync,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .stage_upload = cuda_stage_upload,
     .gather = cuda_gather,
     .conv_prepare = cuda_conv_prepare,
     .conv_release = cuda_conv_release,

@@ -46,6 +46,9 @@ typedef struct cuda_ctx {
     char *stage;
     cudaEvent_t stage_ev[STAGE_SLOTS];
     int stage_next;
+    // stage_upload: its copy stream (made at the first use) and the event the copy waits on.
+    cudaStream_t copy_stream;
+    cudaEvent_t copy_after;
 } cuda_ctx;
 
 // Blocks for a grid-stride loop over n items: enough to fill the GPU a few times over, never more than needed.
@@ -76,7 +79,7 @@ int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float 
 // ---- ops_cuda.cu
 // y = act(y + b[channel]) in place over `total` values laid out [outer, channels, inner] (b may be NULL).
 int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act);
-int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+int cuda_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                 int sample_elems, const gather_aug *aug, float *x, int32_t *y);
 int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
 int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);

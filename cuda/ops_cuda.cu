@@ -272,7 +272,7 @@ __global__ void sgd_kernel(size_t n, float *p, const float *g, float *vel, const
 // Kernels: data and utilities
 
 // x[s, j] = images[index[s], j] / 255 (rounded as the CPU's float division), y[s] = labels[index[s]].
-__global__ void gather_kernel(const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+__global__ void gather_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                               int elems, float *x, int32_t *y) {
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     const size_t total = (size_t)n * elems;
@@ -289,7 +289,7 @@ __global__ void gather_kernel(const uint8_t *images, const uint8_t *labels, cons
 // evaluates its sample's draw from (seed, epoch, index) -- the same integer math as the CPU loop -- and reads
 // one input byte (0 outside the image), then the channel's table or the division. The epoch is read here, from
 // device memory, so a replayed graph uses the value uploaded before it. Indices fit in 32 bits (size_check).
-__global__ void gather_aug_kernel(const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+__global__ void gather_aug_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                                   int elems, const gather_aug *a, float *x, int32_t *y) {
     const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
     const unsigned total = (unsigned)n * (unsigned)elems;
@@ -381,7 +381,7 @@ int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels
     return ST_OK;
 }
 
-int cuda_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+int cuda_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                 int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n < 0 || sample_elems <= 0)

@@ -46,7 +46,7 @@ static void append_exact(char *out, size_t size, double v) {
 }
 
 int augment_fill_normalize(net_config *cfg, const dataset *train) {
-    if (!cfg->normalize || cfg->mean[0] || cfg->std[0]) return ST_OK;
+    if (cfg->normalize != NORM_ON || cfg->mean[0] || cfg->std[0]) return ST_OK;
     if (train->c > CFG_NORM_CHANNELS_MAX)
         return ERR(ST_INPUT, "%s: [data] normalize=1: at most %d channels, the data has %d", cfg->path,
                    CFG_NORM_CHANNELS_MAX, train->c);
@@ -64,7 +64,7 @@ int augment_fill_normalize(net_config *cfg, const dataset *train) {
 }
 
 int augment_resolve(net_config *cfg) {
-    if (!cfg->normalize || cfg->mean[0] || cfg->std[0]) return ST_OK;
+    if (cfg->normalize != NORM_ON || cfg->mean[0] || cfg->std[0]) return ST_OK;
     dataset train = {0};
     const char *name = cfg->train_images;
     if (cfg->data_format == DATA_CIFAR10) {
@@ -93,9 +93,11 @@ int augment_params(const net_config *cfg, int training, gather_aug *a, int *acti
     memset(a, 0, sizeof *a);
     a->seed = cfg->seed;
     a->c = cfg->channels, a->h = cfg->height, a->w = cfg->width;
-    a->crop_pad = training ? cfg->crop_pad : 0;
-    a->flip = training ? cfg->flip : 0;
-    a->normalize = cfg->normalize;
+    // Streamed formats crop and flip in the loader's workers (src/image.h, the same draws on the decoded
+    // bytes); the gather then only normalises.
+    a->crop_pad = training && !CFG_STREAMED(cfg) ? cfg->crop_pad : 0;
+    a->flip = training && !CFG_STREAMED(cfg) ? cfg->flip : 0;
+    a->normalize = cfg->normalize != NORM_OFF;
     if (cfg->normalize) {
         double mean[CFG_NORM_CHANNELS_MAX], std[CFG_NORM_CHANNELS_MAX];
         int n = 0;

@@ -106,6 +106,26 @@ static void blas_warm_up_part(void *arg, int part, int parts) {
 // ---------------------------------------------------------------------------------------------------------
 // Timing marks: every op has finished when it returns, so a mark is the host clock at mark_record.
 
+static int cpu_host_alloc(void *ctx, void **ptr, size_t bytes) {
+    (void)ctx;
+    *ptr = malloc(bytes ? bytes : 1);
+    if (!*ptr) return ERR(ST_RUNTIME, "out of host memory allocating %zu bytes", bytes);
+    return ST_OK;
+}
+
+static void cpu_host_free(void *ctx, void *ptr) {
+    (void)ctx;
+    free(ptr);
+}
+
+// Ops run on the host in issue order: the copy is just a copy, done when it returns.
+static int cpu_stage_upload(void *ctx, void *dst, const void *src, size_t bytes, void *done) {
+    (void)ctx;
+    if (bytes) memcpy(dst, src, bytes);
+    *(double *)done = now_s();
+    return ST_OK;
+}
+
 static int cpu_mark_create(void *ctx, void **mark) {
     (void)ctx;
     double *m = calloc(1, sizeof *m);
@@ -147,6 +167,9 @@ static const backend_ops cpu_ops = {
     .copy = cpu_copy,
     .zero = cpu_zero,
     .sync = cpu_sync,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .stage_upload = cpu_stage_upload,
     .gather = cpu_gather,
     .conv_prepare = cpu_conv_prepare,
     .conv_release = cpu_conv_release,

@@ -62,14 +62,14 @@ static const key_def g_keys[] = {
     {S_NET, "channels", K_INT, OFF(channels), 0, 1, 4096, NULL, 0},
     {S_NET, "height", K_INT, OFF(height), 0, 1, 16384, NULL, 0},
     {S_NET, "width", K_INT, OFF(width), 0, 1, 16384, NULL, 0},
-    {S_NET, "classes", K_INT, OFF(classes), 0, 2, 256, NULL, 0},
+    {S_NET, "classes", K_INT, OFF(classes), 0, 2, 100000, NULL, 0},
     {S_NET, "backend", K_STR, OFF(backend), SZ(backend), 0, 0, "cpu|cuda", 0},
     {S_NET, "threads", K_INT, OFF(threads), 0, 0, 1024, NULL, 0},
     {S_NET, "tf32", K_INT, OFF(tf32), 0, 0, 1, NULL, 0},
     {S_NET, "deterministic", K_INT, OFF(deterministic), 0, 0, 1, NULL, 0},
     {S_NET, "cuda_graph", K_INT, OFF(cuda_graph), 0, 0, 1, NULL, 0},
     {S_NET, "eval_batch", K_INT, OFF(eval_batch), 0, 1, 1 << 20, NULL, 0},
-    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10", 0},
+    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10|folder|list", 0},
     {S_DATA, "train_images", K_STR, OFF(train_images), SZ(train_images), 0, 0, NULL, 0},
     {S_DATA, "train_labels", K_STR, OFF(train_labels), SZ(train_labels), 0, 0, NULL, 0},
     {S_DATA, "test_images", K_STR, OFF(test_images), SZ(test_images), 0, 0, NULL, 0},
@@ -77,9 +77,27 @@ static const key_def g_keys[] = {
     {S_DATA, "cifar_dir", K_STR, OFF(cifar_dir), SZ(cifar_dir), 0, 0, NULL, 0},
     {S_DATA, "train_limit", K_INT, OFF(train_limit), 0, 0, 1 << 30, NULL, 0},
     {S_DATA, "test_limit", K_INT, OFF(test_limit), 0, 0, 1 << 30, NULL, 0},
+    {S_DATA, "train_dir", K_STR, OFF(train_dir), SZ(train_dir), 0, 0, NULL, 0},
+    {S_DATA, "val_dir", K_STR, OFF(val_dir), SZ(val_dir), 0, 0, NULL, 0},
+    {S_DATA, "test_dir", K_STR, OFF(test_dir), SZ(test_dir), 0, 0, NULL, 0},
+    {S_DATA, "train_list", K_STR, OFF(train_list), SZ(train_list), 0, 0, NULL, 0},
+    {S_DATA, "val_list", K_STR, OFF(val_list), SZ(val_list), 0, 0, NULL, 0},
+    {S_DATA, "test_list", K_STR, OFF(test_list), SZ(test_list), 0, 0, NULL, 0},
+    {S_DATA, "names", K_STR, OFF(names), SZ(names), 0, 0, NULL, 0},
+    {S_DATA, "val_fraction", K_DOUBLE, OFF(val_fraction), 0, 0, 0.9, NULL, 0},
+    {S_DATA, "workers", K_INT, OFF(workers), 0, 0, 1024, NULL, 0},
+    {S_DATA, "prefetch", K_INT, OFF(prefetch), 0, 1, 64, NULL, 0},
+    {S_DATA, "max_pixels", K_INT, OFF(max_pixels), 0, 1, 2147483647, NULL, 0},
+    {S_DATA, "skip_bad", K_INT, OFF(skip_bad), 0, 0, 1, NULL, 0},
+    {S_DATA, "max_bad", K_INT, OFF(max_bad), 0, 0, 1 << 30, NULL, 0},
+    {S_DATA, "resize", K_INT, OFF(resize), 0, 0, 65536, NULL, 0},
+    {S_DATA, "random_resized_crop", K_INT, OFF(random_resized_crop), 0, 0, 1, NULL, 0},
+    {S_DATA, "rrc_scale", K_STR, OFF(rrc_scale), SZ(rrc_scale), 0, 0, NULL, 0},
+    {S_DATA, "rrc_ratio", K_STR, OFF(rrc_ratio), SZ(rrc_ratio), 0, 0, NULL, 0},
+    {S_DATA, "dct_scaling", K_INT, OFF(dct_scaling), 0, 0, 1, NULL, 0},
     {S_DATA, "crop_pad", K_INT, OFF(crop_pad), 0, 0, 16383, NULL, 0},
     {S_DATA, "flip", K_INT, OFF(flip), 0, 0, 1, NULL, 0},
-    {S_DATA, "normalize", K_INT, OFF(normalize), 0, 0, 1, NULL, 0},
+    {S_DATA, "normalize", K_ENUM, OFF(normalize), 0, 0, 0, "0|1|imagenet", 1},
     {S_DATA, "mean", K_STR, OFF(mean), SZ(mean), 0, 0, NULL, 0},
     {S_DATA, "std", K_STR, OFF(std), SZ(std), 0, 0, NULL, 0},
     {S_PARALLEL, "comm", K_STR, OFF(comm), SZ(comm), 0, 0, "mpi|nccl", 0},
@@ -117,6 +135,12 @@ void config_defaults(net_config *cfg) {
     cfg->cuda_graph = 1;
     cfg->eval_batch = 1000;
     cfg->data_format = DATA_IDX;
+    cfg->prefetch = 2;
+    cfg->max_pixels = 89478485;
+    cfg->max_bad = 100;
+    cfg->dct_scaling = 1;
+    snprintf(cfg->rrc_scale, sizeof cfg->rrc_scale, "0.08,1");
+    snprintf(cfg->rrc_ratio, sizeof cfg->rrc_ratio, "0.75,1.3333333333333333");
     snprintf(cfg->train_images, sizeof cfg->train_images, "%s/train-images-idx3-ubyte.gz", FMNIST_DIR);
     snprintf(cfg->train_labels, sizeof cfg->train_labels, "%s/train-labels-idx1-ubyte.gz", FMNIST_DIR);
     snprintf(cfg->test_images, sizeof cfg->test_images, "%s/t10k-images-idx3-ubyte.gz", FMNIST_DIR);

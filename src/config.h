@@ -37,7 +37,10 @@ enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCL
 #define CFG_LR_STEPS_MAX 32
 #define CFG_NORM_CHANNELS_MAX 16    // data.normalize: channels with a mean and std (GATHER_AUG_CHANNELS_MAX)
 #define CFG_NORM_TEXT 512
-enum data_format { DATA_IDX = 1, DATA_CIFAR10 };
+enum data_format { DATA_IDX = 1, DATA_CIFAR10, DATA_FOLDER, DATA_LIST };
+// Streamed formats: decoded by the loader's workers batch by batch (src/loader.h), never held whole.
+#define CFG_STREAMED(cfg) ((cfg)->data_format == DATA_FOLDER || (cfg)->data_format == DATA_LIST)
+enum normalize_kind { NORM_OFF = 0, NORM_ON = 1, NORM_IMAGENET = 2 };
 enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
 enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
 
@@ -89,15 +92,27 @@ typedef struct net_config {
     int eval_batch;             // default 1000
 
     // [data]
-    int data_format;            // idx (default) | cifar10
+    int data_format;            // idx (default) | cifar10 | folder | list
     char train_images[CFG_PATH_MAX], train_labels[CFG_PATH_MAX];  // idx
     char test_images[CFG_PATH_MAX], test_labels[CFG_PATH_MAX];    // idx
     char cifar_dir[CFG_PATH_MAX];  // cifar10: directory with data_batch_{1..5}.bin and test_batch.bin
     int train_limit, test_limit;   // use only the first N samples (0 = all), for quick runs and tests
+    // folder: torchvision ImageFolder trees (root/<class>/**/<image>); list: `path label` lines (src/image_set.h)
+    char train_dir[CFG_PATH_MAX], val_dir[CFG_PATH_MAX], test_dir[CFG_PATH_MAX];
+    char train_list[CFG_PATH_MAX], val_list[CFG_PATH_MAX], test_list[CFG_PATH_MAX], names[CFG_PATH_MAX];
+    double val_fraction;        // held out of the training set for validation (default 0; or val_dir/val_list)
+    int workers;                // decode threads per rank (default 0: a share of the rank's cores, docs/data.md)
+    int prefetch;               // batches decoded ahead of the step (default 2)
+    int max_pixels;             // larger images are bad input (default 89478485, PIL's bomb limit)
+    int skip_bad, max_bad;      // replace unreadable images (default 0), but at most max_bad of them (default 100)
+    int resize;                 // evaluation: shorter side to this, then center crop to height x width (default 0)
+    int random_resized_crop;    // training: torchvision RandomResizedCrop to height x width (default 0)
+    char rrc_scale[64], rrc_ratio[64];  // its ranges (default 0.08,1 and 0.75,1.3333333333333333)
+    int dct_scaling;            // JPEG: decode at 1/2..1/8 when much larger than needed (default 1)
     // augmentation (src/augment.h): crop and flip on training batches only, normalisation everywhere
     int crop_pad;               // random crop after zero padding by this many pixels (default 0: off)
     int flip;                   // 1: random horizontal flip, p = 1/2 (default 0)
-    int normalize;              // 1: (x - mean) / std per channel (default 0)
+    int normalize;              // 1: (x - mean) / std per channel; imagenet: torchvision's preset (default 0)
     char mean[CFG_NORM_TEXT], std[CFG_NORM_TEXT];  // one per channel, pixel/255 units, comma-separated; with
                                 // normalize=1 and none given, the training set's (written here at start-up)
 
@@ -122,6 +137,9 @@ int config_lr_steps(const net_config *cfg, int *epochs /* CFG_LR_STEPS_MAX */, i
 // data.mean and data.std parsed (*n = 0 when not given): each has one value per channel, every std > 0.
 int config_norm_values(const net_config *cfg, double *mean /* CFG_NORM_CHANNELS_MAX */,
                        double *std /* CFG_NORM_CHANNELS_MAX */, int *n);
+
+// data.rrc_scale / data.rrc_ratio parsed: two numbers lo <= hi (scale within (0, 1], ratio > 0).
+int config_rrc_ranges(const net_config *cfg, double scale[2], double ratio[2]);
 
 // Defaults for every [net]/[data]/[parallel] key (no layers).
 void config_defaults(net_config *cfg);

@@ -147,9 +147,22 @@ static int norm_list(const net_config *cfg, const char *key, const char *text, i
     return ST_OK;
 }
 
+// torchvision's ImageNet statistics (transforms.Normalize in its reference recipes), RGB.
+static const double g_imagenet_mean[3] = {0.485, 0.456, 0.406}, g_imagenet_std[3] = {0.229, 0.224, 0.225};
+
 int config_norm_values(const net_config *cfg, double *mean, double *std, int *n) {
     *n = 0;
     const char *p = cfg->path;
+    if (cfg->normalize == NORM_IMAGENET) {
+        if (cfg->mean[0] || cfg->std[0])
+            return ERR(ST_INPUT, "%s: [data] normalize=imagenet sets mean and std: remove data.%s (or use normalize=1)",
+                       p, cfg->mean[0] ? "mean" : "std");
+        if (cfg->channels != 3)
+            return ERR(ST_INPUT, "%s: [data] normalize=imagenet is for 3 channels (net.channels=%d)", p, cfg->channels);
+        for (int c = 0; c < 3; c++) mean[c] = g_imagenet_mean[c], std[c] = g_imagenet_std[c];
+        *n = 3;
+        return ST_OK;
+    }
     if (!cfg->mean[0] && !cfg->std[0]) return ST_OK;
     if (!cfg->mean[0] || !cfg->std[0])
         return ERR(ST_INPUT, "%s: [data] %s is given without %s: give both (one value per channel) or neither", p,
@@ -180,6 +193,69 @@ static int validate_augment(const net_config *cfg) {
     return config_norm_values(cfg, mean, std, &n);
 }
 
+// Two comma-separated numbers lo,hi with lo <= hi within [min, max] (min exclusive when open_min).
+static int range_pair(const net_config *cfg, const char *key, const char *text, double min, double max, double out[2]) {
+    char *end = NULL;
+    errno = 0;
+    out[0] = strtod(text, &end);
+    int ok = end != text && *end == ',' && !errno;
+    if (ok) {
+        const char *s = end + 1;
+        out[1] = strtod(s, &end);
+        ok = end != s && !*end && !errno && out[0] > min && out[1] <= max && out[0] <= out[1] && isfinite(out[1]);
+    }
+    if (!ok)
+        return ERR(ST_INPUT, "%s: [data] %s='%s': want two numbers lo,hi with %g < lo <= hi <= %g", cfg->path, key, text,
+                   min, max);
+    return ST_OK;
+}
+
+int config_rrc_ranges(const net_config *cfg, double scale[2], double ratio[2]) {
+    TRY(range_pair(cfg, "rrc_scale", cfg->rrc_scale, 0, 1, scale));
+    return range_pair(cfg, "rrc_ratio", cfg->rrc_ratio, 0, 1e6, ratio);
+}
+
+// [data]: each format's paths, and the keys that only streamed formats (folder, list) use.
+static int validate_data(const net_config *cfg) {
+    const char *p = cfg->path;
+    double scale[2], ratio[2];
+    TRY(config_rrc_ranges(cfg, scale, ratio));
+    const int streamed = CFG_STREAMED(cfg);
+    if (cfg->data_format == DATA_FOLDER && (!cfg->train_dir[0] || !cfg->test_dir[0]))
+        return ERR(ST_INPUT, "%s: [data] format=folder needs %s (a directory of one sub-directory per class)", p,
+                   cfg->train_dir[0] ? "test_dir" : "train_dir");
+    if (cfg->data_format == DATA_LIST && (!cfg->train_list[0] || !cfg->test_list[0]))
+        return ERR(ST_INPUT, "%s: [data] format=list needs %s (a file of `path label` lines)", p,
+                   cfg->train_list[0] ? "test_list" : "train_list");
+    const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir : cfg->val_list;
+    if (val[0] && cfg->val_fraction > 0)
+        return ERR(ST_INPUT, "%s: [data] val_fraction and val_%s both give a validation set: keep one", p,
+                   cfg->data_format == DATA_FOLDER ? "dir" : "list");
+    if (!streamed) {
+        const char *only = cfg->train_dir[0] || cfg->val_dir[0] || cfg->test_dir[0] ? "train_dir/val_dir/test_dir"
+                           : cfg->train_list[0] || cfg->val_list[0] || cfg->test_list[0] || cfg->names[0]
+                               ? "train_list/val_list/test_list/names"
+                           : cfg->resize ? "resize"
+                           : cfg->random_resized_crop ? "random_resized_crop"
+                           : cfg->val_fraction > 0 ? "val_fraction"
+                                                   : NULL;
+        if (only)
+            return ERR(ST_INPUT, "%s: [data] %s is for format=folder or format=list (format is %s)", p, only,
+                       cfg->data_format == DATA_CIFAR10 ? "cifar10" : "idx");
+        return ST_OK;
+    }
+    if (cfg->normalize == NORM_ON && (!cfg->mean[0] || !cfg->std[0]))
+        return ERR(ST_INPUT, "%s: [data] normalize=1 with format=%s needs data.mean and data.std (the set is streamed, "
+                             "not loaded whole to measure them), or normalize=imagenet", p,
+                   cfg->data_format == DATA_FOLDER ? "folder" : "list");
+    if (cfg->channels != 1 && cfg->channels != 3)
+        return ERR(ST_INPUT, "%s: [net] channels=%d: images decode to 1 (gray) or 3 (RGB) channels", p, cfg->channels);
+    if (cfg->train_limit || cfg->test_limit)
+        return ERR(ST_INPUT, "%s: [data] %s is for format=idx or cifar10", p,
+                   cfg->train_limit ? "train_limit" : "test_limit");
+    return ST_OK;
+}
+
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
     TRY(validate_recipe(cfg));
@@ -187,6 +263,7 @@ int config_validate(const net_config *cfg) {
         return ERR(ST_INPUT, "%s: [net]: missing required key '%s'", p,
                    cfg->channels < 1 ? "channels" : cfg->height < 1 ? "height" : "width");
     TRY(validate_augment(cfg));
+    TRY(validate_data(cfg));
     if (cfg->n_layers < 1) return ERR(ST_INPUT, "%s: no layers", p);
     if (cfg->beta1 >= 1 || cfg->beta2 >= 1) return ERR(ST_INPUT, "%s: net.beta1/beta2 must be < 1", p);
     if (strcmp(cfg->comm, "nccl") == 0 && strcmp(cfg->backend, "cuda") != 0)

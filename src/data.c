@@ -211,12 +211,12 @@ int data_load_idx(const char *images_path, const char *labels_path, int classes,
     if (st == ST_OK) {
         size_t per = (size_t)idims[1] * idims[2];
         out->images = malloc((size_t)n * per);
-        out->labels = malloc((size_t)n);
+        out->labels = malloc((size_t)n * sizeof(int32_t));
         if (!out->images || !out->labels) {
             st = ERR(ST_RUNTIME, "out of host memory loading %s", images_path);
         } else {
             memcpy(out->images, ip, (size_t)n * per);
-            memcpy(out->labels, lp, (size_t)n);
+            for (int i = 0; i < n; i++) out->labels[i] = lp[i];
             out->n = n, out->c = 1, out->h = (int)idims[1], out->w = (int)idims[2], out->classes = classes;
         }
     }
@@ -261,7 +261,7 @@ int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset 
     }
     if (st == ST_OK) {
         out->images = malloc((size_t)n * CIFAR_PIX);
-        out->labels = malloc((size_t)n);
+        out->labels = malloc((size_t)n * sizeof(int32_t));
         if (!out->images || !out->labels) st = ERR(ST_RUNTIME, "out of host memory loading %s", paths[0]);
     }
     int k = 0;
@@ -303,7 +303,7 @@ static int idx_images_only(const char *path, dataset *out) {
     size_t per = (size_t)dims[1] * dims[2];
     if (st == ST_OK) {
         out->images = malloc((size_t)dims[0] * per);
-        out->labels = calloc(dims[0], 1);
+        out->labels = calloc(dims[0], sizeof(int32_t));
         if (!out->images || !out->labels) st = ERR(ST_RUNTIME, "out of host memory loading %s", path);
     }
     if (st == ST_OK) {
@@ -329,7 +329,7 @@ int data_load_images(const char *path, dataset *out) {
     if (got >= 3 && head[0] == 0 && head[1] == 0 && head[2] == 0x08) return idx_images_only(path, out);
     const char *paths[1] = {path};
     st = data_load_cifar10(paths, 1, 0, out);
-    if (st == ST_OK) memset(out->labels, 0, (size_t)out->n);
+    if (st == ST_OK) memset(out->labels, 0, (size_t)out->n * sizeof(int32_t));
     return st;
 }
 

@@ -11,7 +11,7 @@ typedef struct dataset {
     int c, h, w;        // sample shape
     int classes;        // labels are < classes (checked on load)
     uint8_t *images;    // n * c * h * w
-    uint8_t *labels;    // n
+    int32_t *labels;    // n, each < classes
 } dataset;
 
 // IDX pair: images (magic 0x00000803, u8, rank 3: n, rows, cols) and labels (magic 0x00000801, rank 1: n).

@@ -66,9 +66,9 @@ static int data_setup(trainer *t) {
     const backend *be = &t->be;
     size_t tx = (size_t)t->train.n * t->sample_elems;
     TRY(backend_alloc(be, (void **)&t->d_train_x, tx));
-    TRY(backend_alloc(be, (void **)&t->d_train_y, (size_t)t->train.n));
+    TRY(backend_alloc(be, (void **)&t->d_train_y, (size_t)t->train.n * sizeof(int32_t)));
     TRY(backend_upload(be, t->d_train_x, t->train.images, tx));
-    TRY(backend_upload(be, t->d_train_y, t->train.labels, (size_t)t->train.n));
+    TRY(backend_upload(be, t->d_train_y, t->train.labels, (size_t)t->train.n * sizeof(int32_t)));
     TRY(backend_alloc(be, (void **)&t->d_perm, (size_t)t->train.n * sizeof(int32_t)));
     TRY(train_augment_setup(t, 1));
     return train_test_upload(t);

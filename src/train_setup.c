@@ -41,10 +41,10 @@ int train_test_upload(trainer *t) {
     t->sample_elems = t->cfg->channels * t->cfg->height * t->cfg->width;
     size_t ex = (size_t)t->test.n * t->sample_elems;
     TRY(backend_alloc(be, (void **)&t->d_test_x, ex ? ex : 1));
-    TRY(backend_alloc(be, (void **)&t->d_test_y, t->test.n ? (size_t)t->test.n : 1));
+    TRY(backend_alloc(be, (void **)&t->d_test_y, (t->test.n ? (size_t)t->test.n : 1) * sizeof(int32_t)));
     if (t->test.n) {
         TRY(backend_upload(be, t->d_test_x, t->test.images, ex));
-        TRY(backend_upload(be, t->d_test_y, t->test.labels, (size_t)t->test.n));
+        TRY(backend_upload(be, t->d_test_y, t->test.labels, (size_t)t->test.n * sizeof(int32_t)));
     }
     TRY(backend_alloc(be, (void **)&t->d_test_index, (size_t)(t->test.n ? t->test.n : 1) * sizeof(int32_t)));
     int most = t->train.n > t->test.n ? t->train.n : t->test.n;

@@ -50,11 +50,27 @@ int train_host_state_upload(trainer *t, const float *host) {
     return ST_OK;
 }
 
+// FNV-1a of the labels, one byte per label below 256 (the hash that u8 labels gave, so checkpoints written before
+// labels were int32 still resume), four little-endian bytes after a 0xff marker otherwise.
+static uint64_t labels_fnv1a(const int32_t *labels, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t v = (uint32_t)labels[i];
+        if (v < 256) {
+            h = (h ^ v) * 0x100000001b3ULL;
+            continue;
+        }
+        h = (h ^ 0xffu) * 0x100000001b3ULL;
+        for (int k = 0; k < 4; k++) h = (h ^ ((v >> (8 * k)) & 0xffu)) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
 // What the run trains on, as one number: the training images and labels after train_limit (so another data
 // file, another train_limit or another data format all change it). Resume compares it with the checkpoint's.
 uint64_t train_dataset_hash(const dataset *d) {
     uint64_t h[2] = {train_fnv1a(d->images, (size_t)d->n * (size_t)d->c * (size_t)d->h * (size_t)d->w),
-                     train_fnv1a(d->labels, (size_t)d->n)};
+                     labels_fnv1a(d->labels, (size_t)d->n)};
     return train_fnv1a(h, sizeof h);
 }
 

@@ -61,7 +61,8 @@ typedef struct trainer {
     optim opt;
     lr_schedule sched;
     dataset train, test;
-    uint8_t *d_train_x, *d_train_y, *d_test_x, *d_test_y;  // data sets in backend memory
+    uint8_t *d_train_x, *d_test_x;  // data sets in backend memory (streamed: the step's staged batch)
+    int32_t *d_train_y, *d_test_y;
     int32_t *d_perm, *d_test_index, *h_perm;
     gather_aug *d_aug_train, *d_aug_eval;  // [data] augmentation, backend memory (NULL: the plain gather)
     gather_aug h_aug_train;                // its host copy; the epoch is uploaded before each epoch

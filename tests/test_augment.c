@@ -14,7 +14,7 @@ static void random_set(dataset *d, int n, int c, int h, int w, unsigned seed) {
     memset(d, 0, sizeof *d);
     d->n = n, d->c = c, d->h = h, d->w = w, d->classes = 10;
     d->images = malloc((size_t)n * c * h * w);
-    d->labels = calloc((size_t)n, 1);
+    d->labels = calloc((size_t)n, sizeof(int32_t));
     assert_non_null(d->images);
     rng r;
     rng_seed(&r, seed);

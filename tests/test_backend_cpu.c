@@ -897,7 +897,8 @@ static void test_gather(void **state) {
     (void)state;
     backend be = make_cpu(2);
     enum { S = 4, M = 5 };
-    uint8_t images[M * S], labels[M] = {9, 8, 7, 6, 5};
+    uint8_t images[M * S];
+    int32_t labels[M] = {9, 8, 7, 6, 5};
     for (int i = 0; i < M * S; i++) images[i] = (uint8_t)(i * 13 + 1);
     images[3 * S + 0] = 255, images[3 * S + 1] = 0;
     int32_t index[3] = {3, 0, 3};
@@ -938,9 +939,10 @@ static void test_gather_aug_known_image(void **state) {
     (void)state;
     backend be = make_cpu(2);
     enum { M = 32 };
-    uint8_t images[M * 16], labels[M];
+    uint8_t images[M * 16];
+    int32_t labels[M];
     for (int i = 0; i < M; i++) {
-        labels[i] = (uint8_t)(i % 10);
+        labels[i] = i % 10;
         for (int y = 0; y < 4; y++)
             for (int x = 0; x < 4; x++) images[i * 16 + y * 4 + x] = (uint8_t)(10 * (y + 1) + x);
     }
@@ -983,11 +985,12 @@ static void test_gather_aug_determinism_and_spread(void **state) {
     (void)state;
     backend b1 = make_cpu(1), b3 = make_cpu(3);
     enum { M = 64, C = 3, H = 9, W = 7, E = C * H * W };
-    uint8_t *images = malloc(M * E), labels[M];
+    uint8_t *images = malloc(M * E);
+    int32_t labels[M];
     rng r;
     rng_seed(&r, 3);
     for (int i = 0; i < M * E; i++) images[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < M; i++) labels[i] = (uint8_t)(i % 10);
+    for (int i = 0; i < M; i++) labels[i] = i % 10;
     gather_aug a;
     memset(&a, 0, sizeof a);
     a.seed = 11, a.epoch = 0, a.c = C, a.h = H, a.w = W, a.crop_pad = 2, a.flip = 1, a.normalize = 1;

@@ -215,10 +215,11 @@ static void test_gather(void **state) {
     rng r;
     rng_seed(&r, 11);
     enum { TOTAL = 40, ELEMS = 50, N = 17 };
-    uint8_t images[TOTAL * ELEMS], labels[TOTAL];
+    uint8_t images[TOTAL * ELEMS];
+    int32_t labels[TOTAL];
     int32_t index[N];
     for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < TOTAL; i++) labels[i] = (uint8_t)rng_below(&r, 10);
+    for (int i = 0; i < TOTAL; i++) labels[i] = (int32_t)rng_below(&r, 10);
     for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);  // repeats allowed
     twin ti = twin_make(images, sizeof images), tl = twin_make(labels, sizeof labels), tx = twin_make(index, sizeof index);
     twin x = twin_make(NULL, N * ELEMS * sizeof(float)), y = twin_make(NULL, N * sizeof(int32_t));
@@ -238,10 +239,11 @@ static void test_gather_aug(void **state) {
     rng r;
     rng_seed(&r, 12);
     enum { TOTAL = 50, C = 3, H = 11, W = 9, ELEMS = C * H * W, N = 33 };
-    uint8_t images[TOTAL * ELEMS], labels[TOTAL];
+    uint8_t images[TOTAL * ELEMS];
+    int32_t labels[TOTAL];
     int32_t index[N];
     for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < TOTAL; i++) labels[i] = (uint8_t)rng_below(&r, 10);
+    for (int i = 0; i < TOTAL; i++) labels[i] = (int32_t)rng_below(&r, 10);
     for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);
     gather_aug a;
     memset(&a, 0, sizeof a);

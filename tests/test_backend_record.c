@@ -178,15 +178,17 @@ static void test_gather_aug_epoch_read_at_replay(void **state) {
     (void)state;
     backend rb = make_rec();
     enum { M = 12, H = 6, W = 5, E = H * W };
-    uint8_t images[M * E], labels[M];
+    uint8_t images[M * E];
+    int32_t labels[M];
     for (int i = 0; i < M * E; i++) images[i] = (uint8_t)(i * 7 + 3);
-    for (int i = 0; i < M; i++) labels[i] = (uint8_t)i;
+    for (int i = 0; i < M; i++) labels[i] = i;
     int32_t index[M];
     for (int i = 0; i < M; i++) index[i] = M - 1 - i;
     gather_aug a;
     memset(&a, 0, sizeof a);
     a.seed = 5, a.c = 1, a.h = H, a.w = W, a.crop_pad = 2, a.flip = 1;
-    uint8_t *im = put(&rb, images, sizeof images), *lb = put(&rb, labels, sizeof labels);
+    uint8_t *im = put(&rb, images, sizeof images);
+    int32_t *lb = put(&rb, labels, sizeof labels);
     int32_t *ix = put(&rb, index, sizeof index), *y = put(&rb, NULL, sizeof index);
     gather_aug *ag = put(&rb, &a, sizeof a);
     float *x = put(&rb, NULL, M * E * sizeof(float));
@@ -406,7 +408,8 @@ enum { SPARAMS = SW_CONV + SB_CONV + SW_DENSE + SB_DENSE };
 typedef struct step_bufs {
     conv_desc conv;
     pool_desc pool;
-    uint8_t *images, *labels;
+    uint8_t *images;
+    int32_t *labels;
     int32_t *index, *y, *argmax, *correct, *bad;
     float *x, *cy, *py, *logits, *params, *grads, *m, *v, *snap;
     double *loss;
@@ -414,7 +417,7 @@ typedef struct step_bufs {
     void *ws;
 } step_bufs;
 
-static void step_alloc(backend *be, step_bufs *s, const uint8_t *img, const uint8_t *lab, const float *params) {
+static void step_alloc(backend *be, step_bufs *s, const uint8_t *img, const int32_t *lab, const float *params) {
     memset(s, 0, sizeof *s);
     s->conv = (conv_desc){.n = SN, .c = 1, .h = SIMG, .w = SIMG, .k = SK, .r = 3, .s = 3, .stride = 1, .pad = 1,
                           .act = ACT_RELU};
@@ -424,7 +427,7 @@ static void step_alloc(backend *be, step_bufs *s, const uint8_t *img, const uint
     size_t wsb = 0;
     OK(be->ops->conv_prepare(be->ctx, &s->conv, &wsb));
     s->ws = put(be, NULL, wsb ? wsb : 4);
-    s->images = put(be, img, SDATA * SIMG * SIMG), s->labels = put(be, lab, SDATA);
+    s->images = put(be, img, SDATA * SIMG * SIMG), s->labels = put(be, lab, SDATA * sizeof(int32_t));
     s->index = put(be, NULL, SN * 4), s->y = put(be, NULL, SN * 4);
     const int32_t junk = 7;  // count_nonfinite must overwrite it
     s->argmax = put(be, NULL, SN * SPOOL * 4), s->correct = put(be, NULL, 4), s->bad = put(be, &junk, 4);
@@ -479,9 +482,10 @@ static void test_training_step_replay(void **state) {
     (void)state;
     rng r;
     rng_seed(&r, 8);
-    uint8_t img[SDATA * SIMG * SIMG], lab[SDATA];
+    uint8_t img[SDATA * SIMG * SIMG];
+    int32_t lab[SDATA];
     for (size_t i = 0; i < sizeof img; i++) img[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < SDATA; i++) lab[i] = (uint8_t)rng_below(&r, SCLS);
+    for (int i = 0; i < SDATA; i++) lab[i] = (int32_t)rng_below(&r, SCLS);
     float p0[SPARAMS];
     fill(&r, p0, SPARAMS, 0.3f);
 

@@ -68,7 +68,8 @@ typedef struct rig {
     backend be;
     model m;
     optim opt;
-    uint8_t *images, *labels;
+    uint8_t *images;
+    int32_t *labels;
     int32_t *perm;       // a permutation of the data set; step s takes perm[s*B, (s+1)*B)
     int32_t *batch_idx;  // the step's indices at a fixed address: what a captured graph reads
     void *mk[3];         // step start, after forward, step end
@@ -93,11 +94,11 @@ static void rig_create(rig *r, const char *name, int deterministic) {
     rng g;
     rng_seed(&g, 2024);
     uint8_t *img = malloc((size_t)DATA * ELEMS);
-    uint8_t lab[DATA];
+    int32_t lab[DATA];
     int32_t perm[DATA];
     assert_non_null(img);
     for (int i = 0; i < DATA; i++) {
-        lab[i] = (uint8_t)rng_below(&g, CLASSES);
+        lab[i] = (int32_t)rng_below(&g, CLASSES);
         uint8_t *p = img + (size_t)i * ELEMS;
         for (int j = 0; j < ELEMS; j++) p[j] = (uint8_t)rng_below(&g, 80);
         const int y0 = 2 + (lab[i] / 5) * 12, x0 = 2 + (lab[i] % 5) * 5;
@@ -113,11 +114,11 @@ static void rig_create(rig *r, const char *name, int deterministic) {
     const backend_ops *o = r->be.ops;
     void *ctx = r->be.ctx;
     OK(o->alloc(ctx, (void **)&r->images, (size_t)DATA * ELEMS));
-    OK(o->alloc(ctx, (void **)&r->labels, DATA));
+    OK(o->alloc(ctx, (void **)&r->labels, DATA * sizeof(int32_t)));
     OK(o->alloc(ctx, (void **)&r->perm, sizeof perm));
     OK(o->alloc(ctx, (void **)&r->batch_idx, B * sizeof(int32_t)));
     OK(o->upload(ctx, r->images, img, (size_t)DATA * ELEMS));
-    OK(o->upload(ctx, r->labels, lab, DATA));
+    OK(o->upload(ctx, r->labels, lab, sizeof lab));
     OK(o->upload(ctx, r->perm, perm, sizeof perm));
     free(img);
     for (int k = 0; k < 3; k++) OK(o->mark_create(ctx, &r->mk[k]));

@@ -181,7 +181,7 @@ int cpu_conv_backward(void *ctx, const conv_desc *d, const float *x, const float
                       float *dy, float *dx, float *dw, float *db, void *ws);
 
 // ---- ops_cpu.c
-int cpu_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+int cpu_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                int sample_elems, const gather_aug *aug, float *x, int32_t *y);
 int cpu_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax);
 int cpu_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx);

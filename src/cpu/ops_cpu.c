@@ -16,7 +16,8 @@
 // Data
 
 typedef struct gather_job {
-    const uint8_t *images, *labels;
+    const uint8_t *images;
+    const int32_t *labels;
     const int32_t *index;
     int n, sample_elems;
     const gather_aug *aug;
@@ -54,11 +55,11 @@ static void gather_part(void *arg, int part, int parts) {
         if (j->aug) gather_sample_aug(j->aug, src, j->index[i], dst);
         // Division, not a multiply by 1/255: the CUDA backend and the tests expect the exactly rounded value.
         else for (int e = 0; e < j->sample_elems; e++) dst[e] = (float)src[e] / 255.0f;
-        j->y[i] = (int32_t)j->labels[j->index[i]];
+        j->y[i] = j->labels[j->index[i]];
     }
 }
 
-int cpu_gather(void *ctx, const uint8_t *images, const uint8_t *labels, const int32_t *index, int n,
+int cpu_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
                int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
     cpu_ctx *c = ctx;
     if (n < 0 || sample_elems < 1) return ERR(ST_INPUT, "gather: n=%d sample_elems=%d", n, sample_elems);
