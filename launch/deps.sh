@@ -4,7 +4,8 @@
 set -euo pipefail
 
 DDP_PACKAGES=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libcmocka-dev zlib1g-dev
-  libopenblas-dev libdnnl-dev libinih-dev libcjson-dev gnuplot-nox dataset-fashion-mnist)
+  libopenblas-dev libdnnl-dev libinih-dev libcjson-dev libturbojpeg0-dev libspng-dev libjpeg-turbo-progs gnuplot-nox
+  dataset-fashion-mnist)
 
 ddp_missing_packages() {
   local p missing=()

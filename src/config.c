@@ -878,6 +878,14 @@ int config_data_paths(const net_config *cfg, char paths[CFG_DATA_FILES_MAX][CFG_
         snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
         return 6;
     }
+    if (cfg->data_format == DATA_FOLDER || cfg->data_format == DATA_LIST) {  // the trees or lists read (not all given)
+        const char *s[4] = {cfg->train_dir, cfg->val_dir, cfg->test_dir, ""};
+        if (cfg->data_format == DATA_LIST) s[0] = cfg->train_list, s[1] = cfg->val_list, s[2] = cfg->test_list, s[3] = cfg->names;
+        int n = 0;
+        for (int i = 0; i < 4; i++)
+            if (s[i][0]) snprintf(paths[n++], sizeof paths[0], "%s", s[i]);
+        return n;
+    }
     const char *idx[4] = {cfg->train_images, cfg->train_labels, cfg->test_images, cfg->test_labels};
     for (int i = 0; i < 4; i++) snprintf(paths[i], sizeof paths[i], "%s", idx[i]);
     return 4;

@@ -368,3 +368,9 @@ void data_eval_range(int n, int world, int rank, int *begin, int *end) {
     *begin = rank * base + (rank < extra ? rank : extra);
     *end = *begin + base + (rank < extra ? 1 : 0);
 }
+
+int data_eval_batch(int n, int world, int eval_batch) {
+    const int shard = (n + world - 1) / world;
+    const int eb = eval_batch < shard ? eval_batch : shard;
+    return eb > 0 ? eb : 1;
+}

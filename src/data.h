@@ -43,3 +43,5 @@ const int32_t *data_shard_batch(const int32_t *perm, int step, int per_rank_batc
 // Evaluation split: rank r evaluates samples [begin, end) of the test set; the ranges of all ranks cover
 // [0, n) exactly once (the first n % world ranks take one extra sample).
 void data_eval_range(int n, int world, int rank, int *begin, int *end);
+// The evaluation batch a rank needs at most: eval_batch, but never more than the largest share (ceil(n / world)).
+int data_eval_batch(int n, int world, int eval_batch);

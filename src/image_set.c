@@ -1,4 +1,5 @@
-// image_set.c — image data sets as lists of files: ImageFolder trees and list files (see image_set.h).
+// image_set.c — image data sets as lists of files: ImageFolder trees, list files and --predict's inputs (see
+// image_set.h).
 //
 // Building a set appends each sample to one growing path pool and three arrays (offset, label, size) and feeds
 // its relative name, size and label into the digest as it goes; the class names follow at the end. The folder
@@ -127,7 +128,7 @@ static int builder_add(builder *b, const char *full, size_t full_len, size_t rel
 }
 
 // The class names (one allocation: the pointers, then the strings), the digest's last part, and the arrays
-// trimmed to their length. names NULL: "0".."classes-1".
+// trimmed to their length. names NULL: "0".."classes-1"; classes 0: class_names NULL.
 static int builder_finish(builder *b, const char *const *names, int classes) {
     image_set *s = b->s;
     size_t bytes = (size_t)classes * sizeof(char *);
@@ -136,9 +137,10 @@ static int builder_finish(builder *b, const char *const *names, int classes) {
         snprintf(num, sizeof num, "%d", c);
         bytes += strlen(names ? names[c] : num) + 1;
     }
-    s->class_names = malloc(bytes);
-    if (!s->class_names) return ERR(ST_RUNTIME, "%s: out of host memory for %d class names", s->origin, classes);
-    char *p = (char *)(s->class_names + classes);
+    s->class_names = NULL;  // none when classes is 0 (image_set_inputs)
+    if (classes > 0 && !(s->class_names = malloc(bytes)))
+        return ERR(ST_RUNTIME, "%s: out of host memory for %d class names", s->origin, classes);
+    char *p = classes > 0 ? (char *)(s->class_names + classes) : NULL;
     uint64_t h = hash_u64(hash_u64(b->h, (uint64_t)s->n), (uint64_t)classes);
     for (int c = 0; c < classes; c++) {
         snprintf(num, sizeof num, "%d", c);
@@ -240,6 +242,7 @@ typedef struct walk {
     size_t cap_keys;
     size_t *rank;
     size_t cap_rank;
+    int digest_whole;  // the digest sees whole paths (image_set_inputs), not names relative to root
 } walk;
 
 static void walk_free(walk *w) {
@@ -361,7 +364,7 @@ static int walk_class(walk *w, builder *b, const char *cls, dev_t dev, ino_t ino
     qsort(w->keys, w->n_files, sizeof *w->keys, sort_key_cmp);
     char sub[PATH_BUF], full[PATH_BUF];
     size_t root_len = strlen(w->root);
-    size_t rel_at = root_len + (w->root[root_len - 1] != '/');
+    size_t rel_at = w->digest_whole ? 0 : root_len + (w->root[root_len - 1] != '/');
     for (size_t k = 0; k < w->n_files; k++) {
         const walk_file *f = &w->files[w->keys[k].idx];
         // the same parts that walk_read_dir joined (and length-checked) as this file's path
@@ -634,39 +637,58 @@ static int read_names(const char *path, char **text, const char ***names, int *c
     return st;
 }
 
-// One list line `path label` (ln: trimmed, not blank, not a comment) into the set.
-static int list_line(builder *b, const char *list, size_t line, text_line *ln, const char *dir, size_t dir_len,
-                     int classes) {
-    if (ln->has_nul) return ERR(ST_INPUT, "%s:%zu: a NUL byte in the line (not a text file?)", list, line);
-    char *s = ln->start, *e = s + ln->len;
+// The last blank-separated field of a trimmed line [s, e): its start (s when the line is one field); *path_end
+// the end of what comes before it, blanks dropped.
+static char *line_last_field(char *s, char *e, char **path_end) {
     char *lab = e;
     while (lab > s && !is_blank(lab[-1])) lab--;
-    if (lab == s) return ERR(ST_INPUT, "%s:%zu: no label (want 'path label'): %.*s", list, line, (int)ln->len, s);
     char *pe = lab;
     while (pe > s && is_blank(pe[-1])) pe--;
-    *pe = '\0';  // path [s, pe); the blank it overwrites separated it from the label
-    *e = '\0';   // label [lab, e)
-    errno = 0;
-    char *num_end = NULL;
-    long v = strtol(lab, &num_end, 10);
-    if (num_end == lab || *num_end != '\0')
-        return ERR(ST_INPUT, "%s:%zu: label '%s' is not an integer", list, line, lab);
-    if (errno == ERANGE || v < 0 || v >= classes)
-        return ERR(ST_INPUT, "%s:%zu: label %s is out of range [0, %d)", list, line, lab, classes);
+    *path_end = pe;
+    return lab;
+}
+
+// Whether t is a decimal integer (as strtol reads one, all of t); its value in *v, clamped to long's range.
+static int parse_long(const char *t, long *v) {
+    char *end = NULL;
+    *v = strtol(t, &end, 10);
+    return end != t && *end == '\0';
+}
+
+// Appends the list entry [s, s + pl) (relative to the list's directory dir, dir_len bytes with its '/', unless
+// absolute) after checking that it is a regular file. The digest sees the path as written in the list, or the
+// whole path when digest_whole.
+static int list_add_path(builder *b, const char *list, size_t line, const char *s, size_t pl, const char *dir,
+                         size_t dir_len, int32_t label, int digest_whole) {
     char full[PATH_BUF];
-    size_t pl = (size_t)(pe - s), fl;
     size_t use_dir = s[0] == '/' ? 0 : dir_len;
     if (use_dir + pl > IMAGE_SET_MAX_PATH)
         return ERR(ST_INPUT, "%s:%zu: path longer than %d bytes", list, line, IMAGE_SET_MAX_PATH);
     memcpy(full, dir, use_dir);
     memcpy(full + use_dir, s, pl);
-    fl = use_dir + pl;
+    size_t fl = use_dir + pl;
     full[fl] = '\0';
     struct stat sb;
     if (stat(full, &sb) != 0) return ERR(ST_INPUT, "%s:%zu: cannot stat %s: %s", list, line, full, strerror(errno));
     if (!S_ISREG(sb.st_mode))
         return ERR(ST_INPUT, "%s:%zu: %s is %s, not a regular file", list, line, full, file_kind(sb.st_mode));
-    return builder_add(b, full, fl, use_dir, (uint64_t)sb.st_size, (int32_t)v);
+    return builder_add(b, full, fl, digest_whole ? 0 : use_dir, (uint64_t)sb.st_size, label);
+}
+
+// One list line `path label` (ln: trimmed, not blank, not a comment) into the set.
+static int list_line(builder *b, const char *list, size_t line, text_line *ln, const char *dir, size_t dir_len,
+                     int classes) {
+    if (ln->has_nul) return ERR(ST_INPUT, "%s:%zu: a NUL byte in the line (not a text file?)", list, line);
+    char *s = ln->start, *e = s + ln->len, *pe;
+    char *lab = line_last_field(s, e, &pe);
+    if (lab == s) return ERR(ST_INPUT, "%s:%zu: no label (want 'path label'): %.*s", list, line, (int)ln->len, s);
+    *pe = '\0';  // path [s, pe); the blank it overwrites separated it from the label
+    *e = '\0';   // label [lab, e)
+    long v;
+    if (!parse_long(lab, &v)) return ERR(ST_INPUT, "%s:%zu: label '%s' is not an integer", list, line, lab);
+    if (v < 0 || v >= classes)  // a value clamped to long's range is out of it too
+        return ERR(ST_INPUT, "%s:%zu: label %s is out of range [0, %d)", list, line, lab, classes);
+    return list_add_path(b, list, line, s, (size_t)(pe - s), dir, dir_len, (int32_t)v, 0);
 }
 
 static int list_scan(const char *list_path, const char *names_path, int classes, builder *b, char **text,
@@ -707,6 +729,110 @@ int image_set_list(const char *list_path, const char *names_path, int classes, i
     free(text);
     free(names_text);
     free(names);
+    if (st != ST_OK) image_set_free(out);
+    return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// --predict's inputs: directories, image files and list files, in the order given
+
+// Every image file under directory dir (stat'd as sb), label 0, in torchvision's order within one class directory.
+static int inputs_dir(walk *w, builder *b, const char *dir, const struct stat *sb) {
+    size_t l = strlen(dir);
+    memcpy(w->root, dir, l + 1);  // length checked by inputs_scan
+    while (l > 1 && w->root[l - 1] == '/') w->root[--l] = '\0';
+    w->root_dev = sb->st_dev;
+    w->root_ino = sb->st_ino;
+    size_t found = 0;
+    return walk_class(w, b, "", sb->st_dev, sb->st_ino, 0, &found);
+}
+
+// A list of `path` or `path label` lines. A last field that is an integer is a label (ignored); otherwise the
+// whole line is the path. *text: the list's text (freed by the caller, reused from list to list).
+static int inputs_list(builder *b, const char *list, char **text) {
+    free(*text);
+    *text = NULL;
+    size_t len = 0;
+    TRY(read_text(list, "list file", text, &len));
+    const char *slash = strrchr(list, '/');
+    size_t dir_len = slash ? (size_t)(slash - list) + 1 : 0;  // with its '/'
+    char *p = *text, *end = *text + len;
+    size_t line = 0;
+    text_line ln;
+    while (next_line(&p, end, &ln)) {
+        line++;
+        if (ln.len == 0 || ln.start[0] == '#') continue;
+        if (ln.has_nul) return ERR(ST_INPUT, "%s:%zu: a NUL byte in the line (not a text file?)", list, line);
+        char *s = ln.start, *e = s + ln.len, *pe;
+        char *lab = line_last_field(s, e, &pe);
+        *e = '\0';  // a blank, the LF or the final NUL
+        long v;
+        if (lab == s || !parse_long(lab, &v)) pe = e;
+        TRY(list_add_path(b, list, line, s, (size_t)(pe - s), list, dir_len, 0, 1));
+    }
+    return ST_OK;
+}
+
+// "a, b, c and 2 more" into buf (n bytes): as many paths as fit.
+static void inputs_names(const char *const *paths, int n_paths, char *buf, size_t n) {
+    size_t len = 0;
+    int shown = 0;
+    buf[0] = '\0';
+    for (; shown < n_paths; shown++) {
+        size_t l = strlen(paths[shown]);
+        if (len + l + 2 + 32 >= n) break;  // room for ", " and " and N more"
+        len += (size_t)snprintf(buf + len, n - len, "%s%s", shown ? ", " : "", paths[shown]);
+    }
+    if (shown < n_paths) snprintf(buf + len, n - len, "%s%d more", shown ? " and " : "", n_paths - shown);
+}
+
+static int inputs_scan(const char *const *paths, int n_paths, builder *b, walk *w, char **text) {
+    if (!paths || n_paths < 1) return ERR(ST_INPUT, "no inputs given (want directories, image files or list files)");
+    w->digest_whole = 1;
+    for (int i = 0; i < n_paths; i++) {
+        const char *path = paths[i];
+        if (!path || !path[0]) return ERR(ST_INPUT, "input %d of %d: the path is empty", i + 1, n_paths);
+        if (strlen(path) > IMAGE_SET_MAX_PATH)
+            return ERR(ST_INPUT, "%.200s...: path longer than %d bytes", path, IMAGE_SET_MAX_PATH);
+        struct stat sb;  // stat only: nothing is opened before it is known to be a regular file
+        if (stat(path, &sb) != 0) return ERR(ST_INPUT, "%s: cannot stat the input: %s", path, strerror(errno));
+        if (S_ISDIR(sb.st_mode)) {
+            TRY(inputs_dir(w, b, path, &sb));
+        } else if (!S_ISREG(sb.st_mode)) {
+            if (is_image_name(path))
+                return ERR(ST_INPUT, "%s is %s, not a regular file (refused; an image file must be a regular file)",
+                           path, file_kind(sb.st_mode));
+            return ERR(ST_INPUT, "%s is %s, not a directory, an image file or a list file (refused)", path,
+                       file_kind(sb.st_mode));
+        } else if (is_image_name(path)) {
+            TRY(builder_add(b, path, strlen(path), 0, (uint64_t)sb.st_size, 0));
+        } else {
+            TRY(inputs_list(b, path, text));
+        }
+    }
+    if (b->s->n == 0) {
+        char names[1024];
+        inputs_names(paths, n_paths, names, sizeof names);
+        return ERR(ST_INPUT, "%s: no images: no .jpg, .jpeg or .png file under the directories and no entry in the "
+                   "lists given", names);
+    }
+    return builder_finish(b, NULL, 0);
+}
+
+int image_set_inputs(const char *const *paths, int n_paths, image_set *out) {
+    char origin[sizeof out->origin];
+    if (paths && n_paths > 1)
+        snprintf(origin, sizeof origin, "%.4095s and %d more", paths[0] ? paths[0] : "", n_paths - 1);
+    else
+        snprintf(origin, sizeof origin, "%s", paths && n_paths == 1 && paths[0] ? paths[0] : "");
+    builder b;
+    builder_init(&b, out, origin);
+    walk w;
+    memset(&w, 0, sizeof w);
+    char *text = NULL;
+    int st = inputs_scan(paths, n_paths, &b, &w, &text);
+    walk_free(&w);
+    free(text);
     if (st != ST_OK) image_set_free(out);
     return st;
 }

@@ -1,6 +1,6 @@
 // image_set.h — the samples of an image data set: file paths, labels and class names, from a torchvision
-// ImageFolder tree or a Darknet/Caffe-style list file, fully validated at load; and a thread-safe whole-file
-// reader for the loader's worker threads.
+// ImageFolder tree or a Darknet/Caffe-style list file, fully validated at load; --predict's unlabelled inputs;
+// and a thread-safe whole-file reader for the loader's worker threads.
 //
 // The set holds no image data: one pool of NUL-terminated paths with an offset per sample, a label and the size
 // seen at scan time (no per-sample allocation; 200,000 samples of 100-byte paths take about 24 MB). Decoding
@@ -17,17 +17,18 @@
 
 typedef struct image_set {
     int n;               // samples
-    int classes;         // number of classes
-    char **class_names;  // classes strings (folder: directory names, or class_filter's; list: from the names
-                         // file, else "0".."classes-1"). One allocation holds the pointers and the strings.
-    int32_t *labels;     // n, each in [0, classes)
+    int classes;         // number of classes (0 for image_set_inputs)
+    char **class_names;  // classes strings (folder: directory names, or class_filter's; list: from the names file,
+                         // else "0".."classes-1"; inputs: NULL). One allocation holds the pointers and the strings.
+    int32_t *labels;     // n, each in [0, classes) (inputs: all 0)
     uint64_t *sizes;     // n: bytes at scan time
     size_t *path_off;    // n: offsets into paths
     char *paths;         // NUL-terminated full paths (root or list directory joined with the relative path)
     uint64_t digest;     // a 64-bit hash of (relative name, size, label) of every sample in order and of the class
                          // names: ranks compare it before training to agree on the file list. The relative name
                          // is "class/sub/file.jpg" (folder) or the path as written in the list, so the same
-                         // tree under different roots on different hosts gives the same digest.
+                         // tree under different roots on different hosts gives the same digest (inputs: the
+                         // whole path instead).
     char origin[4160];   // the directory or list file (for messages)
 } image_set;
 
@@ -66,6 +67,22 @@ int image_set_folder(const char *root, char *const *class_filter, int n_filter, 
 // a full path longer than IMAGE_SET_MAX_PATH, a NUL byte; and: a list without samples; a names file with an
 // empty or duplicate name (NAMES:LINE) or no names.
 int image_set_list(const char *list_path, const char *names_path, int classes, image_set *out);
+
+// --predict's inputs, in the order given. Each path is
+//   a directory: every image file under it, recursively, in the order and with the rules of one class directory
+//     of image_set_folder (sorted(os.walk(dir, followlinks=True)), files sorted; .jpg .jpeg .png in any case;
+//     other files ignored; symlink loops and image-named entries that are not regular files refused);
+//   an image-named file (.jpg .jpeg .png, any case): that file, which must be a regular file;
+//   any other regular file: a list file of `path` or `path label` lines, paths relative to the list's directory
+//     (an absolute path stays as is), each a regular file of any name. A last blank-separated field that is an
+//     integer is a label, read and ignored; otherwise the whole line is the path (so a file named "scan 2" must
+//     be written "scan 2 0"). Blanks, CRs, blank lines and # comments as image_set_list.
+// Anything else (FIFO, socket, device, a dangling symlink) is refused after a stat, never opened, so it cannot
+// block. Labels are all 0, classes 0, class_names NULL; origin is the first path, with " and N more" when there
+// are several. The digest covers each sample's whole path (as joined from the path given) and size, so ranks
+// given the same arguments agree. A directory or list that yields nothing is fine as long as some input does;
+// no image at all is an error naming the paths. Other errors name the path (LIST:LINE for a list's entry).
+int image_set_inputs(const char *const *paths, int n_paths, image_set *out);
 
 // Sample i's full path (0 <= i < s->n).
 const char *image_set_path(const image_set *s, int i);

@@ -32,7 +32,7 @@ static void usage(FILE *f) {
             "usage: trainer --config FILE [options]\n"
             "       mpirun -np N trainer --config FILE [options]\n"
             "       trainer --eval CKPT [--metrics FILE] [options]           (also under mpirun)\n"
-            "       trainer --predict CKPT --images FILE [--out FILE.csv]  (one process)\n"
+            "       trainer --predict CKPT --images PATH... [--out FILE.csv]  (one process)\n"
             "\n"
             "Trains the CNN described by an INI config on one rank per process (one GPU per rank with\n"
             "backend=cuda), averaging gradients across ranks in buckets overlapped with backward.\n"
@@ -68,8 +68,9 @@ static void usage(FILE *f) {
             "                      their initial values, e.g. a new head\n"
             "  --eval CKPT         no training: test loss, accuracy, per-class accuracy and confusion matrix of\n"
             "                      a checkpoint (JSON with --metrics FILE)\n"
-            "  --predict CKPT      no training: classify --images FILE (IDX, raw or gzip, or CIFAR-10 binary);\n"
-            "                      CSV index,class,p0,... to --out FILE.csv or stdout\n"
+            "  --predict CKPT      no training: classify --images PATH (repeatable): JPEG/PNG files, folders of\n"
+            "                      them, list files, or one IDX (raw or gzip) or CIFAR-10 binary file; CSV\n"
+            "                      path,class,class_name,p0,... to --out FILE.csv or stdout\n"
             "  --print-config      print the effective configuration and exit\n"
             "  --list-layers       every layer kind: its section, default names, doc, keys with defaults and\n"
             "                      ranges (--json: for programs; --markdown: docs/config.md's table)\n"
@@ -140,7 +141,8 @@ static int cli_check_use(const cli *c) {
             return ERR(ST_INPUT, "%s cannot be combined with %s (%s uses a trained model; %s is for training)", use,
                        training[i].name, use, training[i].name);
     if (o->predict_path && !o->images_path)
-        return ERR(ST_INPUT, "--predict needs --images FILE (the IDX or CIFAR-10 images to classify)");
+        return ERR(ST_INPUT, "--predict needs --images PATH (JPEG/PNG files, folders, list files, or an IDX or CIFAR-10 "
+                             "file to classify)");
     if (o->predict_path && o->metrics_path)
         return ERR(ST_INPUT, "--predict writes its CSV to --out FILE (or stdout), not --metrics");
     return ST_OK;
@@ -253,7 +255,11 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
         case OPT_EVAL: c->opts.eval_path = optarg; break;
         case OPT_PREDICT: c->opts.predict_path = optarg; break;
-        case OPT_IMAGES: c->opts.images_path = optarg; break;
+        case OPT_IMAGES:
+            if (c->opts.n_images == TRAIN_IMAGES_MAX) return ERR(ST_INPUT, "--images: at most %d of them", TRAIN_IMAGES_MAX);
+            if (!c->opts.images_path) c->opts.images_path = optarg;
+            c->opts.images_paths[c->opts.n_images++] = optarg;
+            break;
         case OPT_OUT: c->opts.out_path = optarg; break;
         case OPT_INIT_FROM: c->opts.init_from = optarg; break;
         case OPT_INIT_EXCLUDE: c->opts.init_exclude = optarg; break;

@@ -153,6 +153,9 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON_AddNumberToObject(o, "cuda_graph", m->cuda_graph);
     cJSON_AddNumberToObject(o, "timed_steps", m->timed_steps);
     cJSON_AddNumberToObject(o, "accum_steps", m->accum_steps);
+    cJSON_AddStringToObject(o, "eval_set", m->eval_set ? m->eval_set : "test");
+    add_num(o, "data_wait_s", m->data_wait_s);
+    cJSON_AddNumberToObject(o, "bad_images", (double)m->bad_images);
     add_num(o, "allreduces_per_step", m->allreduces_per_step);
     for (int h = 0; m->overlap == 2 && h < 2; h++) {
         cJSON *ab = cJSON_AddObjectToObject(o, h ? "ab_on" : "ab_off");
@@ -201,7 +204,7 @@ static cJSON *eval_json(const eval_report *r) {
     cJSON *per = cJSON_AddArrayToObject(o, "per_class_acc");
     cJSON *cnt = cJSON_AddArrayToObject(o, "class_samples");
     cJSON *conf = cJSON_AddArrayToObject(o, "confusion");
-    for (int a = 0; per && cnt && conf && a < k; a++) {
+    for (int a = 0; per && cnt && conf && r->confusion && a < k; a++) {  // none above 1000 classes
         double n = 0;
         cJSON *row = cJSON_CreateArray();
         for (int b = 0; b < k; b++) {

@@ -52,6 +52,9 @@ typedef struct epoch_metrics {
     int ab_steps[2];        // ([1]) overlap, and how many of each (JSONL ab_off, ab_on)
     double scaling_efficiency;
     const char *efficiency_kind;  // "baseline" (measured against --baseline) or "estimate" (compute/step)
+    const char *eval_set;   // what test_loss / test_acc were measured on: "test", or "val" (a validation set)
+    double data_wait_s;     // streamed data: rank 0's host time waiting for the loader's batches, per step
+    long long bad_images;   // streamed data with data.skip_bad: distinct images skipped so far on rank 0
 } epoch_metrics;
 
 // Scaling efficiency, the one place it is computed (see docs/outputs.md, "Metrics"):

@@ -33,8 +33,24 @@ static int augment_epoch(trainer *t) {
                           sizeof t->h_aug_train.epoch);
 }
 
+// A streamed set (folder, list): its lists and loaders; the counts stand in train and test (no images).
+static int stream_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    t->train = (dataset){.c = cfg->channels, .h = cfg->height, .w = cfg->width, .classes = cfg->classes};
+    t->test = t->train;
+    TRY(train_stream_setup(t, 1));
+    t->train.n = t->n_train_view;
+    t->test.n = t->sets[2].n;
+    t->steps_per_epoch = data_steps_per_epoch(t->train.n, t->B * t->K, t->world);
+    if (t->steps_per_epoch < 1)
+        return ERR(ST_INPUT, "%s: %d training images cannot fill one global batch of %d (%d ranks x %d x %d "
+                             "micro-batches)", t->sets[0].origin, t->train.n, t->G, t->world, t->B, t->K);
+    return train_augment_setup(t, 1);
+}
+
 static int data_setup(trainer *t) {
     const net_config *cfg = t->cfg;
+    if (CFG_STREAMED(cfg)) return stream_setup(t);
     if (cfg->data_format == DATA_CIFAR10) {
         char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
         config_data_paths(cfg, paths);
@@ -191,6 +207,14 @@ static int setup(trainer *t, baseline *bl) {
     TRY(schedule_setup(t));
     TRY(train_buckets_create(t));
     TRY(backend_alloc(&t->be, (void **)&t->d_batch_idx, (size_t)t->K * t->B * sizeof(int32_t)));
+    if (t->sets) {  // streamed: the staged batch is read in order
+        int32_t *ident = malloc((size_t)t->K * t->B * sizeof *ident);
+        TRY_ALLOC(ident);
+        for (int i = 0; i < t->K * t->B; i++) ident[i] = i;
+        const int st = backend_upload(&t->be, t->d_batch_idx, ident, (size_t)t->K * t->B * sizeof *ident);
+        free(ident);
+        TRY(st);
+    }
     if (t->K > 1) TRY(backend_alloc(&t->be, (void **)&t->acc_grads, t->m.n_params * sizeof(float)));
     if (cfg->clip_grad_norm > 0) TRY(backend_alloc(&t->be, (void **)&t->d_sumsq, sizeof(double)));
     TRY(backend_alloc(&t->be, (void **)&t->d_param_bad, 2 * sizeof(int32_t)));
@@ -372,7 +396,9 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
     if (t->global_step >= AHEAD + 1) TRY(train_mark_wait(t, *ahead));
     // Micro-batch j of step s is the global batch s K + j of the epoch's order: K = 1 is the plain sharding, and
     // K micro-batches of B cover exactly the samples of one batch of K B.
-    for (int j = 0; j < t->K; j++) {
+    // Streamed: the loader's batch is staged where the gather reads it with the identity index.
+    if (t->sets) TRY(train_stream_step(t));
+    for (int j = 0; !t->sets && j < t->K; j++) {
         const int32_t *idx = data_shard_batch(t->d_perm, t->step_in_epoch * t->K + j, t->B, t->world, t->rank);
         TRY(backend_copy(be, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
     }
@@ -452,7 +478,9 @@ typedef struct epoch_totals {
 static int epoch_begin(trainer *t) {
     const backend *be = &t->be;
     data_permutation(t->cfg->seed, t->epoch, t->train.n, t->h_perm);
-    TRY(backend_upload(be, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
+    if (t->sets) TRY(train_stream_epoch(t));
+    else TRY(backend_upload(be, t->d_perm, t->h_perm, (size_t)t->train.n * sizeof(int32_t)));
+    t->data_wait_s = 0;
     TRY(augment_epoch(t));
     TRY(backend_zero(be, t->m.loss_acc, sizeof(double)));
     TRY(backend_zero(be, t->m.correct_acc, 4));
@@ -556,7 +584,7 @@ static int epoch_evaluate(trainer *t, epoch_totals *e) {
     double ev0 = now_s();
     if (t->tr) trace_set_step(t->tr, -1);
     TRY(train_state_broadcast(t));  // every rank evaluates with rank 0's running statistics
-    TRY(train_evaluate(t, &e->test_loss, &e->test_acc));
+    TRY(train_evaluate(t, t->sets && t->n_val_view > 0, &e->test_loss, &e->test_acc));
     e->eval_s = now_s() - ev0;
     if (!isfinite(e->test_loss)) {  // the sums are all-reduced: every rank sees the same
         int st = ERR(ST_DIVERGED, "training diverged in epoch %d (by step %lld): the test loss is not finite (lower the "
@@ -597,12 +625,17 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->accum_steps = t->K;
     em->allreduces_per_step = e->steps_run > 0 ? (double)t->launches / e->steps_run : 0;
     em->scaling_efficiency = scaling_efficiency(em, bl, &em->efficiency_kind);
+    em->eval_set = t->sets && t->n_val_view > 0 ? "val" : "test";
+    em->data_wait_s = e->steps_run > 0 ? t->data_wait_s / e->steps_run : 0;
+    em->bad_images = t->sets ? train_stream_bad(t) : 0;
 }
 
 // The epoch's line (and with --verbose its step-time breakdown) on rank 0, and its metrics record.
 static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) {
-    LOG0("epoch %d/%d  loss %.4f acc %.4f | test loss %.4f acc %.4f | %.2f s %.0f img/s\n", em->epoch,
-         t->cfg->epochs, em->train_loss, em->train_acc, em->test_loss, em->test_acc, em->epoch_s, em->images_per_s);
+    LOG0("epoch %d/%d  loss %.4f acc %.4f | %s loss %.4f acc %.4f | %.2f s %.0f img/s\n", em->epoch,
+         t->cfg->epochs, em->train_loss, em->train_acc, em->eval_set, em->test_loss, em->test_acc, em->epoch_s,
+         em->images_per_s);
+    if (em->bad_images > 0) LOG0("  data: %lld unreadable image(s) skipped so far (data.skip_bad)\n", em->bad_images);
     if (t->o->verbose)
         LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f (skew %.2f) opt %.2f | %.0f img/s per rank | "
              "efficiency %.3f (%s)\n",
@@ -671,6 +704,15 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
             st = train_ckpt_save_epoch(t, e.test_loss, e.test_acc);
             t->epoch--;
         }
+    }
+    // With a validation set the epochs measured on it; the test set is measured once, at the end.
+    if (st == ST_OK && t->sets && t->n_val_view > 0 && res->epochs_done > 0) {
+        double ev0 = now_s();
+        st = train_state_broadcast(t);
+        if (st == ST_OK) st = train_evaluate(t, 0, &res->test_loss, &res->test_acc);
+        if (st == ST_OK)
+            LOG0("final test: loss %.4f acc %.4f (%d images, %.2f s)\n", res->test_loss, res->test_acc, t->test.n,
+                 now_s() - ev0);
     }
     backend_free(be, scratch);
     res->steps = t->global_step;

@@ -2,6 +2,7 @@
 // "optim.<state>.<tensor>", position and provenance (the effective configuration, dataset hashes, the epoch's
 // test figures) in __metadata__; save (rank 0, the others waiting with save_timeout_s), the epoch's copies
 // (--save-every, --keep-best), exact resume, and weights only (--init-from, --eval, --predict).
+#include <cJSON.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -198,7 +199,21 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         meta[n_meta++] = (ckpt_kv){"test_acc", v[13]};
     }
     if (t->have_best) meta[n_meta++] = (ckpt_kv){"best_test_acc", v[14]};
+    // Streamed sets: the class names, index by index (a JSON array of strings), for --eval and --predict.
+    char *names = NULL;
+    if (t->sets) {
+        cJSON *arr = cJSON_CreateArray();
+        for (int i = 0; arr && i < t->sets[0].classes; i++) cJSON_AddItemToArray(arr, cJSON_CreateString(t->sets[0].class_names[i]));
+        names = arr ? cJSON_PrintUnformatted(arr) : NULL;
+        cJSON_Delete(arr);
+        if (!names) {
+            free(ini), free(tl), free(host), free(state);
+            return ERR(ST_RUNTIME, "out of host memory for the checkpoint's class names");
+        }
+        meta[n_meta++] = (ckpt_kv){"class_names", names};
+    }
     int st = ckpt_save(path, tl->t, tl->n, meta, n_meta);
+    cJSON_free(names);
     free(ini);
     free(tl);
     free(host);

@@ -176,7 +176,7 @@ int train_data_agree(trainer *t) {
     const dataset *tr = &t->train, *te = &t->test;
     char text[256];
     snprintf(text, sizeof text, "train=%d samples of %dx%dx%d, hash %016" PRIx64 "\ntest=%d samples, hash %016" PRIx64 "\n",
-             tr->n, tr->c, tr->h, tr->w, train_data_hash(t), te->n, train_dataset_hash(te));
+             tr->n, tr->c, tr->h, tr->w, train_data_hash(t), te->n, t->sets ? t->sets[2].digest : train_dataset_hash(te));
     return comm_agree_text(t->c, text, "the data");
 }
 

@@ -19,7 +19,10 @@ typedef struct train_opts {
     // Using a trained model instead of training (docs/outputs.md, "Using a trained model"); NULL: train.
     const char *eval_path;      // --eval CKPT: test loss, accuracy, per-class accuracy, confusion matrix
     const char *predict_path;   // --predict CKPT: class probabilities of every image of images_path
-    const char *images_path;    // --images FILE: IDX (raw or gzip) or CIFAR-10 binary
+    const char *images_path;    // --images PATH: IDX (raw or gzip), CIFAR-10 binary, JPEG/PNG, a folder, a list
+#define TRAIN_IMAGES_MAX 256
+    const char *images_paths[TRAIN_IMAGES_MAX];  // every --images (images_path is the first)
+    int n_images;
     const char *out_path;       // --out FILE.csv (NULL: stdout)
     int keep_params;            // copy the final parameters to result->params (tests)
     int progress;               // progress bar on rank 0 (main sets it when stdout is a TTY)

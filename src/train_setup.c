@@ -57,11 +57,7 @@ int train_test_upload(trainer *t) {
 
 // Evaluation never needs a batch larger than this rank's share of the test set (data_eval_range gives at most
 // ceil(n / world) samples), so eval_batch=30000 with 500 test samples allocates for 500.
-int train_eval_batch_capped(const trainer *t) {
-    int shard = (t->test.n + t->world - 1) / t->world;
-    int eb = t->cfg->eval_batch < shard ? t->cfg->eval_batch : shard;
-    return eb > 0 ? eb : 1;
-}
+int train_eval_batch_capped(const trainer *t) { return data_eval_batch(t->test.n, t->world, t->cfg->eval_batch); }
 
 // The backend with this rank's share of the host's cores (CPU) or its GPU, and the step's timing marks.
 int train_backend_setup(trainer *t) {
@@ -140,31 +136,38 @@ int train_params_check(trainer *t) {
 // The test loss is a double sum in a fixed order: per sample within a batch (softmax_xent), batch after batch
 // over this rank's range, then over ranks (one all-reduce). So the same checkpoint, eval_batch, world size and
 // backend (CPU: also threads, which fix the GEMMs' order) give the same bits: --eval equals the epoch's figures.
-int train_evaluate(trainer *t, double *loss, double *acc) {
+int train_evaluate(trainer *t, int val, double *loss, double *acc) {
     const backend *be = &t->be;
     TRY(backend_zero(be, t->m.loss_acc, sizeof(double)));
     TRY(backend_zero(be, t->m.correct_acc, sizeof(int32_t)));
+    const int total = t->sets ? train_stream_eval_n(t, val) : t->test.n;
     int begin, end;
-    data_eval_range(t->test.n, t->world, t->rank, &begin, &end);
+    data_eval_range(total, t->world, t->rank, &begin, &end);
     int eb = t->cfg->eval_batch < t->m.max_batch ? t->cfg->eval_batch : t->m.max_batch;
     // --eval stops between batches on a signal, every rank at the same batch: the ranks' shares differ by one
     // sample at most, so every rank loops over the largest share's batch count.
     const int stoppable = t->o->eval_path != NULL;
-    const int shard_max = (t->test.n + t->world - 1) / t->world;
+    const int shard_max = (total + t->world - 1) / t->world;
     const int batches = stoppable ? (shard_max + eb - 1) / eb : (end - begin + eb - 1) / eb;
+    if (t->sets) TRY(train_stream_eval_start(t, val, begin, end, eb));
     for (int b = 0; b < batches; b++) {
         if (stoppable) {
             int32_t stop = g_stop_requested ? 1 : 0;
             if (t->world > 1) TRY(comm_allreduce_max_i32(t->c, &stop, 1));
-            if (stop) return train_use_stopped(t, b * eb * t->world, t->test.n);
+            if (stop) return train_use_stopped(t, b * eb * t->world, total);
         }
         const int i = begin + b * eb;
         if (i >= end) continue;
         int n = end - i < eb ? end - i : eb;
-        TRY(backend_gather(be, t->d_test_x, t->d_test_y, t->d_test_index + i, n, t->sample_elems, t->d_aug_eval, t->m.x,
-                           t->m.labels));
+        // in memory: the test set by index; streamed: the loader's batch, staged, read in order
+        const int32_t *idx = t->d_test_index + i, *labels = t->test.labels ? t->test.labels + i : NULL;
+        if (t->sets) {
+            TRY(train_stream_eval_batch(t, n, &labels));
+            idx = t->d_test_index;
+        }
+        TRY(backend_gather(be, t->d_test_x, t->d_test_y, idx, n, t->sample_elems, t->d_aug_eval, t->m.x, t->m.labels));
         TRY(model_forward(&t->m, n, 0));
-        if (t->confusion) TRY(train_confusion_add(t, i, n));
+        if (t->confusion) TRY(train_confusion_add(t, labels, n));
     }
     // Each rank's counts, summed: whole numbers, exact in a double.
     if (t->confusion) TRY(comm_allreduce_sum_f64(t->c, t->confusion, t->m.classes * t->m.classes));
@@ -174,8 +177,8 @@ int train_evaluate(trainer *t, double *loss, double *acc) {
     TRY(backend_download(be, &correct, t->m.correct_acc, sizeof(int32_t)));
     sums[1] = correct;
     TRY(comm_allreduce_sum_f64(t->c, sums, 2));
-    *loss = t->test.n ? sums[0] / t->test.n : 0;
-    *acc = t->test.n ? sums[1] / t->test.n : 0;
+    *loss = total ? sums[0] / total : 0;
+    *acc = total ? sums[1] / total : 0;
     return ST_OK;
 }
 
@@ -197,12 +200,12 @@ int train_logits_argmax(const float *z, int classes) {
     return best;
 }
 
-// --eval: test samples [first, first + n) just went forward; count them as (true class, predicted class).
-int train_confusion_add(trainer *t, int first, int n) {
+// --eval: n test samples with these labels just went forward; count them as (true class, predicted class).
+int train_confusion_add(trainer *t, const int32_t *labels, int n) {
     TRY(train_logits_download(t, n));
     const int k = t->m.classes;
     for (int j = 0; j < n; j++) {
-        int truth = t->test.labels[first + j], pred = train_logits_argmax(t->h_logits + (size_t)j * k, k);
+        int truth = labels[j], pred = train_logits_argmax(t->h_logits + (size_t)j * k, k);
         t->confusion[(size_t)truth * k + pred] += 1;
     }
     return ST_OK;

@@ -75,6 +75,12 @@ uint64_t train_dataset_hash(const dataset *d) {
 }
 
 uint64_t train_data_hash(trainer *t) {
+    if (!t->data_hashed && t->sets) {  // streamed: the sets' file lists (names, sizes, labels) and the split
+        uint64_t h[5] = {t->sets[0].digest, t->sets[1].digest, t->sets[2].digest, (uint64_t)t->n_train_view,
+                         train_fnv1a(t->train_map, t->train_map ? (size_t)t->n_train_view * sizeof(int32_t) : 0)};
+        t->data_hash = train_fnv1a(h, sizeof h);
+        t->data_hashed = 1;
+    }
     if (!t->data_hashed) {
         t->data_hash = train_dataset_hash(&t->train);
         t->data_hashed = 1;
@@ -106,11 +112,28 @@ int train_state_new(const net_config *cfg, const train_opts *o, comm *c, trainer
     return ST_OK;
 }
 
+// The streamed sets' loaders (pinned memory: before the backend goes), mark and lists.
+static void stream_free(trainer *t) {
+    loader_destroy(t->ld_train);
+    loader_destroy(t->ld_eval);
+    t->ld_train = t->ld_eval = NULL;
+    if (t->mk_stage) backend_mark_destroy(&t->be, t->mk_stage);
+    t->mk_stage = NULL;
+    for (int i = 0; t->sets && i < 3; i++) image_set_free(&t->sets[i]);
+    free(t->sets);
+    t->sets = NULL;
+    free(t->train_map);
+    free(t->val_map);
+    free(t->h_seq);
+    t->train_map = t->val_map = t->h_seq = NULL;
+}
+
 // Everything train_state_new and the set-up made, in backend memory and on the host; t itself too.
 void train_state_free(trainer *t) {
     if (!t) return;
     if (t->be.ops) {
         const backend *be = &t->be;
+        stream_free(t);
         backend_free(be, t->d_train_x);
         backend_free(be, t->d_train_y);
         backend_free(be, t->d_test_x);

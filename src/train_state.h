@@ -6,6 +6,7 @@
 //   train_ddp.c     data-parallel mechanics: gradient buckets and their all-reduce, the initial broadcast,
 //                   running statistics from rank 0, agreement on the data, the replica check
 //   train_setup.c   what training and use share: backend, augmentation, test set, evaluation, finiteness
+//   train_stream.c  streamed data sets (folder, list): image sets, loaders, the staged batch
 //   train_timing.c  phase marks, the epoch's step-time means, --trace, progress and ETA
 //   train_outputs.c the run's output plan, checked at start-up against its inputs and itself
 //   train_state.c   the struct's life, its host copy and hashes, agreement on a set-up status
@@ -19,6 +20,7 @@
 #include "comm.h"
 #include "config.h"
 #include "data.h"
+#include "loader.h"
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
@@ -66,6 +68,19 @@ typedef struct trainer {
     int32_t *d_perm, *d_test_index, *h_perm;
     gather_aug *d_aug_train, *d_aug_eval;  // [data] augmentation, backend memory (NULL: the plain gather)
     gather_aug h_aug_train;                // its host copy; the epoch is uploaded before each epoch
+    // Streamed formats (train_stream.c); sets NULL otherwise. train.n / test.n count the training view and the
+    // test set (their images stay NULL).
+    image_set *sets;            // [0] training, [1] validation (val_dir/val_list), [2] test
+    int32_t *train_map, *val_map;  // val_fraction: the training view's and the held-out part's set indices
+    int n_train_view, n_val_view;
+    loader *ld_train, *ld_eval;
+    const image_set *ld_eval_set;  // the set ld_eval reads
+    int eval_cap;               // ld_eval's batch
+    int data_workers;
+    int32_t *h_seq;             // a loader's sequence of sample indices
+    size_t seq_cap;
+    void *mk_stage;             // the last staged batch's copy has finished
+    double data_wait_s;         // host time waiting for the loader (the epoch's data_wait_s)
     int B, G, steps_per_epoch, sample_elems;
     // buckets
     bucket *buckets;
@@ -157,14 +172,28 @@ void train_progress_show(const trainer *t, int bar, int step, double loss_sum, i
 int train_copy_path(const char *save, const char *suffix, char *out, size_t n);
 
 // ---------------------------------------------------------------------------------------------------------
+// train_stream.c
+
+int train_stream_setup(trainer *t, int training);  // sets, loaders, staging
+// --predict on image files, folders and lists: their set as sets[2], and its loader (evaluation transforms).
+int train_stream_predict_setup(trainer *t, const char *const *paths, int n_paths);
+int train_stream_epoch(trainer *t);           // the loader starts on this rank's rest of the epoch
+int train_stream_step(trainer *t);            // the step's K x B samples staged into d_train_x / d_train_y
+int train_stream_eval_start(trainer *t, int val, int begin, int end, int eb);  // this rank's evaluation range
+int train_stream_eval_batch(trainer *t, int n, const int32_t **h_labels);     // the next n into d_test_x / y
+int train_stream_eval_n(const trainer *t, int val);  // samples in the evaluated set
+long long train_stream_bad(const trainer *t); // images skipped (data.skip_bad)
+
+// ---------------------------------------------------------------------------------------------------------
 // train_setup.c
 
 int train_backend_setup(trainer *t);          // the backend (this rank's cores or GPU) and the step's marks
 int train_augment_setup(trainer *t, int training);  // [data] augmentation: gather parameters in backend memory
 int train_test_upload(trainer *t);            // the test set into backend memory, with the identity index
 int train_eval_batch_capped(const trainer *t);  // eval_batch, at most this rank's share of the test set
-int train_evaluate(trainer *t, double *loss, double *acc);  // test loss and accuracy over all ranks
-int train_confusion_add(trainer *t, int first, int n);  // --eval: the last forward's test samples, counted
+// Loss and accuracy over all ranks: of the test set, or (val, streamed sets) of the validation set.
+int train_evaluate(trainer *t, int val, double *loss, double *acc);
+int train_confusion_add(trainer *t, const int32_t *labels, int n);  // --eval: the last forward's samples, counted
 int train_logits_download(trainer *t, int n); // the last forward's n rows of logits into t->h_logits
 int train_logits_argmax(const float *z, int classes);  // the first largest (as evaluation counts a hit)
 // The parameters after the last update are all finite; else ST_DIVERGED (collective: the replicas are equal)

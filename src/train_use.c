@@ -6,7 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cJSON.h>
 
 #include "augment.h"
 #include "checkpoint.h"
@@ -20,12 +24,40 @@
 // ---------------------------------------------------------------------------------------------------------
 // Set-up, then the same evaluation code as an epoch's end
 
+// --images names one IDX or CIFAR-10 file (an array of images, told by its first bytes: gzip or IDX magic, or a
+// CIFAR-10 label byte < 10), or else image files, folders of them and list files (text).
+static int images_are_array(const train_opts *o) {
+    if (o->n_images != 1) return 0;
+    const char *p = o->images_path, *dot = strrchr(p, '.');
+    if (dot && (strcasecmp(dot, ".png") == 0 || strcasecmp(dot, ".jpg") == 0 || strcasecmp(dot, ".jpeg") == 0)) return 0;
+    struct stat sb;
+    if (stat(p, &sb) != 0 || !S_ISREG(sb.st_mode)) return stat(p, &sb) != 0;  // a missing file: the old message
+    unsigned char head[3] = {0xff, 0xff, 0xff};
+    FILE *f = fopen(p, "rb");
+    if (!f) return 1;
+    const size_t got = fread(head, 1, sizeof head, f);
+    fclose(f);
+    return got >= 1 && ((head[0] == 0x1f && got >= 2 && head[1] == 0x8b) || (got >= 3 && head[0] == 0 && head[1] == 0 &&
+                                                                              head[2] == 0x08) || head[0] < 10);
+}
+
 static int use_data_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     const char *name;
+    if (t->o->predict_path && !images_are_array(t->o)) {  // streamed: decoded with the evaluation transforms
+        t->test = (dataset){.c = cfg->channels, .h = cfg->height, .w = cfg->width, .classes = cfg->classes};
+        TRY(train_stream_predict_setup(t, t->o->images_paths, t->o->n_images));
+        t->test.n = t->sets[2].n;
+        return ST_OK;
+    }
     if (t->o->predict_path) {
         name = t->o->images_path;
         TRY(data_load_images(name, &t->test));
+    } else if (CFG_STREAMED(cfg)) {  // the test set's list and its loader (the training list for the class names)
+        t->test = (dataset){.c = cfg->channels, .h = cfg->height, .w = cfg->width, .classes = cfg->classes};
+        TRY(train_stream_setup(t, 0));
+        t->test.n = t->sets[2].n;
+        return ST_OK;
     } else if (cfg->data_format == DATA_CIFAR10) {
         char paths[CFG_DATA_FILES_MAX][CFG_PATH_MAX + 32];
         config_data_paths(cfg, paths);
@@ -43,6 +75,9 @@ static int use_data_setup(trainer *t) {
     return train_test_upload(t);
 }
 
+// Above this many classes --eval prints no per-class table and no confusion matrix (it would be classes^2 numbers).
+#define EVAL_CONFUSION_MAX 1000
+
 static int use_setup(trainer *t) {
     const char *ckpt = t->o->eval_path ? t->o->eval_path : t->o->predict_path;
     TRY(augment_resolve(&t->cfg_eff));  // normalize=1 with a --config that lacks mean/std: the training set's
@@ -55,7 +90,7 @@ static int use_setup(trainer *t) {
     TRY(train_weights_load(t, ckpt, NULL, &loaded, &total));
     t->h_logits = malloc((size_t)eb * t->m.classes * sizeof(float));
     TRY_ALLOC(t->h_logits);
-    if (t->o->eval_path) {
+    if (t->o->eval_path && t->m.classes <= EVAL_CONFUSION_MAX) {
         t->confusion = calloc((size_t)t->m.classes * t->m.classes, sizeof *t->confusion);
         TRY_ALLOC(t->confusion);
     }
@@ -109,12 +144,19 @@ static void eval_print(const trainer *t, const eval_report *r) {
                     ? "not bit for bit: the CUDA backend sums the loss with atomics and times its algorithms per "
                       "process, so it reproduces the figures to rounding only"
                     : "different (another eval_batch, world size, thread count, backend or test set?)");
+    if (!r->confusion) {
+        ALWAYS0("(%d classes: no per-class table or confusion matrix above %d)\n", k, EVAL_CONFUSION_MAX);
+        return;
+    }
+    // Streamed sets name their classes (the directory names, or the names= file).
+    char *const *names = t->sets && t->sets[0].classes == k ? t->sets[0].class_names : NULL;
     ALWAYS0("per-class accuracy (class: accuracy of its samples, count):\n");
     for (int a = 0; a < k; a++) {
         double n = 0;
         for (int b = 0; b < k; b++) n += r->confusion[(size_t)a * k + b];
-        if (n > 0) ALWAYS0("  %3d: %.4f %6.0f\n", a, r->confusion[(size_t)a * k + a] / n, n);
-        else ALWAYS0("  %3d:      - %6.0f\n", a, n);
+        if (n > 0) ALWAYS0("  %3d%s%s: %.4f %6.0f\n", a, names ? " " : "", names ? names[a] : "",
+                           r->confusion[(size_t)a * k + a] / n, n);
+        else ALWAYS0("  %3d%s%s:      - %6.0f\n", a, names ? " " : "", names ? names[a] : "", n);
     }
     ALWAYS0("confusion matrix (rows: true class, columns: predicted class):\n     ");
     for (int b = 0; b < k; b++) ALWAYS0(" %6d", b);
@@ -124,12 +166,11 @@ static void eval_print(const trainer *t, const eval_report *r) {
         for (int b = 0; b < k; b++) ALWAYS0(" %6.0f", r->confusion[(size_t)a * k + b]);
         ALWAYS0("\n");
     }
-    (void)t;
 }
 
 static int use_eval(trainer *t, train_result *res) {
     double loss = 0, acc = 0;
-    TRY(train_evaluate(t, &loss, &acc));
+    TRY(train_evaluate(t, 0, &loss, &acc));
     ckpt_origin co;
     ckpt_origin_read(t->o->eval_path, &co);
     char mine[2][64];
@@ -154,34 +195,106 @@ static int use_eval(trainer *t, train_result *res) {
 // computed here from the backend's logits, in double, with the same max shift. A row of non-finite logits (a
 // checkpoint whose weights overflow on these images) is refused: no row of NaN is ever written. A stop signal
 // ends it between batches (exit 5).
-static int predict_rows(trainer *t, FILE *f) {
-    const int k = t->m.classes, n = t->test.n, eb = t->m.max_batch;
-    fprintf(f, "index,class");
-    for (int c = 0; c < k; c++) fprintf(f, ",p%d", c);
-    fprintf(f, "\n");
-    for (int i = 0; i < n; i += eb) {
-        if (g_stop_requested) return train_use_stopped(t, i, n);
-        int cnt = n - i < eb ? n - i : eb;
-        TRY(backend_gather(&t->be, t->d_test_x, t->d_test_y, t->d_test_index + i, cnt, t->sample_elems,
-                           t->d_aug_eval, t->m.x, t->m.labels));
-        TRY(model_forward(&t->m, cnt, 0));
-        TRY(train_logits_download(t, cnt));
-        for (int j = 0; j < cnt; j++) {
-            const float *z = t->h_logits + (size_t)j * k;
-            for (int c = 0; c < k; c++)
-                if (!isfinite(z[c]))
-                    return ERR(ST_INPUT, "--predict %s: the model gives a non-finite logit (%s, class %d) for image %d of "
-                                         "%s; refusing to write predictions", t->o->predict_path,
-                               isnan(z[c]) ? "NaN" : "Inf", c, i + j, t->o->images_path);
-            const int best = train_logits_argmax(z, k);
-            double sum = 0;
-            for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
-            fprintf(f, "%d,%d", i + j, best);
-            for (int c = 0; c < k; c++) fprintf(f, ",%.9g", exp((double)z[c] - z[best]) / sum);
-            if (fprintf(f, "\n") < 0) return ERR(ST_RUNTIME, "writing the predictions failed: %s", strerror(errno));
+// The checkpoint's class names (its "class_names": a model trained on a folder or list); NULL when it has none
+// or they do not match its classes. One malloc'd block: free it whole.
+static char **class_names_read(const char *path, int classes) {
+    ckpt_file *f = NULL;
+    if (ckpt_load(path, &f) != ST_OK) {
+        err_clear();
+        return NULL;
+    }
+    const char *text = ckpt_meta(f, "class_names");
+    cJSON *arr = text ? cJSON_Parse(text) : NULL;
+    char **names = NULL;
+    if (cJSON_IsArray(arr) && cJSON_GetArraySize(arr) == classes) {
+        size_t bytes = (size_t)classes * sizeof(char *);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, arr) bytes += cJSON_IsString(e) ? strlen(e->valuestring) + 1 : 1;
+        names = malloc(bytes);
+        char *pool = names ? (char *)(names + classes) : NULL;
+        int i = 0;
+        cJSON_ArrayForEach(e, arr) {
+            if (!names) break;
+            const char *s = cJSON_IsString(e) ? e->valuestring : "";
+            names[i++] = strcpy(pool, s);
+            pool += strlen(s) + 1;
         }
     }
+    cJSON_Delete(arr);
+    ckpt_free(f);
+    return names;
+}
+
+// A CSV field: quoted (doubling quotes) when it holds a comma, a quote or a line break (RFC 4180).
+static void csv_field(FILE *f, const char *s) {
+    if (!s[strcspn(s, ",\"\r\n")]) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+// One batch's rows: n images from `first` just staged or indexed; their logits to probabilities (see predict_rows).
+static int predict_batch(trainer *t, FILE *f, int first, int n, int all, char *const *names) {
+    const int k = t->m.classes;
+    TRY(backend_gather(&t->be, t->d_test_x, t->d_test_y, t->sets ? t->d_test_index : t->d_test_index + first, n,
+                       t->sample_elems, t->d_aug_eval, t->m.x, t->m.labels));
+    TRY(model_forward(&t->m, n, 0));
+    TRY(train_logits_download(t, n));
+    for (int j = 0; j < n; j++) {
+        const float *z = t->h_logits + (size_t)j * k;
+        const char *shown = t->sets ? image_set_path(&t->sets[2], first + j) : t->o->images_path;
+        for (int c = 0; c < k; c++)
+            if (!isfinite(z[c]))
+                return ERR(ST_INPUT, "--predict %s: the model gives a non-finite logit (%s, class %d) for image %d of "
+                                     "%s; refusing to write predictions", t->o->predict_path,
+                           isnan(z[c]) ? "NaN" : "Inf", c, first + j, shown);
+        const int best = train_logits_argmax(z, k);
+        double sum = 0;
+        for (int c = 0; c < k; c++) sum += exp((double)z[c] - z[best]);
+        if (t->sets) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", best);
+            csv_field(f, shown);
+            fprintf(f, ",%d,", best);
+            csv_field(f, names ? names[best] : num);
+            fprintf(f, ",%.9g", 1.0 / sum);
+        } else {
+            fprintf(f, "%d,%d", first + j, best);
+        }
+        for (int c = 0; all && c < k; c++) fprintf(f, ",%.9g", exp((double)z[c] - z[best]) / sum);
+        if (fprintf(f, "\n") < 0) return ERR(ST_RUNTIME, "writing the predictions failed: %s", strerror(errno));
+    }
     return ST_OK;
+}
+
+// Above this many classes a --predict row carries the top class and its probability only.
+#define PREDICT_ALL_PROBS_MAX 100
+
+static int predict_rows(trainer *t, FILE *f) {
+    const int k = t->m.classes, n = t->test.n, eb = t->m.max_batch, files = t->sets != NULL;
+    const int all = !files || k <= PREDICT_ALL_PROBS_MAX;
+    char **names = files ? class_names_read(t->o->predict_path, k) : NULL;
+    fprintf(f, files ? "path,class,class_name,probability" : "index,class");
+    for (int c = 0; all && c < k; c++) fprintf(f, ",p%d", c);
+    fprintf(f, "\n");
+    int st = files ? train_stream_eval_start(t, 0, 0, n, eb) : ST_OK;
+    for (int i = 0; st == ST_OK && i < n; i += eb) {
+        if (g_stop_requested) {
+            st = train_use_stopped(t, i, n);
+            break;
+        }
+        int cnt = n - i < eb ? n - i : eb;
+        if (files) st = train_stream_eval_batch(t, cnt, NULL);
+        if (st == ST_OK) st = predict_batch(t, f, i, cnt, all, names);
+    }
+    free(names);
+    return st;
 }
 
 // To --out through a temp file in the same directory and a rename, to stdout through memory: a failure leaves no

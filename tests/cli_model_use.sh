@@ -198,7 +198,7 @@ expect2 "--save onto the --init-from checkpoint" "--save would overwrite an inpu
   --init-from ck.safetensors --init-exclude dense2 --save ck.safetensors
 expect2 "--eval with --resume" "--eval cannot be combined with --resume" -- --eval ck.safetensors --resume ck.safetensors
 expect2 "--eval with --save" "--eval cannot be combined with --save" -- --eval ck.safetensors --save x.safetensors
-expect2 "--predict without --images" "--predict needs --images FILE" -- --predict ck.safetensors
+expect2 "--predict without --images" "--predict needs --images PATH" -- --predict ck.safetensors
 expect2 "--eval and --predict" "--eval and --predict cannot be combined" -- --eval ck.safetensors --predict ck.safetensors
 expect2 "--images without --predict" "--images is for --predict" -- --eval ck.safetensors --images test500-images.idx
 expect2 "--out without --predict" "--out is for --predict" -- --config "$cfg" --out x.csv

@@ -1,7 +1,8 @@
 // test_image_set.c — image data sets as file lists: ImageFolder trees (class and file order as torchvision's,
 // labels, the class filter, symlinks followed, loops and FIFOs refused, empty classes), list files (parsing,
 // names files, every error with its line), the digest, and image_set_read (regular files, FIFOs, limits,
-// vanished files, several threads at once). File contents are arbitrary bytes: nothing here decodes.
+// vanished files, several threads at once), and --predict's inputs (directories, files and lists in order; every
+// refusal). File contents are arbitrary bytes: nothing here decodes.
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -601,6 +602,205 @@ static void test_read_threads(void **state) {
     image_set_free(&s);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// --predict's inputs
+
+// A path from a format that must outlive many P() calls: a ring of 128 buffers (a test keeps fewer).
+static const char *S(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static const char *S(const char *fmt, ...) {
+    static char buf[128][4096];
+    static int next;
+    char *p = buf[next++ % 128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p, sizeof buf[0], fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+// The full sample paths, all labels 0, no classes.
+static void expect_inputs(const image_set *s, const char *const *full, int n) {
+    if (s->n != n) {
+        for (int i = 0; i < s->n; i++) print_message("  %d: %s\n", i, image_set_path(s, i));
+        fail_msg("%d samples, want %d", s->n, n);
+    }
+    for (int i = 0; i < n; i++) {
+        if (strcmp(image_set_path(s, i), full[i]) != 0) {
+            for (int k = 0; k < s->n; k++) print_message("  %d: %s\n", k, image_set_path(s, k));
+            fail_msg("sample %d is %s, want %s", i, image_set_path(s, i), full[i]);
+        }
+        assert_int_equal(s->labels[i], 0);
+    }
+    assert_int_equal(s->classes, 0);
+    assert_null(s->class_names);
+}
+
+static void expect_inputs_error(const char *const *paths, int n, const char *n1, const char *n2) {
+    image_set s;
+    err_clear();
+    int st = image_set_inputs(paths, n, &s);
+    if (st != ST_INPUT || !strstr(err_msg(), n1) || (n2 && !strstr(err_msg(), n2)))
+        fail_msg("status %d, message '%s' (want ST_INPUT naming '%s' and '%s')", st, err_msg(), n1, n2 ? n2 : "");
+    assert_null(strchr(err_msg(), '\n'));
+    assert_int_equal(s.n, 0);
+    assert_null(s.paths);
+    assert_null(s.labels);
+    err_clear();
+}
+
+// A directory (walked as one class directory of a folder set), a single file and a list, in the order given.
+static void test_inputs_mix(void **state) {
+    (void)state;
+    const char *r = fresh("inputs");
+    const char *D = S("%s/dir", r);
+    put(S("%s/b.jpg", D), 10, 1);
+    put(S("%s/A.PNG", D), 11, 2);
+    put(S("%s/sub/c.jpeg", D), 12, 3);
+    put(S("%s/sub b/m.png", D), 13, 4);  // sorted(os.walk): "sub" < "sub b" < "sub/deep" (whole paths)
+    put(S("%s/sub/deep/d.jpg", D), 14, 5);
+    put(S("%s/notes.txt", D), 15, 6);      // ignored
+    put(S("%s/sub/pic.gif", D), 15, 6);    // ignored
+    mkdirs(S("%s/empty/deeper", D));       // no images: nothing
+    const char *F = S("%s/other/one.JPG", r);
+    put(F, 20, 7);
+    const char *abs_file = S("%s/abs/z.bin", r);
+    put(abs_file, 21, 8);
+    put(S("%s/lists/imgs/x.bin", r), 22, 9);  // any name in a list
+    put(S("%s/lists/imgs/a b.jpg", r), 23, 10);
+    put(S("%s/lists/imgs/y.png", r), 24, 11);
+    put(S("%s/lists/imgs/n 7.png", r), 25, 12);
+    const char *L = S("%s/lists/l.txt", r);
+    put_text(L, S("# a comment\n"
+                  "imgs/x.bin\n"
+                  "imgs/a b.jpg\n"     // no label: the last field is not an integer, the whole line is the path
+                  "\n"
+                  "   # indented comment\n"
+                  "  imgs/y.png\t 3 \r\n"  // a label: read and ignored
+                  "%s -1\n"             // absolute, a negative label: ignored too
+                  "imgs/n 7.png 0\n",   // a name ending in a number needs the label
+                  abs_file));
+    const char *in[] = {F, D, L};
+    image_set s;
+    assert_int_equal(image_set_inputs(in, 3, &s), ST_OK);
+    const char *want[] = {F,
+                          S("%s/A.PNG", D),
+                          S("%s/b.jpg", D),
+                          S("%s/sub/c.jpeg", D),
+                          S("%s/sub b/m.png", D),
+                          S("%s/sub/deep/d.jpg", D),
+                          S("%s/lists/imgs/x.bin", r),
+                          S("%s/lists/imgs/a b.jpg", r),
+                          S("%s/lists/imgs/y.png", r),
+                          abs_file,
+                          S("%s/lists/imgs/n 7.png", r)};
+    expect_inputs(&s, want, 11);
+    const uint64_t sizes[] = {20, 11, 10, 12, 13, 14, 22, 23, 24, 21, 25};
+    for (int i = 0; i < 11; i++) assert_int_equal(s.sizes[i], sizes[i]);
+    assert_string_equal(s.origin, S("%s and 2 more", F));
+    // The same inputs again: the same digest; a directory given with trailing slashes joins the same paths.
+    const char *in_slash[] = {F, S("%s//", D), L};
+    image_set t;
+    assert_int_equal(image_set_inputs(in_slash, 3, &t), ST_OK);
+    expect_inputs(&t, want, 11);
+    assert_true(t.digest == s.digest);
+    image_set_free(&t);
+    // Another order: the samples follow it, and the digest differs.
+    const char *in2[] = {L, F};
+    assert_int_equal(image_set_inputs(in2, 2, &t), ST_OK);
+    const char *want2[] = {want[6], want[7], want[8], want[9], want[10], F};
+    expect_inputs(&t, want2, 6);
+    assert_true(t.digest != s.digest);
+    image_set_free(&t);
+    // One file: origin is its path; the same file twice is two samples.
+    const char *one[] = {F};
+    assert_int_equal(image_set_inputs(one, 1, &t), ST_OK);
+    expect_inputs(&t, one, 1);
+    assert_string_equal(t.origin, F);
+    uint64_t d1 = t.digest;
+    image_set_free(&t);
+    const char *twice[] = {F, F};
+    assert_int_equal(image_set_inputs(twice, 2, &t), ST_OK);
+    expect_inputs(&t, twice, 2);
+    assert_true(t.digest != d1);
+    image_set_free(&t);
+    // A changed size changes the digest.
+    put(F, 19, 7);
+    assert_int_equal(image_set_inputs(in, 3, &t), ST_OK);
+    assert_true(t.digest != s.digest);
+    image_set_free(&t);
+    // A directory without images among others is fine.
+    const char *with_empty[] = {S("%s/empty", D), F};
+    assert_int_equal(image_set_inputs(with_empty, 2, &t), ST_OK);
+    expect_inputs(&t, one, 1);
+    image_set_free(&t);
+    image_set_free(&s);
+    assert_null(s.paths);
+}
+
+static void test_inputs_errors(void **state) {
+    (void)state;
+    alarm(30);  // a FIFO must never be opened blocking
+    const char *r = fresh("inputs-bad");
+    const char *ok = S("%s/ok.jpg", r);
+    put(ok, 5, 1);
+    const char *missing[] = {ok, S("%s/missing.jpg", r)};
+    expect_inputs_error(missing, 2, "missing.jpg", "No such file");
+    // No images at all: named paths.
+    const char *E1 = S("%s/e1", r), *E2 = S("%s/e2", r);
+    put(S("%s/readme.txt", E1), 3, 1);
+    mkdirs(S("%s/sub", E2));
+    const char *empty1[] = {E1};
+    expect_inputs_error(empty1, 1, E1, "no images");
+    const char *empty2[] = {E1, E2};
+    expect_inputs_error(empty2, 2, S("%s, %s", E1, E2), "no images");
+    const char *C = S("%s/comments.txt", r);
+    put_text(C, "# nothing\n\n");
+    const char *empty3[] = {C, E1};
+    expect_inputs_error(empty3, 2, C, "no images");
+    // A FIFO named like an image, given directly or found in a directory; one named like a list.
+    const char *fifo = S("%s/x.png", r);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    const char *f1[] = {ok, fifo};
+    expect_inputs_error(f1, 2, "x.png", "FIFO");
+    const char *pipe = S("%s/pipe", r);
+    assert_int_equal(mkfifo(pipe, 0644), 0);
+    const char *f2[] = {pipe};
+    expect_inputs_error(f2, 1, "pipe", "FIFO");
+    const char *FD = S("%s/fifo-dir", r);
+    put(S("%s/1.jpg", FD), 3, 1);
+    mkdirs(S("%s/sub", FD));
+    assert_int_equal(mkfifo(S("%s/sub/y.jpg", FD), 0644), 0);
+    const char *f3[] = {FD};
+    expect_inputs_error(f3, 1, "sub/y.jpg", "FIFO");
+    // A list entry: a FIFO, a missing file, a directory; a NUL byte.
+    const char *LF = S("%s/lf.txt", r);
+    put_text(LF, "ok.jpg\nx.png 0\n");
+    const char *l1[] = {LF};
+    expect_inputs_error(l1, 1, "lf.txt:2", "FIFO");
+    put_text(LF, "ok.jpg\n# c\nnope.jpg\n");
+    expect_inputs_error(l1, 1, "lf.txt:3", "nope.jpg");
+    put_text(LF, "e1\n");
+    expect_inputs_error(l1, 1, "lf.txt:1", "directory");
+    assert_int_equal(tu_write_file(LF, "ok.jpg\nbad\0.jpg\n", 16, 0), 0);
+    expect_inputs_error(l1, 1, "lf.txt:2", "NUL");
+    // A dangling symlink; an empty path; no paths.
+    const char *dangling = S("%s/gone.jpg", r);
+    assert_int_equal(symlink(S("%s/nothing", r), dangling), 0);
+    const char *d1[] = {dangling};
+    expect_inputs_error(d1, 1, "gone.jpg", "No such file");
+    const char *e[] = {ok, ""};
+    expect_inputs_error(e, 2, "input 2 of 2", "empty");
+    expect_inputs_error(NULL, 0, "no inputs", NULL);
+    // A symlink loop inside a directory given.
+    const char *LD = S("%s/loopdir", r);
+    put(S("%s/a.jpg", LD), 3, 1);
+    mkdirs(S("%s/sub", LD));
+    assert_int_equal(symlink("..", S("%s/sub/up", LD)), 0);
+    const char *l2[] = {LD};
+    expect_inputs_error(l2, 1, "sub/up", "symlink loop");
+    alarm(0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_folder_order),         cmocka_unit_test(test_folder_class_filter),
@@ -609,7 +809,8 @@ int main(void) {
         cmocka_unit_test(test_folder_digest),        cmocka_unit_test(test_list_good),
         cmocka_unit_test(test_list_digest),          cmocka_unit_test(test_list_errors),
         cmocka_unit_test(test_list_large),           cmocka_unit_test(test_read),
-        cmocka_unit_test(test_read_threads),
+        cmocka_unit_test(test_read_threads),         cmocka_unit_test(test_inputs_mix),
+        cmocka_unit_test(test_inputs_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# cli_data.sh — your own images (data.format=folder|list, src/train_stream.c): Fashion-MNIST written as PNG
+# ImageFolder trees and list files trains bit for bit as the IDX path with the same samples in the same order
+# (crop and flip drawn by the loader's workers equal the gather's) at np 1 and np 2; any worker count, a
+# mid-epoch resume and a validation split; --eval names the classes; bad input exits 2 naming the file and the
+# reason. Prints the measured figures. Run by ctest: cli_data.sh TRAINER SOURCE_DIR BINARY_DIR
+# needs: mpi
+. "$(dirname "$0")/testlib.sh" "$@"
+need_data
+need_tool
+make_tmp --cd
+python3 "$src/tests/make_images.py" fmnist "$data" img 384 192 || { echo "FAIL: make_images.py"; exit 1; }
+cfg=$src/configs/fashion_mnist_cnn.cfg
+base=(--config "$cfg" --epochs 1 --threads 1 --set net.batch=32 --set data.crop_pad=2 --set data.flip=1
+  --set data.normalize=1 --set data.mean=0.286 --set data.std=0.353)
+idx=(--set data.train_images=img/train-images-idx3-ubyte --set data.train_labels=img/train-labels-idx1-ubyte
+  --set data.test_images=img/test-images-idx3-ubyte --set data.test_labels=img/test-labels-idx1-ubyte)
+folder=(--set data.format=folder --set data.train_dir=img/train --set data.test_dir=img/test)
+list=(--set data.format=list --set data.train_list=img/train.txt --set data.test_list=img/test.txt)
+line() { grep -m1 "^epoch 1/" "$1" | sed 's/ | [0-9.]* s .*//'; }
+
+# ---- the same samples, three formats: bit-identical weights (np 1, np 2)
+for np in 1 2; do
+  launch=()
+  [ "$np" -gt 1 ] && { need_mpirun; launch=("${mpi[@]}" -np "$np"); }
+  for fmt in idx folder list; do
+    declare -n extra=$fmt
+    if timeout -k 2 300 "${launch[@]}" "$trainer" "${base[@]}" "${extra[@]}" --save "$fmt$np.safetensors" \
+      >"$tmp/out" 2>"$tmp/err"; then
+      cat "$tmp/out" "$tmp/err" >"$fmt$np.log"
+    else
+      bad "np $np format=$fmt: exit $?"
+    fi
+  done
+  for fmt in folder list; do
+    if "$tool" same "idx$np.safetensors" "$fmt$np.safetensors" >/dev/null 2>&1; then
+      ok "np $np: format=$fmt trains bit-identically to the IDX path ($(line "$fmt$np.log"))"
+    else
+      bad "np $np: format=$fmt differs from the IDX path: $(line "$fmt$np.log") vs $(line "idx$np.log")"
+    fi
+  done
+done
+
+# ---- any number of decode threads, and a deep prefetch: the same batches
+if run "${base[@]}" "${folder[@]}" --set data.workers=3 --set data.prefetch=5 --save w3.safetensors &&
+  "$tool" same folder1.safetensors w3.safetensors >/dev/null; then
+  ok "data.workers=3 prefetch=5 gives the same weights as the default"
+else
+  bad "workers=3 differs"
+fi
+
+# ---- a mid-epoch resume is bit-identical to the uninterrupted run
+if run "${base[@]}" "${folder[@]}" --steps 5 --save part.safetensors &&
+  run "${base[@]}" "${folder[@]}" --resume part.safetensors --save part.safetensors &&
+  "$tool" same folder1.safetensors part.safetensors >/dev/null; then
+  ok "stopped at step 5 of 12 and resumed: the same weights as one run"
+else
+  bad "mid-epoch resume differs"
+fi
+
+# ---- --eval: the checkpoint's class names, and its test figures again
+if run --eval folder1.safetensors --threads 1 && grep -q "  0 c0: " "$tmp/out" && grep -q "identical" "$tmp/out"; then
+  ok "--eval of a folder checkpoint: class names and the epoch's test figures, bit for bit"
+else
+  bad "--eval of the folder checkpoint: $(head -3 "$tmp/out" | tr '\n' ' ')"
+fi
+
+# ---- validation: held out by val_fraction; epochs report it, the test set is measured at the end
+if run "${base[@]}" "${folder[@]}" --set data.val_fraction=0.25 --epochs 2 && grep -q "^epoch 2/2 .*| val loss" "$tmp/out" &&
+  grep -q "^final test: loss" "$tmp/out"; then
+  ok "val_fraction=0.25: $(grep -m1 '^data:' "$tmp/out" | cut -c1-110)...; $(grep '^final test' "$tmp/out")"
+else
+  bad "val_fraction"
+fi
+
+# ---- bad input: exit 2, one line naming the file and the reason
+cp -r img/test bad
+expect2() {  # expect2 NAME TEXT ARGS...: exit 2 and TEXT in the message
+  local name=$1 text=$2
+  shift 2
+  local t0
+  t0=$(now)
+  run "$@"
+  local rc=$?
+  if [ "$rc" -eq 2 ] && has "$text"; then
+    ok "$name: exit 2 in $(since "$t0") s: $(grep -m1 -i 'error' "$tmp/err" | cut -c1-150)"
+  else
+    bad "$name: exit $rc, want 2 and '$text'"
+  fi
+}
+tfolder() { echo --set data.format=folder --set data.train_dir="$1" --set data.test_dir=img/test; }
+reset_bad() { rm -rf bad; cp -r img/test bad; }
+f0=$(find bad/c0 -name '*.png' | sort | head -1)
+head -c 200 "$f0" >t.png && mv t.png "$f0"
+# shellcheck disable=SC2046
+expect2 "truncated PNG" "$f0" "${base[@]}" $(tfolder bad)
+reset_bad
+echo "this is not an image" >"$f0"
+# shellcheck disable=SC2046
+expect2 "a text file named .png" "not a JPEG or PNG" "${base[@]}" $(tfolder bad)
+reset_bad
+python3 "$src/tests/make_images.py" png "$f0" 20000 20000 1 --bad bomb
+# shellcheck disable=SC2046
+expect2 "a 20000x20000 PNG (decompression bomb)" "max_pixels" "${base[@]}" $(tfolder bad)
+reset_bad
+rm -f bad/c3/*.png
+# shellcheck disable=SC2046
+expect2 "an empty class directory" "bad/c3" "${base[@]}" $(tfolder bad)
+reset_bad
+mkfifo bad/c1/fifo.png
+# shellcheck disable=SC2046
+expect2 "a FIFO named .png" "fifo.png" "${base[@]}" $(tfolder bad)
+reset_bad
+ln -s .. bad/c2/loop
+# shellcheck disable=SC2046
+expect2 "a directory symlink loop" "loop" "${base[@]}" $(tfolder bad)
+reset_bad
+mkdir -p empty
+expect2 "no images at all" "empty" "${base[@]}" --set data.format=folder --set data.train_dir=empty --set data.test_dir=img/test
+mkdir -p val2/c0 val2/zz && cp img/test/c0/*.png val2/c0/ && cp img/test/c1/*.png val2/zz/
+expect2 "a class in val but not in train" "zz" "${base[@]}" "${folder[@]}" --set data.val_dir=val2
+sed '3s/ [0-9]*$/ 12/' img/train.txt >img/bad_label.txt
+expect2 "a label out of range in a list" "bad_label.txt:3" "${base[@]}" "${list[@]}" --set data.train_list=img/bad_label.txt
+sed '4s/^train/missing/' img/train.txt >img/missing.txt
+expect2 "a missing file in a list" "missing" "${base[@]}" "${list[@]}" --set data.train_list=img/missing.txt
+expect2 "net.classes differs from the class directories" "net.classes=7" "${base[@]}" "${folder[@]}" --set net.classes=7 \
+  --set dense2.units=7
+expect2 "normalize=1 without mean/std on a streamed set" "needs data.mean" --config "$cfg" "${folder[@]}" --set data.normalize=1
+
+# ---- data.skip_bad: an unreadable image is replaced, counted and reported; more than max_bad is an error
+cp -r img/train skip
+echo "not an image" >"$(find skip/c5 -name '*.png' | sort | head -1)"
+if run "${base[@]}" --set data.format=folder --set data.train_dir=skip --set data.test_dir=img/test --set data.skip_bad=1 \
+  --metrics m.jsonl && grep -q "1 unreadable image(s) skipped" "$tmp/out" && grep -q '"bad_images":1' m.jsonl; then
+  ok "skip_bad=1: the bad image skipped, counted in the log and the metrics"
+else
+  bad "skip_bad=1"
+fi
+expect2 "more than data.max_bad skipped" "max_bad=0" "${base[@]}" --set data.format=folder --set data.train_dir=skip \
+  --set data.test_dir=img/test --set data.skip_bad=1 --set data.max_bad=0
+
+# ---- 1x1 images train (resized to the input)
+mkdir -p tiny/a tiny/b
+for i in 0 1 2 3; do
+  python3 "$src/tests/make_images.py" png "tiny/a/$i.png" 1 1 1
+  python3 "$src/tests/make_images.py" png "tiny/b/$i.png" 1 1 3
+done
+if run --config "$cfg" --epochs 1 --threads 1 --set net.batch=2 --set net.classes=2 --set dense2.units=2 --set data.format=folder \
+  --set data.train_dir=tiny --set data.test_dir=tiny --set data.resize=28; then
+  ok "1x1 images (gray and RGB) train at 28x28"
+else
+  bad "1x1 images"
+fi
+finish cli_data
