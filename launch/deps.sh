@@ -4,7 +4,7 @@
 set -euo pipefail
 
 DDP_PACKAGES=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libcmocka-dev zlib1g-dev
-  libopenblas-dev libdnnl-dev libinih-dev libcjson-dev libturbojpeg0-dev libspng-dev libjpeg-turbo-progs gnuplot-nox
+  libopenblas-dev libdnnl-dev libinih-dev libcjson-dev libturbojpeg0-dev libspng-dev libjpeg-turbo-progs python3-pil gnuplot-nox
   dataset-fashion-mnist)
 
 ddp_missing_packages() {

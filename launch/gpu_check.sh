@@ -36,16 +36,18 @@
 #   -h, --help          this text
 #
 # Stages (limit in seconds; 540 in all): preflight (20) machine, tools, GPU and where each library comes from;
-# build (120) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
+# build (110) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
 # CUDA op against the CPU op); capture (25) test_cuda_capture; staging (40) --comm mpi with the all-reduce forced
 # at world 1 (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce:
 # bit-identical checkpoints; graph (40) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
 # with every per-step device value (batch norm, dropout, crop and flip, accumulation, one-cycle lr, Adam's step,
-# clipping, forced all-reduce: tests/gpu_graph.cfg); nccl (30) bench_allreduce -c nccl and training with
-# parallel.force_allreduce=1, graph on and off; sanitize (70) compute-sanitizer memcheck then synccheck over
+# clipping, forced all-reduce: tests/gpu_graph.cfg); stream (30) Fashion-MNIST as PNG folders through the
+# streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
+# IDX in the same order, bit for bit, with crop and flip; nccl (30) bench_allreduce -c nccl and training with
+# parallel.force_allreduce=1, graph on and off; sanitize (60) compute-sanitizer memcheck then synccheck over
 # test_cuda_capture and a 20-step forced-all-reduce graph run; parity (45) CPU vs GPU losses and accuracy;
 # runs (30) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
-# vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; bench (35)
+# vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; bench (25)
 # launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
 # timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
@@ -54,12 +56,12 @@
 # --no-gpu).
 set -euo pipefail
 
-STAGES=(preflight build cuda-tests capture staging graph nccl sanitize parity runs resnet bench)
-declare -A LIMIT=([preflight]=20 [build]=120 [cuda-tests]=45 [capture]=25 [staging]=40 [graph]=40 [nccl]=30
-                  [sanitize]=70 [parity]=45 [runs]=30 [resnet]=40 [bench]=35)
+STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet bench)
+declare -A LIMIT=([preflight]=20 [build]=110 [cuda-tests]=45 [capture]=25 [staging]=40 [graph]=40 [stream]=30
+                  [nccl]=30 [sanitize]=60 [parity]=45 [runs]=30 [resnet]=40 [bench]=25)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
-declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
+declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
                         [resnet]=1 [bench]=1)
 
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
@@ -506,6 +508,39 @@ stage_graph() {
   fi
   all_passed
   key "$k"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage: the streamed data path on the GPU: batches decoded by the loader's workers into pinned host memory,
+# copied by stage_upload on the copy stream (events both ways) into the buffer the step's gather (and its graph)
+# reads. Fashion-MNIST as PNG folders must train bit-identically with the graph and without it, and to the IDX
+# files of the same samples in the same order (tests/make_images.py), with crop and flip drawn by the workers.
+stage_stream() {
+  local be=(--backend cuda --comm nccl) bad=() k='' img="$work/stream-img" data_args=()
+  [ -n "$fmnist" ] || die "no Fashion-MNIST"
+  if cpu_mode; then be=(--backend cpu --comm mpi --threads 2) k='cpu emulation: '; fi
+  rm -rf "$img"
+  python3 tests/make_images.py fmnist "$fmnist" "$img" 2048 512 || die "tests/make_images.py failed"
+  local common=(--config "$cfg_gpu" "${be[@]}" --epochs 1 --seed 5 --set net.deterministic=1 --set data.crop_pad=2
+                --set data.flip=1 --set data.normalize=1 --set data.mean=0.286 --set data.std=0.353
+                --set data.train_limit=0 --set data.test_limit=0)
+  local folder=(--set data.format=folder --set "data.train_dir=$img/train" --set "data.test_dir=$img/test")
+  local idx=(--set "data.train_images=$img/train-images-idx3-ubyte" --set "data.train_labels=$img/train-labels-idx1-ubyte"
+             --set "data.test_images=$img/test-images-idx3-ubyte" --set "data.test_labels=$img/test-labels-idx1-ubyte")
+  if train stream-graph "${common[@]}" "${folder[@]}" --save "$work/stream-graph.safetensors" &&
+     train stream-eager "${common[@]}" "${folder[@]}" --set net.cuda_graph=0 --save "$work/stream-eager.safetensors" &&
+     train stream-idx "${common[@]}" "${idx[@]}" --save "$work/stream-idx.safetensors"; then
+    cpu_mode || graph_used stream-graph || bad+=("stream-graph ran without the CUDA graph: nothing compared")
+    same_params "$work/stream-graph.safetensors" "$work/stream-eager.safetensors" && k+="folder: graph == eager; " ||
+      bad+=("streamed batches: graph replay and eager differ (the graph read a stale staged batch?)")
+    same_params "$work/stream-graph.safetensors" "$work/stream-idx.safetensors" && k+="folder == IDX; " ||
+      bad+=("the PNG folder and the IDX files of the same samples train differently")
+    k+="data_wait $(jget "$work/stream-graph.jsonl" data_wait_s) s/step"
+  else
+    bad+=("streamed runs failed")
+  fi
+  all_passed
+  key "$k (bit for bit, 2048 images, crop+flip)"
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -250,9 +250,6 @@ static int validate_data(const net_config *cfg) {
                    cfg->data_format == DATA_FOLDER ? "folder" : "list");
     if (cfg->channels != 1 && cfg->channels != 3)
         return ERR(ST_INPUT, "%s: [net] channels=%d: images decode to 1 (gray) or 3 (RGB) channels", p, cfg->channels);
-    if (cfg->train_limit || cfg->test_limit)
-        return ERR(ST_INPUT, "%s: [data] %s is for format=idx or cifar10", p,
-                   cfg->train_limit ? "train_limit" : "test_limit");
     return ST_OK;
 }
 

@@ -132,6 +132,9 @@ int train_stream_setup(trainer *t, int training) {
     const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir : cfg->val_list;
     if (training && val[0]) TRY(set_load(cfg, 1, &t->sets[0], &t->sets[1]));
     TRY(set_load(cfg, 2, &t->sets[0], &t->sets[2]));
+    // train_limit / test_limit: the first N samples, as for the in-memory formats
+    if (cfg->train_limit > 0 && cfg->train_limit < t->sets[0].n) t->sets[0].n = cfg->train_limit;
+    if (cfg->test_limit > 0 && cfg->test_limit < t->sets[2].n) t->sets[2].n = cfg->test_limit;
     t->n_train_view = t->sets[0].n;
     if (training && cfg->val_fraction > 0) TRY(split_setup(t));
     t->n_val_view = t->val_map ? t->n_val_view : t->sets[1].n;

@@ -19,6 +19,20 @@ folder=(--set data.format=folder --set data.train_dir=img/train --set data.test_
 list=(--set data.format=list --set data.train_list=img/train.txt --set data.test_list=img/test.txt)
 line() { grep -m1 "^epoch 1/" "$1" | sed 's/ | [0-9.]* s .*//'; }
 
+expect2() {  # expect2 NAME TEXT ARGS...: exit 2 and TEXT in the message
+  local name=$1 text=$2
+  shift 2
+  local t0
+  t0=$(now)
+  run "$@"
+  local rc=$?
+  if [ "$rc" -eq 2 ] && has "$text"; then
+    ok "$name: exit 2 in $(since "$t0") s: $(grep -m1 -i 'error' "$tmp/err" | cut -c1-150)"
+  else
+    bad "$name: exit $rc, want 2 and '$text'"
+  fi
+}
+
 # ---- the same samples, three formats: bit-identical weights (np 1, np 2)
 for np in 1 2; do
   launch=()
@@ -65,6 +79,45 @@ else
   bad "--eval of the folder checkpoint: $(head -3 "$tmp/out" | tr '\n' ' ')"
 fi
 
+# ---- --predict on image files, a folder and a list file: path,class,class_name,probability,p0..p9
+if run --predict folder1.safetensors --threads 1 --images img/test/c0/"$(ls img/test/c0 | head -1)" --images img/test/c1 \
+  --images img/test.txt --out pred.csv; then
+  rows=$(($(wc -l <pred.csv) - 1)) want=$((1 + $(ls img/test/c1 | wc -l) + 192))
+  if [ "$rows" -eq "$want" ] && head -1 pred.csv | grep -q '^path,class,class_name,probability,p0,' &&
+    sed -n 2p pred.csv | grep -q '^img/test/c0/.*png,[0-9],c[0-9],0\.'; then
+    ok "--predict on a file, a folder and a list: $rows rows, e.g. $(sed -n 2p pred.csv | cut -d, -f1-4)"
+  else
+    bad "--predict rows: $rows (want $want): $(head -2 pred.csv | tr '\n' ' ')"
+  fi
+else
+  bad "--predict on image files"
+fi
+
+# ---- JPEG: a folder of JPEGs (libjpeg-turbo's cjpeg from the PGMs) trains; a truncated one is refused
+if command -v cjpeg >/dev/null; then
+  for d in c0 c1; do
+    mkdir -p jpg/$d
+    for f in $(ls img/train/$d | head -8); do
+      python3 -c "import sys,zlib,struct
+d=open(sys.argv[1],'rb').read(); w,h=struct.unpack('>II',d[16:24]); i=d.index(b'IDAT'); n=struct.unpack('>I',d[i-4:i])[0]
+raw=zlib.decompress(d[i+4:i+4+n]); px=b''.join(raw[y*(w+1)+1:(y+1)*(w+1)] for y in range(h))
+sys.stdout.buffer.write(b'P5 %d %d 255\n'%(w,h)+px)" "img/train/$d/$f" | cjpeg -quality 90 >"jpg/$d/${f%.png}.jpg"
+    done
+  done
+  if run --config "$cfg" --epochs 1 --threads 1 --set net.batch=4 --set net.classes=2 --set dense2.units=2 \
+    --set data.format=folder --set data.train_dir=jpg --set data.test_dir=jpg; then
+    ok "a folder of JPEGs trains: $(grep '^epoch 1/1' "$tmp/out" | cut -c1-60)"
+  else
+    bad "JPEG folder"
+  fi
+  j=$(find jpg/c1 -name '*.jpg' | sort | head -1)
+  head -c 300 "$j" >t.jpg && mv t.jpg "$j"
+  expect2 "truncated JPEG" "$j" --config "$cfg" --epochs 1 --threads 1 --set net.batch=4 --set net.classes=2 \
+    --set dense2.units=2 --set data.format=folder --set data.train_dir=jpg --set data.test_dir=jpg
+else
+  bad "cjpeg missing (launch/deps.sh installs libjpeg-turbo-progs)"
+fi
+
 # ---- validation: held out by val_fraction; epochs report it, the test set is measured at the end
 if run "${base[@]}" "${folder[@]}" --set data.val_fraction=0.25 --epochs 2 && grep -q "^epoch 2/2 .*| val loss" "$tmp/out" &&
   grep -q "^final test: loss" "$tmp/out"; then
@@ -75,19 +128,6 @@ fi
 
 # ---- bad input: exit 2, one line naming the file and the reason
 cp -r img/test bad
-expect2() {  # expect2 NAME TEXT ARGS...: exit 2 and TEXT in the message
-  local name=$1 text=$2
-  shift 2
-  local t0
-  t0=$(now)
-  run "$@"
-  local rc=$?
-  if [ "$rc" -eq 2 ] && has "$text"; then
-    ok "$name: exit 2 in $(since "$t0") s: $(grep -m1 -i 'error' "$tmp/err" | cut -c1-150)"
-  else
-    bad "$name: exit $rc, want 2 and '$text'"
-  fi
-}
 tfolder() { echo --set data.format=folder --set data.train_dir="$1" --set data.test_dir=img/test; }
 reset_bad() { rm -rf bad; cp -r img/test bad; }
 f0=$(find bad/c0 -name '*.png' | sort | head -1)
