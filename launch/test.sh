@@ -3,7 +3,9 @@
 #   ./launch/test.sh                 Release build in build/, all tests
 #   ./launch/test.sh --sanitize      ASan+UBSan build in build-asan/ (CUDA off), all tests
 #   ./launch/test.sh -R PATTERN      only tests matching PATTERN (passed to ctest)
-# Environment: TRAINER_CUDA=AUTO|ON|OFF (default AUTO), BUILD_DIR, JOBS.
+# Environment: TRAINER_CUDA=AUTO|ON|OFF (default AUTO), BUILD_DIR, JOBS (build), CTEST_JOBS (tests run at once,
+# default the cores: most whole-program tests spend their time waiting on timeouts and child processes; the
+# cluster-in-a-box test runs alone, tests/CMakeLists.txt).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac  # before any work
 cd "$(dirname "$0")/.."
@@ -33,4 +35,4 @@ jobs=${JOBS:-$(nproc)}
 cmake -S . -B "$build_dir" "${cmake_args[@]}"
 cmake --build "$build_dir" -j "$jobs"
 cd "$build_dir"
-ctest --output-on-failure "${ctest_args[@]}"
+ctest --output-on-failure -j "${CTEST_JOBS:-$jobs}" "${ctest_args[@]}"

@@ -44,6 +44,8 @@ struct loader {
     // bad samples (skip_bad)
     uint8_t *bad_bits;    // one bit per sample of the set
     long long n_bad;
+    uint8_t *read_bits;   // one bit per sample of the set: read at least once
+    long long reads, n_read;
     char first_bad[512];
 };
 
@@ -61,9 +63,17 @@ typedef struct worker_buf {
     size_t cap;
 } worker_buf;
 
+static void read_count(loader *l, int32_t i) {
+    pthread_mutex_lock(&l->mu);
+    l->reads++;
+    if (!((l->read_bits[i >> 3] >> (i & 7)) & 1)) l->read_bits[i >> 3] |= (uint8_t)(1u << (i & 7)), l->n_read++;
+    pthread_mutex_unlock(&l->mu);
+}
+
 static int decode_one(loader *l, worker_buf *w, int training, int64_t epoch, int32_t index, uint8_t *out, char *err,
                       size_t len) {
     size_t n = 0;
+    read_count(l, index);
     int st = image_set_read(l->o.set, index, l->o.max_file_bytes, &w->file, &w->cap, &n, err, len);
     if (st != ST_OK) return st;
     return image_sample(w->ctx, &l->o.tf, training, image_set_path(l->o.set, index), w->file, n, epoch, index, out, err,
@@ -188,7 +198,8 @@ int loader_create(loader **out, const loader_opts *o) {
     pthread_cond_init(&l->cv_done, NULL);
     l->slots = calloc((size_t)l->n_slots, sizeof *l->slots);
     l->bad_bits = calloc((size_t)o->set->n / 8 + 1, 1);
-    int st = l->slots && l->bad_bits ? ST_OK : ERR(ST_RUNTIME, "out of host memory for the loader");
+    l->read_bits = calloc((size_t)o->set->n / 8 + 1, 1);
+    int st = l->slots && l->bad_bits && l->read_bits ? ST_OK : ERR(ST_RUNTIME, "out of host memory for the loader");
     for (int i = 0; st == ST_OK && i < l->n_slots; i++) {
         l->slots[i].x = l->o.host_alloc(l->o.alloc_arg, (size_t)o->batch * l->sample_bytes);
         l->slots[i].y = l->o.host_alloc(l->o.alloc_arg, (size_t)o->batch * sizeof(int32_t));
@@ -231,6 +242,7 @@ void loader_destroy(loader *l) {
     free(l->threads);
     free(l->seq);
     free(l->bad_bits);
+    free(l->read_bits);
     free(l);
 }
 
@@ -291,6 +303,12 @@ int loader_next(loader *l, const uint8_t **x, const int32_t **y, int *n) {
     if (st != ST_OK) return ERR(st, "%s", msg);
     *x = s->x, *y = s->y, *n = (int)size;
     return ST_OK;
+}
+
+void loader_reads(loader *l, long long *reads, long long *distinct) {
+    pthread_mutex_lock(&l->mu);
+    *reads = l->reads, *distinct = l->n_read;
+    pthread_mutex_unlock(&l->mu);
 }
 
 long long loader_bad_count(loader *l) {

@@ -46,6 +46,9 @@ int loader_start(loader *l, int training, int64_t epoch, const int32_t *indices,
 // every run; more than max_bad distinct bad samples is ST_INPUT. Past the sequence's end: ST_RUNTIME.
 int loader_next(loader *l, const uint8_t **x, const int32_t **y, int *n);
 
+// Files read so far (every sample read, bad ones included) and how many distinct samples of the set they were.
+void loader_reads(loader *l, long long *reads, long long *distinct);
+
 // Distinct samples found bad so far (skip_bad), and the first one's message ("" when none).
 long long loader_bad_count(loader *l);
 void loader_first_bad(loader *l, char *msg, size_t len);

@@ -714,6 +714,7 @@ static int run_epochs(trainer *t, const baseline *bl, int metrics, train_result 
             LOG0("final test: loss %.4f acc %.4f (%d images, %.2f s)\n", res->test_loss, res->test_acc, t->test.n,
                  now_s() - ev0);
     }
+    if (st == ST_OK && t->sets) train_stream_report(t);
     backend_free(be, scratch);
     res->steps = t->global_step;
     return st;

@@ -183,6 +183,7 @@ int train_stream_eval_start(trainer *t, int val, int begin, int end, int eb);  /
 int train_stream_eval_batch(trainer *t, int n, const int32_t **h_labels);     // the next n into d_test_x / y
 int train_stream_eval_n(const trainer *t, int val);  // samples in the evaluated set
 long long train_stream_bad(const trainer *t); // images skipped (data.skip_bad)
+void train_stream_report(trainer *t);         // every rank: the training files it read (distinct), of how many
 
 // ---------------------------------------------------------------------------------------------------------
 // train_setup.c

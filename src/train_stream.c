@@ -241,6 +241,17 @@ int train_stream_eval_n(const trainer *t, int val) {
     return val ? t->n_val_view : t->sets[2].n;
 }
 
+// Every rank's line (it is a per-rank fact): the training images this rank read, of how many, so a job log shows
+// that each rank read only its share.
+void train_stream_report(trainer *t) {
+    if (!t->ld_train || g_quiet) return;
+    long long reads = 0, distinct = 0;
+    loader_reads(t->ld_train, &reads, &distinct);
+    printf("data: rank %d (%s) read %lld training image files (%lld distinct) of %d\n", t->rank, g_host, reads, distinct,
+           t->n_train_view);
+    fflush(stdout);
+}
+
 // Bad images skipped so far (data.skip_bad), training and evaluation loaders together.
 long long train_stream_bad(const trainer *t) {
     return (t->ld_train ? loader_bad_count(t->ld_train) : 0) + (t->ld_eval ? loader_bad_count(t->ld_eval) : 0);

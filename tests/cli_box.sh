@@ -204,6 +204,25 @@ else
   bad "preemption: the job did not start"; wait "$submit_pid"
 fi
 
+# ---- 5. your own images across the 2 nodes: one folder path both nodes see (the box's shared directory, as a
+#         cluster file system), each rank reading only its share of the training images
+img=$DDP_BOX_DIR/images
+python3 "$src/tests/make_images.py" fmnist "$data" "$img" 1024 256 || bad "make_images.py"
+t0=$(now)
+timeout 300 "$box_sh" submit -- --epochs 1 --batch 32 --set data.format=folder --set "data.train_dir=$img/train" \
+  --set "data.test_dir=$img/test" --set data.normalize=1 --set data.mean=0.286 --set data.std=0.353 \
+  --set data.flip=1 >"$tmp/folder.out" 2>&1
+rc=$?
+reads=$(grep -o 'data: rank [0-9] ([^)]*) read [0-9]* training image files ([0-9]* distinct) of [0-9]*' "$tmp/folder.out" | sort)
+if [ "$rc" -eq 0 ] && [ "$(grep -c 'read 512 training image files (512 distinct) of 1024' <<<"$reads")" -eq 2 ] &&
+   grep -q 'rank 0 (n1)' <<<"$reads" && grep -q 'rank 1 (n2)' <<<"$reads"; then
+  ok "a PNG folder on the shared directory, 2 nodes: exit 0 in $(since "$t0") s, test accuracy $(acc_of "$tmp/folder.out");" \
+     "$(tr '\n' ';' <<<"$reads" | sed 's/;$//; s/;/; /g')"
+else
+  bad "folder run across the nodes: exit $rc, reads: $reads"; tail -n 12 "$tmp/folder.out"
+fi
+rm -rf "$img"
+
 echo "box tests: $((SECONDS - t_start)) s"
 if [ "$fails" -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "PASS"
