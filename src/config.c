@@ -69,7 +69,7 @@ static const key_def g_keys[] = {
     {S_NET, "deterministic", K_INT, OFF(deterministic), 0, 0, 1, NULL, 0},
     {S_NET, "cuda_graph", K_INT, OFF(cuda_graph), 0, 0, 1, NULL, 0},
     {S_NET, "eval_batch", K_INT, OFF(eval_batch), 0, 1, 1 << 20, NULL, 0},
-    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10|folder|list", 0},
+    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10|folder|list|shards", 0},
     {S_DATA, "train_images", K_STR, OFF(train_images), SZ(train_images), 0, 0, NULL, 0},
     {S_DATA, "train_labels", K_STR, OFF(train_labels), SZ(train_labels), 0, 0, NULL, 0},
     {S_DATA, "test_images", K_STR, OFF(test_images), SZ(test_images), 0, 0, NULL, 0},
@@ -84,6 +84,10 @@ static const key_def g_keys[] = {
     {S_DATA, "val_list", K_STR, OFF(val_list), SZ(val_list), 0, 0, NULL, 0},
     {S_DATA, "test_list", K_STR, OFF(test_list), SZ(test_list), 0, 0, NULL, 0},
     {S_DATA, "names", K_STR, OFF(names), SZ(names), 0, 0, NULL, 0},
+    {S_DATA, "train_shards", K_STR, OFF(train_shards), SZ(train_shards), 0, 0, NULL, 0},
+    {S_DATA, "val_shards", K_STR, OFF(val_shards), SZ(val_shards), 0, 0, NULL, 0},
+    {S_DATA, "test_shards", K_STR, OFF(test_shards), SZ(test_shards), 0, 0, NULL, 0},
+    {S_DATA, "shuffle_buffer", K_INT, OFF(shuffle_buffer), 0, 0, 1 << 24, NULL, 0},
     {S_DATA, "val_fraction", K_DOUBLE, OFF(val_fraction), 0, 0, 0.9, NULL, 0},
     {S_DATA, "workers", K_INT, OFF(workers), 0, 0, 1024, NULL, 0},
     {S_DATA, "prefetch", K_INT, OFF(prefetch), 0, 1, 64, NULL, 0},
@@ -878,9 +882,10 @@ int config_data_paths(const net_config *cfg, char paths[CFG_DATA_FILES_MAX][CFG_
         snprintf(paths[5], sizeof paths[5], "%s/test_batch.bin", cfg->cifar_dir);
         return 6;
     }
-    if (cfg->data_format == DATA_FOLDER || cfg->data_format == DATA_LIST) {  // the trees or lists read (not all given)
+    if (CFG_STREAMED(cfg)) {  // the trees or lists read (not all given; shard patterns are not file names)
         const char *s[4] = {cfg->train_dir, cfg->val_dir, cfg->test_dir, ""};
         if (cfg->data_format == DATA_LIST) s[0] = cfg->train_list, s[1] = cfg->val_list, s[2] = cfg->test_list, s[3] = cfg->names;
+        if (cfg->data_format == DATA_SHARDS) s[0] = s[1] = s[2] = "", s[3] = cfg->names;
         int n = 0;
         for (int i = 0; i < 4; i++)
             if (s[i][0]) snprintf(paths[n++], sizeof paths[0], "%s", s[i]);

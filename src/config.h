@@ -37,9 +37,9 @@ enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCL
 #define CFG_LR_STEPS_MAX 32
 #define CFG_NORM_CHANNELS_MAX 16    // data.normalize: channels with a mean and std (GATHER_AUG_CHANNELS_MAX)
 #define CFG_NORM_TEXT 512
-enum data_format { DATA_IDX = 1, DATA_CIFAR10, DATA_FOLDER, DATA_LIST };
+enum data_format { DATA_IDX = 1, DATA_CIFAR10, DATA_FOLDER, DATA_LIST, DATA_SHARDS };
 // Streamed formats: decoded by the loader's workers batch by batch (src/loader.h), never held whole.
-#define CFG_STREAMED(cfg) ((cfg)->data_format == DATA_FOLDER || (cfg)->data_format == DATA_LIST)
+#define CFG_STREAMED(cfg) ((cfg)->data_format >= DATA_FOLDER)
 enum normalize_kind { NORM_OFF = 0, NORM_ON = 1, NORM_IMAGENET = 2 };
 enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
 enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
@@ -92,7 +92,7 @@ typedef struct net_config {
     int eval_batch;             // default 1000
 
     // [data]
-    int data_format;            // idx (default) | cifar10 | folder | list
+    int data_format;            // idx (default) | cifar10 | folder | list | shards
     char train_images[CFG_PATH_MAX], train_labels[CFG_PATH_MAX];  // idx
     char test_images[CFG_PATH_MAX], test_labels[CFG_PATH_MAX];    // idx
     char cifar_dir[CFG_PATH_MAX];  // cifar10: directory with data_batch_{1..5}.bin and test_batch.bin
@@ -100,6 +100,10 @@ typedef struct net_config {
     // folder: torchvision ImageFolder trees (root/<class>/**/<image>); list: `path label` lines (src/image_set.h)
     char train_dir[CFG_PATH_MAX], val_dir[CFG_PATH_MAX], test_dir[CFG_PATH_MAX];
     char train_list[CFG_PATH_MAX], val_list[CFG_PATH_MAX], test_list[CFG_PATH_MAX], names[CFG_PATH_MAX];
+    // shards: WebDataset-style tar shards, brace patterns (train-{000000..000127}.tar); names as for list
+    char train_shards[CFG_PATH_MAX], val_shards[CFG_PATH_MAX], test_shards[CFG_PATH_MAX];
+    int shuffle_buffer;         // shards: 0 = the global permutation (random access, as folder); N = shards split
+                                // over ranks, read in order through a shuffle buffer of N samples (default 0)
     double val_fraction;        // held out of the training set for validation (default 0; or val_dir/val_list)
     int workers;                // decode threads per rank (default 0: a share of the rank's cores, docs/data.md)
     int prefetch;               // batches decoded ahead of the step (default 2)

@@ -227,27 +227,35 @@ static int validate_data(const net_config *cfg) {
     if (cfg->data_format == DATA_LIST && (!cfg->train_list[0] || !cfg->test_list[0]))
         return ERR(ST_INPUT, "%s: [data] format=list needs %s (a file of `path label` lines)", p,
                    cfg->train_list[0] ? "test_list" : "train_list");
-    const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir : cfg->val_list;
+    if (cfg->data_format == DATA_SHARDS && (!cfg->train_shards[0] || !cfg->test_shards[0]))
+        return ERR(ST_INPUT, "%s: [data] format=shards needs %s (tar shards, e.g. train-{000000..000127}.tar)", p,
+                   cfg->train_shards[0] ? "test_shards" : "train_shards");
+    const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir
+                      : cfg->data_format == DATA_SHARDS ? cfg->val_shards : cfg->val_list;
     if (val[0] && cfg->val_fraction > 0)
         return ERR(ST_INPUT, "%s: [data] val_fraction and val_%s both give a validation set: keep one", p,
-                   cfg->data_format == DATA_FOLDER ? "dir" : "list");
+                   cfg->data_format == DATA_FOLDER ? "dir" : cfg->data_format == DATA_SHARDS ? "shards" : "list");
+    if (cfg->shuffle_buffer && cfg->data_format != DATA_SHARDS)
+        return ERR(ST_INPUT, "%s: [data] shuffle_buffer is for format=shards", p);
     if (!streamed) {
         const char *only = cfg->train_dir[0] || cfg->val_dir[0] || cfg->test_dir[0] ? "train_dir/val_dir/test_dir"
                            : cfg->train_list[0] || cfg->val_list[0] || cfg->test_list[0] || cfg->names[0]
                                ? "train_list/val_list/test_list/names"
+                           : cfg->train_shards[0] || cfg->val_shards[0] || cfg->test_shards[0]
+                               ? "train_shards/val_shards/test_shards"
                            : cfg->resize ? "resize"
                            : cfg->random_resized_crop ? "random_resized_crop"
                            : cfg->val_fraction > 0 ? "val_fraction"
                                                    : NULL;
         if (only)
-            return ERR(ST_INPUT, "%s: [data] %s is for format=folder or format=list (format is %s)", p, only,
+            return ERR(ST_INPUT, "%s: [data] %s is for format=folder, list or shards (format is %s)", p, only,
                        cfg->data_format == DATA_CIFAR10 ? "cifar10" : "idx");
         return ST_OK;
     }
     if (cfg->normalize == NORM_ON && (!cfg->mean[0] || !cfg->std[0]))
         return ERR(ST_INPUT, "%s: [data] normalize=1 with format=%s needs data.mean and data.std (the set is streamed, "
                              "not loaded whole to measure them), or normalize=imagenet", p,
-                   cfg->data_format == DATA_FOLDER ? "folder" : "list");
+                   cfg->data_format == DATA_FOLDER ? "folder" : cfg->data_format == DATA_SHARDS ? "shards" : "list");
     if (cfg->channels != 1 && cfg->channels != 3)
         return ERR(ST_INPUT, "%s: [net] channels=%d: images decode to 1 (gray) or 3 (RGB) channels", p, cfg->channels);
     return ST_OK;

@@ -17,10 +17,11 @@
 // Set-up
 
 static int set_load(const net_config *cfg, int which, const image_set *train, image_set *out) {
-    static const char *const key[3][2] = {{"train_dir", "train_list"}, {"val_dir", "val_list"}, {"test_dir", "test_list"}};
     const char *dirs[3] = {cfg->train_dir, cfg->val_dir, cfg->test_dir};
     const char *lists[3] = {cfg->train_list, cfg->val_list, cfg->test_list};
-    (void)key;
+    const char *shards[3] = {cfg->train_shards, cfg->val_shards, cfg->test_shards};
+    if (cfg->data_format == DATA_SHARDS)
+        return image_set_shards(shards[which], cfg->names[0] ? cfg->names : NULL, cfg->classes, out);
     if (cfg->data_format == DATA_FOLDER)
         return image_set_folder(dirs[which], train ? train->class_names : NULL, train ? train->classes : 0, out);
     return image_set_list(lists[which], cfg->names[0] ? cfg->names : NULL, cfg->classes, out);
@@ -129,7 +130,8 @@ int train_stream_setup(trainer *t, int training) {
     if (cfg->data_format == DATA_FOLDER && t->sets[0].classes != cfg->classes)
         return ERR(ST_INPUT, "%s has %d class director%s but %s net.classes=%d", t->sets[0].origin, t->sets[0].classes,
                    t->sets[0].classes == 1 ? "y" : "ies", cfg->path, cfg->classes);
-    const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir : cfg->val_list;
+    const char *val = cfg->data_format == DATA_FOLDER ? cfg->val_dir
+                      : cfg->data_format == DATA_SHARDS ? cfg->val_shards : cfg->val_list;
     if (training && val[0]) TRY(set_load(cfg, 1, &t->sets[0], &t->sets[1]));
     TRY(set_load(cfg, 2, &t->sets[0], &t->sets[2]));
     // train_limit / test_limit: the first N samples, as for the in-memory formats
@@ -168,16 +170,79 @@ int train_stream_predict_setup(trainer *t, const char *const *paths, int n_paths
 // ---------------------------------------------------------------------------------------------------------
 // Sequences and staged batches
 
+// shards with shuffle_buffer = S > 0, WebDataset's way: the shards in a per-epoch order (seed, epoch), shard k of
+// that order read by rank k mod world, each shard's samples in their order (held-out ones skipped) through a buffer
+// of S samples: once it is full, each new sample takes the place of a random one, which goes out; at the end the
+// buffer empties in random order. A sample thus moves at most about S places, and the order depends on the number
+// of ranks. Each rank produces the epoch's steps x K x B samples, reading its shards again from the first when they
+// hold fewer (as WebDataset's resampled epochs do; a rank whose shards hold more leaves their last ones out). Drawn from (seed, epoch, rank) only, so a resumed epoch is the
+// same: the whole epoch is generated, and the steps done skipped.
+static uint64_t stream_rand(uint64_t *ctr, uint64_t key) { return gather_aug_mix(key ^ gather_aug_mix((*ctr)++)); }
+
+static int shard_sequence(trainer *t, int32_t *out, size_t need) {
+    const image_set *s = &t->sets[0];
+    const int ns = s->n_shards, S = t->cfg->shuffle_buffer;
+    int32_t *order = malloc((size_t)ns * sizeof *order), *buf = malloc((size_t)S * sizeof *buf);
+    unsigned char *held = t->val_map ? calloc((size_t)s->n, 1) : NULL;
+    if (!order || !buf || (t->val_map && !held)) {
+        free(order), free(buf), free(held);
+        return ERR(ST_RUNTIME, "out of host memory for the shard order");
+    }
+    for (int i = 0; t->val_map && i < t->n_val_view; i++) held[t->val_map[i]] = 1;
+    data_permutation(t->cfg->seed ^ 0x7368617264736f72ull, t->epoch, ns, order);  // "shardsor"
+    const uint64_t key = gather_aug_hash(t->cfg->seed ^ 0x6275666665727321ull, t->epoch, t->rank);  // "buffers!"
+    uint64_t ctr = 0;
+    size_t got = 0;
+    int fill = 0, any = 0;
+    while (got < need) {
+        int mine = 0;
+        for (int k = t->rank; k < ns && got < need; k += t->world) {
+            const int sh = order[k];
+            mine = 1;
+            for (uint32_t i = s->shard_first[sh]; i < s->shard_first[sh + 1] && got < need && (int)i < s->n; i++) {
+                if (held && held[i]) continue;
+                any = 1;
+                if (fill < S) {
+                    buf[fill++] = (int32_t)i;
+                    continue;
+                }
+                const int r = (int)(stream_rand(&ctr, key) % (uint64_t)S);
+                out[got++] = buf[r];
+                buf[r] = (int32_t)i;
+            }
+        }
+        if (!mine || !any) {  // fewer shards than ranks, or only held-out samples in this rank's shards
+            free(order), free(buf), free(held);
+            return ERR(ST_INPUT, "%s: %d shard(s) for %d ranks: rank %d has no training sample in epoch %d (more "
+                                 "shards than ranks are needed)", t->cfg->train_shards, ns, t->world, t->rank,
+                       t->epoch + 1);
+        }
+        while (got < need && fill > 0) {  // the shards are done: the buffer empties in random order
+            const int r = (int)(stream_rand(&ctr, key) % (uint64_t)fill);
+            out[got++] = buf[r];
+            buf[r] = buf[--fill];
+        }
+    }
+    free(order), free(buf), free(held);
+    return ST_OK;
+}
+
 // The epoch's remaining steps (from t->step_in_epoch) of this rank, in order: micro-batch j of step s is the
 // global batch s K + j of the epoch's order (h_perm, over the training view), as the in-memory path.
 int train_stream_epoch(trainer *t) {
     const int kb = t->K * t->B, steps = t->steps_per_epoch - t->step_in_epoch;
     if (steps <= 0) return ST_OK;
     const size_t n = (size_t)steps * kb;
-    if (n > t->seq_cap) {
-        int32_t *p = realloc(t->h_seq, n * sizeof *p);
+    const size_t whole = (size_t)t->steps_per_epoch * kb;
+    const size_t cap = t->cfg->shuffle_buffer ? whole : n;
+    if (cap > t->seq_cap) {
+        int32_t *p = realloc(t->h_seq, cap * sizeof *p);
         TRY_ALLOC(p);
-        t->h_seq = p, t->seq_cap = n;
+        t->h_seq = p, t->seq_cap = cap;
+    }
+    if (t->cfg->shuffle_buffer) {
+        TRY(shard_sequence(t, t->h_seq, whole));
+        return loader_start(t->ld_train, 1, t->epoch, t->h_seq + (whole - n), (long long)n, kb);
     }
     for (int s = 0; s < steps; s++)
         for (int j = 0; j < t->K; j++) {

@@ -10,6 +10,10 @@ need_data
 need_tool
 make_tmp --cd
 python3 "$src/tests/make_images.py" fmnist "$data" img 384 192 || { echo "FAIL: make_images.py"; exit 1; }
+for s in train test; do  # the same samples as tar shards of 100 (launch/make_shards.py keeps the folder's order)
+  python3 "$src/launch/make_shards.py" --folder img/$s --out "img/sh/$s-%06d.tar" --maxcount 100 >/dev/null ||
+    { echo "FAIL: make_shards.py"; exit 1; }
+done
 cfg=$src/configs/fashion_mnist_cnn.cfg
 base=(--config "$cfg" --epochs 1 --threads 1 --set net.batch=32 --set data.crop_pad=2 --set data.flip=1
   --set data.normalize=1 --set data.mean=0.286 --set data.std=0.353)
@@ -17,6 +21,8 @@ idx=(--set data.train_images=img/train-images-idx3-ubyte --set data.train_labels
   --set data.test_images=img/test-images-idx3-ubyte --set data.test_labels=img/test-labels-idx1-ubyte)
 folder=(--set data.format=folder --set data.train_dir=img/train --set data.test_dir=img/test)
 list=(--set data.format=list --set data.train_list=img/train.txt --set data.test_list=img/test.txt)
+shards=(--set data.format=shards --set "data.train_shards=img/sh/train-{000000..000003}.tar"
+  --set "data.test_shards=img/sh/test-{000000..000001}.tar" --set data.names=img/sh/names.txt)
 line() { grep -m1 "^epoch 1/" "$1" | sed 's/ | [0-9.]* s .*//'; }
 
 expect2() {  # expect2 NAME TEXT ARGS...: exit 2 and TEXT in the message
@@ -37,7 +43,7 @@ expect2() {  # expect2 NAME TEXT ARGS...: exit 2 and TEXT in the message
 for np in 1 2; do
   launch=()
   [ "$np" -gt 1 ] && { need_mpirun; launch=("${mpi[@]}" -np "$np"); }
-  for fmt in idx folder list; do
+  for fmt in idx folder list shards; do
     declare -n extra=$fmt
     if timeout -k 2 300 "${launch[@]}" "$trainer" "${base[@]}" "${extra[@]}" --save "$fmt$np.safetensors" \
       >"$tmp/out" 2>"$tmp/err"; then
@@ -46,7 +52,7 @@ for np in 1 2; do
       bad "np $np format=$fmt: exit $?"
     fi
   done
-  for fmt in folder list; do
+  for fmt in folder list shards; do
     if "$tool" same "idx$np.safetensors" "$fmt$np.safetensors" >/dev/null 2>&1; then
       ok "np $np: format=$fmt trains bit-identically to the IDX path ($(line "$fmt$np.log"))"
     else
@@ -70,6 +76,23 @@ if run "${base[@]}" "${folder[@]}" --steps 5 --save part.safetensors &&
   ok "stopped at step 5 of 12 and resumed: the same weights as one run"
 else
   bad "mid-epoch resume differs"
+fi
+
+# ---- shards through a shuffle buffer (shards split over ranks, read in order): any workers, a mid-epoch resume
+buf=("${base[@]}" "${shards[@]}" --set data.shuffle_buffer=64)
+if run "${buf[@]}" --save sb.safetensors && run "${buf[@]}" --set data.workers=3 --save sb3.safetensors &&
+  "$tool" same sb.safetensors sb3.safetensors >/dev/null && run "${buf[@]}" --steps 7 --save sbp.safetensors &&
+  run "${buf[@]}" --resume sbp.safetensors --save sbp.safetensors && "$tool" same sb.safetensors sbp.safetensors >/dev/null &&
+  ! "$tool" same sb.safetensors shards1.safetensors >/dev/null 2>&1; then
+  ok "shards, shuffle_buffer=64: workers 1 == 3, resumed at step 7 == one run, another order than the permutation"
+else
+  bad "shards with a shuffle buffer"
+fi
+if timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${buf[@]}" >"$tmp/out" 2>"$tmp/err" &&
+  [ "$(grep -c 'read 192 training image files' "$tmp/out")" -eq 2 ]; then
+  ok "np 2, shuffle_buffer=64: each rank read its shards: $(grep -o 'rank [0-9] ([^)]*) read [0-9]* training image files ([0-9]* distinct)' "$tmp/out" | tr '\n' ';')"
+else
+  bad "np 2 shards with a shuffle buffer: $(grep 'read' "$tmp/out" | tr '\n' ' ')"
 fi
 
 # ---- --eval: the checkpoint's class names, and its test figures again
@@ -166,6 +189,23 @@ expect2 "a missing file in a list" "missing" "${base[@]}" "${list[@]}" --set dat
 expect2 "net.classes differs from the class directories" "net.classes=7" "${base[@]}" "${folder[@]}" --set net.classes=7 \
   --set dense2.units=7
 expect2 "normalize=1 without mean/std on a streamed set" "needs data.mean" --config "$cfg" "${folder[@]}" --set data.normalize=1
+
+# shards: a member without its label, a truncated shard
+mkdir -p badsh && python3 - badsh <<'PY'
+import io, sys, tarfile
+def add(t, name, data):
+    ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+with tarfile.open(sys.argv[1] + "/nocls-000000.tar", "w", format=tarfile.USTAR_FORMAT) as t:
+    add(t, "a.png", b"x" * 10); add(t, "a.cls", b"1"); add(t, "b.png", b"y" * 10)
+PY
+expect2 "a tar member without its .cls" "has no 'b.cls'" "${base[@]}" "${shards[@]}" --set "data.train_shards=badsh/nocls-000000.tar"
+head -c 3000 img/sh/train-000001.tar >badsh/cut-000000.tar
+expect2 "a truncated tar shard" "cut-000000.tar" "${base[@]}" "${shards[@]}" --set "data.train_shards=badsh/cut-000000.tar"
+mknod bad/c1/dev.png c 1 3 2>/dev/null && {
+  # shellcheck disable=SC2046
+  expect2 "a character device named .png" "dev.png" "${base[@]}" $(tfolder bad)
+  reset_bad
+}
 
 # ---- data.skip_bad: an unreadable image is replaced, counted and reported; more than max_bad is an error
 cp -r img/train skip
