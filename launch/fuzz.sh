@@ -15,7 +15,7 @@ ddp_install_deps clang libclang-rt-dev  # libFuzzer's runtime is in libclang-rt-
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx idx_gz cifar10 config safetensors image_list image)
+[ ${#targets[@]} -gt 0 ] || targets=(idx idx_gz cifar10 config safetensors image_list image image_shards)
 build=${BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-$(nproc)}
 

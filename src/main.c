@@ -82,6 +82,11 @@ static void usage(FILE *f) {
             "  --help              this text\n"
             "  --version           print the version\n"
             "\n"
+            "Data ([data] format=): idx and cifar10 files, loaded whole; your own JPEG/PNG images as folders\n"
+            "(folder: train_dir=ROOT/train, one sub-directory per class), list files (list: train_list=, lines\n"
+            "`path label`) or tar shards (shards: train_shards=t-{000000..000099}.tar), streamed by data.workers\n"
+            "decode threads per rank. Keys and transforms: docs/config.md, docs/data.md.\n"
+            "\n"
             "Exit codes: 0 success, 1 runtime failure, 2 bad input (CLI, config, data, checkpoint),\n"
             "3 training diverged (NaN/Inf), 4 communication failure (peer died, timeout, replica mismatch),\n"
             "5 stopped by SIGINT/SIGTERM.\n");
