@@ -88,6 +88,12 @@ double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // RNG
 static uint64_t splitmix64(uint64_t *x) {

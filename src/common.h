@@ -70,7 +70,8 @@ void log_stdout_failed(int e);  // a write to stdout outside log_stdout failed w
 
 // ---------------------------------------------------------------------------------------------------------
 // Time
-double now_s(void);  // monotonic seconds
+double now_s(void);   // monotonic seconds
+double wall_s(void);  // wall clock: seconds since 1970 (UTC)
 
 // ---------------------------------------------------------------------------------------------------------
 // RNG: xoshiro256** seeded through splitmix64. Same sequence on every platform and rank.

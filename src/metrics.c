@@ -120,6 +120,8 @@ static void add_num(cJSON *o, const char *key, double v) {
     else cJSON_AddNullToObject(o, key);
 }
 
+static int write_record(int fd, const char *path, cJSON *o);
+
 int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
@@ -154,6 +156,7 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     cJSON_AddNumberToObject(o, "timed_steps", m->timed_steps);
     cJSON_AddNumberToObject(o, "accum_steps", m->accum_steps);
     cJSON_AddStringToObject(o, "eval_set", m->eval_set ? m->eval_set : "test");
+    add_num(o, "time", m->time);
     add_num(o, "data_wait_s", m->data_wait_s);
     cJSON_AddNumberToObject(o, "bad_images", (double)m->bad_images);
     add_num(o, "allreduces_per_step", m->allreduces_per_step);
@@ -169,6 +172,11 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
         for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) add_num(ab, f[i].k, f[i].v);
         cJSON_AddNumberToObject(ab, "steps", m->ab_steps[h]);
     }
+    return write_record(fd, path, o);
+}
+
+// One JSON object as one line (o is consumed).
+static int write_record(int fd, const char *path, cJSON *o) {
     char *text = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!text) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
@@ -185,6 +193,27 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
         return ERR(ST_RUNTIME, "%s: cannot write metrics: %s", path, strerror(e));
     }
     return ST_OK;
+}
+
+int metrics_steps_path(const char *metrics, char *out, size_t n) {
+    size_t len = strlen(metrics);
+    if (len >= 6 && strcmp(metrics + len - 6, ".jsonl") == 0) len -= 6;
+    if (snprintf(out, n, "%.*s.steps.jsonl", (int)len, metrics) >= (int)n)
+        return ERR(ST_INPUT, "--metrics %s: path too long for its per-step file", metrics);
+    return ST_OK;
+}
+
+int metrics_write_step(int fd, const char *path, const step_record *r) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return ERR(ST_RUNTIME, "%s: out of host memory writing metrics", path);
+    cJSON_AddNumberToObject(o, "epoch", r->epoch);
+    cJSON_AddNumberToObject(o, "step", (double)r->step);
+    const struct { const char *k; double v; } nums[] = {
+        {"time", r->time}, {"elapsed_s", r->elapsed_s}, {"loss", r->loss}, {"lr", r->lr},
+        {"images_per_s", r->images_per_s}, {"grad_norm", r->grad_norm}, {"step_s", r->step_s},
+        {"comm_s", r->comm_s}, {"exposed_comm_s", r->exposed_comm_s}, {"data_wait_s", r->data_wait_s}};
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) add_num(o, nums[i].k, nums[i].v);
+    return write_record(fd, path, o);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ typedef struct epoch_metrics {
     const char *eval_set;   // what test_loss / test_acc were measured on: "test", or "val" (a validation set)
     double data_wait_s;     // streamed data: rank 0's host time waiting for the loader's batches, per step
     long long bad_images;   // streamed data with data.skip_bad: distinct images skipped so far on rank 0
+    double time;            // wall clock at the epoch's end, seconds since 1970 (UTC)
 } epoch_metrics;
 
 // Scaling efficiency, the one place it is computed (see docs/outputs.md, "Metrics"):
@@ -77,6 +78,22 @@ int metrics_open(const char *path, int append, int *fd);
 // One JSON object on one line (JSON Lines), written with one write; on a failure the partial line is removed
 // again and the status is ST_RUNTIME with the errno's text.
 int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m);
+
+// Per-step records, every --log-every seconds while an epoch trains, in a file beside the epoch records: the
+// --metrics path with its ".jsonl" (if any) replaced by ".steps.jsonl" (docs/outputs.md, "Metrics").
+int metrics_steps_path(const char *metrics, char *out, size_t n);
+typedef struct step_record {
+    int epoch;              // 1-based, the epoch in progress
+    long long step;         // global steps done
+    double time;            // wall clock, seconds since 1970 (UTC)
+    double elapsed_s;       // since the run started training
+    double loss;            // rank 0's mean training loss over the epoch's samples so far
+    double lr;              // of the last step
+    double images_per_s;    // global, over the epoch so far
+    double grad_norm;       // mean norm before clipping over the epoch's timed steps (NaN: not clipping)
+    double step_s, comm_s, exposed_comm_s, data_wait_s;  // means over the epoch's timed steps so far
+} step_record;
+int metrics_write_step(int fd, const char *path, const step_record *r);
 // The first bytes of an existing file look like a metrics file (what --metrics may replace).
 int metrics_is_jsonl_head(const unsigned char *head, size_t n);
 

@@ -496,6 +496,7 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
                        epoch_totals *e) {
     const int first_step = t->step_in_epoch;
     double e0 = now_s(), last_bar = e0, last_tb = e0;
+    if (t->run_t0 == 0) t->run_t0 = e0;
     while (t->step_in_epoch < t->steps_per_epoch) {
         if (t->o->max_steps > 0 && t->global_step >= t->o->max_steps) {
             e->stopped = 1;
@@ -516,7 +517,7 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
         const double every = t->o->progress ? 0.2 : t->o->log_every_s;
         const double now = now_s(), tb_every = t->o->log_every_s > 0 ? t->o->log_every_s : 10;
         const int bar = t->rank == 0 && !g_quiet && every > 0 && now - last_bar > every;
-        const int tb = t->tb && now - last_tb > tb_every;
+        const int tb = (t->tb || t->steps_fd >= 0) && now - last_tb > tb_every;
         if (bar || tb) {
             double ls = 0;
             TRY(train_drain(t));
@@ -528,11 +529,17 @@ static int epoch_train(trainer *t, int32_t *scratch, int check_every, long long 
             }
             if (tb) {  // the epoch so far: mean loss over its samples, throughput since the epoch began
                 const int run = t->step_in_epoch - first_step;
-                const tb_scalar v[] = {
-                    {"train/loss", ls / ((double)t->step_in_epoch * t->G)},
-                    {"train/lr", lr_schedule_at(&t->sched, t->global_step - 1)},
-                    {"train/images_per_s", now > e0 ? (double)run * t->G / (now - e0) : 0}};
+                step_record r = {.epoch = t->epoch + 1, .step = t->global_step, .time = wall_s(),
+                                 .elapsed_s = now - t->run_t0, .loss = ls / ((double)t->step_in_epoch * t->G),
+                                 .lr = lr_schedule_at(&t->sched, t->global_step - 1),
+                                 .images_per_s = now > e0 ? (double)run * t->G / (now - e0) : 0,
+                                 .data_wait_s = run > 0 ? t->data_wait_s / run : 0};
+                step_times means;
+                train_timing_means(t, &means, &r.grad_norm);
+                r.step_s = means.step_s, r.comm_s = means.comm_s, r.exposed_comm_s = means.exposed_comm_s;
+                const tb_scalar v[] = {{"train/loss", r.loss}, {"train/lr", r.lr}, {"train/images_per_s", r.images_per_s}};
                 TRY(tb_scalars(t->tb, t->global_step, v, (int)(sizeof v / sizeof v[0])));
+                if (t->steps_fd >= 0) TRY(metrics_write_step(t->steps_fd, t->steps_path, &r));
                 last_tb = now;
             }
         }
@@ -628,6 +635,7 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->eval_set = t->sets && t->n_val_view > 0 ? "val" : "test";
     em->data_wait_s = e->steps_run > 0 ? t->data_wait_s / e->steps_run : 0;
     em->bad_images = t->sets ? train_stream_bad(t) : 0;
+    em->time = wall_s();
 }
 
 // The epoch's line (and with --verbose its step-time breakdown) on rank 0, and its metrics record.
@@ -746,6 +754,8 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     if (st == ST_OK && t->world > 1) st = train_data_agree(t);
     if (st == ST_OK && t->use_comm) st = train_agree(t, train_ddp_start(t));
     if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(o->metrics_path, o->resume_path != NULL, &metrics);
+    if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_steps_path(o->metrics_path, t->steps_path, sizeof t->steps_path);
+    if (st == ST_OK && o->metrics_path && t->rank == 0) st = metrics_open(t->steps_path, o->resume_path != NULL, &t->steps_fd);
     if (st == ST_OK && o->trace_dir) st = trace_open(&t->tr, o->trace_dir, t->rank, ci->host);
     if (st == ST_OK && o->tensorboard_dir && t->rank == 0) st = tb_open(&t->tb, o->tensorboard_dir, ci->host);
     st = train_agree(t, st);  // every rank is here with an agreed status, so this collective is safe
@@ -761,6 +771,9 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
     }
     if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)
         st = ERR(ST_RUNTIME, "%s: error writing metrics: %s", o->metrics_path, strerror(errno));
+    if (t->steps_fd >= 0 && close(t->steps_fd) != 0 && st == ST_OK)
+        st = ERR(ST_RUNTIME, "%s: error writing metrics: %s", t->steps_path, strerror(errno));
+    t->steps_fd = -1;
     const int tb_st = tb_close(t->tb);
     t->tb = NULL;
     if (st == ST_OK) st = tb_st;

@@ -218,6 +218,10 @@ int train_outputs_check(const net_config *cfg, const train_opts *o, int rank) {
     if (st == ST_OK && o->keep_best) st = train_copy_path(o->save_path, "-best", path, sizeof path);
     if (st == ST_OK && o->keep_best) st = plan_add(p, path, "--keep-best", NULL, 0);
     if (st == ST_OK && o->metrics_path) st = plan_add(p, o->metrics_path, "--metrics", NULL, 0);
+    if (st == ST_OK && o->metrics_path && !o->eval_path && !o->predict_path) {  // training: the per-step records
+        st = metrics_steps_path(o->metrics_path, path, sizeof path);
+        if (st == ST_OK) st = plan_add(p, path, "--metrics (its per-step records)", NULL, 0);
+    }
     if (st == ST_OK && o->out_path) st = plan_add(p, o->out_path, "--out", NULL, 0);
     if (st == ST_OK && o->trace_dir) st = plan_add(p, o->trace_dir, "--trace", NULL, 1);
     if (st == ST_OK && o->tensorboard_dir) st = plan_add(p, o->tensorboard_dir, "--tensorboard", NULL, 1);

@@ -103,6 +103,7 @@ int train_state_new(const net_config *cfg, const train_opts *o, comm *c, trainer
     const comm_info *ci = comm_get_info(c);
     t->rank = ci->rank, t->world = ci->world;
     t->overlap = cfg->overlap != 0;  // 2: set per step (step_issue)
+    t->steps_fd = -1;
     t->overlap_ab = cfg->overlap == 2;
     // One rank has nothing to average, unless asked to run the all-reduce path anyway (parallel.force_allreduce,
     // so that one GPU exercises the buckets, the comm stream and its fork/join inside a CUDA graph).

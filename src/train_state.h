@@ -128,6 +128,9 @@ typedef struct trainer {
     float *h_logits;            // --eval, --predict: one evaluation batch of logits on the host
     trace *tr;                  // --trace; NULL when off (every use is behind one test of this pointer)
     tboard *tb;                 // --tensorboard on rank 0; NULL otherwise
+    int steps_fd;               // --metrics on rank 0: the per-step records' file (metrics_steps_path); -1 otherwise
+    char steps_path[CFG_PATH_MAX + 32];
+    double run_t0;              // when the first epoch began (the step records' elapsed_s)
     void *mk_origin;            // trace: recorded when the trace's origin was taken
     double origin_s;
     layer_mark *lm;             // trace: per-layer marks of the current step

@@ -50,6 +50,23 @@ for rec in m:  # each epoch: the same figures at the same step, to float precisi
 print(len(ev), "scalars,", len(live), "live loss points, epochs at steps", [r["step"] for r in m])
 PY'
 cat "$tmp/out"
+check "per-step records in m.steps.jsonl at --log-every, the same values as the live TensorBoard curves" \
+  'python3 - "$tmp/m.steps.jsonl" "$tmp/tb.jsonl" <<"PY" >"$tmp/out" 2>&1
+import json, sys, time
+st = [json.loads(l) for l in open(sys.argv[1])]
+ev = {(e["step"], e["tag"]): e["value"] for e in map(json.loads, open(sys.argv[2]))}
+assert len(st) >= 2, st
+keys = {"epoch", "step", "time", "elapsed_s", "loss", "lr", "images_per_s", "grad_norm", "step_s", "comm_s",
+        "exposed_comm_s", "data_wait_s"}
+for r in st:
+    assert set(r) == keys, set(r) ^ keys
+    assert abs(r["time"] - time.time()) < 600 and r["elapsed_s"] >= 0 and r["images_per_s"] > 0 and r["step_s"] > 0
+    assert abs(ev[(r["step"], "train/loss")] - r["loss"]) <= 1e-6 * r["loss"], r
+steps = [r["step"] for r in st]
+assert steps == sorted(steps) and len(set(steps)) == len(steps), steps
+print(len(st), "step records, steps", steps[:3], "...")
+PY'
+cat "$tmp/out"
 if python3 -c "import tensorboard" 2>/dev/null; then
   check "TensorBoard's own reader takes the file" 'python3 - "$tmp/tb" <<"PY" >"$tmp/out" 2>&1
 import sys
