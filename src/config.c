@@ -255,11 +255,15 @@ static int find_layer_key(const layer_cfg *l, const char *name) {
     return -1;
 }
 
+// Letters, digits and '_' in parts joined by single dots, each part non-empty, the first starting with a letter or
+// '_': PyTorch's module paths (layer1.0.conv1, features.3.conv.0.1), so tensor names are torchvision's.
 static int valid_name(const char *s) {
     if (!*s || strlen(s) >= CFG_NAME_MAX) return 0;
     if (!isalpha((unsigned char)s[0]) && s[0] != '_') return 0;
-    for (const char *p = s; *p; p++)
+    for (const char *p = s; *p; p++) {
+        if (*p == '.' && p[1] && p[1] != '.') continue;
         if (!isalnum((unsigned char)*p) && *p != '_') return 0;
+    }
     return 1;
 }
 
@@ -289,7 +293,8 @@ static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *valu
     const char *sect = layer_kind_of(l->type)->section;
     if (ki == LAYER_KEY_NAME) {
         if (!valid_name(value))
-            return ERR(ST_INPUT, "%s: [%s] name: '%s' is not a name (letters, digits, _; at most %d characters)",
+            return ERR(ST_INPUT, "%s: [%s] name: '%s' is not a name (letters, digits, _ and single dots between them, "
+                                 "as layer1.0.conv1; at most %d characters)",
                        where, sect, value, CFG_NAME_MAX - 1);
         static const char *reserved[] = {"net", "data", "parallel", "optim"};
         for (size_t i = 0; i < sizeof reserved / sizeof reserved[0]; i++)
@@ -348,6 +353,15 @@ typedef struct parse_state {
     unsigned seen_layer;
     int seen_sect[4];    // line where [net]/[data]/[parallel] appeared (0: not yet)
     int cont;            // the reader's last line continues the value before it (starts with blanks, not blank)
+    struct {             // [repeat] ... [end]: the block's lines, recorded, then handed to libinih count times
+        int open;        // recording (the line of its [repeat] header)
+        int count, start, body;  // count= and start= ({i} of the first copy); body: a section header was seen
+        char **lines;
+        int *line_no;
+        int n, cap;
+        int replay, rep, idx;  // replaying copy `rep`, line `idx`
+        int file_line;   // lines read from the file so far
+    } rpt;
     struct {             // a quoted value whose closing quote is on a later line (config_print splits long ones)
         int open;
         int ki, line;    // its key (as key_lookup found it) and the line of that key
@@ -537,17 +551,144 @@ static int quote_start(parse_state *ps, const char *name, int ki, const char *re
 // ---------------------------------------------------------------------------------------------------------
 // libinih's callbacks
 
+// ---- [repeat] count=N [start=S] ... [end]: the layer sections between them N times, "{i}" in their lines replaced
+// by S, S+1, ... (default 0), so "name=layer1.{i}.conv1" names each copy. One level (no [repeat] inside one).
+// Messages name the line in the file (the copies share it).
+
+#define REPEAT_MAX 1000
+
+static void repeat_free(parse_state *ps) {
+    for (int i = 0; i < ps->rpt.n; i++) free(ps->rpt.lines[i]);
+    free(ps->rpt.lines);
+    free(ps->rpt.line_no);
+    ps->rpt.lines = NULL, ps->rpt.line_no = NULL, ps->rpt.n = ps->rpt.cap = 0;
+}
+
+static int repeat_err(parse_state *ps, int line, const char *what) {
+    if (!ps->err) {
+        ERR(ST_INPUT, "%s:%d: %s", ps->cfg->path, line, what);
+        ps->err = ST_INPUT;
+    }
+    return ST_INPUT;
+}
+
+// The header name of a "[name]" line (blanks around it allowed), or "" when the line is not one.
+static void header_name(const char *line, char *name, size_t n) {
+    name[0] = '\0';
+    while (*line == ' ' || *line == '\t') line++;
+    if (*line != '[') return;
+    const char *end = strchr(line, ']');
+    if (!end) return;
+    const char *b = line + 1;
+    while (b < end && isspace((unsigned char)*b)) b++;
+    const char *e = end;
+    while (e > b && isspace((unsigned char)e[-1])) e--;
+    snprintf(name, n, "%.*s", (int)(e - b), b);
+}
+
+// A line of the [repeat] header's own (count=, start=, blank or comment), before the block's first section.
+static void repeat_key(parse_state *ps, const char *line) {
+    while (isspace((unsigned char)*line)) line++;
+    if (!*line || *line == ';' || *line == '#') return;
+    long v = 0;
+    char key[16] = "", val[32] = "";
+    if (sscanf(line, " %15[a-z] = %31s", key, val) != 2 || parse_int(val, 0, REPEAT_MAX, &v)) {
+        repeat_err(ps, ps->line, "[repeat]: want count=N (1 to 1000) and optionally start=S before its first section");
+        return;
+    }
+    if (strcmp(key, "count") == 0 && v < 1) repeat_err(ps, ps->line, "[repeat]: count must be 1 to 1000");
+    else if (strcmp(key, "count") == 0) ps->rpt.count = (int)v;
+    else if (strcmp(key, "start") == 0) ps->rpt.start = (int)v;
+    else repeat_err(ps, ps->line, "[repeat]: its keys are count (1 to 1000) and start");
+}
+
+// The next line of the text: the file's, or a copy of a recorded [repeat] line with {i} filled in (ps->line its
+// line in the file). *n < 0 at the end.
+static char *next_line(parse_state *ps, ssize_t *n) {
+    if (ps->rpt.replay) {
+        const int i = ps->rpt.start + ps->rpt.rep;
+        const char *src = ps->rpt.lines[ps->rpt.idx];
+        ps->line = ps->rpt.line_no[ps->rpt.idx];
+        char num[16];
+        snprintf(num, sizeof num, "%d", i);
+        size_t cap = strlen(src) * 4 + 16, len = 0;  // "{i}" (3) becomes at most 4 digits
+        char *out = malloc(cap);
+        if (!out) return NULL;
+        for (const char *p = src; *p;) {
+            if (strncmp(p, "{i}", 3) == 0) len += (size_t)sprintf(out + len, "%s", num), p += 3;
+            else out[len++] = *p++;
+        }
+        out[len] = '\0';
+        if (++ps->rpt.idx == ps->rpt.n) {
+            ps->rpt.idx = 0;
+            if (++ps->rpt.rep == ps->rpt.count) {
+                ps->rpt.replay = 0;
+                ps->line = ps->rpt.file_line;
+                repeat_free(ps);
+            }
+        }
+        *n = (ssize_t)len;
+        return out;
+    }
+    char *buf = NULL;
+    size_t cap = 0;
+    *n = getline(&buf, &cap, ps->f);
+    if (*n < 0) {
+        free(buf);
+        if (ps->rpt.open) repeat_err(ps, ps->rpt.open, "[repeat] without its [end]");
+        return NULL;
+    }
+    ps->line = ++ps->rpt.file_line;
+    // [repeat] and [end] are never libinih's: recorded lines and the markers go to it as blank lines
+    char name[32];
+    header_name(buf, name, sizeof name);
+    if (strcmp(name, "repeat") == 0) {
+        if (ps->rpt.open) repeat_err(ps, ps->line, "[repeat] inside a [repeat] (one level only)");
+        ps->rpt.open = ps->line, ps->rpt.count = 0, ps->rpt.start = 0, ps->rpt.body = 0;
+        buf[0] = '\0', *n = 0;
+    } else if (strcmp(name, "end") == 0) {
+        if (!ps->rpt.open) repeat_err(ps, ps->line, "[end] without a [repeat] before it");
+        else if (!ps->rpt.count) repeat_err(ps, ps->rpt.open, "[repeat] without count=N (1 to 1000)");
+        else if (!ps->rpt.body) repeat_err(ps, ps->rpt.open, "[repeat] with no layer section before its [end]");
+        else ps->rpt.replay = 1, ps->rpt.rep = 0, ps->rpt.idx = 0;
+        ps->rpt.open = 0;
+        buf[0] = '\0', *n = 0;
+    } else if (ps->rpt.open) {
+        if (name[0]) ps->rpt.body = 1;
+        if (!ps->rpt.body) {
+            repeat_key(ps, buf);
+        } else {
+            if (ps->rpt.n == ps->rpt.cap) {
+                int cap2 = ps->rpt.cap ? 2 * ps->rpt.cap : 64;
+                char **l = realloc(ps->rpt.lines, (size_t)cap2 * sizeof *l);
+                int *no = l ? realloc(ps->rpt.line_no, (size_t)cap2 * sizeof *no) : NULL;
+                if (l) ps->rpt.lines = l;
+                if (!l || !no) {
+                    free(buf);
+                    repeat_err(ps, ps->line, "out of memory recording a [repeat] block");
+                    return NULL;
+                }
+                ps->rpt.line_no = no, ps->rpt.cap = cap2;
+            }
+            ps->rpt.lines[ps->rpt.n] = strdup(buf);
+            if (!ps->rpt.lines[ps->rpt.n]) {
+                free(buf);
+                repeat_err(ps, ps->line, "out of memory recording a [repeat] block");
+                return NULL;
+            }
+            ps->rpt.line_no[ps->rpt.n++] = ps->line;
+        }
+        buf[0] = '\0', *n = 0;
+    }
+    return buf;
+}
+
 // libinih's reader: one line at a time; we see headers before libinih does.
 static char *reader(char *str, int num, void *stream) {
     parse_state *ps = stream;
-    char *buf = NULL;
-    size_t cap = 0;
-    ssize_t n = getline(&buf, &cap, ps->f);
-    if (n < 0) {
-        free(buf);
-        return NULL;
-    }
-    ps->line++;
+    ssize_t n = 0;
+    char *buf = next_line(ps, &n);
+    if (!buf) return NULL;
     if (n >= num - 1) {
         if (!ps->err) {
             ERR(ST_INPUT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line, num - 2);
@@ -645,6 +786,7 @@ static int config_parse(net_config *cfg, FILE *f) {
     int read_err = ferror(f);
     fclose(f);
     free(ps.quote.buf);
+    repeat_free(&ps);
     if (ps.err) return ps.err;
     if (ps.quote.open) return quote_unclosed(&ps, "the end of the text");
     if (read_err) return ERR(ST_INPUT, "%s: read error", path);
@@ -682,8 +824,11 @@ int config_load_text(const char *text, const char *origin, net_config *cfg) {
 // --set section.key=value
 
 int config_set(net_config *cfg, const char *assignment) {
-    const char *dot = strchr(assignment, '.');
+    // SECTION.KEY=VALUE: keys have no dots, layer names may (layer1.0.conv1.filters=64): the last dot before '='.
     const char *eq = strchr(assignment, '=');
+    const char *dot = NULL;
+    for (const char *p = assignment; eq && p < eq; p++)
+        if (*p == '.') dot = p;
     if (!dot || !eq || dot > eq || dot == assignment || eq == dot + 1)
         return ERR(ST_INPUT, "--set '%s': expected SECTION.KEY=VALUE (e.g. net.batch=128)", assignment);
     char sect[CFG_NAME_MAX + 1], key[64];

@@ -19,7 +19,7 @@
 // A path field: any Linux path (PATH_MAX 4096 with its NUL) and a suffix, as in cfg->path's
 // "<checkpoint> (its stored config)". Sized fields of net_config and stack buffers use it: keep an eye on both.
 #define CFG_PATH_MAX (4096 + 64)
-#define CFG_MAX_LAYERS 128
+#define CFG_MAX_LAYERS 512
 #define CFG_NAME_MAX 32
 
 #define CFG_MAX_REFS 4
@@ -137,6 +137,11 @@ typedef struct net_config {
 
 // net.steps parsed: the epochs at which a step schedule multiplies lr by gamma (increasing; *n = 0 if none).
 int config_lr_steps(const net_config *cfg, int *epochs /* CFG_LR_STEPS_MAX */, int *n);
+
+// What net.no_decay (list: comma-separated 'bias', 'batchnorm' and layer names) says about one layer: *whole = 1
+// (weights and bias undecayed) when it names the layer, or says 'batchnorm' and the layer is a [batchnorm], as
+// PyTorch recipes leave norm layers undecayed; *bias = 1 when it says 'bias'. config_validate checks the names.
+void config_no_decay_layer(const char *list, const char *layer_name, int is_batchnorm, int *whole, int *bias);
 
 // data.mean and data.std parsed (*n = 0 when not given): each has one value per channel, every std > 0.
 int config_norm_values(const net_config *cfg, double *mean /* CFG_NORM_CHANNELS_MAX */,

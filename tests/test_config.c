@@ -706,6 +706,57 @@ static void test_unbounded_configs_refused(void **state) {
     err_clear();
 }
 
+// [repeat] count=N start=S ... [end]: the block's sections N times with {i} = S, S+1, ...; dotted names (PyTorch's
+// module paths) and --set through them; every misuse a line-numbered error.
+static void test_repeat_and_dotted_names(void **state) {
+    (void)state;
+    net_config *c = malloc(sizeof *c);
+    assert_non_null(c);
+    const char *text = "[net]\nchannels=1\nheight=8\nwidth=8\nclasses=2\n"
+                       "[conv]\nname=stem\nfilters=4\npad=1\n"
+                       "[repeat]\ncount=3\nstart=1\n; comment\n"
+                       "[conv]\nname=layer1.{i}.conv1\nfilters=4\npad=1\n"
+                       "[shortcut]\nfrom=-2\n[end]\n"
+                       "[flatten]\n[dense]\nunits=2\n[softmax]\n";
+    assert_int_equal(config_load_text(text, "r.cfg", c), ST_OK);
+    assert_int_equal(c->n_layers, 1 + 3 * 2 + 3);
+    assert_string_equal(c->layers[1].name, "layer1.1.conv1");
+    assert_string_equal(c->layers[5].name, "layer1.3.conv1");
+    assert_int_equal(c->layers[1].line, 14);  // the copies name the line in the file
+    assert_int_equal(c->layers[5].line, 14);
+    assert_int_equal(config_validate(c), ST_OK);
+    assert_int_equal(config_set(c, "layer1.2.conv1.filters=4"), ST_OK);
+    assert_int_equal(config_set(c, "layer1.9.conv1.filters=4"), ST_INPUT);
+    assert_non_null(strstr(err_msg(), "layer1.9.conv1"));
+    err_clear();
+    // the printed config (the copies written out) reads back the same
+    char *t1 = config_text(c);
+    net_config *d = malloc(sizeof *d);
+    assert_int_equal(config_load_text(t1, "r.cfg", d), ST_OK);
+    assert_int_equal(d->n_layers, c->n_layers);
+    assert_string_equal(d->layers[3].name, "layer1.2.conv1");
+    free(t1);
+    static const struct { const char *text, *want; } bad[] = {
+        {"[net]\nchannels=1\n[repeat]\ncount=2\n[conv]\n", "r.cfg:3: [repeat] without its [end]"},
+        {"[net]\nchannels=1\n[conv]\n[end]\n", "r.cfg:4: [end] without a [repeat]"},
+        {"[net]\nchannels=1\n[repeat]\ncount=0\n[conv]\n[end]\n", "r.cfg:4: [repeat]: count must be 1 to 1000"},
+        {"[net]\nchannels=1\n[repeat]\ncount=1001\n[conv]\n[end]\n", "r.cfg:4: [repeat]"},
+        {"[net]\nchannels=1\n[repeat]\n[conv]\n[end]\n", "r.cfg:3: [repeat] without count"},
+        {"[net]\nchannels=1\n[repeat]\ncount=2\n[end]\n", "no layer section"},
+        {"[net]\nchannels=1\n[repeat]\ncount=2\n[conv]\n[repeat]\n[end]\n", "r.cfg:6: [repeat] inside"},
+        {"[net]\nchannels=1\n[conv]\nname=a..b\n", "is not a name"},
+        {"[net]\nchannels=1\n[conv]\nname=.a\n", "is not a name"},
+        {"[net]\nchannels=1\n[conv]\nname=a.\n", "is not a name"},
+        {"[net]\nchannels=1\n[repeat]\ncount=2\n[conv]\nname=x\n[end]\n", "already the name of another layer"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(config_load_text(bad[i].text, "r.cfg", d), ST_INPUT);
+        if (!strstr(err_msg(), bad[i].want)) fail_msg("case %zu: '%s' lacks '%s'", i, err_msg(), bad[i].want);
+        err_clear();
+    }
+    free(c), free(d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ready_configs_parse), cmocka_unit_test(test_defaults_and_values),
@@ -717,6 +768,7 @@ int main(void) {
         cmocka_unit_test(test_augment_keys),       cmocka_unit_test(test_string_values_round_trip),
         cmocka_unit_test(test_string_values_explicit), cmocka_unit_test(test_quoted_value_errors),
         cmocka_unit_test(test_ready_configs_print_plainly),
+        cmocka_unit_test(test_repeat_and_dotted_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
