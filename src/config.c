@@ -8,6 +8,8 @@
 #include "layer.h"
 
 #include <ctype.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <errno.h>
 #include <ini.h>
 #include <stdlib.h>
@@ -309,13 +311,14 @@ static int set_layer_key(net_config *cfg, layer_cfg *l, int ki, const char *valu
     const layer_key *k = &layer_kind_of(l->type)->keys[ki];
     char *f = (char *)l + k->off;
     switch (k->type) {
-    case LK_ACT:
-        if (strcmp(value, "relu") == 0) *(int *)f = ACT_RELU;
-        else if (strcmp(value, "linear") == 0) *(int *)f = ACT_NONE;
-        else if (strcmp(value, "leaky") == 0) *(int *)f = ACT_LEAKY;
-        else return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not one of relu|linear|leaky", where, sect, l->name,
-                        k->name, value);
+    case LK_ACT: {
+        const int a = layer_act_find(value);
+        if (a < 0)
+            return ERR(ST_INPUT, "%s: [%s] %s.%s: '%s' is not one of: %s", where, sect, l->name, k->name, value,
+                       layer_act_names());
+        *(int *)f = a;
         return ST_OK;
+    }
     case LK_REFS: return set_layer_refs(l, k, value, where);
     case LK_DOUBLE: {
         double v;
@@ -353,14 +356,20 @@ typedef struct parse_state {
     unsigned seen_layer;
     int seen_sect[4];    // line where [net]/[data]/[parallel] appeared (0: not yet)
     int cont;            // the reader's last line continues the value before it (starts with blanks, not blank)
-    struct {             // [repeat] ... [end]: the block's lines, recorded, then handed to libinih count times
-        int open;        // recording (the line of its [repeat] header)
+    struct {             // [repeat] ... [end] / [include]: the block's lines, recorded, then handed to libinih
+        int open;        // recording (the line of its header)
+        int include;     // an [include] (its lines from file=)
+        // from here to file_line: zeroed at each block's header
         int count, start, body;  // count= and start= ({i} of the first copy); body: a section header was seen
+        int n_vars;
+        char vars[8][32], vals[8][64];
+        char file[CFG_PATH_MAX];
+        int replay, rep, idx;  // replaying copy `rep`, line `idx`
+        int file_line;   // lines read from the file so far
         char **lines;
         int *line_no;
         int n, cap;
-        int replay, rep, idx;  // replaying copy `rep`, line `idx`
-        int file_line;   // lines read from the file so far
+        char *pending;   // the header line that ended an [include]'s keys, handed on after its copies
     } rpt;
     struct {             // a quoted value whose closing quote is on a later line (config_print splits long ones)
         int open;
@@ -551,11 +560,15 @@ static int quote_start(parse_state *ps, const char *name, int ki, const char *re
 // ---------------------------------------------------------------------------------------------------------
 // libinih's callbacks
 
-// ---- [repeat] count=N [start=S] ... [end]: the layer sections between them N times, "{i}" in their lines replaced
-// by S, S+1, ... (default 0), so "name=layer1.{i}.conv1" names each copy. One level (no [repeat] inside one).
-// Messages name the line in the file (the copies share it).
+// ---- Repeated and shared blocks of layer sections, expanded before libinih sees them:
+//   [repeat] count=N [start=S] [VAR=VALUE...]  the layer sections up to [end], N times
+//   [include] file=PATH [count=N] [start=S] [VAR=VALUE...]  the layer sections of PATH (relative to this config's
+//            directory), N times (default once); no [end]
+// In the copied lines "{i}" is S, S+1, ... (default S = 0) and "{VAR}" the value given (name=layer{layer}.{i}.conv1).
+// One level: no block inside another. Messages name the line in this file (a copy's line, or the [include]'s).
 
 #define REPEAT_MAX 1000
+#define BLOCK_VARS 8
 
 static void repeat_free(parse_state *ps) {
     for (int i = 0; i < ps->rpt.n; i++) free(ps->rpt.lines[i]);
@@ -564,8 +577,14 @@ static void repeat_free(parse_state *ps) {
     ps->rpt.lines = NULL, ps->rpt.line_no = NULL, ps->rpt.n = ps->rpt.cap = 0;
 }
 
-static int repeat_err(parse_state *ps, int line, const char *what) {
+static int repeat_err(parse_state *ps, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int repeat_err(parse_state *ps, int line, const char *fmt, ...) {
     if (!ps->err) {
+        char what[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
         ERR(ST_INPUT, "%s:%d: %s", ps->cfg->path, line, what);
         ps->err = ST_INPUT;
     }
@@ -586,97 +605,199 @@ static void header_name(const char *line, char *name, size_t n) {
     snprintf(name, n, "%.*s", (int)(e - b), b);
 }
 
-// A line of the [repeat] header's own (count=, start=, blank or comment), before the block's first section.
-static void repeat_key(parse_state *ps, const char *line) {
+// A line of the block header's own (count=, start=, file=, VAR=VALUE, blank or comment).
+static void block_key(parse_state *ps, const char *line) {
+    const char *sect = ps->rpt.include ? "[include]" : "[repeat]";
     while (isspace((unsigned char)*line)) line++;
     if (!*line || *line == ';' || *line == '#') return;
-    long v = 0;
-    char key[16] = "", val[32] = "";
-    if (sscanf(line, " %15[a-z] = %31s", key, val) != 2 || parse_int(val, 0, REPEAT_MAX, &v)) {
-        repeat_err(ps, ps->line, "[repeat]: want count=N (1 to 1000) and optionally start=S before its first section");
+    char key[32] = "", val[CFG_PATH_MAX] = "";
+    if (sscanf(line, " %31[A-Za-z0-9_] = %4159[^;#\r\n]", key, val) != 2) {
+        repeat_err(ps, ps->line, "%s: want KEY=VALUE lines (count, start, %sor a variable) before its first section",
+                   sect, ps->rpt.include ? "file, " : "");
         return;
     }
-    if (strcmp(key, "count") == 0 && v < 1) repeat_err(ps, ps->line, "[repeat]: count must be 1 to 1000");
-    else if (strcmp(key, "count") == 0) ps->rpt.count = (int)v;
-    else if (strcmp(key, "start") == 0) ps->rpt.start = (int)v;
-    else repeat_err(ps, ps->line, "[repeat]: its keys are count (1 to 1000) and start");
+    for (size_t k = strlen(val); k > 0 && isspace((unsigned char)val[k - 1]); k--) val[k - 1] = '\0';
+    long v = 0;
+    if (strcmp(key, "count") == 0 || strcmp(key, "start") == 0) {
+        const int is_count = key[0] == 'c';
+        if (parse_int(val, is_count, REPEAT_MAX, &v))
+            repeat_err(ps, ps->line, "%s: %s must be %d to %d", sect, key, is_count, REPEAT_MAX);
+        else if (is_count) ps->rpt.count = (int)v;
+        else ps->rpt.start = (int)v;
+    } else if (strcmp(key, "file") == 0 && ps->rpt.include) {
+        snprintf(ps->rpt.file, sizeof ps->rpt.file, "%s", val);
+    } else if (strcmp(key, "i") == 0 || strcmp(key, "file") == 0) {
+        repeat_err(ps, ps->line, "%s: '%s' is not a variable name ({i} is the copy's number)", sect, key);
+    } else if (ps->rpt.n_vars == BLOCK_VARS || strlen(val) >= sizeof ps->rpt.vals[0]) {
+        repeat_err(ps, ps->line, "%s: at most %d variables of at most %zu characters", sect, BLOCK_VARS,
+                   sizeof ps->rpt.vals[0] - 1);
+    } else {
+        snprintf(ps->rpt.vars[ps->rpt.n_vars], sizeof ps->rpt.vars[0], "%s", key);
+        snprintf(ps->rpt.vals[ps->rpt.n_vars++], sizeof ps->rpt.vals[0], "%s", val);
+    }
 }
 
-// The next line of the text: the file's, or a copy of a recorded [repeat] line with {i} filled in (ps->line its
-// line in the file). *n < 0 at the end.
+static int block_record(parse_state *ps, const char *line, int line_no) {
+    if (ps->rpt.n == ps->rpt.cap) {
+        int cap2 = ps->rpt.cap ? 2 * ps->rpt.cap : 64;
+        char **l = realloc(ps->rpt.lines, (size_t)cap2 * sizeof *l);
+        if (l) ps->rpt.lines = l;
+        int *no = l ? realloc(ps->rpt.line_no, (size_t)cap2 * sizeof *no) : NULL;
+        if (!l || !no) return repeat_err(ps, line_no, "out of memory recording a block of sections");
+        ps->rpt.line_no = no, ps->rpt.cap = cap2;
+    }
+    if (!(ps->rpt.lines[ps->rpt.n] = strdup(line))) return repeat_err(ps, line_no, "out of memory");
+    ps->rpt.line_no[ps->rpt.n++] = line_no;
+    return ST_OK;
+}
+
+// The block is recorded: check it and replay it from the next line on.
+static void block_close(parse_state *ps) {
+    const int at = ps->rpt.open;
+    const char *sect = ps->rpt.include ? "[include]" : "[repeat]";
+    ps->rpt.open = 0;
+    if (ps->err) return;
+    if (ps->rpt.include && !ps->rpt.file[0]) {
+        repeat_err(ps, at, "[include] without file=PATH");
+        return;
+    }
+    if (ps->rpt.include) {  // the file's lines, each copy naming the [include]'s line
+        char path[2 * CFG_PATH_MAX];
+        const char *slash = strrchr(ps->cfg->path, '/');
+        if (ps->rpt.file[0] == '/' || !slash) snprintf(path, sizeof path, "%s", ps->rpt.file);
+        else snprintf(path, sizeof path, "%.*s/%s", (int)(slash - ps->cfg->path), ps->cfg->path, ps->rpt.file);
+        int fd = -1;
+        uint64_t size = 0;
+        FILE *f = NULL;
+        if (input_open(path, "[include] file", &fd, &size) != ST_OK || !(f = fdopen(fd, "r"))) {
+            if (fd >= 0 && !f) close(fd);
+            char msg[600];
+            snprintf(msg, sizeof msg, "%s", err_msg());
+            err_clear();
+            repeat_err(ps, at, "[include]: %s", msg);
+            return;
+        }
+        char *line = NULL;
+        size_t cap = 0;
+        while (getline(&line, &cap, f) >= 0 && !ps->err) {
+            char name[32];
+            header_name(line, name, sizeof name);
+            if (!strcmp(name, "repeat") || !strcmp(name, "include") || !strcmp(name, "end"))
+                repeat_err(ps, at, "[include] %s: [%s] inside an included file (one level only)", path, name);
+            else if (size > (1u << 20)) repeat_err(ps, at, "[include] %s: more than 1 MiB", path);
+            else block_record(ps, line, at);
+        }
+        free(line);
+        fclose(f);
+    }
+    if (ps->err) return;
+    int body = 0;
+    for (int i = 0; i < ps->rpt.n && !body; i++) {
+        char name[32];
+        header_name(ps->rpt.lines[i], name, sizeof name);
+        body = name[0] != '\0';
+    }
+    if (!ps->rpt.count) repeat_err(ps, at, "%s without count=N (1 to %d)", sect, REPEAT_MAX);
+    else if (!body) repeat_err(ps, at, "%s with no layer section%s", sect, ps->rpt.include ? " in its file" : " before its [end]");
+    else ps->rpt.replay = 1, ps->rpt.rep = 0, ps->rpt.idx = 0;
+}
+
+// A recorded line with {i} and the block's {VAR}s filled in; NULL (with the error set) on an unknown {name}.
+static char *block_expand(parse_state *ps, const char *src, int line_no) {
+    size_t cap = strlen(src) + 16, len = 0;
+    char *out = malloc(cap);
+    for (const char *p = src; out && *p;) {
+        const char *val = NULL, *close = NULL;
+        char num[16];
+        if (*p == '{' && (close = strchr(p, '}')) && close - p < 33) {
+            const size_t k = (size_t)(close - p - 1);
+            if (k == 1 && p[1] == 'i') snprintf(num, sizeof num, "%d", ps->rpt.start + ps->rpt.rep), val = num;
+            for (int v = 0; !val && v < ps->rpt.n_vars; v++)
+                if (strlen(ps->rpt.vars[v]) == k && strncmp(ps->rpt.vars[v], p + 1, k) == 0) val = ps->rpt.vals[v];
+            if (!val) {
+                repeat_err(ps, line_no, "{%.*s} is not {i} or a variable of the block", (int)k, p + 1);
+                free(out);
+                return NULL;
+            }
+        }
+        const size_t add = val ? strlen(val) : 1;
+        if (len + add + 1 > cap) {
+            char *o = realloc(out, cap = 2 * (len + add + 1));
+            if (!o) free(out);
+            out = o;
+            if (!out) break;
+        }
+        if (val) memcpy(out + len, val, add), len += add, p = close + 1;
+        else out[len++] = *p++;
+    }
+    if (out) out[len] = '\0';
+    return out;
+}
+
+// The next line of the text: the file's, or a copy of a block's line (ps->line its line in the file). NULL at the
+// end (or on an error, which is set).
 static char *next_line(parse_state *ps, ssize_t *n) {
     if (ps->rpt.replay) {
-        const int i = ps->rpt.start + ps->rpt.rep;
-        const char *src = ps->rpt.lines[ps->rpt.idx];
-        ps->line = ps->rpt.line_no[ps->rpt.idx];
-        char num[16];
-        snprintf(num, sizeof num, "%d", i);
-        size_t cap = strlen(src) * 4 + 16, len = 0;  // "{i}" (3) becomes at most 4 digits
-        char *out = malloc(cap);
+        const int idx = ps->rpt.idx;
+        ps->line = ps->rpt.line_no[idx];
+        char *out = block_expand(ps, ps->rpt.lines[idx], ps->line);
         if (!out) return NULL;
-        for (const char *p = src; *p;) {
-            if (strncmp(p, "{i}", 3) == 0) len += (size_t)sprintf(out + len, "%s", num), p += 3;
-            else out[len++] = *p++;
-        }
-        out[len] = '\0';
         if (++ps->rpt.idx == ps->rpt.n) {
             ps->rpt.idx = 0;
             if (++ps->rpt.rep == ps->rpt.count) {
                 ps->rpt.replay = 0;
-                ps->line = ps->rpt.file_line;
                 repeat_free(ps);
             }
         }
-        *n = (ssize_t)len;
+        *n = (ssize_t)strlen(out);
         return out;
     }
     char *buf = NULL;
     size_t cap = 0;
-    *n = getline(&buf, &cap, ps->f);
+    if (ps->rpt.pending) {  // the header that ended an [include]'s keys, after the include's copies
+        buf = ps->rpt.pending, ps->rpt.pending = NULL;
+        *n = (ssize_t)strlen(buf);
+    } else {
+        *n = getline(&buf, &cap, ps->f);
+        ps->rpt.file_line += *n >= 0;
+    }
     if (*n < 0) {
         free(buf);
-        if (ps->rpt.open) repeat_err(ps, ps->rpt.open, "[repeat] without its [end]");
+        if (ps->rpt.open && ps->rpt.include) {  // an [include] at the end of the file
+            block_close(ps);
+            if (ps->rpt.replay) return next_line(ps, n);
+        } else if (ps->rpt.open) {
+            repeat_err(ps, ps->rpt.open, "[repeat] without its [end]");
+        }
         return NULL;
     }
-    ps->line = ++ps->rpt.file_line;
-    // [repeat] and [end] are never libinih's: recorded lines and the markers go to it as blank lines
+    ps->line = ps->rpt.file_line;
+    // The block markers and the lines recorded go to libinih as blank lines.
     char name[32];
     header_name(buf, name, sizeof name);
-    if (strcmp(name, "repeat") == 0) {
-        if (ps->rpt.open) repeat_err(ps, ps->line, "[repeat] inside a [repeat] (one level only)");
-        ps->rpt.open = ps->line, ps->rpt.count = 0, ps->rpt.start = 0, ps->rpt.body = 0;
+    const int is_block = strcmp(name, "repeat") == 0 || strcmp(name, "include") == 0;
+    if (ps->rpt.open && ps->rpt.include && name[0]) {  // an [include]'s keys end at the next section
+        block_close(ps);
+        if (ps->rpt.replay) {
+            ps->rpt.pending = buf;
+            return next_line(ps, n);
+        }
+    }
+    if (is_block) {
+        if (ps->rpt.open) repeat_err(ps, ps->line, "[%s] inside a [repeat] (one level only)", name);
+        memset(&ps->rpt.count, 0, offsetof(__typeof__(ps->rpt), file_line) - offsetof(__typeof__(ps->rpt), count));
+        ps->rpt.open = ps->line, ps->rpt.include = name[0] == 'i', ps->rpt.count = ps->rpt.include;
         buf[0] = '\0', *n = 0;
     } else if (strcmp(name, "end") == 0) {
         if (!ps->rpt.open) repeat_err(ps, ps->line, "[end] without a [repeat] before it");
-        else if (!ps->rpt.count) repeat_err(ps, ps->rpt.open, "[repeat] without count=N (1 to 1000)");
-        else if (!ps->rpt.body) repeat_err(ps, ps->rpt.open, "[repeat] with no layer section before its [end]");
-        else ps->rpt.replay = 1, ps->rpt.rep = 0, ps->rpt.idx = 0;
-        ps->rpt.open = 0;
+        else block_close(ps);
         buf[0] = '\0', *n = 0;
     } else if (ps->rpt.open) {
         if (name[0]) ps->rpt.body = 1;
-        if (!ps->rpt.body) {
-            repeat_key(ps, buf);
-        } else {
-            if (ps->rpt.n == ps->rpt.cap) {
-                int cap2 = ps->rpt.cap ? 2 * ps->rpt.cap : 64;
-                char **l = realloc(ps->rpt.lines, (size_t)cap2 * sizeof *l);
-                int *no = l ? realloc(ps->rpt.line_no, (size_t)cap2 * sizeof *no) : NULL;
-                if (l) ps->rpt.lines = l;
-                if (!l || !no) {
-                    free(buf);
-                    repeat_err(ps, ps->line, "out of memory recording a [repeat] block");
-                    return NULL;
-                }
-                ps->rpt.line_no = no, ps->rpt.cap = cap2;
-            }
-            ps->rpt.lines[ps->rpt.n] = strdup(buf);
-            if (!ps->rpt.lines[ps->rpt.n]) {
-                free(buf);
-                repeat_err(ps, ps->line, "out of memory recording a [repeat] block");
-                return NULL;
-            }
-            ps->rpt.line_no[ps->rpt.n++] = ps->line;
+        if (!ps->rpt.body) block_key(ps, buf);
+        else if (block_record(ps, buf, ps->line) != ST_OK) {
+            free(buf);
+            return NULL;
         }
         buf[0] = '\0', *n = 0;
     }
@@ -787,6 +908,7 @@ static int config_parse(net_config *cfg, FILE *f) {
     fclose(f);
     free(ps.quote.buf);
     repeat_free(&ps);
+    free(ps.rpt.pending);
     if (ps.err) return ps.err;
     if (ps.quote.open) return quote_unclosed(&ps, "the end of the text");
     if (read_err) return ERR(ST_INPUT, "%s: read error", path);

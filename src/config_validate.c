@@ -35,6 +35,32 @@ int config_lr_steps(const net_config *cfg, int *epochs, int *n) {
     return ST_OK;
 }
 
+// net.no_decay's items, read here only: the next item from *s (*item, *len: not NUL-terminated; *s moves past
+// it and its comma), what kind it is, or ND_END after the last.
+enum { ND_END, ND_BIAS, ND_BATCHNORM, ND_NAME };
+
+static int item_is(const char *item, size_t len, const char *word) {
+    return strlen(word) == len && strncmp(item, word, len) == 0;
+}
+
+static int no_decay_next(const char **s, const char **item, size_t *len) {
+    if (!**s) return ND_END;
+    *item = *s, *len = strcspn(*s, ",");
+    *s += *len + ((*s)[*len] == ',');
+    return item_is(*item, *len, "bias") ? ND_BIAS : item_is(*item, *len, "batchnorm") ? ND_BATCHNORM : ND_NAME;
+}
+
+void config_no_decay_layer(const char *list, const char *layer_name, int is_batchnorm, int *whole, int *bias) {
+    *whole = *bias = 0;
+    const char *item = NULL;
+    size_t len = 0;
+    for (int kind; (kind = no_decay_next(&list, &item, &len)) != ND_END;) {
+        if (kind == ND_BIAS) *bias = 1;
+        else if (kind == ND_BATCHNORM && is_batchnorm) *whole = 1;
+        else if (item_is(item, len, layer_name)) *whole = 1;
+    }
+}
+
 // Recipe keys: the schedule's own keys only with that schedule, no_decay names that exist.
 static int validate_recipe(const net_config *cfg) {
     const char *p = cfg->path;
@@ -51,14 +77,14 @@ static int validate_recipe(const net_config *cfg) {
         return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.optimizer=sgd", p);
     if (cfg->nesterov && cfg->momentum <= 0)
         return ERR(ST_INPUT, "%s: net.nesterov=1 needs net.momentum > 0", p);
-    for (const char *s = cfg->no_decay; *s;) {
-        size_t len = strcspn(s, ",");
-        int known = (len == 4 && strncmp(s, "bias", 4) == 0) || (len == 9 && strncmp(s, "batchnorm", 9) == 0);
-        for (int i = 0; !known && i < cfg->n_layers; i++)
-            known = strlen(cfg->layers[i].name) == len && strncmp(cfg->layers[i].name, s, len) == 0;
+    const char *list = cfg->no_decay, *item = NULL;
+    size_t len = 0;
+    for (int kind; (kind = no_decay_next(&list, &item, &len)) != ND_END;) {
+        int known = kind != ND_NAME;
+        for (int i = 0; !known && i < cfg->n_layers; i++) known = item_is(item, len, cfg->layers[i].name);
         if (!known)
-            return ERR(ST_INPUT, "%s: net.no_decay: '%.*s' is not 'bias', 'batchnorm' or a layer's name", p, (int)len, s);
-        s += len + (s[len] == ',');
+            return ERR(ST_INPUT, "%s: net.no_decay: '%.*s' is not 'bias', 'batchnorm' or a layer's name", p, (int)len,
+                       item);
     }
     return ST_OK;
 }
@@ -82,7 +108,8 @@ static int layer_validate(const net_config *cfg, int i, const layer_shape *shape
     return k->shape(cfg, i, in, n_in, out, n_params);
 }
 
-static int validate_layers(const net_config *cfg) {
+// shapes[i + 1]: layer i's output ([0]: the input); params[i]: the parameters it adds (either may be NULL).
+static int validate_layers(const net_config *cfg, layer_shape *shapes_out, long long *params_out) {
     const char *p = cfg->path;
     layer_shape shapes[CFG_MAX_LAYERS + 1];  // [0]: the network input, [i + 1]: layer i's output
     shapes[0] = (layer_shape){cfg->channels, cfg->height, cfg->width, 1};
@@ -101,6 +128,8 @@ static int validate_layers(const net_config *cfg) {
             if (idx[j] >= 0) readers[idx[j]]++;
         const layer_shape *o = &shapes[i + 1];
         total += n_params;
+        if (params_out) params_out[i] = n_params;
+        if (shapes_out) shapes_out[i + 1] = *o, shapes_out[0] = shapes[0];
         if ((long long)o->c * o->h * o->w > (1LL << 28))
             return ERR(ST_INPUT, "%s:%d: [%s] '%s': output %dx%dx%d is too large", p, l->line, k->section, l->name,
                        o->c, o->h, o->w);
@@ -278,6 +307,10 @@ int config_validate(const net_config *cfg) {
     size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
     if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
                                         cfg->height, cfg->width);
-    return validate_layers(cfg);
+    return validate_layers(cfg, NULL, NULL);
+}
+
+int config_layer_shapes(const net_config *cfg, layer_shape shapes[CFG_MAX_LAYERS + 1], long long params[CFG_MAX_LAYERS]) {
+    return validate_layers(cfg, shapes, params);
 }
 

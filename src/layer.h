@@ -24,7 +24,7 @@ typedef struct layer_shape {
 enum layer_key_type {
     LK_INT = 1,  // int field; values outside [lo, hi] rejected
     LK_DOUBLE,   // double field
-    LK_ACT,      // int field: relu | linear | leaky (ACT_*)
+    LK_ACT,      // int field: an activation name (layer_act_names: ACT_*)
     LK_REFS,     // layer_cfg.refs/n_refs: comma-separated layer indices, negative = relative (Darknet's -k)
 };
 
@@ -98,11 +98,24 @@ const char *layer_kind_sections(void);
 int layer_inputs(const net_config *cfg, int i, int idx[CFG_MAX_REFS + 1], int *n);
 
 // ST_INPUT with "file:line: [section] 'name': " (and "key: " when key != NULL) before the message.
+// The validated network's shapes (shapes[i + 1]: layer i's output, [0]: the input) and each layer's parameter
+// count (--print-model); the errors of config_validate's layer checks.
+int config_layer_shapes(const net_config *cfg, layer_shape shapes[CFG_MAX_LAYERS + 1], long long params[CFG_MAX_LAYERS]);
 int layer_err(const net_config *cfg, int i, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 // Helpers for kinds
-const char *layer_act_name(int act);
+const char *layer_act_name(int act);   // "linear" for ACT_NONE (and any unknown value)
+int layer_act_find(const char *name);  // ACT_*, or -1 when no activation has that name
+const char *layer_act_names(void);     // "linear, relu, leaky, ..." for messages and --list-layers
+
+// A layer's activation, fused into its own op where act' can be read from the output (act_from_output), else
+// run on its own: the op runs linear into l->pre (model.c allocates it), then layer_act_forward makes l->y, and
+// layer_act_backward turns l->dy into the pre-activation gradient before the op's backward.
+int layer_act_fused(const model_layer *l);  // the act the op fuses: l->act or ACT_NONE
+float *layer_act_out(model_layer *l);       // where the op writes: l->pre or l->y
+int layer_act_forward(model *m, model_layer *l, int n);   // nothing when fused
+int layer_act_backward(model *m, model_layer *l, int n);  // nothing when fused
 
 // The registry for people and programs: every kind's section, default name prefix, inputs, doc and keys with
 // defaults and ranges. LAYER_LIST_TEXT for --list-layers, LAYER_LIST_JSON for --list-layers --json (the PyTorch

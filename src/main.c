@@ -72,6 +72,7 @@ static void usage(FILE *f) {
             "                      them, list files, or one IDX (raw or gzip) or CIFAR-10 binary file; CSV\n"
             "                      path,class,class_name,p0,... to --out FILE.csv or stdout\n"
             "  --print-config      print the effective configuration and exit\n"
+            "  --print-model       print every layer (name, kind, output shape, parameters) and the total, and exit\n"
             "  --list-layers       every layer kind: its section, default names, doc, keys with defaults and\n"
             "                      ranges (--json: for programs; --markdown: docs/config.md's table)\n"
             "  --print-placement   every rank prints its host, rank, node-local rank and GPU, then all exit\n"
@@ -92,6 +93,26 @@ static void usage(FILE *f) {
             "5 stopped by SIGINT/SIGTERM.\n");
 }
 
+// --print-model: one line per layer (as PyTorch's model summaries) and the total, which torchvision's models'
+// parameter counts can be checked against.
+static int print_model(const net_config *cfg) {
+    static layer_shape shapes[CFG_MAX_LAYERS + 1];
+    static long long params[CFG_MAX_LAYERS];
+    TRY(config_layer_shapes(cfg, shapes, params));
+    long long total = 0;
+    printf("%-4s %-28s %-10s %-16s %12s\n", "#", "name", "kind", "output", "parameters");
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const layer_shape *o = &shapes[i + 1];
+        char shape[48];
+        snprintf(shape, sizeof shape, o->spatial ? "%dx%dx%d" : "%d", o->c, o->h, o->w);
+        printf("%-4d %-28s %-10s %-16s %12lld\n", i, cfg->layers[i].name, layer_kind_of(cfg->layers[i].type)->section,
+               shape, params[i]);
+        total += params[i];
+    }
+    printf("input %dx%dx%d, %d layers, %lld parameters\n", cfg->channels, cfg->height, cfg->width, cfg->n_layers, total);
+    return ST_OK;
+}
+
 // Rank before the process group starts (MPI_Init), so that --help and CLI errors print once under mpirun.
 static int launcher_rank(void) {
     const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
@@ -109,6 +130,7 @@ typedef struct cli {
     int n_sets;
     train_opts opts;
     int print_config;
+    int print_model;
     int resume_if_exists;
     int print_placement;
 } cli;
@@ -123,7 +145,7 @@ static int cli_add_set(cli *c, const char *fmt, const char *value) {
 }
 
 enum { OPT_BACKEND = 256, OPT_COMM, OPT_BUCKET, OPT_NO_OVERLAP, OPT_SCALING, OPT_STEPS, OPT_METRICS, OPT_BASELINE,
-       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_VERSION, OPT_TRACE, OPT_EVAL, OPT_PREDICT, OPT_IMAGES, OPT_OUT,
+       OPT_SAVE, OPT_RESUME, OPT_PRINT_CONFIG, OPT_PRINT_MODEL, OPT_VERSION, OPT_TRACE, OPT_EVAL, OPT_PREDICT, OPT_IMAGES, OPT_OUT,
        OPT_INIT_FROM, OPT_INIT_EXCLUDE, OPT_SAVE_EVERY, OPT_KEEP_BEST, OPT_RESUME_IF_EXISTS, OPT_PRINT_PLACEMENT,
        OPT_LOG_EVERY, OPT_VERBOSE, OPT_LIST_LAYERS, OPT_JSON, OPT_MARKDOWN, OPT_TENSORBOARD };
 
@@ -205,7 +227,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         {"scaling", required_argument, 0, OPT_SCALING}, {"steps", required_argument, 0, OPT_STEPS},
         {"metrics", required_argument, 0, OPT_METRICS}, {"baseline", required_argument, 0, OPT_BASELINE},
         {"save", required_argument, 0, OPT_SAVE},     {"resume", required_argument, 0, OPT_RESUME},
-        {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"trace", required_argument, 0, OPT_TRACE},
+        {"print-config", no_argument, 0, OPT_PRINT_CONFIG}, {"print-model", no_argument, 0, OPT_PRINT_MODEL}, {"trace", required_argument, 0, OPT_TRACE},
         {"eval", required_argument, 0, OPT_EVAL},     {"predict", required_argument, 0, OPT_PREDICT},
         {"images", required_argument, 0, OPT_IMAGES}, {"out", required_argument, 0, OPT_OUT},
         {"init-from", required_argument, 0, OPT_INIT_FROM}, {"init-exclude", required_argument, 0, OPT_INIT_EXCLUDE},
@@ -258,6 +280,7 @@ static int cli_parse(int argc, char **argv, cli *c) {
         case OPT_JSON: list_format = LAYER_LIST_JSON, format_given = 1; break;
         case OPT_MARKDOWN: list_format = LAYER_LIST_MARKDOWN, format_given = 1; break;
         case OPT_PRINT_CONFIG: c->print_config = 1; break;
+        case OPT_PRINT_MODEL: c->print_model = 1; break;
         case OPT_EVAL: c->opts.eval_path = optarg; break;
         case OPT_PREDICT: c->opts.predict_path = optarg; break;
         case OPT_IMAGES:
@@ -477,6 +500,14 @@ int main(int argc, char **argv) {
     // Local: the configuration. Its status is agreed on once the ranks can talk.
     static net_config cfg;
     const int cfg_st = config_read(&c, &cfg);
+    if (c.print_model) {
+        int st_print = cfg_st;
+        if (launcher_rank() == 0) {
+            if (st_print == ST_OK) st_print = print_model(&cfg);
+            if (st_print != ST_OK) print_error();
+        }
+        return st_print == ST_OK ? stdout_final_status(ST_OK) : st_print;
+    }
     if (c.print_config) {
         int st_print = cfg_st;
         if (launcher_rank() == 0) {
