@@ -381,6 +381,9 @@ static const backend_ops cuda_ops = {
     .dropout = cuda_dropout,
     .avgpool_forward = cuda_avgpool_forward,
     .avgpool_backward = cuda_avgpool_backward,
+    // activations on their own (layer_ops_cuda.cu)
+    .act_forward = cuda_act_forward,
+    .act_backward_input = cuda_act_backward_input,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {

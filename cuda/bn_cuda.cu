@@ -35,12 +35,6 @@ static __device__ __forceinline__ size_t bn_index(int j, int c, int hw, int ch) 
     return ((size_t)(j / hw) * c + ch) * hw + (size_t)(j % hw);
 }
 
-static __device__ __forceinline__ float bn_act(int act, float v) {
-    if (act == ACT_RELU) return v > 0.f ? v : 0.f;
-    if (act == ACT_LEAKY) return v > 0.f ? v : 0.1f * v;
-    return v;
-}
-
 // stats[3c] = {mean, biased var (two-pass), mean²}; one block per channel.
 __global__ void bn_stats_kernel(const float *x, float *stats, int n, int c, int hw) {
     __shared__ double sh[32];
@@ -88,7 +82,7 @@ __global__ void bn_apply_kernel(const float *x, const float *save, const float *
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
         const float scale = w[ch] * save[c + ch], shift = b[ch] - save[ch] * scale;
-        y[i] = bn_act(act, x[i] * scale + shift);
+        y[i] = act_apply(act, x[i] * scale + shift);
     }
 }
 
@@ -102,8 +96,7 @@ __global__ void bn_grad_stats_kernel(const float *x, const float *y, const float
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
         const size_t i = bn_index(j, c, hw, ch);
         float g = dy[i];
-        if (act == ACT_RELU) g = y[i] > 0.f ? g : 0.f;
-        else if (act == ACT_LEAKY) g = y[i] > 0.f ? g : 0.1f * g;
+        g = act_grad(act, y[i], g);  // the activations with act_from_output (bn_desc_check)
         dy[i] = g;
         sg += g;
         sgx += (double)g * ((x[i] - mean) * invstd);
@@ -131,12 +124,9 @@ __global__ void bn_grad_input_kernel(const float *x, const float *save, const fl
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
 
+// backend.h's check shared with the CPU backend, then this backend's limit: kernels index with 32 bits.
 static int bn_check(const bn_desc *d, const char *op) {
-    if (d->n < 1 || d->c < 1 || d->hw < 1)
-        return ERR(ST_INPUT, "%s: n=%d c=%d hw=%d must be positive", op, d->n, d->c, d->hw);
-    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
-        return ERR(ST_INPUT, "%s: unknown activation %d", op, d->act);
-    if (!(d->eps > 0.0f)) return ERR(ST_INPUT, "%s: eps %g must be > 0", op, (double)d->eps);
+    TRY(bn_desc_check(d, op));
     if ((size_t)d->n * d->c * d->hw > (size_t)INT32_MAX)
         return ERR(ST_INPUT, "%s: %d x %d x %d values, more than the CUDA backend's limit %d", op, d->n, d->c, d->hw,
                    INT32_MAX);

@@ -101,8 +101,7 @@ static int conv_shape_check(const conv_desc *d) {
         return ERR(ST_INPUT, "conv_prepare: output %dx%d does not match input %dx%d, kernel %dx%d, stride %d, pad %d "
                              "(conv_desc_init not called?)",
                    d->oh, d->ow, d->h, d->w, d->r, d->s, d->stride, d->pad);
-    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
-        return ERR(ST_INPUT, "conv_prepare: unknown activation %d", d->act);
+    if (!act_from_output(d->act)) return ERR(ST_INPUT, "conv_prepare: activation %d is not one conv fuses", d->act);
     if ((size_t)d->n * d->k * oh * ow > (size_t)INT32_MAX || (size_t)d->n * d->c * d->h * d->w > (size_t)INT32_MAX)
         return ERR(ST_INPUT, "conv_prepare: layer too large for the CUDA backend (n=%d c=%d %dx%d k=%d)", d->n, d->c,
                    d->h, d->w, d->k);
@@ -136,25 +135,106 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
 // ---------------------------------------------------------------------------------------------------------
 // Plans: algorithm choice
 
+// What differs between the three directions: cuDNN's types and calls, the plan fields a choice fills, the
+// fallback algorithm, and whether backward's preference for deterministic algorithms applies. The workspace
+// survey and choose_algo below are written once over these. Each cuDNN call is spelled as it was in the
+// per-direction choosers so that cudnnCheck names the same call when it fails.
+struct dir_fwd {
+    typedef cudnnConvolutionFwdAlgoPerf_t perf_t;
+    typedef cudnnConvolutionFwdAlgo_t algo_t;
+    enum { n_algos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT, backward = 0 };
+    static const char *name() { return "forward"; }
+    static algo_t fallback() { return CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM; }
+    static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->fwd_desc; }
+    static void set(conv_plan *p, algo_t algo, size_t ws) { p->fwd = algo, p->ws_fwd = ws; }
+    static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
+        return cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc, algo,
+                                                       ws);
+    }
+    static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
+        cudnnCheck(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
+                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
+        return ST_OK;
+    }
+    static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
+        cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
+                                                          p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count,
+                                                          perf, s->ws, s->ws_bytes));
+        return ST_OK;
+    }
+};
+
+struct dir_bwd_data {
+    typedef cudnnConvolutionBwdDataAlgoPerf_t perf_t;
+    typedef cudnnConvolutionBwdDataAlgo_t algo_t;
+    enum { n_algos = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, backward = 1 };
+    static const char *name() { return "backward-data"; }
+    static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_DATA_ALGO_1; }
+    static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_data_desc; }
+    static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_data = algo, p->ws_bwd_data = ws; }
+    static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
+                                                            p->x_desc, algo, ws);
+    }
+    static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
+        cudnnCheck(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
+                                                               p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                               &count, perf));
+        return ST_OK;
+    }
+    // dx goes to the x scratch (x itself is not an input of this direction).
+    static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
+        cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
+                                                               p->bwd_data_desc, p->x_desc, s->x,
+                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf,
+                                                               s->ws, s->ws_bytes));
+        return ST_OK;
+    }
+};
+
+struct dir_bwd_filter {
+    typedef cudnnConvolutionBwdFilterAlgoPerf_t perf_t;
+    typedef cudnnConvolutionBwdFilterAlgo_t algo_t;
+    enum { n_algos = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, backward = 1 };
+    static const char *name() { return "backward-filter"; }
+    static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1; }
+    static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_filter_desc; }
+    static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_filter = algo, p->ws_bwd_filter = ws; }
+    static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
+                                                              p->w_desc, algo, ws);
+    }
+    static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
+        cudnnCheck(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
+                                                                 p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                 &count, perf));
+        return ST_OK;
+    }
+    // dw goes to the w scratch (w is not an input of this direction).
+    static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
+        cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
+                                                                 p->bwd_filter_desc, p->w_desc, s->w,
+                                                                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
+                                                                 perf, s->ws, s->ws_bytes));
+        return ST_OK;
+    }
+};
+
+// The largest workspace any algorithm of direction Dir asks for, up to cap, folded into *need.
+template <typename Dir>
+static void dir_workspace_need(const cuda_ctx *c, const conv_plan *p, size_t cap, size_t *need) {
+    size_t sz = 0;
+    for (int a = 0; a < Dir::n_algos; a++)
+        if (Dir::workspace(c, p, (typename Dir::algo_t)a, &sz) == CUDNN_STATUS_SUCCESS && sz <= cap && sz > *need)
+            *need = sz;
+}
+
 // The largest workspace any algorithm of any direction asks for, up to cap (those above are never chosen).
 static size_t find_workspace_need(const cuda_ctx *c, const conv_plan *p, size_t cap) {
-    size_t need = 0, sz = 0;
-    for (int a = 0; a < CUDNN_CONVOLUTION_FWD_ALGO_COUNT; a++)
-        if (cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
-                                                    (cudnnConvolutionFwdAlgo_t)a, &sz) == CUDNN_STATUS_SUCCESS &&
-            sz <= cap && sz > need)
-            need = sz;
-    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT; a++)
-        if (cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc, p->x_desc,
-                                                         (cudnnConvolutionBwdDataAlgo_t)a, &sz) == CUDNN_STATUS_SUCCESS &&
-            sz <= cap && sz > need)
-            need = sz;
-    for (int a = 0; a < CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT; a++)
-        if (cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
-                                                           p->w_desc, (cudnnConvolutionBwdFilterAlgo_t)a,
-                                                           &sz) == CUDNN_STATUS_SUCCESS &&
-            sz <= cap && sz > need)
-            need = sz;
+    size_t need = 0;
+    dir_workspace_need<dir_fwd>(c, p, cap, &need);
+    dir_workspace_need<dir_bwd_data>(c, p, cap, &need);
+    dir_workspace_need<dir_bwd_filter>(c, p, cap, &need);
     return need;
 }
 
@@ -239,40 +319,16 @@ static cudnnMathType_t math_for(const cuda_ctx *c, cudnnMathType_t found) {
 }
 
 // Accept an algorithm only when cuDNN confirms it for the math type we will run it with.
-static int try_fwd(const cuda_ctx *c, conv_plan *p, cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math,
-                   size_t found_ws, size_t cap) {
+template <typename Dir>
+static int try_algo(const cuda_ctx *c, conv_plan *p, typename Dir::algo_t algo, cudnnMathType_t math,
+                    size_t found_ws, size_t cap) {
     size_t ws = 0;
-    if (cudnnSetConvolutionMathType(p->fwd_desc, math) != CUDNN_STATUS_SUCCESS ||
-        cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc, algo, &ws) !=
-            CUDNN_STATUS_SUCCESS)
+    if (cudnnSetConvolutionMathType(Dir::desc(p), math) != CUDNN_STATUS_SUCCESS ||
+        Dir::workspace(c, p, algo, &ws) != CUDNN_STATUS_SUCCESS)
         return 0;
-    p->fwd = algo;
-    p->ws_fwd = ws > found_ws ? ws : found_ws;
-    return p->ws_fwd <= cap;
-}
-
-static int try_bwd_data(const cuda_ctx *c, conv_plan *p, cudnnConvolutionBwdDataAlgo_t algo, cudnnMathType_t math,
-                        size_t found_ws, size_t cap) {
-    size_t ws = 0;
-    if (cudnnSetConvolutionMathType(p->bwd_data_desc, math) != CUDNN_STATUS_SUCCESS ||
-        cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc, p->x_desc, algo,
-                                                     &ws) != CUDNN_STATUS_SUCCESS)
-        return 0;
-    p->bwd_data = algo;
-    p->ws_bwd_data = ws > found_ws ? ws : found_ws;
-    return p->ws_bwd_data <= cap;
-}
-
-static int try_bwd_filter(const cuda_ctx *c, conv_plan *p, cudnnConvolutionBwdFilterAlgo_t algo,
-                          cudnnMathType_t math, size_t found_ws, size_t cap) {
-    size_t ws = 0;
-    if (cudnnSetConvolutionMathType(p->bwd_filter_desc, math) != CUDNN_STATUS_SUCCESS ||
-        cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc, p->w_desc,
-                                                       algo, &ws) != CUDNN_STATUS_SUCCESS)
-        return 0;
-    p->bwd_filter = algo;
-    p->ws_bwd_filter = ws > found_ws ? ws : found_ws;
-    return p->ws_bwd_filter <= cap;
+    const size_t need = ws > found_ws ? ws : found_ws;
+    Dir::set(p, algo, need);
+    return need <= cap;
 }
 
 static int no_algo(const conv_desc *d, const char *dir) {
@@ -281,84 +337,34 @@ static int no_algo(const conv_desc *d, const char *dir) {
                g_rank, g_host, dir, d->n, d->c, d->h, d->w, d->k, d->r, d->s, d->stride, d->pad);
 }
 
-static int choose_fwd(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s, size_t cap) {
-    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    int count = 0, order[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+// Heuristics (deterministic) or Find (timed) lists the candidates; the first that rank_results keeps and
+// try_algo accepts wins, else the direction's fallback within cap, else within WS_CAP.
+template <typename Dir>
+static int choose_algo(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s, size_t cap) {
+    typename Dir::perf_t perf[Dir::n_algos];
+    int count = 0, order[Dir::n_algos];
     if (c->deterministic)
-        cudnnCheck(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
-                                                          CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
+        TRY(Dir::heuristic(c, p, count, perf));
     else
-        cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
-                                                          p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count,
-                                                          perf, s->ws, s->ws_bytes));
-    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 0), order);
+        TRY(Dir::find(c, p, s, count, perf));
+    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, Dir::backward),
+                               order);
     for (int i = 0; i < m; i++) {
-        const cudnnConvolutionFwdAlgoPerf_t &q = perf[order[i]];
-        if (try_fwd(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
+        const typename Dir::perf_t &q = perf[order[i]];
+        if (try_algo<Dir>(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
     }
-    const cudnnConvolutionFwdAlgo_t fallback = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-    if (try_fwd(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
-    if (try_fwd(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
-    return no_algo(d, "forward");
-}
-
-static int choose_bwd_data(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s,
-                           size_t cap) {
-    cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    int count = 0, order[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    // dx goes to the x scratch (x itself is not an input of this direction).
-    if (c->deterministic)
-        cudnnCheck(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
-                                                               p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                               &count, perf));
-    else
-        cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
-                                                               p->bwd_data_desc, p->x_desc, s->x,
-                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf,
-                                                               s->ws, s->ws_bytes));
-    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 1), order);
-    for (int i = 0; i < m; i++) {
-        const cudnnConvolutionBwdDataAlgoPerf_t &q = perf[order[i]];
-        if (try_bwd_data(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
-    }
-    const cudnnConvolutionBwdDataAlgo_t fallback = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-    if (try_bwd_data(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
-    if (try_bwd_data(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
-    return no_algo(d, "backward-data");
-}
-
-static int choose_bwd_filter(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s,
-                             size_t cap) {
-    cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    int count = 0, order[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    // dw goes to the w scratch (w is not an input of this direction).
-    if (c->deterministic)
-        cudnnCheck(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
-                                                                 p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                                 &count, perf));
-    else
-        cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
-                                                                 p->bwd_filter_desc, p->w_desc, s->w,
-                                                                 CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
-                                                                 perf, s->ws, s->ws_bytes));
-    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, 1), order);
-    for (int i = 0; i < m; i++) {
-        const cudnnConvolutionBwdFilterAlgoPerf_t &q = perf[order[i]];
-        if (try_bwd_filter(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
-    }
-    const cudnnConvolutionBwdFilterAlgo_t fallback = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-    if (try_bwd_filter(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
-    if (try_bwd_filter(c, p, fallback, math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
-    return no_algo(d, "backward-filter");
+    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
+    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
+    return no_algo(d, Dir::name());
 }
 
 // Fallbacks may exceed cap (never WS_CAP): the caller then sees a larger need than it planned for.
 static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t cap) {
     find_scratch s = {};
     int st = c->deterministic ? ST_OK : scratch_alloc(c, d, p, cap, &s);  // heuristics run nothing
-    if (st == ST_OK) st = choose_fwd(c, d, p, &s, cap);
-    if (st == ST_OK) st = choose_bwd_data(c, d, p, &s, cap);
-    if (st == ST_OK) st = choose_bwd_filter(c, d, p, &s, cap);
+    if (st == ST_OK) st = choose_algo<dir_fwd>(c, d, p, &s, cap);
+    if (st == ST_OK) st = choose_algo<dir_bwd_data>(c, d, p, &s, cap);
+    if (st == ST_OK) st = choose_algo<dir_bwd_filter>(c, d, p, &s, cap);
     scratch_free(&s);  // cudaFree waits for the timing runs
     return st;
 }

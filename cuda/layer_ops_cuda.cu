@@ -22,6 +22,17 @@ __global__ void act_backward_kernel(size_t n, int act, const float *y, const flo
         dx[i] = act_grad(act, y[i], dy[i]);
 }
 
+// An activation on its own (the layers' unfused ones): y = act(x), and dx = dy · act'(x) at the pre-activation.
+__global__ void act_forward_kernel(size_t n, int act, const float *x, float *y) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        y[i] = act_apply(act, x[i]);
+}
+
+__global__ void act_backward_input_kernel(size_t n, int act, const float *x, const float *dy, float *dx) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = act_grad_input(act, x[i], dy[i]);
+}
+
 // The key is read from device memory at run time: a replayed graph draws the step the host wrote before it.
 __global__ void dropout_kernel(size_t n, const dropout_key *key, uint32_t stream, uint32_t threshold, float scale,
                                const float *x, float *y) {
@@ -65,9 +76,14 @@ __global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, i
 // ---------------------------------------------------------------------------------------------------------
 // Launchers
 
+// The fused ops take the activations with act_from_output; act_forward and act_backward_input take any.
 static int act_valid(int act, const char *op) {
-    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY)
-        return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (!act_from_output(act)) return ERR(ST_INPUT, "%s: activation %d is not one the op fuses", op, act);
+    return ST_OK;
+}
+
+static int act_known_check(int act, const char *op) {
+    if (!act_known(act)) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
     return ST_OK;
 }
 
@@ -85,6 +101,24 @@ int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float 
     TRY(act_valid(act, "act_backward"));
     if (n == 0) return ST_OK;
     act_backward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, y, dy, dx);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_act_forward(void *ctx, size_t n, int act, const float *x, float *y) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_known_check(act, "act_forward"));
+    if (n == 0) return ST_OK;
+    act_forward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, x, y);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx) {
+    cuda_ctx *c = (cuda_ctx *)ctx;
+    TRY(act_known_check(act, "act_backward_input"));
+    if (n == 0) return ST_OK;
+    act_backward_input_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, x, dy, dx);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -49,23 +49,25 @@ __global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Kernels: max pooling (no padding: every window lies inside the input)
+// Kernels: max pooling (pad: -inf padding, each window clipped to the input; pad <= size/2 leaves it non-empty)
 
-// One thread per output; argmax is the index of the max within its input plane (h*w), first max on ties.
+// One thread per output; argmax is the index of the max within its input plane (h*w), first max in row-major
+// order on ties.
 __global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsigned total, int h, int w, int oh,
-                                int ow, int size, int stride) {
+                                int ow, int size, int stride, int pad) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int ox = (int)(i % ow);
         const unsigned t = i / ow;
         const int oy = (int)(t % oh);
         const unsigned plane = t / oh;
         const float *xp = x + (size_t)plane * h * w;
-        const int y0 = oy * stride, x0 = ox * stride;
-        int best_j = y0 * w + x0;
+        const int y0 = oy * stride - pad, x0 = ox * stride - pad;
+        const int r0 = max(y0, 0), r1 = min(y0 + size, h), c0 = max(x0, 0), c1 = min(x0 + size, w);
+        int best_j = r0 * w + c0;
         float best = __ldg(&xp[best_j]);
-        for (int r = 0; r < size; r++)
-            for (int s = 0; s < size; s++) {
-                const int j = (y0 + r) * w + x0 + s;
+        for (int r = r0; r < r1; r++)
+            for (int s = c0; s < c1; s++) {
+                const int j = r * w + s;
                 const float v = __ldg(&xp[j]);
                 if (v > best) {
                     best = v;
@@ -80,18 +82,19 @@ __global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsig
 // Gather formulation: one thread per input element sums dy over the (few) windows that contain it and chose
 // it, in ascending output order (the order a CPU scatter adds them). Writes every dx: no zeroing, no atomics.
 __global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *dx, unsigned total, int h, int w,
-                                int oh, int ow, int size, int stride) {
+                                int oh, int ow, int size, int stride, int pad) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int ix = (int)(i % w);
         const unsigned t = i / w;
         const int iy = (int)(t % h);
         const unsigned plane = t / h;
         const int j = iy * w + ix;
-        // Windows o with o*stride <= i < o*stride + size.
-        const int oy_lo = iy < size ? 0 : (iy - size) / stride + 1;
-        const int oy_hi = min(iy / stride, oh - 1);
-        const int ox_lo = ix < size ? 0 : (ix - size) / stride + 1;
-        const int ox_hi = min(ix / stride, ow - 1);
+        // Windows o with o*stride - pad <= i < o*stride - pad + size (in padded coordinates p = i + pad).
+        const int py = iy + pad, px = ix + pad;
+        const int oy_lo = py < size ? 0 : (py - size) / stride + 1;
+        const int oy_hi = min(py / stride, oh - 1);
+        const int ox_lo = px < size ? 0 : (px - size) / stride + 1;
+        const int ox_hi = min(px / stride, ow - 1);
         const size_t base = (size_t)plane * oh * ow;
         float g = 0.f;
         for (int oy = oy_lo; oy <= oy_hi; oy++)
@@ -361,7 +364,7 @@ __global__ void clip_scale_kernel(size_t n, float *x, const double *sumsq, float
 // Launchers
 
 static int act_check(int act, const char *op) {
-    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (!act_from_output(act)) return ERR(ST_INPUT, "%s: activation %d is not one the op fuses", op, act);
     return ST_OK;
 }
 
@@ -406,7 +409,7 @@ int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, i
     TRY(size_check((size_t)d->n * d->c * d->h * d->w, "pool_forward", "the input"));
     if (total == 0) return ST_OK;
     pool_fwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, y, argmax, (unsigned)total, d->h, d->w,
-                                                                          d->oh, d->ow, d->size, d->stride);
+                                                                          d->oh, d->ow, d->size, d->stride, d->pad);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -417,7 +420,7 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
     TRY(size_check(total, "pool_backward", "the input"));
     if (total == 0) return ST_OK;
     pool_bwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(dy, argmax, dx, (unsigned)total, d->h, d->w,
-                                                                          d->oh, d->ow, d->size, d->stride);
+                                                                          d->oh, d->ow, d->size, d->stride, d->pad);
     cudaCheckLaunch();
     return ST_OK;
 }

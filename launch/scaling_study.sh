@@ -154,7 +154,9 @@ if [ -z "$cores" ] && [ "$eff_backend" = cpu ]; then
     pids+=($!)
   done
   wait "${pids[@]}"
-  cores=$(python3 launch/perf_model.py cores "$(nproc)" "$out/cores_alone.jsonl" "$out"/cores_together_*.jsonl)
+  together=()  # the runs' epoch records (not their per-step files, *.steps.jsonl)
+  for f in "$out"/cores_together_*.jsonl; do [[ $f == *.steps.jsonl ]] || together+=("$f"); done
+  cores=$(python3 launch/perf_model.py cores "$(nproc)" "$out/cores_alone.jsonl" "${together[@]}")
   echo "# effective cores: $cores of $(nproc) ($copies np 1 runs at once vs one alone)"
 fi
 cores=${cores:-0}

@@ -108,8 +108,21 @@ def registry():
     return _REGISTRY
 
 
+# The trainer's activation names (trainer --list-layers) as PyTorch functions; gelu is the exact erf form.
+ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": F.relu,
+    "leaky": lambda x: F.leaky_relu(x, LEAKY_SLOPE),
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "silu": F.silu,
+    "hardswish": F.hardswish,
+    "gelu": lambda x: F.gelu(x, approximate="none"),
+}
+
+
 def act_fn(name):
-    return {"relu": F.relu, "leaky": lambda x: F.leaky_relu(x, LEAKY_SLOPE), "linear": lambda x: x}[name]
+    return ACTIVATIONS[name]
 
 
 def refs(spec, i):
@@ -166,8 +179,9 @@ class CfgNet(nn.Module):
             elif kind == "maxpool":
                 size = int(keys.get("size", 2))
                 stride = int(keys.get("stride", 0)) or size
-                opt.update(size=size, stride=stride)
-                out = (prev[0], (prev[1] - size) // stride + 1, (prev[2] - size) // stride + 1)
+                pad = int(keys.get("pad", 0))
+                opt.update(size=size, stride=stride, pad=pad)
+                out = (prev[0], (prev[1] + 2 * pad - size) // stride + 1, (prev[2] + 2 * pad - size) // stride + 1)
             elif kind == "avgpool":
                 size = int(keys.get("size", 0))
                 stride = int(keys.get("stride", 0)) or size
@@ -221,7 +235,7 @@ class CfgNet(nn.Module):
             elif kind == "dense":
                 y = act(getattr(self, name)(a.flatten(1)))
             elif kind == "maxpool":
-                y = F.max_pool2d(a, opt["size"], opt["stride"])
+                y = F.max_pool2d(a, opt["size"], opt["stride"], opt["pad"])
             elif kind == "avgpool":
                 y = F.adaptive_avg_pool2d(a, 1) if opt["size"] == 0 else F.avg_pool2d(a, opt["size"], opt["stride"])
             elif kind == "flatten":

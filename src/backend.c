@@ -1,5 +1,5 @@
 // backend.c — the parts of the backend that no single implementation owns: the backend_<op>() wrappers and the
-// table check (both made from src/backend_ops.def), shape descriptors, and the factory.
+// table check (both made from src/backend_ops.def), and the factory. Shape descriptors: src/backend_desc.c.
 #include "backend.h"
 
 #include <limits.h>
@@ -8,54 +8,6 @@
 #include <string.h>
 
 #include "common.h"
-
-// ---------------------------------------------------------------------------------------------------------
-// Shapes
-
-// Backends index one sample (and one im2col block) with int; reject shapes where that would overflow.
-static int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
-
-int conv_desc_init(conv_desc *d, const char *layer_name) {
-    const char *ln = layer_name ? layer_name : "conv";
-    if (d->n < 1 || d->c < 1 || d->h < 1 || d->w < 1)
-        return ERR(ST_INPUT, "%s: input shape n=%d c=%d h=%d w=%d must be positive", ln, d->n, d->c, d->h, d->w);
-    if (d->k < 1 || d->r < 1 || d->s < 1)
-        return ERR(ST_INPUT, "%s: filters=%d and kernel %dx%d must be positive", ln, d->k, d->r, d->s);
-    if (d->stride < 1) return ERR(ST_INPUT, "%s: stride %d must be >= 1", ln, d->stride);
-    if (d->pad < 0) return ERR(ST_INPUT, "%s: pad %d must be >= 0", ln, d->pad);
-    // A pad as large as the kernel makes border outputs that see only padding: almost surely a typo.
-    if (d->pad >= d->r || d->pad >= d->s)
-        return ERR(ST_INPUT, "%s: pad %d must be smaller than the kernel %dx%d", ln, d->pad, d->r, d->s);
-    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
-        return ERR(ST_INPUT, "%s: unknown activation %d", ln, d->act);
-    int64_t ph = (int64_t)d->h + 2 * (int64_t)d->pad - d->r, pw = (int64_t)d->w + 2 * (int64_t)d->pad - d->s;
-    if (ph < 0 || pw < 0)
-        return ERR(ST_INPUT, "%s: kernel %dx%d (pad %d) is larger than the %dx%d input", ln, d->r, d->s, d->pad,
-                   d->h, d->w);
-    d->oh = (int)(ph / d->stride + 1);
-    d->ow = (int)(pw / d->stride + 1);
-    int64_t plane = (int64_t)d->oh * d->ow;
-    if (!fits_int((int64_t)d->c * d->h * d->w) || !fits_int((int64_t)d->k * plane) ||
-        !fits_int((int64_t)d->c * d->r * d->s * plane))
-        return ERR(ST_INPUT, "%s: one sample's tensors are too large (c=%d %dx%d, k=%d, kernel %dx%d)", ln, d->c,
-                   d->h, d->w, d->k, d->r, d->s);
-    return ST_OK;
-}
-
-int pool_desc_init(pool_desc *d, const char *layer_name) {
-    const char *ln = layer_name ? layer_name : "maxpool";
-    if (d->n < 1 || d->c < 1 || d->h < 1 || d->w < 1)
-        return ERR(ST_INPUT, "%s: input shape n=%d c=%d h=%d w=%d must be positive", ln, d->n, d->c, d->h, d->w);
-    if (d->size < 1) return ERR(ST_INPUT, "%s: size %d must be >= 1", ln, d->size);
-    if (d->stride < 1) return ERR(ST_INPUT, "%s: stride %d must be >= 1", ln, d->stride);
-    if (d->size > d->h || d->size > d->w)
-        return ERR(ST_INPUT, "%s: window %d is larger than the %dx%d input", ln, d->size, d->h, d->w);
-    if (!fits_int((int64_t)d->h * d->w) || !fits_int((int64_t)d->c * d->h * d->w))
-        return ERR(ST_INPUT, "%s: one sample (c=%d %dx%d) is too large", ln, d->c, d->h, d->w);
-    d->oh = (d->h - d->size) / d->stride + 1;
-    d->ow = (d->w - d->size) / d->stride + 1;
-    return ST_OK;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Wrappers: backend_<op>(be, ...) calls the slot with be->ctx; an absent OPTIONAL slot gives ST_RUNTIME naming

@@ -10,8 +10,16 @@
 
 #include "gather_aug.h"
 
-enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2 };  // leaky: slope 0.1 below zero (Darknet's)
+// Activations (PyTorch's formulas; docs/config.md). leaky: slope 0.1 below zero (Darknet's); relu6: min(max(v, 0), 6);
+// silu: v·sigmoid(v); hardswish: v·relu6(v + 3)/6; gelu: the exact erf form, 0.5·v·(1 + erf(v/√2)). Up to
+// ACT_SIGMOID the derivative can be read from the output (relu, leaky, relu6 and sigmoid are monotone): the ops
+// with an `act` argument or field fuse those. silu, hardswish and gelu need the pre-activation: a layer runs its
+// op linear, keeps the op's output and applies act_forward / act_backward_input to it (backend_ops.def).
+enum { ACT_NONE = 0, ACT_RELU, ACT_LEAKY, ACT_RELU6, ACT_SIGMOID, ACT_SILU, ACT_HARDSWISH, ACT_GELU, ACT_COUNT };
 #define ACT_LEAKY_SLOPE 0.1f
+// 1: act' is a function of act's output (the activations the conv, dense, bn and add_act ops fuse)
+static inline int act_from_output(int act) { return act >= ACT_NONE && act <= ACT_SIGMOID; }
+static inline int act_known(int act) { return act >= ACT_NONE && act < ACT_COUNT; }
 
 // Convolution shape for one layer and one batch size n. out = floor((h + 2*pad - r)/stride) + 1.
 typedef struct conv_desc {
@@ -19,14 +27,15 @@ typedef struct conv_desc {
     int k, r, s;        // filters, kernel height, kernel width
     int stride, pad;
     int oh, ow;         // output spatial size (filled by conv_desc_init)
-    int act;            // ACT_NONE, ACT_RELU or ACT_LEAKY, fused after the bias add (if any)
+    int act;            // fused after the bias add (if any): an activation with act_from_output
     void *plan;         // backend-private (cuDNN descriptors, chosen algorithms); made by conv_prepare
 } conv_desc;
 
-// Max pooling, no padding. out = floor((h - size)/stride) + 1.
+// Max pooling. pad: implicit -inf on each side (PyTorch's MaxPool2d padding), at most size/2, so every window
+// holds an input value. out = floor((h + 2*pad - size)/stride) + 1.
 typedef struct pool_desc {
     int n, c, h, w;
-    int size, stride;
+    int size, stride, pad;
     int oh, ow;
     void *plan;
 } pool_desc;
@@ -35,7 +44,7 @@ typedef struct pool_desc {
 // values (over all ranks' batches with sync BN, whose caller averages the stats buffers across ranks between ops).
 typedef struct bn_desc {
     int n, c, hw;       // this rank's batch
-    int act;            // ACT_NONE / ACT_RELU / ACT_LEAKY after the affine
+    int act;            // after the affine: an activation with act_from_output
     float eps;          // y = act(w (x - mean) / sqrt(var + eps) + b)
     float momentum;     // running = (1 - momentum) running + momentum batch (PyTorch's convention)
     int64_t count;      // values per channel the batch statistics cover (n·hw, times the ranks with sync BN):
@@ -116,6 +125,9 @@ int backend_ops_missing(const backend_ops *ops, const char **first);
 // Fill oh/ow; returns ST_INPUT with a message when the shape is impossible (names the layer).
 int conv_desc_init(conv_desc *d, const char *layer_name);
 int pool_desc_init(pool_desc *d, const char *layer_name);
+// ST_INPUT with a message naming op unless n, c, hw are positive, act is known and eps > 0 (every backend's bn_*
+// ops check this; a backend adds its own limits after it).
+int bn_desc_check(const bn_desc *d, const char *op);
 
 // ---------------------------------------------------------------------------------------------------------
 // Creation

@@ -207,6 +207,9 @@ static const backend_ops cpu_ops = {
     .dropout = cpu_dropout,
     .avgpool_forward = cpu_avgpool_forward,
     .avgpool_backward = cpu_avgpool_backward,
+    // activations on their own (layer_ops_cpu.c)
+    .act_forward = cpu_act_forward,
+    .act_backward_input = cpu_act_backward_input,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

@@ -167,8 +167,12 @@ static int attr_user_scratchpad(dnnl_primitive_attr_t *attr, int act) {
         dnnl_post_ops_t po;
         st = dnnl_post_ops_create(&po);
         if (st == dnnl_success) {
-            st = dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, act == ACT_LEAKY ? ACT_LEAKY_SLOPE : 0.0f,
-                                              0.0f);
+            // relu6 = clip to [0, 6]; sigmoid = logistic (act_from_output: conv_desc_init refused the others)
+            const dnnl_alg_kind_t alg = act == ACT_RELU6     ? dnnl_eltwise_clip
+                                        : act == ACT_SIGMOID ? dnnl_eltwise_logistic
+                                                             : dnnl_eltwise_relu;
+            st = dnnl_post_ops_append_eltwise(po, 1.0f, alg, act == ACT_LEAKY ? ACT_LEAKY_SLOPE : 0.0f,
+                                              act == ACT_RELU6 ? 6.0f : 0.0f);
             if (st == dnnl_success) st = dnnl_primitive_attr_set_post_ops(*attr, po);
             dnnl_post_ops_destroy(po);
         }

@@ -66,6 +66,7 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
     }
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
     const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
+    if (!act_from_output(l->act)) TRY(backend_alloc(m->be, (void **)&l->pre, bytes));
     const int p = l->in_idx[0];
     if ((l->kind->flags & LAYER_ALIAS) || ((l->kind->flags & LAYER_ALIAS_ONE) && l->n_in == 1)) {
         l->y = (float *)l->x[0];
@@ -161,6 +162,7 @@ void model_destroy(model *m) {
         l->priv = NULL;
         if (l->own_y) backend_free(m->be, l->y);
         if (l->own_dy) backend_free(m->be, l->dy);
+        backend_free(m->be, l->pre);
     }
     for (int j = 0; j < MODEL_MAX_IN; j++) backend_free(m->be, m->dscratch[j]);
     backend_free(m->be, m->params);

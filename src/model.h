@@ -45,6 +45,9 @@ typedef struct model_layer {
     // activations (backend memory, sized for max_batch): output y and its gradient dy
     float *y, *dy;
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
+    // the pre-activation (backend memory, max_batch) where act' needs it (!act_from_output: silu, hardswish,
+    // gelu): the kind's op writes it linear, layer_act_forward makes y; NULL otherwise
+    float *pre;
     void *priv;                // kind-private (layer_priv_new; model_destroy frees it after the kind's destroy)
 } model_layer;
 

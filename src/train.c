@@ -114,21 +114,14 @@ static int schedule_setup(trainer *t) {
     return lr_schedule_init(&t->sched, cfg, peak, t->steps_per_epoch);
 }
 
-// net.no_decay as ranges of the parameter buffer: every bias (`bias`), every [batchnorm]'s weight and bias
-// (`batchnorm`, as PyTorch recipes leave norm layers undecayed), and the named layers whole. begin/len hold up to
-// 2 per layer; returns how many ranges.
+// net.no_decay as ranges of the parameter buffer: what config_no_decay_layer says of each layer's weights and
+// bias. begin/len hold up to 2 per layer; returns how many ranges.
 int train_no_decay_ranges(const model *m, const char *list, size_t *begin, size_t *len) {
     int n = 0;
     for (int i = 0; i < m->n_layers; i++) {
         const model_layer *l = &m->layers[i];
-        int whole = 0, bias = 0;
-        for (const char *s = list; *s;) {
-            size_t k = strcspn(s, ",");
-            if (k == 4 && strncmp(s, "bias", 4) == 0) bias = 1;
-            else if (k == 9 && strncmp(s, "batchnorm", 9) == 0 && l->type == LAYER_BATCHNORM) whole = 1;
-            else if (strlen(l->name) == k && strncmp(l->name, s, k) == 0) whole = 1;
-            s += k + (s[k] == ',');
-        }
+        int whole, bias;
+        config_no_decay_layer(list, l->name, l->type == LAYER_BATCHNORM, &whole, &bias);
         if (whole && l->n_w) begin[n] = l->w_off, len[n++] = l->n_w;
         if ((whole || bias) && l->n_b) begin[n] = l->b_off, len[n++] = l->n_b;
     }

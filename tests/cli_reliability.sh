@@ -155,7 +155,7 @@ stop_case() {  # stop_case NAME SIGNAL DELAY WANT -- ARGS
   pid=$!
   # The handlers are main's first act; before it (the dynamic loader mapping the libraries) nothing of ours runs.
   # So wait until the process catches SIGTERM (bit 15 of SigCgt in /proc), then the given delay.
-  for _ in $(seq 200); do
+  for _ in $(seq 3000); do  # at most 30 s: a loaded machine (ctest -j) may take seconds to map the libraries
     (( 0x$(sed -n 's/^SigCgt:\t*//p' "/proc/$pid/status" 2>/dev/null || echo 0) & 0x4000 )) && break
     sleep 0.01
   done

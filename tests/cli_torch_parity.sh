@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cli_torch_parity.sh — every layer kind in the registry (grad_dump --list), in its example network, gives the
 # same training loss and parameter gradients as the PyTorch module launch/torch_model.py builds from the same
-# config and weights, within 1e-4 (tests/torch_parity.py), and so do two whole ResNets; then the ready configs
+# config and weights, within 1e-4 (tests/torch_parity.py), and so do two whole ResNets and tests/activations.cfg; then the ready configs
 # build in PyTorch with the parameter count the trainer prints. Skips (77) when PyTorch is not importable ($PYTHON, python3, /usr/bin/python3):
 # PyTorch is never a hard test dependency. Run by ctest: cli_torch_parity.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
@@ -20,11 +20,13 @@ for k in $kinds; do
   echo "== [$k]"
   "$py" "$src/tests/torch_parity.py" "$tmp/$k.safetensors" || fail "[$k]: ddp-cnn and PyTorch differ"
 done
-# Whole networks too: a single-layer [route] aliases its input (no copy), batch norm, projection shortcuts.
-for c in fashion_resnet resnet_small_bn; do
-  "$dump" --config "$src/configs/$c.cfg" --batch 4 "$tmp/$c.safetensors" || fail "grad_dump --config $c.cfg"
+# Whole networks too: a single-layer [route] aliases its input (no copy), batch norm, projection shortcuts; every
+# activation and a padded max pool (tests/activations.cfg).
+for c in configs/fashion_resnet configs/resnet_small_bn tests/activations; do
+  n=$(basename "$c")
+  "$dump" --config "$src/$c.cfg" --batch 4 "$tmp/$n.safetensors" || fail "grad_dump --config $c.cfg"
   echo "== $c.cfg"
-  "$py" "$src/tests/torch_parity.py" "$tmp/$c.safetensors" || fail "$c.cfg: ddp-cnn and PyTorch differ"
+  "$py" "$src/tests/torch_parity.py" "$tmp/$n.safetensors" || fail "$c.cfg: ddp-cnn and PyTorch differ"
 done
 for cfg in "$src"/configs/*.cfg; do
   # the trainer's start line: "..., 121930 parameters, ..." (one step on 64 samples: data files must exist)

@@ -90,10 +90,44 @@ typedef struct conv_case {
     int no_bias;  // b = db = NULL
 } conv_case;
 
+// The activations in double (PyTorch's formulas), and their derivative at the pre-activation v (PyTorch's
+// conventions at the kinks: relu6 passes the gradient for 0 < v < 6 only; hardswish's is v/3 + 1/2 on [-3, 3]).
 static double act_ref(int act, double v) {
-    if (act == ACT_RELU && v < 0) return 0;
-    if (act == ACT_LEAKY && v < 0) return 0.1 * v;
-    return v;
+    switch (act) {
+    case ACT_RELU: return v > 0 ? v : 0;
+    case ACT_LEAKY: return v > 0 ? v : 0.1 * v;
+    case ACT_RELU6: return v > 0 ? (v < 6 ? v : 6) : 0;
+    case ACT_SIGMOID: return 1 / (1 + exp(-v));
+    case ACT_SILU: return v / (1 + exp(-v));
+    case ACT_HARDSWISH: return v * fmin(fmax(v + 3, 0), 6) / 6;
+    case ACT_GELU: return 0.5 * v * (1 + erf(v / sqrt(2.0)));
+    default: return v;
+    }
+}
+
+static double act_ref_grad(int act, double v) {
+    const double s = 1 / (1 + exp(-v));
+    switch (act) {
+    case ACT_RELU: return v > 0 ? 1 : 0;
+    case ACT_LEAKY: return v > 0 ? 1 : 0.1;
+    case ACT_RELU6: return v > 0 && v < 6 ? 1 : 0;
+    case ACT_SIGMOID: return s * (1 - s);
+    case ACT_SILU: return s * (1 + v * (1 - s));
+    case ACT_HARDSWISH: return v < -3 ? 0 : v <= 3 ? v / 3 + 0.5 : 1;
+    case ACT_GELU: return 0.5 * (1 + erf(v / sqrt(2.0))) + v * exp(-0.5 * v * v) / sqrt(2 * 3.14159265358979323846);
+    default: return 1;
+    }
+}
+
+// g · act'(pre-activation) read from the output y, for the activations the ops fuse (act_from_output).
+static float act_grad_from_y(int act, float y, float g) {
+    switch (act) {
+    case ACT_RELU: return y > 0 ? g : 0;
+    case ACT_LEAKY: return y > 0 ? g : 0.1f * g;
+    case ACT_RELU6: return y > 0 && y < 6 ? g : 0;
+    case ACT_SIGMOID: return g * (1 - y) * y;
+    default: return g;
+    }
 }
 
 typedef struct conv_ref_args {
@@ -204,9 +238,8 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     assert_close(dx, gx, nx, 1e-4, "conv dx");
     assert_close(dw, gw, nw, 1e-4, "conv dw");
     if (!cc->no_bias) assert_close(db, gb, nb, 1e-4, "conv db");
-    // dy now holds the pre-activation gradient: r where the output is positive (or everywhere without act).
-    for (size_t i = 0; i < ny; i++)
-        assert_true(dy[i] == (cc->act == ACT_NONE || y[i] > 0 ? r[i] : cc->act == ACT_LEAKY ? 0.1f * r[i] : 0.0f));
+    // dy now holds the pre-activation gradient: r times act' read from the output.
+    for (size_t i = 0; i < ny; i++) assert_true(fabsf(dy[i] - act_grad_from_y(cc->act, y[i], r[i])) <= 1e-6f);
 
     // The first layer's path: no dx, same weight gradients.
     memcpy(dy, r, ny * sizeof(float));
@@ -238,6 +271,9 @@ static const conv_case conv_cases[] = {
     // Stride 1, no padding, rows of 11 and 8 outputs: the vector row copies of the fast im2col/col2im.
     {.n = 2, .c = 2, .h = 5, .w = 13, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
     {.n = 2, .c = 1, .h = 4, .w = 10, .k = 2, .r = 2, .s = 3, .stride = 1, .pad = 0, .act = ACT_NONE},
+    // relu6 (some outputs past the cap: sums of 72 products of values in [-1, 1]) and sigmoid, fused like relu
+    {.n = 2, .c = 8, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU6},
+    {.n = 2, .c = 3, .h = 5, .w = 6, .k = 2, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_SIGMOID},
     // Leaky activation, and convolutions without a bias (b = db = NULL).
     {.n = 2, .c = 3, .h = 7, .w = 6, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY},
     {.n = 3, .c = 2, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
@@ -345,6 +381,9 @@ static const conv_case conv_dnnl_cases[] = {
     {.n = 9, .c = 64, .h = 7, .w = 7, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
     {.n = 8, .c = 1, .h = 28, .w = 28, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
     {.n = 8, .c = 32, .h = 13, .w = 13, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU},
+    // oneDNN's clip and logistic post-ops
+    {.n = 9, .c = 32, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU6},
+    {.n = 9, .c = 16, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_SIGMOID, .no_bias = 1},
 };
 
 static void test_conv_dnnl_matches_im2col(void **state) {
@@ -377,10 +416,12 @@ static double pool_ref_objective(void *arg) {
     for (int p = 0; p < d->n * d->c; p++)
         for (int oy = 0; oy < d->oh; oy++)
             for (int ox = 0; ox < d->ow; ox++) {
-                double m = -INFINITY;
+                double m = -INFINITY;  // the padding: -inf outside the input
                 for (int r = 0; r < d->size; r++)
                     for (int q = 0; q < d->size; q++) {
-                        double v = a->x[((size_t)p * d->h + oy * d->stride + r) * d->w + ox * d->stride + q];
+                        const int iy = oy * d->stride - d->pad + r, ix = ox * d->stride - d->pad + q;
+                        if (iy < 0 || iy >= d->h || ix < 0 || ix >= d->w) continue;
+                        double v = a->x[((size_t)p * d->h + iy) * d->w + ix];
                         if (v > m) m = v;
                     }
                 s += m * a->rr[((size_t)p * d->oh + oy) * d->ow + ox];
@@ -388,10 +429,10 @@ static double pool_ref_objective(void *arg) {
     return s;
 }
 
-static void check_pool_case(int n, int c, int h, int w, int size, int stride, uint64_t seed) {
+static void check_pool_case(int n, int c, int h, int w, int size, int stride, int pad, uint64_t seed) {
     backend be = make_cpu(2);
     const backend_ops *o = be.ops;
-    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride};
+    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride, .pad = pad};
     assert_int_equal(pool_desc_init(&d, "pool_test"), ST_OK);
     size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * d.oh * d.ow;
     rng g;
@@ -407,11 +448,13 @@ static void check_pool_case(int n, int c, int h, int w, int size, int stride, ui
             for (int ox = 0; ox < d.ow; ox++) {
                 size_t oi = ((size_t)p * d.oh + oy) * d.ow + ox;
                 int ih = am[oi] / w, iw = am[oi] % w;
-                assert_true(ih >= oy * stride && ih < oy * stride + size);
-                assert_true(iw >= ox * stride && iw < ox * stride + size);
+                assert_true(ih >= oy * stride - pad && ih < oy * stride - pad + size);
+                assert_true(iw >= ox * stride - pad && iw < ox * stride - pad + size);
                 float m = -INFINITY;
-                for (int q = 0; q < size * size; q++)
-                    m = fmaxf(m, x[((size_t)p * h + oy * stride + q / size) * w + ox * stride + q % size]);
+                for (int q = 0; q < size * size; q++) {
+                    const int iy = oy * stride - pad + q / size, ix = ox * stride - pad + q % size;
+                    if (iy >= 0 && iy < h && ix >= 0 && ix < w) m = fmaxf(m, x[((size_t)p * h + iy) * w + ix]);
+                }
                 assert_true(y[oi] == m);
                 assert_true(x[(size_t)p * h * w + am[oi]] == m);
             }
@@ -428,11 +471,17 @@ static void check_pool_case(int n, int c, int h, int w, int size, int stride, ui
 
 static void test_pool_matches_reference_and_finite_differences(void **state) {
     (void)state;
-    check_pool_case(2, 3, 6, 6, 2, 2, 1);  // the reference CNN's pool
-    check_pool_case(2, 2, 5, 5, 2, 2, 2);  // odd input: last row/column dropped
-    check_pool_case(1, 2, 7, 5, 3, 2, 3);  // overlapping windows
-    check_pool_case(2, 1, 6, 7, 2, 1, 4);  // stride 1, heavy overlap
-    check_pool_case(1, 2, 8, 8, 2, 3, 5);  // gaps between windows
+    check_pool_case(2, 3, 6, 6, 2, 2, 0, 1);  // the reference CNN's pool
+    check_pool_case(2, 2, 5, 5, 2, 2, 0, 2);  // odd input: last row/column dropped
+    check_pool_case(1, 2, 7, 5, 3, 2, 0, 3);  // overlapping windows
+    check_pool_case(2, 1, 6, 7, 2, 1, 0, 4);  // stride 1, heavy overlap
+    check_pool_case(1, 2, 8, 8, 2, 3, 0, 5);  // gaps between windows
+    // Padding (-inf): ResNet's stem pool 3x3 stride 2 pad 1, 2x2 pad 1, stride 1 "same", the most padding allowed
+    check_pool_case(2, 2, 7, 6, 3, 2, 1, 6);
+    check_pool_case(1, 3, 5, 5, 2, 2, 1, 7);
+    check_pool_case(2, 1, 6, 5, 3, 1, 1, 8);
+    check_pool_case(1, 2, 4, 9, 5, 2, 2, 9);
+    check_pool_case(1, 1, 1, 1, 3, 1, 1, 10);  // one input value: every window holds it
 }
 
 static void test_pool_ties_pick_first(void **state) {
@@ -539,6 +588,8 @@ static void test_dense_matches_reference_and_finite_differences(void **state) {
     check_dense_case(5, 9, 4, ACT_LEAKY, 2, 15, 0);
     check_dense_case(4, 6, 3, ACT_LEAKY, 1, 16, 1);  // no bias: b = db = NULL
     check_dense_case(3, 5, 2, ACT_NONE, 2, 17, 1);
+    check_dense_case(6, 256, 9, ACT_RELU6, 2, 18, 0);  // pre-activations well past 6 and below 0
+    check_dense_case(5, 30, 7, ACT_SIGMOID, 3, 19, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -552,11 +603,7 @@ typedef struct bn_ref_args {
     const double *rr;
 } bn_ref_args;
 
-static double bn_ref_act(int act, double v) {
-    if (act == ACT_RELU) return v > 0 ? v : 0;
-    if (act == ACT_LEAKY) return v > 0 ? v : 0.1 * v;
-    return v;
-}
+static double bn_ref_act(int act, double v) { return act_ref(act, v); }
 
 // y (optional) and sum y·rr of training-mode BN; mean/var (optional) per channel.
 static double bn_ref(const bn_ref_args *a, double *y, double *mean_out, double *var_out) {
@@ -714,6 +761,8 @@ static void test_bn_matches_reference_and_finite_differences(void **state) {
     check_bn_case(5, 6, 7, ACT_RELU, 2, 22);   // channels split over threads
     check_bn_case(8, 5, 1, ACT_LEAKY, 3, 23);  // per feature (after a dense)
     check_bn_case(2, 1, 9, ACT_NONE, 2, 24);
+    check_bn_case(4, 3, 11, ACT_RELU6, 2, 25);  // 11: the vector rows and their scalar tails
+    check_bn_case(3, 4, 13, ACT_SIGMOID, 1, 26);
 }
 
 static void test_bn_bad_input(void **state) {
@@ -725,7 +774,9 @@ static void test_bn_bad_input(void **state) {
     assert_int_equal(be.ops->bn_apply(be.ctx, &d, buf, buf + 8, buf, buf, run, buf + 16, buf + 24), ST_INPUT);
     d.count = 2, d.eps = 0;
     assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_INPUT);
-    d.eps = 1e-5f, d.act = 7;
+    d.eps = 1e-5f, d.act = 99;
+    assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_INPUT);
+    d.act = ACT_SILU;  // needs the pre-activation: the layer runs it on its own (act_forward)
     assert_int_equal(be.ops->bn_stats(be.ctx, &d, buf, buf + 8), ST_INPUT);
     backend_destroy(&be);
 }
@@ -1156,7 +1207,8 @@ static void test_desc_init(void **state) {
         {.n = 0, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = 0},   // no batch
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 0, .r = 3, .s = 3, .stride = 1, .pad = 0},   // no filters
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = -1},  // negative pad
-        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = 7},   // unknown act
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = 99},  // unknown act
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = ACT_GELU},  // not fused
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err_clear();
@@ -1169,8 +1221,14 @@ static void test_desc_init(void **state) {
     assert_int_equal(pool_desc_init(&p, "pool2"), ST_OK);
     assert_int_equal(p.oh, 5);
     assert_int_equal(p.ow, 5);
+    pool_desc pp = {.n = 1, .c = 1, .h = 7, .w = 6, .size = 3, .stride = 2, .pad = 1};  // PyTorch: 4x3
+    assert_int_equal(pool_desc_init(&pp, "pool3"), ST_OK);
+    assert_int_equal(pp.oh, 4);
+    assert_int_equal(pp.ow, 3);
     pool_desc pbad[] = {
         {.n = 1, .c = 1, .h = 1, .w = 8, .size = 2, .stride = 2},  // output < 1
+        {.n = 1, .c = 1, .h = 8, .w = 8, .size = 3, .stride = 1, .pad = 2},  // pad > size/2 (PyTorch's rule)
+        {.n = 1, .c = 1, .h = 8, .w = 8, .size = 2, .stride = 1, .pad = -1},
         {.n = 1, .c = 1, .h = 8, .w = 8, .size = 2, .stride = 0},
         {.n = 1, .c = 1, .h = 8, .w = 8, .size = 0, .stride = 1},
         {.n = 1, .c = 0, .h = 8, .w = 8, .size = 2, .stride = 2},
@@ -1420,9 +1478,79 @@ static void test_add_act_and_act_backward(void **state) {
     assert_int_equal(be.ops->act_backward(be.ctx, N, ACT_RELU, y, dx, dx), ST_OK);
     for (int i = 0; i < N; i++) assert_true(dx[i] == (y[i] > 0 ? dy[i] : 0.0f));
     err_clear();
-    assert_int_equal(be.ops->add_act(be.ctx, N, 7, a, b, y), ST_INPUT);
+    assert_int_equal(be.ops->add_act(be.ctx, N, 99, a, b, y), ST_INPUT);
+    err_clear();
+    assert_int_equal(be.ops->add_act(be.ctx, N, ACT_GELU, a, b, y), ST_INPUT);  // not fused: act_forward
     err_clear();
     free(a), free(b), free(y), free(dy), free(dx);
+    backend_destroy(&be);
+}
+
+// Every activation on its own (act_forward, act_backward_input): against the double formulas, the derivative
+// against central differences of the op's own forward, PyTorch's values at the kinks, and the fused ops
+// (add_act, act_backward) agreeing with them for the activations they take.
+static void test_activations(void **state) {
+    (void)state;
+    enum { N = 40000 };  // several parts on 3 threads
+    backend be = make_cpu(3);
+    rng g;
+    rng_seed(&g, 9);
+    float *x = fbuf(N), *y = fbuf(N), *dy = fbuf(N), *dx = fbuf(N), *zero = fbuf(N), *y2 = fbuf(N), *dx2 = fbuf(N);
+    fill_uniform(&g, x, N, -9, 9);  // past every kink: 0, ±3, 6
+    fill_uniform(&g, dy, N, -1, 1);
+    const float kinks[] = {0.0f, -3.0f, 3.0f, 6.0f, -6.0f};
+    for (int i = 0; i < 5; i++) x[i] = kinks[i];
+    for (int act = ACT_NONE; act < ACT_COUNT; act++) {
+        assert_int_equal(be.ops->act_forward(be.ctx, N, act, x, y), ST_OK);
+        assert_int_equal(be.ops->act_backward_input(be.ctx, N, act, x, dy, dx), ST_OK);
+        int fd_checked = 0;
+        for (int i = 0; i < N; i++) {
+            const double want = act_ref(act, x[i]), dwant = dy[i] * act_ref_grad(act, x[i]);
+            if (fabs(y[i] - want) > 2e-6 * fmax(1.0, fabs(want)))
+                fail_msg("act %d forward at %g: %.9g, want %.9g", act, x[i], y[i], want);
+            if (fabs(dx[i] - dwant) > 2e-6 * fmax(1.0, fabs(dwant)))
+                fail_msg("act %d backward at %g: %.9g, want %.9g", act, x[i], dx[i], dwant);
+            // Central difference of the float op, away from the kinks.
+            const float h = 1e-2f, xv = x[i];
+            if (i % 97 || fabsf(xv) < 2 * h || fabsf(fabsf(xv) - 3) < 2 * h || fabsf(xv - 6) < 2 * h) continue;
+            float p[2] = {xv + h, xv - h}, q[2];
+            assert_int_equal(be.ops->act_forward(be.ctx, 2, act, p, q), ST_OK);
+            const double fd = dy[i] * ((double)q[0] - q[1]) / ((double)p[0] - p[1]);
+            if (fabs(fd - dx[i]) > 2e-3 * fmax(1.0, fabs(fd)))
+                fail_msg("act %d at %g: central difference %.6g, backward %.6g", act, xv, fd, dx[i]);
+            fd_checked++;
+        }
+        assert_true(fd_checked > 300);
+        // The kinks (x[0..4] = 0, -3, 3, 6, -6): PyTorch's conventions.
+        const float d0 = dy[0], dm3 = dy[1], d3 = dy[2];
+        if (act == ACT_RELU6) assert_true(dx[0] == 0 && dx[3] == 0 && y[3] == 6 && dx[2] == d3);
+        if (act == ACT_HARDSWISH) {
+            assert_true(y[1] == 0 && y[2] == 3 && dx[4] == 0);
+            assert_true(dx[1] == dm3 * -0.5f && dx[2] == d3 * 1.5f);
+        }
+        if (act == ACT_GELU) assert_true(y[0] == 0 && dx[0] == d0 * 0.5f);
+        if (!act_from_output(act)) continue;
+        // The fused ops: the same values (add_act with b = 0) and the same derivative read from the output.
+        assert_int_equal(be.ops->add_act(be.ctx, N, act, x, zero, y2), ST_OK);
+        assert_int_equal(memcmp(y, y2, N * sizeof(float)), 0);
+        assert_int_equal(be.ops->act_backward(be.ctx, N, act, y, dy, dx2), ST_OK);
+        assert_true(tu_max_rel_err(dx2, dx, N) < 1e-6);
+    }
+    // In place (dx may be dy, y may be x), and unknown activations refused.
+    memcpy(y2, x, N * sizeof(float));
+    memcpy(dx2, dy, N * sizeof(float));
+    assert_int_equal(be.ops->act_backward_input(be.ctx, N, ACT_GELU, y2, dx2, dx2), ST_OK);
+    assert_int_equal(be.ops->act_backward_input(be.ctx, N, ACT_GELU, x, dy, dx), ST_OK);
+    assert_int_equal(memcmp(dx, dx2, N * sizeof(float)), 0);
+    assert_int_equal(be.ops->act_forward(be.ctx, N, ACT_SILU, y2, y2), ST_OK);
+    assert_int_equal(be.ops->act_forward(be.ctx, N, ACT_SILU, x, y), ST_OK);
+    assert_int_equal(memcmp(y, y2, N * sizeof(float)), 0);
+    err_clear();
+    assert_int_equal(be.ops->act_forward(be.ctx, N, ACT_COUNT, x, y), ST_INPUT);
+    err_clear();
+    assert_int_equal(be.ops->act_backward_input(be.ctx, N, -1, x, dy, dx), ST_INPUT);
+    err_clear();
+    free(x), free(y), free(dy), free(dx), free(zero), free(y2), free(dx2);
     backend_destroy(&be);
 }
 
@@ -1560,6 +1688,7 @@ int main(void) {
         cmocka_unit_test(test_conv_dnnl_matches_im2col),
         cmocka_unit_test(test_pool_matches_reference_and_finite_differences),
         cmocka_unit_test(test_pool_ties_pick_first),
+        cmocka_unit_test(test_activations),
         cmocka_unit_test(test_dense_matches_reference_and_finite_differences),
         cmocka_unit_test(test_bn_matches_reference_and_finite_differences),
         cmocka_unit_test(test_bn_halves_average_to_the_whole),

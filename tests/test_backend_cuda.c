@@ -344,6 +344,9 @@ static void test_conv(void **state) {
         {3, 4, 9, 9, 6, 3, 3, 1, 1, ACT_LEAKY, 0},
         {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_LEAKY, 1},  // no bias (b = db = NULL)
         {2, 5, 8, 8, 4, 1, 1, 1, 0, ACT_NONE, 1},
+        {4, 16, 10, 10, 8, 5, 5, 1, 2, ACT_RELU6, 0},  // 400 products a sum: some past the cap
+        {3, 4, 9, 9, 6, 3, 3, 2, 1, ACT_SIGMOID, 0},
+        {2, 16, 8, 8, 4, 3, 3, 1, 1, ACT_SIGMOID, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
 }
@@ -436,8 +439,8 @@ static void test_conv_batch_sizes(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // Pooling
 
-static void pool_case_run(int n, int c, int h, int w, int size, int stride, rng *r) {
-    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride};
+static void pool_case_run(int n, int c, int h, int w, int size, int stride, int pad, rng *r) {
+    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride, .pad = pad};
     OK(pool_desc_init(&d, "test pool"));
     const size_t xn = (size_t)n * c * h * w, yn = (size_t)n * c * d.oh * d.ow;
     float *hx = rand_floats(r, xn, 1.f), *hdy = rand_floats(r, yn, 1.f);
@@ -459,10 +462,16 @@ static void test_pool(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 41);
-    pool_case_run(2, 3, 8, 8, 2, 2, &r);    // tiling windows
-    pool_case_run(2, 2, 9, 7, 3, 2, &r);    // overlapping windows: dx sums
-    pool_case_run(1, 2, 10, 10, 2, 3, &r);  // gaps: some inputs in no window
-    pool_case_run(3, 4, 7, 7, 2, 2, &r);    // odd size: last row/column unused
+    pool_case_run(2, 3, 8, 8, 2, 2, 0, &r);    // tiling windows
+    pool_case_run(2, 2, 9, 7, 3, 2, 0, &r);    // overlapping windows: dx sums
+    pool_case_run(1, 2, 10, 10, 2, 3, 0, &r);  // gaps: some inputs in no window
+    pool_case_run(3, 4, 7, 7, 2, 2, 0, &r);    // odd size: last row/column unused
+    // Padding (-inf, windows clipped to the input): ResNet's stem pool, 2x2 pad 1, stride 1 "same", the most
+    pool_case_run(2, 3, 16, 15, 3, 2, 1, &r);
+    pool_case_run(2, 2, 7, 9, 2, 2, 1, &r);
+    pool_case_run(1, 4, 6, 6, 3, 1, 1, &r);
+    pool_case_run(2, 2, 5, 11, 5, 2, 2, &r);
+    pool_case_run(1, 1, 1, 1, 3, 1, 1, &r);    // one value: every window holds it
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -506,6 +515,8 @@ static void test_dense(void **state) {
     dense_case_run(9, 17, 13, ACT_LEAKY, &r, 0);
     dense_case_run(6, 12, 7, ACT_LEAKY, &r, 1);    // no bias (b = db = NULL)
     dense_case_run(4, 8, 5, ACT_NONE, &r, 1);
+    dense_case_run(8, 512, 30, ACT_RELU6, &r, 0);  // pre-activations past 6 and below 0
+    dense_case_run(7, 33, 12, ACT_SIGMOID, &r, 1);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -565,6 +576,8 @@ static void test_batchnorm(void **state) {
     bn_case_run(16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
     bn_case_run(64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense
     bn_case_run(2, 1, 3, ACT_RELU, &r);
+    bn_case_run(8, 5, 49, ACT_RELU6, &r);
+    bn_case_run(16, 40, 1, ACT_SIGMOID, &r);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1045,17 +1058,60 @@ static void test_add_act_and_act_backward(void **state) {
     float *ha = rand_floats(&r, N, 1.f), *hb = rand_floats(&r, N, 1.f), *hdy = rand_floats(&r, N, 1.f);
     twin a = twin_make(ha, N * 4), b = twin_make(hb, N * 4), y = twin_make(NULL, N * 4), dy = twin_make(hdy, N * 4);
     twin dx = twin_make(NULL, N * 4);
-    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY};
-    for (int t = 0; t < 3; t++) {
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_RELU6, ACT_SIGMOID};
+    for (int t = 0; t < 5; t++) {
         OK(g_cpu.ops->add_act(g_cpu.ctx, N, acts[t], a.c, b.c, y.c));
         OK(g_gpu.ops->add_act(g_gpu.ctx, N, acts[t], a.g, b.g, y.g));
-        expect_equal_bytes("add_act y", &y);
+        if (acts[t] == ACT_SIGMOID) {  // expf: the CUDA library's and glibc's may differ in the last bit
+            expect_close("add_act y (sigmoid)", &y, TOL_EXACTISH);
+            twin_copy_cpu_to_gpu(&y);
+        } else {
+            expect_equal_bytes("add_act y", &y);
+        }
         OK(g_cpu.ops->act_backward(g_cpu.ctx, N, acts[t], y.c, dy.c, dx.c));
         OK(g_gpu.ops->act_backward(g_gpu.ctx, N, acts[t], y.g, dy.g, dx.g));
-        expect_equal_bytes("act_backward dx", &dx);
+        expect_close("act_backward dx", &dx, acts[t] == ACT_SIGMOID ? TOL_EXACTISH : 0.0);
     }
     twin_free(&a), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx);
     free(ha), free(hb), free(hdy);
+}
+
+// Every activation on its own (the layers' silu, hardswish and gelu, and any other): forward and the derivative
+// at the pre-activation, over inputs past every kink (0, ±3, 6), and in place.
+static void test_act_forward_backward_input(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 67);
+    enum { N = 200003 };
+    float *hx = rand_floats(&r, N, 9.f), *hdy = rand_floats(&r, N, 1.f);
+    const float kinks[] = {0.f, -3.f, 3.f, 6.f, -6.f};
+    for (int i = 0; i < 5; i++) hx[i] = kinks[i];
+    twin x = twin_make(hx, N * 4), dy = twin_make(hdy, N * 4), y = twin_make(NULL, N * 4), dx = twin_make(NULL, N * 4);
+    for (int act = ACT_NONE; act < ACT_COUNT; act++) {
+        OK(g_cpu.ops->act_forward(g_cpu.ctx, N, act, x.c, y.c));
+        OK(g_gpu.ops->act_forward(g_gpu.ctx, N, act, x.g, y.g));
+        expect_close("act_forward y", &y, TOL_EXACTISH);
+        OK(g_cpu.ops->act_backward_input(g_cpu.ctx, N, act, x.c, dy.c, dx.c));
+        OK(g_gpu.ops->act_backward_input(g_gpu.ctx, N, act, x.g, dy.g, dx.g));
+        expect_close("act_backward_input dx", &dx, TOL_EXACTISH);
+    }
+    // In place (dx = dy, y = x) on the GPU gives what the out-of-place CPU ops gave.
+    OK(g_cpu.ops->act_backward_input(g_cpu.ctx, N, ACT_GELU, x.c, dy.c, dx.c));
+    OK(g_gpu.ops->act_backward_input(g_gpu.ctx, N, ACT_GELU, x.g, dy.g, dy.g));
+    OK(g_gpu.ops->copy(g_gpu.ctx, dx.g, dy.g, N * 4));
+    expect_close("act_backward_input in place", &dx, TOL_EXACTISH);
+    OK(g_cpu.ops->act_forward(g_cpu.ctx, N, ACT_HARDSWISH, x.c, y.c));
+    OK(g_gpu.ops->act_forward(g_gpu.ctx, N, ACT_HARDSWISH, x.g, x.g));
+    OK(g_gpu.ops->copy(g_gpu.ctx, y.g, x.g, N * 4));
+    expect_close("act_forward in place", &y, TOL_EXACTISH);
+    err_clear();
+    assert_int_equal(g_gpu.ops->act_forward(g_gpu.ctx, N, ACT_COUNT, x.g, y.g), ST_INPUT);
+    err_clear();
+    assert_int_equal(g_gpu.ops->add_act(g_gpu.ctx, N, ACT_SILU, x.g, x.g, y.g), ST_INPUT);  // not fused
+    err_clear();
+    twin_free(&x), twin_free(&dy), twin_free(&y), twin_free(&dx);
+    free(hx), free(hdy);
 }
 
 static void test_channel_copy(void **state) {
@@ -1150,6 +1206,7 @@ int main(void) {
         cmocka_unit_test(test_marks),
         cmocka_unit_test(test_tf32),
         cmocka_unit_test(test_add_act_and_act_backward),
+        cmocka_unit_test(test_act_forward_backward_input),
         cmocka_unit_test(test_channel_copy),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_avgpool),

@@ -15,16 +15,20 @@
 
 #define BATCH 4
 
-// The kind's example between a linear [conv] (so the kind's input gradient reaches a parameter) and the head.
+// Layer sections between a linear [conv] (so their input gradient reaches a parameter) and the head.
+static void sections_config(const char *sections, const char *what, net_config *cfg) {
+    char text[4096];
+    tu_layer_example_text(sections, BATCH, text, sizeof text);
+    int st = config_load_text(text, what, cfg);
+    if (st == ST_OK) st = config_validate(cfg);
+    if (st != ST_OK) fail_msg("%s: %s", what, err_msg());
+}
+
 static void example_config(int type, net_config *cfg) {
     const layer_kind *k = layer_kind_of(type);
-    char text[4096];
-    tu_layer_example_text(k->example, BATCH, text, sizeof text);
     char origin[64];
     snprintf(origin, sizeof origin, "example of [%s]", k->section);
-    int st = config_load_text(text, origin, cfg);
-    if (st == ST_OK) st = config_validate(cfg);
-    if (st != ST_OK) fail_msg("[%s] example: %s", k->section, err_msg());
+    sections_config(k->example, origin, cfg);
 }
 
 typedef struct net {
@@ -33,8 +37,8 @@ typedef struct net {
     net_config cfg;
 } net;
 
-static void net_open(net *t, int type) {
-    example_config(type, &t->cfg);
+// The network of cfg (already loaded) with perturbed parameters and inputs.
+static void net_open_config(net *t) {
     assert_int_equal(backend_create(&t->be, "cpu", &(backend_options){.threads = 1}), ST_OK);
     assert_int_equal(model_create(&t->m, &t->be, &t->cfg, BATCH), ST_OK);
     assert_int_equal(model_init_params(&t->m, 11), ST_OK);
@@ -44,6 +48,11 @@ static void net_open(net *t, int type) {
     for (size_t i = 0; i < t->m.n_params; i++) t->m.params[i] += 0.1f * (rng_uniform(&r) - 0.5f);
     for (int i = 0; i < BATCH * 2 * 36; i++) t->m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
     for (int i = 0; i < BATCH; i++) t->m.labels[i] = i % 3;
+}
+
+static void net_open(net *t, int type) {
+    example_config(type, &t->cfg);
+    net_open_config(t);
 }
 
 static void net_close(net *t) {
@@ -60,12 +69,10 @@ static double loss_of(net *t) {
     return *t->m.loss_acc / BATCH;
 }
 
-static void check_kind_gradients(int type) {
-    const layer_kind *k = layer_kind_of(type);
-    static net t;
-    net_open(&t, type);
-    model *m = &t.m;
-    (void)loss_of(&t);
+// Every parameter's gradient against central differences of the loss (t open).
+static void check_gradients(net *t, const char *what) {
+    model *m = &t->m;
+    (void)loss_of(t);
     assert_int_equal(model_backward(m, BATCH, NULL, NULL), ST_OK);
     float *g = malloc(m->n_params * sizeof(float));
     assert_non_null(g);
@@ -76,27 +83,62 @@ static void check_kind_gradients(int type) {
     for (size_t i = 0; i < m->n_params; i++) {
         const float p = m->params[i];
         m->params[i] = p + eps;
-        const double lp = loss_of(&t);
+        const double lp = loss_of(t);
         m->params[i] = p - eps;
-        const double lm = loss_of(&t);
+        const double lm = loss_of(t);
         m->params[i] = p;
         const double fd = (lp - lm) / (2.0 * eps), d = fabs(fd - g[i]);
         num += d * d, den += fd * fd;
         if (d > 2e-3 + 2e-2 * fabs(fd)) bad++;
     }
     const double rel = sqrt(num / (den > 0 ? den : 1));
-    print_message("[%-9s] %5zu params: gradient relative L2 error %.2e, %d outside tolerance\n", k->section,
+    print_message("%-13s %5zu params: gradient relative L2 error %.2e, %d outside tolerance\n", what,
                   m->n_params, rel, bad);
     assert_true(den > 0);
     assert_true(rel < 1e-2);
     assert_true(bad <= (int)(m->n_params / 50));  // a relu/max kink inside ±eps may flip a few
     free(g);
+}
+
+static void check_kind_gradients(int type) {
+    static net t;
+    char what[64];
+    snprintf(what, sizeof what, "[%s]", layer_kind_of(type)->section);
+    net_open(&t, type);
+    check_gradients(&t, what);
     net_close(&t);
 }
 
 static void test_gradients_every_kind(void **state) {
     (void)state;
     for (int type = 1; type < LAYER_KIND_COUNT; type++) check_kind_gradients(type);
+}
+
+// Every activation in every kind that has one: [conv], [batchnorm], [shortcut] and [dense] (the fused ones
+// differentiated from the output, silu/hardswish/gelu through the kept pre-activation), in training and in a
+// second forward of evaluation mode (the pre-activation buffer reused).
+static void test_gradients_every_activation(void **state) {
+    (void)state;
+    for (int act = ACT_NONE; act < ACT_COUNT; act++) {
+        const char *a = layer_act_name(act);
+        char sections[512], what[64];
+        snprintf(sections, sizeof sections,
+                 "[conv]\nfilters=3\nsize=3\npad=1\nactivation=%s\n[batchnorm]\nactivation=%s\n"
+                 "[shortcut]\nfrom=-3\nactivation=%s\n[dense]\nunits=5\nactivation=%s\n",
+                 a, a, a, a);
+        snprintf(what, sizeof what, "act=%s", a);
+        static net t;
+        sections_config(sections, what, &t.cfg);
+        net_open_config(&t);
+        for (int i = 0; i < t.m.n_layers; i++)  // the buffer exactly where act' needs the pre-activation
+            assert_true((t.m.layers[i].pre != NULL) == (t.m.layers[i].act != ACT_NONE && !act_from_output(act)));
+        check_gradients(&t, what);
+        // Evaluation: the same layers (running statistics), finite.
+        *t.m.loss_acc = 0;
+        assert_int_equal(model_forward(&t.m, BATCH, 0), ST_OK);
+        assert_true(isfinite(*t.m.loss_acc));
+        net_close(&t);
+    }
 }
 
 static void test_round_trip_every_kind(void **state) {
@@ -204,6 +246,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_backend_table_full),
         cmocka_unit_test(test_round_trip_every_kind),
         cmocka_unit_test(test_gradients_every_kind),
+        cmocka_unit_test(test_gradients_every_activation),
         cmocka_unit_test(test_resnet_configs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -24,6 +24,7 @@
 //     the comm progress of a second process on the same machine. Interleaved runs measured the same step
 //     time for both on 2 threads.
 #pragma once
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -101,31 +102,76 @@ static inline void progress_poll(const cpu_ctx *c, int part) {
 // ---------------------------------------------------------------------------------------------------------
 // Activations
 
-// The activations of backend.h, and their derivative read from the output (relu and leaky are monotone).
+// The activations of backend.h (`v > 0`: a NaN becomes 0 under relu, leaky and relu6), and for those with
+// act_from_output their derivative read from the output y (PyTorch's: relu6 passes the gradient for 0 < y < 6,
+// sigmoid's is g·(1 − y)·y).
+#define ACT_SQRT1_2 0.70710678118654752440f       // 1/√2
+#define ACT_INV_SQRT_2PI 0.39894228040143267794f  // 1/√(2π): the normal density's factor
+
+static inline float act_sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
 static inline float act_apply(int act, float v) {
-    if (act == ACT_RELU) return v > 0.0f ? v : 0.0f;
-    if (act == ACT_LEAKY) return v > 0.0f ? v : ACT_LEAKY_SLOPE * v;
-    return v;
+    switch (act) {
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    case ACT_LEAKY: return v > 0.0f ? v : ACT_LEAKY_SLOPE * v;
+    case ACT_RELU6: return v > 0.0f ? (v < 6.0f ? v : 6.0f) : 0.0f;
+    case ACT_SIGMOID: return act_sigmoid(v);
+    case ACT_SILU: return v / (1.0f + expf(-v));
+    case ACT_HARDSWISH: {
+        const float r = v + 3.0f > 0.0f ? (v + 3.0f < 6.0f ? v + 3.0f : 6.0f) : 0.0f;
+        return v * r / 6.0f;
+    }
+    case ACT_GELU: return v * 0.5f * (1.0f + erff(v * ACT_SQRT1_2));
+    default: return v;
+    }
 }
 
 static inline float act_grad(int act, float y, float g) {
-    if (act == ACT_RELU) return y > 0.0f ? g : 0.0f;
-    if (act == ACT_LEAKY) return y > 0.0f ? g : ACT_LEAKY_SLOPE * g;
-    return g;
+    switch (act) {
+    case ACT_RELU: return y > 0.0f ? g : 0.0f;
+    case ACT_LEAKY: return y > 0.0f ? g : ACT_LEAKY_SLOPE * g;
+    case ACT_RELU6: return y > 0.0f && y < 6.0f ? g : 0.0f;
+    case ACT_SIGMOID: return g * (1.0f - y) * y;
+    default: return g;
+    }
+}
+
+// g · act'(x) at the pre-activation x, for every activation (PyTorch's backward formulas: hardswish's is 0 below
+// -3, g above 3 and g·(x/3 + 1/2) on [-3, 3]; gelu's g·(Φ(x) + x·φ(x))).
+static inline float act_grad_input(int act, float x, float g) {
+    switch (act) {
+    case ACT_RELU: return x > 0.0f ? g : 0.0f;
+    case ACT_LEAKY: return x > 0.0f ? g : ACT_LEAKY_SLOPE * g;
+    case ACT_RELU6: return x > 0.0f && x < 6.0f ? g : 0.0f;
+    case ACT_SIGMOID: {
+        const float s = act_sigmoid(x);
+        return g * (1.0f - s) * s;
+    }
+    case ACT_SILU: {
+        const float s = act_sigmoid(x);
+        return g * s * (1.0f + x * (1.0f - s));
+    }
+    case ACT_HARDSWISH: return x < -3.0f ? 0.0f : x <= 3.0f ? g * (x / 3.0f + 0.5f) : g;
+    case ACT_GELU: {
+        const float cdf = 0.5f * (1.0f + erff(x * ACT_SQRT1_2));
+        const float pdf = expf(-0.5f * x * x) * ACT_INV_SQRT_2PI;
+        return g * (cdf + x * pdf);
+    }
+    default: return g;
+    }
 }
 
 static inline void act_inplace(float *restrict y, size_t n, int act) {
     if (act == ACT_RELU)
         for (size_t i = 0; i < n; i++) y[i] = y[i] > 0.0f ? y[i] : 0.0f;
-    else if (act == ACT_LEAKY)
-        for (size_t i = 0; i < n; i++) y[i] = act_apply(ACT_LEAKY, y[i]);
+    else if (act != ACT_NONE)
+        for (size_t i = 0; i < n; i++) y[i] = act_apply(act, y[i]);
 }
 
 // dense's argument check; add_act and act_backward use it for the activation alone.
 static inline int dense_check(int n, int in, int out, int act, const char *op) {
     if (n < 1 || in < 1 || out < 1) return ERR(ST_INPUT, "%s: n=%d in=%d out=%d must be positive", op, n, in, out);
-    if (act != ACT_NONE && act != ACT_RELU && act != ACT_LEAKY)
-        return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    if (!act_from_output(act)) return ERR(ST_INPUT, "%s: activation %d is not one the op fuses", op, act);
     return ST_OK;
 }
 
@@ -150,20 +196,31 @@ static inline double v8_sum(v8f a) {
     return (double)(((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])));
 }
 
-// act(v) for relu/leaky/none, lane by lane (act is loop-invariant: the branches are resolved per row).
+// act(v), lane by lane (act is loop-invariant: the branches are resolved per row); sigmoid and the others lane by
+// lane through act_apply, so the vector and the scalar tails round alike.
 static inline v8f v8_act(int act, v8f v) {
     if (act == ACT_NONE) return v;
     const v8i pos = v > v8_splat(0.0f);
     if (act == ACT_RELU) return (v8f)((v8i)v & pos);
-    return (v8f)(((v8i)v & pos) | ((v8i)(v * v8_splat(ACT_LEAKY_SLOPE)) & ~pos));
+    if (act == ACT_LEAKY) return (v8f)(((v8i)v & pos) | ((v8i)(v * v8_splat(ACT_LEAKY_SLOPE)) & ~pos));
+    if (act == ACT_RELU6) {
+        const v8i below6 = v < v8_splat(6.0f);
+        return (v8f)((((v8i)v & below6) | ((v8i)v8_splat(6.0f) & ~below6)) & pos);
+    }
+    for (int l = 0; l < 8; l++) v[l] = act_apply(act, v[l]);
+    return v;
 }
 
-// g * act'(pre-activation), from y (relu and leaky keep the sign, so y > 0 exactly when the pre-activation is).
+// g * act'(pre-activation), from y (act_from_output: relu, leaky and relu6 keep the sign, so y > 0 exactly when
+// the pre-activation is; relu6's y < 6 exactly when the pre-activation is).
 static inline v8f v8_act_grad(int act, v8f y, v8f g) {
     if (act == ACT_NONE) return g;
     const v8i pos = y > v8_splat(0.0f);
     if (act == ACT_RELU) return (v8f)((v8i)g & pos);
-    return (v8f)(((v8i)g & pos) | ((v8i)(g * v8_splat(ACT_LEAKY_SLOPE)) & ~pos));
+    if (act == ACT_LEAKY) return (v8f)(((v8i)g & pos) | ((v8i)(g * v8_splat(ACT_LEAKY_SLOPE)) & ~pos));
+    if (act == ACT_RELU6) return (v8f)((v8i)g & pos & (y < v8_splat(6.0f)));
+    for (int l = 0; l < 8; l++) g[l] = act_grad(act, y[l], g[l]);
+    return g;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -210,6 +267,8 @@ int cpu_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *
 // ---- layer_ops_cpu.c (layer ops of [shortcut], [route], [dropout] and [avgpool])
 int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y);
 int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
+int cpu_act_forward(void *ctx, size_t n, int act, const float *x, float *y);
+int cpu_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx);
 int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
                      int dst_c, int dst_off);
 int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,

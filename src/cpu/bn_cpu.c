@@ -17,15 +17,6 @@ typedef struct bn_job {
     float *out, *running, *save_out, *dy, *dw, *db, *dx;
 } bn_job;
 
-static int bn_check(const bn_desc *d, const char *op) {
-    if (d->n < 1 || d->c < 1 || d->hw < 1)
-        return ERR(ST_INPUT, "%s: n=%d c=%d hw=%d must be positive", op, d->n, d->c, d->hw);
-    if (d->act != ACT_NONE && d->act != ACT_RELU && d->act != ACT_LEAKY)
-        return ERR(ST_INPUT, "%s: unknown activation %d", op, d->act);
-    if (!(d->eps > 0.0f)) return ERR(ST_INPUT, "%s: eps %g must be > 0", op, (double)d->eps);
-    return ST_OK;
-}
-
 // Parts for a BN op: by the work, at most one per channel.
 static int bn_parts(const cpu_ctx *c, const bn_desc *d) {
     const int parts = parts_for(c, (double)d->n * d->c * d->hw, 65536);
@@ -40,7 +31,7 @@ static void bn_split(const bn_job *j, int part, int parts, int *c0, int *c1) {
 
 // Checks the descriptor, runs fn over the channels; backward ops then give MPI a chance to progress.
 static int bn_run(cpu_ctx *c, bn_job *j, pool_fn fn, const char *op, int backward) {
-    TRY(bn_check(j->d, op));
+    TRY(bn_desc_check(j->d, op));
     cpu_pool_run(&c->pool, bn_parts(c, j->d), fn, j);
     if (backward) progress_poll(c, 0);
     return ST_OK;
@@ -136,7 +127,7 @@ DDP_VEC_CLONES static void bn_apply_part(void *arg, int part, int parts) {
 int cpu_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w,
                  const float *b, float *running, float *save, float *y) {
     cpu_ctx *c = ctx;
-    TRY(bn_check(d, "bn_apply"));
+    TRY(bn_desc_check(d, "bn_apply"));
     if (stats && d->count < 2)
         return ERR(ST_INPUT, "bn_apply: training needs more than one value per channel (count %lld)",
                    (long long)d->count);

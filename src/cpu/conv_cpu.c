@@ -274,6 +274,8 @@ DDP_VEC_CLONES static void conv_act_grad(const conv_desc *d, const float *y, flo
             for (int q = 0; q < P; q++) g[q] = a[q] > 0.0f ? g[q] : 0.0f;
         else if (d->act == ACT_LEAKY)
             for (int q = 0; q < P; q++) g[q] = act_grad(ACT_LEAKY, a[q], g[q]);
+        else if (d->act != ACT_NONE)
+            for (int q = 0; q < P; q++) g[q] = act_grad(d->act, a[q], g[q]);
         if (!db) continue;
         float acc[8] = {0};
         int q = 0;

@@ -54,6 +54,43 @@ int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *
     return ST_OK;
 }
 
+// An activation on its own (act_forward: a = x; act_backward_input: a = x, b = dy), for the layers' unfused
+// activations; any activation, value by value.
+static void act_forward_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_apply(j->act, j->a[i]);
+}
+
+static void act_backward_input_part(void *arg, int part, int parts) {
+    const ew_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    for (int64_t i = lo; i < hi; i++) j->y[i] = act_grad_input(j->act, j->a[i], j->b[i]);
+}
+
+static int act_known_check(int act, const char *op) {
+    if (!act_known(act)) return ERR(ST_INPUT, "%s: unknown activation %d", op, act);
+    return ST_OK;
+}
+
+int cpu_act_forward(void *ctx, size_t n, int act, const float *x, float *y) {
+    cpu_ctx *c = ctx;
+    TRY(act_known_check(act, "act_forward"));
+    ew_job j = {.n = n, .act = act, .a = x, .y = y};
+    cpu_pool_run(&c->pool, parts_for(c, (double)n, 16384), act_forward_part, &j);
+    return ST_OK;
+}
+
+int cpu_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx) {
+    cpu_ctx *c = ctx;
+    TRY(act_known_check(act, "act_backward_input"));
+    ew_job j = {.n = n, .act = act, .a = x, .b = dy, .y = dx};
+    cpu_pool_run(&c->pool, parts_for(c, (double)n, 16384), act_backward_input_part, &j);
+    return ST_OK;
+}
+
 // Channel slices ([route]): one block of c·hw contiguous values per sample.
 typedef struct chan_job {
     int n, c, hw, src_c, src_off, dst_c, dst_off;

@@ -75,28 +75,33 @@ int cpu_gather(void *ctx, const uint8_t *images, const int32_t *labels, const in
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Max pooling. argmax holds the winner's index ih*w + iw inside its input plane; ties go to the first.
+// Max pooling. argmax holds the winner's index ih*w + iw inside its input plane; ties go to the first in
+// row-major order. Padding is -inf: a window is clipped to the input (pad <= size/2 leaves it non-empty).
 
 static int pool_check(const pool_desc *d, const char *op) {
-    if (d->n < 1 || d->c < 1 || d->oh < 1 || d->ow < 1 || d->size < 1 || d->stride < 1)
+    if (d->n < 1 || d->c < 1 || d->oh < 1 || d->ow < 1 || d->size < 1 || d->stride < 1 || d->pad < 0 ||
+        d->pad > d->size / 2)
         return ERR(ST_INPUT, "%s: descriptor not initialised (call pool_desc_init)", op);
     return ST_OK;
 }
 
 static void pool_plane(const pool_desc *d, const float *x, float *y, int32_t *am) {
-    const int W = d->w, st = d->stride, sz = d->size;
-    for (int oh = 0; oh < d->oh; oh++)
+    const int H = d->h, W = d->w, st = d->stride, sz = d->size, pad = d->pad;
+    for (int oh = 0; oh < d->oh; oh++) {
+        const int h0 = oh * st - pad, r0 = h0 > 0 ? h0 : 0, r1 = h0 + sz < H ? h0 + sz : H;
         for (int ow = 0; ow < d->ow; ow++) {
-            int base = oh * st * W + ow * st, best_i = base;
-            float best = x[base];
-            for (int r = 0; r < sz; r++)
-                for (int s = 0; s < sz; s++) {
-                    int idx = base + r * W + s;
+            const int w0 = ow * st - pad, c0 = w0 > 0 ? w0 : 0, c1 = w0 + sz < W ? w0 + sz : W;
+            int best_i = r0 * W + c0;
+            float best = x[best_i];
+            for (int r = r0; r < r1; r++)
+                for (int s = c0; s < c1; s++) {
+                    int idx = r * W + s;
                     if (x[idx] > best) best = x[idx], best_i = idx;
                 }
             y[oh * d->ow + ow] = best;
             am[oh * d->ow + ow] = best_i;
         }
+    }
 }
 
 // The reference CNN's 2x2 stride-2 window, unrolled.
@@ -135,7 +140,7 @@ static void pool_forward_part(void *arg, int part, int parts) {
         const float *xp = j->x + (size_t)p * in_plane;
         float *yp = j->y + (size_t)p * out_plane;
         int32_t *ap = j->am_out + (size_t)p * out_plane;
-        if (d->size == 2 && d->stride == 2)
+        if (d->size == 2 && d->stride == 2 && d->pad == 0)
             pool_plane_2x2(d, xp, yp, ap);
         else
             pool_plane(d, xp, yp, ap);

@@ -1,5 +1,5 @@
 // batchnorm.c — [batchnorm]: batch normalisation with a learned affine and an optional activation (PyTorch's
-// BatchNorm1d/2d, then relu/leaky): y = act(weight (x - mean) / sqrt(var + eps) + bias).
+// BatchNorm1d/2d, then the activation): y = act(weight (x - mean) / sqrt(var + eps) + bias).
 //
 // Per channel over (N, H, W) after a spatial layer; per feature over N after a [dense] or a [flatten] (as
 // nn.Flatten then BatchNorm1d: each of the C·H·W values is a feature). Training normalises with the batch's
@@ -59,7 +59,7 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
     bn_priv *b = layer_priv_new(l, sizeof *b);
     TRY_ALLOC(b);
     const int c = per_feature ? l->in_c * l->in_h * l->in_w : l->in_c, hw = per_feature ? 1 : l->in_h * l->in_w;
-    b->d = (bn_desc){.n = m->max_batch, .c = c, .hw = hw, .act = lc->act, .eps = (float)lc->eps,
+    b->d = (bn_desc){.n = m->max_batch, .c = c, .hw = hw, .act = layer_act_fused(l), .eps = (float)lc->eps,
                      .momentum = (float)lc->momentum};
     b->sync = lc->sync;
     l->stat_values = hw;
@@ -119,16 +119,19 @@ static int batchnorm_forward(model *m, model_layer *l, int n, int training) {
     const int ranks = bn_ranks(m, b);
     d.count = (int64_t)n * d.hw * ranks;
     float *running = m->state + l->s_off;
-    if (!training)
-        return backend_bn_apply(m->be, &d, l->x[0], NULL, m->params + l->w_off, m->params + l->b_off, running,
-                                b->save, l->y);
+    if (!training) {
+        TRY(backend_bn_apply(m->be, &d, l->x[0], NULL, m->params + l->w_off, m->params + l->b_off, running, b->save,
+                             layer_act_out(l)));
+        return layer_act_forward(m, l, n);
+    }
     if (d.count < 2)
         return ERR(ST_RUNTIME, "%s: batch statistics need more than one value per channel (batch %d x %d)", l->name,
                    n, d.hw);
     TRY(backend_bn_stats(m->be, &d, l->x[0], b->stats));
     if (ranks > 1) TRY(m->allreduce_avg(m->allreduce_arg, b->stats, 3 * (size_t)d.c));
-    return backend_bn_apply(m->be, &d, l->x[0], b->stats, m->params + l->w_off, m->params + l->b_off, running,
-                            b->save, l->y);
+    TRY(backend_bn_apply(m->be, &d, l->x[0], b->stats, m->params + l->w_off, m->params + l->b_off, running,
+                         b->save, layer_act_out(l)));
+    return layer_act_forward(m, l, n);
 }
 
 static int batchnorm_backward(model *m, model_layer *l, int n) {
@@ -136,8 +139,9 @@ static int batchnorm_backward(model *m, model_layer *l, int n) {
     bn_desc d = b->d;
     d.n = n;
     d.count = (int64_t)n * d.hw * bn_ranks(m, b);
-    TRY(backend_bn_grad_stats(m->be, &d, l->x[0], l->y, b->save, l->dy, m->grads + l->w_off, m->grads + l->b_off,
-                              b->gstats));
+    TRY(layer_act_backward(m, l, n));
+    TRY(backend_bn_grad_stats(m->be, &d, l->x[0], layer_act_out(l), b->save, l->dy, m->grads + l->w_off,
+                              m->grads + l->b_off, b->gstats));
     if (!l->dx[0]) return ST_OK;  // the same on every rank: no rank waits in the all-reduce alone
     if (bn_ranks(m, b) > 1) TRY(m->allreduce_avg(m->allreduce_arg, b->gstats, 2 * (size_t)d.c));
     return backend_bn_grad_input(m->be, &d, l->x[0], b->save, m->params + l->w_off, b->gstats, l->dy, l->dx[0]);

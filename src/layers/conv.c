@@ -51,7 +51,7 @@ static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n
 
 static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
     conv_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .k = lc->filters, .r = lc->size,
-                   .s = lc->size, .stride = lc->stride, .pad = lc->pad, .act = lc->act};
+                   .s = lc->size, .stride = lc->stride, .pad = lc->pad, .act = layer_act_fused(l)};
     TRY(conv_desc_init(&d, l->name));
     conv_priv *p = layer_priv_new(l, sizeof *p);
     TRY_ALLOC(p);
@@ -117,17 +117,18 @@ static int conv_set_batch(model *m, model_layer *l, int n) {
 }
 
 static int conv_forward(model *m, model_layer *l, int n, int training) {
-    (void)n, (void)training;
+    (void)training;
     const conv_priv *p = l->priv;
-    return backend_conv_forward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off,
-                                l->n_b ? m->params + l->b_off : NULL, l->y, m->workspace);
+    TRY(backend_conv_forward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off,
+                             l->n_b ? m->params + l->b_off : NULL, layer_act_out(l), m->workspace));
+    return layer_act_forward(m, l, n);
 }
 
 static int conv_backward(model *m, model_layer *l, int n) {
-    (void)n;
     const conv_priv *p = l->priv;
-    return backend_conv_backward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off, l->y, l->dy, l->dx[0],
-                                 m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
+    TRY(layer_act_backward(m, l, n));
+    return backend_conv_backward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off, layer_act_out(l), l->dy,
+                                 l->dx[0], m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
 }
 
 static double conv_flops(const model_layer *l) {

@@ -31,13 +31,16 @@ static int dense_create(model *m, model_layer *l, const layer_cfg *lc, size_t *w
 
 static int dense_forward(model *m, model_layer *l, int n, int training) {
     (void)training;
-    return backend_dense_forward(m->be, n, l->in_c, l->out_c, l->act, l->x[0], m->params + l->w_off,
-                                 l->n_b ? m->params + l->b_off : NULL, l->y);
+    TRY(backend_dense_forward(m->be, n, l->in_c, l->out_c, layer_act_fused(l), l->x[0], m->params + l->w_off,
+                              l->n_b ? m->params + l->b_off : NULL, layer_act_out(l)));
+    return layer_act_forward(m, l, n);
 }
 
 static int dense_backward(model *m, model_layer *l, int n) {
-    return backend_dense_backward(m->be, n, l->in_c, l->out_c, l->act, l->x[0], m->params + l->w_off, l->y,
-                                  l->dy, l->dx[0], m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL);
+    TRY(layer_act_backward(m, l, n));
+    return backend_dense_backward(m->be, n, l->in_c, l->out_c, layer_act_fused(l), l->x[0], m->params + l->w_off,
+                                  layer_act_out(l), l->dy, l->dx[0], m->grads + l->w_off,
+                                  l->n_b ? m->grads + l->b_off : NULL);
 }
 
 static double dense_flops(const model_layer *l) { return 2.0 * l->in_c * l->out_c; }

@@ -1,10 +1,12 @@
-// maxpool.c — [maxpool]: max pooling without padding; the argmax of each window is kept for backward.
+// maxpool.c — [maxpool]: max pooling, optionally padded (PyTorch's MaxPool2d padding: implicit -inf, at most half
+// the window); the argmax of each window is kept for backward.
 #include "../common.h"
 #include "../layer.h"
 
 static const layer_key keys[] = {
     {"size", LK_INT, offsetof(layer_cfg, size), 2, 1, 1024, 0, "window size×size"},
     {"stride", LK_INT, offsetof(layer_cfg, stride), 0, 1, 1024, 0, "unset: = size"},
+    {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 512, 0, "-inf on each side, never chosen; at most size/2"},
 };
 
 typedef struct pool_priv {
@@ -19,18 +21,22 @@ static int maxpool_shape(const net_config *cfg, int i, const layer_shape *in, in
     (void)n_in, (void)n_params;
     const layer_cfg *l = &cfg->layers[i];
     if (!in->spatial) return layer_err(cfg, i, NULL, "after a dense layer: the input is no longer spatial");
-    if (in->h < l->size || in->w < l->size)
-        return layer_err(cfg, i, NULL, "impossible shape: window %d on a %dx%d input", l->size, in->h, in->w);
+    if (l->pad > l->size / 2)
+        return layer_err(cfg, i, "pad", "%d must be at most half the window (size %d): at most %d", l->pad, l->size,
+                         l->size / 2);
+    if (in->h + 2 * l->pad < l->size || in->w + 2 * l->pad < l->size)
+        return layer_err(cfg, i, NULL, "impossible shape: window %d (pad %d) on a %dx%d input", l->size, l->pad, in->h,
+                         in->w);
     *out = *in;
-    out->h = (in->h - l->size) / stride_of(l) + 1;
-    out->w = (in->w - l->size) / stride_of(l) + 1;
+    out->h = (in->h + 2 * l->pad - l->size) / stride_of(l) + 1;
+    out->w = (in->w + 2 * l->pad - l->size) / stride_of(l) + 1;
     return ST_OK;
 }
 
 static int maxpool_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
     (void)workspace;
     pool_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .size = lc->size,
-                   .stride = stride_of(lc)};
+                   .stride = stride_of(lc), .pad = lc->pad};
     TRY(pool_desc_init(&d, l->name));
     pool_priv *p = layer_priv_new(l, sizeof *p);
     TRY_ALLOC(p);
@@ -71,8 +77,10 @@ const layer_kind layer_kind_maxpool = {
     .prefix = "pool",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "max pooling, no padding",
-    .example = "[maxpool]\nsize=2\n",
+    .doc = "max pooling (PyTorch's MaxPool2d, padding included)",
+    // Overlapping padded windows, then the plain 2x2 (the unrolled path); the FD test's 6x6 input: 3x3 pad 1
+    // stride 2 gives 3x3, then 2x2 (floor) gives 1x1.
+    .example = "[maxpool]\nsize=3\nstride=2\npad=1\n[maxpool]\nsize=2\n",
     .shape = maxpool_shape,
     .create = maxpool_create,
     .destroy = maxpool_destroy,

@@ -55,12 +55,28 @@ int layer_inputs(const net_config *cfg, int i, int idx[CFG_MAX_REFS + 1], int *n
     return ST_OK;
 }
 
-const char *layer_act_name(int act) {
-    switch (act) {
-    case ACT_RELU: return "relu";
-    case ACT_LEAKY: return "leaky";
-    default: return "linear";
+// The activations' config names (PyTorch's, but linear; leaky is Darknet's), one place.
+static const char *const act_names[ACT_COUNT] = {
+    [ACT_NONE] = "linear", [ACT_RELU] = "relu",   [ACT_LEAKY] = "leaky",         [ACT_RELU6] = "relu6",
+    [ACT_SIGMOID] = "sigmoid", [ACT_SILU] = "silu", [ACT_HARDSWISH] = "hardswish", [ACT_GELU] = "gelu",
+};
+
+const char *layer_act_name(int act) { return act_known(act) ? act_names[act] : act_names[ACT_NONE]; }
+
+int layer_act_find(const char *name) {
+    for (int a = 0; a < ACT_COUNT; a++)
+        if (strcmp(act_names[a], name) == 0) return a;
+    return -1;
+}
+
+const char *layer_act_names(void) {
+    static char buf[128];
+    if (!buf[0]) {
+        size_t used = 0;
+        for (int a = 0; a < ACT_COUNT && used < sizeof buf; a++)
+            used += (size_t)snprintf(buf + used, sizeof buf - used, "%s%s", a ? ", " : "", act_names[a]);
     }
+    return buf;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -82,7 +98,7 @@ static void key_text(FILE *f, const layer_key *k, int markdown) {
     else if (k->type == LK_ACT) fprintf(f, "%s", layer_act_name((int)k->def));
     else if (k->type != LK_REFS && k->def < k->lo) fprintf(f, "unset");
     else fprintf(f, "%.10g", k->def);
-    if (k->type == LK_ACT) fprintf(f, "; relu, linear or leaky");
+    if (k->type == LK_ACT) fprintf(f, "; %s", layer_act_names());
     else if (k->type == LK_REFS && k->lo == k->hi) fprintf(f, "; %.10g earlier layer", k->lo);
     else if (k->type == LK_REFS) fprintf(f, "; %.10g to %.10g earlier layers", k->lo, k->hi);
     else fprintf(f, "; %.10g to %.10g", k->lo, k->hi);

@@ -33,12 +33,14 @@ static size_t out_elems(const model_layer *l, int n) { return (size_t)n * l->out
 
 static int shortcut_forward(model *m, model_layer *l, int n, int training) {
     (void)training;
-    return backend_add_act(m->be, out_elems(l, n), l->act, l->x[0], l->x[1], l->y);
+    TRY(backend_add_act(m->be, out_elems(l, n), layer_act_fused(l), l->x[0], l->x[1], layer_act_out(l)));
+    return layer_act_forward(m, l, n);
 }
 
 static int shortcut_backward(model *m, model_layer *l, int n) {
     const size_t e = out_elems(l, n);
-    if (l->act != ACT_NONE) TRY(backend_act_backward(m->be, e, l->act, l->y, l->dy, l->dy));
+    TRY(layer_act_backward(m, l, n));
+    if (layer_act_fused(l) != ACT_NONE) TRY(backend_act_backward(m->be, e, l->act, l->y, l->dy, l->dy));
     for (int k = 0; k < 2; k++)
         if (l->dx[k]) TRY(backend_copy(m->be, l->dx[k], l->dy, e * sizeof(float)));
     return ST_OK;
