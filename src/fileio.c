@@ -12,13 +12,14 @@
 
 #define IO_CHUNK (1u << 30)  // stay below Linux's per-call read/write cap
 
-static const char *file_kind(mode_t m) {
+const char *file_kind(mode_t m) {
     if (S_ISDIR(m)) return "a directory";
     if (S_ISFIFO(m)) return "a FIFO";
     if (S_ISCHR(m)) return "a character device";
     if (S_ISBLK(m)) return "a block device";
     if (S_ISSOCK(m)) return "a socket";
-    return "not a regular file";
+    if (S_ISREG(m)) return "a regular file";
+    return "of an unknown kind";
 }
 
 // ---------------------------------------------------------------------------------------------------------

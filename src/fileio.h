@@ -14,6 +14,8 @@
 
 // Opens `path` for reading; `what` names it in messages ("config", "checkpoint", "data file", "baseline").
 // *size: its length. ST_INPUT when missing, unreadable or not a regular file.
+// What a file that is not regular is, for messages: "a directory", "a FIFO", "a character device", ...
+const char *file_kind(mode_t m);
 int input_open(const char *path, const char *what, int *fd, uint64_t *size);
 // Exactly n bytes at offset off; ST_INPUT when the file ends first (it shrank), ST_RUNTIME on a read error.
 int input_pread(int fd, const char *path, void *buf, size_t n, uint64_t off);

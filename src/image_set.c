@@ -24,15 +24,6 @@
 #define LIST_MAX_BYTES ((uint64_t)1 << 30)  // a list or names file larger than this is refused
 #define PATH_BUF (IMAGE_SET_MAX_PATH + 1)
 
-static const char *file_kind(mode_t m) {
-    if (S_ISDIR(m)) return "a directory";
-    if (S_ISFIFO(m)) return "a FIFO";
-    if (S_ISCHR(m)) return "a character device";
-    if (S_ISBLK(m)) return "a block device";
-    if (S_ISSOCK(m)) return "a socket";
-    if (S_ISREG(m)) return "a regular file";
-    return "of an unknown kind";
-}
 
 // Grows *p (elements of `elem` bytes, capacity *cap) to hold at least `need`; 0, or -1 when out of memory.
 static int grow(void **p, size_t *cap, size_t need, size_t elem) {
@@ -732,22 +723,37 @@ static int classes_setup(const char *origin, const char *names_path, int *classe
     return ST_OK;
 }
 
-static int list_scan(const char *list_path, const char *names_path, int classes, builder *b, char **text,
-                     char **names_text, const char ***names) {
-    if (!list_path || !list_path[0]) return ERR(ST_INPUT, "list file: the path is empty");
-    TRY(classes_setup(list_path, names_path, &classes, names_text, names));
+// Every sample line of a list file (blank lines and comments skipped) to fn, with its number and the length of
+// the list's directory with its '/' (the prefix of relative paths). *text holds the file (freed first).
+typedef int (*list_line_fn)(builder *b, const char *list, size_t line, text_line *ln, size_t dir_len, int classes);
+
+static int list_each_line(builder *b, const char *list, char **text, list_line_fn fn, int classes) {
+    free(*text);
+    *text = NULL;
     size_t len = 0;
-    TRY(read_text(list_path, "list file", text, &len));
-    const char *slash = strrchr(list_path, '/');
-    size_t dir_len = slash ? (size_t)(slash - list_path) + 1 : 0;  // with its '/'
+    TRY(read_text(list, "list file", text, &len));
+    const char *slash = strrchr(list, '/');
+    size_t dir_len = slash ? (size_t)(slash - list) + 1 : 0;  // with its '/'
     char *p = *text, *end = *text + len;
     size_t line = 0;
     text_line ln;
     while (next_line(&p, end, &ln)) {
         line++;
         if (ln.len == 0 || ln.start[0] == '#') continue;
-        TRY(list_line(b, list_path, line, &ln, list_path, dir_len, classes));
+        TRY(fn(b, list, line, &ln, dir_len, classes));
     }
+    return ST_OK;
+}
+
+static int list_sample_line(builder *b, const char *list, size_t line, text_line *ln, size_t dir_len, int classes) {
+    return list_line(b, list, line, ln, list, dir_len, classes);
+}
+
+static int list_scan(const char *list_path, const char *names_path, int classes, builder *b, char **text,
+                     char **names_text, const char ***names) {
+    if (!list_path || !list_path[0]) return ERR(ST_INPUT, "list file: the path is empty");
+    TRY(classes_setup(list_path, names_path, &classes, names_text, names));
+    TRY(list_each_line(b, list_path, text, list_sample_line, classes));
     if (b->s->n == 0) return ERR(ST_INPUT, "%s: no samples in the list (want lines 'path label')", list_path);
     return builder_finish(b, *names, classes);
 }
@@ -1402,29 +1408,19 @@ static int inputs_dir(walk *w, builder *b, const char *dir, const struct stat *s
 
 // A list of `path` or `path label` lines. A last field that is an integer is a label (ignored); otherwise the
 // whole line is the path. *text: the list's text (freed by the caller, reused from list to list).
-static int inputs_list(builder *b, const char *list, char **text) {
-    free(*text);
-    *text = NULL;
-    size_t len = 0;
-    TRY(read_text(list, "list file", text, &len));
-    const char *slash = strrchr(list, '/');
-    size_t dir_len = slash ? (size_t)(slash - list) + 1 : 0;  // with its '/'
-    char *p = *text, *end = *text + len;
-    size_t line = 0;
-    text_line ln;
-    while (next_line(&p, end, &ln)) {
-        line++;
-        if (ln.len == 0 || ln.start[0] == '#') continue;
-        if (ln.has_nul) return ERR(ST_INPUT, "%s:%zu: a NUL byte in the line (not a text file?)", list, line);
-        char *s = ln.start, *e = s + ln.len, *pe;
-        char *lab = line_last_field(s, e, &pe);
-        *e = '\0';  // a blank, the LF or the final NUL
-        long v;
-        if (lab == s || !parse_long(lab, &v)) pe = e;
-        TRY(list_add_path(b, list, line, s, (size_t)(pe - s), list, dir_len, 0, 1));
-    }
-    return ST_OK;
+// A --predict list line: `path` or `path label` (the label, if any, ignored).
+static int inputs_line(builder *b, const char *list, size_t line, text_line *ln, size_t dir_len, int classes) {
+    (void)classes;
+    if (ln->has_nul) return ERR(ST_INPUT, "%s:%zu: a NUL byte in the line (not a text file?)", list, line);
+    char *s = ln->start, *e = s + ln->len, *pe;
+    char *lab = line_last_field(s, e, &pe);
+    *e = '\0';  // a blank, the LF or the final NUL
+    long v;
+    if (lab == s || !parse_long(lab, &v)) pe = e;
+    return list_add_path(b, list, line, s, (size_t)(pe - s), list, dir_len, 0, 1);
 }
+
+static int inputs_list(builder *b, const char *list, char **text) { return list_each_line(b, list, text, inputs_line, 0); }
 
 // "a, b, c and 2 more" into buf (n bytes): as many paths as fit.
 static void inputs_names(const char *const *paths, int n_paths, char *buf, size_t n) {
