@@ -254,7 +254,8 @@ int train_stream_epoch(trainer *t) {
 }
 
 // The loader's next batch into backend memory (x, y). The host batch it replaces is released by loader_next, so
-// the previous copy must be done first (its mark); on the CPU it always is.
+// the previous copy must be done first (its mark); on the CPU it always is. Training batches' waits count in
+// t->data_wait_s (the metrics' data_wait_s); evaluation's do not.
 static int stage_next(trainer *t, loader *l, uint8_t *x, int32_t *y, int want, const int32_t **h_labels) {
     TRY(train_mark_wait(t, t->mk_stage));
     const double t0 = now_s();
@@ -262,7 +263,7 @@ static int stage_next(trainer *t, loader *l, uint8_t *x, int32_t *y, int want, c
     const int32_t *hy;
     int n = 0;
     const int st = loader_next(l, &hx, &hy, &n);
-    t->data_wait_s += now_s() - t0;
+    if (l == t->ld_train) t->data_wait_s += now_s() - t0;
     TRY(st);
     if (n != want) return ERR(ST_RUNTIME, "loader: a batch of %d samples where %d were due", n, want);
     TRY(backend_stage_upload(&t->be, x, hx, (size_t)n * t->sample_elems, t->mk_stage));
