@@ -219,6 +219,18 @@ fi
 expect2 "more than data.max_bad skipped" "max_bad=0" "${base[@]}" --set data.format=folder --set data.train_dir=skip \
   --set data.test_dir=img/test --set data.skip_bad=1 --set data.max_bad=0
 
+# ---- 100,000 classes: a list with a names file of 100,000 lines (labels up to 99,999)
+seq 0 99999 | sed 's/^/class_/' >names100k.txt
+{ echo "train/c0/$(ls img/train/c0 | head -1) 0"; echo "train/c1/$(ls img/train/c1 | head -1) 99999"
+  echo "train/c2/$(ls img/train/c2 | head -1) 50000"; echo "train/c3/$(ls img/train/c3 | head -1) 7"; } >img/big.txt
+if run --config "$cfg" --epochs 1 --threads 1 --set net.batch=4 --set net.classes=100000 --set dense2.units=100000 --bucket-kb 4096 \
+  --set data.format=list --set data.train_list=img/big.txt --set data.test_list=img/big.txt --set data.names=names100k.txt \
+  --save big.safetensors && run --eval big.safetensors --threads 1 && grep -q "100000 classes: no per-class table" "$tmp/out"; then
+  ok "100,000 classes (a names file, labels to 99,999): trains, --eval reports without a 10^10 confusion matrix"
+else
+  bad "100,000 classes"
+fi
+
 # ---- 1x1 images train (resized to the input)
 mkdir -p tiny/a tiny/b
 for i in 0 1 2 3; do
