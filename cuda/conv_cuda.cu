@@ -16,6 +16,9 @@
 // prepares the same layers for smaller (evaluation) batches, expecting no more. Find could pick a hungrier
 // algorithm for a smaller batch, so a plan for a batch below the largest seen may use at most the largest
 // workspace reported so far (the training plans' need).
+// Groups and dilation: on the convolution descriptors (cudnnSetConvolutionGroupCount; the filter descriptor is
+// [k, c/groups, r, s], PyTorch's layout). An algorithm without support for such a shape comes back from Find or
+// the heuristics with a failed status and rank_results skips it; the fallbacks support both.
 // Bias + ReLU: our kernel after cudnnConvolutionForward, not cudnnConvolutionBiasActivationForward, which
 // supports ReLU only with IMPLICIT_PRECOMP_GEMM and would tie the algorithm choice to the activation.
 #include <math.h>
@@ -27,7 +30,7 @@
 #define DETERMINISTIC_SLACK 1.10f
 
 typedef struct conv_plan {
-    int n, c, h, w, k, r, s, stride, pad, oh, ow;  // the shape the plan was made for
+    int n, c, h, w, k, r, s, stride, pad, groups, dilation, oh, ow;  // the shape the plan was made for
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
     // One convolution descriptor per direction: the chosen algorithms may need different math types.
@@ -93,14 +96,16 @@ static void plan_free(conv_plan *p) {
 
 static int conv_shape_check(const conv_desc *d) {
     if (d->n <= 0 || d->c <= 0 || d->h <= 0 || d->w <= 0 || d->k <= 0 || d->r <= 0 || d->s <= 0 || d->stride <= 0 ||
-        d->pad < 0)
-        return ERR(ST_INPUT, "conv_prepare: bad shape n=%d c=%d h=%d w=%d k=%d r=%d s=%d stride=%d pad=%d", d->n, d->c,
-                   d->h, d->w, d->k, d->r, d->s, d->stride, d->pad);
-    const int oh = (d->h + 2 * d->pad - d->r) / d->stride + 1, ow = (d->w + 2 * d->pad - d->s) / d->stride + 1;
-    if (d->h + 2 * d->pad < d->r || d->w + 2 * d->pad < d->s || d->oh != oh || d->ow != ow)
-        return ERR(ST_INPUT, "conv_prepare: output %dx%d does not match input %dx%d, kernel %dx%d, stride %d, pad %d "
-                             "(conv_desc_init not called?)",
-                   d->oh, d->ow, d->h, d->w, d->r, d->s, d->stride, d->pad);
+        d->pad < 0 || d->groups <= 0 || d->dilation <= 0 || d->c % d->groups || d->k % d->groups)
+        return ERR(ST_INPUT, "conv_prepare: bad shape n=%d c=%d h=%d w=%d k=%d r=%d s=%d stride=%d pad=%d groups=%d "
+                             "dilation=%d (conv_desc_init not called?)",
+                   d->n, d->c, d->h, d->w, d->k, d->r, d->s, d->stride, d->pad, d->groups, d->dilation);
+    const int er = (d->r - 1) * d->dilation + 1, es = (d->s - 1) * d->dilation + 1;  // the kernel's extent
+    const int oh = (d->h + 2 * d->pad - er) / d->stride + 1, ow = (d->w + 2 * d->pad - es) / d->stride + 1;
+    if (d->h + 2 * d->pad < er || d->w + 2 * d->pad < es || d->oh != oh || d->ow != ow)
+        return ERR(ST_INPUT, "conv_prepare: output %dx%d does not match input %dx%d, kernel %dx%d, stride %d, pad %d, "
+                             "dilation %d (conv_desc_init not called?)",
+                   d->oh, d->ow, d->h, d->w, d->r, d->s, d->stride, d->pad, d->dilation);
     if (!act_from_output(d->act)) return ERR(ST_INPUT, "conv_prepare: activation %d is not one conv fuses", d->act);
     if ((size_t)d->n * d->k * oh * ow > (size_t)INT32_MAX || (size_t)d->n * d->c * d->h * d->w > (size_t)INT32_MAX)
         return ERR(ST_INPUT, "conv_prepare: layer too large for the CUDA backend (n=%d c=%d %dx%d k=%d)", d->n, d->c,
@@ -115,13 +120,16 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
     cudnnCheck(cudnnCreateFilterDescriptor(&p->w_desc));
     cudnnCheck(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->c, d->h, d->w));
     cudnnCheck(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->k, d->oh, d->ow));
-    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, d->k, d->c, d->r, d->s));
+    // Grouped: [k, c/groups, r, s], PyTorch's layout; the group count goes on the convolution descriptors.
+    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, d->k, d->c / d->groups, d->r,
+                                          d->s));
     cudnnConvolutionDescriptor_t *descs[3] = {&p->fwd_desc, &p->bwd_data_desc, &p->bwd_filter_desc};
     for (int i = 0; i < 3; i++) {
         cudnnCheck(cudnnCreateConvolutionDescriptor(descs[i]));
         // Cross-correlation (no kernel flip), as PyTorch and the CPU reference compute it.
-        cudnnCheck(cudnnSetConvolution2dDescriptor(*descs[i], d->pad, d->pad, d->stride, d->stride, 1, 1,
-                                                   CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+        cudnnCheck(cudnnSetConvolution2dDescriptor(*descs[i], d->pad, d->pad, d->stride, d->stride, d->dilation,
+                                                   d->dilation, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+        cudnnCheck(cudnnSetConvolutionGroupCount(*descs[i], d->groups));
         cudnnCheck(cudnnSetConvolutionMathType(*descs[i], c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
     }
     int on = 0, oc = 0, oh = 0, ow = 0;
@@ -248,7 +256,7 @@ static void scratch_free(find_scratch *s) {
 
 static int scratch_alloc(cuda_ctx *c, const conv_desc *d, const conv_plan *p, size_t cap, find_scratch *s) {
     const size_t xb = (size_t)d->n * d->c * d->h * d->w * sizeof(float);
-    const size_t wb = (size_t)d->k * d->c * d->r * d->s * sizeof(float);
+    const size_t wb = (size_t)d->k * (d->c / d->groups) * d->r * d->s * sizeof(float);
     const size_t yb = (size_t)d->n * d->k * d->oh * d->ow * sizeof(float);
     cudaCheck(cudaMalloc(&s->x, xb));
     cudaCheck(cudaMalloc(&s->w, wb));
@@ -333,8 +341,9 @@ static int try_algo(const cuda_ctx *c, conv_plan *p, typename Dir::algo_t algo, 
 
 static int no_algo(const conv_desc *d, const char *dir) {
     return ERR(ST_RUNTIME, "rank %d (%s): conv_prepare: no cuDNN %s algorithm for n=%d c=%d %dx%d k=%d %dx%d "
-                           "stride %d pad %d",
-               g_rank, g_host, dir, d->n, d->c, d->h, d->w, d->k, d->r, d->s, d->stride, d->pad);
+                           "stride %d pad %d groups %d dilation %d",
+               g_rank, g_host, dir, d->n, d->c, d->h, d->w, d->k, d->r, d->s, d->stride, d->pad, d->groups,
+               d->dilation);
 }
 
 // Heuristics (deterministic) or Find (timed) lists the candidates; the first that rank_results keeps and
@@ -395,7 +404,8 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     conv_plan *p = (conv_plan *)calloc(1, sizeof *p);
     TRY_ALLOC(p);
     p->n = d->n, p->c = d->c, p->h = d->h, p->w = d->w, p->k = d->k, p->r = d->r, p->s = d->s;
-    p->stride = d->stride, p->pad = d->pad, p->oh = d->oh, p->ow = d->ow;
+    p->stride = d->stride, p->pad = d->pad, p->groups = d->groups, p->dilation = d->dilation;
+    p->oh = d->oh, p->ow = d->ow;
     p->bias_splits = bias_splits(d);
     size_t cap = WS_CAP;
     if (d->n < c->conv_max_n && c->conv_ws_high < cap) cap = c->conv_ws_high;
@@ -421,7 +431,8 @@ static int plan_get(const conv_desc *d, const char *op, const conv_plan **out) {
     const conv_plan *p = (const conv_plan *)d->plan;
     if (p == NULL) return ERR(ST_RUNTIME, "%s: layer not prepared (conv_prepare first)", op);
     if (p->n != d->n || p->c != d->c || p->h != d->h || p->w != d->w || p->k != d->k || p->r != d->r ||
-        p->s != d->s || p->stride != d->stride || p->pad != d->pad)
+        p->s != d->s || p->stride != d->stride || p->pad != d->pad || p->groups != d->groups ||
+        p->dilation != d->dilation)
         return ERR(ST_RUNTIME, "%s: layer prepared for n=%d c=%d %dx%d k=%d, called with n=%d c=%d %dx%d k=%d", op,
                    p->n, p->c, p->h, p->w, p->k, d->n, d->c, d->h, d->w, d->k);
     *out = p;

@@ -153,6 +153,31 @@ class Dropout(nn.Module):
 
 
 class CfgNet(nn.Module):
+    """The config's network. Layer names may hold dots (torchvision's module paths): "layer1.0.conv1" is nested as
+    self.layer1 -> "0" -> conv1 (plain containers), so state_dict() names its weight "layer1.0.conv1.weight" as
+    torchvision's ResNet does, and getattr(self, "layer1.0.conv1") finds it."""
+
+    def add_module(self, name, module):
+        if "." not in name:
+            return super().add_module(name, module)
+        parent = self
+        *path, leaf = name.split(".")
+        for p in path:
+            child = parent._modules.get(p)
+            if child is None:
+                child = nn.Module()
+                nn.Module.add_module(parent, p, child)
+            parent = child
+        nn.Module.add_module(parent, leaf, module)
+        self.__dict__.setdefault("_dotted", {})[name] = module
+        return None
+
+    def __getattr__(self, name):
+        dotted = self.__dict__.get("_dotted")
+        if dotted is not None and name in dotted:
+            return dotted[name]
+        return super().__getattr__(name)
+
     def __init__(self, cfg):
         super().__init__()
         net = cfg["net"]
@@ -173,9 +198,11 @@ class CfgNet(nn.Module):
             opt = {"act": act}
             if kind == "conv":
                 size, stride, pad = int(keys.get("size", 3)), int(keys.get("stride", 1)), int(keys.get("pad", 0))
+                groups, dil = int(keys.get("groups", 1)), int(keys.get("dilation", 1))
                 k = int(keys["filters"])
-                self.add_module(name, nn.Conv2d(prev[0], k, size, stride, pad, bias=bias))
-                out = (k, (prev[1] + 2 * pad - size) // stride + 1, (prev[2] + 2 * pad - size) // stride + 1)
+                self.add_module(name, nn.Conv2d(prev[0], k, size, stride, pad, dilation=dil, groups=groups, bias=bias))
+                span = dil * (size - 1) + 1
+                out = (k, (prev[1] + 2 * pad - span) // stride + 1, (prev[2] + 2 * pad - span) // stride + 1)
             elif kind == "maxpool":
                 size = int(keys.get("size", 2))
                 stride = int(keys.get("stride", 0)) or size

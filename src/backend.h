@@ -21,11 +21,15 @@ enum { ACT_NONE = 0, ACT_RELU, ACT_LEAKY, ACT_RELU6, ACT_SIGMOID, ACT_SILU, ACT_
 static inline int act_from_output(int act) { return act >= ACT_NONE && act <= ACT_SIGMOID; }
 static inline int act_known(int act) { return act >= ACT_NONE && act < ACT_COUNT; }
 
-// Convolution shape for one layer and one batch size n. out = floor((h + 2*pad - r)/stride) + 1.
+// Convolution shape for one layer and one batch size n (PyTorch's Conv2d): out = floor((h + 2*pad -
+// dilation*(r - 1) - 1)/stride) + 1. groups: the c input channels and k filters split into that many groups, each
+// filter seeing only its group's c/groups channels (depthwise: groups = c); weights [k, c/groups, r, s].
 typedef struct conv_desc {
     int n, c, h, w;     // input
     int k, r, s;        // filters, kernel height, kernel width
     int stride, pad;
+    int groups;         // 0 (read as 1, which conv_desc_init writes) or a divisor of both c and k
+    int dilation;       // 0 (read as 1) or the spacing of the kernel's taps
     int oh, ow;         // output spatial size (filled by conv_desc_init)
     int act;            // fused after the bias add (if any): an activation with act_from_output
     void *plan;         // backend-private (cuDNN descriptors, chosen algorithms); made by conv_prepare

@@ -270,11 +270,16 @@ static int op_build(conv_dnnl *e, dn_shape *s, dn_op *op, const_dnnl_primitive_d
 static int shape_build(conv_dnnl *e, const conv_desc *d, dn_shape *s, int n, size_t *ws_bytes,
                        size_t *scratch_bytes) {
     s->n = n;
-    dnnl_dims_t x_dims = {n, d->c, d->h, d->w}, y_dims = {n, d->k, d->oh, d->ow};
-    dnnl_dims_t w_dims = {d->k, d->c, d->r, d->s}, b_dims = {d->k};
+    dnnl_dims_t x_dims = {n, d->c, d->h, d->w}, y_dims = {n, d->k, d->oh, d->ow}, b_dims = {d->k};
+    // Grouped: weights [G, K/G, C/G, R, S] (goihw), the same bytes as our [K, C/G, R, S]. oneDNN counts the
+    // dilation from 0 (the taps' gap), PyTorch and we from 1 (their spacing).
+    const int g = d->groups, wn = g > 1 ? 5 : 4;
+    dnnl_dims_t w_dims = {d->k, d->c, d->r, d->s}, w_dims_g = {g, d->k / g, d->c / g, d->r, d->s};
     dnnl_dims_t strides = {d->stride, d->stride}, pad = {d->pad, d->pad};
+    dnnl_dims_t dilates = {d->dilation - 1, d->dilation - 1};
+    dnnl_dim_t *wd = g > 1 ? w_dims_g : w_dims;
     DN(dnnl_memory_desc_init_by_tag(&s->user_md[T_X], 4, x_dims, dnnl_f32, dnnl_nchw));
-    DN(dnnl_memory_desc_init_by_tag(&s->user_md[T_W], 4, w_dims, dnnl_f32, dnnl_oihw));
+    DN(dnnl_memory_desc_init_by_tag(&s->user_md[T_W], wn, wd, dnnl_f32, g > 1 ? dnnl_goihw : dnnl_oihw));
     DN(dnnl_memory_desc_init_by_tag(&s->user_md[T_B], 1, b_dims, dnnl_f32, dnnl_a));
     DN(dnnl_memory_desc_init_by_tag(&s->user_md[T_Y], 4, y_dims, dnnl_f32, dnnl_nchw));
     s->user_md[T_DZ] = s->user_md[T_Y];
@@ -283,7 +288,7 @@ static int shape_build(conv_dnnl *e, const conv_desc *d, dn_shape *s, int n, siz
     s->user_md[T_DB] = s->user_md[T_B];
     dnnl_memory_desc_t x_any, w_any, y_any;
     DN(dnnl_memory_desc_init_by_tag(&x_any, 4, x_dims, dnnl_f32, dnnl_format_tag_any));
-    DN(dnnl_memory_desc_init_by_tag(&w_any, 4, w_dims, dnnl_f32, dnnl_format_tag_any));
+    DN(dnnl_memory_desc_init_by_tag(&w_any, wn, wd, dnnl_f32, dnnl_format_tag_any));
     DN(dnnl_memory_desc_init_by_tag(&y_any, 4, y_dims, dnnl_f32, dnnl_format_tag_any));
 
     // Forward (training), bias and activation fused; backward data, whose slots backward weights reuses where
@@ -302,19 +307,21 @@ static int shape_build(conv_dnnl *e, const conv_desc *d, dn_shape *s, int n, siz
                                            {DNNL_ARG_DIFF_BIAS, T_DB, 1, dnnl_query_undef}};
     dnnl_convolution_desc_t cd;
     dnnl_primitive_desc_t fwd_pd = NULL, bd_pd = NULL, bw_pd = NULL;
-    DN(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &x_any, &w_any,
-                                          &s->user_md[T_B], &y_any, strides, pad, pad));
+    DN(dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_training, dnnl_convolution_direct, &x_any, &w_any,
+                                                  &s->user_md[T_B], &y_any, strides, dilates, pad, pad));
     int st = pd_create(e, &fwd_pd, &cd, d->act, NULL, "forward");
     if (st == ST_OK) st = op_build(e, s, &s->op[OP_FWD], fwd_pd, fwd, N_OF(fwd), ws_bytes, scratch_bytes);
-    if (st == ST_OK && dnnl_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &x_any, &w_any, &y_any,
-                                                                strides, pad, pad) != dnnl_success)
+    if (st == ST_OK && dnnl_dilated_convolution_backward_data_desc_init(&cd, dnnl_convolution_direct, &x_any, &w_any,
+                                                                        &y_any, strides, dilates, pad,
+                                                                        pad) != dnnl_success)
         st = ERR(ST_RUNTIME, "oneDNN: convolution backward data desc");
     if (st == ST_OK) st = pd_create(e, &bd_pd, &cd, ACT_NONE, fwd_pd, "backward data");
     if (st == ST_OK)
         st = op_build(e, s, &s->op[OP_BWD_DATA], bd_pd, bwd_data, N_OF(bwd_data), ws_bytes, scratch_bytes);
-    if (st == ST_OK && dnnl_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &x_any, &w_any,
-                                                                   &s->user_md[T_DB], &y_any, strides, pad,
-                                                                   pad) != dnnl_success)
+    if (st == ST_OK && dnnl_dilated_convolution_backward_weights_desc_init(&cd, dnnl_convolution_direct, &x_any,
+                                                                           &w_any, &s->user_md[T_DB], &y_any,
+                                                                           strides, dilates, pad,
+                                                                           pad) != dnnl_success)
         st = ERR(ST_RUNTIME, "oneDNN: convolution backward weights desc");
     if (st == ST_OK) st = pd_create(e, &bw_pd, &cd, ACT_NONE, fwd_pd, "backward weights");
     if (st == ST_OK)

@@ -18,20 +18,30 @@ static int fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 int conv_desc_init(conv_desc *d, const char *layer_name) {
     const char *ln = layer_name ? layer_name : "conv";
+    if (d->groups == 0) d->groups = 1;
+    if (d->dilation == 0) d->dilation = 1;
     if (d->n < 1 || d->c < 1 || d->h < 1 || d->w < 1)
         return ERR(ST_INPUT, "%s: input shape n=%d c=%d h=%d w=%d must be positive", ln, d->n, d->c, d->h, d->w);
     if (d->k < 1 || d->r < 1 || d->s < 1)
         return ERR(ST_INPUT, "%s: filters=%d and kernel %dx%d must be positive", ln, d->k, d->r, d->s);
     if (d->stride < 1) return ERR(ST_INPUT, "%s: stride %d must be >= 1", ln, d->stride);
     if (d->pad < 0) return ERR(ST_INPUT, "%s: pad %d must be >= 0", ln, d->pad);
+    if (d->groups < 1 || d->c % d->groups || d->k % d->groups)
+        return ERR(ST_INPUT, "%s: groups %d must divide both the %d input channels and the %d filters", ln,
+                   d->groups, d->c, d->k);
+    if (d->dilation < 1 || d->dilation > 1024)
+        return ERR(ST_INPUT, "%s: dilation %d must be in [1, 1024]", ln, d->dilation);
+    // The kernel's extent with its taps spread by the dilation.
+    const int64_t er = (int64_t)(d->r - 1) * d->dilation + 1, es = (int64_t)(d->s - 1) * d->dilation + 1;
     // A pad as large as the kernel makes border outputs that see only padding: almost surely a typo.
-    if (d->pad >= d->r || d->pad >= d->s)
-        return ERR(ST_INPUT, "%s: pad %d must be smaller than the kernel %dx%d", ln, d->pad, d->r, d->s);
+    if (d->pad >= er || d->pad >= es)
+        return ERR(ST_INPUT, "%s: pad %d must be smaller than the kernel %dx%d (dilation %d)", ln, d->pad, d->r, d->s,
+                   d->dilation);
     if (!act_from_output(d->act)) return ERR(ST_INPUT, "%s: activation %d is not one conv fuses", ln, d->act);
-    int64_t ph = (int64_t)d->h + 2 * (int64_t)d->pad - d->r, pw = (int64_t)d->w + 2 * (int64_t)d->pad - d->s;
+    int64_t ph = (int64_t)d->h + 2 * (int64_t)d->pad - er, pw = (int64_t)d->w + 2 * (int64_t)d->pad - es;
     if (ph < 0 || pw < 0)
-        return ERR(ST_INPUT, "%s: kernel %dx%d (pad %d) is larger than the %dx%d input", ln, d->r, d->s, d->pad,
-                   d->h, d->w);
+        return ERR(ST_INPUT, "%s: kernel %dx%d (dilation %d, pad %d) is larger than the %dx%d input", ln, d->r, d->s,
+                   d->dilation, d->pad, d->h, d->w);
     d->oh = (int)(ph / d->stride + 1);
     d->ow = (int)(pw / d->stride + 1);
     int64_t plane = (int64_t)d->oh * d->ow;

@@ -51,6 +51,7 @@ typedef struct layer_cfg {
     // The fields a kind's keys fill (src/layers/<kind>.c lists its keys, defaults and ranges); shared by name
     // across kinds (size, stride, activation ...).
     int filters, size, stride, pad, units;
+    int groups, dilation;       // conv
     int act;                    // ACT_* (backend.h)
     int bias;                   // conv, dense: 1 = with a bias
     int sync;                   // batchnorm: statistics over all ranks

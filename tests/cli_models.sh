@@ -9,7 +9,7 @@ need_tool
 make_tmp --cd
 
 count() { "$trainer" --config "$src/configs/$1.cfg" --print-model 2>"$tmp/err" | sed -n 's/.* layers, \([0-9]*\) parameters$/\1/p'; }
-for pair in resnet18:11689512 resnet50:25557032 cifar10_resnet18:11173962; do
+for pair in resnet18:11689512 resnet50:25557032 cifar10_resnet18:11173962 mobilenet_v2:3504872; do
   name=${pair%%:*} want=${pair#*:}
   got=$(count "$name")
   if [ "$got" = "$want" ]; then ok "configs/$name.cfg: $got parameters (torchvision's count)"

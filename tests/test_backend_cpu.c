@@ -87,8 +87,12 @@ static double dot_fd(const float *y, const float *r, size_t n) {
 
 typedef struct conv_case {
     int n, c, h, w, k, r, s, stride, pad, act;
-    int no_bias;  // b = db = NULL
+    int no_bias;             // b = db = NULL
+    int groups, dilation;    // 0: 1
 } conv_case;
+
+static int conv_case_groups(const conv_case *cc) { return cc->groups ? cc->groups : 1; }
+static int conv_case_dilation(const conv_case *cc) { return cc->dilation ? cc->dilation : 1; }
 
 // The activations in double (PyTorch's formulas), and their derivative at the pre-activation v (PyTorch's
 // conventions at the kinks: relu6 passes the gradient for 0 < v < 6 only; hardswish's is v/3 + 1/2 on [-3, 3]).
@@ -137,19 +141,21 @@ typedef struct conv_ref_args {
     double *y;
 } conv_ref_args;
 
+// PyTorch's Conv2d, written out: filter k sees the channels of its group, k / (K/groups), taps dilation apart.
 static void conv_ref(const conv_desc *d, const double *x, const double *w, const double *b, double *y) {
+    const int cg = d->c / d->groups, kg = d->k / d->groups, dil = d->dilation;
     for (int n = 0; n < d->n; n++)
         for (int k = 0; k < d->k; k++)
             for (int oy = 0; oy < d->oh; oy++)
                 for (int ox = 0; ox < d->ow; ox++) {
                     double s = b[k];
-                    for (int c = 0; c < d->c; c++)
+                    for (int c = 0; c < cg; c++)
                         for (int r = 0; r < d->r; r++)
                             for (int q = 0; q < d->s; q++) {
-                                int ih = oy * d->stride - d->pad + r, iw = ox * d->stride - d->pad + q;
+                                int ih = oy * d->stride - d->pad + r * dil, iw = ox * d->stride - d->pad + q * dil;
                                 if (ih < 0 || ih >= d->h || iw < 0 || iw >= d->w) continue;
-                                s += w[((k * d->c + c) * d->r + r) * d->s + q] *
-                                     x[((size_t)(n * d->c + c) * d->h + ih) * d->w + iw];
+                                s += w[((k * cg + c) * d->r + r) * d->s + q] *
+                                     x[((size_t)(n * d->c + (k / kg) * cg + c) * d->h + ih) * d->w + iw];
                             }
                     y[((size_t)(n * d->k + k) * d->oh + oy) * d->ow + ox] = act_ref(d->act, s);
                 }
@@ -198,9 +204,10 @@ static void check_conv_case(const conv_case *cc, int threads, uint64_t seed) {
     backend be = make_cpu(threads);
     const backend_ops *o = be.ops;
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
-                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+                   .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
+                   .act = cc->act};
     assert_int_equal(conv_desc_init(&d, "conv_test"), ST_OK);
-    size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * d.c * d.r * d.s, nb = (size_t)d.k;
+    size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * (d.c / d.groups) * d.r * d.s, nb = (size_t)d.k;
     size_t ny = (size_t)d.n * d.k * d.oh * d.ow;
     size_t ws_bytes = 0;
     assert_int_equal(o->conv_prepare(be.ctx, &d, &ws_bytes), ST_OK);
@@ -278,6 +285,20 @@ static const conv_case conv_cases[] = {
     {.n = 2, .c = 3, .h = 7, .w = 6, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_LEAKY},
     {.n = 3, .c = 2, .h = 6, .w = 6, .k = 3, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_LEAKY, .no_bias = 1},
     {.n = 2, .c = 2, .h = 5, .w = 5, .k = 2, .r = 1, .s = 1, .stride = 1, .pad = 0, .act = ACT_NONE, .no_bias = 1},
+    // Grouped (per-group sgemms), depthwise (the direct loop; with a channel multiplier of 2 too), dilated, and
+    // all of them with stride and padding; a grouped 1x1 (the pointwise path per group).
+    {.n = 2, .c = 4, .h = 6, .w = 7, .k = 6, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU, .groups = 2},
+    {.n = 3, .c = 6, .h = 5, .w = 6, .k = 6, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU6, .groups = 6},
+    {.n = 2, .c = 3, .h = 7, .w = 6, .k = 6, .r = 3, .s = 2, .stride = 2, .pad = 1, .act = ACT_NONE, .groups = 3},
+    {.n = 2, .c = 4, .h = 11, .w = 13, .k = 4, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_NONE, .groups = 4,
+     .dilation = 2, .no_bias = 1},
+    {.n = 2, .c = 2, .h = 8, .w = 9, .k = 3, .r = 3, .s = 3, .stride = 1, .pad = 0, .act = ACT_RELU, .dilation = 2},
+    {.n = 2, .c = 3, .h = 9, .w = 10, .k = 2, .r = 3, .s = 2, .stride = 2, .pad = 2, .act = ACT_NONE, .dilation = 3},
+    {.n = 3, .c = 4, .h = 9, .w = 8, .k = 6, .r = 3, .s = 3, .stride = 2, .pad = 2, .act = ACT_LEAKY, .groups = 2,
+     .dilation = 2},
+    {.n = 2, .c = 6, .h = 10, .w = 9, .k = 6, .r = 3, .s = 3, .stride = 2, .pad = 3, .act = ACT_NONE, .groups = 6,
+     .dilation = 2},
+    {.n = 2, .c = 4, .h = 5, .w = 5, .k = 6, .r = 1, .s = 1, .stride = 1, .pad = 0, .act = ACT_NONE, .groups = 2},
 };
 
 static void test_conv_matches_reference_and_finite_differences(void **state) {
@@ -314,13 +335,15 @@ static conv_run conv_run_once(cpu_conv_impl impl, int threads, const conv_case *
     assert_int_equal(backend_cpu_create_opts(&be, &opts), ST_OK);
     const backend_ops *o = be.ops;
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
-                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+                   .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
+                   .act = cc->act};
     assert_int_equal(conv_desc_init(&d, "conv_dnnl"), ST_OK);
     size_t ws_bytes = 0;
     assert_int_equal(o->conv_prepare(be.ctx, &d, &ws_bytes), ST_OK);
     void *ws = NULL;
     assert_int_equal(o->alloc(be.ctx, &ws, ws_bytes ? ws_bytes : 1), ST_OK);
-    size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.k * d.oh * d.ow, nw = (size_t)d.k * d.c * d.r * d.s;
+    size_t nx = (size_t)d.n * d.c * d.h * d.w, ny = (size_t)d.n * d.k * d.oh * d.ow;
+    size_t nw = (size_t)d.k * (d.c / d.groups) * d.r * d.s;
     conv_run r = {fbuf(ny), fbuf(ny), fbuf(nx), fbuf(nw), fbuf((size_t)d.k)};
     assert_int_equal(o->conv_forward(be.ctx, &d, x, w, cc->no_bias ? NULL : b, r.y, ws), ST_OK);
     memcpy(r.dz, dy, ny * sizeof(float));
@@ -336,9 +359,11 @@ static void conv_run_free(conv_run *r) { free(r->y), free(r->dz), free(r->dx), f
 static void check_conv_dnnl_case(const conv_case *cc, int threads, uint64_t seed) {
     rng g;
     rng_seed(&g, seed);
-    int oh = (cc->h + 2 * cc->pad - cc->r) / cc->stride + 1, ow = (cc->w + 2 * cc->pad - cc->s) / cc->stride + 1;
+    const int dil = conv_case_dilation(cc);
+    int oh = (cc->h + 2 * cc->pad - dil * (cc->r - 1) - 1) / cc->stride + 1;
+    int ow = (cc->w + 2 * cc->pad - dil * (cc->s - 1) - 1) / cc->stride + 1;
     size_t nx = (size_t)cc->n * cc->c * cc->h * cc->w, ny = (size_t)cc->n * cc->k * oh * ow;
-    size_t nw = (size_t)cc->k * cc->c * cc->r * cc->s;
+    size_t nw = (size_t)cc->k * (cc->c / conv_case_groups(cc)) * cc->r * cc->s;
     float *x = fbuf(nx), *w = fbuf(nw), *b = fbuf((size_t)cc->k), *dy = fbuf(ny);
     fill_uniform(&g, x, nx, -1, 1);
     fill_uniform(&g, w, nw, -0.5f, 0.5f);
@@ -352,8 +377,9 @@ static void check_conv_dnnl_case(const conv_case *cc, int threads, uint64_t seed
     const char *what[5] = {"y", "dz", "dx", "dw", "db"};
     for (int i = 0; i < 5; i++)
         if (!(e[i] <= 1e-5)) {
-            fprintf(stderr, "oneDNN conv n%d c%d %dx%d k%d %dx%d stride %d pad %d act %d threads %d: %s error %.3g\n",
-                    cc->n, cc->c, cc->h, cc->w, cc->k, cc->r, cc->s, cc->stride, cc->pad, cc->act, threads, what[i], e[i]);
+            fprintf(stderr, "oneDNN conv n%d c%d %dx%d k%d %dx%d stride %d pad %d groups %d dilation %d act %d "
+                    "threads %d: %s error %.3g\n", cc->n, cc->c, cc->h, cc->w, cc->k, cc->r, cc->s, cc->stride,
+                    cc->pad, conv_case_groups(cc), dil, cc->act, threads, what[i], e[i]);
             fail();
         }
     assert_memory_equal(got.y, again.y, ny * sizeof(float));
@@ -384,6 +410,12 @@ static const conv_case conv_dnnl_cases[] = {
     // oneDNN's clip and logistic post-ops
     {.n = 9, .c = 32, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU6},
     {.n = 9, .c = 16, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 2, .pad = 1, .act = ACT_SIGMOID, .no_bias = 1},
+    // MobileNetV2's depthwise 3x3s (stride 1 and 2), a grouped and a dilated 3x3
+    {.n = 9, .c = 32, .h = 14, .w = 14, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU6, .groups = 32,
+     .no_bias = 1},
+    {.n = 9, .c = 48, .h = 13, .w = 13, .k = 48, .r = 3, .s = 3, .stride = 2, .pad = 1, .groups = 48, .no_bias = 1},
+    {.n = 9, .c = 32, .h = 14, .w = 14, .k = 64, .r = 3, .s = 3, .stride = 1, .pad = 1, .act = ACT_RELU, .groups = 4},
+    {.n = 9, .c = 16, .h = 15, .w = 15, .k = 32, .r = 3, .s = 3, .stride = 1, .pad = 2, .dilation = 2},
 };
 
 static void test_conv_dnnl_matches_im2col(void **state) {
@@ -1199,6 +1231,14 @@ static void test_desc_init(void **state) {
     assert_int_equal(conv_desc_init(&e, "conv2"), ST_OK);
     assert_int_equal(e.oh, 4);
     assert_int_equal(e.ow, 4);
+    assert_int_equal(e.groups, 1);  // 0 reads as 1
+    assert_int_equal(e.dilation, 1);
+    // PyTorch's rule: floor((h + 2p - d(k - 1) - 1)/s) + 1; a pad up to the dilated extent
+    conv_desc f = {.n = 1, .c = 4, .h = 9, .w = 8, .k = 6, .r = 3, .s = 3, .stride = 2, .pad = 4, .groups = 2,
+                   .dilation = 3};
+    assert_int_equal(conv_desc_init(&f, "conv3"), ST_OK);
+    assert_int_equal(f.oh, 6);
+    assert_int_equal(f.ow, 5);
 
     conv_desc bad[] = {
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 0, .pad = 0},   // stride < 1
@@ -1209,6 +1249,12 @@ static void test_desc_init(void **state) {
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = -1},  // negative pad
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = 99},  // unknown act
         {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .act = ACT_GELU},  // not fused
+        {.n = 1, .c = 6, .h = 8, .w = 8, .k = 6, .r = 3, .s = 3, .stride = 1, .groups = 4},       // 6 % 4
+        {.n = 1, .c = 4, .h = 8, .w = 8, .k = 6, .r = 3, .s = 3, .stride = 1, .groups = 4},       // filters % 4
+        {.n = 1, .c = 4, .h = 8, .w = 8, .k = 4, .r = 3, .s = 3, .stride = 1, .groups = -2},      // negative
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .dilation = -1},    // negative
+        {.n = 1, .c = 1, .h = 8, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .pad = 5, .dilation = 2},  // pad >= 5
+        {.n = 1, .c = 1, .h = 4, .w = 8, .k = 1, .r = 3, .s = 3, .stride = 1, .dilation = 3},     // extent 7 > 4
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err_clear();

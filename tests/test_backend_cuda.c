@@ -274,12 +274,14 @@ static void test_gather_aug(void **state) {
 
 typedef struct conv_case {
     int n, c, h, w, k, r, s, stride, pad, act;
-    int no_bias;  // b = db = NULL
+    int no_bias;           // b = db = NULL
+    int groups, dilation;  // 0: 1
 } conv_case;
 
 static void conv_case_run(const conv_case *cc, rng *r) {
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
-                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+                   .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
+                   .act = cc->act};
     OK(conv_desc_init(&d, "test conv"));
     conv_desc dc = d, dg = d;
     size_t wsc = 0, wsg = 0;
@@ -289,7 +291,7 @@ static void conv_case_run(const conv_case *cc, rng *r) {
     if (wsc) OK(g_cpu.ops->alloc(g_cpu.ctx, &wc, wsc));
     if (wsg) OK(g_gpu.ops->alloc(g_gpu.ctx, &wg, wsg));
 
-    const size_t xn = (size_t)d.n * d.c * d.h * d.w, wn = (size_t)d.k * d.c * d.r * d.s;
+    const size_t xn = (size_t)d.n * d.c * d.h * d.w, wn = (size_t)d.k * (d.c / d.groups) * d.r * d.s;
     const size_t yn = (size_t)d.n * d.k * d.oh * d.ow;
     float *hx = rand_floats(r, xn, 1.f), *hw = rand_floats(r, wn, 0.5f), *hb = rand_floats(r, d.k, 0.5f);
     float *hdy = rand_floats(r, yn, 1.f);
@@ -336,17 +338,31 @@ static void test_conv(void **state) {
     rng r;
     rng_seed(&r, 21);
     const conv_case cases[] = {
-        {3, 2, 9, 7, 4, 3, 3, 1, 1, ACT_RELU, 0},
-        {2, 3, 11, 10, 5, 5, 3, 2, 2, ACT_NONE, 0},
-        {4, 8, 6, 6, 16, 1, 1, 1, 0, ACT_RELU, 0},
-        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_RELU, 0},  // several blocks per channel in the bias gradient
-        {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU, 0},
-        {3, 4, 9, 9, 6, 3, 3, 1, 1, ACT_LEAKY, 0},
-        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_LEAKY, 1},  // no bias (b = db = NULL)
-        {2, 5, 8, 8, 4, 1, 1, 1, 0, ACT_NONE, 1},
-        {4, 16, 10, 10, 8, 5, 5, 1, 2, ACT_RELU6, 0},  // 400 products a sum: some past the cap
-        {3, 4, 9, 9, 6, 3, 3, 2, 1, ACT_SIGMOID, 0},
-        {2, 16, 8, 8, 4, 3, 3, 1, 1, ACT_SIGMOID, 1},
+        {3, 2, 9, 7, 4, 3, 3, 1, 1, ACT_RELU, 0, 0, 0},
+        {2, 3, 11, 10, 5, 5, 3, 2, 2, ACT_NONE, 0, 0, 0},
+        {4, 8, 6, 6, 16, 1, 1, 1, 0, ACT_RELU, 0, 0, 0},
+        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_RELU, 0, 0, 0},  // several blocks per channel in the bias gradient
+        {5, 6, 14, 14, 12, 5, 5, 1, 2, ACT_RELU, 0, 0, 0},
+        {3, 4, 9, 9, 6, 3, 3, 1, 1, ACT_LEAKY, 0, 0, 0},
+        {16, 3, 32, 32, 8, 3, 3, 1, 1, ACT_LEAKY, 1, 0, 0},  // no bias (b = db = NULL)
+        {2, 5, 8, 8, 4, 1, 1, 1, 0, ACT_NONE, 1, 0, 0},
+        {4, 16, 10, 10, 8, 5, 5, 1, 2, ACT_RELU6, 0, 0, 0},  // 400 products a sum: some past the cap
+        {3, 4, 9, 9, 6, 3, 3, 2, 1, ACT_SIGMOID, 0, 0, 0},
+        {2, 16, 8, 8, 4, 3, 3, 1, 1, ACT_SIGMOID, 1, 0, 0},
+        // grouped, depthwise (with two filters per channel too), dilated, and together with stride and padding:
+        // tests/test_backend_cpu.c's shapes, then MobileNetV2's depthwise 3x3s (stride 1 and 2)
+        {2, 4, 6, 7, 6, 3, 3, 1, 1, ACT_RELU, 0, 2, 0},
+        {3, 6, 5, 6, 6, 3, 3, 1, 1, ACT_RELU6, 0, 6, 0},
+        {2, 3, 7, 6, 6, 3, 2, 2, 1, ACT_NONE, 0, 3, 0},
+        {2, 4, 11, 13, 4, 3, 3, 1, 0, ACT_NONE, 1, 4, 2},
+        {2, 2, 8, 9, 3, 3, 3, 1, 0, ACT_RELU, 0, 0, 2},
+        {2, 3, 9, 10, 2, 3, 2, 2, 2, ACT_NONE, 0, 0, 3},
+        {3, 4, 9, 8, 6, 3, 3, 2, 2, ACT_LEAKY, 0, 2, 2},
+        {2, 6, 10, 9, 6, 3, 3, 2, 3, ACT_NONE, 0, 6, 2},
+        {2, 4, 5, 5, 6, 1, 1, 1, 0, ACT_NONE, 0, 2, 0},
+        {8, 32, 28, 28, 32, 3, 3, 1, 1, ACT_RELU6, 1, 32, 0},
+        {8, 96, 28, 28, 96, 3, 3, 2, 1, ACT_RELU6, 1, 96, 0},
+        {4, 32, 14, 14, 64, 3, 3, 1, 2, ACT_RELU, 0, 4, 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
 }
@@ -361,16 +377,37 @@ static void test_conv_model_shapes(void **state) {
     rng r;
     rng_seed(&r, 41);
     const conv_case cases[] = {
-        {64, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0},
-        {64, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0},
-        {1000, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0},
-        {1000, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0},
+        {64, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0, 0, 0},
+        {64, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0, 0, 0},
+        {1000, 1, 28, 28, 32, 3, 3, 1, 0, ACT_RELU, 0, 0, 0},
+        {1000, 32, 13, 13, 64, 3, 3, 1, 0, ACT_RELU, 0, 0, 0},
     };
     backend one_thread = g_cpu;
     OK(backend_cpu_create(&g_cpu, 0));
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
     backend_destroy(&g_cpu);
     g_cpu = one_thread;
+}
+
+// Grouped and dilated convolutions with net.deterministic: the algorithms come from cuDNN's heuristics, only
+// deterministic ones (choose_algo's other branch), and must support those shapes too.
+static void test_conv_grouped_deterministic(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 51);
+    const conv_case cases[] = {
+        {8, 32, 28, 28, 32, 3, 3, 1, 1, ACT_RELU6, 1, 32, 0},
+        {4, 48, 15, 15, 48, 3, 3, 2, 1, ACT_NONE, 0, 48, 0},
+        {3, 4, 9, 8, 6, 3, 3, 2, 2, ACT_LEAKY, 0, 2, 2},
+        {2, 3, 9, 10, 2, 3, 2, 2, 2, ACT_NONE, 0, 0, 3},
+    };
+    backend fastest = g_gpu;
+    const backend_options det = {.deterministic = 1};
+    OK(backend_cuda_create(&g_gpu, &det));
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) conv_case_run(&cases[i], &r);
+    backend_destroy(&g_gpu);
+    g_gpu = fastest;
 }
 
 // One layer prepared for two batch sizes (training and a smaller last eval batch): each plan runs its own n,
@@ -1194,6 +1231,7 @@ int main(void) {
         cmocka_unit_test(test_conv),
         cmocka_unit_test(test_conv_model_shapes),
         cmocka_unit_test(test_conv_batch_sizes),
+        cmocka_unit_test(test_conv_grouped_deterministic),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_dense),
         cmocka_unit_test(test_batchnorm),

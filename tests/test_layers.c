@@ -205,6 +205,26 @@ static void test_cpu_backend_table_full(void **state) {
     backend_destroy(&be);
 }
 
+// A grouped conv's FLOPs (model_train_flops_per_sample, the GFLOP/s figures): each filter sees c/groups channels.
+// On the stem's 3x6x6: 6 filters 3x3, dilation 2, stride 2, pad 2 -> 3x3; 2·6·(3/groups)·9 per output pixel.
+static void test_grouped_conv_flops(void **state) {
+    (void)state;
+    double f[2];
+    for (int groups = 1, i = 0; groups <= 3; groups += 2, i++) {
+        char sections[256];
+        snprintf(sections, sizeof sections,
+                 "[conv]\nfilters=6\nsize=3\nstride=2\npad=2\ndilation=2\ngroups=%d\nactivation=linear\n", groups);
+        static net t;
+        sections_config(sections, "grouped flops", &t.cfg);
+        net_open_config(&t);
+        assert_int_equal(t.m.layers[1].w_shape[1], 3 / groups);
+        f[i] = model_train_flops_per_sample(&t.m);
+        net_close(&t);
+    }
+    const double conv_fwd = 2.0 * 6 * 3 * 9 * 3 * 3;  // groups=1
+    assert_true(fabs((f[0] - f[1]) - 3.0 * conv_fwd * (1.0 - 1.0 / 3)) < 1e-6);
+}
+
 // The ResNet configs build, with the parameter counts PyTorch's equivalent modules have (launch/torch_model.py:
 // 309,162 and 272,474), and one training step runs through every layer.
 static void test_resnet_configs(void **state) {
@@ -248,6 +268,7 @@ int main(void) {
         cmocka_unit_test(test_gradients_every_kind),
         cmocka_unit_test(test_gradients_every_activation),
         cmocka_unit_test(test_resnet_configs),
+        cmocka_unit_test(test_grouped_conv_flops),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,9 +27,18 @@ static const layer_key keys[] = {
     {"size", LK_INT, offsetof(layer_cfg, size), 3, 1, 1024, 0, "kernel size×size"},
     {"stride", LK_INT, offsetof(layer_cfg, stride), 1, 1, 1024, 0, NULL},
     {"pad", LK_INT, offsetof(layer_cfg, pad), 0, 0, 1024, 0, "zeros on each side"},
+    {"groups", LK_INT, offsetof(layer_cfg, groups), 1, 1, 65536, 0,
+     "input channels and filters split into this many groups, a filter seeing only its group's channels (both "
+     "divisible by it; groups = input channels: depthwise); weights [filters, channels/groups, size, size]"},
+    {"dilation", LK_INT, offsetof(layer_cfg, dilation), 1, 1, 1024, 0,
+     "spacing of the kernel's taps: it spans (size - 1)·dilation + 1 pixels"},
     {"activation", LK_ACT, offsetof(layer_cfg, act), ACT_RELU, 0, 0, 0, NULL},
     {"bias", LK_INT, offsetof(layer_cfg, bias), 1, 0, 1, 0, "0: no bias and no `<name>.bias` tensor (PyTorch's bias=False), for a conv followed by a normalisation"},
 };
+
+// A layer_cfg built in code rather than parsed may leave them 0: read as 1, as conv_desc_init does.
+static int conv_groups(const layer_cfg *l) { return l->groups > 0 ? l->groups : 1; }
+static int conv_dilation(const layer_cfg *l) { return l->dilation > 0 ? l->dilation : 1; }
 
 static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n_in, layer_shape *out,
                       long long *n_params) {
@@ -37,30 +46,40 @@ static int conv_shape(const net_config *cfg, int i, const layer_shape *in, int n
     const layer_cfg *l = &cfg->layers[i];
     if (!in->spatial) return layer_err(cfg, i, NULL, "after a dense layer: the input is no longer spatial");
     long long h = in->h, w = in->w;
-    if (h + 2LL * l->pad < l->size || w + 2LL * l->pad < l->size)
-        return layer_err(cfg, i, NULL, "impossible shape: kernel %dx%d (pad %d) on a %lldx%lld input", l->size,
-                         l->size, l->pad, h, w);
-    if (l->pad >= l->size) return layer_err(cfg, i, NULL, "pad %d must be smaller than size %d", l->pad, l->size);
+    const int groups = conv_groups(l), dil = conv_dilation(l);
+    if (in->c % groups)
+        return layer_err(cfg, i, "groups", "the %d input channels are not divisible by groups=%d", in->c, groups);
+    if (l->filters % groups)
+        return layer_err(cfg, i, "groups", "filters=%d is not divisible by groups=%d", l->filters, groups);
+    const long long span = (long long)(l->size - 1) * dil + 1;  // the kernel's extent
+    if (h + 2LL * l->pad < span || w + 2LL * l->pad < span)
+        return layer_err(cfg, i, NULL, "impossible shape: kernel %dx%d (dilation %d, pad %d) on a %lldx%lld input",
+                         l->size, l->size, dil, l->pad, h, w);
+    if (l->pad >= span)
+        return layer_err(cfg, i, NULL, "pad %d must be smaller than the kernel's extent %lld (size %d, dilation %d)",
+                         l->pad, span, l->size, dil);
     out->c = l->filters;
-    out->h = (int)((h + 2LL * l->pad - l->size) / l->stride + 1);
-    out->w = (int)((w + 2LL * l->pad - l->size) / l->stride + 1);
+    out->h = (int)((h + 2LL * l->pad - span) / l->stride + 1);
+    out->w = (int)((w + 2LL * l->pad - span) / l->stride + 1);
     out->spatial = 1;
-    *n_params = (long long)l->filters * in->c * l->size * l->size + (l->bias ? l->filters : 0);
+    *n_params = (long long)l->filters * (in->c / groups) * l->size * l->size + (l->bias ? l->filters : 0);
     return ST_OK;
 }
 
 static int conv_create(model *m, model_layer *l, const layer_cfg *lc, size_t *workspace) {
     conv_desc d = {.n = m->max_batch, .c = l->in_c, .h = l->in_h, .w = l->in_w, .k = lc->filters, .r = lc->size,
-                   .s = lc->size, .stride = lc->stride, .pad = lc->pad, .act = layer_act_fused(l)};
+                   .s = lc->size, .stride = lc->stride, .pad = lc->pad, .groups = lc->groups,
+                   .dilation = lc->dilation, .act = layer_act_fused(l)};
     TRY(conv_desc_init(&d, l->name));
     conv_priv *p = layer_priv_new(l, sizeof *p);
     TRY_ALLOC(p);
     p->plans[0] = d;
     p->n_plans = 1;
-    l->n_w = (size_t)d.k * d.c * d.r * d.s;
+    const int cg = d.c / d.groups;  // each filter's input channels
+    l->n_w = (size_t)d.k * cg * d.r * d.s;
     l->n_b = lc->bias ? (size_t)d.k : 0;
     l->w_ndim = 4;
-    l->w_shape[0] = d.k, l->w_shape[1] = d.c, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
+    l->w_shape[0] = d.k, l->w_shape[1] = cg, l->w_shape[2] = d.r, l->w_shape[3] = d.s;
     TRY(backend_conv_prepare(m->be, &p->plans[0], workspace));
     p->cur = 0;
     return ST_OK;
@@ -134,15 +153,17 @@ static int conv_backward(model *m, model_layer *l, int n) {
 static double conv_flops(const model_layer *l) {
     const conv_priv *p = l->priv;
     const conv_desc *d = &p->plans[p->cur];
-    return 2.0 * d->k * d->c * d->r * d->s * d->oh * d->ow;
+    return 2.0 * d->k * (d->c / d->groups) * d->r * d->s * d->oh * d->ow;  // a filter sees c/groups channels
 }
 
 const layer_kind layer_kind_conv = {
     .section = "conv",
     .keys = keys,
     .n_keys = sizeof keys / sizeof keys[0],
-    .doc = "2-D convolution with its bias and activation fused (PyTorch's Conv2d)",
-    .example = "[conv]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=relu\n",
+    .doc = "2-D convolution with its bias and activation fused (PyTorch's Conv2d), grouped and dilated too",
+    // a depthwise conv with two filters per channel, dilated and strided, then a grouped one
+    .example = "[conv]\nfilters=6\nsize=3\nstride=2\npad=2\ndilation=2\ngroups=3\nactivation=linear\n"
+               "[conv]\nfilters=4\nsize=3\npad=1\ngroups=2\nactivation=relu\n",
     .shape = conv_shape,
     .create = conv_create,
     .destroy = conv_destroy,
