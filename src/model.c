@@ -53,6 +53,13 @@ static int layer_build(model *m, const net_config *cfg, int i, size_t *workspace
     return ST_OK;
 }
 
+// An activation or gradient buffer of `bytes`, counted in m->act_bytes.
+static int act_alloc(model *m, float **p, size_t bytes) {
+    TRY(backend_alloc(m->be, (void **)p, bytes));
+    m->act_bytes += bytes;
+    return ST_OK;
+}
+
 // Activation and gradient buffers, and where each layer reads its inputs. The last reader of an output in
 // forward order is the first in backward: it overwrites the producer's dy, the earlier readers add into it.
 static int layer_buffers(model *m, int i, const int *readers_left) {
@@ -66,7 +73,7 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
     }
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
     const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
-    if (!act_from_output(l->act)) TRY(backend_alloc(m->be, (void **)&l->pre, bytes));
+    if (!act_from_output(l->act)) TRY(act_alloc(m, &l->pre, bytes));
     const int p = l->in_idx[0];
     if ((l->kind->flags & LAYER_ALIAS) || ((l->kind->flags & LAYER_ALIAS_ONE) && l->n_in == 1)) {
         l->y = (float *)l->x[0];
@@ -75,10 +82,10 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
             return ST_OK;
         }
     } else {
-        TRY(backend_alloc(m->be, (void **)&l->y, bytes));
+        TRY(act_alloc(m, &l->y, bytes));
         l->own_y = 1;
     }
-    TRY(backend_alloc(m->be, (void **)&l->dy, bytes));
+    TRY(act_alloc(m, &l->dy, bytes));
     l->own_dy = 1;
     return ST_OK;
 }
@@ -96,7 +103,7 @@ static int scratch_buffers(model *m) {
     }
     for (int j = 0; j < MODEL_MAX_IN; j++)
         if (need[j])
-            TRY(backend_alloc(m->be, (void **)&m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
+            TRY(act_alloc(m, &m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
     return ST_OK;
 }
 
@@ -108,7 +115,7 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
     m->rng_host.seed = cfg->seed;
-    TRY(backend_alloc(be, (void **)&m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
+    TRY(act_alloc(m, &m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
     TRY(backend_alloc(be, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
     TRY(backend_alloc(be, (void **)&m->loss_acc, sizeof(double)));
     TRY(backend_alloc(be, (void **)&m->correct_acc, sizeof(int32_t)));

@@ -71,6 +71,7 @@ typedef struct model {
     int training;              // the mode of the last forward: 1 training, 0 evaluation
     void *workspace;           // one, sized to the largest layer's need
     size_t workspace_bytes;
+    size_t act_bytes;          // activation and gradient buffers (input, outputs, gradients, scratch) at max_batch
     float *x;                  // input batch [max_batch, c, h, w]
     int32_t *labels;           // [max_batch]
     float label_smoothing;     // net.label_smoothing: training steps only

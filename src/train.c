@@ -760,6 +760,13 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
              DDP_VERSION, backend_name(&t->be), t->world, t->B, t->G,
              cfg->scaling == SCALING_STRONG ? "strong" : "weak", t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
              t->overlap_ab ? "alternating" : t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
+        if (o->verbose) {  // where a rank's memory goes (activations grow with the batch, the rest with the model)
+            const double mib = 1024.0 * 1024.0, p = (double)t->m.n_params * sizeof(float) / mib;
+            LOG0("memory per rank: parameters %.1f MiB, gradients %.1f, optimizer state %.1f, activations and their "
+                 "gradients %.1f for batches of up to %d (%.2f MiB per image), workspace %.1f\n", p, p,
+                 p * optim_n_state(&t->opt), (double)t->m.act_bytes / mib, t->m.max_batch,
+                 (double)t->m.act_bytes / mib / t->m.max_batch, (double)t->m.workspace_bytes / mib);
+        }
         st = run_epochs(t, &bl, metrics, res);
     }
     if (metrics >= 0 && close(metrics) != 0 && st == ST_OK)
