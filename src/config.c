@@ -352,7 +352,7 @@ typedef struct parse_state {
     int counters[LAYER_KIND_COUNT];  // per layer kind, for default names
     int err;             // first error status (message already set)
     // repeated-key detection: bit per key of the current section
-    unsigned long long seen_global[4];
+    unsigned char seen_key[N_KEYS];  // [net]/[data]/[parallel] keys given (each key is in one section)
     unsigned seen_layer;
     int seen_sect[4];    // line where [net]/[data]/[parallel] appeared (0: not yet)
     int cont;            // the reader's last line continues the value before it (starts with blanks, not blank)
@@ -442,10 +442,9 @@ static int key_lookup(parse_state *ps, const char *name, const char *where, int 
     if (ps->sect > 0) {
         *ki = find_key(ps->sect, name);
         if (*ki < 0) return ERR(ST_INPUT, "%s: unknown key '%s' in [%s]", where, name, g_sect_names[ps->sect]);
-        unsigned long long bit = 1ull << *ki;
-        if (ps->seen_global[ps->sect] & bit)
+        if (ps->seen_key[*ki])
             return ERR(ST_INPUT, "%s: key '%s' repeated in [%s]", where, name, g_sect_names[ps->sect]);
-        ps->seen_global[ps->sect] |= bit;
+        ps->seen_key[*ki] = 1;
         return ST_OK;
     }
     const layer_cfg *l = &ps->cfg->layers[ps->layer];
