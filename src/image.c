@@ -18,6 +18,7 @@
 struct image_ctx {
     tjhandle tj;
     image_u8 decoded, resized;  // image_sample's stages, reused across samples
+    image_u8 hrows;             // the resampler's horizontal pass (resample's tmp)
     uint8_t *raw;               // the decoder's native pixels when they need converting (PNG rows, CMYK)
     size_t raw_cap;
 };
@@ -90,6 +91,7 @@ void image_ctx_free(image_ctx *c) {
     tjDestroy(c->tj);
     image_free(&c->decoded);
     image_free(&c->resized);
+    image_free(&c->hrows);
     free(c->raw);
     free(c);
 }
@@ -354,6 +356,34 @@ int image_decode(image_ctx *c, const char *name, const uint8_t *buf, size_t n, i
 
 #define PRECISION_BITS (32 - 8 - 2)
 
+// The AVX2 passes (x86 with GCC or clang: compiled for AVX2 by a function attribute, chosen at run time by
+// __builtin_cpu_supports) compute the same int32 sums as the scalar ones: products u8 x int32 weight, added in
+// int32 (exact: the weights are non-negative and sum to about 1 << PRECISION_BITS, so no sum overflows), then
+// PIL's clip8. Integer addition is associative, so the order of the terms changes no bit; test_resize_paths
+// compares both paths with a plain restatement of PIL's fixed-point loops.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define IMAGE_AVX2 1
+#include <immintrin.h>
+#define AVX2_FN __attribute__((target("avx2")))
+#else
+#define IMAGE_AVX2 0
+#endif
+
+static int simd_enabled = 1;
+
+// The tests' switch between the two paths (test_image.c): 0 forces the scalar loops. Not thread-safe; returns
+// the previous setting. Not in image.h: a test hook, not an interface.
+int image_resample_simd(int enable);
+int image_resample_simd(int enable) {
+    const int old = simd_enabled;
+    simd_enabled = enable;
+    return old;
+}
+
+#if IMAGE_AVX2
+static int use_avx2(void) { return simd_enabled && __builtin_cpu_supports("avx2"); }
+#endif
+
 typedef struct axis {
     int ksize;
     int *bounds;  // per output pixel: first input pixel, count
@@ -421,21 +451,40 @@ static inline uint8_t clip8(int32_t ss) {
     return (uint8_t)(v > 255 ? 255 : v);
 }
 
-static void resample_horizontal(const view *in, int row0, int rows, const axis *a, int out_w, uint8_t *out) {
-    const int C = in->c;
+// One output pixel of the horizontal pass (PIL's inner loop), C (1 or 3) channels.
+static inline __attribute__((always_inline)) void hpixel(const uint8_t *restrict line, const axis *a, int xx, int C,
+                                                         uint8_t *restrict o) {
+    const int xmin = a->bounds[2 * xx], n = a->bounds[2 * xx + 1];
+    const int32_t *k = a->k + (size_t)xx * a->ksize;
+    const uint8_t *p = line + (size_t)xmin * C;
+    if (C == 3) {  // the three sums in one loop over the taps, as PIL's ss0, ss1, ss2
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < n; x++, p += 3) {
+            s0 += p[0] * k[x];
+            s1 += p[1] * k[x];
+            s2 += p[2] * k[x];
+        }
+        o[0] = clip8(s0), o[1] = clip8(s1), o[2] = clip8(s2);
+    } else {
+        int32_t ss = 1 << (PRECISION_BITS - 1);
+        for (int x = 0; x < n; x++) ss += p[x] * k[x];
+        o[0] = clip8(ss);
+    }
+}
+
+static inline __attribute__((always_inline)) void hpass_rows(const view *in, int row0, int rows, const axis *a,
+                                                             int out_w, int C, uint8_t *restrict out) {
     for (int yy = 0; yy < rows; yy++) {
         const uint8_t *line = in->p + (size_t)(yy + row0) * in->stride;
         uint8_t *o = out + (size_t)yy * out_w * C;
-        for (int xx = 0; xx < out_w; xx++) {
-            const int xmin = a->bounds[2 * xx], xmax = a->bounds[2 * xx + 1];
-            const int32_t *k = a->k + (size_t)xx * a->ksize;
-            for (int ch = 0; ch < C; ch++) {
-                int32_t ss = 1 << (PRECISION_BITS - 1);
-                for (int x = 0; x < xmax; x++) ss += line[(size_t)(x + xmin) * C + ch] * k[x];
-                o[(size_t)xx * C + ch] = clip8(ss);
-            }
-        }
+        for (int xx = 0; xx < out_w; xx++) hpixel(line, a, xx, C, o + (size_t)xx * C);
     }
+}
+
+// Rows row0 .. row0 + rows - 1 of in, resampled to out_w pixels each (the channel count a constant in each copy).
+static void resample_horizontal(const view *in, int row0, int rows, const axis *a, int out_w, uint8_t *out) {
+    if (in->c == 3) hpass_rows(in, row0, rows, a, out_w, 3, out);
+    else hpass_rows(in, row0, rows, a, out_w, 1, out);
 }
 
 // Row by row into int32 sums: the same integer sums as PIL's column loops (integer addition is exact).
@@ -459,13 +508,224 @@ static int resample_vertical(const view *in, const axis *a, int out_h, uint8_t *
     return ST_OK;
 }
 
+#if IMAGE_AVX2
+// The horizontal weights laid out for the AVX2 pass. Taps go in groups (2 for 3 channels, 8 for 1), every output
+// pixel with as many groups as the widest needs, padded with zero weights (a fixed trip count: the tap count
+// varies from pixel to pixel, and a loop on it mispredicts). 3 channels: per group 8 int32, each tap's weight four
+// times (one per int32 lane of an (R, G, B, 0) pixel); 1 channel: per group the 8 weights. reach: how many bytes
+// from the row's start the pixel's 8-byte loads touch; a pixel whose loads would pass the view's last byte takes
+// the plain loop.
+typedef struct hpack {
+    int32_t *k;
+    int stride;  // int32 per output pixel
+    int groups;
+    int *reach;
+} hpack;
+
+static void hpack_free(hpack *h) {
+    free(h->k);
+    free(h->reach);
+}
+
+static int hpack_make(const axis *a, int out_w, int C, hpack *h) {
+    const int per = C == 3 ? 2 : 8;
+    int G = 1;
+    for (int xx = 0; xx < out_w; xx++) {
+        const int g = (a->bounds[2 * xx + 1] + per - 1) / per;
+        G = g > G ? g : G;
+    }
+    h->groups = G;
+    h->stride = G * 8;
+    h->k = calloc((size_t)out_w * h->stride, sizeof *h->k);
+    h->reach = malloc((size_t)out_w * sizeof *h->reach);
+    if (h->k == NULL || h->reach == NULL) return ST_RUNTIME;
+    for (int xx = 0; xx < out_w; xx++) {
+        const int xmin = a->bounds[2 * xx], n = a->bounds[2 * xx + 1];
+        const int32_t *k = a->k + (size_t)xx * a->ksize;
+        int32_t *d = h->k + (size_t)xx * h->stride;
+        for (int x = 0; x < n; x++)
+            if (C == 3)
+                for (int l = 0; l < 4; l++) d[4 * x + l] = k[x];
+            else
+                d[x] = k[x];
+        h->reach[xx] = C == 3 ? (xmin + 2 * (G - 1)) * 3 + 8 : xmin + 8 * G;
+    }
+    return ST_OK;
+}
+
+// One output pixel of 3 channels from G groups of 2 taps (G a constant in each copy: no branch on the tap count).
+AVX2_FN static inline __attribute__((always_inline)) uint32_t hpixel3_avx2(const uint8_t *p, const int32_t *k, int G) {
+    // pshufb: taps 0 and 1 of an 8-byte load, one per 128-bit lane, each as (R, G, B, 0) in int32
+    const __m256i m01 = _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, -1, -1, -1, -1,  //
+                                         3, -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, -1, -1, -1, -1);
+    const int half = 1 << (PRECISION_BITS - 1);
+    __m256i acc = _mm256_setr_epi32(half, half, half, 0, 0, 0, 0, 0);
+    for (int g = 0; g < G; g++, p += 6, k += 8) {
+        const __m256i v = _mm256_broadcastq_epi64(_mm_loadl_epi64((const __m128i *)p));
+        const __m256i w = _mm256_loadu_si256((const __m256i *)k);
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(_mm256_shuffle_epi8(v, m01), w));
+    }
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    s = _mm_srai_epi32(s, PRECISION_BITS);  // clip8: negative -> 0 and > 255 -> 255 by the saturating packs
+    s = _mm_packus_epi16(_mm_packs_epi32(s, s), s);
+    return (uint32_t)_mm_cvtsi128_si32(s);  // R, G, B, 0
+}
+
+AVX2_FN static inline __attribute__((always_inline)) void hrow3_avx2(const uint8_t *line, const axis *a, const hpack *h,
+                                                                     int n_fast, int out_w, uint8_t *restrict o,
+                                                                     int G) {
+    int xx = 0;
+    for (; xx < n_fast && xx + 1 < out_w; xx++) {  // 4-byte stores: the 4th byte is the next pixel's, rewritten
+        const uint32_t v = hpixel3_avx2(line + (size_t)a->bounds[2 * xx] * 3, h->k + (size_t)xx * h->stride, G);
+        memcpy(o + (size_t)xx * 3, &v, 4);
+    }
+    for (; xx < out_w; xx++) {
+        if (xx < n_fast) {
+            const uint32_t v = hpixel3_avx2(line + (size_t)a->bounds[2 * xx] * 3, h->k + (size_t)xx * h->stride, G);
+            memcpy(o + (size_t)xx * 3, &v, 3);
+        } else {  // the loads would pass the view's end: the plain loop
+            hpixel(line, a, xx, 3, o + (size_t)xx * 3);
+        }
+    }
+}
+
+AVX2_FN static void hpass3_avx2(const view *in, int row0, int rows, const axis *a, const hpack *h, int out_w,
+                                uint8_t *restrict out) {
+    const uint8_t *end = in->p + (size_t)(in->h - 1) * in->stride + (size_t)in->w * 3;  // past the view's last byte
+    for (int yy = 0; yy < rows; yy++) {
+        const uint8_t *line = in->p + (size_t)(yy + row0) * in->stride;
+        int n_fast = out_w;  // pixels whose loads stay inside the view (reach grows with xx)
+        while (n_fast > 0 && h->reach[n_fast - 1] > end - line) n_fast--;
+        uint8_t *o = out + (size_t)yy * out_w * 3;
+        switch (h->groups) {
+        case 1: hrow3_avx2(line, a, h, n_fast, out_w, o, 1); break;
+        case 2: hrow3_avx2(line, a, h, n_fast, out_w, o, 2); break;
+        case 3: hrow3_avx2(line, a, h, n_fast, out_w, o, 3); break;
+        default: hrow3_avx2(line, a, h, n_fast, out_w, o, h->groups); break;
+        }
+    }
+}
+
+AVX2_FN static void hpass1_avx2(const view *in, int row0, int rows, const axis *a, const hpack *h, int out_w,
+                                uint8_t *restrict out) {
+    const uint8_t *end = in->p + (size_t)(in->h - 1) * in->stride + (size_t)in->w;
+    for (int yy = 0; yy < rows; yy++) {
+        const uint8_t *line = in->p + (size_t)(yy + row0) * in->stride;
+        int n_fast = out_w;
+        while (n_fast > 0 && h->reach[n_fast - 1] > end - line) n_fast--;
+        uint8_t *o = out + (size_t)yy * out_w;
+        for (int xx = 0; xx < out_w; xx++) {
+            if (xx >= n_fast) {
+                hpixel(line, a, xx, 1, o + xx);
+                continue;
+            }
+            const uint8_t *p = line + a->bounds[2 * xx];
+            const int32_t *k = h->k + (size_t)xx * h->stride;
+            __m256i acc = _mm256_setzero_si256();
+            for (int g = h->groups; g > 0; g--, p += 8, k += 8) {
+                const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+                acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(v, _mm256_loadu_si256((const __m256i *)k)));
+            }
+            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+            s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+            o[xx] = clip8((int32_t)((uint32_t)_mm_cvtsi128_si32(s) + (1u << (PRECISION_BITS - 1))));
+        }
+    }
+}
+
+// 8 int32 sums to 8 bytes by clip8.
+AVX2_FN static inline __m128i clip8x8(__m256i a) {
+    a = _mm256_srai_epi32(a, PRECISION_BITS);
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+    return _mm_packus_epi16(w, w);
+}
+
+#define LOAD8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(p)))
+
+// The vertical pass 32 (then 8) columns at a time, the sums held in registers across the taps.
+AVX2_FN static void vpass_avx2(const view *in, const axis *a, int out_h, uint8_t *restrict out) {
+    const size_t cols = (size_t)in->w * in->c, stride = in->stride;
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int yy = 0; yy < out_h; yy++) {
+        const int n = a->bounds[2 * yy + 1];
+        const int32_t *k = a->k + (size_t)yy * a->ksize;
+        const uint8_t *base = in->p + (size_t)a->bounds[2 * yy] * stride;
+        uint8_t *o = out + (size_t)yy * cols;
+        size_t i = 0;
+        for (; i + 32 <= cols; i += 32) {
+            __m256i s0 = half, s1 = half, s2 = half, s3 = half;
+            const uint8_t *p = base + i;
+            for (int y = 0; y < n; y++, p += stride) {
+                const __m256i ky = _mm256_set1_epi32(k[y]);
+                s0 = _mm256_add_epi32(s0, _mm256_mullo_epi32(LOAD8(p), ky));
+                s1 = _mm256_add_epi32(s1, _mm256_mullo_epi32(LOAD8(p + 8), ky));
+                s2 = _mm256_add_epi32(s2, _mm256_mullo_epi32(LOAD8(p + 16), ky));
+                s3 = _mm256_add_epi32(s3, _mm256_mullo_epi32(LOAD8(p + 24), ky));
+            }
+            s0 = _mm256_srai_epi32(s0, PRECISION_BITS);
+            s1 = _mm256_srai_epi32(s1, PRECISION_BITS);
+            s2 = _mm256_srai_epi32(s2, PRECISION_BITS);
+            s3 = _mm256_srai_epi32(s3, PRECISION_BITS);
+            // packs/packus work per 128-bit lane: 4-byte groups come out as s0 s1 s2 s3 (low halves), then the
+            // high halves; the permute puts them back in column order.
+            const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(s0, s1), _mm256_packs_epi32(s2, s3));
+            _mm256_storeu_si256((__m256i *)(o + i), _mm256_permutevar8x32_epi32(b, order));
+        }
+        for (; i + 8 <= cols; i += 8) {
+            __m256i s = half;
+            const uint8_t *p = base + i;
+            for (int y = 0; y < n; y++, p += stride)
+                s = _mm256_add_epi32(s, _mm256_mullo_epi32(LOAD8(p), _mm256_set1_epi32(k[y])));
+            _mm_storel_epi64((__m128i *)(o + i), clip8x8(s));
+        }
+        for (; i < cols; i++) {
+            int32_t ss = 1 << (PRECISION_BITS - 1);
+            const uint8_t *p = base + i;
+            for (int y = 0; y < n; y++, p += stride) ss += *p * k[y];
+            o[i] = clip8(ss);
+        }
+    }
+}
+#undef LOAD8
+#endif
+
+// Rows of in to out_w pixels: the AVX2 pass where the CPU has it, else the plain loops.
+static int hpass(const view *in, int row0, int rows, const axis *a, int out_w, uint8_t *out) {
+#if IMAGE_AVX2
+    if (use_avx2()) {
+        hpack h = {0};
+        int st = hpack_make(a, out_w, in->c, &h);
+        if (st == ST_OK) {
+            if (in->c == 3) hpass3_avx2(in, row0, rows, a, &h, out_w, out);
+            else hpass1_avx2(in, row0, rows, a, &h, out_w, out);
+        }
+        hpack_free(&h);
+        return st;
+    }
+#endif
+    resample_horizontal(in, row0, rows, a, out_w, out);
+    return ST_OK;
+}
+
+static int vpass(const view *in, const axis *a, int out_h, uint8_t *out) {
+#if IMAGE_AVX2
+    if (use_avx2()) {
+        vpass_avx2(in, a, out_h, out);
+        return ST_OK;
+    }
+#endif
+    return resample_vertical(in, a, out_h, out);
+}
+
 // ImagingResampleInner: the horizontal pass over only the rows the vertical pass reads, each pass skipped
-// when it would be the identity (PIL's need_horizontal / need_vertical, box included).
-static int resample(const view *src, const float box[4], int out_w, int out_h, image_u8 *dst) {
+// when it would be the identity (PIL's need_horizontal / need_vertical, box included). tmp holds the horizontal
+// pass's rows (grown as needed, kept by the caller for the next call).
+static int resample(const view *src, const float box[4], int out_w, int out_h, image_u8 *dst, image_u8 *tmp) {
     const int need_h = out_w != src->w || box[0] != 0 || box[2] != out_w;
     const int need_v = out_h != src->h || box[1] != 0 || box[3] != out_h;
     axis ax = {0}, ay = {0};
-    uint8_t *tmp = NULL;
     int st = axis_coeffs(src->w, box[0], box[2], out_w, &ax);
     if (st == ST_OK) st = axis_coeffs(src->h, box[1], box[3], out_h, &ay);
     if (st != ST_OK) goto done;
@@ -474,28 +734,23 @@ static int resample(const view *src, const float box[4], int out_w, int out_h, i
     if (need_h) {
         const int rows = y_last - y_first;
         if (!need_v) {  // the horizontal pass is the result
-            if ((st = image_alloc(dst, out_w, rows, src->c)) != ST_OK) goto done;
-            resample_horizontal(src, y_first, rows, &ax, out_w, dst->data);
+            if ((st = image_alloc(dst, out_w, rows, src->c)) == ST_OK)
+                st = hpass(src, y_first, rows, &ax, out_w, dst->data);
             goto done;
         }
-        tmp = malloc((size_t)out_w * rows * src->c + 1);
-        if (tmp == NULL) {
-            st = ST_RUNTIME;
-            goto done;
-        }
-        resample_horizontal(src, y_first, rows, &ax, out_w, tmp);
+        if ((st = image_alloc(tmp, out_w, rows > 0 ? rows : 1, src->c)) != ST_OK) goto done;
+        if ((st = hpass(src, y_first, rows, &ax, out_w, tmp->data)) != ST_OK) goto done;
         for (int i = 0; i < out_h; i++) ay.bounds[2 * i] -= y_first;
-        in = (view){tmp, out_w, rows, src->c, (size_t)out_w * src->c};
+        in = (view){tmp->data, out_w, rows, src->c, (size_t)out_w * src->c};
     }
     if ((st = image_alloc(dst, in.w, need_v ? out_h : in.h, src->c)) != ST_OK) goto done;
     if (need_v) {
-        st = resample_vertical(&in, &ay, out_h, dst->data);
+        st = vpass(&in, &ay, out_h, dst->data);
     } else {
         const size_t row = (size_t)in.w * in.c;
         for (int y = 0; y < in.h; y++) memcpy(dst->data + (size_t)y * row, in.p + (size_t)y * in.stride, row);
     }
 done:
-    free(tmp);
     axis_free(&ax);
     axis_free(&ay);
     return st;
@@ -507,7 +762,10 @@ int image_resize(const image_u8 *src, int w, int h, image_u8 *dst) {
     if (w < 1 || h < 1 || src->w < 1 || src->h < 1 || src == dst) return ST_RUNTIME;
     const view v = whole(src);
     const float box[4] = {0, 0, (float)src->w, (float)src->h};
-    return resample(&v, box, w, h, dst);
+    image_u8 tmp = {0};
+    const int st = resample(&v, box, w, h, dst, &tmp);
+    image_free(&tmp);
+    return st;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -617,7 +875,37 @@ int image_dct_denom(int region_w, int region_h, int target_w, int target_h) {
 
 // Center crop (with torchvision's padding), then the gather's flip and padded crop, straight into CHW:
 // output (y, x) reads the cropped image at (y + dy, (flip ? w - 1 - x : x) + dx), zero outside it, exactly as
-// the backend's gather reads a stored sample (src/cpu/ops_cpu.c).
+// the backend's gather reads a stored sample (src/cpu/ops_cpu.c). Each row is a run of n pixels read left to
+// right (or right to left when flipped) with zeros either side.
+static inline __attribute__((always_inline)) void emit_run3(const uint8_t *restrict p, int n, int flip,
+                                                            uint8_t *restrict r, uint8_t *restrict g,
+                                                            uint8_t *restrict b) {
+    if (flip) {  // source pixel j (from the run's left end) to output n - 1 - j
+        const uint8_t *q = p - 3 * (n - 1);
+        for (int j = 0; j < n; j++) {
+            r[n - 1 - j] = q[3 * j];
+            g[n - 1 - j] = q[3 * j + 1];
+            b[n - 1 - j] = q[3 * j + 2];
+        }
+    } else {
+        for (int i = 0; i < n; i++) {
+            r[i] = p[3 * i];
+            g[i] = p[3 * i + 1];
+            b[i] = p[3 * i + 2];
+        }
+    }
+}
+
+static void emit_run3_plain(const uint8_t *p, int n, int flip, uint8_t *r, uint8_t *g, uint8_t *b) {
+    emit_run3(p, n, flip, r, g, b);
+}
+
+#if IMAGE_AVX2
+AVX2_FN static void emit_run3_avx2(const uint8_t *p, int n, int flip, uint8_t *r, uint8_t *g, uint8_t *b) {
+    emit_run3(p, n, flip, r, g, b);
+}
+#endif
+
 static void sample_emit(const image_u8 *s, const image_tf *tf, int training, int64_t epoch, int64_t index, uint8_t *out) {
     const int oh = tf->out_h, ow = tf->out_w, C = s->c;
     int oy, ox;
@@ -634,16 +922,38 @@ static void sample_emit(const image_u8 *s, const image_tf *tf, int training, int
         a.flip = tf->flip;
         d = gather_aug_draw(&a, index);
     }
-    for (int ch = 0; ch < C; ch++) {
-        for (int y = 0; y < oh; y++) {
-            uint8_t *row = out + ((size_t)ch * oh + y) * ow;
-            const int sy = y + d.dy, ry = sy + oy;
-            const int row_in = sy >= 0 && sy < oh && ry >= 0 && ry < s->h;
-            for (int x = 0; x < ow; x++) {
-                const int sx = (d.flip ? ow - 1 - x : x) + d.dx, rx = sx + ox;
-                const int inside = row_in && sx >= 0 && sx < ow && rx >= 0 && rx < s->w;
-                row[x] = inside ? s->data[((size_t)ry * s->w + rx) * C + ch] : 0;
-            }
+    void (*run3)(const uint8_t *, int, int, uint8_t *, uint8_t *, uint8_t *) = emit_run3_plain;
+#if IMAGE_AVX2
+    if (use_avx2()) run3 = emit_run3_avx2;
+#endif
+    // Source column sx = (flip ? ow - 1 - x : x) + dx is inside for sx in [sx0, sx1) (the crop and the image);
+    // the outputs x that read those: [x0, x1).
+    const int sx0 = ox < 0 ? -ox : 0, sx1 = s->w - ox < ow ? s->w - ox : ow;
+    int x0 = d.flip ? ow + d.dx - sx1 : sx0 - d.dx, x1 = d.flip ? ow + d.dx - sx0 : sx1 - d.dx;
+    if (x0 < 0) x0 = 0;
+    if (x1 > ow) x1 = ow;
+    if (x1 < x0) x1 = x0;
+    const size_t plane = (size_t)oh * ow;
+    for (int y = 0; y < oh; y++) {
+        uint8_t *row = out + (size_t)y * ow;
+        const int sy = y + d.dy, ry = sy + oy;
+        if (!(sy >= 0 && sy < oh && ry >= 0 && ry < s->h) || x0 == x1) {
+            for (int ch = 0; ch < C; ch++) memset(row + ch * plane, 0, (size_t)ow);
+            continue;
+        }
+        for (int ch = 0; ch < C; ch++) {
+            memset(row + ch * plane, 0, (size_t)x0);
+            memset(row + ch * plane + x1, 0, (size_t)(ow - x1));
+        }
+        const int rx = (d.flip ? ow - 1 - x0 : x0) + d.dx + ox;  // the source column of output x0
+        const uint8_t *p = s->data + ((size_t)ry * s->w + rx) * C;
+        const int n = x1 - x0;
+        if (C == 3) {
+            run3(p, n, d.flip, row + x0, row + plane + x0, row + 2 * plane + x0);
+        } else if (!d.flip) {
+            memcpy(row + x0, p, (size_t)n);
+        } else {
+            for (int i = 0; i < n; i++) row[x0 + i] = p[-i];
         }
     }
 }
@@ -691,7 +1001,7 @@ int image_sample(image_ctx *c, const image_tf *tf, int training, const char *nam
         const int ix1 = (int)fmin(ceil(x1), s->w), iy1 = (int)fmin(ceil(y1), s->h);
         const view v = {s->data + ((size_t)iy0 * s->w + ix0) * s->c, ix1 - ix0, iy1 - iy0, s->c, (size_t)s->w * s->c};
         const float box[4] = {(float)(x0 - ix0), (float)(y0 - iy0), (float)(x1 - ix0), (float)(y1 - iy0)};
-        if (resample(&v, box, tw, th, &c->resized) != ST_OK)
+        if (resample(&v, box, tw, th, &c->resized, &c->hrows) != ST_OK)
             return fail(err, err_len, ST_RUNTIME, name, "out of memory resizing %dx%d to %dx%d", v.w, v.h, tw, th);
         s = &c->resized;
     }

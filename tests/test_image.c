@@ -1,7 +1,8 @@
 // test_image.c — src/image.c on images encoded here (libspng, TurboJPEG): PNG round trips of every color type
 // and depth, the channel rules, JPEG decoding at full and DCT scale, the resampler against a double-precision
-// restatement of PIL's algorithm, torchvision's crop rounding and padding, the random resized crop's box,
-// flip/crop_pad against the gather's draws, and every bad file refused with its name.
+// restatement of PIL's algorithm and (bit for bit, SIMD and plain paths) against its fixed-point loops,
+// torchvision's crop rounding and padding, the random resized crop's box, flip/crop_pad against the gather's
+// draws, and every bad file refused with its name.
 #include <math.h>
 #include <spng.h>
 #include <stdlib.h>
@@ -429,6 +430,118 @@ static void test_resize_reference(void **state) {
     image_free(&dst);
 }
 
+// PIL's Resample.c for 8-bit images restated as plainly as it is written (precompute_coeffs,
+// normalize_coeffs_8bpc, ImagingResampleHorizontal_8bpc / Vertical_8bpc: int32 sums, clip8), the horizontal
+// pass over every row: image_resize must equal it bit for bit, on the SIMD path and on the plain loops.
+#define PIL_PRECISION_BITS (32 - 8 - 2)
+
+static int pil_coeffs(int in_size, int out_size, int **bounds, int32_t **kk) {
+    double filterscale, scale;
+    filterscale = scale = (double)in_size / out_size;
+    if (filterscale < 1.0) filterscale = 1.0;
+    const double support = filterscale;
+    const int ksize = (int)ceil(support) * 2 + 1;
+    double *prekk = malloc((size_t)out_size * ksize * sizeof *prekk);
+    *bounds = malloc((size_t)out_size * 2 * sizeof **bounds);
+    *kk = malloc((size_t)out_size * ksize * sizeof **kk);
+    for (int xx = 0; xx < out_size; xx++) {
+        const double center = (xx + 0.5) * scale;
+        double ww = 0.0, ss = 1.0 / filterscale;
+        int xmin = (int)(center - support + 0.5), xmax = (int)(center + support + 0.5);
+        if (xmin < 0) xmin = 0;
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        double *k = &prekk[xx * ksize];
+        int x;
+        for (x = 0; x < xmax; x++) {
+            const double t = fabs((x + xmin - center + 0.5) * ss), w = t < 1.0 ? 1.0 - t : 0.0;
+            k[x] = w;
+            ww += w;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) k[x] /= ww;
+        for (; x < ksize; x++) k[x] = 0;
+        (*bounds)[xx * 2 + 0] = xmin;
+        (*bounds)[xx * 2 + 1] = xmax;
+    }
+    for (int i = 0; i < out_size * ksize; i++)
+        (*kk)[i] = prekk[i] < 0 ? (int32_t)(-0.5 + prekk[i] * (1 << PIL_PRECISION_BITS))
+                                : (int32_t)(0.5 + prekk[i] * (1 << PIL_PRECISION_BITS));
+    free(prekk);
+    return ksize;
+}
+
+static uint8_t pil_clip8(int32_t in) {
+    if (in >= (1 << PIL_PRECISION_BITS << 8)) return 255;
+    if (in <= 0) return 0;
+    return (uint8_t)(in >> PIL_PRECISION_BITS);
+}
+
+static void pil_resize(const uint8_t *in, int w, int h, int c, int ow, int oh, uint8_t *out) {
+    int *bx, *by;
+    int32_t *kx, *ky;
+    const int ksx = pil_coeffs(w, ow, &bx, &kx), ksy = pil_coeffs(h, oh, &by, &ky);
+    uint8_t *tmp = malloc((size_t)ow * h * c);
+    if (ow == w) memcpy(tmp, in, (size_t)w * h * c);
+    else
+        for (int yy = 0; yy < h; yy++)
+            for (int xx = 0; xx < ow; xx++)
+                for (int b = 0; b < c; b++) {
+                    int32_t ss = 1 << (PIL_PRECISION_BITS - 1);
+                    for (int x = 0; x < bx[xx * 2 + 1]; x++)
+                        ss += in[((size_t)yy * w + x + bx[xx * 2]) * c + b] * kx[xx * ksx + x];
+                    tmp[((size_t)yy * ow + xx) * c + b] = pil_clip8(ss);
+                }
+    if (oh == h) memcpy(out, tmp, (size_t)ow * h * c);
+    else
+        for (int yy = 0; yy < oh; yy++)
+            for (int xx = 0; xx < ow; xx++)
+                for (int b = 0; b < c; b++) {
+                    int32_t ss = 1 << (PIL_PRECISION_BITS - 1);
+                    for (int y = 0; y < by[yy * 2 + 1]; y++)
+                        ss += tmp[((size_t)(y + by[yy * 2]) * ow + xx) * c + b] * ky[yy * ksy + y];
+                    out[((size_t)yy * ow + xx) * c + b] = pil_clip8(ss);
+                }
+    free(bx), free(by), free(kx), free(ky), free(tmp);
+}
+
+int image_resample_simd(int enable);  // src/image.c's test hook: 0 forces the plain loops
+
+static void test_resize_paths(void **state) {
+    (void)state;
+    uint32_t seed = 2024;
+    int cases = 0;
+    for (int t = 0; t < 160; t++) {
+        const int c = t % 2 ? 1 : 3;
+        // sizes 1..300, some cases from far larger or far smaller (heavy antialiasing, strong upscales)
+        int w = 1 + (int)(lcg(&seed) >> 8) % 300, h = 1 + (int)(lcg(&seed) >> 8) % 300;
+        int ow = 1 + (int)(lcg(&seed) >> 8) % 300, oh = 1 + (int)(lcg(&seed) >> 8) % 300;
+        if (t % 7 == 0) w = 600 + (int)(lcg(&seed) >> 8) % 900, ow = 1 + ow % 40;
+        if (t % 11 == 0) oh = h + (int)(lcg(&seed) >> 8) % 5;  // near the same size
+        if (t % 13 == 0) ow = w;                                // one pass only
+        const size_t n = (size_t)w * h * c;
+        uint8_t *px = t % 3 ? noise(n, seed) : smooth(w, h, c, seed);  // exactly n bytes: ASan sees any overread
+        uint8_t *want = malloc((size_t)ow * oh * c);
+        pil_resize(px, w, h, c, ow, oh, want);
+        image_u8 src = {w, h, c, px, n}, dst = {0};
+        for (int simd = 1; simd >= 0; simd--) {
+            const int old = image_resample_simd(simd);
+            assert_int_equal(image_resize(&src, ow, oh, &dst), ST_OK);
+            image_resample_simd(old);
+            assert_int_equal(dst.w, ow);
+            assert_int_equal(dst.h, oh);
+            if (memcmp(dst.data, want, (size_t)ow * oh * c) != 0)
+                fail_msg("%dx%dx%d -> %dx%d (simd %d) differs from PIL's fixed-point loops", w, h, c, ow, oh, simd);
+            cases++;
+        }
+        image_free(&dst);
+        free(want);
+        free(px);
+    }
+    print_message("%d resizes equal to PIL's fixed-point loops\n", cases);
+}
+
+
 // ---------------------------------------------------------------------------------------------------------
 // Crops
 
@@ -607,6 +720,67 @@ static void test_sample_rrc_pieces(void **state) {
     free(px);
 }
 
+// The training path through image_sample, both resample paths: random resized crops (a box inside the decoded
+// image, read through its row stride) equal crop -> resize; Resize -> center crop (with padding) -> flip and
+// padded crop equal image_resize, image_center_crop and the gather's reading of the result.
+static void test_sample_paths(void **state) {
+    (void)state;
+    static const int sizes[][2] = {{60, 41}, {97, 130}, {333, 250}, {7, 300}, {224, 224}, {500, 375}};
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++) {
+        const int w = sizes[t][0], h = sizes[t][1];
+        size_t n;
+        uint8_t *px, *png = rgb_png(w, h, 40 + (uint32_t)t, &n, &px);
+        image_u8 src = {w, h, 3, px, (size_t)w * h * 3}, crop = {0}, res = {0}, cc = {0};
+        for (int simd = 1; simd >= 0; simd--) {
+            const int old = image_resample_simd(simd);
+            // random resized crop to 33 x 29, no flip
+            image_tf tf = {.channels = 3, .out_h = 29, .out_w = 33, .max_pixels = 1 << 20, .rrc = 1, .seed = 7,
+                           .rrc_scale = {0.08, 1.0}, .rrc_ratio = {0.75, 4.0 / 3}};
+            uint8_t out[3 * 64 * 64];
+            for (int64_t index = 0; index < 12; index++) {
+                assert_int_equal(image_sample(ctx, &tf, 1, "p.png", png, n, 1, index, out, err, sizeof err), ST_OK);
+                int tp, l, ch, cw;
+                image_rrc_params(7, 1, index, w, h, tf.rrc_scale, tf.rrc_ratio, &tp, &l, &ch, &cw);
+                assert_int_equal(image_crop(&src, tp, l, ch, cw, &crop), ST_OK);
+                assert_int_equal(image_resize(&crop, 33, 29, &res), ST_OK);
+                for (int c = 0; c < 3; c++)
+                    for (int i = 0; i < 33 * 29; i++)
+                        if (out[c * 33 * 29 + i] != res.data[3 * i + c])
+                            fail_msg("%dx%d rrc index %d simd %d: channel %d pixel %d", w, h, (int)index, simd, c, i);
+            }
+            // Resize(s) -> center crop 40 x 36 -> crop_pad 5 + flip, for 3 channels
+            for (int s = 20; s <= 60; s += 20) {
+                image_tf te = {.channels = 3, .out_h = 36, .out_w = 40, .max_pixels = 1 << 20, .resize = s, .flip = 1,
+                               .crop_pad = 5, .seed = 11};
+                int rw, rh;
+                image_resize_dims(w, h, s, &rw, &rh);
+                assert_int_equal(image_resize(&src, rw, rh, &res), ST_OK);
+                assert_int_equal(image_center_crop(&res, 36, 40, &cc), ST_OK);
+                for (int64_t index = 0; index < 8; index++) {
+                    assert_int_equal(image_sample(ctx, &te, 1, "p.png", png, n, 3, index, out, err, sizeof err), ST_OK);
+                    gather_aug a = {0};
+                    a.seed = 11, a.epoch = 3, a.c = 3, a.h = 36, a.w = 40, a.crop_pad = 5, a.flip = 1;
+                    const gather_draw d = gather_aug_draw(&a, index);
+                    for (int c = 0; c < 3; c++)
+                        for (int y = 0; y < 36; y++)
+                            for (int x = 0; x < 40; x++) {
+                                const int sy = y + d.dy, sx = (d.flip ? 40 - 1 - x : x) + d.dx;
+                                const uint8_t want = sy >= 0 && sy < 36 && sx >= 0 && sx < 40 ? cc.data[(sy * 40 + sx) * 3 + c] : 0;
+                                if (out[(c * 36 + y) * 40 + x] != want)
+                                    fail_msg("%dx%d resize %d index %d simd %d: (%d, %d, %d)", w, h, s, (int)index, simd, c, y, x);
+                            }
+                }
+            }
+            image_resample_simd(old);
+        }
+        image_free(&crop);
+        image_free(&res);
+        image_free(&cc);
+        free(png);
+        free(px);
+    }
+}
+
 static void test_one_pixel(void **state) {
     (void)state;
     const uint8_t rgb[3] = {200, 100, 50};
@@ -741,6 +915,7 @@ int main(void) {
         cmocka_unit_test(test_center_crop),           cmocka_unit_test(test_rrc_params),
         cmocka_unit_test(test_flip_crop_pad_match_gather), cmocka_unit_test(test_sample_rrc_pieces),
         cmocka_unit_test(test_one_pixel),             cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_resize_paths),          cmocka_unit_test(test_sample_paths),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
