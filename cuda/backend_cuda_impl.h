@@ -111,62 +111,8 @@ int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw,
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).
 #ifdef __CUDACC__
-// The activations of backend.h, as the CPU backend computes them (src/cpu/backend_cpu_impl.h: `v > 0`: a NaN
-// becomes 0 under relu, leaky and relu6), their derivative read from the output y (act_from_output) and at the
-// pre-activation x (every activation; PyTorch's backward formulas).
-#define ACT_SQRT1_2 0.70710678118654752440f       // 1/√2
-#define ACT_INV_SQRT_2PI 0.39894228040143267794f  // 1/√(2π)
-
-static __device__ __forceinline__ float act_sigmoid(float v) { return 1.f / (1.f + expf(-v)); }
-
-static __device__ __forceinline__ float act_apply(int act, float v) {
-    switch (act) {
-    case ACT_RELU: return v > 0.f ? v : 0.f;
-    case ACT_LEAKY: return v > 0.f ? v : ACT_LEAKY_SLOPE * v;
-    case ACT_RELU6: return v > 0.f ? (v < 6.f ? v : 6.f) : 0.f;
-    case ACT_SIGMOID: return act_sigmoid(v);
-    case ACT_SILU: return v / (1.f + expf(-v));
-    case ACT_HARDSWISH: {
-        const float r = v + 3.f > 0.f ? (v + 3.f < 6.f ? v + 3.f : 6.f) : 0.f;
-        return v * r / 6.f;
-    }
-    case ACT_GELU: return v * 0.5f * (1.f + erff(v * ACT_SQRT1_2));
-    default: return v;
-    }
-}
-
-static __device__ __forceinline__ float act_grad(int act, float y, float g) {
-    switch (act) {
-    case ACT_RELU: return y > 0.f ? g : 0.f;
-    case ACT_LEAKY: return y > 0.f ? g : ACT_LEAKY_SLOPE * g;
-    case ACT_RELU6: return y > 0.f && y < 6.f ? g : 0.f;
-    case ACT_SIGMOID: return g * (1.f - y) * y;
-    default: return g;
-    }
-}
-
-static __device__ __forceinline__ float act_grad_input(int act, float x, float g) {
-    switch (act) {
-    case ACT_RELU: return x > 0.f ? g : 0.f;
-    case ACT_LEAKY: return x > 0.f ? g : ACT_LEAKY_SLOPE * g;
-    case ACT_RELU6: return x > 0.f && x < 6.f ? g : 0.f;
-    case ACT_SIGMOID: {
-        const float s = act_sigmoid(x);
-        return g * (1.f - s) * s;
-    }
-    case ACT_SILU: {
-        const float s = act_sigmoid(x);
-        return g * s * (1.f + x * (1.f - s));
-    }
-    case ACT_HARDSWISH: return x < -3.f ? 0.f : x <= 3.f ? g * (x / 3.f + 0.5f) : g;
-    case ACT_GELU: {
-        const float cdf = 0.5f * (1.f + erff(x * ACT_SQRT1_2));
-        const float pdf = expf(-0.5f * x * x) * ACT_INV_SQRT_2PI;
-        return g * (cdf + x * pdf);
-    }
-    default: return g;
-    }
-}
+// The activations: src/act_math.h (one text with the CPU backend's).
+#include "act_math.h"
 
 template <typename T>
 static __device__ __forceinline__ T warp_sum(T v) {

@@ -748,6 +748,10 @@ static void test_repeat_and_dotted_names(void **state) {
         {"[net]\nchannels=1\n[conv]\nname=.a\n", "is not a name"},
         {"[net]\nchannels=1\n[conv]\nname=a.\n", "is not a name"},
         {"[net]\nchannels=1\n[repeat]\ncount=2\n[conv]\nname=x\n[end]\n", "already the name of another layer"},
+        {"[net]\nchannels=1\n[include]\ncount=2\n[conv]\n", "r.cfg:3: [include] without file=PATH"},
+        {"[net]\nchannels=1\n[include]\nfile=/nonexistent/block.cfg\n[conv]\n", "r.cfg:3: [include]: "},
+        {"[net]\nchannels=1\n[repeat]\ncount=1\n[conv]\nname=a{k}\n[end]\n", "{k} is not {i} or a variable"},
+        {"[net]\nchannels=1\n[repeat]\ncount=1\nfile=x\n[conv]\n[end]\n", "'file' is not a variable name"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(config_load_text(bad[i].text, "r.cfg", d), ST_INPUT);
