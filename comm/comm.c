@@ -95,7 +95,25 @@ static int slot_get(comm *c, int req, comm_req_slot **out) {
     return ST_OK;
 }
 
-int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req) {
+const char *comm_compress_name(int mode) {
+    return mode == COMM_COMPRESS_BF16 ? "bf16" : mode == COMM_COMPRESS_FP16 ? "fp16" : "none";
+}
+
+int comm_get_compress(const comm *c) { return c->compress; }
+
+int comm_set_compress(comm *c, int mode) {
+    if (mode != COMM_COMPRESS_NONE && mode != COMM_COMPRESS_BF16 && mode != COMM_COMPRESS_FP16)
+        return ERR(ST_RUNTIME, "rank %d (%s): comm_set_compress: unknown mode %d", c->info.rank, c->info.host, mode);
+    if (mode != COMM_COMPRESS_NONE && !(comm_caps(c) & COMM_CAP_COMPRESS16))
+        return ERR(ST_INPUT, "comm '%s' cannot send 16-bit gradients (compress=%s)", comm_backend_name(c),
+                   comm_compress_name(mode));
+    // Each request keeps the format it was launched with; the ranks must switch at the same point of their
+    // programs (the trainer does it at start-up), so that every all-reduce has one format on all of them.
+    c->compress = mode;
+    return ST_OK;
+}
+
+static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, int compress, int hier, int *req) {
     *req = -1;
     if (c->stopped)
         return ERR(ST_COMM, "rank %d (%s): all-reduce '%s' after the communicator was stopped by an earlier failure",
@@ -114,6 +132,8 @@ int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, i
     r->impl = impl;
     r->buf = buf;
     r->n = n;
+    r->compress = compress;
+    r->hier = hier;
     r->t_launch = now_s();
     snprintf(r->label, sizeof r->label, "%s", label ? label : "");
     // Nothing to exchange: every rank agrees on n, so every rank skips the collective alike.
@@ -125,6 +145,64 @@ int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, i
     r->done = n == 0;
     r->in_use = 1;
     *req = i;
+    return ST_OK;
+}
+
+int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req) {
+    return allreduce_launch(c, buf, n, label, c->compress, c->hier, req);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hierarchical all-reduce: which ranks form a node, and whether grouping by node is worth it
+
+int comm_hierarchy(const comm *c) { return c->hier ? COMM_HIERARCHY_NODE : COMM_HIERARCHY_FLAT; }
+const char *comm_hierarchy_line(const comm *c) { return c->hier_line; }
+
+static void hierarchy_describe(comm *c, int mode, int fake_nodes, const world_nodes *n) {
+    const char *asked = mode == COMM_HIERARCHY_AUTO ? "auto" : "node";
+    char sizes[48];
+    if (n->size_min == n->size_max) snprintf(sizes, sizeof sizes, "x %d rank%s", n->size_max, n->size_max > 1 ? "s" : "");
+    else snprintf(sizes, sizeof sizes, "of %d to %d ranks", n->size_min, n->size_max);
+    if (c->hier)
+        snprintf(c->hier_line, sizeof c->hier_line, "hierarchy: node (%d nodes %s; leaders all-reduce across nodes%s%s)",
+                 n->nodes, sizes, mode == COMM_HIERARCHY_AUTO ? "; auto" : "",
+                 fake_nodes > 0 ? "; fake nodes: a test hook" : "");
+    else
+        snprintf(c->hier_line, sizeof c->hier_line, "hierarchy=%s with %s: flat all-reduce%s", asked,
+                 n->nodes == 1 ? "all ranks on one node" : "one rank per node",
+                 fake_nodes > 0 ? " (fake nodes: a test hook)" : "");
+}
+
+int comm_set_hierarchy(comm *c, int mode, int fake_nodes) {
+    if (mode != COMM_HIERARCHY_FLAT && mode != COMM_HIERARCHY_NODE && mode != COMM_HIERARCHY_AUTO)
+        return ERR(ST_RUNTIME, "rank %d (%s): comm_set_hierarchy: unknown mode %d", c->info.rank, c->info.host, mode);
+    if (c->hier_set || comm_outstanding(c) > 0)
+        return ERR(ST_RUNTIME, "rank %d (%s): comm_set_hierarchy: %s", c->info.rank, c->info.host,
+                   c->hier_set ? "called twice" : "all-reduces in flight");
+    if (fake_nodes < 0 || fake_nodes > c->info.world)
+        return ERR(ST_INPUT, "fake nodes: %d for %d ranks (want 1 to %d)", fake_nodes, c->info.world, c->info.world);
+    c->hier_set = 1;
+    c->hier_line[0] = '\0';
+    if (mode == COMM_HIERARCHY_FLAT) return ST_OK;
+    // Splitting communicators blocks inside MPI: a rank that never gets here must not hold the others.
+    comm_deadline_arm(c->timeout_s, "grouping the ranks by node (MPI_Comm_split)");
+    world_nodes n;
+    int st = world_nodes_open(c, fake_nodes, &n);
+    comm_deadline_disarm();
+    if (st != ST_OK) {
+        world_nodes_close(c);
+        return st;
+    }
+    // Every rank computes the same answer from the same numbers (nodes and ranks per node are agreed above).
+    c->hier = n.nodes > 1 && n.size_max > 1;
+    c->nodes = n;
+    if (c->hier && c->ops && c->ops->hierarchy_start) st = c->ops->hierarchy_start(c);
+    if (!c->hier || st != ST_OK) world_nodes_close(c);
+    if (st != ST_OK) {
+        c->hier = 0;
+        return st;
+    }
+    hierarchy_describe(c, mode, fake_nodes, &n);
     return ST_OK;
 }
 
@@ -213,7 +291,8 @@ int comm_wait(comm *c, int req) {
 
 int comm_allreduce_avg(comm *c, float *buf, size_t n, const char *label) {
     int req = -1;
-    TRY(comm_allreduce_avg_async(c, buf, n, label, &req));
+    // Statistics, not gradients: float32, and flat (one small all-reduce, waited on at once).
+    TRY(allreduce_launch(c, buf, n, label, COMM_COMPRESS_NONE, 0, &req));
     return comm_wait(c, req);
 }
 

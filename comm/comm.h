@@ -48,6 +48,7 @@ const char *comm_backend_name(const comm *c);
 enum {
     COMM_CAP_HOST_PROGRESS = 1,  // the reduction advances only while the host tests it (poll during backward)
     COMM_CAP_CAPTURE = 2,        // launches are stream work that a CUDA graph capture can hold
+    COMM_CAP_COMPRESS16 = 4,     // comm_set_compress takes COMM_COMPRESS_BF16 and _FP16
 };
 unsigned comm_caps(const comm *c);
 
@@ -55,7 +56,39 @@ unsigned comm_caps(const comm *c);
 // buffers_on_device: 1 when the all-reduce buffers are device memory (mpi stages them through the host).
 int comm_bind_stream(comm *c, void *cuda_stream, int buffers_on_device);
 
-// ---- data-parallel all-reduce (float32, average over ranks, in place)
+// Gradients on the wire (parallel.compress): what comm_allreduce_avg_async sends from now on. The buffers stay
+// float32; each rank casts its values, divided by the world size, to 16 bits, the transport sums them in 16 bits
+// (float32 arithmetic, one rounding to 16 bits per hop), and the sum is cast back into the buffer. bf16 has
+// float32's range; fp16 is scaled by powers of two so that nothing finite overflows (comm_half.h; the nccl
+// backend agrees on one scale per bucket with a max all-reduce in stream order). Every rank receives the same
+// values. comm_allreduce_avg (sync batch norm's statistics) stays float32. Every rank must set the same mode at
+// the same point of its program (a request keeps the mode it was launched with); ST_INPUT when the backend lacks
+// COMM_CAP_COMPRESS16.
+enum { COMM_COMPRESS_NONE = 0, COMM_COMPRESS_BF16, COMM_COMPRESS_FP16 };
+int comm_set_compress(comm *c, int mode);
+int comm_get_compress(const comm *c);
+const char *comm_compress_name(int mode);  // "none", "bf16", "fp16"
+
+// Hierarchical all-reduce (parallel.hierarchy; Horovod's): each node's ranks sum into their leader (node rank 0),
+// the leaders all-reduce across nodes, and each leader broadcasts the result to its node -- mpi: MPI_Ireduce on
+// the node -> MPI_Iallreduce among leaders -> MPI_Ibcast on the node, moved on by comm_test/comm_progress/comm_wait
+// in the same order on every rank; nccl: ncclReduce, ncclAllReduce, ncclBroadcast on the comm stream. The average
+// is taken once (the sum times 1/world; compressed values are divided before the cast, as flat ones are) and
+// every rank receives the same values. The result equals the flat all-reduce's up to float32 summation order.
+// COMM_HIERARCHY_AUTO groups by node when there is more than one node and some node has several ranks; NODE
+// with one node, or one rank per node, runs flat too (comm_hierarchy_line says so). Nodes of different sizes
+// work. fake_nodes > 0 (a test hook): node k is ranks [k*world/N, (k+1)*world/N) whatever their hosts.
+// Collective; once, with nothing in flight, before the all-reduces it should apply to. comm_allreduce_avg (sync
+// batch norm) stays flat.
+enum { COMM_HIERARCHY_FLAT = 0, COMM_HIERARCHY_NODE, COMM_HIERARCHY_AUTO };
+int comm_set_hierarchy(comm *c, int mode, int fake_nodes);
+int comm_hierarchy(const comm *c);  // what runs: COMM_HIERARCHY_FLAT or _NODE
+// What runs, as a start-up line ("hierarchy: node (2 nodes x 2 ranks; leaders all-reduce across nodes)", or why
+// it is flat); "" when flat was asked for.
+const char *comm_hierarchy_line(const comm *c);
+
+// ---- data-parallel all-reduce (float32 buffers, average over ranks, in place; 16 bits on the wire after
+// comm_set_compress)
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req);
 // The same, waited on at once (sync BN's statistics in the middle of forward and backward): in stream order
 // for nccl (the compute stream waits, the host does not: capturable), on the host for mpi (not capturable with

@@ -14,6 +14,8 @@ typedef struct comm_req_slot {
     int in_use, done;
     float *buf;          // user buffer (host or device)
     size_t n;
+    int compress;        // COMM_COMPRESS_*: what goes on the wire (the comm's setting at launch; none for sync BN)
+    int hier;            // hierarchical (comm_set_hierarchy: node; the comm's setting at launch; flat for sync BN)
     double t_launch;     // now_s() at launch
     long long seq;       // its number among the collectives on world (comm.c's arrival board)
     char label[64];      // e.g. "step 12 bucket 3", for watchdog messages
@@ -24,7 +26,8 @@ typedef struct comm_req_slot {
 typedef struct comm_ops {
     const char *name;
     unsigned caps;  // COMM_CAP_* (comm.h)
-    // Launch the average of r->buf[0..r->n) over ranks; fill backend state in r->impl. Never called with n == 0.
+    // Launch the average of r->buf[0..r->n) over ranks, as r->compress says; fill backend state in r->impl.
+    // Never called with n == 0.
     int (*allreduce_avg_launch)(comm *c, comm_req_slot *r);
     // Non-blocking completion check; sets *done. For NCCL "done" means the op is enqueued and ordered
     // (the compute stream will wait on its event), so the host never blocks on the GPU. Not called again
@@ -43,6 +46,9 @@ typedef struct comm_ops {
     // communicator unusable. What follows (freeing device memory, syncing streams, destroy) then cannot hang.
     void (*stop)(comm *c);
     void (*destroy)(comm *c);
+    // Optional (may be NULL): set up hierarchical all-reduces over c->nodes (nccl: the node and leader
+    // communicators). Collective; called once by comm_set_hierarchy when it groups by node.
+    int (*hierarchy_start)(comm *c);
 } comm_ops;
 
 struct comm {
@@ -54,6 +60,11 @@ struct comm {
     double timeout_s;
     void *cuda_stream;       // compute stream (nccl), NULL for host buffers
     int buffers_on_device;
+    int compress;            // COMM_COMPRESS_* for comm_allreduce_avg_async (comm_set_compress)
+    int hier;                // comm_allreduce_avg_async is hierarchical (comm_set_hierarchy grouped by node)
+    int hier_set;            // comm_set_hierarchy ran
+    world_nodes nodes;       // this rank's node (valid when hier)
+    char hier_line[160];     // comm_hierarchy_line
     comm_req_slot reqs[COMM_MAX_REQS];
     // Every collective on the group is numbered in call order (the same on every rank) and the count is
     // published (world_publish), so a timed-out rank can name the ranks that never arrived.

@@ -12,9 +12,29 @@
 // so backward keeps running while a bucket is copied down and reduced, and the optimizer (later on the compute
 // stream) reads the copied-up average. The next copy down into the same staging buffer waits (on the GPU) for
 // the copy up that reads it.
+//
+// Compressed requests (comm_set_compress) reduce a 16-bit copy instead: when the reduction starts, the float32
+// values (the user's, or the staged ones), divided by the world size, are cast into a wire buffer per slot --
+// bfloat16 values, or fp16 in scaled blocks (comm_half.h) -- which MPI sums with a user-defined operator; when
+// it completes, the sum is cast back into the float32 buffer (nothing to scale: the values were pre-divided).
+//
+// Hierarchical requests (comm_set_hierarchy grouped the ranks by node) run three stages instead of the one
+// all-reduce, on the same buffer (float32, or the 16-bit wire values with the same operator):
+//
+//   node reduce (MPI_Ireduce to the node's leader) -> leaders' all-reduce (leaders only) -> node broadcast
+//
+// MPI needs the collectives of a communicator started in one order on all its ranks, but when a rank's own
+// previous stage completes is timing. So each stage has its own communicator (the node's reduce and broadcast
+// are two) and starts in launch order: request k starts stage s only when its stage s-1 has completed here and
+// request k-1 has started stage s (hier_pump walks the requests in launch order at every test). Every rank then
+// starts every communicator's collectives in bucket order, whatever the timing. Rounding: float32 sums in MPI's
+// order within the node and among the leaders, scaled by 1/world at the end (flat: one sum, then the same
+// scale); compressed, the cast of x/world to 16 bits and one rounding to 16 bits per addition in the two sums
+// (the broadcast copies).
 #include <limits.h>
 #include <stdlib.h>
 
+#include "comm_half.h"
 #include "comm_impl.h"
 #include "common.h"
 
@@ -29,6 +49,14 @@ typedef struct mpi_req {
     float *host;       // the buffer that is reduced: the user's, or the staging buffer for device memory
     int phase;
     int scaled;        // the sum is scaled (a failed copy back must not scale twice)
+    void *wire;        // compressed requests: the 16-bit values on the wire, kept across uses of the slot
+    // hierarchical requests
+    int hier;          // in the chain of stages (until done)
+    int step;          // STAGE_*: the stage this request is in
+    int started;       // that stage has been started (or skipped: the leaders' stage on other ranks)
+    int skipped;
+    long long ord;     // its number among hierarchical requests in launch order (the same on every rank)
+    size_t wire_cap;   // in bytes
 #ifdef DDP_HAVE_CUDA
     float *stage;      // pinned staging buffer, kept across uses of the slot
     size_t stage_cap;  // in floats
@@ -38,8 +66,12 @@ typedef struct mpi_req {
 #endif
 } mpi_req;
 
+enum { STAGE_NODE_REDUCE, STAGE_LEADERS, STAGE_NODE_BCAST, N_STAGES };
+
 typedef struct mpi_backend {
     mpi_req reqs[COMM_MAX_REQS];
+    long long hier_launched;            // hierarchical requests launched
+    long long stage_started[N_STAGES];  // how many of them (the first ones, in launch order) started each stage
 #ifdef DDP_HAVE_CUDA
     cudaStream_t copy;  // device-to-host copies, off the compute stream (created at the first device bind)
 #endif
@@ -123,13 +155,154 @@ static int stage_up(comm *c, comm_req_slot *r, mpi_req *q) {
 #endif
 
 // ---------------------------------------------------------------------------------------------------------
-// Backend ops
+// The values summed: float32, or 16 bits on the wire
 
+static int wire_reserve(mpi_req *q, size_t bytes) {
+    if (q->wire_cap >= bytes) return ST_OK;
+    void *p = realloc(q->wire, bytes);
+    TRY_ALLOC(p);
+    q->wire = p;
+    q->wire_cap = bytes;
+    return ST_OK;
+}
+
+// Compressed requests: cast q->host / world into the wire buffer (bfloat16 values, or scaled fp16 blocks).
+static int wire_encode(comm *c, comm_req_slot *r, mpi_req *q) {
+    const float inv = 1.0f / (float)c->info.world;
+    const float *x = q->host;
+    if (r->compress == COMM_COMPRESS_BF16) {
+        TRY(wire_reserve(q, r->n * sizeof(uint16_t)));
+        uint16_t *h = q->wire;
+        for (size_t i = 0; i < r->n; i++) h[i] = half_bf16_from_f32(x[i] * inv);
+        return ST_OK;
+    }
+    const size_t nb = half_blocks(r->n);
+    TRY(wire_reserve(q, nb * sizeof(half_block)));
+    half_block *b = q->wire;
+    for (size_t k = 0; k < nb; k++) {
+        const size_t off = k * HALF_BLOCK, len = r->n - off < HALF_BLOCK ? r->n - off : HALF_BLOCK;
+        half_block_encode(&b[k], x + off, len, inv);
+    }
+    return ST_OK;
+}
+
+// What the transport sums: the float32 values, or the wire buffer's 16-bit ones (the count in its units).
+static void wire_view(comm_req_slot *r, mpi_req *q, void **buf, int *n, world_type *t) {
+    if (r->compress == COMM_COMPRESS_NONE) *buf = q->host, *n = (int)r->n, *t = WORLD_F32;
+    else if (r->compress == COMM_COMPRESS_BF16) *buf = q->wire, *n = (int)r->n, *t = WORLD_BF16;
+    else *buf = q->wire, *n = (int)half_blocks(r->n), *t = WORLD_F16_BLOCKS;
+}
+
+// The reduced 16-bit values back into the float32 buffer (already the average).
+static void reduce_finish_compressed(comm_req_slot *r, mpi_req *q) {
+    float *x = q->host;
+    if (r->compress == COMM_COMPRESS_BF16) {
+        const uint16_t *h = q->wire;
+        for (size_t i = 0; i < r->n; i++) x[i] = half_bf16_to_f32(h[i]);
+        return;
+    }
+    const half_block *b = q->wire;
+    for (size_t k = 0; k * HALF_BLOCK < r->n; k++) {
+        const size_t off = k * HALF_BLOCK, len = r->n - off < HALF_BLOCK ? r->n - off : HALF_BLOCK;
+        half_block_decode(&b[k], x + off, len);
+    }
+}
+
+// The flat all-reduce: one sum over the world.
 static int reduce_start(comm *c, comm_req_slot *r, mpi_req *q) {
-    TRY(world_iallreduce(c, q->host, (int)r->n, WORLD_F32, WORLD_SUM, &q->req));
+    if (r->compress != COMM_COMPRESS_NONE) TRY(wire_encode(c, r, q));
+    void *buf;
+    int n;
+    world_type t;
+    wire_view(r, q, &buf, &n, &t);
+    TRY(world_iallreduce(c, buf, n, t, WORLD_SUM, &q->req));
     q->phase = PHASE_REDUCING;
     return ST_OK;
 }
+
+// The sum is complete: the average into the float32 values (and, staged, back to the device). Then done.
+static int reduce_finish(comm *c, comm_req_slot *r, mpi_req *q) {
+    if (!q->scaled) {
+        q->scaled = 1;
+        const float scale = 1.0f / (float)c->info.world;
+        float *x = q->host;
+        if (r->compress != COMM_COMPRESS_NONE)
+            reduce_finish_compressed(r, q);
+        else if (c->info.world > 1)
+            for (size_t i = 0; i < r->n; i++) x[i] *= scale;
+    }
+#ifdef DDP_HAVE_CUDA
+    if (c->buffers_on_device) TRY(stage_up(c, r, q));
+#endif
+    q->phase = PHASE_DONE;
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hierarchical requests: stages started in launch order (see the top of the file)
+
+static int stage_start(comm *c, comm_req_slot *r, mpi_req *q) {
+    if (q->step == STAGE_NODE_REDUCE && r->compress != COMM_COMPRESS_NONE) TRY(wire_encode(c, r, q));
+    void *buf;
+    int n;
+    world_type t;
+    wire_view(r, q, &buf, &n, &t);
+    q->skipped = 0;
+    switch (q->step) {
+    case STAGE_NODE_REDUCE: return world_ireduce_node(c, buf, n, t, &q->req);
+    case STAGE_LEADERS:
+        if (c->nodes.node_rank != 0) q->skipped = 1;  // leaders only
+        return q->skipped ? ST_OK : world_iallreduce_leaders(c, buf, n, t, &q->req);
+    default: return world_ibcast_node(c, buf, n, t, &q->req);
+    }
+}
+
+// Move one request on as far as it goes now: start its next stage when its turn has come, test it, finish.
+static int hier_advance(comm *c, comm_req_slot *r, mpi_req *q) {
+    mpi_backend *b = c->impl;
+    if (q->phase == PHASE_STAGING) {
+#ifdef DDP_HAVE_CUDA
+        int arrived = 0;
+        TRY(stage_arrived(c, q, &arrived));
+        if (!arrived) return ST_OK;
+#endif
+        q->phase = PHASE_REDUCING;
+    }
+    while (q->phase == PHASE_REDUCING) {
+        if (!q->started) {
+            if (b->stage_started[q->step] != q->ord) return ST_OK;  // an earlier request starts this stage first
+            TRY(stage_start(c, r, q));
+            q->started = 1;
+            b->stage_started[q->step]++;
+        }
+        int flag = q->skipped;
+        if (!flag) TRY(world_test(c, &q->req, &flag));
+        if (!flag) return ST_OK;
+        q->started = 0;
+        if (++q->step == N_STAGES) {
+            q->hier = 0;
+            TRY(reduce_finish(c, r, q));
+        }
+    }
+    return ST_OK;
+}
+
+// Every hierarchical request in flight, moved on in launch order (a later one may wait on an earlier one's start).
+static int hier_pump(comm *c) {
+    mpi_backend *b = c->impl;
+    int idx[COMM_MAX_REQS], k = 0;
+    for (int i = 0; i < COMM_MAX_REQS; i++) {
+        if (!b->reqs[i].hier) continue;
+        int j = k++;  // insertion by ord: a handful of buckets
+        while (j > 0 && b->reqs[idx[j - 1]].ord > b->reqs[i].ord) idx[j] = idx[j - 1], j--;
+        idx[j] = i;
+    }
+    for (int j = 0; j < k; j++) TRY(hier_advance(c, &c->reqs[idx[j]], &b->reqs[idx[j]]));
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backend ops
 
 static int mpi_launch(comm *c, comm_req_slot *r) {
     if (r->n > INT_MAX)
@@ -141,17 +314,27 @@ static int mpi_launch(comm *c, comm_req_slot *r) {
     q->host = r->buf;
     q->scaled = 0;
     q->phase = PHASE_STAGING;
+    q->hier = r->hier;
+    if (q->hier) {
+        q->ord = b->hier_launched++;
+        q->step = STAGE_NODE_REDUCE;
+        q->started = q->skipped = 0;
+    }
 #ifdef DDP_HAVE_CUDA
-    if (c->buffers_on_device) return stage_down(c, b, r, q);
-#else
-    (void)b;
+    if (c->buffers_on_device) TRY(stage_down(c, b, r, q));
+    if (c->buffers_on_device && !q->hier) return ST_OK;
 #endif
-    return reduce_start(c, r, q);
+    return q->hier ? hier_pump(c) : reduce_start(c, r, q);
 }
 
 static int mpi_test(comm *c, comm_req_slot *r, int *done) {
     mpi_req *q = r->impl;
     *done = 0;
+    if (r->hier) {
+        TRY(hier_pump(c));
+        *done = q->phase == PHASE_DONE;
+        return ST_OK;
+    }
     if (q->phase == PHASE_STAGING) {
 #ifdef DDP_HAVE_CUDA
         int arrived = 0;
@@ -164,16 +347,8 @@ static int mpi_test(comm *c, comm_req_slot *r, int *done) {
         int flag = 0;
         TRY(world_test(c, &q->req, &flag));
         if (!flag) return ST_OK;
-        q->scaled = 1;
-        const float scale = 1.0f / (float)c->info.world;
-        float *x = q->host;
-        if (c->info.world > 1)
-            for (size_t i = 0; i < r->n; i++) x[i] *= scale;
     }
-#ifdef DDP_HAVE_CUDA
-    if (c->buffers_on_device) TRY(stage_up(c, r, q));
-#endif
-    q->phase = PHASE_DONE;
+    TRY(reduce_finish(c, r, q));
     *done = 1;
     return ST_OK;
 }
@@ -195,6 +370,9 @@ static int mpi_bind_stream(comm *c, void *cuda_stream, int buffers_on_device) {
 static void mpi_destroy(comm *c) {
     mpi_backend *b = c->impl;
     if (b == NULL) return;
+    // A reduction still in flight (a timed-out peer) may yet write into its wire buffer: leak that one.
+    for (int i = 0; i < COMM_MAX_REQS; i++)
+        if (!(c->reqs[i].in_use && !c->reqs[i].done)) free(b->reqs[i].wire);
 #ifdef DDP_HAVE_CUDA
     for (int i = 0; i < COMM_MAX_REQS; i++) {
         mpi_req *q = &b->reqs[i];
@@ -215,7 +393,7 @@ static void mpi_destroy(comm *c) {
 
 static const comm_ops mpi_ops = {
     .name = "mpi",
-    .caps = COMM_CAP_HOST_PROGRESS,
+    .caps = COMM_CAP_HOST_PROGRESS | COMM_CAP_COMPRESS16,
     .allreduce_avg_launch = mpi_launch,
     .allreduce_test = mpi_test,
     .bind_stream = mpi_bind_stream,

@@ -20,7 +20,9 @@ typedef struct world_req {
     long long opaque[2];
 } world_req;
 
-typedef enum { WORLD_F32, WORLD_F64, WORLD_I32, WORLD_U64 } world_type;
+// WORLD_BF16: bfloat16 values (uint16_t), summed in float32 and rounded back to 16 bits at every hop;
+// WORLD_F16_BLOCKS: scaled half blocks (comm_half.h), the count in blocks. Both only with WORLD_SUM.
+typedef enum { WORLD_F32, WORLD_F64, WORLD_I32, WORLD_U64, WORLD_BF16, WORLD_F16_BLOCKS } world_type;
 typedef enum { WORLD_SUM, WORLD_MAX } world_op;
 
 // Process start-up and end. world_init is idempotent; *owns is 1 when this call started the transport.
@@ -40,6 +42,26 @@ int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world
 int world_iallgather(comm *c, const void *mine, void *all, int n, world_type t, world_req *r);
 int world_ibarrier(comm *c, world_req *r);
 int world_test(comm *c, world_req *r, int *done);
+
+// ---- nodes, for the hierarchical all-reduce (comm_set_hierarchy)
+//
+// A node is the ranks of one host (MPI_Comm_split_type SHARED), or with fake_nodes > 0 (a test hook) the ranks
+// [k·world/N, (k+1)·world/N) of node k. Its rank 0 is its leader. The leaders form a communicator of their own.
+typedef struct world_nodes {
+    int node, nodes;           // this rank's node (0..nodes-1, in the order of their leaders' ranks) and how many
+    int node_rank, node_size;  // this rank's place in its node (0: the leader) and the node's ranks
+    int size_min, size_max;    // ranks per node, fewest and most over the nodes
+} world_nodes;
+
+// Collective and blocking on c's group (the caller arms the deadline): the node and leader communicators.
+int world_nodes_open(comm *c, int fake_nodes, world_nodes *out);
+void world_nodes_close(comm *c);  // (also done by world_close)
+// The three steps of a hierarchical sum (WORLD_F32, WORLD_BF16, WORLD_F16_BLOCKS; the same operator as
+// world_iallreduce's), non-blocking, completed by world_test. The reduce and the broadcast run on two
+// communicators of the node, so each of them sees its collectives in one order (bucket order) on every rank.
+int world_ireduce_node(comm *c, void *buf, int n, world_type t, world_req *r);      // sum to the leader (in place)
+int world_iallreduce_leaders(comm *c, void *buf, int n, world_type t, world_req *r); // leaders only: sum over nodes
+int world_ibcast_node(comm *c, void *buf, int n, world_type t, world_req *r);       // the leader's values to its node
 
 // Watchdog support: publish how many collectives this rank has entered; describe who has not entered seq.
 void world_publish(comm *c, long long n_entered);

@@ -12,6 +12,7 @@
 
 #include <mpi.h>
 
+#include "comm_half.h"
 #include "comm_impl.h"
 #include "common.h"
 
@@ -21,12 +22,20 @@ _Static_assert(sizeof(MPI_Request) <= sizeof(world_req), "world_req too small fo
 typedef struct mpi_world {
     MPI_Comm world;          // a dup of MPI_COMM_WORLD
     MPI_Comm node;           // ranks on this host (MPI_Comm_split_type SHARED)
+    // Hierarchical all-reduce (world_nodes_open; MPI_COMM_NULL until then): a node's reduce and broadcast each
+    // on a communicator of its own, and the leaders (MPI_COMM_NULL on the other ranks)
+    MPI_Comm node_reduce, node_bcast, leaders;
+    int node_rank;
     // Arrival board: each rank publishes how many collectives it has entered in a one-int64 RMA window that
     // any rank can read without the owner's help.
     MPI_Win arrive_win;      // MPI_WIN_NULL when RMA is unavailable (the message then says so)
     long long *arrive;       // this rank's published count (window memory)
     int arrive_stuck;        // a read of the board never completed: leave the window alone at tear-down
     char (*hosts)[64];       // every rank's host, gathered at set-up: the watchdog names where a rank runs
+    // 16-bit gradients (parallel.compress): their datatypes and commutative sums (MPI_DATATYPE_NULL/MPI_OP_NULL
+    // until the first use)
+    MPI_Datatype bf16_type, f16_block_type;
+    MPI_Op bf16_sum, f16_block_sum;
 } mpi_world;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -161,6 +170,11 @@ void world_close(comm *c) {
     // Best effort: at tear-down there is nobody left to report a failure to.
     // A board read that never completed holds the window in an access epoch: freeing it would block.
     if (m->arrive_win != MPI_WIN_NULL && !m->arrive_stuck) MPI_Win_free(&m->arrive_win);
+    if (m->bf16_sum != MPI_OP_NULL) MPI_Op_free(&m->bf16_sum);
+    if (m->f16_block_sum != MPI_OP_NULL) MPI_Op_free(&m->f16_block_sum);
+    if (m->bf16_type != MPI_DATATYPE_NULL) MPI_Type_free(&m->bf16_type);
+    if (m->f16_block_type != MPI_DATATYPE_NULL) MPI_Type_free(&m->f16_block_type);
+    world_nodes_close(c);
     if (m->node != MPI_COMM_NULL) MPI_Comm_free(&m->node);
     if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
     free(m->hosts);
@@ -173,7 +187,10 @@ int world_open(comm *c) {
     mpi_world *m = calloc(1, sizeof *m);
     TRY_ALLOC(m);
     m->world = m->node = MPI_COMM_NULL;
+    m->node_reduce = m->node_bcast = m->leaders = MPI_COMM_NULL;
     m->arrive_win = MPI_WIN_NULL;
+    m->bf16_type = m->f16_block_type = MPI_DATATYPE_NULL;
+    m->bf16_sum = m->f16_block_sum = MPI_OP_NULL;
     c->w = m;
     host_name(c->info.host, sizeof c->info.host);
     snprintf(g_host, sizeof g_host, "%s", c->info.host);
@@ -204,9 +221,142 @@ int world_ibcast(comm *c, void *buf, int bytes, int root, world_req *r) {
     return ST_OK;
 }
 
+// ---- 16-bit sums: user-defined operators (MPI has no 16-bit float types), each hop in float32, rounded once
+
+static void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
+    (void)type;
+    const uint16_t *a = in;
+    uint16_t *b = inout;
+    for (int i = 0; i < *len; i++) b[i] = half_bf16_from_f32(half_bf16_to_f32(a[i]) + half_bf16_to_f32(b[i]));
+}
+
+static void f16_block_sum(void *in, void *inout, int *len, MPI_Datatype *type) {
+    (void)type;
+    const half_block *a = in;
+    half_block *b = inout;
+    for (int i = 0; i < *len; i++) half_block_add(&a[i], &b[i]);
+}
+
+// The datatype and operator of a 16-bit type, made at first use (local calls: not collective).
+static int half_type_op(mpi_world *m, world_type t, MPI_Datatype *type, MPI_Op *op) {
+    const int bf16 = t == WORLD_BF16;
+    MPI_Datatype *ty = bf16 ? &m->bf16_type : &m->f16_block_type;
+    MPI_Op *o = bf16 ? &m->bf16_sum : &m->f16_block_sum;
+    if (*ty == MPI_DATATYPE_NULL) {
+        MPI_Datatype made;
+        MPI_TRY(MPI_Type_contiguous(bf16 ? (int)sizeof(uint16_t) : (int)sizeof(half_block), MPI_BYTE, &made));
+        MPI_TRY(MPI_Type_commit(&made));
+        *ty = made;
+    }
+    if (*o == MPI_OP_NULL) MPI_TRY(MPI_Op_create(bf16 ? bf16_sum : f16_block_sum, 1, o));
+    *type = *ty;
+    *op = *o;
+    return ST_OK;
+}
+
 int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world_req *r) {
     mpi_world *m = c->w;
-    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, mpi_type(t), op == WORLD_SUM ? MPI_SUM : MPI_MAX, m->world, REQ(r)));
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    MPI_Op mop = op == WORLD_SUM ? MPI_SUM : MPI_MAX;
+    if (t == WORLD_BF16 || t == WORLD_F16_BLOCKS) {
+        if (op != WORLD_SUM) return ERR(ST_RUNTIME, "rank %d (%s): a 16-bit all-reduce can only sum", g_rank, g_host);
+        TRY(half_type_op(m, t, &type, &mop));
+    } else {
+        type = mpi_type(t);
+    }
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, mop, m->world, REQ(r)));
+    return ST_OK;
+}
+
+// ---- the hierarchical all-reduce's communicators and steps
+
+void world_nodes_close(comm *c) {
+    mpi_world *m = c->w;
+    if (m == NULL) return;
+    if (m->leaders != MPI_COMM_NULL) MPI_Comm_free(&m->leaders);
+    if (m->node_bcast != MPI_COMM_NULL) MPI_Comm_free(&m->node_bcast);
+    if (m->node_reduce != MPI_COMM_NULL) MPI_Comm_free(&m->node_reduce);
+}
+
+static int comm_errors_return(MPI_Comm cm) {
+    MPI_TRY(MPI_Comm_set_errhandler(cm, MPI_ERRORS_RETURN));
+    return ST_OK;
+}
+
+int world_nodes_open(comm *c, int fake_nodes, world_nodes *out) {
+    mpi_world *m = c->w;
+    const int rank = c->info.rank, world = c->info.world;
+    memset(out, 0, sizeof *out);
+    world_nodes_close(c);
+    if (fake_nodes > 0)
+        MPI_TRY(MPI_Comm_split(m->world, (int)((long long)rank * fake_nodes / world), rank, &m->node_reduce));
+    else
+        MPI_TRY(MPI_Comm_dup(m->node, &m->node_reduce));
+    TRY(comm_errors_return(m->node_reduce));
+    MPI_TRY(MPI_Comm_dup(m->node_reduce, &m->node_bcast));
+    TRY(comm_errors_return(m->node_bcast));
+    MPI_TRY(MPI_Comm_rank(m->node_reduce, &out->node_rank));
+    MPI_TRY(MPI_Comm_size(m->node_reduce, &out->node_size));
+    m->node_rank = out->node_rank;
+    MPI_TRY(MPI_Comm_split(m->world, out->node_rank == 0 ? 0 : MPI_UNDEFINED, rank, &m->leaders));
+    int v[2] = {0, 0};  // node, nodes: the leader knows them, and tells its node
+    if (m->leaders != MPI_COMM_NULL) {
+        TRY(comm_errors_return(m->leaders));
+        MPI_TRY(MPI_Comm_rank(m->leaders, &v[0]));
+        MPI_TRY(MPI_Comm_size(m->leaders, &v[1]));
+    }
+    MPI_TRY(MPI_Bcast(v, 2, MPI_INT, 0, m->node_reduce));
+    out->node = v[0], out->nodes = v[1];
+    int sizes[2] = {-out->node_size, out->node_size};
+    MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, sizes, 2, MPI_INT, MPI_MAX, m->world));
+    out->size_min = -sizes[0], out->size_max = sizes[1];
+    return ST_OK;
+}
+
+// A sum's datatype and operator: float32's, or a 16-bit type's own.
+static int sum_type_op(mpi_world *m, world_type t, MPI_Datatype *type, MPI_Op *op) {
+    if (t == WORLD_BF16 || t == WORLD_F16_BLOCKS) return half_type_op(m, t, type, op);
+    if (t != WORLD_F32) return ERR(ST_RUNTIME, "rank %d (%s): a hierarchical sum takes float32 or 16 bits", g_rank, g_host);
+    *type = MPI_FLOAT;
+    *op = MPI_SUM;
+    return ST_OK;
+}
+
+static int nodes_check(const mpi_world *m, MPI_Comm cm, const char *what) {
+    if (cm == MPI_COMM_NULL)
+        return ERR(ST_RUNTIME, "rank %d (%s): %s without its communicator (world_nodes_open first%s)", g_rank, g_host,
+                   what, m->node_reduce != MPI_COMM_NULL ? "; only leaders join the leaders' sum" : "");
+    return ST_OK;
+}
+
+int world_ireduce_node(comm *c, void *buf, int n, world_type t, world_req *r) {
+    mpi_world *m = c->w;
+    TRY(nodes_check(m, m->node_reduce, "the node's reduce"));
+    MPI_Datatype type;
+    MPI_Op op;
+    TRY(sum_type_op(m, t, &type, &op));
+    if (m->node_rank == 0) MPI_TRY(MPI_Ireduce(MPI_IN_PLACE, buf, n, type, op, 0, m->node_reduce, REQ(r)));
+    else MPI_TRY(MPI_Ireduce(buf, NULL, n, type, op, 0, m->node_reduce, REQ(r)));
+    return ST_OK;
+}
+
+int world_iallreduce_leaders(comm *c, void *buf, int n, world_type t, world_req *r) {
+    mpi_world *m = c->w;
+    TRY(nodes_check(m, m->leaders, "the leaders' sum"));
+    MPI_Datatype type;
+    MPI_Op op;
+    TRY(sum_type_op(m, t, &type, &op));
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, op, m->leaders, REQ(r)));
+    return ST_OK;
+}
+
+int world_ibcast_node(comm *c, void *buf, int n, world_type t, world_req *r) {
+    mpi_world *m = c->w;
+    TRY(nodes_check(m, m->node_bcast, "the node's broadcast"));
+    MPI_Datatype type;
+    MPI_Op op;
+    TRY(sum_type_op(m, t, &type, &op));
+    MPI_TRY(MPI_Ibcast(buf, n, type, 0, m->node_bcast, REQ(r)));
     return ST_OK;
 }
 

@@ -37,6 +37,8 @@ static void ctx_free(cuda_ctx *c) {
     if (c->cublas) cublasDestroy(c->cublas);
     if (c->cublas_ws) cudaFree(c->cublas_ws);
     if (c->partials) cudaFree(c->partials);
+    if (c->lp_scratch) cudaFree(c->lp_scratch);
+    for (int i = 0; i < c->n_lp_retired; i++) cudaFree(c->lp_retired[i]);
     if (c->stream) cudaStreamDestroy(c->stream);
     (void)cudaGetLastError();  // nothing to report at tear-down; do not leak an error into a later check
     free(c);
@@ -364,6 +366,7 @@ static const backend_ops cuda_ops = {
     .add = cuda_add,
     .count_nonfinite = cuda_count_nonfinite,
     .clip_grad_norm = cuda_clip_grad_norm,
+    .round_to = cuda_round_to,  // precision_cuda.cu
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
     .stream = cuda_stream,
     .mark_create = cuda_mark_create,
@@ -384,6 +387,9 @@ static const backend_ops cuda_ops = {
     // activations on their own (layer_ops_cuda.cu)
     .act_forward = cuda_act_forward,
     .act_backward_input = cuda_act_backward_input,
+    // PowerSGD's dense linear algebra (linalg_cuda.cu)
+    .gemm = cuda_gemm,
+    .orthogonalize = cuda_orthogonalize,
 };
 
 extern "C" const char *backend_cuda_unusable(void) {
@@ -426,7 +432,7 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
     be->ops = &cuda_ops;
     be->ctx = c;
     // Before any plan: cuDNN plans fix their math mode and algorithms when conv_prepare makes them.
-    const backend_cuda_options cuda_opt = {opt->tf32, opt->deterministic};
+    const backend_cuda_options cuda_opt = {opt->tf32, opt->deterministic, opt->precision};
     st = backend_cuda_set_options(be, &cuda_opt);
     if (st != ST_OK) {
         ctx_free(c);
@@ -445,12 +451,17 @@ extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options 
     cublasCheck(cublasSetMathMode(c->cublas, opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     c->tf32 = opt->tf32 != 0;
     c->deterministic = opt->deterministic != 0;  // read by conv_prepare (conv_cuda.cu)
+    // fp32 and tf32: 0 (tf32 is the field above); bf16/fp16: read by conv_prepare and by dense at once
+    c->precision = opt->precision == PREC_BF16 || opt->precision == PREC_FP16 ? opt->precision : 0;
     return ST_OK;
 }
 
 extern "C" int backend_cuda_set_tf32(backend *be, int on) {
-    backend_cuda_options opt = {on, 0};
-    if (be && be->ops == &cuda_ops) opt.deterministic = ((const cuda_ctx *)be->ctx)->deterministic;
+    backend_cuda_options opt = {on, 0, 0};
+    if (be && be->ops == &cuda_ops) {
+        opt.deterministic = ((const cuda_ctx *)be->ctx)->deterministic;
+        opt.precision = ((const cuda_ctx *)be->ctx)->precision;
+    }
     return backend_cuda_set_options(be, &opt);
 }
 

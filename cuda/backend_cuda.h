@@ -19,6 +19,10 @@ typedef struct backend_cuda_options {
     // eager steps, give bit-identical parameters. Off: the fastest algorithm (deterministic when it costs
     // little). The training loss sum (one atomic per block) may still differ in its last bits.
     int deterministic;
+    // net.precision (docs/precision.md): PREC_BF16 or PREC_FP16 of config.h: convolutions and dense layers read
+    // 16-bit copies of their (already rounded) inputs and run on tensor cores with fp32 accumulation; weight
+    // gradients stay fp32. Anything else: fp32 (tf32 is the field above).
+    int precision;
 } backend_cuda_options;
 
 #ifdef DDP_HAVE_CUDA

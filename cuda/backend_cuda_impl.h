@@ -6,6 +6,8 @@
 //   bn_cuda.cu       batch normalisation (statistics, apply, the two halves of backward)
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
 //   layer_ops_cuda.cu  the ops of [shortcut], [route], [dropout], [avgpool]
+//   linalg_cuda.cu   gemm (cuBLAS) and orthogonalize: PowerSGD's products and Gram-Schmidt
+//   precision_cuda.cu  net.precision=bf16/fp16: round_to, the casts to and from 16 bits, dense's 16-bit scratch
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -15,6 +17,7 @@
 
 extern "C" {
 #include "backend.h"
+#include "config.h"  // PREC_BF16, PREC_FP16
 }
 
 #define CUDA_THREADS 256
@@ -24,6 +27,8 @@ extern "C" {
 #define STAGE_BYTES ((size_t)64 << 10)
 // cuBLAS workspace, set explicitly so that graph capture never sees cuBLAS allocate one.
 #define CUBLAS_WS_BYTES ((size_t)32 << 20)
+// Old 16-bit scratch buffers kept (it grows at least twofold each time: a few are ever retired).
+#define LP_RETIRED_MAX 32
 
 typedef struct cuda_ctx {
     int device;
@@ -31,6 +36,7 @@ typedef struct cuda_ctx {
     int cc;             // compute capability, major * 10 + minor
     int tf32;           // backend_cuda_options (backend_cuda.h)
     int deterministic;
+    int precision;      // PREC_BF16 or PREC_FP16: conv and dense read 16-bit copies (tensor cores); 0: fp32
     cudaStream_t stream;  // every op runs here; never the legacy default stream
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
@@ -49,6 +55,12 @@ typedef struct cuda_ctx {
     // stage_upload: its copy stream (made at the first use) and the event the copy waits on.
     cudaStream_t copy_stream;
     cudaEvent_t copy_after;
+    // dense's 16-bit copies of its operands under precision (precision_cuda.cu; conv's live in the workspace).
+    // A grown scratch's old buffer is kept until destroy: a captured graph may still read it.
+    void *lp_scratch;
+    size_t lp_scratch_bytes;
+    void *lp_retired[LP_RETIRED_MAX];
+    int n_lp_retired;
 } cuda_ctx;
 
 // Blocks for a grid-stride loop over n items: enough to fill the GPU a few times over, never more than needed.
@@ -107,6 +119,21 @@ int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32
 int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x, float *y);
 int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
                           float *dx);
+
+// ---- linalg_cuda.cu (PowerSGD's dense linear algebra)
+int cuda_gemm(void *ctx, int ta, int tb, int m, int n, int k, float alpha, const float *a, const float *b,
+              float beta, float *c);
+int cuda_orthogonalize(void *ctx, int n, int r, float eps, float *a);
+
+// ---- precision_cuda.cu (net.precision=bf16/fp16; format: PREC_BF16 or PREC_FP16)
+int cuda_round_to(void *ctx, size_t n, int format, const float *x, float *y);
+// x rounded to format (as round_to) into the 16-bit y16; and back, exactly
+int cuda_lp_cast_in(cuda_ctx *c, int format, size_t n, const float *x, void *y16);
+int cuda_lp_cast_out(cuda_ctx *c, int format, size_t n, const void *x16, float *y);
+// *out = the context's 16-bit scratch of at least `bytes` (grown outside a capture only)
+int cuda_lp_scratch(cuda_ctx *c, size_t bytes, void **out);
+// Bytes of a 16-bit copy of n values, rounded up so that the next copy placed after it stays 256-byte aligned.
+static inline size_t cuda_lp_bytes(size_t n) { return (n * 2 + 255) & ~(size_t)255; }
 
 // ---------------------------------------------------------------------------------------------------------
 // Device helpers shared by the kernels (each .cu is its own translation unit: no separable compilation).

@@ -19,6 +19,14 @@
 // Groups and dilation: on the convolution descriptors (cudnnSetConvolutionGroupCount; the filter descriptor is
 // [k, c/groups, r, s], PyTorch's layout). An algorithm without support for such a shape comes back from Find or
 // the heuristics with a failed status and rank_results skips it; the fallbacks support both.
+// net.precision=bf16/fp16 (c->precision when the plan is made: p->lp): forward and backward-data run on 16-bit
+// copies in the workspace (cuDNN's PSEUDO_BFLOAT16/PSEUDO_HALF configurations: 16-bit x, w, y descriptors, a
+// CUDNN_DATA_FLOAT convolution descriptor, tensor-core math), their 16-bit outputs cast back into the fp32 buffers
+// (rounded once by cuDNN, so the model's round_to is then a no-op; a conv with a bias rounds twice: the conv's
+// output, then after the bias add). Backward-filter has no configuration with 16-bit inputs and an fp32 dw, and
+// the weight gradient must be fp32 (docs/precision.md): it runs on the fp32 buffers, whose values are rounded to
+// the format and so exact in TF32, with TF32 math allowed but no FFT or Winograd algorithm (those transform the
+// inputs first, and the transformed values would be rounded to TF32): the same products, fp32 accumulation.
 // Bias + ReLU: our kernel after cudnnConvolutionForward, not cudnnConvolutionBiasActivationForward, which
 // supports ReLU only with IMPLICIT_PRECOMP_GEMM and would tie the algorithm choice to the activation.
 #include <math.h>
@@ -33,6 +41,13 @@ typedef struct conv_plan {
     int n, c, h, w, k, r, s, stride, pad, groups, dilation, oh, ow;  // the shape the plan was made for
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
+    // precision (PREC_BF16/PREC_FP16, 0: fp32): the 16-bit descriptors forward and backward-data use, and where
+    // the 16-bit copies start in the workspace (after what cuDNN and the bias reduction use): x | w | y, each
+    // cuda_lp_bytes long (backward-data puts dx where x goes and dy where y goes)
+    int lp;
+    cudnnTensorDescriptor_t x16_desc, y16_desc;
+    cudnnFilterDescriptor_t w16_desc;
+    size_t lp_off;
     // One convolution descriptor per direction: the chosen algorithms may need different math types.
     cudnnConvolutionDescriptor_t fwd_desc, bwd_data_desc, bwd_filter_desc;
     cudnnConvolutionFwdAlgo_t fwd;
@@ -88,6 +103,9 @@ static void plan_free(conv_plan *p) {
     if (p->x_desc) cudnnDestroyTensorDescriptor(p->x_desc);
     if (p->y_desc) cudnnDestroyTensorDescriptor(p->y_desc);
     if (p->w_desc) cudnnDestroyFilterDescriptor(p->w_desc);
+    if (p->x16_desc) cudnnDestroyTensorDescriptor(p->x16_desc);
+    if (p->y16_desc) cudnnDestroyTensorDescriptor(p->y16_desc);
+    if (p->w16_desc) cudnnDestroyFilterDescriptor(p->w16_desc);
     if (p->fwd_desc) cudnnDestroyConvolutionDescriptor(p->fwd_desc);
     if (p->bwd_data_desc) cudnnDestroyConvolutionDescriptor(p->bwd_data_desc);
     if (p->bwd_filter_desc) cudnnDestroyConvolutionDescriptor(p->bwd_filter_desc);
@@ -123,17 +141,30 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
     // Grouped: [k, c/groups, r, s], PyTorch's layout; the group count goes on the convolution descriptors.
     cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, d->k, d->c / d->groups, d->r,
                                           d->s));
+    if (p->lp) {
+        const cudnnDataType_t t = p->lp == PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
+        cudnnCheck(cudnnCreateTensorDescriptor(&p->x16_desc));
+        cudnnCheck(cudnnCreateTensorDescriptor(&p->y16_desc));
+        cudnnCheck(cudnnCreateFilterDescriptor(&p->w16_desc));
+        cudnnCheck(cudnnSetTensor4dDescriptor(p->x16_desc, CUDNN_TENSOR_NCHW, t, d->n, d->c, d->h, d->w));
+        cudnnCheck(cudnnSetTensor4dDescriptor(p->y16_desc, CUDNN_TENSOR_NCHW, t, d->n, d->k, d->oh, d->ow));
+        cudnnCheck(cudnnSetFilter4dDescriptor(p->w16_desc, t, CUDNN_TENSOR_NCHW, d->k, d->c / d->groups, d->r, d->s));
+    }
     cudnnConvolutionDescriptor_t *descs[3] = {&p->fwd_desc, &p->bwd_data_desc, &p->bwd_filter_desc};
+    // 16-bit data: tensor cores; backward-filter under precision: TF32 allowed (its inputs are exact in TF32)
+    const cudnnMathType_t lp_math[3] = {CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH};
     for (int i = 0; i < 3; i++) {
         cudnnCheck(cudnnCreateConvolutionDescriptor(descs[i]));
         // Cross-correlation (no kernel flip), as PyTorch and the CPU reference compute it.
         cudnnCheck(cudnnSetConvolution2dDescriptor(*descs[i], d->pad, d->pad, d->stride, d->stride, d->dilation,
                                                    d->dilation, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
         cudnnCheck(cudnnSetConvolutionGroupCount(*descs[i], d->groups));
-        cudnnCheck(cudnnSetConvolutionMathType(*descs[i], c->tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+        cudnnCheck(cudnnSetConvolutionMathType(*descs[i], p->lp ? lp_math[i] : c->tf32 ? CUDNN_DEFAULT_MATH
+                                                                                        : CUDNN_FMA_MATH));
     }
     int on = 0, oc = 0, oh = 0, ow = 0;
     cudnnCheck(cudnnGetConvolution2dForwardOutputDim(p->fwd_desc, p->x_desc, p->w_desc, &on, &oc, &oh, &ow));
+    (void)c;
     if (on != d->n || oc != d->k || oh != d->oh || ow != d->ow)
         return ERR(ST_RUNTIME, "conv_prepare: cuDNN output shape %dx%dx%dx%d differs from ours %dx%dx%dx%d", on, oc, oh,
                    ow, d->n, d->k, d->oh, d->ow);
@@ -142,6 +173,15 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
 
 // ---------------------------------------------------------------------------------------------------------
 // Plans: algorithm choice
+
+// The descriptors of forward and backward-data: 16-bit under precision, else the fp32 ones (backward-filter's).
+static cudnnTensorDescriptor_t xd(const conv_plan *p) { return p->lp ? p->x16_desc : p->x_desc; }
+static cudnnTensorDescriptor_t yd(const conv_plan *p) { return p->lp ? p->y16_desc : p->y_desc; }
+static cudnnFilterDescriptor_t wd(const conv_plan *p) { return p->lp ? p->w16_desc : p->w_desc; }
+
+// Which math a direction's candidates may use: FMA only (fp32, the tests' reference), any (tf32=1, or 16-bit
+// data), or any but the transforming algorithms (backward-filter under precision: TF32 on exact inputs).
+enum math_policy { MATH_FMA, MATH_ANY, MATH_EXACT_TF32 };
 
 // What differs between the three directions: cuDNN's types and calls, the plan fields a choice fills, the
 // fallback algorithm, and whether backward's preference for deterministic algorithms applies. The workspace
@@ -153,21 +193,22 @@ struct dir_fwd {
     enum { n_algos = CUDNN_CONVOLUTION_FWD_ALGO_COUNT, backward = 0 };
     static const char *name() { return "forward"; }
     static algo_t fallback() { return CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM; }
+    static math_policy policy(const cuda_ctx *c, const conv_plan *p) { return p->lp || c->tf32 ? MATH_ANY : MATH_FMA; }
+    static int transforms(algo_t) { return 0; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->fwd_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->fwd = algo, p->ws_fwd = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
-        return cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc, algo,
-                                                       ws);
+        return cudnnGetConvolutionForwardWorkspaceSize(c->cudnn, xd(p), wd(p), p->fwd_desc, yd(p), algo, ws);
     }
     static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
-        cudnnCheck(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, p->x_desc, p->w_desc, p->fwd_desc, p->y_desc,
+        cudnnCheck(cudnnGetConvolutionForwardAlgorithm_v7(c->cudnn, xd(p), wd(p), p->fwd_desc, yd(p),
                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf));
         return ST_OK;
     }
     static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
-        cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, p->x_desc, s->x, p->w_desc, s->w, p->fwd_desc,
-                                                          p->y_desc, s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count,
-                                                          perf, s->ws, s->ws_bytes));
+        cudnnCheck(cudnnFindConvolutionForwardAlgorithmEx(c->cudnn, xd(p), s->x, wd(p), s->w, p->fwd_desc, yd(p),
+                                                          s->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &count, perf, s->ws,
+                                                          s->ws_bytes));
         return ST_OK;
     }
 };
@@ -178,22 +219,23 @@ struct dir_bwd_data {
     enum { n_algos = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, backward = 1 };
     static const char *name() { return "backward-data"; }
     static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_DATA_ALGO_1; }
+    static math_policy policy(const cuda_ctx *c, const conv_plan *p) { return p->lp || c->tf32 ? MATH_ANY : MATH_FMA; }
+    static int transforms(algo_t) { return 0; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_data_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_data = algo, p->ws_bwd_data = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
-        return cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
-                                                            p->x_desc, algo, ws);
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(c->cudnn, wd(p), yd(p), p->bwd_data_desc, xd(p), algo,
+                                                            ws);
     }
     static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
-        cudnnCheck(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, p->w_desc, p->y_desc, p->bwd_data_desc,
-                                                               p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                               &count, perf));
+        cudnnCheck(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->cudnn, wd(p), yd(p), p->bwd_data_desc, xd(p),
+                                                               CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf));
         return ST_OK;
     }
     // dx goes to the x scratch (x itself is not an input of this direction).
     static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
-        cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, p->w_desc, s->w, p->y_desc, s->y,
-                                                               p->bwd_data_desc, p->x_desc, s->x,
+        cudnnCheck(cudnnFindConvolutionBackwardDataAlgorithmEx(c->cudnn, wd(p), s->w, yd(p), s->y,
+                                                               p->bwd_data_desc, xd(p), s->x,
                                                                CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &count, perf,
                                                                s->ws, s->ws_bytes));
         return ST_OK;
@@ -206,6 +248,13 @@ struct dir_bwd_filter {
     enum { n_algos = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, backward = 1 };
     static const char *name() { return "backward-filter"; }
     static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1; }
+    static math_policy policy(const cuda_ctx *c, const conv_plan *p) {
+        return p->lp ? MATH_EXACT_TF32 : c->tf32 ? MATH_ANY : MATH_FMA;
+    }
+    static int transforms(algo_t a) {
+        return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+               a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+    }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_filter_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_filter = algo, p->ws_bwd_filter = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
@@ -282,13 +331,14 @@ static int scratch_alloc(cuda_ctx *c, const conv_desc *d, const conv_plan *p, si
 enum rank_mode { RANK_FASTEST, RANK_PREFER_DET, RANK_ONLY_DET };
 
 // Indices of the usable results in the order to try them (see rank_mode).
-template <typename Perf>
-static int rank_results(const Perf *perf, int count, size_t ws_cap, int tf32, rank_mode mode, int *order) {
+template <typename Dir, typename Perf>
+static int rank_results(const Perf *perf, int count, size_t ws_cap, math_policy math, rank_mode mode, int *order) {
     const int timed = mode != RANK_ONLY_DET;  // heuristic results carry no time
     int n = 0;
     for (int i = 0; i < count; i++) {
         const Perf &q = perf[i];
-        const int math_ok = tf32 || q.mathType == CUDNN_FMA_MATH || q.mathType == CUDNN_DEFAULT_MATH;
+        const int math_ok = (math != MATH_FMA || q.mathType == CUDNN_FMA_MATH || q.mathType == CUDNN_DEFAULT_MATH) &&
+                            !(math == MATH_EXACT_TF32 && Dir::transforms(q.algo));
         const int det_ok = timed || q.determinism == CUDNN_DETERMINISTIC;
         const int time_ok = !timed || q.time >= 0.f;
         if (q.status == CUDNN_STATUS_SUCCESS && q.memory <= ws_cap && time_ok && math_ok && det_ok) order[n++] = i;
@@ -322,8 +372,8 @@ static size_t candidate_ws_cap(const cuda_ctx *c, const find_scratch *s, size_t 
     return c->deterministic ? cap : s->ws_bytes;
 }
 
-static cudnnMathType_t math_for(const cuda_ctx *c, cudnnMathType_t found) {
-    return c->tf32 ? found : CUDNN_FMA_MATH;
+static cudnnMathType_t math_for(math_policy math, cudnnMathType_t found) {
+    return math == MATH_FMA ? CUDNN_FMA_MATH : found;
 }
 
 // Accept an algorithm only when cuDNN confirms it for the math type we will run it with.
@@ -356,14 +406,17 @@ static int choose_algo(const cuda_ctx *c, const conv_desc *d, conv_plan *p, cons
         TRY(Dir::heuristic(c, p, count, perf));
     else
         TRY(Dir::find(c, p, s, count, perf));
-    const int m = rank_results(perf, count, candidate_ws_cap(c, s, cap), c->tf32, rank_mode_for(c, Dir::backward),
-                               order);
+    const math_policy math = Dir::policy(c, p);
+    const int m = rank_results<Dir>(perf, count, candidate_ws_cap(c, s, cap), math, rank_mode_for(c, Dir::backward),
+                                    order);
     for (int i = 0; i < m; i++) {
         const typename Dir::perf_t &q = perf[order[i]];
-        if (try_algo<Dir>(c, p, q.algo, math_for(c, q.mathType), q.memory, cap)) return ST_OK;
+        if (try_algo<Dir>(c, p, q.algo, math_for(math, q.mathType), q.memory, cap)) return ST_OK;
     }
-    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(c, CUDNN_DEFAULT_MATH), 0, cap)) return ST_OK;
-    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(c, CUDNN_DEFAULT_MATH), 0, WS_CAP)) return ST_OK;
+    // 16-bit data: tensor-core math for the fallback as well (cuDNN runs it on FMA if it has no such kernel)
+    const cudnnMathType_t fb = p->lp && math == MATH_ANY ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH;
+    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(math, fb), 0, cap)) return ST_OK;
+    if (try_algo<Dir>(c, p, Dir::fallback(), math_for(math, fb), 0, WS_CAP)) return ST_OK;
     return no_algo(d, Dir::name());
 }
 
@@ -376,6 +429,12 @@ static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t
     if (st == ST_OK) st = choose_algo<dir_bwd_filter>(c, d, p, &s, cap);
     scratch_free(&s);  // cudaFree waits for the timing runs
     return st;
+}
+
+// The 16-bit copies of x, w and y under precision (plan's lp_off).
+static size_t lp_copies_bytes(const conv_desc *d) {
+    return cuda_lp_bytes((size_t)d->n * d->c * d->h * d->w) + cuda_lp_bytes((size_t)d->k * (d->c / d->groups) * d->r * d->s) +
+           cuda_lp_bytes((size_t)d->n * d->k * d->oh * d->ow);
 }
 
 // Enough blocks per channel that the reduction fills the GPU; each block still sums >= 4096 values.
@@ -407,8 +466,16 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     p->stride = d->stride, p->pad = d->pad, p->groups = d->groups, p->dilation = d->dilation;
     p->oh = d->oh, p->ow = d->ow;
     p->bias_splits = bias_splits(d);
+    p->lp = c->precision;
+    if (p->lp == PREC_BF16 && c->cc < 80) {
+        free(p);
+        return ERR(ST_INPUT, "conv_prepare: net.precision=bf16 needs a GPU of compute capability 8.0 or later (this "
+                             "one is %d.%d); use fp16 or fp32", c->cc / 10, c->cc % 10);
+    }
+    const size_t lp_bytes = p->lp ? lp_copies_bytes(d) : 0;
     size_t cap = WS_CAP;
-    if (d->n < c->conv_max_n && c->conv_ws_high < cap) cap = c->conv_ws_high;
+    if (d->n < c->conv_max_n && c->conv_ws_high < cap + lp_bytes)  // the whole need stays within the high mark
+        cap = c->conv_ws_high > lp_bytes ? c->conv_ws_high - lp_bytes : 0;
     int st = plan_descriptors(c, d, p);
     if (st == ST_OK) st = plan_algorithms(c, d, p, cap);
     if (st != ST_OK) {
@@ -421,6 +488,10 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     if (p->ws_bwd_filter > need) need = p->ws_bwd_filter;
     const size_t partial = p->bias_splits > 1 ? (size_t)d->k * p->bias_splits * sizeof(float) : 0;
     if (partial > need) need = partial;
+    if (p->lp) {
+        p->lp_off = (need + 255) & ~(size_t)255;
+        need = p->lp_off + lp_bytes;
+    }
     *workspace_bytes = need;
     if (d->n > c->conv_max_n) c->conv_max_n = d->n;
     if (need > c->conv_ws_high) c->conv_ws_high = need;
@@ -445,16 +516,42 @@ static int ws_check(size_t need, const void *ws, const char *op) {
     return ST_OK;
 }
 
+// Where the 16-bit copies are in the workspace (lp_copies_bytes' layout) and their value counts.
+typedef struct lp_copies {
+    void *x, *w, *y;
+    size_t nx, nw, ny;
+} lp_copies;
+
+static lp_copies lp_copies_at(const conv_desc *d, const conv_plan *p, void *ws) {
+    lp_copies cp;
+    cp.nx = (size_t)d->n * d->c * d->h * d->w;
+    cp.nw = (size_t)d->k * (d->c / d->groups) * d->r * d->s;
+    cp.ny = (size_t)d->n * d->k * d->oh * d->ow;
+    cp.x = (char *)ws + p->lp_off;
+    cp.w = (char *)cp.x + cuda_lp_bytes(cp.nx);
+    cp.y = (char *)cp.w + cuda_lp_bytes(cp.nw);
+    return cp;
+}
+
 int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
                       void *ws) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
     TRY(plan_get(d, "conv_forward", &p));
-    TRY(ws_check(p->ws_fwd, ws, "conv_forward"));
+    TRY(ws_check(p->lp ? p->lp_off + 1 : p->ws_fwd, ws, "conv_forward"));  // lp: the copies always need room
     const float one = 1.f, zero = 0.f;
+    const int hw = d->oh * d->ow;
+    if (p->lp) {
+        const lp_copies cp = lp_copies_at(d, p, ws);
+        TRY(cuda_lp_cast_in(c, p->lp, cp.nx, x, cp.x));
+        TRY(cuda_lp_cast_in(c, p->lp, cp.nw, w, cp.w));
+        cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x16_desc, cp.x, p->w16_desc, cp.w, p->fwd_desc, p->fwd,
+                                           ws, p->ws_fwd, &zero, p->y16_desc, cp.y));
+        TRY(cuda_lp_cast_out(c, p->lp, cp.ny, cp.y, y));
+        return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, hw, d->act);
+    }
     cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x_desc, x, p->w_desc, w, p->fwd_desc, p->fwd, ws, p->ws_fwd,
                                        &zero, p->y_desc, y));
-    const int hw = d->oh * d->ow;
     return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, hw, d->act);
 }
 
@@ -493,7 +590,15 @@ int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const floa
         cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x_desc, x, p->y_desc, dy, p->bwd_filter_desc,
                                                   p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dw));
     }
-    if (dx) {
+    if (dx && p->lp) {  // dy (masked) to 16 bits: exact for relu/relu6/none, whose masks are 0 or 1
+        TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));
+        const lp_copies cp = lp_copies_at(d, p, ws);
+        TRY(cuda_lp_cast_in(c, p->lp, cp.ny, dy, cp.y));
+        TRY(cuda_lp_cast_in(c, p->lp, cp.nw, w, cp.w));
+        cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w16_desc, cp.w, p->y16_desc, cp.y, p->bwd_data_desc,
+                                                p->bwd_data, ws, p->ws_bwd_data, &zero, p->x16_desc, cp.x));
+        TRY(cuda_lp_cast_out(c, p->lp, cp.nx, cp.x, dx));
+    } else if (dx) {
         TRY(ws_check(p->ws_bwd_data, ws, "conv_backward"));
         cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w_desc, w, p->y_desc, dy, p->bwd_data_desc,
                                                 p->bwd_data, ws, p->ws_bwd_data, &zero, p->x_desc, dx));

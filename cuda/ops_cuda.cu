@@ -433,6 +433,47 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
 //                                                          [out x n] (ld out), op T.
 //   dx       dx^T[in x n]  = W^T[in x out] · dy^T[out x n]: A = w as W^T (ld in), op N; B = dy as dy^T (ld out),
 //                                                          op N.
+// net.precision=bf16/fp16 (c->precision): the same products on 16-bit copies of the operands in the context's
+// scratch (cuBLAS's tensor cores), accumulated in fp32 (CUBLAS_COMPUTE_32F) and written as fp32 (Ctype
+// CUDA_R_32F), so y, dx and dw are rounded only where the model rounds them, as in the CPU emulation.
+static cudaDataType lp_type(int format) { return format == PREC_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+static int dense_lp_forward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, float *y) {
+    const size_t wb = cuda_lp_bytes((size_t)out * in);
+    char *s = NULL;
+    TRY(cuda_lp_scratch(c, wb + cuda_lp_bytes((size_t)n * in), (void **)&s));
+    TRY(cuda_lp_cast_in(c, c->precision, (size_t)out * in, w, s));
+    TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * in, x, s + wb));
+    const float one = 1.f, zero = 0.f;
+    const cudaDataType t = lp_type(c->precision);
+    cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, s, t, in, s + wb, t, in, &zero, y,
+                             CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return ST_OK;
+}
+
+// dy (already masked by act') is cast as well: exact for relu/relu6/none, whose masks are 0 or 1.
+static int dense_lp_backward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, const float *dy,
+                             float *dx, float *dw) {
+    const size_t wb = cuda_lp_bytes((size_t)out * in), xb = cuda_lp_bytes((size_t)n * in);
+    char *s = NULL;
+    TRY(cuda_lp_scratch(c, wb + xb + cuda_lp_bytes((size_t)n * out), (void **)&s));
+    char *w16 = s, *x16 = s + wb, *dy16 = s + wb + xb;
+    TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * out, dy, dy16));
+    const float one = 1.f, zero = 0.f;
+    const cudaDataType t = lp_type(c->precision);
+    if (dw) {
+        TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * in, x, x16));
+        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x16, t, in, dy16, t, out, &zero,
+                                 dw, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    if (dx) {
+        TRY(cuda_lp_cast_in(c, c->precision, (size_t)out * in, w, w16));
+        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w16, t, in, dy16, t, out, &zero,
+                                 dx, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return ST_OK;
+}
+
 int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,
                        float *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
@@ -441,7 +482,10 @@ int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *
     TRY(size_check((size_t)n * out, "dense_forward", "the output"));
     if (n == 0) return ST_OK;
     const float one = 1.f, zero = 0.f;
-    cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out));
+    if (c->precision)
+        TRY(dense_lp_forward(c, n, in, out, x, w, y));
+    else
+        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out));
     return cuda_bias_act(c, y, b, n * out, out, 1, act);
 }
 
@@ -464,6 +508,7 @@ int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float 
         dense_bias_grad_kernel<<<(out + 31) / 32, block, 0, c->stream>>>(dy, y, db, n, out, act);
         cudaCheckLaunch();
     }
+    if (c->precision) return dense_lp_backward(c, n, in, out, x, w, dy, dx, dw);
     if (dw) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in));
     if (dx) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &zero, dx, in));
     return ST_OK;

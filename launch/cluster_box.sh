@@ -2,7 +2,9 @@
 # cluster_box.sh — a real Slurm cluster in miniature on this host: N nodes, each a set of Linux namespaces
 # (network, mount with a private /tmp, /dev/shm and Slurm spool, UTS hostname), joined by tbf-shaped veth links
 # to a bridge in a hub namespace that runs the controller (slurmctld; munged beside it). Needs root.
-#   ./launch/cluster_box.sh up [--nodes N] [--cpus-per-node C] [--link-gbit X]   start (idempotent); default 2 2 1
+#   ./launch/cluster_box.sh up [--nodes N] [--cpus-per-node C] [--link-gbit X | --link-mbit X]
+#                                                        start (idempotent); default 2 nodes, 2 CPUs, 1 Gbit/s
+#                                                        links (--link-mbit: in Mbit/s, e.g. 50 for slow links)
 #   ./launch/cluster_box.sh status                       namespaces, daemons, link shaping, sinfo, squeue
 #   ./launch/cluster_box.sh exec NODE CMD...             run CMD in NODE's namespaces (NODE: hub, n1 ... nN),
 #                                                        with SLURM_CONF and the box's Open MPI settings set
@@ -10,7 +12,8 @@
 #                                                        sbatch launch/slurm.sbatch on the box (CPU backend,
 #                                                        comm mpi) and wait for it as sbatch --wait does, print
 #                                                        the job's output, exit with the job's exit code
-#   ./launch/cluster_box.sh link NODE up|down|GBIT       take NODE's link down or up, or reshape it
+#   ./launch/cluster_box.sh link NODE up|down|RATE       take NODE's link down or up, or reshape it: RATE in
+#                                                        Gbit/s (0.5), or with a unit (50mbit, 2gbit)
 #   ./launch/cluster_box.sh kill-node NODE               SIGKILL every process on NODE (a node crash), then
 #                                                        start its slurmd again
 #   ./launch/cluster_box.sh down                         remove every namespace, process and file it made
@@ -72,7 +75,11 @@ holder() { cat "$dir/run/$1.holder" 2>/dev/null; }        # pid of the process t
 is_up() { [ -f "$dir/box.env" ] && grep -q "^$(ns hub)\b" <<<"$(ip netns list 2>/dev/null)"; }
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
 # shellcheck disable=SC1091  # written by write_files
-load_env() { [ -f "$dir/box.env" ] || die 1 "box '$box' is not up (run: $0 up)"; . "$dir/box.env"; }
+load_env() {
+  [ -f "$dir/box.env" ] || die 1 "box '$box' is not up (run: $0 up)"
+  . "$dir/box.env"
+  LINK_MBIT=${LINK_MBIT:-$(rate_mbit "${LINK_GBIT:-1}")}
+}
 node_names() { local i; for i in $(seq 1 "$NODES"); do echo "n$i"; done; }
 
 # Run a command inside a node's (or the hub's) namespaces, with the box's settings.
@@ -91,13 +98,29 @@ in_node() {
     OMPI_MCA_osc="${OMPI_MCA_osc:-ucx}" UCX_TLS="${UCX_TLS:-tcp,self}" "$@"
 }
 
-# Rate for tc: X Gbit/s as Mbit/s, and a burst of 0.5 ms at that rate (at least 64 KiB) so tbf can reach it.
-tc_shape() {  # tc_shape NETNS DEV GBIT
-  local mbit burst
-  mbit=$(awk -v g="$3" 'BEGIN { printf "%d", g * 1000 }')
-  [ "$mbit" -ge 1 ] || die 2 "--link-gbit must be > 0, not '$3'"
-  burst=$(awk -v m="$mbit" 'BEGIN { b = m * 1e6 / 8 * 0.0005; if (b < 65536) b = 65536; printf "%d", b }')
-  ip netns exec "$1" tc qdisc replace dev "$2" root tbf rate "${mbit}mbit" burst "$burst" latency 50ms
+# A link rate as Mbit/s: "0.5" (Gbit/s, the unit of --link-gbit), "50mbit", "2gbit"; empty when not a rate of at
+# least 0.1 Mbit/s.
+rate_mbit() {
+  awk -v r="$1" 'BEGIN {
+    if (r ~ /^[0-9]*\.?[0-9]+mbit$/) m = substr(r, 1, length(r) - 4) + 0
+    else if (r ~ /^[0-9]*\.?[0-9]+gbit$/) m = substr(r, 1, length(r) - 4) * 1000
+    else if (r ~ /^[0-9]*\.?[0-9]+$/) m = r * 1000
+    else exit
+    if (m >= 0.1) printf "%g", m }'
+}
+rate_text() { awk -v m="$1" 'BEGIN { if (m >= 1000) printf "%g Gbit/s", m / 1000; else printf "%g Mbit/s", m }'; }
+
+# tbf at X Mbit/s (in kbit/s for tc) with a burst of 0.5 ms at the rate: at least 64 KiB from 1 Gbit/s up (so tbf
+# reaches the rate there), below that at least two full frames (3028 B). A fixed 64 KiB would let a small message
+# through at the veth's speed after any pause -- 52 ms of traffic at 10 Mbit/s: a 4 KiB all-reduce took 0.04 ms
+# at 50 Mbit/s with it and takes 1.46 ms (2 x 4 KiB on the wire) with 3 KB; TCP still gets 96 % of the rate.
+tc_shape() {  # tc_shape NETNS DEV MBIT
+  local kbit burst
+  kbit=$(awk -v m="$3" 'BEGIN { printf "%d", m * 1000 + 0.5 }')
+  [ "$kbit" -ge 100 ] || die 2 "a link rate must be at least 0.1 Mbit/s, not '$3' Mbit/s"
+  burst=$(awk -v k="$kbit" 'BEGIN { b = k * 1000 / 8 * 0.0005; f = k >= 1000000 ? 65536 : 3028
+                                    if (b < f) b = f; printf "%d", b }')
+  ip netns exec "$1" tc qdisc replace dev "$2" root tbf rate "${kbit}kbit" burst "$burst" latency 50ms
 }
 
 # The box's daemons keep none of the caller's descriptors but 0-2: one they inherited would stay open until
@@ -220,8 +243,11 @@ pid=\$(cat "$dir/run/\$host.holder" 2>/dev/null) || { echo "box rsh: no node '\$
 exec nsenter -t "\$pid" --net --mount --uts --wd="\$PWD" -- /bin/sh -c "\$*"
 EOF
   chmod 755 "$dir/rsh"
-  printf 'NODES=%s\nCPUS=%s\nLINK_GBIT=%s\n' "$NODES" "$CPUS" "$LINK_GBIT" >"$dir/box.env"
+  write_env
 }
+
+# box.env: the box's shape (a box from before --link-mbit has LINK_GBIT only: load_env reads both).
+write_env() { printf 'NODES=%s\nCPUS=%s\nLINK_MBIT=%s\n' "$NODES" "$CPUS" "$LINK_MBIT" >"$dir/box.env"; }
 
 start_munged() {
   chown munge:munge "$dir/munge"
@@ -240,7 +266,7 @@ start_munged() {
 
 print_how() {
   cat <<EOF
-box '$box' is up: $NODES node(s) x $CPUS CPU(s), links $LINK_GBIT Gbit/s (state in $dir)
+box '$box' is up: $NODES node(s) x $CPUS CPU(s), links $(rate_text "$LINK_MBIT") (state in $dir)
 $(in_node hub sinfo)
 submit the job script:   $0 submit [--nodes=2 --ntasks-per-node=1] [-- --epochs 1 --steps 50]
                          LAUNCHER=mpirun $0 submit ...
@@ -251,18 +277,21 @@ EOF
 }
 
 cmd_up() {
-  local nodes=2 cpus=2 gbit=1
+  local nodes=2 cpus=2 mbit=1000
   while [ $# -gt 0 ]; do
     case "$1" in
-      --nodes) nodes=$2; shift 2 ;;
-      --cpus-per-node) cpus=$2; shift 2 ;;
-      --link-gbit) gbit=$2; shift 2 ;;
+      --nodes) nodes=${2:-}; shift 2 ;;
+      --cpus-per-node) cpus=${2:-}; shift 2 ;;
+      --link-gbit|--link-mbit)
+        [[ ${2:-} =~ ^[0-9]*\.?[0-9]+$ ]] || die 2 "$1 must be a number, not '${2:-}'"
+        mbit=$(rate_mbit "$2$([ "$1" = --link-mbit ] && echo mbit)")
+        [ -n "$mbit" ] || die 2 "$1 $2: a link rate must be at least 0.1 Mbit/s"
+        shift 2 ;;
       *) die 2 "up: unknown argument '$1' (see --help)" ;;
     esac
   done
   [[ $nodes =~ ^[1-9][0-9]?$ ]] || die 2 "--nodes must be 1..99, not '$nodes'"
   [[ $cpus =~ ^[1-9][0-9]*$ ]] || die 2 "--cpus-per-node must be a positive integer, not '$cpus'"
-  [[ $gbit =~ ^[0-9]*\.?[0-9]+$ ]] || die 2 "--link-gbit must be a number, not '$gbit'"
   require install  # `up` installs what is missing; `check` only checks
   if is_up; then
     load_env
@@ -272,12 +301,12 @@ cmd_up() {
       alive "$(cat "$dir/run/slurmctld.pid" 2>/dev/null)" || ok=0
       alive "$(cat "$dir/munge/munged.pid" 2>/dev/null)" || ok=0
       if [ "$ok" = 1 ]; then
-        if [ "$LINK_GBIT" != "$gbit" ]; then
+        if [ "$LINK_MBIT" != "$mbit" ]; then
           for n in $(node_names); do
-            tc_shape "$(ns "$n")" eth0 "$gbit"; tc_shape "$(ns hub)" "v${n#n}" "$gbit"
+            tc_shape "$(ns "$n")" eth0 "$mbit"; tc_shape "$(ns hub)" "v${n#n}" "$mbit"
           done
-          LINK_GBIT=$gbit
-          printf 'NODES=%s\nCPUS=%s\nLINK_GBIT=%s\n' "$NODES" "$CPUS" "$LINK_GBIT" >"$dir/box.env"
+          LINK_MBIT=$mbit
+          write_env
         fi
         for n in $(node_names); do alive "$(cat "$dir/run/slurmd-$n.pid" 2>/dev/null)" || start_slurmd "$n"; done
         wait_ready 60 || exit 1
@@ -288,7 +317,7 @@ cmd_up() {
     echo "$me: box '$box' is up with another shape or a dead daemon: rebuilding it"
   fi
   cmd_down >/dev/null
-  NODES=$nodes CPUS=$cpus LINK_GBIT=$gbit
+  NODES=$nodes CPUS=$cpus LINK_MBIT=$mbit
   write_files
   start_munged
   # The network: a bridge in the hub, one veth pair per node, tbf on both ends.
@@ -306,8 +335,8 @@ cmd_up() {
     ip -n "$(ns hub)" link set "v$i" master br0 up
     ip -n "$(ns "$n")" addr add "$net.$((10 + i))/24" dev eth0
     ip -n "$(ns "$n")" link set eth0 up
-    tc_shape "$(ns "$n")" eth0 "$LINK_GBIT" || die 2 "tc tbf is not available here (kernel module sch_tbf)"
-    tc_shape "$(ns hub)" "v$i" "$LINK_GBIT"
+    tc_shape "$(ns "$n")" eth0 "$LINK_MBIT" || die 2 "tc tbf is not available here (kernel module sch_tbf)"
+    tc_shape "$(ns hub)" "v$i" "$LINK_MBIT"
   done
   start_holder hub 0
   for n in $(node_names); do start_holder "$n" 1; done
@@ -366,7 +395,7 @@ cmd_down() {
 cmd_status() {
   if ! is_up; then echo "box '$box' is down"; return 3; fi
   load_env
-  echo "box '$box': $NODES node(s) x $CPUS CPU(s), links $LINK_GBIT Gbit/s, state in $dir"
+  echo "box '$box': $NODES node(s) x $CPUS CPU(s), links $(rate_text "$LINK_MBIT"), state in $dir"
   local n pid
   for n in hub $(node_names); do
     pid=$(holder "$n")
@@ -385,13 +414,16 @@ cmd_exec() {
 }
 
 cmd_link() {
-  [ $# -eq 2 ] || die 2 "link NODE up|down|GBIT"
+  [ $# -eq 2 ] || die 2 "link NODE up|down|RATE (RATE: Gbit/s, or 50mbit, 2gbit)"
   load_env
-  local n=$1 i=${1#n}
+  local n=$1 i=${1#n} mbit
   { [ "$n" != hub ] && [ -n "$(holder "$n")" ]; } || die 2 "link: no node '$n'"
   case "$2" in
     up|down) ip -n "$(ns hub)" link set "v$i" "$2" ;;
-    *) tc_shape "$(ns "$n")" eth0 "$2"; tc_shape "$(ns hub)" "v$i" "$2" ;;
+    *)
+      mbit=$(rate_mbit "$2")
+      [ -n "$mbit" ] || die 2 "link: '$2' is not a rate of at least 0.1 Mbit/s (Gbit/s, or 50mbit, 2gbit)"
+      tc_shape "$(ns "$n")" eth0 "$mbit"; tc_shape "$(ns hub)" "v$i" "$mbit" ;;
   esac
 }
 

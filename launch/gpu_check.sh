@@ -4,7 +4,7 @@
 # the GPU tests, the MPI staging path, graph replay of every per-step value, NCCL at world 1, compute-sanitizer,
 # CPU/GPU parity, training runs and the PyTorch benchmark, in stages ordered by what they diagnose, each under
 # `timeout`, then a summary table. Logs go to --log-dir (8 files at most). Sized for one run of at most 10
-# minutes (machine start aside): the stage limits add up to the default --budget (540 s), and a stage starts
+# minutes (machine start aside): the stage limits add up to the default --budget (580 s), and a stage starts
 # only with its whole limit left -- one that cannot is reported `incomplete` and the run exits 1, so the check
 # never passes without running every stage. No stage needs mpirun. Every stage runs with NCCL_DEBUG=WARN and
 # cuDNN's error and warning log on stderr, and fails on any line of theirs.
@@ -22,7 +22,7 @@
 #   --werror            build with -Werror (default off: the machine's compiler may be newer than CI's)
 #   --wheels            take cuDNN and NCCL from python3's pip wheels even when the toolkit has them
 #   --compile           benchmark also against torch.compile (default: PyTorch eager only)
-#   --budget S          the whole run's time (default 540; --no-gpu 1500): a stage starts only when its whole
+#   --budget S          the whole run's time (default 580; --no-gpu 1500): a stage starts only when its whole
 #                       limit is left of it, else it is `incomplete` (exit 1). --no-gpu doubles each limit
 #                       (300 s to build) for a small CPU machine
 #   --stage-timeout STAGE=S   one stage's time limit (repeatable)
@@ -35,8 +35,8 @@
 #                       NCCL warning line and go on); also $DDP_GPU_CHECK_INJECT_FAIL
 #   -h, --help          this text
 #
-# Stages (limit in seconds; 540 in all): preflight (20) machine, tools, GPU and where each library comes from;
-# build (110) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
+# Stages (limit in seconds; 580 in all): preflight (20) machine, tools, GPU and where each library comes from;
+# build (100) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
 # CUDA op against the CPU op); capture (25) test_cuda_capture; staging (40) --comm mpi with the all-reduce forced
 # at world 1 (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce:
 # bit-identical checkpoints; graph (40) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
@@ -44,10 +44,15 @@
 # clipping, forced all-reduce: tests/gpu_graph.cfg); stream (30) Fashion-MNIST as PNG folders through the
 # streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
 # IDX in the same order, bit for bit, with crop and flip; nccl (30) bench_allreduce -c nccl and training with
-# parallel.force_allreduce=1, graph on and off; sanitize (60) compute-sanitizer memcheck then synccheck over
-# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (45) CPU vs GPU losses and accuracy;
-# runs (30) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
-# vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; bench (25)
+# parallel.force_allreduce=1, graph on and off, and with parallel.compress=bf16 and fp16 (losses near none's;
+# test_comm: nccl's 16-bit all-reduces against the CPU's); sanitize (45) compute-sanitizer memcheck then synccheck over
+# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (40) CPU vs GPU losses and accuracy;
+# runs (25) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
+# vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
+# configs/resnet50.cfg at 224x224 on synthetic data: per-step losses CPU vs GPU from the same weights, then img/s
+# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (30)
+# fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), then
+# img/s at fp32, tf32 and bf16 vs PyTorch eager fp32 and autocast(bf16) + channels_last; bench (25)
 # launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
 # timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
@@ -56,13 +61,13 @@
 # --no-gpu).
 set -euo pipefail
 
-STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet bench)
-declare -A LIMIT=([preflight]=20 [build]=110 [cuda-tests]=45 [capture]=25 [staging]=40 [graph]=40 [stream]=30
-                  [nccl]=30 [sanitize]=60 [parity]=45 [runs]=30 [resnet]=40 [bench]=25)
+STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
+declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=40 [graph]=40 [stream]=30
+                  [nccl]=30 [sanitize]=45 [parity]=40 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=30 [bench]=25)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
-                        [resnet]=1 [bench]=1)
+                        [resnet]=1 [resnet50]=1 [precision]=1 [bench]=1)
 
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 # Relative paths in the options are the caller's: the stages (this script again) resolve them the same way.
@@ -103,7 +108,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "${mpi:=$([ "$no_gpu" -eq 1 ] && echo OFF || echo AUTO)}" in AUTO|ON|OFF) ;; *) bad "--mpi: AUTO, ON or OFF" ;; esac
-[[ ${budget:=$([ "$no_gpu" -eq 1 ] && echo 1500 || echo 540)} =~ ^[0-9]+$ ]] || bad "--budget: seconds"
+[[ ${budget:=$([ "$no_gpu" -eq 1 ] && echo 1500 || echo 580)} =~ ^[0-9]+$ ]] || bad "--budget: seconds"
 # --no-gpu runs on a small machine (CI's 2 cores, other tests beside it): twice each limit, 300 s to build.
 if [ "$no_gpu" -eq 1 ]; then
   for s in "${STAGES[@]}"; do [ -n "${GIVEN[$s]:-}" ] || LIMIT[$s]=$((2 * LIMIT[$s])); done
@@ -151,11 +156,12 @@ finite() { [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; }
 
 # train LABEL ARGS...: one trainer run (directly, no mpirun) with --metrics $work/LABEL.jsonl, whose rows go to
 # metrics.jsonl in the log folder with "run":"LABEL" in front. Returns the trainer's status. --no-gpu: the
-# evaluation is on the first 1000 test images (the whole test set costs more than the short training).
+# evaluation is on the first 1000 test images (the whole test set costs more than the short training), unless
+# the run sets data.test_limit itself.
 train() {
   local label=$1 rc=0 t0=$SECONDS small=()
   shift
-  cpu_mode && small=(--set data.test_limit=1000)
+  cpu_mode && [[ " $* " != *" data.test_limit="* ]] && small=(--set data.test_limit=1000)
   echo "-- $label: trainer $* ${small[*]}"
   rm -f "$work/$label.jsonl"
   "$trainer_bin" "$@" "${small[@]}" "${data_args[@]}" --metrics "$work/$label.jsonl" >"$work/$label.out" 2>&1 || rc=$?
@@ -401,7 +407,7 @@ stage_build() {
   cat "$work/configure.log" >"$log_dir/build.log"
   grep -E 'CUDA backend|MPI' "$work/configure.log" || true
   avail=$(cmake --build "$build_dir" --target help 2>/dev/null || true)
-  for t in ckpt_tool test_backend_cuda test_cuda_capture test_backend_record; do
+  for t in ckpt_tool test_backend_cuda test_cuda_capture test_backend_record test_comm; do
     grep -qE "(^|[ .:])$t(:|$| )" <<<"$avail" && targets+=("$t")
   done
   echo "-- cmake --build $build_dir -j $jobs --target ${targets[*]}"
@@ -611,6 +617,35 @@ stage_nccl() {
   else
     bad+=("force_allreduce run failed")
   fi
+  # parallel.compress: the nccl backend's casts and 16-bit all-reduces against the CPU's (test_comm, one rank,
+  # MPI as a singleton: no mpirun; built where MPI is), then the same run with the buckets cast to bf16 / fp16
+  # around the all-reduce (--no-gpu: comm=mpi's user-defined operator): within 0.05 of compress=none's loss, yet
+  # not equal to it.
+  if ! cpu_mode && [ -x "$bin/tests/test_comm" ]; then
+    echo "-- DDP_REQUIRE_CUDA=1 $bin/tests/test_comm"
+    if OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DDP_REQUIRE_CUDA=1 "$bin/tests/test_comm" >"$work/test_comm.out" 2>&1 \
+       && grep -q 'OK \] test_nccl_compress_matches_cpu' "$work/test_comm.out"; then
+      k+="; test_comm nccl compress ok"
+    else
+      bad+=("test_comm (nccl bf16/fp16 against the CPU) failed")
+    fi
+    cat "$work/test_comm.out"
+  fi
+  local z lz az
+  for z in bf16 fp16; do
+    if train "forced-$z" "${common[@]}" --set "parallel.compress=$z" && [ -n "${lg:-}" ]; then
+      lz=$(jget "$work/forced-$z.jsonl" train_loss) az=$(jget "$work/forced-$z.jsonl" test_acc)
+      grep -q "^compression: .* as $z" "$work/forced-$z.out" || bad+=("compress=$z: no 'compression: ... as $z' line")
+      if ! finite "$lz" || ! fcmp "($lz - $lg) <= 0.05 && ($lg - $lz) <= 0.05"; then
+        bad+=("compress=$z: train loss $lz, compress=none's $lg (want within 0.05)")
+      elif [ "$lz" = "$lg" ]; then
+        bad+=("compress=$z: train loss $lz exactly compress=none's (were the buckets cast?)")
+      fi
+      k+="; $z: loss $lz acc $(f4 "$az")"
+    else
+      bad+=("compress=$z run failed")
+    fi
+  done
   all_passed
   key "$k"
 }
@@ -733,6 +768,163 @@ stage_resnet() {
   grep -q "^target .*: reached at epoch" "$work/speedrun.out" || bad+=("speedrun: ${reached:-no result}")
   all_passed
   key "5-step loss rel diff $rs; speedrun ${reached%% (test acc*}; best $best"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage: ImageNet scale. configs/resnet50.cfg (224x224x3, 1000 classes, its [include]d bottlenecks) on synthetic
+# data (data.format=synthetic: no image folder): the same initial weights (net.seed) on the CPU and the GPU for 2
+# steps, then ddp-cnn's img/s at batch 64 against PyTorch eager on the same GPU (launch/bench_torch.py).
+# step_losses LABEL: the loss of each step of the run's first epoch, from its per-step metrics (--log-every
+# 0.001: a row per step, each the mean loss of the epoch so far).
+step_losses() {
+  python3 - "$work/$1.steps.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(" ".join("%.9g" % (r["step"] * r["loss"] - (p["step"] * p["loss"] if p else 0)) for p, r in zip([None] + rows, rows)))
+PY
+}
+stage_resnet50() {
+  local cfg=configs/resnet50.cfg hw=224 b=8 bb=64 steps=20 side=gpu bad=() k='' ls lg r1=- r2=- ours theirs=- line
+  local a=(--backend cuda --set net.tf32=0) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0) dev=(--device cuda)
+  local ben=(--backend cuda --set net.tf32=0) warm=10
+  # --no-gpu: 64x64, the "GPU" side is the CPU backend on 1 thread against 2; the benchmark on the CPU.
+  if cpu_mode; then
+    hw=64 b=4 bb=4 steps=4 side=cpu1 a=(--backend cpu --comm mpi --threads 1 --set net.cuda_graph=0)
+    cpu+=(--threads 2) dev=(--device cpu --threads 2) ben=(--backend cpu --comm mpi --threads 2) warm=1
+  fi
+  local syn=(--config "$cfg" --seed 7 --set data.format=synthetic --set "net.height=$hw" --set "net.width=$hw"
+             --set parallel.comm_timeout_s=60)
+  # Tolerances, per step, calibrated on the CPU (seed 7, 2 steps; relative differences of the step's loss):
+  #   step 1 (the initial weights' forward): 1 vs 2 threads 7e-9 (224x224, batch 8) .. 1.8e-8 (64x64, batch 4).
+  #   step 2 (after one SGD update): 1 vs 2 threads 4.3e-7 (64, b4) .. 9.9e-6 (224, b8); the learning rate one
+  #     float32 ulp higher 7.6e-7 .. 1.5e-6; 1 % higher 6.1e-4 (224, b8) .. 8.6e-4 (64, b4); twice as high 0.3-0.8.
+  #   step 3 on: chaotic (1000 classes, batch 8, lr 0.0125: rounding alone moves step 3 by 2e-3 .. 5e-2), not compared.
+  # So step 1 within 5e-5 (three orders above the CPU's rounding, room for cuDNN's other summation orders; a wrong
+  # forward moves it by far more) and step 2 within 3e-4 (30x the CPU's rounding, half the effect of a 1 % error
+  # in the update). The GPU's own rounding here has not been measured on a device yet.
+  if train resnet50-cpu "${syn[@]}" "${cpu[@]}" --epochs 1 --batch "$b" --set "data.train_limit=$((2 * b))" \
+       --set "data.test_limit=$b" --log-every 0.001 &&
+     train "resnet50-$side" "${syn[@]}" "${a[@]}" --epochs 1 --batch "$b" --set "data.train_limit=$((2 * b))" \
+       --set "data.test_limit=$b" --log-every 0.001; then
+    read -r -a ls <<<"$(step_losses resnet50-cpu)"
+    read -r -a lg <<<"$(step_losses "resnet50-$side")"
+    if [ "${#ls[@]}" -ge 2 ] && [ "${#lg[@]}" -ge 2 ]; then
+      r1=$(rel "${ls[0]}" "${lg[0]}") r2=$(rel "${ls[1]}" "${lg[1]}")
+      echo "${hw}x$hw batch $b: step 1 loss cpu=${ls[0]} $side=${lg[0]} (relative $r1, at most 5e-5);" \
+           "step 2 cpu=${ls[1]} $side=${lg[1]} (relative $r2, at most 3e-4)"
+      fcmp "$r1 <= 5e-5" || bad+=("step 1 loss: cpu ${ls[0]} vs $side ${lg[0]} (relative $r1 > 5e-5)")
+      fcmp "$r2 <= 3e-4" || bad+=("step 2 loss: cpu ${ls[1]} vs $side ${lg[1]} (relative $r2 > 3e-4)")
+    else
+      bad+=("no per-step losses (cpu: ${ls[*]:-none}; $side: ${lg[*]:-none})")
+    fi
+  else
+    bad+=("the 2-step runs failed")
+  fi
+  k="step 1/2 loss rel diff $r1/$r2 (${hw}x$hw, b$b)"
+  # img/s: the second epoch of two (the first holds cuDNN's algorithm search and the graph capture), as bench_gpu.sh.
+  if train resnet50-bench "${syn[@]}" "${ben[@]}" --epochs 2 --batch "$bb" \
+       --set "data.train_limit=$((steps * bb))" --set "data.test_limit=$bb"; then
+    ours=$(jget "$work/resnet50-bench.jsonl" images_per_s)
+    k+="; b$bb ddp-cnn $(awk -v x="$ours" 'BEGIN { printf "%.1f", x }') img/s"
+  else
+    bad+=("the benchmark run failed"); ours=0
+  fi
+  # PyTorch eager, the same model (launch/torch_model.py), batch and steps after 10 warm-up steps; its own CUDA
+  # libraries (not .deps/env.sh's), as bench_gpu.sh.
+  local py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "TRAINER=$trainer_bin" "${PYTHON:-python3}")
+  if timeout 60 "${py[@]}" -c 'import sys, torch; sys.exit(0 if sys.argv[1] == "cpu" or torch.cuda.is_available() else 1)' \
+       "${dev[1]}" 2>/dev/null; then
+    echo "-- launch/bench_torch.py ${dev[*]} --config $cfg --data synthetic --batch $bb --steps $steps"
+    if line=$(timeout 120 "${py[@]}" launch/bench_torch.py "${dev[@]}" --config "$cfg" --data synthetic --batch "$bb" \
+                --steps "$steps" --warmup "$warm" --set "net.height=$hw" \
+                --set "net.width=$hw" 2>"$work/torch.err"); then
+      echo "$line"
+      theirs=$(sed -n 's/.*images_per_s=\([0-9.]*\).*/\1/p' <<<"$line")
+      k+=" vs torch eager $theirs ($(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.2fx", a / b }'))"
+    else
+      cat "$work/torch.err"; bad+=("bench_torch.py failed: $(tail -n 1 "$work/torch.err")")
+    fi
+  else
+    local what="no PyTorch"
+    [ "$side" = gpu ] && what+=" with CUDA"
+    k+=", torch not measured ($what)"
+  fi
+  all_passed
+  key "$k"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage: net.precision on the GPU (docs/precision.md). configs/fashion_resnet.cfg at bf16 and fp16 on the GPU
+# against the CPU's emulation from the same initial weights (net.seed), per-step losses of 2 steps of batch 128;
+# then img/s at fp32, tf32 and bf16 (synthetic data, the second epoch of two) against PyTorch eager fp32 and
+# autocast(bf16) + channels_last (launch/bench_torch.py). --no-gpu: the "GPU" side is the CPU backend on 1 thread
+# against 2 (the same emulation, another summation order), img/s on the CPU, no PyTorch.
+stage_precision() {
+  local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
+  local bad=() k='' p ls lg r1 r2 t1 t2 bb=256 steps=20 ours line theirs
+  [ -n "$fmnist" ] || die "no Fashion-MNIST"
+  if cpu_mode; then
+    side=cpu1 a=(--backend cpu --comm mpi --threads 1 --set net.cuda_graph=0) cpu+=(--threads 2) bb=32 steps=4
+  fi
+  local common=(--config "$cfg" --seed 7 --epochs 1 --set data.train_limit=256 --set data.test_limit=128
+                --set parallel.comm_timeout_s=30 --log-every 0.001)
+  # Tolerances (relative, per step), calibrated on the CPU (seed 7, batch 128): the emulation's own rounding, 1 vs 2
+  # threads, moves step 1 by 0 and step 2 by 4.7e-5 (bf16) / 4.7e-6 (fp16); the precision itself (emulated vs
+  # fp32) moves step 1 by 3.4e-4 (bf16) / 1.2e-5 (fp16) and step 2 by 1.6e-3 / 4.0e-4. The GPU sums in another
+  # order, so some values round to the neighbouring bf16/fp16 value (one ulp, 2^-8 / 2^-11 relative): step 1 within
+  # 1e-4 (bf16: a GPU computing fp32 would be 3.4e-4 off), step 2 within 5e-4 (bf16) / 1.5e-4 (fp16), about a third
+  # of the precision's effect and 10-30x the CPU's rounding noise. Not yet measured on a device.
+  for p in bf16 fp16; do
+    t1=1e-4 t2=$([ "$p" = bf16 ] && echo 5e-4 || echo 1.5e-4) r1=- r2=-
+    if train "prec-$p-cpu" "${common[@]}" "${cpu[@]}" --set "net.precision=$p" &&
+       train "prec-$p-$side" "${common[@]}" "${a[@]}" --set "net.precision=$p"; then
+      read -r -a ls <<<"$(step_losses "prec-$p-cpu")"
+      read -r -a lg <<<"$(step_losses "prec-$p-$side")"
+      if [ "${#ls[@]}" -ge 2 ] && [ "${#lg[@]}" -ge 2 ]; then
+        r1=$(rel "${ls[0]}" "${lg[0]}") r2=$(rel "${ls[1]}" "${lg[1]}")
+        echo "$p: step 1 loss cpu=${ls[0]} $side=${lg[0]} (relative $r1, at most $t1); step 2 cpu=${ls[1]}" \
+             "$side=${lg[1]} (relative $r2, at most $t2)"
+        fcmp "$r1 <= $t1" || bad+=("$p step 1 loss: cpu ${ls[0]} vs $side ${lg[0]} (relative $r1 > $t1)")
+        fcmp "$r2 <= $t2" || bad+=("$p step 2 loss: cpu ${ls[1]} vs $side ${lg[1]} (relative $r2 > $t2)")
+      else
+        bad+=("$p: no per-step losses")
+      fi
+    else
+      bad+=("$p: the 2-step runs failed")
+    fi
+    k+="$p step 1/2 rel diff $r1/$r2; "
+  done
+  # img/s, batch $bb: fp32 (FMA), tf32, bf16 (the CPU: tf32 is fp32 there, bf16 the emulation).
+  local syn=(--config "$cfg" --seed 7 --set data.format=synthetic --epochs 2 --batch "$bb"
+             --set "data.train_limit=$((steps * bb))" --set "data.test_limit=$bb")
+  cpu_mode && syn+=(--threads 2)
+  k+="b$bb img/s"
+  for p in fp32 tf32 bf16; do
+    if train "prec-bench-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=$p"; then
+      ours=$(jget "$work/prec-bench-$p.jsonl" images_per_s)
+      k+=" $p $(awk -v x="$ours" 'BEGIN { printf "%.0f", x }')"
+    else
+      bad+=("the $p benchmark run failed")
+    fi
+  done
+  local py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "${PYTHON:-python3}")
+  if ! cpu_mode && timeout 60 "${py[@]}" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    for mode in "" "--amp bf16 --channels-last"; do
+      # shellcheck disable=SC2086  # $mode: two options or none
+      if line=$(timeout 60 "${py[@]}" launch/bench_torch.py --device cuda --config "$cfg" --data synthetic \
+                  --batch "$bb" --steps "$steps" --warmup 10 $mode 2>"$work/torch.err"); then
+        echo "$line"
+        theirs=$(sed -n 's/.*images_per_s=\([0-9.]*\).*/\1/p' <<<"$line")
+        k+="; torch ${mode:-eager fp32} $theirs"
+      else
+        cat "$work/torch.err"; bad+=("bench_torch.py $mode failed: $(tail -n 1 "$work/torch.err")")
+      fi
+    done
+  else
+    k+=", torch not measured ($(cpu_mode && echo "no GPU" || echo "no PyTorch with CUDA"))"
+  fi
+  all_passed
+  key "$k"
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,6 +11,23 @@
         read DIR/metrics_<mode>_np<N>.jsonl (rank 0's --metrics of each run), write DIR/scaling.csv with the
         model next to every measurement, DIR/scaling_<mode>.dat and DIR/scaling_model.dat for gnuplot, and
         print the table and the mean relative error of model vs measurement
+    python3 launch/perf_model.py comm --params P --np N --alpha-us A --beta-gbps B [options]
+        one step's communication at N ranks without runs: the all-reduce of every bucket, comm and exposed
+        (with --backward-ms), under the options below; prints "comm_ms exposed_ms wire_bytes"
+
+Options of study and comm for what goes on the wire (defaults: the plain fp32 ring, as before):
+    --compress none|bf16|fp16|powersgd   bytes per element 4 (none), 2 (bf16, fp16); powersgd: a tensor of m x n
+        (shape[0] x the rest) sends r(m+n) values in two all-reduces (P, then Q) when r(m+n) * 2 < m*n (PyTorch's
+        min_compression_rate), else m*n; 1-D tensors (biases, batch norm) go uncompressed; needs --tensors
+    --powersgd-rank R                    r (default 1)
+    --tensors FILE                       the gradient tensors' shapes: a .safetensors checkpoint (its model
+        tensors; running statistics and optimizer state left out) or a text file, one shape per line (64x3x7x7)
+    --hierarchy flat|node|auto --ranks-per-node G --intra-alpha-us A --intra-beta-gbps B
+        node: reduce within each node (G ranks, intra-node alpha/beta), all-reduce among the N/G leaders
+        (alpha/beta above), broadcast within the node; flat: one ring over all N ranks at the inter-node alpha/beta;
+        auto: the faster of the two
+    --skew-ms S                          ranks finish backward apart: S ms of the slowest peer's lag at 2 ranks,
+        growing as the expected maximum of N normal lags, sqrt(2 ln N) / sqrt(2 ln 2); added to exposed
 
 The model (per training step, on every rank):
     compute(N)  = k(N) * [ (c1 - o1) * b(N)/b(1) + o1 ]     c1 = step_s - exposed_comm_s, o1 = optimizer_s of np 1
@@ -25,6 +42,10 @@ The model (per training step, on every rank):
                 = max(t_ar(S_last, N), comm(N) - backward(N)) with overlap: the last bucket (the first layers)
                                                              is ready only when backward ends; the others hide
                                                              behind the rest of backward at best
+                  + skew(N)                                  skew(N) = S * sqrt(ln N / ln 2) (0 at N = 1)
+    compression: S_i -> wire bytes of bucket i (bf16/fp16: S_i / 2; powersgd: S_i * the tensors' compressed /
+                 uncompressed bytes, with 2 all-reduces, so 2 latency terms, per bucket)
+    hierarchy:  t_node(S, N) = 2 * [a_i (G-1) + (G-1)/G * S / b_i] + t_ar(S, N/G)   (reduce, leaders, broadcast)
     step(N)     = compute(N) + exposed(N)
     images/s    = G(N) / step(N)
     efficiency  = step(1) / step(N) (weak),  step(1) / (N * step(N)) (strong)   (as in src/metrics.c)
@@ -74,9 +95,86 @@ def allreduce_s(size_bytes, n, alpha_s, beta_bps):
     return alpha_s * 2 * (n - 1) + 2 * (n - 1) / n * size_bytes / beta_bps
 
 
-def predict(base, n, mode, alpha_s, beta_bps, bucket_sizes, overlap, cores=0, threads=1):
+class Wire:
+    """What the all-reduces carry and how (the options of study and comm): compression, hierarchy, skew.
+    Wire() is the plain fp32 flat ring with no skew: the model as it was."""
+
+    def __init__(self, compress="none", powersgd_rank=1, tensors=None, hierarchy="flat", ranks_per_node=1,
+                 intra_alpha_s=0.0, intra_beta_bps=float("inf"), skew_s=0.0):
+        if compress not in ("none", "bf16", "fp16", "powersgd"):
+            raise ValueError(f"compress: '{compress}' is not none, bf16, fp16 or powersgd")
+        if hierarchy not in ("flat", "node", "auto"):
+            raise ValueError(f"hierarchy: '{hierarchy}' is not flat, node or auto")
+        if compress == "powersgd" and not tensors:
+            raise ValueError("compress powersgd needs the tensors' shapes (--tensors)")
+        self.compress, self.hierarchy, self.skew_s = compress, hierarchy, skew_s
+        self.ranks_per_node = max(1, int(ranks_per_node))
+        self.intra_alpha_s, self.intra_beta_bps = intra_alpha_s, intra_beta_bps
+        self.ratio, self.rounds = 1.0, 1  # wire bytes per fp32 byte; all-reduces per bucket
+        if compress in ("bf16", "fp16"):
+            self.ratio = 0.5
+        elif compress == "powersgd":
+            full = sum(numel(sh) for sh in tensors)
+            self.ratio = sum(powersgd_values(sh, powersgd_rank) for sh in tensors) / full
+            self.rounds = 2
+
+
+def numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def powersgd_values(shape, r):
+    """Values a tensor sends under PowerSGD of rank r: r(m + n) for m x n = shape[0] x the rest (P then Q) when
+    that compresses at least 2x (PyTorch's min_compression_rate), else every value; 1-D tensors: every value."""
+    if len(shape) < 2:
+        return numel(shape)
+    m, n = shape[0], numel(shape[1:])
+    return r * (m + n) if r * (m + n) * 2 < m * n else m * n
+
+
+def skew_at(skew_s, n):
+    """The slowest peer's lag at n ranks from the lag measured at 2: the expected maximum of n normal lags grows
+    as sqrt(2 ln n)."""
+    return 0.0 if n <= 1 else skew_s * math.sqrt(math.log(n) / math.log(2))
+
+
+def bucket_s(size_bytes, n, alpha_s, beta_bps, wire=None):
+    """One bucket's all-reduce at n ranks on the wire: compressed bytes in `rounds` all-reduces, one flat ring at
+    the inter-node alpha/beta (every hop priced as the slowest), or by node: reduce within each node, all-reduce
+    among the leaders, broadcast (one node: an all-reduce on the node's own links)."""
+    w = wire or Wire()
+    part = size_bytes * w.ratio / w.rounds
+    g = w.ranks_per_node
+    t = allreduce_s(part, n, alpha_s, beta_bps)
+    if w.hierarchy != "flat" and g > 1:
+        if n <= g:
+            node = allreduce_s(part, n, w.intra_alpha_s, w.intra_beta_bps)
+        else:
+            intra = w.intra_alpha_s * (g - 1) + (g - 1) / g * part / w.intra_beta_bps
+            node = 2 * intra + allreduce_s(part, math.ceil(n / g), alpha_s, beta_bps)
+        t = node if w.hierarchy == "node" else min(node, t)
+    return w.rounds * t
+
+
+def step_comm(n, alpha_s, beta_bps, bucket_sizes, overlap, backward, wire=None):
+    """(comm, exposed) of one step at n ranks: the buckets one after the other; with overlap all but the last
+    can hide behind backward; plus the slowest peer's lag (skew)."""
+    w = wire or Wire()
+    per_bucket = [bucket_s(s, n, alpha_s, beta_bps, w) for s in bucket_sizes]
+    comm = sum(per_bucket)
+    if n <= 1:
+        return comm, 0.0
+    exposed = max(per_bucket[-1], comm - backward) if overlap else comm
+    return comm, exposed + skew_at(w.skew_s, n)
+
+
+def predict(base, n, mode, alpha_s, beta_bps, bucket_sizes, overlap, cores=0, threads=1, wire=None):
     """base: np 1 figures {step_s, exposed_comm_s, backward_s, optimizer_s, batch}. Returns a dict of the
-    predicted per-step figures at n ranks (seconds) and the efficiency."""
+    predicted per-step figures at n ranks (seconds) and the efficiency. wire: compression, hierarchy and skew
+    (None: the fp32 flat ring)."""
     b1 = base["batch"]
     bn = b1 if mode == "weak" else b1 / n
     k = max(1.0, n * threads / cores) if cores > 0 else 1.0
@@ -84,14 +182,7 @@ def predict(base, n, mode, alpha_s, beta_bps, bucket_sizes, overlap, cores=0, th
     o1 = base["optimizer_s"]
     compute = k * ((c1 - o1) * bn / b1 + o1)
     backward = k * base["backward_s"] * bn / b1
-    per_bucket = [allreduce_s(s, n, alpha_s, beta_bps) for s in bucket_sizes]
-    comm = sum(per_bucket)
-    if n <= 1:
-        exposed = 0.0
-    elif overlap:
-        exposed = max(per_bucket[-1], comm - backward)
-    else:
-        exposed = comm
+    comm, exposed = step_comm(n, alpha_s, beta_bps, bucket_sizes, overlap, backward, wire)
     step = compute + exposed
     step1 = c1  # the model at n = 1
     eff = step1 / step if mode == "weak" else step1 / (n * step)
@@ -102,6 +193,49 @@ def predict(base, n, mode, alpha_s, beta_bps, bucket_sizes, overlap, cores=0, th
 
 # ---------------------------------------------------------------------------------------------------------
 # Inputs
+
+
+def read_tensors(path):
+    """The gradient tensors' shapes: a .safetensors checkpoint's model tensors (not its running statistics or
+    optimizer state), or a text file with one shape per line (64x3x7x7, or 64,3,7,7)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if path.endswith(".safetensors"):
+            meta = json.loads(f.read(int.from_bytes(head, "little")))
+            skip = ("running_mean", "running_var", "num_batches_tracked")
+            return [v["shape"] for k, v in meta.items()
+                    if k != "__metadata__" and not k.startswith("optim.") and not k.endswith(skip)]
+    shapes = []
+    with open(path) as f:
+        for ln in f:
+            ln = ln.split("#")[0].strip()
+            if ln:
+                shapes.append([int(d) for d in re.split(r"[x,\s]+", ln) if d])
+    if not shapes:
+        raise SystemExit(f"perf_model.py: {path}: no tensor shapes")
+    return shapes
+
+
+def wire_of(a):
+    """The Wire of the command line's options."""
+    try:
+        return Wire(a.compress, a.powersgd_rank, read_tensors(a.tensors) if a.tensors else None, a.hierarchy,
+                    a.ranks_per_node, a.intra_alpha_us * 1e-6, a.intra_beta_gbps * 1e9, a.skew_ms * 1e-3)
+    except ValueError as e:
+        raise SystemExit(f"perf_model.py: {e}")
+
+
+def bucket_kb_of(text):
+    """--bucket-kb: KiB, or auto (the trainer's choice: the runs' bucket_bytes; without them 32 KiB slices)."""
+    if text == "auto":
+        return text
+    try:
+        kb = int(text)
+    except ValueError:
+        kb = 0
+    if kb < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number of KiB or auto")
+    return kb
 
 
 def parse_fit(text):
@@ -168,8 +302,10 @@ def cmd_study(a):
     sizes = measured_buckets(data)
     bucket_origin = "as the runs' metrics report them (layer boundaries)"
     if sizes is None:
-        sizes = buckets(a.params, a.bucket_kb)
-        bucket_origin = f"{a.bucket_kb} KiB slices (no run reports bucket_bytes)"
+        kb = 32 if a.bucket_kb == "auto" else a.bucket_kb
+        sizes = buckets(a.params, kb)
+        bucket_origin = f"{kb} KiB slices (no run reports bucket_bytes)"
+    wire = wire_of(a)
     rows, errs = [], {"step": [], "images_per_s": [], "efficiency": []}
     for mode in ("strong", "weak"):
         if mode not in data:
@@ -183,7 +319,7 @@ def cmd_study(a):
                       "step_ms model_step_ms\n")
             for n in sorted(by_np):
                 m = by_np[n]
-                p = predict(base, n, mode, alpha_s, beta_bps, sizes, a.overlap, a.cores, a.threads)
+                p = predict(base, n, mode, alpha_s, beta_bps, sizes, a.overlap, a.cores, a.threads, wire)
                 rel = (p["step_s"] - m["step_s"]) / m["step_s"]
                 if n > 1:
                     errs["step"].append(abs(rel))
@@ -215,6 +351,9 @@ def cmd_study(a):
     print(f"model: ring alpha = {a.alpha_us:.3f} us, beta = {a.beta_gbps:.3f} GB/s; {len(sizes)} bucket(s) "
           f"{bucket_origin}, {sum(sizes)} bytes for {a.params} parameters; overlap {'on' if a.overlap else 'off'}; "
           f"cores shared by the ranks: {f'{a.cores:g}' if a.cores else 'none'}")
+    if vars(wire) != vars(Wire()):
+        print(f"wire: compress {a.compress} ({wire.ratio:.4g} of the fp32 bytes, {wire.rounds} all-reduce(s) per "
+              f"bucket), hierarchy {a.hierarchy} ({wire.ranks_per_node} rank(s) per node), skew {a.skew_ms:g} ms at 2 ranks")
     print(f"{'mode':6} {'np':>3} {'G':>5} | {'img/s':>8} {'model':>8} | {'step ms':>8} {'model':>8} {'err':>7} | "
           f"{'exposed':>7} {'model':>7} | {'eff':>6} {'model':>6}")
     for r in rows:
@@ -249,8 +388,8 @@ def cmd_study(a):
         print(f"{'N':>5} | {'eff overlap':>11} {'no overlap':>10} | {'GPU overlap':>11} {'no overlap':>10}")
         n = 1
         while n <= a.model_max_n:
-            pc = [predict(base, n, "weak", alpha_s, beta_bps, sizes, ov) for ov in (1, 0)]
-            pg = [predict(gbase, n, "weak", g_alpha, g_beta, sizes, ov) for ov in (1, 0)]
+            pc = [predict(base, n, "weak", alpha_s, beta_bps, sizes, ov, wire=wire) for ov in (1, 0)]
+            pg = [predict(gbase, n, "weak", g_alpha, g_beta, sizes, ov, wire=wire) for ov in (1, 0)]
             dat.write(f"{n} {pc[0]['efficiency']:.6f} {pc[1]['efficiency']:.6f} {pc[0]['step_s'] * 1e3:.5f} "
                       f"{pc[1]['step_s'] * 1e3:.5f} {pg[0]['efficiency']:.6f} {pg[1]['efficiency']:.6f} "
                       f"{pg[0]['step_s'] * 1e3:.5f} {pg[1]['step_s'] * 1e3:.5f}\n")
@@ -258,6 +397,25 @@ def cmd_study(a):
                 print(f"{n:>5} | {pc[0]['efficiency']:>11.3f} {pc[1]['efficiency']:>10.3f} | "
                       f"{pg[0]['efficiency']:>11.3f} {pg[1]['efficiency']:>10.3f}")
             n *= 2
+
+
+def cmd_comm(a):
+    sizes = buckets(a.params, 32 if a.bucket_kb == "auto" else a.bucket_kb)
+    wire = wire_of(a)
+    comm, exposed = step_comm(a.np, a.alpha_us * 1e-6, a.beta_gbps * 1e9, sizes, a.overlap, a.backward_ms * 1e-3,
+                              wire)
+    print(f"{comm * 1e3:.6g} {exposed * 1e3:.6g} {sum(sizes) * wire.ratio:.0f}")
+
+
+def add_wire_options(p):
+    p.add_argument("--compress", default="none", help="none | bf16 | fp16 | powersgd")
+    p.add_argument("--powersgd-rank", type=int, default=1)
+    p.add_argument("--tensors", help="the gradient tensors' shapes: a .safetensors checkpoint or a text file")
+    p.add_argument("--hierarchy", default="flat", help="flat | node | auto")
+    p.add_argument("--ranks-per-node", type=int, default=1)
+    p.add_argument("--intra-alpha-us", type=float, default=0.0, help="latency within a node (hierarchy)")
+    p.add_argument("--intra-beta-gbps", type=float, default=float("inf"), help="bandwidth within a node")
+    p.add_argument("--skew-ms", type=float, default=0.0, help="the slowest peer's lag at 2 ranks")
 
 
 def main():
@@ -273,7 +431,7 @@ def main():
     s = sub.add_parser("study", help="model vs measured runs: scaling.csv, .dat files, error")
     s.add_argument("--dir", required=True)
     s.add_argument("--params", type=int, required=True, help="model parameters (the trainer prints them)")
-    s.add_argument("--bucket-kb", type=int, default=256)
+    s.add_argument("--bucket-kb", type=bucket_kb_of, default=256)
     s.add_argument("--overlap", type=int, default=1, choices=(0, 1))
     s.add_argument("--alpha-us", type=float, required=True, help="ring per-hop latency")
     s.add_argument("--beta-gbps", type=float, required=True, help="ring link bandwidth")
@@ -285,11 +443,23 @@ def main():
     s.add_argument("--gpu-backward-frac", type=float, default=0.6, help="share of it in backward (assumed)")
     s.add_argument("--gpu-baseline", help="metrics of an np 1 GPU run: its compute replaces the two above")
     s.add_argument("--model-max-n", type=int, default=1024)
+    add_wire_options(s)
+    m = sub.add_parser("comm", help="one step's communication at N ranks under the wire options")
+    m.add_argument("--params", type=int, required=True)
+    m.add_argument("--np", type=int, required=True)
+    m.add_argument("--bucket-kb", type=bucket_kb_of, default=32)
+    m.add_argument("--alpha-us", type=float, required=True)
+    m.add_argument("--beta-gbps", type=float, required=True)
+    m.add_argument("--overlap", type=int, default=1, choices=(0, 1))
+    m.add_argument("--backward-ms", type=float, default=0.0, help="backward's time (what overlap hides behind)")
+    add_wire_options(m)
     a = ap.parse_args()
     if a.cmd == "ring-fit":
         cmd_ring_fit(a)
     elif a.cmd == "cores":
         cmd_cores(a)
+    elif a.cmd == "comm":
+        cmd_comm(a)
     else:
         cmd_study(a)
 

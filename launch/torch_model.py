@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """torch_model.py — the PyTorch nn.Module equivalent to any ddp-cnn config, and a safetensors reader.
 
-    from torch_model import parse_config, build_model, load_safetensors
+    from torch_model import parse_config, config_of, build_model, load_safetensors
     cfg = parse_config(open("configs/fashion_resnet.cfg").read())   # or a checkpoint's stored config_ini
+    cfg = config_of("configs/resnet50.cfg")   # a file ([include]/[repeat] expanded by the trainer) or a checkpoint
     model = build_model(cfg)            # parameters and buffers named as ddp-cnn names its tensors
     model.load_state_dict(tensors, strict=True)
 
@@ -100,12 +101,38 @@ def registry():
         here = os.path.dirname(os.path.abspath(__file__))
         trainer = os.environ.get("TRAINER") or os.path.join(here, "..", "build", "trainer")
         try:
-            out = subprocess.run([trainer, "--list-layers", "--json"], capture_output=True, text=True, check=True)
+            # Not as a rank of the launcher this script may run under (mpirun's variables would make the
+            # trainer join that job): the registry query is a plain process.
+            env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
+            out = subprocess.run([trainer, "--list-layers", "--json"], capture_output=True, text=True, check=True,
+                                 env=env)
         except (OSError, subprocess.CalledProcessError) as e:
             raise RuntimeError(f"torch_model.py needs the trainer's layer registry: {trainer} --list-layers --json "
                                f"failed ({e}); build it (launch/test.sh) or set TRAINER") from None
         _REGISTRY = {k["section"]: k for k in json.loads(out.stdout)}
     return _REGISTRY
+
+
+def expanded_config(path):
+    """A config file as the trainer reads it: one with [include] or [repeat] sections (configs/resnet50.cfg,
+    mobilenet_v2.cfg) is expanded by the trainer itself (`--print-config`, the trainer found as registry() finds
+    it), so the expansion rules live in one place."""
+    import os
+    import subprocess
+    text = open(path).read()
+    if not any(line.strip().startswith(("[include]", "[repeat]")) for line in text.splitlines()):
+        return parse_config(text)
+    here = os.path.dirname(os.path.abspath(__file__))
+    trainer = os.environ.get("TRAINER") or os.path.join(here, "..", "build", "trainer")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}  # as registry()
+    try:
+        out = subprocess.run([trainer, "--config", path, "--print-config"], capture_output=True, text=True,
+                             check=True, env=env)
+    except (OSError, subprocess.CalledProcessError) as e:
+        err = (getattr(e, "stderr", "") or "").strip()
+        raise RuntimeError(f"torch_model.py needs the trainer to expand {path}: {trainer} --print-config failed "
+                           f"({err or e}); build it (launch/test.sh) or set TRAINER") from None
+    return parse_config(out.stdout)
 
 
 # The trainer's activation names (trainer --list-layers) as PyTorch functions; gelu is the exact erf form.
@@ -314,7 +341,7 @@ def config_of(path):
     if head[:1] != b"[" and len(head) >= 9 and head[8:9] == b"{":
         _, meta = load_safetensors(path)
         return parse_config(meta["config_ini"])
-    return parse_config(open(path).read())
+    return expanded_config(path)
 
 
 if __name__ == "__main__":

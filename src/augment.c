@@ -74,6 +74,10 @@ int augment_resolve(net_config *cfg) {
         for (int i = 0; i < 5; i++) train_p[i] = paths[i];
         name = cfg->cifar_dir;
         TRY(data_load_cifar10(train_p, 5, cfg->train_limit, &train));
+    } else if (cfg->data_format == DATA_SYNTHETIC) {
+        name = "[data] format=synthetic";
+        TRY(data_make_synthetic(cfg->seed, 0, cfg->train_limit ? cfg->train_limit : DATA_SYNTHETIC_TRAIN, cfg->channels,
+                                cfg->height, cfg->width, cfg->classes, &train));
     } else {
         TRY(data_load_idx(cfg->train_images, cfg->train_labels, cfg->classes, cfg->train_limit, &train));
     }

@@ -142,6 +142,8 @@ typedef struct backend_options {
     int device;         // cuda: device index
     int tf32;           // cuda: TF32 tensor-core math for cuBLAS and cuDNN (ST_INPUT on a backend without it)
     int deterministic;  // cuda: deterministic algorithms only (the CPU backend is, for a fixed thread count)
+    int precision;      // cuda: net.precision (PREC_* of config.h): bf16/fp16 run conv and dense on 16-bit copies
+                        // (backend_cuda.h); the CPU ignores it (the model's round_to emulates the formats)
 } backend_options;
 
 // Create a backend by name ("cpu", "cuda"); opt NULL: all zero (all cores, device 0, FP32, fastest algorithms).

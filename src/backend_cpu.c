@@ -189,6 +189,7 @@ static const backend_ops cpu_ops = {
     .scale = cpu_scale,
     .count_nonfinite = cpu_count_nonfinite,
     .clip_grad_norm = cpu_clip_grad_norm,
+    .round_to = cpu_round_to,
     .add = cpu_add,
     .set_progress = cpu_set_progress,
     .stream = NULL,
@@ -210,6 +211,9 @@ static const backend_ops cpu_ops = {
     // activations on their own (layer_ops_cpu.c)
     .act_forward = cpu_act_forward,
     .act_backward_input = cpu_act_backward_input,
+    // PowerSGD's dense linear algebra (linalg_cpu.c)
+    .gemm = cpu_gemm,
+    .orthogonalize = cpu_orthogonalize,
 };
 
 // Every thread that calls sgemm gets a buffer of this size from OpenBLAS (mapped when the thread first calls it;

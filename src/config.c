@@ -34,7 +34,8 @@ typedef struct key_def {
     size_t off;           // offset in net_config
     size_t size;          // K_STR: buffer size
     double lo, hi;        // numeric range (inclusive)
-    const char *choices;  // K_ENUM: "a|b|c", stored as 1-based index unless `enum_base0`
+    const char *choices;  // K_ENUM: "a|b|c", stored as 1-based index unless `enum_base0`; K_INT: a word taken
+                          // instead of a number, stored as 0 (outside the range): bucket_kb=auto
     int enum_base0;
 } key_def;
 
@@ -68,10 +69,14 @@ static const key_def g_keys[] = {
     {S_NET, "backend", K_STR, OFF(backend), SZ(backend), 0, 0, "cpu|cuda", 0},
     {S_NET, "threads", K_INT, OFF(threads), 0, 0, 1024, NULL, 0},
     {S_NET, "tf32", K_INT, OFF(tf32), 0, 0, 1, NULL, 0},
+    {S_NET, "precision", K_ENUM, OFF(precision), 0, 0, 0, "fp32|tf32|bf16|fp16", 1},
+    {S_NET, "layout", K_ENUM, OFF(layout), 0, 0, 0, "nchw|nhwc", 1},
+    {S_NET, "loss_scale_init", K_DOUBLE, OFF(loss_scale_init), 0, 1.0 / 65536, 16777216, NULL, 0},
+    {S_NET, "loss_scale_growth_interval", K_INT, OFF(loss_scale_growth_interval), 0, 1, 1 << 30, NULL, 0},
     {S_NET, "deterministic", K_INT, OFF(deterministic), 0, 0, 1, NULL, 0},
     {S_NET, "cuda_graph", K_INT, OFF(cuda_graph), 0, 0, 1, NULL, 0},
     {S_NET, "eval_batch", K_INT, OFF(eval_batch), 0, 1, 1 << 20, NULL, 0},
-    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10|folder|list|shards", 0},
+    {S_DATA, "format", K_ENUM, OFF(data_format), 0, 0, 0, "idx|cifar10|synthetic|folder|list|shards", 0},
     {S_DATA, "train_images", K_STR, OFF(train_images), SZ(train_images), 0, 0, NULL, 0},
     {S_DATA, "train_labels", K_STR, OFF(train_labels), SZ(train_labels), 0, 0, NULL, 0},
     {S_DATA, "test_images", K_STR, OFF(test_images), SZ(test_images), 0, 0, NULL, 0},
@@ -107,8 +112,12 @@ static const key_def g_keys[] = {
     {S_DATA, "mean", K_STR, OFF(mean), SZ(mean), 0, 0, NULL, 0},
     {S_DATA, "std", K_STR, OFF(std), SZ(std), 0, 0, NULL, 0},
     {S_PARALLEL, "comm", K_STR, OFF(comm), SZ(comm), 0, 0, "mpi|nccl", 0},
-    {S_PARALLEL, "bucket_kb", K_INT, OFF(bucket_kb), 0, 1, 1 << 20, NULL, 0},
+    {S_PARALLEL, "bucket_kb", K_INT, OFF(bucket_kb), 0, 1, 1 << 20, "auto", 0},
     {S_PARALLEL, "overlap", K_INT, OFF(overlap), 0, 0, 2, NULL, 0},
+    {S_PARALLEL, "compress", K_ENUM, OFF(compress), 0, 0, 0, "none|bf16|fp16|powersgd", 1},
+    {S_PARALLEL, "powersgd_rank", K_INT, OFF(powersgd_rank), 0, 1, 1024, NULL, 0},
+    {S_PARALLEL, "powersgd_start_step", K_INT, OFF(powersgd_start_step), 0, 0, 1 << 30, NULL, 0},
+    {S_PARALLEL, "hierarchy", K_ENUM, OFF(hierarchy), 0, 0, 0, "flat|node|auto", 1},
     {S_PARALLEL, "force_allreduce", K_INT, OFF(force_allreduce), 0, 0, 1, NULL, 0},
     {S_PARALLEL, "scaling", K_ENUM, OFF(scaling), 0, 0, 0, "weak|strong", 0},
     {S_PARALLEL, "lr_scaling", K_ENUM, OFF(lr_scaling), 0, 0, 0, "none|linear", 1},
@@ -139,6 +148,8 @@ void config_defaults(net_config *cfg) {
     cfg->classes = 10;
     snprintf(cfg->backend, sizeof cfg->backend, "cpu");
     cfg->cuda_graph = 1;
+    cfg->loss_scale_init = 65536;            // PyTorch GradScaler: init_scale 2^16,
+    cfg->loss_scale_growth_interval = 2000;  // growth_interval 2000
     cfg->eval_batch = 1000;
     cfg->data_format = DATA_IDX;
     cfg->prefetch = 2;
@@ -155,6 +166,10 @@ void config_defaults(net_config *cfg) {
     snprintf(cfg->comm, sizeof cfg->comm, "mpi");
     cfg->bucket_kb = 32;
     cfg->overlap = 1;
+    cfg->compress = COMPRESS_NONE;
+    cfg->powersgd_rank = 1;           // PyTorch's PowerSGDState defaults: matrix_approximation_rank=1,
+    cfg->powersgd_start_step = 1000;  // start_powerSGD_iter=1000
+    cfg->hierarchy = HIERARCHY_FLAT;
     cfg->scaling = SCALING_WEAK;
     cfg->lr_scaling = LR_SCALING_NONE;
     cfg->comm_timeout_s = 300;
@@ -198,9 +213,10 @@ static int set_key(net_config *cfg, const key_def *k, const char *value, const c
     switch (k->type) {
     case K_INT: {
         long v;
-        if (parse_int(value, (long)k->lo, (long)k->hi, &v))
-            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%.0f, %.0f]", where, sect, k->name, value,
-                       k->lo, k->hi);
+        if (k->choices && strcmp(value, k->choices) == 0) v = 0;
+        else if (parse_int(value, (long)k->lo, (long)k->hi, &v))
+            return ERR(ST_INPUT, "%s: %s.%s: '%s' is not an integer in [%.0f, %.0f]%s%s", where, sect, k->name, value,
+                       k->lo, k->hi, k->choices ? " or " : "", k->choices ? k->choices : "");
         *(int *)base = (int)v;
         return ST_OK;
     }
@@ -1077,7 +1093,10 @@ void config_print(const net_config *cfg, FILE *f) {
         }
         const char *base = (const char *)cfg + k->off;
         switch (k->type) {
-        case K_INT: fprintf(f, "%s=%d\n", k->name, *(const int *)base); break;
+        case K_INT:
+            if (k->choices && *(const int *)base == 0) fprintf(f, "%s=%s\n", k->name, k->choices);
+            else fprintf(f, "%s=%d\n", k->name, *(const int *)base);
+            break;
         case K_DOUBLE: {
             double v = *(const double *)base;
             if (v < k->lo) break;  // an optional key left unset (its default is outside its range: clip_grad_norm)

@@ -37,12 +37,16 @@ enum schedule_kind { SCHED_CONSTANT = 1, SCHED_STEP, SCHED_COSINE, SCHED_ONECYCL
 #define CFG_LR_STEPS_MAX 32
 #define CFG_NORM_CHANNELS_MAX 16    // data.normalize: channels with a mean and std (GATHER_AUG_CHANNELS_MAX)
 #define CFG_NORM_TEXT 512
-enum data_format { DATA_IDX = 1, DATA_CIFAR10, DATA_FOLDER, DATA_LIST, DATA_SHARDS };
+enum data_format { DATA_IDX = 1, DATA_CIFAR10, DATA_SYNTHETIC, DATA_FOLDER, DATA_LIST, DATA_SHARDS };
 // Streamed formats: decoded by the loader's workers batch by batch (src/loader.h), never held whole.
 #define CFG_STREAMED(cfg) ((cfg)->data_format >= DATA_FOLDER)
 enum normalize_kind { NORM_OFF = 0, NORM_ON = 1, NORM_IMAGENET = 2 };
 enum scaling_mode { SCALING_WEAK = 1, SCALING_STRONG };
 enum lr_scaling { LR_SCALING_NONE = 0, LR_SCALING_LINEAR };
+enum compress_mode { COMPRESS_NONE = 0, COMPRESS_BF16, COMPRESS_FP16, COMPRESS_POWERSGD };
+enum hierarchy_mode { HIERARCHY_FLAT = 0, HIERARCHY_NODE, HIERARCHY_AUTO };
+enum precision_kind { PREC_FP32 = 0, PREC_TF32, PREC_BF16, PREC_FP16 };  // net.precision (docs/precision.md)
+enum layout_kind { LAYOUT_NCHW = 0, LAYOUT_NHWC };                      // net.layout
 
 typedef struct layer_cfg {
     int type;                   // enum layer_type
@@ -88,12 +92,16 @@ typedef struct net_config {
     char backend[16];           // cpu (default) | cuda
     int threads;                // CPU threads per rank, 0 = cores / local ranks (default 0)
     int tf32;                   // CUDA: allow TF32 in cuBLAS/cuDNN (default 0)
+    int precision;              // PREC_FP32 (default) | _TF32 | _BF16 | _FP16: convolutions and GEMMs (docs/precision.md)
+    int layout;                 // LAYOUT_NCHW (default) | _NHWC: the GPU's activation layout (the CPU computes NCHW)
+    double loss_scale_init;     // fp16: the dynamic loss scale's first value (default 65536 = 2^16)
+    int loss_scale_growth_interval;  // fp16: finite steps in a row before the scale doubles (default 2000)
     int deterministic;          // CUDA: deterministic cuDNN algorithms, bit-identical runs (default 0; cpu: no effect)
     int cuda_graph;             // CUDA: capture the step in a CUDA Graph (default 1)
     int eval_batch;             // default 1000
 
     // [data]
-    int data_format;            // idx (default) | cifar10 | folder | list | shards
+    int data_format;            // idx (default) | cifar10 | synthetic | folder | list | shards
     char train_images[CFG_PATH_MAX], train_labels[CFG_PATH_MAX];  // idx
     char test_images[CFG_PATH_MAX], test_labels[CFG_PATH_MAX];    // idx
     char cifar_dir[CFG_PATH_MAX];  // cifar10: directory with data_batch_{1..5}.bin and test_batch.bin
@@ -126,6 +134,10 @@ typedef struct net_config {
     int bucket_kb;              // gradient bucket size in KiB (default 32)
     int overlap;                // 1 (default): launch buckets during backward; 0: after backward; 2: alternate
                                 // (0 on even steps, 1 on odd ones; a measurement: metrics ab_off / ab_on)
+    int compress;               // gradients on the wire: COMPRESS_NONE (fp32, default) | _BF16 | _FP16 | _POWERSGD
+    int powersgd_rank;          // PowerSGD: rank of the low-rank approximation (default 1)
+    int powersgd_start_step;    // PowerSGD: optimizer steps all-reduced uncompressed first (default 1000)
+    int hierarchy;              // HIERARCHY_FLAT (default) | _NODE (reduce within a node, leaders across) | _AUTO
     int force_allreduce;        // 1: run the bucketed all-reduce also at one rank (checks the comm path on 1 GPU)
     int scaling;                // weak (default) | strong
     int lr_scaling;             // none (default) | linear (the schedule's peak lr *= world size)

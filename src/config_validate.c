@@ -10,6 +10,7 @@
 #include "common.h"
 #include "config.h"
 #include "layer.h"
+#include "precision.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Values that depend on each other, and shapes through the layers.
@@ -249,6 +250,9 @@ static int validate_data(const net_config *cfg) {
     const char *p = cfg->path;
     double scale[2], ratio[2];
     TRY(config_rrc_ranges(cfg, scale, ratio));
+    // synthetic: made at the net's size from net.seed; the other formats' paths and their decode-time transforms
+    // (resize, random_resized_crop, val_fraction) are ignored, so `--set data.format=synthetic` runs any config.
+    if (cfg->data_format == DATA_SYNTHETIC) return ST_OK;
     const int streamed = CFG_STREAMED(cfg);
     if (cfg->data_format == DATA_FOLDER && (!cfg->train_dir[0] || !cfg->test_dir[0]))
         return ERR(ST_INPUT, "%s: [data] format=folder needs %s (a directory of one sub-directory per class)", p,
@@ -290,6 +294,19 @@ static int validate_data(const net_config *cfg) {
     return ST_OK;
 }
 
+// net.precision and net.layout (docs/precision.md): the CPU backend emulates every precision and computes NCHW
+// whatever the layout; the CUDA backend has every precision (bf16/fp16 on tensor cores) and NCHW only, for now.
+static int validate_precision(const net_config *cfg) {
+    const char *p = cfg->path, *prec = precision_name(cfg->precision);
+    if (cfg->tf32 && (cfg->precision == PREC_BF16 || cfg->precision == PREC_FP16))
+        return ERR(ST_INPUT, "%s: net.tf32=1 with net.precision=%s: tf32 is an fp32 GEMM mode, %s has no fp32 GEMMs "
+                             "(set one of the two)", p, prec, prec);
+    const int cuda = strcmp(cfg->backend, "cuda") == 0;
+    if (cuda && cfg->layout == LAYOUT_NHWC)
+        return ERR(ST_INPUT, "%s: net.layout=nhwc is not yet implemented on the CUDA backend (it computes nchw)", p);
+    return ST_OK;
+}
+
 int config_validate(const net_config *cfg) {
     const char *p = cfg->path;
     TRY(validate_recipe(cfg));
@@ -304,6 +321,7 @@ int config_validate(const net_config *cfg) {
         return ERR(ST_INPUT, "%s: parallel.comm=nccl needs net.backend=cuda", p);
     if (cfg->tf32 && strcmp(cfg->backend, "cuda") != 0)
         return ERR(ST_INPUT, "%s: net.tf32=1 needs net.backend=cuda (backend is '%s')", p, cfg->backend);
+    TRY(validate_precision(cfg));
     size_t sample = (size_t)cfg->channels * cfg->height * cfg->width;
     if (sample > (1u << 28)) return ERR(ST_INPUT, "%s: [net]: input %dx%dx%d is too large", p, cfg->channels,
                                         cfg->height, cfg->width);

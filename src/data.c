@@ -1,4 +1,4 @@
-// data.c — IDX (raw or gzip) and CIFAR-10 binary loaders, fully validated, and the sharding sampler.
+// data.c — IDX (raw or gzip) and CIFAR-10 binary loaders, fully validated, synthetic sets, and the sharding sampler.
 //
 // A file must be a regular file (src/fileio.h); its header is read first and the body only as far as the header
 // promises (gzip through zlib's gz* API, which also reads raw files as they are); then it is parsed from the
@@ -331,6 +331,45 @@ int data_load_images(const char *path, dataset *out) {
     st = data_load_cifar10(paths, 1, 0, out);
     if (st == ST_OK) memset(out->labels, 0, (size_t)out->n * sizeof(int32_t));
     return st;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Synthetic: counter-based, so sample i is the same whatever is made before it (any rank, any limit)
+
+int data_make_synthetic(uint64_t seed, int set, int n, int c, int h, int w, int classes, dataset *out) {
+    memset(out, 0, sizeof *out);
+    const size_t per = (size_t)c * (size_t)h * (size_t)w;
+    if (n < 1 || per == 0 || classes < 1) return ERR(ST_INPUT, "synthetic data: %d samples of %dx%dx%d", n, c, h, w);
+    if ((size_t)n * per > DATA_MAX_BYTES)
+        return ERR(ST_INPUT, "synthetic data: %d samples of %zu bytes exceed %zu bytes", n, per, DATA_MAX_BYTES);
+    *out = (dataset){.n = n, .c = c, .h = h, .w = w, .classes = classes};
+    out->images = malloc((size_t)n * per);
+    out->labels = malloc((size_t)n * sizeof(int32_t));
+    if (!out->images || !out->labels) {
+        data_free(out);
+        return ERR(ST_RUNTIME, "synthetic data: out of host memory for %d samples", n);
+    }
+    const uint64_t base = rng_mix(seed, 0x5717e71c0000ULL + (uint64_t)set);
+    for (int i = 0; i < n; i++) {
+        rng r;
+        rng_seed(&r, rng_mix(base, (uint64_t)i));
+        const int32_t label = (int32_t)rng_below(&r, (uint32_t)classes);
+        out->labels[i] = label;
+        uint8_t *img = out->images + (size_t)i * per;
+        const size_t plane = (size_t)h * (size_t)w;
+        for (int ch = 0; ch < c; ch++) {
+            // the same tones in the training and the test set: what is learnt carries over
+            const unsigned tone = (unsigned)(rng_mix(seed ^ 0x70e5ULL, (uint64_t)label * 4099u + (uint64_t)ch) & 0xff);
+            uint8_t *p = img + (size_t)ch * plane;
+            size_t j = 0;
+            for (; j + 8 <= plane; j += 8) {  // 8 bytes of noise per draw
+                uint64_t v = rng_u64(&r);
+                for (int k = 0; k < 8; k++, v >>= 8) p[j + k] = (uint8_t)(((v & 0xff) + tone) >> 1);
+            }
+            for (uint64_t v = rng_u64(&r); j < plane; j++, v >>= 8) p[j] = (uint8_t)(((v & 0xff) + tone) >> 1);
+        }
+    }
+    return ST_OK;
 }
 
 void data_free(dataset *d) {

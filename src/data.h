@@ -1,4 +1,4 @@
-// data.h — data sets (IDX raw or gzip, CIFAR-10 binary) and the sharding sampler.
+// data.h — data sets (IDX raw or gzip, CIFAR-10 binary, synthetic) and the sharding sampler.
 //
 // A data set is kept as u8 pixels (NCHW, c*h*w bytes per sample) and u8 labels; the backend's gather op
 // turns a batch of indices into float NCHW in [0,1] and int32 labels.
@@ -27,6 +27,15 @@ int data_load_cifar10(const char *const *paths, int n_paths, int limit, dataset 
 // Images without labels (--predict): an IDX images file (raw or gzip) or a CIFAR-10 batch file, told apart by
 // the IDX magic. Validated as above; labels are all 0 and classes is 0.
 int data_load_images(const char *path, dataset *out);
+
+// Synthetic (format=synthetic; torchvision's FakeData): n samples of c x h x w, made in memory from (seed, set),
+// set 0 = training, 1 = test. Sample i depends only on (seed, set, i), so every rank makes the same set and a run
+// is deterministic. Label i is uniform in [0, classes); pixel = (noise + tone) / 2 with uniform byte noise and a
+// tone per (class, channel), so the set is learnable from its colours (loss falls) while every image differs.
+// data.train_limit / test_limit give the sizes; 0 means these (small: n x c x h x w bytes are held per rank).
+#define DATA_SYNTHETIC_TRAIN 1024
+#define DATA_SYNTHETIC_TEST 256
+int data_make_synthetic(uint64_t seed, int set, int n, int c, int h, int w, int classes, dataset *out);
 
 void data_free(dataset *d);
 

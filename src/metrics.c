@@ -159,6 +159,9 @@ int metrics_write_jsonl(int fd, const char *path, const epoch_metrics *m) {
     add_num(o, "time", m->time);
     add_num(o, "data_wait_s", m->data_wait_s);
     cJSON_AddNumberToObject(o, "bad_images", (double)m->bad_images);
+    cJSON_AddStringToObject(o, "precision", m->precision ? m->precision : "fp32");
+    add_num(o, "loss_scale", m->loss_scale);
+    cJSON_AddNumberToObject(o, "skipped_steps", (double)m->skipped_steps);
     add_num(o, "allreduces_per_step", m->allreduces_per_step);
     for (int h = 0; m->overlap == 2 && h < 2; h++) {
         cJSON *ab = cJSON_AddObjectToObject(o, h ? "ab_on" : "ab_off");

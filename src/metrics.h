@@ -55,6 +55,9 @@ typedef struct epoch_metrics {
     const char *eval_set;   // what test_loss / test_acc were measured on: "test", or "val" (a validation set)
     double data_wait_s;     // streamed data: rank 0's host time waiting for the loader's batches, per step
     long long bad_images;   // streamed data with data.skip_bad: distinct images skipped so far on rank 0
+    const char *precision;  // net.precision ("fp32", "tf32", "bf16", "fp16")
+    double loss_scale;      // fp16: the loss scale at the epoch's end (1 otherwise)
+    long long skipped_steps;  // fp16: steps of the epoch skipped for NaN/Inf gradients, on every rank (0 otherwise)
     double time;            // wall clock at the epoch's end, seconds since 1970 (UTC)
 } epoch_metrics;
 

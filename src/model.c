@@ -9,6 +9,7 @@
 
 #include "common.h"
 #include "layer.h"
+#include "precision.h"
 
 static size_t layer_out_elems(const model_layer *l) { return (size_t)l->out_c * l->out_h * l->out_w; }
 
@@ -114,6 +115,8 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->in_c = cfg->channels, m->in_h = cfg->height, m->in_w = cfg->width;
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
+    m->round_to = precision_emulated(cfg->precision);
+    m->loss_scale = 1.0f;
     m->rng_host.seed = cfg->seed;
     TRY(act_alloc(m, &m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
     TRY(backend_alloc(be, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
@@ -153,6 +156,7 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     TRY(backend_alloc(be, (void **)&m->params, (m->n_params ? m->n_params : 1) * sizeof(float)));
     TRY(backend_alloc(be, (void **)&m->grads, (m->n_params ? m->n_params : 1) * sizeof(float)));
     if (m->n_state) TRY(backend_alloc(be, (void **)&m->state, m->n_state * sizeof(float)));
+    if (m->round_to) TRY(backend_alloc(be, (void **)&m->params_lp, (m->n_params ? m->n_params : 1) * sizeof(float)));
     // One workspace for all layers; smaller batches need no more than the largest.
     m->workspace_bytes = ws_max;
     if (ws_max) TRY(backend_alloc(be, &m->workspace, ws_max));
@@ -174,6 +178,7 @@ void model_destroy(model *m) {
     for (int j = 0; j < MODEL_MAX_IN; j++) backend_free(m->be, m->dscratch[j]);
     backend_free(m->be, m->params);
     backend_free(m->be, m->grads);
+    backend_free(m->be, m->params_lp);
     backend_free(m->be, m->state);
     backend_free(m->be, m->workspace);
     backend_free(m->be, m->x);
@@ -268,18 +273,72 @@ double model_train_flops_per_sample(const model *m) {
 // ---------------------------------------------------------------------------------------------------------
 // Forward and backward
 
+// ---- net.precision's emulation (docs/precision.md): where the rule of precision_layer_rule holds a value in the
+// compute type, it is rounded to it here, right after the op that made it; the ops compute in fp32.
+
+static int round_in_place(model *m, float *p, size_t count) {
+    return count ? backend_round_to(m->be, count, m->round_to, p, p) : ST_OK;
+}
+
+// Before a forward: the weight copy the passes read (conv and dense weights and biases rounded, batch norm's as
+// they are) and the network input in the compute type.
+static int lowp_forward_begin(model *m, int n) {
+    TRY(backend_copy(m->be, m->params_lp, m->params, m->n_params * sizeof(float)));
+    for (int i = 0; i < m->n_layers; i++) {
+        const model_layer *l = &m->layers[i];
+        if (l->n_w && (precision_layer_rule(l->type) & PREC_HOLD_WEIGHTS))
+            TRY(round_in_place(m, m->params_lp + l->w_off, l->n_w + l->n_b));  // weight, then bias (model.h)
+    }
+    return round_in_place(m, m->x, (size_t)n * m->in_c * m->in_h * m->in_w);
+}
+
+// After layer l's forward: its output (and pre-activation) in the compute type; after the loss of a training
+// forward, its gradient scaled (fp16 loss scaling) and stored in the compute type.
+static int lowp_forward_layer(model *m, model_layer *l, int n) {
+    if (l->kind->flags & LAYER_TERMINAL) {
+        if (!m->training) return ST_OK;
+        model_layer *in = &m->layers[l->in_idx[0]];
+        const size_t count = (size_t)n * layer_out_elems(in);
+        if (m->loss_scale != 1.0f) TRY(backend_scale(m->be, count, m->loss_scale, in->dy));
+        return m->round_to ? round_in_place(m, in->dy, count) : ST_OK;
+    }
+    if (!m->round_to || !(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
+    if (l->pre) TRY(round_in_place(m, l->pre, (size_t)n * layer_out_elems(l)));
+    return l->own_y ? round_in_place(m, l->y, (size_t)n * layer_out_elems(l)) : ST_OK;  // an alias: rounded already
+}
+
+// After layer l's backward: the gradients it wrote for its inputs in the compute type (parameter gradients stay
+// fp32: the ops accumulate them in fp32 and write fp32).
+static int lowp_backward_layer(model *m, const model_layer *l, int n) {
+    if (!m->round_to || !(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
+    for (int j = 0; j < l->n_in; j++)
+        if (l->dx[j]) TRY(round_in_place(m, l->dx[j], (size_t)n * layer_out_elems(&m->layers[l->in_idx[j]])));
+    return ST_OK;
+}
+
+static int forward_layers(model *m, int n) {
+    for (int i = 0; i < m->n_layers; i++) {
+        model_layer *l = &m->layers[i];
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 1));
+        TRY(l->kind->forward(m, l, n, m->training));
+        TRY(lowp_forward_layer(m, l, n));
+        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 0));
+    }
+    return ST_OK;
+}
+
 int model_forward(model *m, int n, int training) {
     if (training && n >= 1 && n <= m->max_batch) m->train_batch = n;  // its conv plans stay cached
     TRY(model_set_batch(m, n));
     m->training = training != 0;
     if (m->training) m->micro = m->micro_next++;
-    for (int i = 0; i < m->n_layers; i++) {
-        model_layer *l = &m->layers[i];
-        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 1));
-        TRY(l->kind->forward(m, l, n, m->training));
-        if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 0, i, 0));
-    }
-    return ST_OK;
+    if (!m->round_to) return forward_layers(m, n);
+    TRY(lowp_forward_begin(m, n));
+    float *master = m->params;  // the kinds read m->params: the rounded copy for the pass, the master again after
+    m->params = m->params_lp;
+    const int st = forward_layers(m, n);
+    m->params = master;
+    return st;
 }
 
 int model_set_rng(model *m, int rank, int64_t step) {
@@ -290,8 +349,7 @@ int model_set_rng(model *m, int rank, int64_t step) {
     return backend_upload(m->be, m->rng_key, &m->rng_host, sizeof m->rng_host);
 }
 
-int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
-    if (n != m->cur_batch) return ERR(ST_RUNTIME, "model_backward: batch %d, forward ran %d", n, m->cur_batch);
+static int backward_layers(model *m, int n, grad_ready_fn on_ready, void *arg) {
     for (int i = m->n_layers - 1; i >= 0; i--) {
         model_layer *l = &m->layers[i];
         if (!l->kind->backward) continue;  // the loss: its forward wrote its input's gradient
@@ -301,13 +359,25 @@ int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
         }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 1));
         TRY(l->kind->backward(m, l, n));
+        TRY(lowp_backward_layer(m, l, n));
         for (int j = 0; j < l->n_in; j++)
             if (l->dx[j] && l->dx_accumulate[j]) {
                 const model_layer *p = &m->layers[l->in_idx[j]];
                 TRY(backend_add(m->be, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
+                if (m->round_to) TRY(round_in_place(m, p->dy, (size_t)n * layer_out_elems(p)));  // the sum, too
             }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
         if (l->n_w && on_ready) TRY(on_ready(arg, l->b_off + l->n_b));
     }
     return ST_OK;
+}
+
+int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg) {
+    if (n != m->cur_batch) return ERR(ST_RUNTIME, "model_backward: batch %d, forward ran %d", n, m->cur_batch);
+    if (!m->round_to) return backward_layers(m, n, on_ready, arg);
+    float *master = m->params;  // the forward's rounded weight copy, as in model_forward
+    m->params = m->params_lp;
+    const int st = backward_layers(m, n, on_ready, arg);
+    m->params = master;
+    return st;
 }

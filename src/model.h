@@ -92,6 +92,14 @@ typedef struct model {
     dropout_key *rng_key;
     dropout_key rng_host;
     int micro, micro_next;
+    // net.precision emulated on the CPU backend (docs/precision.md). round_to: PREC_BF16 or PREC_FP16, the format of
+    // the values the rule holds in the compute type (0: every value fp32); params_lp: the weights forward and
+    // backward read, a copy of the fp32 master weights (m->params) made at each forward with the conv and dense
+    // weights rounded; loss_scale: the loss gradient is multiplied by it (fp16's dynamic loss scaling, set by the
+    // trainer before each step; 1: none).
+    int round_to;
+    float *params_lp;
+    float loss_scale;
 } model;
 
 // Build from a validated config; allocates everything for batches up to max_batch.

@@ -140,6 +140,10 @@ int optim_apply(optim *o, float *params, const float *grads) {
     return ST_OK;
 }
 
+void optim_skip(optim *o) {
+    if (o->t > 0) o->t--;  // the next optim_prepare uploads this t again
+}
+
 int optim_step(optim *o, float *params, const float *grads, double lr) {
     TRY(optim_prepare(o, lr));
     return optim_apply(o, params, grads);

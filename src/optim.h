@@ -58,6 +58,9 @@ int optim_step(optim *o, float *params, const float *grads, double lr);
 // graph capture); apply is the update itself (stream work: what a captured step contains).
 int optim_prepare(optim *o, double lr);
 int optim_apply(optim *o, float *params, const float *grads);
+// A prepared step that is not taken (fp16 loss scaling found NaN/Inf gradients): not counted, as PyTorch's
+// optimizers count only the steps GradScaler lets them take.
+void optim_skip(optim *o);
 // Number of state buffers (2 for Adam/AdamW: m, v; 1 for SGD: velocity) and their names for checkpoints.
 int optim_n_state(const optim *o);
 float *optim_state(const optim *o, int i, const char **name);

@@ -13,6 +13,7 @@ void test_hooks_off(test_hooks *h) {
     memset(h, 0, sizeof *h);
     h->stall_rank = -1;
     h->corrupt_rank = -1;
+    h->nonfinite_rank = -1;
 }
 
 

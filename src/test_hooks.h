@@ -36,10 +36,18 @@ typedef struct test_hooks {
     // DDP_TEST_FAKE_GPUS=N: GPUs per node for the node-local rank -> device mapping (src/placement.h), so the
     // placement tests run without GPUs. 0: off.
     int fake_gpus;
+    // DDP_TEST_FAKE_NODES=N: parallel.hierarchy's nodes are ranks [k*world/N, (k+1)*world/N) instead of the hosts
+    // (comm_set_hierarchy), so one host runs N "nodes" (np 4, N 2: 2 nodes x 2 ranks). 0: off.
+    int fake_nodes;
     // DDP_TEST_COMM_FAIL=STEP: before global step STEP (1-based) this rank fails as a watchdog timeout would
     // (ST_COMM, a local failure), so the tests can see what the trainer does after a communication failure (it
     // stops the communicator before touching device memory). 0: off.
     long long comm_fail_step;
+    // DDP_TEST_NONFINITE_GRAD=RANK:STEP: rank RANK puts an Inf into its loss gradient at global step STEP (1-based),
+    // as an fp16 overflow in backward would, so that every gradient it all-reduces is non-finite (fp16: the loss
+    // scaler must skip that step on every rank; otherwise the divergence check stops the run). -1: off.
+    int nonfinite_rank;
+    long long nonfinite_step;
     // The CPU capture emulation, injected by the test aids (tests/aids/backend_record.h) when cpu_graph is set:
     // wraps the backend in the recorder (mode TEST_CPU_GRAPH_REFUSE: one that refuses every capture). NULL in the
     // product, which then has no emulation to offer.

@@ -18,6 +18,7 @@
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
+#include "precision.h"
 #include "test_hooks.h"
 #include "trace.h"
 
@@ -58,12 +59,19 @@ static int data_setup(trainer *t) {
         for (int i = 0; i < 5; i++) train_p[i] = paths[i];
         TRY(data_load_cifar10(train_p, 5, cfg->train_limit, &t->train));
         TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
+    } else if (cfg->data_format == DATA_SYNTHETIC) {
+        TRY(data_make_synthetic(cfg->seed, 0, cfg->train_limit ? cfg->train_limit : DATA_SYNTHETIC_TRAIN, cfg->channels,
+                                cfg->height, cfg->width, cfg->classes, &t->train));
+        TRY(data_make_synthetic(cfg->seed, 1, cfg->test_limit ? cfg->test_limit : DATA_SYNTHETIC_TEST, cfg->channels,
+                                cfg->height, cfg->width, cfg->classes, &t->test));
     } else {
         TRY(data_load_idx(cfg->train_images, cfg->train_labels, cfg->classes, cfg->train_limit, &t->train));
         TRY(data_load_idx(cfg->test_images, cfg->test_labels, cfg->classes, cfg->test_limit, &t->test));
     }
     const dataset *sets[2] = {&t->train, &t->test};
-    const char *names[2] = {cfg->data_format == DATA_CIFAR10 ? cfg->cifar_dir : cfg->train_images,
+    const char *names[2] = {cfg->data_format == DATA_CIFAR10     ? cfg->cifar_dir
+                            : cfg->data_format == DATA_SYNTHETIC ? "[data] format=synthetic (train_limit)"
+                                                                 : cfg->train_images,
                             cfg->data_format == DATA_CIFAR10 ? cfg->cifar_dir : cfg->test_images};
     for (int i = 0; i < 2; i++) {
         const dataset *d = sets[i];
@@ -183,6 +191,22 @@ static int batch_stats_check(const trainer *t) {
     return ST_OK;
 }
 
+// net.precision (docs/precision.md): fp16's loss scaler, and what the CPU backend makes of the settings.
+static int precision_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    loss_scale_init(&t->ls, cfg);
+    if (backend_is_async(&t->be)) return ST_OK;  // (config_validate refused what the CUDA backend lacks)
+    if (t->m.round_to)
+        LOG0("note: net.precision=%s emulated on the CPU: values the GPU would hold in %s are rounded to it "
+             "(round-to-nearest-even), the arithmetic is fp32%s\n", precision_name(cfg->precision),
+             precision_name(cfg->precision), t->ls.on ? "; dynamic loss scaling" : "");
+    else if (cfg->precision == PREC_TF32)
+        LOG0("note: net.precision=tf32 changes only a GPU's GEMM inputs; the CPU computes in fp32\n");
+    if (cfg->layout == LAYOUT_NHWC)
+        LOG0("note: net.layout=nhwc matters only on a GPU; the CPU backend computes NCHW (the results are the same)\n");
+    return ST_OK;
+}
+
 static int setup(trainer *t, baseline *bl) {
     const net_config *cfg = t->cfg;
     TRY(batch_setup(t));
@@ -194,6 +218,7 @@ static int setup(trainer *t, baseline *bl) {
     TRY(model_create(&t->m, &t->be, cfg, max_batch));
     TRY(model_init_params(&t->m, cfg->seed));
     TRY(optim_create(&t->opt, &t->be, cfg, t->m.n_params));
+    TRY(precision_setup(t));
     const int sync_bn = sync_bn_setup(t);
     TRY(batch_stats_check(t));
     TRY(no_decay_setup(t));
@@ -216,11 +241,15 @@ static int setup(trainer *t, baseline *bl) {
     // those must be stream work (nccl), not host MPI.
     int graph_ok = backend_can_capture(&t->be);
     int comm_on_stream = !(t->use_comm || sync_bn) || (comm_caps(t->c) & COMM_CAP_CAPTURE);
-    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir && !t->overlap_ab;
+    // PowerSGD changes the step at powersgd_start_step and draws Q from the host at its first compressed step.
+    const int psgd = cfg->compress == COMPRESS_POWERSGD && t->use_comm;
+    t->use_graph = cfg->cuda_graph && graph_ok && comm_on_stream && !t->o->trace_dir && !t->overlap_ab && !t->ls.on && !psgd;
     if (cfg->cuda_graph && graph_ok && !t->use_graph)
         LOG0("note: CUDA graph off: %s\n",
              t->o->trace_dir ? "--trace marks each layer from the host"
+             : t->ls.on      ? "net.precision=fp16's loss scaler decides on the host, mid-step, whether to take the step"
              : t->overlap_ab ? "parallel.overlap=2 changes the step every other step"
+             : psgd          ? "parallel.compress=powersgd changes the step at powersgd_start_step (and is host-driven)"
              : sync_bn       ? "comm=mpi all-reduces (gradients, sync batch norm's statistics) run on the host, outside any graph"
                              : "comm=mpi all-reduces run on the host, outside any graph");
     if (t->o->resume_path) {
@@ -279,6 +308,15 @@ static int test_stall_maybe(const trainer *t) {
     return ST_OK;
 }
 
+// DDP_TEST_NONFINITE_GRAD (src/test_hooks.h): an Inf in this rank's loss gradient at the step named (1-based), as
+// an fp16 overflow in backward would make; every parameter's gradient follows it.
+static int test_nonfinite_maybe(const trainer *t) {
+    if (t->hooks->nonfinite_rank != t->rank || t->hooks->nonfinite_step != t->global_step + 1) return ST_OK;
+    const model_layer *loss = &t->m.layers[t->m.n_layers - 1];
+    const float inf = INFINITY;
+    return backend_upload(&t->be, t->m.layers[loss->in_idx[0]].dy, &inf, sizeof inf);
+}
+
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch
 // indices (t->d_batch_idx) and the optimizer's hyper-parameters are written before, by the host.
 static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
@@ -300,6 +338,7 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
                        t->m.labels));
     TRY(train_mark(t, MK_DATA));
     TRY(model_forward(&t->m, t->B, 1));
+    TRY(test_nonfinite_maybe(t));
     TRY(train_mark(t, MK_FWD));
     t->cb_status = ST_OK;
     t->next_bucket = 0;
@@ -310,6 +349,13 @@ static int step_issue(trainer *t, int32_t *scratch, int check_finite) {
     TRY(train_mark(t, MK_BWD));
     if (t->use_comm) TRY(train_buckets_finish(t));
     TRY(train_mark(t, MK_WAIT));
+    // fp16: the gradients unscaled, and a step with NaN/Inf on any rank skipped on every rank (src/loss_scale.h).
+    int skip = 0;
+    TRY(loss_scale_unscale_check(&t->ls, be, t->c, t->world, t->m.grads, np, scratch, &skip));
+    if (skip) {
+        optim_skip(&t->opt);
+        return train_mark(t, MK_END);
+    }
     // After the all-reduce: every rank holds the same averaged gradients, so every rank clips alike.
     if (t->cfg->clip_grad_norm > 0)
         TRY(backend_clip_grad_norm(be, t->m.n_params, t->m.grads, (float)t->cfg->clip_grad_norm, t->d_sumsq));
@@ -396,6 +442,7 @@ static int train_step(trainer *t, int32_t *scratch, int check_finite) {
         TRY(backend_copy(be, t->d_batch_idx + (size_t)j * t->B, idx, (size_t)t->B * sizeof(int32_t)));
     }
     TRY(optim_prepare(&t->opt, lr_at(t)));
+    t->m.loss_scale = (float)t->ls.scale;  // fp16's loss scale (1 otherwise), read by the step's forward
     TRY(model_set_rng(&t->m, t->rank, t->global_step));  // [dropout] masks: read by the graph from backend memory
     // parallel.overlap=2 times pairs of steps (one without overlap, one with) where others time one.
     const int timed = t->tr != NULL || t->global_step % t->timing_every < (t->overlap_ab ? 2 : 1);
@@ -479,6 +526,7 @@ static int epoch_begin(trainer *t) {
     TRY(backend_zero(be, t->m.correct_acc, 4));
     train_timing_reset(t);
     t->launches = 0;
+    t->ls_skipped0 = t->ls.skipped;
     return ST_OK;
 }
 
@@ -628,6 +676,9 @@ static void epoch_figures(const trainer *t, const baseline *bl, const epoch_tota
     em->eval_set = t->sets && t->n_val_view > 0 ? "val" : "test";
     em->data_wait_s = e->steps_run > 0 ? t->data_wait_s / e->steps_run : 0;
     em->bad_images = t->sets ? train_stream_bad(t) : 0;
+    em->precision = precision_name(cfg->precision);
+    em->loss_scale = t->ls.scale;
+    em->skipped_steps = t->ls.skipped - t->ls_skipped0;
     em->time = wall_s();
 }
 
@@ -637,6 +688,9 @@ static int epoch_report(const trainer *t, int metrics, const epoch_metrics *em) 
          t->cfg->epochs, em->train_loss, em->train_acc, em->eval_set, em->test_loss, em->test_acc, em->epoch_s,
          em->images_per_s);
     if (em->bad_images > 0) LOG0("  data: %lld unreadable image(s) skipped so far (data.skip_bad)\n", em->bad_images);
+    if (em->skipped_steps > 0)
+        LOG0("  fp16 loss scaling: %lld step(s) skipped for NaN/Inf gradients, scale now %g\n", em->skipped_steps,
+             em->loss_scale);
     if (t->o->verbose)
         LOG0("  step %.2f ms: fwd %.2f bwd %.2f comm %.2f exposed %.2f (skew %.2f) opt %.2f | %.0f img/s per rank | "
              "efficiency %.3f (%s)\n",
@@ -758,7 +812,7 @@ int train_run(const net_config *cfg, const train_opts *o, comm *c, train_result 
         LOG0("ddp-cnn %s: %s backend, %d rank(s) x batch %d = global batch %d (%s scaling), %zu parameters, "
              "%d steps/epoch, %d bucket(s) of %d KiB, overlap %s, comm %s%s\n",
              DDP_VERSION, backend_name(&t->be), t->world, t->B, t->G,
-             cfg->scaling == SCALING_STRONG ? "strong" : "weak", t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, cfg->bucket_kb,
+             cfg->scaling == SCALING_STRONG ? "strong" : "weak", t->m.n_params, t->steps_per_epoch, t->use_comm ? t->n_buckets : 0, t->cfg->bucket_kb,
              t->overlap_ab ? "alternating" : t->overlap ? "on" : "off", comm_backend_name(c), t->use_graph ? ", CUDA graph" : "");
         if (o->verbose) {  // where a rank's memory goes (activations grow with the batch, the rest with the model)
             const double mib = 1024.0 * 1024.0, p = (double)t->m.n_params * sizeof(float) / mib;

@@ -142,7 +142,42 @@ static int tensors_finite(const trainer *t, const char *path, const tensor_list 
     return ST_OK;
 }
 
-static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum) {
+// PowerSGD's state (train_psgd_gather): "optim.powersgd.q" (every matrix's Q, bucket by bucket; the same on every
+// rank) and "optim.powersgd.error.rank<r>" (rank r's error feedback, the gradient buffer's layout) after the
+// list's tensors, in a malloc'd array (*out; names in *names), and the metadata resume checks them by.
+typedef struct psgd_ckpt {
+    const float *q, *err;   // NULL: nothing to save
+    char layout[24], world[16], nq[24], ne[24];
+} psgd_ckpt;
+
+static int psgd_tensors(const trainer *t, const tensor_list *tl, psgd_ckpt *pc, ckpt_tensor **out, char **names) {
+    const int extra = 1 + t->world;
+    const size_t nq = powersgd_q_floats(t->psgd), ne = powersgd_error_floats(t->psgd);
+    ckpt_tensor *all = malloc((size_t)(tl->n + extra) * sizeof *all);
+    char *nm = malloc((size_t)extra * 48);
+    if (!all || !nm) {
+        free(all), free(nm);
+        return ERR(ST_RUNTIME, "out of host memory for the checkpoint's PowerSGD tensors");
+    }
+    memcpy(all, tl->t, (size_t)tl->n * sizeof *all);
+    for (int k = 0; k < extra; k++) {
+        ckpt_tensor *ct = &all[tl->n + k];
+        memset(ct, 0, sizeof *ct);
+        ct->name = nm + (size_t)k * 48;
+        ct->ndim = 1;
+        if (k == 0) snprintf(nm, 48, "optim.powersgd.q"), ct->data = pc->q, ct->shape[0] = (int64_t)nq;
+        else snprintf(nm + (size_t)k * 48, 48, "optim.powersgd.error.rank%d", k - 1), ct->data = pc->err + (size_t)(k - 1) * ne,
+             ct->shape[0] = (int64_t)ne;
+    }
+    snprintf(pc->layout, sizeof pc->layout, "%016" PRIx64, powersgd_layout_hash(t->psgd));
+    snprintf(pc->world, sizeof pc->world, "%d", t->world);
+    snprintf(pc->nq, sizeof pc->nq, "%zu", nq);
+    snprintf(pc->ne, sizeof pc->ne, "%zu", ne);
+    *out = all, *names = nm;
+    return ST_OK;
+}
+
+static int checkpoint_save(trainer *t, const char *path, double loss_sum, double correct_sum, psgd_ckpt *pc) {
     if (t->rank != 0) return ST_OK;
     if (t->hooks->slow_save) sleep(t->hooks->slow_save_s);  // test hook: a slow file system
     float *host = NULL, *state = NULL;
@@ -163,7 +198,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         free(state);
         return bad_st;
     }
-    char v[16][64];
+    char v[20][64];
     snprintf(v[0], 64, "%d", t->epoch);
     snprintf(v[1], 64, "%d", t->step_in_epoch);
     snprintf(v[2], 64, "%lld", t->global_step);
@@ -188,7 +223,7 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         free(state);
         return ERR(ST_RUNTIME, "out of host memory for the checkpoint's configuration text");
     }
-    ckpt_kv meta[20] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
+    ckpt_kv meta[28] = {{"format", CKPT_FORMAT},     {"epoch", v[0]},          {"step_in_epoch", v[1]},
                         {"global_step", v[2]},       {"optim_t", v[3]},        {"seed", v[4]},
                         {"global_batch", v[5]},      {"world_size", v[6]},     {"epoch_loss_sum", v[7]},
                         {"epoch_correct_sum", v[8]}, {"optimizer", v[9]},      {"config", t->cfg->path},
@@ -199,6 +234,14 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         meta[n_meta++] = (ckpt_kv){"test_acc", v[13]};
     }
     if (t->have_best) meta[n_meta++] = (ckpt_kv){"best_test_acc", v[14]};
+    if (t->ls.on) {  // fp16's loss scaler: its scale, schedule position and the steps it skipped (src/loss_scale.h)
+        snprintf(v[15], 64, "%.17g", t->ls.scale);
+        snprintf(v[16], 64, "%lld", t->ls.good);
+        snprintf(v[17], 64, "%lld", t->ls.skipped);
+        meta[n_meta++] = (ckpt_kv){"loss_scale", v[15]};
+        meta[n_meta++] = (ckpt_kv){"loss_scale_good_steps", v[16]};
+        meta[n_meta++] = (ckpt_kv){"skipped_steps", v[17]};
+    }
     // Streamed sets: the class names, index by index (a JSON array of strings), for --eval and --predict.
     char *names = NULL;
     if (t->sets) {
@@ -212,7 +255,18 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
         }
         meta[n_meta++] = (ckpt_kv){"class_names", names};
     }
-    int st = ckpt_save(path, tl->t, tl->n, meta, n_meta);
+    ckpt_tensor *all = NULL;
+    char *psgd_names = NULL;
+    int st = ST_OK;
+    if (pc->q) {
+        st = psgd_tensors(t, tl, pc, &all, &psgd_names);
+        meta[n_meta++] = (ckpt_kv){"powersgd_layout", pc->layout};
+        meta[n_meta++] = (ckpt_kv){"powersgd_world", pc->world};
+        meta[n_meta++] = (ckpt_kv){"powersgd_q_floats", pc->nq};
+        meta[n_meta++] = (ckpt_kv){"powersgd_error_floats", pc->ne};
+    }
+    if (st == ST_OK) st = ckpt_save(path, all ? all : tl->t, tl->n + (all ? 1 + t->world : 0), meta, n_meta);
+    free(all), free(psgd_names);
     cJSON_free(names);
     free(ini);
     free(tl);
@@ -227,7 +281,13 @@ static int checkpoint_save(trainer *t, const char *path, double loss_sum, double
 int train_ckpt_save_agreed(trainer *t, const char *path, double loss_sum, double correct_sum) {
     TRY(train_params_check(t));     // never replace a good checkpoint with a diverged state (every rank alike)
     TRY(train_state_broadcast(t));  // the file holds every rank's running statistics: rank 0's
-    TRY(checkpoint_save(t, path, loss_sum, correct_sum));
+    psgd_ckpt pc = {0};
+    float *q = NULL, *err = NULL;
+    TRY(train_psgd_gather(t, &q, &err));  // (collective)
+    pc.q = q, pc.err = err;
+    const int st = checkpoint_save(t, path, loss_sum, correct_sum, &pc);
+    free(q), free(err);
+    TRY(st);
     if (t->world == 1) return ST_OK;
     char what[CFG_PATH_MAX + 160];
     snprintf(what, sizeof what, "waiting for rank 0 to write checkpoint '%s'", path);
@@ -269,6 +329,7 @@ static int meta_same(const ckpt_file *f, const char *key, const char *have, cons
 
 typedef struct ckpt_position {
     long long epoch, step, gstep, ot;
+    long long skipped;  // steps fp16's loss scaler skipped (the optimizer did not count them); 0 when absent
     double loss_sum, correct_sum;
 } ckpt_position;
 
@@ -304,9 +365,10 @@ static int checkpoint_check_meta(trainer *t, const ckpt_file *f, ckpt_position *
     if (p->gstep != p->epoch * t->steps_per_epoch + p->step)
         return ERR(ST_INPUT, "%s: metadata 'global_step' is %lld, but epoch %lld x %d steps + step_in_epoch %lld is %lld",
                    path, p->gstep, p->epoch, t->steps_per_epoch, p->step, p->epoch * t->steps_per_epoch + p->step);
-    if (p->ot != p->gstep)
-        return ERR(ST_INPUT, "%s: metadata 'optim_t' is %lld, but the optimizer takes one step per global step (%lld)",
-                   path, p->ot, p->gstep);
+    if (ckpt_meta(f, "skipped_steps")) TRY(meta_int(f, "skipped_steps", 0, p->gstep, &p->skipped));
+    if (p->ot + p->skipped != p->gstep)
+        return ERR(ST_INPUT, "%s: metadata 'optim_t' is %lld, but the optimizer takes one step per global step (%lld) "
+                             "less the %lld skipped", path, p->ot, p->gstep, p->skipped);
     // The partial epoch's sums: a loss sum is >= 0, a count of correct samples at most the samples seen.
     double seen = (double)p->step * t->G;
     TRY(meta_double(f, "epoch_loss_sum", 0, p->step ? 1e300 : 0, &p->loss_sum));
@@ -330,7 +392,7 @@ static int tensor_unused(const trainer *t, const ckpt_file *f, const char *name,
 static int resume_tensors_used(const trainer *t, const ckpt_file *f, const tensor_list *tl) {
     for (int i = 0; i < ckpt_n_tensors(f); i++) {
         const char *name = ckpt_tensor_name(f, i);
-        int known = 0;
+        int known = strncmp(name, "optim.powersgd.", 15) == 0;  // psgd_resume_read's
         for (int k = 0; k < tl->n && !known; k++) known = strcmp(tl->t[k].name, name) == 0;
         for (int k = 0, ns = model_state_tensor(&t->m, -1, NULL); k < ns && !known; k++) {
             model_state_info si;
@@ -342,6 +404,53 @@ static int resume_tensors_used(const trainer *t, const ckpt_file *f, const tenso
         if (!known) return tensor_unused(t, f, name, "--resume");
     }
     return ST_OK;
+}
+
+// fp16's loss scaler where it left off (a checkpoint without one: the scaler starts afresh).
+static int loss_scale_resume(trainer *t, const ckpt_file *f, const ckpt_position *p) {
+    if (!t->ls.on) return ST_OK;
+    t->ls.skipped = p->skipped;
+    if (!ckpt_meta(f, "loss_scale")) return ST_OK;
+    TRY(meta_double(f, "loss_scale", LOSS_SCALE_MIN, 1e30, &t->ls.scale));
+    return meta_int(f, "loss_scale_good_steps", 0, t->ls.growth_interval, &t->ls.good);
+}
+
+// PowerSGD's state, held in t->psgd_resume until train_ddp_start has the buckets (and checks the layout): Q, and
+// this rank's error when the world size is the checkpoint's (each rank's error is its own).
+static int psgd_resume_read(trainer *t, const ckpt_file *f) {
+    if (!ckpt_has_tensor(f, "optim.powersgd.q")) return ST_OK;
+    if (t->cfg->compress != COMPRESS_POWERSGD || !t->use_comm) {
+        LOG0("note: --resume: the PowerSGD state in %s is not used (this run does not compress with powersgd)\n",
+             ckpt_path(f));
+        return ST_OK;
+    }
+    long long world = 0, nq = 0, ne = 0;
+    TRY(meta_int(f, "powersgd_world", 1, 1 << 20, &world));
+    TRY(meta_int(f, "powersgd_q_floats", 0, INT64_MAX / 8, &nq));
+    TRY(meta_int(f, "powersgd_error_floats", 0, INT64_MAX / 8, &ne));
+    const char *layout = ckpt_meta(f, "powersgd_layout");
+    char *end = NULL;
+    const uint64_t lh = layout ? strtoull(layout, &end, 16) : 0;
+    if (!layout || !*layout || *end)
+        return ERR(ST_INPUT, "%s: metadata 'powersgd_layout' is %s, not a hexadecimal hash", ckpt_path(f),
+                   layout ? layout : "missing");
+    psgd_saved *r = &t->psgd_resume;
+    r->q = malloc(((size_t)nq + 1) * sizeof *r->q);
+    TRY_ALLOC(r->q);
+    r->nq = (size_t)nq, r->nerr = (size_t)ne, r->layout = lh;
+    TRY(ckpt_read_tensor(f, "optim.powersgd.q", 1, (int64_t[]){nq}, r->q));
+    TRY(ckpt_require_finite(f, "optim.powersgd.q", r->q, (size_t)nq));
+    if (world != t->world) {
+        LOG0("note: --resume: PowerSGD's error feedback in %s is per rank, for %lld ranks; this run has %d: Q is kept, "
+             "the error starts at zero\n", ckpt_path(f), world, t->world);
+        return ST_OK;
+    }
+    char name[48];
+    snprintf(name, sizeof name, "optim.powersgd.error.rank%d", t->rank);
+    r->err = malloc(((size_t)ne + 1) * sizeof *r->err);
+    TRY_ALLOC(r->err);
+    TRY(ckpt_read_tensor(f, name, 1, (int64_t[]){ne}, r->err));
+    return ckpt_require_finite(f, name, r->err, (size_t)ne);
 }
 
 int train_ckpt_resume(trainer *t, const char *path) {
@@ -382,10 +491,12 @@ int train_ckpt_resume(trainer *t, const char *path) {
     if (st) goto done;
     if ((st = train_host_state_upload(t, host))) goto done;
     if ((st = host_model_state_upload(t, state))) goto done;
+    if ((st = psgd_resume_read(t, f))) goto done;
     t->epoch = (int)p.epoch;
     t->step_in_epoch = (int)p.step;
     t->global_step = p.gstep;
     t->opt.t = p.ot;
+    if ((st = loss_scale_resume(t, f, &p))) goto done;
     t->loss_carry = p.loss_sum;
     t->correct_carry = p.correct_sum;
     if (ckpt_meta(f, "best_test_acc")) {  // --keep-best: the best so far travels with the run

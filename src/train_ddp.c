@@ -4,7 +4,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "bucket_plan.h"
 #include "common.h"
 #include "train_state.h"
 
@@ -19,6 +21,118 @@ int train_grads_finalize(trainer *t, size_t begin, size_t end) {
     return backend_scale(&t->be, end - begin, 1.0f / (float)t->K, t->m.grads + begin);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// PowerSGD (parallel.compress=powersgd, src/powersgd.h): past powersgd_start_step a bucket is two all-reduces,
+// [P's | uncompressed values] launched where the plain one would be (so it overlaps backward as that one does),
+// then its Q's. The Q stages run after backward, bucket by bucket in order: every rank must issue its collectives
+// in the same order, so no stage may start on a rank's own view of which all-reduce has finished.
+
+static int psgd_launch(trainer *t, int i, const char *label) {
+    bucket *b = &t->buckets[i];
+    float *buf;
+    size_t n;
+    TRY(powersgd_compress(t->psgd, i, t->m.grads, &buf, &n));
+    TRY(comm_allreduce_avg_async(t->c, buf, n, label, &b->req));
+    b->psgd_stage = 1;
+    return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
+}
+
+// Wait for bucket i's all-reduce in flight, then its next stage: the Q's launched (1), or the gradient (2).
+static int psgd_advance(trainer *t, int i) {
+    bucket *b = &t->buckets[i];
+    TRY(comm_wait(t->c, b->req));
+    b->req = -1;
+    if (b->psgd_stage == 1) {
+        float *buf;
+        size_t n;
+        char label[64];
+        snprintf(label, sizeof label, "step %lld bucket %d (PowerSGD Q)", t->global_step + 1, i);
+        TRY(powersgd_project(t->psgd, i, t->m.grads, &buf, &n));
+        TRY(comm_allreduce_avg_async(t->c, buf, n, label, &b->req));
+        b->psgd_stage = 2;
+        void *q_start;  // the bucket's communication spans P's launch to Q's end
+        return comm_req_marks(t->c, b->req, &q_start, &b->m_end);
+    }
+    TRY(powersgd_decompress(t->psgd, i, t->m.grads));
+    b->psgd_stage = 0;
+    b->t_done = now_s();
+    return ST_OK;
+}
+
+static int psgd_finish(trainer *t) {
+    for (int stage = 1; stage <= 2; stage++)
+        for (int i = 0; i < t->n_buckets; i++) TRY(psgd_advance(t, i));
+    t->next_bucket = 0;
+    return ST_OK;
+}
+
+// The buckets' layout once they exist (bucket_kb=auto makes them at the start), what is compressed (one line), and
+// a resumed run's state when the layout is the checkpoint's. No matrix to compress is bad input.
+static int psgd_setup(trainer *t) {
+    const net_config *cfg = t->cfg;
+    if (cfg->compress != COMPRESS_POWERSGD) return ST_OK;
+    size_t *begin = malloc(2 * (size_t)(t->n_buckets + 1) * sizeof *begin);
+    TRY_ALLOC(begin);
+    size_t *end = begin + t->n_buckets + 1;
+    for (int i = 0; i < t->n_buckets; i++) begin[i] = t->buckets[i].begin, end[i] = t->buckets[i].end;
+    const powersgd_opts o = {.rank = cfg->powersgd_rank, .start_step = cfg->powersgd_start_step, .seed = cfg->seed};
+    const int st = powersgd_create(&t->psgd, &t->be, &t->m, t->n_buckets, begin, end, &o);
+    free(begin);
+    TRY(st);
+    powersgd_stats s;
+    powersgd_get_stats(t->psgd, &s);
+    if (s.compressed == 0) {
+        if (s.max_rank > 0)
+            return ERR(ST_INPUT, "%s: [parallel] powersgd_rank=%d compresses none of the model's %d weight matrices (an "
+                                 "n x m matrix is compressed at rank r = min(n, m, powersgd_rank) when 2 (n + m) r < n m); "
+                                 "at most %d compresses one", cfg->path, cfg->powersgd_rank, s.matrix_tensors, s.max_rank);
+        return ERR(ST_INPUT, "%s: [parallel] compress=powersgd: none of the model's %d weight matrices is large enough to "
+                             "compress even at powersgd_rank=1 (2 (n + m) < n m); use compress=none, bf16 or fp16",
+                   cfg->path, s.matrix_tensors);
+    }
+    LOG0("powersgd: rank %d from step %d: %d of the %d weight matrices compressed (%d matrices: tensors split over "
+         "buckets give one per part), the rest of the %d parameter tensors all-reduced as they are; %zu floats "
+         "all-reduced per step instead of %zu (%.1fx less)\n", cfg->powersgd_rank, cfg->powersgd_start_step,
+         s.compressed, s.matrix_tensors, s.pieces, s.tensors, s.floats_sent, s.floats_plain,
+         s.floats_sent ? (double)s.floats_plain / (double)s.floats_sent : 0.0);
+    psgd_saved *r = &t->psgd_resume;
+    if (r->q) {
+        if (r->layout == powersgd_layout_hash(t->psgd) && r->nq == powersgd_q_floats(t->psgd) &&
+            r->nerr == powersgd_error_floats(t->psgd))
+            TRY(powersgd_state_upload(t->psgd, r->q, r->err));
+        else
+            LOG0("note: --resume: the checkpoint's PowerSGD state is not used (its buckets or matrices differ: "
+                 "bucket_kb, powersgd_rank or the model changed); Q is drawn again and the error starts at zero\n");
+    }
+    free(r->q), free(r->err);
+    r->q = r->err = NULL;
+    return ST_OK;
+}
+
+// Every rank's error to rank 0 (one broadcast per rank: the host collectives have no gather), Q from rank 0's.
+int train_psgd_gather(trainer *t, float **q, float **err) {
+    *q = *err = NULL;
+    if (!t->psgd || !powersgd_started(t->psgd)) return ST_OK;
+    const size_t nq = powersgd_q_floats(t->psgd), ne = powersgd_error_floats(t->psgd);
+    float *mine = malloc((ne + 1) * sizeof *mine);
+    float *all = t->rank == 0 ? malloc(((size_t)t->world * ne + 1) * sizeof *all) : NULL;
+    float *hq = t->rank == 0 ? malloc((nq + 1) * sizeof *hq) : NULL;
+    int st = mine && (t->rank != 0 || (all && hq)) ? ST_OK : ERR(ST_RUNTIME, "out of host memory for PowerSGD's state");
+    if (st == ST_OK) st = powersgd_state_download(t->psgd, hq, mine);
+    for (int r = 0; r < t->world && st == ST_OK; r++) {
+        st = comm_bcast(t->c, mine, ne * sizeof *mine, r);  // root r sends its own; the others receive it
+        if (st == ST_OK && t->rank == 0) memcpy(all + (size_t)r * ne, mine, ne * sizeof *mine);
+        if (st == ST_OK && r + 1 < t->world) st = powersgd_state_download(t->psgd, NULL, mine);
+    }
+    free(mine);
+    if (st != ST_OK) {
+        free(all), free(hq);
+        return st;
+    }
+    *q = hq, *err = all;
+    return ST_OK;
+}
+
 static int bucket_launch(trainer *t, int i) {
     bucket *b = &t->buckets[i];
     TRY(train_grads_finalize(t, b->begin, b->end));
@@ -27,6 +141,7 @@ static int bucket_launch(trainer *t, int i) {
     snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
     b->t_launch = now_s();
     b->t_done = 0;
+    if (powersgd_active(t->psgd, t->global_step)) return psgd_launch(t, i, label);
     TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
     return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
 }
@@ -65,6 +180,7 @@ int train_on_grads_ready(void *arg, size_t ready) {
 // Launch what is left, then wait for every bucket (comm=nccl: make the compute stream wait).
 int train_buckets_finish(trainer *t) {
     while (t->next_bucket < t->n_buckets) TRY(bucket_launch(t, t->next_bucket++));
+    if (powersgd_active(t->psgd, t->global_step)) return psgd_finish(t);
     for (int i = 0; i < t->n_buckets; i++) {
         bucket *b = &t->buckets[i];
         TRY(comm_wait(t->c, b->req));
@@ -75,62 +191,151 @@ int train_buckets_finish(trainer *t) {
     return ST_OK;
 }
 
+// The model's layers for the bucket rule. Under PowerSGD none is split: it compresses a layer's weight matrix
+// whole, and parts of a few rows cut by the cap would rarely compress at all (they are all ready together anyway).
+static int plan_layers(const trainer *t, double backward_s, bucket_layer *out) {
+    const int n = bucket_plan_layers(&t->m, backward_s, out);
+    for (int i = 0; i < n; i++) out[i].whole = t->cfg->compress == COMPRESS_POWERSGD;
+    return n;
+}
+
 // Buckets close at layer boundaries, as PyTorch DDP never splits a parameter: a bucket is ready as soon as
 // backward has finished its last layer, so a slice of the cap that cut a layer in two would leave the rest of that
 // layer waiting for the next boundary -- for the first layers, the end of backward. Layers (in the buffer's
 // reverse order) are gathered into a bucket while it stays within bucket_kb; a layer larger than the cap is split
-// into equal parts no larger than it, all ready together.
+// into equal parts no larger than it, all ready together (bucket_plan_form, which bucket_kb=auto's model plans with).
+// bucket_kb=auto with all-reduces: sized in train_ddp_start, once the link can be probed.
 int train_buckets_create(trainer *t) {
+    if (t->cfg->bucket_kb == 0) return ST_OK;  // auto: at one rank without all-reduces there are none
     size_t per = (size_t)t->cfg->bucket_kb * 1024 / sizeof(float);
-    if (per == 0) per = 1;
-    // Each layer's span [begin, end) in the flat buffer, in buffer order (the last layer's first).
-    size_t span_b[CFG_MAX_LAYERS], span_e[CFG_MAX_LAYERS];
-    int n_spans = 0;
-    for (int l = t->m.n_layers - 1; l >= 0; l--) {
-        const model_layer *ly = &t->m.layers[l];
-        if (ly->n_w + ly->n_b == 0) continue;
-        size_t b = ly->w_off < ly->b_off ? ly->w_off : ly->b_off;
-        size_t e = ly->w_off + ly->n_w > ly->b_off + ly->n_b ? ly->w_off + ly->n_w : ly->b_off + ly->n_b;
-        span_b[n_spans] = b, span_e[n_spans] = e, n_spans++;
-    }
-    // Two passes over the same rule: count, then fill.
-    for (int pass = 0; pass < 2; pass++) {
-        int n = 0;
-        size_t open = 0;  // start of the bucket being filled (== the next span's begin when empty)
-        for (int i = 0; i < n_spans; i++) {
-            size_t b = span_b[i], e = span_e[i], size = e - b;
-            if (open < b && (size > per || e - open > per)) {  // close what is open before this layer
-                if (pass) t->buckets[n].begin = open, t->buckets[n].end = b;
-                n++, open = b;
-            }
-            if (size > per) {
-                size_t parts = (size + per - 1) / per;
-                for (size_t k = 0; k < parts; k++) {
-                    if (pass) t->buckets[n].begin = b + size * k / parts, t->buckets[n].end = b + size * (k + 1) / parts;
-                    n++;
-                }
-                open = e;
-            }
-        }
-        if (open < t->m.n_params) {
-            if (pass) t->buckets[n].begin = open, t->buckets[n].end = t->m.n_params;
-            n++;
-        }
-        if (!pass) {
-            if (n > COMM_MAX_REQS - COMM_RESERVED_REQS)  // (sync batch norm's all-reduces need free slots too)
-                return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
-                           t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS - COMM_RESERVED_REQS);
-            t->n_buckets = n;
-            t->buckets = calloc((size_t)n, sizeof *t->buckets);
-            TRY_ALLOC(t->buckets);
-        }
-    }
-    t->bucket_bytes = calloc((size_t)t->n_buckets + 1, sizeof *t->bucket_bytes);
+    bucket_layer layers[CFG_MAX_LAYERS];
+    const int n_layers = plan_layers(t, 0, layers);
+    const int n = bucket_plan_form(layers, n_layers, t->m.n_params, per, NULL);
+    if (n > COMM_MAX_REQS - COMM_RESERVED_REQS)  // (sync batch norm's all-reduces need free slots too)
+        return ERR(ST_INPUT, "%s: [parallel] bucket_kb=%d gives %d buckets for %zu parameters (at most %d)",
+                   t->cfg->path, t->cfg->bucket_kb, n, t->m.n_params, COMM_MAX_REQS - COMM_RESERVED_REQS);
+    bucket_span *spans = malloc((size_t)(n ? n : 1) * sizeof *spans);
+    TRY_ALLOC(spans);
+    bucket_plan_form(layers, n_layers, t->m.n_params, per, spans);
+    free(t->buckets), free(t->bucket_bytes);
+    t->n_buckets = n;
+    t->buckets = calloc((size_t)n + 1, sizeof *t->buckets);
+    t->bucket_bytes = calloc((size_t)n + 1, sizeof *t->bucket_bytes);
+    if (!t->buckets || !t->bucket_bytes) free(spans);
+    TRY_ALLOC(t->buckets);
     TRY_ALLOC(t->bucket_bytes);
-    for (int i = 0; i < t->n_buckets; i++) {
+    for (int i = 0; i < n; i++) {
+        t->buckets[i].begin = spans[i].begin, t->buckets[i].end = spans[i].end;
         t->buckets[i].req = -1;
-        t->bucket_bytes[i] = (long long)((t->buckets[i].end - t->buckets[i].begin) * sizeof(float));
+        t->bucket_bytes[i] = (long long)((spans[i].end - spans[i].begin) * sizeof(float));
     }
+    free(spans);
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// parallel.bucket_kb=auto: the cap from a probe of the link and the model's layers (src/bucket_plan.h)
+
+// The median time of reps all-reduces of `bytes` of buf through the buckets' path (launch, wait, the backend
+// drained), after one unmeasured (warm: 1) that also brings the ranks together; *launch_s: the median host time
+// of the launch call alone.
+static int probe_allreduce(trainer *t, float *buf, size_t bytes, int warm, int reps, double *s, double *launch_s) {
+    double took[8], launch[8];
+    if (reps > 8) reps = 8;
+    for (int r = -warm; r < reps; r++) {
+        TRY(train_drain(t));
+        int req = -1;
+        const double t0 = now_s();
+        TRY(comm_allreduce_avg_async(t->c, buf, bytes / sizeof(float), "the bucket_kb=auto probe", &req));
+        const double t1 = now_s();
+        TRY(comm_wait(t->c, req));
+        TRY(train_drain(t));
+        if (r >= 0) took[r] = now_s() - t0, launch[r] = t1 - t0;
+    }
+    *s = bucket_plan_median(took, reps);
+    *launch_s = bucket_plan_median(launch, reps);
+    return ST_OK;
+}
+
+// The link: all-reduces of 4 KiB, 16 KiB, ... (bucket_plan.h) until one takes BUCKET_PROBE_ENOUGH_S, holds all
+// the gradients or is 4 MiB; each figure the slowest rank's, so every rank decides alike and plans the same
+// buckets.
+static int probe_link(trainer *t, float *buf, bucket_link *link) {
+    double bytes[BUCKET_LINK_MAX], took[BUCKET_LINK_MAX], launch = 0;
+    int n = 0;
+    for (size_t size = BUCKET_PROBE_FIRST_BYTES; n < BUCKET_LINK_MAX && size <= BUCKET_PROBE_LAST_BYTES; size *= 4) {
+        const int slow = n > 0 && took[n - 1] >= BUCKET_PROBE_SLOW_S;
+        double v[2];  // time, launch
+        TRY(probe_allreduce(t, buf, size, !slow, n == 0 ? 7 : slow ? 1 : 3, &v[0], &v[1]));
+        TRY(comm_allreduce_max_f64(t->c, v, 2));
+        if (n == 0) launch = v[1];
+        bytes[n] = (double)size, took[n] = v[0], n++;
+        if (v[0] >= BUCKET_PROBE_ENOUGH_S || size >= t->m.n_params * sizeof(float)) break;
+    }
+    *link = bucket_plan_fit(bytes, took, n, launch);
+    return ST_OK;
+}
+
+// Backward's time, estimated as twice an evaluation forward of one training batch of zeros (backward computes
+// the gradients of the inputs and of the weights): no state changes, and the batch's plans are made for the
+// first step anyway. Timed twice when the first is short (it sets the plans up); the slowest rank's.
+static int estimate_backward(trainer *t, double *s) {
+    const size_t in = (size_t)t->B * t->m.in_c * t->m.in_h * t->m.in_w * sizeof(float);
+    TRY(backend_zero(&t->be, t->m.x, in));
+    TRY(backend_zero(&t->be, t->m.labels, (size_t)t->B * sizeof(int32_t)));
+    double fwd = 0;
+    for (int k = 0; k < 2 && (k == 0 || fwd < 1.0); k++) {
+        TRY(train_drain(t));
+        const double t0 = now_s();
+        TRY(model_forward(&t->m, t->B, 0));
+        TRY(train_drain(t));
+        fwd = now_s() - t0;
+    }
+    TRY(backend_zero(&t->be, t->m.loss_acc, sizeof(double)));
+    TRY(backend_zero(&t->be, t->m.correct_acc, sizeof(int32_t)));
+    *s = 2 * fwd;
+    return comm_allreduce_max_f64(t->c, s, 1);
+}
+
+// Collective, after the start's broadcasts: probe, plan, build the buckets; one line says what was chosen.
+static int buckets_auto(trainer *t) {
+    float *buf = NULL;
+    TRY(backend_alloc(&t->be, (void **)&buf, BUCKET_PROBE_LAST_BYTES));
+    bucket_link link;
+    int st = probe_link(t, buf, &link);
+    backend_free(&t->be, buf);
+    TRY(st);
+    double backward_s;
+    TRY(estimate_backward(t, &backward_s));
+    bucket_layer layers[CFG_MAX_LAYERS];
+    const int n_layers = plan_layers(t, backward_s, layers);
+    bucket_choice c;
+    const int most = COMM_MAX_REQS - COMM_RESERVED_REQS;
+    TRY(bucket_plan_choose(layers, n_layers, t->m.n_params, backward_s, &link, t->overlap, most, &c));
+    if (c.kb == 0)
+        return ERR(ST_INPUT, "%s: [parallel] bucket_kb=auto: %zu parameters need more than %d buckets even at %d KiB",
+                   t->cfg->path, t->m.n_params, most, BUCKET_PLAN_MAX_KB);
+    t->cfg_eff.bucket_kb = c.kb;
+    TRY(train_buckets_create(t));
+    if (t->o->verbose) {  // every cap the model weighed: KiB, buckets, predicted ms
+        char all[1024];
+        int len = 0;
+        for (long kb = BUCKET_PLAN_MIN_KB; kb <= BUCKET_PLAN_MAX_KB && len < (int)sizeof all - 40; kb *= 2) {
+            const size_t per = (size_t)kb * 1024 / sizeof(float);
+            int nb = bucket_plan_form(layers, n_layers, t->m.n_params, per, NULL);
+            if (nb > most) continue;
+            const double x = bucket_plan_simulate(layers, n_layers, t->m.n_params, backward_s, per, &link, t->overlap, &nb);
+            len += snprintf(all + len, sizeof all - (size_t)len, " %ld:%d:%.3f", kb, nb, x * 1e3);
+        }
+        LOG0("buckets: auto weighed (cap KiB:buckets:predicted ms)%s\n", all);
+        len = 0;
+        for (int i = 0; i < link.n; i++)
+            len += snprintf(all + len, sizeof all - (size_t)len, " %.0f:%.3f", link.bytes[i] / 1024, link.s[i] * 1e3);
+        LOG0("buckets: auto probe (all-reduce KiB:ms, the slowest rank's medians)%s\n", all);
+    }
+    LOG0("buckets: auto -> cap %d KiB, %d buckets, predicted exposed comm %.3f ms (link alpha %.1f us, beta %.3f "
+         "GB/s, launch %.1f us; backward ~%.2f ms, twice a timed forward)\n", c.kb, t->n_buckets, c.exposed_s * 1e3,
+         link.alpha_s * 1e6, 1e-9 / link.beta_s, link.launch_s * 1e6, backward_s * 1e3);
     return ST_OK;
 }
 
@@ -153,9 +358,42 @@ int train_state_broadcast(trainer *t) {
 }
 
 // Every replica starts from rank 0's parameters, optimizer state and running statistics; with the all-reduces progressing on the
-// host (comm=mpi) and overlap on, the backend calls back during backward to move them on.
+// host (comm=mpi) and overlap on, the backend calls back during backward to move them on. bucket_kb=auto: the
+// buckets are planned here, every rank present.
+// parallel.compress=bf16|fp16: the gradient buckets go through the comm in 16 bits (comm_set_compress; sync batch
+// norm's statistics stay float32). powersgd is not a wire format: its buckets reach the comm as float32.
+static int compress_start(trainer *t) {
+    const int mode = t->cfg->compress == COMPRESS_BF16   ? COMM_COMPRESS_BF16
+                     : t->cfg->compress == COMPRESS_FP16 ? COMM_COMPRESS_FP16
+                                                         : COMM_COMPRESS_NONE;
+    if (mode == COMM_COMPRESS_NONE) return comm_set_compress(t->c, mode);
+    if (!(comm_caps(t->c) & COMM_CAP_COMPRESS16))
+        return ERR(ST_INPUT, "%s: [parallel] compress=%s: comm %s cannot all-reduce 16-bit gradients (use compress=none)",
+                   t->cfg->path, comm_compress_name(mode), comm_backend_name(t->c));
+    TRY(comm_set_compress(t->c, mode));
+    LOG0("compression: gradient buckets all-reduced as %s (%s), cast back to float32 after; sync batch norm in "
+         "float32\n", comm_compress_name(mode),
+         mode == COMM_COMPRESS_BF16 ? "bfloat16, float32's range"
+                                    : "fp16 with power-of-two scales: no overflow, see docs/parallelism.md");
+    return ST_OK;
+}
+
+// parallel.hierarchy=node|auto: the buckets reduce within each node, across the nodes' leaders, and back
+// (comm_set_hierarchy); one line says what runs, or why it is flat.
+static int hierarchy_start(trainer *t) {
+    const int mode = t->cfg->hierarchy == HIERARCHY_NODE   ? COMM_HIERARCHY_NODE
+                     : t->cfg->hierarchy == HIERARCHY_AUTO ? COMM_HIERARCHY_AUTO
+                                                           : COMM_HIERARCHY_FLAT;
+    if (mode == COMM_HIERARCHY_FLAT || t->world == 1) return ST_OK;
+    TRY(comm_set_hierarchy(t->c, mode, t->hooks->fake_nodes));
+    LOG0("%s\n", comm_hierarchy_line(t->c));
+    return ST_OK;
+}
+
 int train_ddp_start(trainer *t) {
     int st = comm_bind_stream(t->c, backend_stream(&t->be), t->async_backend);
+    if (st == ST_OK) st = hierarchy_start(t);
+    if (st == ST_OK) st = compress_start(t);
     float *host = NULL;
     if (st == ST_OK) st = train_host_state(t, &host);
     if (st == ST_OK)
@@ -163,6 +401,8 @@ int train_ddp_start(trainer *t) {
     if (st == ST_OK) st = train_host_state_upload(t, host);
     free(host);
     if (st == ST_OK) st = train_state_broadcast(t);
+    if (st == ST_OK && t->cfg->bucket_kb == 0) st = buckets_auto(t);
+    if (st == ST_OK) st = psgd_setup(t);
     if (st == ST_OK && t->host_comm && t->overlap) backend_set_progress(&t->be, progress_hook, t);
     return st;
 }

@@ -81,8 +81,10 @@ int train_backend_setup(trainer *t) {
     int device;
     TRY(placement_device(ci, cfg->backend, t->hooks->fake_gpus, &device));  // node-local rank -> GPU
     // tf32=1 without CUDA is an error; deterministic=1 on the CPU changes nothing (it is deterministic already).
-    const backend_options opt = {
-        .threads = threads, .device = device, .tf32 = cfg->tf32, .deterministic = cfg->deterministic};
+    // net.precision=tf32 is tf32=1 on the GPU and fp32 on the CPU (docs/precision.md).
+    const int tf32 = cfg->tf32 || (cfg->precision == PREC_TF32 && strcmp(cfg->backend, "cuda") == 0);
+    const backend_options opt = {.threads = threads, .device = device, .tf32 = tf32,
+                                 .deterministic = cfg->deterministic, .precision = cfg->precision};
     TRY(backend_create(&t->be, cfg->backend, &opt));
     // Test aid (graph tests, src/test_hooks.h): the test build's wrapper emulates CUDA stream capture on the CPU
     // backend, or refuses every capture (the fall-back to op-by-op steps). The release trainer has no wrapper.

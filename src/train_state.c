@@ -152,11 +152,14 @@ void train_state_free(trainer *t) {
         for (int k = 0; k <= AHEAD; k++) backend_mark_destroy(be, t->mk_ahead[k]);
         backend_mark_destroy(be, t->mk_origin);
         for (int i = 0; t->lm && i < t->cap_lm; i++) backend_mark_destroy(be, t->lm[i].mk);
+        powersgd_destroy(t->psgd);
         optim_destroy(&t->opt);
         model_destroy(&t->m);
         backend_destroy(&t->be);
     }
     free(t->h_perm);
+    free(t->psgd_resume.q);
+    free(t->psgd_resume.err);
     free(t->confusion);
     free(t->h_logits);
     free(t->buckets);

@@ -21,9 +21,11 @@
 #include "config.h"
 #include "data.h"
 #include "loader.h"
+#include "loss_scale.h"
 #include "metrics.h"
 #include "model.h"
 #include "optim.h"
+#include "powersgd.h"
 #include "test_hooks.h"
 #include "tensorboard.h"
 #include "trace.h"
@@ -35,7 +37,16 @@ typedef struct bucket {
     double t_launch, t_done;    // host clock: launch, completion seen (comm=mpi)
     void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
     void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
+    int psgd_stage;             // PowerSGD: 1 [P's | uncompressed] in flight, 2 the Q's in flight, 0 neither
 } bucket;
+
+// --resume of a PowerSGD run: the checkpoint's state, held until the buckets exist (bucket_kb=auto makes them at
+// the start) and applied there if the layout is the same (train_ddp.c).
+typedef struct psgd_saved {
+    float *q, *err;             // malloc'd; NULL when the file had none
+    size_t nq, nerr;
+    uint64_t layout;            // powersgd_layout_hash of the run that saved it
+} psgd_saved;
 
 // The host issues at most AHEAD steps beyond the last one the GPU finished. More would only queue work, and a
 // step stuck in an all-reduce must be seen by a bounded wait (train_mark_wait) before the host blocks elsewhere.
@@ -88,6 +99,8 @@ typedef struct trainer {
     int n_buckets, next_bucket, use_comm, overlap;
     int host_comm;              // the all-reduces progress on the host (comm=mpi): poll them during backward
     int cb_status;              // first error the backend's progress hook (a void callback) saw polling buckets
+    powersgd *psgd;             // parallel.compress=powersgd with all-reduces (src/powersgd.h); NULL otherwise
+    psgd_saved psgd_resume;     // --resume: its PowerSGD state until train_ddp_start applies it
     // position
     int epoch, step_in_epoch;
     long long global_step;
@@ -119,6 +132,8 @@ typedef struct trainer {
     int32_t *d_param_bad;       // [0]: non-finite parameters after the step's update (counted inside the step, also
                                 // in a graph); [1]: scratch for naming the layer (train_params_check)
     double *d_sumsq;            // clip_grad_norm: the step's sum of squared gradients (before clipping)
+    loss_scaler ls;             // net.precision=fp16: dynamic loss scaling (off otherwise)
+    long long ls_skipped0;      // ls.skipped when the epoch began (the epoch's skipped_steps)
     double grad_norm_sum;       // sum over the epoch's timed steps of the norm before clipping
     double ckpt_test_loss, ckpt_test_acc;  // the epoch's test figures, for the checkpoint saved at its end
     int ckpt_has_test;
@@ -217,6 +232,10 @@ int train_ddp_start(trainer *t);              // bind the comm to the stream, br
 int train_data_agree(trainer *t);             // every rank loaded the same data (collective)
 int train_state_broadcast(trainer *t);        // running statistics from rank 0 (collective; before eval, save)
 int train_replicas_check(trainer *t);         // same parameters and running statistics everywhere (collective)
+// PowerSGD's state for a checkpoint: Q (the same everywhere) and every rank's error on rank 0 (collective; *err:
+// world x powersgd_error_floats floats, rank-major, malloc'd on rank 0, NULL elsewhere). Nothing (NULLs) when
+// PowerSGD is off or has not started.
+int train_psgd_gather(trainer *t, float **q, float **err);
 
 // ---------------------------------------------------------------------------------------------------------
 // train_ckpt.c

@@ -64,6 +64,10 @@ static int use_data_setup(trainer *t) {
         const char *test_p[1] = {paths[5]};
         name = cfg->cifar_dir;
         TRY(data_load_cifar10(test_p, 1, cfg->test_limit, &t->test));
+    } else if (cfg->data_format == DATA_SYNTHETIC) {  // the training run's test set, made again from net.seed
+        name = "[data] format=synthetic";
+        TRY(data_make_synthetic(cfg->seed, 1, cfg->test_limit ? cfg->test_limit : DATA_SYNTHETIC_TEST, cfg->channels,
+                                cfg->height, cfg->width, cfg->classes, &t->test));
     } else {
         name = cfg->test_images;
         TRY(data_load_idx(cfg->test_images, cfg->test_labels, cfg->classes, cfg->test_limit, &t->test));

@@ -118,6 +118,27 @@ for launcher in srun mpirun; do
   fi
 done
 
+# ---- 2b. parallel.hierarchy=node, 2 nodes x 2 ranks (plain mpirun): the start-up line, and parameters equal to
+# flat's within test_ddp's np tolerance (max |a - b| / max(|a|, 1e-2) < 1e-5; docs/parallelism.md)
+hier_run() {  # hier_run MODE: 4 ranks across n1, n2; checkpoint $DDP_BOX_DIR/hier-MODE.st (both nodes see it)
+  box exec n1 mpirun ${mpi_root:+--allow-run-as-root} --hostfile "$DDP_BOX_DIR/hostfile" -np 4 --bind-to none \
+    "$trainer" --config "$src/$CONFIG" --threads 1 --batch 16 --epochs 1 --set data.train_limit=1024 \
+    --set data.test_limit=200 --set net.optimizer=sgd --set parallel.hierarchy="$1" --save "$DDP_BOX_DIR/hier-$1.st"
+}
+[ "$(id -u)" -eq 0 ] && mpi_root=1
+t0=$(now)
+hier_run flat >"$tmp/hflat.out" 2>&1 && hier_run node >"$tmp/hnode.out" 2>&1
+rc=$?
+hline=$(grep -m 1 "^hierarchy" "$tmp/hnode.out")
+hdiff=$("$tool" reldiff "$DDP_BOX_DIR/hier-flat.st" "$DDP_BOX_DIR/hier-node.st" 2>&1 | cut -d' ' -f1)
+if [ "$rc" -eq 0 ] && [ "$hline" = "hierarchy: node (2 nodes x 2 ranks; leaders all-reduce across nodes)" ] &&
+   awk -v a="$hdiff" 'BEGIN { exit !(a < 1e-5) }'; then
+  ok "hierarchy=node, 2 nodes x 2 ranks: '$hline'; parameters vs flat: max relative difference $hdiff (< 1e-5);" \
+     "both runs $(since "$t0") s"
+else
+  bad "hierarchy=node across 2 nodes: exit $rc, line '$hline', difference '$hdiff'"; tail -n 5 "$tmp/hnode.out"
+fi
+
 # ---- 3. n2's link goes down mid-epoch: rank 0's watchdog (comm_timeout_s 5) exits 4 naming rank 1 on n2
 submit_bg "$tmp/link.out" -- "${run_args[@]}" --epochs 20 --set parallel.comm_timeout_s=5
 job=$(job_of)

@@ -1728,6 +1728,108 @@ static void test_avgpool(void **state) {
     backend_destroy(&be);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// PowerSGD's linear algebra: gemm against a double triple loop (every transpose, alpha and beta, more rows than one
+// block), the same bits at any thread count; orthogonalize against modified Gram-Schmidt in double.
+
+static void gemm_ref(int ta, int tb, int m, int n, int k, double alpha, const float *a, const float *b, double beta,
+                     const float *c0, double *c) {
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double acc = 0;
+            for (int l = 0; l < k; l++)
+                acc += (double)(ta ? a[(size_t)l * m + i] : a[(size_t)i * k + l]) *
+                       (tb ? b[(size_t)j * k + l] : b[(size_t)l * n + j]);
+            c[(size_t)i * n + j] = alpha * acc + (beta != 0 ? beta * c0[(size_t)i * n + j] : 0);
+        }
+}
+
+static void test_gemm(void **state) {
+    (void)state;
+    backend b1 = make_cpu(1), b2 = make_cpu(2);
+    rng r;
+    rng_seed(&r, 11);
+    const int shapes[][3] = {{150, 7, 33}, {5, 130, 3}, {70, 2, 200}, {1, 1, 1}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const int m = shapes[sh][0], n = shapes[sh][1], k = shapes[sh][2];
+                float *a = fbuf((size_t)m * k), *b = fbuf((size_t)k * n), *c0 = fbuf((size_t)m * n);
+                float *c1 = fbuf((size_t)m * n), *c2 = fbuf((size_t)m * n);
+                double *ref = dbuf((size_t)m * n);
+                fill_uniform(&r, a, (size_t)m * k, -1, 1);
+                fill_uniform(&r, b, (size_t)k * n, -1, 1);
+                fill_uniform(&r, c0, (size_t)m * n, -1, 1);
+                const float alpha = ta ? -0.5f : 1.0f, beta = tb ? 0.25f : 0.0f;
+                memcpy(c1, c0, (size_t)m * n * sizeof(float));
+                if (beta == 0) c1[0] = NAN;  // beta 0 never reads c
+                memcpy(c2, c1, (size_t)m * n * sizeof(float));
+                assert_int_equal(backend_gemm(&b1, ta, tb, m, n, k, alpha, a, b, beta, c1), ST_OK);
+                assert_int_equal(backend_gemm(&b2, ta, tb, m, n, k, alpha, a, b, beta, c2), ST_OK);
+                gemm_ref(ta, tb, m, n, k, alpha, a, b, beta, c0, ref);
+                double worst = 0;
+                for (size_t i = 0; i < (size_t)m * n; i++) worst = fmax(worst, fabs(c1[i] - ref[i]));
+                if (!(worst < 1e-5 * k)) fail_msg("gemm ta=%d tb=%d %dx%dx%d: max error %g", ta, tb, m, n, k, worst);
+                assert_memory_equal(c1, c2, (size_t)m * n * sizeof(float));  // thread count changes nothing
+                free(a), free(b), free(c0), free(c1), free(c2), free(ref);
+            }
+    float z = 5;
+    assert_int_equal(backend_gemm(&b1, 0, 0, 1, 1, 0, 1.0f, &z, &z, 0.0f, &z), ST_OK);  // k = 0: c = 0
+    assert_true(z == 0.0f);
+    assert_int_equal(backend_gemm(&b1, 0, 0, -1, 1, 1, 1.0f, &z, &z, 0.0f, &z), ST_INPUT);
+    backend_destroy(&b1);
+    backend_destroy(&b2);
+}
+
+static void mgs_ref(int n, int r, double eps, double *a) {
+    for (int i = 0; i < r; i++) {
+        double ss = 0;
+        for (int row = 0; row < n; row++) ss += a[row * r + i] * a[row * r + i];
+        const double den = sqrt(ss) + eps;
+        for (int row = 0; row < n; row++) a[row * r + i] = den > 0 ? a[row * r + i] / den : 0;
+        for (int j = i + 1; j < r; j++) {
+            double dot = 0;
+            for (int row = 0; row < n; row++) dot += a[row * r + i] * a[row * r + j];
+            for (int row = 0; row < n; row++) a[row * r + j] -= dot * a[row * r + i];
+        }
+    }
+}
+
+static void test_orthogonalize(void **state) {
+    (void)state;
+    backend be = make_cpu(1);
+    rng r;
+    rng_seed(&r, 12);
+    const int shapes[][2] = {{40, 1}, {40, 2}, {300, 5}, {4, 4}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++) {
+        const int n = shapes[sh][0], k = shapes[sh][1];
+        float *a = fbuf((size_t)n * k);
+        double *ref = dbuf((size_t)n * k);
+        fill_uniform(&r, a, (size_t)n * k, -1, 1);
+        to_double(a, ref, (size_t)n * k);
+        assert_int_equal(backend_orthogonalize(&be, n, k, 0.0f, a), ST_OK);
+        mgs_ref(n, k, 0, ref);
+        for (size_t i = 0; i < (size_t)n * k; i++) assert_true(fabs(a[i] - ref[i]) < 1e-5);
+        for (int i = 0; i < k; i++)  // orthonormal columns
+            for (int j = 0; j < k; j++) {
+                double dot = 0;
+                for (int row = 0; row < n; row++) dot += (double)a[row * k + i] * a[row * k + j];
+                if (fabs(dot - (i == j)) > 1e-5) fail_msg("%dx%d: column %d . column %d = %g", n, k, i, j, dot);
+            }
+        free(a), free(ref);
+    }
+    // A zero column stays zero (eps 0), and eps scales a column to norm |c| / (|c| + eps).
+    float z[6] = {0, 3, 0, 4, 0, 0};  // [3, 2]: column 0 zero, column 1 (3, 4, 0)
+    assert_int_equal(backend_orthogonalize(&be, 3, 2, 0.0f, z), ST_OK);
+    assert_true(z[0] == 0 && z[2] == 0 && z[4] == 0);
+    assert_true(fabsf(z[1] - 0.6f) < 1e-7f && fabsf(z[3] - 0.8f) < 1e-7f);
+    float e[2] = {3, 4};
+    assert_int_equal(backend_orthogonalize(&be, 2, 1, 5.0f, e), ST_OK);
+    assert_true(fabsf(e[0] - 0.3f) < 1e-7f && fabsf(e[1] - 0.4f) < 1e-7f);
+    assert_int_equal(backend_orthogonalize(&be, 2, 3, 0.0f, e), ST_INPUT);  // r > n
+    backend_destroy(&be);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conv_matches_reference_and_finite_differences),
@@ -1758,6 +1860,8 @@ int main(void) {
         cmocka_unit_test(test_channel_copy),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_avgpool),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_orthogonalize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

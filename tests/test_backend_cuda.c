@@ -12,6 +12,7 @@
 #include "backend.h"
 #include "backend_cuda.h"
 #include "common.h"
+#include "precision.h"
 #include "test_util.h"
 
 static int g_have_cuda;
@@ -1059,6 +1060,274 @@ static void test_tf32(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// net.precision=bf16/fp16 (docs/precision.md): round_to bit for bit, then conv and dense on 16-bit copies against
+// the CPU op on the same pre-rounded inputs, its result rounded by the rule (outputs and input gradients held in
+// the format, weight and bias gradients fp32).
+
+static void set_precision(int format) {
+    const backend_cuda_options o = {.tf32 = 0, .deterministic = 0, .precision = format};
+    OK(backend_cuda_set_options(&g_gpu, &o));
+}
+
+// Special values: bit equality with the CPU's precision_round_* (NaN payloads included), and a sweep of patterns.
+static void test_round_to(void **state) {
+    (void)state;
+    NEED_CUDA();
+    const uint32_t special[] = {
+        0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u,  // ±0, ±Inf
+        0x7fc00000u, 0xffc00000u, 0x7f800001u, 0x7fa5a5a5u, 0xffbfffffu, 0x7fffffffu,  // NaNs, quiet and signalling
+        0x7f7fffffu, 0x7f7f7fffu, 0x7f7f8000u, 0x7f7f8001u, 0xff7f8000u,  // bf16: the largest finite, ties to Inf
+        0x477fe000u, 0x477fefffu, 0x477ff000u, 0x477ff001u, 0xc77ff000u,  // fp16: 65504, just below/at 65520
+        0x38800000u, 0x387fffffu, 0x38000000u, 0x33800000u, 0x33000000u, 0x33000001u, 0x32ffffffu,  // fp16 subnormals
+        0x33c00000u, 0x34200000u, 0xb3400000u,  // fp16 subnormal ties: 1.5, 2.5 and -0.75 quanta
+        0x00000001u, 0x807fffffu, 0x00400000u,  // fp32 subnormals
+        0x3f808000u, 0x3f818000u, 0x3f800001u, 0x3f807fffu,  // bf16 ties to even (down, up) and near ties
+        0x3f801000u, 0x3f803000u, 0x3f800fffu,  // fp16 ties to even (down, up) and a near tie
+    };
+    enum { N_RAND = 1 << 20 };
+    const size_t ns = sizeof special / sizeof special[0], n = ns + N_RAND;
+    uint32_t *h = malloc(n * 4);
+    assert_non_null(h);
+    memcpy(h, special, sizeof special);
+    rng r;
+    rng_seed(&r, 2626);
+    for (size_t i = ns; i < n; i++) h[i] = (uint32_t)rng_u64(&r);
+    twin x = twin_make(h, n * 4), y = twin_make(NULL, n * 4);
+    const int formats[2] = {PREC_BF16, PREC_FP16};
+    for (int f = 0; f < 2; f++) {
+        OK(g_cpu.ops->round_to(g_cpu.ctx, n, formats[f], x.c, y.c));
+        OK(g_gpu.ops->round_to(g_gpu.ctx, n, formats[f], x.g, y.g));
+        expect_equal_bytes(formats[f] == PREC_BF16 ? "round_to bf16" : "round_to fp16", &y);
+        // in place, as the model calls it
+        OK(g_cpu.ops->round_to(g_cpu.ctx, n, formats[f], x.c, x.c));
+        OK(g_gpu.ops->round_to(g_gpu.ctx, n, formats[f], x.g, x.g));
+        expect_equal_bytes("round_to in place", &x);
+        twin_set(&x, h);
+    }
+    assert_int_not_equal(g_gpu.ops->round_to(g_gpu.ctx, n, PREC_FP32, x.g, y.g), ST_OK);
+    err_clear();
+    twin_free(&x), twin_free(&y);
+    free(h);
+}
+
+// Random values already of the format, as the model hands them to conv and dense.
+static float *rand_lp(rng *r, size_t n, float scale, int format) {
+    float *p = rand_floats(r, n, scale);
+    precision_round_array(format, n, p, p);
+    return p;
+}
+
+static float *abs_copy(const float *p, size_t n) {
+    float *a = malloc((n ? n : 1) * sizeof *a);
+    assert_non_null(a);
+    for (size_t i = 0; i < n; i++) a[i] = fabsf(p[i]);
+    return a;
+}
+
+static float *twin_host(const twin *t, int gpu) {
+    float *h = malloc(t->bytes ? t->bytes : 4);
+    assert_non_null(h);
+    if (gpu)
+        OK(g_gpu.ops->download(g_gpu.ctx, h, t->g, t->bytes));
+    else
+        OK(g_cpu.ops->download(g_cpu.ctx, h, t->c, t->bytes));
+    return h;
+}
+
+// Tolerance per value (the comparison the precision tests make): the two backends sum the same products of the same
+// values in fp32 in different orders, which moves a sum by at most TOL_SUM of the sum of its terms' magnitudes
+// (sum_abs: the CPU op run on |inputs|; about 1e-7 per term would be the worst case of a long serial sum, cuDNN and
+// cuBLAS sum in blocks and trees, so that 2e-5 covers sums of up to ~10^4 terms with room); where the result is held in
+// the format, the two roundings may then pick neighbouring values: one ulp of the format, bounded by |v| 2^-p
+// (p = 7 bf16, 10 fp16) plus fp16's subnormal quantum 2^-24. A conv with a bias rounds its output twice on the GPU
+// (cuDNN's 16-bit output, then after the bias add): one more ulp of the conv output, |v| + |bias| bounding it.
+#define TOL_SUM 2e-5
+static double ulp_bound(int format, double v) {
+    return format == PREC_BF16 ? fabs(v) * 0x1p-7 : fabs(v) * 0x1p-10 + 0x1p-24;
+}
+
+// got (GPU) and ref (CPU), rounded to the format first when `held` (the model's round_to; a no-op on values
+// already rounded); bias (nullable) per channel over [outer, channels, inner].
+static void expect_lp(const char *what, int format, const twin *t, const twin *sum_abs, int held, const float *bias,
+                      int channels, int inner) {
+    const size_t n = t->bytes / sizeof(float);
+    float *ref = twin_host(t, 0), *got = twin_host(t, 1), *s = twin_host(sum_abs, 0);
+    if (held) {
+        precision_round_array(format, n, ref, ref);
+        precision_round_array(format, n, got, got);
+    }
+    double worst = 0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < n; i++) {
+        double tol = TOL_SUM * s[i];
+        if (held) tol += ulp_bound(format, ref[i]);
+        if (held && bias) tol += ulp_bound(format, fabs(ref[i]) + fabs(bias[(i / inner) % channels]));
+        const double e = fabs((double)got[i] - ref[i]);
+        if (!isfinite(got[i]) || !(e <= tol))
+            fail_msg("%s (%s): value %zu is %.9g, CPU %.9g, sum of |terms| %.6g: error %.3g > tolerance %.3g", what,
+                     format == PREC_BF16 ? "bf16" : "fp16", i, got[i], ref[i], s[i], e, tol);
+        if (tol > 0 && e / tol > worst) worst = e / tol, worst_i = i;
+    }
+    print_message("%s (%s): worst error %.2f of its tolerance (value %zu)\n", what,
+                  format == PREC_BF16 ? "bf16" : "fp16", worst, worst_i);
+    free(ref), free(got), free(s);
+}
+
+// An lp "twin" of |values| on the CPU only (for the sums of |terms|).
+static twin twin_abs_cpu(const twin *t) {
+    float *h = twin_host(t, 0), *a = abs_copy(h, t->bytes / sizeof(float));
+    twin r = {NULL, NULL, t->bytes};
+    OK(g_cpu.ops->alloc(g_cpu.ctx, &r.c, t->bytes));
+    OK(g_cpu.ops->upload(g_cpu.ctx, r.c, a, t->bytes));
+    free(h), free(a);
+    return r;
+}
+
+static void cpu_free(twin *t) {
+    g_cpu.ops->free(g_cpu.ctx, t->c);
+    t->c = NULL;
+}
+
+typedef struct lp_conv_case {
+    int n, c, h, w, k, r, stride, pad, act, bias;
+} lp_conv_case;
+
+static void lp_conv_run(const lp_conv_case *cc, int format, rng *r) {
+    conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->r,
+                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+    OK(conv_desc_init(&d, "lp conv"));
+    conv_desc dc = d, dg = d, da = d;
+    da.act = ACT_NONE;
+    size_t wsc = 0, wsg = 0, wsa = 0;
+    set_precision(format);  // the plan takes it at conv_prepare
+    OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &dc, &wsc));
+    OK(g_gpu.ops->conv_prepare(g_gpu.ctx, &dg, &wsg));
+    OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &da, &wsa));
+    set_precision(0);
+    if (wsa > wsc) wsc = wsa;
+    void *wc = NULL, *wg = NULL;
+    if (wsc) OK(g_cpu.ops->alloc(g_cpu.ctx, &wc, wsc));
+    if (wsg) OK(g_gpu.ops->alloc(g_gpu.ctx, &wg, wsg));
+    const size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * d.c * d.r * d.s;
+    const size_t ny = (size_t)d.n * d.k * d.oh * d.ow;
+    float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, d.k, 0.5f, format);
+    float *hdy = rand_lp(r, ny, 1.f, format);
+    twin x = twin_make(hx, nx * 4), w = twin_make(hw, nw * 4), b = twin_make(hb, d.k * 4);
+    twin y = twin_make(NULL, ny * 4), dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4);
+    twin dw = twin_make(NULL, nw * 4), db = twin_make(NULL, d.k * 4);
+    const int hw_ = d.oh * d.ow;
+    // forward: y held in the format
+    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, x.c, w.c, cc->bias ? b.c : NULL, y.c, wc));
+    OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, x.g, w.g, cc->bias ? b.g : NULL, y.g, wg));
+    twin ax = twin_abs_cpu(&x), aw = twin_abs_cpu(&w), sy = twin_make(NULL, ny * 4);
+    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &da, ax.c, aw.c, NULL, sy.c, wc));
+    expect_lp("conv forward y", format, &y, &sy, 1, cc->bias ? hb : NULL, d.k, hw_);
+    // backward from the same (rounded) y, as the model holds it; dx held, dw and db fp32
+    {
+        float *hy = twin_host(&y, 0);
+        precision_round_array(format, ny, hy, hy);
+        twin_set(&y, hy);
+        free(hy);
+    }
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, cc->bias ? db.c : NULL, wc));
+    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, cc->bias ? db.g : NULL, wg));
+    twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
+    twin sdb = twin_make(NULL, d.k * 4);
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &da, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c, wc));
+    expect_lp("conv backward dy (masked)", format, &dy, &ady, 0, NULL, 1, 1);  // 0/1 masks: exact
+    expect_lp("conv backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
+    expect_lp("conv backward dw", format, &dw, &sdw, 0, NULL, 1, 1);
+    if (cc->bias) expect_lp("conv backward db", format, &db, &sdb, 0, NULL, 1, 1);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
+    twin_free(&db), twin_free(&sy), twin_free(&sdx), twin_free(&sdw), twin_free(&sdb);
+    cpu_free(&ax), cpu_free(&aw), cpu_free(&ady);
+    free(hx), free(hw), free(hb), free(hdy);
+    g_cpu.ops->free(g_cpu.ctx, wc);
+    g_gpu.ops->free(g_gpu.ctx, wg);
+    g_cpu.ops->conv_release(g_cpu.ctx, &dc);
+    g_cpu.ops->conv_release(g_cpu.ctx, &da);
+    g_gpu.ops->conv_release(g_gpu.ctx, &dg);
+}
+
+static void test_conv_lp(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2627);
+    const lp_conv_case cases[] = {
+        {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1},
+        {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0},
+        {3, 32, 14, 14, 64, 3, 2, 1, ACT_RELU, 0},
+        {8, 3, 28, 28, 16, 3, 1, 1, ACT_RELU6, 1},  // 3 input channels: no tensor-core-friendly shape
+        {16, 64, 7, 7, 64, 3, 1, 1, ACT_NONE, 0},
+    };
+    const int formats[2] = {PREC_BF16, PREC_FP16};
+    const int cc = backend_cuda_compute_capability(&g_gpu);
+    for (int f = 0; f < 2; f++) {
+        if (formats[f] == PREC_BF16 && cc < 80) {
+            print_message("sm_%d has no bf16 convolutions: bf16 skipped\n", cc);
+            continue;
+        }
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], &r);
+    }
+}
+
+static void lp_dense_run(int n, int in, int out, int act, int bias, int format, rng *r) {
+    const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, out, 0.5f, format);
+    float *hdy = rand_lp(r, ny, 1.f, format);
+    twin x = twin_make(hx, nx * 4), w = twin_make(hw, nw * 4), b = twin_make(hb, out * 4), y = twin_make(NULL, ny * 4);
+    twin dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4), dw = twin_make(NULL, nw * 4);
+    twin db = twin_make(NULL, out * 4);
+    set_precision(format);  // dense reads it at each call
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x.c, w.c, bias ? b.c : NULL, y.c));
+    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, act, x.g, w.g, bias ? b.g : NULL, y.g));
+    twin ax = twin_abs_cpu(&x), aw = twin_abs_cpu(&w), sy = twin_make(NULL, ny * 4);
+    twin ab = twin_abs_cpu(&b);
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, bias ? ab.c : NULL, sy.c));
+    // fp32 output of the GEMM plus the bias, rounded once (by the model; here by the test): one ulp
+    expect_lp("dense forward y", format, &y, &sy, 1, NULL, 1, 1);
+    {
+        float *hy = twin_host(&y, 0);
+        precision_round_array(format, ny, hy, hy);
+        twin_set(&y, hy);
+        free(hy);
+    }
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, bias ? db.c : NULL));
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, bias ? db.g : NULL));
+    set_precision(0);
+    twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
+    twin sdb = twin_make(NULL, out * 4);
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c));
+    expect_lp("dense backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
+    expect_lp("dense backward dw", format, &dw, &sdw, 0, NULL, 1, 1);
+    if (bias) expect_lp("dense backward db", format, &db, &sdb, 0, NULL, 1, 1);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
+    twin_free(&db), twin_free(&sy), twin_free(&sdx), twin_free(&sdw), twin_free(&sdb);
+    cpu_free(&ax), cpu_free(&aw), cpu_free(&ab), cpu_free(&ady);
+    free(hx), free(hw), free(hb), free(hdy);
+}
+
+static void test_dense_lp(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2628);
+    const int formats[2] = {PREC_BF16, PREC_FP16};
+    for (int f = 0; f < 2; f++) {
+        lp_dense_run(64, 512, 10, ACT_NONE, 1, formats[f], &r);
+        lp_dense_run(33, 100, 37, ACT_RELU, 1, formats[f], &r);  // odd sizes: no tensor-core alignment
+        lp_dense_run(128, 1024, 256, ACT_RELU, 0, formats[f], &r);
+    }
+    // n = 0: nothing computed, the gradients zero (as at fp32)
+    set_precision(PREC_BF16);
+    twin w = twin_make(NULL, 4 * 4), dw = twin_make(NULL, 4 * 4);
+    OK(g_gpu.ops->dense_backward(g_gpu.ctx, 0, 2, 2, ACT_NONE, NULL, w.g, NULL, NULL, NULL, dw.g, NULL));
+    set_precision(0);
+    twin_free(&w), twin_free(&dw);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 
 static int group_setup(void **state) {
     (void)state;
@@ -1220,6 +1489,48 @@ static void test_avgpool(void **state) {
     avgpool_case_run(64, 32, 7, 5, 7, 5, 1, &r);    // global, non-square
 }
 
+// PowerSGD's linear algebra: gemm (cuBLAS) in every transpose with alpha and beta, and the orthogonalisation
+// (one block per matrix) against the CPU's, including a product of PowerSGD's shapes (M^T P, P Q^T).
+static void test_gemm_orthogonalize(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 65);
+    const int shapes[][3] = {{150, 7, 33}, {5, 130, 3}, {300, 2, 1000}, {1000, 300, 2}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof shapes[0]; sh++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const int m = shapes[sh][0], n = shapes[sh][1], k = shapes[sh][2];
+                float *ha = rand_floats(&r, (size_t)m * k, 1), *hb = rand_floats(&r, (size_t)k * n, 1);
+                float *hc = rand_floats(&r, (size_t)m * n, 1);
+                twin a = twin_make(ha, (size_t)m * k * sizeof(float)), b = twin_make(hb, (size_t)k * n * sizeof(float));
+                twin c = twin_make(hc, (size_t)m * n * sizeof(float));
+                const float alpha = ta ? -0.5f : 1.0f, beta = tb ? 0.25f : 0.0f;
+                OK(g_cpu.ops->gemm(g_cpu.ctx, ta, tb, m, n, k, alpha, (float *)a.c, (float *)b.c, beta, (float *)c.c));
+                OK(g_gpu.ops->gemm(g_gpu.ctx, ta, tb, m, n, k, alpha, (float *)a.g, (float *)b.g, beta, (float *)c.g));
+                char what[64];
+                snprintf(what, sizeof what, "gemm ta=%d tb=%d %dx%dx%d", ta, tb, m, n, k);
+                expect_close(what, &c, TOL_DENSE);
+                twin_free(&a), twin_free(&b), twin_free(&c);
+                free(ha), free(hb), free(hc);
+            }
+    const int os[][2] = {{40, 1}, {1000, 2}, {300, 7}, {5000, 4}};
+    for (size_t sh = 0; sh < sizeof os / sizeof os[0]; sh++) {
+        const int n = os[sh][0], k = os[sh][1];
+        float *h = rand_floats(&r, (size_t)n * k, 1);
+        twin a = twin_make(h, (size_t)n * k * sizeof(float));
+        for (int e = 0; e < 2; e++) {
+            OK(g_cpu.ops->orthogonalize(g_cpu.ctx, n, k, e ? 1e-3f : 0.0f, (float *)a.c));
+            OK(g_gpu.ops->orthogonalize(g_gpu.ctx, n, k, e ? 1e-3f : 0.0f, (float *)a.g));
+            char what[64];
+            snprintf(what, sizeof what, "orthogonalize %dx%d eps %d", n, k, e);
+            expect_close(what, &a, TOL_DENSE);
+        }
+        twin_free(&a);
+        free(h);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
@@ -1248,6 +1559,10 @@ int main(void) {
         cmocka_unit_test(test_channel_copy),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_avgpool),
+        cmocka_unit_test(test_gemm_orthogonalize),
+        cmocka_unit_test(test_round_to),
+        cmocka_unit_test(test_conv_lp),
+        cmocka_unit_test(test_dense_lp),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

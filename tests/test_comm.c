@@ -1,8 +1,15 @@
 // test_comm.c — the comm layer under mpirun (registered as NP 1, 2, 4): set-up and rank info, the averaging
 // all-reduce for edge sizes, many requests in flight waited in any order, progress without waiting, host
-// collectives, status agreement, bad input, and the watchdog naming the stuck request.
+// collectives, status agreement, bad input, the watchdog naming the stuck request, and compression: the 16-bit
+// conversions against an independent reference, bf16/fp16 all-reduces within the documented rounding bound and
+// identical on every rank, fp16 beyond half's range, sync BN's blocking all-reduce staying float32, and (with a
+// GPU per rank) the nccl backend's casts and 16-bit all-reduces against the CPU's. Hierarchical all-reduces
+// (comm_set_hierarchy) with nodes made by the fake split (at np 4: 2 nodes x 2 ranks, and uneven 2+1+1): equal to
+// the flat result within float32 summation-order rounding, identical on every rank, waited in any order per rank
+// with slots reused, compressed within the same bound as flat; one rank per node and one node run flat.
 //
 // Every rank runs every test in the same order, so the collectives inside them match.
+#include <float.h>
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
@@ -12,8 +19,15 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "comm_half.h"
 #include "common.h"
 #include "test_util.h"
+
+#ifdef DDP_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include "backend_cuda.h"
+#endif
 
 static comm *g_c;
 
@@ -360,6 +374,451 @@ static void test_watchdog_names_the_stuck_request(void **state) {
     comm_destroy(tc);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Compression (parallel.compress=bf16|fp16)
+
+// The nearest value with `bits` significand bits (ties to even) and exponents down to emin (subnormals below),
+// by double arithmetic (rint rounds ties to even): a reference independent of comm_half.h's bit manipulation.
+static double round_ref(double x, int bits, int emin) {
+    if (x == 0.0 || !isfinite(x)) return x;
+    int e = 0;
+    (void)frexp(x, &e);  // |x| in [2^(e-1), 2^e)
+    int lead = e - 1 < emin ? emin : e - 1;
+    double ulp = ldexp(1.0, lead - (bits - 1));
+    return rint(x / ulp) * ulp;
+}
+
+static void test_half_conversions(void **state) {
+    (void)state;
+    if (g_rank != 0) skip();  // local arithmetic: one rank checks it
+    // Every 16-bit code goes to float32 and back unchanged (NaNs stay NaNs).
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = half_f16_to_f32((uint16_t)h), g = half_bf16_to_f32((uint16_t)h);
+        if (isnan(f)) assert_true(isnan(half_f16_to_f32(half_f16_from_f32(f))));
+        else if (half_f16_from_f32(f) != h) fail_msg("fp16 %#x -> %g -> %#x", h, f, half_f16_from_f32(f));
+        if (isnan(g)) assert_true(isnan(half_bf16_to_f32(half_bf16_from_f32(g))));
+        else if (half_bf16_from_f32(g) != h) fail_msg("bf16 %#x -> %g -> %#x", h, g, half_bf16_from_f32(g));
+    }
+    // Rounding of float32 to the nearest, ties to even: every 4099th float32 pattern (all exponents), and the
+    // edges -- ties at half's largest finite, the smallest subnormal, between subnormals.
+    const float edges[] = {65504.0f, 65519.996f, 65520.0f, 0x1p-24f, 0x1p-25f, 0x1.000002p-25f, 0x1.8p-24f,
+                           0x1.4p-23f, 0x1.fffp-15f, 0x1p-14f, 3.0e38f, 0x1.ff0000p127f, 0x1.fe8p127f};
+    for (uint64_t u = 0; u < ((uint64_t)1 << 32) + 13 * 4099; u += 4099) {
+        float x;
+        if (u < ((uint64_t)1 << 32)) {
+            uint32_t bits = (uint32_t)u;
+            memcpy(&x, &bits, sizeof x);
+        } else {
+            x = edges[(u - ((uint64_t)1 << 32)) / 4099];
+        }
+        if (isnan(x)) {
+            assert_true(isnan(half_f16_to_f32(half_f16_from_f32(x))) && isnan(half_bf16_to_f32(half_bf16_from_f32(x))));
+            continue;
+        }
+        double want = round_ref(x, 11, -14);
+        if (fabs(want) > 65504.0) want = copysign(INFINITY, x);
+        const float got = half_f16_to_f32(half_f16_from_f32(x));
+        if (!(got == (float)want && signbit(got) == signbit(x))) fail_msg("fp16(%a) = %a, want %a", x, got, want);
+        want = round_ref(x, 8, -126);
+        if (fabs(want) > FLT_MAX) want = copysign(INFINITY, x);
+        const float gb = half_bf16_to_f32(half_bf16_from_f32(x));
+        if (!(gb == (float)want && signbit(gb) == signbit(x))) fail_msg("bf16(%a) = %a, want %a", x, gb, want);
+    }
+}
+
+// Inputs with a spread of magnitudes inside every block (5 decades) and across ranks, none exact in 16 bits.
+static float wide_at(int rank, size_t i) {
+    const double mag = pow(10.0, (double)(int)(i % 11) / 2.0 - 3.0);
+    return (float)((1.0 + 0.318309886 * (double)(rank + 1) + 1e-3 * (double)(i % 997)) * mag * (i % 3 ? 1 : -1));
+}
+
+// The bound of docs/parallelism.md: |got - mean| <= N·(u·mean_r|x_r| + 2^-39·M), u = 2^-8 (bf16) or 2^-11 (fp16),
+// M the largest |x| of the element's block on any rank (fp16's scaled subnormals; 0 for bf16); 1 % slack.
+static double bound_at(int mode, int world, size_t i, size_t n, float (*at)(int, size_t)) {
+    static size_t block = SIZE_MAX;  // M of the last block asked for (callers go through blocks in order)
+    static double M;
+    static float (*block_at)(int, size_t);
+    if (mode == COMM_COMPRESS_FP16 && (i / HALF_BLOCK != block || at != block_at)) {
+        block = i / HALF_BLOCK, block_at = at, M = 0;
+        for (int r = 0; r < world; r++)
+            for (size_t j = block * HALF_BLOCK; j < (block + 1) * HALF_BLOCK && j < n; j++) M = fmax(M, fabs(at(r, j)));
+    }
+    double mean_abs = 0;
+    for (int r = 0; r < world; r++) mean_abs += fabs(at(r, i)) / world;
+    const double u = mode == COMM_COMPRESS_BF16 ? 0x1p-8 : 0x1p-11;
+    return 1.01 * world * (u * mean_abs + 0x1p-39 * (mode == COMM_COMPRESS_FP16 ? M : 0)) + 1e-30;
+}
+
+static uint64_t hash_floats(const float *x, size_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    const unsigned char *p = (const unsigned char *)x;
+    for (size_t i = 0; i < n * sizeof *x; i++) h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+// Every rank holds the same n values (compared by hash).
+static void check_identical_on_ranks(const float *x, size_t n) {
+    uint64_t *all = calloc((size_t)g_world, sizeof *all);
+    assert_non_null(all);
+    assert_int_equal(comm_allgather_u64(g_c, hash_floats(x, n), all), ST_OK);
+    for (int r = 1; r < g_world; r++)
+        if (all[r] != all[0]) fail_msg("rank %d's result differs from rank 0's (%zu values)", r, n);
+    free(all);
+}
+
+// got against the float32 mean within the bound; returns how many elements differ from that mean at all.
+static size_t check_within_bound(int mode, const float *got, size_t n, float (*at)(int, size_t)) {
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) {
+        double want = 0;
+        for (int r = 0; r < g_world; r++) want += (double)at(r, i) / g_world;
+        const double err = fabs(got[i] - want), tol = bound_at(mode, g_world, i, n, at);
+        if (!(err <= tol))
+            fail_msg("%s, rank %d: x[%zu] = %.9g, want %.9g (error %.3g > bound %.3g)", comm_compress_name(mode), g_rank,
+                     i, got[i], want, err, tol);
+        differ += (float)want != got[i];
+    }
+    return differ;
+}
+
+static void test_compress_allreduce_within_bound(void **state) {
+    (void)state;
+    const size_t sizes[] = {1, 255, 256, 257, 1001, 65537};
+    const int modes[] = {COMM_COMPRESS_BF16, COMM_COMPRESS_FP16};
+    for (int m = 0; m < 2; m++) {
+        assert_int_equal(comm_set_compress(g_c, modes[m]), ST_OK);
+        assert_int_equal(comm_get_compress(g_c), modes[m]);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            const size_t n = sizes[k];
+            float *x = malloc((n + 1) * sizeof *x);
+            assert_non_null(x);
+            for (size_t i = 0; i < n; i++) x[i] = wide_at(g_rank, i);
+            x[n] = -12345.0f;
+            int req = -1;
+            assert_int_equal(comm_allreduce_avg_async(g_c, x, n, "compressed", &req), ST_OK);
+            assert_int_equal(comm_wait(g_c, req), ST_OK);
+            const size_t differ = check_within_bound(modes[m], x, n, wide_at);
+            // The values really went through 16 bits: most of them cannot come back exact.
+            if (n >= 255 && differ < n / 2)
+                fail_msg("%s: only %zu of %zu values differ from the float32 mean", comm_compress_name(modes[m]), differ, n);
+            assert_true(x[n] == -12345.0f);
+            check_identical_on_ranks(x, n);
+            free(x);
+        }
+    }
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_NONE), ST_OK);
+}
+
+// Beyond half's range (65504), the largest gradient 3e30, and values 30 decades apart in other blocks: fp16's
+// scales keep every sum finite and within the bound. A NaN or Inf input stays one, on every rank.
+static float huge_at(int rank, size_t i) {
+    const size_t block = i / HALF_BLOCK;
+    const float big = block == 0 ? 7.0e4f : block == 1 ? 3.0e30f : block == 2 ? 1.0e-20f : 1.0f;
+    return big * (0.75f + 0.25f * (float)rank + 1e-3f * (float)(i % 101)) * (i % 2 ? -1.0f : 1.0f);
+}
+
+static void test_compress_fp16_beyond_half_range(void **state) {
+    (void)state;
+    enum { N = 4 * HALF_BLOCK };
+    float x[N + 1];
+    for (int m = 0; m < 2; m++) {
+        const int mode = m ? COMM_COMPRESS_BF16 : COMM_COMPRESS_FP16;
+        assert_int_equal(comm_set_compress(g_c, mode), ST_OK);
+        for (size_t i = 0; i < N; i++) x[i] = huge_at(g_rank, i);
+        int req = -1;
+        assert_int_equal(comm_allreduce_avg_async(g_c, x, N, "huge", &req), ST_OK);
+        assert_int_equal(comm_wait(g_c, req), ST_OK);
+        for (size_t i = 0; i < N; i++) assert_true(isfinite(x[i]));
+        check_within_bound(mode, x, N, huge_at);
+        check_identical_on_ranks(x, N);
+    }
+    // Non-finite inputs: rank 0 has a NaN at 3 and an Inf at HALF_BLOCK + 5; the last block has neither.
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_FP16), ST_OK);
+    for (size_t i = 0; i < N; i++) x[i] = huge_at(g_rank, i);
+    if (g_rank == 0) x[3] = NAN, x[HALF_BLOCK + 5] = INFINITY;
+    int req = -1;
+    assert_int_equal(comm_allreduce_avg_async(g_c, x, N, "nan", &req), ST_OK);
+    assert_int_equal(comm_wait(g_c, req), ST_OK);
+    assert_true(isnan(x[3]));
+    assert_true(isinf(x[HALF_BLOCK + 5]) && x[HALF_BLOCK + 5] > 0);
+    for (size_t i = 3 * HALF_BLOCK; i < N; i++) {
+        double want = 0;
+        for (int r = 0; r < g_world; r++) want += (double)huge_at(r, i) / g_world;
+        assert_true(fabs(x[i] - want) <= bound_at(COMM_COMPRESS_FP16, g_world, i, N, huge_at));
+    }
+    uint64_t *all = calloc((size_t)g_world, sizeof *all);
+    assert_non_null(all);
+    x[3] = 0.0f;  // NaN payloads may differ; the rest must not
+    assert_int_equal(comm_allgather_u64(g_c, hash_floats(x, N), all), ST_OK);
+    for (int r = 1; r < g_world; r++) assert_true(all[r] == all[0]);
+    free(all);
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_NONE), ST_OK);
+}
+
+// Sync batch norm's statistics (the blocking all-reduce) stay float32 while the buckets are compressed; a
+// bucket keeps the format it was launched with; a bad mode is refused.
+static void test_compress_blocking_stays_fp32(void **state) {
+    (void)state;
+    float *y = filled(1001), *z = filled(1001);
+    for (size_t i = 0; i < 1001; i++) y[i] = z[i] = value_at(g_rank, i) * (1.0f + 1e-4f * (float)i);
+    int req = -1;
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_BF16), ST_OK);
+    assert_int_equal(comm_allreduce_avg_async(g_c, y, 1001, "bucket", &req), ST_OK);
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_NONE), ST_OK);  // y stays bf16
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_FP16), ST_OK);
+    assert_int_equal(comm_allreduce_avg(g_c, z, 1001, "bn stats"), ST_OK);
+    assert_int_equal(comm_wait(g_c, req), ST_OK);
+    size_t y_off = 0;
+    for (size_t i = 0; i < 1001; i++) {
+        double want = 0;
+        for (int r = 0; r < g_world; r++) want += (double)(value_at(r, i) * (1.0f + 1e-4f * (float)i)) / g_world;
+        if (fabs(z[i] - want) > 1e-6 * fabs(want)) fail_msg("bn stats: z[%zu] = %.9g, want %.9g", i, z[i], want);
+        y_off += fabs(y[i] - want) > 1e-6 * fabs(want);
+        assert_true(fabs(y[i] - want) <= 1.01 * g_world * 0x1p-8 * fabs(want) + 1e-30);
+    }
+    assert_true(y_off > 500);  // the bucket went as bf16
+    assert_int_equal(comm_set_compress(g_c, 7), ST_RUNTIME);
+    err_clear();
+    assert_int_equal(comm_set_compress(g_c, COMM_COMPRESS_NONE), ST_OK);
+    free(y), free(z);
+}
+
+#ifdef DDP_HAVE_CUDA
+// The nccl backend's compressed all-reduce on device buffers against the CPU: within the same bound as the mpi
+// backend's, identical on every rank, and at one rank bit for bit the CPU's casts (CUDA's __float2bfloat16_rn and
+// __float2half_rn against comm_half.h). Needs a GPU per rank on every host: skipped on every rank otherwise.
+static void test_nccl_compress_matches_cpu(void **state) {
+    (void)state;
+    const char *why = backend_cuda_unusable();
+    int count = 0;
+    if (!why && cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+    int32_t lacking[2] = {why != NULL, !why && count < comm_get_info(g_c)->local_world};
+    assert_int_equal(comm_allreduce_max_i32(g_c, lacking, 2), ST_OK);
+    if (lacking[0]) tu_cuda_or_skip(why ? why : "a CUDA device is unusable on another rank");
+    if (lacking[0] || lacking[1]) skip();  // (fewer GPUs than ranks: not a broken machine)
+    comm *nc = NULL;
+    assert_int_equal(comm_create(&nc, "nccl", 30.0), ST_OK);
+    assert_true(comm_caps(nc) & COMM_CAP_COMPRESS16);
+    assert_int_equal(comm_bind_stream(nc, NULL, 1), ST_OK);
+    enum { N = 65537 };
+    float *x = malloc(N * sizeof *x), *got = malloc(N * sizeof *got);
+    assert_non_null(x), assert_non_null(got);
+    float *d = NULL;
+    assert_int_equal(cudaMalloc((void **)&d, N * sizeof *d), cudaSuccess);
+    double M_all = 0;  // the bucket's largest |x| on any rank
+    for (int r = 0; r < g_world; r++)
+        for (size_t i = 0; i < N; i++) M_all = fmax(M_all, fabs(wide_at(r, i)));
+    const int modes[] = {COMM_COMPRESS_BF16, COMM_COMPRESS_FP16};
+    for (int m = 0; m < 2; m++) {
+        assert_int_equal(comm_set_compress(nc, modes[m]), ST_OK);
+        for (size_t i = 0; i < N; i++) x[i] = wide_at(g_rank, i);
+        assert_int_equal(cudaMemcpy(d, x, N * sizeof *d, cudaMemcpyHostToDevice), cudaSuccess);
+        int req = -1;
+        assert_int_equal(comm_allreduce_avg_async(nc, d, N, "nccl compressed", &req), ST_OK);
+        assert_int_equal(comm_wait(nc, req), ST_OK);
+        assert_int_equal(cudaMemcpy(got, d, N * sizeof *d, cudaMemcpyDeviceToHost), cudaSuccess);
+        // nccl's fp16 scale is one per bucket (its largest |x| over ranks), so the bound takes the bucket's M.
+        for (size_t i = 0; i < N; i++) {
+            double want = 0, mean_abs = 0;
+            for (int r = 0; r < g_world; r++) want += (double)wide_at(r, i) / g_world, mean_abs += fabs(wide_at(r, i)) / g_world;
+            const double M = modes[m] == COMM_COMPRESS_FP16 ? M_all : 0, u = modes[m] == COMM_COMPRESS_BF16 ? 0x1p-8 : 0x1p-11;
+            const double tol = 1.01 * g_world * (u * mean_abs + 0x1p-39 * M) + 1e-30;
+            if (!(fabs(got[i] - want) <= tol))
+                fail_msg("nccl %s: x[%zu] = %.9g, want %.9g (bound %.3g)", comm_compress_name(modes[m]), i, got[i], want, tol);
+        }
+        check_identical_on_ranks(got, N);
+        if (g_world == 1) {  // one rank: the sum is the cast itself; compare the casts bit for bit
+            float M = 0;
+            for (size_t i = 0; i < N; i++) M = fmaxf(M, fabsf(x[i]));
+            const int k = half_scale_exp(M);
+            for (size_t i = 0; i < N; i++) {
+                const float want = modes[m] == COMM_COMPRESS_BF16
+                                       ? half_bf16_to_f32(half_bf16_from_f32(x[i]))
+                                       : half_f16_to_f32(half_f16_from_f32(x[i] * ldexpf(1.0f, k))) * ldexpf(1.0f, -k);
+                if (memcmp(&want, &got[i], sizeof want) != 0)
+                    fail_msg("nccl %s cast: x[%zu] = %a -> %a, the CPU's %a", comm_compress_name(modes[m]), i, x[i],
+                             got[i], want);
+            }
+        }
+    }
+    cudaFree(d);
+    free(x), free(got);
+    comm_destroy(nc);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------
+// Hierarchical all-reduce (nodes from the fake split: one host runs them all)
+
+static comm *hier_comm(int mode, int fake_nodes) {
+    comm *hc = NULL;
+    assert_int_equal(comm_create(&hc, "mpi", 30.0), ST_OK);
+    assert_int_equal(comm_set_hierarchy(hc, mode, fake_nodes), ST_OK);
+    return hc;
+}
+
+// The fake split's nodes at this np: 2 nodes (of 2 ranks at np 4), or as many as ranks below np 4.
+static int fake_nodes_for(int world) { return world >= 4 ? 2 : world; }
+
+static void test_hierarchy_modes_and_lines(void **state) {
+    (void)state;
+    comm *hc = hier_comm(COMM_HIERARCHY_FLAT, 0);
+    assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_FLAT);
+    assert_string_equal(comm_hierarchy_line(hc), "");
+    assert_int_equal(comm_set_hierarchy(hc, COMM_HIERARCHY_NODE, 0), ST_RUNTIME);  // once
+    comm_destroy(hc);
+    assert_int_equal(comm_create(&hc, "mpi", 30.0), ST_OK);
+    assert_int_equal(comm_set_hierarchy(hc, COMM_HIERARCHY_NODE, g_world + 1), ST_INPUT);
+    comm_destroy(hc);
+    // One node (this host, no fake split): flat, with the note.
+    hc = hier_comm(COMM_HIERARCHY_NODE, 0);
+    assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_FLAT);
+    assert_string_equal(comm_hierarchy_line(hc), "hierarchy=node with all ranks on one node: flat all-reduce");
+    comm_destroy(hc);
+    // One rank per node: flat, with the note (np 1: one node of one rank).
+    hc = hier_comm(COMM_HIERARCHY_NODE, g_world);
+    assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_FLAT);
+    assert_string_equal(comm_hierarchy_line(hc), g_world > 1 ? "hierarchy=node with one rank per node: flat all-reduce "
+                                                               "(fake nodes: a test hook)"
+                                                             : "hierarchy=node with all ranks on one node: flat "
+                                                               "all-reduce (fake nodes: a test hook)");
+    comm_destroy(hc);
+    hc = hier_comm(COMM_HIERARCHY_AUTO, fake_nodes_for(g_world));
+    if (g_world >= 4) {
+        assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_NODE);
+        char want[160];
+        snprintf(want, sizeof want, "hierarchy: node (2 nodes x %d ranks; leaders all-reduce across nodes; auto; fake "
+                 "nodes: a test hook)", g_world / 2);
+        assert_string_equal(comm_hierarchy_line(hc), want);
+    } else {
+        assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_FLAT);
+    }
+    comm_destroy(hc);
+    if (g_world == 4) {  // uneven nodes: ranks 0-1, 2, 3
+        hc = hier_comm(COMM_HIERARCHY_NODE, 3);
+        assert_int_equal(comm_hierarchy(hc), COMM_HIERARCHY_NODE);
+        assert_string_equal(comm_hierarchy_line(hc), "hierarchy: node (3 nodes of 1 to 2 ranks; leaders all-reduce "
+                                                     "across nodes; fake nodes: a test hook)");
+        comm_destroy(hc);
+    }
+}
+
+// x (hierarchical) against ref (flat, the same inputs): float32 sums of the same values in another order differ
+// by at most (world - 1) roundings of the partial sums, each <= 2^-24 of the sum of |x_r|; then the same scale.
+static void check_near_flat(const float *x, const float *ref, size_t n, float (*at)(int, size_t), const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        double sum_abs = 0;
+        for (int r = 0; r < g_world; r++) sum_abs += fabs((double)at(r, i));
+        const double tol = 2.0 * (g_world - 1) * 0x1p-24 * sum_abs / g_world + 1e-38;
+        if (!(fabs((double)x[i] - (double)ref[i]) <= tol))
+            fail_msg("%s, rank %d: x[%zu] = %.9g, flat %.9g (difference %.3g > %.3g)", what, g_rank, i, x[i], ref[i],
+                     fabs((double)x[i] - (double)ref[i]), tol);
+    }
+}
+
+static float *filled_with(size_t n, float (*at)(int, size_t)) {
+    float *x = malloc((n + 1) * sizeof *x);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = at(g_rank, i);
+    x[n] = -12345.0f;
+    return x;
+}
+
+// Each node arrangement at this np: 2 even nodes (np 4), uneven 2+1+1 (np 4), one rank per node (np 2).
+static void test_hierarchy_matches_flat(void **state) {
+    (void)state;
+    const int fakes[] = {fake_nodes_for(g_world), 3};
+    const size_t sizes[] = {1, 7, 1000, 65537, 300001};
+    for (int f = 0; f < (g_world == 4 ? 2 : 1); f++) {
+        comm *hc = hier_comm(COMM_HIERARCHY_NODE, fakes[f]);
+        assert_int_equal(comm_hierarchy(hc), g_world >= 4 ? COMM_HIERARCHY_NODE : COMM_HIERARCHY_FLAT);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            const size_t n = sizes[k];
+            float *x = filled_with(n, wide_at), *ref = filled_with(n, wide_at);
+            int req = -1;
+            assert_int_equal(comm_allreduce_avg_async(hc, x, n, "hier", &req), ST_OK);
+            assert_int_equal(comm_wait(hc, req), ST_OK);
+            assert_int_equal(comm_allreduce_avg_async(g_c, ref, n, "flat", &req), ST_OK);
+            assert_int_equal(comm_wait(g_c, req), ST_OK);
+            check_near_flat(x, ref, n, wide_at, "hierarchical");
+            assert_true(x[n] == -12345.0f);
+            check_identical_on_ranks(x, n);
+            free(x), free(ref);
+        }
+        // Sync batch norm's blocking all-reduce stays flat: bit for bit the flat result.
+        float *x = filled_with(1001, wide_at), *ref = filled_with(1001, wide_at);
+        assert_int_equal(comm_allreduce_avg(hc, x, 1001, "sync bn"), ST_OK);
+        assert_int_equal(comm_allreduce_avg(g_c, ref, 1001, "sync bn flat"), ST_OK);
+        assert_memory_equal(x, ref, 1001 * sizeof *x);
+        free(x), free(ref);
+        comm_destroy(hc);
+    }
+}
+
+// Many buckets in flight, each rank testing and waiting in its own order, slots freed and reused in between (so
+// slot order is not launch order), a blocking flat all-reduce among them: every stage still starts in the same
+// order on every rank (or this deadlocks or mixes buckets up), and every bucket gets its own mean.
+static void test_hierarchy_any_wait_order(void **state) {
+    (void)state;
+    enum { K = 12 };
+    const size_t sizes[K] = {3, 100003, 0, 4096, 17, 250000, 1, 999, 65536, 5, 70000, 2};
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    float *x[K];
+    int req[K];
+    for (int round = 0; round < 2; round++) {
+        const int half = round == 0 ? K / 2 : K;  // round 0: launch half, wait some; round 1: the rest into freed slots
+        for (int k = round == 0 ? 0 : K / 2; k < half; k++) {
+            x[k] = filled(sizes[k]);
+            char label[32];
+            snprintf(label, sizeof label, "bucket %d", k);
+            assert_int_equal(comm_allreduce_avg_async(hc, x[k], sizes[k], label, &req[k]), ST_OK);
+            if (k % 3 == g_rank % 3) assert_int_equal(comm_progress(hc), ST_OK);
+        }
+        if (round == 0) {
+            float s[5] = {1, 2, 3, 4, 5};
+            assert_int_equal(comm_allreduce_avg(hc, s, 5, "blocking among buckets"), ST_OK);
+            for (int k = 0; k < K / 2; k += 1 + (g_rank % 2)) {  // some of them, per rank
+                assert_int_equal(comm_wait(hc, req[k]), ST_OK);
+                check_mean(x[k], sizes[k]);
+                req[k] = -1;
+            }
+        }
+    }
+    for (int j = 0; j < K; j++) {
+        const int k = (g_rank * 5 + j * (g_rank % 2 ? 5 : 7)) % K;
+        if (req[k] < 0) continue;
+        assert_int_equal(comm_wait(hc, req[k]), ST_OK);
+        check_mean(x[k], sizes[k]);
+    }
+    assert_int_equal(comm_outstanding(hc), 0);
+    for (int k = 0; k < K; k++) free(x[k]);
+    comm_destroy(hc);
+}
+
+static void test_hierarchy_compressed_within_bound(void **state) {
+    (void)state;
+    const size_t sizes[] = {1, 257, 1001, 65537};
+    const int modes[] = {COMM_COMPRESS_BF16, COMM_COMPRESS_FP16};
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    for (int m = 0; m < 2; m++) {
+        assert_int_equal(comm_set_compress(hc, modes[m]), ST_OK);
+        for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+            const size_t n = sizes[k];
+            float *x = filled_with(n, wide_at);
+            int req = -1;
+            assert_int_equal(comm_allreduce_avg_async(hc, x, n, "hier compressed", &req), ST_OK);
+            assert_int_equal(comm_wait(hc, req), ST_OK);
+            const size_t differ = check_within_bound(modes[m], x, n, wide_at);
+            if (n >= 257 && differ < n / 2)
+                fail_msg("%s: only %zu of %zu values differ from the float32 mean", comm_compress_name(modes[m]), differ, n);
+            assert_true(x[n] == -12345.0f);
+            check_identical_on_ranks(x, n);
+            free(x);
+        }
+    }
+    comm_destroy(hc);
+}
+
 int main(int argc, char **argv) {
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) return 1;
     signal(SIGALRM, on_alarm);
@@ -376,6 +835,17 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_sum_max_allgather, setup, teardown),
         cmocka_unit_test_setup_teardown(test_agree_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watchdog_names_the_stuck_request, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_half_conversions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compress_allreduce_within_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compress_fp16_beyond_half_range, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_compress_blocking_stays_fp32, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hierarchy_modes_and_lines, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hierarchy_matches_flat, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hierarchy_any_wait_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_hierarchy_compressed_within_bound, setup, teardown),
+#ifdef DDP_HAVE_CUDA
+        cmocka_unit_test_setup_teardown(test_nccl_compress_matches_cpu, setup, teardown),
+#endif
     };
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
     MPI_Finalize();

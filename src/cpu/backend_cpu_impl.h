@@ -8,6 +8,7 @@
 //                       clip_grad_norm
 //   bn_cpu.c            batch normalisation (statistics, apply, the two halves of backward)
 //   layer_ops_cpu.c     the ops of [shortcut], [route], [dropout], [avgpool]
+//   linalg_cpu.c        gemm and orthogonalize (PowerSGD's products and Gram-Schmidt)
 //
 // The op files call the pool (thread_pool_cpu.c) and this header's inline helpers, never each other; only the
 // table file calls them all (tests/cli_layering.sh).
@@ -197,6 +198,7 @@ int cpu_scale(void *ctx, size_t n, float alpha, float *x);
 int cpu_count_nonfinite(void *ctx, size_t n, const float *x, int32_t *out);
 int cpu_add(void *ctx, size_t n, const float *x, float *y);
 int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *sumsq);
+int cpu_round_to(void *ctx, size_t n, int format, const float *x, float *y);  // net.precision's emulation
 
 // ---- bn_cpu.c
 int cpu_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats);
@@ -220,3 +222,8 @@ int cpu_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, i
                         float *y);
 int cpu_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
                          float *dx);
+
+// ---- linalg_cpu.c (PowerSGD's dense linear algebra)
+int cpu_gemm(void *ctx, int ta, int tb, int m, int n, int k, float alpha, const float *a, const float *b, float beta,
+             float *c);
+int cpu_orthogonalize(void *ctx, int n, int r, float eps, float *a);

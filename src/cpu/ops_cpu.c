@@ -11,6 +11,7 @@
 #endif
 
 #include "backend_cpu_impl.h"
+#include "precision.h"
 
 // ---------------------------------------------------------------------------------------------------------
 // Data
@@ -480,5 +481,31 @@ int cpu_clip_grad_norm(void *ctx, size_t n, float *g, float max_norm, double *su
         j.alpha = (float)coef;
         cpu_pool_run(&c->pool, parts, scale_part, &j);
     }
+    return ST_OK;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// net.precision's emulation: values rounded to bf16/fp16, kept in fp32 (src/precision.h)
+
+typedef struct round_job {
+    size_t n;
+    int format;
+    const float *x;
+    float *y;
+} round_job;
+
+static void round_part(void *arg, int part, int parts) {
+    const round_job *j = arg;
+    int64_t lo, hi;
+    split_range((int64_t)j->n, parts, part, &lo, &hi);
+    precision_round_array(j->format, (size_t)(hi - lo), j->x + lo, j->y + lo);
+}
+
+int cpu_round_to(void *ctx, size_t n, int format, const float *x, float *y) {
+    cpu_ctx *c = ctx;
+    if (format != PREC_BF16 && format != PREC_FP16)
+        return ERR(ST_RUNTIME, "round_to: format %d is neither bf16 (%d) nor fp16 (%d)", format, PREC_BF16, PREC_FP16);
+    round_job j = {.n = n, .format = format, .x = x, .y = y};
+    cpu_pool_run(&c->pool, parts_for(c, (double)n, 65536), round_part, &j);
     return ST_OK;
 }

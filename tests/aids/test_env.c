@@ -37,7 +37,14 @@ int test_hooks_from_env(test_hooks *h) {
         h->cpu_graph = strcmp(s, "refuse") == 0 ? TEST_CPU_GRAPH_REFUSE : TEST_CPU_GRAPH_EMULATE;
     long v;
     if ((s = getenv("DDP_TEST_FAKE_GPUS")) && parse_int(s, 0, 1 << 16, &v) == 0) h->fake_gpus = (int)v;
+    if ((s = getenv("DDP_TEST_FAKE_NODES")) && parse_int(s, 0, 1 << 20, &v) == 0) h->fake_nodes = (int)v;
     if ((s = getenv("DDP_TEST_COMM_FAIL")) && parse_int(s, 1, 1L << 40, &v) == 0) h->comm_fail_step = v;
+    if ((s = getenv("DDP_TEST_NONFINITE_GRAD"))) {
+        long long step = 0;
+        if (sscanf(s, "%d:%lld", &rank, &step) != 2 || rank < 0 || step < 1)
+            return ERR(ST_INPUT, "DDP_TEST_NONFINITE_GRAD='%s' is not RANK:STEP (STEP from 1)", s);
+        h->nonfinite_rank = rank, h->nonfinite_step = step;
+    }
     h->wrap_backend = test_aids_wrap_backend;
     if ((s = getenv("DDP_CKPT_CRASH_AFTER_BYTES")) && *s) {
         if (parse_int(s, 0, LONG_MAX, &v) != 0)

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# bench_comm.sh — gradient communication in the cluster box (launch/cluster_box.sh): step time, weak scaling
+# efficiency and exposed communication of the trainer for parallel.compress x parallel.hierarchy, at several link
+# speeds and 1 or 2 ranks per node, with PyTorch DDP (gloo, launch/bench_torch_ddp.py) and its comm hooks beside.
+#   ./launch/bench_comm.sh [--config configs/cifar10_resnet18.cfg] [--batch 16] [--steps 12] [--links 1000,50]
+#                          [--rpn 1,2] [--compress none,bf16,powersgd] [--hierarchy flat,node] [--torch]
+#                          [--powersgd-rank 4] [--out out/bench_comm] [--build build] [--venv DIR]
+# Needs root (the box). Data: data.format=synthetic (only the step is timed, as in bench_torch_ddp.py). Each
+# cell: an np 1 baseline on one node at the same per-rank batch (weak scaling), then 2 nodes x rpn ranks, one
+# thread per rank. Writes OUT/rows.csv (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff)
+# and prints it as a table. --links: Mbit/s per node link (docs/clusters.md derives the GPU-equivalent ones).
+# --venv: a Python environment with torch, on a path the box's nodes see (their /tmp is private; default
+# $BENCH_VENV or /var/tmp/ddp-bench-venv); without torch the PyTorch rows are left out with a note.
+set -euo pipefail
+self=$(readlink -f "$0")
+repo=$(cd "$(dirname "$self")/.." && pwd)
+cd "$repo"
+config=configs/cifar10_resnet18.cfg batch=16 steps=12 links=1000,50 rpns=1,2 compresses=none,bf16,powersgd
+hierarchies=flat,node torch=0 prank=4 out=out/bench_comm build=build venv=${BENCH_VENV:-/var/tmp/ddp-bench-venv}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) config=$2; shift 2 ;;
+    --batch) batch=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --links) links=$2; shift 2 ;;
+    --rpn) rpns=$2; shift 2 ;;
+    --compress) compresses=$2; shift 2 ;;
+    --hierarchy) hierarchies=$2; shift 2 ;;
+    --torch) torch=1; shift ;;
+    --powersgd-rank) prank=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --venv) venv=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$self"; exit 0 ;;
+    *) echo "bench_comm.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+box=launch/cluster_box.sh
+"$box" check >/dev/null || exit 2
+[ -x "$build/trainer" ] || { echo "bench_comm.sh: $build/trainer not built (launch/test.sh or cmake)" >&2; exit 2; }
+[ -f "$config" ] || { echo "bench_comm.sh: no config '$config'" >&2; exit 2; }
+case "$out" in /*) ;; *) out=$repo/$out ;; esac
+case "$out" in /tmp|/tmp/*) echo "bench_comm.sh: --out must not be under /tmp (the box's nodes have their own)" >&2; exit 2 ;; esac
+mkdir -p "$out"
+if [ "$torch" = 1 ] && ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  echo "note: no torch in --venv $venv: the PyTorch DDP rows are left out"; torch=0
+fi
+
+mpi=(mpirun --allow-run-as-root --bind-to none --mca btl "self,tcp" --mca btl_tcp_if_include eth0
+     --mca oob_tcp_if_include eth0)
+# The trainer's arguments for every run: synthetic data, steps+2 steps in one epoch (the first two are excluded
+# from the breakdown by the trainer's own warm-up rule where it has one; the epoch's means are what we read).
+targs=(--config "$repo/$config" --batch "$batch" --threads 1 --epochs 1 --quiet
+       --set data.format=synthetic --set data.train_limit=$(( (steps + 2) * batch )) --set data.test_limit="$batch"
+       --set net.eval_batch="$batch")
+rows=$out/rows.csv
+echo "link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff" >"$rows"
+
+# last_metric FILE KEY: a number of the last JSON line of a metrics file (nested keys with dots).
+last_metric() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+for k in sys.argv[2].split("."):
+    d = d[k]
+print(d)
+PY
+}
+
+# run_ours LINK RPN COMPRESS HIERARCHY
+run_ours() {
+  local link=$1 rpn=$2 comp=$3 hier=$4 np=$(( 2 * $2 )) tag m
+  tag="ours-$1-$2-$3-$4"
+  m=$out/$tag.jsonl
+  rm -f "$m"
+  "$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" "$repo/$build/trainer" "${targs[@]}" \
+    --set parallel.compress="$comp" --set parallel.hierarchy="$hier" --set parallel.powersgd_rank="$prank" \
+    --set parallel.powersgd_start_step=2 --metrics "$m" --baseline "$out/base-ours.jsonl" >"$out/$tag.log" 2>&1 ||
+    { echo "  $tag failed: $(tail -n 2 "$out/$tag.log" | tr '\n' ' ')"; return 0; }
+  local step exp eff
+  step=$(last_metric "$m" step_s) exp=$(last_metric "$m" exposed_comm_s) eff=$(last_metric "$m" scaling_efficiency)
+  awk -v l="$link" -v r="$rpn" -v n="$np" -v c="$comp" -v h="$hier" -v s="$step" -v e="$exp" -v f="$eff" \
+    'BEGIN { printf "%s,%s,%s,ddp-cnn,%s,%s,%.1f,%.1f,%.3f\n", l, r, n, c, h, s * 1e3, e * 1e3, f }' >>"$rows"
+}
+
+# run_torch LINK RPN HOOK (np 1 baseline first, on n1)
+torch_base=""
+run_torch() {
+  local link=$1 rpn=$2 hook=$3 np=$(( 2 * $2 )) tag line
+  tag="torch-$1-$2-$3"
+  line=$("$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" -x MASTER_ADDR=10.250.0.11 -x TRAINER="$repo/$build/trainer" \
+    "$venv/bin/python" "$repo/launch/bench_torch_ddp.py" --config "$repo/$config" --batch "$batch" --steps "$steps" \
+    --hook "$hook" --powersgd-rank "$prank" --powersgd-start 2 2>"$out/$tag.err" | grep '^torch-ddp') ||
+    { echo "  $tag failed: $(tail -n 2 "$out/$tag.err" | tr '\n' ' ')"; return 0; }
+  echo "$line" >"$out/$tag.log"
+  python3 - "$line" "$torch_base" "$link" "$rpn" "$np" "$hook" >>"$rows" <<'PY'
+import sys
+kv = dict(p.split("=", 1) for p in sys.argv[1].split()[1:])
+base = float(sys.argv[2])
+step, exp = float(kv["step_ms"]), float(kv["exposed_ms"])
+print(f"{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},pytorch-ddp,{sys.argv[6]},flat,{step:.1f},{exp:.1f},{base / step:.3f}")
+PY
+}
+
+"$box" up --nodes 2 --cpus-per-node 2 --link-mbit "${links%%,*}" >"$out/box-up.log" 2>&1 ||
+  { cat "$out/box-up.log"; exit 1; }
+trap '"$box" down >/dev/null 2>&1' EXIT
+# Baselines (np 1 on one node, same per-rank batch and threads): weak efficiency = step(1) / step(N).
+"$box" exec n1 "$repo/$build/trainer" "${targs[@]}" --metrics "$out/base-ours.jsonl" >"$out/base-ours.log" 2>&1 ||
+  { echo "bench_comm.sh: the np 1 baseline failed:"; tail -n 5 "$out/base-ours.log"; exit 1; }
+if [ "$torch" = 1 ]; then
+  torch_base=$("$box" exec n1 env TRAINER="$repo/$build/trainer" "$venv/bin/python" "$repo/launch/bench_torch_ddp.py" \
+    --config "$repo/$config" --batch "$batch" --steps "$steps" --master-addr 127.0.0.1 2>/dev/null |
+    sed -n 's/.*step_ms=\([0-9.]*\).*/\1/p')
+  [ -n "$torch_base" ] || { echo "note: the PyTorch np 1 baseline failed: PyTorch rows left out"; torch=0; }
+fi
+for link in ${links//,/ }; do
+  for n in n1 n2; do "$box" link "$n" "${link}mbit" >/dev/null; done
+  echo "link ${link} Mbit/s"
+  for rpn in ${rpns//,/ }; do
+    for comp in ${compresses//,/ }; do
+      for hier in ${hierarchies//,/ }; do
+        [ "$rpn" = 1 ] && [ "$hier" = node ] && continue  # one rank per node: node == flat
+        run_ours "$link" "$rpn" "$comp" "$hier"
+      done
+      if [ "$torch" = 1 ]; then
+        case "$comp" in none) run_torch "$link" "$rpn" none ;; bf16) run_torch "$link" "$rpn" bf16 ;;
+          fp16) run_torch "$link" "$rpn" fp16 ;; powersgd) run_torch "$link" "$rpn" powersgd ;; esac
+      fi
+    done
+  done
+done
+echo
+column -s, -t "$rows"
