@@ -4,11 +4,12 @@
 # speeds and 1 or 2 ranks per node, with PyTorch DDP (gloo, launch/bench_torch_ddp.py) and its comm hooks beside.
 #   ./launch/bench_comm.sh [--config configs/cifar10_resnet18.cfg] [--batch 16] [--steps 12] [--links 1000,50]
 #                          [--rpn 1,2] [--compress none,bf16,powersgd] [--hierarchy flat,node] [--torch]
-#                          [--powersgd-rank 4] [--out out/bench_comm] [--build build] [--venv DIR]
+#                          [--powersgd-rank 4] [--bucket-kb auto] [--out out/bench_comm] [--build build] [--venv DIR]
 # Needs root (the box). Data: data.format=synthetic (only the step is timed, as in bench_torch_ddp.py). Each
 # cell: an np 1 baseline on one node at the same per-rank batch (weak scaling), then 2 nodes x rpn ranks, one
 # thread per rank. Writes OUT/rows.csv (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff)
-# and prints it as a table. --links: Mbit/s per node link (docs/clusters.md derives the GPU-equivalent ones).
+# and prints it as a table. --bucket-kb: the trainer's parallel.bucket_kb (default auto: each row also gives the cap
+# chosen and the exposed communication predicted, pred_ms; PyTorch DDP keeps its 25 MB buckets). --links: Mbit/s per node link (docs/clusters.md derives the GPU-equivalent ones).
 # --venv: a Python environment with torch, on a path the box's nodes see (their /tmp is private; default
 # $BENCH_VENV or /var/tmp/ddp-bench-venv); without torch the PyTorch rows are left out with a note.
 set -euo pipefail
@@ -16,7 +17,7 @@ self=$(readlink -f "$0")
 repo=$(cd "$(dirname "$self")/.." && pwd)
 cd "$repo"
 config=configs/cifar10_resnet18.cfg batch=16 steps=12 links=1000,50 rpns=1,2 compresses=none,bf16,powersgd
-hierarchies=flat,node torch=0 prank=4 out=out/bench_comm build=build venv=${BENCH_VENV:-/var/tmp/ddp-bench-venv}
+hierarchies=flat,node torch=0 prank=4 bkb=auto out=out/bench_comm build=build venv=${BENCH_VENV:-/var/tmp/ddp-bench-venv}
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
@@ -28,6 +29,7 @@ while [ $# -gt 0 ]; do
     --hierarchy) hierarchies=$2; shift 2 ;;
     --torch) torch=1; shift ;;
     --powersgd-rank) prank=$2; shift 2 ;;
+    --bucket-kb) bkb=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --venv) venv=$2; shift 2 ;;
@@ -52,9 +54,9 @@ mpi=(mpirun --allow-run-as-root --bind-to none --mca btl "self,tcp" --mca btl_tc
 # from the breakdown by the trainer's own warm-up rule where it has one; the epoch's means are what we read).
 targs=(--config "$repo/$config" --batch "$batch" --threads 1 --epochs 1 --quiet
        --set data.format=synthetic --set data.train_limit=$(( (steps + 2) * batch )) --set data.test_limit="$batch"
-       --set net.eval_batch="$batch")
+       --set net.eval_batch="$batch" --set parallel.bucket_kb="$bkb")
 rows=$out/rows.csv
-echo "link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff" >"$rows"
+echo "link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff,bucket_kb,pred_ms" >"$rows"
 
 # last_metric FILE KEY: a number of the last JSON line of a metrics file (nested keys with dots).
 last_metric() {
@@ -77,10 +79,13 @@ run_ours() {
     --set parallel.compress="$comp" --set parallel.hierarchy="$hier" --set parallel.powersgd_rank="$prank" \
     --set parallel.powersgd_start_step=2 --metrics "$m" --baseline "$out/base-ours.jsonl" >"$out/$tag.log" 2>&1 ||
     { echo "  $tag failed: $(tail -n 2 "$out/$tag.log" | tr '\n' ' ')"; return 0; }
-  local step exp eff
+  local step exp eff kb pred
   step=$(last_metric "$m" step_s) exp=$(last_metric "$m" exposed_comm_s) eff=$(last_metric "$m" scaling_efficiency)
+  kb=$(last_metric "$m" bucket_kb)
+  pred=$(sed -n 's/.*predicted exposed comm \([0-9.]*\) ms.*/\1/p' "$out/$tag.log" | head -n 1)
   awk -v l="$link" -v r="$rpn" -v n="$np" -v c="$comp" -v h="$hier" -v s="$step" -v e="$exp" -v f="$eff" \
-    'BEGIN { printf "%s,%s,%s,ddp-cnn,%s,%s,%.1f,%.1f,%.3f\n", l, r, n, c, h, s * 1e3, e * 1e3, f }' >>"$rows"
+    -v k="$kb" -v p="${pred:--}" \
+    'BEGIN { printf "%s,%s,%s,ddp-cnn,%s,%s,%.1f,%.1f,%.3f,%s,%s\n", l, r, n, c, h, s * 1e3, e * 1e3, f, k, p }' >>"$rows"
 }
 
 # run_torch LINK RPN HOOK (np 1 baseline first, on n1)
@@ -98,7 +103,7 @@ import sys
 kv = dict(p.split("=", 1) for p in sys.argv[1].split()[1:])
 base = float(sys.argv[2])
 step, exp = float(kv["step_ms"]), float(kv["exposed_ms"])
-print(f"{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},pytorch-ddp,{sys.argv[6]},flat,{step:.1f},{exp:.1f},{base / step:.3f}")
+print(f"{sys.argv[3]},{sys.argv[4]},{sys.argv[5]},pytorch-ddp,{sys.argv[6]},flat,{step:.1f},{exp:.1f},{base / step:.3f},25600,-")
 PY
 }
 

@@ -37,15 +37,15 @@
 #
 # Stages (limit in seconds; 580 in all): preflight (20) machine, tools, GPU and where each library comes from;
 # build (100) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
-# CUDA op against the CPU op); capture (25) test_cuda_capture; staging (40) --comm mpi with the all-reduce forced
+# CUDA op against the CPU op); capture (25) test_cuda_capture; staging (35) --comm mpi with the all-reduce forced
 # at world 1 (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce:
-# bit-identical checkpoints; graph (40) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
+# bit-identical checkpoints; graph (35) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
 # with every per-step device value (batch norm, dropout, crop and flip, accumulation, one-cycle lr, Adam's step,
 # clipping, forced all-reduce: tests/gpu_graph.cfg); stream (30) Fashion-MNIST as PNG folders through the
 # streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
-# IDX in the same order, bit for bit, with crop and flip; nccl (30) bench_allreduce -c nccl and training with
-# parallel.force_allreduce=1, graph on and off, and with parallel.compress=bf16 and fp16 (losses near none's;
-# test_comm: nccl's 16-bit all-reduces against the CPU's); sanitize (45) compute-sanitizer memcheck then synccheck over
+# IDX in the same order, bit for bit, with crop and flip; nccl (40) bench_allreduce -c nccl and training with
+# parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
+# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (45) compute-sanitizer memcheck then synccheck over
 # test_cuda_capture and a 20-step forced-all-reduce graph run; parity (40) CPU vs GPU losses and accuracy;
 # runs (25) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
 # vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
@@ -62,8 +62,8 @@
 set -euo pipefail
 
 STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
-declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=40 [graph]=40 [stream]=30
-                  [nccl]=30 [sanitize]=45 [parity]=40 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=30 [bench]=25)
+declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=35 [graph]=35 [stream]=30
+                  [nccl]=40 [sanitize]=45 [parity]=40 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=30 [bench]=25)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
@@ -646,6 +646,21 @@ stage_nccl() {
       bad+=("compress=$z run failed")
     fi
   done
+  # PowerSGD (rank 2 from step 2): P = M Q, the orthogonalisation and Q = M^T P on the device (cuBLAS, one
+  # kernel per matrix; test_backend_cuda checks each op against the CPU's in cuda-tests), two all-reduces per
+  # bucket, the error feedback: trains (finite, near none's loss, accuracy as asserted above) and says so.
+  local lp ap
+  if train forced-powersgd "${common[@]}" --set parallel.compress=powersgd --set parallel.powersgd_rank=2 \
+       --set parallel.powersgd_start_step=2 && [ -n "${lg:-}" ]; then
+    lp=$(jget "$work/forced-powersgd.jsonl" train_loss) ap=$(jget "$work/forced-powersgd.jsonl" test_acc)
+    grep -q "^powersgd: rank 2 from step 2" "$work/forced-powersgd.out" || bad+=("powersgd: no 'powersgd: rank 2 ...' line")
+    if ! finite "$lp" || ! fcmp "($lp - $lg) <= 0.15 && $ap >= $min_acc"; then
+      bad+=("compress=powersgd: train loss $lp (none: $lg, want within 0.15), test_acc $ap (want >= $min_acc)")
+    fi
+    k+="; powersgd: loss $lp acc $(f4 "$ap")"
+  else
+    bad+=("compress=powersgd run failed")
+  fi
   all_passed
   key "$k"
 }
