@@ -7,9 +7,11 @@
 #                          [--powersgd-rank 4] [--bucket-kb auto] [--out out/bench_comm] [--build build] [--venv DIR]
 # Needs root (the box). Data: data.format=synthetic (only the step is timed, as in bench_torch_ddp.py). Each
 # cell: an np 1 baseline on one node at the same per-rank batch (weak scaling), then 2 nodes x rpn ranks, one
-# thread per rank. Writes OUT/rows.csv (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff)
+# thread per rank; step and exposed times are means over the steps after the first two. Writes OUT/rows.csv
+# (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff)
 # and prints it as a table. --bucket-kb: the trainer's parallel.bucket_kb (default auto: each row also gives the cap
-# chosen and the exposed communication predicted, pred_ms; PyTorch DDP keeps its 25 MB buckets). --links: Mbit/s per node link (docs/clusters.md derives the GPU-equivalent ones).
+# chosen and the exposed communication predicted, pred_ms; PyTorch DDP keeps its 25 MB buckets). --links: Mbit/s
+# per node link (docs/clusters.md derives the GPU-equivalent ones).
 # --venv: a Python environment with torch, on a path the box's nodes see (their /tmp is private; default
 # $BENCH_VENV or /var/tmp/ddp-bench-venv); without torch the PyTorch rows are left out with a note.
 set -euo pipefail
@@ -33,7 +35,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --venv) venv=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$self"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$self" | sed '$d'; exit 0 ;;
     *) echo "bench_comm.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -50,11 +52,14 @@ fi
 
 mpi=(mpirun --allow-run-as-root --bind-to none --mca btl "self,tcp" --mca btl_tcp_if_include eth0
      --mca oob_tcp_if_include eth0)
-# The trainer's arguments for every run: synthetic data, steps+2 steps in one epoch (the first two are excluded
-# from the breakdown by the trainer's own warm-up rule where it has one; the epoch's means are what we read).
-targs=(--config "$repo/$config" --batch "$batch" --threads 1 --epochs 1 --quiet
-       --set data.format=synthetic --set data.train_limit=$(( (steps + 2) * batch )) --set data.test_limit="$batch"
-       --set net.eval_batch="$batch" --set parallel.bucket_kb="$bkb")
+# The trainer's arguments for every run: synthetic data, steps+2 steps in one epoch (the epoch's means are what
+# we read); the start-up lines (bucket_kb=auto's choice and prediction) go to each run's log.
+# (lr 1e-3: the recipes' rates are for their batch, and a timing run should not diverge at this one)
+targs=(--config "$repo/$config" --batch "$batch" --threads 1 --epochs 1 --set net.lr=0.001 --log-every 0.001
+       --set data.format=synthetic --set data.test_limit="$batch" --set net.eval_batch="$batch"
+       --set parallel.bucket_kb="$bkb")
+# steps + 2 steps of `batch` per rank at np ranks (weak scaling: the set grows with the ranks)
+limit() { echo "data.train_limit=$(( (steps + 2) * batch * $1 ))"; }
 rows=$out/rows.csv
 echo "link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff,bucket_kb,pred_ms" >"$rows"
 
@@ -69,18 +74,32 @@ print(d)
 PY
 }
 
+# steady STEPS_JSONL: mean step_s and exposed_comm_s over the steps after the first two (start-up, and PowerSGD's
+# uncompressed warm-up: powersgd_start_step=2), from the per-step metrics (--log-every: every step).
+steady() {
+  python3 - "$1" <<'PY'
+import json, sys
+# each line's step_s and exposed_comm_s are the epoch's means so far: totals by step, then the difference
+rows = {r["step"]: r for r in map(json.loads, filter(str.strip, open(sys.argv[1])))}
+a, b = rows[2], rows[max(rows)]
+n = b["step"] - 2
+print((b["step_s"] * b["step"] - a["step_s"] * 2) / n, (b["exposed_comm_s"] * b["step"] - a["exposed_comm_s"] * 2) / n)
+PY
+}
+
 # run_ours LINK RPN COMPRESS HIERARCHY
 run_ours() {
   local link=$1 rpn=$2 comp=$3 hier=$4 np=$(( 2 * $2 )) tag m
   tag="ours-$1-$2-$3-$4"
   m=$out/$tag.jsonl
   rm -f "$m"
-  "$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" "$repo/$build/trainer" "${targs[@]}" \
+  "$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" "$repo/$build/trainer" "${targs[@]}" --set "$(limit "$np")" \
     --set parallel.compress="$comp" --set parallel.hierarchy="$hier" --set parallel.powersgd_rank="$prank" \
     --set parallel.powersgd_start_step=2 --metrics "$m" --baseline "$out/base-ours.jsonl" >"$out/$tag.log" 2>&1 ||
     { echo "  $tag failed: $(tail -n 2 "$out/$tag.log" | tr '\n' ' ')"; return 0; }
   local step exp eff kb pred
-  step=$(last_metric "$m" step_s) exp=$(last_metric "$m" exposed_comm_s) eff=$(last_metric "$m" scaling_efficiency)
+  read -r step exp < <(steady "${m%.jsonl}.steps.jsonl")
+  eff=$(awk -v b="$base_step" -v s="$step" 'BEGIN { print b / s }')
   kb=$(last_metric "$m" bucket_kb)
   pred=$(sed -n 's/.*predicted exposed comm \([0-9.]*\) ms.*/\1/p' "$out/$tag.log" | head -n 1)
   awk -v l="$link" -v r="$rpn" -v n="$np" -v c="$comp" -v h="$hier" -v s="$step" -v e="$exp" -v f="$eff" \
@@ -95,7 +114,7 @@ run_torch() {
   tag="torch-$1-$2-$3"
   line=$("$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" -x MASTER_ADDR=10.250.0.11 -x TRAINER="$repo/$build/trainer" \
     "$venv/bin/python" "$repo/launch/bench_torch_ddp.py" --config "$repo/$config" --batch "$batch" --steps "$steps" \
-    --hook "$hook" --powersgd-rank "$prank" --powersgd-start 2 2>"$out/$tag.err" | grep '^torch-ddp') ||
+    --hook "$hook" --powersgd-rank "$prank" --powersgd-start 2 --warmup 2 --lr 0.001 2>"$out/$tag.err" | grep '^torch-ddp') ||
     { echo "  $tag failed: $(tail -n 2 "$out/$tag.err" | tr '\n' ' ')"; return 0; }
   echo "$line" >"$out/$tag.log"
   python3 - "$line" "$torch_base" "$link" "$rpn" "$np" "$hook" >>"$rows" <<'PY'
@@ -111,11 +130,12 @@ PY
   { cat "$out/box-up.log"; exit 1; }
 trap '"$box" down >/dev/null 2>&1' EXIT
 # Baselines (np 1 on one node, same per-rank batch and threads): weak efficiency = step(1) / step(N).
-"$box" exec n1 "$repo/$build/trainer" "${targs[@]}" --metrics "$out/base-ours.jsonl" >"$out/base-ours.log" 2>&1 ||
+"$box" exec n1 "$repo/$build/trainer" "${targs[@]}" --set "$(limit 1)" --metrics "$out/base-ours.jsonl" >"$out/base-ours.log" 2>&1 ||
   { echo "bench_comm.sh: the np 1 baseline failed:"; tail -n 5 "$out/base-ours.log"; exit 1; }
+read -r base_step _ < <(steady "$out/base-ours.steps.jsonl")
 if [ "$torch" = 1 ]; then
   torch_base=$("$box" exec n1 env TRAINER="$repo/$build/trainer" "$venv/bin/python" "$repo/launch/bench_torch_ddp.py" \
-    --config "$repo/$config" --batch "$batch" --steps "$steps" --master-addr 127.0.0.1 2>/dev/null |
+    --config "$repo/$config" --batch "$batch" --steps "$steps" --warmup 2 --lr 0.001 --master-addr 127.0.0.1 2>/dev/null |
     sed -n 's/.*step_ms=\([0-9.]*\).*/\1/p')
   [ -n "$torch_base" ] || { echo "note: the PyTorch np 1 baseline failed: PyTorch rows left out"; torch=0; }
 fi

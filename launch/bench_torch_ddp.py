@@ -4,7 +4,7 @@ side-by-side with the trainer's gradient compression in the same box (launch/ben
 
     mpirun -np N python3 launch/bench_torch_ddp.py --config configs/cifar10_resnet18.cfg --batch 16 \
         --hook none|fp16|bf16|powersgd [--powersgd-rank 4] [--powersgd-start 10] [--bucket-mb 25] \
-        [--steps 20] [--warmup 5] [--threads 1] [--master-addr HOST] [--master-port P]
+        [--steps 20] [--warmup 5] [--threads 1] [--lr LR] [--master-addr HOST] [--master-port P]
 
 Rank and world come from torchrun's RANK/WORLD_SIZE or Open MPI's OMPI_COMM_WORLD_RANK/SIZE; the rendezvous
 is MASTER_ADDR:MASTER_PORT (default: the first host's name, --master-addr, port 29531). The model is the
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--powersgd-start", type=int, default=2, help="start_powerSGD_iter (>= 2 for PyTorch)")
     ap.add_argument("--bucket-mb", type=float, default=25.0)
     ap.add_argument("--height", type=int, help="override net.height (and width)")
+    ap.add_argument("--lr", type=float, help="override net.lr")
     ap.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR"))
     ap.add_argument("--master-port", default=os.environ.get("MASTER_PORT", "29531"))
     a = ap.parse_args()
@@ -69,6 +70,8 @@ def main():
     net = cfg["net"]
     if a.height:
         net["height"] = net["width"] = str(a.height)
+    if a.lr:
+        net["lr"] = str(a.lr)
     torch.manual_seed(int(net.get("seed", 42)))
     model = build_model(cfg)
     c, h, w = int(net.get("channels", 1)), int(net.get("height", 28)), int(net.get("width", 28))

@@ -119,7 +119,7 @@ for launcher in srun mpirun; do
 done
 
 # ---- 2b. parallel.hierarchy=node, 2 nodes x 2 ranks (plain mpirun): the start-up line, and parameters equal to
-# flat's within test_ddp's np tolerance (max |a - b| / max(|a|, 1e-2) < 1e-5; docs/parallelism.md)
+# flat's within max |a - b| / max(|a|, 1e-2) < 1e-4 (the orders of addition differ; docs/parallelism.md)
 hier_run() {  # hier_run MODE: 4 ranks across n1, n2; checkpoint $DDP_BOX_DIR/hier-MODE.st (both nodes see it)
   box exec n1 mpirun ${mpi_root:+--allow-run-as-root} --hostfile "$DDP_BOX_DIR/hostfile" -np 4 --bind-to none \
     "$trainer" --config "$src/$CONFIG" --threads 1 --batch 16 --epochs 1 --set data.train_limit=1024 \
@@ -132,8 +132,8 @@ rc=$?
 hline=$(grep -m 1 "^hierarchy" "$tmp/hnode.out")
 hdiff=$("$tool" reldiff "$DDP_BOX_DIR/hier-flat.st" "$DDP_BOX_DIR/hier-node.st" 2>&1 | cut -d' ' -f1)
 if [ "$rc" -eq 0 ] && [ "$hline" = "hierarchy: node (2 nodes x 2 ranks; leaders all-reduce across nodes)" ] &&
-   awk -v a="$hdiff" 'BEGIN { exit !(a < 1e-5) }'; then
-  ok "hierarchy=node, 2 nodes x 2 ranks: '$hline'; parameters vs flat: max relative difference $hdiff (< 1e-5);" \
+   awk -v a="$hdiff" 'BEGIN { exit !(a < 1e-4) }'; then
+  ok "hierarchy=node, 2 nodes x 2 ranks: '$hline'; parameters vs flat: max relative difference $hdiff (< 1e-4);" \
      "both runs $(since "$t0") s"
 else
   bad "hierarchy=node across 2 nodes: exit $rc, line '$hline', difference '$hdiff'"; tail -n 5 "$tmp/hnode.out"
