@@ -29,35 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-write_cfg() {  # write_cfg FILE [EXTRA LAYER TEXT]
-  cat >"$1" <<CFG
-[net]
-batch=16
-epochs=1
-channels=1
-height=28
-width=28
-threads=1
-seed=5
-eval_batch=500
-[data]
-train_limit=2048
-test_limit=500
-[parallel]
-bucket_kb=16
-comm_timeout_s=5
-[conv]
-filters=8
-[maxpool]
-[dense]
-units=32
-activation=relu
-${2:-}
-[dense]
-units=10
-[softmax]
-CFG
-}
+write_cfg() { SMALL_CFG_TIMEOUT=5 small_cnn_cfg "$1" "" "" "${2:-}"; }  # write_cfg FILE [EXTRA LAYER TEXT]
 write_cfg "$cfg"
 
 bad() { fails=$((fails + 1)); echo "FAIL $*"; sed 's/^/    | /' "$tmp/err" | grep -v '^    | -*$' | head -12; }

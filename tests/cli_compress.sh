@@ -14,35 +14,7 @@ need_data
 need_mpirun
 make_tmp
 
-write_cfg() {  # write_cfg FILE [EXTRA LAYER TEXT after the conv]
-  cat >"$1" <<CFG
-[net]
-batch=16
-epochs=1
-channels=1
-height=28
-width=28
-threads=1
-seed=5
-eval_batch=500
-[data]
-train_limit=2048
-test_limit=500
-[parallel]
-bucket_kb=16
-comm_timeout_s=60
-[conv]
-filters=8
-${2:-}
-[maxpool]
-[dense]
-units=32
-activation=relu
-[dense]
-units=10
-[softmax]
-CFG
-}
+write_cfg() { small_cnn_cfg "$1" "" "${2:-}"; }  # write_cfg FILE [EXTRA LAYER TEXT after the conv]
 write_cfg "$tmp/plain.cfg"
 write_cfg "$tmp/bn.cfg" "activation=linear
 [batchnorm]

@@ -17,34 +17,8 @@ need_mpirun
 need_tool
 make_tmp
 
-cat >"$tmp/plain.cfg" <<CFG
-[net]
-batch=16
-epochs=1
-channels=1
-height=28
-width=28
-threads=1
-seed=5
-eval_batch=500
-optimizer=sgd
-lr=0.05
-[data]
-train_limit=2048
-test_limit=500
-[parallel]
-bucket_kb=16
-comm_timeout_s=60
-[conv]
-filters=8
-[maxpool]
-[dense]
-units=32
-activation=relu
-[dense]
-units=10
-[softmax]
-CFG
+small_cnn_cfg "$tmp/plain.cfg" "optimizer=sgd
+lr=0.05"
 
 # runp NP FAKE NAME ARGS...: an NP-rank run (FAKE: DDP_TEST_FAKE_NODES, 0 for none), checkpoint $tmp/NAME.st,
 # metrics $tmp/NAME.jsonl, stdout $tmp/NAME.out; rc is its exit code.

@@ -18,6 +18,40 @@ need_mpirun() { command -v mpirun >/dev/null || { echo "SKIP: no mpirun"; exit 7
 not_sanitized() {
   if grep -q '^TRAINER_SANITIZE:[A-Z]*=..*' "$build/CMakeCache.txt" 2>/dev/null; then echo "SKIP: sanitized build ($1)"; exit 77; fi
 }
+# small_cnn_cfg FILE [NET KEYS] [AFTER THE CONV] [AFTER THE FIRST DENSE]: the small Fashion-MNIST CNN the np tests
+# train (batch 16, 2048 + 500 samples, 16 KiB buckets, comm_timeout_s $SMALL_CFG_TIMEOUT or 60), with extra
+# [net] keys and layer text at the two places tests vary it (one key or section per line).
+small_cnn_cfg() {
+  cat >"$1" <<CFG
+[net]
+batch=16
+epochs=1
+channels=1
+height=28
+width=28
+threads=1
+seed=5
+eval_batch=500
+${2:-}
+[data]
+train_limit=2048
+test_limit=500
+[parallel]
+bucket_kb=16
+comm_timeout_s=${SMALL_CFG_TIMEOUT:-60}
+[conv]
+filters=8
+${3:-}
+[maxpool]
+[dense]
+units=32
+activation=relu
+${4:-}
+[dense]
+units=10
+[softmax]
+CFG
+}
 need_tool() { [ -x "$tool" ] || { echo "FAIL: $tool not built"; exit 1; }; }
 # make_tmp [--cd]: $tmp, a directory removed when the test exits (--cd: the test runs inside it).
 make_tmp() {
