@@ -22,6 +22,14 @@
 // Set-up
 
 // This rank enters the next collective: returns its number and publishes the count.
+//
+// Lane 1's all-reduces (comm_allreduce_avg_async_lane) are numbered here too, in the order this rank launches
+// them, and that order among lane 0's collectives is each rank's own. The trainer launches the same collectives on
+// every rank in a step, lane 1's included, and waits for all of them before the step ends, so the counts agree
+// again at every step's end: a rank stuck in an earlier step is always named. Within a step a count may run ahead
+// of or behind the others' by lane 1's launches so far; the missing-rank message may then name a rank that is only
+// late on the other lane, or say that every rank has entered the collective. The label (which all-reduce, which
+// step) stays exact.
 long long comm_arrive(comm *c) {
     long long k = ++c->n_coll;
     world_publish(c, k);
@@ -113,7 +121,8 @@ int comm_set_compress(comm *c, int mode) {
     return ST_OK;
 }
 
-static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, int compress, int hier, int *req) {
+static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, int compress, int hier, int lane,
+                            int *req) {
     *req = -1;
     if (c->stopped)
         return ERR(ST_COMM, "rank %d (%s): all-reduce '%s' after the communicator was stopped by an earlier failure",
@@ -134,6 +143,7 @@ static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, in
     r->n = n;
     r->compress = compress;
     r->hier = hier;
+    r->lane = lane;
     r->t_launch = now_s();
     snprintf(r->label, sizeof r->label, "%s", label ? label : "");
     // Nothing to exchange: every rank agrees on n, so every rank skips the collective alike.
@@ -149,7 +159,18 @@ static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, in
 }
 
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req) {
-    return allreduce_launch(c, buf, n, label, c->compress, c->hier, req);
+    return allreduce_launch(c, buf, n, label, c->compress, c->hier, 0, req);
+}
+
+int comm_lanes(const comm *c) { return (comm_caps(c) & COMM_CAP_LANES) && !c->hier ? 2 : 1; }
+
+int comm_allreduce_avg_async_lane(comm *c, int lane, float *buf, size_t n, const char *label, int *req) {
+    *req = -1;
+    if (lane < 0 || lane >= COMM_LANES)
+        return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s' on lane %d (want 0 to %d)", c->info.rank, c->info.host,
+                   label ? label : "", lane, COMM_LANES - 1);
+    // Without lanes apart, lane 1 is lane 0 (comm.h): the backend never sees it.
+    return allreduce_launch(c, buf, n, label, c->compress, c->hier, comm_lanes(c) > 1 ? lane : 0, req);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -292,7 +313,7 @@ int comm_wait(comm *c, int req) {
 int comm_allreduce_avg(comm *c, float *buf, size_t n, const char *label) {
     int req = -1;
     // Statistics, not gradients: float32, and flat (one small all-reduce, waited on at once).
-    TRY(allreduce_launch(c, buf, n, label, COMM_COMPRESS_NONE, 0, &req));
+    TRY(allreduce_launch(c, buf, n, label, COMM_COMPRESS_NONE, 0, 0, &req));
     return comm_wait(c, req);
 }
 

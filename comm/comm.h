@@ -49,6 +49,7 @@ enum {
     COMM_CAP_HOST_PROGRESS = 1,  // the reduction advances only while the host tests it (poll during backward)
     COMM_CAP_CAPTURE = 2,        // launches are stream work that a CUDA graph capture can hold
     COMM_CAP_COMPRESS16 = 4,     // comm_set_compress takes COMM_COMPRESS_BF16 and _FP16
+    COMM_CAP_LANES = 8,          // lane 1 of comm_allreduce_avg_async_lane is ordered apart from lane 0 (comm_lanes)
 };
 unsigned comm_caps(const comm *c);
 
@@ -90,6 +91,16 @@ const char *comm_hierarchy_line(const comm *c);
 // ---- data-parallel all-reduce (float32 buffers, average over ranks, in place; 16 bits on the wire after
 // comm_set_compress)
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req);
+// Lanes: every rank must launch the all-reduces of one lane in the same order, but not those of two lanes: lane 0
+// (comm_allreduce_avg_async, and every other collective) and lane 1 are matched apart (mpi: lane 1 is a
+// communicator of its own), so a rank may launch lane 1's next all-reduce whenever its own view of the timing says
+// (PowerSGD's Q as soon as this rank has its P: src/train_ddp.c). comm_lanes says how many lanes are apart: 2 with
+// COMM_CAP_LANES and flat all-reduces; 1 otherwise -- nccl (one stream, launches never ordered by the host's
+// view), or hierarchical requests (their stages are ordered by launch over all requests, comm_mpi.c) -- and then
+// lane 1 is lane 0: the caller must launch in one order over both, as with comm_allreduce_avg_async alone.
+#define COMM_LANES 2
+int comm_allreduce_avg_async_lane(comm *c, int lane, float *buf, size_t n, const char *label, int *req);
+int comm_lanes(const comm *c);
 // The same, waited on at once (sync BN's statistics in the middle of forward and backward): in stream order
 // for nccl (the compute stream waits, the host does not: capturable), on the host for mpi (not capturable with
 // device buffers: the COMM_CAP_CAPTURE flag says which).

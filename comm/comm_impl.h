@@ -16,6 +16,7 @@ typedef struct comm_req_slot {
     size_t n;
     int compress;        // COMM_COMPRESS_*: what goes on the wire (the comm's setting at launch; none for sync BN)
     int hier;            // hierarchical (comm_set_hierarchy: node; the comm's setting at launch; flat for sync BN)
+    int lane;            // 0, or 1 for an all-reduce matched apart from lane 0's (comm_lanes() == 2 at launch)
     double t_launch;     // now_s() at launch
     long long seq;       // its number among the collectives on world (comm.c's arrival board)
     char label[64];      // e.g. "step 12 bucket 3", for watchdog messages
@@ -66,8 +67,10 @@ struct comm {
     world_nodes nodes;       // this rank's node (valid when hier)
     char hier_line[160];     // comm_hierarchy_line
     comm_req_slot reqs[COMM_MAX_REQS];
-    // Every collective on the group is numbered in call order (the same on every rank) and the count is
-    // published (world_publish), so a timed-out rank can name the ranks that never arrived.
+    // Every collective on the group is numbered in call order and the count is published (world_publish), so a
+    // timed-out rank can name the ranks that never arrived. The numbering is the same on every rank for lane 0;
+    // lane 1's all-reduces (comm_allreduce_avg_async_lane) are counted too, but launched at each rank's own time,
+    // so between two collectives of lane 0 the counts may differ by lane 1's launches (see comm_arrive).
     long long n_coll;        // collectives entered so far
     char last_label[64];     // label of the last async all-reduce launched (step context for host collectives)
 };

@@ -13,6 +13,9 @@
 // stream) reads the copied-up average. The next copy down into the same staging buffer waits (on the GPU) for
 // the copy up that reads it.
 //
+// Lane 1 (comm_allreduce_avg_async_lane) is the flat all-reduce on the world's second communicator
+// (world_iallreduce_lane): staging and compression are the same; only the communicator that matches it differs.
+//
 // Compressed requests (comm_set_compress) reduce a 16-bit copy instead: when the reduction starts, the float32
 // values (the user's, or the staged ones), divided by the world size, are cast into a wire buffer per slot --
 // bfloat16 values, or fp16 in scaled blocks (comm_half.h) -- which MPI sums with a user-defined operator; when
@@ -27,7 +30,8 @@
 // previous stage completes is timing. So each stage has its own communicator (the node's reduce and broadcast
 // are two) and starts in launch order: request k starts stage s only when its stage s-1 has completed here and
 // request k-1 has started stage s (hier_pump walks the requests in launch order at every test). Every rank then
-// starts every communicator's collectives in bucket order, whatever the timing. Rounding: float32 sums in MPI's
+// starts every communicator's collectives in bucket order, whatever the timing. (So hierarchical requests have no
+// lane 1: comm.c launches them all on lane 0, whose launch order is one on every rank.) Rounding: float32 sums in MPI's
 // order within the node and among the leaders, scaled by 1/world at the end (flat: one sum, then the same
 // scale); compressed, the cast of x/world to 16 bits and one rounding to 16 bits per addition in the two sums
 // (the broadcast copies).
@@ -215,7 +219,7 @@ static int reduce_start(comm *c, comm_req_slot *r, mpi_req *q) {
     int n;
     world_type t;
     wire_view(r, q, &buf, &n, &t);
-    TRY(world_iallreduce(c, buf, n, t, WORLD_SUM, &q->req));
+    TRY(world_iallreduce_lane(c, r->lane, buf, n, t, WORLD_SUM, &q->req));
     q->phase = PHASE_REDUCING;
     return ST_OK;
 }
@@ -393,7 +397,7 @@ static void mpi_destroy(comm *c) {
 
 static const comm_ops mpi_ops = {
     .name = "mpi",
-    .caps = COMM_CAP_HOST_PROGRESS | COMM_CAP_COMPRESS16,
+    .caps = COMM_CAP_HOST_PROGRESS | COMM_CAP_COMPRESS16 | COMM_CAP_LANES,
     .allreduce_avg_launch = mpi_launch,
     .allreduce_test = mpi_test,
     .bind_stream = mpi_bind_stream,

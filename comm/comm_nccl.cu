@@ -25,6 +25,10 @@
 // 1/world: the average taken once, before the first addition); 16-bit requests send their cast values (already
 // divided by world) through the same three calls with ncclSum. Both communicators are split from the world's
 // (ncclCommSplit) when the hierarchy is set, so every rank's NCCL calls follow one stream order.
+//
+// No COMM_CAP_LANES: comm.c launches lane 1's all-reduces (comm_allreduce_avg_async_lane) as lane 0's, on the one
+// communicator and stream. The trainer never tests NCCL during backward, so its launches follow the program's
+// order on every rank anyway (PowerSGD's Q after backward, src/train_ddp.c).
 #include "comm_impl.h"  // first: C linkage for comm.h, comm_world.h and common.h
 
 #include <cuda_bf16.h>

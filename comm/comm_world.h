@@ -39,6 +39,10 @@ void world_close(comm *c);
 // Non-blocking collectives on c's group, completed by world_test. Counts fit in an int (callers chunk).
 int world_ibcast(comm *c, void *buf, int bytes, int root, world_req *r);
 int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world_req *r);
+// The same on lane `lane` (0 or 1; comm.h's comm_allreduce_avg_async_lane): lane 0 is the group's communicator
+// (world_iallreduce), lane 1 a communicator of its own over the same ranks, so that the collectives of each are
+// matched in their own order (MPI matches non-blocking collectives by their order per communicator).
+int world_iallreduce_lane(comm *c, int lane, void *buf, int n, world_type t, world_op op, world_req *r);
 int world_iallgather(comm *c, const void *mine, void *all, int n, world_type t, world_req *r);
 int world_ibarrier(comm *c, world_req *r);
 int world_test(comm *c, world_req *r, int *done);

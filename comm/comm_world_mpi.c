@@ -1,5 +1,5 @@
-// comm_world_mpi.c — the process group on MPI (comm_world.h): a dup of MPI_COMM_WORLD with MPI_ERRORS_RETURN,
-// its per-host split, non-blocking collectives, and the arrival board that lets the watchdog name missing ranks.
+// comm_world_mpi.c — the process group on MPI (comm_world.h): a dup of MPI_COMM_WORLD with MPI_ERRORS_RETURN
+// (and a second dup for lane 1's all-reduces), its per-host split, non-blocking collectives, and the arrival board that lets the watchdog name missing ranks.
 //
 // Every MPI call on our communicators returns a code, so a failure becomes a status with rank, host and
 // file:line, and main decides whether to abort the job.
@@ -21,6 +21,7 @@ _Static_assert(sizeof(MPI_Request) <= sizeof(world_req), "world_req too small fo
 
 typedef struct mpi_world {
     MPI_Comm world;          // a dup of MPI_COMM_WORLD
+    MPI_Comm lane1;          // another dup: lane 1's all-reduces (world_iallreduce_lane), matched in an order of their own
     MPI_Comm node;           // ranks on this host (MPI_Comm_split_type SHARED)
     // Hierarchical all-reduce (world_nodes_open; MPI_COMM_NULL until then): a node's reduce and broadcast each
     // on a communicator of its own, and the leaders (MPI_COMM_NULL on the other ranks)
@@ -141,6 +142,8 @@ static void host_name(char *out, size_t size) {
 static int comms_create(mpi_world *m, comm_info *ci) {
     MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &m->world));
     MPI_TRY(MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN));
+    MPI_TRY(MPI_Comm_dup(MPI_COMM_WORLD, &m->lane1));
+    MPI_TRY(MPI_Comm_set_errhandler(m->lane1, MPI_ERRORS_RETURN));
     MPI_TRY(MPI_Comm_rank(m->world, &ci->rank));
     MPI_TRY(MPI_Comm_size(m->world, &ci->world));
     MPI_TRY(MPI_Comm_split_type(m->world, MPI_COMM_TYPE_SHARED, ci->rank, MPI_INFO_NULL, &m->node));
@@ -182,6 +185,7 @@ void world_close(comm *c) {
     if (m->f16_block_type != MPI_DATATYPE_NULL) MPI_Type_free(&m->f16_block_type);
     world_nodes_close(c);
     if (m->node != MPI_COMM_NULL) MPI_Comm_free(&m->node);
+    if (m->lane1 != MPI_COMM_NULL) MPI_Comm_free(&m->lane1);
     if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
     free(m->hosts);
     free(m);
@@ -192,7 +196,7 @@ int world_open(comm *c) {
     if (!world_started()) return ERR(ST_RUNTIME, "comm_create: MPI is not initialised (call comm_world_init)");
     mpi_world *m = calloc(1, sizeof *m);
     TRY_ALLOC(m);
-    m->world = m->node = MPI_COMM_NULL;
+    m->world = m->lane1 = m->node = MPI_COMM_NULL;
     m->node_reduce = m->node_bcast = m->leaders = MPI_COMM_NULL;
     m->arrive_win = MPI_WIN_NULL;
     m->bf16_type = m->f16_block_type = MPI_DATATYPE_NULL;
@@ -261,7 +265,12 @@ static int half_type_op(mpi_world *m, world_type t, MPI_Datatype *type, MPI_Op *
 }
 
 int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world_req *r) {
+    return world_iallreduce_lane(c, 0, buf, n, t, op, r);
+}
+
+int world_iallreduce_lane(comm *c, int lane, void *buf, int n, world_type t, world_op op, world_req *r) {
     mpi_world *m = c->w;
+    if (lane != 0 && lane != 1) return ERR(ST_RUNTIME, "rank %d (%s): all-reduce on lane %d (want 0 or 1)", g_rank, g_host, lane);
     MPI_Datatype type = MPI_DATATYPE_NULL;
     MPI_Op mop = op == WORLD_SUM ? MPI_SUM : MPI_MAX;
     if (t == WORLD_BF16 || t == WORLD_F16_BLOCKS) {
@@ -270,7 +279,7 @@ int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world
     } else {
         type = mpi_type(t);
     }
-    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, mop, m->world, REQ(r)));
+    MPI_TRY(MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, mop, lane ? m->lane1 : m->world, REQ(r)));
     return ST_OK;
 }
 

@@ -71,6 +71,11 @@ int world_iallreduce(comm *c, void *buf, int n, world_type t, world_op op, world
     return ST_OK;
 }
 
+int world_iallreduce_lane(comm *c, int lane, void *buf, int n, world_type t, world_op op, world_req *r) {
+    (void)lane;  // one rank: no order to match
+    return world_iallreduce(c, buf, n, t, op, r);
+}
+
 int world_iallgather(comm *c, const void *mine, void *all, int n, world_type t, world_req *r) {
     (void)c, (void)r;
     if (n > 0) memmove(all, mine, (size_t)n * type_size(t));

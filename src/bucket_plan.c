@@ -60,6 +60,32 @@ int bucket_plan_form(const bucket_layer *layers, int n_layers, size_t n_params, 
 // ---------------------------------------------------------------------------------------------------------
 // The pipeline model
 
+// One bucket's all-reduce(s) on the link: its floats, or under PowerSGD (layers carry p_floats/q_floats) the P's
+// and then the Q's of the layers inside it (PowerSGD never splits a layer; a part of one counts its share).
+static double bucket_comm_s(const bucket_layer *layers, int n_layers, const bucket_span *b, const bucket_link *link) {
+    double p = 0, q = 0;
+    int psgd = 0;
+    for (int j = 0; j < n_layers; j++) {
+        const bucket_layer *l = &layers[j];
+        if (l->p_floats + l->q_floats == 0) continue;
+        psgd = 1;
+        const size_t lo = l->begin > b->begin ? l->begin : b->begin, hi = l->end < b->end ? l->end : b->end;
+        if (lo >= hi) continue;
+        const double share = (double)(hi - lo) / (double)(l->end - l->begin);
+        p += share * (double)l->p_floats, q += share * (double)l->q_floats;
+    }
+    if (!psgd) return bucket_plan_allreduce_s(link, (double)(b->end - b->begin) * sizeof(float));
+    // the buffer's floats outside every layer (none in practice) go with P, uncompressed
+    double in_layers = 0;
+    for (int j = 0; j < n_layers; j++) {
+        const size_t lo = layers[j].begin > b->begin ? layers[j].begin : b->begin;
+        const size_t hi = layers[j].end < b->end ? layers[j].end : b->end;
+        if (lo < hi) in_layers += (double)(hi - lo);
+    }
+    p += (double)(b->end - b->begin) - in_layers;
+    return bucket_plan_allreduce_s(link, p * sizeof(float)) + (q > 0 ? bucket_plan_allreduce_s(link, q * sizeof(float)) : 0);
+}
+
 double bucket_plan_simulate(const bucket_layer *layers, int n_layers, size_t n_params, double backward_s,
                             size_t per, const bucket_link *link, int overlap, int *n_buckets) {
     const int n = bucket_plan_form(layers, n_layers, n_params, per, NULL);
@@ -75,7 +101,7 @@ double bucket_plan_simulate(const bucket_layer *layers, int n_layers, size_t n_p
         const double ready = (overlap && j < n_layers ? layers[j].ready_s : backward_s) + shift;
         shift += link->launch_s;
         const double start = ready + link->launch_s > comm_free ? ready + link->launch_s : comm_free;
-        comm_free = start + bucket_plan_allreduce_s(link, (double)(bk[i].end - bk[i].begin) * sizeof(float));
+        comm_free = start + bucket_comm_s(layers, n_layers, &bk[i], link);
     }
     free(bk);
     const double end = comm_free > backward_s + shift ? comm_free : backward_s + shift;

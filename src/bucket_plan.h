@@ -17,6 +17,9 @@ typedef struct bucket_layer {
     size_t begin, end;  // its gradients: floats [begin, end)
     double ready_s;     // when backward has finished them, from backward's start (no launches counted)
     int whole;          // never split, however large: one bucket of its own (PowerSGD compresses whole matrices)
+    // PowerSGD (set on every layer, or on none): what its gradients all-reduce as two all-reduces, P's with the
+    // uncompressed values, then the Q's (powersgd_span_floats). 0 and 0: the floats themselves, in one.
+    size_t p_floats, q_floats;
 } bucket_layer;
 
 // The all-reduce of one bucket, once started, one at a time in launch order: n measured sizes (bytes, seconds),
@@ -55,7 +58,8 @@ int bucket_plan_layers(const model *m, double backward_s, bucket_layer *out);
 int bucket_plan_form(const bucket_layer *layers, int n_layers, size_t n_params, size_t per, bucket_span *out);
 
 // The communication a step pays beyond backward with buckets of at most per floats: the end of the last
-// all-reduce minus backward_s (exposed wait plus the launches' host time). Each bucket starts when backward has
+// all-reduce minus backward_s (exposed wait plus the launches' host time). Under PowerSGD (the layers' p_floats,
+// q_floats) a bucket is its P all-reduce and then its Q one, each priced on the link by its own size. Each bucket starts when backward has
 // finished its last layer (overlap 0: when backward ends) and the previous all-reduce is done. *n_buckets: how
 // many (may be NULL). Returns a negative number when out of memory.
 double bucket_plan_simulate(const bucket_layer *layers, int n_layers, size_t n_params, double backward_s,

@@ -74,6 +74,28 @@ static int matrix_max_rank(long long rows, long long cols) {
     return (int)(r < 1 ? 0 : r > (1 << 20) ? (1 << 20) : r);
 }
 
+void powersgd_span_floats(const model *m, int rank, size_t begin, size_t end, size_t *p, size_t *q) {
+    *p = *q = 0;
+    const int nt = model_param_tensor(m, -1, NULL, NULL, NULL, NULL, NULL);
+    for (int i = 0; i < nt; i++) {
+        const char *name;
+        int is_bias, ndim;
+        size_t off;
+        int64_t shape[4];
+        model_param_tensor(m, i, &name, &is_bias, &off, &ndim, shape);
+        size_t len = 1;
+        for (int d = 0; d < ndim; d++) len *= (size_t)shape[d];
+        const size_t lo = off > begin ? off : begin, hi = off + len < end ? off + len : end;
+        if (lo >= hi) continue;
+        const int r = ndim >= 2 && lo == off && hi == off + len && len > 0
+                          ? matrix_rank(shape[0], (long long)(len / (size_t)shape[0]), rank) : 0;
+        if (r > 0)
+            *p += (size_t)shape[0] * (size_t)r, *q += len / (size_t)shape[0] * (size_t)r;
+        else
+            *p += hi - lo;
+    }
+}
+
 // Append an uncompressed run, merged with the previous one when they touch.
 static void range_add(psgd_bucket *b, size_t off, size_t len) {
     if (len == 0) return;

@@ -47,6 +47,10 @@ typedef struct powersgd_stats {
 int powersgd_create(powersgd **out, const backend *be, const model *m, int n_buckets, const size_t *begin,
                     const size_t *end, const powersgd_opts *o);
 void powersgd_destroy(powersgd *ps);   // NULL: nothing
+// What a compressed step all-reduces for the whole tensors inside floats [begin, end) of the gradient buffer, at
+// powersgd_rank `rank` (the rule above; a tensor cut by begin or end is counted as uncompressed): *p the first
+// all-reduce (P's and the uncompressed values), *q the second (Q's). For the bucket planner (src/bucket_plan.h).
+void powersgd_span_floats(const model *m, int rank, size_t begin, size_t end, size_t *p, size_t *q);
 void powersgd_get_stats(const powersgd *ps, powersgd_stats *st);
 int powersgd_active(const powersgd *ps, long long step);  // 1: optimizer step `step` (0-based) is compressed
 

@@ -24,8 +24,16 @@ int train_grads_finalize(trainer *t, size_t begin, size_t end) {
 // ---------------------------------------------------------------------------------------------------------
 // PowerSGD (parallel.compress=powersgd, src/powersgd.h): past powersgd_start_step a bucket is two all-reduces,
 // [P's | uncompressed values] launched where the plain one would be (so it overlaps backward as that one does),
-// then its Q's. The Q stages run after backward, bucket by bucket in order: every rank must issue its collectives
-// in the same order, so no stage may start on a rank's own view of which all-reduce has finished.
+// then its Q's, which need the all-reduced P's. Every rank must issue the collectives of one communicator in the
+// same order, and when a P has finished is each rank's own view. So the Q's go on lane 1 (comm.h), a communicator
+// of their own, whenever the comm has one (comm_lanes: mpi, flat): each rank launches bucket i's Q's as soon as it
+// sees bucket i's P's done during backward (buckets_poll from train_on_grads_ready), provided buckets 0..i-1 had
+// theirs launched. Lane 0 then holds the P's in bucket order and lane 1 the Q's in bucket order on every rank,
+// whatever the timing, and Q's transfer (most of PowerSGD's bytes) overlaps the rest of backward. psgd_finish
+// launches, in bucket order, the Q's still unlaunched when backward ends, then waits for every Q and decompresses.
+// Without a second lane (nccl, which is never tested during backward; hierarchy=node, whose stages are ordered by
+// launch over all requests) every Q is launched after backward, bucket by bucket, on lane 0 as before. Only the
+// time of Q's launch differs: the same values are summed in the same way, so the results are bit for bit the same.
 
 static int psgd_launch(trainer *t, int i, const char *label) {
     bucket *b = &t->buckets[i];
@@ -36,6 +44,9 @@ static int psgd_launch(trainer *t, int i, const char *label) {
     b->psgd_stage = 1;
     return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
 }
+
+// The lane of the Q's: 1 when it is apart from the P's (then every Q of a step goes there, in bucket order), else 0.
+static int psgd_q_lane(const trainer *t) { return comm_lanes(t->c) > 1 ? 1 : 0; }
 
 // Wait for bucket i's all-reduce in flight, then its next stage: the Q's launched (1), or the gradient (2).
 static int psgd_advance(trainer *t, int i) {
@@ -48,7 +59,8 @@ static int psgd_advance(trainer *t, int i) {
         char label[64];
         snprintf(label, sizeof label, "step %lld bucket %d (PowerSGD Q)", t->global_step + 1, i);
         TRY(powersgd_project(t->psgd, i, t->m.grads, &buf, &n));
-        TRY(comm_allreduce_avg_async(t->c, buf, n, label, &b->req));
+        b->t_q_launch = now_s();
+        TRY(comm_allreduce_avg_async_lane(t->c, psgd_q_lane(t), buf, n, label, &b->req));
         b->psgd_stage = 2;
         void *q_start;  // the bucket's communication spans P's launch to Q's end
         return comm_req_marks(t->c, b->req, &q_start, &b->m_end);
@@ -59,9 +71,12 @@ static int psgd_advance(trainer *t, int i) {
     return ST_OK;
 }
 
+// After backward: the Q's not yet launched (bucket order; the poll launched a prefix of the buckets' Q's), then
+// every bucket's gradient.
 static int psgd_finish(trainer *t) {
     for (int stage = 1; stage <= 2; stage++)
-        for (int i = 0; i < t->n_buckets; i++) TRY(psgd_advance(t, i));
+        for (int i = 0; i < t->n_buckets; i++)
+            if (t->buckets[i].psgd_stage == stage) TRY(psgd_advance(t, i));
     t->next_bucket = 0;
     return ST_OK;
 }
@@ -140,7 +155,7 @@ static int bucket_launch(trainer *t, int i) {
     char label[64];
     snprintf(label, sizeof label, "step %lld bucket %d", t->global_step + 1, i);  // 1-based, as in messages
     b->t_launch = now_s();
-    b->t_done = 0;
+    b->t_done = b->t_q_launch = 0;
     if (powersgd_active(t->psgd, t->global_step)) return psgd_launch(t, i, label);
     TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
     return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
@@ -151,21 +166,53 @@ static int bucket_launch(trainer *t, int i) {
 // each of them (and comm_progress before) ran it twice per bucket in flight, each run walking all of them: at
 // 63 buckets of 8 KiB that made backward 24 ms instead of 16. Buckets complete about in launch order, so one
 // that finished behind an older one is seen at the next poll.
-static void buckets_poll(trainer *t) {
+//
+// PowerSGD with a lane for the Q's (advance_q): a bucket whose P's are done has its Q's launched at once when every
+// bucket before it has had its Q's launched (the walk stops at the first P not done, so that holds: lane 1 sees
+// the Q's in bucket order). A bucket whose Q's are in flight does not stop the walk (the next P may be done); they
+// are tested after the P's, oldest first, when every P is done -- one test per poll, as above. advance_q is 0 in
+// the progress hook: it runs inside a backend op (part 0 of a job of the CPU backend's thread pool), where
+// projecting (gemms on the same backend and pool) must not start; a P found done there waits, and so do the
+// buckets after it, for train_on_grads_ready, which runs between layers.
+static void buckets_poll(trainer *t, int advance_q) {
+    const int lane = psgd_q_lane(t);
+    int q_first = -1;  // the oldest bucket whose Q's are in flight
     for (int i = 0; i < t->next_bucket; i++) {
         bucket *b = &t->buckets[i];
         if (b->req < 0 || b->t_done > 0) continue;
+        if (lane && b->psgd_stage == 2) {
+            if (q_first < 0) q_first = i;
+            continue;
+        }
         int done = 0;
-        if (comm_test(t->c, b->req, &done) != ST_OK) {
+        int st = comm_test(t->c, b->req, &done);
+        if (st == ST_OK && done && lane && b->psgd_stage == 1) {
+            if (!advance_q) continue;  // launched by the next train_on_grads_ready, in order; test the later ones
+            st = psgd_advance(t, i);   // P's done: no wait; the Q's are launched on lane 1
+            if (st == ST_OK && q_first < 0) q_first = i;
+            if (st == ST_OK) continue;
+        }
+        if (st != ST_OK) {
             if (t->cb_status == ST_OK) t->cb_status = err_status();
             return;
         }
         if (!done) return;
         b->t_done = now_s();
     }
+    for (int i = q_first; i >= 0 && i < t->next_bucket; i++) {
+        bucket *b = &t->buckets[i];
+        if (b->req < 0 || b->t_done > 0 || b->psgd_stage != 2) continue;
+        int done = 0;
+        if (comm_test(t->c, b->req, &done) != ST_OK) {
+            if (t->cb_status == ST_OK) t->cb_status = err_status();
+            return;
+        }
+        if (!done) return;
+        b->t_done = now_s();  // the Q's have arrived (psgd_advance notes the time again once decompressed)
+    }
 }
 
-static void progress_hook(void *arg) { buckets_poll((trainer *)arg); }
+static void progress_hook(void *arg) { buckets_poll((trainer *)arg, 0); }
 
 int train_on_grads_ready(void *arg, size_t ready) {
     trainer *t = arg;
@@ -173,7 +220,7 @@ int train_on_grads_ready(void *arg, size_t ready) {
         TRY(bucket_launch(t, t->next_bucket++));
     // MPI reduces on the host and advances only when tested. NCCL must not be tested here: its test joins the
     // compute stream to the all-reduce, which would hold the rest of backward behind it (no overlap).
-    if (t->host_comm) buckets_poll(t);
+    if (t->host_comm) buckets_poll(t, 1);
     return t->cb_status;  // a failure the progress hook saw meanwhile
 }
 
@@ -193,9 +240,16 @@ int train_buckets_finish(trainer *t) {
 
 // The model's layers for the bucket rule. Under PowerSGD none is split: it compresses a layer's weight matrix
 // whole, and parts of a few rows cut by the cap would rarely compress at all (they are all ready together anyway).
+// bucket_kb=auto then plans for what a compressed step sends: each layer's P's and Q's (its compressed steps are
+// all but the first powersgd_start_step).
 static int plan_layers(const trainer *t, double backward_s, bucket_layer *out) {
     const int n = bucket_plan_layers(&t->m, backward_s, out);
-    for (int i = 0; i < n; i++) out[i].whole = t->cfg->compress == COMPRESS_POWERSGD;
+    const int psgd = t->cfg->compress == COMPRESS_POWERSGD;
+    for (int i = 0; i < n; i++) {
+        out[i].whole = psgd;
+        if (psgd) powersgd_span_floats(&t->m, t->cfg->powersgd_rank, out[i].begin, out[i].end, &out[i].p_floats,
+                                       &out[i].q_floats);
+    }
     return n;
 }
 
@@ -333,9 +387,10 @@ static int buckets_auto(trainer *t) {
             len += snprintf(all + len, sizeof all - (size_t)len, " %.0f:%.3f", link.bytes[i] / 1024, link.s[i] * 1e3);
         LOG0("buckets: auto probe (all-reduce KiB:ms, the slowest rank's medians)%s\n", all);
     }
-    LOG0("buckets: auto -> cap %d KiB, %d buckets, predicted exposed comm %.3f ms (link alpha %.1f us, beta %.3f "
+    LOG0("buckets: auto -> cap %d KiB, %d buckets, predicted exposed comm %.3f ms%s (link alpha %.1f us, beta %.3f "
          "GB/s, launch %.1f us; backward ~%.2f ms, twice a timed forward)\n", c.kb, t->n_buckets, c.exposed_s * 1e3,
-         link.alpha_s * 1e6, 1e-9 / link.beta_s, link.launch_s * 1e6, backward_s * 1e3);
+         t->cfg->compress == COMPRESS_POWERSGD ? " for PowerSGD's P and Q" : "", link.alpha_s * 1e6,
+         1e-9 / link.beta_s, link.launch_s * 1e6, backward_s * 1e3);
     return ST_OK;
 }
 

@@ -38,6 +38,7 @@ typedef struct bucket {
     void *m_start, *m_end;      // device marks of the all-reduce (comm=nccl; NULL for mpi), see comm_req_marks
     void *g_start, *g_end;      // the same, as captured into the CUDA graph (what a replay records)
     int psgd_stage;             // PowerSGD: 1 [P's | uncompressed] in flight, 2 the Q's in flight, 0 neither
+    double t_q_launch;          // PowerSGD: host clock when its Q's were launched this step (0: not yet), for --trace
 } bucket;
 
 // --resume of a PowerSGD run: the checkpoint's state, held until the buckets exist (bucket_kb=auto makes them at

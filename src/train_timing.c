@@ -101,6 +101,11 @@ static int step_trace(trainer *t, int replayed) {
         char name[48];
         snprintf(name, sizeof name, "allreduce bucket %d", i);
         trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, t0, t1, i, (long long)((b->end - b->begin) * sizeof(float)));
+        // PowerSGD: its Q's, inside the bucket's span (launched during backward when the comm has a lane for them).
+        if (b->t_q_launch > 0) {
+            snprintf(name, sizeof name, "PowerSGD Q bucket %d", i);
+            trace_span(tr, TRACE_TID_BUCKET0 + i, "comm", name, b->t_q_launch, t1, i, 0);
+        }
     }
     return ST_OK;
 }

@@ -3,8 +3,9 @@
 # cli_powersgd.sh — parallel.compress=powersgd at np 2 (comm=mpi, CPU): a conv + dense model trains with rank-2
 # PowerSGD from step 2 (replica check at the epoch's end, loss near the uncompressed run's), --resume after the start
 # step is bit-identical to the run that never stopped (PowerSGD's Q and every rank's error feedback in the
-# checkpoint; a changed error tensor must change the result), overlap on and off give the same parameters, and a
-# rank no matrix can take is exit 2 naming parallel.powersgd_rank.
+# checkpoint; a changed error tensor must change the result), overlap on and off give the same parameters, with
+# overlap the Q all-reduces start during backward (their own lane; --trace) and change nothing, and a rank no
+# matrix can take is exit 2 naming parallel.powersgd_rank.
 # Run by ctest: cli_powersgd.sh TRAINER SOURCE_DIR BINARY_DIR
 . "$(dirname "$0")/testlib.sh" "$@"
 need_data
@@ -102,7 +103,36 @@ if run2 --steps 40 --no-overlap --save "$tmp/noov.st" && "$tool" same "$tmp/full
   ok "overlap=0 and overlap=1 under PowerSGD: $(cat "$tmp/same")"
 else bad "overlap=0 vs 1: $(cat "$tmp/same" 2>/dev/null)"; fi
 
-# ---- 4. A rank no matrix of the model can take: exit 2 naming the key and the largest that works.
+# ---- 4. Q's lane (comm=mpi): with overlap, ranks launch a bucket's Q all-reduce as soon as they see its P's done,
+# during backward (--trace: a "PowerSGD Q bucket" span starting inside a "backward" span), on a communicator of
+# its own; --no-overlap launches every Q after backward. Batch 64 makes backward long enough (a few ms) for P's to
+# arrive within it on a loaded machine. Both give the same parameters bit for bit (only Q's launch time differs).
+run2 --steps 8 --set net.batch=64 --trace "$tmp/tr_on" --save "$tmp/q_on.st" &&
+  run2 --steps 8 --set net.batch=64 --no-overlap --trace "$tmp/tr_off" --save "$tmp/q_off.st"
+rc=$?
+if [ "$rc" -eq 0 ] && "$tool" same "$tmp/q_on.st" "$tmp/q_off.st" >"$tmp/same" 2>>"$tmp/err" &&
+  python3 - "$tmp/tr_on" "$tmp/tr_off" >"$tmp/q" 2>&1 <<'PY'
+import json, sys
+def q_in_backward(d):
+    n_q = n_in = 0
+    for r in (0, 1):
+        ev = [e for e in json.load(open(f"{d}/trace_rank{r}.json"))["traceEvents"] if e.get("ph") == "X"]
+        bw = [e for e in ev if e["cat"] == "backward" and e["name"] == "backward"]
+        q = [e for e in ev if e["cat"] == "comm" and e["name"].startswith("PowerSGD Q bucket")]
+        n_q += len(q)
+        n_in += sum(1 for x in q if any(b["ts"] <= x["ts"] < b["ts"] + b["dur"] for b in bw))
+    return n_q, n_in
+(q_on, in_on), (q_off, in_off) = q_in_backward(sys.argv[1]), q_in_backward(sys.argv[2])
+assert q_on == q_off == 2 * 6 * 3, f"want 36 Q spans (2 ranks x 6 compressed steps x 3 buckets): {q_on}, {q_off}"
+assert in_on > 0, f"overlap on: none of the {q_on} Q all-reduces was launched during backward"
+assert in_off == 0, f"--no-overlap: {in_off} Q all-reduces launched during backward"
+print(f"{in_on} of {q_on} Q all-reduces launched during backward (--no-overlap: {in_off})")
+PY
+then
+  ok "PowerSGD Q on its own lane: $(cat "$tmp/q"); the same parameters as --no-overlap: $(cat "$tmp/same")"
+else bad "Q lane: exit $rc; $(cat "$tmp/q" "$tmp/same" 2>/dev/null | tail -2)"; fi
+
+# ---- 5. A rank no matrix of the model can take: exit 2 naming the key and the largest that works.
 run2 --steps 4 --set parallel.powersgd_rank=64
 rc=$?
 if [ "$rc" -eq 2 ] && has "[parallel] powersgd_rank=64 compresses none of the model's 4 weight matrices" && has "at most"; then

@@ -17,13 +17,13 @@
 
 // n layers of `floats` gradients each, back to back from offset 0, ready at i+1 ms (backward: n ms).
 static void uniform_layers(bucket_layer *ly, int n, size_t floats) {
-    for (int i = 0; i < n; i++) ly[i] = (bucket_layer){i * floats, (i + 1) * floats, (i + 1) * 1e-3, 0};
+    for (int i = 0; i < n; i++) ly[i] = (bucket_layer){i * floats, (i + 1) * floats, (i + 1) * 1e-3, 0, 0, 0};
 }
 
 static void test_form_closes_at_layer_boundaries(void **state) {
     (void)state;
     // layers of 10, 3, 30 and 2 floats; cap 12: [10] | [3] (10+3 > 12) | 30 in 3 parts of 10 | [2]
-    bucket_layer ly[4] = {{0, 10, 0, 0}, {10, 13, 0, 0}, {13, 43, 0, 0}, {43, 45, 0, 0}};
+    bucket_layer ly[4] = {{0, 10, 0, 0, 0, 0}, {10, 13, 0, 0, 0, 0}, {13, 43, 0, 0, 0, 0}, {43, 45, 0, 0, 0, 0}};
     bucket_span b[16];
     int n = bucket_plan_form(ly, 4, 45, 12, b);
     assert_int_equal(n, bucket_plan_form(ly, 4, 45, 12, NULL));
@@ -81,6 +81,29 @@ static void test_simulate_by_hand(void **state) {
     assert_true(fabs(x - 1.1e-5) < 1e-12);
 }
 
+static void test_simulate_powersgd(void **state) {
+    (void)state;
+    // The 4 layers above under PowerSGD: each sends 64 floats of P then 192 of Q (a quarter of its KiB): one
+    // bucket per layer is 2 all-reduces of 0.5 ms + 0.25 / 0.75 ms = 2 ms each: starts at 1, 3, 5, 7 ms, the last
+    // ends at 9 ms, 5 after backward (the same buckets unmarked: 3 ms, test_simulate_by_hand).
+    bucket_layer ly[4];
+    uniform_layers(ly, 4, KB);
+    for (int i = 0; i < 4; i++) ly[i].p_floats = 64, ly[i].q_floats = 192;
+    const bucket_link link = {.alpha_s = 0.5e-3, .beta_s = 1e-3 / 1024, .launch_s = 0};
+    int nb = 0;
+    double x = bucket_plan_simulate(ly, 4, 4 * KB, 4e-3, KB, &link, 1, &nb);
+    assert_int_equal(nb, 4);
+    assert_true(fabs(x - 5e-3) < 1e-12);
+    // one bucket: P of 256 floats (0.5 + 1 ms), Q of 768 (0.5 + 3 ms) from 4 ms: 5 ms after backward; two of
+    // 2 layers: 1 + 2 ms each, from 2 and 5 ms: 4 ms after. A compressed link favours fewer buckets than the plain
+    // one, whose best here is one per layer.
+    x = bucket_plan_simulate(ly, 4, 4 * KB, 4e-3, 4 * KB, &link, 1, &nb);
+    assert_true(fabs(x - 5e-3) < 1e-12);
+    x = bucket_plan_simulate(ly, 4, 4 * KB, 4e-3, 2 * KB, &link, 1, &nb);
+    assert_int_equal(nb, 2);
+    assert_true(fabs(x - 4e-3) < 1e-12);
+}
+
 static void test_choose_known_best(void **state) {
     (void)state;
     // 8 layers of 64 KiB, 1 ms of backward each; all-reduce 0.1 ms + 64 KiB per 0.5 ms. Per-layer buckets (64 KiB)
@@ -113,7 +136,7 @@ static void test_latency_prefers_big_fast_link_small(void **state) {
     // 200 small layers of 4 KiB, 10 us of backward each (2 ms): 800 KiB.
     enum { N = 200 };
     bucket_layer ly[N];
-    for (int i = 0; i < N; i++) ly[i] = (bucket_layer){i * 4 * KB, (i + 1) * 4 * KB, (i + 1) * 1e-5, 0};
+    for (int i = 0; i < N; i++) ly[i] = (bucket_layer){i * 4 * KB, (i + 1) * 4 * KB, (i + 1) * 1e-5, 0, 0, 0};
     const size_t np = N * 4 * KB;
     bucket_choice slow, fast;
     // high latency (1 ms per all-reduce), 1 GB/s: per-layer buckets would queue 200 ms of latency
@@ -181,8 +204,8 @@ static void test_table_between_and_beyond(void **state) {
 // through the same two end points sees no difference between caps up to 256 KiB and takes the fewest buckets.
 static void test_kinked_link_prefers_small_buckets(void **state) {
     (void)state;
-    bucket_layer ly[4] = {{0, 2 * KB, 0.5e-3, 0}, {2 * KB, 402 * KB, 1e-3, 0}, {402 * KB, 474 * KB, 9e-3, 0},
-                          {474 * KB, 475 * KB, 10e-3, 0}};
+    bucket_layer ly[4] = {{0, 2 * KB, 0.5e-3, 0, 0, 0}, {2 * KB, 402 * KB, 1e-3, 0, 0, 0},
+                          {402 * KB, 474 * KB, 9e-3, 0, 0, 0}, {474 * KB, 475 * KB, 10e-3, 0, 0, 0}};
     const size_t np = 475 * KB;
     const bucket_link kinked = kinked_link();
     const bucket_link line = {.alpha_s = kinked.alpha_s, .beta_s = kinked.beta_s};
@@ -229,6 +252,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_form_closes_at_layer_boundaries),
         cmocka_unit_test(test_simulate_by_hand),
+        cmocka_unit_test(test_simulate_powersgd),
         cmocka_unit_test(test_choose_known_best),
         cmocka_unit_test(test_latency_prefers_big_fast_link_small),
         cmocka_unit_test(test_fit_and_median),

@@ -6,7 +6,8 @@
 // GPU per rank) the nccl backend's casts and 16-bit all-reduces against the CPU's. Hierarchical all-reduces
 // (comm_set_hierarchy) with nodes made by the fake split (at np 4: 2 nodes x 2 ranks, and uneven 2+1+1): equal to
 // the flat result within float32 summation-order rounding, identical on every rank, waited in any order per rank
-// with slots reused, compressed within the same bound as flat; one rank per node and one node run flat.
+// with slots reused, compressed within the same bound as flat; one rank per node and one node run flat. Lanes:
+// all-reduces on lane 0 and lane 1 launched interleaved differently on different ranks all arrive.
 //
 // Every rank runs every test in the same order, so the collectives inside them match.
 #include <float.h>
@@ -819,6 +820,67 @@ static void test_hierarchy_compressed_within_bound(void **state) {
     comm_destroy(hc);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Lanes (comm_allreduce_avg_async_lane): each rank launches its all-reduces of lane 0 and of lane 1 interleaved in
+// its own way -- even ranks a0 b0 a1 b1 a2 b2, odd ranks b0 b1 b2 a0 a1 a2 (a on lane 0, b on lane 1), as the
+// trainer launches PowerSGD's Q's when its own view says their P's are done -- and waits in its own order. Each
+// lane is in one order on every rank, so all arrive; on one communicator MPI would match an even rank's a0 with an
+// odd rank's b0 (other sizes: an MPI error, the watchdog, or wrong sums). Float32 and both 16-bit wire formats;
+// bad lanes; a hierarchical comm has one lane (lane 1 is lane 0 there).
+
+static void test_lanes_any_order_across_lanes(void **state) {
+    (void)state;
+    assert_int_equal(comm_caps(g_c) & COMM_CAP_LANES, COMM_CAP_LANES);
+    assert_int_equal(comm_lanes(g_c), 2);
+    comm *lc = NULL;
+    assert_int_equal(comm_create(&lc, "mpi", 10.0), ST_OK);
+    enum { K = 3 };
+    const size_t na[K] = {1000, 3, 65537}, nb[K] = {250000, 17, 1};
+    const int modes[] = {COMM_COMPRESS_NONE, COMM_COMPRESS_BF16, COMM_COMPRESS_FP16};
+    for (int m = 0; m < 3; m++) {
+        assert_int_equal(comm_set_compress(lc, modes[m]), ST_OK);
+        float *a[K], *b[K];
+        int ra[K], rb[K];
+        for (int k = 0; k < K; k++) a[k] = filled(na[k]), b[k] = filled(nb[k]);
+        for (int j = 0; j < 2 * K; j++) {
+            const int odd = g_rank % 2, lane = odd ? j < K : j % 2, k = odd ? j % K : j / 2;
+            char label[32];
+            snprintf(label, sizeof label, "lane %d #%d", lane, k);
+            if (lane) assert_int_equal(comm_allreduce_avg_async_lane(lc, 1, b[k], nb[k], label, &rb[k]), ST_OK);
+            else assert_int_equal(comm_allreduce_avg_async_lane(lc, 0, a[k], na[k], label, &ra[k]), ST_OK);
+            if (j == 1 && odd) assert_int_equal(comm_progress(lc), ST_OK);
+        }
+        for (int j = 0; j < K; j++) {  // even ranks wait in launch order, odd ranks from the last
+            const int k = g_rank % 2 ? K - 1 - j : j;
+            assert_int_equal(comm_wait(lc, g_rank % 2 ? rb[k] : ra[k]), ST_OK);
+            assert_int_equal(comm_wait(lc, g_rank % 2 ? ra[k] : rb[k]), ST_OK);
+        }
+        for (int k = 0; k < K; k++) {
+            check_mean(a[k], na[k]), check_mean(b[k], nb[k]);
+            free(a[k]), free(b[k]);
+        }
+    }
+    assert_int_equal(comm_outstanding(lc), 0);
+    float x = 1;
+    int r = 0;
+    for (int lane = -1; lane <= COMM_LANES; lane += COMM_LANES + 1) {
+        assert_int_equal(comm_allreduce_avg_async_lane(lc, lane, &x, 1, "bad lane", &r), ST_RUNTIME);
+        assert_int_equal(r, -1);
+        assert_non_null(strstr(err_msg(), "bad lane"));
+        err_clear();
+    }
+    comm_destroy(lc);
+    // Hierarchical requests order their stages over all requests by launch: no lane apart, lane 1 runs as lane 0.
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    assert_int_equal(comm_lanes(hc), comm_hierarchy(hc) == COMM_HIERARCHY_NODE ? 1 : 2);
+    float *y = filled(4099);
+    assert_int_equal(comm_allreduce_avg_async_lane(hc, 1, y, 4099, "hier lane 1", &r), ST_OK);
+    assert_int_equal(comm_wait(hc, r), ST_OK);
+    check_mean(y, 4099);
+    free(y);
+    comm_destroy(hc);
+}
+
 int main(int argc, char **argv) {
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) return 1;
     signal(SIGALRM, on_alarm);
@@ -843,6 +905,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_hierarchy_matches_flat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hierarchy_any_wait_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hierarchy_compressed_within_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lanes_any_order_across_lanes, setup, teardown),
 #ifdef DDP_HAVE_CUDA
         cmocka_unit_test_setup_teardown(test_nccl_compress_matches_cpu, setup, teardown),
 #endif

@@ -236,6 +236,16 @@ static void test_layout(void **state) {
     assert_int_equal(s.pieces, 1);
     assert_int_equal(s.floats_plain, np);
     assert_int_equal(s.floats_sent, (64 + 48) * 2 + (np - 64 * 48));
+    // the planner's count (powersgd_span_floats) agrees: P's and the rest, then the Q's
+    size_t sp, sq;
+    powersgd_span_floats(m, 2, 0, np, &sp, &sq);
+    assert_int_equal(sp, 64 * 2 + (np - 64 * 48));
+    assert_int_equal(sq, 48 * 2);
+    assert_int_equal(sp + sq, s.floats_sent);
+    // a span that cuts the big weight counts it uncompressed; one of the small layers alone: all of it in P
+    powersgd_span_floats(m, 2, 0, 100, &sp, &sq);
+    assert_int_equal(sp, 100);
+    assert_int_equal(sq, 0);
     assert_false(powersgd_active(ps, 4));
     assert_true(powersgd_active(ps, 5));
     assert_false(powersgd_started(ps));
