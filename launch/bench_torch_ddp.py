@@ -5,6 +5,7 @@ side-by-side with the trainer's gradient compression in the same box (launch/ben
     mpirun -np N python3 launch/bench_torch_ddp.py --config configs/cifar10_resnet18.cfg --batch 16 \
         --hook none|fp16|bf16|powersgd [--powersgd-rank 4] [--powersgd-start 10] [--bucket-mb 25] \
         [--steps 20] [--warmup 5] [--threads 1] [--lr LR] [--master-addr HOST] [--master-port P]
+        [--ready-file F --go-file G]
 
 Rank and world come from torchrun's RANK/WORLD_SIZE or Open MPI's OMPI_COMM_WORLD_RANK/SIZE; the rendezvous
 is MASTER_ADDR:MASTER_PORT (default: the first host's name, --master-addr, port 29531). The model is the
@@ -57,6 +58,9 @@ def main():
     ap.add_argument("--lr", type=float, help="override net.lr")
     ap.add_argument("--master-addr", default=os.environ.get("MASTER_ADDR"))
     ap.add_argument("--master-port", default=os.environ.get("MASTER_PORT", "29531"))
+    ap.add_argument("--ready-file", help="rank 0 creates it after the warm-up, then waits for --go-file (a "
+                    "driver reshapes the link in between: bench_comm.sh --warm-link)")
+    ap.add_argument("--go-file", help="with --ready-file: the timed steps start once this file exists")
     a = ap.parse_args()
 
     rank = env_int("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", default=0)
@@ -115,6 +119,14 @@ def main():
 
     for _ in range(a.warmup):
         step()
+    if a.ready_file and rank == 0:
+        open(a.ready_file, "w").close()
+        t0 = time.time()
+        while a.go_file and not os.path.exists(a.go_file):
+            if time.time() - t0 > 300:
+                sys.exit(f"bench_torch_ddp.py: no {a.go_file} 300 s after {a.ready_file}")
+            time.sleep(0.05)
+    dist.barrier()
     step_s = timed(a.steps, False)
     compute_s = timed(max(3, a.steps // 2), True)
     grad_mb = sum(p.numel() for p in model.parameters()) * 4 / 1e6

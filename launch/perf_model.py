@@ -14,6 +14,10 @@
     python3 launch/perf_model.py comm --params P --np N --alpha-us A --beta-gbps B [options]
         one step's communication at N ranks without runs: the all-reduce of every bucket, comm and exposed
         (with --backward-ms), under the options below; prints "comm_ms exposed_ms wire_bytes"
+    python3 launch/perf_model.py box --dir OUT --tensors T [--link-eff E] [--alpha-ms A] [--host-ns-per-byte H]
+        the cluster box's measured rows (launch/bench_comm.sh: OUT/rows.csv, each run's metrics, the one-node
+        baselines) next to the model's step for each ddp-cnn row and its relative error; then the same model at
+        64-1024 GPUs with the real-cluster parameters of docs/clusters.md (links (a) and (b))
 
 Options of study and comm for what goes on the wire (defaults: the plain fp32 ring, as before):
     --compress none|bf16|fp16|powersgd   bytes per element 4 (none), 2 (bf16, fp16); powersgd: a tensor of m x n
@@ -407,6 +411,172 @@ def cmd_comm(a):
     print(f"{comm * 1e3:.6g} {exposed * 1e3:.6g} {sum(sizes) * wire.ratio:.0f}")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The cluster box (launch/bench_comm.sh): 2 nodes, rpn ranks each, every node's link shaped to L Mbit/s.
+#
+#   step = base + exposed + host
+#   base     the row's own one-node baseline step (rpn ranks on one node: their compute, and for rpn 2 the node's
+#            all-reduce through loopback), measured by bench_comm.sh
+#   wire(S)  the seconds one link direction needs for an all-reduce of S bytes (compressed): alpha per
+#            all-reduce + d(S) / (L * link_eff), d(S) the bytes the busiest direction of a node's link carries:
+#            flat ring of N = 2 rpn ranks: 2(N-1)/N * S (the ring crosses each link once each way); node: the
+#            leaders' 2-rank all-reduce, S
+#   exposed  plain and bf16/fp16: the buckets one after the other on the link, from the first one's launch; all
+#            but the last hide behind backward: max(wire(S_last), sum wire(S_i) - backward). PowerSGD: each bucket
+#            is P then Q (2 alphas); P and Q both launched during backward (comm=mpi, flat: Q on its own lane), the
+#            same formula; under hierarchy=node the Q's wait for the end of backward: wire(P_last) + sum wire(Q_i)
+#   host     the TCP and summation work the all-reduce costs on the rank's core(s), which run backward too:
+#            host_ns_per_byte * (bytes the rank sends beyond its baseline's) * rpn (the node's ranks share its core)
+#   PowerSGD splits its wire bytes P : Q as the tensors' m : n (shape[0] : the rest).
+# The link efficiency, alpha and host cost are parameters (docs/benchmarks.md gives the values used and where
+# each comes from); nothing is fitted per row.
+
+
+def psgd_split(tensors, r):
+    """(P share, Q share) of PowerSGD's compressed values (uncompressed tensors go with P)."""
+    p = q = 0
+    for sh in tensors:
+        v = powersgd_values(sh, r)
+        if len(sh) >= 2 and v != numel(sh):
+            p += r * sh[0]
+            q += r * numel(sh[1:])
+        else:
+            p += v
+    return p / (p + q), q / (p + q)
+
+
+def box_rows(directory):
+    with open(os.path.join(directory, "rows.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def steady_of(steps_path, skip):
+    """Mean step_s and exposed_comm_s over the steps after the first `skip` (bench_comm.sh's steady: each line's
+    figures are the epoch's means so far)."""
+    rows = {}
+    with open(steps_path) as f:
+        for ln in f:
+            if ln.strip():
+                r = json.loads(ln)
+                rows[r["step"]] = r
+    last = max(rows)
+    k = skip if skip in rows and skip < last else min(rows)
+    a, b = rows[k], rows[last]
+    n = b["step"] - k
+    return {key: (b[key] * b["step"] - a[key] * k) / n for key in ("step_s", "exposed_comm_s")}
+
+
+def box_predict(row, base, run, tensors, a):
+    """The model's step (s) and exposed (s) for one ddp-cnn row of rows.csv."""
+    rpn, link = int(row["rpn"]), float(row["link_mbit"])
+    n = 2 * rpn
+    comp, hier = row["compress"], row["hierarchy"]
+    r = int(row.get("powersgd_rank") or 1)
+    bps = link * 1e6 / 8 * a.link_eff
+    alpha = a.alpha_ms * 1e-3
+    sizes = [int(s) for s in run["bucket_bytes"]]
+    if comp in ("bf16", "fp16"):
+        ratio = 0.5
+    elif comp == "powersgd":
+        full = sum(numel(sh) for sh in tensors)
+        ratio = sum(powersgd_values(sh, r) for sh in tensors) / full
+    else:
+        ratio = 1.0
+    per_dir = 1.0 if (hier == "node" or n == 2) else 2 * (n - 1) / n
+
+    def wire(nbytes, rounds=1):
+        return rounds * alpha + per_dir * nbytes / bps
+
+    backward = base["backward_s"]
+    if comp == "powersgd":
+        ps, qs = psgd_split(tensors, r)
+        pw = [wire(s * ratio * ps) for s in sizes]
+        qw = [wire(s * ratio * qs) for s in sizes]
+        if hier == "node":
+            exposed = pw[-1] + sum(qw)
+        else:
+            exposed = max(pw[-1] + qw[-1], sum(pw) + sum(qw) - backward)
+    else:
+        w = [wire(s * ratio) for s in sizes]
+        exposed = max(w[-1], sum(w) - backward)
+    # bytes a rank sends per step: ring 2(N-1)/N S; under node, the leaders' 2-rank share plus the node's own
+    sent = sum(sizes) * ratio * (2 * (n - 1) / n if hier != "node" else 1.0)
+    base_sent = sum(sizes) * (2 * (rpn - 1) / rpn if rpn > 1 else 0.0)
+    host = a.host_ns_per_byte * 1e-9 * max(0.0, sent - base_sent) * rpn
+    return base["step_s"] + exposed + host, exposed
+
+
+def cmd_box(a):
+    tensors = read_tensors(a.tensors)
+    rows = box_rows(a.dir)
+    skip = a.skip
+    errs = []
+    print(f"box model: link efficiency {a.link_eff:g}, alpha {a.alpha_ms:g} ms per all-reduce, host "
+          f"{a.host_ns_per_byte:g} ns per byte sent beyond the baseline's")
+    print(f"{'link':>6} {'rpn':>3} {'compress':>9} {'hier':>5} {'r':>2} {'batch':>5} | {'step ms':>9} {'model':>9} "
+          f"{'err':>7} | {'exposed':>8} {'model':>8} | {'eff':>6} {'model':>6}")
+    for row in rows:
+        if row["impl"] != "ddp-cnn":
+            continue
+        tag = f"ours-{row['link_mbit']}-{row['rpn']}-{row['compress']}-{row['hierarchy']}"
+        run = last_metrics(os.path.join(a.dir, tag + ".jsonl"))
+        bpath = os.path.join(a.dir, f"base-ours-{row['rpn']}")
+        if not os.path.exists(bpath + ".steps.jsonl"):
+            bpath = os.path.join(a.dir, "base-ours")  # bench_comm.sh before one-node baselines per rpn
+        base = steady_of(bpath + ".steps.jsonl", 2)
+        base["backward_s"] = last_metrics(bpath + ".jsonl")["backward_s"]
+        step, exposed = box_predict(row, base, run, tensors, a)
+        meas = float(row["step_ms"]) * 1e-3
+        rel = (step - meas) / meas
+        errs.append(abs(rel))
+        print(f"{row['link_mbit']:>6} {row['rpn']:>3} {row['compress']:>9} {row['hierarchy']:>5} "
+              f"{row.get('powersgd_rank') or '-':>2} {row.get('batch') or '-':>5} | {meas * 1e3:>9.1f} "
+              f"{step * 1e3:>9.1f} {rel * 100:>+6.1f}% | {float(row['exposed_ms']):>8.1f} {exposed * 1e3:>8.1f} | "
+              f"{float(row['eff']):>6.3f} {base['step_s'] / step:>6.3f}")
+    if not errs:
+        raise SystemExit(f"perf_model.py: no ddp-cnn rows in {a.dir}/rows.csv")
+    print(f"step time: mean relative error {100 * sum(errs) / len(errs):.1f}%, largest {100 * max(errs):.1f}% "
+          f"over {len(errs)} rows ({sum(e <= 0.15 for e in errs)} within 15%)")
+    del skip
+    # The same wire model at GPU-cluster scale (docs/clusters.md): 8 GPUs per node joined by NVLink, the node's
+    # GPUs each with their own NIC (a) or sharing one (b); weak scaling at this run's per-rank batch, GPU compute
+    # = the box's FLOP per step at F_gpu.
+    flop = a.step_gflop * 1e9
+    c = flop / (a.gpu_tflops * 1e12)
+    print(f"extrapolation: {a.step_gflop:g} GFLOP per rank and step at {a.gpu_tflops:g} TFLOP/s = "
+          f"{c * 1e3:.3f} ms compute, {a.gpu_backward_frac:g} of it backward; 8 GPUs per node (NVLink "
+          f"{a.nvlink_gbps:g} GB/s, 5 us), hierarchy node, NCCL's ring between the nodes (alpha {a.gpu_alpha_us:g} us)")
+    full = 4 * sum(numel(sh) for sh in tensors)
+    print(f"{'GPUs':>5} | " + " ".join(f"{l + ' ' + cp:>14}" for l in ("(a)", "(b)")
+                                       for cp in ("none", "bf16", f"psgd r{a.powersgd_rank}")))
+    for n in (64, 128, 256, 512, 1024):
+        effs = []
+        for link_gbps in (400.0, 100.0 / 8):
+            for cp in ("none", "bf16", "powersgd"):
+                wire = Wire(cp, a.powersgd_rank, tensors, "node", 8, 5e-6, a.nvlink_gbps * 1e9)
+                sizes = buckets(full // 4, 25 * 1024)
+                _, exposed = step_comm(n, a.gpu_alpha_us * 1e-6, link_gbps / 8 * 1e9, sizes, 1,
+                                       c * a.gpu_backward_frac, wire)
+                effs.append(c / (c + exposed))
+        print(f"{n:>5} | " + " ".join(f"{e:>14.3f}" for e in effs))
+
+
+def add_box_options(p):
+    p.add_argument("--dir", required=True, help="bench_comm.sh's --out")
+    p.add_argument("--tensors", required=True, help="the gradient tensors' shapes: a .safetensors checkpoint or text")
+    p.add_argument("--link-eff", type=float, default=0.956, help="TCP goodput / shaped rate (docs/clusters.md)")
+    p.add_argument("--alpha-ms", type=float, default=1.0, help="fixed cost of one all-reduce across the box")
+    p.add_argument("--host-ns-per-byte", type=float, default=0.0,
+                   help="a rank's CPU time per byte it sends (TCP, summation), competing with its compute")
+    p.add_argument("--skip", type=int, default=2)
+    p.add_argument("--step-gflop", type=float, default=0.0, help="FLOP per rank and step for the extrapolation")
+    p.add_argument("--gpu-tflops", type=float, default=400.0)
+    p.add_argument("--gpu-backward-frac", type=float, default=0.67)
+    p.add_argument("--gpu-alpha-us", type=float, default=20.0)
+    p.add_argument("--nvlink-gbps", type=float, default=450.0, help="NVLink bandwidth per GPU, GB/s")
+    p.add_argument("--powersgd-rank", type=int, default=4, help="the extrapolation's PowerSGD rank")
+
+
 def add_wire_options(p):
     p.add_argument("--compress", default="none", help="none | bf16 | fp16 | powersgd")
     p.add_argument("--powersgd-rank", type=int, default=1)
@@ -453,6 +623,8 @@ def main():
     m.add_argument("--overlap", type=int, default=1, choices=(0, 1))
     m.add_argument("--backward-ms", type=float, default=0.0, help="backward's time (what overlap hides behind)")
     add_wire_options(m)
+    b = sub.add_parser("box", help="the cluster box's rows (bench_comm.sh) against the model, and at GPU scale")
+    add_box_options(b)
     a = ap.parse_args()
     if a.cmd == "ring-fit":
         cmd_ring_fit(a)
@@ -460,6 +632,8 @@ def main():
         cmd_cores(a)
     elif a.cmd == "comm":
         cmd_comm(a)
+    elif a.cmd == "box":
+        cmd_box(a)
     else:
         cmd_study(a)
 
