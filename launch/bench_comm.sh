@@ -5,12 +5,13 @@
 #   ./launch/bench_comm.sh [--config configs/cifar10_resnet18.cfg] [--batch 16] [--steps 12] [--links 1000,50]
 #                          [--rpn 1,2] [--compress none,bf16,powersgd] [--hierarchy flat,node] [--torch]
 #                          [--powersgd-rank 4] [--bucket-kb auto] [--warm-link MBIT] [--out out/bench_comm]
-#                          [--build build] [--venv DIR]
+#                          [--build build] [--venv DIR] [--baselines-only]
 # Needs root (the box). Data: data.format=synthetic (only the step is timed, as in bench_torch_ddp.py). Each
-# cell: a baseline of rpn ranks on one node at the same per-rank batch (weak scaling across nodes: np 1 for 1 rank
-# per node; for 2, the node's 2 ranks sharing its cores and its memory, so the efficiency is what the second node
-# adds), then 2 nodes x rpn ranks, one thread per rank; step and exposed times are means over the steps after the
-# first two. Writes OUT/rows.csv (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff,bucket_kb,
+# cell: a baseline at the same per-rank batch, then 2 nodes x rpn ranks, one thread per rank; step and exposed
+# times are means over the steps after the first two. The baseline is rpn ranks on one node (weak scaling across
+# nodes: np 1 for 1 rank per node, else the node's ranks with their all-reduce over loopback). The box's nodes
+# share this machine's cores: on a 2-core VM, 2 nodes x 2 ranks give each rank half a core where the baseline gave
+# it one, so their efficiency is capped near 0.5 by the CPU before any link counts. Writes OUT/rows.csv (link_mbit,rpn,ranks,impl,compress,hierarchy,step_ms,exposed_ms,eff,bucket_kb,
 # pred_ms,batch,powersgd_rank) and prints it as a table.
 # --warm-link MBIT: each run starts at MBIT and its link is set to the row's speed after its second step (the
 # timed steps are then the ones after the third): for links so slow that start-up (the probe, an uncompressed
@@ -25,7 +26,7 @@ repo=$(cd "$(dirname "$self")/.." && pwd)
 cd "$repo"
 config=configs/cifar10_resnet18.cfg batch=16 steps=12 links=1000,50 rpns=1,2 compresses=none,bf16,powersgd
 hierarchies=flat,node torch=0 prank=4 bkb=auto out=out/bench_comm build=build venv=${BENCH_VENV:-/var/tmp/ddp-bench-venv}
-warm=""
+warm="" baselines_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) config=$2; shift 2 ;;
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --powersgd-rank) prank=$2; shift 2 ;;
     --bucket-kb) bkb=$2; shift 2 ;;
     --warm-link) warm=$2; shift 2 ;;
+    --baselines-only) baselines_only=1; shift ;;
     --out) out=$2; shift 2 ;;
     --build) build=$2; shift 2 ;;
     --venv) venv=$2; shift 2 ;;
@@ -62,9 +64,10 @@ mpi=(mpirun --allow-run-as-root --bind-to none --mca btl "self,tcp" --mca btl_tc
 # The trainer's arguments for every run: synthetic data, steps+2 steps in one epoch (the epoch's means are what
 # we read); the start-up lines (bucket_kb=auto's choice and prediction) go to each run's log.
 # (lr 1e-3: the recipes' rates are for their batch, and a timing run should not diverge at this one)
+# (bucket_kb only for the runs with all-reduces: a cap chosen for PowerSGD's whole layers may give the baseline's
+# split ones too many buckets)
 targs=(--config "$repo/$config" --batch "$batch" --threads 1 --epochs 1 --set net.lr=0.001 --log-every 0.001
-       --set data.format=synthetic --set data.test_limit="$batch" --set net.eval_batch="$batch"
-       --set parallel.bucket_kb="$bkb")
+       --set data.format=synthetic --set data.test_limit="$batch" --set net.eval_batch="$batch")
 # steps + skip steps of `batch` per rank at np ranks (weak scaling: the set grows with the ranks); the first `skip`
 # steps are start-up (and with --warm-link the step during which the link changes)
 skip=2
@@ -107,6 +110,7 @@ run_ours() {
   [ -n "$warm" ] && set_link "$warm"
   "$box" exec n1 "${mpi[@]}" -H "n1:$rpn,n2:$rpn" -np "$np" "$repo/$build/trainer" "${targs[@]}" --set "$(limit "$np")" \
     --set parallel.compress="$comp" --set parallel.hierarchy="$hier" --set parallel.powersgd_rank="$prank" \
+    --set parallel.bucket_kb="$bkb" \
     --set parallel.powersgd_start_step=2 --metrics "$m" >"$out/$tag.log" 2>&1 &
   local pid=$!
   if [ -n "$warm" ]; then  # the row's link once step 2 is in the per-step metrics
@@ -163,22 +167,24 @@ trap '"$box" down >/dev/null 2>&1' EXIT
 for rpn in ${rpns//,/ }; do
   b=$out/base-ours-$rpn.jsonl
   rm -f "$b" "${b%.jsonl}.steps.jsonl"
-  if [ "$rpn" = 1 ]; then
+  bn=$rpn  # ranks of the baseline, all on n1
+  if [ "$bn" = 1 ]; then
     "$box" exec n1 "$repo/$build/trainer" "${targs[@]}" --set "$(limit 1)" --metrics "$b" >"${b%.jsonl}.log" 2>&1
   else
-    "$box" exec n1 "${mpi[@]}" -H "n1:$rpn" -np "$rpn" "$repo/$build/trainer" "${targs[@]}" --set "$(limit "$rpn")" \
+    "$box" exec n1 "${mpi[@]}" -H "n1:$bn" -np "$bn" "$repo/$build/trainer" "${targs[@]}" --set "$(limit "$bn")" \
       --metrics "$b" >"${b%.jsonl}.log" 2>&1
-  fi || { echo "bench_comm.sh: the one-node baseline ($rpn ranks) failed:"; tail -n 5 "${b%.jsonl}.log"; exit 1; }
+  fi || { echo "bench_comm.sh: the one-node baseline ($bn ranks) failed:"; tail -n 5 "${b%.jsonl}.log"; exit 1; }
   read -r base_step[$rpn] _ < <(skip=2 steady "${b%.jsonl}.steps.jsonl")
-  echo "one node, $rpn rank(s): ddp-cnn step $(awk -v s="${base_step[$rpn]}" 'BEGIN { printf "%.1f", s * 1e3 }') ms"
+  echo "baseline for $rpn rank(s) per node: $bn on one node: ddp-cnn step $(awk -v s="${base_step[$rpn]}" 'BEGIN { printf "%.1f", s * 1e3 }') ms"
   if [ "$torch" = 1 ]; then
-    torch_base[$rpn]=$("$box" exec n1 "${mpi[@]}" -H "n1:$rpn" -np "$rpn" -x TRAINER="$repo/$build/trainer" \
+    torch_base[$rpn]=$("$box" exec n1 "${mpi[@]}" -H "n1:$bn" -np "$bn" -x TRAINER="$repo/$build/trainer" \
       "$venv/bin/python" "$repo/launch/bench_torch_ddp.py" --config "$repo/$config" --batch "$batch" --steps "$steps" \
       --warmup 2 --lr 0.001 --master-addr 127.0.0.1 2>/dev/null | sed -n 's/.*step_ms=\([0-9.]*\).*/\1/p')
     [ -n "${torch_base[$rpn]}" ] || { echo "note: the PyTorch one-node baseline failed: PyTorch rows left out"; torch=0; }
-    echo "one node, $rpn rank(s): PyTorch step ${torch_base[$rpn]:-?} ms"
+    echo "baseline for $rpn rank(s) per node: $bn on one node: PyTorch step ${torch_base[$rpn]:-?} ms"
   fi
 done
+[ "$baselines_only" = 1 ] && exit 0
 for link in ${links//,/ }; do
   set_link "$link"
   echo "link ${link} Mbit/s"

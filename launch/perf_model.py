@@ -414,9 +414,10 @@ def cmd_comm(a):
 # ---------------------------------------------------------------------------------------------------------
 # The cluster box (launch/bench_comm.sh): 2 nodes, rpn ranks each, every node's link shaped to L Mbit/s.
 #
-#   step = base + exposed + host
-#   base     the row's own one-node baseline step (rpn ranks on one node: their compute, and for rpn 2 the node's
-#            all-reduce through loopback), measured by bench_comm.sh
+#   step = k * compute + exposed + host
+#   compute  the row's own one-node baseline step (rpn ranks on one node, measured by bench_comm.sh) less its
+#            exposed communication and its host work (below); k = max(1, 2 rpn / cores) / max(1, rpn / cores):
+#            the box's nodes share the machine's cores
 #   wire(S)  the seconds one link direction needs for an all-reduce of S bytes (compressed): alpha per
 #            all-reduce + d(S) / (L * link_eff), d(S) the bytes the busiest direction of a node's link carries:
 #            flat ring of N = 2 rpn ranks: 2(N-1)/N * S (the ring crosses each link once each way); node: the
@@ -425,8 +426,9 @@ def cmd_comm(a):
 #            but the last hide behind backward: max(wire(S_last), sum wire(S_i) - backward). PowerSGD: each bucket
 #            is P then Q (2 alphas); P and Q both launched during backward (comm=mpi, flat: Q on its own lane), the
 #            same formula; under hierarchy=node the Q's wait for the end of backward: wire(P_last) + sum wire(Q_i)
-#   host     the TCP and summation work the all-reduce costs on the rank's core(s), which run backward too:
-#            host_ns_per_byte * (bytes the rank sends beyond its baseline's) * rpn (the node's ranks share its core)
+#   host     the TCP and summation work of the all-reduces, on the machine's cores beside the compute:
+#            host_ns_per_byte * (bytes all ranks send) / cores, plus PowerSGD's products (6 m n r FLOP per
+#            compressed matrix and rank) at the baseline's GFLOP/s
 #   PowerSGD splits its wire bytes P : Q as the tensors' m : n (shape[0] : the rest).
 # The link efficiency, alpha and host cost are parameters (docs/benchmarks.md gives the values used and where
 # each comes from); nothing is fitted per row.
@@ -475,10 +477,10 @@ def box_predict(row, base, run, tensors, a):
     bps = link * 1e6 / 8 * a.link_eff
     alpha = a.alpha_ms * 1e-3
     sizes = [int(s) for s in run["bucket_bytes"]]
+    full = sum(numel(sh) for sh in tensors)
     if comp in ("bf16", "fp16"):
         ratio = 0.5
     elif comp == "powersgd":
-        full = sum(numel(sh) for sh in tensors)
         ratio = sum(powersgd_values(sh, r) for sh in tensors) / full
     else:
         ratio = 1.0
@@ -487,7 +489,11 @@ def box_predict(row, base, run, tensors, a):
     def wire(nbytes, rounds=1):
         return rounds * alpha + per_dir * nbytes / bps
 
-    backward = base["backward_s"]
+    # Compute: the baseline's rpn ranks on one node, each with a core of its own on a machine of a.cores; the
+    # box's 2 rpn ranks share the same cores, so each computes k times slower (as perf_model's study: k(N)).
+    k = max(1.0, n / a.cores) / max(1.0, rpn / a.cores)
+    backward = k * base["backward_s"]
+    psgd_flop = 0.0
     if comp == "powersgd":
         ps, qs = psgd_split(tensors, r)
         pw = [wire(s * ratio * ps) for s in sizes]
@@ -496,14 +502,25 @@ def box_predict(row, base, run, tensors, a):
             exposed = pw[-1] + sum(qw)
         else:
             exposed = max(pw[-1] + qw[-1], sum(pw) + sum(qw) - backward)
+        # P = M Q, Q = M^T P, M = P Q^T: 6 m n r FLOP per compressed matrix
+        psgd_flop = sum(6 * numel(sh) * r for sh in tensors if len(sh) >= 2 and powersgd_values(sh, r) != numel(sh))
     else:
         w = [wire(s * ratio) for s in sizes]
         exposed = max(w[-1], sum(w) - backward)
-    # bytes a rank sends per step: ring 2(N-1)/N S; under node, the leaders' 2-rank share plus the node's own
-    sent = sum(sizes) * ratio * (2 * (n - 1) / n if hier != "node" else 1.0)
-    base_sent = sum(sizes) * (2 * (rpn - 1) / rpn if rpn > 1 else 0.0)
-    host = a.host_ns_per_byte * 1e-9 * max(0.0, sent - base_sent) * rpn
-    return base["step_s"] + exposed + host, exposed
+    # Host work: the TCP and summation of every rank's all-reduces runs on the machine's cores beside the compute
+    # (the box's nodes share them): bytes sent per step by all ranks -- flat ring of N: 2(N-1) S; by node: per
+    # node the non-leaders' S to the leader and back and the leader's S to the other node, 2 (2 rpn - 1) S; the
+    # baseline's rpn ranks: their ring on one node, 2 (rpn - 1) S uncompressed -- times host_ns_per_byte, spread
+    # over the cores.
+    s_wire = sum(sizes) * ratio
+    sent = 2 * (2 * rpn - 1) * s_wire if hier == "node" and rpn > 1 else 2 * (n - 1) * s_wire
+    base_sent = 2 * (rpn - 1) * sum(sizes)
+    h = a.host_ns_per_byte * 1e-9 / a.cores
+    host = h * sent + psgd_flop * n / a.cores / (base["gflop_per_s"] * 1e9)
+    compute = k * (base["step_s"] - base["exposed_comm_s"] - h * base_sent)
+    return compute + exposed + host, exposed
+
+
 
 
 def cmd_box(a):
@@ -512,7 +529,7 @@ def cmd_box(a):
     skip = a.skip
     errs = []
     print(f"box model: link efficiency {a.link_eff:g}, alpha {a.alpha_ms:g} ms per all-reduce, host "
-          f"{a.host_ns_per_byte:g} ns per byte sent beyond the baseline's")
+          f"{a.host_ns_per_byte:g} ns per byte sent, {a.cores:g} cores")
     print(f"{'link':>6} {'rpn':>3} {'compress':>9} {'hier':>5} {'r':>2} {'batch':>5} | {'step ms':>9} {'model':>9} "
           f"{'err':>7} | {'exposed':>8} {'model':>8} | {'eff':>6} {'model':>6}")
     for row in rows:
@@ -524,7 +541,8 @@ def cmd_box(a):
         if not os.path.exists(bpath + ".steps.jsonl"):
             bpath = os.path.join(a.dir, "base-ours")  # bench_comm.sh before one-node baselines per rpn
         base = steady_of(bpath + ".steps.jsonl", 2)
-        base["backward_s"] = last_metrics(bpath + ".jsonl")["backward_s"]
+        bm = last_metrics(bpath + ".jsonl")
+        base["backward_s"], base["gflop_per_s"] = bm["backward_s"], bm["gflop_per_s"]
         step, exposed = box_predict(row, base, run, tensors, a)
         meas = float(row["step_ms"]) * 1e-3
         rel = (step - meas) / meas
@@ -540,18 +558,27 @@ def cmd_box(a):
     del skip
     # The same wire model at GPU-cluster scale (docs/clusters.md): 8 GPUs per node joined by NVLink, the node's
     # GPUs each with their own NIC (a) or sharing one (b); weak scaling at this run's per-rank batch, GPU compute
-    # = the box's FLOP per step at F_gpu.
+    # = the box's FLOP per step (its np 1 baseline's GFLOP/s x step, unless given) at F_gpu.
+    if a.step_gflop <= 0:
+        b1 = os.path.join(a.dir, "base-ours-1")
+        if not os.path.exists(b1 + ".jsonl"):
+            b1 = os.path.join(a.dir, "base-ours")
+        m1 = last_metrics(b1 + ".jsonl")
+        a.step_gflop = m1["gflop_per_s"] * m1["step_s"]
     flop = a.step_gflop * 1e9
     c = flop / (a.gpu_tflops * 1e12)
     print(f"extrapolation: {a.step_gflop:g} GFLOP per rank and step at {a.gpu_tflops:g} TFLOP/s = "
           f"{c * 1e3:.3f} ms compute, {a.gpu_backward_frac:g} of it backward; 8 GPUs per node (NVLink "
-          f"{a.nvlink_gbps:g} GB/s, 5 us), hierarchy node, NCCL's ring between the nodes (alpha {a.gpu_alpha_us:g} us)")
+          f"{a.nvlink_gbps:g} GB/s, 5 us), hierarchy node, NCCL's ring between the nodes (alpha {a.gpu_alpha_us:g} us) at "
+          f"(a) 8 x 400 Gbit/s or (b) 100 Gbit/s per node, 25 MiB buckets")
     full = 4 * sum(numel(sh) for sh in tensors)
     print(f"{'GPUs':>5} | " + " ".join(f"{l + ' ' + cp:>14}" for l in ("(a)", "(b)")
                                        for cp in ("none", "bf16", f"psgd r{a.powersgd_rank}")))
     for n in (64, 128, 256, 512, 1024):
         effs = []
-        for link_gbps in (400.0, 100.0 / 8):
+        # the leaders' ring runs at the node's inter-node bandwidth: (a) its 8 NICs of 400 Gbit/s (NCCL drives
+        # them all), (b) its one 100 Gbit/s Ethernet
+        for link_gbps in (8 * 400.0, 100.0):
             for cp in ("none", "bf16", "powersgd"):
                 wire = Wire(cp, a.powersgd_rank, tensors, "node", 8, 5e-6, a.nvlink_gbps * 1e9)
                 sizes = buckets(full // 4, 25 * 1024)
@@ -564,15 +591,19 @@ def cmd_box(a):
 def add_box_options(p):
     p.add_argument("--dir", required=True, help="bench_comm.sh's --out")
     p.add_argument("--tensors", required=True, help="the gradient tensors' shapes: a .safetensors checkpoint or text")
-    p.add_argument("--link-eff", type=float, default=0.956, help="TCP goodput / shaped rate (docs/clusters.md)")
-    p.add_argument("--alpha-ms", type=float, default=1.0, help="fixed cost of one all-reduce across the box")
-    p.add_argument("--host-ns-per-byte", type=float, default=0.0,
+    p.add_argument("--link-eff", type=float, default=0.83,
+                   help="all-reduce goodput / shaped rate (docs/benchmarks.md: from the box at 20 Mbit/s)")
+    p.add_argument("--alpha-ms", type=float, default=0.05,
+                   help="fixed cost of one all-reduce across the box (the bucket_kb=auto probe's at 20 Mbit/s)")
+    p.add_argument("--host-ns-per-byte", type=float, default=5.4,
                    help="a rank's CPU time per byte it sends (TCP, summation), competing with its compute")
+    p.add_argument("--cores", type=float, default=2, help="the machine's cores, which the box's nodes share")
     p.add_argument("--skip", type=int, default=2)
-    p.add_argument("--step-gflop", type=float, default=0.0, help="FLOP per rank and step for the extrapolation")
+    p.add_argument("--step-gflop", type=float, default=0.0,
+                   help="GFLOP per rank and step for the extrapolation (default: the np 1 baseline's)")
     p.add_argument("--gpu-tflops", type=float, default=400.0)
     p.add_argument("--gpu-backward-frac", type=float, default=0.67)
-    p.add_argument("--gpu-alpha-us", type=float, default=20.0)
+    p.add_argument("--gpu-alpha-us", type=float, default=10.0, help="per-hop latency between nodes (NCCL)")
     p.add_argument("--nvlink-gbps", type=float, default=450.0, help="NVLink bandwidth per GPU, GB/s")
     p.add_argument("--powersgd-rank", type=int, default=4, help="the extrapolation's PowerSGD rank")
 
