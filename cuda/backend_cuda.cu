@@ -210,6 +210,11 @@ static int cuda_sync(void *ctx) {
 
 static void *cuda_stream(void *ctx) { return (void *)((cuda_ctx *)ctx)->stream; }
 
+static int cuda_nhwc(void *ctx, int *nhwc) {
+    *nhwc = ((const cuda_ctx *)ctx)->nhwc;
+    return ST_OK;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Timing marks: timing-enabled events on the compute stream. Inside a capture the record is an external
 // event-record node, so every replay of the graph records the event again and the timings of the replayed
@@ -368,6 +373,7 @@ static const backend_ops cuda_ops = {
     .clip_grad_norm = cuda_clip_grad_norm,
     .round_to = cuda_round_to,  // precision_cuda.cu
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
+    .nhwc = cuda_nhwc,
     .stream = cuda_stream,
     .mark_create = cuda_mark_create,
     .mark_destroy = cuda_mark_destroy,
@@ -384,6 +390,7 @@ static const backend_ops cuda_ops = {
     .dropout = cuda_dropout,
     .avgpool_forward = cuda_avgpool_forward,
     .avgpool_backward = cuda_avgpool_backward,
+    .layout_convert = cuda_layout_convert,
     // activations on their own (layer_ops_cuda.cu)
     .act_forward = cuda_act_forward,
     .act_backward_input = cuda_act_backward_input,
@@ -429,6 +436,7 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
         ctx_free(c);
         return st;
     }
+    c->nhwc = opt->layout == LAYOUT_NHWC;  // before any plan: conv_prepare makes NHWC descriptors
     be->ops = &cuda_ops;
     be->ctx = c;
     // Before any plan: cuDNN plans fix their math mode and algorithms when conv_prepare makes them.

@@ -5,7 +5,7 @@
 //   conv_cuda.cu     convolution (cuDNN) with fused bias + activation kernels
 //   bn_cuda.cu       batch normalisation (statistics, apply, the two halves of backward)
 //   ops_cuda.cu      pooling, dense (cuBLAS), softmax cross-entropy, optimizers, gather, utilities
-//   layer_ops_cuda.cu  the ops of [shortcut], [route], [dropout], [avgpool]
+//   layer_ops_cuda.cu  the ops of [shortcut], [route], [dropout], [avgpool], and layout_convert
 //   linalg_cuda.cu   gemm (cuBLAS) and orthogonalize: PowerSGD's products and Gram-Schmidt
 //   precision_cuda.cu  net.precision=bf16/fp16: round_to, the casts to and from 16 bits, dense's 16-bit scratch
 #pragma once
@@ -17,7 +17,7 @@
 
 extern "C" {
 #include "backend.h"
-#include "config.h"  // PREC_BF16, PREC_FP16
+#include "config.h"  // PREC_BF16, PREC_FP16, LAYOUT_NHWC
 }
 
 #define CUDA_THREADS 256
@@ -37,6 +37,7 @@ typedef struct cuda_ctx {
     int tf32;           // backend_cuda_options (backend_cuda.h)
     int deterministic;
     int precision;      // PREC_BF16 or PREC_FP16: conv and dense read 16-bit copies (tensor cores); 0: fp32
+    int nhwc;           // backend_options.layout == LAYOUT_NHWC (fixed at creation): activations N,H,W,C
     cudaStream_t stream;  // every op runs here; never the legacy default stream
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
@@ -113,6 +114,7 @@ int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, f
 int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cuda_act_forward(void *ctx, size_t n, int act, const float *x, float *y);
 int cuda_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx);
+int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y);
 int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
                       int dst_off);
 int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y);
@@ -130,6 +132,8 @@ int cuda_round_to(void *ctx, size_t n, int format, const float *x, float *y);
 // x rounded to format (as round_to) into the 16-bit y16; and back, exactly
 int cuda_lp_cast_in(cuda_ctx *c, int format, size_t n, const float *x, void *y16);
 int cuda_lp_cast_out(cuda_ctx *c, int format, size_t n, const void *x16, float *y);
+// cuda_lp_cast_in of n blocks of c x hw values, permuted as layout_convert to_nhwc (conv weights KCRS -> KRSC)
+int cuda_lp_cast_in_nhwc(cuda_ctx *c, int format, int n, int ch, int hw, const float *x, void *y16);
 // *out = the context's 16-bit scratch of at least `bytes` (grown outside a capture only)
 int cuda_lp_scratch(cuda_ctx *c, size_t bytes, void **out);
 // Bytes of a 16-bit copy of n values, rounded up so that the next copy placed after it stays 256-byte aligned.

@@ -2,9 +2,11 @@
 // BN averages the statistics across ranks between computing and applying them (and the gradient sums between
 // the two halves of backward).
 //
-// x is [n, c, hw]. The per-channel reductions run one block per channel, each thread over a fixed stride of the
-// channel's n·hw values, then a fixed shuffle tree: deterministic, sums in double as on the CPU. Element-wise
-// passes are grid-stride loops. The activation masks use `y > 0` as the CPU reference does.
+// x is [n, c, hw], or [n, hw, c] on an NHWC context (cuda_ctx.nhwc: channel innermost). The per-channel
+// reductions run one block per channel, each thread over a fixed stride of the channel's n·hw values, then a fixed
+// shuffle tree: deterministic, sums in double as on the CPU, in the same order in both layouts (value j of a
+// channel is (sample j / hw, pixel j % hw) either way; NHWC reads them c floats apart). Element-wise passes are
+// grid-stride loops. The activation masks use `y > 0` as the CPU reference does.
 #include <stdint.h>
 
 #include "backend_cuda_impl.h"
@@ -31,20 +33,25 @@ static __device__ double bn_block_sum(double v, double *sh) {
     return v;
 }
 
-static __device__ __forceinline__ size_t bn_index(int j, int c, int hw, int ch) {
-    return ((size_t)(j / hw) * c + ch) * hw + (size_t)(j % hw);
+static __device__ __forceinline__ size_t bn_index(int j, int c, int hw, int ch, int nhwc) {
+    return nhwc ? (size_t)j * c + ch : ((size_t)(j / hw) * c + ch) * hw + (size_t)(j % hw);
+}
+
+// The channel of element i of x
+static __device__ __forceinline__ int bn_channel(unsigned i, int c, int hw, int nhwc) {
+    return nhwc ? (int)(i % (unsigned)c) : (int)((i / (unsigned)hw) % (unsigned)c);
 }
 
 // stats[3c] = {mean, biased var (two-pass), mean²}; one block per channel.
-__global__ void bn_stats_kernel(const float *x, float *stats, int n, int c, int hw) {
+__global__ void bn_stats_kernel(const float *x, float *stats, int n, int c, int hw, int nhwc) {
     __shared__ double sh[32];
     const int ch = blockIdx.x, total = n * hw;
     double s = 0.0;
-    for (int j = threadIdx.x; j < total; j += blockDim.x) s += (double)x[bn_index(j, c, hw, ch)];
+    for (int j = threadIdx.x; j < total; j += blockDim.x) s += (double)x[bn_index(j, c, hw, ch, nhwc)];
     const double mean = bn_block_sum(s, sh) / total;
     double q = 0.0;
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
-        const double t = (double)x[bn_index(j, c, hw, ch)] - mean;
+        const double t = (double)x[bn_index(j, c, hw, ch, nhwc)] - mean;
         q += t * t;
     }
     q = bn_block_sum(q, sh);
@@ -78,9 +85,9 @@ __global__ void bn_finalize_kernel(const float *stats, float *running, float *sa
 }
 
 __global__ void bn_apply_kernel(const float *x, const float *save, const float *w, const float *b, float *y,
-                                unsigned total, int c, int hw, int act) {
+                                unsigned total, int c, int hw, int act, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
+        const int ch = bn_channel(i, c, hw, nhwc);
         const float scale = w[ch] * save[c + ch], shift = b[ch] - save[ch] * scale;
         y[i] = act_apply(act, x[i] * scale + shift);
     }
@@ -88,13 +95,13 @@ __global__ void bn_apply_kernel(const float *x, const float *save, const float *
 
 // dy := dz = dy · act'(y); dw, db = sums of dz·x̂ and dz over the batch; gstats = {db, dw} / (n·hw).
 __global__ void bn_grad_stats_kernel(const float *x, const float *y, const float *save, float *dy, float *dw,
-                                     float *db, float *gstats, int n, int c, int hw, int act) {
+                                     float *db, float *gstats, int n, int c, int hw, int act, int nhwc) {
     __shared__ double sh[32];
     const int ch = blockIdx.x, total = n * hw;
     const float mean = save[ch], invstd = save[c + ch];
     double sg = 0.0, sgx = 0.0;
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
-        const size_t i = bn_index(j, c, hw, ch);
+        const size_t i = bn_index(j, c, hw, ch, nhwc);
         float g = dy[i];
         g = act_grad(act, y[i], g);  // the activations with act_from_output (bn_desc_check)
         dy[i] = g;
@@ -112,9 +119,9 @@ __global__ void bn_grad_stats_kernel(const float *x, const float *y, const float
 }
 
 __global__ void bn_grad_input_kernel(const float *x, const float *save, const float *w, const float *gstats,
-                                     const float *dz, float *dx, unsigned total, int c, int hw) {
+                                     const float *dz, float *dx, unsigned total, int c, int hw, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ch = (int)((i / (unsigned)hw) % (unsigned)c);
+        const int ch = bn_channel(i, c, hw, nhwc);
         const float mean = save[ch], invstd = save[c + ch];
         const float xh = (x[i] - mean) * invstd;
         dx[i] = w[ch] * invstd * (dz[i] - gstats[ch] - xh * gstats[c + ch]);
@@ -136,7 +143,7 @@ static int bn_check(const bn_desc *d, const char *op) {
 int cuda_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_stats"));
-    bn_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, stats, d->n, d->c, d->hw);
+    bn_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, stats, d->n, d->c, d->hw, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -154,7 +161,7 @@ int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stat
     cudaCheckLaunch();
     const size_t total = (size_t)d->n * d->c * d->hw;
     bn_apply_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, b, y, (unsigned)total, d->c,
-                                                                           d->hw, d->act);
+                                                                           d->hw, d->act, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -164,7 +171,7 @@ int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float 
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_grad_stats"));
     bn_grad_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, dw, db, gstats, d->n, d->c, d->hw,
-                                                             d->act);
+                                                             d->act, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -175,7 +182,8 @@ int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float 
     TRY(bn_check(d, "bn_grad_input"));
     const size_t total = (size_t)d->n * d->c * d->hw;
     bn_grad_input_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, gstats, dz, dx,
-                                                                                (unsigned)total, d->c, d->hw);
+                                                                                (unsigned)total, d->c, d->hw,
+                                                                                c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }

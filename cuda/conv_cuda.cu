@@ -27,6 +27,13 @@
 // the weight gradient must be fp32 (docs/precision.md): it runs on the fp32 buffers, whose values are rounded to
 // the format and so exact in TF32, with TF32 math allowed but no FFT or Winograd algorithm (those transform the
 // inputs first, and the transformed values would be rounded to TF32): the same products, fp32 accumulation.
+// net.layout=nhwc (c->nhwc when the plan is made: p->nhwc): x, y, dx, dy are N,H,W,C (CUDNN_TENSOR_NHWC tensor
+// descriptors, what tensor-core kernels read without a transpose of their own) and the filter descriptors NHWC too,
+// i.e. KRSC. The model's weights stay KCRS (PyTorch's layout, checkpoints unchanged): each call permutes them into
+// a KRSC copy in the workspace (fp32: layout_convert's kernel; 16-bit: the cast writes the copy permuted, one pass),
+// and backward-filter writes its KRSC dw there, permuted back into the caller's KCRS dw. NCHW filters with NHWC
+// tensors would leave cuDNN few algorithms and none on tensor cores, hence the copy (k·c/groups·r·s values a call,
+// small next to the activations). The bias and its gradient index channels innermost.
 // Bias + ReLU: our kernel after cudnnConvolutionForward, not cudnnConvolutionBiasActivationForward, which
 // supports ReLU only with IMPLICIT_PRECOMP_GEMM and would tie the algorithm choice to the activation.
 #include <math.h>
@@ -48,6 +55,10 @@ typedef struct conv_plan {
     cudnnTensorDescriptor_t x16_desc, y16_desc;
     cudnnFilterDescriptor_t w16_desc;
     size_t lp_off;
+    // layout=nhwc: tensors N,H,W,C and filters KRSC; wt_off: where the fp32 KRSC filter (forward/backward-data's
+    // w, backward-filter's dw) starts in the workspace, after the 16-bit copies
+    int nhwc;
+    size_t wt_off;
     // One convolution descriptor per direction: the chosen algorithms may need different math types.
     cudnnConvolutionDescriptor_t fwd_desc, bwd_data_desc, bwd_filter_desc;
     cudnnConvolutionFwdAlgo_t fwd;
@@ -85,6 +96,34 @@ __global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int
     }
     sum = block_sum(sum);
     if (threadIdx.x == 0 && out) out[(size_t)ch * gridDim.x + part] = sum;
+}
+
+// The same for NHWC dy [rows = n·oh·ow, k]: grid (splits, ceil(k / 32)), block (32, 8): 32 adjacent channels
+// (coalesced rows), 8 row phases over the part's rows, reduced in shared memory in a fixed order. out[ch * splits
+// + part] as above (out NULL: the mask only).
+__global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, float *out, int k, int rows, int chunk,
+                                           int act) {
+    __shared__ float sh[8][33];
+    const int ch = blockIdx.y * 32 + threadIdx.x, part = blockIdx.x;
+    const int start = part * chunk, end = min(rows, start + chunk);
+    float sum = 0.f;
+    if (ch < k)
+        for (int j = start + threadIdx.y; j < end; j += 8) {
+            const size_t idx = (size_t)j * k + ch;
+            float g = dy[idx];
+            if (act != ACT_NONE) {
+                g = act_grad(act, y[idx], g);
+                dy[idx] = g;
+            }
+            sum += g;
+        }
+    sh[threadIdx.y][threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < k && out) {
+        float t = 0.f;
+        for (int r = 0; r < 8; r++) t += sh[r][threadIdx.x];
+        out[(size_t)ch * gridDim.x + part] = t;
+    }
 }
 
 __global__ void sum_splits_kernel(const float *partial, float *db, int k, int splits) {
@@ -133,22 +172,23 @@ static int conv_shape_check(const conv_desc *d) {
 }
 
 static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p) {
+    // NCHW, or NHWC (filters KRSC: the format applies to the filter descriptor too); the sizes stay n, c, h, w
+    const cudnnTensorFormat_t f = p->nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
     cudnnCheck(cudnnCreateTensorDescriptor(&p->x_desc));
     cudnnCheck(cudnnCreateTensorDescriptor(&p->y_desc));
     cudnnCheck(cudnnCreateFilterDescriptor(&p->w_desc));
-    cudnnCheck(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->c, d->h, d->w));
-    cudnnCheck(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, d->n, d->k, d->oh, d->ow));
+    cudnnCheck(cudnnSetTensor4dDescriptor(p->x_desc, f, CUDNN_DATA_FLOAT, d->n, d->c, d->h, d->w));
+    cudnnCheck(cudnnSetTensor4dDescriptor(p->y_desc, f, CUDNN_DATA_FLOAT, d->n, d->k, d->oh, d->ow));
     // Grouped: [k, c/groups, r, s], PyTorch's layout; the group count goes on the convolution descriptors.
-    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, d->k, d->c / d->groups, d->r,
-                                          d->s));
+    cudnnCheck(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, f, d->k, d->c / d->groups, d->r, d->s));
     if (p->lp) {
         const cudnnDataType_t t = p->lp == PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_HALF;
         cudnnCheck(cudnnCreateTensorDescriptor(&p->x16_desc));
         cudnnCheck(cudnnCreateTensorDescriptor(&p->y16_desc));
         cudnnCheck(cudnnCreateFilterDescriptor(&p->w16_desc));
-        cudnnCheck(cudnnSetTensor4dDescriptor(p->x16_desc, CUDNN_TENSOR_NCHW, t, d->n, d->c, d->h, d->w));
-        cudnnCheck(cudnnSetTensor4dDescriptor(p->y16_desc, CUDNN_TENSOR_NCHW, t, d->n, d->k, d->oh, d->ow));
-        cudnnCheck(cudnnSetFilter4dDescriptor(p->w16_desc, t, CUDNN_TENSOR_NCHW, d->k, d->c / d->groups, d->r, d->s));
+        cudnnCheck(cudnnSetTensor4dDescriptor(p->x16_desc, f, t, d->n, d->c, d->h, d->w));
+        cudnnCheck(cudnnSetTensor4dDescriptor(p->y16_desc, f, t, d->n, d->k, d->oh, d->ow));
+        cudnnCheck(cudnnSetFilter4dDescriptor(p->w16_desc, t, f, d->k, d->c / d->groups, d->r, d->s));
     }
     cudnnConvolutionDescriptor_t *descs[3] = {&p->fwd_desc, &p->bwd_data_desc, &p->bwd_filter_desc};
     // 16-bit data: tensor cores; backward-filter under precision: TF32 allowed (its inputs are exact in TF32)
@@ -431,6 +471,9 @@ static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t
     return st;
 }
 
+// Values of the filter: k · c/groups · r · s.
+static size_t filter_count(const conv_desc *d) { return (size_t)d->k * (d->c / d->groups) * d->r * d->s; }
+
 // The 16-bit copies of x, w and y under precision (plan's lp_off).
 static size_t lp_copies_bytes(const conv_desc *d) {
     return cuda_lp_bytes((size_t)d->n * d->c * d->h * d->w) + cuda_lp_bytes((size_t)d->k * (d->c / d->groups) * d->r * d->s) +
@@ -467,12 +510,14 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     p->oh = d->oh, p->ow = d->ow;
     p->bias_splits = bias_splits(d);
     p->lp = c->precision;
+    p->nhwc = c->nhwc;
     if (p->lp == PREC_BF16 && c->cc < 80) {
         free(p);
         return ERR(ST_INPUT, "conv_prepare: net.precision=bf16 needs a GPU of compute capability 8.0 or later (this "
                              "one is %d.%d); use fp16 or fp32", c->cc / 10, c->cc % 10);
     }
-    const size_t lp_bytes = p->lp ? lp_copies_bytes(d) : 0;
+    // what follows cuDNN's workspace: the 16-bit copies, the KRSC filter (a plan's extra need beyond cap)
+    const size_t lp_bytes = (p->lp ? lp_copies_bytes(d) : 0) + (p->nhwc ? filter_count(d) * sizeof(float) + 256 : 0);
     size_t cap = WS_CAP;
     if (d->n < c->conv_max_n && c->conv_ws_high < cap + lp_bytes)  // the whole need stays within the high mark
         cap = c->conv_ws_high > lp_bytes ? c->conv_ws_high - lp_bytes : 0;
@@ -491,6 +536,10 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     if (p->lp) {
         p->lp_off = (need + 255) & ~(size_t)255;
         need = p->lp_off + lp_bytes;
+    }
+    if (p->nhwc) {
+        p->wt_off = (need + 255) & ~(size_t)255;
+        need = p->wt_off + filter_count(d) * sizeof(float);
     }
     *workspace_bytes = need;
     if (d->n > c->conv_max_n) c->conv_max_n = d->n;
@@ -533,26 +582,51 @@ static lp_copies lp_copies_at(const conv_desc *d, const conv_plan *p, void *ws) 
     return cp;
 }
 
+// The filter forward and backward-data read: KCRS w itself, or (NHWC) its KRSC copy made in the workspace.
+static const float *filter_for(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const float *w, void *ws,
+                               int *st) {
+    *st = ST_OK;
+    if (!p->nhwc) return w;
+    float *wt = (float *)((char *)ws + p->wt_off);
+    *st = cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 1, w, wt);
+    return wt;
+}
+
+// The 16-bit filter copy (KRSC under NHWC) into cp->w.
+static int filter_lp(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const float *w, const lp_copies *cp) {
+    if (!p->nhwc) return cuda_lp_cast_in(c, p->lp, cp->nw, w, cp->w);
+    return cuda_lp_cast_in_nhwc(c, p->lp, d->k, d->c / d->groups, d->r * d->s, w, cp->w);
+}
+
+// Bias + activation over y: channels outermost-but-one (NCHW, inner = oh·ow) or innermost (NHWC, inner = 1).
+static int conv_bias_act(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *y, const float *b) {
+    const int hw = d->oh * d->ow;
+    return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, p->nhwc ? 1 : hw, d->act);
+}
+
 int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
                       void *ws) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
     TRY(plan_get(d, "conv_forward", &p));
-    TRY(ws_check(p->lp ? p->lp_off + 1 : p->ws_fwd, ws, "conv_forward"));  // lp: the copies always need room
+    // lp and nhwc: the copies always need room
+    TRY(ws_check(p->nhwc ? p->wt_off + 1 : p->lp ? p->lp_off + 1 : p->ws_fwd, ws, "conv_forward"));
     const float one = 1.f, zero = 0.f;
-    const int hw = d->oh * d->ow;
     if (p->lp) {
         const lp_copies cp = lp_copies_at(d, p, ws);
         TRY(cuda_lp_cast_in(c, p->lp, cp.nx, x, cp.x));
-        TRY(cuda_lp_cast_in(c, p->lp, cp.nw, w, cp.w));
+        TRY(filter_lp(c, d, p, w, &cp));
         cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x16_desc, cp.x, p->w16_desc, cp.w, p->fwd_desc, p->fwd,
                                            ws, p->ws_fwd, &zero, p->y16_desc, cp.y));
         TRY(cuda_lp_cast_out(c, p->lp, cp.ny, cp.y, y));
-        return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, hw, d->act);
+        return conv_bias_act(c, d, p, y, b);
     }
-    cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x_desc, x, p->w_desc, w, p->fwd_desc, p->fwd, ws, p->ws_fwd,
+    int st = ST_OK;
+    const float *wf = filter_for(c, d, p, w, ws, &st);
+    TRY(st);
+    cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x_desc, x, p->w_desc, wf, p->fwd_desc, p->fwd, ws, p->ws_fwd,
                                        &zero, p->y_desc, y));
-    return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, hw, d->act);
+    return conv_bias_act(c, d, p, y, b);
 }
 
 static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, float *db,
@@ -565,8 +639,13 @@ static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, f
         TRY(ws_check((size_t)d->k * splits * sizeof(float), ws, "conv_backward"));
         out = (float *)ws;
     }
-    dim3 grid((unsigned)splits, (unsigned)d->k);
-    conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
+    if (p->nhwc) {
+        dim3 grid((unsigned)splits, (unsigned)((d->k + 31) / 32)), block(32, 8);
+        conv_bias_grad_nhwc_kernel<<<grid, block, 0, c->stream>>>(dy, y, out, d->k, per, chunk, d->act);
+    } else {
+        dim3 grid((unsigned)splits, (unsigned)d->k);
+        conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
+    }
     cudaCheckLaunch();
     if (db && splits > 1) {
         sum_splits_kernel<<<(d->k + CUDA_THREADS - 1) / CUDA_THREADS, CUDA_THREADS, 0, c->stream>>>(out, db, d->k,
@@ -585,22 +664,29 @@ int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const floa
     // consumed before cuDNN reuses ws.
     TRY(conv_bias_grad(c, d, p, dy, y, db, ws));
     const float one = 1.f, zero = 0.f;
+    if (p->nhwc) TRY(ws_check(p->wt_off + 1, ws, "conv_backward"));
     if (dw) {
         TRY(ws_check(p->ws_bwd_filter, ws, "conv_backward"));
+        // NHWC: KRSC into the workspace's filter copy, then permuted into the caller's KCRS dw
+        float *dwf = p->nhwc ? (float *)((char *)ws + p->wt_off) : dw;
         cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x_desc, x, p->y_desc, dy, p->bwd_filter_desc,
-                                                  p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dw));
+                                                  p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dwf));
+        if (p->nhwc) TRY(cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 0, dwf, dw));
     }
     if (dx && p->lp) {  // dy (masked) to 16 bits: exact for relu/relu6/none, whose masks are 0 or 1
         TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));
         const lp_copies cp = lp_copies_at(d, p, ws);
         TRY(cuda_lp_cast_in(c, p->lp, cp.ny, dy, cp.y));
-        TRY(cuda_lp_cast_in(c, p->lp, cp.nw, w, cp.w));
+        TRY(filter_lp(c, d, p, w, &cp));
         cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w16_desc, cp.w, p->y16_desc, cp.y, p->bwd_data_desc,
                                                 p->bwd_data, ws, p->ws_bwd_data, &zero, p->x16_desc, cp.x));
         TRY(cuda_lp_cast_out(c, p->lp, cp.nx, cp.x, dx));
     } else if (dx) {
         TRY(ws_check(p->ws_bwd_data, ws, "conv_backward"));
-        cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w_desc, w, p->y_desc, dy, p->bwd_data_desc,
+        int st = ST_OK;
+        const float *wf = filter_for(c, d, p, w, ws, &st);  // after backward-filter has read its own copy out
+        TRY(st);
+        cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w_desc, wf, p->y_desc, dy, p->bwd_data_desc,
                                                 p->bwd_data, ws, p->ws_bwd_data, &zero, p->x_desc, dx));
     }
     return ST_OK;

@@ -1,6 +1,7 @@
 // layer_ops_cuda.cu — the CUDA backend's ops for the layer kinds [shortcut], [route], [dropout] and [avgpool]: residual add + activation
 // and the activation gradient ([shortcut]), channel slices ([route]), dropout masks from a counter-based hash,
-// average pooling ([avgpool]).
+// average pooling ([avgpool]); and layout_convert (NCHW <-> NHWC, [dense]'s weight on an NHWC backend).
+// Channel slices and pooling follow the context's layout (cuda_ctx.nhwc).
 //
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); tests/test_backend_cuda.c
 // compares the two. Kernels first, launchers (stream last) after; element-wise kernels use grid-stride loops.
@@ -41,35 +42,61 @@ __global__ void dropout_kernel(size_t n, const dropout_key *key, uint32_t stream
         y[i] = dropout_keep(base, (uint64_t)i, threshold) ? x[i] * scale : 0.f;
 }
 
-// Average pooling, one thread per output: the window's sum in row-major order, times inv (as the CPU).
-__global__ void avgpool_fwd_kernel(const float *x, float *y, unsigned total, int h, int w, int oh, int ow, int kh,
-                                   int kw, int stride, float inv) {
+// Average pooling, one thread per output: the window's sum in row-major order, times inv (as the CPU). c: channels,
+// used by the NHWC indexing only (nhwc = 0: planes of h·w, as NCHW).
+__global__ void avgpool_fwd_kernel(const float *x, float *y, unsigned total, int c, int h, int w, int oh, int ow,
+                                   int kh, int kw, int stride, float inv, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ox = (int)(i % ow);
-        const unsigned t = i / ow;
+        unsigned t = i;
+        int ch = 0;
+        if (nhwc) ch = (int)(t % (unsigned)c), t /= (unsigned)c;
+        const int ox = (int)(t % ow);
+        t /= ow;
         const int oy = (int)(t % oh);
-        const float *xp = x + (size_t)(t / oh) * h * w + (size_t)oy * stride * w + ox * stride;
+        const unsigned img = t / oh;  // NCHW: the plane (sample, channel)
+        // element (r, q) of the window at x[base + (r * w + q) * step]
+        const size_t step = nhwc ? (size_t)c : 1;
+        const size_t base = nhwc ? (size_t)img * h * w * c + ((size_t)oy * stride * w + (size_t)ox * stride) * c + ch
+                                 : (size_t)img * h * w + (size_t)oy * stride * w + ox * stride;
         float s = 0.f;
         for (int r = 0; r < kh; r++)
-            for (int q = 0; q < kw; q++) s += __ldg(&xp[(size_t)r * w + q]);
+            for (int q = 0; q < kw; q++) s += __ldg(&x[base + ((size_t)r * w + q) * step]);
         y[i] = s * inv;
     }
 }
 
 // One thread per input: the sum of dy over the windows containing it, in ascending output order, times inv.
-__global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, int h, int w, int oh, int ow, int kh,
-                                   int kw, int stride, float inv) {
+__global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, int c, int h, int w, int oh, int ow,
+                                   int kh, int kw, int stride, float inv, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ix = (int)(i % w);
-        const unsigned t = i / w;
+        unsigned t = i;
+        int ch = 0;
+        if (nhwc) ch = (int)(t % (unsigned)c), t /= (unsigned)c;
+        const int ix = (int)(t % w);
+        t /= w;
         const int iy = (int)(t % h);
-        const float *dyp = dy + (size_t)(t / h) * oh * ow;
+        const unsigned img = t / h;
+        const size_t step = nhwc ? (size_t)c : 1;
+        const size_t base = nhwc ? (size_t)img * oh * ow * c + ch : (size_t)img * oh * ow;
         const int oy_lo = iy < kh ? 0 : (iy - kh) / stride + 1, oy_hi = min(iy / stride, oh - 1);
         const int ox_lo = ix < kw ? 0 : (ix - kw) / stride + 1, ox_hi = min(ix / stride, ow - 1);
         float g = 0.f;
         for (int oy = oy_lo; oy <= oy_hi; oy++)
-            for (int ox = ox_lo; ox <= ox_hi; ox++) g += __ldg(&dyp[oy * ow + ox]);
+            for (int ox = ox_lo; ox <= ox_hi; ox++) g += __ldg(&dy[base + ((size_t)oy * ow + ox) * step]);
         dx[i] = g * inv;
+    }
+}
+
+// layout_convert: one thread per output value, x [b][c][hw] <-> y [b][hw][c].
+__global__ void layout_convert_kernel(const float *x, float *y, unsigned total, int c, int hw, int to_nhwc) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        if (to_nhwc) {  // i = (b, q, ch)
+            const unsigned ch = i % (unsigned)c, t = i / (unsigned)c, q = t % (unsigned)hw, b = t / (unsigned)hw;
+            y[i] = __ldg(&x[((size_t)b * c + ch) * hw + q]);
+        } else {  // i = (b, ch, q)
+            const unsigned q = i % (unsigned)hw, t = i / (unsigned)hw, ch = t % (unsigned)c, b = t / (unsigned)c;
+            y[i] = __ldg(&x[((size_t)b * hw + q) * c + ch]);
+        }
     }
 }
 
@@ -123,7 +150,7 @@ int cuda_act_backward_input(void *ctx, size_t n, int act, const float *x, const 
     return ST_OK;
 }
 
-// One strided 2-D copy on the stream: n rows (samples) of c·hw floats.
+// One strided 2-D copy on the stream: n rows (samples) of c·hw floats; NHWC: n·hw rows (pixels) of c floats.
 int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
                       int dst_off) {
     cuda_ctx *cx = (cuda_ctx *)ctx;
@@ -132,6 +159,11 @@ int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src
                    dst_off, dst_c, n, hw);
     if (n == 0 || c == 0) return ST_OK;
     const size_t f = sizeof(float);
+    if (cx->nhwc) {
+        cudaCheck(cudaMemcpy2DAsync(dst + dst_off, (size_t)dst_c * f, src + src_off, (size_t)src_c * f, (size_t)c * f,
+                                    (size_t)n * hw, cudaMemcpyDeviceToDevice, cx->stream));
+        return ST_OK;
+    }
     cudaCheck(cudaMemcpy2DAsync(dst + (size_t)dst_off * hw, (size_t)dst_c * hw * f, src + (size_t)src_off * hw,
                                 (size_t)src_c * hw * f, (size_t)c * hw * f, (size_t)n, cudaMemcpyDeviceToDevice,
                                 cx->stream));
@@ -165,7 +197,7 @@ int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, 
     const size_t total = (size_t)n * c * oh * ow;
     if (total == 0) return ST_OK;
     avgpool_fwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
-        x, y, (unsigned)total, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw));
+        x, y, (unsigned)total, c, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw), cx->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -178,7 +210,20 @@ int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw,
     const size_t total = (size_t)n * c * h * w;
     if (total == 0) return ST_OK;
     avgpool_bwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
-        dy, dx, (unsigned)total, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw));
+        dy, dx, (unsigned)total, c, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw), cx->nhwc);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y) {
+    cuda_ctx *cx = (cuda_ctx *)ctx;
+    if (n < 0 || c < 1 || hw < 1) return ERR(ST_INPUT, "layout_convert: bad shape n=%d c=%d hw=%d", n, c, hw);
+    const size_t total = (size_t)n * c * hw;
+    if (total > (size_t)INT32_MAX)
+        return ERR(ST_INPUT, "layout_convert: %zu values, more than the CUDA backend's limit %d", total, INT32_MAX);
+    if (total == 0) return ST_OK;
+    layout_convert_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(x, y, (unsigned)total, c, hw,
+                                                                                  to_nhwc != 0);
     cudaCheckLaunch();
     return ST_OK;
 }

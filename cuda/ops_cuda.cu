@@ -1,5 +1,6 @@
 // ops_cuda.cu — the CUDA backend's ops other than convolution: bias + activation, max pooling, dense layers
-// (cuBLAS), softmax cross-entropy, the optimizers, batch gathering and small utilities.
+// (cuBLAS), softmax cross-entropy, the optimizers, batch gathering and small utilities. Pooling and the gather
+// follow the context's layout (cuda_ctx.nhwc: N,H,W,C activations).
 //
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); the tests compare the
 // two op by op. Kernels first, launchers (stream last) after. Element-wise kernels use grid-stride loops.
@@ -52,23 +53,28 @@ __global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int
 // Kernels: max pooling (pad: -inf padding, each window clipped to the input; pad <= size/2 leaves it non-empty)
 
 // One thread per output; argmax is the index of the max within its input plane (h*w), first max in row-major
-// order on ties.
-__global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsigned total, int h, int w, int oh,
-                                int ow, int size, int stride, int pad) {
+// order on ties. nhwc: outputs and inputs N,H,W,C (c channels; the argmax is still the pixel's index r*w + s).
+__global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsigned total, int c, int h, int w,
+                                int oh, int ow, int size, int stride, int pad, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ox = (int)(i % ow);
-        const unsigned t = i / ow;
+        unsigned t = i;
+        int ch = 0;
+        if (nhwc) ch = (int)(t % (unsigned)c), t /= (unsigned)c;
+        const int ox = (int)(t % ow);
+        t /= ow;
         const int oy = (int)(t % oh);
-        const unsigned plane = t / oh;
-        const float *xp = x + (size_t)plane * h * w;
+        const unsigned plane = t / oh;  // NCHW: (sample, channel); NHWC: the sample
+        // pixel j of the plane at xp[j * step]
+        const size_t step = nhwc ? (size_t)c : 1;
+        const float *xp = nhwc ? x + (size_t)plane * h * w * c + ch : x + (size_t)plane * h * w;
         const int y0 = oy * stride - pad, x0 = ox * stride - pad;
         const int r0 = max(y0, 0), r1 = min(y0 + size, h), c0 = max(x0, 0), c1 = min(x0 + size, w);
         int best_j = r0 * w + c0;
-        float best = __ldg(&xp[best_j]);
+        float best = __ldg(&xp[(size_t)best_j * step]);
         for (int r = r0; r < r1; r++)
             for (int s = c0; s < c1; s++) {
                 const int j = r * w + s;
-                const float v = __ldg(&xp[j]);
+                const float v = __ldg(&xp[(size_t)j * step]);
                 if (v > best) {
                     best = v;
                     best_j = j;
@@ -81,11 +87,14 @@ __global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsig
 
 // Gather formulation: one thread per input element sums dy over the (few) windows that contain it and chose
 // it, in ascending output order (the order a CPU scatter adds them). Writes every dx: no zeroing, no atomics.
-__global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *dx, unsigned total, int h, int w,
-                                int oh, int ow, int size, int stride, int pad) {
+__global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *dx, unsigned total, int c, int h,
+                                int w, int oh, int ow, int size, int stride, int pad, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        const int ix = (int)(i % w);
-        const unsigned t = i / w;
+        unsigned t = i;
+        int ch = 0;
+        if (nhwc) ch = (int)(t % (unsigned)c), t /= (unsigned)c;
+        const int ix = (int)(t % w);
+        t /= w;
         const int iy = (int)(t % h);
         const unsigned plane = t / h;
         const int j = iy * w + ix;
@@ -95,11 +104,12 @@ __global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *d
         const int oy_hi = min(py / stride, oh - 1);
         const int ox_lo = px < size ? 0 : (px - size) / stride + 1;
         const int ox_hi = min(px / stride, ow - 1);
-        const size_t base = (size_t)plane * oh * ow;
+        const size_t step = nhwc ? (size_t)c : 1;
+        const size_t base = nhwc ? (size_t)plane * oh * ow * c + ch : (size_t)plane * oh * ow;
         float g = 0.f;
         for (int oy = oy_lo; oy <= oy_hi; oy++)
             for (int ox = ox_lo; ox <= ox_hi; ox++) {
-                const size_t o = base + (size_t)oy * ow + ox;
+                const size_t o = base + ((size_t)oy * ow + ox) * step;
                 if (__ldg(&argmax[o]) == j) g += __ldg(&dy[o]);
             }
         dx[i] = g;
@@ -292,14 +302,16 @@ __global__ void gather_kernel(const uint8_t *images, const int32_t *labels, cons
 // evaluates its sample's draw from (seed, epoch, index) -- the same integer math as the CPU loop -- and reads
 // one input byte (0 outside the image), then the channel's table or the division. The epoch is read here, from
 // device memory, so a replayed graph uses the value uploaded before it. Indices fit in 32 bits (size_check).
+// nhwc: x is written N,H,W,C (the images stay C,H,W: each thread reads the byte of its channel).
 __global__ void gather_aug_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
-                                  int elems, const gather_aug *a, float *x, int32_t *y) {
+                                  int elems, const gather_aug *a, float *x, int32_t *y, int nhwc) {
     const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
     const unsigned total = (unsigned)n * (unsigned)elems;
-    const int h = a->h, w = a->w, hw = h * w, normalize = a->normalize;
+    const int c = a->c, h = a->h, w = a->w, hw = h * w, normalize = a->normalize;
     for (unsigned i = tid; i < total; i += step) {
         const unsigned s = i / (unsigned)elems, j = i - s * (unsigned)elems;
-        const int ch = (int)(j / (unsigned)hw), rem = (int)j - ch * hw, oy = rem / w, ox = rem - oy * w;
+        const int ch = nhwc ? (int)(j % (unsigned)c) : (int)(j / (unsigned)hw);
+        const int rem = nhwc ? (int)(j / (unsigned)c) : (int)j - ch * hw, oy = rem / w, ox = rem - oy * w;
         const int32_t idx = __ldg(&index[s]);
         const gather_draw d = gather_aug_draw(a, idx);
         const int sy = oy + d.dy, sx = (d.flip ? w - 1 - ox : ox) + d.dx;
@@ -393,10 +405,13 @@ int cuda_gather(void *ctx, const uint8_t *images, const int32_t *labels, const i
     if (aug) {  // device memory: its shape is the caller's to match (the CPU backend checks it)
         TRY(size_check((size_t)n * sample_elems, "gather", "the batch"));
         gather_aug_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(
-            images, labels, index, n, sample_elems, aug, x, y);
+            images, labels, index, n, sample_elems, aug, x, y, c->nhwc);
         cudaCheckLaunch();
         return ST_OK;
     }
+    if (c->nhwc)  // the plain gather knows no channel count (backend_ops.def)
+        return ERR(ST_INPUT, "gather: the NHWC layout needs the sample's shape: pass gather parameters (aug), with "
+                             "every transform off for a plain gather");
     gather_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(images, labels, index, n,
                                                                                             sample_elems, x, y);
     cudaCheckLaunch();
@@ -408,8 +423,8 @@ int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, i
     const size_t total = (size_t)d->n * d->c * d->oh * d->ow;
     TRY(size_check((size_t)d->n * d->c * d->h * d->w, "pool_forward", "the input"));
     if (total == 0) return ST_OK;
-    pool_fwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, y, argmax, (unsigned)total, d->h, d->w,
-                                                                          d->oh, d->ow, d->size, d->stride, d->pad);
+    pool_fwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+        x, y, argmax, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size, d->stride, d->pad, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -419,8 +434,8 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
     const size_t total = (size_t)d->n * d->c * d->h * d->w;
     TRY(size_check(total, "pool_backward", "the input"));
     if (total == 0) return ST_OK;
-    pool_bwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(dy, argmax, dx, (unsigned)total, d->h, d->w,
-                                                                          d->oh, d->ow, d->size, d->stride, d->pad);
+    pool_bwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+        dy, argmax, dx, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size, d->stride, d->pad, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }

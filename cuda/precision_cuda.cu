@@ -47,6 +47,20 @@ __global__ void cast_in_fp16_kernel(size_t n, const float *x, __half *y) {
         y[i] = __float2half_rn(round_fp16_dev(x[i]));
 }
 
+// The casts in, written permuted: x [n][c][hw] to y [n][hw][c] (conv weights KCRS to KRSC), one thread per value.
+static __device__ __forceinline__ void cast_in_one(float v, __nv_bfloat16 *y) {
+    *y = __ushort_as_bfloat16((unsigned short)(__float_as_uint(round_bf16_dev(v)) >> 16));
+}
+static __device__ __forceinline__ void cast_in_one(float v, __half *y) { *y = __float2half_rn(round_fp16_dev(v)); }
+
+template <typename T>
+__global__ void cast_in_nhwc_kernel(unsigned total, int c, int hw, const float *x, T *y) {
+    for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+        const unsigned ch = i % (unsigned)c, t = i / (unsigned)c, q = t % (unsigned)hw, b = t / (unsigned)hw;
+        cast_in_one(x[((size_t)b * c + ch) * hw + q], &y[i]);
+    }
+}
+
 __global__ void cast_out_bf16_kernel(size_t n, const __nv_bfloat16 *x, float *y) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         y[i] = __uint_as_float((uint32_t)__bfloat16_as_ushort(x[i]) << 16);
@@ -82,6 +96,21 @@ int cuda_lp_cast_in(cuda_ctx *c, int format, size_t n, const float *x, void *y16
         cast_in_bf16_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, x, (__nv_bfloat16 *)y16);
     else
         cast_in_fp16_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, x, (__half *)y16);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_lp_cast_in_nhwc(cuda_ctx *c, int format, int n, int ch, int hw, const float *x, void *y16) {
+    TRY(format_check(format, "cast to 16 bits"));
+    const size_t total = (size_t)n * ch * hw;
+    if (total == 0) return ST_OK;
+    if (total > (size_t)UINT32_MAX) return ERR(ST_INPUT, "cast to 16 bits: %zu values, more than 2^32", total);
+    if (format == PREC_BF16)
+        cast_in_nhwc_kernel<__nv_bfloat16><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+            (unsigned)total, ch, hw, x, (__nv_bfloat16 *)y16);
+    else
+        cast_in_nhwc_kernel<__half><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>((unsigned)total, ch, hw, x,
+                                                                                           (__half *)y16);
     cudaCheckLaunch();
     return ST_OK;
 }

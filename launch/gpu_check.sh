@@ -51,8 +51,9 @@
 # vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
 # configs/resnet50.cfg at 224x224 on synthetic data: per-step losses CPU vs GPU from the same weights, then img/s
 # at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (30)
-# fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), then
-# img/s at fp32, tf32 and bf16 vs PyTorch eager fp32 and autocast(bf16) + channels_last; bench (25)
+# fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), bf16 at
+# net.layout=nhwc vs nchw, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) +
+# channels_last; bench (25)
 # launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
 # timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
@@ -407,7 +408,7 @@ stage_build() {
   cat "$work/configure.log" >"$log_dir/build.log"
   grep -E 'CUDA backend|MPI' "$work/configure.log" || true
   avail=$(cmake --build "$build_dir" --target help 2>/dev/null || true)
-  for t in ckpt_tool test_backend_cuda test_cuda_capture test_backend_record test_comm; do
+  for t in ckpt_tool test_backend_cuda test_backend_cuda_nhwc test_cuda_capture test_backend_record test_comm; do
     grep -qE "(^|[ .:])$t(:|$| )" <<<"$avail" && targets+=("$t")
   done
   echo "-- cmake --build $build_dir -j $jobs --target ${targets[*]}"
@@ -424,7 +425,7 @@ stage_build() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# Stage: the GPU op tests (test_backend_cuda; every *cuda* test but the capture one)
+# Stage: the GPU op tests (test_backend_cuda, test_backend_cuda_nhwc; every *cuda* test but the capture one)
 stage_cuda_tests() {
   local rc=0 p n
   if cpu_mode; then
@@ -874,6 +875,30 @@ stage_resnet50() {
 # then img/s at fp32, tf32 and bf16 (synthetic data, the second epoch of two) against PyTorch eager fp32 and
 # autocast(bf16) + channels_last (launch/bench_torch.py). --no-gpu: the "GPU" side is the CPU backend on 1 thread
 # against 2 (the same emulation, another summation order), img/s on the CPU, no PyTorch.
+# The bf16 2-step run of stage_precision again at net.layout=nhwc on the same side, against its nchw run (lg, t1,
+# t2, common, a, side, bad, k: stage_precision's). The same math in another summation order (cuDNN's NHWC kernels,
+# the KRSC filter copies), so within the bf16 GPU-vs-emulation tolerances (a value may round to the neighbouring
+# bf16 value); on the CPU (--no-gpu) nhwc computes NCHW: the same run, 0 apart. Not yet measured on a device.
+precision_nhwc_parity() {
+  local n1=- n2=- ln=()
+  if [ "${#lg[@]}" -ge 2 ] &&
+     train "prec-bf16-nhwc-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set net.layout=nhwc; then
+    read -r -a ln <<<"$(step_losses "prec-bf16-nhwc-$side")"
+    if [ "${#ln[@]}" -ge 2 ]; then
+      n1=$(rel "${lg[0]}" "${ln[0]}") n2=$(rel "${lg[1]}" "${ln[1]}")
+      echo "bf16 nhwc: step 1 loss nchw=${lg[0]} nhwc=${ln[0]} (relative $n1, at most $t1); step 2 nchw=${lg[1]}" \
+           "nhwc=${ln[1]} (relative $n2, at most $t2)"
+      fcmp "$n1 <= $t1" || bad+=("bf16 nhwc step 1 loss: nchw ${lg[0]} vs nhwc ${ln[0]} (relative $n1 > $t1)")
+      fcmp "$n2 <= $t2" || bad+=("bf16 nhwc step 2 loss: nchw ${lg[1]} vs nhwc ${ln[1]} (relative $n2 > $t2)")
+    else
+      bad+=("bf16 nhwc: no per-step losses")
+    fi
+  else
+    bad+=("bf16 nhwc: the 2-step run failed (or no nchw losses to compare with)")
+  fi
+  k+="bf16 nhwc vs nchw $n1/$n2; "
+}
+
 stage_precision() {
   local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
   local bad=() k='' p ls lg r1 r2 t1 t2 bb=256 steps=20 ours line theirs
@@ -890,7 +915,7 @@ stage_precision() {
   # 1e-4 (bf16: a GPU computing fp32 would be 3.4e-4 off), step 2 within 5e-4 (bf16) / 1.5e-4 (fp16), about a third
   # of the precision's effect and 10-30x the CPU's rounding noise. Not yet measured on a device.
   for p in bf16 fp16; do
-    t1=1e-4 t2=$([ "$p" = bf16 ] && echo 5e-4 || echo 1.5e-4) r1=- r2=-
+    t1=1e-4 t2=$([ "$p" = bf16 ] && echo 5e-4 || echo 1.5e-4) r1=- r2=- ls=() lg=()
     if train "prec-$p-cpu" "${common[@]}" "${cpu[@]}" --set "net.precision=$p" &&
        train "prec-$p-$side" "${common[@]}" "${a[@]}" --set "net.precision=$p"; then
       read -r -a ls <<<"$(step_losses "prec-$p-cpu")"
@@ -908,14 +933,17 @@ stage_precision() {
       bad+=("$p: the 2-step runs failed")
     fi
     k+="$p step 1/2 rel diff $r1/$r2; "
+    if [ "$p" = bf16 ]; then precision_nhwc_parity; fi
   done
   # img/s, batch $bb: fp32 (FMA), tf32, bf16 (the CPU: tf32 is fp32 there, bf16 the emulation).
   local syn=(--config "$cfg" --seed 7 --set data.format=synthetic --epochs 2 --batch "$bb"
              --set "data.train_limit=$((steps * bb))" --set "data.test_limit=$bb")
   cpu_mode && syn+=(--threads 2)
   k+="b$bb img/s"
-  for p in fp32 tf32 bf16; do
-    if train "prec-bench-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=$p"; then
+  for p in fp32 tf32 bf16 bf16-nhwc; do  # bf16-nhwc: bf16 with net.layout=nhwc (cuDNN's NHWC kernels)
+    local lay=nchw
+    [ "$p" = bf16-nhwc ] && lay=nhwc
+    if train "prec-bench-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=${p%-nhwc}" --set "net.layout=$lay"; then
       ours=$(jget "$work/prec-bench-$p.jsonl" images_per_s)
       k+=" $p $(awk -v x="$ours" 'BEGIN { printf "%.0f", x }')"
     else

@@ -38,6 +38,11 @@ int backend_can_capture(const backend *be) {
 
 int backend_is_async(const backend *be) { return be->ops->stream != NULL; }
 
+int backend_is_nhwc(const backend *be) {
+    int nhwc = 0;
+    return be->ops->nhwc && be->ops->nhwc(be->ctx, &nhwc) == ST_OK && nhwc;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Table completeness (tests: a new op left out of a backend fails them)
 

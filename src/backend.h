@@ -121,6 +121,7 @@ typedef struct backend {
 const char *backend_name(const backend *be);   // "cpu" or "cuda" (a wrapped backend: the one that computes)
 int backend_can_capture(const backend *be);    // 1: capture_begin, capture_end and replay are there (CUDA graphs)
 int backend_is_async(const backend *be);       // 1: ops run on a device stream (backend_stream), not on the host
+int backend_is_nhwc(const backend *be);        // 1: activations are N,H,W,C (the `nhwc` slot; absent: NCHW)
 
 // The number of REQUIRED slots of ops left NULL (backend_ops.def's slot column); *first (nullable) = the name
 // of the first such slot.
@@ -144,6 +145,8 @@ typedef struct backend_options {
     int deterministic;  // cuda: deterministic algorithms only (the CPU backend is, for a fixed thread count)
     int precision;      // cuda: net.precision (PREC_* of config.h): bf16/fp16 run conv and dense on 16-bit copies
                         // (backend_cuda.h); the CPU ignores it (the model's round_to emulates the formats)
+    int layout;         // cuda: net.layout (LAYOUT_* of config.h), fixed at creation: LAYOUT_NHWC lays every
+                        // activation out N,H,W,C (cuDNN NHWC descriptors); the CPU ignores it (it computes NCHW)
 } backend_options;
 
 // Create a backend by name ("cpu", "cuda"); opt NULL: all zero (all cores, device 0, FP32, fastest algorithms).
@@ -168,6 +171,7 @@ typedef struct backend_cpu_opts {
 } backend_cpu_opts;
 int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o);
 int backend_cpu_dnnl_available(void);  // 1 when built with oneDNN
-// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32 and deterministic (opt NULL: all 0).
+// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32, deterministic, precision and layout
+// (opt NULL: all 0).
 int backend_cuda_create(backend *be, const backend_options *opt);
 int backend_cuda_available(void);                   // 1 when compiled in and a device is present

@@ -205,6 +205,7 @@ static const backend_ops cpu_ops = {
     .add_act = cpu_add_act,
     .act_backward = cpu_act_backward,
     .channel_copy = cpu_channel_copy,
+    .layout_convert = cpu_layout_convert,
     .dropout = cpu_dropout,
     .avgpool_forward = cpu_avgpool_forward,
     .avgpool_backward = cpu_avgpool_backward,

@@ -23,13 +23,16 @@ int train_augment_setup(trainer *t, int training) {
     gather_aug eval;
     int active = 0;
     TRY(augment_params(t->cfg, 0, &eval, &active));
-    if (active) {
+    // An NHWC backend's gather needs the sample's shape, which only the parameters carry (backend_ops.def): they
+    // are passed with every transform off too, the plain gather's values.
+    const int nhwc = backend_is_nhwc(be);
+    if (active || nhwc) {
         TRY(backend_alloc(be, (void **)&t->d_aug_eval, sizeof eval));
         TRY(backend_upload(be, t->d_aug_eval, &eval, sizeof eval));
     }
     if (!training) return ST_OK;
     TRY(augment_params(t->cfg, 1, &t->h_aug_train, &active));
-    if (active) {
+    if (active || nhwc) {
         TRY(backend_alloc(be, (void **)&t->d_aug_train, sizeof t->h_aug_train));
         TRY(backend_upload(be, t->d_aug_train, &t->h_aug_train, sizeof t->h_aug_train));
     }
@@ -84,7 +87,8 @@ int train_backend_setup(trainer *t) {
     // net.precision=tf32 is tf32=1 on the GPU and fp32 on the CPU (docs/precision.md).
     const int tf32 = cfg->tf32 || (cfg->precision == PREC_TF32 && strcmp(cfg->backend, "cuda") == 0);
     const backend_options opt = {.threads = threads, .device = device, .tf32 = tf32,
-                                 .deterministic = cfg->deterministic, .precision = cfg->precision};
+                                 .deterministic = cfg->deterministic, .precision = cfg->precision,
+                                 .layout = cfg->layout};
     TRY(backend_create(&t->be, cfg->backend, &opt));
     // Test aid (graph tests, src/test_hooks.h): the test build's wrapper emulates CUDA stream capture on the CPU
     // backend, or refuses every capture (the fall-back to op-by-op steps). The release trainer has no wrapper.

@@ -112,6 +112,9 @@ expect2() {
 expect2 "net.precision: 'fp8' is not one of fp32|tf32|bf16|fp16" --set net.precision=fp8
 expect2 "net.layout: 'chwn' is not one of nchw|nhwc" --set net.layout=chwn
 expect2 "net.tf32=1 with net.precision=bf16" --set net.precision=bf16 --set net.tf32=1 --set net.backend=cuda
-expect2 "net.layout=nhwc is not yet implemented on the CUDA backend" --set net.layout=nhwc --set net.backend=cuda
+# layout=nhwc with backend=cuda passes validation (without a GPU the one complaint is the missing device)
+"$trainer" --config "$cfg" --steps 1 --set net.layout=nhwc --set net.backend=cuda >"$tmp/out" 2>"$tmp/err"
+if ! grep -q "net.layout" "$tmp/err"; then ok "layout=nhwc with backend=cuda: accepted by validation"
+else bad "layout=nhwc with backend=cuda refused: $(cat "$tmp/err")"; fi
 expect2 "loss_scale_growth_interval" --set net.loss_scale_growth_interval=0
 finish precision

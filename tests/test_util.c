@@ -137,3 +137,15 @@ void tu_layer_example_text(const char *example, int batch, char *buf, size_t n) 
              "[dense]\nname=head\nunits=3\n[softmax]\n",
              batch, example);
 }
+
+void tu_to_nhwc(const float *x, float *y, int n, int c, int hw) {
+    for (int b = 0; b < n; b++)
+        for (int ch = 0; ch < c; ch++)
+            for (int q = 0; q < hw; q++) y[((size_t)b * hw + q) * c + ch] = x[((size_t)b * c + ch) * hw + q];
+}
+
+void tu_to_nchw(const float *x, float *y, int n, int c, int hw) {
+    for (int b = 0; b < n; b++)
+        for (int ch = 0; ch < c; ch++)
+            for (int q = 0; q < hw; q++) y[((size_t)b * c + ch) * hw + q] = x[((size_t)b * hw + q) * c + ch];
+}

@@ -32,3 +32,8 @@ void tu_cuda_or_skip(const char *why);
 // a linear [conv] "stem", the example's sections, a [dense] "head" with 3 units and [softmax]. Used by
 // test_layers.c and grad_dump.c (the PyTorch parity check), so both see the same networks.
 void tu_layer_example_text(const char *example, int batch, char *buf, size_t n);
+
+// Layout changes of n blocks of c x hw floats, written as plain loops (the tests' own, independent of the backend
+// op layout_convert): to NHWC y[b][q][ch] = x[b][ch][q], and back to NCHW. y must not overlap x.
+void tu_to_nhwc(const float *x, float *y, int n, int c, int hw);
+void tu_to_nchw(const float *x, float *y, int n, int c, int hw);

@@ -214,6 +214,7 @@ int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, fl
 int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cpu_act_forward(void *ctx, size_t n, int act, const float *x, float *y);
 int cpu_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx);
+int cpu_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y);
 int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
                      int dst_c, int dst_off);
 int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,

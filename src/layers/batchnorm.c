@@ -56,6 +56,12 @@ static int batchnorm_create(model *m, model_layer *l, const layer_cfg *lc, size_
     const int p = l->in_idx[0];
     const int spatial = p < 0 || m->layers[p].out_spatial;
     const int per_feature = !spatial || (p >= 0 && m->layers[p].type == LAYER_FLATTEN);  // as the shape rule
+    // Per feature after a [flatten]: the features are C·H·W-ordered (PyTorch's BatchNorm1d after nn.Flatten, and the
+    // checkpoint's order), an NHWC backend's values H·W·C-ordered: refused rather than mismatched.
+    if (per_feature && l->in_h * l->in_w > 1 && backend_is_nhwc(m->be))
+        return ERR(ST_INPUT, "net.layout=nhwc: [batchnorm] '%s' normalises the C·H·W features of a [flatten] per "
+                             "feature, which the CUDA backend's NHWC activations hold in another order; use "
+                             "net.layout=nchw, or normalise before the [flatten]", l->name);
     bn_priv *b = layer_priv_new(l, sizeof *b);
     TRY_ALLOC(b);
     const int c = per_feature ? l->in_c * l->in_h * l->in_w : l->in_c, hw = per_feature ? 1 : l->in_h * l->in_w;
