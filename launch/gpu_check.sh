@@ -879,17 +879,23 @@ stage_resnet50() {
 # t2, common, a, side, bad, k: stage_precision's). The same math in another summation order (cuDNN's NHWC kernels,
 # the KRSC filter copies), so within the bf16 GPU-vs-emulation tolerances (a value may round to the neighbouring
 # bf16 value); on the CPU (--no-gpu) nhwc computes NCHW: the same run, 0 apart. Not yet measured on a device.
+# two_step_parity WHAT A B A1 A2 B1 B2: runs A and B's step-1 and step-2 losses within t1 and t2 (the caller's,
+# relative), echoed, failures added to the caller's bad; sets d1 and d2 (the relative differences).
+two_step_parity() {
+  d1=$(rel "$4" "$6") d2=$(rel "$5" "$7")
+  echo "$1: step 1 loss $2=$4 $3=$6 (relative $d1, at most $t1); step 2 $2=$5 $3=$7 (relative $d2, at most $t2)"
+  fcmp "$d1 <= $t1" || bad+=("$1 step 1 loss: $2 $4 vs $3 $6 (relative $d1 > $t1)")
+  fcmp "$d2 <= $t2" || bad+=("$1 step 2 loss: $2 $5 vs $3 $7 (relative $d2 > $t2)")
+}
+
 precision_nhwc_parity() {
-  local n1=- n2=- ln=()
+  local n1=- n2=- ln=() d1 d2
   if [ "${#lg[@]}" -ge 2 ] &&
      train "prec-bf16-nhwc-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set net.layout=nhwc; then
     read -r -a ln <<<"$(step_losses "prec-bf16-nhwc-$side")"
     if [ "${#ln[@]}" -ge 2 ]; then
-      n1=$(rel "${lg[0]}" "${ln[0]}") n2=$(rel "${lg[1]}" "${ln[1]}")
-      echo "bf16 nhwc: step 1 loss nchw=${lg[0]} nhwc=${ln[0]} (relative $n1, at most $t1); step 2 nchw=${lg[1]}" \
-           "nhwc=${ln[1]} (relative $n2, at most $t2)"
-      fcmp "$n1 <= $t1" || bad+=("bf16 nhwc step 1 loss: nchw ${lg[0]} vs nhwc ${ln[0]} (relative $n1 > $t1)")
-      fcmp "$n2 <= $t2" || bad+=("bf16 nhwc step 2 loss: nchw ${lg[1]} vs nhwc ${ln[1]} (relative $n2 > $t2)")
+      two_step_parity "bf16 nhwc" nchw nhwc "${lg[0]}" "${lg[1]}" "${ln[0]}" "${ln[1]}"
+      n1=$d1 n2=$d2
     else
       bad+=("bf16 nhwc: no per-step losses")
     fi
@@ -901,7 +907,7 @@ precision_nhwc_parity() {
 
 stage_precision() {
   local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
-  local bad=() k='' p ls lg r1 r2 t1 t2 bb=256 steps=20 ours line theirs
+  local bad=() k='' p ls lg r1 r2 t1 t2 d1 d2 bb=256 steps=20 ours line theirs
   [ -n "$fmnist" ] || die "no Fashion-MNIST"
   if cpu_mode; then
     side=cpu1 a=(--backend cpu --comm mpi --threads 1 --set net.cuda_graph=0) cpu+=(--threads 2) bb=32 steps=4
@@ -921,11 +927,8 @@ stage_precision() {
       read -r -a ls <<<"$(step_losses "prec-$p-cpu")"
       read -r -a lg <<<"$(step_losses "prec-$p-$side")"
       if [ "${#ls[@]}" -ge 2 ] && [ "${#lg[@]}" -ge 2 ]; then
-        r1=$(rel "${ls[0]}" "${lg[0]}") r2=$(rel "${ls[1]}" "${lg[1]}")
-        echo "$p: step 1 loss cpu=${ls[0]} $side=${lg[0]} (relative $r1, at most $t1); step 2 cpu=${ls[1]}" \
-             "$side=${lg[1]} (relative $r2, at most $t2)"
-        fcmp "$r1 <= $t1" || bad+=("$p step 1 loss: cpu ${ls[0]} vs $side ${lg[0]} (relative $r1 > $t1)")
-        fcmp "$r2 <= $t2" || bad+=("$p step 2 loss: cpu ${ls[1]} vs $side ${lg[1]} (relative $r2 > $t2)")
+        two_step_parity "$p" cpu "$side" "${ls[0]}" "${ls[1]}" "${lg[0]}" "${lg[1]}"
+        r1=$d1 r2=$d2
       else
         bad+=("$p: no per-step losses")
       fi
