@@ -436,6 +436,11 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
         ctx_free(c);
         return st;
     }
+    if (opt->grads16) {
+        ctx_free(c);
+        return ERR(ST_INPUT, "backend 'cuda': bf16 parameter gradients (net.precision=bf16 with compress=bf16) are not "
+                             "built yet");
+    }
     c->nhwc = opt->layout == LAYOUT_NHWC;  // before any plan: conv_prepare makes NHWC descriptors
     be->ops = &cuda_ops;
     be->ctx = c;

@@ -78,14 +78,14 @@ void cuda_conv_release(void *ctx, conv_desc *d);
 int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
                       void *ws);
 int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
-                       float *dx, float *dw, float *db, void *ws);
+                       float *dx, void *dw, void *db, void *ws);
 
 // ---- bn_cuda.cu
 int cuda_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats);
 int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
                   float *running, float *save, float *y);
 int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
-                       float *dw, float *db, float *gstats);
+                       void *dw, void *db, float *gstats);
 int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
                        const float *gstats, const float *dz, float *dx);
 
@@ -99,7 +99,7 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
 int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,
                        float *y);
 int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
-                        float *dy, float *dx, float *dw, float *db);
+                        float *dy, float *dx, void *dw, void *db);
 int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
                       float *dlogits, double *loss_acc, int32_t *correct_acc);
 int cuda_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h);
@@ -114,7 +114,7 @@ int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, f
 int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cuda_act_forward(void *ctx, size_t n, int act, const float *x, float *y);
 int cuda_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx);
-int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y);
+int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, int elem_bytes, const void *x, void *y);
 int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
                       int dst_off);
 int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y);

@@ -167,7 +167,8 @@ int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stat
 }
 
 int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
-                       float *dw, float *db, float *gstats) {
+                       void *dw_, void *db_, float *gstats) {
+    float *dw = (float *)dw_, *db = (float *)db_;
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_grad_stats"));
     bn_grad_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, dw, db, gstats, d->n, d->c, d->hw,

@@ -588,7 +588,7 @@ static const float *filter_for(cuda_ctx *c, const conv_desc *d, const conv_plan 
     *st = ST_OK;
     if (!p->nhwc) return w;
     float *wt = (float *)((char *)ws + p->wt_off);
-    *st = cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 1, w, wt);
+    *st = cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 1, 4, w, wt);
     return wt;
 }
 
@@ -656,7 +656,8 @@ static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, f
 }
 
 int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
-                       float *dx, float *dw, float *db, void *ws) {
+                       float *dx, void *dw_, void *db_, void *ws) {
+    float *dw = (float *)dw_, *db = (float *)db_;
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
     TRY(plan_get(d, "conv_backward", &p));
@@ -671,7 +672,7 @@ int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const floa
         float *dwf = p->nhwc ? (float *)((char *)ws + p->wt_off) : dw;
         cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x_desc, x, p->y_desc, dy, p->bwd_filter_desc,
                                                   p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dwf));
-        if (p->nhwc) TRY(cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 0, dwf, dw));
+        if (p->nhwc) TRY(cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 0, 4, dwf, dw));
     }
     if (dx && p->lp) {  // dy (masked) to 16 bits: exact for relu/relu6/none, whose masks are 0 or 1
         TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));

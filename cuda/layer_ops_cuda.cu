@@ -87,8 +87,10 @@ __global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, i
     }
 }
 
-// layout_convert: one thread per output value, x [b][c][hw] <-> y [b][hw][c].
-__global__ void layout_convert_kernel(const float *x, float *y, unsigned total, int c, int hw, int to_nhwc) {
+// layout_convert: one thread per output value, x [b][c][hw] <-> y [b][hw][c]; T: float, or the 16 bits of a bf16/fp16
+// value (moved, never read as a number).
+template <typename T>
+__global__ void layout_convert_kernel(const T *x, T *y, unsigned total, int c, int hw, int to_nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         if (to_nhwc) {  // i = (b, q, ch)
             const unsigned ch = i % (unsigned)c, t = i / (unsigned)c, q = t % (unsigned)hw, b = t / (unsigned)hw;
@@ -215,15 +217,22 @@ int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw,
     return ST_OK;
 }
 
-int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y) {
+int cuda_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, int elem_bytes, const void *x, void *y) {
     cuda_ctx *cx = (cuda_ctx *)ctx;
     if (n < 0 || c < 1 || hw < 1) return ERR(ST_INPUT, "layout_convert: bad shape n=%d c=%d hw=%d", n, c, hw);
+    if (elem_bytes != 4 && elem_bytes != 2)
+        return ERR(ST_INPUT, "layout_convert: elem_bytes %d (want 4 or 2)", elem_bytes);
     const size_t total = (size_t)n * c * hw;
     if (total > (size_t)INT32_MAX)
         return ERR(ST_INPUT, "layout_convert: %zu values, more than the CUDA backend's limit %d", total, INT32_MAX);
     if (total == 0) return ST_OK;
-    layout_convert_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(x, y, (unsigned)total, c, hw,
-                                                                                  to_nhwc != 0);
+    const unsigned blocks = cuda_blocks(cx, total);
+    if (elem_bytes == 4)
+        layout_convert_kernel<float><<<blocks, CUDA_THREADS, 0, cx->stream>>>((const float *)x, (float *)y,
+                                                                              (unsigned)total, c, hw, to_nhwc != 0);
+    else
+        layout_convert_kernel<uint16_t><<<blocks, CUDA_THREADS, 0, cx->stream>>>(
+            (const uint16_t *)x, (uint16_t *)y, (unsigned)total, c, hw, to_nhwc != 0);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -505,7 +505,8 @@ int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *
 }
 
 int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
-                        float *dy, float *dx, float *dw, float *db) {
+                        float *dy, float *dx, void *dw_, void *db_) {
+    float *dw = (float *)dw_, *db = (float *)db_;
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_check(act, "dense_backward"));
     if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_backward: bad shape n=%d in=%d out=%d", n, in, out);

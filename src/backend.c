@@ -43,6 +43,11 @@ int backend_is_nhwc(const backend *be) {
     return be->ops->nhwc && be->ops->nhwc(be->ctx, &nhwc) == ST_OK && nhwc;
 }
 
+int backend_is_grads16(const backend *be) {
+    int on = 0;
+    return be->ops->grads16 && be->ops->grads16(be->ctx, &on) == ST_OK && on;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Table completeness (tests: a new op left out of a backend fails them)
 
@@ -65,7 +70,8 @@ int backend_ops_missing(const backend_ops *ops, const char **first) {
 // tf32 is CUDA's; deterministic=1 changes nothing (the CPU backend is deterministic for a fixed thread count).
 static int cpu_create(backend *be, const backend_options *o) {
     if (o->tf32) return ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is 'cpu')");
-    return backend_cpu_create(be, o->threads);
+    const backend_cpu_opts co = {.threads = o->threads, .conv = CPU_CONV_AUTO, .grads16 = o->grads16};
+    return backend_cpu_create_opts(be, &co);
 }
 
 static const struct backend_kind {

@@ -122,6 +122,7 @@ const char *backend_name(const backend *be);   // "cpu" or "cuda" (a wrapped bac
 int backend_can_capture(const backend *be);    // 1: capture_begin, capture_end and replay are there (CUDA graphs)
 int backend_is_async(const backend *be);       // 1: ops run on a device stream (backend_stream), not on the host
 int backend_is_nhwc(const backend *be);        // 1: activations are N,H,W,C (the `nhwc` slot; absent: NCHW)
+int backend_is_grads16(const backend *be);     // 1: parameter gradients are written bf16 (the `grads16` slot)
 
 // The number of REQUIRED slots of ops left NULL (backend_ops.def's slot column); *first (nullable) = the name
 // of the first such slot.
@@ -147,6 +148,8 @@ typedef struct backend_options {
                         // (backend_cuda.h); the CPU ignores it (the model's round_to emulates the formats)
     int layout;         // cuda: net.layout (LAYOUT_* of config.h), fixed at creation: LAYOUT_NHWC lays every
                         // activation out N,H,W,C (cuDNN NHWC descriptors); the CPU ignores it (it computes NCHW)
+    int grads16;        // cpu, cuda: conv_backward, dense_backward and bn_grad_stats write dw and db in bf16 (the
+                        // trainer: net.precision=bf16 with compress=bf16 and all-reduces; cuda needs precision bf16)
 } backend_options;
 
 // Create a backend by name ("cpu", "cuda"); opt NULL: all zero (all cores, device 0, FP32, fastest algorithms).
@@ -168,6 +171,7 @@ typedef enum cpu_conv_impl {
 typedef struct backend_cpu_opts {
     int threads;        // 0: all cores
     cpu_conv_impl conv;
+    int grads16;        // backend_options.grads16
 } backend_cpu_opts;
 int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o);
 int backend_cpu_dnnl_available(void);  // 1 when built with oneDNN

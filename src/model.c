@@ -155,6 +155,8 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->n_state = soff;
     TRY(backend_alloc(be, (void **)&m->params, (m->n_params ? m->n_params : 1) * sizeof(float)));
     TRY(backend_alloc(be, (void **)&m->grads, (m->n_params ? m->n_params : 1) * sizeof(float)));
+    if (backend_is_grads16(be))
+        TRY(backend_alloc(be, (void **)&m->grads16, (m->n_params ? m->n_params : 1) * sizeof(uint16_t)));
     if (m->n_state) TRY(backend_alloc(be, (void **)&m->state, m->n_state * sizeof(float)));
     if (m->round_to) TRY(backend_alloc(be, (void **)&m->params_lp, (m->n_params ? m->n_params : 1) * sizeof(float)));
     // One workspace for all layers; smaller batches need no more than the largest.
@@ -178,6 +180,7 @@ void model_destroy(model *m) {
     for (int j = 0; j < MODEL_MAX_IN; j++) backend_free(m->be, m->dscratch[j]);
     backend_free(m->be, m->params);
     backend_free(m->be, m->grads);
+    backend_free(m->be, m->grads16);
     backend_free(m->be, m->params_lp);
     backend_free(m->be, m->state);
     backend_free(m->be, m->workspace);

@@ -65,6 +65,10 @@ typedef struct model {
     int max_batch;
     size_t n_params;
     float *params, *grads;     // backend memory, n_params each
+    // On a backend whose parameter gradients are bf16 (backend_is_grads16: net.precision=bf16 with compress=bf16),
+    // backward writes them here (n_params bf16 values, the same layout) and the all-reduce casts their average into
+    // grads; NULL otherwise (backward writes grads). model_grad says where layer gradients go.
+    uint16_t *grads16;
     size_t n_state;
     float *state;              // backend memory: non-trained state (running statistics), n_state floats
     float *dscratch[MODEL_MAX_IN];  // gradients for inputs read by more than one layer (then added)
@@ -119,6 +123,12 @@ int model_forward(model *m, int n, int training);
 int model_set_rng(model *m, int rank, int64_t step);
 // Backward after model_forward(m, n, 1). Calls on_ready(arg, k) each time grads[0..k) are final (may be NULL).
 int model_backward(model *m, int n, grad_ready_fn on_ready, void *arg);
+
+// Where backward writes the parameter gradient at offset `off` (in values) of the flat layout: grads16 + off on a
+// grads16 backend, grads + off otherwise (the backend ops' dw and db).
+static inline void *model_grad(const model *m, size_t off) {
+    return m->grads16 ? (void *)(m->grads16 + off) : (void *)(m->grads + off);
+}
 
 // A non-trained state tensor (running statistics): "<layer>.<suffix>", n floats at offset in m->state.
 typedef struct model_state_info {

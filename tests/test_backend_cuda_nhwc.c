@@ -166,11 +166,11 @@ static void test_layout_convert_cpu(void **state) {
         assert_non_null(back);
         float *dx = dev_put(&g_cpu, x, count * 4), *dy = dev_put(&g_cpu, NULL, count * 4);
         float *dz = dev_put(&g_cpu, NULL, count * 4);
-        OK(backend_layout_convert(&g_cpu, n, c, hw, 1, dx, dy));
+        OK(backend_layout_convert(&g_cpu, n, c, hw, 1, 4, dx, dy));
         float *got = dev_get(&g_cpu, dy, count);
         tu_to_nhwc(x, want, n, c, hw);
         expect_same("layout_convert to nhwc (cpu)", got, want, count * 4);
-        OK(backend_layout_convert(&g_cpu, n, c, hw, 0, dy, dz));
+        OK(backend_layout_convert(&g_cpu, n, c, hw, 0, 4, dy, dz));
         float *round = dev_get(&g_cpu, dz, count);
         expect_same("layout_convert there and back (cpu)", round, x, count * 4);
         tu_to_nchw(want, back, n, c, hw);
@@ -183,14 +183,14 @@ static void test_layout_convert_cpu(void **state) {
     float w[K * C * R * S], t[K * C * R * S];
     for (int i = 0; i < K * C * R * S; i++) w[i] = (float)i;
     float *dw = dev_put(&g_cpu, w, sizeof w), *dt = dev_put(&g_cpu, NULL, sizeof t);
-    OK(backend_layout_convert(&g_cpu, K, C, R * S, 1, dw, dt));
+    OK(backend_layout_convert(&g_cpu, K, C, R * S, 1, 4, dw, dt));
     OK(backend_download(&g_cpu, t, dt, sizeof t));
     for (int k = 0; k < K; k++)
         for (int c = 0; c < C; c++)
             for (int rr = 0; rr < R; rr++)
                 for (int s = 0; s < S; s++)
                     assert_true(t[((k * R + rr) * S + s) * C + c] == w[((k * C + c) * R + rr) * S + s]);
-    assert_int_equal(backend_layout_convert(&g_cpu, 1, 0, 4, 1, dw, dt), ST_INPUT);
+    assert_int_equal(backend_layout_convert(&g_cpu, 1, 0, 4, 1, 4, dw, dt), ST_INPUT);
     err_clear();
     backend_free(&g_cpu, dw), backend_free(&g_cpu, dt);
     // The CPU computes NCHW whatever net.layout says: it has no nhwc slot.
@@ -219,15 +219,15 @@ static void test_dense_permuted_cpu(void **state) {
     OK(backend_dense_forward(&g_cpu, N, IN, OUT, ACT_RELU, x, w, b, y));
     OK(backend_dense_backward(&g_cpu, N, IN, OUT, ACT_RELU, x, w, y, dy, dx, dw, db));
     // NHWC: the input permuted (as an NHWC backend holds it), the weight permuted per forward, dw back
-    OK(backend_layout_convert(&g_cpu, N, C, HW, 1, x, xt));
-    OK(backend_layout_convert(&g_cpu, OUT, C, HW, 1, w, wt));
+    OK(backend_layout_convert(&g_cpu, N, C, HW, 1, 4, x, xt));
+    OK(backend_layout_convert(&g_cpu, OUT, C, HW, 1, 4, w, wt));
     OK(backend_dense_forward(&g_cpu, N, IN, OUT, ACT_RELU, xt, wt, b, yt));
     float *a = dev_get(&g_cpu, y, N * OUT), *t = dev_get(&g_cpu, yt, N * OUT);
     expect_close("dense y (weight permuted)", t, a, N * OUT, TOL_DENSE);
     free(a), free(t);
     OK(backend_copy(&g_cpu, yt, y, sizeof(float) * N * OUT));
     OK(backend_dense_backward(&g_cpu, N, IN, OUT, ACT_RELU, xt, wt, yt, dyt, dxt, dwt, dbt));
-    OK(backend_layout_convert(&g_cpu, OUT, C, HW, 0, dwt, dwb));
+    OK(backend_layout_convert(&g_cpu, OUT, C, HW, 0, 4, dwt, dwb));
     a = dev_get(&g_cpu, dw, OUT * IN), t = dev_get(&g_cpu, dwb, OUT * IN);
     expect_close("dense dw (permuted back)", t, a, OUT * IN, TOL_DENSE);
     free(a), free(t);
@@ -263,8 +263,8 @@ static void test_layout_convert(void **state) {
         for (int to = 0; to < 2; to++) {
             float *cx = dev_put(&g_cpu, x, count * 4), *cy = dev_put(&g_cpu, NULL, count * 4);
             float *gx = dev_put(&g_nhwc, x, count * 4), *gy = dev_put(&g_nhwc, NULL, count * 4);
-            OK(backend_layout_convert(&g_cpu, n, c, hw, to, cx, cy));
-            OK(backend_layout_convert(&g_nhwc, n, c, hw, to, gx, gy));
+            OK(backend_layout_convert(&g_cpu, n, c, hw, to, 4, cx, cy));
+            OK(backend_layout_convert(&g_nhwc, n, c, hw, to, 4, gx, gy));
             float *a = dev_get(&g_cpu, cy, count), *b = dev_get(&g_nhwc, gy, count);
             expect_same(to ? "layout_convert to nhwc" : "layout_convert to nchw", b, a, count * 4);
             free(a), free(b);

@@ -62,6 +62,9 @@ typedef struct cpu_ctx {
     cpu_conv_impl conv;
     void (*progress)(void *arg);
     void *progress_arg;
+    int grads16;      // backend_options.grads16: the parameter gradients written bf16 (src/backend_cpu.c)
+    float *g32;       // their float32 sums before the rounding, grown on demand
+    size_t g32_cap;   // in floats
 } cpu_ctx;
 
 // Start n threads (the caller counts as one) / stop and join them.
@@ -214,7 +217,7 @@ int cpu_add_act(void *ctx, size_t n, int act, const float *a, const float *b, fl
 int cpu_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx);
 int cpu_act_forward(void *ctx, size_t n, int act, const float *x, float *y);
 int cpu_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx);
-int cpu_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y);
+int cpu_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, int elem_bytes, const void *x, void *y);
 int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst,
                      int dst_c, int dst_off);
 int cpu_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x,

@@ -120,36 +120,51 @@ int cpu_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_
     return ST_OK;
 }
 
-// Layout change, one block (sample, or filter) per part: reads x in order, writes y with stride c or hw.
+// Layout change, one block (sample, or filter) per part: reads x in order, writes y with stride c or hw. The
+// values are moved, never read as numbers: float32 or 16-bit.
 typedef struct layout_job {
     int n, c, hw, to_nhwc;
-    const float *x;
-    float *y;
+    const void *x;
+    void *y;
 } layout_job;
+
+#define LAYOUT_BLOCKS(T)                                                                          \
+    for (int64_t b = lo; b < hi; b++) {                                                          \
+        const T *x = (const T *)j->x + (size_t)b * block;                                        \
+        T *y = (T *)j->y + (size_t)b * block;                                                    \
+        for (int ch = 0; ch < j->c; ch++)                                                        \
+            for (int q = 0; q < j->hw; q++) {                                                    \
+                const size_t chw = (size_t)ch * j->hw + q, hwc = (size_t)q * j->c + ch;          \
+                if (j->to_nhwc) y[hwc] = x[chw];                                                 \
+                else y[chw] = x[hwc];                                                            \
+            }                                                                                    \
+    }
 
 static void layout_convert_part(void *arg, int part, int parts) {
     const layout_job *j = arg;
     int64_t lo, hi;
     split_range(j->n, parts, part, &lo, &hi);
     const size_t block = (size_t)j->c * j->hw;
-    for (int64_t b = lo; b < hi; b++) {
-        const float *x = j->x + (size_t)b * block;
-        float *y = j->y + (size_t)b * block;
-        for (int ch = 0; ch < j->c; ch++)
-            for (int q = 0; q < j->hw; q++) {
-                const size_t chw = (size_t)ch * j->hw + q, hwc = (size_t)q * j->c + ch;
-                if (j->to_nhwc) y[hwc] = x[chw];
-                else y[chw] = x[hwc];
-            }
-    }
+    LAYOUT_BLOCKS(float)
 }
 
-int cpu_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, const float *x, float *y) {
+static void layout_convert16_part(void *arg, int part, int parts) {
+    const layout_job *j = arg;
+    int64_t lo, hi;
+    split_range(j->n, parts, part, &lo, &hi);
+    const size_t block = (size_t)j->c * j->hw;
+    LAYOUT_BLOCKS(uint16_t)
+}
+
+int cpu_layout_convert(void *ctx, int n, int c, int hw, int to_nhwc, int elem_bytes, const void *x, void *y) {
     cpu_ctx *c_ = ctx;
     if (n < 0 || c < 1 || hw < 1)
         return ERR(ST_INPUT, "layout_convert: bad shape n=%d c=%d hw=%d", n, c, hw);
+    if (elem_bytes != 4 && elem_bytes != 2)
+        return ERR(ST_INPUT, "layout_convert: elem_bytes %d (want 4 or 2)", elem_bytes);
     layout_job j = {.n = n, .c = c, .hw = hw, .to_nhwc = to_nhwc != 0, .x = x, .y = y};
-    cpu_pool_run(&c_->pool, parts_for(c_, (double)n * c * hw, 65536), layout_convert_part, &j);
+    cpu_pool_run(&c_->pool, parts_for(c_, (double)n * c * hw, 65536),
+                 elem_bytes == 4 ? layout_convert_part : layout_convert16_part, &j);
     return ST_OK;
 }
 

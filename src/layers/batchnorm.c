@@ -146,8 +146,8 @@ static int batchnorm_backward(model *m, model_layer *l, int n) {
     d.n = n;
     d.count = (int64_t)n * d.hw * bn_ranks(m, b);
     TRY(layer_act_backward(m, l, n));
-    TRY(backend_bn_grad_stats(m->be, &d, l->x[0], layer_act_out(l), b->save, l->dy, m->grads + l->w_off,
-                              m->grads + l->b_off, b->gstats));
+    TRY(backend_bn_grad_stats(m->be, &d, l->x[0], layer_act_out(l), b->save, l->dy, model_grad(m, l->w_off),
+                              model_grad(m, l->b_off), b->gstats));
     if (!l->dx[0]) return ST_OK;  // the same on every rank: no rank waits in the all-reduce alone
     if (bn_ranks(m, b) > 1) TRY(m->allreduce_avg(m->allreduce_arg, b->gstats, 2 * (size_t)d.c));
     return backend_bn_grad_input(m->be, &d, l->x[0], b->save, m->params + l->w_off, b->gstats, l->dy, l->dx[0]);

@@ -147,7 +147,8 @@ static int conv_backward(model *m, model_layer *l, int n) {
     const conv_priv *p = l->priv;
     TRY(layer_act_backward(m, l, n));
     return backend_conv_backward(m->be, &p->plans[p->cur], l->x[0], m->params + l->w_off, layer_act_out(l), l->dy,
-                                 l->dx[0], m->grads + l->w_off, l->n_b ? m->grads + l->b_off : NULL, m->workspace);
+                                 l->dx[0], model_grad(m, l->w_off), l->n_b ? model_grad(m, l->b_off) : NULL,
+                                 m->workspace);
 }
 
 static double conv_flops(const model_layer *l) {

@@ -61,7 +61,7 @@ static int dense_forward(model *m, model_layer *l, int n, int training) {
     const dense_priv *p = l->priv;
     const float *w = m->params + l->w_off;
     if (p->w_perm) {
-        TRY(backend_layout_convert(m->be, l->out_c, p->c, p->hw, 1, w, p->w_perm));
+        TRY(backend_layout_convert(m->be, l->out_c, p->c, p->hw, 1, 4, w, p->w_perm));
         w = p->w_perm;
     }
     TRY(backend_dense_forward(m->be, n, l->in_c, l->out_c, layer_act_fused(l), l->x[0], w,
@@ -73,11 +73,13 @@ static int dense_forward(model *m, model_layer *l, int n, int training) {
 static int dense_backward(model *m, model_layer *l, int n) {
     const dense_priv *p = l->priv;
     TRY(layer_act_backward(m, l, n));
-    float *dw = m->grads + l->w_off;
+    void *dw = model_grad(m, l->w_off);
     TRY(backend_dense_backward(m->be, n, l->in_c, l->out_c, layer_act_fused(l), l->x[0],
                                p->w_perm ? p->w_perm : m->params + l->w_off, layer_act_out(l), l->dy, l->dx[0],
-                               p->dw_perm ? p->dw_perm : dw, l->n_b ? m->grads + l->b_off : NULL));
-    return p->dw_perm ? backend_layout_convert(m->be, l->out_c, p->c, p->hw, 0, p->dw_perm, dw) : ST_OK;
+                               p->dw_perm ? p->dw_perm : dw, l->n_b ? model_grad(m, l->b_off) : NULL));
+    // (dw_perm has room for float32 values: bf16 ones on a grads16 backend use half of it)
+    return p->dw_perm ? backend_layout_convert(m->be, l->out_c, p->c, p->hw, 0, m->grads16 ? 2 : 4, p->dw_perm, dw)
+                      : ST_OK;
 }
 
 static double dense_flops(const model_layer *l) { return 2.0 * l->in_c * l->out_c; }
