@@ -121,8 +121,9 @@ int comm_set_compress(comm *c, int mode) {
     return ST_OK;
 }
 
-static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, int compress, int hier, int lane,
-                            int *req) {
+// src16: a bf16 request's values (comm_allreduce_avg_bf16_async; compress is then bf16), or NULL.
+static int allreduce_launch(comm *c, float *buf, uint16_t *src16, size_t n, const char *label, int compress, int hier,
+                            int lane, int *req) {
     *req = -1;
     if (c->stopped)
         return ERR(ST_COMM, "rank %d (%s): all-reduce '%s' after the communicator was stopped by an earlier failure",
@@ -140,6 +141,7 @@ static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, in
     memset(r, 0, sizeof *r);
     r->impl = impl;
     r->buf = buf;
+    r->src16 = src16;
     r->n = n;
     r->compress = compress;
     r->hier = hier;
@@ -159,7 +161,18 @@ static int allreduce_launch(comm *c, float *buf, size_t n, const char *label, in
 }
 
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req) {
-    return allreduce_launch(c, buf, n, label, c->compress, c->hier, 0, req);
+    return allreduce_launch(c, buf, NULL, n, label, c->compress, c->hier, 0, req);
+}
+
+int comm_allreduce_avg_bf16_async(comm *c, uint16_t *wire, float *out, size_t n, const char *label, int *req) {
+    *req = -1;
+    if (!(comm_caps(c) & COMM_CAP_COMPRESS16))
+        return ERR(ST_INPUT, "comm '%s' cannot send 16-bit gradients (all-reduce '%s' of bf16 values)",
+                   comm_backend_name(c), label ? label : "");
+    if (wire == NULL && n > 0)
+        return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s' of %zu bf16 values from a NULL buffer", c->info.rank,
+                   c->info.host, label ? label : "", n);
+    return allreduce_launch(c, out, wire, n, label, COMM_COMPRESS_BF16, c->hier, 0, req);
 }
 
 int comm_lanes(const comm *c) { return (comm_caps(c) & COMM_CAP_LANES) && !c->hier ? 2 : 1; }
@@ -170,7 +183,7 @@ int comm_allreduce_avg_async_lane(comm *c, int lane, float *buf, size_t n, const
         return ERR(ST_RUNTIME, "rank %d (%s): all-reduce '%s' on lane %d (want 0 to %d)", c->info.rank, c->info.host,
                    label ? label : "", lane, COMM_LANES - 1);
     // Without lanes apart, lane 1 is lane 0 (comm.h): the backend never sees it.
-    return allreduce_launch(c, buf, n, label, c->compress, c->hier, comm_lanes(c) > 1 ? lane : 0, req);
+    return allreduce_launch(c, buf, NULL, n, label, c->compress, c->hier, comm_lanes(c) > 1 ? lane : 0, req);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -313,7 +326,7 @@ int comm_wait(comm *c, int req) {
 int comm_allreduce_avg(comm *c, float *buf, size_t n, const char *label) {
     int req = -1;
     // Statistics, not gradients: float32, and flat (one small all-reduce, waited on at once).
-    TRY(allreduce_launch(c, buf, n, label, COMM_COMPRESS_NONE, 0, 0, &req));
+    TRY(allreduce_launch(c, buf, NULL, n, label, COMM_COMPRESS_NONE, 0, 0, &req));
     return comm_wait(c, req);
 }
 

@@ -91,6 +91,18 @@ const char *comm_hierarchy_line(const comm *c);
 // ---- data-parallel all-reduce (float32 buffers, average over ranks, in place; 16 bits on the wire after
 // comm_set_compress)
 int comm_allreduce_avg_async(comm *c, float *buf, size_t n, const char *label, int *req);
+// Gradients that are bf16 already (uint16_t bit patterns: under net.precision=bf16 with compress=bf16 the backward
+// writes them so, docs/precision.md): the sum of wire[0..n) over the ranks, in bf16 on the wire exactly as a
+// COMM_COMPRESS_BF16 request sums (float32 arithmetic, one rounding to bf16 per addition), times 1/world in float32
+// into out[0..n) (float32). No cast before the transport. wire is the transport's until the request is done: it
+// ends up holding the bf16 sum (host buffers, and nccl), except that mpi's staged device buffers sum a host copy
+// and leave it as it was. Both buffers in the same memory as the float32 all-reduces' (host, or device after
+// comm_bind_stream(.., 1)). Needs COMM_CAP_COMPRESS16, whatever comm_set_compress says; hierarchical when
+// comm_set_hierarchy grouped by node (lane 0). Tested, waited on and timed like the others' requests. With a
+// power-of-two world the result is bit for bit comm_allreduce_avg_async's under COMM_COMPRESS_BF16 of the float32
+// values the bf16 ones were rounded from (scaling by 2^-k commutes with rounding, away from bf16's subnormals and
+// overflow), tested.
+int comm_allreduce_avg_bf16_async(comm *c, uint16_t *wire, float *out, size_t n, const char *label, int *req);
 // Lanes: every rank must launch the all-reduces of one lane in the same order, but not those of two lanes: lane 0
 // (comm_allreduce_avg_async, and every other collective) and lane 1 are matched apart (mpi: lane 1 is a
 // communicator of its own), so a rank may launch lane 1's next all-reduce whenever its own view of the timing says

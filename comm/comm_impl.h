@@ -12,7 +12,8 @@ extern "C" {
 
 typedef struct comm_req_slot {
     int in_use, done;
-    float *buf;          // user buffer (host or device)
+    float *buf;          // user buffer (host or device): the float32 values, or a bf16 request's average
+    uint16_t *src16;     // comm_allreduce_avg_bf16_async's bf16 values, summed in place (NULL for the others)
     size_t n;
     int compress;        // COMM_COMPRESS_*: what goes on the wire (the comm's setting at launch; none for sync BN)
     int hier;            // hierarchical (comm_set_hierarchy: node; the comm's setting at launch; flat for sync BN)
@@ -27,8 +28,8 @@ typedef struct comm_req_slot {
 typedef struct comm_ops {
     const char *name;
     unsigned caps;  // COMM_CAP_* (comm.h)
-    // Launch the average of r->buf[0..r->n) over ranks, as r->compress says; fill backend state in r->impl.
-    // Never called with n == 0.
+    // Launch the average of r->buf[0..r->n) over ranks, as r->compress says (with r->src16: of those bf16 values,
+    // into r->buf); fill backend state in r->impl. Never called with n == 0.
     int (*allreduce_avg_launch)(comm *c, comm_req_slot *r);
     // Non-blocking completion check; sets *done. For NCCL "done" means the op is enqueued and ordered
     // (the compute stream will wait on its event), so the host never blocks on the GPU. Not called again

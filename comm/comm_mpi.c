@@ -21,6 +21,12 @@
 // bfloat16 values, or fp16 in scaled blocks (comm_half.h) -- which MPI sums with a user-defined operator; when
 // it completes, the sum is cast back into the float32 buffer (nothing to scale: the values were pre-divided).
 //
+// bf16 requests (comm_allreduce_avg_bf16_async) are bf16 already: no cast, the transport sums the caller's 16-bit
+// buffer in place with the same operator (flat, or the three stages below), and the sum, decoded, times 1/world
+// goes into the float32 output. Staged, the 2n bytes go down into the staging buffer (sized for n floats), are
+// summed there, decoded in place into n floats (from the end: value i's 2 bytes lie inside the 4 it becomes, or
+// after them), and copied up to the output as a float32 request's average is.
+//
 // Hierarchical requests (comm_set_hierarchy grouped the ranks by node) run three stages instead of the one
 // all-reduce, on the same buffer (float32, or the 16-bit wire values with the same operator):
 //
@@ -37,6 +43,7 @@
 // (the broadcast copies).
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "comm_half.h"
 #include "comm_impl.h"
@@ -54,6 +61,7 @@ typedef struct mpi_req {
     int phase;
     int scaled;        // the sum is scaled (a failed copy back must not scale twice)
     void *wire;        // compressed requests: the 16-bit values on the wire, kept across uses of the slot
+    uint16_t *src16;   // bf16 requests: the values summed in place (the caller's, or the staging buffer)
     // hierarchical requests
     int hier;          // in the chain of stages (until done)
     int step;          // STAGE_*: the stage this request is in
@@ -131,9 +139,12 @@ static int stage_down(comm *c, mpi_backend *b, comm_req_slot *r, mpi_req *q) {
     CUDA_TRY(c, cudaEventRecord(q->ready, compute));
     CUDA_TRY(c, cudaStreamWaitEvent(b->copy, q->ready, 0));
     CUDA_TRY(c, cudaStreamWaitEvent(b->copy, q->up, 0));  // the previous copy up from this buffer is done
-    CUDA_TRY(c, cudaMemcpyAsync(q->stage, r->buf, r->n * sizeof(float), cudaMemcpyDeviceToHost, b->copy));
+    const void *src = r->src16 ? (const void *)r->src16 : (const void *)r->buf;
+    const size_t bytes = r->n * (r->src16 ? sizeof(uint16_t) : sizeof(float));
+    CUDA_TRY(c, cudaMemcpyAsync(q->stage, src, bytes, cudaMemcpyDeviceToHost, b->copy));
     CUDA_TRY(c, cudaEventRecord(q->down, b->copy));
     q->host = q->stage;
+    q->src16 = r->src16 ? (uint16_t *)q->stage : NULL;
     return ST_OK;
 }
 
@@ -172,6 +183,7 @@ static int wire_reserve(mpi_req *q, size_t bytes) {
 
 // Compressed requests: cast q->host / world into the wire buffer (bfloat16 values, or scaled fp16 blocks).
 static int wire_encode(comm *c, comm_req_slot *r, mpi_req *q) {
+    if (r->src16) return ST_OK;  // bf16 already: summed where it is
     const float inv = 1.0f / (float)c->info.world;
     const float *x = q->host;
     if (r->compress == COMM_COMPRESS_BF16) {
@@ -190,16 +202,33 @@ static int wire_encode(comm *c, comm_req_slot *r, mpi_req *q) {
     return ST_OK;
 }
 
-// What the transport sums: the float32 values, or the wire buffer's 16-bit ones (the count in its units).
+// What the transport sums: the float32 values, or the 16-bit ones (the wire buffer's, or a bf16 request's own; the
+// count in their units).
 static void wire_view(comm_req_slot *r, mpi_req *q, void **buf, int *n, world_type *t) {
     if (r->compress == COMM_COMPRESS_NONE) *buf = q->host, *n = (int)r->n, *t = WORLD_F32;
-    else if (r->compress == COMM_COMPRESS_BF16) *buf = q->wire, *n = (int)r->n, *t = WORLD_BF16;
+    else if (r->compress == COMM_COMPRESS_BF16)
+        *buf = r->src16 ? (void *)q->src16 : q->wire, *n = (int)r->n, *t = WORLD_BF16;
     else *buf = q->wire, *n = (int)half_blocks(r->n), *t = WORLD_F16_BLOCKS;
 }
 
-// The reduced 16-bit values back into the float32 buffer (already the average).
-static void reduce_finish_compressed(comm_req_slot *r, mpi_req *q) {
+// bf16 requests: x[i] = bf16 h[i] · scale, i from n-1 down to 0, so that x may be h itself (the staging buffer):
+// value i's bytes [2i, 2i+2) lie in [4i, 4i+4) or after it. memcpy, because the two views of one buffer alias.
+static void bf16_decode_scaled(const void *h, void *x, size_t n, float scale) {
+    for (size_t i = n; i-- > 0;) {
+        uint16_t v;
+        memcpy(&v, (const char *)h + i * sizeof v, sizeof v);
+        const float f = half_bf16_to_f32(v) * scale;
+        memcpy((char *)x + i * sizeof f, &f, sizeof f);
+    }
+}
+
+// The reduced 16-bit values back into the float32 buffer: already the average, or (bf16 requests) the sum.
+static void reduce_finish_compressed(comm *c, comm_req_slot *r, mpi_req *q) {
     float *x = q->host;
+    if (r->src16) {
+        bf16_decode_scaled(q->src16, x, r->n, 1.0f / (float)c->info.world);
+        return;
+    }
     if (r->compress == COMM_COMPRESS_BF16) {
         const uint16_t *h = q->wire;
         for (size_t i = 0; i < r->n; i++) x[i] = half_bf16_to_f32(h[i]);
@@ -231,7 +260,7 @@ static int reduce_finish(comm *c, comm_req_slot *r, mpi_req *q) {
         const float scale = 1.0f / (float)c->info.world;
         float *x = q->host;
         if (r->compress != COMM_COMPRESS_NONE)
-            reduce_finish_compressed(r, q);
+            reduce_finish_compressed(c, r, q);
         else if (c->info.world > 1)
             for (size_t i = 0; i < r->n; i++) x[i] *= scale;
     }
@@ -316,6 +345,7 @@ static int mpi_launch(comm *c, comm_req_slot *r) {
     mpi_req *q = &b->reqs[r - c->reqs];
     r->impl = q;
     q->host = r->buf;
+    q->src16 = r->src16;
     q->scaled = 0;
     q->phase = PHASE_STAGING;
     q->hier = r->hier;

@@ -19,6 +19,10 @@
 // with ncclBfloat16 / ncclFloat16 (NCCL sums in float32 and rounds to 16 bits at each hop) -> a kernel casts the
 // sum (· 2^-k) back into x. Still stream work only: capturable, and the host never waits.
 //
+// bf16 requests (comm_allreduce_avg_bf16_async) skip the first cast: the same ncclBfloat16 sum runs in place on the
+// caller's 16-bit buffer, and a kernel writes the sum · 1/world into the float32 output. They need no buffer of the
+// slot, so nothing is ever allocated for them, inside a capture or out.
+//
 // Hierarchical requests (comm_set_hierarchy grouped the ranks by node) enqueue, on the comm stream in launch
 // order, ncclReduce to the node's leader on a node communicator -> ncclAllReduce among the leaders on theirs ->
 // ncclBroadcast on the node communicator. Float32 reduces with a pre-multiplied sum (ncclRedOpCreatePreMulSum,
@@ -68,9 +72,10 @@ __global__ void to_bf16_kernel(const float *x, size_t n, float pre, __nv_bfloat1
         y[i] = __float2bfloat16_rn(x[i] * pre);
 }
 
-__global__ void from_bf16_kernel(const __nv_bfloat16 *y, size_t n, float *x) {
+// post: 1 when the values were divided before the sum, 1/world for a bf16 request's plain sum.
+__global__ void from_bf16_kernel(const __nv_bfloat16 *y, size_t n, float post, float *x) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        x[i] = __bfloat162float(y[i]);
+        x[i] = __bfloat162float(y[i]) * post;
 }
 
 // max_abs: the largest |x| over all ranks, from which every rank takes the same scale 2^k.
@@ -371,7 +376,8 @@ static int hier_chain(comm *c, nccl_backend *b, void *buf, size_t n, ncclDataTyp
     return nccl_enqueued_on(c, b->node, ncclBroadcast(buf, buf, n, t, 0, b->node, s), label);
 }
 
-// The sum of the 16-bit values (already divided by world): flat, or through the node's chain.
+// The sum of the 16-bit values (already divided by world, or a bf16 request's own): flat, or through the node's
+// chain.
 static int sum16(comm *c, nccl_backend *b, comm_req_slot *r, void *y, ncclDataType_t t, const char *label) {
     if (r->hier) return hier_chain(c, b, y, r->n, t, ncclSum, label);
     return nccl_enqueued(c, b, ncclAllReduce(y, y, r->n, t, ncclSum, b->comm, b->stream), label);
@@ -392,19 +398,27 @@ static int wire_reserve(comm *c, comm_req_slot *r, nccl_req *q, int capturing) {
     return ST_OK;
 }
 
-// Cast, reduce in 16 bits, cast back: on the comm stream, after it has waited for the compute stream.
+// Cast, reduce in 16 bits, cast back: on the comm stream, after it has waited for the compute stream. bf16
+// requests start from their own 16-bit values, sum them where they are and scale on the way back.
 static int allreduce_compressed(comm *c, nccl_backend *b, comm_req_slot *r, nccl_req *q, int capturing,
                                 const char *label) {
-    TRY(wire_reserve(c, r, q, capturing));
     const float pre = 1.0f / (float)c->info.world;
     const unsigned int grid = grid_for(r->n);
     cudaStream_t s = b->stream;
+    if (r->src16) {
+        __nv_bfloat16 *y = (__nv_bfloat16 *)r->src16;
+        TRY(sum16(c, b, r, y, ncclBfloat16, label));
+        from_bf16_kernel<<<grid, 256, 0, s>>>(y, r->n, pre, r->buf);
+        cudaCheckLaunch();
+        return ST_OK;
+    }
+    TRY(wire_reserve(c, r, q, capturing));
     if (r->compress == COMM_COMPRESS_BF16) {
         __nv_bfloat16 *y = (__nv_bfloat16 *)q->wire;
         to_bf16_kernel<<<grid, 256, 0, s>>>(r->buf, r->n, pre, y);
         cudaCheckLaunch();
         TRY(sum16(c, b, r, y, ncclBfloat16, label));
-        from_bf16_kernel<<<grid, 256, 0, s>>>(y, r->n, r->buf);
+        from_bf16_kernel<<<grid, 256, 0, s>>>(y, r->n, 1.0f, r->buf);
         cudaCheckLaunch();
         return ST_OK;
     }

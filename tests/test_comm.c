@@ -7,7 +7,10 @@
 // (comm_set_hierarchy) with nodes made by the fake split (at np 4: 2 nodes x 2 ranks, and uneven 2+1+1): equal to
 // the flat result within float32 summation-order rounding, identical on every rank, waited in any order per rank
 // with slots reused, compressed within the same bound as flat; one rank per node and one node run flat. Lanes:
-// all-reduces on lane 0 and lane 1 launched interleaved differently on different ranks all arrive.
+// all-reduces on lane 0 and lane 1 launched interleaved differently on different ranks all arrive. bf16 input
+// (comm_allreduce_avg_bf16_async): bit for bit the compressed path's average of the float32 values (zeros, ties,
+// cancellations), within its bound, flat and by node, the sum left in the wire, in flight among float32 requests
+// waited in any order, refused without a buffer or a 16-bit transport, and (with a GPU) staged by mpi and on nccl.
 //
 // Every rank runs every test in the same order, so the collectives inside them match.
 #include <float.h>
@@ -585,18 +588,26 @@ static void test_compress_blocking_stays_fp32(void **state) {
 }
 
 #ifdef DDP_HAVE_CUDA
-// The nccl backend's compressed all-reduce on device buffers against the CPU: within the same bound as the mpi
-// backend's, identical on every rank, and at one rank bit for bit the CPU's casts (CUDA's __float2bfloat16_rn and
-// __float2half_rn against comm_half.h). Needs a GPU per rank on every host: skipped on every rank otherwise.
-static void test_nccl_compress_matches_cpu(void **state) {
-    (void)state;
+// Agreed over the ranks, so that all of them run a GPU test or none: skips the calling test on every rank when some
+// rank has no usable CUDA device (tu_cuda_or_skip: a failure under DDP_REQUIRE_CUDA). Returns 1 when every host has
+// a GPU per rank (nccl: device = local rank), 0 when some host has fewer (not a broken machine).
+static int cuda_on_every_rank_or_skip(void) {
     const char *why = backend_cuda_unusable();
     int count = 0;
     if (!why && cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
     int32_t lacking[2] = {why != NULL, !why && count < comm_get_info(g_c)->local_world};
     assert_int_equal(comm_allreduce_max_i32(g_c, lacking, 2), ST_OK);
     if (lacking[0]) tu_cuda_or_skip(why ? why : "a CUDA device is unusable on another rank");
-    if (lacking[0] || lacking[1]) skip();  // (fewer GPUs than ranks: not a broken machine)
+    if (lacking[0]) skip();
+    return !lacking[1];
+}
+
+// The nccl backend's compressed all-reduce on device buffers against the CPU: within the same bound as the mpi
+// backend's, identical on every rank, and at one rank bit for bit the CPU's casts (CUDA's __float2bfloat16_rn and
+// __float2half_rn against comm_half.h). Needs a GPU per rank on every host: skipped on every rank otherwise.
+static void test_nccl_compress_matches_cpu(void **state) {
+    (void)state;
+    if (!cuda_on_every_rank_or_skip()) skip();
     comm *nc = NULL;
     assert_int_equal(comm_create(&nc, "nccl", 30.0), ST_OK);
     assert_true(comm_caps(nc) & COMM_CAP_COMPRESS16);
@@ -881,6 +892,268 @@ static void test_lanes_any_order_across_lanes(void **state) {
     comm_destroy(hc);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// bf16 input (comm_allreduce_avg_bf16_async): gradients that are bf16 already go on the wire without a cast, and
+// come out bit for bit as the compressed path's (COMM_COMPRESS_BF16) of the float32 values they were rounded from:
+// 1/world = 2^-k at every np ctest runs (1, 2, 4), so rounding x/world to bf16 is rounding x and scaling, and so is
+// every rounding of a partial sum; summing the rounded x and scaling once at the end gives the same bits.
+
+static uint32_t mix32(uint32_t h) {
+    h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+    return h;
+}
+
+// Rank r's gradient at i, a function of (r, i) alone (the bound regenerates every rank's): magnitudes 2^-60 to 2^60
+// that vary with i, within a factor 16 of each other across ranks at one i (so that the roundings of the sums
+// matter), away from bf16's subnormals and overflow, where the equivalence above holds; both signs; zeros on every
+// rank at every 13th i (-0 on odd ranks, and on all at every 26th) and on single ranks elsewhere; at i % 7 == 3 ranks
+// 2j and 2j+1 hold x and -x (a sum that cancels exactly); at every 5th i a float32 value exactly halfway between two
+// bf16 values (low 16 bits 0x8000), rounding down or up to even.
+static float bf16_grad_at(int rank, size_t i) {
+    if (i % 13 == 0) return (rank % 2 || i % 26 == 0) ? -0.0f : 0.0f;
+    const int pair = i % 7 == 3;
+    const uint32_t h = mix32((uint32_t)i * 0x9e3779b9u ^ mix32((uint32_t)(pair ? rank / 2 : rank) + 1u));
+    if (!pair && h % 11 == 0) return 0.0f;
+    uint32_t bits = (uint32_t)(67 + (i * 37) % 117 + (h >> 8) % 4) << 23 | (mix32(h) & 0x7fffffu);
+    if (i % 5 == 0) bits = (bits & 0xffff0000u) | 0x8000u;
+    if (pair ? (uint32_t)rank % 2 : h >> 31) bits |= 0x80000000u;
+    return half_float_of(bits);
+}
+
+// x rounded to bf16, as the backward writes its gradients under precision=bf16, with a guard at n.
+static uint16_t *bf16_rounded(const float *x, size_t n) {
+    uint16_t *h = malloc((n + 1) * sizeof *h);
+    assert_non_null(h);
+    for (size_t i = 0; i < n; i++) h[i] = half_bf16_from_f32(x[i]);
+    h[n] = 0x7bad;
+    return h;
+}
+
+// The test's host array where c's all-reduces want it: itself, or (on_device) a device copy.
+static void *placed(void *host, size_t bytes, int on_device) {
+#ifdef DDP_HAVE_CUDA
+    if (on_device) {
+        void *d = NULL;
+        assert_int_equal(cudaMalloc(&d, bytes), cudaSuccess);
+        assert_int_equal(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+        return d;
+    }
+#endif
+    (void)bytes, (void)on_device;
+    return host;
+}
+
+// Back from placed(): the device copy's values into the host array, and the copy freed.
+static void unplaced(void *host, void *p, size_t bytes, int on_device) {
+#ifdef DDP_HAVE_CUDA
+    if (on_device) {
+        assert_int_equal(cudaMemcpy(host, p, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+        assert_int_equal(cudaFree(p), cudaSuccess);
+    }
+#endif
+    (void)host, (void)p, (void)bytes, (void)on_device;
+}
+
+static void check_bits_equal(const float *got, const float *want, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof *got) != 0)
+            fail_msg("%s, rank %d: x[%zu] = %a, the compressed path's %a (from %a)", what, g_rank, i, got[i], want[i],
+                     bf16_grad_at(g_rank, i));
+}
+
+// The bf16 sum is what the average was made of: out = sum · 1/world, exactly.
+static void check_wire_holds_sum(const uint16_t *wire, const float *out, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++) {
+        const float avg = half_bf16_to_f32(wire[i]) * (1.0f / (float)g_world);
+        if (memcmp(&avg, &out[i], sizeof avg) != 0)
+            fail_msg("%s, rank %d: wire[%zu] = %#x (%a / %d) is not the sum of the average %a", what, g_rank, i,
+                     wire[i], half_bf16_to_f32(wire[i]), g_world, out[i]);
+    }
+}
+
+// The compressed path's average of bf16_grad_at's float32 values on c (host buffers): the bf16 input's reference.
+static float *bf16_compressed_ref(comm *c, size_t n) {
+    float *x = filled_with(n, bf16_grad_at);
+    const int mode = comm_get_compress(c);
+    int req = -1;
+    assert_int_equal(comm_set_compress(c, COMM_COMPRESS_BF16), ST_OK);
+    assert_int_equal(comm_allreduce_avg_async(c, x, n, "compressed reference", &req), ST_OK);
+    assert_int_equal(comm_wait(c, req), ST_OK);
+    assert_int_equal(comm_set_compress(c, mode), ST_OK);
+    return x;
+}
+
+// One bf16-input all-reduce of bf16_grad_at's values on c, launched while c's mode is fp16 (a bf16 request keeps
+// bf16 whatever the mode), against the compressed path's on the same comm and memory: bit for bit; within the
+// bound of docs/parallelism.md around the exact float32 mean (an independent reference: both paths share the
+// transport's bf16 sum); mostly different from that mean (the values really went as bf16); identical on every
+// rank; wire holding the bf16 sum (mpi's staging sums a host copy: the device's wire stays as it was); nothing
+// written past n.
+static void check_bf16_input(comm *c, int on_device, size_t n, const char *what) {
+    float *x = filled_with(n, bf16_grad_at), *out = filled_with(n, bf16_grad_at);
+    uint16_t *wire = bf16_rounded(x, n), *wire0 = bf16_rounded(x, n);
+    float *dx = placed(x, (n + 1) * sizeof *x, on_device), *dout = placed(out, (n + 1) * sizeof *out, on_device);
+    uint16_t *dwire = placed(wire, (n + 1) * sizeof *wire, on_device);
+    const int mode = comm_get_compress(c);
+    int req = -1;
+    assert_int_equal(comm_set_compress(c, COMM_COMPRESS_FP16), ST_OK);
+    assert_int_equal(comm_allreduce_avg_bf16_async(c, dwire, dout, n, what, &req), ST_OK);
+    assert_int_equal(comm_wait(c, req), ST_OK);
+    assert_int_equal(comm_set_compress(c, COMM_COMPRESS_BF16), ST_OK);
+    assert_int_equal(comm_allreduce_avg_async(c, dx, n, what, &req), ST_OK);
+    assert_int_equal(comm_wait(c, req), ST_OK);
+    assert_int_equal(comm_set_compress(c, mode), ST_OK);
+    unplaced(x, dx, (n + 1) * sizeof *x, on_device);
+    unplaced(out, dout, (n + 1) * sizeof *out, on_device);
+    unplaced(wire, dwire, (n + 1) * sizeof *wire, on_device);
+    check_bits_equal(out, x, n, what);
+    const size_t differ = check_within_bound(COMM_COMPRESS_BF16, out, n, bf16_grad_at);
+    if (n >= 1001 && differ < n / 2)
+        fail_msg("%s: only %zu of %zu values differ from the float32 mean", what, differ, n);
+    if (on_device && strcmp(comm_backend_name(c), "mpi") == 0) assert_memory_equal(wire, wire0, n * sizeof *wire);
+    else check_wire_holds_sum(wire, out, n, what);
+    assert_true(out[n] == -12345.0f && x[n] == -12345.0f);
+    assert_int_equal(wire[n], wire0[n]);
+    check_identical_on_ranks(out, n);
+    free(x), free(out), free(wire), free(wire0);
+}
+
+static void test_bf16_input_matches_compressed(void **state) {
+    (void)state;
+    assert_int_equal(g_world & (g_world - 1), 0);  // the equivalence needs 1/world = 2^-k (see above)
+    const size_t sizes[] = {1, 2, 255, 1001, 65537, 300001};
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    assert_int_equal(comm_hierarchy(hc), g_world >= 4 ? COMM_HIERARCHY_NODE : COMM_HIERARCHY_FLAT);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        check_bf16_input(g_c, 0, sizes[k], "bf16 input flat");
+        check_bf16_input(hc, 0, sizes[k], "bf16 input by node");
+    }
+    comm_destroy(hc);
+}
+
+// bf16-input all-reduces in flight among float32 ones, flat and by node: launched in one order with progress in
+// between and a blocking all-reduce among them, waited in each rank's own order (by node, every stage must still
+// start in launch order on every rank, or this deadlocks or mixes buckets up). Each bf16 one gets what it gets
+// alone, bit for bit, with its sum left in its wire; each float32 one its mean.
+static void test_bf16_input_in_flight_with_float32(void **state) {
+    (void)state;
+    enum { K = 8 };
+    const size_t sizes[K] = {1001, 5, 65537, 1, 4096, 250000, 17, 3000};
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    comm *comms[2] = {g_c, hc};
+    for (int h = 0; h < 2; h++) {
+        comm *c = comms[h];
+        float *x[K];
+        uint16_t *wire[K] = {NULL};
+        int req[K];
+        for (int k = 0; k < K; k++) {
+            char label[32];
+            snprintf(label, sizeof label, "%s bucket %d", k % 2 ? "fp32" : "bf16", k);
+            if (k % 2) {
+                x[k] = filled(sizes[k]);
+                assert_int_equal(comm_allreduce_avg_async(c, x[k], sizes[k], label, &req[k]), ST_OK);
+            } else {
+                float *g = filled_with(sizes[k], bf16_grad_at);
+                wire[k] = bf16_rounded(g, sizes[k]);
+                x[k] = g;  // its values are overwritten by the average (the guard stays)
+                assert_int_equal(comm_allreduce_avg_bf16_async(c, wire[k], x[k], sizes[k], label, &req[k]), ST_OK);
+            }
+            if (k % 3 == g_rank % 3) assert_int_equal(comm_progress(c), ST_OK);
+            if (k == 4) {
+                float s[5] = {1, 2, 3, 4, 5};
+                assert_int_equal(comm_allreduce_avg(c, s, 5, "blocking among buckets"), ST_OK);
+                for (int i = 0; i < 5; i++) assert_true(s[i] == (float)(i + 1));
+            }
+        }
+        for (int j = 0; j < K; j++) {  // strides 3 and 5 are coprime with K
+            const int k = (g_rank * 3 + j * (g_rank % 2 ? 3 : 5)) % K;
+            assert_int_equal(comm_wait(c, req[k]), ST_OK);
+        }
+        assert_int_equal(comm_outstanding(c), 0);
+        for (int k = 0; k < K; k++) {
+            if (k % 2) {
+                check_mean(x[k], sizes[k]);
+            } else {
+                float *ref = bf16_compressed_ref(c, sizes[k]);
+                check_bits_equal(x[k], ref, sizes[k], "bf16 input in flight");
+                check_wire_holds_sum(wire[k], x[k], sizes[k], "bf16 input in flight");
+                assert_true(x[k][sizes[k]] == -12345.0f);
+                assert_int_equal(wire[k][sizes[k]], 0x7bad);
+                free(ref);
+            }
+            free(x[k]), free(wire[k]);
+        }
+    }
+    comm_destroy(hc);
+}
+
+// Nothing to reduce is done at once (NULL buffers are fine); a NULL wire or output with values is an error, not a
+// crash; a comm without a 16-bit transport (no backend started) and a stopped one refuse it.
+static void test_bf16_input_edges(void **state) {
+    (void)state;
+    int req = -1, done = 0;
+    assert_int_equal(comm_allreduce_avg_bf16_async(g_c, NULL, NULL, 0, "empty bf16", &req), ST_OK);
+    assert_true(req >= 0 && req < COMM_MAX_REQS);
+    assert_int_equal(comm_test(g_c, req, &done), ST_OK);
+    assert_int_equal(done, 1);
+    assert_int_equal(comm_wait(g_c, req), ST_OK);
+    uint16_t w[3] = {0x3f80, 0x4000, 0xc040};
+    float o[3] = {0};
+    assert_int_equal(comm_allreduce_avg_bf16_async(g_c, NULL, o, 3, "null wire", &req), ST_RUNTIME);
+    assert_int_equal(req, -1);
+    assert_non_null(strstr(err_msg(), "'null wire' of 3 bf16 values from a NULL buffer"));
+    err_clear();
+    assert_int_equal(comm_allreduce_avg_bf16_async(g_c, w, NULL, 3, "null out", &req), ST_RUNTIME);
+    assert_int_equal(req, -1);
+    assert_non_null(strstr(err_msg(), "'null out' of 3 values on a NULL buffer"));
+    err_clear();
+    assert_int_equal(comm_outstanding(g_c), 0);
+    comm *oc = NULL;
+    assert_int_equal(comm_open(&oc, 30.0), ST_OK);
+    assert_int_equal(comm_allreduce_avg_bf16_async(oc, w, o, 3, "no backend", &req), ST_INPUT);
+    assert_int_equal(req, -1);
+    assert_non_null(strstr(err_msg(), "cannot send 16-bit gradients (all-reduce 'no backend'"));
+    err_clear();
+    comm_destroy(oc);
+    comm *sc = NULL;
+    assert_int_equal(comm_create(&sc, "mpi", 30.0), ST_OK);
+    comm_stop(sc);
+    assert_int_equal(comm_allreduce_avg_bf16_async(sc, w, o, 3, "after stop", &req), ST_COMM);
+    assert_int_equal(req, -1);
+    err_clear();
+    comm_destroy(sc);
+    // The inputs are untouched by the refusals.
+    assert_true(w[0] == 0x3f80 && w[1] == 0x4000 && w[2] == 0xc040 && o[0] == 0.0f);
+}
+
+#ifdef DDP_HAVE_CUDA
+// On device buffers: mpi's staged path (2n bytes down, summed in the staging buffer, decoded in place from its end,
+// n floats up), flat and by node, and nccl's (summed in place on the caller's buffer, scaled by a kernel into the
+// output), each checked as on the host against its own compressed path on the same memory. Skipped on every rank
+// without a usable GPU on each; nccl's part needs a GPU per rank.
+static void test_bf16_input_on_device(void **state) {
+    (void)state;
+    const int gpu_per_rank = cuda_on_every_rank_or_skip();
+    const size_t sizes[] = {1, 255, 65537, 300001};
+    comm *mc = NULL;
+    assert_int_equal(comm_create(&mc, "mpi", 30.0), ST_OK);
+    assert_int_equal(comm_bind_stream(mc, NULL, 1), ST_OK);
+    comm *hc = hier_comm(COMM_HIERARCHY_NODE, fake_nodes_for(g_world));
+    assert_int_equal(comm_bind_stream(hc, NULL, 1), ST_OK);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        check_bf16_input(mc, 1, sizes[k], "bf16 input, mpi staged flat");
+        check_bf16_input(hc, 1, sizes[k], "bf16 input, mpi staged by node");
+    }
+    comm_destroy(mc), comm_destroy(hc);
+    if (!gpu_per_rank) skip();
+    comm *nc = NULL;
+    assert_int_equal(comm_create(&nc, "nccl", 30.0), ST_OK);  // (sets the device: the buffers are made after)
+    assert_int_equal(comm_bind_stream(nc, NULL, 1), ST_OK);
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) check_bf16_input(nc, 1, sizes[k], "bf16 input, nccl");
+    comm_destroy(nc);
+}
+#endif
+
 int main(int argc, char **argv) {
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) return 1;
     signal(SIGALRM, on_alarm);
@@ -906,8 +1179,12 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_hierarchy_any_wait_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hierarchy_compressed_within_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lanes_any_order_across_lanes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bf16_input_matches_compressed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bf16_input_in_flight_with_float32, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bf16_input_edges, setup, teardown),
 #ifdef DDP_HAVE_CUDA
         cmocka_unit_test_setup_teardown(test_nccl_compress_matches_cpu, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bf16_input_on_device, setup, teardown),
 #endif
     };
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
