@@ -46,13 +46,14 @@
 # IDX in the same order, bit for bit, with crop and flip; nccl (40) bench_allreduce -c nccl and training with
 # parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
 # test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (45) compute-sanitizer memcheck then synccheck over
-# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (40) CPU vs GPU losses and accuracy;
+# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (35) CPU vs GPU losses and accuracy;
 # runs (25) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
 # vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
 # configs/resnet50.cfg at 224x224 on synthetic data: per-step losses CPU vs GPU from the same weights, then img/s
-# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (30)
+# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (35)
 # fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), bf16 at
-# net.layout=nhwc vs nchw, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) +
+# net.layout=nhwc vs nchw, bf16 with compress=bf16 (gradients written bf16 by backward, sent without a cast) vs
+# without, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) +
 # channels_last; bench (25)
 # launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
 # timed them yet): --stage-timeout and --budget adjust them.
@@ -64,7 +65,7 @@ set -euo pipefail
 
 STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
 declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=35 [graph]=35 [stream]=30
-                  [nccl]=40 [sanitize]=45 [parity]=40 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=30 [bench]=25)
+                  [nccl]=40 [sanitize]=45 [parity]=35 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=35 [bench]=25)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
@@ -905,6 +906,32 @@ precision_nhwc_parity() {
   k+="bf16 nhwc vs nchw $n1/$n2; "
 }
 
+# The bf16 2-step run again with compress=bf16 and the all-reduce forced at one rank (parallel.force_allreduce): the
+# backend writes the parameter gradients in bf16 (backend_options.grads16: cuDNN's backward-filter and cuBLAS on the
+# 16-bit copies with a bf16 dw) and the comm sends them without a cast. Against the nchw run: step 1 is the same
+# forward; step 2 follows gradients rounded to bf16 (2^-9 relative each), within the bf16 tolerances.
+precision_grads16_parity() {
+  local n1=- n2=- lw=() d1 d2
+  if [ "${#lg[@]}" -ge 2 ] &&
+     train "prec-bf16-grads16-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set parallel.compress=bf16 \
+       --set parallel.force_allreduce=1; then
+    if grep -q "as backward wrote them" "$work/prec-bf16-grads16-$side.out"; then
+      read -r -a lw <<<"$(step_losses "prec-bf16-grads16-$side")"
+      if [ "${#lw[@]}" -ge 2 ]; then
+        two_step_parity "bf16 grads16" fp32-grads bf16-grads "${lg[0]}" "${lg[1]}" "${lw[0]}" "${lw[1]}"
+        n1=$d1 n2=$d2
+      else
+        bad+=("bf16 grads16: no per-step losses")
+      fi
+    else
+      bad+=("bf16 grads16: the run did not send bf16 gradients from backward (no 'as backward wrote them' line)")
+    fi
+  else
+    bad+=("bf16 grads16: the 2-step run failed (or no bf16 losses to compare with)")
+  fi
+  k+="bf16 grads16 vs fp32 grads $n1/$n2; "
+}
+
 stage_precision() {
   local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
   local bad=() k='' p ls lg r1 r2 t1 t2 d1 d2 bb=256 steps=20 ours line theirs
@@ -936,7 +963,7 @@ stage_precision() {
       bad+=("$p: the 2-step runs failed")
     fi
     k+="$p step 1/2 rel diff $r1/$r2; "
-    if [ "$p" = bf16 ]; then precision_nhwc_parity; fi
+    if [ "$p" = bf16 ]; then precision_nhwc_parity; precision_grads16_parity; fi
   done
   # img/s, batch $bb: fp32 (FMA), tf32, bf16 (the CPU: tf32 is fp32 there, bf16 the emulation).
   local syn=(--config "$cfg" --seed 7 --set data.format=synthetic --epochs 2 --batch "$bb"

@@ -48,6 +48,10 @@ typedef struct test_hooks {
     // scaler must skip that step on every rank; otherwise the divergence check stops the run). -1: off.
     int nonfinite_rank;
     long long nonfinite_step;
+    // DDP_TEST_GRADS32=1: under net.precision=bf16 with compress=bf16 the backward writes float32 parameter
+    // gradients and the comm casts them to bf16 (what ran before backward wrote bf16), so that a test can hold the
+    // two paths to the same result bit for bit. 0: off.
+    int grads32;
     // The CPU capture emulation, injected by the test aids (tests/aids/backend_record.h) when cpu_graph is set:
     // wraps the backend in the recorder (mode TEST_CPU_GRAPH_REFUSE: one that refuses every capture). NULL in the
     // product, which then has no emulation to offer.

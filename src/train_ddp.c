@@ -157,7 +157,11 @@ static int bucket_launch(trainer *t, int i) {
     b->t_launch = now_s();
     b->t_done = b->t_q_launch = 0;
     if (powersgd_active(t->psgd, t->global_step)) return psgd_launch(t, i, label);
-    TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
+    if (t->m.grads16)  // bf16 from backward: sent as they are, the average cast into grads
+        TRY(comm_allreduce_avg_bf16_async(t->c, t->m.grads16 + b->begin, t->m.grads + b->begin, b->end - b->begin,
+                                          label, &b->req));
+    else
+        TRY(comm_allreduce_avg_async(t->c, t->m.grads + b->begin, b->end - b->begin, label, &b->req));
     return comm_req_marks(t->c, b->req, &b->m_start, &b->m_end);
 }
 
@@ -428,8 +432,9 @@ static int compress_start(trainer *t) {
     TRY(comm_set_compress(t->c, mode));
     LOG0("compression: gradient buckets all-reduced as %s (%s), cast back to float32 after; sync batch norm in "
          "float32\n", comm_compress_name(mode),
-         mode == COMM_COMPRESS_BF16 ? "bfloat16, float32's range"
-                                    : "fp16 with power-of-two scales: no overflow, see docs/parallelism.md");
+         t->m.grads16                ? "bfloat16 as backward wrote them (precision=bf16): no cast before sending"
+         : mode == COMM_COMPRESS_BF16 ? "bfloat16, float32's range"
+                                      : "fp16 with power-of-two scales: no overflow, see docs/parallelism.md");
     return ST_OK;
 }
 

@@ -86,9 +86,13 @@ int train_backend_setup(trainer *t) {
     // tf32=1 without CUDA is an error; deterministic=1 on the CPU changes nothing (it is deterministic already).
     // net.precision=tf32 is tf32=1 on the GPU and fp32 on the CPU (docs/precision.md).
     const int tf32 = cfg->tf32 || (cfg->precision == PREC_TF32 && strcmp(cfg->backend, "cuda") == 0);
+    // precision=bf16 with compress=bf16: backward writes the parameter gradients in bf16 and the buckets go on the
+    // wire as they are (no cast pass). Not with accumulation, whose micro-batches sum their gradients in float32.
+    const int grads16 = cfg->precision == PREC_BF16 && cfg->compress == COMPRESS_BF16 && t->use_comm && t->K == 1 &&
+                        !t->hooks->grads32;
     const backend_options opt = {.threads = threads, .device = device, .tf32 = tf32,
                                  .deterministic = cfg->deterministic, .precision = cfg->precision,
-                                 .layout = cfg->layout};
+                                 .layout = cfg->layout, .grads16 = grads16};
     TRY(backend_create(&t->be, cfg->backend, &opt));
     // Test aid (graph tests, src/test_hooks.h): the test build's wrapper emulates CUDA stream capture on the CPU
     // backend, or refuses every capture (the fall-back to op-by-op steps). The release trainer has no wrapper.

@@ -2,7 +2,8 @@
 # cli_precision.sh — net.precision emulated on the CPU (docs/precision.md), end to end on small Fashion-MNIST runs:
 # bf16 and fp16 train to a test loss close to fp32's, tf32 is fp32 on the CPU, layout=nhwc is accepted and changes
 # nothing; np 2 == np 1 under bf16 emulation (the parameters within the tolerance of test_ddp's np 2 vs np 1 checks,
-# while bf16 vs fp32 differ by far more); fp16 loss scaling: grows every loss_scale_growth_interval steps, and a
+# while bf16 vs fp32 differ by far more); with compress=bf16 the bf16 gradients backward writes, sent as they are,
+# give the run the float32 ones cast by the comm give, bit for bit; fp16 loss scaling: grows every loss_scale_growth_interval steps, and a
 # forced overflow on rank 1 (DDP_TEST_NONFINITE_GRAD) is skipped on both ranks with the scale halved (metrics and
 # checkpoint), the replicas still equal; the same overflow without loss scaling (fp32) stops the run as diverged;
 # an fp16 run resumed mid-epoch == uninterrupted, bit for bit (the scaler's state travels in the checkpoint); bad
@@ -62,6 +63,19 @@ if awk -v a="$d12" -v b="$d32" 'BEGIN { exit !(a < 1e-5 && b > 1e-3) }'; then
   ok "bf16: np 2 == np 1 after 30 steps (max relative difference $d12 < 1e-5; bf16 vs fp32: $d32)"
 else
   bad "bf16: np 2 vs np 1 max relative difference '$d12' (want < 1e-5), bf16 vs fp32 '$d32' (want > 1e-3)"
+fi
+
+# ---- 2b. precision=bf16 with compress=bf16: backward writes bf16 gradients, sent as they are; the same run as when
+# backward writes float32 and the comm casts (DDP_TEST_GRADS32), bit for bit (np 2: halving is exact in bf16)
+g16=("${eq[@]}" --batch 32 --set net.precision=bf16 --set parallel.compress=bf16)
+if timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${g16[@]}" --save g16.st >g16.out 2>"$tmp/err" &&
+   DDP_TEST_GRADS32=1 timeout -k 2 300 "${mpi[@]}" -np 2 -x DDP_TEST_GRADS32 "$trainer" "${g16[@]}" --save g32.st \
+     >g32.out 2>"$tmp/err" &&
+   grep -q "as backward wrote them" g16.out && ! grep -q "as backward wrote them" g32.out &&
+   "$tool" same g16.st g32.st >/dev/null && ! "$tool" same g16.st np2.st >/dev/null; then
+  ok "bf16 gradients from backward on the wire == float32 cast by the comm, bit for bit (np 2, 30 steps; != uncompressed)"
+else
+  bad "bf16 gradients from backward vs cast by the comm: '$("$tool" same g16.st g32.st 2>&1)'; max relative difference '$("$tool" reldiff g16.st g32.st 2>&1)'"
 fi
 
 # ---- 3. fp16 loss scaling at np 2: 10 steps per epoch, the scale doubling every 4 good steps from 1024

@@ -45,6 +45,7 @@ int test_hooks_from_env(test_hooks *h) {
             return ERR(ST_INPUT, "DDP_TEST_NONFINITE_GRAD='%s' is not RANK:STEP (STEP from 1)", s);
         h->nonfinite_rank = rank, h->nonfinite_step = step;
     }
+    if ((s = getenv("DDP_TEST_GRADS32"))) h->grads32 = atoi(s) != 0;
     h->wrap_backend = test_aids_wrap_backend;
     if ((s = getenv("DDP_CKPT_CRASH_AFTER_BYTES")) && *s) {
         if (parse_int(s, 0, LONG_MAX, &v) != 0)
