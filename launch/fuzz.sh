@@ -5,7 +5,8 @@
 # Fails (exit 1) on any crash, hang (> 10 s on one input), leak, sanitizer report or broken invariant; the
 # input that did it is saved as build-fuzz/fuzz-artifacts/<target>/crash-* (replay it: the target's binary with
 # the file as argument; to keep it as a regression test, copy it into tests/fuzz/corpus/<target>/).
-# Prints executions per target. Environment: BUILD_DIR (default build-fuzz), JOBS.
+# Prints executions per target. Environment: BUILD_DIR (default build-fuzz), JOBS (build jobs, and targets fuzzed at
+# once: default the cores).
 set -euo pipefail
 case "${1:-}" in -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;; esac  # before any work
 cd "$(dirname "$0")/.."
@@ -31,19 +32,17 @@ dict_for() {
 }
 
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-summary=() failed=0
-for t in "${targets[@]}"; do
-  bin="$build/tests/fuzz/fuzz_$t"
-  [ -x "$bin" ] || { echo "fuzz.sh: no target '$t' ($bin)" >&2; exit 2; }
-  work="$build/fuzz-corpus/$t" art="$build/fuzz-artifacts/$t" log="$build/fuzz-$t.log"
+# One target per core at a time (libFuzzer runs one process each): the same time per target, less wall time.
+fuzz_one() {
+  local t=$1 bin="$build/tests/fuzz/fuzz_$1" rc=0 dict result
+  local work="$build/fuzz-corpus/$t" art="$build/fuzz-artifacts/$t" log="$build/fuzz-$t.log"
   mkdir -p "$work" "$art"
-  args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
-        -artifact_prefix="$art/")
+  local args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
+              -artifact_prefix="$art/")
   dict=$(dict_for "$t")
   [ -n "$dict" ] && args+=(-dict="$dict")
-  echo "fuzz $t: ${secs} s ..."
-  rc=0
   "$bin" "${args[@]}" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
+  local execs rate cov units
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
@@ -52,13 +51,29 @@ for t in "${targets[@]}"; do
     result=ok
   else
     result="FAILED (exit $rc)"
-    failed=1
-    echo "---- $t: last lines of $log"
-    tail -n 40 "$log"
-    ls "$art" 2>/dev/null | sed "s|^|  artifact: $art/|"
+    { echo "---- $t: last lines of $log"; tail -n 40 "$log"; ls "$art" 2>/dev/null | sed "s|^|  artifact: $art/|"; } \
+      >"$build/fuzz-$t.failure"
   fi
-  summary+=("$(printf '%-12s %12s execs %8s/s  cov %5s  corpus %5s  %s' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$units" "$result")")
+  printf '%-12s %12s execs %8s/s  cov %5s  corpus %5s  %s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "$units" \
+    "$result" >"$build/fuzz-$t.summary"
+}
+for t in "${targets[@]}"; do
+  [ -x "$build/tests/fuzz/fuzz_$t" ] || { echo "fuzz.sh: no target '$t' ($build/tests/fuzz/fuzz_$t)" >&2; exit 2; }
+  rm -f "$build/fuzz-$t.summary" "$build/fuzz-$t.failure"
 done
-echo "---- fuzz summary (${secs} s per target)"
-printf '%s\n' "${summary[@]}"
+running=0
+for t in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+  echo "fuzz $t: ${secs} s ..."
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
+failed=0
+for t in "${targets[@]}"; do
+  if [ -f "$build/fuzz-$t.failure" ]; then cat "$build/fuzz-$t.failure"; failed=1; fi
+  [ -f "$build/fuzz-$t.summary" ] || { echo "---- $t: no result"; failed=1; }
+done
+echo "---- fuzz summary (${secs} s per target, $jobs at a time)"
+for t in "${targets[@]}"; do cat "$build/fuzz-$t.summary" 2>/dev/null || true; done
 exit "$failed"
