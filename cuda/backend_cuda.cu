@@ -215,6 +215,11 @@ static int cuda_nhwc(void *ctx, int *nhwc) {
     return ST_OK;
 }
 
+static int cuda_grads16(void *ctx, int *on) {
+    *on = ((const cuda_ctx *)ctx)->grads16;
+    return ST_OK;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Timing marks: timing-enabled events on the compute stream. Inside a capture the record is an external
 // event-record node, so every replay of the graph records the event again and the timings of the replayed
@@ -374,6 +379,7 @@ static const backend_ops cuda_ops = {
     .round_to = cuda_round_to,  // precision_cuda.cu
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
     .nhwc = cuda_nhwc,
+    .grads16 = cuda_grads16,
     .stream = cuda_stream,
     .mark_create = cuda_mark_create,
     .mark_destroy = cuda_mark_destroy,
@@ -436,12 +442,8 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
         ctx_free(c);
         return st;
     }
-    if (opt->grads16) {
-        ctx_free(c);
-        return ERR(ST_INPUT, "backend 'cuda': bf16 parameter gradients (net.precision=bf16 with compress=bf16) are not "
-                             "built yet");
-    }
     c->nhwc = opt->layout == LAYOUT_NHWC;  // before any plan: conv_prepare makes NHWC descriptors
+    c->grads16 = opt->grads16 != 0;        // likewise (backward-filter's bf16 dw); set_options checks the precision
     be->ops = &cuda_ops;
     be->ctx = c;
     // Before any plan: cuDNN plans fix their math mode and algorithms when conv_prepare makes them.
@@ -461,6 +463,10 @@ extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options 
                                be && be->ops ? be->ops->name : "none")
                          : ST_OK;  // deterministic: the CPU backend already is (for a fixed thread count)
     cuda_ctx *c = (cuda_ctx *)be->ctx;
+    // The bf16 gradients are the outputs of the 16-bit GEMMs and convolutions (an fp32 op would write float32 into
+    // the caller's bf16 buffers): checked at creation and at every later change.
+    if (c->grads16 && opt->precision != PREC_BF16)
+        return ERR(ST_INPUT, "backend 'cuda': grads16 needs net.precision=bf16");
     cublasCheck(cublasSetMathMode(c->cublas, opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     c->tf32 = opt->tf32 != 0;
     c->deterministic = opt->deterministic != 0;  // read by conv_prepare (conv_cuda.cu)

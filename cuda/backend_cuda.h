@@ -20,8 +20,10 @@ typedef struct backend_cuda_options {
     // little). The training loss sum (one atomic per block) may still differ in its last bits.
     int deterministic;
     // net.precision (docs/precision.md): PREC_BF16 or PREC_FP16 of config.h: convolutions and dense layers read
-    // 16-bit copies of their (already rounded) inputs and run on tensor cores with fp32 accumulation; weight
-    // gradients stay fp32. Anything else: fp32 (tf32 is the field above).
+    // 16-bit copies of their (already rounded) inputs and run on tensor cores with fp32 accumulation; parameter
+    // gradients stay fp32, or are written bf16 on a backend created with backend_options.grads16 (which needs
+    // PREC_BF16 here: any other precision is ST_INPUT on such a backend). Anything else: fp32 (tf32 is the field
+    // above).
     int precision;
 } backend_cuda_options;
 

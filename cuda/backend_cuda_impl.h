@@ -38,6 +38,9 @@ typedef struct cuda_ctx {
     int deterministic;
     int precision;      // PREC_BF16 or PREC_FP16: conv and dense read 16-bit copies (tensor cores); 0: fp32
     int nhwc;           // backend_options.layout == LAYOUT_NHWC (fixed at creation): activations N,H,W,C
+    int grads16;        // backend_options.grads16 (fixed at creation; needs precision PREC_BF16, which
+                        // backend_cuda_set_options then keeps): conv_backward, dense_backward and bn_grad_stats write
+                        // dw and db as bf16 bits, rounded once from their fp32 sums
     cudaStream_t stream;  // every op runs here; never the legacy default stream
     cublasHandle_t cublas;
     cudnnHandle_t cudnn;
@@ -144,6 +147,26 @@ static inline size_t cuda_lp_bytes(size_t n) { return (n * 2 + 255) & ~(size_t)2
 #ifdef __CUDACC__
 // The activations: src/act_math.h (one text with the CPU backend's).
 #include "act_math.h"
+
+// x rounded to the nearest bf16 value (ties to even), as a float: src/precision.h's precision_round_bf16 on the bits,
+// so NaN payloads (quieted, cut) and overflow to Inf come out as the CPU's. __float2bfloat16_rn rounds finite values
+// the same way but turns every NaN into one canonical NaN, sign and payload lost.
+static __device__ __forceinline__ float round_bf16_dev(float x) {
+    const uint32_t u = __float_as_uint(x);
+    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    const uint32_t nan = (u | 0x00400000u) & 0xffff0000u;
+    return __uint_as_float((u & 0x7fffffffu) > 0x7f800000u ? nan : r);
+}
+
+// The bf16 bit pattern of x (round_bf16_dev's value: its low 16 bits are zero).
+static __device__ __forceinline__ uint16_t bf16_bits_dev(float x) {
+    return (uint16_t)(__float_as_uint(round_bf16_dev(x)) >> 16);
+}
+
+// A parameter gradient's fp32 sum stored where the op writes it: float32, or (grads16) its bf16 bits. The kernels
+// that write dw/db are templated on the pointer type; their sums stay float (or double).
+static __device__ __forceinline__ void grad_store(float *p, float v) { *p = v; }
+static __device__ __forceinline__ void grad_store(uint16_t *p, float v) { *p = bf16_bits_dev(v); }
 
 template <typename T>
 static __device__ __forceinline__ T warp_sum(T v) {

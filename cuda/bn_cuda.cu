@@ -93,9 +93,11 @@ __global__ void bn_apply_kernel(const float *x, const float *save, const float *
     }
 }
 
-// dy := dz = dy · act'(y); dw, db = sums of dz·x̂ and dz over the batch; gstats = {db, dw} / (n·hw).
-__global__ void bn_grad_stats_kernel(const float *x, const float *y, const float *save, float *dy, float *dw,
-                                     float *db, float *gstats, int n, int c, int hw, int act, int nhwc) {
+// dy := dz = dy · act'(y); dw, db = sums of dz·x̂ and dz over the batch (T: float, or uint16_t bf16 bits under
+// grads16, rounded from the float the CPU stores); gstats = {db, dw} / (n·hw), always float.
+template <typename T>
+__global__ void bn_grad_stats_kernel(const float *x, const float *y, const float *save, float *dy, T *dw, T *db,
+                                     float *gstats, int n, int c, int hw, int act, int nhwc) {
     __shared__ double sh[32];
     const int ch = blockIdx.x, total = n * hw;
     const float mean = save[ch], invstd = save[c + ch];
@@ -111,8 +113,8 @@ __global__ void bn_grad_stats_kernel(const float *x, const float *y, const float
     sg = bn_block_sum(sg, sh);
     sgx = bn_block_sum(sgx, sh);
     if (threadIdx.x == 0) {
-        db[ch] = (float)sg;
-        dw[ch] = (float)sgx;
+        grad_store(&db[ch], (float)sg);
+        grad_store(&dw[ch], (float)sgx);
         gstats[ch] = (float)(sg / total);
         gstats[c + ch] = (float)(sgx / total);
     }
@@ -167,12 +169,15 @@ int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stat
 }
 
 int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
-                       void *dw_, void *db_, float *gstats) {
-    float *dw = (float *)dw_, *db = (float *)db_;
+                       void *dw, void *db, float *gstats) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_grad_stats"));
-    bn_grad_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, dw, db, gstats, d->n, d->c, d->hw,
-                                                             d->act, c->nhwc);
+    if (c->grads16)
+        bn_grad_stats_kernel<uint16_t><<<d->c, BN_THREADS, 0, c->stream>>>(
+            x, y, save, dy, (uint16_t *)dw, (uint16_t *)db, gstats, d->n, d->c, d->hw, d->act, c->nhwc);
+    else
+        bn_grad_stats_kernel<float><<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, (float *)dw, (float *)db,
+                                                                        gstats, d->n, d->c, d->hw, d->act, c->nhwc);
     cudaCheckLaunch();
     return ST_OK;
 }

@@ -4,7 +4,8 @@
 // Algorithm choice happens once per conv_prepare (one plan per layer and batch size): cudnnFind*AlgorithmEx
 // times every algorithm on scratch buffers and we take the fastest whose workspace fits WS_CAP. For the two
 // backward convolutions a deterministic algorithm is preferred when it is within 10% of the fastest, so that
-// runs repeat bit for bit where it costs little (dgrad ALGO_0 and wgrad ALGO_0/ALGO_3 use atomics).
+// runs repeat bit for bit where it costs little (dgrad ALGO_0 and wgrad ALGO_0/ALGO_3 use atomics); backward-filter
+// into a bf16 dw (grads16, below) takes deterministic algorithms only.
 // net.deterministic (c->deterministic): only algorithms cuDNN reports as deterministic, in every direction,
 // ranked by cuDNN's heuristics (cudnnGet*Algorithm_v7) instead of by timing: two runs then pick the same
 // algorithms (a timed choice may not; different algorithms round differently), so they repeat bit for bit.
@@ -23,17 +24,24 @@
 // copies in the workspace (cuDNN's PSEUDO_BFLOAT16/PSEUDO_HALF configurations: 16-bit x, w, y descriptors, a
 // CUDNN_DATA_FLOAT convolution descriptor, tensor-core math), their 16-bit outputs cast back into the fp32 buffers
 // (rounded once by cuDNN, so the model's round_to is then a no-op; a conv with a bias rounds twice: the conv's
-// output, then after the bias add). Backward-filter has no configuration with 16-bit inputs and an fp32 dw, and
-// the weight gradient must be fp32 (docs/precision.md): it runs on the fp32 buffers, whose values are rounded to
-// the format and so exact in TF32, with TF32 math allowed but no FFT or Winograd algorithm (those transform the
-// inputs first, and the transformed values would be rounded to TF32): the same products, fp32 accumulation.
+// output, then after the bias add). Backward-filter has no configuration with 16-bit inputs and an fp32 dw, so
+// where the weight gradient is fp32 (the default, docs/precision.md) it runs on the fp32 buffers, whose values are
+// rounded to the format and so exact in TF32, with TF32 math allowed but no FFT or Winograd algorithm (those
+// transform the inputs first, and the transformed values would be rounded to TF32): the same products, fp32
+// accumulation. Parameter gradients in bf16 (c->grads16, net.precision=bf16 with compress=bf16: p->grads16, always
+// with p->lp == PREC_BF16): backward-filter runs in the PSEUDO_BFLOAT16 configuration as well, on the bf16 copies
+// of x and of the masked dy (one dy copy, read by backward-data too) with a bf16 filter descriptor and tensor-core
+// math; cuDNN rounds its fp32 sums once into the caller's bf16 dw, the value the CPU stores after its fp32 sums.
+// Only algorithms cuDNN reports deterministic are taken there: the others add partial sums into dw with atomics,
+// which into a bf16 dw would round at every addition. The bias gradient is summed in fp32 as always and stored as
+// bf16 (grad_store).
 // net.layout=nhwc (c->nhwc when the plan is made: p->nhwc): x, y, dx, dy are N,H,W,C (CUDNN_TENSOR_NHWC tensor
 // descriptors, what tensor-core kernels read without a transpose of their own) and the filter descriptors NHWC too,
 // i.e. KRSC. The model's weights stay KCRS (PyTorch's layout, checkpoints unchanged): each call permutes them into
 // a KRSC copy in the workspace (fp32: layout_convert's kernel; 16-bit: the cast writes the copy permuted, one pass),
-// and backward-filter writes its KRSC dw there, permuted back into the caller's KCRS dw. NCHW filters with NHWC
-// tensors would leave cuDNN few algorithms and none on tensor cores, hence the copy (k·c/groups·r·s values a call,
-// small next to the activations). The bias and its gradient index channels innermost.
+// and backward-filter writes its KRSC dw there (bf16 under grads16), permuted back into the caller's KCRS dw. NCHW
+// filters with NHWC tensors would leave cuDNN few algorithms and none on tensor cores, hence the copy (k·c/groups·r·s
+// values a call, small next to the activations). The bias and its gradient index channels innermost.
 // Bias + ReLU: our kernel after cudnnConvolutionForward, not cudnnConvolutionBiasActivationForward, which
 // supports ReLU only with IMPLICIT_PRECOMP_GEMM and would tie the algorithm choice to the activation.
 #include <math.h>
@@ -55,8 +63,12 @@ typedef struct conv_plan {
     cudnnTensorDescriptor_t x16_desc, y16_desc;
     cudnnFilterDescriptor_t w16_desc;
     size_t lp_off;
-    // layout=nhwc: tensors N,H,W,C and filters KRSC; wt_off: where the fp32 KRSC filter (forward/backward-data's
-    // w, backward-filter's dw) starts in the workspace, after the 16-bit copies
+    // grads16 (only with lp == PREC_BF16): backward-filter reads the bf16 copies of x and dy and writes a bf16 dw
+    // (x16_desc, y16_desc, w16_desc); the bias gradient is stored bf16
+    int grads16;
+    // layout=nhwc: tensors N,H,W,C and filters KRSC; wt_off: where the KRSC filter (krsc_bytes: fp32 forward/
+    // backward-data's w and backward-filter's dw, or under grads16 the bf16 dw alone) starts in the workspace,
+    // after the 16-bit copies
     int nhwc;
     size_t wt_off;
     // One convolution descriptor per direction: the chosen algorithms may need different math types.
@@ -78,9 +90,10 @@ typedef struct find_scratch {
 // Kernels
 
 // dy times act'(y) in place and the per-channel sum of dy over (n, oh, ow), in two deterministic passes:
-// grid (splits, k) partial sums, then one thread per channel adds its splits in order.
-__global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int k, int hw, int per, int chunk,
-                                      int act) {
+// grid (splits, k) partial sums, then one thread per channel adds its splits in order. T: float (the partial sums,
+// or db), or uint16_t (a bf16 db written directly, one split); the sums are float either way.
+template <typename T>
+__global__ void conv_bias_grad_kernel(float *dy, const float *y, T *out, int k, int hw, int per, int chunk, int act) {
     const int ch = blockIdx.y, part = blockIdx.x;
     const int start = part * chunk, end = min(per, start + chunk);
     float sum = 0.f;
@@ -95,14 +108,14 @@ __global__ void conv_bias_grad_kernel(float *dy, const float *y, float *out, int
         sum += g;
     }
     sum = block_sum(sum);
-    if (threadIdx.x == 0 && out) out[(size_t)ch * gridDim.x + part] = sum;
+    if (threadIdx.x == 0 && out) grad_store(&out[(size_t)ch * gridDim.x + part], sum);
 }
 
 // The same for NHWC dy [rows = n·oh·ow, k]: grid (splits, ceil(k / 32)), block (32, 8): 32 adjacent channels
 // (coalesced rows), 8 row phases over the part's rows, reduced in shared memory in a fixed order. out[ch * splits
-// + part] as above (out NULL: the mask only).
-__global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, float *out, int k, int rows, int chunk,
-                                           int act) {
+// + part] as above (out NULL: the mask only; T as above).
+template <typename T>
+__global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, T *out, int k, int rows, int chunk, int act) {
     __shared__ float sh[8][33];
     const int ch = blockIdx.y * 32 + threadIdx.x, part = blockIdx.x;
     const int start = part * chunk, end = min(rows, start + chunk);
@@ -122,16 +135,18 @@ __global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, float *out
     if (threadIdx.y == 0 && ch < k && out) {
         float t = 0.f;
         for (int r = 0; r < 8; r++) t += sh[r][threadIdx.x];
-        out[(size_t)ch * gridDim.x + part] = t;
+        grad_store(&out[(size_t)ch * gridDim.x + part], t);
     }
 }
 
-__global__ void sum_splits_kernel(const float *partial, float *db, int k, int splits) {
+// db (T: float, or uint16_t bf16 bits) from the float partial sums.
+template <typename T>
+__global__ void sum_splits_kernel(const float *partial, T *db, int k, int splits) {
     const int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= k) return;
     float s = 0.f;
     for (int i = 0; i < splits; i++) s += partial[(size_t)ch * splits + i];
-    db[ch] = s;
+    grad_store(&db[ch], s);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -191,8 +206,10 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
         cudnnCheck(cudnnSetFilter4dDescriptor(p->w16_desc, t, f, d->k, d->c / d->groups, d->r, d->s));
     }
     cudnnConvolutionDescriptor_t *descs[3] = {&p->fwd_desc, &p->bwd_data_desc, &p->bwd_filter_desc};
-    // 16-bit data: tensor cores; backward-filter under precision: TF32 allowed (its inputs are exact in TF32)
-    const cudnnMathType_t lp_math[3] = {CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_DEFAULT_MATH};
+    // 16-bit data: tensor cores; backward-filter under precision: TF32 allowed (its fp32 inputs are exact in TF32),
+    // or tensor cores as well where it reads the 16-bit copies (grads16)
+    const cudnnMathType_t lp_math[3] = {CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH,
+                                        p->grads16 ? CUDNN_TENSOR_OP_MATH : CUDNN_DEFAULT_MATH};
     for (int i = 0; i < 3; i++) {
         cudnnCheck(cudnnCreateConvolutionDescriptor(descs[i]));
         // Cross-correlation (no kernel flip), as PyTorch and the CPU reference compute it.
@@ -214,19 +231,25 @@ static int plan_descriptors(const cuda_ctx *c, const conv_desc *d, conv_plan *p)
 // ---------------------------------------------------------------------------------------------------------
 // Plans: algorithm choice
 
-// The descriptors of forward and backward-data: 16-bit under precision, else the fp32 ones (backward-filter's).
+// The descriptors of forward and backward-data: 16-bit under precision, else the fp32 ones.
 static cudnnTensorDescriptor_t xd(const conv_plan *p) { return p->lp ? p->x16_desc : p->x_desc; }
 static cudnnTensorDescriptor_t yd(const conv_plan *p) { return p->lp ? p->y16_desc : p->y_desc; }
 static cudnnFilterDescriptor_t wd(const conv_plan *p) { return p->lp ? p->w16_desc : p->w_desc; }
+// Backward-filter's: the 16-bit ones (bf16 x, dy and dw) under grads16, else the fp32 ones (under precision too).
+static cudnnTensorDescriptor_t bf_xd(const conv_plan *p) { return p->grads16 ? p->x16_desc : p->x_desc; }
+static cudnnTensorDescriptor_t bf_yd(const conv_plan *p) { return p->grads16 ? p->y16_desc : p->y_desc; }
+static cudnnFilterDescriptor_t bf_wd(const conv_plan *p) { return p->grads16 ? p->w16_desc : p->w_desc; }
 
 // Which math a direction's candidates may use: FMA only (fp32, the tests' reference), any (tf32=1, or 16-bit
-// data), or any but the transforming algorithms (backward-filter under precision: TF32 on exact inputs).
+// data), or any but the transforming algorithms (backward-filter on fp32 data under precision: TF32 on exact
+// inputs).
 enum math_policy { MATH_FMA, MATH_ANY, MATH_EXACT_TF32 };
 
 // What differs between the three directions: cuDNN's types and calls, the plan fields a choice fills, the
-// fallback algorithm, and whether backward's preference for deterministic algorithms applies. The workspace
-// survey and choose_algo below are written once over these. Each cuDNN call is spelled as it was in the
-// per-direction choosers so that cudnnCheck names the same call when it fails.
+// fallback algorithm, whether backward's preference for deterministic algorithms applies, and whether only
+// deterministic ones may be taken (det_only). The workspace survey and choose_algo below are written once over
+// these. Each cuDNN call is spelled as it was in the per-direction choosers so that cudnnCheck names the same call
+// when it fails.
 struct dir_fwd {
     typedef cudnnConvolutionFwdAlgoPerf_t perf_t;
     typedef cudnnConvolutionFwdAlgo_t algo_t;
@@ -235,6 +258,7 @@ struct dir_fwd {
     static algo_t fallback() { return CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM; }
     static math_policy policy(const cuda_ctx *c, const conv_plan *p) { return p->lp || c->tf32 ? MATH_ANY : MATH_FMA; }
     static int transforms(algo_t) { return 0; }
+    static int det_only(const conv_plan *) { return 0; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->fwd_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->fwd = algo, p->ws_fwd = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
@@ -261,6 +285,7 @@ struct dir_bwd_data {
     static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_DATA_ALGO_1; }
     static math_policy policy(const cuda_ctx *c, const conv_plan *p) { return p->lp || c->tf32 ? MATH_ANY : MATH_FMA; }
     static int transforms(algo_t) { return 0; }
+    static int det_only(const conv_plan *) { return 0; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_data_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_data = algo, p->ws_bwd_data = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
@@ -288,29 +313,35 @@ struct dir_bwd_filter {
     enum { n_algos = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, backward = 1 };
     static const char *name() { return "backward-filter"; }
     static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1; }
+    // grads16: bf16 data, tensor cores, as forward
     static math_policy policy(const cuda_ctx *c, const conv_plan *p) {
-        return p->lp ? MATH_EXACT_TF32 : c->tf32 ? MATH_ANY : MATH_FMA;
+        return p->grads16 ? MATH_ANY : p->lp ? MATH_EXACT_TF32 : c->tf32 ? MATH_ANY : MATH_FMA;
     }
     static int transforms(algo_t a) {
         return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
                a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
     }
+    // A bf16 dw: an algorithm that is not deterministic adds partial sums into dw with atomics, and in bf16 each
+    // addition would round (several roundings of partial sums, not one of the fp32 total: further from the CPU's
+    // value than an ulp); the deterministic ones reduce in fp32 and round once.
+    static int det_only(const conv_plan *p) { return p->grads16; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_filter_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_filter = algo, p->ws_bwd_filter = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
-        return cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
-                                                              p->w_desc, algo, ws);
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(c->cudnn, bf_xd(p), bf_yd(p), p->bwd_filter_desc,
+                                                              bf_wd(p), algo, ws);
     }
     static int heuristic(const cuda_ctx *c, const conv_plan *p, int &count, perf_t *perf) {
-        cudnnCheck(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, p->x_desc, p->y_desc, p->bwd_filter_desc,
-                                                                 p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+        cudnnCheck(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->cudnn, bf_xd(p), bf_yd(p), p->bwd_filter_desc,
+                                                                 bf_wd(p), CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                                  &count, perf));
         return ST_OK;
     }
-    // dw goes to the w scratch (w is not an input of this direction).
+    // dw goes to the w scratch (w is not an input of this direction; the scratches hold fp32 values, room for
+    // the bf16 ones of grads16 too).
     static int find(const cuda_ctx *c, const conv_plan *p, const find_scratch *s, int &count, perf_t *perf) {
-        cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, p->x_desc, s->x, p->y_desc, s->y,
-                                                                 p->bwd_filter_desc, p->w_desc, s->w,
+        cudnnCheck(cudnnFindConvolutionBackwardFilterAlgorithmEx(c->cudnn, bf_xd(p), s->x, bf_yd(p), s->y,
+                                                                 p->bwd_filter_desc, bf_wd(p), s->w,
                                                                  CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &count,
                                                                  perf, s->ws, s->ws_bytes));
         return ST_OK;
@@ -367,8 +398,10 @@ static int scratch_alloc(cuda_ctx *c, const conv_desc *d, const conv_plan *p, si
 }
 
 // How a direction's candidates are ordered: by measured time (Find), moving deterministic ones within the
-// slack of the fastest to the front (PREFER_DET), or only deterministic ones in cuDNN's heuristic order.
-enum rank_mode { RANK_FASTEST, RANK_PREFER_DET, RANK_ONLY_DET };
+// slack of the fastest to the front (PREFER_DET), by measured time among the deterministic ones only
+// (FASTEST_DET: a direction's det_only), or only deterministic ones in cuDNN's heuristic order (ONLY_DET:
+// net.deterministic).
+enum rank_mode { RANK_FASTEST, RANK_PREFER_DET, RANK_FASTEST_DET, RANK_ONLY_DET };
 
 // Indices of the usable results in the order to try them (see rank_mode).
 template <typename Dir, typename Perf>
@@ -379,7 +412,7 @@ static int rank_results(const Perf *perf, int count, size_t ws_cap, math_policy 
         const Perf &q = perf[i];
         const int math_ok = (math != MATH_FMA || q.mathType == CUDNN_FMA_MATH || q.mathType == CUDNN_DEFAULT_MATH) &&
                             !(math == MATH_EXACT_TF32 && Dir::transforms(q.algo));
-        const int det_ok = timed || q.determinism == CUDNN_DETERMINISTIC;
+        const int det_ok = (mode != RANK_ONLY_DET && mode != RANK_FASTEST_DET) || q.determinism == CUDNN_DETERMINISTIC;
         const int time_ok = !timed || q.time >= 0.f;
         if (q.status == CUDNN_STATUS_SUCCESS && q.memory <= ws_cap && time_ok && math_ok && det_ok) order[n++] = i;
     }
@@ -403,8 +436,8 @@ static int rank_results(const Perf *perf, int count, size_t ws_cap, math_policy 
 }
 
 // The mode of a direction: forward has no preference of its own (cuDNN's forward algorithms use no atomics).
-static rank_mode rank_mode_for(const cuda_ctx *c, int backward) {
-    return c->deterministic ? RANK_ONLY_DET : backward ? RANK_PREFER_DET : RANK_FASTEST;
+static rank_mode rank_mode_for(const cuda_ctx *c, int backward, int det_only) {
+    return c->deterministic ? RANK_ONLY_DET : det_only ? RANK_FASTEST_DET : backward ? RANK_PREFER_DET : RANK_FASTEST;
 }
 
 // Candidates may use this much workspace: what the scratch has for Find (those were timed), cap otherwise.
@@ -437,7 +470,8 @@ static int no_algo(const conv_desc *d, const char *dir) {
 }
 
 // Heuristics (deterministic) or Find (timed) lists the candidates; the first that rank_results keeps and
-// try_algo accepts wins, else the direction's fallback within cap, else within WS_CAP.
+// try_algo accepts wins, else the direction's fallback within cap, else within WS_CAP (the fallbacks are
+// deterministic: det_only holds for them too).
 template <typename Dir>
 static int choose_algo(const cuda_ctx *c, const conv_desc *d, conv_plan *p, const find_scratch *s, size_t cap) {
     typename Dir::perf_t perf[Dir::n_algos];
@@ -447,8 +481,8 @@ static int choose_algo(const cuda_ctx *c, const conv_desc *d, conv_plan *p, cons
     else
         TRY(Dir::find(c, p, s, count, perf));
     const math_policy math = Dir::policy(c, p);
-    const int m = rank_results<Dir>(perf, count, candidate_ws_cap(c, s, cap), math, rank_mode_for(c, Dir::backward),
-                                    order);
+    const int m = rank_results<Dir>(perf, count, candidate_ws_cap(c, s, cap), math,
+                                    rank_mode_for(c, Dir::backward, Dir::det_only(p)), order);
     for (int i = 0; i < m; i++) {
         const typename Dir::perf_t &q = perf[order[i]];
         if (try_algo<Dir>(c, p, q.algo, math_for(math, q.mathType), q.memory, cap)) return ST_OK;
@@ -473,6 +507,12 @@ static int plan_algorithms(cuda_ctx *c, const conv_desc *d, conv_plan *p, size_t
 
 // Values of the filter: k · c/groups · r · s.
 static size_t filter_count(const conv_desc *d) { return (size_t)d->k * (d->c / d->groups) * d->r * d->s; }
+
+// The KRSC filter copy under NHWC (plan's wt_off): fp32 (forward/backward-data's w, backward-filter's dw), or under
+// grads16 the bf16 dw alone (forward and backward-data read the 16-bit w copy then).
+static size_t krsc_bytes(const conv_desc *d, const conv_plan *p) {
+    return p->grads16 ? cuda_lp_bytes(filter_count(d)) : filter_count(d) * sizeof(float);
+}
 
 // The 16-bit copies of x, w and y under precision (plan's lp_off).
 static size_t lp_copies_bytes(const conv_desc *d) {
@@ -510,17 +550,19 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     p->oh = d->oh, p->ow = d->ow;
     p->bias_splits = bias_splits(d);
     p->lp = c->precision;
+    p->grads16 = c->grads16;  // backend_cuda_set_options keeps precision bf16 with it
     p->nhwc = c->nhwc;
     if (p->lp == PREC_BF16 && c->cc < 80) {
         free(p);
         return ERR(ST_INPUT, "conv_prepare: net.precision=bf16 needs a GPU of compute capability 8.0 or later (this "
                              "one is %d.%d); use fp16 or fp32", c->cc / 10, c->cc % 10);
     }
-    // what follows cuDNN's workspace: the 16-bit copies, the KRSC filter (a plan's extra need beyond cap)
-    const size_t lp_bytes = (p->lp ? lp_copies_bytes(d) : 0) + (p->nhwc ? filter_count(d) * sizeof(float) + 256 : 0);
+    // what follows cuDNN's workspace: the 16-bit copies, the KRSC filter, each after up to 255 bytes of alignment
+    // (a plan's extra need beyond cap)
+    const size_t extra = (p->lp ? lp_copies_bytes(d) + 256 : 0) + (p->nhwc ? krsc_bytes(d, p) + 256 : 0);
     size_t cap = WS_CAP;
-    if (d->n < c->conv_max_n && c->conv_ws_high < cap + lp_bytes)  // the whole need stays within the high mark
-        cap = c->conv_ws_high > lp_bytes ? c->conv_ws_high - lp_bytes : 0;
+    if (d->n < c->conv_max_n && c->conv_ws_high < cap + extra)  // the whole need stays within the high mark
+        cap = c->conv_ws_high > extra ? c->conv_ws_high - extra : 0;
     int st = plan_descriptors(c, d, p);
     if (st == ST_OK) st = plan_algorithms(c, d, p, cap);
     if (st != ST_OK) {
@@ -535,11 +577,11 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     if (partial > need) need = partial;
     if (p->lp) {
         p->lp_off = (need + 255) & ~(size_t)255;
-        need = p->lp_off + lp_bytes;
+        need = p->lp_off + lp_copies_bytes(d);
     }
     if (p->nhwc) {
         p->wt_off = (need + 255) & ~(size_t)255;
-        need = p->wt_off + filter_count(d) * sizeof(float);
+        need = p->wt_off + krsc_bytes(d, p);
     }
     *workspace_bytes = need;
     if (d->n > c->conv_max_n) c->conv_max_n = d->n;
@@ -629,35 +671,67 @@ int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float
     return conv_bias_act(c, d, p, y, b);
 }
 
-static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, float *db,
-                          void *ws) {
-    if (d->act == ACT_NONE && db == NULL) return ST_OK;
+// The mask and the per-channel sums, p->bias_splits blocks per channel, into out (T: float partial sums, or db's
+// own type where one block per channel writes db directly; NULL: the mask only).
+template <typename T>
+static int bias_grad_pass(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, T *out) {
     const int hw = d->oh * d->ow, per = d->n * hw, splits = p->bias_splits;
     const int chunk = (per + splits - 1) / splits;
-    float *out = db;
-    if (db && splits > 1) {
-        TRY(ws_check((size_t)d->k * splits * sizeof(float), ws, "conv_backward"));
-        out = (float *)ws;
-    }
     if (p->nhwc) {
         dim3 grid((unsigned)splits, (unsigned)((d->k + 31) / 32)), block(32, 8);
-        conv_bias_grad_nhwc_kernel<<<grid, block, 0, c->stream>>>(dy, y, out, d->k, per, chunk, d->act);
+        conv_bias_grad_nhwc_kernel<T><<<grid, block, 0, c->stream>>>(dy, y, out, d->k, per, chunk, d->act);
     } else {
         dim3 grid((unsigned)splits, (unsigned)d->k);
-        conv_bias_grad_kernel<<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
+        conv_bias_grad_kernel<T><<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
     }
     cudaCheckLaunch();
-    if (db && splits > 1) {
-        sum_splits_kernel<<<(d->k + CUDA_THREADS - 1) / CUDA_THREADS, CUDA_THREADS, 0, c->stream>>>(out, db, d->k,
-                                                                                                   splits);
-        cudaCheckLaunch();
+    return ST_OK;
+}
+
+// db of type T (float, or uint16_t bf16 bits under grads16): from one split directly, or summed from the splits'
+// float partial sums in ws.
+template <typename T>
+static int conv_bias_grad_into(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, T *db,
+                               void *ws) {
+    const int splits = p->bias_splits;
+    if (db == NULL || splits == 1) return bias_grad_pass(c, d, p, dy, y, db);
+    TRY(ws_check((size_t)d->k * splits * sizeof(float), ws, "conv_backward"));
+    float *partial = (float *)ws;
+    TRY(bias_grad_pass(c, d, p, dy, y, partial));
+    sum_splits_kernel<T><<<(d->k + CUDA_THREADS - 1) / CUDA_THREADS, CUDA_THREADS, 0, c->stream>>>(partial, db, d->k,
+                                                                                                      splits);
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, void *db,
+                          void *ws) {
+    if (d->act == ACT_NONE && db == NULL) return ST_OK;
+    if (p->grads16) return conv_bias_grad_into(c, d, p, dy, y, (uint16_t *)db, ws);
+    return conv_bias_grad_into(c, d, p, dy, y, (float *)db, ws);
+}
+
+// Backward-filter into the caller's dw: from the fp32 x and dy, or under grads16 from their bf16 copies (cp->y made
+// by the caller, cp->x cast here) into a bf16 dw. NHWC: the KRSC gradient goes to the workspace's filter copy and is
+// permuted into the caller's KCRS dw.
+static int conv_filter_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const float *x, const float *dy,
+                            void *dw, void *ws, const lp_copies *cp) {
+    TRY(ws_check(p->ws_bwd_filter, ws, "conv_backward"));
+    const void *xs = x, *dys = dy;
+    if (p->grads16) {
+        TRY(cuda_lp_cast_in(c, p->lp, cp->nx, x, cp->x));
+        xs = cp->x, dys = cp->y;
     }
+    void *dwk = p->nhwc ? (char *)ws + p->wt_off : dw;
+    const float one = 1.f, zero = 0.f;  // float scaling factors: the PSEUDO_BFLOAT16 configuration's too
+    cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, bf_xd(p), xs, bf_yd(p), dys, p->bwd_filter_desc,
+                                              p->bwd_filter, ws, p->ws_bwd_filter, &zero, bf_wd(p), dwk));
+    if (p->nhwc) TRY(cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 0, p->grads16 ? 2 : 4, dwk, dw));
     return ST_OK;
 }
 
 int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
-                       float *dx, void *dw_, void *db_, void *ws) {
-    float *dw = (float *)dw_, *db = (float *)db_;
+                       float *dx, void *dw, void *db, void *ws) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
     TRY(plan_get(d, "conv_backward", &p));
@@ -666,18 +740,16 @@ int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const floa
     TRY(conv_bias_grad(c, d, p, dy, y, db, ws));
     const float one = 1.f, zero = 0.f;
     if (p->nhwc) TRY(ws_check(p->wt_off + 1, ws, "conv_backward"));
-    if (dw) {
-        TRY(ws_check(p->ws_bwd_filter, ws, "conv_backward"));
-        // NHWC: KRSC into the workspace's filter copy, then permuted into the caller's KCRS dw
-        float *dwf = p->nhwc ? (float *)((char *)ws + p->wt_off) : dw;
-        cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, p->x_desc, x, p->y_desc, dy, p->bwd_filter_desc,
-                                                  p->bwd_filter, ws, p->ws_bwd_filter, &zero, p->w_desc, dwf));
-        if (p->nhwc) TRY(cuda_layout_convert(c, d->k, d->c / d->groups, d->r * d->s, 0, 4, dwf, dw));
-    }
-    if (dx && p->lp) {  // dy (masked) to 16 bits: exact for relu/relu6/none, whose masks are 0 or 1
+    // dy (masked) to 16 bits once, for each direction that reads it so (backward-data under precision,
+    // backward-filter under grads16): exact for relu/relu6/none, whose masks are 0 or 1.
+    lp_copies cp = {};
+    if (p->lp && (dx || (dw && p->grads16))) {
         TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));
-        const lp_copies cp = lp_copies_at(d, p, ws);
+        cp = lp_copies_at(d, p, ws);
         TRY(cuda_lp_cast_in(c, p->lp, cp.ny, dy, cp.y));
+    }
+    if (dw) TRY(conv_filter_grad(c, d, p, x, dy, dw, ws, &cp));
+    if (dx && p->lp) {  // dx16 overwrites backward-filter's x16 copy, after it in stream order
         TRY(filter_lp(c, d, p, w, &cp));
         cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w16_desc, cp.w, p->y16_desc, cp.y, p->bwd_data_desc,
                                                 p->bwd_data, ws, p->ws_bwd_data, &zero, p->x16_desc, cp.x));

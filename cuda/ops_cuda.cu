@@ -23,9 +23,10 @@ __global__ void bias_act_kernel(float *y, const float *b, unsigned total, unsign
 }
 
 // Dense backward of bias + activation: dy[n, out] times act'(y) in place, db[j] = sum over rows of dy[., j]
-// (db NULL: none). Block (32, 8): 32 adjacent columns (coalesced rows), 8 row phases, reduced in shared memory.
-// Deterministic.
-__global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int n, int out, int act) {
+// (db NULL: none; T: float, or uint16_t bf16 bits under grads16). Block (32, 8): 32 adjacent columns (coalesced
+// rows), 8 row phases, reduced in shared memory. Deterministic.
+template <typename T>
+__global__ void dense_bias_grad_kernel(float *dy, const float *y, T *db, int n, int out, int act) {
     __shared__ float part[8][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.f;
@@ -45,7 +46,7 @@ __global__ void dense_bias_grad_kernel(float *dy, const float *y, float *db, int
     if (threadIdx.y == 0 && j < out && db) {
         float t = 0.f;
         for (int r = 0; r < 8; r++) t += part[r][threadIdx.x];
-        db[j] = t;
+        grad_store(&db[j], t);
     }
 }
 
@@ -450,7 +451,9 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
 //                                                          op N.
 // net.precision=bf16/fp16 (c->precision): the same products on 16-bit copies of the operands in the context's
 // scratch (cuBLAS's tensor cores), accumulated in fp32 (CUBLAS_COMPUTE_32F) and written as fp32 (Ctype
-// CUDA_R_32F), so y, dx and dw are rounded only where the model rounds them, as in the CPU emulation.
+// CUDA_R_32F), so y, dx and dw are rounded only where the model rounds them, as in the CPU emulation. grads16
+// (bf16 only): dw is written bf16 (Ctype CUDA_R_16BF: cuBLAS rounds the fp32 accumulator once, to nearest even),
+// the value the CPU stores after its fp32 GEMM.
 static cudaDataType lp_type(int format) { return format == PREC_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
 
 static int dense_lp_forward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, float *y) {
@@ -468,7 +471,7 @@ static int dense_lp_forward(cuda_ctx *c, int n, int in, int out, const float *x,
 
 // dy (already masked by act') is cast as well: exact for relu/relu6/none, whose masks are 0 or 1.
 static int dense_lp_backward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, const float *dy,
-                             float *dx, float *dw) {
+                             float *dx, void *dw) {
     const size_t wb = cuda_lp_bytes((size_t)out * in), xb = cuda_lp_bytes((size_t)n * in);
     char *s = NULL;
     TRY(cuda_lp_scratch(c, wb + xb + cuda_lp_bytes((size_t)n * out), (void **)&s));
@@ -479,7 +482,8 @@ static int dense_lp_backward(cuda_ctx *c, int n, int in, int out, const float *x
     if (dw) {
         TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * in, x, x16));
         cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x16, t, in, dy16, t, out, &zero,
-                                 dw, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                 dw, c->grads16 ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
     }
     if (dx) {
         TRY(cuda_lp_cast_in(c, c->precision, (size_t)out * in, w, w16));
@@ -505,27 +509,33 @@ int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *
 }
 
 int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
-                        float *dy, float *dx, void *dw_, void *db_) {
-    float *dw = (float *)dw_, *db = (float *)db_;
+                        float *dy, float *dx, void *dw, void *db) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_check(act, "dense_backward"));
     if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_backward: bad shape n=%d in=%d out=%d", n, in, out);
     TRY(size_check((size_t)n * out, "dense_backward", "the output"));
     const float one = 1.f, zero = 0.f;
     if (n == 0) {
-        // No samples: the gradients are zero (overwritten, as always).
-        if (dw) cudaCheck(cudaMemsetAsync(dw, 0, (size_t)out * in * sizeof(float), c->stream));
-        if (db) cudaCheck(cudaMemsetAsync(db, 0, (size_t)out * sizeof(float), c->stream));
+        // No samples: the gradients are zero (overwritten, as always; bf16 zero is all-zero bits too).
+        const size_t g = c->grads16 ? sizeof(uint16_t) : sizeof(float);
+        if (dw) cudaCheck(cudaMemsetAsync(dw, 0, (size_t)out * in * g, c->stream));
+        if (db) cudaCheck(cudaMemsetAsync(db, 0, (size_t)out * g, c->stream));
         return ST_OK;
     }
     // The mask must be applied to dy before both products use it.
     if (act != ACT_NONE || db) {
-        dim3 block(32, 8);
-        dense_bias_grad_kernel<<<(out + 31) / 32, block, 0, c->stream>>>(dy, y, db, n, out, act);
+        const dim3 grid((unsigned)((out + 31) / 32)), block(32, 8);
+        if (c->grads16)
+            dense_bias_grad_kernel<uint16_t><<<grid, block, 0, c->stream>>>(dy, y, (uint16_t *)db, n, out, act);
+        else
+            dense_bias_grad_kernel<float><<<grid, block, 0, c->stream>>>(dy, y, (float *)db, n, out, act);
         cudaCheckLaunch();
     }
+    // grads16 implies precision bf16 (backend_cuda_set_options): its dw is always the 16-bit GEMM's
     if (c->precision) return dense_lp_backward(c, n, in, out, x, w, dy, dx, dw);
-    if (dw) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero, dw, in));
+    if (dw)
+        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero,
+                                (float *)dw, in));
     if (dx) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &zero, dx, in));
     return ST_OK;
 }

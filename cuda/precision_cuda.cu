@@ -12,12 +12,7 @@
 // ---------------------------------------------------------------------------------------------------------
 // Kernels
 
-static __device__ __forceinline__ float round_bf16_dev(float x) {
-    const uint32_t u = __float_as_uint(x);
-    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    const uint32_t nan = (u | 0x00400000u) & 0xffff0000u;
-    return __uint_as_float((u & 0x7fffffffu) > 0x7f800000u ? nan : r);
-}
+// round_bf16_dev and bf16_bits_dev: backend_cuda_impl.h (the bf16 parameter gradients round with them too).
 
 static __device__ __forceinline__ float round_fp16_dev(float x) {
     const uint32_t u = __float_as_uint(x), sign = u & 0x80000000u, a = u & 0x7fffffffu;
@@ -39,7 +34,7 @@ __global__ void round_to_kernel(size_t n, int format, const float *x, float *y) 
 // a representable value, exact, NaN staying a NaN).
 __global__ void cast_in_bf16_kernel(size_t n, const float *x, __nv_bfloat16 *y) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = __ushort_as_bfloat16((unsigned short)(__float_as_uint(round_bf16_dev(x[i])) >> 16));
+        y[i] = __ushort_as_bfloat16(bf16_bits_dev(x[i]));
 }
 
 __global__ void cast_in_fp16_kernel(size_t n, const float *x, __half *y) {
@@ -49,7 +44,7 @@ __global__ void cast_in_fp16_kernel(size_t n, const float *x, __half *y) {
 
 // The casts in, written permuted: x [n][c][hw] to y [n][hw][c] (conv weights KCRS to KRSC), one thread per value.
 static __device__ __forceinline__ void cast_in_one(float v, __nv_bfloat16 *y) {
-    *y = __ushort_as_bfloat16((unsigned short)(__float_as_uint(round_bf16_dev(v)) >> 16));
+    *y = __ushort_as_bfloat16(bf16_bits_dev(v));
 }
 static __device__ __forceinline__ void cast_in_one(float v, __half *y) { *y = __float2half_rn(round_fp16_dev(v)); }
 

@@ -175,7 +175,7 @@ typedef struct backend_cpu_opts {
 } backend_cpu_opts;
 int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o);
 int backend_cpu_dnnl_available(void);  // 1 when built with oneDNN
-// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32, deterministic, precision and layout
-// (opt NULL: all 0).
+// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32, deterministic, precision, layout and
+// grads16 (opt NULL: all 0).
 int backend_cuda_create(backend *be, const backend_options *opt);
 int backend_cuda_available(void);                   // 1 when compiled in and a device is present

@@ -18,6 +18,9 @@
 static int g_have_cuda;
 static const char *g_no_cuda;  // why CUDA is not usable (NULL when it is)
 static backend g_cpu, g_gpu;
+// The grads16 pair (backend_options.grads16: dw and db written as bf16): the CPU always, CUDA (precision bf16) when
+// usable.
+static backend g_cpu16, g_gpu16;
 
 #define OK(expr)                                                                                           \
     do {                                                                                                   \
@@ -38,33 +41,37 @@ static backend g_cpu, g_gpu;
 typedef struct twin {
     void *c, *g;
     size_t bytes;
+    const backend *bc, *bg;  // where c and g live: g_cpu and g_gpu, or the grads16 pair (a GPU buffer is read and
+                             // written on its own backend's stream)
 } twin;
 
-static twin twin_make(const void *host, size_t bytes) {
-    twin t = {NULL, NULL, bytes};
-    OK(g_cpu.ops->alloc(g_cpu.ctx, &t.c, bytes));
-    OK(g_gpu.ops->alloc(g_gpu.ctx, &t.g, bytes));
+static twin twin_make_on(const backend *bc, const backend *bg, const void *host, size_t bytes) {
+    twin t = {NULL, NULL, bytes, bc, bg};
+    OK(bc->ops->alloc(bc->ctx, &t.c, bytes));
+    OK(bg->ops->alloc(bg->ctx, &t.g, bytes));
     if (host) {
-        OK(g_cpu.ops->upload(g_cpu.ctx, t.c, host, bytes));
-        OK(g_gpu.ops->upload(g_gpu.ctx, t.g, host, bytes));
+        OK(bc->ops->upload(bc->ctx, t.c, host, bytes));
+        OK(bg->ops->upload(bg->ctx, t.g, host, bytes));
     }
     return t;
 }
 
+static twin twin_make(const void *host, size_t bytes) { return twin_make_on(&g_cpu, &g_gpu, host, bytes); }
+
 static void twin_set(const twin *t, const void *host) {
-    OK(g_cpu.ops->upload(g_cpu.ctx, t->c, host, t->bytes));
-    OK(g_gpu.ops->upload(g_gpu.ctx, t->g, host, t->bytes));
+    OK(t->bc->ops->upload(t->bc->ctx, t->c, host, t->bytes));
+    OK(t->bg->ops->upload(t->bg->ctx, t->g, host, t->bytes));
 }
 
 static void twin_free(twin *t) {
-    g_cpu.ops->free(g_cpu.ctx, t->c);
-    g_gpu.ops->free(g_gpu.ctx, t->g);
+    t->bc->ops->free(t->bc->ctx, t->c);
+    t->bg->ops->free(t->bg->ctx, t->g);
     t->c = t->g = NULL;
 }
 
 static void twin_read(const twin *t, void *cpu_out, void *gpu_out) {
-    OK(g_cpu.ops->download(g_cpu.ctx, cpu_out, t->c, t->bytes));
-    OK(g_gpu.ops->download(g_gpu.ctx, gpu_out, t->g, t->bytes));
+    OK(t->bc->ops->download(t->bc->ctx, cpu_out, t->c, t->bytes));
+    OK(t->bg->ops->download(t->bg->ctx, gpu_out, t->g, t->bytes));
 }
 
 // Give the GPU copy the CPU's values. Backward tests start from the same forward output y: a pre-activation
@@ -72,8 +79,8 @@ static void twin_read(const twin *t, void *cpu_out, void *gpu_out) {
 static void twin_copy_cpu_to_gpu(const twin *t) {
     void *h = malloc(t->bytes);
     assert_non_null(h);
-    OK(g_cpu.ops->download(g_cpu.ctx, h, t->c, t->bytes));
-    OK(g_gpu.ops->upload(g_gpu.ctx, t->g, h, t->bytes));
+    OK(t->bc->ops->download(t->bc->ctx, h, t->c, t->bytes));
+    OK(t->bg->ops->upload(t->bg->ctx, t->g, h, t->bytes));
     free(h);
 }
 
@@ -144,6 +151,121 @@ static void test_tf32_needs_cuda(void **state) {
     assert_non_null(strstr(err_msg(), "tf32"));
     err_clear();
     assert_int_equal(backend_cuda_set_tf32(&g_cpu, 0), ST_OK);
+}
+
+// The grads16 CPU backend, the reference of the CUDA one's bf16 parameter gradients: its dw and db are the bf16 bits
+// of the float32 op's (precision_round_bf16), its other outputs the float32 op's bit for bit, and its `grads16` slot
+// says so. Runs without a GPU (CPU memory is host memory: the results are read in place).
+
+static void *cpu_put(const void *host, size_t bytes) {
+    void *p = NULL;
+    OK(g_cpu.ops->alloc(g_cpu.ctx, &p, bytes ? bytes : 4));
+    if (host && bytes) OK(g_cpu.ops->upload(g_cpu.ctx, p, host, bytes));
+    return p;
+}
+
+static void cpu_free_all(void **bufs, size_t n) {
+    for (size_t i = 0; i < n; i++) g_cpu.ops->free(g_cpu.ctx, bufs[i]);
+}
+
+static void expect_bf16_of(const char *what, const uint16_t *got, const float *f32, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        const uint16_t want = (uint16_t)(precision_bits(precision_round_bf16(f32[i])) >> 16);
+        if (got[i] != want)
+            fail_msg("%s: value %zu is 0x%04x, the bf16 of the float32 op's %.9g is 0x%04x", what, i, got[i], f32[i],
+                     want);
+    }
+}
+
+static void g16_cpu_conv(conv_desc d, int bias, rng *r) {
+    OK(conv_desc_init(&d, "grads16 cpu conv"));
+    conv_desc d32 = d, d16 = d;
+    size_t ws32 = 0, ws16 = 0;
+    OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &d32, &ws32));
+    OK(g_cpu16.ops->conv_prepare(g_cpu16.ctx, &d16, &ws16));
+    const size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * (d.c / d.groups) * d.r * d.s;
+    const size_t ny = (size_t)d.n * d.k * d.oh * d.ow, nb = (size_t)d.k;
+    float *hx = rand_floats(r, nx, 1.f), *hw = rand_floats(r, nw, 0.5f), *hb = rand_floats(r, nb, 0.5f);
+    float *hdy = rand_floats(r, ny, 1.f);
+    float *x = cpu_put(hx, nx * 4), *w = cpu_put(hw, nw * 4), *b = cpu_put(hb, nb * 4), *y = cpu_put(NULL, ny * 4);
+    float *dy32 = cpu_put(hdy, ny * 4), *dy16 = cpu_put(hdy, ny * 4), *dx32 = cpu_put(NULL, nx * 4);
+    float *dx16 = cpu_put(NULL, nx * 4), *dw32 = cpu_put(NULL, nw * 4), *db32 = cpu_put(NULL, nb * 4);
+    uint16_t *dw16 = cpu_put(NULL, nw * 2), *db16 = cpu_put(NULL, nb * 2);
+    void *ws = cpu_put(NULL, ws32 > ws16 ? ws32 : ws16);
+    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &d32, x, w, bias ? b : NULL, y, ws));
+    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &d32, x, w, y, dy32, dx32, dw32, bias ? db32 : NULL, ws));
+    OK(g_cpu16.ops->conv_backward(g_cpu16.ctx, &d16, x, w, y, dy16, dx16, dw16, bias ? db16 : NULL, ws));
+    assert_memory_equal(dy16, dy32, ny * 4);
+    assert_memory_equal(dx16, dx32, nx * 4);
+    expect_bf16_of("grads16 cpu conv dw", dw16, dw32, nw);
+    if (bias) expect_bf16_of("grads16 cpu conv db", db16, db32, nb);
+    void *bufs[] = {x, w, b, y, dy32, dy16, dx32, dx16, dw32, db32, dw16, db16, ws};
+    cpu_free_all(bufs, sizeof bufs / sizeof bufs[0]);
+    free(hx), free(hw), free(hb), free(hdy);
+    g_cpu.ops->conv_release(g_cpu.ctx, &d32);
+    g_cpu16.ops->conv_release(g_cpu16.ctx, &d16);
+}
+
+static void g16_cpu_dense(int n, int in, int out, int act, int bias, rng *r) {
+    const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    float *hx = rand_floats(r, nx, 1.f), *hw = rand_floats(r, nw, 0.5f), *hb = rand_floats(r, out, 0.5f);
+    float *hdy = rand_floats(r, ny, 1.f);
+    float *x = cpu_put(hx, nx * 4), *w = cpu_put(hw, nw * 4), *b = cpu_put(hb, out * 4), *y = cpu_put(NULL, ny * 4);
+    float *dy32 = cpu_put(hdy, ny * 4), *dy16 = cpu_put(hdy, ny * 4), *dx32 = cpu_put(NULL, nx * 4);
+    float *dx16 = cpu_put(NULL, nx * 4), *dw32 = cpu_put(NULL, nw * 4), *db32 = cpu_put(NULL, out * 4);
+    uint16_t *dw16 = cpu_put(NULL, nw * 2), *db16 = cpu_put(NULL, out * 2);
+    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x, w, bias ? b : NULL, y));
+    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x, w, y, dy32, dx32, dw32, bias ? db32 : NULL));
+    OK(g_cpu16.ops->dense_backward(g_cpu16.ctx, n, in, out, act, x, w, y, dy16, dx16, dw16, bias ? db16 : NULL));
+    assert_memory_equal(dy16, dy32, ny * 4);
+    assert_memory_equal(dx16, dx32, nx * 4);
+    expect_bf16_of("grads16 cpu dense dw", dw16, dw32, nw);
+    if (bias) expect_bf16_of("grads16 cpu dense db", db16, db32, (size_t)out);
+    void *bufs[] = {x, w, b, y, dy32, dy16, dx32, dx16, dw32, db32, dw16, db16};
+    cpu_free_all(bufs, sizeof bufs / sizeof bufs[0]);
+    free(hx), free(hw), free(hb), free(hdy);
+}
+
+static void g16_cpu_bn(int n, int c, int hw, int act, rng *r) {
+    const size_t nx = (size_t)n * c * hw, nc = (size_t)c;
+    const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f,
+                       .count = (int64_t)n * hw};
+    float *hx = rand_floats(r, nx, 2.f), *hw_ = rand_floats(r, nc, 1.f), *hb = rand_floats(r, nc, 0.5f);
+    float *hdy = rand_floats(r, nx, 1.f);
+    float *x = cpu_put(hx, nx * 4), *w = cpu_put(hw_, nc * 4), *b = cpu_put(hb, nc * 4), *y = cpu_put(NULL, nx * 4);
+    float *st = cpu_put(NULL, 3 * nc * 4), *run = cpu_put(NULL, (2 * nc + 1) * 4), *save = cpu_put(NULL, 2 * nc * 4);
+    float *dy32 = cpu_put(hdy, nx * 4), *dy16 = cpu_put(hdy, nx * 4), *dw32 = cpu_put(NULL, nc * 4);
+    float *db32 = cpu_put(NULL, nc * 4), *gs32 = cpu_put(NULL, 2 * nc * 4), *gs16 = cpu_put(NULL, 2 * nc * 4);
+    uint16_t *dw16 = cpu_put(NULL, nc * 2), *db16 = cpu_put(NULL, nc * 2);
+    OK(g_cpu.ops->bn_stats(g_cpu.ctx, &d, x, st));
+    OK(g_cpu.ops->bn_apply(g_cpu.ctx, &d, x, st, w, b, run, save, y));
+    OK(g_cpu.ops->bn_grad_stats(g_cpu.ctx, &d, x, y, save, dy32, dw32, db32, gs32));
+    OK(g_cpu16.ops->bn_grad_stats(g_cpu16.ctx, &d, x, y, save, dy16, dw16, db16, gs16));
+    assert_memory_equal(dy16, dy32, nx * 4);
+    assert_memory_equal(gs16, gs32, 2 * nc * 4);  // float32 on both
+    expect_bf16_of("grads16 cpu bn dw", dw16, dw32, nc);
+    expect_bf16_of("grads16 cpu bn db", db16, db32, nc);
+    void *bufs[] = {x, w, b, y, st, run, save, dy32, dy16, dw32, db32, gs32, gs16, dw16, db16};
+    cpu_free_all(bufs, sizeof bufs / sizeof bufs[0]);
+    free(hx), free(hw_), free(hb), free(hdy);
+}
+
+static void test_grads16_cpu(void **state) {
+    (void)state;
+    assert_int_equal(backend_is_grads16(&g_cpu16), 1);
+    assert_int_equal(backend_is_grads16(&g_cpu), 0);
+    rng r;
+    rng_seed(&r, 2632);
+    g16_cpu_conv((conv_desc){.n = 3, .c = 4, .h = 9, .w = 9, .k = 6, .r = 3, .s = 3, .stride = 1, .pad = 1,
+                             .act = ACT_RELU}, 1, &r);
+    g16_cpu_conv((conv_desc){.n = 16, .c = 3, .h = 32, .w = 32, .k = 8, .r = 3, .s = 3, .stride = 1, .pad = 1,
+                             .act = ACT_NONE}, 1, &r);
+    g16_cpu_conv((conv_desc){.n = 2, .c = 4, .h = 8, .w = 9, .k = 6, .r = 3, .s = 3, .stride = 2, .pad = 2,
+                             .groups = 2, .dilation = 2, .act = ACT_LEAKY}, 0, &r);  // db NULL
+    g16_cpu_dense(7, 19, 11, ACT_RELU, 1, &r);
+    g16_cpu_dense(6, 12, 7, ACT_LEAKY, 0, &r);
+    g16_cpu_bn(4, 3, 25, ACT_RELU, &r);
+    g16_cpu_bn(64, 10, 1, ACT_NONE, &r);
 }
 
 // Every required slot of the CUDA table is filled (a new op added to the CPU backend only fails here).
@@ -1062,7 +1184,8 @@ static void test_tf32(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // net.precision=bf16/fp16 (docs/precision.md): round_to bit for bit, then conv and dense on 16-bit copies against
 // the CPU op on the same pre-rounded inputs, its result rounded by the rule (outputs and input gradients held in
-// the format, weight and bias gradients fp32).
+// the format, weight and bias gradients fp32); then the grads16 pair (bf16 weight and bias gradients, batch norm's
+// too) against the grads16 CPU.
 
 static void set_precision(int format) {
     const backend_cuda_options o = {.tf32 = 0, .deterministic = 0, .precision = format};
@@ -1128,9 +1251,25 @@ static float *twin_host(const twin *t, int gpu) {
     float *h = malloc(t->bytes ? t->bytes : 4);
     assert_non_null(h);
     if (gpu)
-        OK(g_gpu.ops->download(g_gpu.ctx, h, t->g, t->bytes));
+        OK(t->bg->ops->download(t->bg->ctx, h, t->g, t->bytes));
     else
-        OK(g_cpu.ops->download(g_cpu.ctx, h, t->c, t->bytes));
+        OK(t->bc->ops->download(t->bc->ctx, h, t->c, t->bytes));
+    return h;
+}
+
+// A twin of bf16 values (a grads16 pair's dw, db; 2 bytes each) read back as the floats they stand for.
+static float *twin_host_bf16(const twin *t, int gpu) {
+    const size_t n = t->bytes / sizeof(uint16_t);
+    uint16_t *bits = malloc(t->bytes ? t->bytes : 2);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(bits);
+    assert_non_null(h);
+    if (gpu)
+        OK(t->bg->ops->download(t->bg->ctx, bits, t->g, t->bytes));
+    else
+        OK(t->bc->ops->download(t->bc->ctx, bits, t->c, t->bytes));
+    for (size_t i = 0; i < n; i++) h[i] = precision_from_bits((uint32_t)bits[i] << 16);
+    free(bits);
     return h;
 }
 
@@ -1146,12 +1285,10 @@ static double ulp_bound(int format, double v) {
     return format == PREC_BF16 ? fabs(v) * 0x1p-7 : fabs(v) * 0x1p-10 + 0x1p-24;
 }
 
-// got (GPU) and ref (CPU), rounded to the format first when `held` (the model's round_to; a no-op on values
-// already rounded); bias (nullable) per channel over [outer, channels, inner].
-static void expect_lp(const char *what, int format, const twin *t, const twin *sum_abs, int held, const float *bias,
-                      int channels, int inner) {
-    const size_t n = t->bytes / sizeof(float);
-    float *ref = twin_host(t, 0), *got = twin_host(t, 1), *s = twin_host(sum_abs, 0);
+// got (GPU) and ref (CPU), n values, rounded to the format first when `held` (the model's round_to; a no-op on
+// values already rounded); s: the sums of |terms|; bias (nullable) per channel over [outer, channels, inner].
+static void expect_lp_values(const char *what, int format, float *got, float *ref, const float *s, size_t n, int held,
+                             const float *bias, int channels, int inner) {
     if (held) {
         precision_round_array(format, n, ref, ref);
         precision_round_array(format, n, got, got);
@@ -1170,13 +1307,32 @@ static void expect_lp(const char *what, int format, const twin *t, const twin *s
     }
     print_message("%s (%s): worst error %.2f of its tolerance (value %zu)\n", what,
                   format == PREC_BF16 ? "bf16" : "fp16", worst, worst_i);
+}
+
+static void expect_lp(const char *what, int format, const twin *t, const twin *sum_abs, int held, const float *bias,
+                      int channels, int inner) {
+    float *ref = twin_host(t, 0), *got = twin_host(t, 1), *s = twin_host(sum_abs, 0);
+    expect_lp_values(what, format, got, ref, s, t->bytes / sizeof(float), held, bias, channels, inner);
+    free(ref), free(got), free(s);
+}
+
+// A parameter gradient (dw, db): float32 and compared as the other sums (not held in the format), or on the grads16
+// pair bf16 on both sides, compared as floats within the same summation-order tolerance plus one bf16 ulp (the two
+// fp32 sums, a little apart, may round to neighbouring bf16 values).
+static void expect_lp_grad(const char *what, int format, const twin *t, const twin *sum_abs, int grads16) {
+    if (!grads16) {
+        expect_lp(what, format, t, sum_abs, 0, NULL, 1, 1);
+        return;
+    }
+    float *ref = twin_host_bf16(t, 0), *got = twin_host_bf16(t, 1), *s = twin_host(sum_abs, 0);
+    expect_lp_values(what, PREC_BF16, got, ref, s, t->bytes / sizeof(uint16_t), 1, NULL, 1, 1);
     free(ref), free(got), free(s);
 }
 
 // An lp "twin" of |values| on the CPU only (for the sums of |terms|).
 static twin twin_abs_cpu(const twin *t) {
     float *h = twin_host(t, 0), *a = abs_copy(h, t->bytes / sizeof(float));
-    twin r = {NULL, NULL, t->bytes};
+    twin r = {NULL, NULL, t->bytes, &g_cpu, NULL};
     OK(g_cpu.ops->alloc(g_cpu.ctx, &r.c, t->bytes));
     OK(g_cpu.ops->upload(g_cpu.ctx, r.c, a, t->bytes));
     free(h), free(a);
@@ -1190,63 +1346,78 @@ static void cpu_free(twin *t) {
 
 typedef struct lp_conv_case {
     int n, c, h, w, k, r, stride, pad, act, bias;
+    int groups, dilation;  // 0: 1
 } lp_conv_case;
 
-static void lp_conv_run(const lp_conv_case *cc, int format, rng *r) {
+// grads16: on the grads16 pair (bf16 only: the CUDA backend holds precision bf16 from its creation), whose dw and db
+// are bf16; otherwise on g_cpu and g_gpu, the precision set for the plan.
+static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r) {
+    const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_gpu16 : &g_gpu;
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->r,
-                   .stride = cc->stride, .pad = cc->pad, .act = cc->act};
+                   .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
+                   .act = cc->act};
     OK(conv_desc_init(&d, "lp conv"));
-    conv_desc dc = d, dg = d, da = d;
+    conv_desc dc = d, dg = d, da = d;  // da: the fp32 CPU's linear twin, for the sums of |terms|
     da.act = ACT_NONE;
     size_t wsc = 0, wsg = 0, wsa = 0;
-    set_precision(format);  // the plan takes it at conv_prepare
-    OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &dc, &wsc));
-    OK(g_gpu.ops->conv_prepare(g_gpu.ctx, &dg, &wsg));
+    if (!grads16) set_precision(format);  // the plan takes it at conv_prepare
+    OK(bc->ops->conv_prepare(bc->ctx, &dc, &wsc));
+    OK(bg->ops->conv_prepare(bg->ctx, &dg, &wsg));
     OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &da, &wsa));
-    set_precision(0);
+    if (!grads16) set_precision(0);
     if (wsa > wsc) wsc = wsa;
     void *wc = NULL, *wg = NULL;
-    if (wsc) OK(g_cpu.ops->alloc(g_cpu.ctx, &wc, wsc));
-    if (wsg) OK(g_gpu.ops->alloc(g_gpu.ctx, &wg, wsg));
-    const size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * d.c * d.r * d.s;
-    const size_t ny = (size_t)d.n * d.k * d.oh * d.ow;
+    if (wsc) OK(bc->ops->alloc(bc->ctx, &wc, wsc));
+    if (wsg) OK(bg->ops->alloc(bg->ctx, &wg, wsg));
+    const size_t nx = (size_t)d.n * d.c * d.h * d.w, nw = (size_t)d.k * (d.c / d.groups) * d.r * d.s;
+    const size_t ny = (size_t)d.n * d.k * d.oh * d.ow, gbytes = grads16 ? sizeof(uint16_t) : sizeof(float);
     float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, d.k, 0.5f, format);
     float *hdy = rand_lp(r, ny, 1.f, format);
-    twin x = twin_make(hx, nx * 4), w = twin_make(hw, nw * 4), b = twin_make(hb, d.k * 4);
-    twin y = twin_make(NULL, ny * 4), dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4);
-    twin dw = twin_make(NULL, nw * 4), db = twin_make(NULL, d.k * 4);
+    twin x = twin_make_on(bc, bg, hx, nx * 4), w = twin_make_on(bc, bg, hw, nw * 4);
+    twin b = twin_make_on(bc, bg, hb, d.k * 4);
+    twin y = twin_make_on(bc, bg, NULL, ny * 4), dy = twin_make_on(bc, bg, hdy, ny * 4);
+    twin dx = twin_make_on(bc, bg, NULL, nx * 4), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
+    twin db = twin_make_on(bc, bg, NULL, d.k * gbytes);
     const int hw_ = d.oh * d.ow;
     // forward: y held in the format
-    OK(g_cpu.ops->conv_forward(g_cpu.ctx, &dc, x.c, w.c, cc->bias ? b.c : NULL, y.c, wc));
-    OK(g_gpu.ops->conv_forward(g_gpu.ctx, &dg, x.g, w.g, cc->bias ? b.g : NULL, y.g, wg));
+    OK(bc->ops->conv_forward(bc->ctx, &dc, x.c, w.c, cc->bias ? b.c : NULL, y.c, wc));
+    OK(bg->ops->conv_forward(bg->ctx, &dg, x.g, w.g, cc->bias ? b.g : NULL, y.g, wg));
     twin ax = twin_abs_cpu(&x), aw = twin_abs_cpu(&w), sy = twin_make(NULL, ny * 4);
     OK(g_cpu.ops->conv_forward(g_cpu.ctx, &da, ax.c, aw.c, NULL, sy.c, wc));
     expect_lp("conv forward y", format, &y, &sy, 1, cc->bias ? hb : NULL, d.k, hw_);
-    // backward from the same (rounded) y, as the model holds it; dx held, dw and db fp32
+    // backward from the same (rounded) y, as the model holds it; dx held, dw and db fp32 (bf16 under grads16)
     {
         float *hy = twin_host(&y, 0);
         precision_round_array(format, ny, hy, hy);
         twin_set(&y, hy);
         free(hy);
     }
-    OK(g_cpu.ops->conv_backward(g_cpu.ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, cc->bias ? db.c : NULL, wc));
-    OK(g_gpu.ops->conv_backward(g_gpu.ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, cc->bias ? db.g : NULL, wg));
+    OK(bc->ops->conv_backward(bc->ctx, &dc, x.c, w.c, y.c, dy.c, dx.c, dw.c, cc->bias ? db.c : NULL, wc));
+    OK(bg->ops->conv_backward(bg->ctx, &dg, x.g, w.g, y.g, dy.g, dx.g, dw.g, cc->bias ? db.g : NULL, wg));
     twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
     twin sdb = twin_make(NULL, d.k * 4);
     OK(g_cpu.ops->conv_backward(g_cpu.ctx, &da, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c, wc));
     expect_lp("conv backward dy (masked)", format, &dy, &ady, 0, NULL, 1, 1);  // 0/1 masks: exact
     expect_lp("conv backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
-    expect_lp("conv backward dw", format, &dw, &sdw, 0, NULL, 1, 1);
-    if (cc->bias) expect_lp("conv backward db", format, &db, &sdb, 0, NULL, 1, 1);
+    expect_lp_grad("conv backward dw", format, &dw, &sdw, grads16);
+    if (cc->bias) expect_lp_grad("conv backward db", format, &db, &sdb, grads16);
+    // First layer: no dx (then nothing else needs dy's 16-bit copy but backward-filter under grads16). dy is
+    // masked already; masking again changes nothing (0/1 masks). dw zeroed first: it must be written again.
+    OK(bc->ops->zero(bc->ctx, dw.c, dw.bytes));
+    OK(bg->ops->zero(bg->ctx, dw.g, dw.bytes));
+    OK(bc->ops->conv_backward(bc->ctx, &dc, x.c, w.c, y.c, dy.c, NULL, dw.c, cc->bias ? db.c : NULL, wc));
+    OK(bg->ops->conv_backward(bg->ctx, &dg, x.g, w.g, y.g, dy.g, NULL, dw.g, cc->bias ? db.g : NULL, wg));
+    expect_lp_grad("conv backward dw (no dx)", format, &dw, &sdw, grads16);
+    if (cc->bias) expect_lp_grad("conv backward db (no dx)", format, &db, &sdb, grads16);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
     twin_free(&db), twin_free(&sy), twin_free(&sdx), twin_free(&sdw), twin_free(&sdb);
     cpu_free(&ax), cpu_free(&aw), cpu_free(&ady);
     free(hx), free(hw), free(hb), free(hdy);
-    g_cpu.ops->free(g_cpu.ctx, wc);
-    g_gpu.ops->free(g_gpu.ctx, wg);
-    g_cpu.ops->conv_release(g_cpu.ctx, &dc);
+    bc->ops->free(bc->ctx, wc);
+    bg->ops->free(bg->ctx, wg);
+    bc->ops->conv_release(bc->ctx, &dc);
     g_cpu.ops->conv_release(g_cpu.ctx, &da);
-    g_gpu.ops->conv_release(g_gpu.ctx, &dg);
+    bg->ops->conv_release(bg->ctx, &dg);
 }
 
 static void test_conv_lp(void **state) {
@@ -1255,11 +1426,11 @@ static void test_conv_lp(void **state) {
     rng r;
     rng_seed(&r, 2627);
     const lp_conv_case cases[] = {
-        {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1},
-        {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0},
-        {3, 32, 14, 14, 64, 3, 2, 1, ACT_RELU, 0},
-        {8, 3, 28, 28, 16, 3, 1, 1, ACT_RELU6, 1},  // 3 input channels: no tensor-core-friendly shape
-        {16, 64, 7, 7, 64, 3, 1, 1, ACT_NONE, 0},
+        {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1, 0, 0},
+        {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0, 0, 0},
+        {3, 32, 14, 14, 64, 3, 2, 1, ACT_RELU, 0, 0, 0},
+        {8, 3, 28, 28, 16, 3, 1, 1, ACT_RELU6, 1, 0, 0},  // 3 input channels: no tensor-core-friendly shape
+        {16, 64, 7, 7, 64, 3, 1, 1, ACT_NONE, 0, 0, 0},
     };
     const int formats[2] = {PREC_BF16, PREC_FP16};
     const int cc = backend_cuda_compute_capability(&g_gpu);
@@ -1268,20 +1439,53 @@ static void test_conv_lp(void **state) {
             print_message("sm_%d has no bf16 convolutions: bf16 skipped\n", cc);
             continue;
         }
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], &r);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], 0, &r);
     }
 }
 
-static void lp_dense_run(int n, int in, int out, int act, int bias, int format, rng *r) {
+// grads16 (backend_options.grads16): dw and db written bf16 by the CUDA backend (cuDNN's PSEUDO_BFLOAT16
+// backward-filter, the bias sums stored bf16) against the grads16 CPU on the same bf16 values.
+static void test_conv_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    const int cc = backend_cuda_compute_capability(&g_gpu16);
+    if (cc < 80) {
+        print_message("sm_%d has no bf16 convolutions: grads16 conv skipped\n", cc);
+        return;
+    }
+    rng r;
+    rng_seed(&r, 2629);
+    const lp_conv_case cases[] = {
+        {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1, 0, 0},
+        {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0, 0, 0},     // 1x1, no bias
+        {3, 32, 14, 14, 64, 3, 2, 1, ACT_RELU, 0, 0, 0},  // strided
+        {2, 3, 11, 10, 5, 5, 2, 2, ACT_NONE, 1, 0, 0},    // strided and padded, odd sizes
+        {8, 3, 28, 28, 16, 3, 1, 1, ACT_RELU6, 1, 0, 0},  // the bias gradient in 2 blocks per channel (sum_splits)
+        {16, 3, 32, 32, 8, 3, 1, 1, ACT_RELU, 1, 0, 0},   // ... in 4
+        {2, 4, 6, 7, 6, 3, 1, 1, ACT_RELU, 1, 2, 0},      // grouped
+        {3, 6, 5, 6, 6, 3, 1, 1, ACT_RELU6, 1, 6, 0},     // depthwise
+        {8, 32, 14, 14, 32, 3, 2, 1, ACT_RELU6, 0, 32, 0},  // MobileNet's strided depthwise
+        {2, 2, 8, 9, 3, 3, 1, 0, ACT_RELU, 1, 0, 2},      // dilated
+        {3, 4, 9, 8, 6, 3, 2, 2, ACT_NONE, 1, 2, 2},      // grouped, strided, padded, dilated
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], PREC_BF16, 1, &r);
+}
+
+// grads16 as for lp_conv_run.
+static void lp_dense_run(int n, int in, int out, int act, int bias, int format, int grads16, rng *r) {
+    const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_gpu16 : &g_gpu;
     const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
+    const size_t gbytes = grads16 ? sizeof(uint16_t) : sizeof(float);
     float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, out, 0.5f, format);
     float *hdy = rand_lp(r, ny, 1.f, format);
-    twin x = twin_make(hx, nx * 4), w = twin_make(hw, nw * 4), b = twin_make(hb, out * 4), y = twin_make(NULL, ny * 4);
-    twin dy = twin_make(hdy, ny * 4), dx = twin_make(NULL, nx * 4), dw = twin_make(NULL, nw * 4);
-    twin db = twin_make(NULL, out * 4);
-    set_precision(format);  // dense reads it at each call
-    OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, act, x.c, w.c, bias ? b.c : NULL, y.c));
-    OK(g_gpu.ops->dense_forward(g_gpu.ctx, n, in, out, act, x.g, w.g, bias ? b.g : NULL, y.g));
+    twin x = twin_make_on(bc, bg, hx, nx * 4), w = twin_make_on(bc, bg, hw, nw * 4);
+    twin b = twin_make_on(bc, bg, hb, out * 4);
+    twin y = twin_make_on(bc, bg, NULL, ny * 4), dy = twin_make_on(bc, bg, hdy, ny * 4);
+    twin dx = twin_make_on(bc, bg, NULL, nx * 4), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
+    twin db = twin_make_on(bc, bg, NULL, out * gbytes);
+    if (!grads16) set_precision(format);  // dense reads it at each call
+    OK(bc->ops->dense_forward(bc->ctx, n, in, out, act, x.c, w.c, bias ? b.c : NULL, y.c));
+    OK(bg->ops->dense_forward(bg->ctx, n, in, out, act, x.g, w.g, bias ? b.g : NULL, y.g));
     twin ax = twin_abs_cpu(&x), aw = twin_abs_cpu(&w), sy = twin_make(NULL, ny * 4);
     twin ab = twin_abs_cpu(&b);
     OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, bias ? ab.c : NULL, sy.c));
@@ -1293,15 +1497,21 @@ static void lp_dense_run(int n, int in, int out, int act, int bias, int format, 
         twin_set(&y, hy);
         free(hy);
     }
-    OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, bias ? db.c : NULL));
-    OK(g_gpu.ops->dense_backward(g_gpu.ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, bias ? db.g : NULL));
-    set_precision(0);
+    OK(bc->ops->dense_backward(bc->ctx, n, in, out, act, x.c, w.c, y.c, dy.c, dx.c, dw.c, bias ? db.c : NULL));
+    OK(bg->ops->dense_backward(bg->ctx, n, in, out, act, x.g, w.g, y.g, dy.g, dx.g, dw.g, bias ? db.g : NULL));
     twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
     twin sdb = twin_make(NULL, out * 4);
     OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c));
     expect_lp("dense backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
-    expect_lp("dense backward dw", format, &dw, &sdw, 0, NULL, 1, 1);
-    if (bias) expect_lp("dense backward db", format, &db, &sdb, 0, NULL, 1, 1);
+    expect_lp_grad("dense backward dw", format, &dw, &sdw, grads16);
+    if (bias) expect_lp_grad("dense backward db", format, &db, &sdb, grads16);
+    // No dx (dy masked already: masking again changes nothing for these 0/1 masks); dw zeroed first
+    OK(bc->ops->zero(bc->ctx, dw.c, dw.bytes));
+    OK(bg->ops->zero(bg->ctx, dw.g, dw.bytes));
+    OK(bc->ops->dense_backward(bc->ctx, n, in, out, act, x.c, w.c, y.c, dy.c, NULL, dw.c, bias ? db.c : NULL));
+    OK(bg->ops->dense_backward(bg->ctx, n, in, out, act, x.g, w.g, y.g, dy.g, NULL, dw.g, bias ? db.g : NULL));
+    if (!grads16) set_precision(0);
+    expect_lp_grad("dense backward dw (no dx)", format, &dw, &sdw, grads16);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
     twin_free(&db), twin_free(&sy), twin_free(&sdx), twin_free(&sdw), twin_free(&sdb);
     cpu_free(&ax), cpu_free(&aw), cpu_free(&ab), cpu_free(&ady);
@@ -1315,9 +1525,9 @@ static void test_dense_lp(void **state) {
     rng_seed(&r, 2628);
     const int formats[2] = {PREC_BF16, PREC_FP16};
     for (int f = 0; f < 2; f++) {
-        lp_dense_run(64, 512, 10, ACT_NONE, 1, formats[f], &r);
-        lp_dense_run(33, 100, 37, ACT_RELU, 1, formats[f], &r);  // odd sizes: no tensor-core alignment
-        lp_dense_run(128, 1024, 256, ACT_RELU, 0, formats[f], &r);
+        lp_dense_run(64, 512, 10, ACT_NONE, 1, formats[f], 0, &r);
+        lp_dense_run(33, 100, 37, ACT_RELU, 1, formats[f], 0, &r);  // odd sizes: no tensor-core alignment
+        lp_dense_run(128, 1024, 256, ACT_RELU, 0, formats[f], 0, &r);
     }
     // n = 0: nothing computed, the gradients zero (as at fp32)
     set_precision(PREC_BF16);
@@ -1327,11 +1537,124 @@ static void test_dense_lp(void **state) {
     twin_free(&w), twin_free(&dw);
 }
 
+// grads16: dw (cublasGemmEx with a bf16 C) and db (stored bf16) against the grads16 CPU.
+static void test_dense_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2630);
+    lp_dense_run(64, 512, 10, ACT_NONE, 1, PREC_BF16, 1, &r);
+    lp_dense_run(33, 100, 37, ACT_RELU, 1, PREC_BF16, 1, &r);  // odd sizes; more columns than one db block
+    lp_dense_run(128, 1024, 256, ACT_RELU, 0, PREC_BF16, 1, &r);
+    lp_dense_run(7, 19, 11, ACT_RELU6, 1, PREC_BF16, 1, &r);
+    // n = 0: the gradients zeroed, bf16-sized: the 2-byte values past them (a larger buffer) stay as they were
+    enum { IN = 5, OUT = 3, NW = IN * OUT };
+    uint16_t fill[2 * NW], back[2 * NW];
+    for (int i = 0; i < 2 * NW; i++) fill[i] = 0x3f80;  // 1.0
+    twin w = twin_make_on(&g_cpu16, &g_gpu16, NULL, NW * 4), dw = twin_make_on(&g_cpu16, &g_gpu16, fill, sizeof fill);
+    twin db = twin_make_on(&g_cpu16, &g_gpu16, fill, 2 * OUT * sizeof(uint16_t));
+    OK(g_gpu16.ops->dense_backward(g_gpu16.ctx, 0, IN, OUT, ACT_NONE, NULL, w.g, NULL, NULL, NULL, dw.g, db.g));
+    OK(g_gpu16.ops->download(g_gpu16.ctx, back, dw.g, sizeof back));
+    for (int i = 0; i < 2 * NW; i++) assert_int_equal(back[i], i < NW ? 0 : 0x3f80);
+    OK(g_gpu16.ops->download(g_gpu16.ctx, back, db.g, 2 * OUT * sizeof(uint16_t)));
+    for (int i = 0; i < 2 * OUT; i++) assert_int_equal(back[i], i < OUT ? 0 : 0x3f80);
+    twin_free(&w), twin_free(&dw), twin_free(&db);
+}
+
+// grads16: bn_grad_stats's dw and db stored bf16 (gstats float32), against the grads16 CPU from the CPU's forward
+// values. Both sum in double, so the float sums agree to far below the tolerance (computed here on the host: the
+// sums of |dz| and |dz·x̂| per channel) and bf16 rounding may still pick neighbours.
+static void g16_bn_run(int n, int c, int hw, int act, rng *r) {
+    const size_t nx = (size_t)n * c * hw;
+    float *hx = rand_floats(r, nx, 2.f), *hw_ = rand_lp(r, (size_t)c, 1.f, PREC_BF16);
+    float *hb = rand_lp(r, (size_t)c, 0.5f, PREC_BF16), *hdy = rand_lp(r, nx, 1.f, PREC_BF16);
+    float *hrun = malloc((2 * (size_t)c + 1) * sizeof(float));
+    assert_non_null(hrun);
+    for (size_t i = 0; i < nx; i++) hx[i] += 3.f;  // a mean far from 0
+    precision_round_array(PREC_BF16, nx, hx, hx);  // held in bf16, as the model hands it over
+    for (int k = 0; k < c; k++) hrun[k] = 0.5f, hrun[c + k] = 1.5f;
+    hrun[2 * c] = 0.f;
+    const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f,
+                       .count = (int64_t)n * hw};
+    const backend *bc = &g_cpu16, *bg = &g_gpu16;
+    twin x = twin_make_on(bc, bg, hx, nx * 4), w = twin_make_on(bc, bg, hw_, (size_t)c * 4);
+    twin b = twin_make_on(bc, bg, hb, (size_t)c * 4), run = twin_make_on(bc, bg, hrun, (2 * (size_t)c + 1) * 4);
+    twin st = twin_make_on(bc, bg, NULL, 3 * (size_t)c * 4), save = twin_make_on(bc, bg, NULL, 2 * (size_t)c * 4);
+    twin y = twin_make_on(bc, bg, NULL, nx * 4), dy = twin_make_on(bc, bg, hdy, nx * 4);
+    twin dw = twin_make_on(bc, bg, NULL, (size_t)c * 2), db = twin_make_on(bc, bg, NULL, (size_t)c * 2);
+    twin gst = twin_make_on(bc, bg, NULL, 2 * (size_t)c * 4);
+    OK(bc->ops->bn_stats(bc->ctx, &d, x.c, st.c));
+    OK(bc->ops->bn_apply(bc->ctx, &d, x.c, st.c, w.c, b.c, run.c, save.c, y.c));
+    {
+        float *hy = twin_host(&y, 0);
+        precision_round_array(PREC_BF16, nx, hy, hy);
+        twin_set(&y, hy);
+        free(hy);
+    }
+    twin_copy_cpu_to_gpu(&save);
+    OK(bc->ops->bn_grad_stats(bc->ctx, &d, x.c, y.c, save.c, dy.c, dw.c, db.c, gst.c));
+    OK(bg->ops->bn_grad_stats(bg->ctx, &d, x.g, y.g, save.g, dy.g, dw.g, db.g, gst.g));
+    expect_close("bn_grad_stats dz (grads16)", &dy, TOL_EXACTISH);
+    expect_close("bn_grad_stats gstats (grads16)", &gst, TOL_DENSE);
+    float *dz = twin_host(&dy, 0), *hsave = twin_host(&save, 0);
+    float *sdw = calloc((size_t)c, sizeof *sdw), *sdb = calloc((size_t)c, sizeof *sdb);
+    assert_non_null(sdw);
+    assert_non_null(sdb);
+    for (size_t i = 0; i < nx; i++) {
+        const int ch = (int)((i / (size_t)hw) % (size_t)c);
+        sdb[ch] += fabsf(dz[i]);
+        sdw[ch] += fabsf(dz[i] * ((hx[i] - hsave[ch]) * hsave[c + ch]));
+    }
+    float *ref = twin_host_bf16(&dw, 0), *got = twin_host_bf16(&dw, 1);
+    expect_lp_values("bn_grad_stats dw (grads16)", PREC_BF16, got, ref, sdw, (size_t)c, 1, NULL, 1, 1);
+    free(ref), free(got);
+    ref = twin_host_bf16(&db, 0), got = twin_host_bf16(&db, 1);
+    expect_lp_values("bn_grad_stats db (grads16)", PREC_BF16, got, ref, sdb, (size_t)c, 1, NULL, 1, 1);
+    free(ref), free(got), free(dz), free(hsave), free(sdw), free(sdb);
+    twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&run), twin_free(&st), twin_free(&save), twin_free(&y);
+    twin_free(&dy), twin_free(&dw), twin_free(&db), twin_free(&gst);
+    free(hx), free(hw_), free(hb), free(hdy), free(hrun);
+}
+
+static void test_batchnorm_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2631);
+    g16_bn_run(4, 3, 25, ACT_NONE, &r);
+    g16_bn_run(16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
+    g16_bn_run(64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense
+    g16_bn_run(8, 5, 49, ACT_RELU6, &r);
+}
+
+// What the grads16 CUDA backend says of itself, and what it refuses: another precision, at creation or later.
+static void test_grads16_create(void **state) {
+    (void)state;
+    NEED_CUDA();
+    assert_int_equal(backend_is_grads16(&g_gpu16), 1);
+    assert_int_equal(backend_is_grads16(&g_gpu), 0);
+    const int precisions[] = {PREC_FP32, PREC_FP16, PREC_TF32};
+    for (size_t i = 0; i < sizeof precisions / sizeof precisions[0]; i++) {
+        backend be;
+        assert_int_equal(backend_cuda_create(&be, &(backend_options){.precision = precisions[i], .grads16 = 1}),
+                         ST_INPUT);
+        assert_non_null(strstr(err_msg(), "grads16 needs net.precision=bf16"));
+        assert_null(be.ops);
+        err_clear();
+    }
+    const backend_cuda_options fp32 = {.tf32 = 0, .deterministic = 0, .precision = 0};
+    assert_int_equal(backend_cuda_set_options(&g_gpu16, &fp32), ST_INPUT);
+    err_clear();
+    OK(backend_cuda_set_tf32(&g_gpu16, 0));  // keeps its precision
+}
+
 // ---------------------------------------------------------------------------------------------------------
 
 static int group_setup(void **state) {
     (void)state;
-    if (backend_cpu_create(&g_cpu, 1) != ST_OK) {
+    if (backend_cpu_create(&g_cpu, 1) != ST_OK ||
+        backend_cpu_create_opts(&g_cpu16, &(backend_cpu_opts){.threads = 1, .conv = CPU_CONV_AUTO, .grads16 = 1}) !=
+            ST_OK) {
         fprintf(stderr, "cpu backend: %s\n", err_msg());
         return -1;
     }
@@ -1341,13 +1664,20 @@ static int group_setup(void **state) {
         fprintf(stderr, "cuda backend: %s\n", err_msg());
         return -1;
     }
+    if (g_have_cuda &&
+        backend_cuda_create(&g_gpu16, &(backend_options){.precision = PREC_BF16, .grads16 = 1}) != ST_OK) {
+        fprintf(stderr, "cuda backend (grads16): %s\n", err_msg());
+        return -1;
+    }
     if (!g_have_cuda) printf("CUDA is not usable (%s): the CUDA comparisons skip (fail with DDP_REQUIRE_CUDA=1)\n", g_no_cuda);
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
+    backend_destroy(&g_gpu16);
     backend_destroy(&g_gpu);
+    backend_destroy(&g_cpu16);
     backend_destroy(&g_cpu);
     return 0;
 }
@@ -1535,6 +1865,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_create_errors),
         cmocka_unit_test(test_tf32_needs_cuda),
+        cmocka_unit_test(test_grads16_cpu),
         cmocka_unit_test(test_table_full),
         cmocka_unit_test(test_memory),
         cmocka_unit_test(test_gather),
@@ -1563,6 +1894,10 @@ int main(void) {
         cmocka_unit_test(test_round_to),
         cmocka_unit_test(test_conv_lp),
         cmocka_unit_test(test_dense_lp),
+        cmocka_unit_test(test_grads16_create),
+        cmocka_unit_test(test_conv_grads16),
+        cmocka_unit_test(test_dense_grads16),
+        cmocka_unit_test(test_batchnorm_grads16),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,7 +1,8 @@
 // test_backend_cuda_nhwc.c — net.layout=nhwc on the CUDA backend (docs/precision.md): every op that has a channel,
 // on a CUDA backend created with layout=nhwc, against the CPU op run in NCHW on the same values, the test
 // transposing inputs and outputs itself (tu_to_nhwc / tu_to_nchw); convolutions in fp32 and at bf16/fp16 with the
-// 16-bit tests' tolerance (test_backend_cuda.c); then one training step of a conv + batch norm + pool + route +
+// 16-bit tests' tolerance (test_backend_cuda.c), and with bf16 parameter gradients (grads16, as [dense] after a
+// spatial input) against the grads16 CPU; then one training step of a conv + batch norm + pool + route +
 // dense model at nhwc against nchw on the GPU (loss, every gradient, the running statistics), and the layer nhwc
 // refuses.
 //
@@ -23,6 +24,9 @@
 
 static const char *g_no_cuda;
 static backend g_cpu, g_nhwc;  // g_nhwc: CUDA with layout=nhwc (only when CUDA is usable)
+// The grads16 pair (dw and db written bf16): the CPU created with grads16, and CUDA with layout=nhwc, precision bf16
+// and grads16 (only when CUDA is usable)
+static backend g_cpu16, g_nhwc16;
 
 #define OK(expr)                                                                                           \
     do {                                                                                                   \
@@ -78,6 +82,23 @@ static float *dev_put_nhwc(const backend *be, const float *nchw, int n, int c, i
     float *p = dev_put(be, t, count * sizeof *t);
     free(t);
     return p;
+}
+
+// n bf16 values (a grads16 backend's dw, db) as the floats they stand for.
+static float *dev_get_bf16(const backend *be, const void *p, size_t n) {
+    uint16_t *bits = malloc((n ? n : 1) * sizeof *bits);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(bits);
+    assert_non_null(h);
+    if (n) OK(backend_download(be, bits, p, n * sizeof *bits));
+    for (size_t i = 0; i < n; i++) h[i] = precision_from_bits((uint32_t)bits[i] << 16);
+    free(bits);
+    return h;
+}
+
+// A parameter gradient of n values: float32, or bf16 (grads16) read as floats.
+static float *dev_get_grad(const backend *be, const void *p, size_t n, int grads16) {
+    return grads16 ? dev_get_bf16(be, p, n) : dev_get(be, p, n);
 }
 
 static float *dev_get_nchw(const backend *be, const float *p, int n, int c, int hw) {
@@ -283,38 +304,41 @@ typedef struct conv_case {
     int groups, dilation;  // 0: 1
 } conv_case;
 
-static void conv_nhwc_run(const conv_case *cc, int format, rng *r) {
+// grads16: on the grads16 pair (format bf16; the CUDA backend holds that precision from its creation), whose dw and db
+// are bf16, compared with one more bf16 ulp (held in the format).
+static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) {
+    const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_nhwc16 : &g_nhwc;
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
                    .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
                    .act = cc->act};
     OK(conv_desc_init(&d, "nhwc conv"));
-    conv_desc dc = d, dg = d, da = d;  // da: the CPU's linear twin for the sums of |terms| (16-bit)
+    conv_desc dc = d, dg = d, da = d;  // da: the fp32 CPU's linear twin for the sums of |terms| (16-bit)
     da.act = ACT_NONE;
     size_t wsc = 0, wsg = 0, wsa = 0;
-    set_precision(format);  // the plan takes it at conv_prepare
-    OK(backend_conv_prepare(&g_cpu, &dc, &wsc));
-    OK(backend_conv_prepare(&g_nhwc, &dg, &wsg));
+    if (!grads16) set_precision(format);  // the plan takes it at conv_prepare
+    OK(backend_conv_prepare(bc, &dc, &wsc));
+    OK(backend_conv_prepare(bg, &dg, &wsg));
     OK(backend_conv_prepare(&g_cpu, &da, &wsa));
-    set_precision(0);
+    if (!grads16) set_precision(0);
     if (wsa > wsc) wsc = wsa;
-    void *wc = wsc ? dev_put(&g_cpu, NULL, wsc) : NULL, *wg = wsg ? dev_put(&g_nhwc, NULL, wsg) : NULL;
+    void *wc = wsc ? dev_put(bc, NULL, wsc) : NULL, *wg = wsg ? dev_put(bg, NULL, wsg) : NULL;
     const int hw_in = d.h * d.w, hw_out = d.oh * d.ow;
     const size_t nx = (size_t)d.n * d.c * hw_in, nw = (size_t)d.k * (d.c / d.groups) * d.r * d.s;
-    const size_t ny = (size_t)d.n * d.k * hw_out;
+    const size_t ny = (size_t)d.n * d.k * hw_out, gbytes = grads16 ? sizeof(uint16_t) : sizeof(float);
     float *hx = rand_fmt(r, nx, 1.f, format), *hw = rand_fmt(r, nw, 0.5f, format);
     float *hb = rand_fmt(r, (size_t)d.k, 0.5f, format), *hdy = rand_fmt(r, ny, 1.f, format);
     const int bias = !cc->no_bias;
-    float *cx = dev_put(&g_cpu, hx, nx * 4), *cw = dev_put(&g_cpu, hw, nw * 4), *cb = dev_put(&g_cpu, hb, d.k * 4);
-    float *cy = dev_put(&g_cpu, NULL, ny * 4), *cdy = dev_put(&g_cpu, hdy, ny * 4), *cdx = dev_put(&g_cpu, NULL, nx * 4);
-    float *cdw = dev_put(&g_cpu, NULL, nw * 4), *cdb = dev_put(&g_cpu, NULL, d.k * 4);
-    float *gx = dev_put_nhwc(&g_nhwc, hx, d.n, d.c, hw_in), *gw = dev_put(&g_nhwc, hw, nw * 4);
-    float *gb = dev_put(&g_nhwc, hb, d.k * 4), *gy = dev_put(&g_nhwc, NULL, ny * 4);
-    float *gdy = dev_put_nhwc(&g_nhwc, hdy, d.n, d.k, hw_out), *gdx = dev_put(&g_nhwc, NULL, nx * 4);
-    float *gdw = dev_put(&g_nhwc, NULL, nw * 4), *gdb = dev_put(&g_nhwc, NULL, d.k * 4);
+    float *cx = dev_put(bc, hx, nx * 4), *cw = dev_put(bc, hw, nw * 4), *cb = dev_put(bc, hb, d.k * 4);
+    float *cy = dev_put(bc, NULL, ny * 4), *cdy = dev_put(bc, hdy, ny * 4), *cdx = dev_put(bc, NULL, nx * 4);
+    void *cdw = dev_put(bc, NULL, nw * gbytes), *cdb = dev_put(bc, NULL, d.k * gbytes);
+    float *gx = dev_put_nhwc(bg, hx, d.n, d.c, hw_in), *gw = dev_put(bg, hw, nw * 4);
+    float *gb = dev_put(bg, hb, d.k * 4), *gy = dev_put(bg, NULL, ny * 4);
+    float *gdy = dev_put_nhwc(bg, hdy, d.n, d.k, hw_out), *gdx = dev_put(bg, NULL, nx * 4);
+    void *gdw = dev_put(bg, NULL, nw * gbytes), *gdb = dev_put(bg, NULL, d.k * gbytes);
 
-    OK(backend_conv_forward(&g_cpu, &dc, cx, cw, bias ? cb : NULL, cy, wc));
-    OK(backend_conv_forward(&g_nhwc, &dg, gx, gw, bias ? gb : NULL, gy, wg));
-    float *ref = dev_get(&g_cpu, cy, ny), *got = dev_get_nchw(&g_nhwc, gy, d.n, d.k, hw_out);
+    OK(backend_conv_forward(bc, &dc, cx, cw, bias ? cb : NULL, cy, wc));
+    OK(backend_conv_forward(bg, &dg, gx, gw, bias ? gb : NULL, gy, wg));
+    float *ref = dev_get(bc, cy, ny), *got = dev_get_nchw(bg, gy, d.n, d.k, hw_out);
     // 16-bit: the sums of |terms| from the CPU's linear twin on |x|, |w|
     float *ax = abs_copy(hx, nx), *aw = abs_copy(hw, nw), *ady = abs_copy(hdy, ny);
     float *cax = dev_put(&g_cpu, ax, nx * 4), *caw = dev_put(&g_cpu, aw, nw * 4), *cady = dev_put(&g_cpu, ady, ny * 4);
@@ -330,51 +354,61 @@ static void conv_nhwc_run(const conv_case *cc, int format, rng *r) {
     }
     // Backward from the CPU's y on both (held in the format under 16 bits), as test_backend_cuda.c does.
     if (format) precision_round_array(format, ny, ref, ref);
-    OK(backend_upload(&g_cpu, cy, ref, ny * 4));
+    OK(backend_upload(bc, cy, ref, ny * 4));
     {
         float *t = malloc(ny * 4);
         assert_non_null(t);
         tu_to_nhwc(ref, t, d.n, d.k, hw_out);
-        OK(backend_upload(&g_nhwc, gy, t, ny * 4));
+        OK(backend_upload(bg, gy, t, ny * 4));
         free(t);
     }
     free(ref), free(got);
-    OK(backend_conv_backward(&g_cpu, &dc, cx, cw, cy, cdy, cdx, cdw, bias ? cdb : NULL, wc));
-    OK(backend_conv_backward(&g_nhwc, &dg, gx, gw, gy, gdy, gdx, gdw, bias ? gdb : NULL, wg));
-    ref = dev_get(&g_cpu, cdy, ny), got = dev_get_nchw(&g_nhwc, gdy, d.n, d.k, hw_out);
+    OK(backend_conv_backward(bc, &dc, cx, cw, cy, cdy, cdx, cdw, bias ? cdb : NULL, wc));
+    OK(backend_conv_backward(bg, &dg, gx, gw, gy, gdy, gdx, gdw, bias ? gdb : NULL, wg));
+    ref = dev_get(bc, cdy, ny), got = dev_get_nchw(bg, gdy, d.n, d.k, hw_out);
     expect_close("conv backward dy (pre-activation)", got, ref, ny, TOL_EXACTISH);
     free(ref), free(got);
-    float *rdx = dev_get(&g_cpu, cdx, nx), *gdx_h = dev_get_nchw(&g_nhwc, gdx, d.n, d.c, hw_in);
-    float *rdw = dev_get(&g_cpu, cdw, nw), *gdw_h = dev_get(&g_nhwc, gdw, nw);  // both KCRS
-    float *rdb = dev_get(&g_cpu, cdb, d.k), *gdb_h = dev_get(&g_nhwc, gdb, d.k);
+    float *rdx = dev_get(bc, cdx, nx), *gdx_h = dev_get_nchw(bg, gdx, d.n, d.c, hw_in);
+    float *rdw = dev_get_grad(bc, cdw, nw, grads16), *gdw_h = dev_get_grad(bg, gdw, nw, grads16);  // both KCRS
+    float *rdb = dev_get_grad(bc, cdb, d.k, grads16), *gdb_h = dev_get_grad(bg, gdb, d.k, grads16);
+    float *sdw = NULL;  // the sums of |terms| of dw (16-bit), for the pass without dx too
     if (format) {
         OK(backend_conv_backward(&g_cpu, &da, cax, caw, csy, cady, csdx, csdw, csdb, wc));
-        float *sdx = dev_get(&g_cpu, csdx, nx), *sdw = dev_get(&g_cpu, csdw, nw), *sdb = dev_get(&g_cpu, csdb, d.k);
+        float *sdx = dev_get(&g_cpu, csdx, nx), *sdb = dev_get(&g_cpu, csdb, d.k);
+        sdw = dev_get(&g_cpu, csdw, nw);
         expect_lp("conv backward dx", format, gdx_h, rdx, sdx, nx, 1, NULL, 1, 1);
-        expect_lp("conv backward dw", format, gdw_h, rdw, sdw, nw, 0, NULL, 1, 1);
-        if (bias) expect_lp("conv backward db", format, gdb_h, rdb, sdb, d.k, 0, NULL, 1, 1);
-        free(sdx), free(sdw), free(sdb);
+        expect_lp("conv backward dw", format, gdw_h, rdw, sdw, nw, grads16, NULL, 1, 1);
+        if (bias) expect_lp("conv backward db", format, gdb_h, rdb, sdb, d.k, grads16, NULL, 1, 1);
+        free(sdx), free(sdb);
     } else {
         expect_close("conv backward dx", gdx_h, rdx, nx, TOL_CONV);
         expect_close("conv backward dw", gdw_h, rdw, nw, TOL_CONV);
         if (bias) expect_close("conv backward db", gdb_h, rdb, d.k, TOL_CONV);
     }
     free(rdx), free(gdx_h), free(rdw), free(gdw_h), free(rdb), free(gdb_h);
-    // First layer: no dx (dy is masked already; masking again is the same on both)
-    if (!format) {
-        OK(backend_conv_backward(&g_cpu, &dc, cx, cw, cy, cdy, NULL, cdw, bias ? cdb : NULL, wc));
-        OK(backend_conv_backward(&g_nhwc, &dg, gx, gw, gy, gdy, NULL, gdw, bias ? gdb : NULL, wg));
-        rdw = dev_get(&g_cpu, cdw, nw), gdw_h = dev_get(&g_nhwc, gdw, nw);
-        expect_close("conv backward dw (no dx)", gdw_h, rdw, nw, TOL_CONV);
+    // First layer: no dx (dy is masked already; masking again is the same on both). Under grads16 backward-filter
+    // then makes dy's bf16 copy itself. dw zeroed first: it must be written again.
+    if (!format || grads16) {
+        OK(backend_zero(bc, cdw, nw * gbytes));
+        OK(backend_zero(bg, gdw, nw * gbytes));
+        OK(backend_conv_backward(bc, &dc, cx, cw, cy, cdy, NULL, cdw, bias ? cdb : NULL, wc));
+        OK(backend_conv_backward(bg, &dg, gx, gw, gy, gdy, NULL, gdw, bias ? gdb : NULL, wg));
+        rdw = dev_get_grad(bc, cdw, nw, grads16), gdw_h = dev_get_grad(bg, gdw, nw, grads16);
+        if (format)
+            expect_lp("conv backward dw (no dx)", format, gdw_h, rdw, sdw, nw, 1, NULL, 1, 1);
+        else
+            expect_close("conv backward dw (no dx)", gdw_h, rdw, nw, TOL_CONV);
         free(rdw), free(gdw_h);
     }
-    float *cbufs[] = {cx, cw, cb, cy, cdy, cdx, cdw, cdb, cax, caw, cady, csy, csdx, csdw, csdb};
-    float *gbufs[] = {gx, gw, gb, gy, gdy, gdx, gdw, gdb};
-    for (size_t i = 0; i < sizeof cbufs / sizeof cbufs[0]; i++) backend_free(&g_cpu, cbufs[i]);
-    for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++) backend_free(&g_nhwc, gbufs[i]);
-    backend_free(&g_cpu, wc), backend_free(&g_nhwc, wg);
+    free(sdw);
+    void *cbufs[] = {cx, cw, cb, cy, cdy, cdx, cdw, cdb}, *gbufs[] = {gx, gw, gb, gy, gdy, gdx, gdw, gdb};
+    float *abufs[] = {cax, caw, cady, csy, csdx, csdw, csdb};
+    for (size_t i = 0; i < sizeof cbufs / sizeof cbufs[0]; i++) backend_free(bc, cbufs[i]);
+    for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++) backend_free(bg, gbufs[i]);
+    for (size_t i = 0; i < sizeof abufs / sizeof abufs[0]; i++) backend_free(&g_cpu, abufs[i]);
+    backend_free(bc, wc), backend_free(bg, wg);
     free(hx), free(hw), free(hb), free(hdy), free(ax), free(aw), free(ady);
-    backend_conv_release(&g_cpu, &dc), backend_conv_release(&g_cpu, &da), backend_conv_release(&g_nhwc, &dg);
+    backend_conv_release(bc, &dc), backend_conv_release(&g_cpu, &da), backend_conv_release(bg, &dg);
 }
 
 // Plain, strided and padded, 1x1, grouped, depthwise, dilated, with and without a bias.
@@ -396,7 +430,7 @@ static void test_conv_nhwc(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 303);
-    for (size_t i = 0; i < sizeof k_conv_cases / sizeof k_conv_cases[0]; i++) conv_nhwc_run(&k_conv_cases[i], 0, &r);
+    for (size_t i = 0; i < sizeof k_conv_cases / sizeof k_conv_cases[0]; i++) conv_nhwc_run(&k_conv_cases[i], 0, 0, &r);
 }
 
 // 16-bit: activations whose masks are 0 or 1, as test_backend_cuda.c's 16-bit cases (after leaky or sigmoid the
@@ -426,8 +460,80 @@ static void test_conv_nhwc_lp(void **state) {
             continue;
         }
         for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
-            conv_nhwc_run(&k_conv_lp_cases[i], formats[f], &r);
+            conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, &r);
     }
+}
+
+// grads16 (bf16 dw and db): cuDNN's bf16 KRSC dw in the workspace, permuted into the caller's KCRS buffer by
+// layout_convert's 16-bit kernel, and the bias sums stored bf16, against the grads16 CPU in NCHW.
+static void test_conv_nhwc_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    const int cc = backend_cuda_compute_capability(&g_nhwc16);
+    if (cc < 80) {
+        print_message("sm_%d has no bf16 convolutions: grads16 skipped\n", cc);
+        return;
+    }
+    rng r;
+    rng_seed(&r, 305);
+    for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
+        conv_nhwc_run(&k_conv_lp_cases[i], PREC_BF16, 1, &r);
+}
+
+// [dense] after a spatial input on an NHWC grads16 backend (src/layers/dense.c's scheme, test_dense_permuted_cpu):
+// the input H·W·C-ordered, the weight permuted per forward, the bf16 weight gradient permuted back by
+// layout_convert's 16-bit kernel; against the grads16 CPU's dense on the NCHW values (backward from the CPU's y,
+// held in bf16).
+static void test_dense_nhwc_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 311);
+    enum { N = 6, C = 16, HW = 9, IN = C * HW, OUT = 10 };
+    const size_t nx = (size_t)N * IN, nw = (size_t)OUT * IN, ny = (size_t)N * OUT;
+    float *hx = rand_fmt(&r, nx, 1.f, PREC_BF16), *hw = rand_fmt(&r, nw, 0.5f, PREC_BF16);
+    float *hb = rand_fmt(&r, OUT, 0.5f, PREC_BF16), *hdy = rand_fmt(&r, ny, 1.f, PREC_BF16);
+    // the grads16 CPU, NCHW
+    float *cx = dev_put(&g_cpu16, hx, nx * 4), *cw = dev_put(&g_cpu16, hw, nw * 4);
+    float *cb = dev_put(&g_cpu16, hb, OUT * 4), *cy = dev_put(&g_cpu16, NULL, ny * 4);
+    float *cdy = dev_put(&g_cpu16, hdy, ny * 4), *cdx = dev_put(&g_cpu16, NULL, nx * 4);
+    void *cdw = dev_put(&g_cpu16, NULL, nw * 2), *cdb = dev_put(&g_cpu16, NULL, OUT * 2);
+    OK(backend_dense_forward(&g_cpu16, N, IN, OUT, ACT_RELU, cx, cw, cb, cy));
+    float *hy = dev_get(&g_cpu16, cy, ny);
+    precision_round_array(PREC_BF16, ny, hy, hy);
+    OK(backend_upload(&g_cpu16, cy, hy, ny * 4));
+    OK(backend_dense_backward(&g_cpu16, N, IN, OUT, ACT_RELU, cx, cw, cy, cdy, cdx, cdw, cdb));
+    // the NHWC grads16 GPU: x H·W·C-ordered, w permuted, dw permuted back
+    float *gx = dev_put_nhwc(&g_nhwc16, hx, N, C, HW), *gw = dev_put(&g_nhwc16, hw, nw * 4);
+    float *gwt = dev_put(&g_nhwc16, NULL, nw * 4), *gy = dev_put(&g_nhwc16, hy, ny * 4);
+    float *gdy = dev_put(&g_nhwc16, hdy, ny * 4), *gdx = dev_put(&g_nhwc16, NULL, nx * 4);
+    void *gdwt = dev_put(&g_nhwc16, NULL, nw * 2), *gdw = dev_put(&g_nhwc16, NULL, nw * 2);
+    void *gdb = dev_put(&g_nhwc16, NULL, OUT * 2);
+    OK(backend_layout_convert(&g_nhwc16, OUT, C, HW, 1, 4, gw, gwt));
+    OK(backend_dense_backward(&g_nhwc16, N, IN, OUT, ACT_RELU, gx, gwt, gy, gdy, gdx, gdwt, gdb));
+    OK(backend_layout_convert(&g_nhwc16, OUT, C, HW, 0, 2, gdwt, gdw));
+    // the sums of |terms|: the fp32 CPU's linear dense on |x|, |w| and the masked |dy|
+    float *dz = dev_get(&g_cpu16, cdy, ny), *ax = abs_copy(hx, nx), *aw = abs_copy(hw, nw), *adz = abs_copy(dz, ny);
+    float *sx = dev_put(&g_cpu, ax, nx * 4), *sw = dev_put(&g_cpu, aw, nw * 4), *sdz = dev_put(&g_cpu, adz, ny * 4);
+    float *sdx = dev_put(&g_cpu, NULL, nx * 4), *sdw = dev_put(&g_cpu, NULL, nw * 4);
+    float *sdb = dev_put(&g_cpu, NULL, OUT * 4);
+    OK(backend_dense_backward(&g_cpu, N, IN, OUT, ACT_NONE, sx, sw, cy, sdz, sdx, sdw, sdb));
+    float *s = dev_get(&g_cpu, sdx, nx), *ref = dev_get(&g_cpu16, cdx, nx);
+    float *got = dev_get_nchw(&g_nhwc16, gdx, N, C, HW);
+    expect_lp("dense dx (H·W·C-ordered)", PREC_BF16, got, ref, s, nx, 1, NULL, 1, 1);
+    free(s), free(ref), free(got);
+    s = dev_get(&g_cpu, sdw, nw), ref = dev_get_bf16(&g_cpu16, cdw, nw), got = dev_get_bf16(&g_nhwc16, gdw, nw);
+    expect_lp("dense dw (grads16, permuted back)", PREC_BF16, got, ref, s, nw, 1, NULL, 1, 1);
+    free(s), free(ref), free(got);
+    s = dev_get(&g_cpu, sdb, OUT), ref = dev_get_bf16(&g_cpu16, cdb, OUT), got = dev_get_bf16(&g_nhwc16, gdb, OUT);
+    expect_lp("dense db (grads16)", PREC_BF16, got, ref, s, OUT, 1, NULL, 1, 1);
+    free(s), free(ref), free(got);
+    void *cbufs[] = {cx, cw, cb, cy, cdy, cdx, cdw, cdb}, *gbufs[] = {gx, gw, gwt, gy, gdy, gdx, gdwt, gdw, gdb};
+    void *sbufs[] = {sx, sw, sdz, sdx, sdw, sdb};
+    for (size_t i = 0; i < sizeof cbufs / sizeof cbufs[0]; i++) backend_free(&g_cpu16, cbufs[i]);
+    for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++) backend_free(&g_nhwc16, gbufs[i]);
+    for (size_t i = 0; i < sizeof sbufs / sizeof sbufs[0]; i++) backend_free(&g_cpu, sbufs[i]);
+    free(hx), free(hw), free(hb), free(hdy), free(hy), free(dz), free(ax), free(aw), free(adz);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -783,7 +889,9 @@ static void test_model_nhwc_refuses(void **state) {
 
 static int group_setup(void **state) {
     (void)state;
-    if (backend_cpu_create(&g_cpu, 1) != ST_OK) {
+    if (backend_cpu_create(&g_cpu, 1) != ST_OK ||
+        backend_cpu_create_opts(&g_cpu16, &(backend_cpu_opts){.threads = 1, .conv = CPU_CONV_AUTO, .grads16 = 1}) !=
+            ST_OK) {
         fprintf(stderr, "cpu backend: %s\n", err_msg());
         return -1;
     }
@@ -792,13 +900,21 @@ static int group_setup(void **state) {
         fprintf(stderr, "cuda backend (layout=nhwc): %s\n", err_msg());
         return -1;
     }
+    if (!g_no_cuda &&
+        backend_cuda_create(&g_nhwc16, &(backend_options){.layout = LAYOUT_NHWC, .precision = PREC_BF16,
+                                                          .grads16 = 1}) != ST_OK) {
+        fprintf(stderr, "cuda backend (layout=nhwc, grads16): %s\n", err_msg());
+        return -1;
+    }
     if (g_no_cuda) printf("CUDA is not usable (%s): the CUDA comparisons skip (fail with DDP_REQUIRE_CUDA=1)\n", g_no_cuda);
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
+    backend_destroy(&g_nhwc16);
     backend_destroy(&g_nhwc);
+    backend_destroy(&g_cpu16);
     backend_destroy(&g_cpu);
     return 0;
 }
@@ -810,6 +926,8 @@ int main(void) {
         cmocka_unit_test(test_layout_convert),
         cmocka_unit_test(test_conv_nhwc),
         cmocka_unit_test(test_conv_nhwc_lp),
+        cmocka_unit_test(test_conv_nhwc_grads16),
+        cmocka_unit_test(test_dense_nhwc_grads16),
         cmocka_unit_test(test_batchnorm_nhwc),
         cmocka_unit_test(test_pool_nhwc),
         cmocka_unit_test(test_gather_nhwc),
