@@ -45,16 +45,16 @@
 # streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
 # IDX in the same order, bit for bit, with crop and flip; nccl (40) bench_allreduce -c nccl and training with
 # parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
-# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (45) compute-sanitizer memcheck then synccheck over
-# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (35) CPU vs GPU losses and accuracy;
-# runs (25) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
+# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (40) compute-sanitizer memcheck then synccheck over
+# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (30) CPU vs GPU losses and accuracy;
+# runs (20) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
 # vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
 # configs/resnet50.cfg at 224x224 on synthetic data: per-step losses CPU vs GPU from the same weights, then img/s
-# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (35)
+# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (55)
 # fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), bf16 at
 # net.layout=nhwc vs nchw, bf16 with compress=bf16 (gradients written bf16 by backward, sent without a cast) vs
 # without, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) +
-# channels_last; bench (25)
+# channels_last, and resnet50.cfg at tf32, bf16 and bf16 nhwc vs autocast(bf16) + channels_last; bench (20)
 # launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
 # timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
@@ -65,7 +65,7 @@ set -euo pipefail
 
 STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
 declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=35 [graph]=35 [stream]=30
-                  [nccl]=40 [sanitize]=45 [parity]=35 [runs]=25 [resnet]=40 [resnet50]=45 [precision]=35 [bench]=25)
+                  [nccl]=40 [sanitize]=40 [parity]=30 [runs]=20 [resnet]=40 [resnet50]=45 [precision]=55 [bench]=20)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
@@ -915,7 +915,7 @@ precision_grads16_parity() {
   if [ "${#lg[@]}" -ge 2 ] &&
      train "prec-bf16-grads16-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set parallel.compress=bf16 \
        --set parallel.force_allreduce=1; then
-    if grep -q "as backward wrote them" "$work/prec-bf16-grads16-$side.out"; then
+    if grep -q "as written by backward" "$work/prec-bf16-grads16-$side.out"; then
       read -r -a lw <<<"$(step_losses "prec-bf16-grads16-$side")"
       if [ "${#lw[@]}" -ge 2 ]; then
         two_step_parity "bf16 grads16" fp32-grads bf16-grads "${lg[0]}" "${lg[1]}" "${lw[0]}" "${lw[1]}"
@@ -924,7 +924,7 @@ precision_grads16_parity() {
         bad+=("bf16 grads16: no per-step losses")
       fi
     else
-      bad+=("bf16 grads16: the run did not send bf16 gradients from backward (no 'as backward wrote them' line)")
+      bad+=("bf16 grads16: the run did not send bf16 gradients from backward (no 'as written by backward' line)")
     fi
   else
     bad+=("bf16 grads16: the 2-step run failed (or no bf16 losses to compare with)")
@@ -932,9 +932,60 @@ precision_grads16_parity() {
   k+="bf16 grads16 vs fp32 grads $n1/$n2; "
 }
 
+# precision_bench NAME CFG BATCH STEPS "RUNS" "TORCH MODES" [--set ...]: img/s of CFG on synthetic data (the second epoch
+# of two, STEPS steps of BATCH) for each of RUNS (fp32, tf32, bf16, bf16-nhwc: bf16 at net.layout=nhwc, cuDNN's NHWC
+# kernels), then launch/bench_torch.py on the same GPU for each of the |-separated TORCH MODES (eager: fp32, or its
+# options; none: ""). Adds
+# "NAME bBATCH img/s ..." to the caller's k, failures to its bad (stage_precision's a, work, py), and the ratio of
+# bf16-nhwc to PyTorch's autocast(bf16) + channels_last, the issue's goal (>= 1.5x): reported, not asserted.
+precision_bench() {
+  local name=$1 mcfg=$2 mb=$3 ms=$4 runs=$5 modes=$6 p lay ours line theirs nhwc=- amp=- mode
+  shift 6
+  local syn=(--config "$mcfg" --seed 7 --set data.format=synthetic --epochs 2 --batch "$mb"
+             --set "data.train_limit=$((ms * mb))" --set "data.test_limit=$mb" "$@")
+  cpu_mode && syn+=(--threads 2)
+  k+="$name b$mb img/s"
+  for p in $runs; do
+    lay=nchw
+    [ "$p" = bf16-nhwc ] && lay=nhwc
+    if train "prec-bench-$name-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=${p%-nhwc}" --set "net.layout=$lay"; then
+      ours=$(jget "$work/prec-bench-$name-$p.jsonl" images_per_s)
+      [ "$p" = bf16-nhwc ] && nhwc=$ours
+      k+=" $p $(awk -v x="$ours" 'BEGIN { printf "%.0f", x }')"
+    else
+      bad+=("$name: the $p benchmark run failed")
+    fi
+  done
+  if [ -z "$modes" ]; then k+="; "; return 0; fi
+  if cpu_mode || ! timeout 60 "${py[@]}" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    k+=", torch not measured ($(cpu_mode && echo "no GPU" || echo "no PyTorch with CUDA")); "
+    return 0
+  fi
+  local -a each
+  IFS='|' read -r -a each <<<"$modes"
+  for mode in "${each[@]}"; do
+    [ "$mode" = eager ] && mode=''
+    # shellcheck disable=SC2086  # $mode: two options or none
+    if line=$(timeout 90 "${py[@]}" launch/bench_torch.py --device cuda --config "$mcfg" --data synthetic \
+                --batch "$mb" --steps "$ms" --warmup 10 "${@}" $mode 2>"$work/torch.err"); then
+      echo "$line"
+      theirs=$(sed -n 's/.*images_per_s=\([0-9.]*\).*/\1/p' <<<"$line")
+      [ "$mode" = "--amp bf16 --channels-last" ] && amp=$theirs
+      k+="; torch ${mode:-eager fp32} $theirs"
+    else
+      cat "$work/torch.err"; bad+=("$name: bench_torch.py $mode failed: $(tail -n 1 "$work/torch.err")")
+    fi
+  done
+  if [ "$nhwc" != - ] && [ "$amp" != - ]; then
+    k+=" (bf16-nhwc / torch amp+channels_last $(awk -v a="$nhwc" -v b="$amp" 'BEGIN { printf "%.2fx", a / b }'); goal 1.5x)"
+  fi
+  k+="; "
+}
+
 stage_precision() {
   local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
-  local bad=() k='' p ls lg r1 r2 t1 t2 d1 d2 bb=256 steps=20 ours line theirs
+  local bad=() k='' p ls lg r1 r2 t1 t2 d1 d2 bb=256 steps=20
+  local py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "${PYTHON:-python3}")
   [ -n "$fmnist" ] || die "no Fashion-MNIST"
   if cpu_mode; then
     side=cpu1 a=(--backend cpu --comm mpi --threads 1 --set net.cuda_graph=0) cpu+=(--threads 2) bb=32 steps=4
@@ -965,39 +1016,17 @@ stage_precision() {
     k+="$p step 1/2 rel diff $r1/$r2; "
     if [ "$p" = bf16 ]; then precision_nhwc_parity; precision_grads16_parity; fi
   done
-  # img/s, batch $bb: fp32 (FMA), tf32, bf16 (the CPU: tf32 is fp32 there, bf16 the emulation).
-  local syn=(--config "$cfg" --seed 7 --set data.format=synthetic --epochs 2 --batch "$bb"
-             --set "data.train_limit=$((steps * bb))" --set "data.test_limit=$bb")
-  cpu_mode && syn+=(--threads 2)
-  k+="b$bb img/s"
-  for p in fp32 tf32 bf16 bf16-nhwc; do  # bf16-nhwc: bf16 with net.layout=nhwc (cuDNN's NHWC kernels)
-    local lay=nchw
-    [ "$p" = bf16-nhwc ] && lay=nhwc
-    if train "prec-bench-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=${p%-nhwc}" --set "net.layout=$lay"; then
-      ours=$(jget "$work/prec-bench-$p.jsonl" images_per_s)
-      k+=" $p $(awk -v x="$ours" 'BEGIN { printf "%.0f", x }')"
-    else
-      bad+=("the $p benchmark run failed")
-    fi
-  done
-  local py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "${PYTHON:-python3}")
-  if ! cpu_mode && timeout 60 "${py[@]}" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
-    for mode in "" "--amp bf16 --channels-last"; do
-      # shellcheck disable=SC2086  # $mode: two options or none
-      if line=$(timeout 60 "${py[@]}" launch/bench_torch.py --device cuda --config "$cfg" --data synthetic \
-                  --batch "$bb" --steps "$steps" --warmup 10 $mode 2>"$work/torch.err"); then
-        echo "$line"
-        theirs=$(sed -n 's/.*images_per_s=\([0-9.]*\).*/\1/p' <<<"$line")
-        k+="; torch ${mode:-eager fp32} $theirs"
-      else
-        cat "$work/torch.err"; bad+=("bench_torch.py $mode failed: $(tail -n 1 "$work/torch.err")")
-      fi
-    done
+  precision_bench fashion "$cfg" "$bb" "$steps" "fp32 tf32 bf16 bf16-nhwc" "eager|--amp bf16 --channels-last"
+  # configs/resnet50.cfg at 224x224 (the resnet50 stage times fp32 and PyTorch eager fp32 in the same run); the CPU:
+  # 64x64, batch 4, bf16-nhwc alone (the path, not the speed)
+  if cpu_mode; then
+    precision_bench resnet50 configs/resnet50.cfg 4 2 "bf16-nhwc" "" --set net.height=64 --set net.width=64
   else
-    k+=", torch not measured ($(cpu_mode && echo "no GPU" || echo "no PyTorch with CUDA"))"
+    precision_bench resnet50 configs/resnet50.cfg 64 10 "tf32 bf16 bf16-nhwc" "--amp bf16 --channels-last" \
+      --set net.height=224 --set net.width=224
   fi
   all_passed
-  key "$k"
+  key "${k%; }"
 }
 
 # ---------------------------------------------------------------------------------------------------------

@@ -432,7 +432,7 @@ static int compress_start(trainer *t) {
     TRY(comm_set_compress(t->c, mode));
     LOG0("compression: gradient buckets all-reduced as %s (%s), cast back to float32 after; sync batch norm in "
          "float32\n", comm_compress_name(mode),
-         t->m.grads16                ? "bfloat16 as backward wrote them (precision=bf16): no cast before sending"
+         t->m.grads16                ? "bfloat16 as written by backward, precision=bf16: no cast before sending"
          : mode == COMM_COMPRESS_BF16 ? "bfloat16, float32's range"
                                       : "fp16 with power-of-two scales: no overflow, see docs/parallelism.md");
     return ST_OK;

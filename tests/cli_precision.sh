@@ -71,7 +71,7 @@ g16=("${eq[@]}" --batch 32 --set net.precision=bf16 --set parallel.compress=bf16
 if timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${g16[@]}" --save g16.st >g16.out 2>"$tmp/err" &&
    DDP_TEST_GRADS32=1 timeout -k 2 300 "${mpi[@]}" -np 2 -x DDP_TEST_GRADS32 "$trainer" "${g16[@]}" --save g32.st \
      >g32.out 2>"$tmp/err" &&
-   grep -q "as backward wrote them" g16.out && ! grep -q "as backward wrote them" g32.out &&
+   grep -q "as written by backward" g16.out && ! grep -q "as written by backward" g32.out &&
    "$tool" same g16.st g32.st >/dev/null && ! "$tool" same g16.st np2.st >/dev/null; then
   ok "bf16 gradients from backward on the wire == float32 cast by the comm, bit for bit (np 2, 30 steps; != uncompressed)"
 else
