@@ -36,40 +36,43 @@
 #   -h, --help          this text
 #
 # Stages (limit in seconds; 580 in all): preflight (20) machine, tools, GPU and where each library comes from;
-# build (100) CMake + Ninja, only the targets used; cuda-tests (45) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
-# CUDA op against the CPU op); capture (25) test_cuda_capture; staging (35) --comm mpi with the all-reduce forced
+# build (100) CMake + Ninja, only the targets used; cuda-tests (40) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
+# CUDA op against the CPU op); capture (20) test_cuda_capture; staging (30) --comm mpi with the all-reduce forced
 # at world 1 (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce:
-# bit-identical checkpoints; graph (35) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
+# bit-identical checkpoints; graph (30) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
 # with every per-step device value (batch norm, dropout, crop and flip, accumulation, one-cycle lr, Adam's step,
-# clipping, forced all-reduce: tests/gpu_graph.cfg); stream (30) Fashion-MNIST as PNG folders through the
+# clipping, forced all-reduce: tests/gpu_graph.cfg); stream (25) Fashion-MNIST as PNG folders through the
 # streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
-# IDX in the same order, bit for bit, with crop and flip; nccl (40) bench_allreduce -c nccl and training with
+# IDX in the same order, bit for bit, with crop and flip; nccl (35) bench_allreduce -c nccl and training with
 # parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
-# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (40) compute-sanitizer memcheck then synccheck over
-# test_cuda_capture and a 20-step forced-all-reduce graph run; parity (30) CPU vs GPU losses and accuracy;
-# runs (20) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU
-# vs GPU for 5 steps, then launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45)
-# configs/resnet50.cfg at 224x224 on synthetic data: per-step losses CPU vs GPU from the same weights, then img/s
-# at batch 64 against PyTorch eager (launch/bench_torch.py --device cuda) on the same GPU; precision (55)
-# fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from the same weights (2 steps' losses), bf16 at
-# net.layout=nhwc vs nchw, bf16 with compress=bf16 (gradients written bf16 by backward, sent without a cast) vs
-# without, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) +
-# channels_last, and resnet50.cfg at tf32, bf16 and bf16 nhwc vs autocast(bf16) + channels_last; bench (20)
-# launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
-# timed them yet): --stage-timeout and --budget adjust them.
+# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the
+# GPU); sanitize (35) compute-sanitizer memcheck then synccheck over test_cuda_capture and a 20-step
+# forced-all-reduce graph run; parity (25) CPU vs GPU losses and accuracy; runs (20) 1- and 5-epoch runs, graph on
+# and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU vs GPU for 5 steps, then
+# launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45) configs/resnet50.cfg at 224x224 on
+# synthetic data: per-step losses CPU vs GPU from the same weights, then img/s at batch 64 against PyTorch eager
+# (launch/bench_torch.py --device cuda) on the same GPU; precision (45) fashion_resnet.cfg at bf16 and fp16, GPU
+# vs the CPU's emulation from the same weights (2 steps' losses), bf16 at net.layout=nhwc vs nchw, bf16 with
+# compress=bf16 (gradients written bf16 by backward, sent without a cast) vs without, then img/s at fp32, tf32,
+# bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) + channels_last, and the seed CNN's 5 epochs at bf16
+# nhwc (accuracy asserted, time against the 0.5 s goal); precision50 (50) resnet50.cfg at tf32, bf16 and bf16 nhwc
+# vs autocast(bf16) + channels_last; bench (20) launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are
+# estimates for an H100 (no device run has timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
 # or $DDP_FMNIST_DIR. Exit: 0 every stage passed or was skipped by design (not selected, no GPU with --no-gpu);
 # 1 a stage failed or could not start within the budget (incomplete); 2 bad argument, or no GPU (without
 # --no-gpu).
 set -euo pipefail
 
-STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
-declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=45 [capture]=25 [staging]=35 [graph]=35 [stream]=30
-                  [nccl]=40 [sanitize]=40 [parity]=30 [runs]=20 [resnet]=40 [resnet50]=45 [precision]=55 [bench]=20)
+STAGES=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision
+        precision50 bench)
+declare -A LIMIT=([preflight]=20 [build]=100 [cuda-tests]=40 [capture]=20 [staging]=30 [graph]=30 [stream]=25
+                  [nccl]=35 [sanitize]=35 [parity]=25 [runs]=20 [resnet]=40 [resnet50]=45 [precision]=45
+                  [precision50]=50 [bench]=20)
 declare -A GIVEN=()  # limits set by --stage-timeout
 # Stages that need the built programs (skipped when the build failed).
 declare -A NEEDS_BUILD=([cuda-tests]=1 [capture]=1 [staging]=1 [graph]=1 [stream]=1 [nccl]=1 [sanitize]=1 [parity]=1 [runs]=1
-                        [resnet]=1 [resnet50]=1 [precision]=1 [bench]=1)
+                        [resnet]=1 [resnet50]=1 [precision]=1 [precision50]=1 [bench]=1)
 
 self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 # Relative paths in the options are the caller's: the stages (this script again) resolve them the same way.
@@ -982,6 +985,24 @@ precision_bench() {
   k+="; "
 }
 
+# The seed CNN's 5-epoch run (the runs stage's, fp32 there) at bf16 nhwc with the CUDA graph: the issue's goal of
+# <= 0.5 s of training at >= 0.905 test accuracy; the accuracy asserted as in runs, the time reported. --no-gpu: 2
+# epochs of 1,280 images (the runs stage's sizes and accuracy bound). Uses stage_precision's k and bad.
+precision_five() {
+  local ep=5 lim='' be=(--backend cuda) min=0.905 acc train_s label
+  if cpu_mode; then ep=2 lim=1280 be=(--backend cpu --comm mpi --threads 2) min=0.55; fi
+  label=prec-e$ep-bf16-nhwc
+  if train "$label" --config "$cfg_gpu" --epochs "$ep" "${be[@]}" --set net.precision=bf16 --set net.layout=nhwc \
+       --set parallel.comm_timeout_s=30 ${lim:+--set "data.train_limit=$lim"}; then
+    acc=$(jget "$work/$label.jsonl" test_acc)
+    train_s=$(awk -F'"epoch_s":' '{ split($2, a, ","); s += a[1] } END { printf "%.2f", s }' "$work/$label.jsonl")
+    fcmp "$acc >= $min" || bad+=("$label test_acc $(f4 "$acc") < $min")
+    k+="seed cnn $ep ep bf16 nhwc acc $(f4 "$acc") (>= $min), train $train_s s (goal 0.5); "
+  else
+    bad+=("$label failed")
+  fi
+}
+
 stage_precision() {
   local cfg=configs/fashion_resnet.cfg side=gpu a=(--backend cuda) cpu=(--backend cpu --comm mpi --set net.cuda_graph=0)
   local bad=() k='' p ls lg r1 r2 t1 t2 d1 d2 bb=256 steps=20
@@ -1017,9 +1038,20 @@ stage_precision() {
     if [ "$p" = bf16 ]; then precision_nhwc_parity; precision_grads16_parity; fi
   done
   precision_bench fashion "$cfg" "$bb" "$steps" "fp32 tf32 bf16 bf16-nhwc" "eager|--amp bf16 --channels-last"
-  # configs/resnet50.cfg at 224x224 (the resnet50 stage times fp32 and PyTorch eager fp32 in the same run); the CPU:
-  # 64x64, batch 4, bf16-nhwc alone (the path, not the speed)
+  precision_five
+  all_passed
+  key "${k%; }"
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Stage: configs/resnet50.cfg at 224x224 in mixed precision: img/s at tf32, bf16 and bf16 nhwc (batch 64, 10 steps)
+# against PyTorch autocast(bf16) + channels_last on the same GPU (fp32 and PyTorch eager fp32: the resnet50 stage of
+# the same run). --no-gpu: 64x64, batch 4, bf16 nhwc alone (the path, not the speed).
+stage_precision50() {
+  local a=(--backend cuda) bad=() k=''
+  local py=(env "LD_LIBRARY_PATH=${DDP_DEPS_BASE_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}}" "${PYTHON:-python3}")
   if cpu_mode; then
+    a=(--backend cpu)
     precision_bench resnet50 configs/resnet50.cfg 4 2 "bf16-nhwc" "" --set net.height=64 --set net.width=64
   else
     precision_bench resnet50 configs/resnet50.cfg 64 10 "tf32 bf16 bf16-nhwc" "--amp bf16 --channels-last" \

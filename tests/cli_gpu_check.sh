@@ -16,7 +16,8 @@ command -v timeout >/dev/null || { echo "SKIP: no timeout (coreutils)"; exit 77;
 make_tmp
 unset DDP_GPU_CHECK_INJECT_FAIL DDP_GPU_CHECK_STAGE DDP_GPU_CHECK_WORK DDP_GPU_CHECK_CWD
 build=$bin/gpu_check_nogpu
-stages=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision bench)
+stages=(preflight build cuda-tests capture staging graph stream nccl sanitize parity runs resnet resnet50 precision
+        precision50 bench)
 fail() { echo "FAIL: $*"; exit 1; }
 # row FILE STAGE: the stage's line of the summary table in FILE.
 row() { grep -E "^$2 +(pass|FAIL|skipped|incomplete) " "$1"; }
@@ -48,7 +49,7 @@ for s in "${stages[@]}"; do
   grep -q "^$s," "$tmp/logs/stages.csv" || fail "no '$s' row in stages.csv"
 done
 grep -qE '^total +pass ' "$tmp/logs/summary.txt" || fail "summary.txt: total is not pass"
-for s in preflight build staging graph stream parity runs resnet50 precision; do
+for s in preflight build staging graph stream parity runs resnet50 precision precision50; do
   grep -q ' pass ' <<<"$(row "$tmp/out" "$s")" || fail "stage $s did not pass: $(row "$tmp/out" "$s")"
 done
 for f in summary.txt stages.csv gpu_check.log build.log metrics.jsonl; do
