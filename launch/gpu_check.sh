@@ -45,10 +45,10 @@
 # streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
 # IDX in the same order, bit for bit, with crop and flip; nccl (35) bench_allreduce -c nccl and training with
 # parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
-# test_comm: nccl's 16-bit all-reduces against the CPU's) and powersgd (its GEMMs and orthogonalisation on the
-# GPU); sanitize (35) compute-sanitizer memcheck then synccheck over test_cuda_capture and a 20-step
-# forced-all-reduce graph run; parity (25) CPU vs GPU losses and accuracy; runs (20) 1- and 5-epoch runs, graph on
-# and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU vs GPU for 5 steps, then
+# test_comm: nccl's 16-bit all-reduces against the CPU's; bf16 gradients from backward at precision=bf16) and
+# powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (35) compute-sanitizer memcheck then synccheck
+# over test_cuda_capture and a 20-step forced-all-reduce graph run; parity (25) CPU vs GPU losses and accuracy;
+# runs (20) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU vs GPU for 5 steps, then
 # launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45) configs/resnet50.cfg at 224x224 on
 # synthetic data: per-step losses CPU vs GPU from the same weights, then img/s at batch 64 against PyTorch eager
 # (launch/bench_torch.py --device cuda) on the same GPU; precision (45) fashion_resnet.cfg at bf16 and fp16, GPU
@@ -629,10 +629,11 @@ stage_nccl() {
   if ! cpu_mode && [ -x "$bin/tests/test_comm" ]; then
     echo "-- DDP_REQUIRE_CUDA=1 $bin/tests/test_comm"
     if OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 DDP_REQUIRE_CUDA=1 "$bin/tests/test_comm" >"$work/test_comm.out" 2>&1 \
-       && grep -q 'OK \] test_nccl_compress_matches_cpu' "$work/test_comm.out"; then
-      k+="; test_comm nccl compress ok"
+       && grep -q 'OK \] test_nccl_compress_matches_cpu' "$work/test_comm.out" \
+       && grep -q 'OK \] test_bf16_input_on_device' "$work/test_comm.out"; then
+      k+="; test_comm nccl compress and bf16 input ok"
     else
-      bad+=("test_comm (nccl bf16/fp16 against the CPU) failed")
+      bad+=("test_comm (nccl bf16/fp16 against the CPU, bf16 input on the device) failed")
     fi
     cat "$work/test_comm.out"
   fi
@@ -651,6 +652,20 @@ stage_nccl() {
       bad+=("compress=$z run failed")
     fi
   done
+  # precision=bf16 with compress=bf16: backward writes the gradients in bf16 (grads16) and the buckets go on the
+  # wire as they are (comm_allreduce_avg_bf16_async; nccl: in place, captured in the graph): trains, near none's.
+  local lb ab
+  if train forced-bf16-grads "${common[@]}" --set parallel.compress=bf16 --set net.precision=bf16 && [ -n "${lg:-}" ]; then
+    lb=$(jget "$work/forced-bf16-grads.jsonl" train_loss) ab=$(jget "$work/forced-bf16-grads.jsonl" test_acc)
+    grep -q "as written by backward" "$work/forced-bf16-grads.out" || bad+=("bf16 gradients: no 'as written by backward' line")
+    if ! finite "$lb" || ! fcmp "($lb - $lg) <= 0.05 && ($lg - $lb) <= 0.05 && $ab >= $min_acc"; then
+      bad+=("bf16 gradients from backward: train loss $lb (none: $lg, want within 0.05), test_acc $ab (want >= $min_acc)")
+    fi
+    cpu_mode || graph_used forced-bf16-grads || bad+=("forced-bf16-grads ran without the CUDA graph (see its log)")
+    k+="; bf16 grads from backward: loss $lb acc $(f4 "$ab")"
+  else
+    bad+=("precision=bf16 compress=bf16 run failed")
+  fi
   # PowerSGD (rank 2 from step 2): P = M Q, the orthogonalisation and Q = M^T P on the device (cuBLAS, one
   # kernel per matrix; test_backend_cuda checks each op against the CPU's in cuda-tests), two all-reduces per
   # bucket, the error feedback: trains (finite, near none's loss, accuracy as asserted above) and says so.
