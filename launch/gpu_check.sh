@@ -35,29 +35,29 @@
 #                       NCCL warning line and go on); also $DDP_GPU_CHECK_INJECT_FAIL
 #   -h, --help          this text
 #
-# Stages (limit in seconds; 580 in all): preflight (20) machine, tools, GPU and where each library comes from;
-# build (100) CMake + Ninja, only the targets used; cuda-tests (40) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every
-# CUDA op against the CPU op); capture (20) test_cuda_capture; staging (30) --comm mpi with the all-reduce forced
-# at world 1 (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce:
-# bit-identical checkpoints; graph (30) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config
-# with every per-step device value (batch norm, dropout, crop and flip, accumulation, one-cycle lr, Adam's step,
-# clipping, forced all-reduce: tests/gpu_graph.cfg); stream (25) Fashion-MNIST as PNG folders through the
-# streaming loader (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder ==
-# IDX in the same order, bit for bit, with crop and flip; nccl (35) bench_allreduce -c nccl and training with
-# parallel.force_allreduce=1, graph on and off, with parallel.compress=bf16 and fp16 (losses near none's;
-# test_comm: nccl's 16-bit all-reduces against the CPU's; bf16 gradients from backward at precision=bf16) and
-# powersgd (its GEMMs and orthogonalisation on the GPU); sanitize (35) compute-sanitizer memcheck then synccheck
-# over test_cuda_capture and a 20-step forced-all-reduce graph run; parity (25) CPU vs GPU losses and accuracy;
-# runs (20) 1- and 5-epoch runs, graph on and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU vs GPU for 5 steps, then
-# launch/speedrun.sh: time to 0.93 test accuracy in 10 epochs; resnet50 (45) configs/resnet50.cfg at 224x224 on
-# synthetic data: per-step losses CPU vs GPU from the same weights, then img/s at batch 64 against PyTorch eager
-# (launch/bench_torch.py --device cuda) on the same GPU; precision (45) fashion_resnet.cfg at bf16 and fp16, GPU
-# vs the CPU's emulation from the same weights (2 steps' losses), bf16 at net.layout=nhwc vs nchw, bf16 with
-# compress=bf16 (gradients written bf16 by backward, sent without a cast) vs without, then img/s at fp32, tf32,
-# bf16 and bf16 nhwc vs PyTorch eager fp32 and autocast(bf16) + channels_last, and the seed CNN's 5 epochs at bf16
-# nhwc (accuracy asserted, time against the 0.5 s goal); precision50 (50) resnet50.cfg at tf32, bf16 and bf16 nhwc
-# vs autocast(bf16) + channels_last; bench (20) launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are
-# estimates for an H100 (no device run has timed them yet): --stage-timeout and --budget adjust them.
+# Stages (limit in seconds; 580 in all): preflight (20) machine, tools, GPU and where each library comes from; build
+# (100) CMake + Ninja, only the targets used; cuda-tests (40) ctest -R cuda with DDP_REQUIRE_CUDA=1 (every CUDA op
+# against the CPU op); capture (20) test_cuda_capture; staging (30) --comm mpi with the all-reduce forced at world 1
+# (pinned staging buffers, copy stream, events), the same with --comm nccl and with no all-reduce: bit-identical
+# checkpoints; graph (30) CUDA-graph replay vs eager, bit for bit, over 2 short epochs of a config with every
+# per-step device value (batch norm, dropout, crop and flip, accumulation, one-cycle lr, Adam's step, clipping,
+# forced all-reduce: tests/gpu_graph.cfg); stream (25) Fashion-MNIST as PNG folders through the streaming loader
+# (pinned batches, stage_upload's copy stream and events): graph replay == eager and folder == IDX in the same order,
+# bit for bit, with crop and flip; nccl (35) bench_allreduce -c nccl and training with parallel.force_allreduce=1,
+# graph on and off, with parallel.compress=bf16 and fp16 (losses near none's; test_comm: nccl's 16-bit all-reduces
+# against the CPU's; bf16 gradients from backward at precision=bf16) and powersgd (its GEMMs and orthogonalisation on
+# the GPU); sanitize (35) compute-sanitizer memcheck then synccheck over test_cuda_capture and a 20-step
+# forced-all-reduce graph run; parity (25) CPU vs GPU losses and accuracy; runs (20) 1- and 5-epoch runs, graph on
+# and off, accuracy asserted; resnet (40) configs/fashion_resnet.cfg CPU vs GPU for 5 steps, then launch/speedrun.sh:
+# time to 0.93 test accuracy in 10 epochs; resnet50 (45) configs/resnet50.cfg at 224x224 on synthetic data: per-step
+# losses CPU vs GPU from the same weights, then img/s at batch 64 against PyTorch eager (launch/bench_torch.py
+# --device cuda) on the same GPU; precision (45) fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from
+# the same weights (2 steps' losses), bf16 at net.layout=nhwc vs nchw, bf16 with compress=bf16 (gradients written
+# bf16 by backward, sent without a cast) vs without, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager
+# fp32 and autocast(bf16) + channels_last, and the seed CNN's 5 epochs at bf16 nhwc (accuracy asserted, time against
+# the 0.5 s goal); precision50 (50) resnet50.cfg at tf32, bf16 and bf16 nhwc vs autocast(bf16) + channels_last; bench
+# (20) launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
+# timed them yet): --stage-timeout and --budget adjust them.
 # Sources .deps/env.sh when there is one (launch/gpu_deps.sh). Fashion-MNIST: /usr/share/datasets/fashion-mnist
 # or $DDP_FMNIST_DIR. Exit: 0 every stage passed or was skipped by design (not selected, no GPU with --no-gpu);
 # 1 a stage failed or could not start within the budget (incomplete); 2 bad argument, or no GPU (without
