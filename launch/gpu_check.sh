@@ -907,47 +907,40 @@ two_step_parity() {
   fcmp "$d2 <= $t2" || bad+=("$1 step 2 loss: $2 $5 vs $3 $7 (relative $d2 > $t2)")
 }
 
-precision_nhwc_parity() {
-  local n1=- n2=- ln=() d1 d2
-  if [ "${#lg[@]}" -ge 2 ] &&
-     train "prec-bf16-nhwc-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set net.layout=nhwc; then
-    read -r -a ln <<<"$(step_losses "prec-bf16-nhwc-$side")"
-    if [ "${#ln[@]}" -ge 2 ]; then
-      two_step_parity "bf16 nhwc" nchw nhwc "${lg[0]}" "${lg[1]}" "${ln[0]}" "${ln[1]}"
-      n1=$d1 n2=$d2
+# precision_bf16_variant LABEL A B LINE ARGS...: the bf16 2-step run again on the same side with ARGS (run
+# prec-bf16-LABEL-SIDE), its step losses against the bf16 run's (lg) with two_step_parity, A and B naming the two;
+# LINE (a pattern, or empty) must be in its output, proving the variant ran. Adds "bf16 LABEL vs A d1/d2; " to k.
+precision_bf16_variant() {
+  local label=$1 na=$2 nb=$3 line=$4 n1=- n2=- lv=() d1 d2 run
+  shift 4
+  run=prec-bf16-$label-$side
+  if [ "${#lg[@]}" -ge 2 ] && train "$run" "${common[@]}" "${a[@]}" --set net.precision=bf16 "$@"; then
+    if [ -n "$line" ] && ! grep -q "$line" "$work/$run.out"; then
+      bad+=("bf16 $label: no '$line' line in its output")
     else
-      bad+=("bf16 nhwc: no per-step losses")
-    fi
-  else
-    bad+=("bf16 nhwc: the 2-step run failed (or no nchw losses to compare with)")
-  fi
-  k+="bf16 nhwc vs nchw $n1/$n2; "
-}
-
-# The bf16 2-step run again with compress=bf16 and the all-reduce forced at one rank (parallel.force_allreduce): the
-# backend writes the parameter gradients in bf16 (backend_options.grads16: cuDNN's backward-filter and cuBLAS on the
-# 16-bit copies with a bf16 dw) and the comm sends them without a cast. Against the nchw run: step 1 is the same
-# forward; step 2 follows gradients rounded to bf16 (2^-9 relative each), within the bf16 tolerances.
-precision_grads16_parity() {
-  local n1=- n2=- lw=() d1 d2
-  if [ "${#lg[@]}" -ge 2 ] &&
-     train "prec-bf16-grads16-$side" "${common[@]}" "${a[@]}" --set net.precision=bf16 --set parallel.compress=bf16 \
-       --set parallel.force_allreduce=1; then
-    if grep -q "as written by backward" "$work/prec-bf16-grads16-$side.out"; then
-      read -r -a lw <<<"$(step_losses "prec-bf16-grads16-$side")"
-      if [ "${#lw[@]}" -ge 2 ]; then
-        two_step_parity "bf16 grads16" fp32-grads bf16-grads "${lg[0]}" "${lg[1]}" "${lw[0]}" "${lw[1]}"
+      read -r -a lv <<<"$(step_losses "$run")"
+      if [ "${#lv[@]}" -ge 2 ]; then
+        two_step_parity "bf16 $label" "$na" "$nb" "${lg[0]}" "${lg[1]}" "${lv[0]}" "${lv[1]}"
         n1=$d1 n2=$d2
       else
-        bad+=("bf16 grads16: no per-step losses")
+        bad+=("bf16 $label: no per-step losses")
       fi
-    else
-      bad+=("bf16 grads16: the run did not send bf16 gradients from backward (no 'as written by backward' line)")
     fi
   else
-    bad+=("bf16 grads16: the 2-step run failed (or no bf16 losses to compare with)")
+    bad+=("bf16 $label: the 2-step run failed (or no bf16 losses to compare with)")
   fi
-  k+="bf16 grads16 vs fp32 grads $n1/$n2; "
+  k+="bf16 $label vs $na $n1/$n2; "
+}
+
+# The bf16 run at net.layout=nhwc (above), and again with compress=bf16 and the all-reduce forced at one rank
+# (parallel.force_allreduce): the backend writes the parameter gradients in bf16 (backend_options.grads16: cuDNN's
+# backward-filter and cuBLAS on the 16-bit copies with a bf16 dw) and the comm sends them without a cast. Against
+# the nchw run: step 1 is the same forward; step 2 follows gradients rounded to bf16 (2^-9 relative each), within
+# the bf16 tolerances.
+precision_bf16_variants() {
+  precision_bf16_variant nhwc nchw nhwc '' --set net.layout=nhwc
+  precision_bf16_variant grads16 "fp32 grads" "bf16 grads" "as written by backward" --set parallel.compress=bf16 \
+    --set parallel.force_allreduce=1
 }
 
 # precision_bench NAME CFG BATCH STEPS "RUNS" "TORCH MODES" [--set ...]: img/s of CFG on synthetic data (the second epoch
@@ -1050,7 +1043,7 @@ stage_precision() {
       bad+=("$p: the 2-step runs failed")
     fi
     k+="$p step 1/2 rel diff $r1/$r2; "
-    if [ "$p" = bf16 ]; then precision_nhwc_parity; precision_grads16_parity; fi
+    if [ "$p" = bf16 ]; then precision_bf16_variants; fi
   done
   precision_bench fashion "$cfg" "$bb" "$steps" "fp32 tf32 bf16 bf16-nhwc" "eager|--amp bf16 --channels-last"
   precision_five
