@@ -1273,46 +1273,10 @@ static float *twin_host_bf16(const twin *t, int gpu) {
     return h;
 }
 
-// Tolerance per value (the comparison the precision tests make): the two backends sum the same products of the same
-// values in fp32 in different orders, which moves a sum by at most TOL_SUM of the sum of its terms' magnitudes
-// (sum_abs: the CPU op run on |inputs|; about 1e-7 per term would be the worst case of a long serial sum, cuDNN and
-// cuBLAS sum in blocks and trees, so that 2e-5 covers sums of up to ~10^4 terms with room); where the result is held in
-// the format, the two roundings may then pick neighbouring values: one ulp of the format, bounded by |v| 2^-p
-// (p = 7 bf16, 10 fp16) plus fp16's subnormal quantum 2^-24. A conv with a bias rounds its output twice on the GPU
-// (cuDNN's 16-bit output, then after the bias add): one more ulp of the conv output, |v| + |bias| bounding it.
-#define TOL_SUM 2e-5
-static double ulp_bound(int format, double v) {
-    return format == PREC_BF16 ? fabs(v) * 0x1p-7 : fabs(v) * 0x1p-10 + 0x1p-24;
-}
-
-// got (GPU) and ref (CPU), n values, rounded to the format first when `held` (the model's round_to; a no-op on
-// values already rounded); s: the sums of |terms|; bias (nullable) per channel over [outer, channels, inner].
-static void expect_lp_values(const char *what, int format, float *got, float *ref, const float *s, size_t n, int held,
-                             const float *bias, int channels, int inner) {
-    if (held) {
-        precision_round_array(format, n, ref, ref);
-        precision_round_array(format, n, got, got);
-    }
-    double worst = 0;
-    size_t worst_i = 0;
-    for (size_t i = 0; i < n; i++) {
-        double tol = TOL_SUM * s[i];
-        if (held) tol += ulp_bound(format, ref[i]);
-        if (held && bias) tol += ulp_bound(format, fabs(ref[i]) + fabs(bias[(i / inner) % channels]));
-        const double e = fabs((double)got[i] - ref[i]);
-        if (!isfinite(got[i]) || !(e <= tol))
-            fail_msg("%s (%s): value %zu is %.9g, CPU %.9g, sum of |terms| %.6g: error %.3g > tolerance %.3g", what,
-                     format == PREC_BF16 ? "bf16" : "fp16", i, got[i], ref[i], s[i], e, tol);
-        if (tol > 0 && e / tol > worst) worst = e / tol, worst_i = i;
-    }
-    print_message("%s (%s): worst error %.2f of its tolerance (value %zu)\n", what,
-                  format == PREC_BF16 ? "bf16" : "fp16", worst, worst_i);
-}
-
 static void expect_lp(const char *what, int format, const twin *t, const twin *sum_abs, int held, const float *bias,
                       int channels, int inner) {
     float *ref = twin_host(t, 0), *got = twin_host(t, 1), *s = twin_host(sum_abs, 0);
-    expect_lp_values(what, format, got, ref, s, t->bytes / sizeof(float), held, bias, channels, inner);
+    tu_expect_lp(what, "", format, got, ref, s, t->bytes / sizeof(float), held, bias, channels, inner);
     free(ref), free(got), free(s);
 }
 
@@ -1325,7 +1289,7 @@ static void expect_lp_grad(const char *what, int format, const twin *t, const tw
         return;
     }
     float *ref = twin_host_bf16(t, 0), *got = twin_host_bf16(t, 1), *s = twin_host(sum_abs, 0);
-    expect_lp_values(what, PREC_BF16, got, ref, s, t->bytes / sizeof(uint16_t), 1, NULL, 1, 1);
+    tu_expect_lp(what, "", PREC_BF16, got, ref, s, t->bytes / sizeof(uint16_t), 1, NULL, 1, 1);
     free(ref), free(got), free(s);
 }
 
@@ -1606,10 +1570,10 @@ static void g16_bn_run(int n, int c, int hw, int act, rng *r) {
         sdw[ch] += fabsf(dz[i] * ((hx[i] - hsave[ch]) * hsave[c + ch]));
     }
     float *ref = twin_host_bf16(&dw, 0), *got = twin_host_bf16(&dw, 1);
-    expect_lp_values("bn_grad_stats dw (grads16)", PREC_BF16, got, ref, sdw, (size_t)c, 1, NULL, 1, 1);
+    tu_expect_lp("bn_grad_stats dw (grads16)", "", PREC_BF16, got, ref, sdw, (size_t)c, 1, NULL, 1, 1);
     free(ref), free(got);
     ref = twin_host_bf16(&db, 0), got = twin_host_bf16(&db, 1);
-    expect_lp_values("bn_grad_stats db (grads16)", PREC_BF16, got, ref, sdb, (size_t)c, 1, NULL, 1, 1);
+    tu_expect_lp("bn_grad_stats db (grads16)", "", PREC_BF16, got, ref, sdb, (size_t)c, 1, NULL, 1, 1);
     free(ref), free(got), free(dz), free(hsave), free(sdw), free(sdb);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&run), twin_free(&st), twin_free(&save), twin_free(&y);
     twin_free(&dy), twin_free(&dw), twin_free(&db), twin_free(&gst);

@@ -36,11 +36,10 @@ static backend g_cpu16, g_nhwc16;
 
 #define NEED_CUDA() tu_cuda_or_skip(g_no_cuda)
 
-// The tolerances of test_backend_cuda.c (normalised error; per value for the 16-bit comparisons).
+// The tolerances of test_backend_cuda.c (normalised error; the 16-bit ones per value: tu_expect_lp).
 #define TOL_CONV 1e-4
 #define TOL_DENSE 1e-5
 #define TOL_EXACTISH 1e-6
-#define TOL_SUM 2e-5
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers: host arrays in, backend buffers out
@@ -130,32 +129,10 @@ static void expect_same(const char *what, const void *got, const void *ref, size
     if (memcmp(got, ref, bytes) != 0) fail_msg("%s: CUDA (nhwc) and CPU differ", what);
 }
 
-// test_backend_cuda.c's per-value rule for 16-bit results: TOL_SUM of the sum of the terms' magnitudes (s), plus
-// one ulp of the format where the value is held in it (both rounded first), plus one more for a conv with a bias
-// (bias per channel over NCHW [outer, channels, inner]).
-static double ulp_bound(int format, double v) {
-    return format == PREC_BF16 ? fabs(v) * 0x1p-7 : fabs(v) * 0x1p-10 + 0x1p-24;
-}
-
+// test_backend_cuda.c's per-value rule for 16-bit results (tu_expect_lp), its messages tagged nhwc.
 static void expect_lp(const char *what, int format, float *got, float *ref, const float *s, size_t n, int held,
                       const float *bias, int channels, int inner) {
-    if (held) {
-        precision_round_array(format, n, ref, ref);
-        precision_round_array(format, n, got, got);
-    }
-    double worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        double tol = TOL_SUM * s[i];
-        if (held) tol += ulp_bound(format, ref[i]);
-        if (held && bias) tol += ulp_bound(format, fabs(ref[i]) + fabs(bias[(i / inner) % channels]));
-        const double e = fabs((double)got[i] - ref[i]);
-        if (!isfinite(got[i]) || !(e <= tol))
-            fail_msg("%s (%s, nhwc): value %zu is %.9g, CPU %.9g, sum of |terms| %.6g: error %.3g > tolerance %.3g",
-                     what, format == PREC_BF16 ? "bf16" : "fp16", i, got[i], ref[i], s[i], e, tol);
-        if (tol > 0 && e / tol > worst) worst = e / tol;
-    }
-    print_message("%s (%s, nhwc): worst error %.2f of its tolerance\n", what, format == PREC_BF16 ? "bf16" : "fp16",
-                  worst);
+    tu_expect_lp(what, ", nhwc", format, got, ref, s, n, held, bias, channels, inner);
 }
 
 static float *abs_copy(const float *p, size_t n) {

@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <zlib.h>
 
+#include "precision.h"
+
 static char tmpdir[256];
 
 static void remove_tmpdir(void) {
@@ -148,4 +150,33 @@ void tu_to_nchw(const float *x, float *y, int n, int c, int hw) {
     for (int b = 0; b < n; b++)
         for (int ch = 0; ch < c; ch++)
             for (int q = 0; q < hw; q++) y[((size_t)b * c + ch) * hw + q] = x[((size_t)b * hw + q) * c + ch];
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 16-bit results against the CPU's (test_util.h)
+
+static double ulp_bound(int format, double v) {
+    return format == PREC_BF16 ? fabs(v) * 0x1p-7 : fabs(v) * 0x1p-10 + 0x1p-24;
+}
+
+void tu_expect_lp(const char *what, const char *tag, int format, float *got, float *ref, const float *s, size_t n,
+                  int held, const float *bias, int channels, int inner) {
+    const char *fmt = format == PREC_BF16 ? "bf16" : "fp16";
+    if (held) {
+        precision_round_array(format, n, ref, ref);
+        precision_round_array(format, n, got, got);
+    }
+    double worst = 0;
+    size_t worst_i = 0;
+    for (size_t i = 0; i < n; i++) {
+        double tol = TU_TOL_SUM * s[i];
+        if (held) tol += ulp_bound(format, ref[i]);
+        if (held && bias) tol += ulp_bound(format, fabs(ref[i]) + fabs(bias[(i / inner) % channels]));
+        const double e = fabs((double)got[i] - ref[i]);
+        if (!isfinite(got[i]) || !(e <= tol))
+            fail_msg("%s (%s%s): value %zu is %.9g, CPU %.9g, sum of |terms| %.6g: error %.3g > tolerance %.3g", what,
+                     fmt, tag, i, got[i], ref[i], s[i], e, tol);
+        if (tol > 0 && e / tol > worst) worst = e / tol, worst_i = i;
+    }
+    print_message("%s (%s%s): worst error %.2f of its tolerance (value %zu)\n", what, fmt, tag, worst, worst_i);
 }

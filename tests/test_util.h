@@ -33,6 +33,21 @@ void tu_cuda_or_skip(const char *why);
 // test_layers.c and grad_dump.c (the PyTorch parity check), so both see the same networks.
 void tu_layer_example_text(const char *example, int batch, char *buf, size_t n);
 
+// 16-bit results of the CUDA backend against the CPU's (test_backend_cuda.c, test_backend_cuda_nhwc.c), per value:
+// the two backends sum the same products of the same values in fp32 in different orders, which moves a sum by at
+// most TU_TOL_SUM of the sum of its terms' magnitudes (s[i]: the CPU op run on |inputs|; about 1e-7 per term would be
+// the worst case of a long serial sum, cuDNN and cuBLAS sum in blocks and trees, so that 2e-5 covers sums of up to
+// ~10^4 terms with room); where the result is held in the format (`held`: got and ref are rounded to it first, in
+// place, as the model's round_to), the two roundings may then pick neighbouring values: one ulp of the format,
+// bounded by |v| 2^-p (p = 7 bf16, 10 fp16) plus fp16's subnormal quantum 2^-24. A conv with a bias rounds its
+// output twice on the GPU (cuDNN's 16-bit output, then after the bias add): one more ulp of the conv output,
+// |v| + |bias| bounding it (bias, nullable, per channel over [outer, channels, inner]). format: PREC_BF16 or
+// PREC_FP16 (config.h). Fails naming what (and tag, e.g. ", nhwc") and the value; prints the worst error as a
+// fraction of its tolerance.
+#define TU_TOL_SUM 2e-5
+void tu_expect_lp(const char *what, const char *tag, int format, float *got, float *ref, const float *s, size_t n,
+                  int held, const float *bias, int channels, int inner);
+
 // Layout changes of n blocks of c x hw floats, written as plain loops (the tests' own, independent of the backend
 // op layout_convert): to NHWC y[b][q][ch] = x[b][ch][q], and back to NCHW. y must not overlap x.
 void tu_to_nhwc(const float *x, float *y, int n, int c, int hw);
