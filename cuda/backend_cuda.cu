@@ -220,6 +220,11 @@ static int cuda_grads16(void *ctx, int *on) {
     return ST_OK;
 }
 
+static int cuda_act16(void *ctx, int *format) {
+    *format = ((const cuda_ctx *)ctx)->act16;
+    return ST_OK;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Timing marks: timing-enabled events on the compute stream. Inside a capture the record is an external
 // event-record node, so every replay of the graph records the event again and the timings of the replayed
@@ -380,6 +385,7 @@ static const backend_ops cuda_ops = {
     .set_progress = NULL,  // NCCL progresses on its own; nothing to poll between chunks
     .nhwc = cuda_nhwc,
     .grads16 = cuda_grads16,
+    .act16 = cuda_act16,
     .stream = cuda_stream,
     .mark_create = cuda_mark_create,
     .mark_destroy = cuda_mark_destroy,
@@ -435,6 +441,9 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
     if (device < 0 || device >= count)
         return ERR(ST_INPUT, "backend 'cuda': device %d does not exist (%s has %d CUDA device%s)", device, g_host, count,
                    count == 1 ? "" : "s");
+    if (opt->act16 != 0 && opt->act16 != PREC_BF16 && opt->act16 != PREC_FP16)
+        return ERR(ST_INPUT, "backend 'cuda': act16 is %d: activations are held in bf16 (%d), fp16 (%d) or float32 (0)",
+                   opt->act16, PREC_BF16, PREC_FP16);
     cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
     TRY_ALLOC(c);
     int st = ctx_init(c, device);
@@ -444,6 +453,7 @@ extern "C" int backend_cuda_create(backend *be, const backend_options *opt) {
     }
     c->nhwc = opt->layout == LAYOUT_NHWC;  // before any plan: conv_prepare makes NHWC descriptors
     c->grads16 = opt->grads16 != 0;        // likewise (backward-filter's bf16 dw); set_options checks the precision
+    c->act16 = opt->act16;                 // likewise (16-bit x, y descriptors); set_options checks the precision
     be->ops = &cuda_ops;
     be->ctx = c;
     // Before any plan: cuDNN plans fix their math mode and algorithms when conv_prepare makes them.
@@ -467,6 +477,10 @@ extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options 
     // the caller's bf16 buffers): checked at creation and at every later change.
     if (c->grads16 && opt->precision != PREC_BF16)
         return ERR(ST_INPUT, "backend 'cuda': grads16 needs net.precision=bf16");
+    // 16-bit activations are of the compute type: the 16-bit descriptors, GEMM types and casts follow the precision.
+    if (c->act16 && opt->precision != c->act16)
+        return ERR(ST_INPUT, "backend 'cuda': activations held in %s (act16) need net.precision=%s",
+                   c->act16 == PREC_BF16 ? "bf16" : "fp16", c->act16 == PREC_BF16 ? "bf16" : "fp16");
     cublasCheck(cublasSetMathMode(c->cublas, opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
     c->tf32 = opt->tf32 != 0;
     c->deterministic = opt->deterministic != 0;  // read by conv_prepare (conv_cuda.cu)

@@ -23,7 +23,8 @@ typedef struct backend_cuda_options {
     // 16-bit copies of their (already rounded) inputs and run on tensor cores with fp32 accumulation; parameter
     // gradients stay fp32, or are written bf16 on a backend created with backend_options.grads16 (which needs
     // PREC_BF16 here: any other precision is ST_INPUT on such a backend). Anything else: fp32 (tf32 is the field
-    // above).
+    // above). A backend created with backend_options.act16 (activations stored in 16 bits) keeps precision equal to
+    // it: any other is ST_INPUT.
     int precision;
 } backend_cuda_options;
 

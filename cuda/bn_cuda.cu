@@ -6,7 +6,8 @@
 // reductions run one block per channel, each thread over a fixed stride of the channel's n·hw values, then a fixed
 // shuffle tree: deterministic, sums in double as on the CPU, in the same order in both layouts (value j of a
 // channel is (sample j / hw, pixel j % hw) either way; NHWC reads them c floats apart). Element-wise passes are
-// grid-stride loops. The activation masks use `y > 0` as the CPU reference does.
+// grid-stride loops. The activation masks use `y > 0` as the CPU reference does. Activations are read and written
+// through the storage type T (float, or act16's 16-bit types: backend_cuda_impl.h); the sums take the float values.
 #include <stdint.h>
 
 #include "backend_cuda_impl.h"
@@ -43,15 +44,16 @@ static __device__ __forceinline__ int bn_channel(unsigned i, int c, int hw, int 
 }
 
 // stats[3c] = {mean, biased var (two-pass), mean²}; one block per channel.
-__global__ void bn_stats_kernel(const float *x, float *stats, int n, int c, int hw, int nhwc) {
+template <typename T>
+__global__ void bn_stats_kernel(const T *x, float *stats, int n, int c, int hw, int nhwc) {
     __shared__ double sh[32];
     const int ch = blockIdx.x, total = n * hw;
     double s = 0.0;
-    for (int j = threadIdx.x; j < total; j += blockDim.x) s += (double)x[bn_index(j, c, hw, ch, nhwc)];
+    for (int j = threadIdx.x; j < total; j += blockDim.x) s += (double)act_load(&x[bn_index(j, c, hw, ch, nhwc)]);
     const double mean = bn_block_sum(s, sh) / total;
     double q = 0.0;
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
-        const double t = (double)x[bn_index(j, c, hw, ch, nhwc)] - mean;
+        const double t = (double)act_load(&x[bn_index(j, c, hw, ch, nhwc)]) - mean;
         q += t * t;
     }
     q = bn_block_sum(q, sh);
@@ -84,31 +86,33 @@ __global__ void bn_finalize_kernel(const float *stats, float *running, float *sa
     save[c + ch] = (float)(1.0 / sqrt((double)var + (double)eps));
 }
 
-__global__ void bn_apply_kernel(const float *x, const float *save, const float *w, const float *b, float *y,
-                                unsigned total, int c, int hw, int act, int nhwc) {
+template <typename T>
+__global__ void bn_apply_kernel(const T *x, const float *save, const float *w, const float *b, T *y, unsigned total,
+                                int c, int hw, int act, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int ch = bn_channel(i, c, hw, nhwc);
         const float scale = w[ch] * save[c + ch], shift = b[ch] - save[ch] * scale;
-        y[i] = act_apply(act, x[i] * scale + shift);
+        act_store(&y[i], act_apply(act, act_load(&x[i]) * scale + shift));
     }
 }
 
-// dy := dz = dy · act'(y); dw, db = sums of dz·x̂ and dz over the batch (T: float, or uint16_t bf16 bits under
-// grads16, rounded from the float the CPU stores); gstats = {db, dw} / (n·hw), always float.
-template <typename T>
-__global__ void bn_grad_stats_kernel(const float *x, const float *y, const float *save, float *dy, T *dw, T *db,
-                                     float *gstats, int n, int c, int hw, int act, int nhwc) {
+// dy := dz = dy · act'(y) (A: the activations' type: under act16 dz is stored rounded, the sums take the float dz,
+// as the CPU's); dw, db = sums of dz·x̂ and dz over the batch (G: float, or uint16_t bf16 bits under grads16, rounded
+// from the float the CPU stores); gstats = {db, dw} / (n·hw), always float.
+template <typename A, typename G>
+__global__ void bn_grad_stats_kernel(const A *x, const A *y, const float *save, A *dy, G *dw, G *db, float *gstats,
+                                     int n, int c, int hw, int act, int nhwc) {
     __shared__ double sh[32];
     const int ch = blockIdx.x, total = n * hw;
     const float mean = save[ch], invstd = save[c + ch];
     double sg = 0.0, sgx = 0.0;
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
         const size_t i = bn_index(j, c, hw, ch, nhwc);
-        float g = dy[i];
-        g = act_grad(act, y[i], g);  // the activations with act_from_output (bn_desc_check)
-        dy[i] = g;
+        float g = act_load(&dy[i]);
+        g = act_grad(act, act_load(&y[i]), g);  // the activations with act_from_output (bn_desc_check)
+        act_store(&dy[i], g);
         sg += g;
-        sgx += (double)g * ((x[i] - mean) * invstd);
+        sgx += (double)g * ((act_load(&x[i]) - mean) * invstd);
     }
     sg = bn_block_sum(sg, sh);
     sgx = bn_block_sum(sgx, sh);
@@ -120,13 +124,14 @@ __global__ void bn_grad_stats_kernel(const float *x, const float *y, const float
     }
 }
 
-__global__ void bn_grad_input_kernel(const float *x, const float *save, const float *w, const float *gstats,
-                                     const float *dz, float *dx, unsigned total, int c, int hw, int nhwc) {
+template <typename T>
+__global__ void bn_grad_input_kernel(const T *x, const float *save, const float *w, const float *gstats, const T *dz,
+                                     T *dx, unsigned total, int c, int hw, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         const int ch = bn_channel(i, c, hw, nhwc);
         const float mean = save[ch], invstd = save[c + ch];
-        const float xh = (x[i] - mean) * invstd;
-        dx[i] = w[ch] * invstd * (dz[i] - gstats[ch] - xh * gstats[c + ch]);
+        const float xh = (act_load(&x[i]) - mean) * invstd;
+        act_store(&dx[i], w[ch] * invstd * (act_load(&dz[i]) - gstats[ch] - xh * gstats[c + ch]));
     }
 }
 
@@ -142,16 +147,18 @@ static int bn_check(const bn_desc *d, const char *op) {
     return ST_OK;
 }
 
-int cuda_bn_stats(void *ctx, const bn_desc *d, const float *x, float *stats) {
+int cuda_bn_stats(void *ctx, const bn_desc *d, const void *x, float *stats) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_stats"));
-    bn_stats_kernel<<<d->c, BN_THREADS, 0, c->stream>>>(x, stats, d->n, d->c, d->hw, c->nhwc);
+    CUDA_ACT_DISPATCH(c, T,
+                      bn_stats_kernel<T><<<d->c, BN_THREADS, 0, c->stream>>>((const T *)x, stats, d->n, d->c, d->hw,
+                                                                             c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stats, const float *w, const float *b,
-                  float *running, float *save, float *y) {
+int cuda_bn_apply(void *ctx, const bn_desc *d, const void *x, const float *stats, const float *w, const float *b,
+                  float *running, float *save, void *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_apply"));
     if (stats && d->count < 2)
@@ -162,34 +169,40 @@ int cuda_bn_apply(void *ctx, const bn_desc *d, const float *x, const float *stat
         stats, running, save, d->c, d->eps, d->momentum, unbias);
     cudaCheckLaunch();
     const size_t total = (size_t)d->n * d->c * d->hw;
-    bn_apply_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, b, y, (unsigned)total, d->c,
-                                                                           d->hw, d->act, c->nhwc);
+    CUDA_ACT_DISPATCH(c, T,
+                      bn_apply_kernel<T><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+                          (const T *)x, save, w, b, (T *)y, (unsigned)total, d->c, d->hw, d->act, c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save, float *dy,
+int cuda_bn_grad_stats(void *ctx, const bn_desc *d, const void *x, const void *y, const float *save, void *dy,
                        void *dw, void *db, float *gstats) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_grad_stats"));
     if (c->grads16)
-        bn_grad_stats_kernel<uint16_t><<<d->c, BN_THREADS, 0, c->stream>>>(
-            x, y, save, dy, (uint16_t *)dw, (uint16_t *)db, gstats, d->n, d->c, d->hw, d->act, c->nhwc);
+        CUDA_ACT_DISPATCH(c, T,
+                          bn_grad_stats_kernel<T, uint16_t><<<d->c, BN_THREADS, 0, c->stream>>>(
+                              (const T *)x, (const T *)y, save, (T *)dy, (uint16_t *)dw, (uint16_t *)db, gstats, d->n,
+                              d->c, d->hw, d->act, c->nhwc));
     else
-        bn_grad_stats_kernel<float><<<d->c, BN_THREADS, 0, c->stream>>>(x, y, save, dy, (float *)dw, (float *)db,
-                                                                        gstats, d->n, d->c, d->hw, d->act, c->nhwc);
+        CUDA_ACT_DISPATCH(c, T,
+                          bn_grad_stats_kernel<T, float><<<d->c, BN_THREADS, 0, c->stream>>>(
+                              (const T *)x, (const T *)y, save, (T *)dy, (float *)dw, (float *)db, gstats, d->n, d->c,
+                              d->hw, d->act, c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_bn_grad_input(void *ctx, const bn_desc *d, const float *x, const float *save, const float *w,
-                       const float *gstats, const float *dz, float *dx) {
+int cuda_bn_grad_input(void *ctx, const bn_desc *d, const void *x, const float *save, const float *w,
+                       const float *gstats, const void *dz, void *dx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(bn_check(d, "bn_grad_input"));
     const size_t total = (size_t)d->n * d->c * d->hw;
-    bn_grad_input_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(x, save, w, gstats, dz, dx,
-                                                                                (unsigned)total, d->c, d->hw,
-                                                                                c->nhwc);
+    CUDA_ACT_DISPATCH(c, T,
+                      bn_grad_input_kernel<T><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+                          (const T *)x, save, w, gstats, (const T *)dz, (T *)dx, (unsigned)total, d->c, d->hw,
+                          c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }

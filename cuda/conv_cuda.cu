@@ -35,6 +35,14 @@
 // Only algorithms cuDNN reports deterministic are taken there: the others add partial sums into dw with atomics,
 // which into a bf16 dw would round at every addition. The bias gradient is summed in fp32 as always and stored as
 // bf16 (grad_store).
+// 16-bit activations (c->act16 when the plan is made, always equal to the precision: p->act16): x, y, dx and dy are
+// bf16/fp16 buffers, so forward and backward-data run the same configurations on them directly, with no copies but
+// the filter's: forward writes y in 16 bits (cuDNN's rounding), then the bias + activation kernel reads it and stores
+// it rounded again (as at precision without act16, a conv with a bias rounds twice); backward-data writes dx in 16
+// bits. The mask kernel stores the masked dy rounded (the bias gradient sums its float products, as the CPU's).
+// Backward-filter under grads16 reads x and the masked dy where they are; for an fp32 dw it reads fp32 copies of
+// them in the workspace (exact; sized at conv_prepare), keeping the numerics above (fp32 operands, TF32 allowed on
+// exact inputs, no FFT/Winograd).
 // net.layout=nhwc (c->nhwc when the plan is made: p->nhwc): x, y, dx, dy are N,H,W,C (CUDNN_TENSOR_NHWC tensor
 // descriptors, what tensor-core kernels read without a transpose of their own) and the filter descriptors NHWC too,
 // i.e. KRSC. The model's weights stay KCRS (PyTorch's layout, checkpoints unchanged): each call permutes them into
@@ -66,6 +74,10 @@ typedef struct conv_plan {
     // grads16 (only with lp == PREC_BF16): backward-filter reads the bf16 copies of x and dy and writes a bf16 dw
     // (x16_desc, y16_desc, w16_desc); the bias gradient is stored bf16
     int grads16;
+    // act16 (only with lp == act16): x, y, dx, dy are 16-bit buffers the 16-bit descriptors describe, read and written
+    // where they are; the workspace copies (lp_off) are then w's 16-bit copy | (fp32 dw only) x and the masked dy cast
+    // to fp32 for backward-filter, cuda_f32_bytes each (lp_copies_at)
+    int act16;
     // layout=nhwc: tensors N,H,W,C and filters KRSC; wt_off: where the KRSC filter (krsc_bytes: fp32 forward/
     // backward-data's w and backward-filter's dw, or under grads16 the bf16 dw alone) starts in the workspace,
     // after the 16-bit copies
@@ -90,20 +102,21 @@ typedef struct find_scratch {
 // Kernels
 
 // dy times act'(y) in place and the per-channel sum of dy over (n, oh, ow), in two deterministic passes:
-// grid (splits, k) partial sums, then one thread per channel adds its splits in order. T: float (the partial sums,
-// or db), or uint16_t (a bf16 db written directly, one split); the sums are float either way.
-template <typename T>
-__global__ void conv_bias_grad_kernel(float *dy, const float *y, T *out, int k, int hw, int per, int chunk, int act) {
+// grid (splits, k) partial sums, then one thread per channel adds its splits in order. A: the activations' type
+// (act16: dy stored rounded, the sums take the float products, as the CPU's). T: float (the partial sums, or db), or
+// uint16_t (a bf16 db written directly, one split); the sums are float either way.
+template <typename A, typename T>
+__global__ void conv_bias_grad_kernel(A *dy, const A *y, T *out, int k, int hw, int per, int chunk, int act) {
     const int ch = blockIdx.y, part = blockIdx.x;
     const int start = part * chunk, end = min(per, start + chunk);
     float sum = 0.f;
     for (int j = start + threadIdx.x; j < end; j += blockDim.x) {
         const int img = j / hw, q = j - img * hw;
         const size_t idx = ((size_t)img * k + ch) * hw + q;
-        float g = dy[idx];
+        float g = act_load(&dy[idx]);
         if (act != ACT_NONE) {
-            g = act_grad(act, y[idx], g);
-            dy[idx] = g;
+            g = act_grad(act, act_load(&y[idx]), g);
+            act_store(&dy[idx], g);
         }
         sum += g;
     }
@@ -113,9 +126,9 @@ __global__ void conv_bias_grad_kernel(float *dy, const float *y, T *out, int k, 
 
 // The same for NHWC dy [rows = n·oh·ow, k]: grid (splits, ceil(k / 32)), block (32, 8): 32 adjacent channels
 // (coalesced rows), 8 row phases over the part's rows, reduced in shared memory in a fixed order. out[ch * splits
-// + part] as above (out NULL: the mask only; T as above).
-template <typename T>
-__global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, T *out, int k, int rows, int chunk, int act) {
+// + part] as above (out NULL: the mask only; A, T as above).
+template <typename A, typename T>
+__global__ void conv_bias_grad_nhwc_kernel(A *dy, const A *y, T *out, int k, int rows, int chunk, int act) {
     __shared__ float sh[8][33];
     const int ch = blockIdx.y * 32 + threadIdx.x, part = blockIdx.x;
     const int start = part * chunk, end = min(rows, start + chunk);
@@ -123,10 +136,10 @@ __global__ void conv_bias_grad_nhwc_kernel(float *dy, const float *y, T *out, in
     if (ch < k)
         for (int j = start + threadIdx.y; j < end; j += 8) {
             const size_t idx = (size_t)j * k + ch;
-            float g = dy[idx];
+            float g = act_load(&dy[idx]);
             if (act != ACT_NONE) {
-                g = act_grad(act, y[idx], g);
-                dy[idx] = g;
+                g = act_grad(act, act_load(&y[idx]), g);
+                act_store(&dy[idx], g);
             }
             sum += g;
         }
@@ -514,10 +527,12 @@ static size_t krsc_bytes(const conv_desc *d, const conv_plan *p) {
     return p->grads16 ? cuda_lp_bytes(filter_count(d)) : filter_count(d) * sizeof(float);
 }
 
-// The 16-bit copies of x, w and y under precision (plan's lp_off).
-static size_t lp_copies_bytes(const conv_desc *d) {
-    return cuda_lp_bytes((size_t)d->n * d->c * d->h * d->w) + cuda_lp_bytes((size_t)d->k * (d->c / d->groups) * d->r * d->s) +
-           cuda_lp_bytes((size_t)d->n * d->k * d->oh * d->ow);
+// The copies under precision (plan's lp_off): the 16-bit copies of x, w and y; under act16 w's 16-bit copy and, for
+// an fp32 dw, the fp32 copies of x and dy (lp_copies_at).
+static size_t lp_copies_bytes(const conv_desc *d, const conv_plan *p) {
+    const size_t nx = (size_t)d->n * d->c * d->h * d->w, ny = (size_t)d->n * d->k * d->oh * d->ow;
+    if (p->act16) return cuda_lp_bytes(filter_count(d)) + (p->grads16 ? 0 : cuda_f32_bytes(nx) + cuda_f32_bytes(ny));
+    return cuda_lp_bytes(nx) + cuda_lp_bytes(filter_count(d)) + cuda_lp_bytes(ny);
 }
 
 // Enough blocks per channel that the reduction fills the GPU; each block still sums >= 4096 values.
@@ -551,6 +566,7 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     p->bias_splits = bias_splits(d);
     p->lp = c->precision;
     p->grads16 = c->grads16;  // backend_cuda_set_options keeps precision bf16 with it
+    p->act16 = c->act16;      // and precision equal to act16 with act16
     p->nhwc = c->nhwc;
     if (p->lp == PREC_BF16 && c->cc < 80) {
         free(p);
@@ -559,7 +575,7 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     }
     // what follows cuDNN's workspace: the 16-bit copies, the KRSC filter, each after up to 255 bytes of alignment
     // (a plan's extra need beyond cap)
-    const size_t extra = (p->lp ? lp_copies_bytes(d) + 256 : 0) + (p->nhwc ? krsc_bytes(d, p) + 256 : 0);
+    const size_t extra = (p->lp ? lp_copies_bytes(d, p) + 256 : 0) + (p->nhwc ? krsc_bytes(d, p) + 256 : 0);
     size_t cap = WS_CAP;
     if (d->n < c->conv_max_n && c->conv_ws_high < cap + extra)  // the whole need stays within the high mark
         cap = c->conv_ws_high > extra ? c->conv_ws_high - extra : 0;
@@ -577,7 +593,7 @@ int cuda_conv_prepare(void *ctx, conv_desc *d, size_t *workspace_bytes) {
     if (partial > need) need = partial;
     if (p->lp) {
         p->lp_off = (need + 255) & ~(size_t)255;
-        need = p->lp_off + lp_copies_bytes(d);
+        need = p->lp_off + lp_copies_bytes(d, p);
     }
     if (p->nhwc) {
         p->wt_off = (need + 255) & ~(size_t)255;
@@ -607,7 +623,8 @@ static int ws_check(size_t need, const void *ws, const char *op) {
     return ST_OK;
 }
 
-// Where the 16-bit copies are in the workspace (lp_copies_bytes' layout) and their value counts.
+// Where the copies are in the workspace (lp_copies_bytes' layout) and their value counts: the 16-bit copies of x, w
+// and y (dy); under act16 w's 16-bit copy, then x and dy in fp32 (x, y; with an fp32 dw only).
 typedef struct lp_copies {
     void *x, *w, *y;
     size_t nx, nw, ny;
@@ -616,9 +633,16 @@ typedef struct lp_copies {
 static lp_copies lp_copies_at(const conv_desc *d, const conv_plan *p, void *ws) {
     lp_copies cp;
     cp.nx = (size_t)d->n * d->c * d->h * d->w;
-    cp.nw = (size_t)d->k * (d->c / d->groups) * d->r * d->s;
+    cp.nw = filter_count(d);
     cp.ny = (size_t)d->n * d->k * d->oh * d->ow;
-    cp.x = (char *)ws + p->lp_off;
+    char *base = (char *)ws + p->lp_off;
+    if (p->act16) {
+        cp.w = base;
+        cp.x = base + cuda_lp_bytes(cp.nw);
+        cp.y = (char *)cp.x + cuda_f32_bytes(cp.nx);
+        return cp;
+    }
+    cp.x = base;
     cp.w = (char *)cp.x + cuda_lp_bytes(cp.nx);
     cp.y = (char *)cp.w + cuda_lp_bytes(cp.nw);
     return cp;
@@ -640,13 +664,14 @@ static int filter_lp(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const 
     return cuda_lp_cast_in_nhwc(c, p->lp, d->k, d->c / d->groups, d->r * d->s, w, cp->w);
 }
 
-// Bias + activation over y: channels outermost-but-one (NCHW, inner = oh·ow) or innermost (NHWC, inner = 1).
-static int conv_bias_act(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *y, const float *b) {
+// Bias + activation over y (the context's activation type): channels outermost-but-one (NCHW, inner = oh·ow) or
+// innermost (NHWC, inner = 1).
+static int conv_bias_act(cuda_ctx *c, const conv_desc *d, const conv_plan *p, void *y, const float *b) {
     const int hw = d->oh * d->ow;
     return cuda_bias_act(c, y, b, d->n * d->k * hw, d->k, p->nhwc ? 1 : hw, d->act);
 }
 
-int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *b, float *y,
+int cuda_conv_forward(void *ctx, const conv_desc *d, const void *x, const float *w, const float *b, void *y,
                       void *ws) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
@@ -654,13 +679,20 @@ int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float
     // lp and nhwc: the copies always need room
     TRY(ws_check(p->nhwc ? p->wt_off + 1 : p->lp ? p->lp_off + 1 : p->ws_fwd, ws, "conv_forward"));
     const float one = 1.f, zero = 0.f;
+    if (p->act16) {  // x and y are 16-bit: cuDNN reads and writes them where they are
+        const lp_copies cp = lp_copies_at(d, p, ws);
+        TRY(filter_lp(c, d, p, w, &cp));
+        cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x16_desc, x, p->w16_desc, cp.w, p->fwd_desc, p->fwd, ws,
+                                           p->ws_fwd, &zero, p->y16_desc, y));
+        return conv_bias_act(c, d, p, y, b);
+    }
     if (p->lp) {
         const lp_copies cp = lp_copies_at(d, p, ws);
-        TRY(cuda_lp_cast_in(c, p->lp, cp.nx, x, cp.x));
+        TRY(cuda_lp_cast_in(c, p->lp, cp.nx, (const float *)x, cp.x));
         TRY(filter_lp(c, d, p, w, &cp));
         cudnnCheck(cudnnConvolutionForward(c->cudnn, &one, p->x16_desc, cp.x, p->w16_desc, cp.w, p->fwd_desc, p->fwd,
                                            ws, p->ws_fwd, &zero, p->y16_desc, cp.y));
-        TRY(cuda_lp_cast_out(c, p->lp, cp.ny, cp.y, y));
+        TRY(cuda_lp_cast_out(c, p->lp, cp.ny, cp.y, (float *)y));
         return conv_bias_act(c, d, p, y, b);
     }
     int st = ST_OK;
@@ -674,15 +706,19 @@ int cuda_conv_forward(void *ctx, const conv_desc *d, const float *x, const float
 // The mask and the per-channel sums, p->bias_splits blocks per channel, into out (T: float partial sums, or db's
 // own type where one block per channel writes db directly; NULL: the mask only).
 template <typename T>
-static int bias_grad_pass(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, T *out) {
+static int bias_grad_pass(cuda_ctx *c, const conv_desc *d, const conv_plan *p, void *dy, const void *y, T *out) {
     const int hw = d->oh * d->ow, per = d->n * hw, splits = p->bias_splits;
     const int chunk = (per + splits - 1) / splits;
     if (p->nhwc) {
         dim3 grid((unsigned)splits, (unsigned)((d->k + 31) / 32)), block(32, 8);
-        conv_bias_grad_nhwc_kernel<T><<<grid, block, 0, c->stream>>>(dy, y, out, d->k, per, chunk, d->act);
+        CUDA_ACT_DISPATCH(c, A,
+                          conv_bias_grad_nhwc_kernel<A, T><<<grid, block, 0, c->stream>>>(
+                              (A *)dy, (const A *)y, out, d->k, per, chunk, d->act));
     } else {
         dim3 grid((unsigned)splits, (unsigned)d->k);
-        conv_bias_grad_kernel<T><<<grid, CUDA_THREADS, 0, c->stream>>>(dy, y, out, d->k, hw, per, chunk, d->act);
+        CUDA_ACT_DISPATCH(c, A,
+                          conv_bias_grad_kernel<A, T><<<grid, CUDA_THREADS, 0, c->stream>>>(
+                              (A *)dy, (const A *)y, out, d->k, hw, per, chunk, d->act));
     }
     cudaCheckLaunch();
     return ST_OK;
@@ -691,7 +727,7 @@ static int bias_grad_pass(cuda_ctx *c, const conv_desc *d, const conv_plan *p, f
 // db of type T (float, or uint16_t bf16 bits under grads16): from one split directly, or summed from the splits'
 // float partial sums in ws.
 template <typename T>
-static int conv_bias_grad_into(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, T *db,
+static int conv_bias_grad_into(cuda_ctx *c, const conv_desc *d, const conv_plan *p, void *dy, const void *y, T *db,
                                void *ws) {
     const int splits = p->bias_splits;
     if (db == NULL || splits == 1) return bias_grad_pass(c, d, p, dy, y, db);
@@ -704,24 +740,18 @@ static int conv_bias_grad_into(cuda_ctx *c, const conv_desc *d, const conv_plan 
     return ST_OK;
 }
 
-static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, float *dy, const float *y, void *db,
+static int conv_bias_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, void *dy, const void *y, void *db,
                           void *ws) {
     if (d->act == ACT_NONE && db == NULL) return ST_OK;
     if (p->grads16) return conv_bias_grad_into(c, d, p, dy, y, (uint16_t *)db, ws);
     return conv_bias_grad_into(c, d, p, dy, y, (float *)db, ws);
 }
 
-// Backward-filter into the caller's dw: from the fp32 x and dy, or under grads16 from their bf16 copies (cp->y made
-// by the caller, cp->x cast here) into a bf16 dw. NHWC: the KRSC gradient goes to the workspace's filter copy and is
-// permuted into the caller's KCRS dw.
-static int conv_filter_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const float *x, const float *dy,
-                            void *dw, void *ws, const lp_copies *cp) {
+// Backward-filter from xs and dys (what bf_xd and bf_yd describe: fp32, or bf16 under grads16) into the caller's dw.
+// NHWC: the KRSC gradient goes to the workspace's filter copy and is permuted into the caller's KCRS dw.
+static int conv_filter_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const void *xs, const void *dys,
+                            void *dw, void *ws) {
     TRY(ws_check(p->ws_bwd_filter, ws, "conv_backward"));
-    const void *xs = x, *dys = dy;
-    if (p->grads16) {
-        TRY(cuda_lp_cast_in(c, p->lp, cp->nx, x, cp->x));
-        xs = cp->x, dys = cp->y;
-    }
     void *dwk = p->nhwc ? (char *)ws + p->wt_off : dw;
     const float one = 1.f, zero = 0.f;  // float scaling factors: the PSEUDO_BFLOAT16 configuration's too
     cudnnCheck(cudnnConvolutionBackwardFilter(c->cudnn, &one, bf_xd(p), xs, bf_yd(p), dys, p->bwd_filter_desc,
@@ -730,8 +760,34 @@ static int conv_filter_grad(cuda_ctx *c, const conv_desc *d, const conv_plan *p,
     return ST_OK;
 }
 
-int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y, float *dy,
-                       float *dx, void *dw, void *db, void *ws) {
+// act16: dy (masked in place by conv_bias_grad, stored rounded) and x are 16-bit. Backward-filter reads them where they
+// are under grads16 (PSEUDO_BFLOAT16, bf16 dw); for an fp32 dw it reads their fp32 copies (exact), as at precision
+// without act16 (fp32 operands, TF32 allowed on exact inputs, no FFT/Winograd). Backward-data writes dx in 16 bits
+// (cuDNN rounds its fp32 sums once).
+static int conv_backward_act16(cuda_ctx *c, const conv_desc *d, const conv_plan *p, const void *x, const float *w,
+                               const void *dy, void *dx, void *dw, void *ws) {
+    TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));
+    const lp_copies cp = lp_copies_at(d, p, ws);
+    if (dw) {
+        const void *xs = x, *dys = dy;
+        if (!p->grads16) {
+            TRY(cuda_lp_cast_out(c, p->lp, cp.nx, x, (float *)cp.x));
+            TRY(cuda_lp_cast_out(c, p->lp, cp.ny, dy, (float *)cp.y));
+            xs = cp.x, dys = cp.y;
+        }
+        TRY(conv_filter_grad(c, d, p, xs, dys, dw, ws));
+    }
+    if (dx) {
+        TRY(filter_lp(c, d, p, w, &cp));
+        const float one = 1.f, zero = 0.f;
+        cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w16_desc, cp.w, p->y16_desc, dy, p->bwd_data_desc,
+                                                p->bwd_data, ws, p->ws_bwd_data, &zero, p->x16_desc, dx));
+    }
+    return ST_OK;
+}
+
+int cuda_conv_backward(void *ctx, const conv_desc *d, const void *x, const float *w, const void *y, void *dy,
+                       void *dx, void *dw, void *db, void *ws) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const conv_plan *p = NULL;
     TRY(plan_get(d, "conv_backward", &p));
@@ -740,20 +796,28 @@ int cuda_conv_backward(void *ctx, const conv_desc *d, const float *x, const floa
     TRY(conv_bias_grad(c, d, p, dy, y, db, ws));
     const float one = 1.f, zero = 0.f;
     if (p->nhwc) TRY(ws_check(p->wt_off + 1, ws, "conv_backward"));
+    if (p->act16) return conv_backward_act16(c, d, p, x, w, dy, dx, dw, ws);
     // dy (masked) to 16 bits once, for each direction that reads it so (backward-data under precision,
     // backward-filter under grads16): exact for relu/relu6/none, whose masks are 0 or 1.
     lp_copies cp = {};
     if (p->lp && (dx || (dw && p->grads16))) {
         TRY(ws_check(p->lp_off + 1, ws, "conv_backward"));
         cp = lp_copies_at(d, p, ws);
-        TRY(cuda_lp_cast_in(c, p->lp, cp.ny, dy, cp.y));
+        TRY(cuda_lp_cast_in(c, p->lp, cp.ny, (const float *)dy, cp.y));
     }
-    if (dw) TRY(conv_filter_grad(c, d, p, x, dy, dw, ws, &cp));
+    if (dw) {  // under grads16 from the bf16 copies of x (cast here) and dy, else from the fp32 buffers
+        const void *xs = x, *dys = dy;
+        if (p->grads16) {
+            TRY(cuda_lp_cast_in(c, p->lp, cp.nx, (const float *)x, cp.x));
+            xs = cp.x, dys = cp.y;
+        }
+        TRY(conv_filter_grad(c, d, p, xs, dys, dw, ws));
+    }
     if (dx && p->lp) {  // dx16 overwrites backward-filter's x16 copy, after it in stream order
         TRY(filter_lp(c, d, p, w, &cp));
         cudnnCheck(cudnnConvolutionBackwardData(c->cudnn, &one, p->w16_desc, cp.w, p->y16_desc, cp.y, p->bwd_data_desc,
                                                 p->bwd_data, ws, p->ws_bwd_data, &zero, p->x16_desc, cp.x));
-        TRY(cuda_lp_cast_out(c, p->lp, cp.nx, cp.x, dx));
+        TRY(cuda_lp_cast_out(c, p->lp, cp.nx, cp.x, (float *)dx));
     } else if (dx) {
         TRY(ws_check(p->ws_bwd_data, ws, "conv_backward"));
         int st = ST_OK;

@@ -4,7 +4,9 @@
 // Channel slices and pooling follow the context's layout (cuda_ctx.nhwc).
 //
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); tests/test_backend_cuda.c
-// compares the two. Kernels first, launchers (stream last) after; element-wise kernels use grid-stride loops.
+// compares the two. Kernels first, launchers (stream last) after; element-wise kernels use grid-stride loops. The
+// activation kernels are templated on the storage type T (float, or act16's 16-bit types: backend_cuda_impl.h); each
+// value is read, computed in float and stored once (rounded under act16). channel_copy moves the stored bits.
 #include <stdint.h>
 
 #include "backend_cuda_impl.h"
@@ -13,39 +15,46 @@
 // ---------------------------------------------------------------------------------------------------------
 // Kernels
 
-__global__ void add_act_kernel(size_t n, int act, const float *a, const float *b, float *y) {
+// In place allowed (y may be a or b, dx may be dy): each value is read before it is written, by the same thread.
+template <typename T>
+__global__ void add_act_kernel(size_t n, int act, const T *a, const T *b, T *y) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = act_apply(act, a[i] + b[i]);
+        act_store(&y[i], act_apply(act, act_load(&a[i]) + act_load(&b[i])));
 }
 
-__global__ void act_backward_kernel(size_t n, int act, const float *y, const float *dy, float *dx) {
+template <typename T>
+__global__ void act_backward_kernel(size_t n, int act, const T *y, const T *dy, T *dx) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dx[i] = act_grad(act, y[i], dy[i]);
+        act_store(&dx[i], act_grad(act, act_load(&y[i]), act_load(&dy[i])));
 }
 
 // An activation on its own (the layers' unfused ones): y = act(x), and dx = dy · act'(x) at the pre-activation.
-__global__ void act_forward_kernel(size_t n, int act, const float *x, float *y) {
+template <typename T>
+__global__ void act_forward_kernel(size_t n, int act, const T *x, T *y) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = act_apply(act, x[i]);
+        act_store(&y[i], act_apply(act, act_load(&x[i])));
 }
 
-__global__ void act_backward_input_kernel(size_t n, int act, const float *x, const float *dy, float *dx) {
+template <typename T>
+__global__ void act_backward_input_kernel(size_t n, int act, const T *x, const T *dy, T *dx) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dx[i] = act_grad_input(act, x[i], dy[i]);
+        act_store(&dx[i], act_grad_input(act, act_load(&x[i]), act_load(&dy[i])));
 }
 
 // The key is read from device memory at run time: a replayed graph draws the step the host wrote before it.
+template <typename T>
 __global__ void dropout_kernel(size_t n, const dropout_key *key, uint32_t stream, uint32_t threshold, float scale,
-                               const float *x, float *y) {
+                               const T *x, T *y) {
     const uint64_t base = dropout_base(key->seed, key->step, key->rank, stream);
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        y[i] = dropout_keep(base, (uint64_t)i, threshold) ? x[i] * scale : 0.f;
+        act_store(&y[i], dropout_keep(base, (uint64_t)i, threshold) ? act_load(&x[i]) * scale : 0.f);
 }
 
 // Average pooling, one thread per output: the window's sum in row-major order, times inv (as the CPU). c: channels,
 // used by the NHWC indexing only (nhwc = 0: planes of h·w, as NCHW).
-__global__ void avgpool_fwd_kernel(const float *x, float *y, unsigned total, int c, int h, int w, int oh, int ow,
-                                   int kh, int kw, int stride, float inv, int nhwc) {
+template <typename T>
+__global__ void avgpool_fwd_kernel(const T *x, T *y, unsigned total, int c, int h, int w, int oh, int ow, int kh,
+                                   int kw, int stride, float inv, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         unsigned t = i;
         int ch = 0;
@@ -60,14 +69,15 @@ __global__ void avgpool_fwd_kernel(const float *x, float *y, unsigned total, int
                                  : (size_t)img * h * w + (size_t)oy * stride * w + ox * stride;
         float s = 0.f;
         for (int r = 0; r < kh; r++)
-            for (int q = 0; q < kw; q++) s += __ldg(&x[base + ((size_t)r * w + q) * step]);
-        y[i] = s * inv;
+            for (int q = 0; q < kw; q++) s += act_ldg(&x[base + ((size_t)r * w + q) * step]);
+        act_store(&y[i], s * inv);
     }
 }
 
 // One thread per input: the sum of dy over the windows containing it, in ascending output order, times inv.
-__global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, int c, int h, int w, int oh, int ow,
-                                   int kh, int kw, int stride, float inv, int nhwc) {
+template <typename T>
+__global__ void avgpool_bwd_kernel(const T *dy, T *dx, unsigned total, int c, int h, int w, int oh, int ow, int kh,
+                                   int kw, int stride, float inv, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         unsigned t = i;
         int ch = 0;
@@ -82,8 +92,8 @@ __global__ void avgpool_bwd_kernel(const float *dy, float *dx, unsigned total, i
         const int ox_lo = ix < kw ? 0 : (ix - kw) / stride + 1, ox_hi = min(ix / stride, ow - 1);
         float g = 0.f;
         for (int oy = oy_lo; oy <= oy_hi; oy++)
-            for (int ox = ox_lo; ox <= ox_hi; ox++) g += __ldg(&dy[base + ((size_t)oy * ow + ox) * step]);
-        dx[i] = g * inv;
+            for (int ox = ox_lo; ox <= ox_hi; ox++) g += act_ldg(&dy[base + ((size_t)oy * ow + ox) * step]);
+        act_store(&dx[i], g * inv);
     }
 }
 
@@ -116,70 +126,83 @@ static int act_known_check(int act, const char *op) {
     return ST_OK;
 }
 
-int cuda_add_act(void *ctx, size_t n, int act, const float *a, const float *b, float *y) {
+int cuda_add_act(void *ctx, size_t n, int act, const void *a, const void *b, void *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_valid(act, "add_act"));
     if (n == 0) return ST_OK;
-    add_act_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, a, b, y);
+    CUDA_ACT_DISPATCH(c, T,
+                      add_act_kernel<T><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(
+                          n, act, (const T *)a, (const T *)b, (T *)y));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_act_backward(void *ctx, size_t n, int act, const float *y, const float *dy, float *dx) {
+int cuda_act_backward(void *ctx, size_t n, int act, const void *y, const void *dy, void *dx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_valid(act, "act_backward"));
     if (n == 0) return ST_OK;
-    act_backward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, y, dy, dx);
+    CUDA_ACT_DISPATCH(c, T,
+                      act_backward_kernel<T><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(
+                          n, act, (const T *)y, (const T *)dy, (T *)dx));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_act_forward(void *ctx, size_t n, int act, const float *x, float *y) {
+int cuda_act_forward(void *ctx, size_t n, int act, const void *x, void *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_known_check(act, "act_forward"));
     if (n == 0) return ST_OK;
-    act_forward_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, x, y);
+    CUDA_ACT_DISPATCH(c, T,
+                      act_forward_kernel<T><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, (const T *)x,
+                                                                                               (T *)y));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_act_backward_input(void *ctx, size_t n, int act, const float *x, const float *dy, float *dx) {
+int cuda_act_backward_input(void *ctx, size_t n, int act, const void *x, const void *dy, void *dx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_known_check(act, "act_backward_input"));
     if (n == 0) return ST_OK;
-    act_backward_input_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, act, x, dy, dx);
+    CUDA_ACT_DISPATCH(c, T,
+                      act_backward_input_kernel<T><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(
+                          n, act, (const T *)x, (const T *)dy, (T *)dx));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-// One strided 2-D copy on the stream: n rows (samples) of c·hw floats; NHWC: n·hw rows (pixels) of c floats.
-int cuda_channel_copy(void *ctx, int n, int c, int hw, const float *src, int src_c, int src_off, float *dst, int dst_c,
+// One strided 2-D copy on the stream: n rows (samples) of c·hw values; NHWC: n·hw rows (pixels) of c values (f bytes
+// each: 4, or 2 under act16, whose bits are copied as they are).
+int cuda_channel_copy(void *ctx, int n, int c, int hw, const void *src, int src_c, int src_off, void *dst, int dst_c,
                       int dst_off) {
     cuda_ctx *cx = (cuda_ctx *)ctx;
     if (n < 0 || c < 0 || hw < 1 || src_off < 0 || dst_off < 0 || src_off + c > src_c || dst_off + c > dst_c)
         return ERR(ST_INPUT, "channel_copy: %d channels at %d of %d to %d of %d (n=%d, hw=%d)", c, src_off, src_c,
                    dst_off, dst_c, n, hw);
     if (n == 0 || c == 0) return ST_OK;
-    const size_t f = sizeof(float);
+    const size_t f = cuda_act_elem(cx);
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
     if (cx->nhwc) {
-        cudaCheck(cudaMemcpy2DAsync(dst + dst_off, (size_t)dst_c * f, src + src_off, (size_t)src_c * f, (size_t)c * f,
-                                    (size_t)n * hw, cudaMemcpyDeviceToDevice, cx->stream));
+        cudaCheck(cudaMemcpy2DAsync(d + (size_t)dst_off * f, (size_t)dst_c * f, s + (size_t)src_off * f,
+                                    (size_t)src_c * f, (size_t)c * f, (size_t)n * hw, cudaMemcpyDeviceToDevice,
+                                    cx->stream));
         return ST_OK;
     }
-    cudaCheck(cudaMemcpy2DAsync(dst + (size_t)dst_off * hw, (size_t)dst_c * hw * f, src + (size_t)src_off * hw,
+    cudaCheck(cudaMemcpy2DAsync(d + (size_t)dst_off * hw * f, (size_t)dst_c * hw * f, s + (size_t)src_off * hw * f,
                                 (size_t)src_c * hw * f, (size_t)c * hw * f, (size_t)n, cudaMemcpyDeviceToDevice,
                                 cx->stream));
     return ST_OK;
 }
 
 // threshold and scale are computed here, on the host, exactly as the CPU backend computes them.
-int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const float *x, float *y) {
+int cuda_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const void *x, void *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (!(rate >= 0.f && rate < 1.f)) return ERR(ST_INPUT, "dropout: rate %g outside [0, 1)", (double)rate);
     if (n == 0) return ST_OK;
     const float scale = 1.0f / (1.0f - rate);
-    dropout_kernel<<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(n, key, stream, dropout_threshold(rate), scale,
-                                                                      x, y);
+    CUDA_ACT_DISPATCH(c, T,
+                      dropout_kernel<T><<<cuda_blocks(c, n), CUDA_THREADS, 0, c->stream>>>(
+                          n, key, stream, dropout_threshold(rate), scale, (const T *)x, (T *)y));
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -192,27 +215,31 @@ static int avgpool_args_check(int n, int c, int h, int w, int kh, int kw, int st
     return ST_OK;
 }
 
-int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *x, float *y) {
+int cuda_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const void *x, void *y) {
     cuda_ctx *cx = (cuda_ctx *)ctx;
     TRY(avgpool_args_check(n, c, h, w, kh, kw, stride, "avgpool_forward"));
     const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
     const size_t total = (size_t)n * c * oh * ow;
     if (total == 0) return ST_OK;
-    avgpool_fwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
-        x, y, (unsigned)total, c, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw), cx->nhwc);
+    CUDA_ACT_DISPATCH(cx, T,
+                      avgpool_fwd_kernel<T><<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
+                          (const T *)x, (T *)y, (unsigned)total, c, h, w, oh, ow, kh, kw, stride,
+                          1.0f / (float)(kh * kw), cx->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
-                          float *dx) {
+int cuda_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const void *dy,
+                          void *dx) {
     cuda_ctx *cx = (cuda_ctx *)ctx;
     TRY(avgpool_args_check(n, c, h, w, kh, kw, stride, "avgpool_backward"));
     const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
     const size_t total = (size_t)n * c * h * w;
     if (total == 0) return ST_OK;
-    avgpool_bwd_kernel<<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
-        dy, dx, (unsigned)total, c, h, w, oh, ow, kh, kw, stride, 1.0f / (float)(kh * kw), cx->nhwc);
+    CUDA_ACT_DISPATCH(cx, T,
+                      avgpool_bwd_kernel<T><<<cuda_blocks(cx, total), CUDA_THREADS, 0, cx->stream>>>(
+                          (const T *)dy, (T *)dx, (unsigned)total, c, h, w, oh, ow, kh, kw, stride,
+                          1.0f / (float)(kh * kw), cx->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }

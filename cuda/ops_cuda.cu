@@ -5,6 +5,8 @@
 // Semantics are those of the CPU reference (src/backend_cpu.c, documented in backend.h); the tests compare the
 // two op by op. Kernels first, launchers (stream last) after. Element-wise kernels use grid-stride loops.
 // Activations and their derivatives (act_apply, act_grad in backend_cuda_impl.h) use `v > 0`, as on the CPU.
+// The activation kernels are templated on the storage type T (float, or act16's act_bf16/act_fp16: loaded exactly,
+// stored rounded once, backend_cuda_impl.h); what they compute is float32 either way.
 #include <stdint.h>
 
 #include "backend_cuda_impl.h"
@@ -12,31 +14,34 @@
 // ---------------------------------------------------------------------------------------------------------
 // Kernels: bias + activation
 
-// y laid out [outer, channels, inner]: conv (inner = oh*ow) and dense (inner = 1) alike.
-__global__ void bias_act_kernel(float *y, const float *b, unsigned total, unsigned channels, unsigned inner,
+// y = act(x + b) laid out [outer, channels, inner]: conv (inner = oh*ow) and dense (inner = 1) alike. X: the type of
+// x (y itself in place, or dense's float32 GEMM output), T: y's.
+template <typename X, typename T>
+__global__ void bias_act_kernel(const X *x, T *y, const float *b, unsigned total, unsigned channels, unsigned inner,
                                 int act) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
-        float v = y[i];
+        float v = act_load(&x[i]);
         if (b) v += __ldg(&b[(i / inner) % channels]);
-        y[i] = act_apply(act, v);
+        act_store(&y[i], act_apply(act, v));
     }
 }
 
-// Dense backward of bias + activation: dy[n, out] times act'(y) in place, db[j] = sum over rows of dy[., j]
-// (db NULL: none; T: float, or uint16_t bf16 bits under grads16). Block (32, 8): 32 adjacent columns (coalesced
+// Dense backward of bias + activation: dy[n, out] times act'(y) in place (A: the activations' type), db[j] = sum
+// over rows of dy[., j] (db NULL: none; G: float, or uint16_t bf16 bits under grads16). The sum takes the float
+// products, as the CPU's (under act16 dy is then stored rounded). Block (32, 8): 32 adjacent columns (coalesced
 // rows), 8 row phases, reduced in shared memory. Deterministic.
-template <typename T>
-__global__ void dense_bias_grad_kernel(float *dy, const float *y, T *db, int n, int out, int act) {
+template <typename A, typename G>
+__global__ void dense_bias_grad_kernel(A *dy, const A *y, G *db, int n, int out, int act) {
     __shared__ float part[8][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
     float sum = 0.f;
     if (j < out) {
         for (int i = threadIdx.y; i < n; i += 8) {
             const size_t idx = (size_t)i * out + j;
-            float g = dy[idx];
+            float g = act_load(&dy[idx]);
             if (act != ACT_NONE) {
-                g = act_grad(act, y[idx], g);
-                dy[idx] = g;
+                g = act_grad(act, act_load(&y[idx]), g);
+                act_store(&dy[idx], g);
             }
             sum += g;
         }
@@ -55,8 +60,9 @@ __global__ void dense_bias_grad_kernel(float *dy, const float *y, T *db, int n, 
 
 // One thread per output; argmax is the index of the max within its input plane (h*w), first max in row-major
 // order on ties. nhwc: outputs and inputs N,H,W,C (c channels; the argmax is still the pixel's index r*w + s).
-__global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsigned total, int c, int h, int w,
-                                int oh, int ow, int size, int stride, int pad, int nhwc) {
+template <typename T>
+__global__ void pool_fwd_kernel(const T *x, T *y, int32_t *argmax, unsigned total, int c, int h, int w, int oh, int ow,
+                                int size, int stride, int pad, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         unsigned t = i;
         int ch = 0;
@@ -67,29 +73,30 @@ __global__ void pool_fwd_kernel(const float *x, float *y, int32_t *argmax, unsig
         const unsigned plane = t / oh;  // NCHW: (sample, channel); NHWC: the sample
         // pixel j of the plane at xp[j * step]
         const size_t step = nhwc ? (size_t)c : 1;
-        const float *xp = nhwc ? x + (size_t)plane * h * w * c + ch : x + (size_t)plane * h * w;
+        const T *xp = nhwc ? x + (size_t)plane * h * w * c + ch : x + (size_t)plane * h * w;
         const int y0 = oy * stride - pad, x0 = ox * stride - pad;
         const int r0 = max(y0, 0), r1 = min(y0 + size, h), c0 = max(x0, 0), c1 = min(x0 + size, w);
         int best_j = r0 * w + c0;
-        float best = __ldg(&xp[(size_t)best_j * step]);
+        float best = act_ldg(&xp[(size_t)best_j * step]);
         for (int r = r0; r < r1; r++)
             for (int s = c0; s < c1; s++) {
                 const int j = r * w + s;
-                const float v = __ldg(&xp[(size_t)j * step]);
+                const float v = act_ldg(&xp[(size_t)j * step]);
                 if (v > best) {
                     best = v;
                     best_j = j;
                 }
             }
-        y[i] = best;
+        act_store(&y[i], best);  // a value of x: exact in x's type
         if (argmax) argmax[i] = best_j;
     }
 }
 
 // Gather formulation: one thread per input element sums dy over the (few) windows that contain it and chose
 // it, in ascending output order (the order a CPU scatter adds them). Writes every dx: no zeroing, no atomics.
-__global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *dx, unsigned total, int c, int h,
-                                int w, int oh, int ow, int size, int stride, int pad, int nhwc) {
+template <typename T>
+__global__ void pool_bwd_kernel(const T *dy, const int32_t *argmax, T *dx, unsigned total, int c, int h, int w, int oh,
+                                int ow, int size, int stride, int pad, int nhwc) {
     for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
         unsigned t = i;
         int ch = 0;
@@ -111,9 +118,9 @@ __global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *d
         for (int oy = oy_lo; oy <= oy_hi; oy++)
             for (int ox = ox_lo; ox <= ox_hi; ox++) {
                 const size_t o = base + ((size_t)oy * ow + ox) * step;
-                if (__ldg(&argmax[o]) == j) g += __ldg(&dy[o]);
+                if (__ldg(&argmax[o]) == j) g += act_ldg(&dy[o]);
             }
-        dx[i] = g;
+        act_store(&dx[i], g);
     }
 }
 
@@ -124,9 +131,11 @@ __global__ void pool_bwd_kernel(const float *dy, const int32_t *argmax, float *d
 
 // One warp per sample: max (and first argmax), sum of exp, loss = log(sum) - (z[label] - max).
 // A label outside [0, classes) yields a NaN loss, so the divergence check stops the run rather than the
-// kernel reading out of bounds. One double and one int atomic per block.
-__global__ void softmax_xent_kernel(int n, int classes, const float *logits, const int32_t *labels, float smoothing,
-                                    float *dlogits, double *loss_acc, int32_t *correct_acc) {
+// kernel reading out of bounds. One double and one int atomic per block. dlogits = ((p - target) / n) · scale, the
+// two products rounded in float in that order (the CPU's), then stored (T).
+template <typename T>
+__global__ void softmax_xent_kernel(int n, int classes, const T *logits, const int32_t *labels, float smoothing,
+                                    float scale, T *dlogits, double *loss_acc, int32_t *correct_acc) {
     __shared__ double s_loss[XENT_WARPS];
     __shared__ int s_correct[XENT_WARPS];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -134,11 +143,11 @@ __global__ void softmax_xent_kernel(int n, int classes, const float *logits, con
     double loss = 0.0;
     int correct = 0;
     if (i < n) {
-        const float *z = logits + (size_t)i * classes;
+        const T *z = logits + (size_t)i * classes;
         float m = -INFINITY;
         int am = classes;  // lanes with no class lose every tie
         for (int j = lane; j < classes; j += 32) {
-            const float v = z[j];
+            const float v = act_load(&z[j]);
             if (v > m) {
                 m = v;
                 am = j;
@@ -154,8 +163,9 @@ __global__ void softmax_xent_kernel(int n, int classes, const float *logits, con
         }
         float s = 0.f, zs = 0.f;  // zs: sum of z - m, for label smoothing
         for (int j = lane; j < classes; j += 32) {
-            s += expf(z[j] - m);
-            zs += z[j] - m;
+            const float v = act_load(&z[j]);
+            s += expf(v - m);
+            zs += v - m;
         }
         s = warp_sum(s);
         if (smoothing > 0.f) zs = warp_sum(zs);
@@ -164,14 +174,15 @@ __global__ void softmax_xent_kernel(int n, int classes, const float *logits, con
         if (dlogits) {
             const float inv_s = 1.f / s, inv_n = 1.f / (float)n;
             const float off = smoothing / (float)classes, on = 1.f - smoothing + off;
-            float *d = dlogits + (size_t)i * classes;
+            T *d = dlogits + (size_t)i * classes;
             for (int j = lane; j < classes; j += 32) {
-                const float p = expf(z[j] - m) * inv_s;
-                d[j] = (p - (j == label ? on : off)) * inv_n;
+                const float p = expf(act_load(&z[j]) - m) * inv_s;
+                const float g = (p - (j == label ? on : off)) * inv_n;
+                act_store(&d[j], __fmul_rn(g, scale));
             }
         }
         if (lane == 0) {
-            double target_z = valid ? (double)z[label] - (double)m : 0.0;
+            double target_z = valid ? (double)act_load(&z[label]) - (double)m : 0.0;
             if (smoothing > 0.f) target_z = (1.0 - smoothing) * target_z + (double)smoothing * zs / classes;
             loss = valid ? (double)logf(s) - target_z : (double)NAN;
             correct = valid && am == label;
@@ -286,14 +297,15 @@ __global__ void sgd_kernel(size_t n, float *p, const float *g, float *vel, const
 // Kernels: data and utilities
 
 // x[s, j] = images[index[s], j] / 255 (rounded as the CPU's float division), y[s] = labels[index[s]].
-__global__ void gather_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
-                              int elems, float *x, int32_t *y) {
+template <typename T>
+__global__ void gather_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n, int elems,
+                              T *x, int32_t *y) {
     const size_t tid = (size_t)blockIdx.x * blockDim.x + threadIdx.x, step = (size_t)gridDim.x * blockDim.x;
     const size_t total = (size_t)n * elems;
     for (size_t i = tid; i < total; i += step) {
         const size_t s = i / elems, j = i - s * elems;
         const size_t src = (size_t)__ldg(&index[s]) * elems + j;
-        x[i] = __fdiv_rn((float)__ldg(&images[src]), 255.0f);
+        act_store(&x[i], __fdiv_rn((float)__ldg(&images[src]), 255.0f));
     }
     if (y)
         for (size_t s = tid; s < (size_t)n; s += step) y[s] = labels[index[s]];
@@ -304,8 +316,9 @@ __global__ void gather_kernel(const uint8_t *images, const int32_t *labels, cons
 // one input byte (0 outside the image), then the channel's table or the division. The epoch is read here, from
 // device memory, so a replayed graph uses the value uploaded before it. Indices fit in 32 bits (size_check).
 // nhwc: x is written N,H,W,C (the images stay C,H,W: each thread reads the byte of its channel).
+template <typename T>
 __global__ void gather_aug_kernel(const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
-                                  int elems, const gather_aug *a, float *x, int32_t *y, int nhwc) {
+                                  int elems, const gather_aug *a, T *x, int32_t *y, int nhwc) {
     const unsigned tid = blockIdx.x * blockDim.x + threadIdx.x, step = gridDim.x * blockDim.x;
     const unsigned total = (unsigned)n * (unsigned)elems;
     const int c = a->c, h = a->h, w = a->w, hw = h * w, normalize = a->normalize;
@@ -319,7 +332,7 @@ __global__ void gather_aug_kernel(const uint8_t *images, const int32_t *labels, 
         const unsigned p = sy >= 0 && sy < h && sx >= 0 && sx < w
                                ? __ldg(&images[(size_t)idx * elems + (size_t)ch * hw + (size_t)sy * w + sx])
                                : 0u;
-        x[i] = normalize ? a->lut[ch][p] : __fdiv_rn((float)p, 255.0f);
+        act_store(&x[i], normalize ? a->lut[ch][p] : __fdiv_rn((float)p, 255.0f));
     }
     if (y)
         for (unsigned s = tid; s < (unsigned)n; s += step) y[s] = labels[index[s]];
@@ -389,54 +402,73 @@ static int size_check(size_t total, const char *op, const char *what) {
     return ST_OK;
 }
 
-int cuda_bias_act(cuda_ctx *c, float *y, const float *b, int total, int channels, int inner, int act) {
+int cuda_bias_act(cuda_ctx *c, void *y, const float *b, int total, int channels, int inner, int act) {
     if (total <= 0 || (b == NULL && act == ACT_NONE)) return ST_OK;
-    bias_act_kernel<<<cuda_blocks(c, (size_t)total), CUDA_THREADS, 0, c->stream>>>(
-        y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act);
+    CUDA_ACT_DISPATCH(c, T,
+                      bias_act_kernel<T, T><<<cuda_blocks(c, (size_t)total), CUDA_THREADS, 0, c->stream>>>(
+                          (const T *)y, (T *)y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act));
+    cudaCheckLaunch();
+    return ST_OK;
+}
+
+int cuda_bias_act_store(cuda_ctx *c, const float *x, void *y, const float *b, int total, int channels, int inner,
+                        int act) {
+    if (total <= 0) return ST_OK;
+    CUDA_ACT_DISPATCH(c, T,
+                      bias_act_kernel<float, T><<<cuda_blocks(c, (size_t)total), CUDA_THREADS, 0, c->stream>>>(
+                          x, (T *)y, b, (unsigned)total, (unsigned)channels, (unsigned)inner, act));
     cudaCheckLaunch();
     return ST_OK;
 }
 
 int cuda_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
-                int sample_elems, const gather_aug *aug, float *x, int32_t *y) {
+                int sample_elems, const gather_aug *aug, void *x, int32_t *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n < 0 || sample_elems <= 0)
         return ERR(ST_INPUT, "gather: bad batch shape (%d samples of %d values)", n, sample_elems);
     if (n == 0) return ST_OK;
     if (aug) {  // device memory: its shape is the caller's to match (the CPU backend checks it)
         TRY(size_check((size_t)n * sample_elems, "gather", "the batch"));
-        gather_aug_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(
-            images, labels, index, n, sample_elems, aug, x, y, c->nhwc);
+        const unsigned blocks = cuda_blocks(c, (size_t)n * sample_elems);
+        CUDA_ACT_DISPATCH(c, T,
+                          gather_aug_kernel<T><<<blocks, CUDA_THREADS, 0, c->stream>>>(images, labels, index, n,
+                                                                                       sample_elems, aug, (T *)x, y,
+                                                                                       c->nhwc));
         cudaCheckLaunch();
         return ST_OK;
     }
     if (c->nhwc)  // the plain gather knows no channel count (backend_ops.def)
         return ERR(ST_INPUT, "gather: the NHWC layout needs the sample's shape: pass gather parameters (aug), with "
                              "every transform off for a plain gather");
-    gather_kernel<<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(images, labels, index, n,
-                                                                                            sample_elems, x, y);
+    CUDA_ACT_DISPATCH(c, T,
+                      gather_kernel<T><<<cuda_blocks(c, (size_t)n * sample_elems), CUDA_THREADS, 0, c->stream>>>(
+                          images, labels, index, n, sample_elems, (T *)x, y));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_pool_forward(void *ctx, const pool_desc *d, const float *x, float *y, int32_t *argmax) {
+int cuda_pool_forward(void *ctx, const pool_desc *d, const void *x, void *y, int32_t *argmax) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const size_t total = (size_t)d->n * d->c * d->oh * d->ow;
     TRY(size_check((size_t)d->n * d->c * d->h * d->w, "pool_forward", "the input"));
     if (total == 0) return ST_OK;
-    pool_fwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
-        x, y, argmax, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size, d->stride, d->pad, c->nhwc);
+    CUDA_ACT_DISPATCH(c, T,
+                      pool_fwd_kernel<T><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+                          (const T *)x, (T *)y, argmax, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size,
+                          d->stride, d->pad, c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
 
-int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int32_t *argmax, float *dx) {
+int cuda_pool_backward(void *ctx, const pool_desc *d, const void *dy, const int32_t *argmax, void *dx) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     const size_t total = (size_t)d->n * d->c * d->h * d->w;
     TRY(size_check(total, "pool_backward", "the input"));
     if (total == 0) return ST_OK;
-    pool_bwd_kernel<<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
-        dy, argmax, dx, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size, d->stride, d->pad, c->nhwc);
+    CUDA_ACT_DISPATCH(c, T,
+                      pool_bwd_kernel<T><<<cuda_blocks(c, total), CUDA_THREADS, 0, c->stream>>>(
+                          (const T *)dy, argmax, (T *)dx, (unsigned)total, d->c, d->h, d->w, d->oh, d->ow, d->size,
+                          d->stride, d->pad, c->nhwc));
     cudaCheckLaunch();
     return ST_OK;
 }
@@ -454,6 +486,10 @@ int cuda_pool_backward(void *ctx, const pool_desc *d, const float *dy, const int
 // CUDA_R_32F), so y, dx and dw are rounded only where the model rounds them, as in the CPU emulation. grads16
 // (bf16 only): dw is written bf16 (Ctype CUDA_R_16BF: cuBLAS rounds the fp32 accumulator once, to nearest even),
 // the value the CPU stores after its fp32 GEMM.
+// act16 (16-bit activations, always of the precision's format): the GEMMs read x and the masked dy where they are
+// (only the weight is cast to a 16-bit copy, as above). Forward writes the fp32 product into the scratch and the
+// bias + activation kernel stores y from it, rounded once, as the CPU stores its fp32 op's y. Backward-data writes dx
+// in 16 bits directly (Ctype the format: cuBLAS rounds the fp32 accumulator once, to nearest even); dw as above.
 static cudaDataType lp_type(int format) { return format == PREC_BF16 ? CUDA_R_16BF : CUDA_R_16F; }
 
 static int dense_lp_forward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, float *y) {
@@ -469,6 +505,39 @@ static int dense_lp_forward(cuda_ctx *c, int n, int in, int out, const float *x,
     return ST_OK;
 }
 
+// act16: the fp32 product in the scratch (after the weight's copy), then y = act(product + b) stored once.
+static int dense_act16_forward(cuda_ctx *c, int n, int in, int out, int act, const void *x, const float *w,
+                               const float *b, void *y) {
+    const size_t wb = cuda_lp_bytes((size_t)out * in);
+    char *s = NULL;
+    TRY(cuda_lp_scratch(c, wb + (size_t)n * out * sizeof(float), (void **)&s));
+    TRY(cuda_lp_cast_in(c, c->act16, (size_t)out * in, w, s));
+    float *y32 = (float *)(s + wb);
+    const float one = 1.f, zero = 0.f;
+    const cudaDataType t = lp_type(c->act16);
+    cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, s, t, in, x, t, in, &zero, y32,
+                             CUDA_R_32F, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return cuda_bias_act_store(c, y32, y, b, n * out, out, 1, act);
+}
+
+// The two backward products from the 16-bit x16 and dy16 (act16: the activation buffers themselves; else copies),
+// dx of type dx_type (fp32, or act16's format).
+static int dense_lp_products(cuda_ctx *c, int n, int in, int out, const void *x16, const float *w, const void *dy16,
+                             void *dx, cudaDataType dx_type, void *dw, void *w16) {
+    const float one = 1.f, zero = 0.f;
+    const cudaDataType t = lp_type(c->precision);
+    if (dw)
+        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x16, t, in, dy16, t, out, &zero,
+                                 dw, c->grads16 ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+    if (dx) {
+        TRY(cuda_lp_cast_in(c, c->precision, (size_t)out * in, w, w16));
+        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w16, t, in, dy16, t, out, &zero,
+                                 dx, dx_type, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    return ST_OK;
+}
+
 // dy (already masked by act') is cast as well: exact for relu/relu6/none, whose masks are 0 or 1.
 static int dense_lp_backward(cuda_ctx *c, int n, int in, int out, const float *x, const float *w, const float *dy,
                              float *dx, void *dw) {
@@ -477,39 +546,38 @@ static int dense_lp_backward(cuda_ctx *c, int n, int in, int out, const float *x
     TRY(cuda_lp_scratch(c, wb + xb + cuda_lp_bytes((size_t)n * out), (void **)&s));
     char *w16 = s, *x16 = s + wb, *dy16 = s + wb + xb;
     TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * out, dy, dy16));
-    const float one = 1.f, zero = 0.f;
-    const cudaDataType t = lp_type(c->precision);
-    if (dw) {
-        TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * in, x, x16));
-        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x16, t, in, dy16, t, out, &zero,
-                                 dw, c->grads16 ? CUDA_R_16BF : CUDA_R_32F, in, CUBLAS_COMPUTE_32F,
-                                 CUBLAS_GEMM_DEFAULT));
-    }
-    if (dx) {
-        TRY(cuda_lp_cast_in(c, c->precision, (size_t)out * in, w, w16));
-        cublasCheck(cublasGemmEx(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w16, t, in, dy16, t, out, &zero,
-                                 dx, CUDA_R_32F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    }
-    return ST_OK;
+    if (dw) TRY(cuda_lp_cast_in(c, c->precision, (size_t)n * in, x, x16));
+    return dense_lp_products(c, n, in, out, x16, w, dy16, dx, CUDA_R_32F, dw, w16);
 }
 
-int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *b,
-                       float *y) {
+// act16: x and the masked dy (stored rounded by the mask kernel: exact for relu/relu6/none) as they are; only the
+// weight's copy in the scratch, for dx.
+static int dense_act16_backward(cuda_ctx *c, int n, int in, int out, const void *x, const float *w, const void *dy,
+                                void *dx, void *dw) {
+    void *w16 = NULL;
+    if (dx) TRY(cuda_lp_scratch(c, cuda_lp_bytes((size_t)out * in), &w16));
+    return dense_lp_products(c, n, in, out, x, w, dy, dx, lp_type(c->act16), dw, w16);
+}
+
+int cuda_dense_forward(void *ctx, int n, int in, int out, int act, const void *x, const float *w, const float *b,
+                       void *y) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_check(act, "dense_forward"));
     if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_forward: bad shape n=%d in=%d out=%d", n, in, out);
     TRY(size_check((size_t)n * out, "dense_forward", "the output"));
     if (n == 0) return ST_OK;
+    if (c->act16) return dense_act16_forward(c, n, in, out, act, x, w, b, y);
     const float one = 1.f, zero = 0.f;
     if (c->precision)
-        TRY(dense_lp_forward(c, n, in, out, x, w, y));
+        TRY(dense_lp_forward(c, n, in, out, (const float *)x, w, (float *)y));
     else
-        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, x, in, &zero, y, out));
+        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, n, in, &one, w, in, (const float *)x, in,
+                                &zero, (float *)y, out));
     return cuda_bias_act(c, y, b, n * out, out, 1, act);
 }
 
-int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w, const float *y,
-                        float *dy, float *dx, void *dw, void *db) {
+int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const void *x, const float *w, const void *y,
+                        void *dy, void *dx, void *dw, void *db) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     TRY(act_check(act, "dense_backward"));
     if (n < 0 || in <= 0 || out <= 0) return ERR(ST_INPUT, "dense_backward: bad shape n=%d in=%d out=%d", n, in, out);
@@ -526,29 +594,39 @@ int cuda_dense_backward(void *ctx, int n, int in, int out, int act, const float 
     if (act != ACT_NONE || db) {
         const dim3 grid((unsigned)((out + 31) / 32)), block(32, 8);
         if (c->grads16)
-            dense_bias_grad_kernel<uint16_t><<<grid, block, 0, c->stream>>>(dy, y, (uint16_t *)db, n, out, act);
+            CUDA_ACT_DISPATCH(c, T,
+                              dense_bias_grad_kernel<T, uint16_t><<<grid, block, 0, c->stream>>>(
+                                  (T *)dy, (const T *)y, (uint16_t *)db, n, out, act));
         else
-            dense_bias_grad_kernel<float><<<grid, block, 0, c->stream>>>(dy, y, (float *)db, n, out, act);
+            CUDA_ACT_DISPATCH(c, T,
+                              dense_bias_grad_kernel<T, float><<<grid, block, 0, c->stream>>>(
+                                  (T *)dy, (const T *)y, (float *)db, n, out, act));
         cudaCheckLaunch();
     }
+    if (c->act16) return dense_act16_backward(c, n, in, out, x, w, dy, dx, dw);
     // grads16 implies precision bf16 (backend_cuda_set_options): its dw is always the 16-bit GEMM's
-    if (c->precision) return dense_lp_backward(c, n, in, out, x, w, dy, dx, dw);
+    if (c->precision)
+        return dense_lp_backward(c, n, in, out, (const float *)x, w, (const float *)dy, (float *)dx, dw);
     if (dw)
-        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, x, in, dy, out, &zero,
-                                (float *)dw, in));
-    if (dx) cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, dy, out, &zero, dx, in));
+        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_T, in, out, n, &one, (const float *)x, in,
+                                (const float *)dy, out, &zero, (float *)dw, in));
+    if (dx)
+        cublasCheck(cublasSgemm(c->cublas, CUBLAS_OP_N, CUBLAS_OP_N, in, n, out, &one, w, in, (const float *)dy, out,
+                                &zero, (float *)dx, in));
     return ST_OK;
 }
 
-int cuda_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels, float smoothing,
-                      float *dlogits, double *loss_acc, int32_t *correct_acc) {
+int cuda_softmax_xent(void *ctx, int n, int classes, const void *logits, const int32_t *labels, float smoothing,
+                      float scale, void *dlogits, double *loss_acc, int32_t *correct_acc) {
     cuda_ctx *c = (cuda_ctx *)ctx;
     if (n < 0 || classes <= 0) return ERR(ST_INPUT, "softmax_xent: bad shape n=%d classes=%d", n, classes);
     TRY(size_check((size_t)n * classes, "softmax_xent", "the logits"));
     if (n == 0) return ST_OK;
     const unsigned blocks = (unsigned)((n + XENT_WARPS - 1) / XENT_WARPS);
-    softmax_xent_kernel<<<blocks, XENT_WARPS * 32, 0, c->stream>>>(n, classes, logits, labels, smoothing, dlogits,
-                                                                    loss_acc, correct_acc);
+    CUDA_ACT_DISPATCH(c, T,
+                      softmax_xent_kernel<T><<<blocks, XENT_WARPS * 32, 0, c->stream>>>(
+                          n, classes, (const T *)logits, labels, smoothing, scale, (T *)dlogits, loss_acc,
+                          correct_acc));
     cudaCheckLaunch();
     return ST_OK;
 }

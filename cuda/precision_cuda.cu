@@ -2,7 +2,8 @@
 // the CPU's precision_round_bf16/_fp16 (src/precision.h: the same formulas on the bits, so NaN payloads, overflow to
 // Inf and fp16's subnormals come out the same); the casts between the fp32 buffers that hold rounded values and the
 // 16-bit copies cuDNN and cuBLAS read (exact: the values are representable; the cast rounds first, so a value that
-// was not rounded gets the op's rounding, never a second one); and the scratch that dense's 16-bit copies live in.
+// was not rounded gets the op's rounding, never a second one; under act16 the cast out also gives conv's
+// backward-filter its fp32 copies of the 16-bit x and dy); and the scratch that dense's 16-bit copies live in.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -12,18 +13,8 @@
 // ---------------------------------------------------------------------------------------------------------
 // Kernels
 
-// round_bf16_dev and bf16_bits_dev: backend_cuda_impl.h (the bf16 parameter gradients round with them too).
-
-static __device__ __forceinline__ float round_fp16_dev(float x) {
-    const uint32_t u = __float_as_uint(x), sign = u & 0x80000000u, a = u & 0x7fffffffu;
-    uint32_t r = (a + 0x0fffu + ((a >> 13) & 1u)) & 0xffffe000u;
-    if (a < 0x38800000u)  // below 2^-14: the subnormal quantum 2^-24 by the addition's own rounding (__fadd_rn: no
-                          // contraction, no flush of the sum; an fp32 subnormal input gives 0.5 + tiny = 0.5 either way)
-        r = __float_as_uint(__fadd_rn(__fadd_rn(__uint_as_float(a), 0.5f), -0.5f));
-    if (a >= 0x477ff000u) r = 0x7f800000u;                          // >= 65520: Inf
-    if (a > 0x7f800000u) r = (a | 0x00400000u) & 0xffffe000u;       // NaN: quiet, payload cut
-    return __uint_as_float(sign | r);
-}
+// round_bf16_dev, bf16_bits_dev and round_fp16_dev: backend_cuda_impl.h (the bf16 parameter gradients and the 16-bit
+// activations (act16) round with them too).
 
 __global__ void round_to_kernel(size_t n, int format, const float *x, float *y) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)

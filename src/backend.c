@@ -48,6 +48,13 @@ int backend_is_grads16(const backend *be) {
     return be->ops->grads16 && be->ops->grads16(be->ctx, &on) == ST_OK && on;
 }
 
+int backend_act_format(const backend *be) {
+    int format = 0;
+    return be->ops->act16 && be->ops->act16(be->ctx, &format) == ST_OK ? format : 0;
+}
+
+size_t backend_act_bytes(const backend *be) { return backend_act_format(be) ? 2 : sizeof(float); }
+
 // ---------------------------------------------------------------------------------------------------------
 // Table completeness (tests: a new op left out of a backend fails them)
 
@@ -70,7 +77,8 @@ int backend_ops_missing(const backend_ops *ops, const char **first) {
 // tf32 is CUDA's; deterministic=1 changes nothing (the CPU backend is deterministic for a fixed thread count).
 static int cpu_create(backend *be, const backend_options *o) {
     if (o->tf32) return ERR(ST_INPUT, "tf32=1 needs backend=cuda (backend is 'cpu')");
-    const backend_cpu_opts co = {.threads = o->threads, .conv = CPU_CONV_AUTO, .grads16 = o->grads16};
+    const backend_cpu_opts co = {
+        .threads = o->threads, .conv = CPU_CONV_AUTO, .grads16 = o->grads16, .act16 = o->act16};
     return backend_cpu_create_opts(be, &co);
 }
 

@@ -123,6 +123,8 @@ int backend_can_capture(const backend *be);    // 1: capture_begin, capture_end 
 int backend_is_async(const backend *be);       // 1: ops run on a device stream (backend_stream), not on the host
 int backend_is_nhwc(const backend *be);        // 1: activations are N,H,W,C (the `nhwc` slot; absent: NCHW)
 int backend_is_grads16(const backend *be);     // 1: parameter gradients are written bf16 (the `grads16` slot)
+int backend_act_format(const backend *be);     // PREC_BF16/PREC_FP16: activations are held in 16 bits; 0: float32
+size_t backend_act_bytes(const backend *be);   // bytes per activation value: 2 or 4 (backend_act_format)
 
 // The number of REQUIRED slots of ops left NULL (backend_ops.def's slot column); *first (nullable) = the name
 // of the first such slot.
@@ -150,6 +152,8 @@ typedef struct backend_options {
                         // activation out N,H,W,C (cuDNN NHWC descriptors); the CPU ignores it (it computes NCHW)
     int grads16;        // cpu, cuda: conv_backward, dense_backward and bn_grad_stats write dw and db in bf16 (the
                         // trainer: net.precision=bf16 with compress=bf16 and all-reduces; cuda needs precision bf16)
+    int act16;          // cpu, cuda: activations held in 16 bits of this format (PREC_BF16 or PREC_FP16; 0: float32;
+                        // the trainer: net.act_storage, docs/precision.md); cuda needs precision set to the same
 } backend_options;
 
 // Create a backend by name ("cpu", "cuda"); opt NULL: all zero (all cores, device 0, FP32, fastest algorithms).
@@ -172,10 +176,11 @@ typedef struct backend_cpu_opts {
     int threads;        // 0: all cores
     cpu_conv_impl conv;
     int grads16;        // backend_options.grads16
+    int act16;          // backend_options.act16 (the conversions cost the CPU a pass per operand: src/backend_cpu_store.c)
 } backend_cpu_opts;
 int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o);
 int backend_cpu_dnnl_available(void);  // 1 when built with oneDNN
-// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32, deterministic, precision, layout and
-// grads16 (opt NULL: all 0).
+// ST_RUNTIME "built without CUDA" when not compiled in. Reads device, tf32, deterministic, precision, layout,
+// grads16 and act16 (opt NULL: all 0).
 int backend_cuda_create(backend *be, const backend_options *opt);
 int backend_cuda_available(void);                   // 1 when compiled in and a device is present

@@ -1,6 +1,7 @@
 // backend_cpu.c — the reference backend: im2col + OpenBLAS sgemm for convolutions, plain loops for the rest.
 // This file holds the context (create, destroy), memory, timing marks and the table; the ops live in src/cpu/
-// by family (the map and the threading design: src/cpu/backend_cpu_impl.h).
+// by family (the map and the threading design: src/cpu/backend_cpu_impl.h), the slots of the ops that read or write
+// activations or parameter gradients in src/backend_cpu_store.c (float32 or 16-bit storage).
 #define _DEFAULT_SOURCE  // MAP_ANONYMOUS
 #include <cblas.h>
 #include <errno.h>
@@ -12,7 +13,7 @@
 #include <unistd.h>
 
 #include "cpu/backend_cpu_impl.h"
-#include "precision.h"
+#include "config.h"  // PREC_BF16, PREC_FP16
 
 // ---------------------------------------------------------------------------------------------------------
 // Memory
@@ -80,6 +81,7 @@ static void cpu_destroy(void *ctx) {
     cpu_pool_stop(&c->pool);
     conv_dnnl_destroy(c->dnnl);
     free(c->g32);
+    for (int i = 0; i < CPU_SCRATCH_SLOTS; i++) free(c->s32[i].p);
     free(c);
 }
 
@@ -159,67 +161,6 @@ static int cpu_mark_elapsed(void *ctx, void *a, void *b, double *seconds) {
     return ST_OK;
 }
 
-// ---------------------------------------------------------------------------------------------------------
-// Parameter gradients in bf16 (backend_options.grads16): conv_backward, dense_backward and bn_grad_stats compute
-// their float32 sums as always, into the context's scratch, and write them rounded to bf16 (round-to-nearest-even,
-// precision.h) where dw and db point -- the values a GPU's 16-bit GEMM output holds, which the all-reduce then sends
-// as they are. The rounding is this backend's emulation, not a saving: it costs the CPU a pass.
-
-static int g32_reserve(cpu_ctx *c, size_t n) {
-    if (c->g32_cap >= n) return ST_OK;
-    float *p = realloc(c->g32, n * sizeof *p);
-    if (!p) return ERR(ST_RUNTIME, "cpu backend: out of host memory for %zu gradient values", n);
-    c->g32 = p;
-    c->g32_cap = n;
-    return ST_OK;
-}
-
-static void g16_store(const float *x, size_t n, void *dst) {
-    uint16_t *y = dst;
-    if (y)
-        for (size_t i = 0; i < n; i++) y[i] = (uint16_t)(precision_bits(precision_round_bf16(x[i])) >> 16);
-}
-
-static int cpu_conv_backward_g(void *ctx, const conv_desc *d, const float *x, const float *w, const float *y,
-                               float *dy, float *dx, void *dw, void *db, void *ws) {
-    cpu_ctx *c = ctx;
-    if (!c->grads16) return cpu_conv_backward(ctx, d, x, w, y, dy, dx, dw, db, ws);
-    const size_t nw = (size_t)d->k * (d->c / (d->groups > 0 ? d->groups : 1)) * d->r * d->s;
-    TRY(g32_reserve(c, nw + (size_t)d->k));
-    TRY(cpu_conv_backward(ctx, d, x, w, y, dy, dx, dw ? c->g32 : NULL, db ? c->g32 + nw : NULL, ws));
-    g16_store(c->g32, nw, dw);
-    g16_store(c->g32 + nw, (size_t)d->k, db);
-    return ST_OK;
-}
-
-static int cpu_dense_backward_g(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
-                                const float *y, float *dy, float *dx, void *dw, void *db) {
-    cpu_ctx *c = ctx;
-    if (!c->grads16) return cpu_dense_backward(ctx, n, in, out, act, x, w, y, dy, dx, dw, db);
-    const size_t nw = (size_t)in * out;
-    TRY(g32_reserve(c, nw + (size_t)out));
-    TRY(cpu_dense_backward(ctx, n, in, out, act, x, w, y, dy, dx, dw ? c->g32 : NULL, db ? c->g32 + nw : NULL));
-    g16_store(c->g32, nw, dw);
-    g16_store(c->g32 + nw, (size_t)out, db);
-    return ST_OK;
-}
-
-static int cpu_bn_grad_stats_g(void *ctx, const bn_desc *d, const float *x, const float *y, const float *save,
-                               float *dy, void *dw, void *db, float *gstats) {
-    cpu_ctx *c = ctx;
-    if (!c->grads16) return cpu_bn_grad_stats(ctx, d, x, y, save, dy, dw, db, gstats);
-    TRY(g32_reserve(c, 2 * (size_t)d->c));
-    TRY(cpu_bn_grad_stats(ctx, d, x, y, save, dy, c->g32, c->g32 + d->c, gstats));
-    g16_store(c->g32, (size_t)d->c, dw);
-    g16_store(c->g32 + d->c, (size_t)d->c, db);
-    return ST_OK;
-}
-
-static int cpu_grads16(void *ctx, int *on) {
-    *on = ((const cpu_ctx *)ctx)->grads16;
-    return ST_OK;
-}
-
 static const backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -233,20 +174,20 @@ static const backend_ops cpu_ops = {
     .host_alloc = cpu_host_alloc,
     .host_free = cpu_host_free,
     .stage_upload = cpu_stage_upload,
-    .gather = cpu_gather,
+    .gather = cpu_slot_gather,
     .conv_prepare = cpu_conv_prepare,
     .conv_release = cpu_conv_release,
-    .conv_forward = cpu_conv_forward,
-    .conv_backward = cpu_conv_backward_g,
-    .pool_forward = cpu_pool_forward,
-    .pool_backward = cpu_pool_backward,
-    .dense_forward = cpu_dense_forward,
-    .dense_backward = cpu_dense_backward_g,
-    .softmax_xent = cpu_softmax_xent,
-    .bn_stats = cpu_bn_stats,
-    .bn_apply = cpu_bn_apply,
-    .bn_grad_stats = cpu_bn_grad_stats_g,
-    .bn_grad_input = cpu_bn_grad_input,
+    .conv_forward = cpu_slot_conv_forward,
+    .conv_backward = cpu_slot_conv_backward,
+    .pool_forward = cpu_slot_pool_forward,
+    .pool_backward = cpu_slot_pool_backward,
+    .dense_forward = cpu_slot_dense_forward,
+    .dense_backward = cpu_slot_dense_backward,
+    .softmax_xent = cpu_slot_softmax_xent,
+    .bn_stats = cpu_slot_bn_stats,
+    .bn_apply = cpu_slot_bn_apply,
+    .bn_grad_stats = cpu_slot_bn_grad_stats,
+    .bn_grad_input = cpu_slot_bn_grad_input,
     .adam_step = cpu_adam_step,
     .sgd_step = cpu_sgd_step,
     .scale = cpu_scale,
@@ -255,7 +196,8 @@ static const backend_ops cpu_ops = {
     .round_to = cpu_round_to,
     .add = cpu_add,
     .set_progress = cpu_set_progress,
-    .grads16 = cpu_grads16,
+    .grads16 = cpu_slot_grads16,
+    .act16 = cpu_slot_act16,
     .stream = NULL,
     .mark_create = cpu_mark_create,
     .mark_destroy = cpu_mark_destroy,
@@ -266,16 +208,16 @@ static const backend_ops cpu_ops = {
     .capture_end = NULL,
     .replay = NULL,
     // layer ops of [shortcut], [route], [dropout] and [avgpool]
-    .add_act = cpu_add_act,
-    .act_backward = cpu_act_backward,
-    .channel_copy = cpu_channel_copy,
+    .add_act = cpu_slot_add_act,
+    .act_backward = cpu_slot_act_backward,
+    .channel_copy = cpu_slot_channel_copy,
     .layout_convert = cpu_layout_convert,
-    .dropout = cpu_dropout,
-    .avgpool_forward = cpu_avgpool_forward,
-    .avgpool_backward = cpu_avgpool_backward,
+    .dropout = cpu_slot_dropout,
+    .avgpool_forward = cpu_slot_avgpool_forward,
+    .avgpool_backward = cpu_slot_avgpool_backward,
     // activations on their own (layer_ops_cpu.c)
-    .act_forward = cpu_act_forward,
-    .act_backward_input = cpu_act_backward_input,
+    .act_forward = cpu_slot_act_forward,
+    .act_backward_input = cpu_slot_act_backward_input,
     // PowerSGD's dense linear algebra (linalg_cpu.c)
     .gemm = cpu_gemm,
     .orthogonalize = cpu_orthogonalize,
@@ -330,6 +272,11 @@ int backend_cpu_create_opts(backend *be, const backend_cpu_opts *o) {
     c->threads = threads;
     c->conv = o->conv;
     c->grads16 = o->grads16 != 0;
+    if (o->act16 && o->act16 != PREC_BF16 && o->act16 != PREC_FP16) {
+        free(c);
+        return ERR(ST_INPUT, "cpu backend: act16 format %d is neither bf16 nor fp16", o->act16);
+    }
+    c->act16 = o->act16;
     int st = cpu_pool_start(&c->pool, threads);
     if (st != ST_OK) {
         free(c);

@@ -71,6 +71,7 @@ static const key_def g_keys[] = {
     {S_NET, "tf32", K_INT, OFF(tf32), 0, 0, 1, NULL, 0},
     {S_NET, "precision", K_ENUM, OFF(precision), 0, 0, 0, "fp32|tf32|bf16|fp16", 1},
     {S_NET, "layout", K_ENUM, OFF(layout), 0, 0, 0, "nchw|nhwc", 1},
+    {S_NET, "act_storage", K_ENUM, OFF(act_storage), 0, 0, 0, "auto|fp32|compute", 1},
     {S_NET, "loss_scale_init", K_DOUBLE, OFF(loss_scale_init), 0, 1.0 / 65536, 16777216, NULL, 0},
     {S_NET, "loss_scale_growth_interval", K_INT, OFF(loss_scale_growth_interval), 0, 1, 1 << 30, NULL, 0},
     {S_NET, "deterministic", K_INT, OFF(deterministic), 0, 0, 1, NULL, 0},

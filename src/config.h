@@ -47,6 +47,7 @@ enum compress_mode { COMPRESS_NONE = 0, COMPRESS_BF16, COMPRESS_FP16, COMPRESS_P
 enum hierarchy_mode { HIERARCHY_FLAT = 0, HIERARCHY_NODE, HIERARCHY_AUTO };
 enum precision_kind { PREC_FP32 = 0, PREC_TF32, PREC_BF16, PREC_FP16 };  // net.precision (docs/precision.md)
 enum layout_kind { LAYOUT_NCHW = 0, LAYOUT_NHWC };                      // net.layout
+enum act_storage_kind { ACT_STORE_AUTO = 0, ACT_STORE_FP32, ACT_STORE_COMPUTE };  // net.act_storage
 
 typedef struct layer_cfg {
     int type;                   // enum layer_type
@@ -94,6 +95,8 @@ typedef struct net_config {
     int tf32;                   // CUDA: allow TF32 in cuBLAS/cuDNN (default 0)
     int precision;              // PREC_FP32 (default) | _TF32 | _BF16 | _FP16: convolutions and GEMMs (docs/precision.md)
     int layout;                 // LAYOUT_NCHW (default) | _NHWC: the GPU's activation layout (the CPU computes NCHW)
+    int act_storage;            // ACT_STORE_AUTO (default: the compute type on a GPU, fp32 on the CPU) | _FP32 | _COMPUTE:
+                                // the buffers activations are held in under precision bf16/fp16 (docs/precision.md)
     double loss_scale_init;     // fp16: the dynamic loss scale's first value (default 65536 = 2^16)
     int loss_scale_growth_interval;  // fp16: finite steps in a row before the scale doubles (default 2000)
     int deterministic;          // CUDA: deterministic cuDNN algorithms, bit-identical runs (default 0; cpu: no effect)

@@ -113,7 +113,7 @@ const char *layer_act_names(void);     // "linear, relu, leaky, ..." for message
 // run on its own: the op runs linear into l->pre (model.c allocates it), then layer_act_forward makes l->y, and
 // layer_act_backward turns l->dy into the pre-activation gradient before the op's backward.
 int layer_act_fused(const model_layer *l);  // the act the op fuses: l->act or ACT_NONE
-float *layer_act_out(model_layer *l);       // where the op writes: l->pre or l->y
+void *layer_act_out(model_layer *l);         // where the op writes: l->pre or l->y
 int layer_act_forward(model *m, model_layer *l, int n);   // nothing when fused
 int layer_act_backward(model *m, model_layer *l, int n);  // nothing when fused
 

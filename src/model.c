@@ -55,8 +55,8 @@ static int layer_build(model *m, const net_config *cfg, int i, size_t *workspace
 }
 
 // An activation or gradient buffer of `bytes`, counted in m->act_bytes.
-static int act_alloc(model *m, float **p, size_t bytes) {
-    TRY(backend_alloc(m->be, (void **)p, bytes));
+static int act_alloc(model *m, void **p, size_t bytes) {
+    TRY(backend_alloc(m->be, p, bytes));
     m->act_bytes += bytes;
     return ST_OK;
 }
@@ -73,11 +73,11 @@ static int layer_buffers(model *m, int i, const int *readers_left) {
             if (l->in_idx[k] == p) l->dx_accumulate[j] = p >= 0;
     }
     if (l->kind->flags & LAYER_TERMINAL) return ST_OK;  // the loss keeps no activations
-    const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * sizeof(float);
+    const size_t bytes = (size_t)m->max_batch * layer_out_elems(l) * m->act_elem;
     if (!act_from_output(l->act)) TRY(act_alloc(m, &l->pre, bytes));
     const int p = l->in_idx[0];
     if ((l->kind->flags & LAYER_ALIAS) || ((l->kind->flags & LAYER_ALIAS_ONE) && l->n_in == 1)) {
-        l->y = (float *)l->x[0];
+        l->y = (void *)l->x[0];
         if (p >= 0 && !l->dx_accumulate[0]) {
             l->dy = m->layers[p].dy;  // its only reader: the gradient is the producer's own
             return ST_OK;
@@ -104,7 +104,7 @@ static int scratch_buffers(model *m) {
     }
     for (int j = 0; j < MODEL_MAX_IN; j++)
         if (need[j])
-            TRY(act_alloc(m, &m->dscratch[j], (size_t)m->max_batch * need[j] * sizeof(float)));
+            TRY(act_alloc(m, &m->dscratch[j], (size_t)m->max_batch * need[j] * m->act_elem));
     return ST_OK;
 }
 
@@ -116,9 +116,14 @@ int model_create(model *m, backend *be, const net_config *cfg, int max_batch) {
     m->classes = cfg->classes;
     m->label_smoothing = (float)cfg->label_smoothing;
     m->round_to = precision_emulated(cfg->precision);
+    m->act16 = backend_act_format(be);
+    m->act_elem = backend_act_bytes(be);
+    if (m->act16 && m->act16 != m->round_to)
+        return ERR(ST_INPUT, "%s: activations held in %s need net.precision=%s (it is %s)", cfg->path,
+                   precision_name(m->act16), precision_name(m->act16), precision_name(cfg->precision));
     m->loss_scale = 1.0f;
     m->rng_host.seed = cfg->seed;
-    TRY(act_alloc(m, &m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * sizeof(float)));
+    TRY(act_alloc(m, &m->x, (size_t)max_batch * m->in_c * m->in_h * m->in_w * m->act_elem));
     TRY(backend_alloc(be, (void **)&m->labels, (size_t)max_batch * sizeof(int32_t)));
     TRY(backend_alloc(be, (void **)&m->loss_acc, sizeof(double)));
     TRY(backend_alloc(be, (void **)&m->correct_acc, sizeof(int32_t)));
@@ -277,11 +282,16 @@ double model_train_flops_per_sample(const model *m) {
 // Forward and backward
 
 // ---- net.precision's emulation (docs/precision.md): where the rule of precision_layer_rule holds a value in the
-// compute type, it is rounded to it here, right after the op that made it; the ops compute in fp32.
+// compute type, it is rounded to it here, right after the op that made it; the ops compute in fp32. With 16-bit
+// activation buffers (m->act16: the backend's ops store their outputs rounded) only the weight copy is rounded here.
 
-static int round_in_place(model *m, float *p, size_t count) {
+static int round_in_place(model *m, void *p, size_t count) {
     return count ? backend_round_to(m->be, count, m->round_to, p, p) : ST_OK;
 }
+
+// 1: activations are float32 buffers holding values the model rounds (the emulation); 0: none to round (fp32, or
+// the buffers are 16-bit)
+static int rounds_activations(const model *m) { return m->round_to && !m->act16; }
 
 // Before a forward: the weight copy the passes read (conv and dense weights and biases rounded, batch norm's as
 // they are) and the network input in the compute type.
@@ -292,20 +302,19 @@ static int lowp_forward_begin(model *m, int n) {
         if (l->n_w && (precision_layer_rule(l->type) & PREC_HOLD_WEIGHTS))
             TRY(round_in_place(m, m->params_lp + l->w_off, l->n_w + l->n_b));  // weight, then bias (model.h)
     }
-    return round_in_place(m, m->x, (size_t)n * m->in_c * m->in_h * m->in_w);
+    return rounds_activations(m) ? round_in_place(m, m->x, (size_t)n * m->in_c * m->in_h * m->in_w) : ST_OK;
 }
 
 // After layer l's forward: its output (and pre-activation) in the compute type; after the loss of a training
-// forward, its gradient scaled (fp16 loss scaling) and stored in the compute type.
+// forward, its gradient (scaled by softmax_xent: fp16 loss scaling) in the compute type.
 static int lowp_forward_layer(model *m, model_layer *l, int n) {
+    if (!rounds_activations(m)) return ST_OK;
     if (l->kind->flags & LAYER_TERMINAL) {
         if (!m->training) return ST_OK;
         model_layer *in = &m->layers[l->in_idx[0]];
-        const size_t count = (size_t)n * layer_out_elems(in);
-        if (m->loss_scale != 1.0f) TRY(backend_scale(m->be, count, m->loss_scale, in->dy));
-        return m->round_to ? round_in_place(m, in->dy, count) : ST_OK;
+        return round_in_place(m, in->dy, (size_t)n * layer_out_elems(in));
     }
-    if (!m->round_to || !(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
+    if (!(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
     if (l->pre) TRY(round_in_place(m, l->pre, (size_t)n * layer_out_elems(l)));
     return l->own_y ? round_in_place(m, l->y, (size_t)n * layer_out_elems(l)) : ST_OK;  // an alias: rounded already
 }
@@ -313,7 +322,7 @@ static int lowp_forward_layer(model *m, model_layer *l, int n) {
 // After layer l's backward: the gradients it wrote for its inputs in the compute type (parameter gradients stay
 // fp32: the ops accumulate them in fp32 and write fp32).
 static int lowp_backward_layer(model *m, const model_layer *l, int n) {
-    if (!m->round_to || !(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
+    if (!rounds_activations(m) || !(precision_layer_rule(l->type) & PREC_HOLD_OUTPUT)) return ST_OK;
     for (int j = 0; j < l->n_in; j++)
         if (l->dx[j]) TRY(round_in_place(m, l->dx[j], (size_t)n * layer_out_elems(&m->layers[l->in_idx[j]])));
     return ST_OK;
@@ -366,8 +375,8 @@ static int backward_layers(model *m, int n, grad_ready_fn on_ready, void *arg) {
         for (int j = 0; j < l->n_in; j++)
             if (l->dx[j] && l->dx_accumulate[j]) {
                 const model_layer *p = &m->layers[l->in_idx[j]];
-                TRY(backend_add(m->be, (size_t)n * layer_out_elems(p), l->dx[j], p->dy));
-                if (m->round_to) TRY(round_in_place(m, p->dy, (size_t)n * layer_out_elems(p)));  // the sum, too
+                TRY(backend_add_act(m->be, (size_t)n * layer_out_elems(p), ACT_NONE, l->dx[j], p->dy, p->dy));
+                if (rounds_activations(m)) TRY(round_in_place(m, p->dy, (size_t)n * layer_out_elems(p)));  // the sum
             }
         if (m->layer_hook) TRY(m->layer_hook(m->layer_hook_arg, 1, i, 0));
         if (l->n_w && on_ready) TRY(on_ready(arg, l->b_off + l->n_b));

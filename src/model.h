@@ -28,8 +28,8 @@ typedef struct model_layer {
     // overwrites for them (set by model_backward: NULL for the network input)
     int n_in;
     int in_idx[MODEL_MAX_IN];
-    const float *x[MODEL_MAX_IN];
-    float *dx[MODEL_MAX_IN];
+    const void *x[MODEL_MAX_IN];  // activations: float32, or 16-bit where m->act16 says (backend_ops.def)
+    void *dx[MODEL_MAX_IN];
     int dx_accumulate[MODEL_MAX_IN];  // 1: another later layer also reads that input: dx is scratch, added after
     // parameters: offsets (in floats) into the flat buffers; n_w = 0 for layers without parameters, n_b = 0
     // without a bias. The layer's slice of the buffer is [w_off, b_off + n_b) (weight first, then bias).
@@ -43,11 +43,11 @@ typedef struct model_layer {
     int stat_values;
     int stat_sync;             // the statistics are averaged over the ranks (sync=1)
     // activations (backend memory, sized for max_batch): output y and its gradient dy
-    float *y, *dy;
+    void *y, *dy;
     int own_y, own_dy;         // 0: aliases another buffer (LAYER_ALIAS kinds)
     // the pre-activation (backend memory, max_batch) where act' needs it (!act_from_output: silu, hardswish,
     // gelu): the kind's op writes it linear, layer_act_forward makes y; NULL otherwise
-    float *pre;
+    void *pre;
     void *priv;                // kind-private (layer_priv_new; model_destroy frees it after the kind's destroy)
 } model_layer;
 
@@ -71,12 +71,17 @@ typedef struct model {
     uint16_t *grads16;
     size_t n_state;
     float *state;              // backend memory: non-trained state (running statistics), n_state floats
-    float *dscratch[MODEL_MAX_IN];  // gradients for inputs read by more than one layer (then added)
+    void *dscratch[MODEL_MAX_IN];  // gradients for inputs read by more than one layer (then added)
     int training;              // the mode of the last forward: 1 training, 0 evaluation
     void *workspace;           // one, sized to the largest layer's need
     size_t workspace_bytes;
     size_t act_bytes;          // activation and gradient buffers (input, outputs, gradients, scratch) at max_batch
-    float *x;                  // input batch [max_batch, c, h, w]
+    // The type activations and their gradients are held in (the backend's: backend_act_format): 0 float32, or
+    // PREC_BF16/PREC_FP16 (net.act_storage=compute: 16-bit buffers, each op storing its outputs rounded);
+    // act_elem: bytes per value (4 or 2).
+    int act16;
+    size_t act_elem;
+    void *x;                   // input batch [max_batch, c, h, w]
     int32_t *labels;           // [max_batch]
     float label_smoothing;     // net.label_smoothing: training steps only
     double *loss_acc;          // device scalars accumulated by softmax_xent

@@ -63,6 +63,27 @@ static inline void precision_round_array(int format, size_t n, const float *x, f
     }
 }
 
+// ---- 16-bit storage (net.act_storage, docs/precision.md): a value held in bf16 or fp16 as its bit pattern.
+
+// The bits of x rounded to `format` (PREC_BF16, PREC_FP16): precision_round_* then the format's encoding, so NaN
+// payloads, overflow to Inf and fp16's subnormals come out as the rounding gives them.
+static inline uint16_t precision_to16(int format, float x) {
+    if (format == PREC_BF16) return (uint16_t)(precision_bits(precision_round_bf16(x)) >> 16);
+    const uint32_t r = precision_bits(precision_round_fp16(x)), sign = (r >> 16) & 0x8000u, a = r & 0x7fffffffu;
+    if (a >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | ((a >> 13) & 0x3ffu));       // Inf, NaN (payload cut)
+    if (a >= 0x38800000u) return (uint16_t)(sign | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu));  // normal
+    return (uint16_t)(sign | (uint32_t)(precision_from_bits(a) * 16777216.0f));  // subnormal or 0: a multiple of 2^-24
+}
+
+// The value of the bits h of `format`, exactly.
+static inline float precision_from16(int format, uint16_t h) {
+    if (format == PREC_BF16) return precision_from_bits((uint32_t)h << 16);
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1fu) return precision_from_bits(sign | 0x7f800000u | (m << 13));
+    if (e) return precision_from_bits(sign | ((e + 112u) << 23) | (m << 13));
+    return precision_from_bits(sign | precision_bits((float)m * (1.0f / 16777216.0f)));
+}
+
 // The format values held in the compute type are rounded to under `precision` on the CPU backend: PREC_BF16 or
 // PREC_FP16, or PREC_FP32 for none (fp32, and tf32, which only changes the GPU's GEMM inputs: the CPU computes
 // those in fp32, a tighter reference).

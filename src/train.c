@@ -195,6 +195,14 @@ static int batch_stats_check(const trainer *t) {
 static int precision_setup(trainer *t) {
     const net_config *cfg = t->cfg;
     loss_scale_init(&t->ls, cfg);
+    static const char *const storage[] = {"auto", "fp32", "compute"};
+    if (t->m.round_to)
+        LOG0("note: activations held in %s %s%s (net.act_storage=%s), %.1f MiB of them per rank\n",
+             t->m.act16 ? "16-bit" : "float32 buffers of", precision_name(cfg->precision),
+             t->m.act16 ? " buffers" : " values", storage[cfg->act_storage], (double)t->m.act_bytes / (1 << 20));
+    else if (cfg->act_storage == ACT_STORE_COMPUTE)
+        LOG0("note: net.act_storage=compute changes nothing under net.precision=%s (the compute type is fp32)\n",
+             precision_name(cfg->precision));
     if (backend_is_async(&t->be)) return ST_OK;  // (config_validate refused what the CUDA backend lacks)
     if (t->m.round_to)
         LOG0("note: net.precision=%s emulated on the CPU: values the GPU would hold in %s are rounded to it "
@@ -313,8 +321,11 @@ static int test_stall_maybe(const trainer *t) {
 static int test_nonfinite_maybe(const trainer *t) {
     if (t->hooks->nonfinite_rank != t->rank || t->hooks->nonfinite_step != t->global_step + 1) return ST_OK;
     const model_layer *loss = &t->m.layers[t->m.n_layers - 1];
+    void *dy = t->m.layers[loss->in_idx[0]].dy;
     const float inf = INFINITY;
-    return backend_upload(&t->be, t->m.layers[loss->in_idx[0]].dy, &inf, sizeof inf);
+    if (!t->m.act16) return backend_upload(&t->be, dy, &inf, sizeof inf);
+    const uint16_t inf16 = precision_to16(t->m.act16, inf);  // a 16-bit activation buffer
+    return backend_upload(&t->be, dy, &inf16, sizeof inf16);
 }
 
 // The stream work of one training step, in order -- exactly what a CUDA graph of the step contains. The batch

@@ -338,7 +338,7 @@ static int probe_link(trainer *t, float *buf, bucket_link *link) {
 // the gradients of the inputs and of the weights): no state changes, and the batch's plans are made for the
 // first step anyway. Timed twice when the first is short (it sets the plans up); the slowest rank's.
 static int estimate_backward(trainer *t, double *s) {
-    const size_t in = (size_t)t->B * t->m.in_c * t->m.in_h * t->m.in_w * sizeof(float);
+    const size_t in = (size_t)t->B * t->m.in_c * t->m.in_h * t->m.in_w * t->m.act_elem;
     TRY(backend_zero(&t->be, t->m.x, in));
     TRY(backend_zero(&t->be, t->m.labels, (size_t)t->B * sizeof(int32_t)));
     double fwd = 0;

@@ -10,6 +10,7 @@
 #include "augment.h"
 #include "common.h"
 #include "placement.h"
+#include "precision.h"
 #include "train_state.h"
 
 // ---------------------------------------------------------------------------------------------------------
@@ -90,9 +91,16 @@ int train_backend_setup(trainer *t) {
     // wire as they are (no cast pass). Not with accumulation, whose micro-batches sum their gradients in float32.
     const int grads16 = cfg->precision == PREC_BF16 && cfg->compress == COMPRESS_BF16 && t->use_comm && t->K == 1 &&
                         !t->hooks->grads32;
+    // net.act_storage: activations in 16-bit buffers of the compute type (auto: on a GPU; the CPU's conversions cost
+    // a pass per operand for the same values).
+    const int lowp = cfg->precision == PREC_BF16 || cfg->precision == PREC_FP16;
+    const int act16 = lowp && (cfg->act_storage == ACT_STORE_COMPUTE ||
+                               (cfg->act_storage == ACT_STORE_AUTO && !backend_uses_host_cores(cfg->backend)))
+                          ? cfg->precision
+                          : 0;
     const backend_options opt = {.threads = threads, .device = device, .tf32 = tf32,
                                  .deterministic = cfg->deterministic, .precision = cfg->precision,
-                                 .layout = cfg->layout, .grads16 = grads16};
+                                 .layout = cfg->layout, .grads16 = grads16, .act16 = act16};
     TRY(backend_create(&t->be, cfg->backend, &opt));
     // Test aid (graph tests, src/test_hooks.h): the test build's wrapper emulates CUDA stream capture on the CPU
     // backend, or refuses every capture (the fall-back to op-by-op steps). The release trainer has no wrapper.
@@ -198,7 +206,13 @@ int train_evaluate(trainer *t, int val, double *loss, double *acc) {
 // The logits of the last forward's n samples on the host (the [dense] before [softmax] holds them).
 int train_logits_download(trainer *t, int n) {
     const model_layer *last = &t->m.layers[t->m.n_layers - 2];
-    return backend_download(&t->be, t->h_logits, last->y, (size_t)n * t->m.classes * sizeof(float));
+    const size_t count = (size_t)n * t->m.classes;
+    if (!t->m.act16) return backend_download(&t->be, t->h_logits, last->y, count * sizeof(float));
+    // 16-bit logits: their bits into the upper half of the host buffer, then widened in place from the front
+    uint16_t *h16 = (uint16_t *)(t->h_logits + count) - count;
+    TRY(backend_download(&t->be, h16, last->y, count * sizeof(uint16_t)));
+    for (size_t i = 0; i < count; i++) t->h_logits[i] = precision_from16(t->m.act16, h16[i]);
+    return ST_OK;
 }
 
 // The class a row of logits predicts: the first largest, as softmax_xent counts a correct prediction (CPU and

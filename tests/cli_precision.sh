@@ -6,8 +6,9 @@
 # give the run the float32 ones cast by the comm give, bit for bit; fp16 loss scaling: grows every loss_scale_growth_interval steps, and a
 # forced overflow on rank 1 (DDP_TEST_NONFINITE_GRAD) is skipped on both ranks with the scale halved (metrics and
 # checkpoint), the replicas still equal; the same overflow without loss scaling (fp32) stops the run as diverged;
-# an fp16 run resumed mid-epoch == uninterrupted, bit for bit (the scaler's state travels in the checkpoint); bad
-# values are exit 2 naming the key.
+# an fp16 run resumed mid-epoch == uninterrupted, bit for bit (the scaler's state travels in the checkpoint);
+# net.act_storage=compute (16-bit activation buffers) == float32 buffers bit for bit (np 2, bf16 gradients, a residual
+# net at fp16, --eval, the forced overflow); bad values are exit 2 naming the key.
 # Run by ctest: cli_precision.sh TRAINER SOURCE_DIR BINARY_DIR
 # needs: mpi
 . "$(dirname "$0")/testlib.sh" "$@"
@@ -78,6 +79,32 @@ else
   bad "bf16 gradients from backward vs cast by the comm: '$("$tool" same g16.st g32.st 2>&1)'; max relative difference '$("$tool" reldiff g16.st g32.st 2>&1)'"
 fi
 
+# ---- 2c. net.act_storage=compute on the CPU: 16-bit activation buffers (each op stores its outputs rounded) give the
+# emulation's float32 buffers rounded after each op bit for bit (every activation here relu or none), at np 2 with and
+# without the bf16 gradients of 2b, on the residual net (batch norm, shortcut, global average pooling) at fp16, and in
+# --eval (the logits read back from 16 bits); the start-up note says which buffers
+if timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${eq[@]}" --batch 32 --set net.precision=bf16 --set net.act_storage=compute \
+     --save s16.st >s16.out 2>"$tmp/err" &&
+   timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${g16[@]}" --set net.act_storage=compute --save s16g.st >/dev/null 2>"$tmp/err" &&
+   grep -q "activations held in 16-bit bf16 buffers" s16.out && ! grep -q "16-bit bf16 buffers" g16.out &&
+   "$tool" same s16.st np2.st >/dev/null && "$tool" same s16g.st g16.st >/dev/null; then
+  ok "act_storage=compute, bf16, np 2: == float32 buffers bit for bit, with and without bf16 gradients from backward"
+else
+  bad "act_storage=compute bf16 at np 2 vs float32 buffers: '$("$tool" same s16.st np2.st 2>&1)' / '$("$tool" same s16g.st g16.st 2>&1)'"
+fi
+rn=(--config "$src/configs/fashion_resnet.cfg" --threads 1 --set data.train_limit=256 --set data.test_limit=64 --steps 6
+    --batch 32 --set net.precision=fp16 --set net.loss_scale_init=1024)
+if run "${rn[@]}" --set net.act_storage=fp32 --save r32.st && run "${rn[@]}" --set net.act_storage=compute --save r16.st &&
+   "$tool" same r16.st r32.st >"$tmp/same" 2>&1; then
+  ok "act_storage=compute, fp16, fashion_resnet 6 steps: == float32 buffers, $(cat "$tmp/same")"
+else bad "act_storage=compute fp16 on fashion_resnet: '$(cat "$tmp/same" 2>/dev/null)'"; fi
+ev=(--eval np1.st --threads 1 --set data.test_limit=300 --set net.precision=bf16)
+if run "${ev[@]}" --set net.act_storage=fp32 && sed -n '/test loss/,$p' "$tmp/out" >ev32.txt &&
+   run "${ev[@]}" --set net.act_storage=compute && sed -n '/test loss/,$p' "$tmp/out" >ev16.txt &&
+   [ -s ev32.txt ] && cmp -s ev32.txt ev16.txt; then
+  ok "act_storage=compute --eval: loss, accuracy and confusion matrix == float32 buffers ($(head -1 ev16.txt | cut -c1-60))"
+else bad "act_storage=compute --eval differs: $(diff ev32.txt ev16.txt 2>&1 | head -3)"; fi
+
 # ---- 3. fp16 loss scaling at np 2: 10 steps per epoch, the scale doubling every 4 good steps from 1024
 ls=(--config "$cfg" --threads 1 --set data.train_limit=640 --set data.test_limit=100 --epochs 1 --batch 32
     --set net.precision=fp16 --set net.loss_scale_init=1024 --set net.loss_scale_growth_interval=4)
@@ -98,6 +125,11 @@ if DDP_TEST_NONFINITE_GRAD=1:5 run_ls --metrics over.jsonl --save over.st && [ "
 else
   bad "fp16 forced overflow: exit/skipped '$(json over.jsonl skipped_steps 2>/dev/null)' scale '$(json over.jsonl loss_scale 2>/dev/null)' (want 1, 2048)"
 fi
+# the same with 16-bit activation buffers (the Inf written as a 16-bit pattern, the loss scale applied by softmax_xent
+# before its gradient is stored in fp16): the same run bit for bit
+if DDP_TEST_NONFINITE_GRAD=1:5 run_ls --set net.act_storage=compute --save over16.st && "$tool" same over16.st over.st >/dev/null; then
+  ok "fp16 forced overflow with act_storage=compute: the same skipped step and checkpoint as float32 buffers"
+else bad "fp16 forced overflow with act_storage=compute differs: '$("$tool" same over16.st over.st 2>&1)'"; fi
 # the same Inf without loss scaling: the divergence check stops the run (exit 3): the hook does inject
 DDP_TEST_NONFINITE_GRAD=1:5 timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${ls[@]}" --set net.precision=fp32 >"$tmp/out" 2>"$tmp/err"
 rc=$?
@@ -131,4 +163,5 @@ expect2 "net.tf32=1 with net.precision=bf16" --set net.precision=bf16 --set net.
 if ! grep -q "net.layout" "$tmp/err"; then ok "layout=nhwc with backend=cuda: accepted by validation"
 else bad "layout=nhwc with backend=cuda refused: $(cat "$tmp/err")"; fi
 expect2 "loss_scale_growth_interval" --set net.loss_scale_growth_interval=0
+expect2 "net.act_storage: 'half' is not one of auto|fp32|compute" --set net.act_storage=half
 finish precision

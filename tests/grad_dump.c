@@ -36,7 +36,7 @@ static int dump(const net_config *cfg, int batch, const char *out) {
     rng_seed(&r, 5);
     for (size_t i = 0; i < m.n_params; i++) m.params[i] += 0.1f * (rng_uniform(&r) - 0.5f);
     const size_t n_in = (size_t)batch * m.in_c * m.in_h * m.in_w;
-    for (size_t i = 0; i < n_in; i++) m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    for (size_t i = 0; i < n_in; i++) ((float *)m.x)[i] = 2.0f * rng_uniform(&r) - 1.0f;
     float *labels = malloc((size_t)batch * sizeof(float));
     TRY_ALLOC(labels);
     for (int i = 0; i < batch; i++) m.labels[i] = i % m.classes, labels[i] = (float)(i % m.classes);
@@ -90,7 +90,7 @@ static int dump(const net_config *cfg, int batch, const char *out) {
         const size_t e = (size_t)batch * l->out_c * l->out_h * l->out_w;
         masks[i] = malloc(e * sizeof(float));
         TRY_ALLOC(masks[i]);
-        for (size_t j = 0; j < e; j++) masks[i][j] = l->y[j] != 0.0f;
+        for (size_t j = 0; j < e; j++) masks[i][j] = ((const float *)l->y)[j] != 0.0f;
         snprintf(names[k], sizeof names[k], "mask.%s", l->name);
         t[k] = l->out_spatial ? (ckpt_tensor){.name = names[k], .data = masks[i], .ndim = 4,
                                               .shape = {batch, l->out_c, l->out_h, l->out_w}}

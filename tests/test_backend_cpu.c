@@ -851,7 +851,7 @@ static void test_softmax_xent(void **state) {
     int32_t labels[N] = {0, 5, 2, 5, 1};
     double loss = 1.5;
     int32_t correct = 3;
-    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.0f, dz, &loss, &correct), ST_OK);
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.0f, 1.0f, dz, &loss, &correct), ST_OK);
 
     double zd[N * C], gz[N * C];
     to_double(z, zd, N * C);
@@ -873,14 +873,14 @@ static void test_softmax_xent(void **state) {
     // Without dlogits only the accumulators move.
     double loss2 = 0;
     int32_t correct2 = 0;
-    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.0f, NULL, &loss2, &correct2), ST_OK);
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.0f, 1.0f, NULL, &loss2, &correct2), ST_OK);
     assert_true(fabs(loss2 - (loss - 1.5)) < 1e-9);
     assert_int_equal(correct2, correct - 3);
 
     // Label smoothing 0.1: loss and gradient against the smoothed target, by finite differences.
     double loss_s = 0;
     int32_t correct_s = 0;
-    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.1f, dz, &loss_s, &correct_s), ST_OK);
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, labels, 0.1f, 1.0f, dz, &loss_s, &correct_s), ST_OK);
     xent_args as = {.n = N, .classes = C, .z = zd, .labels = labels, .smoothing = 0.1};
     const double want_s = xent_mean(&as) * N;
     if (fabs(loss_s - want_s) > 1e-5 * want_s) fail_msg("smoothed loss %.9g, reference %.9g", loss_s, want_s);
@@ -891,11 +891,11 @@ static void test_softmax_xent(void **state) {
 
     int32_t bad_hi[N] = {0, 1, 6, 0, 0}, bad_lo[N] = {0, -1, 0, 0, 0};
     err_clear();
-    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_hi, 0.0f, dz, &loss, &correct), ST_INPUT);
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_hi, 0.0f, 1.0f, dz, &loss, &correct), ST_INPUT);
     assert_non_null(strstr(err_msg(), "softmax_xent"));
     assert_non_null(strstr(err_msg(), "6"));
     err_clear();
-    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_lo, 0.0f, dz, &loss, &correct), ST_INPUT);
+    assert_int_equal(o->softmax_xent(be.ctx, N, C, z, bad_lo, 0.0f, 1.0f, dz, &loss, &correct), ST_INPUT);
     err_clear();
     backend_destroy(&be);
 }
@@ -1453,7 +1453,7 @@ static void test_bench_reference_cnn(void **state) {
         o->dense_forward(ctx, N, 1600, 64, ACT_RELU, y4, w3, b3, y5);
         o->dense_forward(ctx, N, 64, 10, ACT_NONE, y5, w4, b4, y6);
         t[3] = now_s();
-        o->softmax_xent(ctx, N, 10, y6, labels, 0.0f, d6, &loss, &correct);
+        o->softmax_xent(ctx, N, 10, y6, labels, 0.0f, 1.0f, d6, &loss, &correct);
         t[4] = now_s();
         o->dense_backward(ctx, N, 64, 10, ACT_NONE, y5, w4, y6, d6, d5, g4, gb4);
         o->dense_backward(ctx, N, 1600, 64, ACT_RELU, y4, w3, y5, d5, d4, g3, gb3);

@@ -1,5 +1,6 @@
 // test_backend_cuda.c — every op of the CUDA backend against the CPU reference, on random inputs, with a
-// normalised error per op: max |cuda - cpu| / max |cpu| (TF32 off, so both compute in FP32).
+// normalised error per op: max |cuda - cpu| / max |cpu| (TF32 off, so both compute in FP32); at bf16/fp16
+// (net.precision, grads16, and activations stored in 16 bits: act16) per value, by tu_expect_lp's rule.
 //
 // Without a CUDA device (or in a build without CUDA) the comparisons skip, or fail with DDP_REQUIRE_CUDA=1
 // (tu_cuda_or_skip); the creation error paths still run. backend_cuda.h gives stubs of the CUDA-only calls for
@@ -21,6 +22,16 @@ static backend g_cpu, g_gpu;
 // The grads16 pair (backend_options.grads16: dw and db written as bf16): the CPU always, CUDA (precision bf16) when
 // usable.
 static backend g_cpu16, g_gpu16;
+// The act16 pairs (backend_options.act16: activations stored in 16 bits): [0] bf16, [1] fp16, [2] bf16 with grads16;
+// the CPU always, CUDA (precision = act16) when usable.
+static backend g_cpu_act[3], g_gpu_act[3];
+static const int k_act_format[3] = {PREC_BF16, PREC_FP16, PREC_BF16};
+
+static void act_pair(int format, int grads16, const backend **bc, const backend **bg) {
+    const int k = grads16 ? 2 : format == PREC_FP16;
+    *bc = &g_cpu_act[k];
+    *bg = &g_gpu_act[k];
+}
 
 #define OK(expr)                                                                                           \
     do {                                                                                                   \
@@ -43,10 +54,11 @@ typedef struct twin {
     size_t bytes;
     const backend *bc, *bg;  // where c and g live: g_cpu and g_gpu, or the grads16 pair (a GPU buffer is read and
                              // written on its own backend's stream)
+    int fmt16;               // 0: float32 values; PREC_BF16/PREC_FP16: 16-bit activations of an act16 pair (twin_act)
 } twin;
 
 static twin twin_make_on(const backend *bc, const backend *bg, const void *host, size_t bytes) {
-    twin t = {NULL, NULL, bytes, bc, bg};
+    twin t = {NULL, NULL, bytes, bc, bg, 0};
     OK(bc->ops->alloc(bc->ctx, &t.c, bytes));
     OK(bg->ops->alloc(bg->ctx, &t.g, bytes));
     if (host) {
@@ -72,6 +84,28 @@ static void twin_free(twin *t) {
 static void twin_read(const twin *t, void *cpu_out, void *gpu_out) {
     OK(t->bc->ops->download(t->bc->ctx, cpu_out, t->c, t->bytes));
     OK(t->bg->ops->download(t->bg->ctx, gpu_out, t->g, t->bytes));
+}
+
+// The number of values a twin holds (float32, or 16-bit under fmt16).
+static size_t twin_count(const twin *t) { return t->bytes / (t->fmt16 ? sizeof(uint16_t) : sizeof(float)); }
+
+// A twin of n activations of `format` (0: float32) from the host floats v, rounded to the format in place first
+// (precision_to16): both backends get the same bits, and v then holds their values. v NULL: zeros.
+static twin twin_act_on(const backend *bc, const backend *bg, float *v, size_t n, int format) {
+    if (!format) return twin_make_on(bc, bg, v, n * sizeof(float));
+    uint16_t *bits = NULL;
+    if (v) {
+        bits = malloc(n * sizeof *bits + 2);
+        assert_non_null(bits);
+        for (size_t i = 0; i < n; i++) {
+            bits[i] = precision_to16(format, v[i]);
+            v[i] = precision_from16(format, bits[i]);
+        }
+    }
+    twin t = twin_make_on(bc, bg, bits, n * sizeof(uint16_t));
+    t.fmt16 = format;
+    free(bits);
+    return t;
 }
 
 // Give the GPU copy the CPU's values. Backward tests start from the same forward output y: a pre-activation
@@ -756,8 +790,8 @@ static void xent_case_run(int n, int classes, float smoothing, rng *r) {
     twin dz = twin_make(NULL, (size_t)n * classes * 4), loss = twin_make(&loss0, 8), cor = twin_make(&correct0, 4);
     for (int pass = 0; pass < 2; pass++) {  // the second pass accumulates, without dlogits
         float *dzc = pass ? NULL : dz.c, *dzg = pass ? NULL : dz.g;
-        OK(g_cpu.ops->softmax_xent(g_cpu.ctx, n, classes, z.c, l.c, smoothing, dzc, loss.c, cor.c));
-        OK(g_gpu.ops->softmax_xent(g_gpu.ctx, n, classes, z.g, l.g, smoothing, dzg, loss.g, cor.g));
+        OK(g_cpu.ops->softmax_xent(g_cpu.ctx, n, classes, z.c, l.c, smoothing, 1.0f, dzc, loss.c, cor.c));
+        OK(g_gpu.ops->softmax_xent(g_gpu.ctx, n, classes, z.g, l.g, smoothing, 1.0f, dzg, loss.g, cor.g));
     }
     expect_close("softmax_xent dlogits", &dz, TOL_DENSE);
     double lc, lg;
@@ -957,7 +991,7 @@ static void step_free(backend *be, step_bufs *s) {
 static void step_run(backend *be, const step_bufs *s) {
     const backend_ops *o = be->ops;
     OK(o->dense_forward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->b, s->y));
-    OK(o->softmax_xent(be->ctx, CAP_N, CAP_OUT, s->y, s->lab, 0.0f, s->dy, s->loss, s->cor));
+    OK(o->softmax_xent(be->ctx, CAP_N, CAP_OUT, s->y, s->lab, 0.0f, 1.0f, s->dy, s->loss, s->cor));
     OK(o->dense_backward(be->ctx, CAP_N, CAP_IN, CAP_OUT, ACT_NONE, s->x, s->w, s->y, s->dy, NULL, s->dw, s->db));
     OK(o->sgd_step(be->ctx, CAP_OUT * CAP_IN, s->w, s->dw, s->vw, s->h));
     OK(o->sgd_step(be->ctx, CAP_OUT, s->b, s->db, s->vb, s->h));
@@ -1247,13 +1281,20 @@ static float *abs_copy(const float *p, size_t n) {
     return a;
 }
 
+// A twin's values as floats (16-bit ones converted exactly).
 static float *twin_host(const twin *t, int gpu) {
-    float *h = malloc(t->bytes ? t->bytes : 4);
+    const size_t n = twin_count(t);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    uint16_t *bits = t->fmt16 ? malloc(t->bytes ? t->bytes : 2) : NULL;
     assert_non_null(h);
+    void *raw = t->fmt16 ? (void *)bits : (void *)h;
+    assert_non_null(raw);
     if (gpu)
-        OK(t->bg->ops->download(t->bg->ctx, h, t->g, t->bytes));
+        OK(t->bg->ops->download(t->bg->ctx, raw, t->g, t->bytes));
     else
-        OK(t->bc->ops->download(t->bc->ctx, h, t->c, t->bytes));
+        OK(t->bc->ops->download(t->bc->ctx, raw, t->c, t->bytes));
+    for (size_t i = 0; t->fmt16 && i < n; i++) h[i] = precision_from16(t->fmt16, bits[i]);
+    free(bits);
     return h;
 }
 
@@ -1276,7 +1317,7 @@ static float *twin_host_bf16(const twin *t, int gpu) {
 static void expect_lp(const char *what, int format, const twin *t, const twin *sum_abs, int held, const float *bias,
                       int channels, int inner) {
     float *ref = twin_host(t, 0), *got = twin_host(t, 1), *s = twin_host(sum_abs, 0);
-    tu_expect_lp(what, "", format, got, ref, s, t->bytes / sizeof(float), held, bias, channels, inner);
+    tu_expect_lp(what, t->fmt16 ? ", act16" : "", format, got, ref, s, twin_count(t), held, bias, channels, inner);
     free(ref), free(got), free(s);
 }
 
@@ -1293,14 +1334,24 @@ static void expect_lp_grad(const char *what, int format, const twin *t, const tw
     free(ref), free(got), free(s);
 }
 
-// An lp "twin" of |values| on the CPU only (for the sums of |terms|).
+// An lp "twin" of |values| on the CPU only, float32 (for the sums of |terms|).
 static twin twin_abs_cpu(const twin *t) {
-    float *h = twin_host(t, 0), *a = abs_copy(h, t->bytes / sizeof(float));
-    twin r = {NULL, NULL, t->bytes, &g_cpu, NULL};
-    OK(g_cpu.ops->alloc(g_cpu.ctx, &r.c, t->bytes));
-    OK(g_cpu.ops->upload(g_cpu.ctx, r.c, a, t->bytes));
+    const size_t n = twin_count(t);
+    float *h = twin_host(t, 0), *a = abs_copy(h, n);
+    twin r = {NULL, NULL, n * sizeof(float), &g_cpu, NULL, 0};
+    OK(g_cpu.ops->alloc(g_cpu.ctx, &r.c, r.bytes));
+    OK(g_cpu.ops->upload(g_cpu.ctx, r.c, a, r.bytes));
     free(h), free(a);
     return r;
+}
+
+// The sums of |terms| of a CPU-only twin s widened for a mask that rounds (tu_widen_for_mask).
+static void widen_for_mask(const twin *s, int format) {
+    const size_t n = twin_count(s);
+    float *h = twin_host(s, 0);
+    tu_widen_for_mask(h, n, format);
+    OK(g_cpu.ops->upload(g_cpu.ctx, s->c, h, s->bytes));
+    free(h);
 }
 
 static void cpu_free(twin *t) {
@@ -1314,9 +1365,12 @@ typedef struct lp_conv_case {
 } lp_conv_case;
 
 // grads16: on the grads16 pair (bf16 only: the CUDA backend holds precision bf16 from its creation), whose dw and db
-// are bf16; otherwise on g_cpu and g_gpu, the precision set for the plan.
-static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r) {
+// are bf16; otherwise on g_cpu and g_gpu, the precision set for the plan. act16: on the act16 pair of the format (and
+// grads16), whose x, y, dy and dx are 16-bit buffers (act_pair).
+static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, int act16, rng *r) {
     const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_gpu16 : &g_gpu;
+    if (act16) act_pair(format, grads16, &bc, &bg);
+    const int fa = act16 ? format : 0;  // the activations' format (0: float32)
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->r,
                    .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
                    .act = cc->act};
@@ -1324,11 +1378,11 @@ static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r)
     conv_desc dc = d, dg = d, da = d;  // da: the fp32 CPU's linear twin, for the sums of |terms|
     da.act = ACT_NONE;
     size_t wsc = 0, wsg = 0, wsa = 0;
-    if (!grads16) set_precision(format);  // the plan takes it at conv_prepare
+    if (!grads16 && !act16) set_precision(format);  // the plan takes it at conv_prepare
     OK(bc->ops->conv_prepare(bc->ctx, &dc, &wsc));
     OK(bg->ops->conv_prepare(bg->ctx, &dg, &wsg));
     OK(g_cpu.ops->conv_prepare(g_cpu.ctx, &da, &wsa));
-    if (!grads16) set_precision(0);
+    if (!grads16 && !act16) set_precision(0);
     if (wsa > wsc) wsc = wsa;
     void *wc = NULL, *wg = NULL;
     if (wsc) OK(bc->ops->alloc(bc->ctx, &wc, wsc));
@@ -1337,10 +1391,10 @@ static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r)
     const size_t ny = (size_t)d.n * d.k * d.oh * d.ow, gbytes = grads16 ? sizeof(uint16_t) : sizeof(float);
     float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, d.k, 0.5f, format);
     float *hdy = rand_lp(r, ny, 1.f, format);
-    twin x = twin_make_on(bc, bg, hx, nx * 4), w = twin_make_on(bc, bg, hw, nw * 4);
+    twin x = twin_act_on(bc, bg, hx, nx, fa), w = twin_make_on(bc, bg, hw, nw * 4);
     twin b = twin_make_on(bc, bg, hb, d.k * 4);
-    twin y = twin_make_on(bc, bg, NULL, ny * 4), dy = twin_make_on(bc, bg, hdy, ny * 4);
-    twin dx = twin_make_on(bc, bg, NULL, nx * 4), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
+    twin y = twin_act_on(bc, bg, NULL, ny, fa), dy = twin_act_on(bc, bg, hdy, ny, fa);
+    twin dx = twin_act_on(bc, bg, NULL, nx, fa), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
     twin db = twin_make_on(bc, bg, NULL, d.k * gbytes);
     const int hw_ = d.oh * d.ow;
     // forward: y held in the format
@@ -1350,7 +1404,9 @@ static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r)
     OK(g_cpu.ops->conv_forward(g_cpu.ctx, &da, ax.c, aw.c, NULL, sy.c, wc));
     expect_lp("conv forward y", format, &y, &sy, 1, cc->bias ? hb : NULL, d.k, hw_);
     // backward from the same (rounded) y, as the model holds it; dx held, dw and db fp32 (bf16 under grads16)
-    {
+    if (act16) {
+        twin_copy_cpu_to_gpu(&y);  // 16-bit on both: rounded already
+    } else {
         float *hy = twin_host(&y, 0);
         precision_round_array(format, ny, hy, hy);
         twin_set(&y, hy);
@@ -1361,12 +1417,16 @@ static void lp_conv_run(const lp_conv_case *cc, int format, int grads16, rng *r)
     twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
     twin sdb = twin_make(NULL, d.k * 4);
     OK(g_cpu.ops->conv_backward(g_cpu.ctx, &da, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c, wc));
-    expect_lp("conv backward dy (masked)", format, &dy, &ady, 0, NULL, 1, 1);  // 0/1 masks: exact
+    if (tu_mask_rounds(cc->act)) widen_for_mask(&sdx, format), widen_for_mask(&sdw, format);
+    // 0/1 masks: exact; leaky: the same float product on both (stored rounded under act16)
+    expect_lp("conv backward dy (masked)", format, &dy, &ady, act16, NULL, 1, 1);
     expect_lp("conv backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
     expect_lp_grad("conv backward dw", format, &dw, &sdw, grads16);
     if (cc->bias) expect_lp_grad("conv backward db", format, &db, &sdb, grads16);
     // First layer: no dx (then nothing else needs dy's 16-bit copy but backward-filter under grads16). dy is
-    // masked already; masking again changes nothing (0/1 masks). dw zeroed first: it must be written again.
+    // masked already; masking again changes nothing (0/1 masks; leaky: 0.1 again on both, within the widened sums).
+    // dw zeroed first: it must be written again.
+    if (act16) twin_copy_cpu_to_gpu(&dy);
     OK(bc->ops->zero(bc->ctx, dw.c, dw.bytes));
     OK(bg->ops->zero(bg->ctx, dw.g, dw.bytes));
     OK(bc->ops->conv_backward(bc->ctx, &dc, x.c, w.c, y.c, dy.c, NULL, dw.c, cc->bias ? db.c : NULL, wc));
@@ -1403,7 +1463,7 @@ static void test_conv_lp(void **state) {
             print_message("sm_%d has no bf16 convolutions: bf16 skipped\n", cc);
             continue;
         }
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], 0, &r);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], 0, 0, &r);
     }
 }
 
@@ -1432,30 +1492,35 @@ static void test_conv_grads16(void **state) {
         {2, 2, 8, 9, 3, 3, 1, 0, ACT_RELU, 1, 0, 2},      // dilated
         {3, 4, 9, 8, 6, 3, 2, 2, ACT_NONE, 1, 2, 2},      // grouped, strided, padded, dilated
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], PREC_BF16, 1, &r);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], PREC_BF16, 1, 0, &r);
 }
 
-// grads16 as for lp_conv_run.
-static void lp_dense_run(int n, int in, int out, int act, int bias, int format, int grads16, rng *r) {
+// grads16 and act16 as for lp_conv_run.
+static void lp_dense_run(int n, int in, int out, int act, int bias, int format, int grads16, int act16, rng *r) {
     const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_gpu16 : &g_gpu;
+    if (act16) act_pair(format, grads16, &bc, &bg);
+    const int fa = act16 ? format : 0;  // the activations' format (0: float32)
     const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
     const size_t gbytes = grads16 ? sizeof(uint16_t) : sizeof(float);
     float *hx = rand_lp(r, nx, 1.f, format), *hw = rand_lp(r, nw, 0.5f, format), *hb = rand_lp(r, out, 0.5f, format);
     float *hdy = rand_lp(r, ny, 1.f, format);
-    twin x = twin_make_on(bc, bg, hx, nx * 4), w = twin_make_on(bc, bg, hw, nw * 4);
+    twin x = twin_act_on(bc, bg, hx, nx, fa), w = twin_make_on(bc, bg, hw, nw * 4);
     twin b = twin_make_on(bc, bg, hb, out * 4);
-    twin y = twin_make_on(bc, bg, NULL, ny * 4), dy = twin_make_on(bc, bg, hdy, ny * 4);
-    twin dx = twin_make_on(bc, bg, NULL, nx * 4), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
+    twin y = twin_act_on(bc, bg, NULL, ny, fa), dy = twin_act_on(bc, bg, hdy, ny, fa);
+    twin dx = twin_act_on(bc, bg, NULL, nx, fa), dw = twin_make_on(bc, bg, NULL, nw * gbytes);
     twin db = twin_make_on(bc, bg, NULL, out * gbytes);
-    if (!grads16) set_precision(format);  // dense reads it at each call
+    if (!grads16 && !act16) set_precision(format);  // dense reads it at each call
     OK(bc->ops->dense_forward(bc->ctx, n, in, out, act, x.c, w.c, bias ? b.c : NULL, y.c));
     OK(bg->ops->dense_forward(bg->ctx, n, in, out, act, x.g, w.g, bias ? b.g : NULL, y.g));
     twin ax = twin_abs_cpu(&x), aw = twin_abs_cpu(&w), sy = twin_make(NULL, ny * 4);
     twin ab = twin_abs_cpu(&b);
     OK(g_cpu.ops->dense_forward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, bias ? ab.c : NULL, sy.c));
-    // fp32 output of the GEMM plus the bias, rounded once (by the model; here by the test): one ulp
+    // fp32 output of the GEMM plus the bias, rounded once (by the model, or under act16 by the op; here by the
+    // test): one ulp
     expect_lp("dense forward y", format, &y, &sy, 1, NULL, 1, 1);
-    {
+    if (act16) {
+        twin_copy_cpu_to_gpu(&y);
+    } else {
         float *hy = twin_host(&y, 0);
         precision_round_array(format, ny, hy, hy);
         twin_set(&y, hy);
@@ -1466,15 +1531,19 @@ static void lp_dense_run(int n, int in, int out, int act, int bias, int format, 
     twin ady = twin_abs_cpu(&dy), sdx = twin_make(NULL, nx * 4), sdw = twin_make(NULL, nw * 4);
     twin sdb = twin_make(NULL, out * 4);
     OK(g_cpu.ops->dense_backward(g_cpu.ctx, n, in, out, ACT_NONE, ax.c, aw.c, sy.c, ady.c, sdx.c, sdw.c, sdb.c));
+    if (tu_mask_rounds(act)) widen_for_mask(&sdx, format), widen_for_mask(&sdw, format);
+    if (act16) expect_lp("dense backward dy (masked)", format, &dy, &ady, 1, NULL, 1, 1);
     expect_lp("dense backward dx", format, &dx, &sdx, 1, NULL, 1, 1);
     expect_lp_grad("dense backward dw", format, &dw, &sdw, grads16);
     if (bias) expect_lp_grad("dense backward db", format, &db, &sdb, grads16);
-    // No dx (dy masked already: masking again changes nothing for these 0/1 masks); dw zeroed first
+    // No dx (dy masked already: masking again changes nothing for 0/1 masks; leaky: within the widened sums); dw
+    // zeroed first
+    if (act16) twin_copy_cpu_to_gpu(&dy);
     OK(bc->ops->zero(bc->ctx, dw.c, dw.bytes));
     OK(bg->ops->zero(bg->ctx, dw.g, dw.bytes));
     OK(bc->ops->dense_backward(bc->ctx, n, in, out, act, x.c, w.c, y.c, dy.c, NULL, dw.c, bias ? db.c : NULL));
     OK(bg->ops->dense_backward(bg->ctx, n, in, out, act, x.g, w.g, y.g, dy.g, NULL, dw.g, bias ? db.g : NULL));
-    if (!grads16) set_precision(0);
+    if (!grads16 && !act16) set_precision(0);
     expect_lp_grad("dense backward dw (no dx)", format, &dw, &sdw, grads16);
     twin_free(&x), twin_free(&w), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&dw);
     twin_free(&db), twin_free(&sy), twin_free(&sdx), twin_free(&sdw), twin_free(&sdb);
@@ -1489,9 +1558,9 @@ static void test_dense_lp(void **state) {
     rng_seed(&r, 2628);
     const int formats[2] = {PREC_BF16, PREC_FP16};
     for (int f = 0; f < 2; f++) {
-        lp_dense_run(64, 512, 10, ACT_NONE, 1, formats[f], 0, &r);
-        lp_dense_run(33, 100, 37, ACT_RELU, 1, formats[f], 0, &r);  // odd sizes: no tensor-core alignment
-        lp_dense_run(128, 1024, 256, ACT_RELU, 0, formats[f], 0, &r);
+        lp_dense_run(64, 512, 10, ACT_NONE, 1, formats[f], 0, 0, &r);
+        lp_dense_run(33, 100, 37, ACT_RELU, 1, formats[f], 0, 0, &r);  // odd sizes: no tensor-core alignment
+        lp_dense_run(128, 1024, 256, ACT_RELU, 0, formats[f], 0, 0, &r);
     }
     // n = 0: nothing computed, the gradients zero (as at fp32)
     set_precision(PREC_BF16);
@@ -1507,10 +1576,10 @@ static void test_dense_grads16(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 2630);
-    lp_dense_run(64, 512, 10, ACT_NONE, 1, PREC_BF16, 1, &r);
-    lp_dense_run(33, 100, 37, ACT_RELU, 1, PREC_BF16, 1, &r);  // odd sizes; more columns than one db block
-    lp_dense_run(128, 1024, 256, ACT_RELU, 0, PREC_BF16, 1, &r);
-    lp_dense_run(7, 19, 11, ACT_RELU6, 1, PREC_BF16, 1, &r);
+    lp_dense_run(64, 512, 10, ACT_NONE, 1, PREC_BF16, 1, 0, &r);
+    lp_dense_run(33, 100, 37, ACT_RELU, 1, PREC_BF16, 1, 0, &r);  // odd sizes; more columns than one db block
+    lp_dense_run(128, 1024, 256, ACT_RELU, 0, PREC_BF16, 1, 0, &r);
+    lp_dense_run(7, 19, 11, ACT_RELU6, 1, PREC_BF16, 1, 0, &r);
     // n = 0: the gradients zeroed, bf16-sized: the 2-byte values past them (a larger buffer) stay as they were
     enum { IN = 5, OUT = 3, NW = IN * OUT };
     uint16_t fill[2 * NW], back[2 * NW];
@@ -1613,6 +1682,490 @@ static void test_grads16_create(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// 16-bit activations (backend_options.act16): every activation op of the act16 CUDA backend against the act16 CPU
+// (src/backend_cpu_store.c: the float32 op on the converted operands, each output stored rounded) on the same 16-bit
+// inputs, per value with tu_expect_lp (one ulp of the format where a value is stored, two for a conv with a bias), or
+// bit for bit where the op only moves, selects or rounds the same float values. Conv and dense: lp_conv_run and
+// lp_dense_run with act16 = 1.
+
+static const int k_formats[2] = {PREC_BF16, PREC_FP16};
+
+// The GPU's 16-bit values of t against the CPU's, per value; s: the sums of |terms| (twin_count(t) floats; NULL:
+// none, the one ulp alone).
+static void expect_act(const char *what, const twin *t, const float *s) {
+    const size_t n = twin_count(t);
+    float *ref = twin_host(t, 0), *got = twin_host(t, 1), *zeros = calloc(n ? n : 1, sizeof(float));
+    assert_non_null(zeros);
+    tu_expect_lp(what, ", act16", t->fmt16, got, ref, s ? s : zeros, n, 1, NULL, 1, 1);
+    free(ref), free(got), free(zeros);
+}
+
+// |values| of t's CPU side as float32 in g_cpu's memory (host memory: a g_cpu op's output is read in place).
+static float *cpu_abs_of(const twin *t) {
+    const size_t n = twin_count(t);
+    float *h = twin_host(t, 0);
+    for (size_t i = 0; i < n; i++) h[i] = fabsf(h[i]);
+    float *p = cpu_put(h, n * sizeof(float));
+    free(h);
+    return p;
+}
+
+// What the act16 CUDA backend says of itself, and what it refuses: an act16 other than its precision (at creation or
+// later), and a format that is not 16-bit.
+static void test_act16_create(void **state) {
+    (void)state;
+    NEED_CUDA();
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(backend_act_format(&g_gpu_act[k]), k_act_format[k]);
+        assert_int_equal(backend_act_bytes(&g_gpu_act[k]), 2);
+        assert_int_equal(backend_act_format(&g_cpu_act[k]), k_act_format[k]);
+    }
+    assert_int_equal(backend_is_grads16(&g_gpu_act[2]), 1);
+    assert_int_equal(backend_act_format(&g_gpu), 0);
+    assert_int_equal(backend_act_bytes(&g_gpu), sizeof(float));
+    const backend_options bad[] = {
+        {.precision = PREC_FP16, .act16 = PREC_BF16}, {.precision = PREC_BF16, .act16 = PREC_FP16},
+        {.precision = PREC_FP32, .act16 = PREC_FP16}, {.precision = PREC_TF32, .act16 = PREC_BF16},
+        {.precision = PREC_TF32, .act16 = PREC_TF32},  // not a 16-bit format
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        backend be;
+        assert_int_equal(backend_cuda_create(&be, &bad[i]), ST_INPUT);
+        assert_non_null(strstr(err_msg(), "act16"));
+        assert_null(be.ops);
+        err_clear();
+    }
+    const backend_cuda_options fp32 = {.tf32 = 0, .deterministic = 0, .precision = 0};
+    const backend_cuda_options fp16 = {.tf32 = 0, .deterministic = 0, .precision = PREC_FP16};
+    assert_int_equal(backend_cuda_set_options(&g_gpu_act[0], &fp32), ST_INPUT);
+    err_clear();
+    assert_int_equal(backend_cuda_set_options(&g_gpu_act[0], &fp16), ST_INPUT);
+    err_clear();
+    OK(backend_cuda_set_tf32(&g_gpu_act[1], 0));  // keeps its precision
+}
+
+// The loads and stores themselves, bit for bit with the CPU's precision_from16/precision_to16: every 16-bit pattern
+// through act_forward(none) (no arithmetic: NaNs quieted with their payload cut as the CPU does), and sums of pairs
+// of patterns through add_act(none): rounding to nearest even, ties, overflow to Inf, fp16's subnormals. A sum that is
+// NaN need only be NaN on both (GPU arithmetic makes its own NaN payload).
+static void act16_special_run(int k) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k];
+    enum { N = 1 << 16 };
+    uint16_t *ha = malloc(N * sizeof *ha), *hb = malloc(N * sizeof *hb), *rc = malloc(N * 2), *rg = malloc(N * 2);
+    assert_non_null(ha), assert_non_null(hb), assert_non_null(rc), assert_non_null(rg);
+    for (uint32_t i = 0; i < N; i++) ha[i] = (uint16_t)i, hb[i] = (uint16_t)((i * 7919u + 12345u) & 0xffffu);
+    twin a = twin_make_on(bc, bg, ha, N * 2), b = twin_make_on(bc, bg, hb, N * 2);
+    twin y = twin_make_on(bc, bg, NULL, N * 2);
+    a.fmt16 = b.fmt16 = y.fmt16 = fmt;
+    OK(bc->ops->act_forward(bc->ctx, N, ACT_NONE, a.c, y.c));
+    OK(bg->ops->act_forward(bg->ctx, N, ACT_NONE, a.g, y.g));
+    expect_equal_bytes("act16 store of every 16-bit pattern", &y);
+    OK(bc->ops->add_act(bc->ctx, N, ACT_NONE, a.c, b.c, y.c));
+    OK(bg->ops->add_act(bg->ctx, N, ACT_NONE, a.g, b.g, y.g));
+    twin_read(&y, rc, rg);
+    const uint16_t inf = fmt == PREC_BF16 ? 0x7f80 : 0x7c00;
+    for (uint32_t i = 0; i < N; i++) {
+        const int nan_c = (rc[i] & 0x7fff) > inf, nan_g = (rg[i] & 0x7fff) > inf;
+        if (nan_c ? !nan_g : rc[i] != rg[i])
+            fail_msg("act16 add_act (%s) of 0x%04x and 0x%04x: CUDA 0x%04x, CPU 0x%04x",
+                     fmt == PREC_BF16 ? "bf16" : "fp16", ha[i], hb[i], rg[i], rc[i]);
+    }
+    twin_free(&a), twin_free(&b), twin_free(&y);
+    free(ha), free(hb), free(rc), free(rg);
+}
+
+static void test_act16_special_values(void **state) {
+    (void)state;
+    NEED_CUDA();
+    for (int k = 0; k < 2; k++) act16_special_run(k);
+}
+
+static void test_conv_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2640);
+    const lp_conv_case cases[] = {
+        {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1, 0, 0},
+        {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0, 0, 0},       // 1x1, no bias
+        {3, 32, 14, 14, 64, 3, 2, 1, ACT_LEAKY, 0, 0, 0},   // strided, leaky (its mask rounds: tu_mask_rounds)
+        {2, 3, 11, 10, 5, 5, 2, 2, ACT_NONE, 1, 0, 0},      // strided and padded, odd sizes
+        {8, 3, 28, 28, 16, 3, 1, 1, ACT_LEAKY, 1, 0, 0},    // the bias gradient in 2 blocks per channel
+        {16, 3, 32, 32, 8, 3, 1, 1, ACT_RELU, 1, 0, 0},     // ... in 4
+        {2, 4, 6, 7, 6, 3, 1, 1, ACT_RELU, 1, 2, 0},        // grouped
+        {3, 6, 5, 6, 6, 3, 1, 1, ACT_RELU6, 1, 6, 0},       // depthwise
+        {8, 32, 14, 14, 32, 3, 2, 1, ACT_LEAKY, 0, 32, 0},  // strided depthwise
+        {3, 4, 9, 8, 6, 3, 2, 2, ACT_NONE, 1, 2, 2},        // grouped, strided, padded, dilated
+        {16, 64, 7, 7, 64, 3, 1, 1, ACT_NONE, 0, 0, 0},
+    };
+    const int cc = backend_cuda_compute_capability(&g_gpu);
+    for (int f = 0; f < 2; f++) {
+        if (k_formats[f] == PREC_BF16 && cc < 80) {
+            print_message("sm_%d has no bf16 convolutions: act16 bf16 conv skipped\n", cc);
+            continue;
+        }
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], k_formats[f], 0, 1, &r);
+    }
+}
+
+static void test_dense_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2641);
+    for (int f = 0; f < 2; f++) {
+        lp_dense_run(64, 512, 10, ACT_NONE, 1, k_formats[f], 0, 1, &r);
+        lp_dense_run(33, 100, 37, ACT_RELU, 1, k_formats[f], 0, 1, &r);  // odd sizes; more columns than one db block
+        lp_dense_run(7, 19, 11, ACT_LEAKY, 0, k_formats[f], 0, 1, &r);
+        lp_dense_run(128, 256, 64, ACT_RELU6, 1, k_formats[f], 0, 1, &r);
+    }
+}
+
+// The four ops, training and evaluation, on act16 pair k (2: with bf16 parameter gradients); backward from the CPU's
+// forward values on both, as bn_case_run.
+static void act16_bn_run(int k, int n, int c, int hw, int act, rng *r) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k], grads16 = k == 2;
+    const size_t nx = (size_t)n * c * hw, cb = (size_t)c * 4, gb = (size_t)c * (grads16 ? 2 : 4);
+    float *hx = rand_floats(r, nx, 2.f), *hw_ = rand_floats(r, (size_t)c, 1.f), *hb = rand_floats(r, (size_t)c, 0.5f);
+    float *hdy = rand_floats(r, nx, 1.f), *hrun = malloc(2 * cb + 4), *sy = malloc(nx * 4), *sdx = malloc(nx * 4);
+    assert_non_null(hrun), assert_non_null(sy), assert_non_null(sdx);
+    for (size_t i = 0; i < nx; i++) hx[i] += 3.f;  // a mean far from 0
+    for (int j = 0; j < c; j++) hrun[j] = 0.5f, hrun[c + j] = 1.5f;
+    hrun[2 * c] = 7.f;
+    const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f,
+                       .count = (int64_t)n * hw};
+    twin x = twin_act_on(bc, bg, hx, nx, fmt), y = twin_act_on(bc, bg, NULL, nx, fmt);
+    twin dy = twin_act_on(bc, bg, hdy, nx, fmt), dx = twin_act_on(bc, bg, NULL, nx, fmt);
+    twin w = twin_make_on(bc, bg, hw_, cb), b = twin_make_on(bc, bg, hb, cb);
+    twin run = twin_make_on(bc, bg, hrun, 2 * cb + 4);
+    twin st = twin_make_on(bc, bg, NULL, 3 * cb), save = twin_make_on(bc, bg, NULL, 2 * cb);
+    twin dw = twin_make_on(bc, bg, NULL, gb), db = twin_make_on(bc, bg, NULL, gb);
+    twin gst = twin_make_on(bc, bg, NULL, 2 * cb);
+    OK(bc->ops->bn_stats(bc->ctx, &d, x.c, st.c));
+    OK(bg->ops->bn_stats(bg->ctx, &d, x.g, st.g));
+    expect_close("bn_stats (act16)", &st, TOL_EXACTISH);
+    OK(bc->ops->bn_apply(bc->ctx, &d, x.c, st.c, w.c, b.c, run.c, save.c, y.c));
+    OK(bg->ops->bn_apply(bg->ctx, &d, x.g, st.g, w.g, b.g, run.g, save.g, y.g));
+    float *hsave = twin_host(&save, 0);
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, NULL, NULL, sy, NULL);
+    expect_act("bn_apply (training) y", &y, sy);
+    expect_close("bn_apply save (act16)", &save, TOL_DENSE);
+    expect_close("bn_apply running statistics (act16)", &run, TOL_DENSE);
+    twin_copy_cpu_to_gpu(&y), twin_copy_cpu_to_gpu(&save);
+    OK(bc->ops->bn_grad_stats(bc->ctx, &d, x.c, y.c, save.c, dy.c, dw.c, db.c, gst.c));
+    OK(bg->ops->bn_grad_stats(bg->ctx, &d, x.g, y.g, save.g, dy.g, dw.g, db.g, gst.g));
+    expect_act("bn_grad_stats dz", &dy, NULL);  // act'(y) of the same values: the same float, stored rounded
+    expect_close("bn_grad_stats gstats (act16)", &gst, TOL_DENSE);
+    float *dz = twin_host(&dy, 0);
+    if (grads16) {  // bf16 dw and db: the sums of |dz| and |dz·x̂| per channel, as g16_bn_run
+        float *sdw = calloc((size_t)c, sizeof *sdw), *sdb = calloc((size_t)c, sizeof *sdb);
+        assert_non_null(sdw), assert_non_null(sdb);
+        for (size_t i = 0; i < nx; i++) {
+            const int ch = (int)((i / (size_t)hw) % (size_t)c);
+            sdb[ch] += fabsf(dz[i]);
+            sdw[ch] += fabsf(dz[i] * ((hx[i] - hsave[ch]) * hsave[c + ch]));
+        }
+        float *ref = twin_host_bf16(&dw, 0), *got = twin_host_bf16(&dw, 1);
+        tu_expect_lp("bn_grad_stats dw (grads16)", ", act16", PREC_BF16, got, ref, sdw, (size_t)c, 1, NULL, 1, 1);
+        free(ref), free(got);
+        ref = twin_host_bf16(&db, 0), got = twin_host_bf16(&db, 1);
+        tu_expect_lp("bn_grad_stats db (grads16)", ", act16", PREC_BF16, got, ref, sdb, (size_t)c, 1, NULL, 1, 1);
+        free(ref), free(got), free(sdw), free(sdb);
+    } else {
+        expect_close("bn_grad_stats dw (act16)", &dw, TOL_DENSE);
+        expect_close("bn_grad_stats db (act16)", &db, TOL_DENSE);
+    }
+    twin_copy_cpu_to_gpu(&gst), twin_copy_cpu_to_gpu(&dy);
+    OK(bc->ops->bn_grad_input(bc->ctx, &d, x.c, save.c, w.c, gst.c, dy.c, dx.c));
+    OK(bg->ops->bn_grad_input(bg->ctx, &d, x.g, save.g, w.g, gst.g, dy.g, dx.g));
+    float *hgs = twin_host(&gst, 0);
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, dz, hgs, sy, sdx);
+    expect_act("bn_grad_input dx", &dx, sdx);
+    twin_copy_cpu_to_gpu(&run);
+    OK(bc->ops->bn_apply(bc->ctx, &d, x.c, NULL, w.c, b.c, run.c, save.c, y.c));
+    OK(bg->ops->bn_apply(bg->ctx, &d, x.g, NULL, w.g, b.g, run.g, save.g, y.g));
+    free(hsave);
+    hsave = twin_host(&save, 0);
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, NULL, NULL, sy, NULL);
+    expect_act("bn_apply (evaluation) y", &y, sy);
+    expect_equal_bytes("bn_apply (evaluation, act16) leaves running", &run);
+    twin_free(&x), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&w), twin_free(&b), twin_free(&run);
+    twin_free(&st), twin_free(&save), twin_free(&dw), twin_free(&db), twin_free(&gst);
+    free(hx), free(hw_), free(hb), free(hdy), free(hrun), free(sy), free(sdx), free(hsave), free(dz), free(hgs);
+}
+
+static void test_batchnorm_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2642);
+    for (int k = 0; k < 2; k++) {
+        act16_bn_run(k, 4, 3, 25, ACT_NONE, &r);
+        act16_bn_run(k, 16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
+        act16_bn_run(k, 64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense
+        act16_bn_run(k, 8, 5, 49, ACT_RELU6, &r);
+        act16_bn_run(k, 16, 40, 1, ACT_SIGMOID, &r);
+    }
+}
+
+// grads16 with act16 (bf16 both): conv's backward-filter on the bf16 x and masked dy where they are, dense's dw GEMM
+// on them, batch norm's bf16 sums, against the CPU with both options.
+static void test_act16_grads16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2643);
+    if (backend_cuda_compute_capability(&g_gpu_act[2]) >= 80) {
+        const lp_conv_case cases[] = {
+            {4, 16, 12, 12, 32, 3, 1, 1, ACT_RELU, 1, 0, 0},
+            {2, 8, 9, 9, 16, 1, 1, 0, ACT_NONE, 0, 0, 0},       // 1x1, no bias
+            {2, 3, 11, 10, 5, 5, 2, 2, ACT_LEAKY, 1, 0, 0},     // strided and padded
+            {16, 3, 32, 32, 8, 3, 1, 1, ACT_RELU, 1, 0, 0},     // the bias gradient in 4 blocks per channel
+            {3, 6, 5, 6, 6, 3, 1, 1, ACT_RELU6, 1, 6, 0},       // depthwise
+            {3, 4, 9, 8, 6, 3, 2, 2, ACT_NONE, 1, 2, 2},        // grouped, strided, padded, dilated
+        };
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], PREC_BF16, 1, 1, &r);
+    } else {
+        print_message("sm_%d has no bf16 convolutions: act16 grads16 conv skipped\n",
+                      backend_cuda_compute_capability(&g_gpu_act[2]));
+    }
+    lp_dense_run(64, 512, 10, ACT_NONE, 1, PREC_BF16, 1, 1, &r);
+    lp_dense_run(33, 100, 37, ACT_RELU, 1, PREC_BF16, 1, 1, &r);
+    lp_dense_run(7, 19, 11, ACT_LEAKY, 1, PREC_BF16, 1, 1, &r);
+    act16_bn_run(2, 16, 32, 196, ACT_RELU, &r);
+    act16_bn_run(2, 64, 100, 1, ACT_LEAKY, &r);
+}
+
+// Max pooling: y (a value of x) and the winners bit for bit, ties among the 16-bit values included (the first in
+// row-major order on both); dx against the sums of |dy| over the windows.
+static void act16_pool_run(int k, int n, int c, int h, int w, int size, int stride, int pad, rng *r) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k];
+    pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride, .pad = pad};
+    OK(pool_desc_init(&d, "act16 pool"));
+    const size_t xn = (size_t)n * c * h * w, yn = (size_t)n * c * d.oh * d.ow;
+    float *hx = rand_floats(r, xn, 1.f), *hdy = rand_floats(r, yn, 1.f), *dirty = rand_floats(r, xn, 1.f);
+    twin x = twin_act_on(bc, bg, hx, xn, fmt), y = twin_act_on(bc, bg, NULL, yn, fmt);
+    twin am = twin_make_on(bc, bg, NULL, yn * 4), dy = twin_act_on(bc, bg, hdy, yn, fmt);
+    twin dx = twin_act_on(bc, bg, dirty, xn, fmt);  // dirty: it must be overwritten
+    OK(bc->ops->pool_forward(bc->ctx, &d, x.c, y.c, am.c));
+    OK(bg->ops->pool_forward(bg->ctx, &d, x.g, y.g, am.g));
+    expect_equal_bytes("pool forward y (act16)", &y);
+    expect_equal_bytes("pool forward argmax (act16)", &am);
+    OK(bc->ops->pool_backward(bc->ctx, &d, dy.c, am.c, dx.c));
+    OK(bg->ops->pool_backward(bg->ctx, &d, dy.g, am.g, dx.g));
+    float *ady = cpu_abs_of(&dy), *s = cpu_put(NULL, xn * 4);
+    OK(g_cpu.ops->pool_backward(g_cpu.ctx, &d, ady, am.c, s));  // the act16 CPU's argmax: host memory too
+    expect_act("pool backward dx", &dx, s);
+    void *bufs[] = {ady, s};
+    cpu_free_all(bufs, 2);
+    twin_free(&x), twin_free(&y), twin_free(&am), twin_free(&dy), twin_free(&dx);
+    free(hx), free(hdy), free(dirty);
+}
+
+static void act16_avgpool_run(int k, int n, int c, int h, int w, int kh, int kw, int stride, rng *r) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k], oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
+    const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
+    float *hx = rand_floats(r, nx, 1.f), *hdy = rand_floats(r, ny, 1.f);
+    twin x = twin_act_on(bc, bg, hx, nx, fmt), y = twin_act_on(bc, bg, NULL, ny, fmt);
+    twin dy = twin_act_on(bc, bg, hdy, ny, fmt), dx = twin_act_on(bc, bg, NULL, nx, fmt);
+    OK(bc->ops->avgpool_forward(bc->ctx, n, c, h, w, kh, kw, stride, x.c, y.c));
+    OK(bg->ops->avgpool_forward(bg->ctx, n, c, h, w, kh, kw, stride, x.g, y.g));
+    float *ax = cpu_abs_of(&x), *sy = cpu_put(NULL, ny * 4), *ady = cpu_abs_of(&dy), *sdx = cpu_put(NULL, nx * 4);
+    OK(g_cpu.ops->avgpool_forward(g_cpu.ctx, n, c, h, w, kh, kw, stride, ax, sy));
+    expect_act("avgpool y", &y, sy);
+    OK(bc->ops->avgpool_backward(bc->ctx, n, c, h, w, kh, kw, stride, dy.c, dx.c));
+    OK(bg->ops->avgpool_backward(bg->ctx, n, c, h, w, kh, kw, stride, dy.g, dx.g));
+    OK(g_cpu.ops->avgpool_backward(g_cpu.ctx, n, c, h, w, kh, kw, stride, ady, sdx));
+    expect_act("avgpool dx", &dx, sdx);
+    void *bufs[] = {ax, sy, ady, sdx};
+    cpu_free_all(bufs, 4);
+    twin_free(&x), twin_free(&y), twin_free(&dy), twin_free(&dx);
+    free(hx), free(hdy);
+}
+
+static void test_pool_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2644);
+    for (int k = 0; k < 2; k++) {
+        act16_pool_run(k, 2, 3, 8, 8, 2, 2, 0, &r);    // tiling windows (the CPU's unrolled 2x2)
+        act16_pool_run(k, 2, 2, 9, 7, 3, 2, 0, &r);    // overlapping windows: dx sums
+        act16_pool_run(k, 1, 2, 10, 10, 2, 3, 0, &r);  // gaps
+        act16_pool_run(k, 2, 3, 16, 15, 3, 2, 1, &r);  // padded
+        act16_pool_run(k, 1, 4, 6, 6, 3, 1, 1, &r);
+        act16_avgpool_run(k, 4, 8, 8, 8, 2, 2, 2, &r);
+        act16_avgpool_run(k, 3, 5, 9, 7, 3, 3, 2, &r);    // overlapping windows
+        act16_avgpool_run(k, 2, 3, 10, 10, 2, 2, 3, &r);  // gaps
+        act16_avgpool_run(k, 64, 32, 7, 5, 7, 5, 1, &r);  // global, non-square
+    }
+}
+
+// add_act and act_backward (the fused activations), act_forward and act_backward_input (every activation, past every
+// kink), in place as the model calls them, and dropout (bit for bit: the same float product, the same rounding).
+static void act16_elementwise_run(int k, rng *r) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k];
+    enum { N = 100003 };
+    float *ha = rand_floats(r, N, 4.f), *hb = rand_floats(r, N, 4.f), *hdy = rand_floats(r, N, 1.f);
+    float *hx = rand_floats(r, N, 9.f), *s = malloc(N * sizeof *s);
+    assert_non_null(s);
+    const float kinks[] = {0.f, -3.f, 3.f, 6.f, -6.f};
+    for (int i = 0; i < 5; i++) hx[i] = kinks[i];
+    twin a = twin_act_on(bc, bg, ha, N, fmt), b = twin_act_on(bc, bg, hb, N, fmt);
+    twin y = twin_act_on(bc, bg, NULL, N, fmt);
+    twin dy = twin_act_on(bc, bg, hdy, N, fmt), dx = twin_act_on(bc, bg, NULL, N, fmt);
+    twin x = twin_act_on(bc, bg, hx, N, fmt);
+    const int acts[] = {ACT_NONE, ACT_RELU, ACT_LEAKY, ACT_RELU6, ACT_SIGMOID};
+    for (int t = 0; t < 5; t++) {
+        OK(bc->ops->add_act(bc->ctx, N, acts[t], a.c, b.c, y.c));
+        OK(bg->ops->add_act(bg->ctx, N, acts[t], a.g, b.g, y.g));
+        for (size_t i = 0; i < N; i++) s[i] = fabsf(ha[i]) + fabsf(hb[i]);
+        expect_act("add_act y", &y, s);
+        twin_copy_cpu_to_gpu(&y);  // sigmoid: expf may differ in the last bit
+        OK(bc->ops->act_backward(bc->ctx, N, acts[t], y.c, dy.c, dx.c));
+        OK(bg->ops->act_backward(bg->ctx, N, acts[t], y.g, dy.g, dx.g));
+        for (size_t i = 0; i < N; i++) s[i] = fabsf(hdy[i]);
+        expect_act("act_backward dx", &dx, s);
+    }
+    for (int act = ACT_NONE; act < ACT_COUNT; act++) {
+        OK(bc->ops->act_forward(bc->ctx, N, act, x.c, y.c));
+        OK(bg->ops->act_forward(bg->ctx, N, act, x.g, y.g));
+        for (size_t i = 0; i < N; i++) s[i] = fabsf(hx[i]);
+        expect_act("act_forward y", &y, s);
+        OK(bc->ops->act_backward_input(bc->ctx, N, act, x.c, dy.c, dx.c));
+        OK(bg->ops->act_backward_input(bg->ctx, N, act, x.g, dy.g, dx.g));
+        for (size_t i = 0; i < N; i++) s[i] = fabsf(hdy[i]) * (1.f + fabsf(hx[i]));
+        expect_act("act_backward_input dx", &dx, s);
+    }
+    // In place on both: the model's sum of a two-reader gradient, add_act(none, dx, dy, dy), and an unfused
+    // activation's backward into its own gradient.
+    OK(bc->ops->add_act(bc->ctx, N, ACT_NONE, a.c, b.c, b.c));
+    OK(bg->ops->add_act(bg->ctx, N, ACT_NONE, a.g, b.g, b.g));
+    for (size_t i = 0; i < N; i++) s[i] = fabsf(ha[i]) + fabsf(hb[i]);
+    expect_act("add_act in place", &b, s);
+    OK(bc->ops->act_backward_input(bc->ctx, N, ACT_GELU, x.c, dy.c, dy.c));
+    OK(bg->ops->act_backward_input(bg->ctx, N, ACT_GELU, x.g, dy.g, dy.g));
+    for (size_t i = 0; i < N; i++) s[i] = fabsf(hdy[i]) * (1.f + fabsf(hx[i]));
+    expect_act("act_backward_input in place", &dy, s);
+    // Dropout: the same masks (the key in each backend's memory), the kept values scaled and stored alike.
+    const dropout_key k1 = {.seed = 42, .step = 123456789012LL, .rank = 3};
+    twin key = twin_make_on(bc, bg, &k1, sizeof k1);
+    const float rates[] = {0.f, 0.25f, 0.5f, 0.9f};
+    for (int t = 0; t < 4; t++) {
+        OK(bc->ops->dropout(bc->ctx, N, rates[t], key.c, 5 | 2 << 16, x.c, y.c));
+        OK(bg->ops->dropout(bg->ctx, N, rates[t], key.g, 5 | 2 << 16, x.g, y.g));
+        expect_equal_bytes("dropout y (act16)", &y);
+    }
+    twin_free(&a), twin_free(&b), twin_free(&y), twin_free(&dy), twin_free(&dx), twin_free(&x), twin_free(&key);
+    free(ha), free(hb), free(hdy), free(hx), free(s);
+}
+
+static void test_elementwise_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2645);
+    for (int k = 0; k < 2; k++) act16_elementwise_run(k, &r);
+}
+
+// channel_copy moves the 16-bit patterns (bit for bit); the gather stores each value rounded once, plain and with
+// crop, flip and normalisation (bit for bit: the same float, the same rounding).
+static void test_copy_gather_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2646);
+    for (int k = 0; k < 2; k++) {
+        const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+        const int fmt = k_act_format[k];
+        enum { N = 9, HW = 35, SRC_C = 5, DST_C = 12 };
+        float *hs = rand_floats(&r, N * SRC_C * HW, 1.f), *hd = rand_floats(&r, N * DST_C * HW, 1.f);
+        twin src = twin_act_on(bc, bg, hs, N * SRC_C * HW, fmt), dst = twin_act_on(bc, bg, hd, N * DST_C * HW, fmt);
+        twin back = twin_act_on(bc, bg, NULL, N * 3 * HW, fmt);
+        OK(bc->ops->channel_copy(bc->ctx, N, SRC_C, HW, src.c, SRC_C, 0, dst.c, DST_C, 4));
+        OK(bg->ops->channel_copy(bg->ctx, N, SRC_C, HW, src.g, SRC_C, 0, dst.g, DST_C, 4));
+        expect_equal_bytes("channel_copy into a slice (act16)", &dst);
+        OK(bc->ops->channel_copy(bc->ctx, N, 3, HW, dst.c, DST_C, 5, back.c, 3, 0));
+        OK(bg->ops->channel_copy(bg->ctx, N, 3, HW, dst.g, DST_C, 5, back.g, 3, 0));
+        expect_equal_bytes("channel_copy out of a slice (act16)", &back);
+        twin_free(&src), twin_free(&dst), twin_free(&back);
+        free(hs), free(hd);
+
+        enum { TOTAL = 50, C = 3, H = 11, W = 9, ELEMS = C * H * W, B = 33 };
+        uint8_t images[TOTAL * ELEMS];
+        int32_t labels[TOTAL], index[B];
+        for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
+        for (int i = 0; i < TOTAL; i++) labels[i] = (int32_t)rng_below(&r, 10);
+        for (int i = 0; i < B; i++) index[i] = (int32_t)rng_below(&r, TOTAL);
+        gather_aug a;
+        memset(&a, 0, sizeof a);
+        a.seed = 99, a.epoch = 1, a.c = C, a.h = H, a.w = W, a.crop_pad = 4, a.flip = 1, a.normalize = 1;
+        for (int ch = 0; ch < C; ch++)
+            for (int p = 0; p < 256; p++) a.lut[ch][p] = ((float)p / 255.0f - 0.3f + 0.1f * ch) / (0.25f + 0.05f * ch);
+        twin ti = twin_make_on(bc, bg, images, sizeof images), tl = twin_make_on(bc, bg, labels, sizeof labels);
+        twin tx = twin_make_on(bc, bg, index, sizeof index), ta = twin_make_on(bc, bg, &a, sizeof a);
+        twin x = twin_act_on(bc, bg, NULL, B * ELEMS, fmt), y = twin_make_on(bc, bg, NULL, B * sizeof(int32_t));
+        OK(bc->ops->gather(bc->ctx, ti.c, tl.c, tx.c, B, ELEMS, NULL, x.c, y.c));
+        OK(bg->ops->gather(bg->ctx, ti.g, tl.g, tx.g, B, ELEMS, NULL, x.g, y.g));
+        expect_equal_bytes("gather x (act16)", &x);
+        expect_equal_bytes("gather y (act16)", &y);
+        OK(bc->ops->gather(bc->ctx, ti.c, tl.c, tx.c, B, ELEMS, ta.c, x.c, y.c));
+        OK(bg->ops->gather(bg->ctx, ti.g, tl.g, tx.g, B, ELEMS, ta.g, x.g, y.g));
+        expect_equal_bytes("gather_aug x (act16)", &x);
+        twin_free(&ti), twin_free(&tl), twin_free(&tx), twin_free(&ta), twin_free(&x), twin_free(&y);
+    }
+}
+
+// Softmax cross-entropy on 16-bit logits, dlogits stored in 16 bits: scale 1, and fp16's loss scaling (1024). The
+// terms of a dlogit are at most scale/n each (p and the target in [0, 1]).
+static void act16_xent_run(int k, int n, int classes, float smoothing, float scale, rng *r) {
+    const backend *bc = &g_cpu_act[k], *bg = &g_gpu_act[k];
+    const int fmt = k_act_format[k];
+    const size_t nz = (size_t)n * classes;
+    float *hz = rand_floats(r, nz, 4.f), *s = malloc(nz * sizeof *s);
+    int32_t *hl = malloc(n * sizeof *hl);
+    assert_non_null(s), assert_non_null(hl);
+    for (int i = 0; i < n; i++) hl[i] = (int32_t)rng_below(r, (uint32_t)classes);
+    for (int i = 0; i < n; i += 2) hz[(size_t)i * classes + hl[i]] = 9.f;
+    for (size_t i = 0; i < nz; i++) s[i] = 2.f * scale / (float)n;
+    const double loss0 = 1.25;
+    const int32_t correct0 = 3;
+    twin z = twin_act_on(bc, bg, hz, nz, fmt), l = twin_make_on(bc, bg, hl, n * 4);
+    twin dz = twin_act_on(bc, bg, NULL, nz, fmt);
+    twin loss = twin_make_on(bc, bg, &loss0, 8), cor = twin_make_on(bc, bg, &correct0, 4);
+    OK(bc->ops->softmax_xent(bc->ctx, n, classes, z.c, l.c, smoothing, scale, dz.c, loss.c, cor.c));
+    OK(bg->ops->softmax_xent(bg->ctx, n, classes, z.g, l.g, smoothing, scale, dz.g, loss.g, cor.g));
+    expect_act(scale == 1.f ? "softmax_xent dlogits" : "softmax_xent dlogits (loss scale 1024)", &dz, s);
+    double lc, lg;
+    twin_read(&loss, &lc, &lg);
+    if (!(fabs(lg - lc) <= 1e-5 * fabs(lc))) fail_msg("softmax_xent loss (act16): CUDA %.9g vs CPU %.9g", lg, lc);
+    int32_t cc, cg;
+    twin_read(&cor, &cc, &cg);
+    assert_int_equal(cg, cc);
+    twin_free(&z), twin_free(&l), twin_free(&dz), twin_free(&loss), twin_free(&cor);
+    free(hz), free(s), free(hl);
+}
+
+static void test_softmax_xent_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 2647);
+    for (int k = 0; k < 2; k++) {
+        act16_xent_run(k, 9, 10, 0.0f, 1.0f, &r);
+        act16_xent_run(k, 20, 37, 0.1f, 1.0f, &r);  // more classes than a warp has lanes; label smoothing
+        act16_xent_run(k, 3, 1000, 0.0f, 1.0f, &r);
+    }
+    act16_xent_run(1, 9, 10, 0.0f, 1024.0f, &r);  // fp16 loss scaling
+    act16_xent_run(1, 100, 37, 0.1f, 1024.0f, &r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 
 static int group_setup(void **state) {
     (void)state;
@@ -1633,12 +2186,25 @@ static int group_setup(void **state) {
         fprintf(stderr, "cuda backend (grads16): %s\n", err_msg());
         return -1;
     }
+    for (int k = 0; k < 3; k++) {
+        const int f = k_act_format[k], g16 = k == 2;
+        if (backend_cpu_create_opts(&g_cpu_act[k], &(backend_cpu_opts){.threads = 1, .grads16 = g16, .act16 = f}) !=
+                ST_OK ||
+            (g_have_cuda &&
+             backend_cuda_create(&g_gpu_act[k], &(backend_options){.precision = f, .grads16 = g16, .act16 = f}) !=
+                 ST_OK)) {
+            fprintf(stderr, "act16 backends (%s%s): %s\n", f == PREC_BF16 ? "bf16" : "fp16", g16 ? ", grads16" : "",
+                    err_msg());
+            return -1;
+        }
+    }
     if (!g_have_cuda) printf("CUDA is not usable (%s): the CUDA comparisons skip (fail with DDP_REQUIRE_CUDA=1)\n", g_no_cuda);
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
+    for (int k = 0; k < 3; k++) backend_destroy(&g_gpu_act[k]), backend_destroy(&g_cpu_act[k]);
     backend_destroy(&g_gpu16);
     backend_destroy(&g_gpu);
     backend_destroy(&g_cpu16);
@@ -1862,6 +2428,16 @@ int main(void) {
         cmocka_unit_test(test_conv_grads16),
         cmocka_unit_test(test_dense_grads16),
         cmocka_unit_test(test_batchnorm_grads16),
+        cmocka_unit_test(test_act16_create),
+        cmocka_unit_test(test_act16_special_values),
+        cmocka_unit_test(test_conv_act16),
+        cmocka_unit_test(test_dense_act16),
+        cmocka_unit_test(test_batchnorm_act16),
+        cmocka_unit_test(test_act16_grads16),
+        cmocka_unit_test(test_pool_act16),
+        cmocka_unit_test(test_elementwise_act16),
+        cmocka_unit_test(test_copy_gather_act16),
+        cmocka_unit_test(test_softmax_xent_act16),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

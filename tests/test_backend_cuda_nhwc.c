@@ -2,7 +2,8 @@
 // on a CUDA backend created with layout=nhwc, against the CPU op run in NCHW on the same values, the test
 // transposing inputs and outputs itself (tu_to_nhwc / tu_to_nchw); convolutions in fp32 and at bf16/fp16 with the
 // 16-bit tests' tolerance (test_backend_cuda.c), and with bf16 parameter gradients (grads16, as [dense] after a
-// spatial input) against the grads16 CPU; then one training step of a conv + batch norm + pool + route +
+// spatial input) against the grads16 CPU, and with 16-bit activations (act16: batch norm, pooling, the gather and
+// channel_copy too) against the act16 CPU; then one training step of a conv + batch norm + pool + route +
 // dense model at nhwc against nchw on the GPU (loss, every gradient, the running statistics), and the layer nhwc
 // refuses.
 //
@@ -27,6 +28,10 @@ static backend g_cpu, g_nhwc;  // g_nhwc: CUDA with layout=nhwc (only when CUDA 
 // The grads16 pair (dw and db written bf16): the CPU created with grads16, and CUDA with layout=nhwc, precision bf16
 // and grads16 (only when CUDA is usable)
 static backend g_cpu16, g_nhwc16;
+// The act16 pairs (activations stored in 16 bits, backend_options.act16): [0] bf16, [1] fp16, [2] bf16 with grads16;
+// the CPU (NCHW) always, CUDA with layout=nhwc and precision = act16 when usable
+static backend g_cpu_act[3], g_nhwc_act[3];
+static const int k_act_format[3] = {PREC_BF16, PREC_FP16, PREC_BF16};
 
 #define OK(expr)                                                                                           \
     do {                                                                                                   \
@@ -72,15 +77,54 @@ static float *dev_get(const backend *be, const void *p, size_t n) {
     return h;
 }
 
+// n activations of `format` on be from host floats (values of the format: rand_fmt), and back as floats: float32
+// (format 0), or the 16-bit patterns an act16 backend holds (PREC_BF16/PREC_FP16), converted exactly both ways.
+static void *act_put(const backend *be, const float *v, size_t n, int format) {
+    if (!format) return dev_put(be, v, n * sizeof(float));
+    uint16_t *bits = NULL;
+    if (v) {
+        bits = malloc(n * sizeof *bits + 2);
+        assert_non_null(bits);
+        for (size_t i = 0; i < n; i++) bits[i] = precision_to16(format, v[i]);
+    }
+    void *p = dev_put(be, bits, n * sizeof(uint16_t));
+    free(bits);
+    return p;
+}
+
+static float *act_get(const backend *be, const void *p, size_t n, int format) {
+    if (!format) return dev_get(be, p, n);
+    uint16_t *bits = malloc((n ? n : 1) * sizeof *bits);
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    assert_non_null(bits);
+    assert_non_null(h);
+    if (n) OK(backend_download(be, bits, p, n * sizeof *bits));
+    for (size_t i = 0; i < n; i++) h[i] = precision_from16(format, bits[i]);
+    free(bits);
+    return h;
+}
+
 // NCHW host values [n, c, hw] into an NHWC device buffer, and an NHWC device buffer back as NCHW host values.
-static float *dev_put_nhwc(const backend *be, const float *nchw, int n, int c, int hw) {
+static void *act_put_nhwc(const backend *be, const float *nchw, int n, int c, int hw, int format) {
     const size_t count = (size_t)n * c * hw;
     float *t = malloc((count ? count : 1) * sizeof *t);
     assert_non_null(t);
     tu_to_nhwc(nchw, t, n, c, hw);
-    float *p = dev_put(be, t, count * sizeof *t);
+    void *p = act_put(be, t, count, format);
     free(t);
     return p;
+}
+
+static float *act_get_nchw(const backend *be, const void *p, int n, int c, int hw, int format) {
+    float *t = act_get(be, p, (size_t)n * c * hw, format), *h = malloc(((size_t)n * c * hw + 1) * sizeof *h);
+    assert_non_null(h);
+    tu_to_nchw(t, h, n, c, hw);
+    free(t);
+    return h;
+}
+
+static float *dev_put_nhwc(const backend *be, const float *nchw, int n, int c, int hw) {
+    return act_put_nhwc(be, nchw, n, c, hw, 0);
 }
 
 // n bf16 values (a grads16 backend's dw, db) as the floats they stand for.
@@ -101,11 +145,7 @@ static float *dev_get_grad(const backend *be, const void *p, size_t n, int grads
 }
 
 static float *dev_get_nchw(const backend *be, const float *p, int n, int c, int hw) {
-    float *t = dev_get(be, p, (size_t)n * c * hw), *h = malloc(((size_t)n * c * hw + 1) * sizeof *h);
-    assert_non_null(h);
-    tu_to_nchw(t, h, n, c, hw);
-    free(t);
-    return h;
+    return act_get_nchw(be, p, n, c, hw, 0);
 }
 
 // max |got - ref| / max |ref| (absolute when ref is all zeros); infinity when either has a NaN/Inf.
@@ -282,9 +322,15 @@ typedef struct conv_case {
 } conv_case;
 
 // grads16: on the grads16 pair (format bf16; the CUDA backend holds that precision from its creation), whose dw and db
-// are bf16, compared with one more bf16 ulp (held in the format).
-static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) {
+// are bf16, compared with one more bf16 ulp (held in the format). act16: on the act16 pair of the format (and
+// grads16), x, y, dy and dx 16-bit on both.
+static void conv_nhwc_run(const conv_case *cc, int format, int grads16, int act16, rng *r) {
     const backend *bc = grads16 ? &g_cpu16 : &g_cpu, *bg = grads16 ? &g_nhwc16 : &g_nhwc;
+    if (act16) {
+        const int k = grads16 ? 2 : format == PREC_FP16;
+        bc = &g_cpu_act[k], bg = &g_nhwc_act[k];
+    }
+    const int fa = act16 ? format : 0;  // the activations' format (0: float32)
     conv_desc d = {.n = cc->n, .c = cc->c, .h = cc->h, .w = cc->w, .k = cc->k, .r = cc->r, .s = cc->s,
                    .stride = cc->stride, .pad = cc->pad, .groups = cc->groups, .dilation = cc->dilation,
                    .act = cc->act};
@@ -292,11 +338,11 @@ static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) 
     conv_desc dc = d, dg = d, da = d;  // da: the fp32 CPU's linear twin for the sums of |terms| (16-bit)
     da.act = ACT_NONE;
     size_t wsc = 0, wsg = 0, wsa = 0;
-    if (!grads16) set_precision(format);  // the plan takes it at conv_prepare
+    if (!grads16 && !act16) set_precision(format);  // the plan takes it at conv_prepare
     OK(backend_conv_prepare(bc, &dc, &wsc));
     OK(backend_conv_prepare(bg, &dg, &wsg));
     OK(backend_conv_prepare(&g_cpu, &da, &wsa));
-    if (!grads16) set_precision(0);
+    if (!grads16 && !act16) set_precision(0);
     if (wsa > wsc) wsc = wsa;
     void *wc = wsc ? dev_put(bc, NULL, wsc) : NULL, *wg = wsg ? dev_put(bg, NULL, wsg) : NULL;
     const int hw_in = d.h * d.w, hw_out = d.oh * d.ow;
@@ -305,17 +351,18 @@ static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) 
     float *hx = rand_fmt(r, nx, 1.f, format), *hw = rand_fmt(r, nw, 0.5f, format);
     float *hb = rand_fmt(r, (size_t)d.k, 0.5f, format), *hdy = rand_fmt(r, ny, 1.f, format);
     const int bias = !cc->no_bias;
-    float *cx = dev_put(bc, hx, nx * 4), *cw = dev_put(bc, hw, nw * 4), *cb = dev_put(bc, hb, d.k * 4);
-    float *cy = dev_put(bc, NULL, ny * 4), *cdy = dev_put(bc, hdy, ny * 4), *cdx = dev_put(bc, NULL, nx * 4);
+    void *cx = act_put(bc, hx, nx, fa), *cy = act_put(bc, NULL, ny, fa), *cdy = act_put(bc, hdy, ny, fa);
+    void *cdx = act_put(bc, NULL, nx, fa);
+    float *cw = dev_put(bc, hw, nw * 4), *cb = dev_put(bc, hb, d.k * 4);
     void *cdw = dev_put(bc, NULL, nw * gbytes), *cdb = dev_put(bc, NULL, d.k * gbytes);
-    float *gx = dev_put_nhwc(bg, hx, d.n, d.c, hw_in), *gw = dev_put(bg, hw, nw * 4);
-    float *gb = dev_put(bg, hb, d.k * 4), *gy = dev_put(bg, NULL, ny * 4);
-    float *gdy = dev_put_nhwc(bg, hdy, d.n, d.k, hw_out), *gdx = dev_put(bg, NULL, nx * 4);
+    void *gx = act_put_nhwc(bg, hx, d.n, d.c, hw_in, fa), *gy = act_put(bg, NULL, ny, fa);
+    void *gdy = act_put_nhwc(bg, hdy, d.n, d.k, hw_out, fa), *gdx = act_put(bg, NULL, nx, fa);
+    float *gw = dev_put(bg, hw, nw * 4), *gb = dev_put(bg, hb, d.k * 4);
     void *gdw = dev_put(bg, NULL, nw * gbytes), *gdb = dev_put(bg, NULL, d.k * gbytes);
 
     OK(backend_conv_forward(bc, &dc, cx, cw, bias ? cb : NULL, cy, wc));
     OK(backend_conv_forward(bg, &dg, gx, gw, bias ? gb : NULL, gy, wg));
-    float *ref = dev_get(bc, cy, ny), *got = dev_get_nchw(bg, gy, d.n, d.k, hw_out);
+    float *ref = act_get(bc, cy, ny, fa), *got = act_get_nchw(bg, gy, d.n, d.k, hw_out, fa);
     // 16-bit: the sums of |terms| from the CPU's linear twin on |x|, |w|
     float *ax = abs_copy(hx, nx), *aw = abs_copy(hw, nw), *ady = abs_copy(hdy, ny);
     float *cax = dev_put(&g_cpu, ax, nx * 4), *caw = dev_put(&g_cpu, aw, nw * 4), *cady = dev_put(&g_cpu, ady, ny * 4);
@@ -331,21 +378,15 @@ static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) 
     }
     // Backward from the CPU's y on both (held in the format under 16 bits), as test_backend_cuda.c does.
     if (format) precision_round_array(format, ny, ref, ref);
-    OK(backend_upload(bc, cy, ref, ny * 4));
-    {
-        float *t = malloc(ny * 4);
-        assert_non_null(t);
-        tu_to_nhwc(ref, t, d.n, d.k, hw_out);
-        OK(backend_upload(bg, gy, t, ny * 4));
-        free(t);
-    }
+    backend_free(bc, cy), backend_free(bg, gy);
+    cy = act_put(bc, ref, ny, fa), gy = act_put_nhwc(bg, ref, d.n, d.k, hw_out, fa);
     free(ref), free(got);
     OK(backend_conv_backward(bc, &dc, cx, cw, cy, cdy, cdx, cdw, bias ? cdb : NULL, wc));
     OK(backend_conv_backward(bg, &dg, gx, gw, gy, gdy, gdx, gdw, bias ? gdb : NULL, wg));
-    ref = dev_get(bc, cdy, ny), got = dev_get_nchw(bg, gdy, d.n, d.k, hw_out);
-    expect_close("conv backward dy (pre-activation)", got, ref, ny, TOL_EXACTISH);
+    ref = act_get(bc, cdy, ny, fa), got = act_get_nchw(bg, gdy, d.n, d.k, hw_out, fa);
+    expect_close("conv backward dy (pre-activation)", got, ref, ny, TOL_EXACTISH);  // the same float, stored alike
     free(ref), free(got);
-    float *rdx = dev_get(bc, cdx, nx), *gdx_h = dev_get_nchw(bg, gdx, d.n, d.c, hw_in);
+    float *rdx = act_get(bc, cdx, nx, fa), *gdx_h = act_get_nchw(bg, gdx, d.n, d.c, hw_in, fa);
     float *rdw = dev_get_grad(bc, cdw, nw, grads16), *gdw_h = dev_get_grad(bg, gdw, nw, grads16);  // both KCRS
     float *rdb = dev_get_grad(bc, cdb, d.k, grads16), *gdb_h = dev_get_grad(bg, gdb, d.k, grads16);
     float *sdw = NULL;  // the sums of |terms| of dw (16-bit), for the pass without dx too
@@ -353,6 +394,7 @@ static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) 
         OK(backend_conv_backward(&g_cpu, &da, cax, caw, csy, cady, csdx, csdw, csdb, wc));
         float *sdx = dev_get(&g_cpu, csdx, nx), *sdb = dev_get(&g_cpu, csdb, d.k);
         sdw = dev_get(&g_cpu, csdw, nw);
+        if (tu_mask_rounds(cc->act)) tu_widen_for_mask(sdx, nx, format), tu_widen_for_mask(sdw, nw, format);
         expect_lp("conv backward dx", format, gdx_h, rdx, sdx, nx, 1, NULL, 1, 1);
         expect_lp("conv backward dw", format, gdw_h, rdw, sdw, nw, grads16, NULL, 1, 1);
         if (bias) expect_lp("conv backward db", format, gdb_h, rdb, sdb, d.k, grads16, NULL, 1, 1);
@@ -364,15 +406,15 @@ static void conv_nhwc_run(const conv_case *cc, int format, int grads16, rng *r) 
     }
     free(rdx), free(gdx_h), free(rdw), free(gdw_h), free(rdb), free(gdb_h);
     // First layer: no dx (dy is masked already; masking again is the same on both). Under grads16 backward-filter
-    // then makes dy's bf16 copy itself. dw zeroed first: it must be written again.
-    if (!format || grads16) {
+    // then makes dy's bf16 copy itself (act16: reads dy, or its fp32 copy). dw zeroed first: it must be written again.
+    if (!format || grads16 || act16) {
         OK(backend_zero(bc, cdw, nw * gbytes));
         OK(backend_zero(bg, gdw, nw * gbytes));
         OK(backend_conv_backward(bc, &dc, cx, cw, cy, cdy, NULL, cdw, bias ? cdb : NULL, wc));
         OK(backend_conv_backward(bg, &dg, gx, gw, gy, gdy, NULL, gdw, bias ? gdb : NULL, wg));
         rdw = dev_get_grad(bc, cdw, nw, grads16), gdw_h = dev_get_grad(bg, gdw, nw, grads16);
         if (format)
-            expect_lp("conv backward dw (no dx)", format, gdw_h, rdw, sdw, nw, 1, NULL, 1, 1);
+            expect_lp("conv backward dw (no dx)", format, gdw_h, rdw, sdw, nw, grads16, NULL, 1, 1);
         else
             expect_close("conv backward dw (no dx)", gdw_h, rdw, nw, TOL_CONV);
         free(rdw), free(gdw_h);
@@ -407,7 +449,7 @@ static void test_conv_nhwc(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 303);
-    for (size_t i = 0; i < sizeof k_conv_cases / sizeof k_conv_cases[0]; i++) conv_nhwc_run(&k_conv_cases[i], 0, 0, &r);
+    for (size_t i = 0; i < sizeof k_conv_cases / sizeof k_conv_cases[0]; i++) conv_nhwc_run(&k_conv_cases[i], 0, 0, 0, &r);
 }
 
 // 16-bit: activations whose masks are 0 or 1, as test_backend_cuda.c's 16-bit cases (after leaky or sigmoid the
@@ -437,7 +479,7 @@ static void test_conv_nhwc_lp(void **state) {
             continue;
         }
         for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
-            conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, &r);
+            conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, 0, &r);
     }
 }
 
@@ -454,7 +496,7 @@ static void test_conv_nhwc_grads16(void **state) {
     rng r;
     rng_seed(&r, 305);
     for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
-        conv_nhwc_run(&k_conv_lp_cases[i], PREC_BF16, 1, &r);
+        conv_nhwc_run(&k_conv_lp_cases[i], PREC_BF16, 1, 0, &r);
 }
 
 // [dense] after a spatial input on an NHWC grads16 backend (src/layers/dense.c's scheme, test_dense_permuted_cpu):
@@ -516,80 +558,118 @@ static void test_dense_nhwc_grads16(void **state) {
 // ---------------------------------------------------------------------------------------------------------
 // Batch normalisation: the four ops, training and evaluation (backward from the CPU's forward values)
 
-static void bn_nhwc_run(int n, int c, int hw, int act, rng *r) {
+// bc: the CPU (NCHW), bg: CUDA at nhwc; fmt: the activations' format (0: float32, normalised errors; bf16/fp16: an
+// act16 pair, per value, dw and db bf16 on the grads16 one).
+static void bn_nhwc_run(const backend *bc, const backend *bg, int fmt, int n, int c, int hw, int act, rng *r) {
     const size_t nx = (size_t)n * c * hw;
     float *hx = rand_floats(r, nx, 2.f), *hw_ = rand_floats(r, (size_t)c, 1.f), *hb = rand_floats(r, (size_t)c, 0.5f);
-    float *hdy = rand_floats(r, nx, 1.f), *hrun = malloc((2 * (size_t)c + 1) * sizeof(float));
-    assert_non_null(hrun);
+    float *hdy = rand_fmt(r, nx, 1.f, fmt), *hrun = malloc((2 * (size_t)c + 1) * sizeof(float));
+    float *sy = malloc(nx * 4 + 4), *sdx = malloc(nx * 4 + 4);
+    assert_non_null(hrun), assert_non_null(sy), assert_non_null(sdx);
     for (size_t i = 0; i < nx; i++) hx[i] += 3.f;
+    if (fmt) precision_round_array(fmt, nx, hx, hx);
     for (int k = 0; k < c; k++) hrun[k] = 0.5f, hrun[c + k] = 1.5f;
     hrun[2 * c] = 7.f;
     const bn_desc d = {.n = n, .c = c, .hw = hw, .act = act, .eps = 1e-5f, .momentum = 0.1f, .count = (int64_t)n * hw};
     const size_t cb = (size_t)c * 4;
-    float *cx = dev_put(&g_cpu, hx, nx * 4), *cw = dev_put(&g_cpu, hw_, cb), *cbb = dev_put(&g_cpu, hb, cb);
-    float *crun = dev_put(&g_cpu, hrun, cb * 2 + 4), *cst = dev_put(&g_cpu, NULL, 3 * cb);
-    float *csave = dev_put(&g_cpu, NULL, 2 * cb), *cy = dev_put(&g_cpu, NULL, nx * 4), *cdy = dev_put(&g_cpu, hdy, nx * 4);
-    float *cdx = dev_put(&g_cpu, NULL, nx * 4), *cdw = dev_put(&g_cpu, NULL, cb), *cdb = dev_put(&g_cpu, NULL, cb);
-    float *cgs = dev_put(&g_cpu, NULL, 2 * cb);
-    float *gx = dev_put_nhwc(&g_nhwc, hx, n, c, hw), *gw = dev_put(&g_nhwc, hw_, cb), *gbb = dev_put(&g_nhwc, hb, cb);
-    float *grun = dev_put(&g_nhwc, hrun, cb * 2 + 4), *gst = dev_put(&g_nhwc, NULL, 3 * cb);
-    float *gsave = dev_put(&g_nhwc, NULL, 2 * cb), *gy = dev_put(&g_nhwc, NULL, nx * 4);
-    float *gdy = dev_put_nhwc(&g_nhwc, hdy, n, c, hw), *gdx = dev_put(&g_nhwc, NULL, nx * 4);
-    float *gdw = dev_put(&g_nhwc, NULL, cb), *gdb = dev_put(&g_nhwc, NULL, cb), *ggs = dev_put(&g_nhwc, NULL, 2 * cb);
+    const int grads16 = backend_is_grads16(bg);
+    const size_t gb = grads16 ? (size_t)c * 2 : cb;
+    void *cx = act_put(bc, hx, nx, fmt), *cy = act_put(bc, NULL, nx, fmt), *cdy = act_put(bc, hdy, nx, fmt);
+    void *cdx = act_put(bc, NULL, nx, fmt);
+    float *cw = dev_put(bc, hw_, cb), *cbb = dev_put(bc, hb, cb), *crun = dev_put(bc, hrun, cb * 2 + 4);
+    float *cst = dev_put(bc, NULL, 3 * cb), *csave = dev_put(bc, NULL, 2 * cb), *cgs = dev_put(bc, NULL, 2 * cb);
+    void *cdw = dev_put(bc, NULL, gb), *cdb = dev_put(bc, NULL, gb);
+    void *gx = act_put_nhwc(bg, hx, n, c, hw, fmt), *gy = act_put(bg, NULL, nx, fmt);
+    void *gdy = act_put_nhwc(bg, hdy, n, c, hw, fmt), *gdx = act_put(bg, NULL, nx, fmt);
+    float *gw = dev_put(bg, hw_, cb), *gbb = dev_put(bg, hb, cb), *grun = dev_put(bg, hrun, cb * 2 + 4);
+    float *gst = dev_put(bg, NULL, 3 * cb), *gsave = dev_put(bg, NULL, 2 * cb), *ggs = dev_put(bg, NULL, 2 * cb);
+    void *gdw = dev_put(bg, NULL, gb), *gdb = dev_put(bg, NULL, gb);
     float *a, *b;
 #define SAME_VEC(what, cp, gp, count, tol)                                                                 \
     do {                                                                                                   \
-        a = dev_get(&g_cpu, cp, count), b = dev_get(&g_nhwc, gp, count);                                   \
+        a = dev_get(bc, cp, count), b = dev_get(bg, gp, count);                                            \
         expect_close(what, b, a, count, tol);                                                              \
         free(a), free(b);                                                                                  \
     } while (0)
-#define SAME_ACT(what, cp, gp, tol)                                                                        \
+    // fp32: the normalised error tol; 16-bit: per value, s the sums of |terms| (NULL: the one ulp alone)
+#define SAME_ACT(what, cp, gp, tol, s)                                                                     \
     do {                                                                                                   \
-        a = dev_get(&g_cpu, cp, nx), b = dev_get_nchw(&g_nhwc, gp, n, c, hw);                              \
-        expect_close(what, b, a, nx, tol);                                                                 \
+        a = act_get(bc, cp, nx, fmt), b = act_get_nchw(bg, gp, n, c, hw, fmt);                             \
+        if (fmt) {                                                                                         \
+            float *z_ = calloc(nx + 1, sizeof(float));                                                     \
+            assert_non_null(z_);                                                                           \
+            expect_lp(what, fmt, b, a, (s) ? (s) : z_, nx, 1, NULL, 1, 1);                                 \
+            free(z_);                                                                                      \
+        } else {                                                                                           \
+            expect_close(what, b, a, nx, tol);                                                             \
+        }                                                                                                  \
         free(a), free(b);                                                                                  \
     } while (0)
-    OK(backend_bn_stats(&g_cpu, &d, cx, cst));
-    OK(backend_bn_stats(&g_nhwc, &d, gx, gst));
+    OK(backend_bn_stats(bc, &d, cx, cst));
+    OK(backend_bn_stats(bg, &d, gx, gst));
     SAME_VEC("bn_stats", cst, gst, 3 * (size_t)c, TOL_EXACTISH);
-    OK(backend_bn_apply(&g_cpu, &d, cx, cst, cw, cbb, crun, csave, cy));
-    OK(backend_bn_apply(&g_nhwc, &d, gx, gst, gw, gbb, grun, gsave, gy));
-    SAME_ACT("bn_apply (training) y", cy, gy, TOL_DENSE);
+    OK(backend_bn_apply(bc, &d, cx, cst, cw, cbb, crun, csave, cy));
+    OK(backend_bn_apply(bg, &d, gx, gst, gw, gbb, grun, gsave, gy));
+    float *hsave = dev_get(bc, csave, 2 * (size_t)c);
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, NULL, NULL, sy, NULL);
+    SAME_ACT("bn_apply (training) y", cy, gy, TOL_DENSE, sy);
     SAME_VEC("bn_apply save", csave, gsave, 2 * (size_t)c, TOL_DENSE);
     SAME_VEC("bn_apply running statistics", crun, grun, 2 * (size_t)c + 1, TOL_DENSE);
     // backward from the CPU's y and save on both
-    a = dev_get(&g_cpu, cy, nx);
-    backend_free(&g_nhwc, gy);
-    gy = dev_put_nhwc(&g_nhwc, a, n, c, hw);
+    a = act_get(bc, cy, nx, fmt);
+    backend_free(bg, gy);
+    gy = act_put_nhwc(bg, a, n, c, hw, fmt);
     free(a);
-    a = dev_get(&g_cpu, csave, 2 * (size_t)c);
-    OK(backend_upload(&g_nhwc, gsave, a, 2 * cb));
-    free(a);
-    OK(backend_bn_grad_stats(&g_cpu, &d, cx, cy, csave, cdy, cdw, cdb, cgs));
-    OK(backend_bn_grad_stats(&g_nhwc, &d, gx, gy, gsave, gdy, gdw, gdb, ggs));
-    SAME_ACT("bn_grad_stats dz", cdy, gdy, TOL_EXACTISH);
-    SAME_VEC("bn_grad_stats dw", cdw, gdw, (size_t)c, TOL_DENSE);
-    SAME_VEC("bn_grad_stats db", cdb, gdb, (size_t)c, TOL_DENSE);
+    OK(backend_upload(bg, gsave, hsave, 2 * cb));
+    OK(backend_bn_grad_stats(bc, &d, cx, cy, csave, cdy, cdw, cdb, cgs));
+    OK(backend_bn_grad_stats(bg, &d, gx, gy, gsave, gdy, gdw, gdb, ggs));
+    SAME_ACT("bn_grad_stats dz", cdy, gdy, TOL_EXACTISH, NULL);
+    float *dz = act_get(bc, cdy, nx, fmt);
+    if (grads16) {  // bf16 dw and db: the sums of |dz| and |dz·x̂| per channel (test_backend_cuda.c's g16_bn_run)
+        float *sdw = calloc((size_t)c, sizeof *sdw), *sdb = calloc((size_t)c, sizeof *sdb);
+        assert_non_null(sdw), assert_non_null(sdb);
+        for (size_t i = 0; i < nx; i++) {
+            const int ch = (int)((i / (size_t)hw) % (size_t)c);
+            sdb[ch] += fabsf(dz[i]);
+            sdw[ch] += fabsf(dz[i] * ((hx[i] - hsave[ch]) * hsave[c + ch]));
+        }
+        a = dev_get_bf16(bc, cdw, (size_t)c), b = dev_get_bf16(bg, gdw, (size_t)c);
+        expect_lp("bn_grad_stats dw (grads16)", PREC_BF16, b, a, sdw, (size_t)c, 1, NULL, 1, 1);
+        free(a), free(b);
+        a = dev_get_bf16(bc, cdb, (size_t)c), b = dev_get_bf16(bg, gdb, (size_t)c);
+        expect_lp("bn_grad_stats db (grads16)", PREC_BF16, b, a, sdb, (size_t)c, 1, NULL, 1, 1);
+        free(a), free(b), free(sdw), free(sdb);
+    } else {
+        SAME_VEC("bn_grad_stats dw", cdw, gdw, (size_t)c, TOL_DENSE);
+        SAME_VEC("bn_grad_stats db", cdb, gdb, (size_t)c, TOL_DENSE);
+    }
     SAME_VEC("bn_grad_stats gstats", cgs, ggs, 2 * (size_t)c, TOL_DENSE);
-    a = dev_get(&g_cpu, cgs, 2 * (size_t)c);
-    OK(backend_upload(&g_nhwc, ggs, a, 2 * cb));
+    float *hgs = dev_get(bc, cgs, 2 * (size_t)c);
+    OK(backend_upload(bg, ggs, hgs, 2 * cb));
+    if (fmt) {  // from the CPU's dz on both (the same float, stored alike: a guard, not a change)
+        backend_free(bg, gdy);
+        gdy = act_put_nhwc(bg, dz, n, c, hw, fmt);
+    }
+    OK(backend_bn_grad_input(bc, &d, cx, csave, cw, cgs, cdy, cdx));
+    OK(backend_bn_grad_input(bg, &d, gx, gsave, gw, ggs, gdy, gdx));
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, dz, hgs, sy, sdx);
+    SAME_ACT("bn_grad_input dx", cdx, gdx, TOL_DENSE, sdx);
+    a = dev_get(bc, crun, 2 * (size_t)c + 1);
+    OK(backend_upload(bg, grun, a, 2 * cb + 4));
     free(a);
-    OK(backend_bn_grad_input(&g_cpu, &d, cx, csave, cw, cgs, cdy, cdx));
-    OK(backend_bn_grad_input(&g_nhwc, &d, gx, gsave, gw, ggs, gdy, gdx));
-    SAME_ACT("bn_grad_input dx", cdx, gdx, TOL_DENSE);
-    a = dev_get(&g_cpu, crun, 2 * (size_t)c + 1);
-    OK(backend_upload(&g_nhwc, grun, a, 2 * cb + 4));
-    free(a);
-    OK(backend_bn_apply(&g_cpu, &d, cx, NULL, cw, cbb, crun, csave, cy));
-    OK(backend_bn_apply(&g_nhwc, &d, gx, NULL, gw, gbb, grun, gsave, gy));
-    SAME_ACT("bn_apply (evaluation) y", cy, gy, TOL_DENSE);
+    OK(backend_bn_apply(bc, &d, cx, NULL, cw, cbb, crun, csave, cy));
+    OK(backend_bn_apply(bg, &d, gx, NULL, gw, gbb, grun, gsave, gy));
+    free(hsave);
+    hsave = dev_get(bc, csave, 2 * (size_t)c);
+    tu_bn_act_sums(nx, d.c, d.hw, hx, hsave, hw_, hb, NULL, NULL, sy, NULL);
+    SAME_ACT("bn_apply (evaluation) y", cy, gy, TOL_DENSE, sy);
 #undef SAME_VEC
 #undef SAME_ACT
-    float *cbufs[] = {cx, cw, cbb, crun, cst, csave, cy, cdy, cdx, cdw, cdb, cgs};
-    float *gbufs[] = {gx, gw, gbb, grun, gst, gsave, gy, gdy, gdx, gdw, gdb, ggs};
-    for (size_t i = 0; i < sizeof cbufs / sizeof cbufs[0]; i++) backend_free(&g_cpu, cbufs[i]);
-    for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++) backend_free(&g_nhwc, gbufs[i]);
-    free(hx), free(hw_), free(hb), free(hdy), free(hrun);
+    void *cbufs[] = {cx, cw, cbb, crun, cst, csave, cy, cdy, cdx, cdw, cdb, cgs};
+    void *gbufs[] = {gx, gw, gbb, grun, gst, gsave, gy, gdy, gdx, gdw, gdb, ggs};
+    for (size_t i = 0; i < sizeof cbufs / sizeof cbufs[0]; i++) backend_free(bc, cbufs[i]);
+    for (size_t i = 0; i < sizeof gbufs / sizeof gbufs[0]; i++) backend_free(bg, gbufs[i]);
+    free(hx), free(hw_), free(hb), free(hdy), free(hrun), free(sy), free(sdx), free(hsave), free(dz), free(hgs);
 }
 
 static void test_batchnorm_nhwc(void **state) {
@@ -597,64 +677,109 @@ static void test_batchnorm_nhwc(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 305);
-    bn_nhwc_run(4, 3, 25, ACT_NONE, &r);
-    bn_nhwc_run(16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
-    bn_nhwc_run(64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense (hw = 1: the same in both layouts)
-    bn_nhwc_run(8, 5, 49, ACT_RELU6, &r);
-    bn_nhwc_run(16, 40, 9, ACT_SIGMOID, &r);
+    bn_nhwc_run(&g_cpu, &g_nhwc, 0, 4, 3, 25, ACT_NONE, &r);
+    bn_nhwc_run(&g_cpu, &g_nhwc, 0, 16, 32, 196, ACT_RELU, &r);  // more values per channel than one block's threads
+    bn_nhwc_run(&g_cpu, &g_nhwc, 0, 64, 100, 1, ACT_LEAKY, &r);  // per feature, after a dense (hw = 1: both layouts)
+    bn_nhwc_run(&g_cpu, &g_nhwc, 0, 8, 5, 49, ACT_RELU6, &r);
+    bn_nhwc_run(&g_cpu, &g_nhwc, 0, 16, 40, 9, ACT_SIGMOID, &r);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Pooling: max (padded, strided, overlapping) and average (windows and global)
 
-static void pool_nhwc_run(int n, int c, int h, int w, int size, int stride, int pad, rng *r) {
+// bc: the CPU (NCHW), bg: CUDA at nhwc, fmt: the activations' format (0: float32; bf16/fp16: an act16 pair, dx per
+// value against the CPU's sums of |dy| over the windows).
+static void pool_nhwc_run(const backend *bc, const backend *bg, int fmt, int n, int c, int h, int w, int size,
+                          int stride, int pad, rng *r) {
     pool_desc d = {.n = n, .c = c, .h = h, .w = w, .size = size, .stride = stride, .pad = pad};
     OK(pool_desc_init(&d, "nhwc pool"));
     const int ohw = d.oh * d.ow;
     const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * ohw;
-    float *hx = rand_floats(r, nx, 1.f), *hdy = rand_floats(r, ny, 1.f);
-    float *cx = dev_put(&g_cpu, hx, nx * 4), *cy = dev_put(&g_cpu, NULL, ny * 4), *cdy = dev_put(&g_cpu, hdy, ny * 4);
-    float *cdx = dev_put(&g_cpu, NULL, nx * 4);
-    int32_t *cam = dev_put(&g_cpu, NULL, ny * 4), *gam = dev_put(&g_nhwc, NULL, ny * 4);
-    float *gx = dev_put_nhwc(&g_nhwc, hx, n, c, h * w), *gy = dev_put(&g_nhwc, NULL, ny * 4);
-    float *gdy = dev_put_nhwc(&g_nhwc, hdy, n, c, ohw), *gdx = dev_put_nhwc(&g_nhwc, hx, n, c, h * w);  // dirty
-    OK(backend_pool_forward(&g_cpu, &d, cx, cy, cam));
-    OK(backend_pool_forward(&g_nhwc, &d, gx, gy, gam));
-    float *a = dev_get(&g_cpu, cy, ny), *b = dev_get_nchw(&g_nhwc, gy, n, c, ohw);
+    float *hx = rand_fmt(r, nx, 1.f, fmt), *hdy = rand_fmt(r, ny, 1.f, fmt);
+    void *cx = act_put(bc, hx, nx, fmt), *cy = act_put(bc, NULL, ny, fmt), *cdy = act_put(bc, hdy, ny, fmt);
+    void *cdx = act_put(bc, NULL, nx, fmt);
+    int32_t *cam = dev_put(bc, NULL, ny * 4), *gam = dev_put(bg, NULL, ny * 4);
+    void *gx = act_put_nhwc(bg, hx, n, c, h * w, fmt), *gy = act_put(bg, NULL, ny, fmt);
+    void *gdy = act_put_nhwc(bg, hdy, n, c, ohw, fmt), *gdx = act_put_nhwc(bg, hx, n, c, h * w, fmt);  // dirty
+    OK(backend_pool_forward(bc, &d, cx, cy, cam));
+    OK(backend_pool_forward(bg, &d, gx, gy, gam));
+    float *a = act_get(bc, cy, ny, fmt), *b = act_get_nchw(bg, gy, n, c, ohw, fmt);
     expect_same("maxpool forward y", b, a, ny * 4);
     free(a), free(b);
-    OK(backend_pool_backward(&g_cpu, &d, cdy, cam, cdx));
-    OK(backend_pool_backward(&g_nhwc, &d, gdy, gam, gdx));
-    a = dev_get(&g_cpu, cdx, nx), b = dev_get_nchw(&g_nhwc, gdx, n, c, h * w);
-    expect_close("maxpool backward dx", b, a, nx, TOL_EXACTISH);
+    OK(backend_pool_backward(bc, &d, cdy, cam, cdx));
+    OK(backend_pool_backward(bg, &d, gdy, gam, gdx));
+    a = act_get(bc, cdx, nx, fmt), b = act_get_nchw(bg, gdx, n, c, h * w, fmt);
+    if (fmt) {
+        float *ady = abs_copy(hdy, ny), *sa = dev_put(&g_cpu, ady, ny * 4), *so = dev_put(&g_cpu, NULL, nx * 4);
+        OK(backend_pool_backward(&g_cpu, &d, sa, cam, so));  // the CPU's winners (host memory)
+        float *s = dev_get(&g_cpu, so, nx);
+        expect_lp("maxpool backward dx", fmt, b, a, s, nx, 1, NULL, 1, 1);
+        backend_free(&g_cpu, sa), backend_free(&g_cpu, so);
+        free(ady), free(s);
+    } else {
+        expect_close("maxpool backward dx", b, a, nx, TOL_EXACTISH);
+    }
     free(a), free(b);
-    backend_free(&g_cpu, cx), backend_free(&g_cpu, cy), backend_free(&g_cpu, cdy), backend_free(&g_cpu, cdx);
-    backend_free(&g_cpu, cam), backend_free(&g_nhwc, gam);
-    backend_free(&g_nhwc, gx), backend_free(&g_nhwc, gy), backend_free(&g_nhwc, gdy), backend_free(&g_nhwc, gdx);
+    void *cbufs[] = {cx, cy, cdy, cdx, cam}, *gbufs[] = {gx, gy, gdy, gdx, gam};
+    for (int i = 0; i < 5; i++) backend_free(bc, cbufs[i]), backend_free(bg, gbufs[i]);
     free(hx), free(hdy);
 }
 
-static void avgpool_nhwc_run(int n, int c, int h, int w, int kh, int kw, int stride, rng *r) {
+// As pool_nhwc_run; 16-bit: y and dx per value against the CPU's window sums of |x| and |dy|.
+static void avgpool_nhwc_run(const backend *bc, const backend *bg, int fmt, int n, int c, int h, int w, int kh, int kw,
+                             int stride, rng *r) {
     const int oh = (h - kh) / stride + 1, ow = (w - kw) / stride + 1;
     const size_t nx = (size_t)n * c * h * w, ny = (size_t)n * c * oh * ow;
-    float *hx = rand_floats(r, nx, 1.f), *hdy = rand_floats(r, ny, 1.f);
-    float *cx = dev_put(&g_cpu, hx, nx * 4), *cy = dev_put(&g_cpu, NULL, ny * 4), *cdy = dev_put(&g_cpu, hdy, ny * 4);
-    float *cdx = dev_put(&g_cpu, NULL, nx * 4);
-    float *gx = dev_put_nhwc(&g_nhwc, hx, n, c, h * w), *gy = dev_put(&g_nhwc, NULL, ny * 4);
-    float *gdy = dev_put_nhwc(&g_nhwc, hdy, n, c, oh * ow), *gdx = dev_put(&g_nhwc, NULL, nx * 4);
-    OK(backend_avgpool_forward(&g_cpu, n, c, h, w, kh, kw, stride, cx, cy));
-    OK(backend_avgpool_forward(&g_nhwc, n, c, h, w, kh, kw, stride, gx, gy));
-    float *a = dev_get(&g_cpu, cy, ny), *b = dev_get_nchw(&g_nhwc, gy, n, c, oh * ow);
-    expect_close("avgpool y", b, a, ny, TOL_EXACTISH);
+    float *hx = rand_fmt(r, nx, 1.f, fmt), *hdy = rand_fmt(r, ny, 1.f, fmt);
+    void *cx = act_put(bc, hx, nx, fmt), *cy = act_put(bc, NULL, ny, fmt), *cdy = act_put(bc, hdy, ny, fmt);
+    void *cdx = act_put(bc, NULL, nx, fmt);
+    void *gx = act_put_nhwc(bg, hx, n, c, h * w, fmt), *gy = act_put(bg, NULL, ny, fmt);
+    void *gdy = act_put_nhwc(bg, hdy, n, c, oh * ow, fmt), *gdx = act_put(bg, NULL, nx, fmt);
+    float *s = NULL;
+    OK(backend_avgpool_forward(bc, n, c, h, w, kh, kw, stride, cx, cy));
+    OK(backend_avgpool_forward(bg, n, c, h, w, kh, kw, stride, gx, gy));
+    float *a = act_get(bc, cy, ny, fmt), *b = act_get_nchw(bg, gy, n, c, oh * ow, fmt);
+    if (fmt) {
+        float *ax = abs_copy(hx, nx), *sa = dev_put(&g_cpu, ax, nx * 4), *so = dev_put(&g_cpu, NULL, ny * 4);
+        OK(backend_avgpool_forward(&g_cpu, n, c, h, w, kh, kw, stride, sa, so));
+        s = dev_get(&g_cpu, so, ny);
+        expect_lp("avgpool y", fmt, b, a, s, ny, 1, NULL, 1, 1);
+        backend_free(&g_cpu, sa), backend_free(&g_cpu, so);
+        free(ax), free(s);
+    } else {
+        expect_close("avgpool y", b, a, ny, TOL_EXACTISH);
+    }
     free(a), free(b);
-    OK(backend_avgpool_backward(&g_cpu, n, c, h, w, kh, kw, stride, cdy, cdx));
-    OK(backend_avgpool_backward(&g_nhwc, n, c, h, w, kh, kw, stride, gdy, gdx));
-    a = dev_get(&g_cpu, cdx, nx), b = dev_get_nchw(&g_nhwc, gdx, n, c, h * w);
-    expect_close("avgpool dx", b, a, nx, TOL_EXACTISH);
+    OK(backend_avgpool_backward(bc, n, c, h, w, kh, kw, stride, cdy, cdx));
+    OK(backend_avgpool_backward(bg, n, c, h, w, kh, kw, stride, gdy, gdx));
+    a = act_get(bc, cdx, nx, fmt), b = act_get_nchw(bg, gdx, n, c, h * w, fmt);
+    if (fmt) {
+        float *ady = abs_copy(hdy, ny), *sa = dev_put(&g_cpu, ady, ny * 4), *so = dev_put(&g_cpu, NULL, nx * 4);
+        OK(backend_avgpool_backward(&g_cpu, n, c, h, w, kh, kw, stride, sa, so));
+        s = dev_get(&g_cpu, so, nx);
+        expect_lp("avgpool dx", fmt, b, a, s, nx, 1, NULL, 1, 1);
+        backend_free(&g_cpu, sa), backend_free(&g_cpu, so);
+        free(ady), free(s);
+    } else {
+        expect_close("avgpool dx", b, a, nx, TOL_EXACTISH);
+    }
     free(a), free(b);
-    backend_free(&g_cpu, cx), backend_free(&g_cpu, cy), backend_free(&g_cpu, cdy), backend_free(&g_cpu, cdx);
-    backend_free(&g_nhwc, gx), backend_free(&g_nhwc, gy), backend_free(&g_nhwc, gdy), backend_free(&g_nhwc, gdx);
+    void *cbufs[] = {cx, cy, cdy, cdx}, *gbufs[] = {gx, gy, gdy, gdx};
+    for (int i = 0; i < 4; i++) backend_free(bc, cbufs[i]), backend_free(bg, gbufs[i]);
     free(hx), free(hdy);
+}
+
+static void pool_cases_run(const backend *bc, const backend *bg, int fmt, rng *r) {
+    pool_nhwc_run(bc, bg, fmt, 2, 3, 8, 8, 2, 2, 0, r);
+    pool_nhwc_run(bc, bg, fmt, 2, 2, 9, 7, 3, 2, 0, r);    // overlapping windows: dx sums
+    pool_nhwc_run(bc, bg, fmt, 1, 2, 10, 10, 2, 3, 0, r);  // gaps
+    pool_nhwc_run(bc, bg, fmt, 2, 3, 16, 15, 3, 2, 1, r);  // padded
+    pool_nhwc_run(bc, bg, fmt, 2, 64, 7, 9, 2, 2, 1, r);
+    pool_nhwc_run(bc, bg, fmt, 1, 4, 6, 6, 3, 1, 1, r);
+    avgpool_nhwc_run(bc, bg, fmt, 4, 8, 8, 8, 2, 2, 2, r);
+    avgpool_nhwc_run(bc, bg, fmt, 3, 5, 9, 7, 3, 3, 2, r);    // overlapping windows
+    avgpool_nhwc_run(bc, bg, fmt, 2, 3, 10, 10, 2, 2, 3, r);  // gaps
+    avgpool_nhwc_run(bc, bg, fmt, 64, 32, 7, 5, 7, 5, 1, r);  // global, non-square
 }
 
 static void test_pool_nhwc(void **state) {
@@ -662,65 +787,85 @@ static void test_pool_nhwc(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 306);
-    pool_nhwc_run(2, 3, 8, 8, 2, 2, 0, &r);
-    pool_nhwc_run(2, 2, 9, 7, 3, 2, 0, &r);    // overlapping windows: dx sums
-    pool_nhwc_run(1, 2, 10, 10, 2, 3, 0, &r);  // gaps
-    pool_nhwc_run(2, 3, 16, 15, 3, 2, 1, &r);  // padded
-    pool_nhwc_run(2, 64, 7, 9, 2, 2, 1, &r);
-    pool_nhwc_run(1, 4, 6, 6, 3, 1, 1, &r);
-    avgpool_nhwc_run(4, 8, 8, 8, 2, 2, 2, &r);
-    avgpool_nhwc_run(3, 5, 9, 7, 3, 3, 2, &r);    // overlapping windows
-    avgpool_nhwc_run(2, 3, 10, 10, 2, 2, 3, &r);  // gaps
-    avgpool_nhwc_run(64, 32, 7, 5, 7, 5, 1, &r);  // global, non-square
+    pool_cases_run(&g_cpu, &g_nhwc, 0, &r);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // The gather (with crop, flip, normalisation, and with every transform off: the plain gather's values) and
 // route's channel_copy
 
-static void test_gather_nhwc(void **state) {
-    (void)state;
-    NEED_CUDA();
-    rng r;
-    rng_seed(&r, 307);
+// bc: the CPU, bg: CUDA at nhwc, fmt: the activations' format (0: float32; bf16/fp16: an act16 pair). Bit for bit:
+// the same float per value, stored alike.
+static void gather_nhwc_run(const backend *bc, const backend *bg, int fmt, rng *r) {
     enum { TOTAL = 50, C = 3, H = 11, W = 9, ELEMS = C * H * W, N = 33 };
     uint8_t images[TOTAL * ELEMS];
     int32_t labels[TOTAL], index[N];
-    for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(&r, 256);
-    for (int i = 0; i < TOTAL; i++) labels[i] = (int32_t)rng_below(&r, 10);
-    for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(&r, TOTAL);
+    for (int i = 0; i < TOTAL * ELEMS; i++) images[i] = (uint8_t)rng_below(r, 256);
+    for (int i = 0; i < TOTAL; i++) labels[i] = (int32_t)rng_below(r, 10);
+    for (int i = 0; i < N; i++) index[i] = (int32_t)rng_below(r, TOTAL);
     gather_aug a;
     memset(&a, 0, sizeof a);
     a.seed = 99, a.epoch = 2, a.c = C, a.h = H, a.w = W, a.crop_pad = 4, a.flip = 1, a.normalize = 1;
     for (int c = 0; c < C; c++)
         for (int p = 0; p < 256; p++) a.lut[c][p] = ((float)p / 255.0f - 0.3f + 0.1f * c) / (0.25f + 0.05f * c);
-    void *ci = dev_put(&g_cpu, images, sizeof images), *cl = dev_put(&g_cpu, labels, sizeof labels);
-    void *cidx = dev_put(&g_cpu, index, sizeof index), *ca = dev_put(&g_cpu, &a, sizeof a);
-    void *gi = dev_put(&g_nhwc, images, sizeof images), *gl = dev_put(&g_nhwc, labels, sizeof labels);
-    void *gidx = dev_put(&g_nhwc, index, sizeof index), *ga = dev_put(&g_nhwc, &a, sizeof a);
-    float *cx = dev_put(&g_cpu, NULL, N * ELEMS * 4), *gx = dev_put(&g_nhwc, NULL, N * ELEMS * 4);
-    int32_t *cy = dev_put(&g_cpu, NULL, N * 4), *gy = dev_put(&g_nhwc, NULL, N * 4);
+    void *ci = dev_put(bc, images, sizeof images), *cl = dev_put(bc, labels, sizeof labels);
+    void *cidx = dev_put(bc, index, sizeof index), *ca = dev_put(bc, &a, sizeof a);
+    void *gi = dev_put(bg, images, sizeof images), *gl = dev_put(bg, labels, sizeof labels);
+    void *gidx = dev_put(bg, index, sizeof index), *ga = dev_put(bg, &a, sizeof a);
+    void *cx = act_put(bc, NULL, N * ELEMS, fmt), *gx = act_put(bg, NULL, N * ELEMS, fmt);
+    int32_t *cy = dev_put(bc, NULL, N * 4), *gy = dev_put(bg, NULL, N * 4);
     for (int pass = 0; pass < 2; pass++) {  // 0: crop, flip, normalize; 1: all off (the CPU's plain gather)
         if (pass) {
             a.crop_pad = 0, a.flip = 0, a.normalize = 0;
-            OK(backend_upload(&g_nhwc, ga, &a, sizeof a));
+            OK(backend_upload(bg, ga, &a, sizeof a));
         }
-        OK(backend_gather(&g_cpu, ci, cl, cidx, N, ELEMS, pass ? NULL : ca, cx, cy));
-        OK(backend_gather(&g_nhwc, gi, gl, gidx, N, ELEMS, ga, gx, gy));
-        float *ref = dev_get(&g_cpu, cx, N * ELEMS), *got = dev_get_nchw(&g_nhwc, gx, N, C, H * W);
+        OK(backend_gather(bc, ci, cl, cidx, N, ELEMS, pass ? NULL : ca, cx, cy));
+        OK(backend_gather(bg, gi, gl, gidx, N, ELEMS, ga, gx, gy));
+        float *ref = act_get(bc, cx, N * ELEMS, fmt), *got = act_get_nchw(bg, gx, N, C, H * W, fmt);
         expect_same(pass ? "gather (transforms off) x" : "gather (crop, flip, normalize) x", got, ref, N * ELEMS * 4);
         free(ref), free(got);
         int32_t yc[N], yg[N];
-        OK(backend_download(&g_cpu, yc, cy, sizeof yc));
-        OK(backend_download(&g_nhwc, yg, gy, sizeof yg));
+        OK(backend_download(bc, yc, cy, sizeof yc));
+        OK(backend_download(bg, yg, gy, sizeof yg));
         expect_same("gather y", yg, yc, sizeof yc);
     }
     // No shape, no NHWC: the plain gather is refused
-    assert_int_equal(backend_gather(&g_nhwc, gi, gl, gidx, N, ELEMS, NULL, gx, gy), ST_INPUT);
+    assert_int_equal(backend_gather(bg, gi, gl, gidx, N, ELEMS, NULL, gx, gy), ST_INPUT);
     assert_non_null(strstr(err_msg(), "NHWC"));
     err_clear();
     void *cb[] = {ci, cl, cidx, ca, cx, cy}, *gb[] = {gi, gl, gidx, ga, gx, gy};
-    for (int i = 0; i < 6; i++) backend_free(&g_cpu, cb[i]), backend_free(&g_nhwc, gb[i]);
+    for (int i = 0; i < 6; i++) backend_free(bc, cb[i]), backend_free(bg, gb[i]);
+}
+
+static void test_gather_nhwc(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 307);
+    gather_nhwc_run(&g_cpu, &g_nhwc, 0, &r);
+}
+
+// As gather_nhwc_run: the values (16-bit: their patterns) move as they are.
+static void channel_copy_nhwc_run(const backend *bc, const backend *bg, int fmt, rng *r) {
+    enum { N = 9, HW = 35, SRC_C = 5, DST_C = 12 };
+    float *hs = rand_fmt(r, N * SRC_C * HW, 1.f, fmt), *hd = rand_fmt(r, N * DST_C * HW, 1.f, fmt);
+    void *cs = act_put(bc, hs, N * SRC_C * HW, fmt), *cd = act_put(bc, hd, N * DST_C * HW, fmt);
+    void *cback = act_put(bc, NULL, N * 3 * HW, fmt);
+    void *gs = act_put_nhwc(bg, hs, N, SRC_C, HW, fmt), *gd = act_put_nhwc(bg, hd, N, DST_C, HW, fmt);
+    void *gback = act_put(bg, NULL, N * 3 * HW, fmt);
+    OK(backend_channel_copy(bc, N, SRC_C, HW, cs, SRC_C, 0, cd, DST_C, 4));
+    OK(backend_channel_copy(bg, N, SRC_C, HW, gs, SRC_C, 0, gd, DST_C, 4));
+    float *a = act_get(bc, cd, N * DST_C * HW, fmt), *b = act_get_nchw(bg, gd, N, DST_C, HW, fmt);
+    expect_same("channel_copy into a slice", b, a, sizeof(float) * N * DST_C * HW);
+    free(a), free(b);
+    OK(backend_channel_copy(bc, N, 3, HW, cd, DST_C, 5, cback, 3, 0));
+    OK(backend_channel_copy(bg, N, 3, HW, gd, DST_C, 5, gback, 3, 0));
+    a = act_get(bc, cback, N * 3 * HW, fmt), b = act_get_nchw(bg, gback, N, 3, HW, fmt);
+    expect_same("channel_copy out of a slice", b, a, sizeof(float) * N * 3 * HW);
+    free(a), free(b);
+    backend_free(bc, cs), backend_free(bc, cd), backend_free(bc, cback);
+    backend_free(bg, gs), backend_free(bg, gd), backend_free(bg, gback);
+    free(hs), free(hd);
 }
 
 static void test_channel_copy_nhwc(void **state) {
@@ -728,25 +873,55 @@ static void test_channel_copy_nhwc(void **state) {
     NEED_CUDA();
     rng r;
     rng_seed(&r, 308);
-    enum { N = 9, HW = 35, SRC_C = 5, DST_C = 12 };
-    float *hs = rand_floats(&r, N * SRC_C * HW, 1.f), *hd = rand_floats(&r, N * DST_C * HW, 1.f);
-    float *cs = dev_put(&g_cpu, hs, sizeof(float) * N * SRC_C * HW), *cd = dev_put(&g_cpu, hd, sizeof(float) * N * DST_C * HW);
-    float *cback = dev_put(&g_cpu, NULL, sizeof(float) * N * 3 * HW);
-    float *gs = dev_put_nhwc(&g_nhwc, hs, N, SRC_C, HW), *gd = dev_put_nhwc(&g_nhwc, hd, N, DST_C, HW);
-    float *gback = dev_put(&g_nhwc, NULL, sizeof(float) * N * 3 * HW);
-    OK(backend_channel_copy(&g_cpu, N, SRC_C, HW, cs, SRC_C, 0, cd, DST_C, 4));
-    OK(backend_channel_copy(&g_nhwc, N, SRC_C, HW, gs, SRC_C, 0, gd, DST_C, 4));
-    float *a = dev_get(&g_cpu, cd, N * DST_C * HW), *b = dev_get_nchw(&g_nhwc, gd, N, DST_C, HW);
-    expect_same("channel_copy into a slice", b, a, sizeof(float) * N * DST_C * HW);
-    free(a), free(b);
-    OK(backend_channel_copy(&g_cpu, N, 3, HW, cd, DST_C, 5, cback, 3, 0));
-    OK(backend_channel_copy(&g_nhwc, N, 3, HW, gd, DST_C, 5, gback, 3, 0));
-    a = dev_get(&g_cpu, cback, N * 3 * HW), b = dev_get_nchw(&g_nhwc, gback, N, 3, HW);
-    expect_same("channel_copy out of a slice", b, a, sizeof(float) * N * 3 * HW);
-    free(a), free(b);
-    backend_free(&g_cpu, cs), backend_free(&g_cpu, cd), backend_free(&g_cpu, cback);
-    backend_free(&g_nhwc, gs), backend_free(&g_nhwc, gd), backend_free(&g_nhwc, gback);
-    free(hs), free(hd);
+    channel_copy_nhwc_run(&g_cpu, &g_nhwc, 0, &r);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 16-bit activations (backend_options.act16) at nhwc: the act16 CUDA backend against the act16 CPU (NCHW) on the same
+// 16-bit values, per value with the 16-bit tests' rule (tu_expect_lp), bit for bit where values only move.
+
+static void test_conv_nhwc_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 320);
+    const conv_case leaky[] = {
+        {3, 4, 9, 8, 6, 3, 3, 2, 2, ACT_LEAKY, 0, 2, 2},   // leaky: its masked dy rounds (widen_for_mask)
+        {8, 3, 28, 28, 16, 3, 3, 1, 1, ACT_LEAKY, 0, 0, 0},
+    };
+    const int formats[2] = {PREC_BF16, PREC_FP16};
+    const int cc = backend_cuda_compute_capability(&g_nhwc_act[0]);
+    for (int f = 0; f < 2; f++) {
+        if (formats[f] == PREC_BF16 && cc < 80) {
+            print_message("sm_%d has no bf16 convolutions: act16 bf16 skipped\n", cc);
+            continue;
+        }
+        for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
+            conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, 1, &r);
+        for (size_t i = 0; i < sizeof leaky / sizeof leaky[0]; i++) conv_nhwc_run(&leaky[i], formats[f], 0, 1, &r);
+    }
+    if (cc >= 80)  // with bf16 parameter gradients too: backward-filter on the bf16 x and dy where they are
+        for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
+            conv_nhwc_run(&k_conv_lp_cases[i], PREC_BF16, 1, 1, &r);
+}
+
+static void test_layer_ops_nhwc_act16(void **state) {
+    (void)state;
+    NEED_CUDA();
+    rng r;
+    rng_seed(&r, 321);
+    for (int k = 0; k < 3; k++) {
+        const backend *bc = &g_cpu_act[k], *bg = &g_nhwc_act[k];
+        const int fmt = k_act_format[k];
+        bn_nhwc_run(bc, bg, fmt, 4, 3, 25, ACT_NONE, &r);
+        bn_nhwc_run(bc, bg, fmt, 16, 32, 196, ACT_RELU, &r);
+        bn_nhwc_run(bc, bg, fmt, 8, 5, 49, ACT_RELU6, &r);
+        bn_nhwc_run(bc, bg, fmt, 16, 40, 9, ACT_LEAKY, &r);
+        if (k == 2) continue;  // grads16 changes batch norm's dw and db only
+        pool_cases_run(bc, bg, fmt, &r);
+        gather_nhwc_run(bc, bg, fmt, &r);
+        channel_copy_nhwc_run(bc, bg, fmt, &r);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -883,12 +1058,25 @@ static int group_setup(void **state) {
         fprintf(stderr, "cuda backend (layout=nhwc, grads16): %s\n", err_msg());
         return -1;
     }
+    for (int k = 0; k < 3; k++) {
+        const int f = k_act_format[k], g16 = k == 2;
+        if (backend_cpu_create_opts(&g_cpu_act[k], &(backend_cpu_opts){.threads = 1, .grads16 = g16, .act16 = f}) !=
+                ST_OK ||
+            (!g_no_cuda &&
+             backend_cuda_create(&g_nhwc_act[k], &(backend_options){.layout = LAYOUT_NHWC, .precision = f,
+                                                                    .grads16 = g16, .act16 = f}) != ST_OK)) {
+            fprintf(stderr, "act16 backends (%s%s): %s\n", f == PREC_BF16 ? "bf16" : "fp16", g16 ? ", grads16" : "",
+                    err_msg());
+            return -1;
+        }
+    }
     if (g_no_cuda) printf("CUDA is not usable (%s): the CUDA comparisons skip (fail with DDP_REQUIRE_CUDA=1)\n", g_no_cuda);
     return 0;
 }
 
 static int group_teardown(void **state) {
     (void)state;
+    for (int k = 0; k < 3; k++) backend_destroy(&g_nhwc_act[k]), backend_destroy(&g_cpu_act[k]);
     backend_destroy(&g_nhwc16);
     backend_destroy(&g_nhwc);
     backend_destroy(&g_cpu16);
@@ -909,6 +1097,8 @@ int main(void) {
         cmocka_unit_test(test_pool_nhwc),
         cmocka_unit_test(test_gather_nhwc),
         cmocka_unit_test(test_channel_copy_nhwc),
+        cmocka_unit_test(test_conv_nhwc_act16),
+        cmocka_unit_test(test_layer_ops_nhwc_act16),
         cmocka_unit_test(test_model_step_nhwc),
         cmocka_unit_test(test_model_nhwc_refuses),
     };

@@ -458,7 +458,7 @@ static void step_issue(backend *be, step_bufs *s) {
     OK(o->conv_forward(c, &s->conv, s->x, wc, bc, s->cy, s->ws));
     OK(o->pool_forward(c, &s->pool, s->cy, s->py, s->argmax));
     OK(o->dense_forward(c, SN, SPOOL, SCLS, ACT_NONE, s->py, wd, bd, s->logits));
-    OK(o->softmax_xent(c, SN, SCLS, s->logits, s->y, 0.0f, dlog, s->loss, s->correct));
+    OK(o->softmax_xent(c, SN, SCLS, s->logits, s->y, 0.0f, 1.0f, dlog, s->loss, s->correct));
     OK(o->dense_backward(c, SN, SPOOL, SCLS, ACT_NONE, s->py, wd, s->logits, dlog, dpy, gwd, gbd));
     OK(o->pool_backward(c, &s->pool, dpy, s->argmax, dcy));
     OK(o->conv_backward(c, &s->conv, s->x, wc, s->cy, dcy, NULL, gwc, gbc, s->ws));

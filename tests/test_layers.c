@@ -46,7 +46,7 @@ static void net_open_config(net *t) {
     rng_seed(&r, 5);
     // Non-zero biases move relu kinks apart; inputs in [-1, 1] give every activation both signs.
     for (size_t i = 0; i < t->m.n_params; i++) t->m.params[i] += 0.1f * (rng_uniform(&r) - 0.5f);
-    for (int i = 0; i < BATCH * 2 * 36; i++) t->m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    for (int i = 0; i < BATCH * 2 * 36; i++) ((float *)t->m.x)[i] = 2.0f * rng_uniform(&r) - 1.0f;
     for (int i = 0; i < BATCH; i++) t->m.labels[i] = i % 3;
 }
 
@@ -249,7 +249,7 @@ static void test_resnet_configs(void **state) {
         assert_int_equal(model_init_params(&m, 1), ST_OK);
         rng r;
         rng_seed(&r, 2);
-        for (int k = 0; k < n * m.in_c * m.in_h * m.in_w; k++) m.x[k] = rng_uniform(&r);
+        for (int k = 0; k < n * m.in_c * m.in_h * m.in_w; k++) ((float *)m.x)[k] = rng_uniform(&r);
         for (int k = 0; k < n; k++) m.labels[k] = k;
         *m.loss_acc = 0;
         assert_int_equal(model_forward(&m, n, 1), ST_OK);

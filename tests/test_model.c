@@ -52,7 +52,7 @@ static int setup(void **state) {
     rng r;
     rng_seed(&r, 99);
     for (size_t i = 0; i < f->m.n_params; i++) f->m.params[i] += 0.05f * (rng_uniform(&r) - 0.5f);
-    for (int i = 0; i < f->n * 2 * 64; i++) f->m.x[i] = rng_uniform(&r);
+    for (int i = 0; i < f->n * 2 * 64; i++) ((float *)f->m.x)[i] = rng_uniform(&r);
     for (int i = 0; i < f->n; i++) f->m.labels[i] = i % 3;
     *state = f;
     return 0;
@@ -209,7 +209,7 @@ static void test_batchnorm_state_and_modes(void **state) {
     for (int k = 0; k < 5; k++) assert_true(m.state[5 + k] == 0.0f && m.state[10 + k] == 1.0f);
     rng r;
     rng_seed(&r, 4);
-    for (int i = 0; i < 4 * 16; i++) m.x[i] = rng_uniform(&r);
+    for (int i = 0; i < 4 * 16; i++) ((float *)m.x)[i] = rng_uniform(&r);
     for (int i = 0; i < 4; i++) m.labels[i] = i % 3;
     assert_int_equal(model_forward(&m, 4, 1), ST_OK);
     assert_int_equal(model_forward(&m, 4, 1), ST_OK);
@@ -258,7 +258,7 @@ static void model_from_text(const char *ini, backend *be, model *m, int n) {
     rng r;
     rng_seed(&r, 99);
     for (size_t i = 0; i < m->n_params; i++) m->params[i] += 0.05f * (rng_uniform(&r) - 0.5f);
-    for (int i = 0; i < n * m->in_c * m->in_h * m->in_w; i++) m->x[i] = rng_uniform(&r);
+    for (int i = 0; i < n * m->in_c * m->in_h * m->in_w; i++) ((float *)m->x)[i] = rng_uniform(&r);
     for (int i = 0; i < n; i++) m->labels[i] = i % m->classes;
 }
 
@@ -380,7 +380,7 @@ static void test_dropout_masks(void **state) {
     do {                                                                                                   \
         assert_int_equal(model_set_rng(&m, rank, step), ST_OK);                                            \
         for (int k = 0; k <= (micro); k++) assert_int_equal(model_forward(&m, n, 1), ST_OK);                \
-        for (size_t i = 0; i < e; i++) (out)[i] = d1->y[i] != 0.0f || conv->y[i] == 0.0f;                  \
+        for (size_t i = 0; i < e; i++) (out)[i] = ((float *)d1->y)[i] != 0.0f || ((float *)conv->y)[i] == 0.0f;                  \
     } while (0)
     MASK(0, 10, 0, a);
     MASK(0, 10, 0, b);
@@ -396,7 +396,7 @@ static void test_dropout_masks(void **state) {
     // The second dropout layer draws another mask than the first on the same input.
     MASK(0, 10, 0, a);
     size_t same = 0;
-    for (size_t i = 0; i < e; i++) same += (d2->y[i] != 0) == (d1->y[i] != 0);
+    for (size_t i = 0; i < e; i++) same += (((float *)d2->y)[i] != 0) == (((float *)d1->y)[i] != 0);
     assert_true(same < e);
 #undef MASK
     free(a), free(b);

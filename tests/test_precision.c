@@ -149,6 +149,47 @@ static void test_fp16_against_compiler(void **state) {
 #endif
 }
 
+static float round_fmt(int fmt, float v) { return fmt == PREC_BF16 ? precision_round_bf16(v) : precision_round_fp16(v); }
+
+// 16-bit storage: every one of the 2^16 patterns of each format decodes exactly and encodes back to itself (a NaN
+// to a quiet NaN of the same sign); precision_to16 is the rounding's bits over the sweep (fp16: the compiler's
+// _Float16 bits too).
+static void test_16bit_encoding(void **state) {
+    (void)state;
+    for (int fmt = PREC_BF16; fmt <= PREC_FP16; fmt++) {
+        const uint16_t quiet = fmt == PREC_BF16 ? 0x0040u : 0x0200u, exp_mask = fmt == PREC_BF16 ? 0x7f80u : 0x7c00u;
+        for (uint32_t h = 0; h < 65536; h++) {
+            const float v = precision_from16(fmt, (uint16_t)h);
+            const uint16_t back = precision_to16(fmt, v);
+            const int is_nan = (h & exp_mask) == exp_mask && (h & (exp_mask ^ 0x7fffu));
+            if (is_nan ? !(isnan(v) && back == (h | quiet)) : back != h)
+                fail_msg("%s 0x%04x: decodes to %a, encodes back to 0x%04x", precision_name(fmt), h, (double)v, back);
+            if (!is_nan && precision_bits(v) != precision_bits(round_fmt(fmt, v)))
+                fail_msg("%s 0x%04x decodes to %a, not a value of the format", precision_name(fmt), h, (double)v);
+        }
+    }
+    long long checked = 0;
+    for (uint64_t k = 0; k < (1ull << 32); k += 4099) {
+        const float x = f_of((uint32_t)k);
+        for (int fmt = PREC_BF16; fmt <= PREC_FP16; fmt++) {
+            const float r = round_fmt(fmt, x), back = precision_from16(fmt, precision_to16(fmt, x));
+            if (isnan(x) ? !isnan(back) : precision_bits(back) != precision_bits(r))
+                fail_msg("%s: 0x%08x stored and loaded gives %a, the rounding %a", precision_name(fmt), (uint32_t)k,
+                         (double)back, (double)r);
+        }
+#ifdef __FLT16_MAX__
+        const volatile _Float16 h = (_Float16)x;
+        uint16_t hb;
+        memcpy(&hb, (const void *)&h, sizeof hb);
+        if (!isnan(x) && precision_to16(PREC_FP16, x) != hb)
+            fail_msg("fp16 bits of %a: 0x%04x, _Float16 0x%04x", (double)x, precision_to16(PREC_FP16, x), hb);
+#endif
+        checked++;
+    }
+    print_message("16-bit storage: all 2^16 patterns of bf16 and fp16 round-trip; %lld float patterns stored as "
+                  "their rounding\n", checked);
+}
+
 // The CPU backend's op (split over its threads) is the inline rounding, value for value; y may be x.
 static void test_backend_round_to(void **state) {
     (void)state;
@@ -185,21 +226,37 @@ typedef struct net {
     net_config cfg;
 } net;
 
-static void net_open(net *t, const char *example, const char *what, int precision) {
+// The network input from r: float32, or the 16-bit bits of the rounded values where the buffer is 16-bit (an
+// emulated forward rounds a float32 input in place, so both hold the same values).
+static void net_input_values(net *t, rng *r) {
+    for (int i = 0; i < BATCH * 2 * 36; i++) {
+        const float v = 2.0f * rng_uniform(r) - 1.0f;
+        if (t->m.act16) ((uint16_t *)t->m.x)[i] = precision_to16(t->m.act16, v);
+        else ((float *)t->m.x)[i] = v;
+    }
+}
+
+// act16: 0, or the format of 16-bit activation buffers (the CPU backend's act16, net.act_storage=compute)
+static void net_open_store(net *t, const char *example, const char *what, int precision, int act16) {
     char text[4096];
     tu_layer_example_text(example, BATCH, text, sizeof text);
     int st = config_load_text(text, what, &t->cfg);
     t->cfg.precision = precision;
     if (st == ST_OK) st = config_validate(&t->cfg);
     if (st != ST_OK) fail_msg("%s: %s", what, err_msg());
-    assert_int_equal(backend_create(&t->be, "cpu", &(backend_options){.threads = 1}), ST_OK);
+    assert_int_equal(backend_create(&t->be, "cpu", &(backend_options){.threads = 1, .act16 = act16}), ST_OK);
     assert_int_equal(model_create(&t->m, &t->be, &t->cfg, BATCH), ST_OK);
+    assert_int_equal((int)t->m.act_elem, act16 ? 2 : 4);
     assert_int_equal(model_init_params(&t->m, 11), ST_OK);
     rng r;
     rng_seed(&r, 5);
     for (size_t i = 0; i < t->m.n_params; i++) t->m.params[i] += 0.1f * (rng_uniform(&r) - 0.5f);
-    for (int i = 0; i < BATCH * 2 * 36; i++) t->m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    net_input_values(t, &r);
     for (int i = 0; i < BATCH; i++) t->m.labels[i] = i % 3;
+}
+
+static void net_open(net *t, const char *example, const char *what, int precision) {
+    net_open_store(t, example, what, precision, 0);
 }
 
 static void net_close(net *t) {
@@ -212,7 +269,7 @@ static void net_input(net *t) {
     rng r;
     rng_seed(&r, 5);
     for (size_t i = 0; i < t->m.n_params; i++) (void)rng_uniform(&r);
-    for (int i = 0; i < BATCH * 2 * 36; i++) t->m.x[i] = 2.0f * rng_uniform(&r) - 1.0f;
+    net_input_values(t, &r);
 }
 
 static double loss_of(net *t) {
@@ -250,7 +307,6 @@ static double *finite_differences(net *t) {
     return fd;
 }
 
-static float round_fmt(int fmt, float v) { return fmt == PREC_BF16 ? precision_round_bf16(v) : precision_round_fp16(v); }
 
 // Where the rule holds values in the compute type, the last forward left them there: the outputs of the kinds
 // that hold theirs, and the conv and dense weights of the copy the passes read (batch norm's: the master's, fp32).
@@ -261,9 +317,10 @@ static void check_held(const net *t, int fmt, const char *what) {
         const unsigned rule = precision_layer_rule(l->type);
         if ((rule & PREC_HOLD_OUTPUT) && !(l->kind->flags & LAYER_TERMINAL)) {
             const size_t count = (size_t)BATCH * l->out_c * l->out_h * l->out_w;
+            const float *y = l->y;
             for (size_t k = 0; k < count; k++)
-                if (precision_bits(l->y[k]) != precision_bits(round_fmt(fmt, l->y[k])))
-                    fail_msg("%s: layer %s output [%zu] = %a is not a %s value", what, l->name, k, (double)l->y[k],
+                if (precision_bits(y[k]) != precision_bits(round_fmt(fmt, y[k])))
+                    fail_msg("%s: layer %s output [%zu] = %a is not a %s value", what, l->name, k, (double)y[k],
                              precision_name(fmt));
         }
         for (size_t k = l->w_off; k < l->b_off + l->n_b; k++) {
@@ -273,6 +330,40 @@ static void check_held(const net *t, int fmt, const char *what) {
                          (double)want);
         }
     }
+}
+
+// The same network with 16-bit activation buffers (the CPU backend's act16: each op stores its outputs rounded)
+// against the emulation's float32 buffers rounded after each op (lp, whose gradients glp are): the same loss and
+// gradients bit for bit where every activation is none, relu or relu6 (their derivatives multiply by 0 or 1, so a
+// gradient stored rounded between two ops is the one the emulation passes on unrounded); otherwise (leaky, sigmoid
+// through batch norm or a shortcut, whose dz crosses an op boundary; silu, gelu, hardswish applied to the rounded
+// pre-activation) one rounding apart, within the emulation's own tolerance.
+static void check_stored(const char *example, const char *w, int fmt, const net *lp, const float *glp, double tol) {
+    static net st;
+    net_open_store(&st, example, w, fmt, fmt);
+    assert_int_equal(st.m.n_params, lp->m.n_params);
+    memcpy(st.m.params, lp->m.params, lp->m.n_params * sizeof(float));
+    const double loss_lp = *lp->m.loss_acc;
+    float *gst = grads_of(&st);
+    int exact = 1;
+    for (int i = 0; i < st.m.n_layers; i++)
+        exact &= st.m.layers[i].act == ACT_NONE || st.m.layers[i].act == ACT_RELU || st.m.layers[i].act == ACT_RELU6;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < st.m.n_params; i++) {
+        num += ((double)gst[i] - glp[i]) * ((double)gst[i] - glp[i]);
+        den += (double)glp[i] * glp[i];
+    }
+    const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    print_message("%-22s 16-bit buffers vs the emulation: loss %s, gradients %s (relative L2 %.2e)\n", w,
+                  *st.m.loss_acc == loss_lp ? "equal" : "differ", num == 0 ? "bit for bit" : "differ", rel);
+    if (exact) {
+        assert_true(*st.m.loss_acc == loss_lp);
+        assert_memory_equal(gst, glp, st.m.n_params * sizeof(float));
+    } else {
+        assert_true(rel < tol);
+    }
+    free(gst);
+    net_close(&st);
 }
 
 // The emulated gradients against the fp32 network's central differences: within the fp32 gradients' own distance
@@ -303,6 +394,7 @@ static void check_emulated(const char *example, const char *what, int fmt, doubl
     assert_true(rel < rel32 + tol);  // the differences' own error (kinks of relu and max inside ±eps) plus the format's
     assert_memory_not_equal(glp, g32, lp.m.n_params * sizeof(float));
     if (rel > *worst) *worst = rel;
+    check_stored(example, w, fmt, &lp, glp, tol);
     free(fd), free(g32), free(glp);
     net_close(&f32);
     net_close(&lp);
@@ -429,6 +521,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_against_reference),
         cmocka_unit_test(test_fp16_against_compiler),
         cmocka_unit_test(test_backend_round_to),
+        cmocka_unit_test(test_16bit_encoding),
         cmocka_unit_test(test_gradients_bf16),
         cmocka_unit_test(test_gradients_fp16),
         cmocka_unit_test(test_loss_scale_exact),

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <zlib.h>
 
+#include "backend.h"  // ACT_LEAKY, ACT_SIGMOID
 #include "precision.h"
 
 static char tmpdir[256];
@@ -179,4 +180,21 @@ void tu_expect_lp(const char *what, const char *tag, int format, float *got, flo
         if (tol > 0 && e / tol > worst) worst = e / tol, worst_i = i;
     }
     print_message("%s (%s%s): worst error %.2f of its tolerance (value %zu)\n", what, fmt, tag, worst, worst_i);
+}
+
+int tu_mask_rounds(int act) { return act == ACT_LEAKY || act == ACT_SIGMOID; }
+
+void tu_widen_for_mask(float *s, size_t n, int format) {
+    const double f = 1.0 + (format == PREC_BF16 ? 0x1p-8 : 0x1p-11) / TU_TOL_SUM;
+    for (size_t i = 0; i < n; i++) s[i] = (float)(s[i] * f);
+}
+
+void tu_bn_act_sums(size_t nx, int c, int hw, const float *x, const float *save, const float *w, const float *b,
+                    const float *dz, const float *gs, float *s_y, float *s_dx) {
+    for (size_t i = 0; i < nx; i++) {
+        const int ch = (int)((i / (size_t)hw) % (size_t)c);
+        const float mean = save[ch], invstd = save[c + ch], sc = fabsf(w[ch] * invstd);
+        s_y[i] = fabsf(x[i]) * sc + fabsf(b[ch]) + fabsf(mean) * sc;
+        if (dz) s_dx[i] = sc * (fabsf(dz[i]) + fabsf(gs[ch]) + (fabsf(x[i]) + fabsf(mean)) * invstd * fabsf(gs[c + ch]));
+    }
 }

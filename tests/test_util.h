@@ -48,6 +48,18 @@ void tu_layer_example_text(const char *example, int batch, char *buf, size_t n);
 void tu_expect_lp(const char *what, const char *tag, int format, float *got, float *ref, const float *s, size_t n,
                   int held, const float *bias, int channels, int inner);
 
+// Masks that are not 0 or 1 (leaky, sigmoid: tu_mask_rounds): the GPU's products read the masked gradient as stored in
+// the format (rounded: at most half an ulp, 2^-8 of each term's magnitude in bf16, 2^-11 in fp16), the CPU's read its
+// float32 value. tu_widen_for_mask widens n sums of |terms| s so that tu_expect_lp's TU_TOL_SUM * s covers that too.
+int tu_mask_rounds(int act);
+void tu_widen_for_mask(float *s, size_t n, int format);
+
+// Per value bounds of bn_apply's y and bn_grad_input's dx (NCHW [n, c, hw], nx values; from the CPU's save {mean[c],
+// invstd[c]}, and gstats gs {mean_dz[c], mean_dz_xhat[c]} for dx; dz NULL: y's alone): the sums of |terms|
+// tu_expect_lp scales (the backends' float statistics and products may differ in their last bits).
+void tu_bn_act_sums(size_t nx, int c, int hw, const float *x, const float *save, const float *w, const float *b,
+                    const float *dz, const float *gs, float *s_y, float *s_dx);
+
 // Layout changes of n blocks of c x hw floats, written as plain loops (the tests' own, independent of the backend
 // op layout_convert): to NHWC y[b][q][ch] = x[b][ch][q], and back to NCHW. y must not overlap x.
 void tu_to_nhwc(const float *x, float *y, int n, int c, int hw);

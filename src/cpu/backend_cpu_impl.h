@@ -9,9 +9,11 @@
 //   bn_cpu.c            batch normalisation (statistics, apply, the two halves of backward)
 //   layer_ops_cpu.c     the ops of [shortcut], [route], [dropout], [avgpool]
 //   linalg_cpu.c        gemm and orthogonalize (PowerSGD's products and Gram-Schmidt)
+//   ../backend_cpu_store.c  the table's slots of the ops with activations or parameter gradients: float32, or
+//                       16-bit activations / bf16 gradients converted around the ops above
 //
 // The op files call the pool (thread_pool_cpu.c) and this header's inline helpers, never each other; only the
-// table file calls them all (tests/cli_layering.sh).
+// table files (src/backend_cpu.c, src/backend_cpu_store.c) call them (tests/cli_layering.sh: no cycles).
 //
 // Threading. Every op splits its work over the batch (or over disjoint columns) and runs the parts on a small
 // pool of its own threads; each part calls a single-threaded sgemm (OpenBLAS's own pool is set to 1 thread).
@@ -55,6 +57,12 @@ typedef struct cpu_pool {
     int parts;
 } cpu_pool;
 
+typedef struct cpu_scratch {
+    float *p;
+    size_t cap;  // in floats
+} cpu_scratch;
+#define CPU_SCRATCH_SLOTS 4
+
 typedef struct cpu_ctx {
     int threads;
     cpu_pool pool;
@@ -62,9 +70,11 @@ typedef struct cpu_ctx {
     cpu_conv_impl conv;
     void (*progress)(void *arg);
     void *progress_arg;
-    int grads16;      // backend_options.grads16: the parameter gradients written bf16 (src/backend_cpu.c)
+    int grads16;      // backend_options.grads16: the parameter gradients written bf16 (src/backend_cpu_store.c)
     float *g32;       // their float32 sums before the rounding, grown on demand
     size_t g32_cap;   // in floats
+    int act16;        // backend_options.act16: 0 (float32 activations), PREC_BF16 or PREC_FP16 (16-bit storage)
+    cpu_scratch s32[CPU_SCRATCH_SLOTS];  // act16: the float32 copies of an op's 16-bit operands, grown on demand
 } cpu_ctx;
 
 // Start n threads (the caller counts as one) / stop and join them.
@@ -194,7 +204,7 @@ int cpu_dense_forward(void *ctx, int n, int in, int out, int act, const float *x
 int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const float *x, const float *w,
                        const float *y, float *dy, float *dx, float *dw, float *db);
 int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
-                     float smoothing, float *dlogits, double *loss_acc, int32_t *correct_acc);
+                     float smoothing, float scale, float *dlogits, double *loss_acc, int32_t *correct_acc);
 int cpu_adam_step(void *ctx, size_t n, float *p, const float *g, float *m, float *v, const adam_hyper *h);
 int cpu_sgd_step(void *ctx, size_t n, float *p, const float *g, float *vel, const sgd_hyper *h);
 int cpu_scale(void *ctx, size_t n, float alpha, float *x);
@@ -226,6 +236,44 @@ int cpu_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, i
                         float *y);
 int cpu_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const float *dy,
                          float *dx);
+
+// ---- src/backend_cpu_store.c: the table's slots of the ops with activations or parameter gradients (float32: the
+// op above as it is; act16/grads16: converted around it)
+int cpu_slot_grads16(void *ctx, int *on);
+int cpu_slot_act16(void *ctx, int *format);
+int cpu_slot_gather(void *ctx, const uint8_t *images, const int32_t *labels, const int32_t *index, int n,
+                    int sample_elems, const gather_aug *aug, void *x, int32_t *y);
+int cpu_slot_conv_forward(void *ctx, const conv_desc *d, const void *x, const float *w, const float *b, void *y,
+                          void *ws);
+int cpu_slot_conv_backward(void *ctx, const conv_desc *d, const void *x, const float *w, const void *y, void *dy,
+                           void *dx, void *dw, void *db, void *ws);
+int cpu_slot_pool_forward(void *ctx, const pool_desc *d, const void *x, void *y, int32_t *argmax);
+int cpu_slot_pool_backward(void *ctx, const pool_desc *d, const void *dy, const int32_t *argmax, void *dx);
+int cpu_slot_dense_forward(void *ctx, int n, int in, int out, int act, const void *x, const float *w, const float *b,
+                           void *y);
+int cpu_slot_dense_backward(void *ctx, int n, int in, int out, int act, const void *x, const float *w, const void *y,
+                            void *dy, void *dx, void *dw, void *db);
+int cpu_slot_softmax_xent(void *ctx, int n, int classes, const void *logits, const int32_t *labels, float smoothing,
+                          float scale, void *dlogits, double *loss_acc, int32_t *correct_acc);
+int cpu_slot_bn_stats(void *ctx, const bn_desc *d, const void *x, float *stats);
+int cpu_slot_bn_apply(void *ctx, const bn_desc *d, const void *x, const float *stats, const float *w, const float *b,
+                      float *running, float *save, void *y);
+int cpu_slot_bn_grad_stats(void *ctx, const bn_desc *d, const void *x, const void *y, const float *save, void *dy,
+                           void *dw, void *db, float *gstats);
+int cpu_slot_bn_grad_input(void *ctx, const bn_desc *d, const void *x, const float *save, const float *w,
+                           const float *gstats, const void *dz, void *dx);
+int cpu_slot_add_act(void *ctx, size_t n, int act, const void *a, const void *b, void *y);
+int cpu_slot_act_backward(void *ctx, size_t n, int act, const void *y, const void *dy, void *dx);
+int cpu_slot_act_forward(void *ctx, size_t n, int act, const void *x, void *y);
+int cpu_slot_act_backward_input(void *ctx, size_t n, int act, const void *x, const void *dy, void *dx);
+int cpu_slot_channel_copy(void *ctx, int n, int c, int hw, const void *src, int src_c, int src_off, void *dst,
+                          int dst_c, int dst_off);
+int cpu_slot_dropout(void *ctx, size_t n, float rate, const dropout_key *key, uint32_t stream, const void *x,
+                     void *y);
+int cpu_slot_avgpool_forward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const void *x,
+                             void *y);
+int cpu_slot_avgpool_backward(void *ctx, int n, int c, int h, int w, int kh, int kw, int stride, const void *dy,
+                              void *dx);
 
 // ---- linalg_cpu.c (PowerSGD's dense linear algebra)
 int cpu_gemm(void *ctx, int ta, int tb, int m, int n, int k, float alpha, const float *a, const float *b, float beta,

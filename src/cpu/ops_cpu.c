@@ -253,7 +253,7 @@ int cpu_dense_backward(void *ctx, int n, int in, int out, int act, const float *
 // Softmax + cross-entropy (small: classes x batch, serial)
 
 int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, const int32_t *labels,
-                     float smoothing, float *dlogits, double *loss_acc, int32_t *correct_acc) {
+                     float smoothing, float scale, float *dlogits, double *loss_acc, int32_t *correct_acc) {
     (void)ctx;
     if (n < 1 || classes < 1) return ERR(ST_INPUT, "softmax_xent: n=%d classes=%d must be positive", n, classes);
     for (int i = 0; i < n; i++)
@@ -286,7 +286,8 @@ int cpu_softmax_xent(void *ctx, int n, int classes, const float *logits, const i
             const float off = smoothing / (float)classes, on = 1.0f - smoothing + off;
             for (int k = 0; k < classes; k++) {
                 float p = (float)(exp((double)z[k] - zmax) * inv_sum);
-                g[k] = (p - (k == label ? on : off)) * inv_n;
+                const float gk = (p - (k == label ? on : off)) * inv_n;
+                g[k] = gk * scale;  // two products, each rounded (the order the model took before scale came in)
             }
         }
     }

@@ -46,7 +46,7 @@ static uint32_t mask_stream(const model *m, const model_layer *l) {
 static int dropout_forward(model *m, model_layer *l, int n, int training) {
     const size_t e = out_elems(l, n);
     const float rate = rate_of(l);
-    if (!training || rate == 0.0f) return backend_copy(m->be, l->y, l->x[0], e * sizeof(float));
+    if (!training || rate == 0.0f) return backend_copy(m->be, l->y, l->x[0], e * m->act_elem);
     return backend_dropout(m->be, e, rate, m->rng_key, mask_stream(m, l), l->x[0], l->y);
 }
 
@@ -54,7 +54,7 @@ static int dropout_backward(model *m, model_layer *l, int n) {
     const size_t e = out_elems(l, n);
     if (!l->dx[0]) return ST_OK;
     const float rate = rate_of(l);
-    if (rate == 0.0f) return backend_copy(m->be, l->dx[0], l->dy, e * sizeof(float));
+    if (rate == 0.0f) return backend_copy(m->be, l->dx[0], l->dy, e * m->act_elem);
     return backend_dropout(m->be, e, rate, m->rng_key, mask_stream(m, l), l->dy, l->dx[0]);
 }
 

@@ -27,7 +27,7 @@ static int flatten_forward(model *m, model_layer *l, int n, int training) {
 static int flatten_backward(model *m, model_layer *l, int n) {
     if (!l->dx[0] || l->dx[0] == l->dy) return ST_OK;
     return backend_copy(m->be, l->dx[0], l->dy,
-                        (size_t)n * l->out_c * l->out_h * l->out_w * sizeof(float));
+                        (size_t)n * l->out_c * l->out_h * l->out_w * m->act_elem);
 }
 
 const layer_kind layer_kind_flatten = {

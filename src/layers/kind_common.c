@@ -44,7 +44,7 @@ static size_t out_elems(const model_layer *l, int n) { return (size_t)n * l->out
 
 int layer_act_fused(const model_layer *l) { return act_from_output(l->act) ? l->act : ACT_NONE; }
 
-float *layer_act_out(model_layer *l) { return l->pre ? l->pre : l->y; }
+void *layer_act_out(model_layer *l) { return l->pre ? l->pre : l->y; }
 
 int layer_act_forward(model *m, model_layer *l, int n) {
     if (!l->pre) return ST_OK;

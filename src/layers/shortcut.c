@@ -42,7 +42,7 @@ static int shortcut_backward(model *m, model_layer *l, int n) {
     TRY(layer_act_backward(m, l, n));
     if (layer_act_fused(l) != ACT_NONE) TRY(backend_act_backward(m->be, e, l->act, l->y, l->dy, l->dy));
     for (int k = 0; k < 2; k++)
-        if (l->dx[k]) TRY(backend_copy(m->be, l->dx[k], l->dy, e * sizeof(float)));
+        if (l->dx[k]) TRY(backend_copy(m->be, l->dx[k], l->dy, e * m->act_elem));
     return ST_OK;
 }
 

@@ -29,10 +29,10 @@ static int softmax_create(model *m, model_layer *l, const layer_cfg *lc, size_t 
 
 static int softmax_forward(model *m, model_layer *l, int n, int training) {
     model_layer *in = &m->layers[l->in_idx[0]];
-    float *dlogits = training ? in->dy : NULL;
+    void *dlogits = training ? in->dy : NULL;
     const float smoothing = training ? m->label_smoothing : 0.0f;
-    return backend_softmax_xent(m->be, n, m->classes, l->x[0], m->labels, smoothing, dlogits, m->loss_acc,
-                                m->correct_acc);
+    return backend_softmax_xent(m->be, n, m->classes, l->x[0], m->labels, smoothing, m->loss_scale, dlogits,
+                                m->loss_acc, m->correct_acc);
 }
 
 const layer_kind layer_kind_softmax = {
