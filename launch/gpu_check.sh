@@ -53,7 +53,8 @@
 # losses CPU vs GPU from the same weights, then img/s at batch 64 against PyTorch eager (launch/bench_torch.py
 # --device cuda) on the same GPU; precision (45) fashion_resnet.cfg at bf16 and fp16, GPU vs the CPU's emulation from
 # the same weights (2 steps' losses), bf16 at net.layout=nhwc vs nchw, bf16 with compress=bf16 (gradients written
-# bf16 by backward, sent without a cast) vs without, then img/s at fp32, tf32, bf16 and bf16 nhwc vs PyTorch eager
+# bf16 by backward, sent without a cast) vs without, bf16 with fp32 activation buffers (net.act_storage=fp32) vs the
+# GPU's default 16-bit ones, then img/s at fp32, tf32, bf16, bf16 nhwc (and with fp32 buffers) vs PyTorch eager
 # fp32 and autocast(bf16) + channels_last, and the seed CNN's 5 epochs at bf16 nhwc (accuracy asserted, time against
 # the 0.5 s goal); precision50 (50) resnet50.cfg at tf32, bf16 and bf16 nhwc vs autocast(bf16) + channels_last; bench
 # (20) launch/bench_gpu.sh vs PyTorch, batch 64 and 512. The limits are estimates for an H100 (no device run has
@@ -937,15 +938,28 @@ precision_bf16_variant() {
 # backward-filter and cuBLAS on the 16-bit copies with a bf16 dw) and the comm sends them without a cast. Against
 # the nchw run: step 1 is the same forward; step 2 follows gradients rounded to bf16 (2^-9 relative each), within
 # the bf16 tolerances.
+# Then the run with the other activation storage (net.act_storage): on the GPU the default holds activations in
+# 16-bit buffers, the variant in float32 buffers of bf16 values rounded by the model (the same values where each op
+# computes the same fp32 result: within the same tolerances); --no-gpu the CPU's default is float32 buffers and the
+# variant 16-bit ones, bit for bit the same run (0 apart).
 precision_bf16_variants() {
   precision_bf16_variant nhwc nchw nhwc '' --set net.layout=nhwc
   precision_bf16_variant grads16 "fp32 grads" "bf16 grads" "as written by backward" --set parallel.compress=bf16 \
     --set parallel.force_allreduce=1
+  if cpu_mode; then
+    precision_bf16_variant store16 "fp32 buffers" "16-bit buffers" "activations held in 16-bit bf16 buffers" \
+      --set net.act_storage=compute
+  else
+    grep -q "activations held in 16-bit bf16 buffers" "$work/prec-bf16-$side.out" ||
+      bad+=("bf16 on the GPU: no 'activations held in 16-bit bf16 buffers' line (net.act_storage=auto)")
+    precision_bf16_variant store32 "16-bit buffers" "fp32 buffers" "activations held in float32 buffers of bf16" \
+      --set net.act_storage=fp32
+  fi
 }
 
 # precision_bench NAME CFG BATCH STEPS "RUNS" "TORCH MODES" [--set ...]: img/s of CFG on synthetic data (the second epoch
 # of two, STEPS steps of BATCH) for each of RUNS (fp32, tf32, bf16, bf16-nhwc: bf16 at net.layout=nhwc, cuDNN's NHWC
-# kernels), then launch/bench_torch.py on the same GPU for each of the |-separated TORCH MODES (eager: fp32, or its
+# kernels; a -s32 suffix: activations in float32 buffers, net.act_storage=fp32, against the GPU's 16-bit), then launch/bench_torch.py on the same GPU for each of the |-separated TORCH MODES (eager: fp32, or its
 # options; none: ""). Adds
 # "NAME bBATCH img/s ..." to the caller's k, failures to its bad (stage_precision's a, work, py), and the ratio of
 # bf16-nhwc to PyTorch's autocast(bf16) + channels_last, the issue's goal (>= 1.5x): reported, not asserted.
@@ -957,9 +971,12 @@ precision_bench() {
   cpu_mode && syn+=(--threads 2)
   k+="$name b$mb img/s"
   for p in $runs; do
+    local q=${p%-s32} store=auto
+    [ "$q" != "$p" ] && store=fp32  # -s32: activations in float32 buffers (net.act_storage=fp32), else the default
     lay=nchw
-    [ "$p" = bf16-nhwc ] && lay=nhwc
-    if train "prec-bench-$name-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=${p%-nhwc}" --set "net.layout=$lay"; then
+    [ "${q%-nhwc}" != "$q" ] && lay=nhwc
+    if train "prec-bench-$name-$p" "${syn[@]}" "${a[@]:0:2}" --set "net.precision=${q%-nhwc}" --set "net.layout=$lay" \
+         --set "net.act_storage=$store"; then
       ours=$(jget "$work/prec-bench-$name-$p.jsonl" images_per_s)
       [ "$p" = bf16-nhwc ] && nhwc=$ours
       k+=" $p $(awk -v x="$ours" 'BEGIN { printf "%.0f", x }')"
@@ -1045,7 +1062,7 @@ stage_precision() {
     k+="$p step 1/2 rel diff $r1/$r2; "
     if [ "$p" = bf16 ]; then precision_bf16_variants; fi
   done
-  precision_bench fashion "$cfg" "$bb" "$steps" "fp32 tf32 bf16 bf16-nhwc" "eager|--amp bf16 --channels-last"
+  precision_bench fashion "$cfg" "$bb" "$steps" "fp32 tf32 bf16 bf16-nhwc bf16-nhwc-s32" "eager|--amp bf16 --channels-last"
   precision_five
   all_passed
   key "${k%; }"
