@@ -7,8 +7,8 @@
 # forced overflow on rank 1 (DDP_TEST_NONFINITE_GRAD) is skipped on both ranks with the scale halved (metrics and
 # checkpoint), the replicas still equal; the same overflow without loss scaling (fp32) stops the run as diverged;
 # an fp16 run resumed mid-epoch == uninterrupted, bit for bit (the scaler's state travels in the checkpoint);
-# net.act_storage=compute (16-bit activation buffers) == float32 buffers bit for bit (np 2, bf16 gradients, a residual
-# net at fp16, --eval, the forced overflow); bad values are exit 2 naming the key.
+# net.act_storage=compute (16-bit activation buffers) == float32 buffers bit for bit (np 2, bf16 gradients, the
+# emulated CUDA graph, a residual net at fp16, --eval, the forced overflow); bad values are exit 2 naming the key.
 # Run by ctest: cli_precision.sh TRAINER SOURCE_DIR BINARY_DIR
 # needs: mpi
 . "$(dirname "$0")/testlib.sh" "$@"
@@ -92,6 +92,11 @@ if timeout -k 2 300 "${mpi[@]}" -np 2 "$trainer" "${eq[@]}" --batch 32 --set net
 else
   bad "act_storage=compute bf16 at np 2 vs float32 buffers: '$("$tool" same s16.st np2.st 2>&1)' / '$("$tool" same s16g.st g16.st 2>&1)'"
 fi
+# the step with 16-bit buffers captured and replayed (the CPU capture emulation): the bf16 run of section 1 exactly
+if DDP_TEST_CPU_GRAPH=1 run "${small[@]}" --set net.precision=bf16 --set net.act_storage=compute &&
+   grep -q "CUDA graph" "$tmp/out" && [ "$(figures "$tmp/out")" = "$(figures bf16.out)" ]; then
+  ok "act_storage=compute replayed from the (emulated) CUDA graph == bf16 with float32 buffers: $(figures bf16.out)"
+else bad "act_storage=compute under the CPU capture emulation: '$(figures "$tmp/out")' vs '$(figures bf16.out)'"; fi
 rn=(--config "$src/configs/fashion_resnet.cfg" --threads 1 --set data.train_limit=256 --set data.test_limit=64 --steps 6
     --batch 32 --set net.precision=fp16 --set net.loss_scale_init=1024)
 if run "${rn[@]}" --set net.act_storage=fp32 --save r32.st && run "${rn[@]}" --set net.act_storage=compute --save r16.st &&
