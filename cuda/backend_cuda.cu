@@ -481,7 +481,11 @@ extern "C" int backend_cuda_set_options(backend *be, const backend_cuda_options 
     if (c->act16 && opt->precision != c->act16)
         return ERR(ST_INPUT, "backend 'cuda': activations held in %s (act16) need net.precision=%s",
                    c->act16 == PREC_BF16 ? "bf16" : "fp16", c->act16 == PREC_BF16 ? "bf16" : "fp16");
-    cublasCheck(cublasSetMathMode(c->cublas, opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    // A GEMM with a 16-bit output (act16's dx, grads16's dw) may otherwise reduce its split-K partial sums in the
+    // output type, rounding several times: the flag keeps every reduction in fp32, so the output is rounded once.
+    const int math = (opt->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) |
+                     CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION;
+    cublasCheck(cublasSetMathMode(c->cublas, (cublasMath_t)math));
     c->tf32 = opt->tf32 != 0;
     c->deterministic = opt->deterministic != 0;  // read by conv_prepare (conv_cuda.cu)
     // fp32 and tf32: 0 (tf32 is the field above); bf16/fp16: read by conv_prepare and by dense at once

@@ -298,7 +298,10 @@ struct dir_bwd_data {
     static algo_t fallback() { return CUDNN_CONVOLUTION_BWD_DATA_ALGO_1; }
     static math_policy policy(const cuda_ctx *c, const conv_plan *p) { return p->lp || c->tf32 ? MATH_ANY : MATH_FMA; }
     static int transforms(algo_t) { return 0; }
-    static int det_only(const conv_plan *) { return 0; }
+    // A 16-bit dx (precision bf16/fp16): as backward-filter's bf16 dw, an algorithm that adds partial sums into dx
+    // with atomics (ALGO_0) would round at each addition; the deterministic ones (ALGO_1, the fallback, among them)
+    // round the fp32 sum once.
+    static int det_only(const conv_plan *p) { return p->lp != 0; }
     static cudnnConvolutionDescriptor_t desc(const conv_plan *p) { return p->bwd_data_desc; }
     static void set(conv_plan *p, algo_t algo, size_t ws) { p->bwd_data = algo, p->ws_bwd_data = ws; }
     static cudnnStatus_t workspace(const cuda_ctx *c, const conv_plan *p, algo_t algo, size_t *ws) {
