@@ -1459,10 +1459,7 @@ static void test_conv_lp(void **state) {
     const int formats[2] = {PREC_BF16, PREC_FP16};
     const int cc = backend_cuda_compute_capability(&g_gpu);
     for (int f = 0; f < 2; f++) {
-        if (formats[f] == PREC_BF16 && cc < 80) {
-            print_message("sm_%d has no bf16 convolutions: bf16 skipped\n", cc);
-            continue;
-        }
+        if (tu_lp_conv_skipped(cc, formats[f], "bf16")) continue;
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], formats[f], 0, 0, &r);
     }
 }
@@ -1473,10 +1470,7 @@ static void test_conv_grads16(void **state) {
     (void)state;
     NEED_CUDA();
     const int cc = backend_cuda_compute_capability(&g_gpu16);
-    if (cc < 80) {
-        print_message("sm_%d has no bf16 convolutions: grads16 conv skipped\n", cc);
-        return;
-    }
+    if (tu_lp_conv_skipped(cc, PREC_BF16, "grads16 conv")) return;
     rng r;
     rng_seed(&r, 2629);
     const lp_conv_case cases[] = {
@@ -1801,10 +1795,7 @@ static void test_conv_act16(void **state) {
     };
     const int cc = backend_cuda_compute_capability(&g_gpu);
     for (int f = 0; f < 2; f++) {
-        if (k_formats[f] == PREC_BF16 && cc < 80) {
-            print_message("sm_%d has no bf16 convolutions: act16 bf16 conv skipped\n", cc);
-            continue;
-        }
+        if (tu_lp_conv_skipped(cc, k_formats[f], "act16 bf16 conv")) continue;
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) lp_conv_run(&cases[i], k_formats[f], 0, 1, &r);
     }
 }

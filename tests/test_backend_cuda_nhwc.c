@@ -474,10 +474,7 @@ static void test_conv_nhwc_lp(void **state) {
     const int formats[2] = {PREC_BF16, PREC_FP16};
     const int cc = backend_cuda_compute_capability(&g_nhwc);
     for (int f = 0; f < 2; f++) {
-        if (formats[f] == PREC_BF16 && cc < 80) {
-            print_message("sm_%d has no bf16 convolutions: bf16 skipped\n", cc);
-            continue;
-        }
+        if (tu_lp_conv_skipped(cc, formats[f], "bf16")) continue;
         for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
             conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, 0, &r);
     }
@@ -489,10 +486,7 @@ static void test_conv_nhwc_grads16(void **state) {
     (void)state;
     NEED_CUDA();
     const int cc = backend_cuda_compute_capability(&g_nhwc16);
-    if (cc < 80) {
-        print_message("sm_%d has no bf16 convolutions: grads16 skipped\n", cc);
-        return;
-    }
+    if (tu_lp_conv_skipped(cc, PREC_BF16, "grads16")) return;
     rng r;
     rng_seed(&r, 305);
     for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
@@ -892,10 +886,7 @@ static void test_conv_nhwc_act16(void **state) {
     const int formats[2] = {PREC_BF16, PREC_FP16};
     const int cc = backend_cuda_compute_capability(&g_nhwc_act[0]);
     for (int f = 0; f < 2; f++) {
-        if (formats[f] == PREC_BF16 && cc < 80) {
-            print_message("sm_%d has no bf16 convolutions: act16 bf16 skipped\n", cc);
-            continue;
-        }
+        if (tu_lp_conv_skipped(cc, formats[f], "act16 bf16")) continue;
         for (size_t i = 0; i < sizeof k_conv_lp_cases / sizeof k_conv_lp_cases[0]; i++)
             conv_nhwc_run(&k_conv_lp_cases[i], formats[f], 0, 1, &r);
         for (size_t i = 0; i < sizeof leaky / sizeof leaky[0]; i++) conv_nhwc_run(&leaky[i], formats[f], 0, 1, &r);

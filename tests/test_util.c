@@ -182,6 +182,12 @@ void tu_expect_lp(const char *what, const char *tag, int format, float *got, flo
     print_message("%s (%s%s): worst error %.2f of its tolerance (value %zu)\n", what, fmt, tag, worst, worst_i);
 }
 
+int tu_lp_conv_skipped(int cc, int format, const char *what) {
+    if (format != PREC_BF16 || cc >= 80) return 0;
+    print_message("sm_%d has no bf16 convolutions: %s skipped\n", cc, what);
+    return 1;
+}
+
 int tu_mask_rounds(int act) { return act == ACT_LEAKY || act == ACT_SIGMOID; }
 
 void tu_widen_for_mask(float *s, size_t n, int format) {

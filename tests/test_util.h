@@ -48,6 +48,10 @@ void tu_layer_example_text(const char *example, int batch, char *buf, size_t n);
 void tu_expect_lp(const char *what, const char *tag, int format, float *got, float *ref, const float *s, size_t n,
                   int held, const float *bias, int channels, int inner);
 
+// 1 (after printing "sm_CC has no bf16 convolutions: WHAT skipped") when a device of compute capability cc (major *
+// 10 + minor) has no bf16 convolutions and format is PREC_BF16 (cuDNN needs 8.0); else 0.
+int tu_lp_conv_skipped(int cc, int format, const char *what);
+
 // Masks that are not 0 or 1 (leaky, sigmoid: tu_mask_rounds): the GPU's products read the masked gradient as stored in
 // the format (rounded: at most half an ulp, 2^-8 of each term's magnitude in bf16, 2^-11 in fp16), the CPU's read its
 // float32 value. tu_widen_for_mask widens n sums of |terms| s so that tu_expect_lp's TU_TOL_SUM * s covers that too.
